@@ -1,0 +1,73 @@
+"""The `reasonflux` command line: a thin click layer over the library.
+
+One module per command group. Groups that live outside kb/ (pipelines, serve)
+plug in through the `reasonflux.commands` entry point, so kb/ imports neither.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import click
+
+from kb import __version__
+from kb.cli.context import AppContext, pass_app
+from kb.db import SchemaOutOfDate
+from kb.errors import KbError
+
+__all__ = ["cli", "main", "pass_app", "AppContext"]
+
+
+class _Group(click.Group):
+    """Turns KbError into a clean message and exit code, for every subcommand."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SchemaOutOfDate as e:
+            raise _UserError(str(e), 4) from None
+        except KbError as e:
+            raise _UserError(str(e), e.exit_code) from None
+
+
+class _UserError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--database-url", envvar="DATABASE_URL", default=None, metavar="URL",
+    help="PostgreSQL server to use (default: the embedded server under REASONFLUX_HOME).",
+)
+@click.version_option(__version__, prog_name="reasonflux")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None) -> None:
+    """ReasonFlux thought-template knowledge base, pipelines and solver."""
+    ctx.obj = AppContext(database_url=database_url)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _register_builtin() -> None:
+    from kb.cli import db as db_cmds
+
+    for module in (db_cmds,):
+        module.register(cli)
+
+
+def _register_plugins() -> None:
+    for ep in entry_points(group="reasonflux.commands"):
+        ep.load()(cli)
+
+
+_register_builtin()
+_register_plugins()
+
+
+def main() -> None:
+    cli(prog_name="reasonflux")
+
+
+if __name__ == "__main__":
+    main()

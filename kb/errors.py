@@ -1,0 +1,33 @@
+"""Errors a user can act on. The CLI prints their message and exits non-zero, no traceback."""
+
+from __future__ import annotations
+
+
+class KbError(Exception):
+    """Base class: the message says what went wrong and what to do."""
+
+    exit_code = 1
+
+
+class NotFound(KbError):
+    pass
+
+
+class ConflictError(KbError):
+    """Someone else changed the row first (optimistic locking)."""
+
+    exit_code = 3
+
+
+class InputError(KbError):
+    """Bad input, located: the file, the record (path or line) and the field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, record: str | None = None,
+                 field: str | None = None):
+        self.file, self.record, self.field, self.reason = file, record, field, message
+        where = ", ".join(
+            f"{k} {v}" for k, v in (("file", file), ("record", record), ("field", field)) if v is not None
+        )
+        super().__init__(f"{where}: {message}" if where else message)

@@ -1,0 +1,20 @@
+"""All tables, in one place. Alembic's autogenerate reads SQLModel.metadata from here."""
+
+from sqlmodel import SQLModel
+
+from kb.models.llm import Failure, LlmCall, WorkUnit
+from kb.models.problems import Problem, ProblemEmbedding, SimilarBuild, SimilarSet, SimilarSetMember
+from kb.models.runs import PipelineRun
+from kb.models.sessions import SolveRound, SolveSession
+from kb.models.templates import Template, TemplateEmbedding, TemplateVersion
+from kb.models.training import TrainingMetric, TrainingRun
+from kb.models.trajectories import DatasetVersion, DpoPair, NavigatorModel, Rollout, Trajectory, TrajectoryStep
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "DatasetVersion", "DpoPair", "Failure", "LlmCall", "NavigatorModel", "PipelineRun", "Problem",
+    "ProblemEmbedding", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember", "SolveRound",
+    "SolveSession", "Template", "TemplateEmbedding", "TemplateVersion", "TrainingMetric", "TrainingRun",
+    "Trajectory", "TrajectoryStep", "WorkUnit", "metadata",
+]

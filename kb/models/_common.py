@@ -1,0 +1,40 @@
+"""Column helpers shared by the model modules."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def created_at_field() -> Any:
+    return Field(
+        default_factory=utcnow,
+        sa_column_kwargs={"server_default": sa.func.now()},
+        sa_type=sa.DateTime(timezone=True),
+        nullable=False,
+    )
+
+
+def ts_field(nullable: bool = True) -> Any:
+    return Field(default=None, sa_type=sa.DateTime(timezone=True), nullable=nullable)
+
+
+def json_field(default_factory=dict, nullable: bool = False) -> Any:
+    return Field(default_factory=default_factory, sa_type=JSONB, nullable=nullable)
+
+
+def text_field(nullable: bool = True, default: Any = None) -> Any:
+    return Field(default=default, sa_type=sa.Text, nullable=nullable)
+
+
+def run_fk() -> Any:
+    """The pipeline run that wrote a row (dlt-style lineage on every row)."""
+    return Field(default=None, foreign_key="pipeline_run.id", index=True, nullable=True, ondelete="SET NULL")

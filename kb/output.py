@@ -1,0 +1,131 @@
+"""The one output helper: tables for people, JSON / JSONL / CSV for scripts.
+
+Every command that prints records calls `emit`; `output_options` adds the
+matching flags, so `--json` means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import decimal
+import io
+import json
+import sys
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import click
+
+FORMATS = ("table", "json", "jsonl", "csv")
+
+
+def output_options(fn=None, *, csv_ok: bool = True):
+    """Click decorator adding --json/--jsonl(/--csv); the command receives `fmt`."""
+
+    def decorate(f):
+        choices = FORMATS if csv_ok else FORMATS[:3]
+        f = click.option(
+            "--format", "fmt", type=click.Choice(choices), default="table", show_default=True,
+            help="Output format.",
+        )(f)
+        flags = [("--json", "json"), ("--jsonl", "jsonl")] + ([("--csv", "csv")] if csv_ok else [])
+        for flag, value in reversed(flags):
+            f = click.option(flag, "fmt", flag_value=value, help=f"Same as --format {value}.")(f)
+        return f
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def to_jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (_dt.datetime, _dt.date)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if hasattr(value, "model_dump"):
+        return to_jsonable(value.model_dump())
+    if hasattr(value, "tolist"):  # numpy arrays and scalars
+        return value.tolist()
+    return value
+
+
+def dumps(value: Any, *, indent: int | None = None) -> str:
+    return json.dumps(to_jsonable(value), ensure_ascii=False, indent=indent, sort_keys=False)
+
+
+def emit(
+    rows: Iterable[Mapping[str, Any]] | Mapping[str, Any],
+    fmt: str = "table",
+    *,
+    columns: Sequence[str] | None = None,
+    title: str | None = None,
+    file=None,
+) -> None:
+    """Print records. A single mapping prints as one object (json) or a key/value table."""
+    out = file or sys.stdout
+    single = isinstance(rows, Mapping)
+    records = [dict(rows)] if single else [dict(r) for r in rows]
+    if fmt == "json":
+        out.write(dumps(records[0] if single else records, indent=2) + "\n")
+        return
+    if fmt == "jsonl":
+        for r in records:
+            out.write(dumps(r) + "\n")
+        return
+    cols = list(columns) if columns else _columns(records)
+    if fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(cols)
+        for r in records:
+            writer.writerow([_cell(r.get(c), csv_mode=True) for c in cols])
+        return
+    if single:
+        _table([{"field": c, "value": records[0].get(c)} for c in cols], ["field", "value"], title, out)
+    else:
+        _table(records, cols, title, out)
+
+
+def _columns(records: list[dict]) -> list[str]:
+    cols: list[str] = []
+    for r in records:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _cell(value: Any, csv_mode: bool = False, width: int = 80) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if not csv_mode else repr(value)
+    if isinstance(value, (dict, list, tuple)):
+        text = dumps(value)
+    else:
+        text = str(to_jsonable(value))
+    if not csv_mode and len(text) > width:
+        text = text[: width - 1] + "…"
+    return text
+
+
+def _table(records: list[dict], cols: list[str], title: str | None, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in records:
+        table.add_row(*[_cell(r.get(c)) for c in cols])
+    console = Console(file=out, width=None if out.isatty() else 200)
+    if not records:
+        console.print(f"[dim]{title + ': ' if title else ''}no rows[/dim]")
+        return
+    console.print(table)

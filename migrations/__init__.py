@@ -1,0 +1,1 @@
+"""Alembic migrations for the reasonflux-kb schema (see kb.migrate)."""

@@ -1,0 +1,1 @@
+"""Pipeline stages that read from and write to the knowledge base."""

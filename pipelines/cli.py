@@ -1,0 +1,15 @@
+"""Registers the pipeline command groups on the `reasonflux` CLI (entry point `reasonflux.commands`)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# One module per command group; each exposes register(cli).
+MODULES: list[str] = []
+
+
+def register(cli: click.Group) -> None:
+    for name in MODULES:
+        importlib.import_module(name).register(cli)

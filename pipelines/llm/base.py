@@ -1,0 +1,51 @@
+"""The backend interface: chat messages in, text out, batched, with token counts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass
+class ChatRequest:
+    messages: list[Message]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    # Free-form labels (stage, unit key, role) carried into the call log.
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    error: str | None = None  # set when the backend gave up on this request after retries
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Every backend: `name` (registry key), `model` (what is recorded), and batched `generate`."""
+
+    name: str
+    model: str
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        """One completion per request, in order. Failures come back as Completion.error, not exceptions."""
+        ...

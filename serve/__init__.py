@@ -1,0 +1,1 @@
+"""Multi-round solving against the live knowledge base."""

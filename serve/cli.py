@@ -1,0 +1,14 @@
+"""Registers the solver and service commands on the `reasonflux` CLI (entry point `reasonflux.commands`)."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+MODULES: list[str] = []
+
+
+def register(cli: click.Group) -> None:
+    for name in MODULES:
+        importlib.import_module(name).register(cli)

