@@ -91,19 +91,20 @@ def create_engine(url: str) -> Engine:
     )
 
 
-def connect(url: str | None = None, *, check_schema: bool = True, home: Path | None = None) -> Database:
+def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: bool = True,
+            home: Path | None = None) -> Database:
     """Resolve the database, start the embedded server if needed, check the schema.
 
     A fresh or outdated embedded database is upgraded to head automatically (it is
-    ours); an external database that is behind raises SchemaOutOfDate with the
-    command that fixes it.
+    ours) unless auto_upgrade is off; an external database that is not at head
+    raises SchemaOutOfDate with the command that fixes it (when check_schema).
     """
+    from kb import migrate
+
     external = config.database_url(url)
     resolved = normalize_url(external) if external else embedded_url(home)
     db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
-    if check_schema:
-        from kb import migrate
-
+    if (db.embedded and auto_upgrade) or (not db.embedded and check_schema):
         current, head = migrate.current_revision(db.engine), migrate.head_revision()
         if current != head:
             if db.embedded:

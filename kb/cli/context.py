@@ -14,9 +14,10 @@ class AppContext:
     database_url: str | None = None
     _db: Database | None = field(default=None, repr=False)
 
-    def db(self, *, check_schema: bool = True) -> Database:
+    def db(self, *, check_schema: bool = True, auto_upgrade: bool = True) -> Database:
+        """The database; `db` subcommands relax the schema check so they can fix it."""
         if self._db is None:
-            self._db = connect(self.database_url, check_schema=check_schema)
+            self._db = connect(self.database_url, check_schema=check_schema, auto_upgrade=auto_upgrade)
         return self._db
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ def db_group() -> None:
 @pass_app
 def upgrade(app: AppContext, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
-    database = app.db(check_schema=False)
+    database = app.db(check_schema=False, auto_upgrade=False)
     migrate.upgrade(database.engine, revision)
     click.echo(f"at revision {migrate.current_revision(database.engine)}")
 
@@ -31,7 +31,7 @@ def upgrade(app: AppContext, revision: str) -> None:
 @pass_app
 def downgrade(app: AppContext, revision: str) -> None:
     """Downgrade the schema to REVISION (default: one step back; 'base' drops everything)."""
-    database = app.db(check_schema=False)
+    database = app.db(check_schema=False, auto_upgrade=False)
     migrate.downgrade(database.engine, revision)
     click.echo(f"at revision {migrate.current_revision(database.engine) or 'base'}")
 
