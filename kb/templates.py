@@ -128,6 +128,7 @@ def _write_version(session: Session, template: Template, spec: TemplateSpec, *, 
                    source_kind: str, source_ref: str | None, provenance: dict | None, change_note: str | None,
                    run_id: int | None) -> TemplateVersion:
     content = spec.content()
+    key, template_id, from_no = template.key, template.id, template.current_version_no
     version = TemplateVersion(
         template_id=template.id, version_no=template.current_version_no + 1, content_hash=content_hash(content),
         parent_version_id=parent_id, source_kind=source_kind, source_ref=source_ref,
@@ -137,16 +138,16 @@ def _write_version(session: Session, template: Template, spec: TemplateSpec, *, 
     try:
         session.flush()
     except sa.exc.IntegrityError:  # another writer took this version_no first
-        raise ConflictError(f"template {template.key!r} was changed by someone else; reload and retry") from None
+        raise ConflictError(f"template {key!r} was changed by someone else; reload and retry") from None
     # Optimistic lock: only moves forward from the version this edit started from.
     moved = session.execute(
         sa.update(Template)
-        .where(Template.id == template.id, Template.current_version_no == template.current_version_no)
+        .where(Template.id == template_id, Template.current_version_no == from_no)
         .values(current_version_no=version.version_no, current_version_id=version.id, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     ).rowcount
     if moved != 1:
-        raise ConflictError(f"template {template.key!r} was changed by someone else; reload and retry")
+        raise ConflictError(f"template {key!r} was changed by someone else; reload and retry")
     session.refresh(template)
     return version
 
