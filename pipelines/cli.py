@@ -6,7 +6,7 @@ import importlib
 
 import click
 
-# One module per command group; each exposes register(cli).
+# One module per command group (pipelines/commands/<group>.py); each exposes register(cli).
 MODULES: list[str] = []
 
 

@@ -1,0 +1,36 @@
+"""The one progress bar: rate and ETA on a terminal, silent when output is piped or under tests."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str, *, enabled: bool | None = None):
+    """Yields advance(n=1). Shows a rich bar with rate and ETA on stderr when it is a terminal."""
+    show = sys.stderr.isatty() if enabled is None else enabled
+    if not show:
+        yield lambda n=1: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as prog:
+        task = prog.add_task(description, total=total)
+        yield lambda n=1: prog.advance(task, n)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    with progress_bar(total, description) as advance:
+        for item in items:
+            yield item
+            advance()
