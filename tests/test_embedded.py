@@ -1,0 +1,55 @@
+"""The embedded server: auto-upgraded on first use, shared by concurrent commands, stopped by the last one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(REASONFLUX_HOME=str(home), PYTHONPATH=str(ROOT))
+    return env
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kb.cli", *args], env=_env(home), capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
+def test_concurrent_commands_share_one_server_and_the_last_stops_it(tmp_path):
+    home = tmp_path / "home"
+    first = _cli(home, "db", "info", "--json")
+    assert first.returncode == 0, first.stderr
+    info = json.loads(first.stdout)
+    assert info["embedded"] and info["revision"] == info["head"] and info["pgvector_version"]
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from kb.db import connect; d = connect(); print('up', flush=True); "
+         "c = d.engine.connect(); time.sleep(4); c.close()"],
+        env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "up"
+    second = _cli(home, "db", "current", "--json")  # runs while the holder keeps the server busy
+    assert second.returncode == 0, second.stderr
+    assert holder.wait(timeout=60) == 0, holder.stderr.read()
+
+    pid_file = home / "pgdata" / "postmaster.pid"
+    for _ in range(50):
+        if not pid_file.exists():
+            break
+        time.sleep(0.1)
+    assert not pid_file.exists(), "the embedded server was left running after the last command exited"
+    # And it starts again on the same data directory, data intact.
+    again = _cli(home, "db", "info", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["revision"] == info["head"]
