@@ -1,0 +1,283 @@
+"""Template retrieval: vector, full-text, hybrid (fused) and the ReasonFlux-v1 hierarchical matcher.
+
+Search always runs over the *current* version of each template. Modes:
+
+- ``vector``: pgvector cosine distance on the model's partial HNSW index
+  (``WHERE model = 'm' ORDER BY embedding::vector(dim) <=> q``).
+- ``text``: PostgreSQL full text on ``template_version.search_tsv`` (the worked
+  example is not part of it). A problem statement AND-ed into one tsquery would
+  never match, so the query is the OR of its words, ranked by cover density.
+- ``hybrid``: both candidate lists fused with weighted reciprocal rank fusion.
+- ``hierarchical``: the ReasonFlux-v1 matcher, reimplemented: the best category
+  name, then the two best section names in it, then the best template names in
+  those sections, scored 0.9 x name similarity + 0.1 x section similarity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from kb import config
+from kb.errors import InputError
+
+MODES = ("hybrid", "vector", "text", "hierarchical")
+
+# Fusion: score = sum over lists of weight / (RRF_K + rank). Vector similarity
+# carries the meaning; full text rescues exact vocabulary (names, tags) that a
+# small model blurs. Chosen on the starter library, not on the benchmark's queries.
+RRF_K = 60
+VECTOR_WEIGHT = 1.0
+TEXT_WEIGHT = 1.0
+CANDIDATES = 50  # per list, before fusion
+EF_SEARCH = 100  # HNSW candidate list; >= CANDIDATES so the index can fill the list
+
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
+
+
+@dataclass
+class TemplateHit:
+    """One ranked template (its current version)."""
+
+    template_id: int
+    version_id: int
+    key: str
+    name: str
+    category: str
+    section: str | None
+    score: float
+    description: str = ""
+    application_scope: str = ""
+    steps: list[Any] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    template_type: str | None = None
+    status: str = "active"
+    version_no: int = 0
+    rank: int = 0
+    vector_score: float | None = None
+    text_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- connections
+
+@contextlib.contextmanager
+def _executor(target: Any) -> Iterator[Any]:
+    """Anything with .execute (Session, Connection), or a Database/Engine to open a connection on."""
+    if isinstance(target, sa.Engine):
+        engine = target
+    elif hasattr(target, "execute"):
+        yield target
+        return
+    else:
+        engine = target.engine
+    with engine.connect() as conn:
+        yield conn
+
+
+# ---------------------------------------------------------------- filters
+
+def _filter_sql(tags: Sequence[str] | None, category: str | None, status: str | None) -> tuple[str, dict]:
+    conds, params = [], {}
+    if status and status != "all":
+        conds.append("t.status = :f_status")
+        params["f_status"] = status
+    if category:
+        # A category, or a "category/section" path, case-insensitively.
+        conds.append("(lower(t.category) = lower(:f_cat) OR lower(t.category || '/' || coalesce(t.section, '')) "
+                     "= lower(:f_cat))")
+        params["f_cat"] = category.strip().strip("/")
+    if tags:
+        conds.append("v.tags @> CAST(:f_tags AS text[])")
+        params["f_tags"] = list(tags)
+    return (" AND " + " AND ".join(conds)) if conds else "", params
+
+
+# ---------------------------------------------------------------- candidate lists
+
+def _vector_literal(vec: Sequence[float] | np.ndarray) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in vec) + "]"
+
+
+def _model_literal(model: str) -> str:
+    # Inlined (not bound) so the planner can match the model's partial HNSW index.
+    return "'" + model.replace("'", "''") + "'"
+
+
+def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, model: str, n: int,
+                      filters: tuple[str, dict] = ("", {}), ef_search: int | None = None) -> list[tuple[int, float]]:
+    """[(version_id, cosine similarity)] best first, over current versions."""
+    dim = len(query_vector)
+    where, params = filters
+    ef = max(ef_search or EF_SEARCH, n)
+    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
+    if where:  # filters drop index candidates: keep scanning until the list is full
+        conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    sql = sa.text(
+        f"SELECT e.version_id, e.embedding::vector({dim}) <=> CAST(:q AS vector({dim})) AS dist "
+        "FROM template_embedding e "
+        "JOIN template t ON t.current_version_id = e.version_id "
+        "JOIN template_version v ON v.id = e.version_id "
+        f"WHERE e.model = {_model_literal(model)}{where} "
+        f"ORDER BY e.embedding::vector({dim}) <=> CAST(:q AS vector({dim})) LIMIT :n"
+    )
+    rows = conn.execute(sql, {**params, "q": _vector_literal(query_vector), "n": n}).all()
+    rows = sorted(rows, key=lambda r: r[1])  # relaxed_order may return slightly out of order
+    return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
+
+
+def text_query(query: str) -> str:
+    """websearch_to_tsquery input: the OR of the query's words (stop words are dropped by PostgreSQL)."""
+    words = list(dict.fromkeys(w.lower() for w in _WORD.findall(query)))
+    return " or ".join(words)
+
+
+def text_candidates(conn: Any, query: str, n: int,
+                    filters: tuple[str, dict] = ("", {})) -> list[tuple[int, float]]:
+    """[(version_id, ts_rank_cd)] best first, over current versions."""
+    q = text_query(query)
+    if not q:
+        return []
+    where, params = filters
+    sql = sa.text(
+        "WITH q AS (SELECT websearch_to_tsquery('english', :q) AS q) "
+        "SELECT v.id, ts_rank_cd(v.search_tsv, q.q, 1) AS score "
+        "FROM q, template t JOIN template_version v ON v.id = t.current_version_id "
+        f"WHERE v.search_tsv @@ q.q{where} "
+        "ORDER BY score DESC, v.id LIMIT :n"
+    )
+    return [(int(r[0]), float(r[1])) for r in conn.execute(sql, {**params, "q": q, "n": n}).all()]
+
+
+def fuse(vector: list[tuple[int, float]], text: list[tuple[int, float]], *, k: int = RRF_K,
+         vector_weight: float = VECTOR_WEIGHT, text_weight: float = TEXT_WEIGHT) -> list[tuple[int, float]]:
+    """Weighted reciprocal rank fusion of two best-first lists."""
+    scores: dict[int, float] = {}
+    for weight, ranked in ((vector_weight, vector), (text_weight, text)):
+        for rank, (vid, _) in enumerate(ranked, start=1):
+            scores[vid] = scores.get(vid, 0.0) + weight / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+# ---------------------------------------------------------------- hierarchical (ReasonFlux-v1)
+
+_name_cache: dict[tuple[str, str], np.ndarray] = {}
+_name_lock = threading.Lock()
+
+
+def _name_vectors(model: str, names: Sequence[str]) -> np.ndarray:
+    """Embeddings of short names (categories, sections, template names), cached per process."""
+    from kb.embeddings import get_embedder
+
+    with _name_lock:
+        missing = [n for n in dict.fromkeys(names) if (model, n) not in _name_cache]
+        if missing:
+            for n, v in zip(missing, get_embedder(model).encode(missing)):
+                _name_cache[(model, n)] = v
+        return np.stack([_name_cache[(model, n)] for n in names]) if names else np.zeros((0, 1), np.float32)
+
+
+def hierarchical_candidates(conn: Any, query_vector: np.ndarray, model: str, n: int,
+                            filters: tuple[str, dict] = ("", {}), sections: int = 2,
+                            method_weight: float = 0.9) -> list[tuple[int, float]]:
+    """Best category, then its top SECTIONS sections, then templates: 0.9 x name + 0.1 x section."""
+    where, params = filters
+    rows = conn.execute(sa.text(
+        "SELECT v.id, t.category, coalesce(t.section, t.category) AS section, v.name "
+        "FROM template t JOIN template_version v ON v.id = t.current_version_id "
+        f"WHERE true{where}"
+    ), params).all()
+    if not rows:
+        return []
+    q = np.asarray(query_vector, dtype=np.float32)
+    categories = sorted({r[1] for r in rows})
+    best_cat = categories[int(np.argmax(_name_vectors(model, categories) @ q))]
+    sec_names = sorted({r[2] for r in rows if r[1] == best_cat})
+    sec_sims = _name_vectors(model, sec_names) @ q
+    top = {sec_names[i]: float(sec_sims[i]) for i in np.argsort(-sec_sims)[:sections]}
+    chosen = [r for r in rows if r[1] == best_cat and r[2] in top]
+    name_sims = _name_vectors(model, [r[3] for r in chosen]) @ q
+    scored = [(int(r[0]), method_weight * float(s) + (1 - method_weight) * top[r[2]])
+              for r, s in zip(chosen, name_sims)]
+    return sorted(scored, key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+# ---------------------------------------------------------------- search
+
+def _hits(conn: Any, ranked: list[tuple[int, float]], vector: dict[int, float],
+          text: dict[int, float]) -> list[TemplateHit]:
+    if not ranked:
+        return []
+    rows = conn.execute(sa.text(
+        "SELECT t.id AS template_id, v.id AS version_id, t.key, v.name, t.category, t.section, t.status, "
+        "v.version_no, v.template_type, v.description, v.application_scope, v.steps, v.tags "
+        "FROM template t JOIN template_version v ON v.id = t.current_version_id WHERE v.id = ANY(:ids)"
+    ), {"ids": [vid for vid, _ in ranked]}).mappings().all()
+    by_id = {r["version_id"]: r for r in rows}
+    hits = []
+    for rank, (vid, score) in enumerate(ranked, start=1):
+        r = by_id.get(vid)
+        if r is None:
+            continue
+        hits.append(TemplateHit(**dict(r), score=round(score, 6), rank=rank,
+                                vector_score=vector.get(vid), text_score=text.get(vid)))
+    return hits
+
+
+def search_templates(session_or_conn: Any, query: str | None = None, *,
+                     query_vector: Sequence[float] | np.ndarray | None = None, k: int = 5,
+                     mode: str = "hybrid", model: str | None = None, tags: list[str] | None = None,
+                     category: str | None = None, status: str | None = "active",
+                     candidates: int = CANDIDATES, ef_search: int | None = None) -> list[TemplateHit]:
+    """Ranked current templates for QUERY (text), or QUERY_VECTOR (already embedded with MODEL).
+
+    session_or_conn: a Session, Connection, Engine or kb.db.Database. status None or 'all': any status.
+    """
+    if mode not in MODES:
+        raise InputError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}", field="mode")
+    if k < 1:
+        raise InputError("must be at least 1", field="k")
+    if mode == "text" and not query:
+        raise InputError("text search needs a query string", field="query")
+    if query is None and query_vector is None:
+        raise InputError("give a query or a query vector", field="query")
+    model = config.embed_model_name(model)
+    if mode != "text" and query_vector is None:
+        from kb.embeddings import get_embedder
+
+        query_vector = get_embedder(model).encode([query])[0]
+    filters = _filter_sql(tags, category, status)
+    n = max(candidates, k)
+    with _executor(session_or_conn) as conn:
+        vec: list[tuple[int, float]] = []
+        txt: list[tuple[int, float]] = []
+        if mode == "hierarchical":
+            ranked = hierarchical_candidates(conn, np.asarray(query_vector), model, k, filters)
+        else:
+            if mode in ("vector", "hybrid"):
+                vec = vector_candidates(conn, query_vector, model, n, filters, ef_search)
+            if mode in ("text", "hybrid") and query:
+                txt = text_candidates(conn, query, n, filters)
+            ranked = vec if mode == "vector" else txt if mode == "text" else fuse(vec, txt)
+        return _hits(conn, ranked[:k], dict(vec), dict(txt))
+
+
+def search_many(db: Any, queries: list[str], **kw: Any) -> list[list[TemplateHit]]:
+    """search_templates for each query; the queries are embedded in one batch."""
+    mode = kw.get("mode", "hybrid")
+    vectors: list[Any] = [None] * len(queries)
+    if mode != "text" and queries:
+        from kb.embeddings import get_embedder
+
+        vectors = list(get_embedder(config.embed_model_name(kw.get("model"))).encode(list(queries)))
+    with _executor(db) as conn:
+        return [search_templates(conn, q, query_vector=v, **kw) for q, v in zip(queries, vectors)]

@@ -1,0 +1,155 @@
+"""Embedding stage: vectors for template versions and problems, one row per (item, model).
+
+What a template's vector is made of matters more than anything else in retrieval:
+all-MiniLM-L6-v2 reads at most 256 word pieces, so the text puts the fields that
+say *when* a template applies first (name, tags, application scope, description)
+and the steps last, where truncation costs least. The worked example is never
+embedded: it is what a user's problem looks like, and retrieval is judged by it.
+
+Work is skipped when the stored vector was made from the same text (its hash) by
+the same model, so re-running the stage is cheap and resumable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
+
+from kb import config
+from kb.db import Database
+from kb.embeddings import Embedder, ensure_hnsw_index, get_embedder
+from kb.models import ProblemEmbedding, TemplateEmbedding
+from kb.progress import progress_bar
+
+BATCH = 64
+STEP_CHARS = 400  # enough of the steps to add vocabulary without crowding out the scope
+
+
+def template_text(name: str, tags: Sequence[str] | None, description: str | None,
+                  application_scope: str | None, steps: Sequence[Any] | None) -> str:
+    """The text embedded for a template version (never its worked example)."""
+    parts = [name.strip()]
+    if tags:
+        parts.append("Tags: " + ", ".join(t.strip() for t in tags if t and t.strip()))
+    if application_scope and application_scope.strip():
+        parts.append("Applies when: " + application_scope.strip())
+    if description and description.strip():
+        parts.append(description.strip())
+    step_text = " ".join(str(s).strip() for s in (steps or []) if str(s).strip())
+    if step_text:
+        parts.append("Steps: " + step_text[:STEP_CHARS])
+    return "\n".join(parts)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _prepare(db: Database, table: str, embedder: Embedder) -> None:
+    if embedder.name != config.DEFAULT_EMBED_MODEL:
+        with db.engine.begin() as conn:
+            ensure_hnsw_index(conn, table, embedder.name, embedder.dim)
+
+
+def _template_candidates(db: Database, model: str, version_ids: list[int] | None,
+                         recompute: bool) -> list[dict[str, Any]]:
+    """Versions to embed: the given ones, or every current version, with their stored text hash."""
+    where = "v.id = ANY(:ids)" if version_ids is not None else "v.id IN (SELECT current_version_id FROM template)"
+    sql = sa.text(
+        "SELECT v.id, v.name, v.tags, v.description, v.application_scope, v.steps, e.text_hash "
+        "FROM template_version v LEFT JOIN template_embedding e ON e.version_id = v.id AND e.model = :m "
+        f"WHERE {where} ORDER BY v.id"
+    )
+    params: dict[str, Any] = {"m": model}
+    if version_ids is not None:
+        params["ids"] = list(version_ids)
+    with db.engine.connect() as conn:
+        rows = conn.execute(sql, params).mappings().all()
+    out = []
+    for r in rows:
+        text = template_text(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])
+        h = text_hash(text)
+        if recompute or r["text_hash"] != h:
+            out.append({"id": r["id"], "text": text, "hash": h})
+    return out
+
+
+def embed_templates(db: Database, model: str | None = None, version_ids: list[int] | None = None,
+                    run_id: int | None = None, *, recompute: bool = False, batch_size: int = BATCH,
+                    progress: bool | None = None) -> int:
+    """Embed template versions lacking an up-to-date vector for MODEL; returns how many were written.
+
+    Without VERSION_IDS: every current version. With them: exactly those versions.
+    RECOMPUTE re-embeds even when the stored vector was made from the same text.
+    """
+    embedder = get_embedder(model)
+    todo = _template_candidates(db, embedder.name, version_ids, recompute)
+    if not todo:
+        return 0
+    _prepare(db, "template_embedding", embedder)
+    table = TemplateEmbedding.__table__
+    written = 0
+    with progress_bar(len(todo), f"embedding templates ({embedder.name})", enabled=progress) as advance:
+        for chunk in _batches(todo, batch_size):
+            vecs = embedder.encode([c["text"] for c in chunk], batch_size=batch_size)
+            rows = [{"version_id": c["id"], "model": embedder.name, "dim": embedder.dim, "embedding": v,
+                     "text_hash": c["hash"], "run_id": run_id} for c, v in zip(chunk, vecs)]
+            stmt = insert(table).values(rows)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["version_id", "model"],
+                set_={k: stmt.excluded[k] for k in ("dim", "embedding", "text_hash", "run_id")}
+                | {"created_at": sa.func.now()},
+            )
+            with db.engine.begin() as conn:
+                conn.execute(stmt)
+            written += len(rows)
+            advance(len(rows))
+    return written
+
+
+def embed_problems(db: Database, model: str | None = None, problem_ids: list[int] | None = None,
+                   run_id: int | None = None, *, recompute: bool = False, batch_size: int = BATCH,
+                   progress: bool | None = None) -> int:
+    """Embed problems (their text) lacking a vector for MODEL, or the given ones; returns the count."""
+    embedder = get_embedder(model)
+    conds = ["(:recompute OR e.problem_id IS NULL)"]
+    params: dict[str, Any] = {"m": embedder.name, "recompute": recompute}
+    if problem_ids is not None:
+        conds.append("p.id = ANY(:ids)")
+        params["ids"] = list(problem_ids)
+    sql = sa.text(
+        "SELECT p.id, p.text FROM problem p "
+        "LEFT JOIN problem_embedding e ON e.problem_id = p.id AND e.model = :m "
+        f"WHERE {' AND '.join(conds)} ORDER BY p.id"
+    )
+    with db.engine.connect() as conn:
+        todo = [dict(r) for r in conn.execute(sql, params).mappings()]
+    if not todo:
+        return 0
+    _prepare(db, "problem_embedding", embedder)
+    table = ProblemEmbedding.__table__
+    written = 0
+    with progress_bar(len(todo), f"embedding problems ({embedder.name})", enabled=progress) as advance:
+        for chunk in _batches(todo, batch_size):
+            vecs = embedder.encode([c["text"] for c in chunk], batch_size=batch_size)
+            rows = [{"problem_id": c["id"], "model": embedder.name, "dim": embedder.dim, "embedding": v,
+                     "run_id": run_id} for c, v in zip(chunk, vecs)]
+            stmt = insert(table).values(rows)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["problem_id", "model"],
+                set_={k: stmt.excluded[k] for k in ("dim", "embedding", "run_id")} | {"created_at": sa.func.now()},
+            )
+            with db.engine.begin() as conn:
+                conn.execute(stmt)
+            written += len(rows)
+            advance(len(rows))
+    return written
