@@ -1,0 +1,86 @@
+"""Every LLM call is logged to llm_call (prompt, response, tokens, latency, run, session) for SQL audits.
+
+`LoggedBackend` wraps any backend; each `generate` batch becomes one multi-row INSERT. Secrets read by
+backends (API keys) are registered here and scrubbed from everything written, as a second line of
+defence: no code path puts them into messages or params in the first place.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+
+from kb.db import Database
+from kb.models import LlmCall
+from pipelines.llm.base import Backend, ChatRequest, Completion
+
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+REDACTED = "[REDACTED]"
+
+
+def register_secret(value: str) -> None:
+    if value and len(value) >= 4:
+        with _SECRETS_LOCK:
+            _SECRETS.add(value)
+
+
+def scrub(value: Any) -> Any:
+    """value with every registered secret replaced, recursively through dicts and lists."""
+    if not _SECRETS:
+        return value
+    if isinstance(value, str):
+        for secret in _SECRETS:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {k: scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [scrub(v) for v in value]
+    return value
+
+
+def call_rows(backend: Backend, requests: list[ChatRequest], completions: list[Completion], *,
+              run_id: int | None, stage: str | None, session_id: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for req, comp in zip(requests, completions):
+        params = req.params.to_dict()
+        if req.tags:
+            params["tags"] = req.tags
+        rows.append({
+            "run_id": run_id, "session_id": session_id, "stage": stage, "backend": backend.name,
+            "model": backend.model, "messages": scrub(req.messages), "params": scrub(params),
+            "response": scrub(comp.text), "error": scrub(comp.error), "prompt_tokens": comp.prompt_tokens,
+            "completion_tokens": comp.completion_tokens, "latency_ms": comp.latency_ms,
+        })
+    return rows
+
+
+def log_calls(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        conn.execute(sa.insert(LlmCall.__table__), rows)
+
+
+class LoggedBackend:
+    """A backend whose every call lands in llm_call, tagged with the run (and solve session)."""
+
+    def __init__(self, backend: Backend, db: Database, run_id: int | None, stage: str | None,
+                 session_id: int | None = None):
+        self.inner, self.db = backend, db
+        self.run_id, self.stage, self.session_id = run_id, stage, session_id
+        self.name, self.model = backend.name, backend.model
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        completions = self.inner.generate(requests)
+        rows = call_rows(self.inner, requests, completions, run_id=self.run_id, stage=self.stage,
+                         session_id=self.session_id)
+        # Logged in its own transaction: the audit keeps calls whose unit later failed or was killed.
+        with self.db.engine.begin() as conn:
+            log_calls(conn, rows)
+        return completions
+
+    def with_session(self, session_id: int | None) -> LoggedBackend:
+        return LoggedBackend(self.inner, self.db, self.run_id, self.stage, session_id)

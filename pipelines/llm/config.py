@@ -1,0 +1,151 @@
+"""Which backend plays which role (navigator, inference, miner), from a config file or flags.
+
+A role is a backend name plus options. On the command line a role is a spec string:
+
+    scripted                              the scripted test backend
+    transformers:/models/tiny             a local model directory
+    vllm:/models/qwen2.5-7b-instruct      in-process vLLM on a local model directory
+    openai:MODEL@http://host:8000/v1      an OpenAI-compatible server (key: OPENAI_API_KEY if set)
+
+and `--llm-config FILE` (TOML or YAML) gives roles with any options plus sampling and prompts:
+
+    [roles.navigator]
+    backend = "openai"
+    model = "Qwen/Qwen2.5-32B-Instruct"
+    base_url = "http://gpu-node:8000/v1"
+    api_key_env = "OPENAI_API_KEY"      # the NAME of the variable; the key itself never goes in a file
+    max_concurrency = 64
+    [roles.navigator.sampling]
+    temperature = 0.7
+    max_tokens = 1024
+    [prompts]
+    dir = "my_prompts"                    # files named <prompt>.txt override the built-in prompts
+
+A flag beats the file. Keys that look like secrets in the file are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kb.errors import InputError
+from pipelines.llm.base import Backend, SamplingParams
+from pipelines.llm.registry import available_backends, get_backend
+
+_SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
+_SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
+
+
+@dataclass
+class RoleConfig:
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
+
+    def create(self) -> Backend:
+        return get_backend(self.backend, **self.options)
+
+    def sampling_params(self, **overrides: Any) -> SamplingParams:
+        values = {**self.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+        if "stop" in values:
+            values["stop"] = tuple(values["stop"])
+        return SamplingParams(**values)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run records: backend, model and options, no secrets (only variable names)."""
+        return {"backend": self.backend, **self.options, "sampling": self.sampling}
+
+
+@dataclass
+class LlmConfig:
+    roles: dict[str, RoleConfig] = field(default_factory=dict)
+    prompts_dir: Path | None = None
+
+    def role(self, name: str, flag: str | None = None) -> RoleConfig:
+        if flag:
+            base = self.roles.get(name)
+            spec = parse_spec(flag)
+            if base is not None and base.backend == spec.backend:
+                spec.sampling = {**base.sampling, **spec.sampling}
+            return spec
+        if name in self.roles:
+            return self.roles[name]
+        raise InputError(f"no LLM configured for the {name} role: pass --{name} SPEC "
+                         "(e.g. transformers:/path/to/model) or give it in --llm-config")
+
+
+def parse_spec(spec: str) -> RoleConfig:
+    """A role from a flag: 'scripted', 'transformers:PATH', 'vllm:PATH', 'openai:MODEL@BASE_URL'."""
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in available_backends():
+        raise InputError(f"unknown LLM backend {name!r} in {spec!r}; available: {', '.join(available_backends())}",
+                         field="backend")
+    options: dict[str, Any] = {}
+    if name in ("transformers", "vllm"):
+        if not rest:
+            raise InputError(f"{spec!r}: the {name} backend needs a model path ({name}:/path/to/model)")
+        options["model_path"] = rest
+    elif name == "openai":
+        model, _, base_url = rest.partition("@")
+        if not model:
+            raise InputError(f"{spec!r}: the openai backend needs openai:MODEL@BASE_URL")
+        options["model"] = model
+        if base_url:
+            options["base_url"] = base_url
+        if os.environ.get("OPENAI_API_KEY"):
+            options["api_key_env"] = "OPENAI_API_KEY"
+    elif rest:
+        options["model"] = rest
+    return RoleConfig(backend=name, options=options)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"cannot read LLM config: {e}", file=str(path)) from None
+    try:
+        if path.suffix.lower() == ".toml":
+            return tomllib.loads(text)
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
+        raise InputError(f"not valid {path.suffix.lstrip('.') or 'YAML'}: {e}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise InputError("top level must be a mapping", file=str(path))
+    return data
+
+
+def load_config(path: str | os.PathLike | None) -> LlmConfig:
+    if path is None:
+        return LlmConfig()
+    p = Path(path)
+    data = _read(p)
+    roles = {}
+    for role, raw in (data.get("roles") or {}).items():
+        if not isinstance(raw, dict) or "backend" not in raw:
+            raise InputError("each role needs a `backend`", file=str(p), record=f"roles.{role}", field="backend")
+        raw = dict(raw)
+        secret = sorted(k for k in raw if k.lower() in _SECRET_KEYS)
+        if secret:
+            raise InputError("secrets never go in a config file: set an environment variable and name it with "
+                             "api_key_env", file=str(p), record=f"roles.{role}", field=secret[0])
+        sampling = raw.pop("sampling", {}) or {}
+        unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
+        if unknown:
+            raise InputError(f"unknown sampling parameter (known: {', '.join(sorted(_SAMPLING_FIELDS))})",
+                             file=str(p), record=f"roles.{role}.sampling", field=unknown[0])
+        backend = raw.pop("backend")
+        if backend not in available_backends():
+            raise InputError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}",
+                             file=str(p), record=f"roles.{role}", field="backend")
+        roles[role] = RoleConfig(backend=backend, options=raw, sampling=sampling)
+    prompts_dir = (data.get("prompts") or {}).get("dir")
+    return LlmConfig(roles=roles, prompts_dir=(p.parent / prompts_dir) if prompts_dir else None)

@@ -1,0 +1,126 @@
+"""Any OpenAI-compatible chat server (vLLM, sglang, OpenAI): many requests in flight, bounded.
+
+Requests of a batch run on a thread pool of `max_concurrency` workers. Each request is retried on 429,
+5xx, timeouts and connection errors with exponential backoff (honouring Retry-After), up to
+`max_retries`; a request that still fails comes back as Completion.error. The API key is read from the
+environment variable named by `api_key_env` and kept out of every log and row.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from kb.errors import KbError
+from pipelines.llm.base import ChatRequest, Completion
+from pipelines.llm.calls import register_secret
+from pipelines.llm.registry import register_backend
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model: str, *, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str | None = None,
+                 max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None, **_: Any):
+        if "api_key" in _:
+            raise KbError("openai backend: pass the key through an environment variable (api_key_env), "
+                          "never as an option")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.max_retries = max(0, int(max_retries))
+        self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
+        self.extra_body = dict(extra_body or {})
+        headers = {"Content-Type": "application/json"}
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise KbError(f"openai backend: environment variable {api_key_env} (the API key) is not set")
+            register_secret(key)
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(max_connections=self.max_concurrency,
+                                max_keepalive_connections=self.max_concurrency),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai")
+
+    def __repr__(self) -> str:  # never show headers (the key)
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _body(self, req: ChatRequest) -> dict[str, Any]:
+        p = req.params
+        body: dict[str, Any] = {
+            "model": self.model, "messages": req.messages, "temperature": p.temperature,
+            "top_p": p.top_p, "max_tokens": p.max_tokens,
+        }
+        if p.seed is not None:
+            body["seed"] = p.seed
+        if p.stop:
+            body["stop"] = list(p.stop)
+        body.update(self.extra_body)
+        return body
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            retry_after = response.headers.get("retry-after")
+            if retry_after:
+                try:
+                    return min(float(retry_after), self.max_backoff_s)
+                except ValueError:
+                    pass
+        base = min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
+        return base * (0.5 + random.random() / 2)  # jitter so many clients do not retry in lockstep
+
+    def _one(self, req: ChatRequest) -> Completion:
+        t0 = time.perf_counter()
+        body = self._body(req)
+        error = "no attempt made"
+        for attempt in range(self.max_retries + 1):
+            response = None
+            try:
+                response = self._client.post(f"{self.base_url}/chat/completions", json=body)
+                if response.status_code == 200:
+                    return _completion(response.json(), (time.perf_counter() - t0) * 1000)
+                error = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code not in RETRY_STATUS:
+                    break
+            except (httpx.TimeoutException, httpx.TransportError) as e:
+                error = f"{type(e).__name__}: {e}"
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                error = f"malformed response: {type(e).__name__}: {e}"
+                break
+            if attempt < self.max_retries:
+                time.sleep(self._delay(attempt, response))
+        return Completion(text="", latency_ms=(time.perf_counter() - t0) * 1000,
+                          error=f"{error} (after {attempt + 1} attempts)")
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        if len(requests) == 1:
+            return [self._one(requests[0])]
+        return list(self._pool.map(self._one, requests))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self._client.close()
+
+
+def _completion(data: dict[str, Any], latency_ms: float) -> Completion:
+    choice = data["choices"][0]
+    text = choice["message"]["content"] or ""
+    usage = data.get("usage") or {}
+    return Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                      completion_tokens=int(usage.get("completion_tokens") or 0), latency_ms=latency_ms)
+
+
+@register_backend("openai")
+def _factory(**options: Any) -> OpenAIBackend:
+    return OpenAIBackend(**options)

@@ -1,0 +1,115 @@
+"""Local Hugging Face model (CPU or GPU): batched `generate` with left padding and the chat template.
+
+Requests are grouped by sampling parameters (one `generate` call cannot mix temperatures) and run in
+batches. Seeds: one `generate` call draws from one generator, so a batch is seeded from the seeds of the
+requests in it; the same requests in the same batches reproduce the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from typing import Any
+
+from pipelines.llm.base import ChatRequest, Completion, SamplingParams
+from pipelines.llm.registry import register_backend
+from pipelines.tiny_model import check_model_dir
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model_path: str, *, device: str | None = None, dtype: str | None = None,
+                 batch_size: int = 8, model: str | None = None, **_: Any):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = check_model_dir(model_path)
+        self.model = model or str(path)
+        self.batch_size = max(1, int(batch_size))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        kwargs: dict[str, Any] = {"local_files_only": True}
+        if dtype:
+            kwargs["dtype"] = getattr(torch, dtype)
+        self.lm = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device).eval()
+        self._lock = threading.Lock()  # one model, one generate at a time
+
+    def _prompt(self, req: ChatRequest) -> str:
+        return self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            p = req.params
+            groups.setdefault((p.temperature, p.top_p, p.max_tokens, p.stop), []).append(i)
+        for idxs in groups.values():
+            for start in range(0, len(idxs), self.batch_size):
+                batch = idxs[start:start + self.batch_size]
+                try:
+                    done = self._generate_batch([requests[i] for i in batch])
+                except Exception as e:  # noqa: BLE001 - a failed batch is recorded, never fatal
+                    done = [Completion(text="", error=f"{type(e).__name__}: {e}") for _ in batch]
+                for i, c in zip(batch, done):
+                    out[i] = c
+        return [c for c in out if c is not None]
+
+    def _generate_batch(self, reqs: list[ChatRequest]) -> list[Completion]:
+        import torch
+
+        params: SamplingParams = reqs[0].params
+        t0 = time.perf_counter()
+        enc = self.tokenizer([self._prompt(r) for r in reqs], return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if params.temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+        else:
+            gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with self._lock, torch.no_grad():
+            seeds = [r.params.seed for r in reqs]
+            if any(s is not None for s in seeds):
+                digest = hashlib.sha256(repr(seeds).encode()).digest()
+                torch.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
+            generated = self.lm.generate(**enc, **gen_kwargs)
+        new = generated[:, enc["input_ids"].shape[1]:]
+        latency = (time.perf_counter() - t0) * 1000
+        results = []
+        for row, mask in zip(new, enc["attention_mask"]):
+            n = _completion_length(row.tolist(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
+            results.append(Completion(
+                text=_cut_at_stop(text, params.stop), prompt_tokens=int(mask.sum()),
+                completion_tokens=n, latency_ms=latency,
+            ))
+        return results
+
+
+def _completion_length(ids: list[int], eos: int | None, pad: int | None) -> int:
+    """Generated tokens up to and including the first eos (the rest is padding)."""
+    for i, t in enumerate(ids):
+        if t == eos:
+            return i + 1
+    while ids and pad is not None and ids[-1] == pad and pad != eos:
+        ids = ids[:-1]
+    return len(ids)
+
+
+def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    cut = min((text.find(s) for s in stop if s and s in text), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+@register_backend("transformers")
+def _factory(**options: Any) -> TransformersBackend:
+    return TransformersBackend(**options)

@@ -1,0 +1,71 @@
+"""In-process vLLM (`vllm.LLM`), imported only when this backend is chosen (optional extra `vllm`).
+
+One `LLM.chat` call takes the whole batch with per-request sampling parameters (per-request seeds are
+honoured), so vLLM's continuous batching does the scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from kb.errors import KbError
+from pipelines.llm.base import ChatRequest, Completion
+from pipelines.llm.registry import register_backend
+from pipelines.tiny_model import check_model_dir
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise KbError(
+            "the vllm backend needs the optional extra: pip install 'reasonflux-kb[vllm]' "
+            f"(import failed: {e}); or serve the model with `vllm serve` and use the openai backend"
+        ) from None
+    return vllm
+
+
+class VllmBackend:
+    name = "vllm"
+
+    def __init__(self, model_path: str, *, model: str | None = None, tensor_parallel_size: int = 1,
+                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
+                 dtype: str = "auto", **engine_options: Any):
+        vllm = _import_vllm()
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        path = check_model_dir(model_path)
+        self.model = model or str(path)
+        self._vllm = vllm
+        kwargs = dict(model=str(path), tensor_parallel_size=tensor_parallel_size,
+                      gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, **engine_options)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        self.llm = vllm.LLM(**kwargs)
+
+    def _sampling(self, req: ChatRequest):
+        p = req.params
+        return self._vllm.SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
+                                         seed=p.seed, stop=list(p.stop) or None)
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        try:
+            outputs = self.llm.chat([r.messages for r in requests], [self._sampling(r) for r in requests],
+                                    use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - a failed batch is recorded, never fatal
+            return [Completion(text="", error=f"{type(e).__name__}: {e}") for _ in requests]
+        latency = (time.perf_counter() - t0) * 1000
+        return [
+            Completion(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or []),
+                       completion_tokens=len(o.outputs[0].token_ids), latency_ms=latency)
+            for o in outputs
+        ]
+
+
+@register_backend("vllm")
+def _factory(**options: Any) -> VllmBackend:
+    return VllmBackend(**options)
