@@ -7,7 +7,9 @@ import importlib
 import click
 
 # One module per command group (pipelines/commands/<group>.py); each exposes register(cli).
-MODULES: list[str] = []
+MODULES: list[str] = [
+    "pipelines.commands.dev",
+]
 
 
 def register(cli: click.Group) -> None:
