@@ -245,3 +245,33 @@ def version_dict(template: Template, version: TemplateVersion) -> dict[str, Any]
         "source_kind": version.source_kind, "source_ref": version.source_ref, "provenance": version.provenance,
         "change_note": version.change_note, "run_id": version.run_id, "created_at": version.created_at,
     }
+
+
+def list_templates(session: Session, *, tags: list[str] | tuple[str, ...] = (), category: str | None = None,
+                   section: str | None = None, status: str | None = None, text: str | None = None,
+                   limit: int | None = None) -> list[tuple[Template, TemplateVersion]]:
+    """Templates at their current version, filtered. Tags must all be present (case-insensitive);
+    text matches name/description by substring (ILIKE) or by full-text search."""
+    stmt = select(Template, TemplateVersion).join(TemplateVersion, TemplateVersion.id == Template.current_version_id)
+    if status is not None:
+        if status not in STATUSES:
+            raise InputError(f"status must be one of {', '.join(STATUSES)}", field="status")
+        stmt = stmt.where(Template.status == status)
+    if category is not None:
+        stmt = stmt.where(sa.func.lower(Template.category) == category.lower())
+    if section is not None:
+        stmt = stmt.where(sa.func.lower(Template.section) == section.lower())
+    for tag in tags:
+        tag_values = sa.func.unnest(TemplateVersion.tags).table_valued("tag").render_derived()
+        stmt = stmt.where(sa.exists().select_from(tag_values).where(sa.func.lower(tag_values.c.tag) == tag.lower()))
+    if text:
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(sa.or_(
+            TemplateVersion.name.ilike(pattern, escape="\\"),
+            TemplateVersion.description.ilike(pattern, escape="\\"),
+            TemplateVersion.search_tsv.op("@@")(sa.func.websearch_to_tsquery("english", text)),
+        ))
+    stmt = stmt.order_by(Template.category, Template.section, TemplateVersion.name, Template.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.exec(stmt).all())
