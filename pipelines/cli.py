@@ -8,7 +8,12 @@ import click
 
 # One module per command group (pipelines/commands/<group>.py); each exposes register(cli).
 MODULES: list[str] = [
+    "pipelines.commands.train",
     "pipelines.commands.dev",
+    "pipelines.commands.problems",
+    "pipelines.commands.similar",
+    "pipelines.commands.rewards",
+    "pipelines.commands.pairs",
 ]
 
 

@@ -1,0 +1,274 @@
+"""Problem import: JSONL/JSON files with a field mapping or a preset, one transaction, stored once.
+
+A problem's identity is the hash of its normalised text, so re-importing a file
+(or the same problem from another dataset) creates nothing new. Every line is
+validated before anything is written; a bad line names the file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from kb.db import Database, session_scope
+from kb.errors import InputError, NotFound
+from kb.models import Problem
+from kb.runs import pipeline_run
+
+FIELDS = ("problem", "solution", "answer", "subject", "difficulty", "source_id", "split", "tags")
+FORMATS = ("jsonl", "json")
+
+
+@dataclass(frozen=True)
+class Preset:
+    mapping: dict[str, str]
+    source: str
+    split: str
+
+
+# target field -> key in the file
+PRESETS: dict[str, Preset] = {
+    "math500": Preset({"problem": "problem", "solution": "solution", "answer": "answer", "subject": "subject",
+                       "difficulty": "level", "source_id": "unique_id"}, source="math500", split="test"),
+    "aime": Preset({"problem": "problem", "answer": "answer", "solution": "solution", "source_id": "id"},
+                   source="aime", split="test"),
+}
+
+
+def normalize_text(text: str) -> str:
+    """What makes two problem texts the same problem: Unicode NFKC, whitespace collapsed."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip()
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()
+
+
+def parse_mapping(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
+    """`problem=question,answer=final` (repeatable) -> {"problem": "question", "answer": "final"}."""
+    mapping: dict[str, str] = {}
+    for item in items or ():
+        for pair in filter(None, (p.strip() for p in item.split(","))):
+            target, sep, key = pair.partition("=")
+            if not sep or not key.strip():
+                raise InputError(f"mapping {pair!r} must look like field=key", field="--map")
+            if target.strip() not in FIELDS:
+                raise InputError(f"unknown target field {target.strip()!r}; known: {', '.join(FIELDS)}",
+                                 field="--map")
+            mapping[target.strip()] = key.strip()
+    return mapping
+
+
+def _difficulty(value: Any, where: dict) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InputError("must be an integer or 'Level N'", **where)
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(?:level\s*)?(\d+)\s*", str(value), flags=re.I)
+    if not m:
+        raise InputError(f"{value!r} is not an integer or 'Level N'", **where)
+    return int(m.group(1))
+
+
+def _text(value: Any, where: dict, *, required: bool = False) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise InputError("is required and must be a non-empty string", **where)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InputError(f"must be a string, not {type(value).__name__}", **where)
+    return str(value)
+
+
+def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source: str | None,
+           split: str) -> dict[str, Any]:
+    """One file record -> problem column values; unmapped keys are kept in `extra`."""
+    rec = f"line {line}"
+    if not isinstance(record, dict):
+        raise InputError("must be a JSON object", file=file, record=rec)
+
+    def where(target: str) -> dict:
+        return {"file": file, "record": rec, "field": mapping.get(target, target)}
+
+    def get(target: str) -> Any:
+        return record.get(mapping.get(target, target))
+
+    text = _text(get("problem"), where("problem"), required=True)
+    tags = get("tags")
+    if tags is not None and not (isinstance(tags, list) and all(isinstance(t, str) for t in tags)):
+        raise InputError("must be a list of strings", **where("tags"))
+    used = {mapping.get(f, f) for f in FIELDS}
+    extra = {k: v for k, v in record.items() if k not in used}
+    if tags:
+        extra["tags"] = tags
+    return {
+        "text": text,
+        "solution": _text(get("solution"), where("solution")),
+        "answer": _text(get("answer"), where("answer")),
+        "subject": _text(get("subject"), where("subject")),
+        "difficulty": _difficulty(get("difficulty"), where("difficulty")),
+        "source_id": _text(get("source_id"), where("source_id")),
+        "split": _text(get("split"), where("split")) or split,
+        "source": source,
+        "content_hash": content_hash(text),
+        "extra": extra,
+    }
+
+
+def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
+    """(line or index, parsed record) for every record; a syntax error names the line."""
+    if fmt not in FORMATS:
+        raise InputError(f"format must be one of {', '.join(FORMATS)}", field="--format")
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NotFound(f"no such file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text ({e.reason})", file=str(path)) from None
+    if fmt == "json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {e.lineno}") from None
+        if not isinstance(data, list):
+            raise InputError("a .json file must hold a list of objects", file=str(path))
+        return list(enumerate(data, start=1))
+    records = []
+    for no, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((no, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {no}") from None
+    return records
+
+
+def load_rows(path: Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None = None,
+              preset: str | None = None, source: str | None = None,
+              split: str | None = None) -> list[dict[str, Any]]:
+    """Validate the whole file into rows (nothing is written here)."""
+    base = PRESETS[preset] if preset else None
+    if preset and base is None:
+        raise InputError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}", field="--preset")
+    full = {**(base.mapping if base else {}), **(mapping or {})}
+    src = source or (base.source if base else path.stem)
+    default_split = split or (base.split if base else "train")
+    rows = [to_row(rec, full, file=str(path), line=no, source=src, split=default_split)
+            for no, rec in read_records(path, fmt)]
+    if not rows:
+        raise InputError("no records", file=str(path))
+    return rows
+
+
+def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> dict[str, list[int]]:
+    """Insert what is new; ids by outcome: created, existing (stored before), duplicates (repeats in ROWS)."""
+    created: list[int] = []
+    for start in range(0, len(rows), 1000):
+        chunk = rows[start:start + 1000]
+        stmt = pg_insert(Problem).values([{**r, "run_id": run_id} for r in chunk])
+        stmt = stmt.on_conflict_do_nothing(index_elements=["content_hash"]).returning(Problem.id)
+        created += session.execute(stmt).scalars().all()
+    hashes = [r["content_hash"] for r in rows]
+    ids = dict(session.execute(sa.select(Problem.content_hash, Problem.id)
+                               .where(Problem.content_hash.in_(set(hashes)))).all())
+    created_set, seen = set(created), set()
+    existing, duplicates = [], []
+    for h in hashes:
+        (duplicates if h in seen else existing if ids[h] not in created_set else []).append(ids[h])
+        seen.add(h)
+    return {"created": created, "existing": existing, "duplicates": duplicates}
+
+
+def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None = None,
+                    preset: str | None = None, source: str | None = None, split: str | None = None,
+                    embed: bool = True, embed_model: str | None = None) -> dict[str, Any]:
+    """Import a file; returns counts and the run id. Re-importing creates nothing."""
+    path = Path(path)
+    rows = load_rows(path, fmt=fmt, mapping=mapping, preset=preset, source=source, split=split)
+    params = {"file": str(path), "format": fmt, "mapping": mapping or {}, "preset": preset, "source": source,
+              "split": split}
+    with pipeline_run(db, "import-problems", params) as (run_id, counts):
+        with session_scope(db) as s:
+            outcome = insert_problems(s, rows, run_id)
+        counts.update(records=len(rows), **{k: len(v) for k, v in outcome.items()})
+        if embed and outcome["created"]:
+            counts["embedded"] = embed_problems(db, model=embed_model, problem_ids=outcome["created"],
+                                                run_id=run_id)
+    return {"run_id": run_id, "file": str(path), **counts}
+
+
+def embed_problems(db: Database, model: str | None = None, problem_ids: list[int] | None = None,
+                   run_id: int | None = None) -> int:
+    """The embed stage (imported late: loading the embedding model is only paid when there is work)."""
+    from pipelines.embed import embed_problems as stage
+
+    return stage(db, model=model, problem_ids=problem_ids, run_id=run_id)
+
+
+def _vec_literal(v) -> str:
+    return "[" + ",".join(f"{float(x):.7g}" for x in v) + "]"
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+
+LIST_COLUMNS = ("id", "source", "source_id", "split", "subject", "difficulty", "answer", "text")
+
+
+def list_problems(session, *, source: str | None = None, split: str | None = None, subject: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+    q = sa.select(Problem).order_by(Problem.id).limit(limit).offset(offset)
+    for col, value in ((Problem.source, source), (Problem.split, split), (Problem.subject, subject)):
+        if value is not None:
+            q = q.where(col == value)
+    return [{c: getattr(p, c) for c in LIST_COLUMNS} for p in session.execute(q).scalars()]
+
+
+def get_problem(session, problem_id: int) -> dict[str, Any]:
+    p = session.get(Problem, problem_id)
+    if p is None:
+        raise NotFound(f"no problem {problem_id}")
+    models = session.execute(sa.text("SELECT model FROM problem_embedding WHERE problem_id = :p ORDER BY model"),
+                             {"p": problem_id}).scalars().all()
+    sets = session.execute(sa.text(
+        "SELECT s.id AS set_id, s.build_id, s.size FROM similar_set s WHERE s.anchor_problem_id = :p ORDER BY s.id"),
+        {"p": problem_id}).mappings().all()
+    record = p.model_dump()
+    record.update(embedding_models=list(models), similar_sets=[dict(r) for r in sets])
+    return record
+
+
+def search_problems(db: Database, query: str, *, mode: str = "embedding", limit: int = 10,
+                    model: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+    """Nearest problems by embedding (cosine) or by full-text match (`mode='text'`)."""
+    filters = " AND p.split = :split" if split else ""
+    if mode == "text":
+        sql = ("SELECT p.id, p.source, p.split, p.subject, "
+               "ts_rank(to_tsvector('english', p.text), q) AS score, p.text FROM problem p, "
+               "websearch_to_tsquery('english', :q) q WHERE to_tsvector('english', p.text) @@ q" + filters +
+               " ORDER BY score DESC, p.id LIMIT :limit")
+        params = {"q": query}
+    elif mode == "embedding":
+        from kb.embeddings import get_embedder
+
+        embedder = get_embedder(model)
+        m = embedder.name.replace("'", "''")
+        dist = f"e.embedding::vector({embedder.dim}) <=> CAST(:v AS vector({embedder.dim}))"
+        sql = (f"SELECT p.id, p.source, p.split, p.subject, 1 - ({dist}) AS score, p.text "
+               f"FROM problem_embedding e JOIN problem p ON p.id = e.problem_id WHERE e.model = '{m}'"
+               + filters + f" ORDER BY {dist}, p.id LIMIT :limit")
+        params = {"v": _vec_literal(embedder.encode([query])[0])}
+    else:
+        raise InputError("mode must be 'embedding' or 'text'", field="--mode")
+    with db.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.text(sql), {**params, "limit": limit, "split": split}).mappings()]
