@@ -1,0 +1,263 @@
+"""Training runs in the KB: one `training_run` row per run, per-step metrics, navigators by name, resume.
+
+The process that starts a run owns its row (start, end, status); the training process (rank 0 only) writes
+per-step metrics through `MetricsCallback`, so metrics land in the KB even from `accelerate launch` workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlmodel import Session, select
+
+from kb import config as kb_config
+from kb.db import Database
+from kb.errors import ConflictError, InputError, NotFound
+from kb.models import NavigatorModel, TrainingMetric, TrainingRun
+from kb.models._common import utcnow
+
+# The metrics a run keeps as its final summary: the last logged value of each.
+FINAL_KEYS = ("loss", "train_loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
+              "rewards/rejected", "mean_token_accuracy", "train_runtime", "train_samples_per_second", "epoch")
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM during training, handled like Ctrl-C: the run is recorded as interrupted."""
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+def start_run(db: Database, *, stage: str, base_model: str, dataset_version_id: str | None,
+              config: dict[str, Any], output_path: str | None = None, resumed_from: int | None = None) -> int:
+    with db.session() as s:
+        run = TrainingRun(stage=stage, base_model=base_model, dataset_version_id=dataset_version_id,
+                          config=config, code_version=kb_config.code_version(), output_path=output_path,
+                          resumed_from=resumed_from)
+        s.add(run)
+        s.commit()
+        return run.id
+
+
+def set_output_path(db: Database, run_id: int, output_path: str, config: dict[str, Any]) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(sa.update(TrainingRun).where(TrainingRun.id == run_id)
+                     .values(output_path=output_path, config=config))
+
+
+def finish_run(db: Database, run_id: int, status: str, *, error: str | None = None,
+               extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Close the row with its status and final metrics (last logged values, plus `extra_metrics`)."""
+    metrics = {**final_metrics(db, run_id), **_finite(extra_metrics or {})}
+    with db.engine.begin() as conn:
+        conn.execute(sa.update(TrainingRun).where(TrainingRun.id == run_id).values(
+            status=status, error=error, metrics=metrics, finished_at=utcnow()))
+    return metrics
+
+
+@contextlib.contextmanager
+def recorded_run(db: Database, run_id: int) -> Iterator[dict[str, Any]]:
+    """Yields a dict for extra final metrics; ends the run succeeded, failed or interrupted (Ctrl-C, SIGTERM)."""
+    extra: dict[str, Any] = {}
+    try:
+        with _sigterm_as_interrupt():
+            yield extra
+    except KeyboardInterrupt as e:
+        reason = "terminated (SIGTERM)" if isinstance(e, TrainingInterrupted) else "interrupted by user"
+        finish_run(db, run_id, "interrupted", error=reason, extra_metrics=extra)
+        raise
+    except BaseException as e:
+        finish_run(db, run_id, "failed", extra_metrics=extra,
+                   error="".join(traceback.format_exception_only(type(e), e)).strip())
+        raise
+    else:
+        finish_run(db, run_id, "succeeded", extra_metrics=extra)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TrainingInterrupted()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- metrics ------------------------------------------------------------------------------------------
+
+def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Numbers only; NaN/inf become strings so they stay visible yet valid JSON."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        out[key] = value if math.isfinite(value) else str(value)
+    return out
+
+
+def record_metrics(db: Database, run_id: int, step: int, metrics: dict[str, Any]) -> None:
+    """Upsert one step's metrics; a second log at the same step (the end-of-training summary) merges in."""
+    values = _finite(metrics)
+    if not values:
+        return
+    stmt = pg_insert(TrainingMetric).values(run_id=run_id, step=step, metrics=values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["run_id", "step"],
+        set_={"metrics": TrainingMetric.__table__.c.metrics.op("||")(stmt.excluded.metrics)})
+    with db.engine.begin() as conn:
+        conn.execute(stmt)
+
+
+def final_metrics(db: Database, run_id: int) -> dict[str, Any]:
+    """The last logged value of each FINAL_KEYS metric, and the last step."""
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT e.key, (array_agg(e.value ORDER BY m.step DESC))[1] AS value "
+            "FROM training_metric m, jsonb_each(m.metrics) e "
+            "WHERE m.run_id = :r AND e.key = ANY(:keys) GROUP BY e.key"
+        ), {"r": run_id, "keys": list(FINAL_KEYS)}).all()
+        last_step = conn.execute(sa.select(sa.func.max(TrainingMetric.step))
+                                 .where(TrainingMetric.run_id == run_id)).scalar()
+    out = {key: value for key, value in rows}
+    if last_step is not None:
+        out["global_step"] = last_step
+    return out
+
+
+def metrics_callback(db: Database, run_id: int):
+    """A transformers TrainerCallback writing every log (loss, DPO rewards...) to training_metric."""
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                record_metrics(db, run_id, int(state.global_step), logs)
+
+    return MetricsCallback()
+
+
+# -- navigators ---------------------------------------------------------------------------------------
+
+def navigator_name_for(stage: str, run_id: int) -> str:
+    return f"navigator-{stage}-run{run_id}"
+
+
+def check_navigator_name_free(db: Database, name: str) -> None:
+    with db.session() as s:
+        existing = s.exec(select(NavigatorModel).where(NavigatorModel.name == name)).first()
+    if existing is not None:
+        raise ConflictError(f"navigator {name!r} already exists (path {existing.path}); choose another --name")
+
+
+def register_navigator(db: Database, *, name: str, path: str, base_model: str | None,
+                       training_run_id: int | None) -> dict[str, Any]:
+    with db.session() as s:
+        row = NavigatorModel(name=name, path=path, base_model=base_model, training_run_id=training_run_id)
+        s.add(row)
+        try:
+            s.commit()
+        except sa.exc.IntegrityError:
+            raise ConflictError(f"navigator {name!r} already exists; choose another --name") from None
+        return row.model_dump()
+
+
+def resolve_navigator(session: Session, name_or_path: str) -> str:
+    """The checkpoint path of a registered navigator name, or a local model directory as given."""
+    row = session.exec(select(NavigatorModel).where(NavigatorModel.name == name_or_path)).first()
+    if row is not None:
+        return row.path
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path)
+    known = session.exec(select(NavigatorModel.name).order_by(NavigatorModel.name)).all()
+    raise NotFound(f"no navigator named {name_or_path!r} and no such model directory; "
+                   f"registered: {', '.join(known) or 'none'} (see `reasonflux navigators list`)")
+
+
+def list_navigators(db: Database) -> list[dict[str, Any]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT n.name, n.path, n.base_model, n.training_run_id, r.stage, r.dataset_version_id, "
+            "n.created_at FROM navigator_model n LEFT JOIN training_run r ON r.id = n.training_run_id "
+            "ORDER BY n.created_at, n.id")).mappings().all()
+    return [dict(r) for r in rows]
+
+
+# -- listing and resume -------------------------------------------------------------------------------
+
+RUN_COLUMNS = ("id", "stage", "status", "base_model", "dataset_version_id", "resumed_from", "output_path",
+               "started_at", "finished_at")
+
+
+def list_runs(db: Database, *, stage: str | None = None, status: str | None = None,
+              limit: int = 50) -> list[dict[str, Any]]:
+    query = sa.select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
+    if stage:
+        query = query.where(TrainingRun.stage == stage)
+    if status:
+        query = query.where(TrainingRun.status == status)
+    with db.session() as s:
+        runs = s.exec(query).scalars().all()
+    return [{**{c: getattr(r, c) for c in RUN_COLUMNS}, "loss": (r.metrics or {}).get("loss"),
+             "reward_accuracy": (r.metrics or {}).get("rewards/accuracies")} for r in runs]
+
+
+def get_run(db: Database, run_id: int, *, with_steps: bool = True) -> dict[str, Any]:
+    with db.session() as s:
+        run = s.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
+        out = run.model_dump()
+        if with_steps:
+            steps = s.exec(select(TrainingMetric).where(TrainingMetric.run_id == run_id)
+                           .order_by(TrainingMetric.step)).all()
+            out["steps"] = [{"step": m.step, **m.metrics} for m in steps]
+        navigator = s.exec(select(NavigatorModel.name).where(NavigatorModel.training_run_id == run_id)).first()
+        out["navigator"] = navigator
+    return out
+
+
+def last_checkpoint(output_dir: str | None) -> str | None:
+    if not output_dir or not Path(output_dir).is_dir():
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir)
+
+
+def resumable(db: Database, run_id: int, stage: str) -> tuple[TrainingRun, str]:
+    """The run to resume and its last checkpoint, or a clear error why it cannot be resumed."""
+    with db.session() as s:
+        run = s.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
+    if run.stage != stage:
+        raise InputError(f"run {run_id} is a {run.stage} run; resume it with `reasonflux train {run.stage}`",
+                         field="resume")
+    if run.status == "succeeded":
+        raise InputError(f"run {run_id} succeeded; there is nothing to resume", field="resume")
+    if run.status == "running":
+        raise ConflictError(f"run {run_id} is still marked running (or its process was killed with SIGKILL "
+                            "before it could record that); resuming it could make two trainers share a directory")
+    checkpoint = last_checkpoint(run.output_path)
+    if checkpoint is None:
+        raise InputError(f"run {run_id} left no checkpoint in {run.output_path}; start a new run instead",
+                         field="resume")
+    return run, checkpoint

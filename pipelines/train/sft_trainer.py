@@ -1,0 +1,42 @@
+"""Stage 1 on TRL's SFTTrainer: template-knowledge conversations in, a fine-tuned navigator out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines.train.sft_config import SFTTrainConfig
+
+
+def train_sft(config: SFTTrainConfig, *, base_model: str, train_dataset, output_dir: str,
+              callbacks: Sequence[Any] = (), resume_from_checkpoint: str | None = None,
+              deepspeed: str | None = None, use_cpu: bool = False) -> dict[str, Any]:
+    """Train, save the final model + tokenizer in output_dir, and return the trainer's summary metrics."""
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    args = config.trl_config(**runtime_args(output_dir, deepspeed=deepspeed, use_cpu=use_cpu))
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    trainer = SFTTrainer(model=base_model, args=args, train_dataset=train_dataset,
+                         processing_class=tokenizer, callbacks=list(callbacks))
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model(output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+    return {**result.metrics, "global_step": result.global_step}
+
+
+def runtime_args(output_dir: str, *, deepspeed: str | None, use_cpu: bool) -> dict[str, Any]:
+    """TrainingArguments that depend on where the run happens, not on the experiment."""
+    return {
+        "output_dir": output_dir,
+        "use_cpu": use_cpu,
+        "deepspeed": deepspeed,
+        "report_to": "none",
+        "save_strategy": "steps",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        # The model is saved at the end with save_model; checkpoints exist to resume, so they keep
+        # the optimizer state.
+        "save_only_model": False,
+    }

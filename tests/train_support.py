@@ -1,0 +1,65 @@
+"""Shared by the tests/test_train_*.py files: small exports in the export format, and model directories."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kb.models import DatasetVersion
+
+# Qwen2.5-32B-Instruct's architecture (config.json only): enough to plan the paper's run without weights.
+QWEN25_32B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 5120,
+    "intermediate_size": 27648, "num_hidden_layers": 64, "num_attention_heads": 40, "num_key_value_heads": 8,
+    "vocab_size": 152064, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "rope_theta": 1000000.0, "hidden_act": "silu",
+}
+
+
+def sft_rows(n: int = 8) -> list[dict]:
+    return [{"messages": [
+        {"role": "user", "content": f"Template 'Telescoping sum {i}' (tags: sequences). Describe it and when "
+                                    "it applies."},
+        {"role": "assistant", "content": f"Rewrite term {i} as a difference so the sum collapses; applies to "
+                                         "sums of fractions."},
+    ]} for i in range(n)]
+
+
+def dpo_rows(n: int = 8) -> list[dict]:
+    return [{
+        "prompt": [{"role": "user", "content": f"Plan a solution for problem {i}: find x with x^2 - 5x + 6 = 0."}],
+        "chosen": [{"role": "assistant", "content": "Step 1: apply Vieta. Step 2: check roots 2 and 3."}],
+        "rejected": [{"role": "assistant", "content": "Step 1: guess."}],
+    } for i in range(n)]
+
+
+def write_export(db, directory: Path, kind: str, rows: list[dict], *, version_id: str | None = None,
+                 register: bool = True) -> str:
+    """Parquet + manifest.json (sha256 of every file) + a dataset_version row, like `reasonflux export`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), directory / "train.parquet")
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
+    version_id = version_id or f"{kind}-{hashlib.sha256(json.dumps(files).encode()).hexdigest()[:12]}"
+    (directory / "manifest.json").write_text(json.dumps(
+        {"id": version_id, "kind": kind, "files": files, "row_counts": {"train": len(rows)}}, indent=2))
+    if register:
+        with db.session() as s:
+            s.add(DatasetVersion(id=version_id, kind=kind, params={}, schema_revision="test",
+                                 row_counts={"train": len(rows)}, files=files, path=str(directory)))
+            s.commit()
+    return version_id
+
+
+def config_only_model(directory: Path, config: dict | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config or QWEN25_32B_CONFIG))
+    return directory
+
+
+# Small, fast settings for CPU training tests.
+CPU_FLAGS = {"bf16": False, "max_steps": 2, "max_length": 64, "per_device_train_batch_size": 2,
+             "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "save_steps": 1}
