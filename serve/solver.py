@@ -1,0 +1,453 @@
+"""The multi-round solver: plan, then per step retrieve -> instantiate -> evaluate -> adjust, until an answer.
+
+    problem --navigator--> abstraction + trajectory [(step, template phrase), ...]
+    for the current step:
+        retrieve templates from the live KB (the version used is pinned in the trace)
+        the inference LLM carries out the step with the template
+        the navigator judges the result: continue | adjust (change the step's template,
+        insert or remove steps) | stop (with the final answer)
+    final answer: the navigator's, or extracted from the last accepted step's result
+
+Every navigator reply is parsed strictly and re-asked at most `parse_retries` times.
+Rounds, tokens and wall time are bounded; whatever ends a session (answer, limit,
+unparseable output, backend error) is recorded with its reason, and every round is
+written to the trace as it finishes. One Solver serves many concurrent `solve` calls:
+all per-session state lives in a `_Run`, and LLM calls go through per-backend
+micro-batchers so concurrent sessions reach the model together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from kb.db import Database
+from kb.errors import InputError
+from pipelines.grader import extract_answer, grade
+from pipelines.llm.base import Backend, ChatRequest, Completion, Message, SamplingParams
+from pipelines.llm.calls import call_rows
+from serve import prompts, traces
+from serve.batching import Batcher, batchers_for
+from serve.parsing import Change, Evaluation, ParseError, Plan, parse_evaluation, parse_plan
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+STAGES = {"navigator": "solve:navigator", "inference": "solve:inference"}
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    max_rounds: int = 12  # step rounds (retrieve + instantiate + evaluate); the plan is round 0
+    max_steps: int = 8
+    max_tokens: int = 60_000  # prompt + completion, both roles
+    max_seconds: float = 600.0
+    parse_retries: int = 2  # extra navigator attempts after an unparseable reply
+    top_k: int = 3
+    retrieval_mode: str = "hybrid"
+    navigator_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
+    inference_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
+
+    def __post_init__(self) -> None:
+        for name in ("max_rounds", "max_steps", "max_tokens", "top_k"):
+            if getattr(self, name) < 1:
+                raise InputError("must be at least 1", field=name)
+        if self.max_seconds <= 0:
+            raise InputError("must be positive", field="max_seconds")
+        if self.parse_retries < 0:
+            raise InputError("must be 0 or more", field="parse_retries")
+
+    def with_overrides(self, **changes: Any) -> SolverConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["navigator_params"] = self.navigator_params.to_dict()
+        d["inference_params"] = self.inference_params.to_dict()
+        return d
+
+
+@dataclass
+class SolveResult:
+    session_id: int
+    status: str  # solved | failed | limit
+    reason: str | None
+    answer: str | None
+    correct: bool | None
+    rounds: int
+    tokens: dict[str, Any]
+    latency_ms: float
+    templates: list[int] = field(default_factory=list)  # template version ids used, in order
+    llm_calls: int = 0
+    solution: str | None = None  # the result text of the last accepted step
+
+    @property
+    def total_tokens(self) -> int:
+        return traces.total_tokens(self.tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
+
+class SessionEnd(Exception):
+    """Ends a session early; `status` is limit or failed, the message is the recorded reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class NavigatorUnparseable(SessionEnd):
+    """Every attempt at a navigator reply failed to parse; carries the last attempt for the trace."""
+
+    def __init__(self, errors: list[str], messages: list[Message], raw: str):
+        super().__init__("failed", f"navigator output unparseable after {len(errors)} attempts: {errors[-1]}")
+        self.errors, self.messages, self.raw = errors, messages, raw
+
+
+@dataclass
+class _Step:
+    text: str
+    template: str
+    tried: list[int] = field(default_factory=list)  # version ids already used for this step
+
+    def to_dict(self) -> dict[str, str]:
+        return {"text": self.text, "template": self.template}
+
+
+class Solver:
+    """Solve problems against the live KB with a navigator and an inference backend (may be one instance)."""
+
+    def __init__(self, db: Database, navigator: Backend, inference: Backend, config: SolverConfig | None = None,
+                 *, run_id: int | None = None, batch_window_ms: float = 5.0):
+        self.db = db
+        self.config = config or SolverConfig()
+        self.run_id = run_id
+        self.backends = {"navigator": navigator, "inference": inference}
+        nav_b, inf_b = batchers_for(navigator, inference, window_ms=batch_window_ms)
+        self.batchers: dict[str, Batcher] = {"navigator": nav_b, "inference": inf_b}
+        self.shared_backend = nav_b is inf_b
+
+    def describe(self, config: SolverConfig | None = None) -> dict[str, Any]:
+        """The configuration recorded with each session."""
+        return {
+            **(config or self.config).to_dict(),
+            "navigator": {"backend": self.batchers["navigator"].name, "model": self.batchers["navigator"].model},
+            "inference": {"backend": self.batchers["inference"].name, "model": self.batchers["inference"].model},
+            "shared_backend": self.shared_backend,
+        }
+
+    def solve(self, problem: str, *, problem_id: int | None = None, reference: str | None = None,
+              config: SolverConfig | None = None, on_event: EventSink | None = None) -> SolveResult:
+        """Run one session to its end (never raises for model behaviour; see SolveResult.status)."""
+        if not problem or not problem.strip():
+            raise InputError("must not be empty", field="problem")
+        run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event)
+        return run.execute()
+
+    def close(self) -> None:
+        for b in {id(b): b for b in self.batchers.values()}.values():
+            b.close()
+
+    def __enter__(self) -> Solver:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class _Run:
+    """One session's state, used by one thread."""
+
+    def __init__(self, solver: Solver, problem: str, config: SolverConfig, problem_id: int | None,
+                 reference: str | None, on_event: EventSink | None):
+        self.s, self.problem, self.cfg = solver, problem, config
+        self.problem_id, self.reference, self.on_event = problem_id, reference, on_event
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + config.max_seconds
+        self.tokens: dict[str, dict[str, float]] = {}
+        self.calls = 0
+        self.rounds = 0  # step rounds done
+        self.round_no = 0
+        self.templates: list[int] = []
+        self.last_result: str | None = None
+        self.accepted: list[tuple[str, str]] = []  # (step text, result) of accepted steps
+        self._pending_calls: list[dict[str, Any]] = []
+        self._pending_failures: list[dict[str, Any]] = []
+        self._round_tokens: dict[str, dict[str, float]] = {}
+        self.session_id = 0
+
+    # ---------------------------------------------------------------- events and trace
+
+    def emit(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event({**event, "session_id": self.session_id})
+            except Exception:  # noqa: BLE001 - a broken listener never breaks the session
+                log.exception("solve event listener failed")
+
+    def write_round(self, kind: str, **fields: Any) -> dict[str, Any]:
+        row = {"round_no": self.round_no, "kind": kind, "tokens": self._round_tokens,
+               "latency_ms": (time.monotonic() - self._round_t0) * 1000, **fields}
+        row.setdefault("adjustment", {})
+        traces.write_round(self.s.db, self.session_id, row, self._pending_calls, self._pending_failures,
+                           rounds=self.rounds, tokens=self.tokens, run_id=self.s.run_id)
+        self._pending_calls, self._pending_failures, self._round_tokens = [], [], {}
+        self.emit({"event": "round", **{k: v for k, v in row.items() if k != "navigator_prompt"}})
+        self.round_no += 1
+        self._round_t0 = time.monotonic()
+        return row
+
+    # ---------------------------------------------------------------- LLM calls
+
+    def _account(self, role: str, c: Completion, waited_ms: float) -> None:
+        for bucket in (self.tokens, self._round_tokens):
+            t = bucket.setdefault(role, {"prompt": 0, "completion": 0, "calls": 0, "latency_ms": 0.0})
+            t["prompt"] += c.prompt_tokens
+            t["completion"] += c.completion_tokens
+            t["calls"] += 1
+            t["latency_ms"] = round(t["latency_ms"] + waited_ms, 3)
+        self.calls += 1
+
+    def _check_budget(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise SessionEnd("limit", f"wall time limit of {self.cfg.max_seconds:g} s reached")
+        used = traces.total_tokens(self.tokens)
+        if used >= self.cfg.max_tokens:
+            raise SessionEnd("limit", f"token limit of {self.cfg.max_tokens} reached ({used} used)")
+
+    def call(self, role: str, messages: list[Message]) -> Completion:
+        self._check_budget()
+        params = self.cfg.navigator_params if role == "navigator" else self.cfg.inference_params
+        req = ChatRequest(messages=messages, params=params, tags={"role": role, "session_id": self.session_id})
+        batcher = self.s.batchers[role]
+        t0 = time.monotonic()
+        future = batcher.submit(req)
+        try:
+            c = future.result(timeout=max(0.0, self.deadline - t0))
+        except FutureTimeout:
+            future.cancel()
+            c = Completion(text="", error="no reply before the session's wall time limit",
+                           latency_ms=(time.monotonic() - t0) * 1000)
+            self._record_call(role, req, c)
+            raise SessionEnd("limit", f"wall time limit of {self.cfg.max_seconds:g} s reached "
+                                      f"while waiting for the {role}") from None
+        except Exception as e:  # noqa: BLE001 - the backend raised instead of returning an error
+            c = Completion(text="", error=f"{type(e).__name__}: {e}", latency_ms=(time.monotonic() - t0) * 1000)
+            self._record_call(role, req, c)
+            raise SessionEnd("failed", f"{role} backend error: {c.error}") from None
+        waited = (time.monotonic() - t0) * 1000
+        self._record_call(role, req, c, waited)
+        if c.error:
+            raise SessionEnd("failed", f"{role} backend error: {c.error}")
+        used = traces.total_tokens(self.tokens)
+        if used > self.cfg.max_tokens:
+            raise SessionEnd("limit", f"token limit of {self.cfg.max_tokens} reached ({used} used)")
+        return c
+
+    def _record_call(self, role: str, req: ChatRequest, c: Completion, waited_ms: float | None = None) -> None:
+        if not c.latency_ms and waited_ms:
+            c = replace(c, latency_ms=waited_ms)
+        self._account(role, c, waited_ms if waited_ms is not None else c.latency_ms)
+        self._pending_calls += call_rows(self.s.batchers[role].backend, [req], [c], run_id=self.s.run_id,
+                                         stage=STAGES[role], session_id=self.session_id)
+        for row in self._pending_calls[-1:]:
+            row.pop("session_id", None)
+            row.pop("run_id", None)
+
+    def navigate(self, messages: list[Message],
+                 parse: Callable[[str], Any]) -> tuple[Any, list[Message], str, list[str]]:
+        """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
+
+        An unparseable reply is shown back to the navigator with what is wrong, at most
+        parse_retries times; the retry prompt is the original plus the last bad reply, so it stays bounded.
+        """
+        attempt_msgs = messages
+        errors: list[str] = []
+        for attempt in range(self.cfg.parse_retries + 1):
+            c = self.call("navigator", attempt_msgs)
+            try:
+                return parse(c.text), attempt_msgs, c.text, errors
+            except ParseError as e:
+                errors.append(str(e))
+                self._pending_failures.append({"attempt": attempt, "reason": f"unparseable navigator output: {e}",
+                                               "raw_output": c.text})
+                last_msgs, last_raw = attempt_msgs, c.text
+                attempt_msgs = prompts.retry_messages(messages, c.text, str(e))
+        raise NavigatorUnparseable(errors, last_msgs, last_raw)
+
+    # ---------------------------------------------------------------- retrieval
+
+    def retrieve(self, step: _Step) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[int]]:
+        """Top templates for the step; the best one not yet tried for it is used (its version pinned)."""
+        from kb.retrieval import search_templates
+
+        query = f"{step.template}. {step.text}"
+        k = self.cfg.top_k + len(step.tried)
+        hits = [h.to_dict() for h in search_templates(self.s.db, query, k=k, mode=self.cfg.retrieval_mode)]
+        chosen = next((h for h in hits if h["version_id"] not in step.tried), hits[0] if hits else None)
+        skipped = [h["version_id"] for h in hits if h["version_id"] in step.tried and h is not chosen]
+        shown = [h for h in hits if h["version_id"] not in skipped][: self.cfg.top_k]
+        if chosen is not None and chosen not in shown:
+            shown = [chosen, *shown[: self.cfg.top_k - 1]]
+        return shown, chosen, skipped
+
+    # ---------------------------------------------------------------- the loop
+
+    def execute(self) -> SolveResult:
+        s = self.s
+        self.session_id = traces.create_session(s.db, self.problem, s.describe(self.cfg), problem_id=self.problem_id,
+                                                reference=self.reference, run_id=s.run_id)
+        self._round_t0 = time.monotonic()
+        self.emit({"event": "session", "problem": self.problem})
+        status, reason, answer, source = "failed", None, None, None
+        try:
+            plan = self.plan()
+            status, reason, answer, source = self.steps(plan)
+        except SessionEnd as end:
+            status, reason = end.status, end.reason
+        except Exception as e:  # noqa: BLE001 - a bug or a lost database still ends the session, recorded
+            log.exception("solve session %s failed", self.session_id)
+            status, reason = "failed", f"internal error: {type(e).__name__}: {e}"
+        if answer is None and self.last_result:
+            answer, source = extract_answer(self.last_result), "the last step result"
+            source = source if answer is not None else None
+        if status == "solved" and answer is None:
+            status, reason = "failed", "no final answer in the navigator's verdict or the step results"
+        correct = grade(answer, self.reference) if self.reference is not None and answer is not None else (
+            False if self.reference is not None else None)
+        return self.finish(status, reason, answer, source, correct)
+
+    def finish(self, status: str, reason: str | None, answer: str | None, source: str | None,
+               correct: bool | None) -> SolveResult:
+        latency = (time.monotonic() - self.t0) * 1000
+        text = (f"answer {answer!r} from {source}" if answer is not None else "no answer") + f"; {status}"
+        if reason:
+            text += f": {reason}"
+        try:
+            self.write_round("final", evaluation=text, adjustment={"answer": answer, "source": source,
+                                                                  "status": status, "reason": reason})
+        except Exception:  # noqa: BLE001 - the session row below still gets its end
+            log.exception("could not write the final round of session %s", self.session_id)
+        traces.finish_session(self.s.db, self.session_id, status=status, reason=reason, final_answer=answer,
+                              correct=correct, rounds=self.rounds, tokens=self.tokens, latency_ms=latency)
+        result = SolveResult(
+            session_id=self.session_id, status=status, reason=reason, answer=answer, correct=correct,
+            rounds=self.rounds, tokens=self.tokens, latency_ms=latency, templates=self.templates,
+            llm_calls=self.calls, solution=self.last_result,
+        )
+        self.emit({"event": "done", **result.to_dict()})
+        return result
+
+    def plan(self) -> Plan:
+        messages = prompts.plan_messages(self.problem, max_steps=self.cfg.max_steps)
+        try:
+            plan, used, raw, errors = self.navigate(messages, lambda t: parse_plan(t, max_steps=self.cfg.max_steps))
+        except NavigatorUnparseable as end:
+            self.write_round("plan", navigator_prompt=end.messages, navigator_output=end.raw,
+                             adjustment={"parse_errors": end.errors, "error": end.reason})
+            raise
+        except SessionEnd as end:
+            self.write_round("plan", navigator_prompt=messages, adjustment={"error": end.reason})
+            raise
+        self.write_round("plan", step_text=plan.abstraction, navigator_prompt=used, navigator_output=raw,
+                         adjustment={"abstraction": plan.abstraction,
+                                     "trajectory": [asdict(p) | {"text": p.text} for p in plan.steps],
+                                     "parse_errors": errors})
+        return plan
+
+    def steps(self, plan: Plan) -> tuple[str, str | None, str | None, str | None]:
+        steps = [_Step(text=p.text, template=p.template) for p in plan.steps]
+        i = 0
+        while i < len(steps):
+            if self.rounds >= self.cfg.max_rounds:
+                raise SessionEnd("limit", f"round limit of {self.cfg.max_rounds} reached")
+            self.rounds += 1
+            evaluation, steps, i = self.step_round(plan.abstraction, steps, i)
+            if evaluation.verdict == "stop":
+                return "solved", None, evaluation.answer, "the navigator's stop verdict" if evaluation.answer else None
+        return "solved", None, None, None
+
+    def step_round(self, abstraction: str, steps: list[_Step], i: int) -> tuple[Evaluation, list[_Step], int]:
+        step = steps[i]
+        round_fields: dict[str, Any] = {"step_text": step.text}
+        adj: dict[str, Any] = {"step_no": i + 1, "n_steps": len(steps), "query": step.template}
+        try:
+            shown, chosen, skipped = self.retrieve(step)
+            round_fields["retrieved"] = [
+                {k: h[k] for k in ("version_id", "template_id", "key", "name", "score")} | {"used": h is chosen}
+                for h in shown]
+            if chosen is not None:
+                adj["template"] = {k: chosen[k] for k in ("version_id", "template_id", "key", "name", "score")}
+                step.tried.append(chosen["version_id"])
+                if chosen["version_id"] not in self.templates:
+                    self.templates.append(chosen["version_id"])
+            if skipped:
+                adj["excluded"] = skipped
+            result = self.call("inference", prompts.instantiate_messages(
+                self.problem, abstraction, self.accepted, step.text, chosen)).text
+            round_fields["instantiation"] = result
+            self.last_result = self.accepted[-1][1] if self.accepted else result
+            messages = prompts.evaluation_messages(
+                self.problem, abstraction, [(s.text, s.template) for s in steps], i + 1,
+                chosen["name"] if chosen else None, result, self.accepted, max_steps=self.cfg.max_steps)
+            evaluation, used, raw, errors = self.navigate(messages, lambda t: parse_evaluation(
+                t, current=i + 1, n_steps=len(steps), max_steps=self.cfg.max_steps))
+        except SessionEnd as end:
+            if isinstance(end, NavigatorUnparseable):
+                round_fields.update(navigator_prompt=end.messages, navigator_output=end.raw)
+                adj["parse_errors"] = end.errors
+            adj["error"] = end.reason
+            self.write_round("step", adjustment=adj, **round_fields)
+            raise
+        new_steps, next_i, described, outcome = apply_changes(steps, i, evaluation.changes)
+        if outcome == "accepted":
+            self.accepted.append((step.text, result))
+            self.last_result = result
+        adj.update(verdict=evaluation.verdict, changes=described, parse_errors=errors, outcome=outcome,
+                   trajectory=[s.to_dict() for s in new_steps], answer=evaluation.answer)
+        self.write_round("step", navigator_prompt=used, navigator_output=raw, evaluation=evaluation.reason,
+                         adjustment=adj, **round_fields)
+        return evaluation, new_steps, next_i
+
+
+def apply_changes(steps: list[_Step], current: int,
+                  changes: list[Change]) -> tuple[list[_Step], int, list[dict], str]:
+    """(trajectory after CHANGES, index of the next step to run, the changes described, outcome).
+
+    Step numbers are as shown (1-based). The current step is redone when changed ("redo"),
+    dropped when removed ("removed"), accepted otherwise ("accepted"). Steps before it are
+    done and (by the parser) never touched.
+    """
+    shown = list(steps)
+    removed: set[int] = set()
+    inserts: dict[int, list[_Step]] = {}
+    described = []
+    changed_current = False
+    for c in changes:
+        target = shown[c.step - 1]
+        if c.op == "change":
+            target.template = c.template or target.template
+            target.text = c.text or target.text
+            changed_current |= c.step - 1 == current
+            described.append(c.to_dict())
+        elif c.op == "remove":
+            removed.add(id(target))
+            described.append(c.to_dict() | {"removed_text": target.text})
+        else:
+            inserts.setdefault(id(target), []).append(_Step(text=c.text or "", template=c.template or ""))
+            described.append(c.to_dict())
+    new: list[_Step] = []
+    for s in shown:
+        if id(s) not in removed:
+            new.append(s)
+        new.extend(inserts.get(id(s), []))
+    if id(shown[current]) in removed:
+        return new, current, described, "removed"
+    if changed_current:
+        return new, current, described, "redo"
+    return new, current + 1, described, "accepted"
