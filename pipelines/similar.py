@@ -18,51 +18,16 @@ from kb.datasets import params_hash
 from kb.db import Database, session_scope
 from kb.errors import InputError, NotFound
 from kb.runs import pipeline_run
+from pipelines.selection import PROBLEM_KEYS, Selection, parse_selection, select_problem_ids
 
 METHOD = "embedding-knn"
 # Cosine similarity at or above this is the same problem written twice, not a similar one.
 DUPLICATE_SIMILARITY = 0.9999
-SELECTION_KEYS = ("split", "source", "subject", "ids")
 
 
 def parse_anchors(spec: str | None) -> dict[str, Any]:
-    """'split=train;source=math500;ids=1-20,31' -> a normalised selection (part of the build's params)."""
-    selection: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in (spec or "").split(";"))):
-        if part == "all":
-            continue
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or key not in SELECTION_KEYS or not value:
-            raise InputError(f"{part!r}: expected key=value with key one of {', '.join(SELECTION_KEYS)}",
-                             field="--anchors")
-        if key == "ids":
-            selection["ids"] = _parse_ids(value)
-        else:
-            selection[key] = value
-    return selection
-
-
-def _parse_ids(value: str) -> list[int]:
-    ids: set[int] = set()
-    for chunk in value.split(","):
-        lo, _, hi = chunk.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise InputError(f"ids {value!r}: expected a list like 1-20,31", field="--anchors")
-        ids.update(range(int(lo), int(hi or lo) + 1))
-    return sorted(ids)
-
-
-def _selection_sql(selection: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    clauses, binds = [], {}
-    for key in ("split", "source", "subject"):
-        if key in selection:
-            clauses.append(f"a.{key} = :sel_{key}")
-            binds[f"sel_{key}"] = selection[key]
-    if "ids" in selection:
-        clauses.append("a.id = ANY(:sel_ids)")
-        binds["sel_ids"] = selection["ids"]
-    return "".join(f" AND {c}" for c in clauses), binds
+    """The anchor selection (the selection language of pipelines.selection), normalised for the params."""
+    return parse_selection(spec, PROBLEM_KEYS, option="--anchors").to_dict()
 
 
 def _model_dim(conn, model: str) -> int | None:
@@ -163,12 +128,13 @@ def build_similar_sets(db: Database, *, batch_size: int = 256, embed_missing: bo
             raise InputError(f"no problem has an embedding of model {params['model']!r}; import or embed problems "
                              "first", field="--model")
         build_id, created = _get_or_create_build(db, params, phash, run_id)
-        where, binds = _selection_sql(params["anchors"])
         with db.engine.connect() as conn:
+            selected = select_problem_ids(conn, Selection("anchors", params["anchors"]))
             anchors = conn.execute(sa.text(
                 "SELECT a.id FROM problem a JOIN problem_embedding ea ON ea.problem_id = a.id AND ea.model = :m "
-                "WHERE NOT EXISTS (SELECT 1 FROM similar_set s WHERE s.build_id = :b AND s.anchor_problem_id = a.id)"
-                + where + " ORDER BY a.id"), {"m": params["model"], "b": build_id, **binds}).scalars().all()
+                "WHERE a.id = ANY(:ids) AND NOT EXISTS "
+                "(SELECT 1 FROM similar_set s WHERE s.build_id = :b AND s.anchor_problem_id = a.id) ORDER BY a.id"),
+                {"m": params["model"], "b": build_id, "ids": selected}).scalars().all()
         sql = sa.text(_batch_sql(params["model"], dim, params["same_subject"], params["shared_tags"]))
         sets = members = 0
         for start in range(0, len(anchors), batch_size):

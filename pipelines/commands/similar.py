@@ -21,7 +21,8 @@ def similar() -> None:
 @click.option("--shared-tags", is_flag=True,
               help="Members must share a tag with the anchor (problem tags or tags of templates its trajectories use).")
 @click.option("--anchors", default=None, metavar="SELECTION",
-              help="Which anchors, e.g. 'split=train;source=math500;ids=1-50,77' (default: all).")
+              help="Which anchors, e.g. 'split=train;source=math500;ids=1-50,77' (keys: ids, source, split, "
+                   "subject, level, has, limit; default: all).")
 @click.option("--model", default=None, help="Embedding model (default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Anchors per SQL statement.")
 @output_options(csv_ok=False)
