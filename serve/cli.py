@@ -6,7 +6,11 @@ import importlib
 
 import click
 
-MODULES: list[str] = []
+MODULES: list[str] = [
+    "serve.commands.solve",
+    "serve.commands.sessions",
+    "serve.commands.serve",
+]
 
 
 def register(cli: click.Group) -> None:

@@ -132,12 +132,14 @@ class Solver:
         self.batchers: dict[str, Batcher] = {"navigator": nav_b, "inference": inf_b}
         self.shared_backend = nav_b is inf_b
 
+    def describe_backends(self) -> dict[str, Any]:
+        return {role: {"backend": b.name, "model": b.model} for role, b in self.batchers.items()}
+
     def describe(self, config: SolverConfig | None = None) -> dict[str, Any]:
         """The configuration recorded with each session."""
         return {
             **(config or self.config).to_dict(),
-            "navigator": {"backend": self.batchers["navigator"].name, "model": self.batchers["navigator"].model},
-            "inference": {"backend": self.batchers["inference"].name, "model": self.batchers["inference"].model},
+            **self.describe_backends(),
             "shared_backend": self.shared_backend,
         }
 
@@ -148,6 +150,13 @@ class Solver:
             raise InputError("must not be empty", field="problem")
         run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event)
         return run.execute()
+
+    def warm_up(self) -> None:
+        """Load the retrieval embedding model now, so the first session's first round does not pay for it."""
+        if self.config.retrieval_mode != "text":
+            from kb.embeddings import get_embedder
+
+            get_embedder()
 
     def close(self) -> None:
         for b in {id(b): b for b in self.batchers.values()}.values():

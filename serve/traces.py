@@ -238,3 +238,31 @@ def render_trace(session: dict[str, Any]) -> str:
         tail.append(f"Reason: {session['reason']}")
     return "\n".join(head + body + tail)
 
+
+
+def event_line(event: dict[str, Any]) -> str | None:
+    """One line for a live solver event (a finished round or the session's end), or None to show nothing."""
+    sid = event.get("session_id")
+    adj = event.get("adjustment") or {}
+    if event.get("event") == "round" and event.get("kind") == "plan":
+        if adj.get("error"):
+            return f"session {sid} · plan failed: {adj['error']}"
+        steps = "; ".join(f"{i}. {_clip(s.get('text'), 50)}" for i, s in enumerate(adj.get("trajectory", []), 1))
+        return f"session {sid} · plan: {steps}"
+    if event.get("event") == "round" and event.get("kind") == "step":
+        tpl = adj.get("template")
+        line = (f"session {sid} · round {event.get('round_no')} · step {adj.get('step_no')}/{adj.get('n_steps')} · "
+                f"{tpl['name'] + ' (v' + str(tpl['version_id']) + ')' if tpl else 'no template'}")
+        if adj.get("verdict"):
+            line += f" · {adj['verdict']}: {_clip(event.get('evaluation'), 80)}"
+            changes = [f"{c['op']} {c['step']}" for c in adj.get("changes", [])]
+            if changes:
+                line += f" [{', '.join(changes)}]"
+        if adj.get("error"):
+            line += f" · ended: {adj['error']}"
+        return line
+    if event.get("event") == "done":
+        correct = {True: " (correct)", False: " (wrong)"}.get(event.get("correct"), "")
+        reason = f" — {event['reason']}" if event.get("reason") else ""
+        return f"session {sid} · {event.get('status')} · answer {event.get('answer')}{correct}{reason}"
+    return None
