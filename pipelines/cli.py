@@ -14,6 +14,9 @@ MODULES: list[str] = [
     "pipelines.commands.similar",
     "pipelines.commands.rewards",
     "pipelines.commands.pairs",
+    "pipelines.commands.export",
+    "pipelines.commands.datasets",
+    "pipelines.commands.importing",
 ]
 
 
