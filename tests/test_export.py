@@ -1,0 +1,191 @@
+"""Exports: byte-identical twice, manifest contents, verify catches a changed byte, TRL formats load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from kb import migrate
+from kb import templates as T
+from kb.datasets import VerificationError, sha256_file, verify
+from kb.db import session_scope
+from pipelines.export import NAVIGATOR_SYSTEM_PROMPT, export
+from pipelines.pairs import build_pairs
+from pipelines.problems import content_hash
+from pipelines.trajectories_store import insert_rollouts, insert_trajectory
+
+
+def _problem(conn, text: str, split: str = "train") -> int:
+    return conn.execute(sa.text("INSERT INTO problem (text, split, answer, content_hash, extra) "
+                                "VALUES (:t, :s, '1', :h, '{}') RETURNING id"),
+                        {"t": text, "s": split, "h": content_hash(text)}).scalar()
+
+
+@pytest.fixture
+def world(db):
+    """Two templates, a train anchor with a 4-problem similar set, three trajectories with rewards 1, .5, 0."""
+    with session_scope(db) as s:
+        v1 = T.create_template(s, T.TemplateSpec(name="Telescoping sum", category="Sequences", tags=["sums"],
+                                                 description="Write terms as differences.",
+                                                 application_scope="Sums of fractions."))
+        v2 = T.create_template(s, T.TemplateSpec(name="Vieta's formulas", category="Algebra", tags=["roots"],
+                                                 description="Relate roots and coefficients.",
+                                                 application_scope="Symmetric functions of roots."))
+    with db.engine.begin() as conn:
+        anchor = _problem(conn, "Compute 1/(1*2) + 1/(2*3) + ... + 1/(99*100).")
+        members = [_problem(conn, f"Similar sum number {i}.") for i in range(4)]
+        _problem(conn, "A test problem.", "test")
+        build = conn.execute(sa.text("INSERT INTO similar_build (method, params, params_hash) "
+                                     "VALUES ('test', '{}', 'b') RETURNING id")).scalar()
+        set_id = conn.execute(sa.text("INSERT INTO similar_set (build_id, anchor_problem_id, anchor_split, size) "
+                                      "VALUES (:b, :a, 'train', 4) RETURNING id"), {"b": build, "a": anchor}).scalar()
+        conn.execute(sa.text("INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) "
+                             "VALUES (:s, :p, :r, 0.8)"), [{"s": set_id, "p": p, "r": i} for i, p in enumerate(members)])
+    trajectories = []
+    for key, n_correct in (("good", 4), ("mid", 2), ("bad", 0)):
+        with session_scope(db) as s:
+            tid = insert_trajectory(s, anchor, [("Split each term", v1.id, 0.9), ("Cancel and sum", None, None)],
+                                    "nav", key, similar_set_id=set_id, abstraction=f"A telescoping sum ({key}).")
+            insert_rollouts(s, [{"trajectory_id": tid, "problem_id": p, "correct": i < n_correct}
+                                for i, p in enumerate(members)])
+        trajectories.append(tid)
+    pairs = build_pairs(db, min_margin=0.2, min_rollouts=4, max_pairs_per_problem=4)
+    assert pairs["created"] == 3
+    return {"anchor": anchor, "trajectories": trajectories, "pairs": pairs, "versions": (v1, v2)}
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_dpo_export_is_byte_identical_and_manifest_is_complete(cli, db, world, tmp_path):
+    a = json.loads(cli("export", "dpo", "--out", str(tmp_path / "a"), "--jsonl", "--json").output)
+    b = json.loads(cli("export", "dpo", "--out", str(tmp_path / "b"), "--jsonl", "--json").output)
+    assert a["id"] == b["id"] and a["id"].startswith("dpo-")
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["kind"] == "dpo" and manifest["row_counts"] == {"train": 3}
+    assert manifest["params"] == {"pairs": world["pairs"]["params_hash"], "min_margin": 0.0, "split": "train"}
+    assert manifest["schema_revision"] == migrate.head_revision() and manifest["created_at"]
+    assert set(manifest["files"]) == {"train.parquet", "train.jsonl", "README.md"}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(tmp_path / "a" / name) == digest
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert a["id"] in card and "train.parquet" in card and "prompt" in card
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, kind, files, row_counts FROM dataset_version")).all()
+    assert len(rows) == 1 and rows[0].id == a["id"] and rows[0].files == manifest["files"]
+    listed = json.loads(cli("datasets", "list", "--json").output)
+    assert [r["id"] for r in listed] == [a["id"]]
+    shown = json.loads(cli("datasets", "show", a["id"][:8], "--json").output)
+    assert shown["params"] == manifest["params"]
+    # A different selection is a different version; it cannot go into a folder holding another one.
+    cli("export", "dpo", "--out", str(tmp_path / "a"), "--min-margin", "0.6", expect=3)
+    other = json.loads(cli("export", "dpo", "--out", str(tmp_path / "c"), "--min-margin", "0.6", "--json").output)
+    assert other["id"] != a["id"] and other["row_counts"] == {"train": 1}
+
+
+def test_dpo_rows_are_trl_conversational_preference_data(db, world, tmp_path):
+    import datasets
+    from trl.data_utils import is_conversational
+
+    export(db, "dpo", tmp_path / "d")
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "train.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 3 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
+    assert ds.features["prompt"] == datasets.List({"role": datasets.Value("string"),
+                                                  "content": datasets.Value("string")})
+    first = ds[0]
+    assert is_conversational(first)
+    assert [m["role"] for m in first["prompt"]] == ["system", "user"]
+    assert first["prompt"][0]["content"] == NAVIGATOR_SYSTEM_PROMPT
+    assert first["prompt"][1]["content"].startswith("Compute 1/(1*2)")
+    good, mid, bad = world["trajectories"]
+    assert (first["chosen_trajectory_id"], first["rejected_trajectory_id"]) == (good, bad)
+    assert first["chosen"] == [{"role": "assistant", "content":
+                                "Abstraction: A telescoping sum (good).\n"
+                                "Step 1 (template: Telescoping sum): Split each term\nStep 2: Cancel and sum"}]
+    assert first["rejected"][0]["content"].startswith("Abstraction: A telescoping sum (bad).")
+    assert [r["margin"] for r in ds] == pytest.approx([1.0, 0.5, 0.5])
+
+
+@pytest.mark.slow
+def test_dpo_export_trains_two_steps_with_trl(db, world, tmp_path):
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from pipelines.tiny_model import build_tiny_model
+
+    export(db, "dpo", tmp_path / "d")
+    model_dir = build_tiny_model(tmp_path / "tiny")
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "train.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    args = DPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
+                     learning_rate=1e-4, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+                     bf16=False, max_length=256)
+    trainer = DPOTrainer(model=str(model_dir), args=args, train_dataset=ds,
+                         processing_class=AutoTokenizer.from_pretrained(model_dir))
+    result = trainer.train()
+    assert result.global_step == 2
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and all(h["loss"] == h["loss"] for h in logged)  # finite, not NaN
+
+
+def test_verify_catches_changed_bytes_and_kb_mismatch(cli, db, world, tmp_path):
+    out = tmp_path / "v"
+    export(db, "dpo", out, formats=("parquet", "jsonl"))
+    ok = json.loads(cli("datasets", "verify", str(out), "--json").output)
+    assert ok["manifest"] == "ok" and ok["kb"] == "ok"
+    data = bytearray((out / "train.parquet").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (out / "train.parquet").write_bytes(bytes(data))
+    result = cli("datasets", "verify", str(out), expect=1)
+    assert "train.parquet" in result.output and "does not match" in result.output
+    # Consistent with a rewritten manifest, but not with the KB's record.
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["train.parquet"] = sha256_file(out / "train.parquet")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert verify(None, out)["manifest"] == "ok"
+    with pytest.raises(VerificationError, match="knowledge base"):
+        verify(db, out)
+    (out / "stray.txt").write_text("x")
+    assert "stray.txt" in cli("datasets", "verify", str(out), "--no-kb", expect=1).output
+
+
+def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
+    import datasets
+
+    from pipelines.import_templates import template_record
+
+    with session_scope(db) as s:
+        T.set_status(s, world["versions"][1].template_id, "deprecated")
+    sft = export(db, "sft", tmp_path / "sft")
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "sft" / "train.parquet"), split="train",
+                               cache_dir=str(tmp_path / "cache"))
+    assert sft["row_counts"] == {"train": 1}  # the deprecated template is not trained on
+    messages = ds[0]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+    assert "Telescoping sum" in messages[0]["content"] and "sums" in messages[0]["content"]
+    assert "Write terms as differences." in messages[1]["content"]
+    assert "Sums of fractions." in messages[1]["content"]
+
+    tpl = json.loads(cli("export", "templates", "--out", str(tmp_path / "tpl"), "--format", "jsonl",
+                         "--json").output)
+    assert set(tpl["files"]) == {"templates.jsonl", "README.md"}
+    lines = [json.loads(x) for x in (tmp_path / "tpl" / "templates.jsonl").read_text().splitlines()]
+    with session_scope(db) as s:
+        expected = [template_record(T.resolve(s, v.template_id), v) for v in world["versions"]]
+    assert lines == json.loads(json.dumps(expected))
+    assert lines[1]["status"] == "deprecated"
+
+    probs = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
+                           "--jsonl", "--json").output)
+    assert probs["row_counts"] == {"problems": 5} and probs["params"] == {"problems": {"split": "train"}}
+    rows = [json.loads(x) for x in (tmp_path / "p" / "problems.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows) and rows[0]["id"] == world["anchor"]
+    again = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
+                           "--jsonl", "--json").output)
+    assert again["id"] == probs["id"]  # re-exporting into the same folder is a no-op
