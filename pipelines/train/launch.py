@@ -91,10 +91,13 @@ def count_parameters(model_dir: str) -> dict[str, int]:
 
 
 def deepspeed_version() -> str | None:
+    """The installed deepspeed's version if it imports, else None (it is the optional `train` extra)."""
     try:
         from importlib.metadata import version
 
-        import deepspeed  # noqa: F401  (importable, not just installed metadata)
+        # deepspeed's logger writes to the stdout it finds at import; keep it off ours (--json output).
+        with contextlib.redirect_stdout(sys.stderr):
+            import deepspeed  # noqa: F401
 
         return version("deepspeed")
     except Exception:
@@ -213,10 +216,12 @@ class LaunchPlan:
     def use_cpu(self) -> bool:
         return self.num_gpus == 0
 
-    def output_dir(self, run_id: int | str = "<RUN_ID>") -> str:
+    def output_dir(self, run_id: int | str = "<RUN_ID>", stamp: str = "<START_TIME>") -> str:
+        """The given directory, else one per run under REASONFLUX_HOME (the start time keeps directories of
+        runs from different databases sharing one home apart)."""
         if self.config.output_dir:
             return str(Path(self.config.output_dir).expanduser().resolve())
-        return str(kb_config.home_dir() / "checkpoints" / f"{self.stage}-run{run_id}")
+        return str(kb_config.home_dir() / "checkpoints" / f"{self.stage}-run{run_id}-{stamp}")
 
     def command(self, spec_path: str | None = None) -> list[str]:
         """The exact `accelerate launch` command that runs this plan."""
@@ -304,11 +309,15 @@ def plan(db: Database, stage: str, *, dataset: str | None = None, base_model: st
         raise InputError("required (a local model directory)", field="base-model")
 
     config = _resolve_config(config_cls, stored, config_file, overrides)
-    model_dir = _model_dir(base_model)
+    model_dir = _model_dir(db, base_model)
     params = count_parameters(model_dir)
     verified = verify_export(db, dataset, stage=stage)
     if name:
         registry.check_navigator_name_free(db, name)
+    if resume is None and config.output_dir and registry.last_checkpoint(config.output_dir):
+        raise InputError(f"already holds checkpoints ({Path(registry.last_checkpoint(config.output_dir)).name}) "
+                         "of another run: resume that run with --resume RUN_ID, or choose another directory",
+                         file=config.output_dir, field="output-dir")
 
     gpus = _available_gpus() if num_gpus is None else num_gpus
     if gpus < 0:
@@ -338,8 +347,13 @@ def _resolve_config(config_cls: type[TrainConfig], stored: dict[str, Any], confi
     return config_cls.load(None, values)
 
 
-def _model_dir(base_model: str) -> str:
+def _model_dir(db: Database, base_model: str) -> str:
+    """A local model directory, or a registered navigator's (so DPO can start from the SFT navigator)."""
+    from pipelines.train.registry import navigator_path
+
     path = Path(base_model).expanduser()
+    if not path.exists():
+        path = Path(navigator_path(db, base_model) or base_model)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise InputError("not a local model directory (no config.json); models are never downloaded: "
                          "pass a directory (for a dry run, one holding just config.json is enough)",

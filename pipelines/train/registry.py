@@ -191,6 +191,11 @@ def resolve_navigator(session: Session, name_or_path: str) -> str:
                    f"registered: {', '.join(known) or 'none'} (see `reasonflux navigators list`)")
 
 
+def navigator_path(db: Database, name: str) -> str | None:
+    with db.session() as s:
+        return s.exec(select(NavigatorModel.path).where(NavigatorModel.name == name)).first()
+
+
 def list_navigators(db: Database) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text(

@@ -1,0 +1,84 @@
+"""Both stages on CPU with the tiny model for a few steps: finite loss, DPO reward accuracy recorded,
+navigators registered and loadable by name."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import sqlalchemy as sa
+
+from pipelines.tiny_model import build_tiny_model
+from pipelines.train import resolve_navigator
+from tests.train_support import dpo_rows, sft_rows, write_export
+
+CPU_ARGS = ("--num-gpus", "0", "--no-bf16", "--max-steps", "2", "--cutoff", "64", "--batch-size", "2",
+            "--grad-accum", "1", "--set", "gradient_checkpointing=false", "--set", "save_steps=1")
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    """Default checkpoint directories go under REASONFLUX_HOME: keep them in the test's tmp dir."""
+    monkeypatch.setenv("REASONFLUX_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _train(cli, stage, *args):
+    return json.loads(cli("train", stage, *CPU_ARGS, *args, "--json").stdout)
+
+
+def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
+    sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows())
+    dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows())
+
+    sft = _train(cli, "sft", "--dataset", sft_data, "--base-model", str(tiny), "--name", "nav-sft",
+                 "--lr", "1e-4")
+    assert sft["status"] == "succeeded" and sft["navigator"] == "nav-sft"
+    assert math.isfinite(sft["metrics"]["loss"]) and sft["metrics"]["global_step"] == 2
+
+    # Stage 2 starts from the stage-1 navigator, by name.
+    dpo = _train(cli, "dpo", "--dataset", dpo_data, "--base-model", "nav-sft", "--beta", "0.2",
+                 "--lr", "5e-5", "--max-steps", "3")
+    assert dpo["status"] == "succeeded" and dpo["navigator"] == f"navigator-dpo-run{dpo['id']}"
+    metrics = dpo["metrics"]
+    assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["rewards/accuracies"] <= 1.0
+    assert "rewards/margins" in metrics and metrics["global_step"] == 3
+
+    with db.engine.connect() as conn:
+        steps = conn.execute(sa.text(
+            "SELECT step, metrics FROM training_metric WHERE run_id = :r ORDER BY step"), {"r": dpo["id"]}).all()
+        run = conn.execute(sa.text("SELECT * FROM training_run WHERE id = :r"), {"r": dpo["id"]}).mappings().one()
+    assert [s for s, _ in steps] == [1, 2, 3]
+    assert all("rewards/accuracies" in m and "rewards/margins" in m and math.isfinite(m["loss"]) for _, m in steps)
+    assert run["config"]["training"]["beta"] == 0.2 and run["config"]["training"]["learning_rate"] == 5e-5
+    assert run["base_model"] == resolve_navigator(db.session(), "nav-sft")
+    assert run["dataset_version_id"] == dpo_data and run["code_version"] and run["finished_at"]
+
+    names = [n["name"] for n in json.loads(cli("navigators", "list", "--json").stdout)]
+    assert names == ["nav-sft", dpo["navigator"]]
+
+    # The navigator is a loadable chat model for the solver's backends.
+    from pipelines.llm.base import ChatRequest, SamplingParams
+    from pipelines.llm.transformers_backend import TransformersBackend
+
+    with db.session() as s:
+        path = resolve_navigator(s, dpo["navigator"])
+    backend = TransformersBackend(path)
+    out = backend.generate([ChatRequest([{"role": "user", "content": "Solve x^2 = 4."}],
+                                        SamplingParams(max_tokens=5))])
+    assert out[0].error is None and out[0].completion_tokens > 0
+
+
+def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
+    """The GPU path (accelerate launch -> worker process -> metrics in the KB) exercised with 1 CPU process."""
+    data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
+    run = _train(cli, "sft", "--dataset", data, "--base-model", str(tiny), "--launcher", "accelerate",
+                 "--max-steps", "1", "--output-dir", str(tmp_path / "out"))
+    assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
+    assert (tmp_path / "out" / "launch_spec.json").is_file() and (tmp_path / "out" / "config.json").is_file()
+    assert run["metrics"]["global_step"] == 1 and (tmp_path / "out" / "train.log").is_file()
