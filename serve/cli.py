@@ -10,6 +10,7 @@ MODULES: list[str] = [
     "serve.commands.solve",
     "serve.commands.sessions",
     "serve.commands.serve",
+    "serve.commands.eval",
 ]
 
 

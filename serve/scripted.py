@@ -33,11 +33,14 @@ class SolverScript:
     def __init__(self, answers: Mapping[str, str] | None = None, *, default_answer: str = "0",
                  steps: Sequence[tuple[str, str]] = DEFAULT_STEPS):
         self.answers = {k.strip(): v for k, v in (answers or {}).items()}
+        self._by_length = sorted(self.answers.items(), key=lambda kv: -len(kv[0]))
         self.default_answer = default_answer
         self.steps = list(steps)
 
     def answer_for(self, messages: list[Message]) -> str:
-        return self.answers.get(_problem(messages), self.default_answer)
+        text = _user_text(messages)
+        # Problems may contain blank lines, so look the known ones up rather than cut the prompt apart.
+        return next((a for p, a in self._by_length if f"Problem:\n{p}\n" in text), self.default_answer)
 
     def __call__(self, messages: list[Message]) -> str:
         last = messages[-1].get("content", "")
@@ -67,9 +70,12 @@ class SolverScript:
         return f"Reasoning step by step. The final answer is \\boxed{{{self.answer_for(messages)}}}."
 
 
+def _user_text(messages: list[Message]) -> str:
+    return "\n".join(m.get("content", "") for m in messages if m.get("role") == "user") + "\n"
+
+
 def _problem(messages: list[Message]) -> str:
-    text = "\n".join(m.get("content", "") for m in messages if m.get("role") == "user")
-    m = _PROBLEM.search(text + "\n\n")
+    m = _PROBLEM.search(_user_text(messages) + "\n")
     return m.group(1).strip() if m else ""
 
 

@@ -9,31 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-import sqlalchemy as sa
 
 from kb.cli.context import AppContext, pass_app
-from kb.db import Database
 from kb.errors import InputError
 from kb.output import emit, output_options
 from kb.runs import pipeline_run
+from serve.eval import load_problems
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
 from serve.traces import event_line
 
 COLUMNS = ("session_id", "problem_id", "status", "answer", "correct", "rounds", "total_tokens", "seconds", "reason")
-
-
-def load_problems(db: Database, selection: str) -> list[dict[str, Any]]:
-    """Problems of a selection (pipelines.selection syntax): id, text, answer (the reference)."""
-    from pipelines.selection import select_problem_ids
-
-    with db.engine.connect() as conn:
-        ids = select_problem_ids(conn, selection)
-        rows = conn.execute(sa.text(
-            "SELECT id, text, answer, subject, difficulty FROM problem WHERE id = ANY(:ids) ORDER BY id"
-        ), {"ids": ids}).mappings().all()
-    if not rows:
-        raise InputError(f"no problems match {selection!r}", field="--problems")
-    return [dict(r) for r in rows]
 
 
 def _inputs(app: AppContext, problem: str | None, file: str | None, problems: str | None,
