@@ -18,7 +18,7 @@ import click
 
 from kb.db import Database
 from pipelines.llm.base import Backend, SamplingParams
-from pipelines.llm.config import RoleConfig, load_config, parse_spec
+from pipelines.llm.config import LlmConfig, RoleConfig, load_config
 from pipelines.llm.registry import available_backends
 
 _SCRIPTED_SHARED: dict[str, Backend] = {}
@@ -33,15 +33,17 @@ class Roles:
     described: dict[str, Any] = field(default_factory=dict)
 
 
-def _role_from_flag(db: Database, flag: str) -> RoleConfig:
-    backend = flag.partition(":")[0].strip()
-    if backend in available_backends():
-        return parse_spec(flag)
+def _role(db: Database, cfg: LlmConfig, name: str, flag: str | None) -> RoleConfig:
+    """The role from its flag (a spec or a navigator name) or the config file; a flag keeps the file's sampling."""
+    if not flag or flag.partition(":")[0].strip() in available_backends():
+        return cfg.role(name, flag)
     from pipelines.train.registry import resolve_navigator
 
     with db.session() as s:
         path = resolve_navigator(s, flag)
-    return RoleConfig(backend="transformers", options={"model_path": path, "model": flag})
+    base = cfg.roles.get(name)
+    sampling = dict(base.sampling) if base is not None and base.backend == "transformers" else {}
+    return RoleConfig(backend="transformers", options={"model_path": path, "model": flag}, sampling=sampling)
 
 
 def _create(role: RoleConfig) -> Backend:
@@ -62,13 +64,8 @@ def _params(role: RoleConfig) -> SamplingParams | None:
 def resolve_roles(db: Database, *, llm_config: str | None = None, navigator: str | None = None,
                   inference: str | None = None) -> Roles:
     cfg = load_config(llm_config)
-    nav = _role_from_flag(db, navigator) if navigator else cfg.role("navigator")
-    if inference:
-        inf = _role_from_flag(db, inference)
-    elif "inference" in cfg.roles:
-        inf = cfg.role("inference")
-    else:
-        inf = nav  # one model plays both roles
+    nav = _role(db, cfg, "navigator", navigator)
+    inf = _role(db, cfg, "inference", inference) if inference or "inference" in cfg.roles else nav
     nav_b = _create(nav)
     inf_b = nav_b if inf is nav else _create(inf)
     return Roles(navigator=nav_b, inference=inf_b, navigator_params=_params(nav), inference_params=_params(inf),
