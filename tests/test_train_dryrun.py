@@ -3,9 +3,12 @@ and validation, without training; and refusing exports whose files do not match 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from kb.errors import InputError
@@ -150,25 +153,39 @@ def test_export_with_a_modified_file_is_refused(cli, db, big_model, tmp_path):
         fh.write(b"tampered")
     for dataset in (version, str(directory)):
         out = cli("train", "dpo", "--dry-run", "--dataset", dataset, "--base-model", str(big_model),
-                  "--num-gpus", "8", expect=2).output
+                  "--num-gpus", "8", expect=1).output
         assert "train.parquet" in out and "does not match the manifest" in out
 
 
-def test_export_whose_manifest_disagrees_with_the_kb_is_refused(cli, db, big_model, tmp_path):
+def test_export_rewritten_in_place_disagrees_with_the_kb_and_is_refused(cli, db, big_model, tmp_path):
+    """Data and manifest changed together still differ from the KB's record of the version."""
     directory = tmp_path / "sft-export"
-    write_export(db, directory, "sft", sft_rows(), version_id="sft-abc")
+    version = write_export(db, directory, "sft", sft_rows())
+    pq.write_table(pa.Table.from_pylist(sft_rows(3)), directory / "train.parquet")
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest["files"]["extra.parquet"] = "0" * 64
+    manifest["files"]["train.parquet"] = hashlib.sha256((directory / "train.parquet").read_bytes()).hexdigest()
     (directory / "manifest.json").write_text(json.dumps(manifest))
-    out = _dry(cli, "--dataset", "sft-abc", "--base-model", str(big_model), "--num-gpus", "8", expect=2).output
-    assert "extra.parquet" in out and "disagree" in out
+    out = _dry(cli, "--dataset", version, "--base-model", str(big_model), "--num-gpus", "8", expect=1).output
+    assert "knowledge base" in out and ("train.parquet" in out or "manifest.json" in out)
 
 
 def test_unregistered_or_wrong_kind_exports_are_refused(cli, db, big_model, tmp_path):
     loose = tmp_path / "loose"
     write_export(db, loose, "sft", sft_rows(), register=False)
     out = _dry(cli, "--dataset", str(loose), "--base-model", str(big_model), "--num-gpus", "8", expect=1).output
-    assert "not in the KB" in out
+    assert "not recorded in this knowledge base" in out
     pairs = write_export(db, tmp_path / "pairs", "dpo", dpo_rows())
     out = _dry(cli, "--dataset", pairs, "--base-model", str(big_model), "--num-gpus", "8", expect=2).output
     assert "field kind" in out and "sft" in out
+
+
+def test_estimate_without_deepspeed_uses_the_same_formula(monkeypatch):
+    params = {"total": 32_763_876_352, "largest_layer": 778_567_680}
+    ds_config = json.loads((launch.DEEPSPEED_DIR / "zero3_offload.json").read_text())
+    with_ds = launch.estimate_memory(params, ds_config, 8)
+    monkeypatch.setattr(launch, "deepspeed_version", lambda: None)
+    without = launch.estimate_memory(params, ds_config, 8)
+    assert without["source"].startswith("built-in") and without["deepspeed_table"] is None
+    assert (without["per_gpu_gib"], without["per_node_cpu_gib"]) == (with_ds["per_gpu_gib"],
+                                                                     with_ds["per_node_cpu_gib"])
+    assert without["per_gpu_gib"] == round(4 * params["largest_layer"] / 2 ** 30, 2)  # params offloaded too

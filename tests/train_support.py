@@ -1,15 +1,14 @@
-"""Shared by the tests/test_train_*.py files: small exports in the export format, and model directories."""
+"""Shared by the tests/test_train_*.py files: small dataset exports and model directories."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
+import sqlalchemy as sa
 
-from kb.models import DatasetVersion
+from kb.datasets import DataPart, ExportSpec, write_dataset
 
 # Qwen2.5-32B-Instruct's architecture (config.json only): enough to plan the paper's run without weights.
 QWEN25_32B_CONFIG = {
@@ -37,21 +36,14 @@ def dpo_rows(n: int = 8) -> list[dict]:
     } for i in range(n)]
 
 
-def write_export(db, directory: Path, kind: str, rows: list[dict], *, version_id: str | None = None,
-                 register: bool = True) -> str:
-    """Parquet + manifest.json (sha256 of every file) + a dataset_version row, like `reasonflux export`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), directory / "train.parquet")
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.glob("*.parquet"))}
-    version_id = version_id or f"{kind}-{hashlib.sha256(json.dumps(files).encode()).hexdigest()[:12]}"
-    (directory / "manifest.json").write_text(json.dumps(
-        {"id": version_id, "kind": kind, "files": files, "row_counts": {"train": len(rows)}}, indent=2))
-    if register:
-        with db.session() as s:
-            s.add(DatasetVersion(id=version_id, kind=kind, params={}, schema_revision="test",
-                                 row_counts={"train": len(rows)}, files=files, path=str(directory)))
-            s.commit()
-    return version_id
+def write_export(db, directory: Path, kind: str, rows: list[dict], *, register: bool = True) -> str:
+    """A dataset version written by the exporter's own writer (Parquet + card + manifest + KB row)."""
+    spec = ExportSpec(kind=kind, params={"test": directory.name}, parts=[DataPart("train", pa.Table.from_pylist(rows))])
+    manifest = write_dataset(db, spec, directory)
+    if not register:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM dataset_version WHERE id = :i"), {"i": manifest["id"]})
+    return manifest["id"]
 
 
 def config_only_model(directory: Path, config: dict | None = None) -> Path:
