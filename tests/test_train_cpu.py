@@ -82,3 +82,16 @@ def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
     assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
     assert (tmp_path / "out" / "launch_spec.json").is_file() and (tmp_path / "out" / "config.json").is_file()
     assert run["metrics"]["global_step"] == 1 and (tmp_path / "out" / "train.log").is_file()
+
+
+def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):
+    from pipelines.train.demo import run_training_demo
+
+    sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
+    dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows(4))
+    out = run_training_demo(db, str(tiny), sft_data, dpo_data, name="demo-navigator", steps=2)
+    assert out["sft"]["status"] == out["dpo"]["status"] == "succeeded"
+    assert out["dpo"]["base_model"] == out["sft"]["output_path"]
+    assert "rewards/accuracies" in out["dpo"]["metrics"]
+    with db.session() as s:
+        assert resolve_navigator(s, "demo-navigator") == out["navigator_path"]
