@@ -273,7 +273,7 @@ def _commit_unit(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, 
     except _LeaseLost:
         counts["units_lost"] += 1  # someone took the unit over after our lease expired; their result counts
         return
-    except sa.exc.SQLAlchemyError as e:  # this unit's results could not be stored: retry it, bounded
+    except Exception as e:  # noqa: BLE001 - this unit's results could not be stored: retry it, bounded
         _record_errors(conn, cfg, me, [unit], f"storing results failed: {type(e).__name__}: {e}"[:2000], counts)
         return
     _add(counts, written)

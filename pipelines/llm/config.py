@@ -149,3 +149,14 @@ def load_config(path: str | os.PathLike | None) -> LlmConfig:
         roles[role] = RoleConfig(backend=backend, options=raw, sampling=sampling)
     prompts_dir = (data.get("prompts") or {}).get("dir")
     return LlmConfig(roles=roles, prompts_dir=(p.parent / prompts_dir) if prompts_dir else None)
+
+
+def backend_for(role: RoleConfig | Backend) -> Backend:
+    """The backend of a role: a RoleConfig is created once per process (shared), a Backend used as is."""
+    return role.create() if isinstance(role, RoleConfig) else role
+
+
+def describe_role(role: RoleConfig | Backend) -> dict[str, Any]:
+    if isinstance(role, RoleConfig):
+        return role.describe()
+    return {"backend": role.name, "model": role.model}

@@ -1,0 +1,164 @@
+"""Strict parsers for model output: one JSON value located in the text, validated by a JSON schema.
+
+Model output is never evaluated as code (no eval, no ast.literal_eval); it is read with `json` only, and
+the first JSON object in the text (after removing Markdown fences) is the answer. Anything else is a
+ParseError with a reason that names what was wrong, recorded with the raw output by the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+MAX_OUTPUT_CHARS = 100_000  # bound the work on a runaway generation
+MAX_JSON_STARTS = 50  # at most this many '{' tried as the start of the object
+
+TEMPLATE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "type", "tags", "description", "scope", "steps", "example"],
+    "properties": {
+        "name": {"type": "string", "minLength": 3, "maxLength": 120},
+        "type": {"type": "string", "minLength": 1, "maxLength": 60},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 60},
+                 "minItems": 1, "maxItems": 12},
+        "description": {"type": "string", "minLength": 10, "maxLength": 4000},
+        "scope": {"type": "string", "minLength": 10, "maxLength": 4000},
+        "steps": {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": 2000},
+                  "minItems": 1, "maxItems": 15},
+        "example": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["problem", "solution"],
+            "properties": {
+                "problem": {"type": "string", "minLength": 1},
+                "solution": {"type": "string", "minLength": 1},
+                "answer": {"type": "string"},
+            },
+        },
+    },
+}
+
+PLAN_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["abstraction", "steps"],
+    "properties": {
+        "abstraction": {"type": "string", "minLength": 3, "maxLength": 4000},
+        "steps": {
+            "type": "array", "minItems": 1, "maxItems": 15,
+            "items": {
+                "anyOf": [
+                    {"type": "string", "minLength": 3, "maxLength": 2000},
+                    {"type": "object", "additionalProperties": False, "required": ["action"],
+                     "properties": {"template": {"type": "string", "maxLength": 200},
+                                    "action": {"type": "string", "minLength": 3, "maxLength": 2000}}},
+                ],
+            },
+        },
+    },
+}
+
+
+class ParseError(ValueError):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+
+
+def extract_json_object(text: str | None) -> dict[str, Any]:
+    """The first JSON object in TEXT (inside a ```json fence if there is one)."""
+    if not text or not text.strip():
+        raise ParseError("empty output")
+    text = text[:MAX_OUTPUT_CHARS]
+    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
+    decoder = json.JSONDecoder()
+    for chunk in candidates:
+        starts = [m.start() for m in re.finditer(r"\{", chunk)][:MAX_JSON_STARTS]
+        for start in starts:
+            try:
+                value, _ = decoder.raw_decode(chunk, start)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    if "{" not in text:
+        raise ParseError("no JSON object in the output")
+    raise ParseError("invalid JSON: no complete, well-formed object found")
+
+
+def validate(value: Any, schema: dict[str, Any]) -> None:
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise ParseError(f"schema violation at {where}: {e.message[:300]}")
+
+
+@dataclass
+class MinedTemplate:
+    name: str
+    template_type: str
+    tags: list[str]
+    description: str
+    application_scope: str
+    steps: list[str]
+    example_problem: str
+    example_solution: str
+    example_answer: str | None = None
+
+    def content(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "template_type": self.template_type, "tags": self.tags,
+            "description": self.description, "application_scope": self.application_scope, "steps": self.steps,
+            "example_problem": self.example_problem, "example_solution": self.example_solution,
+            "example_answer": self.example_answer,
+        }
+
+
+def parse_template(text: str | None) -> MinedTemplate:
+    """A mined template in our schema (name, type, tags, description, scope, steps, example)."""
+    data = extract_json_object(text)
+    validate(data, TEMPLATE_SCHEMA)
+    tags = list(dict.fromkeys(t.strip() for t in data["tags"] if t.strip()))
+    ex = data["example"]
+    return MinedTemplate(
+        name=" ".join(data["name"].split()), template_type=data["type"].strip(), tags=tags,
+        description=data["description"].strip(), application_scope=data["scope"].strip(),
+        steps=[s.strip() for s in data["steps"]], example_problem=ex["problem"].strip(),
+        example_solution=ex["solution"].strip(), example_answer=(ex.get("answer") or "").strip() or None,
+    )
+
+
+@dataclass
+class PlanStep:
+    action: str
+    template: str | None = None
+
+    @property
+    def query(self) -> str:
+        """What retrieval looks for: the named template, then what the step does."""
+        return f"{self.template}: {self.action}" if self.template else self.action
+
+
+@dataclass
+class Plan:
+    abstraction: str
+    steps: list[PlanStep] = field(default_factory=list)
+
+
+def parse_plan(text: str | None) -> Plan:
+    """A navigator plan: an abstraction of the problem and its steps (strings or {template, action})."""
+    data = extract_json_object(text)
+    validate(data, PLAN_SCHEMA)
+    steps = [PlanStep(action=s.strip()) if isinstance(s, str)
+             else PlanStep(action=s["action"].strip(), template=(s.get("template") or "").strip() or None)
+             for s in data["steps"]]
+    return Plan(abstraction=data["abstraction"].strip(), steps=steps)
