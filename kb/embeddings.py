@@ -58,6 +58,23 @@ class Embedder:
         )
         return vecs.astype(np.float32)
 
+    def encode_views(self, views: list[list[str]], batch_size: int = 64) -> np.ndarray:
+        """One vector per item from several texts about it: the normalised mean of their embeddings.
+
+        Lets an item longer than the model's window (256 word pieces for MiniLM) be represented
+        whole, with one row per (item, model) as the schema requires.
+        """
+        flat = [t for texts in views for t in texts]
+        vecs = self.encode(flat, batch_size=batch_size)
+        out = np.zeros((len(views), self.dim), dtype=np.float32)
+        i = 0
+        for row, texts in enumerate(views):
+            if texts:
+                mean = vecs[i:i + len(texts)].mean(axis=0)
+                out[row] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            i += len(texts)
+        return out
+
 
 @lru_cache(maxsize=4)
 def _cached(name: str) -> Embedder:

@@ -1,10 +1,16 @@
 """Embedding stage: vectors for template versions and problems, one row per (item, model).
 
-What a template's vector is made of matters more than anything else in retrieval:
-all-MiniLM-L6-v2 reads at most 256 word pieces, so the text puts the fields that
-say *when* a template applies first (name, tags, application scope, description)
-and the steps last, where truncation costs least. The worked example is never
-embedded: it is what a user's problem looks like, and retrieval is judged by it.
+What a template's vector is made of matters more than anything else in retrieval.
+all-MiniLM-L6-v2 reads at most 256 word pieces and most ReasonFlux templates are
+longer (median about 340 with their steps), so a template is embedded as two
+views, each within the window, and its vector is their normalised mean:
+
+- what it is for: name, tags, description, application scope;
+- what it does: its steps, which share the vocabulary of the problems they solve.
+
+The worked example is never embedded: it is what a user's problem looks like,
+and retrieval is judged by it. Text is NFKC-normalised (subscripts such as aₙ₊₁
+become a n+1, which the tokenizer knows), the same as queries in kb.retrieval.
 
 Work is skipped when the stored vector was made from the same text (its hash) by
 the same model, so re-running the stage is cheap and resumable.
@@ -13,6 +19,7 @@ the same model, so re-running the stage is cheap and resumable.
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -26,27 +33,24 @@ from kb.models import ProblemEmbedding, TemplateEmbedding
 from kb.progress import progress_bar
 
 BATCH = 64
-STEP_CHARS = 400  # enough of the steps to add vocabulary without crowding out the scope
 
 
-def template_text(name: str, tags: Sequence[str] | None, description: str | None,
-                  application_scope: str | None, steps: Sequence[Any] | None) -> str:
-    """The text embedded for a template version (never its worked example)."""
-    parts = [name.strip()]
+def template_views(name: str, tags: Sequence[str] | None, description: str | None,
+                   application_scope: str | None, steps: Sequence[Any] | None) -> list[str]:
+    """The texts embedded for a template version (never its worked example)."""
+    head = [name.strip()]
     if tags:
-        parts.append("Tags: " + ", ".join(t.strip() for t in tags if t and t.strip()))
-    if application_scope and application_scope.strip():
-        parts.append("Applies when: " + application_scope.strip())
-    if description and description.strip():
-        parts.append(description.strip())
-    step_text = " ".join(str(s).strip() for s in (steps or []) if str(s).strip())
+        head.append("Tags: " + ", ".join(t.strip() for t in tags if t and t.strip()))
+    head += [t.strip() for t in (description, application_scope) if t and t.strip()]
+    views = ["\n".join(head)]
+    step_text = "\n".join(str(s).strip() for s in (steps or []) if str(s).strip())
     if step_text:
-        parts.append("Steps: " + step_text[:STEP_CHARS])
-    return "\n".join(parts)
+        views.append(step_text)
+    return [unicodedata.normalize("NFKC", v) for v in views]
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def text_hash(views: Sequence[str]) -> str:
+    return hashlib.sha256("\x1e".join(views).encode()).hexdigest()
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -76,10 +80,10 @@ def _template_candidates(db: Database, model: str, version_ids: list[int] | None
         rows = conn.execute(sql, params).mappings().all()
     out = []
     for r in rows:
-        text = template_text(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])
-        h = text_hash(text)
+        views = template_views(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])
+        h = text_hash(views)
         if recompute or r["text_hash"] != h:
-            out.append({"id": r["id"], "text": text, "hash": h})
+            out.append({"id": r["id"], "views": views, "hash": h})
     return out
 
 
@@ -100,7 +104,7 @@ def embed_templates(db: Database, model: str | None = None, version_ids: list[in
     written = 0
     with progress_bar(len(todo), f"embedding templates ({embedder.name})", enabled=progress) as advance:
         for chunk in _batches(todo, batch_size):
-            vecs = embedder.encode([c["text"] for c in chunk], batch_size=batch_size)
+            vecs = embedder.encode_views([c["views"] for c in chunk], batch_size=batch_size)
             rows = [{"version_id": c["id"], "model": embedder.name, "dim": embedder.dim, "embedding": v,
                      "text_hash": c["hash"], "run_id": run_id} for c, v in zip(chunk, vecs)]
             stmt = insert(table).values(rows)
@@ -140,7 +144,8 @@ def embed_problems(db: Database, model: str | None = None, problem_ids: list[int
     written = 0
     with progress_bar(len(todo), f"embedding problems ({embedder.name})", enabled=progress) as advance:
         for chunk in _batches(todo, batch_size):
-            vecs = embedder.encode([c["text"] for c in chunk], batch_size=batch_size)
+            vecs = embedder.encode([unicodedata.normalize("NFKC", c["text"]) for c in chunk],
+                                   batch_size=batch_size)
             rows = [{"problem_id": c["id"], "model": embedder.name, "dim": embedder.dim, "embedding": v,
                      "run_id": run_id} for c, v in zip(chunk, vecs)]
             stmt = insert(table).values(rows)
