@@ -101,6 +101,22 @@ def test_loads_into_the_database_and_reloading_writes_nothing(db, specs):
     assert stored == specs[-1]
 
 
+def test_imports_through_the_jsonl_importer_as_one_run(db, specs):
+    """The demo's path: `reasonflux import jsonl` on the packaged file; a second import changes nothing."""
+    from pipelines.import_templates import import_file
+
+    first = import_file(db, starter_library_path(), "jsonl", embed=False)
+    assert first.counts["created"] == len(specs)
+    second = import_file(db, starter_library_path(), "jsonl", embed=False)
+    assert second.counts["unchanged"] == len(specs)
+    assert _counts(db) == (len(specs), len(specs))
+    with db.engine.connect() as conn:
+        runs = conn.execute(sa.text(
+            "SELECT count(DISTINCT run_id) FROM template_version WHERE run_id IS NOT NULL")).scalar_one()
+        statuses = conn.execute(sa.text("SELECT DISTINCT status FROM template")).scalars().all()
+    assert runs == 1 and statuses == ["active"]
+
+
 def _write(tmp_path: Path, records: list[dict | str]) -> Path:
     path = tmp_path / "lib.jsonl"
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n")
