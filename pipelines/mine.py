@@ -248,9 +248,8 @@ def mine(db: Database, problems: str, role: RoleConfig | Backend, *, workers: in
                                 prompts_dir=prompts_dir, embed_model=embed_model)
     extra = {k: v for k, v in (("lease_s", lease_s), ("max_attempts", max_attempts)) if v is not None}
     counts = run_stage(db, stage=STAGE, params=params, units=units, factory=factory, workers=workers,
-                       batch_size=batch_size, retry_failed=retry_failed, progress=progress, **extra)
-    for key in ("templates_created", "templates_versioned", "templates_identical"):
-        counts.setdefault(key, 0)
+                       batch_size=batch_size, retry_failed=retry_failed, progress=progress,
+                       counters=("templates_created", "templates_versioned", "templates_identical"), **extra)
     # The mined versions' provisional vectors are replaced by the embed stage's canonical ones.
     counts["embedded"] = embed_templates(db, embed_model, run_id=counts["run_id"])
     return counts

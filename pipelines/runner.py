@@ -333,12 +333,14 @@ def _run_processes(db: Database, factory: HandlerFactory, cfg: RunnerConfig, wor
 def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[tuple[str, dict[str, Any]]],
               factory: HandlerFactory, workers: int = 1, batch_size: int = 4, lease_s: float = DEFAULT_LEASE_S,
               max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry_failed: bool = False,
-              progress: bool | None = None, run_params: dict[str, Any] | None = None) -> dict[str, Any]:
+              progress: bool | None = None, run_params: dict[str, Any] | None = None,
+              counters: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run a stage over UNITS (key, payload) as one pipeline run; returns the run's counts (with run_id).
 
     params: what defines the work (its hash is the units' scope: the same params resume the same units).
     factory(db, run_id) builds the handler in each worker; with workers > 1 it must be picklable
-    (a module-level function or a functools.partial of one).
+    (a module-level function or a functools.partial of one). counters: the handler's count keys, reported
+    as 0 when nothing was done.
     """
     scope = unit_scope(stage, params)
     with pipeline_run(db, stage, {**params, **(run_params or {}), "workers": workers, "scope": scope}) as (
@@ -353,7 +355,7 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
         cfg = RunnerConfig(stage=stage, scope=scope, run_id=run_id, batch_size=batch_size, lease_s=lease_s,
                            max_attempts=max_attempts)
         per_worker: list[dict[str, Any]] = []
-        counts.update(units_done=0, units_failed=0, units_retried=0, units_lost=0)
+        counts.update(units_done=0, units_failed=0, units_retried=0, units_lost=0, **dict.fromkeys(counters, 0))
         with progress_bar(todo, f"{stage} ({workers} worker{'s' if workers > 1 else ''})",
                           enabled=progress) as advance:
             if todo and workers <= 1:

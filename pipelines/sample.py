@@ -1,0 +1,160 @@
+"""Trajectory sampling: the navigator abstracts each problem and plans N candidate trajectories.
+
+Per problem unit: N requests at the navigator's temperature with seeds base_seed + i (recorded in the
+trajectory's `sampling` and in its `sample_key`, which makes reruns idempotent). Each reply is parsed
+strictly into an abstraction and steps; each step is linked to the template version that retrieval from
+the live KB ranks first for it (with its score). Unparseable plans are recorded as failures with the
+raw output and are not retried: a different seed is a different sample, not a repair.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import Any
+
+import sqlalchemy as sa
+
+from kb.db import Database
+from kb.retrieval import search_many
+from pipelines.llm.base import Backend, ChatRequest, SamplingParams
+from pipelines.llm.calls import LoggedBackend
+from pipelines.llm.config import RoleConfig, backend_for, describe_role
+from pipelines.parsing import ParseError, parse_plan
+from pipelines.prompts import Prompts, format_template_hints
+from pipelines.runner import Outcome, Unit, run_stage
+from pipelines.selection import PROBLEM_KEYS, parse_selection, select_problem_ids
+from pipelines.trajectories_store import insert_trajectory
+
+STAGE = "sample"
+DEFAULT_SAMPLING = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=768)
+
+
+def sample_key(params: SamplingParams, seed: int) -> str:
+    return f"T={params.temperature:g};top_p={params.top_p:g};seed={seed}"
+
+
+class SampleHandler:
+    stage = STAGE
+
+    def __init__(self, db: Database, run_id: int, role: RoleConfig | Backend, *, n: int = 8,
+                 navigator_name: str | None = None, sampling: SamplingParams = DEFAULT_SAMPLING,
+                 base_seed: int = 0, hint_k: int = 3, retrieval_mode: str = "hybrid",
+                 prompts_dir: str | None = None):
+        self.db, self.run_id = db, run_id
+        self.backend = LoggedBackend(backend_for(role), db, run_id, STAGE)
+        self.navigator_name = navigator_name or self.backend.model
+        self.n, self.sampling, self.base_seed = n, sampling, base_seed
+        self.hint_k, self.retrieval_mode = hint_k, retrieval_mode
+        self.prompts = Prompts(prompts_dir)
+
+    def _problems(self, units: list[Unit]) -> dict[int, dict[str, Any]]:
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(sa.text("""
+                SELECT p.id, p.text,
+                       (SELECT s.id FROM similar_set s WHERE s.anchor_problem_id = p.id
+                        ORDER BY s.id DESC LIMIT 1) AS similar_set_id
+                FROM problem p WHERE p.id = ANY(:ids)"""),
+                {"ids": [u.payload["problem_id"] for u in units]}).mappings().all()
+        return {r["id"]: dict(r) for r in rows}
+
+    def _retrieve(self, queries: list[str], k: int) -> list[list[Any]]:
+        if not queries or k < 1:
+            return [[] for _ in queries]
+        with self.db.engine.connect() as conn:
+            if not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM template)")).scalar():
+                return [[] for _ in queries]
+        return search_many(self.db.engine, queries, k=k, mode=self.retrieval_mode)
+
+    def process(self, units: list[Unit]) -> list[Outcome]:
+        problems = self._problems(units)
+        live = [u for u in units if u.payload["problem_id"] in problems]
+        hints = dict(zip([u.id for u in live],
+                         self._retrieve([problems[u.payload["problem_id"]]["text"] for u in live], self.hint_k)))
+        reqs, index = [], []
+        for u in live:
+            messages = self.prompts.messages("navigator", problem=problems[u.payload["problem_id"]]["text"],
+                                             templates=format_template_hints(hints[u.id]))
+            for i in range(self.n):
+                seed = self.base_seed + i
+                reqs.append(ChatRequest(messages, replace(self.sampling, seed=seed), tags={"unit": u.key, "i": i}))
+                index.append((u, seed))
+        comps = self.backend.generate(reqs)
+        errors = [c.error for c in comps if c.error]
+        if errors:  # the backend, not the plan: the runner retries the units (bounded)
+            raise RuntimeError(f"LLM backend failed: {errors[0]}")
+        samples: dict[int, list[dict[str, Any]]] = {u.id: [] for u in units}
+        failures: dict[int, list[dict[str, Any]]] = {u.id: [] for u in units}
+        for (u, seed), c in zip(index, comps):
+            try:
+                plan = parse_plan(c.text)
+            except ParseError as e:
+                failures[u.id].append({"reason": f"seed {seed}: unparseable plan: {e.reason}", "raw_output": c.text,
+                                       "attempt": seed - self.base_seed})
+                continue
+            samples[u.id].append({"seed": seed, "plan": plan, "raw": c.text, "tokens": c.completion_tokens})
+        queries = [s.query for u in live for smp in samples[u.id] for s in smp["plan"].steps]
+        hits = iter(self._retrieve(queries, 1))
+        for u in live:
+            for smp in samples[u.id]:
+                smp["steps"] = [(s.query, *((h[0].version_id, h[0].score) if (h := next(hits)) else (None, None)))
+                                for s in smp["plan"].steps]
+        outcomes = []
+        for u in units:
+            if u.payload["problem_id"] not in problems:
+                outcomes.append(Outcome(status="failed", failures=[{"reason": "problem no longer exists"}]))
+            elif not samples[u.id]:
+                outcomes.append(Outcome(status="failed", failures=failures[u.id]))
+            else:
+                outcomes.append(Outcome(data={"problem": problems[u.payload["problem_id"]], "samples": samples[u.id]},
+                                        failures=failures[u.id]))
+        return outcomes
+
+    def write(self, conn: sa.Connection, unit: Unit, outcome: Outcome, run_id: int) -> dict[str, int]:
+        problem = outcome.data["problem"]
+        before = conn.execute(sa.text("SELECT count(*) FROM trajectory WHERE problem_id = :p"),
+                              {"p": problem["id"]}).scalar_one()
+        for smp in outcome.data["samples"]:
+            params = replace(self.sampling, seed=smp["seed"])
+            insert_trajectory(
+                conn, problem["id"], smp["steps"], self.navigator_name, sample_key(self.sampling, smp["seed"]),
+                sampling={**params.to_dict(), "backend": self.backend.name, "model": self.backend.model,
+                          "prompt_hash": self.prompts.hash("navigator")},
+                raw_output=smp["raw"], abstraction=smp["plan"].abstraction, run_id=run_id,
+                similar_set_id=problem["similar_set_id"])
+        after = conn.execute(sa.text("SELECT count(*) FROM trajectory WHERE problem_id = :p"),
+                             {"p": problem["id"]}).scalar_one()
+        return {"trajectories_written": after - before,
+                "steps_linked": sum(1 for s in outcome.data["samples"] for st in s["steps"] if st[1] is not None),
+                "steps_total": sum(len(s["steps"]) for s in outcome.data["samples"])}
+
+
+def make_handler(db: Database, run_id: int, **options: Any) -> SampleHandler:
+    return SampleHandler(db, run_id, **options)
+
+
+def sample(db: Database, problems: str, role: RoleConfig | Backend, *, n: int = 8, navigator_name: str | None = None,
+           sampling: SamplingParams = DEFAULT_SAMPLING, base_seed: int = 0, hint_k: int = 3,
+           retrieval_mode: str = "hybrid", prompts_dir: str | None = None, workers: int = 1,
+           batch_size: int = 4, retry_failed: bool = False, lease_s: float | None = None,
+           max_attempts: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Sample N navigator trajectories for each selected problem; returns the run's counts."""
+    if n < 1:
+        from kb.errors import InputError
+
+        raise InputError("must be at least 1", field="--n")
+    with db.engine.connect() as conn:
+        ids = select_problem_ids(conn, parse_selection(problems, PROBLEM_KEYS))
+    backend_desc = describe_role(role)
+    name = navigator_name or (role.model if isinstance(role, Backend) else
+                              role.options.get("model") or role.options.get("model_path") or role.backend)
+    params = {"problems": parse_selection(problems, PROBLEM_KEYS).to_dict(), "n": n, "navigator": name,
+              "llm": backend_desc, "sampling": sampling.to_dict(), "base_seed": base_seed, "hint_k": hint_k,
+              "retrieval_mode": retrieval_mode, "prompt_hash": Prompts(prompts_dir).hash("navigator")}
+    factory = functools.partial(make_handler, role=role, n=n, navigator_name=name, sampling=sampling,
+                                base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
+                                prompts_dir=prompts_dir)
+    extra = {k: v for k, v in (("lease_s", lease_s), ("max_attempts", max_attempts)) if v is not None}
+    return run_stage(db, stage=STAGE, params=params, units=[(f"problem:{i}", {"problem_id": i}) for i in ids],
+                     factory=factory, workers=workers, batch_size=batch_size, retry_failed=retry_failed,
+                     progress=progress, counters=("trajectories_written", "steps_linked", "steps_total"), **extra)
