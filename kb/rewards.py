@@ -20,7 +20,7 @@ from kb.db import Database
 
 REWARD_COLUMNS = ("trajectory_id", "problem_id", "similar_set_id", "similar_build_id", "split", "navigator_model",
                   "set_size", "n_rollouts", "n_correct", "n_problems_evaluated", "reward", "complete")
-# Enough memory for the per-(trajectory, problem) hash aggregate of ~10^6 groups to stay in memory.
+# Enough memory for the sorts of the refresh to stay in memory at ~10^7 rollouts.
 REFRESH_WORK_MEM = "256MB"
 
 
@@ -29,7 +29,12 @@ def refresh_rewards(db: Database) -> dict[str, Any]:
     t0 = time.perf_counter()
     with db.engine.begin() as conn:
         conn.execute(sa.text(f"SET LOCAL work_mem = '{REFRESH_WORK_MEM}'"))
+        # Grouping rollouts by (trajectory, problem) in the order of the rollout's unique index streams
+        # (measured ~2x faster than hashing ~10^6 groups, and it never spills at 10^7 rollouts).
+        conn.execute(sa.text("SET LOCAL enable_hashagg = off"))
         conn.execute(sa.text("REFRESH MATERIALIZED VIEW trajectory_reward"))
+        # Fresh statistics, so the pairs query that reads the view plans for its real size.
+        conn.execute(sa.text("ANALYZE trajectory_reward"))
         row = conn.execute(sa.text(
             "SELECT count(*) AS trajectories, count(*) FILTER (WHERE n_rollouts > 0) AS evaluated, "
             "count(*) FILTER (WHERE complete) AS complete, coalesce(sum(n_rollouts), 0) AS rollouts "

@@ -32,6 +32,7 @@ WITH eligible AS (
     WHERE split = 'train' AND reward IS NOT NULL AND n_rollouts >= :min_rollouts
       AND (CAST(:build AS int) IS NULL OR similar_build_id = :build)
       AND (CAST(:navigator AS text) IS NULL OR navigator_model = :navigator)
+      AND NOT EXISTS (SELECT 1 FROM dpo_pair d WHERE d.params_hash = :hash AND d.problem_id = trajectory_reward.problem_id)
 ), ranked AS (
     SELECT a.problem_id, a.trajectory_id AS chosen, b.trajectory_id AS rejected,
            a.reward AS chosen_reward, b.reward AS rejected_reward, a.reward - b.reward AS margin,
@@ -40,7 +41,6 @@ WITH eligible AS (
     FROM eligible a
     JOIN eligible b ON b.problem_id = a.problem_id AND b.similar_set_id IS NOT DISTINCT FROM a.similar_set_id
                    AND a.reward > b.reward AND a.reward - b.reward >= :min_margin - :eps
-    WHERE NOT EXISTS (SELECT 1 FROM dpo_pair d WHERE d.params_hash = :hash AND d.problem_id = a.problem_id)
 )
 INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, rejected_reward,
                       margin, params, params_hash, run_id)

@@ -22,11 +22,11 @@ depends_on: str | Sequence[str] | None = None
 # reduced rows, not on every rollout.
 REWARD_SQL = """
     WITH per_problem AS (
-        SELECT r.trajectory_id, r.problem_id, count(*) AS n, count(*) FILTER (WHERE r.correct) AS c
+        SELECT r.trajectory_id, r.problem_id, count(*)::int AS n, (count(*) FILTER (WHERE r.correct))::int AS c
         FROM rollout r
         GROUP BY r.trajectory_id, r.problem_id
     ), evaluated AS (
-        SELECT pp.trajectory_id, sum(pp.n) AS n, sum(pp.c) AS c, count(*) AS problems
+        SELECT pp.trajectory_id, sum(pp.n) AS n, sum(pp.c) AS c, count(*)::int AS problems
         FROM per_problem pp
         JOIN trajectory t ON t.id = pp.trajectory_id
         LEFT JOIN similar_set_member m ON m.set_id = t.similar_set_id AND m.problem_id = pp.problem_id
