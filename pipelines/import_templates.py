@@ -454,55 +454,50 @@ def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, sourc
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InputError(f"template {dup!r} appears more than once", field="key")
     hashes = [T.content_hash(r.spec.content()) for r in records]
-    current: dict[str, Any] = {}
+    current: dict[str, Any] = {}  # key -> locked row (id, status, current version no/id/hash)
     for chunk in _chunks(keys):
         current.update({row.key: row for row in conn.execute(_LOCK_CURRENT, {"keys": chunk})})
 
-    new = [(r, h) for r, h in zip(records, hashes) if r.spec.key not in current]
-    changed = [(r, h) for r, h in zip(records, hashes)
-               if r.spec.key in current and current[r.spec.key].content_hash != h]
-    template_ids = {key: row.id for key, row in current.items()}
-    for chunk in _chunks(new):
-        rows = [{"key": r.spec.key, "category": r.spec.category, "section": r.spec.section,
-                 "status": r.status or "active"} for r, _ in chunk]
+    plan = list(zip(records, keys, hashes, [current.get(k) for k in keys]))
+    writes = [(r, k, h, before) for r, k, h, before in plan if before is None or before.content_hash != h]
+    template_ids = {k: row.id for k, row in current.items()}
+    for chunk in _chunks([(r, k) for r, k, _, before in writes if before is None]):
+        rows = [{"key": k, "category": r.spec.category, "section": r.spec.section, "status": r.status or "active"}
+                for r, k in chunk]
         try:
             template_ids.update(dict(conn.execute(_INSERT_TEMPLATES, {"rows": _rows_param(rows)}).all()))
         except sa.exc.IntegrityError:
             raise ConflictError("another writer created some of these templates at the same time; "
                                 "nothing was imported, run the import again") from None
 
-    def version_row(record: ImportRecord, digest: str) -> dict[str, Any]:
-        before = current.get(record.spec.key)
-        return {
-            "template_id": template_ids[record.spec.key], "version_no": (before.current_version_no if before else 0) + 1,
-            **record.spec.content(), "content_hash": digest,
-            "parent_version_id": before.current_version_id if before else None, "source_kind": source_kind,
-            "source_ref": source_ref, "provenance": record.provenance, "run_id": run_id,
-            "change_note": change_note or ("imported" if before is None else "updated by import"),
-        }
-
-    new_version_ids: dict[int, int] = {}
-    for chunk in _chunks([version_row(r, h) for r, h in new + changed]):
-        new_version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(chunk)}).all()))
-    pointer_rows = [{"template_id": template_ids[r.spec.key], "version_id": new_version_ids[template_ids[r.spec.key]],
-                     "version_no": (current[r.spec.key].current_version_no if r.spec.key in current else 0) + 1,
-                     "from_no": current[r.spec.key].current_version_no if r.spec.key in current else 0}
-                    for r, _ in new + changed]
-    for chunk in _chunks(pointer_rows):
-        if conn.execute(_MOVE_POINTERS, {"rows": _rows_param(chunk)}).rowcount != len(chunk):
+    version_ids: dict[int, int] = {}  # template id -> its new version's id
+    for chunk in _chunks(writes):
+        rows = [{"template_id": template_ids[k], "version_no": _version_no(before) + 1, **r.spec.content(),
+                 "content_hash": h, "parent_version_id": before.current_version_id if before else None,
+                 "source_kind": source_kind, "source_ref": source_ref, "provenance": r.provenance, "run_id": run_id,
+                 "change_note": change_note or ("imported" if before is None else "updated by import")}
+                for r, k, h, before in chunk]
+        version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all()))
+    for chunk in _chunks(writes):
+        rows = [{"template_id": template_ids[k], "version_id": version_ids[template_ids[k]],
+                 "version_no": _version_no(before) + 1, "from_no": _version_no(before)} for _, k, _, before in chunk]
+        if conn.execute(_MOVE_POINTERS, {"rows": _rows_param(rows)}).rowcount != len(rows):
             raise ConflictError("templates changed while importing; nothing was imported, run the import again")
 
-    status_rows = [{"template_id": current[r.spec.key].id, "status": r.status} for r in records
-                   if r.status is not None and r.spec.key in current and current[r.spec.key].status != r.status]
+    status_rows = [{"template_id": before.id, "status": r.status} for r, _, _, before in plan
+                   if before is not None and r.status is not None and before.status != r.status]
     for chunk in _chunks(status_rows):
         conn.execute(_SET_STATUS, {"rows": _rows_param(chunk)})
 
-    unchanged_ids = [current[r.spec.key].current_version_id for r, h in zip(records, hashes)
-                     if r.spec.key in current and current[r.spec.key].content_hash == h]
-    counts = {"templates": len(records), "created": len(new), "updated": len(changed),
-              "unchanged": len(records) - len(new) - len(changed), "status_changed": len(status_rows)}
-    return ImportResult(run_id, counts, sorted(new_version_ids.values()),
-                        sorted([*new_version_ids.values(), *unchanged_ids]))
+    created = sum(1 for *_, before in writes if before is None)
+    unchanged_ids = [before.current_version_id for _, _, h, before in plan if before and before.content_hash == h]
+    counts = {"templates": len(records), "created": created, "updated": len(writes) - created,
+              "unchanged": len(records) - len(writes), "status_changed": len(status_rows)}
+    return ImportResult(run_id, counts, sorted(version_ids.values()), sorted([*version_ids.values(), *unchanged_ids]))
+
+
+def _version_no(before) -> int:
+    return before.current_version_no if before is not None else 0
 
 
 def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True, model: str | None = None,
