@@ -8,6 +8,7 @@ import click
 
 # One module per command group (pipelines/commands/<group>.py); each exposes register(cli).
 MODULES: list[str] = [
+    "pipelines.commands.embed",
     "pipelines.commands.train",
     "pipelines.commands.dev",
     "pipelines.commands.problems",

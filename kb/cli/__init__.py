@@ -52,9 +52,10 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
 def _register_builtin() -> None:
     from kb.cli import db as db_cmds
     from kb.cli import sql as sql_cmds
+    from kb.cli import template_search as template_search_cmds
     from kb.cli import templates as templates_cmds
 
-    for module in (db_cmds, templates_cmds, sql_cmds):
+    for module in (db_cmds, templates_cmds, template_search_cmds, sql_cmds):
         module.register(cli)
 
 
