@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from transformers import TrainerCallback
 
-from kb.errors import ConflictError, InputError, NotFound
+from kb.errors import ConflictError, InputError, KbError, NotFound
 from kb.models import TrainingRun
 from pipelines.tiny_model import build_tiny_model
 from pipelines.train import execute, plan, resolve_navigator
@@ -90,11 +90,11 @@ def test_failed_run_bad_model_dir_is_recorded(db, sft_data, tmp_path):
         "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 128})
     p = _plan(db, sft_data, no_weights)
-    with pytest.raises(Exception):
+    with pytest.raises(KbError, match="no model weights"):
         execute(db, p)
     with db.session() as s:
         row = s.exec(sa.select(TrainingRun)).scalars().one()
-    assert row.status == "failed" and row.error and row.finished_at is not None
+    assert row.status == "failed" and str(no_weights) in row.error and row.finished_at is not None
     with pytest.raises(InputError, match="no checkpoint"):
         plan(db, "sft", resume=row.id, num_gpus=0)
 

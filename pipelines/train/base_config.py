@@ -94,7 +94,7 @@ class TrainConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
     @classmethod
-    def load(cls: type[C], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    def load(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> typing.Self:
         """Defaults, then the YAML file, then `overrides` (flags; None values mean 'not given')."""
         values: dict[str, Any] = {}
         if yaml_path is not None:
@@ -107,7 +107,7 @@ class TrainConfig:
         return config
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any], *, source: str | None = None) -> C:
+    def from_dict(cls, data: dict[str, Any], *, source: str | None = None) -> typing.Self:
         """A config from a stored dict (a training_run row, a launch spec), checked like a YAML file."""
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:

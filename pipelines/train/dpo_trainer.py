@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.train.dpo_config import DPOTrainConfig
-from pipelines.train.sft_trainer import runtime_args
+from pipelines.train.sft_trainer import check_trainable_model, runtime_args
 
 
 def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_dir: str,
@@ -20,6 +20,7 @@ def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_
     from transformers import AutoTokenizer
     from trl import DPOTrainer
 
+    check_trainable_model(base_model)
     args = config.trl_config(**runtime_args(output_dir, deepspeed=deepspeed, use_cpu=use_cpu))
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     trainer = DPOTrainer(model=base_model, args=args, train_dataset=train_dataset,

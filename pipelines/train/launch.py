@@ -100,7 +100,7 @@ def deepspeed_version() -> str | None:
             import deepspeed  # noqa: F401
 
         return version("deepspeed")
-    except Exception:
+    except (ImportError, OSError, RuntimeError):  # absent, or present but broken for this torch/CUDA
         return None
 
 
@@ -151,8 +151,10 @@ def estimate_memory(params: dict[str, int], ds_config: dict[str, Any], num_gpus:
     table = None
     if stage == 3:
         if ds_version:
-            from deepspeed.runtime.zero.stage3 import (estimate_zero3_model_states_mem_needs,
-                                                       estimate_zero3_model_states_mem_needs_all_cold)
+            from deepspeed.runtime.zero.stage3 import (
+                estimate_zero3_model_states_mem_needs,
+                estimate_zero3_model_states_mem_needs_all_cold,
+            )
             cpu, gpu, _ = estimate_zero3_model_states_mem_needs(
                 total, largest, num_gpus_per_node=num_gpus // num_nodes, num_nodes=num_nodes,
                 cpu_offload=offload_opt, cpu_offload_params=offload_param, zero_init=True)
@@ -163,8 +165,10 @@ def estimate_memory(params: dict[str, int], ds_config: dict[str, Any], num_gpus:
             cpu, gpu = _zero3_states(total, largest, num_gpus, num_nodes, offload_opt, offload_param, True)
     elif stage == 2:
         if ds_version:
-            from deepspeed.runtime.zero.stage_1_and_2 import (estimate_zero2_model_states_mem_needs,
-                                                              estimate_zero2_model_states_mem_needs_all_cold)
+            from deepspeed.runtime.zero.stage_1_and_2 import (
+                estimate_zero2_model_states_mem_needs,
+                estimate_zero2_model_states_mem_needs_all_cold,
+            )
             cpu, gpu = estimate_zero2_model_states_mem_needs(
                 total, num_gpus_per_node=num_gpus // num_nodes, num_nodes=num_nodes, cpu_offload=offload_opt)
             table = _captured(estimate_zero2_model_states_mem_needs_all_cold, total_params=total,
@@ -362,24 +366,18 @@ def _model_dir(db: Database, base_model: str) -> str:
 
 
 def _available_gpus() -> int:
-    try:
-        import torch
+    import torch
 
-        return torch.cuda.device_count()
-    except Exception:
-        return 0
+    return torch.cuda.device_count()
 
 
 def _detected_gpu_memory_gb() -> float | None:
-    try:
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            return min(torch.cuda.get_device_properties(i).total_memory
-                       for i in range(torch.cuda.device_count())) / 2 ** 30
-    except Exception:
-        pass
-    return None
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory
+               for i in range(torch.cuda.device_count())) / 2 ** 30
 
 
 def _pick_launcher(launcher: str, gpus: int) -> str:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from datetime import datetime, timezone
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ())
     """Run the plan to the end; returns the finished run (with its navigator). Failures are recorded first."""
     run_id = registry.start_run(db, stage=p.stage, base_model=p.base_model, dataset_version_id=p.dataset.id,
                                 config=p.run_config(), resumed_from=p.resume_run)
-    output_dir = p.output_dir(run_id, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S"))
+    output_dir = p.output_dir(run_id, datetime.now(UTC).strftime("%Y%m%dT%H%M%S"))
     registry.set_output_path(db, run_id, output_dir, p.run_config(output_dir))
     with registry.recorded_run(db, run_id) as final:
         spec_path = write_spec(p, run_id, output_dir)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from kb.errors import KbError
 from pipelines.train.sft_config import SFTTrainConfig
 
 
@@ -15,6 +17,7 @@ def train_sft(config: SFTTrainConfig, *, base_model: str, train_dataset, output_
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
+    check_trainable_model(base_model)
     args = config.trl_config(**runtime_args(output_dir, deepspeed=deepspeed, use_cpu=use_cpu))
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     trainer = SFTTrainer(model=base_model, args=args, train_dataset=train_dataset,
@@ -24,6 +27,16 @@ def train_sft(config: SFTTrainConfig, *, base_model: str, train_dataset, output_
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
     return {**result.metrics, "global_step": result.global_step}
+
+
+def check_trainable_model(model_dir: str) -> None:
+    """Weights and a tokenizer must be there (a dry run needs only config.json; training needs all)."""
+    path = Path(model_dir)
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise KbError(f"{path}: no model weights (*.safetensors or *.bin); training needs a complete model "
+                      "directory")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise KbError(f"{path}: no tokenizer (tokenizer.json / tokenizer_config.json)")
 
 
 def runtime_args(output_dir: str, *, deepspeed: str | None, use_cpu: bool) -> dict[str, Any]:
