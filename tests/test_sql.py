@@ -52,7 +52,7 @@ def test_reads_in_every_format(cli, seeded):
     assert json.loads(cli("sql", "--json", "--", with_comment).output) == [{"n": 2}]
 
 
-@pytest.mark.parametrize("query", [
+WRITES = [
     "INSERT INTO template (key, category) VALUES ('x', 'y')",
     "UPDATE template SET status = 'deprecated'",
     "DELETE FROM template_version",
@@ -79,15 +79,18 @@ def test_reads_in_every_format(cli, seeded):
     "DO $$ BEGIN DELETE FROM template; END $$",
     "EXPLAIN ANALYZE DELETE FROM template",
     "/* comment */ DELETE FROM template",
-])
-def test_writes_are_refused_and_change_nothing(cli, seeded, query):
+]
+
+
+def test_writes_are_refused_and_change_nothing(cli, seeded):
     before = _snapshot(seeded)
-    result = cli("sql", query, expect=2)
-    assert "refused" in result.output and "Traceback" not in result.output
-    assert _snapshot(seeded) == before
+    for query in WRITES:
+        result = cli("sql", query, expect=None)
+        assert result.exit_code == 2 and "refused" in result.output, (query, result.output)
+        assert _snapshot(seeded) == before, query
 
 
-@pytest.mark.parametrize("query", [
+SERVER_SIDE = [
     "INSERT INTO template (key, category) VALUES ('x', 'y')",
     "DELETE FROM template_version",
     "CREATE TABLE evil (x int)",
@@ -96,13 +99,16 @@ def test_writes_are_refused_and_change_nothing(cli, seeded, query):
     "SELECT 1; COMMIT; DELETE FROM template",
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()",
     "SELECT nextval('template_id_seq')",
-])
-def test_the_server_refuses_writes_even_without_the_text_check(seeded, query):
+]
+
+
+def test_the_server_refuses_writes_even_without_the_text_check(seeded):
     """The read-only transaction is a layer of its own: writes fail in the server too."""
     before = _snapshot(seeded)
-    with pytest.raises(WriteRefused):
-        execute_read_only(seeded.engine, query)
-    assert _snapshot(seeded) == before
+    for query in SERVER_SIDE:
+        with pytest.raises(WriteRefused):
+            execute_read_only(seeded.engine, query)
+        assert _snapshot(seeded) == before, query
 
 
 def test_check_allows_reads_that_only_look_like_writes():
