@@ -174,3 +174,25 @@ def test_kill_minus_9_mid_mining_then_rerun(db, tmp_path):
     assert q(db, "SELECT count(*) FROM template_version")[0][0] == 2
     calls = q(db, "SELECT count(*) FROM llm_call")[0][0]
     assert 12 <= calls <= 13  # at most the one call in flight at the kill is repeated
+
+
+def test_mine_and_runs_commands(cli, db, tmp_path):
+    load(db, tmp_path, 2)
+    cfg = tmp_path / "llm.toml"
+    cfg.write_text("[roles.miner]\nbackend = \"scripted\"\nrules = [[\"Problem number 0\", %s], [\"Reference\", "
+                   "\"nonsense\"]]\n[roles.miner.sampling]\nmax_tokens = 99\n"
+                   % json.dumps(template_json("Factor the quadratic")))
+    out = json.loads(cli("mine", "--problems", "all", "--llm-config", str(cfg), "--max-retries", "1",
+                         "--json").stdout)
+    assert (out["units_done"], out["units_failed"], out["templates_created"]) == (1, 1, 1)
+    assert q(db, "SELECT DISTINCT (params->>'max_tokens')::int FROM llm_call") == [(99,)]
+    runs = json.loads(cli("runs", "list", "--stage", "mine", "--json").stdout)
+    assert [(r["id"], r["stage"], r["status"], r["failures"], r["llm_calls"]) for r in runs] == [
+        (out["run_id"], "mine", "succeeded", 2, 3)]
+    shown = json.loads(cli("runs", "show", str(out["run_id"]), "--json").stdout)
+    assert shown["rows_written"]["template_version"] == 1 and shown["llm_calls"]["calls"] == 3
+    assert shown["units_now"] == {"done": 1, "failed": 1}
+    assert "invalid JSON" in shown["failures_by_reason"][0]["reason"] or "no JSON" in shown["failures_by_reason"][0]["reason"]
+    assert "no pipeline run 999" in cli("runs", "show", "999", expect=1).output
+    bad = cli("mine", "--miner", "gpt9:x", expect=2).output
+    assert "unknown LLM backend 'gpt9'" in bad
