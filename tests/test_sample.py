@@ -144,3 +144,23 @@ def test_kill_minus_9_mid_sampling_then_rerun(db, tmp_path):
     assert q(db, "SELECT count(*), count(DISTINCT (problem_id, sample_key)) FROM trajectory")[0] == (30, 30)
     assert q(db, "SELECT count(*) FROM trajectory_step")[0][0] == 60
     assert q(db, "SELECT status, count(*) FROM work_unit GROUP BY 1") == [("done", 10)]
+
+
+def test_sample_and_evaluate_commands_with_the_tiny_model(cli, db, tmp_path):
+    from pipelines.tiny_model import build_tiny_model
+
+    ids = setup_kb(db, tmp_path, 2)
+    model = build_tiny_model(tmp_path / "tiny")
+    out = json.loads(cli("sample", "--problems", f"ids={ids[0]},{ids[1]}", "--n", "2", "--navigator",
+                         f"transformers:{model}", "--max-tokens", "8", "--navigator-name", "tiny", "--json").stdout)
+    assert out["failures_recorded"] + out["trajectories_written"] == 4  # garbage plans: recorded, not crashed
+    for pid in ids:
+        with db.engine.begin() as conn:
+            from pipelines.trajectories_store import insert_trajectory
+            insert_trajectory(conn, pid, [("Factor it", None, None)], "hand", "k", abstraction="quadratic")
+    ev = json.loads(cli("evaluate", "--trajectories", "navigator=hand", "--inference", f"transformers:{model}",
+                        "--max-tokens", "8", "--json").stdout)
+    assert ev["units_done"] == 2 and ev["rollouts_written"] == 2 and ev["rollouts_correct"] == 0
+    assert q(db, "SELECT count(*) FROM llm_call WHERE backend = 'transformers'")[0][0] == 6
+    missing = cli("evaluate", "--inference", f"transformers:{tmp_path / 'nope'}", expect=1).output
+    assert "never downloaded" in missing
