@@ -27,10 +27,10 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb import migrate  # noqa: E402
-from kb import templates as T  # noqa: E402
-from kb.db import Database, create_engine, normalize_url, session_scope  # noqa: E402
-from pipelines.import_templates import import_file, read_reasonflux_v1, template_record  # noqa: E402
+from kb import migrate
+from kb import templates as T
+from kb.db import Database, create_engine, normalize_url, session_scope
+from pipelines.import_templates import import_file, read_reasonflux_v1, template_record
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
 

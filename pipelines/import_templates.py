@@ -344,44 +344,43 @@ def template_record(template: Template, version: TemplateVersion) -> dict[str, A
 
 def read_jsonl(path: str | Path) -> list[ImportRecord]:
     file = str(path)
-    try:
-        handle = Path(path).open(encoding="utf-8")
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", file=file) from None
     records: list[ImportRecord] = []
     first_line: dict[str, int] = {}
-    with handle:
-        for lineno, line in _numbered_lines(handle, file):
-            where = f"line {lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
-            if not isinstance(data, dict):
-                raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
-            status = data.pop("status", None)
-            if status is not None and status not in T.STATUSES:
-                raise InputError(f"must be one of {', '.join(T.STATUSES)}", file=file, record=where, field="status")
-            key = data.get("key")
-            spec = T.TemplateSpec.from_dict(data, file=file, record=where)
-            if key is not None and key != spec.key:
-                raise InputError(f"{key!r} does not match category/section/name ({spec.key!r})", file=file,
-                                 record=where, field="key")
-            if spec.key in first_line:
-                raise InputError(f"template {spec.key!r} already appears on line {first_line[spec.key]}",
-                                 file=file, record=where, field="key")
-            first_line[spec.key] = lineno
-            _check_text(spec, file=file, record=where)
-            records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
+    for lineno, line in _numbered_lines(path):
+        where = f"line {lineno}"
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
+        if not isinstance(data, dict):
+            raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
+        status = data.pop("status", None)
+        if status is not None and status not in T.STATUSES:
+            raise InputError(f"must be one of {', '.join(T.STATUSES)}", file=file, record=where, field="status")
+        key = data.get("key")
+        spec = T.TemplateSpec.from_dict(data, file=file, record=where)
+        if key is not None and key != spec.key:
+            raise InputError(f"{key!r} does not match category/section/name ({spec.key!r})", file=file,
+                             record=where, field="key")
+        if spec.key in first_line:
+            raise InputError(f"template {spec.key!r} already appears on line {first_line[spec.key]}",
+                             file=file, record=where, field="key")
+        first_line[spec.key] = lineno
+        _check_text(spec, file=file, record=where)
+        records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
     return records
 
 
-def _numbered_lines(handle, file: str) -> Iterator[tuple[int, str]]:
-    lineno = 0
+def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Non-blank lines with their 1-based numbers; unreadable files and bad UTF-8 are InputErrors."""
+    file, lineno = str(path), 0
     try:
-        for lineno, line in enumerate(handle, start=1):
-            if line.strip():
-                yield lineno, line
+        with Path(path).open(encoding="utf-8") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield lineno, line
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror}", file=file) from None
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason})", file=file, record=f"line {lineno + 1}") from None
 

@@ -11,8 +11,14 @@ import sqlalchemy as sa
 
 from kb import templates as T
 from kb.db import session_scope
-from pipelines.import_templates import (from_v1, read_reasonflux_v1, split_example_text, template_record,
-                                        to_v1, unescape_breaks)
+from pipelines.import_templates import (
+    from_v1,
+    read_reasonflux_v1,
+    split_example_text,
+    template_record,
+    to_v1,
+    unescape_breaks,
+)
 
 SAMPLE = "reasonflux_v1_templates_sample.json"
 
@@ -163,7 +169,7 @@ def test_import_small_file_is_idempotent_and_versions_only_changes(cli, db, tmp_
     history = rows(db, "SELECT version_no, run_id, parent_version_id IS NOT NULL, is_current FROM template_history "
                        "WHERE key = 'Sequences/Geometric/Common ratio' ORDER BY version_no")
     assert history == [(1, first["run_id"], False, False), (2, changed["run_id"], True, True)]
-    assert rows(db, "SELECT count(*) FROM template_version WHERE run_id = %d" % changed["run_id"]) == [(2,)]
+    assert rows(db, f"SELECT count(*) FROM template_version WHERE run_id = {changed['run_id']}") == [(2,)]
     assert rows(db, "SELECT description FROM current_template WHERE key = 'Sequences/Geometric/Common ratio'") == [
         ("Divide consecutive terms.",)]
 
