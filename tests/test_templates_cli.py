@@ -120,6 +120,11 @@ def test_add_and_edit_bad_input_names_file_record_field(cli, db, tmp_path):
     result = cli("templates", "edit", KEY, "--file", str(moved), expect=2)
     assert "field category" in result.output and "cannot change" in result.output
     assert _count(db, "template_version") == 1
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("steps: just one step\n")
+    result = cli("templates", "edit", KEY, "--file", str(wrong_type), expect=2)
+    assert str(wrong_type) in result.output and "field steps" in result.output
+    assert _count(db, "template_version") == 1
     assert "no template" in cli("templates", "show", "Nope/Nothing", expect=1).output
 
 

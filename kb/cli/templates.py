@@ -194,6 +194,8 @@ def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[d
     unknown = sorted(set(values) - set(T.CONTENT_FIELDS))
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(unknown)}", file=file, field=unknown[0])
+    # Validated here so that a bad value is reported with its file (the library knows only the field).
+    T.TemplateSpec.from_dict({"name": template.key, "category": template.category, **values}, file=file)
     return values, file_version
 
 
