@@ -189,3 +189,23 @@ def test_estimate_without_deepspeed_uses_the_same_formula(monkeypatch):
     assert (without["per_gpu_gib"], without["per_node_cpu_gib"]) == (with_ds["per_gpu_gib"],
                                                                      with_ds["per_node_cpu_gib"])
     assert without["per_gpu_gib"] == round(4 * params["largest_layer"] / 2 ** 30, 2)  # params offloaded too
+
+
+def test_cli_config_file_then_flags(cli, big_model, sft_export, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 1e-5\nmax_length: 4096\nsft:\n  num_train_epochs: 2\n")
+    plan = json.loads(_dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
+                           "--config", str(path), "--cutoff", "1024", "--set", "warmup_steps=0.05",
+                           "--json").stdout)
+    cfg = plan["training_config"]
+    assert (cfg["learning_rate"], cfg["num_train_epochs"], cfg["max_length"], cfg["warmup_steps"]) == \
+        (1e-5, 2.0, 1024, 0.05)
+    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
+               "--cutoff", "65536", expect=2).output
+    assert "field max_length" in out and "32768" in out
+    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
+               "--set", "no_such_field=1", expect=2).output
+    assert "field no_such_field" in out
+    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
+               "--set", "oops", expect=2).output
+    assert "field set" in out

@@ -87,7 +87,11 @@ def count_parameters(model_dir: str) -> dict[str, int]:
     total = sum({p.data_ptr() if p.device.type != "meta" else id(p): p.numel()
                  for p in model.parameters()}.values())
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return {"total": int(total), "largest_layer": int(largest)}
+    out = {"total": int(total), "largest_layer": int(largest)}
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int):
+        out["max_positions"] = positions
+    return out
 
 
 def deepspeed_version() -> str | None:
@@ -395,6 +399,10 @@ def validate_plan(p: LaunchPlan, *, deepspeed_requested: str | None, cpu_memory_
                   dry_run: bool) -> None:
     """Hardware-dependent checks; each failure names the field to change."""
     cfg = p.config
+    positions = p.model_params.get("max_positions")
+    if positions and cfg.max_length > positions:
+        raise InputError(f"is {cfg.max_length} but the model handles at most {positions} positions",
+                         record=f"{p.stage} config", field="max_length")
     if p.use_cpu:
         if cfg.bf16:
             raise InputError("bf16 mixed precision needs a GPU; for a CPU run pass --no-bf16 "
