@@ -511,8 +511,7 @@ def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True,
     source_ref = str(Path(path).resolve())
     params = {"format": fmt, "file": source_ref, "embed": embed, "model": model, "note": note}
     with pipeline_run(db, "import", params) as (run_id, counts):
-        with db.engine.begin() as conn:
-            result = apply_records(conn, records, source_ref=source_ref, run_id=run_id, change_note=note)
+        result = _apply_with_retry(db, records, source_ref=source_ref, run_id=run_id, change_note=note)
         result.run_id = run_id
         counts.update(result.counts)
         if embed and result.current_version_ids:
@@ -522,3 +521,17 @@ def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True,
                                                  run_id=run_id)
         result.counts = dict(counts)
     return result
+
+
+def _apply_with_retry(db: Database, records: Sequence[ImportRecord], attempts: int = 3,
+                      **kw: Any) -> ImportResult:
+    """A concurrent writer makes the whole transaction roll back (ConflictError); a fresh attempt then
+    sees its work, so the import converges instead of failing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with db.engine.begin() as conn:
+                return apply_records(conn, records, **kw)
+        except ConflictError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

@@ -341,3 +341,42 @@ def test_from_v1_rejects_non_object():
 
     with pytest.raises(InputError, match="record A > B > \\[0\\]: must be an object"):
         from_v1(["x"], chapter="A", section="B", file="f.json", record="A > B > [0]")
+
+
+def test_concurrent_imports_of_one_file_converge(db, tmp_path):
+    """Two imports racing on the same new templates: one creates them, the other finds them unchanged."""
+    import threading
+
+    from pipelines.import_templates import import_file
+
+    path = write(tmp_path / "lib.json", small_library())
+    results, errors, start = [], [], threading.Barrier(2)
+
+    def run():
+        start.wait()
+        try:
+            results.append(import_file(db, path, "reasonflux-v1", embed=False).counts)
+        except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sorted((c["created"], c["unchanged"]) for c in results) == [(0, 5), (5, 0)]
+    assert counts(db)[:2] == (5, 5)
+
+
+def test_a_write_failing_in_the_server_rolls_back_the_whole_import(cli, db, tmp_path, monkeypatch):
+    """One transaction: when the database refuses one record, the records before it are not kept either."""
+    import pipelines.import_templates as importer
+
+    monkeypatch.setattr(importer, "_check_text", lambda spec, **kw: None)  # let a NUL reach PostgreSQL
+    library = small_library()
+    library["Complex Numbers"]["Modulus"][0]["description"] = "nul \x00 inside"
+    result = cli("import", "reasonflux-v1", str(write(tmp_path / "lib.json", library)), "--no-embed", expect=None)
+    assert result.exit_code != 0
+    assert counts(db)[:2] == (0, 0)
+    assert rows(db, "SELECT stage, status FROM pipeline_run") == [("import", "failed")]
