@@ -32,6 +32,7 @@ def _train(cli, stage, *args):
     return json.loads(cli("train", stage, *CPU_ARGS, *args, "--json").stdout)
 
 
+@pytest.mark.slow
 def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
     sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows())
     dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows())
@@ -74,6 +75,7 @@ def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
     assert out[0].error is None and out[0].completion_tokens > 0
 
 
+@pytest.mark.slow
 def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
     """The GPU path (accelerate launch -> worker process -> metrics in the KB) exercised with 1 CPU process."""
     data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
