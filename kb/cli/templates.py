@@ -26,7 +26,7 @@ READ_ONLY_FIELDS = (
     "id", "status", "current_version", "version_id", "content_hash", "parent_version_id", "source_kind",
     "source_ref", "provenance", "change_note", "run_id", "created_at",
 )
-LIST_COLUMNS = ["id", "key", "status", "version", "template_type", "tags"]
+LIST_COLUMNS = ["id", "category", "section", "name", "status", "version", "template_type"]  # key: id suffices
 
 
 @click.group("templates")
