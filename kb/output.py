@@ -118,12 +118,13 @@ def _cell(value: Any, csv_mode: bool = False, width: int = 80) -> str:
 def _table(records: list[dict], cols: list[str], title: str | None, out) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False, header_style="bold")
     for c in cols:
         table.add_column(c, overflow="fold")
     for r in records:
-        table.add_row(*[_cell(r.get(c)) for c in cols])
+        table.add_row(*[Text(_cell(r.get(c))) for c in cols])  # Text: '[a,b]' is data, not rich markup
     console = Console(file=out, width=None if out.isatty() else 200)
     if not records:
         console.print(f"[dim]{title + ': ' if title else ''}no rows[/dim]")

@@ -144,3 +144,9 @@ def test_cli_timeout_and_file(cli, seeded, tmp_path):
     assert json.loads(cli("sql", "--file", str(path), "--json").output) == [{"n": 2}]
     assert json.loads(cli("sql", "SELECT key FROM template ORDER BY key", "--max-rows", "1", "--json").output) == [
         {"key": "Sequences/Common ratio"}]
+
+
+def test_table_output_keeps_brackets_as_data(cli, seeded):
+    """Interval notation like [0, 1] must reach people intact, not be taken for terminal markup."""
+    out = cli("sql", "SELECT 'x in [0, 1] and [bold]y[/bold]' AS text").output
+    assert "x in [0, 1] and [bold]y[/bold]" in out

@@ -322,7 +322,7 @@ def _print_full(rows: list[tuple], columns: list[str], title: str | None = None)
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, header_style="bold", show_lines=True)
+    table = Table(title=Text(title) if title else None, header_style="bold", show_lines=True)
     for c in columns:
         table.add_column(c, overflow="fold")
     for row in rows:
