@@ -47,6 +47,11 @@ EF_SEARCH = 100  # HNSW candidate list; >= CANDIDATES so the index can fill the 
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 
+# Current versions, joined through primary keys only (template.current_version_id has no index).
+_CURRENT = "template_version v JOIN template t ON t.id = v.template_id AND t.current_version_id = v.id"
+_CURRENT_OF_E = ("JOIN template_version v ON v.id = e.version_id "
+                 "JOIN template t ON t.id = v.template_id AND t.current_version_id = v.id")
+
 
 @dataclass
 class TemplateHit:
@@ -126,13 +131,11 @@ def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, mod
     where, params = filters
     ef = max(ef_search or EF_SEARCH, n)
     conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
-    if where:  # filters drop index candidates: keep scanning until the list is full
-        conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    # Old versions and filters drop index candidates: keep scanning until the list is full.
+    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
     sql = sa.text(
         f"SELECT e.version_id, e.embedding::vector({dim}) <=> CAST(:q AS vector({dim})) AS dist "
-        "FROM template_embedding e "
-        "JOIN template t ON t.current_version_id = e.version_id "
-        "JOIN template_version v ON v.id = e.version_id "
+        f"FROM template_embedding e {_CURRENT_OF_E} "
         f"WHERE e.model = {_model_literal(model)}{where} "
         f"ORDER BY e.embedding::vector({dim}) <=> CAST(:q AS vector({dim})) LIMIT :n"
     )
@@ -162,7 +165,7 @@ def text_candidates(conn: Any, query: str, n: int,
     sql = sa.text(
         "WITH q AS (SELECT websearch_to_tsquery('english', :q) AS q) "
         f"SELECT v.id, {TEXT_RANK} AS score "
-        "FROM q, template t JOIN template_version v ON v.id = t.current_version_id "
+        f"FROM q, {_CURRENT} "
         f"WHERE v.search_tsv @@ q.q{where} "
         "ORDER BY score DESC, v.id LIMIT :n"
     )
@@ -202,23 +205,24 @@ def hierarchical_candidates(conn: Any, query_vector: np.ndarray, model: str, n: 
                             method_weight: float = 0.9) -> list[tuple[int, float]]:
     """Best category, then its top SECTIONS sections, then templates: 0.9 x name + 0.1 x section."""
     where, params = filters
-    rows = conn.execute(sa.text(
-        "SELECT v.id, t.category, coalesce(t.section, t.category) AS section, v.name "
-        "FROM template t JOIN template_version v ON v.id = t.current_version_id "
-        f"WHERE true{where}"
-    ), params).all()
-    if not rows:
-        return []
     q = np.asarray(query_vector, dtype=np.float32)
-    categories = sorted({r[1] for r in rows})
-    best_cat = categories[int(np.argmax(_name_vectors(model, categories) @ q))]
-    sec_names = sorted({r[2] for r in rows if r[1] == best_cat})
-    sec_sims = _name_vectors(model, sec_names) @ q
-    top = {sec_names[i]: float(sec_sims[i]) for i in np.argsort(-sec_sims)[:sections]}
-    chosen = [r for r in rows if r[1] == best_cat and r[2] in top]
-    name_sims = _name_vectors(model, [r[3] for r in chosen]) @ q
-    scored = [(int(r[0]), method_weight * float(s) + (1 - method_weight) * top[r[2]])
-              for r, s in zip(chosen, name_sims)]
+    categories = list(conn.execute(sa.text(
+        f"SELECT DISTINCT t.category FROM {_CURRENT} WHERE true{where} ORDER BY 1"), params).scalars())
+    if not categories:
+        return []
+    best = categories[int(np.argmax(_name_vectors(model, categories) @ q))]
+    section_names = list(conn.execute(sa.text(
+        f"SELECT DISTINCT coalesce(t.section, t.category) FROM {_CURRENT} "
+        f"WHERE t.category = :h_cat{where} ORDER BY 1"), {**params, "h_cat": best}).scalars())
+    sims = _name_vectors(model, section_names) @ q
+    top = {section_names[i]: float(sims[i]) for i in np.argsort(-sims)[:sections]}
+    rows = conn.execute(sa.text(
+        f"SELECT v.id, coalesce(t.section, t.category), v.name FROM {_CURRENT} "
+        f"WHERE t.category = :h_cat AND coalesce(t.section, t.category) = ANY(:h_secs){where}"),
+        {**params, "h_cat": best, "h_secs": list(top)}).all()
+    name_sims = _name_vectors(model, [r[2] for r in rows]) @ q if rows else []
+    scored = [(int(r[0]), method_weight * float(s) + (1 - method_weight) * top[r[1]])
+              for r, s in zip(rows, name_sims)]
     return sorted(scored, key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
@@ -231,7 +235,7 @@ def _hits(conn: Any, ranked: list[tuple[int, float]], vector: dict[int, float],
     rows = conn.execute(sa.text(
         "SELECT t.id AS template_id, v.id AS version_id, t.key, v.name, t.category, t.section, t.status, "
         "v.version_no, v.template_type, v.description, v.application_scope, v.steps, v.tags "
-        "FROM template t JOIN template_version v ON v.id = t.current_version_id WHERE v.id = ANY(:ids)"
+        f"FROM {_CURRENT} WHERE v.id = ANY(:ids)"
     ), {"ids": [vid for vid, _ in ranked]}).mappings().all()
     by_id = {r["version_id"]: r for r in rows}
     hits = []
