@@ -1,6 +1,6 @@
 """The HTTP service: solve over HTTP (plain and OpenAI-compatible), sessions, template search, health.
 
-    POST /v1/solve                 {"problem": ..., "stream": false}   -> answer + session id (SSE per round with stream)
+    POST /v1/solve                 {"problem": ...} -> answer + session id (stream: SSE per round)
     POST /v1/chat/completions      OpenAI chat API, model "reasonflux" -> the solver's answer (stream too)
     GET  /v1/models                the one model, for OpenAI clients that list first
     GET  /v1/sessions/{id}         a stored trace (?render=true adds the readable text)
@@ -32,9 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kb import __version__
 from kb.db import Database
-from kb.errors import ConflictError, InputError, KbError, NotFound
+from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
-from serve.solver import SolveResult, Solver
+from serve.solver import Solver, SolveResult
 from serve.traces import get_session, render_trace
 
 MODEL_NAME = "reasonflux"
@@ -44,18 +44,23 @@ PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, code: str = "invalid_request", kind: str = "invalid_request_error"):
+    def __init__(
+        self, status: int, message: str, *, code: str = "invalid_request", kind: str = "invalid_request_error"
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.kind = status, message, code, kind
 
 
 # ------------------------------------------------------------------ request and response bodies
 
+
 class SolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     problem: str = Field(min_length=1, description="The problem statement.")
-    reference: str | None = Field(None, description="A known answer: the session records whether it was right.")
+    reference: str | None = Field(
+        None, description="A known answer: the session records whether it was right."
+    )
     problem_id: int | None = Field(None, description="The KB problem this is, if any.")
     max_rounds: int | None = Field(None, ge=1, description="At most the server's round limit.")
     max_tokens: int | None = Field(None, ge=1, description="At most the server's token limit.")
@@ -94,6 +99,7 @@ class ChatCompletionRequest(BaseModel):
 
 # ------------------------------------------------------------------ the app
 
+
 class _Guard:
     """Before any handler: the bearer token (when configured), then the body size limit (chunked too).
 
@@ -111,8 +117,14 @@ class _Guard:
         if self.token is not None and scope.get("path") not in PUBLIC_PATHS:
             problem = _check_token(headers.get(b"authorization", b"").decode("latin-1"), self.token)
             if problem:
-                return await _send(send, 401, "authentication_error", "invalid_api_key", problem,
-                                   [(b"www-authenticate", b"Bearer")])
+                return await _send(
+                    send,
+                    401,
+                    "authentication_error",
+                    "invalid_api_key",
+                    problem,
+                    [(b"www-authenticate", b"Bearer")],
+                )
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._too_large(send)
@@ -137,8 +149,13 @@ class _Guard:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send: Callable) -> None:
-        await _send(send, 413, "invalid_request_error", "request_too_large",
-                    f"request body larger than {self.max_bytes} bytes")
+        await _send(
+            send,
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            f"request body larger than {self.max_bytes} bytes",
+        )
 
 
 def _check_token(header: str, token: str) -> str | None:
@@ -151,27 +168,59 @@ def _check_token(header: str, token: str) -> str | None:
     return None
 
 
-async def _send(send: Callable, status: int, kind: str, code: str, message: str,
-                extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send(
+    send: Callable,
+    status: int,
+    kind: str,
+    code: str,
+    message: str,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
     payload = dumps({"error": {"message": message, "type": kind, "code": code}, "detail": message}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        *(extra_headers or [])]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *(extra_headers or []),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
-def _error(status: int, message: str, code: str, kind: str = "invalid_request_error",
-           headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    code: str,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     # OpenAI's error shape, which OpenAI clients turn into typed exceptions; `detail` for everyone else.
-    return JSONResponse({"error": {"message": message, "type": kind, "code": code}, "detail": message},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code}, "detail": message},
+        status_code=status,
+        headers=headers,
+    )
 
 
-def create_app(db: Database, solver: Solver, *, token: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY,
-               max_concurrent: int = 32, max_problem_chars: int = DEFAULT_MAX_PROBLEM_CHARS) -> FastAPI:
+def create_app(
+    db: Database,
+    solver: Solver,
+    *,
+    token: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    max_concurrent: int = 32,
+    max_problem_chars: int = DEFAULT_MAX_PROBLEM_CHARS,
+) -> FastAPI:
     """The service around one Solver; its config caps what a request may ask for (rounds, tokens)."""
-    app = FastAPI(title="reasonflux", version=__version__,
-                  description="Multi-round solving with thought templates from the live knowledge base.")
+    app = FastAPI(
+        title="reasonflux",
+        version=__version__,
+        description="Multi-round solving with thought templates from the live knowledge base.",
+    )
     limiter = anyio.CapacityLimiter(max_concurrent)
     bearer = HTTPBearer(auto_error=False, description="The token given to `reasonflux serve --token`.")
     app.state.solver, app.state.db = solver, db
@@ -195,26 +244,37 @@ def create_app(db: Database, solver: Solver, *, token: str | None = None, max_bo
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()
+        )
         return _error(422, f"invalid request: {problems}", "invalid_request")
 
     def _limits(problem: str, max_rounds: int | None, max_tokens: int | None) -> dict[str, Any]:
         cfg = solver.config
         if len(problem) > max_problem_chars:
-            raise ApiError(413, f"problem longer than {max_problem_chars} characters", code="problem_too_long")
+            raise ApiError(
+                413, f"problem longer than {max_problem_chars} characters", code="problem_too_long"
+            )
         if not problem.strip():
             raise ApiError(400, "problem is empty", code="empty_problem")
         if max_rounds is not None and max_rounds > cfg.max_rounds:
-            raise ApiError(400, f"max_rounds {max_rounds} exceeds this server's limit of {cfg.max_rounds}",
-                           code="max_rounds_too_large")
+            raise ApiError(
+                400,
+                f"max_rounds {max_rounds} exceeds this server's limit of {cfg.max_rounds}",
+                code="max_rounds_too_large",
+            )
         if max_tokens is not None and max_tokens > cfg.max_tokens:
-            raise ApiError(400, f"max_tokens {max_tokens} exceeds this server's limit of {cfg.max_tokens}",
-                           code="max_tokens_too_large")
+            raise ApiError(
+                400,
+                f"max_tokens {max_tokens} exceeds this server's limit of {cfg.max_tokens}",
+                code="max_tokens_too_large",
+            )
         return {"config": cfg.with_overrides(max_rounds=max_rounds, max_tokens=max_tokens)}
 
     async def _solve(problem: str, on_event: Callable | None = None, **kw: Any) -> SolveResult:
-        return await anyio.to_thread.run_sync(partial(solver.solve, problem, on_event=on_event, **kw),
-                                              limiter=limiter)
+        return await anyio.to_thread.run_sync(
+            partial(solver.solve, problem, on_event=on_event, **kw), limiter=limiter
+        )
 
     async def _events(problem: str, **kw: Any) -> AsyncIterator[dict[str, Any]]:
         """The session's events as they happen; a solver error ends the stream with an error event."""
@@ -247,55 +307,80 @@ def create_app(db: Database, solver: Solver, *, token: str | None = None, max_bo
         try:
             ok = await anyio.to_thread.run_sync(ping)
         except Exception as e:  # noqa: BLE001
-            return JSONResponse({"status": "error", "database": False, "error": type(e).__name__}, status_code=503)
-        return JSONResponse({"status": "ok", "database": ok, "version": __version__, **solver.describe_backends()})
+            return JSONResponse(
+                {"status": "error", "database": False, "error": type(e).__name__}, status_code=503
+            )
+        return JSONResponse(
+            {"status": "ok", "database": ok, "version": __version__, **solver.describe_backends()}
+        )
 
-    @app.post("/v1/solve", tags=["solve"], response_model=SolveResponse, dependencies=[Depends(authorize)],
-              responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}})
+    @app.post(
+        "/v1/solve",
+        tags=["solve"],
+        response_model=SolveResponse,
+        dependencies=[Depends(authorize)],
+        responses={200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE with stream"}},
+    )
     async def solve(body: SolveRequest):
         kw = _limits(body.problem, body.max_rounds, body.max_tokens)
         kw.update(problem_id=body.problem_id, reference=body.reference)
         if body.stream:
+
             async def sse() -> AsyncIterator[str]:
                 async for event in _events(body.problem, **kw):
                     yield f"event: {event['event']}\ndata: {dumps(event)}\n\n"
+
             return StreamingResponse(sse(), media_type="text/event-stream")
         result = await _solve(body.problem, **kw)
         return JSONResponse(to_jsonable(_solve_response(result)))
 
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": MODEL_NAME, "object": "model", "created": 0,
-                                            "owned_by": "reasonflux"}]}
+        return {
+            "object": "list",
+            "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "reasonflux"}],
+        }
 
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)])
     async def chat_completions(body: ChatCompletionRequest):
         if body.model != MODEL_NAME:
-            raise ApiError(404, f"model {body.model!r} does not exist; this server serves {MODEL_NAME!r}",
-                           code="model_not_found")
+            raise ApiError(
+                404,
+                f"model {body.model!r} does not exist; this server serves {MODEL_NAME!r}",
+                code="model_not_found",
+            )
         problem = _problem_from_messages(body.messages)
         kw = _limits(problem, None, None)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
-            return StreamingResponse(_chat_stream(_events(problem, **kw), cid, created), media_type="text/event-stream")
+            return StreamingResponse(
+                _chat_stream(_events(problem, **kw), cid, created), media_type="text/event-stream"
+            )
         result = await _solve(problem, **kw)
         return JSONResponse(_chat_response(result, cid, created))
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=[Depends(authorize)])
-    async def session(session_id: int, render: bool = Query(False, description="Add the readable trace text.")):
+    async def session(
+        session_id: int, render: bool = Query(False, description="Add the readable trace text.")
+    ):
         data = await anyio.to_thread.run_sync(get_session, db, session_id)
         if render:
             data["trace"] = render_trace(data)
         return JSONResponse(to_jsonable(data))
 
     @app.get("/v1/templates/search", tags=["templates"], dependencies=[Depends(authorize)])
-    async def templates_search(q: str = Query(..., min_length=1, max_length=2000), k: int = Query(5, ge=1, le=50),
-                               mode: str = Query("hybrid"), category: str | None = None,
-                               tags: list[str] | None = Query(None)):
+    async def templates_search(
+        q: str = Query(..., min_length=1, max_length=2000),
+        k: int = Query(5, ge=1, le=50),
+        mode: str = Query("hybrid"),
+        category: str | None = None,
+        tags: list[str] | None = Query(None),
+    ):
         from kb.retrieval import search_templates
 
-        hits = await anyio.to_thread.run_sync(partial(search_templates, db, q, k=k, mode=mode, category=category,
-                                                      tags=tags))
+        hits = await anyio.to_thread.run_sync(
+            partial(search_templates, db, q, k=k, mode=mode, category=category, tags=tags)
+        )
         return JSONResponse(to_jsonable({"query": q, "mode": mode, "hits": [h.to_dict() for h in hits]}))
 
     app.add_middleware(_Guard, token=token, max_bytes=max_body_bytes)
@@ -333,9 +418,18 @@ def _usage(r: SolveResult) -> dict[str, int]:
 
 def _chat_response(r: SolveResult, cid: str, created: int) -> dict[str, Any]:
     return {
-        "id": cid, "object": "chat.completion", "created": created, "model": MODEL_NAME,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": _answer_text(r)},
-                     "finish_reason": "stop" if r.status == "solved" else "length", "logprobs": None}],
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": MODEL_NAME,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": _answer_text(r)},
+                "finish_reason": "stop" if r.status == "solved" else "length",
+                "logprobs": None,
+            }
+        ],
         "usage": _usage(r),
         "reasonflux": to_jsonable(_solve_response(r)),
     }
@@ -344,18 +438,30 @@ def _chat_response(r: SolveResult, cid: str, created: int) -> dict[str, Any]:
 def _round_line(event: dict[str, Any]) -> str | None:
     adj = event.get("adjustment") or {}
     if event.get("kind") == "plan" and adj.get("trajectory"):
-        return f"[plan] {len(adj['trajectory'])} steps: " + "; ".join(s["text"] for s in adj["trajectory"]) + "\n"
+        return (
+            f"[plan] {len(adj['trajectory'])} steps: "
+            + "; ".join(s["text"] for s in adj["trajectory"])
+            + "\n"
+        )
     if event.get("kind") == "step":
         tpl = (adj.get("template") or {}).get("name", "no template")
-        return (f"[round {event.get('round_no')}] step {adj.get('step_no')}/{adj.get('n_steps')} with {tpl}: "
-                f"{adj.get('verdict') or 'ended'}\n")
+        return (
+            f"[round {event.get('round_no')}] step {adj.get('step_no')}/{adj.get('n_steps')} with {tpl}: "
+            f"{adj.get('verdict') or 'ended'}\n"
+        )
     return None
 
 
 async def _chat_stream(events: AsyncIterator[dict[str, Any]], cid: str, created: int) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": MODEL_NAME,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}], **extra}
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": MODEL_NAME,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            **extra,
+        }
         return f"data: {dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -365,8 +471,12 @@ async def _chat_stream(events: AsyncIterator[dict[str, Any]], cid: str, created:
         elif event["event"] == "done":
             r = SolveResult(**{k: v for k, v in event.items() if k in SolveResult.__dataclass_fields__})
             yield chunk({"content": "\n" + _answer_text(r)})
-            yield chunk({}, "stop" if r.status == "solved" else "length", usage=_usage(r),
-                        reasonflux=to_jsonable(_solve_response(r)))
+            yield chunk(
+                {},
+                "stop" if r.status == "solved" else "length",
+                usage=_usage(r),
+                reasonflux=to_jsonable(_solve_response(r)),
+            )
         elif event["event"] == "error":
             yield chunk({"content": f"\nerror: {event['message']}"})
             yield chunk({}, "stop")

@@ -34,7 +34,9 @@ class Roles:
 
 
 def _role(db: Database, cfg: LlmConfig, name: str, flag: str | None) -> RoleConfig:
-    """The role from its flag (a spec or a navigator name) or the config file; a flag keeps the file's sampling."""
+    """The role from its flag (a spec or a navigator name) or the config file.
+
+    A navigator name keeps the sampling the file gives its role."""
     if not flag or flag.partition(":")[0].strip() in available_backends():
         return cfg.role(name, flag)
     from pipelines.train.registry import resolve_navigator
@@ -61,25 +63,40 @@ def _params(role: RoleConfig) -> SamplingParams | None:
     return role.sampling_params() if role.sampling else None
 
 
-def resolve_roles(db: Database, *, llm_config: str | None = None, navigator: str | None = None,
-                  inference: str | None = None) -> Roles:
+def resolve_roles(
+    db: Database, *, llm_config: str | None = None, navigator: str | None = None, inference: str | None = None
+) -> Roles:
     cfg = load_config(llm_config)
     nav = _role(db, cfg, "navigator", navigator)
     inf = _role(db, cfg, "inference", inference) if inference or "inference" in cfg.roles else nav
     nav_b = _create(nav)
     inf_b = nav_b if inf is nav else _create(inf)
-    return Roles(navigator=nav_b, inference=inf_b, navigator_params=_params(nav), inference_params=_params(inf),
-                 described={"navigator": nav.describe(), "inference": inf.describe()})
+    return Roles(
+        navigator=nav_b,
+        inference=inf_b,
+        navigator_params=_params(nav),
+        inference_params=_params(inf),
+        described={"navigator": nav.describe(), "inference": inf.describe()},
+    )
 
 
 def backend_options(fn):
     """--llm-config, --navigator, --inference: the same flags on solve, serve and eval."""
-    fn = click.option("--inference", metavar="SPEC",
-                      help="Inference LLM (same forms as --navigator; default: the navigator's model).")(fn)
-    fn = click.option("--navigator", metavar="SPEC|NAME",
-                      help="Navigator: a registered navigator name, or transformers:PATH, vllm:PATH, "
-                           "openai:MODEL@URL, scripted.")(fn)
-    fn = click.option("--llm-config", type=click.Path(exists=True, dir_okay=False), default=None,
-                      help="TOML/YAML file with [roles.navigator] and [roles.inference].")(fn)
+    fn = click.option(
+        "--inference",
+        metavar="SPEC",
+        help="Inference LLM (same forms as --navigator; default: the navigator's model).",
+    )(fn)
+    fn = click.option(
+        "--navigator",
+        metavar="SPEC|NAME",
+        help="Navigator: a registered navigator name, or transformers:PATH, vllm:PATH, "
+        "openai:MODEL@URL, scripted.",
+    )(fn)
+    fn = click.option(
+        "--llm-config",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        help="TOML/YAML file with [roles.navigator] and [roles.inference].",
+    )(fn)
     return fn
-

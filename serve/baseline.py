@@ -25,7 +25,7 @@ BEST_OF_TEMPERATURE = 0.7
 def _generate_logged(db: Database, backend: Backend, requests: list[ChatRequest], run_id: int | None):
     out = []
     for i in range(0, len(requests), CHUNK):
-        chunk = requests[i:i + CHUNK]
+        chunk = requests[i : i + CHUNK]
         completions = backend.generate(chunk)
         inner = getattr(backend, "backend", backend)  # a Batcher logs as the backend it fronts
         with db.engine.begin() as conn:
@@ -44,32 +44,52 @@ def majority(answers: Sequence[str | None]) -> str | None:
     return next(a for k, a in keyed if counts[k] == best)
 
 
-def run_baselines(db: Database, backend: Backend, problems: Sequence[dict[str, Any]], *, params: SamplingParams,
-                  best_of: int = 0, run_id: int | None = None) -> dict[int, dict[str, Any]]:
+def run_baselines(
+    db: Database,
+    backend: Backend,
+    problems: Sequence[dict[str, Any]],
+    *,
+    params: SamplingParams,
+    best_of: int = 0,
+    run_id: int | None = None,
+) -> dict[int, dict[str, Any]]:
     """Per problem id: the single-call result and, with best_of > 1, the Best-of-N majority result."""
     greedy = replace(params, temperature=0.0)
-    requests = [ChatRequest(baseline_messages(p["text"]), greedy, tags={"baseline": "single", "problem": p["id"]})
-                for p in problems]
+    requests = [
+        ChatRequest(baseline_messages(p["text"]), greedy, tags={"baseline": "single", "problem": p["id"]})
+        for p in problems
+    ]
     for p in problems if best_of > 1 else []:
-        requests += [ChatRequest(baseline_messages(p["text"]),
-                                 replace(params, temperature=params.temperature or BEST_OF_TEMPERATURE, seed=j),
-                                 tags={"baseline": "best_of", "problem": p["id"], "sample": j})
-                     for j in range(best_of)]
+        requests += [
+            ChatRequest(
+                baseline_messages(p["text"]),
+                replace(params, temperature=params.temperature or BEST_OF_TEMPERATURE, seed=j),
+                tags={"baseline": "best_of", "problem": p["id"], "sample": j},
+            )
+            for j in range(best_of)
+        ]
     completions = _generate_logged(db, backend, requests, run_id)
     out: dict[int, dict[str, Any]] = {}
     for p, c in zip(problems, completions):
         answer = extract_answer(c.text)
-        out[p["id"]] = {"single_answer": answer, "single_correct": _grade(answer, p),
-                        "single_calls": 1, "single_tokens": c.prompt_tokens + c.completion_tokens}
-    samples = completions[len(problems):]
+        out[p["id"]] = {
+            "single_answer": answer,
+            "single_correct": _grade(answer, p),
+            "single_calls": 1,
+            "single_tokens": c.prompt_tokens + c.completion_tokens,
+        }
+    samples = completions[len(problems) :]
     for i, p in enumerate(problems if best_of > 1 else []):
-        group = samples[i * best_of:(i + 1) * best_of]
+        group = samples[i * best_of : (i + 1) * best_of]
         answers = [extract_answer(c.text) for c in group]
         voted = majority(answers)
         out[p["id"]].update(
-            best_of_answer=voted, best_of_correct=_grade(voted, p),
-            best_of_pass=any(_grade(a, p) for a in answers), best_of_calls=len(group),
-            best_of_tokens=sum(c.prompt_tokens + c.completion_tokens for c in group))
+            best_of_answer=voted,
+            best_of_correct=_grade(voted, p),
+            best_of_pass=any(_grade(a, p) for a in answers),
+            best_of_calls=len(group),
+            best_of_tokens=sum(c.prompt_tokens + c.completion_tokens for c in group),
+        )
     return out
 
 

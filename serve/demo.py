@@ -19,8 +19,14 @@ class DemoSolve(NamedTuple):
     trace: str
 
 
-def run_solve_demo(db: Database, navigator: Backend | None = None, inference: Backend | None = None,
-                   problem: str = DEMO_PROBLEM, *, reference: str | None = None) -> DemoSolve:
+def run_solve_demo(
+    db: Database,
+    navigator: Backend | None = None,
+    inference: Backend | None = None,
+    problem: str = DEMO_PROBLEM,
+    *,
+    reference: str | None = None,
+) -> DemoSolve:
     """Solve PROBLEM (default: a scripted navigator and inference that know the demo answer)."""
     if navigator is None or inference is None:
         scripted = scripted_solver_backend({DEMO_PROBLEM: DEMO_ANSWER})

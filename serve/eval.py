@@ -3,7 +3,7 @@
     run_eval(db, solver, problems, out_dir=..., concurrency=8, best_of=4) -> EvalReport
 
 writes to OUT_DIR:
-    results.jsonl     one record per problem: session, answer, correctness, rounds, templates, tokens, baselines
+    results.jsonl     per problem: session, answer, correctness, rounds, templates, tokens, baselines
     summary.json      the comparison table, the breakdowns by difficulty and subject, the parameters
     comparison.csv    ReasonFlux vs single call vs Best-of-N: accuracy, LLM calls, tokens
     by_difficulty.csv, by_subject.csv
@@ -40,9 +40,17 @@ def load_problems(db: Database, selection: str) -> list[dict[str, Any]]:
 
     with db.engine.connect() as conn:
         ids = select_problem_ids(conn, selection)
-        rows = conn.execute(sa.text(
-            "SELECT id, text, answer, subject, difficulty, source, source_id FROM problem "
-            "WHERE id = ANY(:ids) ORDER BY id"), {"ids": ids}).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT id, text, answer, subject, difficulty, source, source_id FROM problem "
+                    "WHERE id = ANY(:ids) ORDER BY id"
+                ),
+                {"ids": ids},
+            )
+            .mappings()
+            .all()
+        )
     if not rows:
         raise InputError(f"no problems match {selection!r}", field="--problems")
     return [dict(r) for r in rows]
@@ -67,19 +75,35 @@ def _accuracy(values: Iterable[bool | None]) -> float | None:
     return round(sum(graded) / len(graded), 4) if graded else None
 
 
-def solve_all(solver: Solver, problems: Sequence[dict[str, Any]], *, concurrency: int,
-              on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def solve_all(
+    solver: Solver,
+    problems: Sequence[dict[str, Any]],
+    *,
+    concurrency: int,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """One session per problem, CONCURRENCY at once; a record per problem, in input order."""
     lock = threading.Lock()
 
     def one(p: dict[str, Any]) -> dict[str, Any]:
         r = solver.solve(p["text"], problem_id=p["id"], reference=p.get("answer"))
         rec = {
-            "problem_id": p["id"], "source_id": p.get("source_id"), "subject": p.get("subject"),
-            "difficulty": p.get("difficulty"), "reference": p.get("answer"), "session_id": r.session_id,
-            "status": r.status, "answer": r.answer, "correct": r.correct, "rounds": r.rounds,
-            "templates_used": len(r.templates), "template_version_ids": r.templates, "tokens": r.total_tokens,
-            "llm_calls": r.llm_calls, "seconds": round(r.latency_ms / 1000, 3), "reason": r.reason,
+            "problem_id": p["id"],
+            "source_id": p.get("source_id"),
+            "subject": p.get("subject"),
+            "difficulty": p.get("difficulty"),
+            "reference": p.get("answer"),
+            "session_id": r.session_id,
+            "status": r.status,
+            "answer": r.answer,
+            "correct": r.correct,
+            "rounds": r.rounds,
+            "templates_used": len(r.templates),
+            "template_version_ids": r.templates,
+            "tokens": r.total_tokens,
+            "llm_calls": r.llm_calls,
+            "seconds": round(r.latency_ms / 1000, 3),
+            "reason": r.reason,
         }
         if on_result is not None:
             with lock:
@@ -97,18 +121,39 @@ def comparison_table(records: Sequence[dict[str, Any]], best_of: int) -> list[di
     def row(method: str, correct: str, calls: str, tokens: str, **extra: Any) -> dict[str, Any]:
         total_calls = sum(r.get(calls) or 0 for r in records)
         total_tokens = sum(r.get(tokens) or 0 for r in records)
-        return {"method": method, "problems": n, "accuracy": _accuracy(r.get(correct) for r in records),
-                "llm_calls": total_calls, "calls_per_problem": round(total_calls / n, 2) if n else None,
-                "tokens": total_tokens, "tokens_per_problem": round(total_tokens / n, 1) if n else None, **extra}
+        return {
+            "method": method,
+            "problems": n,
+            "accuracy": _accuracy(r.get(correct) for r in records),
+            "llm_calls": total_calls,
+            "calls_per_problem": round(total_calls / n, 2) if n else None,
+            "tokens": total_tokens,
+            "tokens_per_problem": round(total_tokens / n, 1) if n else None,
+            **extra,
+        }
 
-    rows = [row("reasonflux (navigator + templates)", "correct", "llm_calls", "tokens",
-                mean_rounds=_mean(r["rounds"] for r in records),
-                mean_templates=_mean(r["templates_used"] for r in records))]
+    rows = [
+        row(
+            "reasonflux (navigator + templates)",
+            "correct",
+            "llm_calls",
+            "tokens",
+            mean_rounds=_mean(r["rounds"] for r in records),
+            mean_templates=_mean(r["templates_used"] for r in records),
+        )
+    ]
     if records and "single_correct" in records[0]:
         rows.append(row("single call (inference model)", "single_correct", "single_calls", "single_tokens"))
     if best_of > 1 and records and "best_of_correct" in records[0]:
-        rows.append(row(f"best-of-{best_of} (majority vote)", "best_of_correct", "best_of_calls", "best_of_tokens",
-                        pass_at_n=_accuracy(r.get("best_of_pass") for r in records)))
+        rows.append(
+            row(
+                f"best-of-{best_of} (majority vote)",
+                "best_of_correct",
+                "best_of_calls",
+                "best_of_tokens",
+                pass_at_n=_accuracy(r.get("best_of_pass") for r in records),
+            )
+        )
     return rows
 
 
@@ -119,9 +164,14 @@ def breakdown(records: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any
     out = []
     for value in sorted(groups, key=lambda v: (v is None, str(v) if not isinstance(v, int) else f"{v:09d}")):
         g = groups[value]
-        row = {key: value if value is not None else "unknown", "problems": len(g),
-               "accuracy": _accuracy(r["correct"] for r in g), "mean_rounds": _mean(r["rounds"] for r in g),
-               "mean_templates": _mean(r["templates_used"] for r in g), "mean_tokens": _mean(r["tokens"] for r in g)}
+        row = {
+            key: value if value is not None else "unknown",
+            "problems": len(g),
+            "accuracy": _accuracy(r["correct"] for r in g),
+            "mean_rounds": _mean(r["rounds"] for r in g),
+            "mean_templates": _mean(r["templates_used"] for r in g),
+            "mean_tokens": _mean(r["tokens"] for r in g),
+        }
         if "single_correct" in g[0]:
             row["single_call_accuracy"] = _accuracy(r["single_correct"] for r in g)
         if "best_of_correct" in g[0]:
@@ -131,7 +181,7 @@ def breakdown(records: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any
 
 
 def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, title: str | None = None) -> Path:
-    """The paper's inference-scaling figure: mean templates used and interaction rounds per difficulty level."""
+    """The paper's inference-scaling figure: mean templates used and rounds per difficulty level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,12 +207,29 @@ def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, title: str | 
     colors = {"templates_used": "#4C72B0", "rounds": "#DD8452"}
     names = {"templates_used": "templates used", "rounds": "interaction rounds"}
     for i, (key, (means, sds)) in enumerate(stats.items()):
-        bars = ax.bar(x + (i - 0.5) * width, means, width, yerr=sds, capsize=3, color=colors[key], label=names[key],
-                      error_kw={"elinewidth": 1, "ecolor": "#555555"})
+        bars = ax.bar(
+            x + (i - 0.5) * width,
+            means,
+            width,
+            yerr=sds,
+            capsize=3,
+            color=colors[key],
+            label=names[key],
+            error_kw={"elinewidth": 1, "ecolor": "#555555"},
+        )
         for b, m in zip(bars, means):  # inside the bar, clear of the error bar
             if m > 0:
-                ax.annotate(f"{m:.1f}", (b.get_x() + b.get_width() / 2, 0), xytext=(0, 3), textcoords="offset points",
-                            ha="center", va="bottom", fontsize=8, color="white", fontweight="bold")
+                ax.annotate(
+                    f"{m:.1f}",
+                    (b.get_x() + b.get_width() / 2, 0),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="white",
+                    fontweight="bold",
+                )
     ax.set_xticks(x, [f"{lab}\n(n={n})" for lab, n in zip(labels, counts)])
     ax.set_xlabel("problem difficulty")
     ax.set_ylabel("mean per problem (± s.d.)")
@@ -171,8 +238,15 @@ def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, title: str | 
     ax.set_axisbelow(True)
     if any(a is not None for a in accuracy):
         acc_ax = ax.twinx()
-        acc_ax.plot(x, [a * 100 if a is not None else np.nan for a in accuracy], "o--", color="#2E7D32",
-                    label="accuracy (%)", linewidth=1.5, alpha=0.85)
+        acc_ax.plot(
+            x,
+            [a * 100 if a is not None else np.nan for a in accuracy],
+            "o--",
+            color="#2E7D32",
+            label="accuracy (%)",
+            linewidth=1.5,
+            alpha=0.85,
+        )
         acc_ax.set_ylim(0, 105)
         acc_ax.set_ylabel("accuracy (%)")
         handles = ax.get_legend_handles_labels()
@@ -198,9 +272,18 @@ def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def run_eval(db: Database, solver: Solver, problems: Sequence[dict[str, Any]], *, out_dir: str | Path,
-             concurrency: int = 4, best_of: int = 0, baseline: bool = True, run_id: int | None = None,
-             on_result: Callable[[dict[str, Any]], None] | None = None) -> EvalReport:
+def run_eval(
+    db: Database,
+    solver: Solver,
+    problems: Sequence[dict[str, Any]],
+    *,
+    out_dir: str | Path,
+    concurrency: int = 4,
+    best_of: int = 0,
+    baseline: bool = True,
+    run_id: int | None = None,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> EvalReport:
     """Solve, grade, compare and draw; everything lands in OUT_DIR (created)."""
     if not problems:
         raise InputError("no problems to evaluate", field="--problems")
@@ -208,23 +291,51 @@ def run_eval(db: Database, solver: Solver, problems: Sequence[dict[str, Any]], *
     out.mkdir(parents=True, exist_ok=True)
     records = solve_all(solver, problems, concurrency=concurrency, on_result=on_result)
     if baseline or best_of > 1:
-        base = run_baselines(db, solver.batchers["inference"], problems, params=solver.config.inference_params,
-                             best_of=best_of, run_id=run_id)
+        base = run_baselines(
+            db,
+            solver.batchers["inference"],
+            problems,
+            params=solver.config.inference_params,
+            best_of=best_of,
+            run_id=run_id,
+        )
         for rec in records:
             rec.update(base[rec["problem_id"]])
-    report = EvalReport(records=records, comparison=comparison_table(records, best_of),
-                        by_difficulty=breakdown(records, "difficulty"), by_subject=breakdown(records, "subject"))
+    report = EvalReport(
+        records=records,
+        comparison=comparison_table(records, best_of),
+        by_difficulty=breakdown(records, "difficulty"),
+        by_subject=breakdown(records, "subject"),
+    )
     with (out / "results.jsonl").open("w") as f:
         for rec in records:
             f.write(dumps(rec) + "\n")
-    summary = {"grader": GRADER_NAME, "run_id": run_id, "solver": solver.describe(), "best_of": best_of,
-               "comparison": report.comparison, "by_difficulty": report.by_difficulty,
-               "by_subject": report.by_subject}
+    summary = {
+        "grader": GRADER_NAME,
+        "run_id": run_id,
+        "solver": solver.describe(),
+        "best_of": best_of,
+        "comparison": report.comparison,
+        "by_difficulty": report.by_difficulty,
+        "by_subject": report.by_subject,
+    }
     (out / "summary.json").write_text(json.dumps(json.loads(dumps(summary)), indent=2) + "\n")
-    for name, rows in (("comparison", report.comparison), ("by_difficulty", report.by_difficulty),
-                       ("by_subject", report.by_subject)):
+    for name, rows in (
+        ("comparison", report.comparison),
+        ("by_difficulty", report.by_difficulty),
+        ("by_subject", report.by_subject),
+    ):
         _write_csv(out / f"{name}.csv", rows)
     draw_scaling(records, out / "scaling.png")
-    report.files = {name: str(out / name) for name in ("results.jsonl", "summary.json", "comparison.csv",
-                                                       "by_difficulty.csv", "by_subject.csv", "scaling.png")}
+    report.files = {
+        name: str(out / name)
+        for name in (
+            "results.jsonl",
+            "summary.json",
+            "comparison.csv",
+            "by_difficulty.csv",
+            "by_subject.csv",
+            "scaling.png",
+        )
+    }
     return report

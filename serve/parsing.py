@@ -16,7 +16,7 @@ MAX_OUTPUT_CHARS = 40_000
 VERDICTS = ("continue", "adjust", "stop")
 OPS = ("change", "insert", "remove")
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
 
 class ParseError(ValueError):
@@ -43,8 +43,16 @@ class Change:
     template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in {"op": self.op, "step": self.step, "text": self.text,
-                                  "template": self.template}.items() if v is not None}
+        return {
+            k: v
+            for k, v in {
+                "op": self.op,
+                "step": self.step,
+                "text": self.text,
+                "template": self.template,
+            }.items()
+            if v is not None
+        }
 
 
 @dataclass
@@ -70,7 +78,9 @@ def extract_json_object(text: str | None) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except json.JSONDecodeError as e:
-        raise ParseError(f"the reply is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise ParseError(
+            f"the reply is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
     if not isinstance(value, dict):
         raise ParseError(f"the reply must be a JSON object, not {type(value).__name__}")
     return value
@@ -102,7 +112,9 @@ def _step(obj: Any, where: str) -> PlannedStep:
     if not isinstance(obj, dict):
         raise ParseError(f"{where} must be an object with 'step' and 'template'")
     _no_unknown(obj, {"step", "template"}, where)
-    return PlannedStep(text=_string(obj, "step", where), template=_string(obj, "template", where, max_len=300))
+    return PlannedStep(
+        text=_string(obj, "step", where), template=_string(obj, "template", where, max_len=300)
+    )
 
 
 def parse_plan(text: str | None, *, max_steps: int) -> Plan:
@@ -115,7 +127,9 @@ def parse_plan(text: str | None, *, max_steps: int) -> Plan:
         raise ParseError("plan: field 'trajectory' must be a non-empty list of steps")
     if len(steps) > max_steps:
         raise ParseError(f"plan: the trajectory has {len(steps)} steps; at most {max_steps} are allowed")
-    return Plan(abstraction=abstraction, steps=[_step(s, f"trajectory[{i + 1}]") for i, s in enumerate(steps)])
+    return Plan(
+        abstraction=abstraction, steps=[_step(s, f"trajectory[{i + 1}]") for i, s in enumerate(steps)]
+    )
 
 
 def _change(obj: Any, where: str, *, current: int, n_steps: int) -> Change:
@@ -135,10 +149,16 @@ def _change(obj: Any, where: str, *, current: int, n_steps: int) -> Change:
         return Change(op, step)
     if op == "change":
         _no_unknown(obj, {"op", "step", "template", "text"}, where)
-        return Change(op, step, text=_string(obj, "text", where, required=False),
-                      template=_string(obj, "template", where, max_len=300))
+        return Change(
+            op,
+            step,
+            text=_string(obj, "text", where, required=False),
+            template=_string(obj, "template", where, max_len=300),
+        )
     _no_unknown(obj, {"op", "step", "template", "text"}, where)
-    return Change(op, step, text=_string(obj, "text", where), template=_string(obj, "template", where, max_len=300))
+    return Change(
+        op, step, text=_string(obj, "text", where), template=_string(obj, "template", where, max_len=300)
+    )
 
 
 def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps: int) -> Evaluation:
@@ -164,7 +184,9 @@ def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps:
         raise ParseError("evaluation: verdict 'adjust' needs at least one change")
     if verdict != "adjust" and raw_changes:
         raise ParseError(f"evaluation: verdict {verdict!r} takes no changes; use 'adjust'")
-    changes = [_change(c, f"changes[{i + 1}]", current=current, n_steps=n_steps) for i, c in enumerate(raw_changes)]
+    changes = [
+        _change(c, f"changes[{i + 1}]", current=current, n_steps=n_steps) for i, c in enumerate(raw_changes)
+    ]
     touched = [c.step for c in changes if c.op in ("change", "remove")]
     if len(touched) != len(set(touched)):
         raise ParseError("evaluation: a step is changed or removed more than once")
@@ -173,7 +195,9 @@ def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps:
         raise ParseError("evaluation: cannot insert after a step that is removed")
     final_len = n_steps + sum(c.op == "insert" for c in changes) - len(removed)
     if final_len > max_steps:
-        raise ParseError(f"evaluation: the trajectory would have {final_len} steps; at most {max_steps} are allowed")
+        raise ParseError(
+            f"evaluation: the trajectory would have {final_len} steps; at most {max_steps} are allowed"
+        )
     answer = _string(obj, "answer", "evaluation", required=False, max_len=1000) if verdict == "stop" else None
     if verdict != "stop" and obj.get("answer") not in (None, ""):
         raise ParseError("evaluation: field 'answer' is only allowed with verdict 'stop'")

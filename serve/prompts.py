@@ -54,7 +54,10 @@ EVALUATION_FORMAT = (
 def plan_messages(problem: str, *, max_steps: int) -> list[Message]:
     return [
         {"role": "system", "content": NAVIGATOR_SYSTEM},
-        {"role": "user", "content": f"Problem:\n{problem}\n\n{PLAN_FORMAT.replace('{max_steps}', str(max_steps))}"},
+        {
+            "role": "user",
+            "content": f"Problem:\n{problem}\n\n{PLAN_FORMAT.replace('{max_steps}', str(max_steps))}",
+        },
     ]
 
 
@@ -65,8 +68,10 @@ def format_template(hit: dict[str, Any] | None) -> str:
     for label, key in (("Description", "description"), ("Applies when", "application_scope")):
         if hit.get(key):
             lines.append(f"{label}: {hit[key]}")
-    steps = [s if isinstance(s, str) else json.dumps(s, ensure_ascii=False)
-             for s in (hit.get("steps") or [])[:MAX_TEMPLATE_STEPS]]
+    steps = [
+        s if isinstance(s, str) else json.dumps(s, ensure_ascii=False)
+        for s in (hit.get("steps") or [])[:MAX_TEMPLATE_STEPS]
+    ]
     if steps:
         lines.append("Reasoning flow:")
         lines.extend(f"  {i}. {s}" for i, s in enumerate(steps, 1))
@@ -84,8 +89,9 @@ def _done_block(done: Sequence[tuple[str, str]]) -> str:
     return "Results so far:\n" + "\n\n".join(parts)
 
 
-def instantiate_messages(problem: str, abstraction: str, done: Sequence[tuple[str, str]], step: str,
-                         hit: dict[str, Any] | None) -> list[Message]:
+def instantiate_messages(
+    problem: str, abstraction: str, done: Sequence[tuple[str, str]], step: str, hit: dict[str, Any] | None
+) -> list[Message]:
     """Carry out STEP, with DONE = [(step text, result)] of the accepted steps before it."""
     user = (
         f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n{_done_block(done)}\n\n"
@@ -103,13 +109,22 @@ def _trajectory_block(steps: Sequence[tuple[str, str]], current: int) -> str:
     return "\n".join(lines)
 
 
-def evaluation_messages(problem: str, abstraction: str, steps: Sequence[tuple[str, str]], current: int,
-                        template_name: str | None, result: str, done: Sequence[tuple[str, str]],
-                        *, max_steps: int) -> list[Message]:
+def evaluation_messages(
+    problem: str,
+    abstraction: str,
+    steps: Sequence[tuple[str, str]],
+    current: int,
+    template_name: str | None,
+    result: str,
+    done: Sequence[tuple[str, str]],
+    *,
+    max_steps: int,
+) -> list[Message]:
     """Judge the RESULT of step CURRENT (1-based) of STEPS = [(text, template)]."""
     fmt = EVALUATION_FORMAT.replace("{current}", str(current)).replace("{max_steps}", str(max_steps))
     user = (
-        f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\nTrajectory:\n{_trajectory_block(steps, current)}\n\n"
+        f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n"
+        f"Trajectory:\n{_trajectory_block(steps, current)}\n\n"
         f"{_done_block(done)}\n\nResult of step {current} (template used: {template_name or 'none'}):\n"
         f"{_clip(result, 4 * MAX_RESULT_CHARS)}\n\n{fmt}"
     )
@@ -118,15 +133,24 @@ def evaluation_messages(problem: str, abstraction: str, steps: Sequence[tuple[st
 
 def retry_messages(messages: list[Message], bad_output: str, error: str) -> list[Message]:
     """The conversation so far plus the unparseable reply and what was wrong with it."""
-    return [*messages, {"role": "assistant", "content": _clip(bad_output, 4000)},
-            {"role": "user", "content": f"Your reply could not be used: {error}. Reply again with only the "
-                                        "JSON object in the format asked for."}]
+    return [
+        *messages,
+        {"role": "assistant", "content": _clip(bad_output, 4000)},
+        {
+            "role": "user",
+            "content": f"Your reply could not be used: {error}. Reply again with only the "
+            "JSON object in the format asked for.",
+        },
+    ]
 
 
 def baseline_messages(problem: str) -> list[Message]:
     """The single-call baseline: the inference model alone, no templates, no navigator."""
     return [
         {"role": "system", "content": "You are a careful mathematician."},
-        {"role": "user", "content": f"Solve the problem. Reason step by step and put the final answer in "
-                                    f"\\boxed{{}}.\n\nProblem:\n{problem}"},
+        {
+            "role": "user",
+            "content": f"Solve the problem. Reason step by step and put the final answer in "
+            f"\\boxed{{}}.\n\nProblem:\n{problem}",
+        },
     ]

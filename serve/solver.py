@@ -18,6 +18,8 @@ micro-batchers so concurrent sessions reach the model together.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -122,8 +124,16 @@ class _Step:
 class Solver:
     """Solve problems against the live KB with a navigator and an inference backend (may be one instance)."""
 
-    def __init__(self, db: Database, navigator: Backend, inference: Backend, config: SolverConfig | None = None,
-                 *, run_id: int | None = None, batch_window_ms: float = 5.0):
+    def __init__(
+        self,
+        db: Database,
+        navigator: Backend,
+        inference: Backend,
+        config: SolverConfig | None = None,
+        *,
+        run_id: int | None = None,
+        batch_window_ms: float = 10.0,
+    ):
         self.db = db
         self.config = config or SolverConfig()
         self.run_id = run_id
@@ -143,13 +153,23 @@ class Solver:
             "shared_backend": self.shared_backend,
         }
 
-    def solve(self, problem: str, *, problem_id: int | None = None, reference: str | None = None,
-              config: SolverConfig | None = None, on_event: EventSink | None = None) -> SolveResult:
+    def solve(
+        self,
+        problem: str,
+        *,
+        problem_id: int | None = None,
+        reference: str | None = None,
+        config: SolverConfig | None = None,
+        on_event: EventSink | None = None,
+    ) -> SolveResult:
         """Run one session to its end (never raises for model behaviour; see SolveResult.status)."""
         if not problem or not problem.strip():
             raise InputError("must not be empty", field="problem")
         run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event)
-        return run.execute()
+        with contextlib.ExitStack() as active:
+            for b in {id(b): b for b in self.batchers.values()}.values():
+                active.enter_context(b.session())
+            return run.execute()
 
     def warm_up(self) -> None:
         """Load the retrieval embedding model now, so the first session's first round does not pay for it."""
@@ -165,15 +185,22 @@ class Solver:
     def __enter__(self) -> Solver:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class _Run:
     """One session's state, used by one thread."""
 
-    def __init__(self, solver: Solver, problem: str, config: SolverConfig, problem_id: int | None,
-                 reference: str | None, on_event: EventSink | None):
+    def __init__(
+        self,
+        solver: Solver,
+        problem: str,
+        config: SolverConfig,
+        problem_id: int | None,
+        reference: str | None,
+        on_event: EventSink | None,
+    ):
         self.s, self.problem, self.cfg = solver, problem, config
         self.problem_id, self.reference, self.on_event = problem_id, reference, on_event
         self.t0 = time.monotonic()
@@ -196,15 +223,29 @@ class _Run:
         if self.on_event is not None:
             try:
                 self.on_event({**event, "session_id": self.session_id})
-            except Exception:  # noqa: BLE001 - a broken listener never breaks the session
+            except Exception:
                 log.exception("solve event listener failed")
 
-    def write_round(self, kind: str, **fields: Any) -> dict[str, Any]:
-        row = {"round_no": self.round_no, "kind": kind, "tokens": self._round_tokens,
-               "latency_ms": (time.monotonic() - self._round_t0) * 1000, **fields}
+    def write_round(self, kind: str, finish: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        row = {
+            "round_no": self.round_no,
+            "kind": kind,
+            "tokens": self._round_tokens,
+            "latency_ms": (time.monotonic() - self._round_t0) * 1000,
+            **fields,
+        }
         row.setdefault("adjustment", {})
-        traces.write_round(self.s.db, self.session_id, row, self._pending_calls, self._pending_failures,
-                           rounds=self.rounds, tokens=self.tokens, run_id=self.s.run_id)
+        traces.write_round(
+            self.s.db,
+            self.session_id,
+            row,
+            self._pending_calls,
+            self._pending_failures,
+            rounds=self.rounds,
+            tokens=self.tokens,
+            run_id=self.s.run_id,
+            finish=finish,
+        )
         self._pending_calls, self._pending_failures, self._round_tokens = [], [], {}
         self.emit({"event": "round", **{k: v for k, v in row.items() if k != "navigator_prompt"}})
         self.round_no += 1
@@ -232,7 +273,9 @@ class _Run:
     def call(self, role: str, messages: list[Message]) -> Completion:
         self._check_budget()
         params = self.cfg.navigator_params if role == "navigator" else self.cfg.inference_params
-        req = ChatRequest(messages=messages, params=params, tags={"role": role, "session_id": self.session_id})
+        req = ChatRequest(
+            messages=messages, params=params, tags={"role": role, "session_id": self.session_id}
+        )
         batcher = self.s.batchers[role]
         t0 = time.monotonic()
         future = batcher.submit(req)
@@ -240,13 +283,19 @@ class _Run:
             c = future.result(timeout=max(0.0, self.deadline - t0))
         except FutureTimeout:
             future.cancel()
-            c = Completion(text="", error="no reply before the session's wall time limit",
-                           latency_ms=(time.monotonic() - t0) * 1000)
+            c = Completion(
+                text="",
+                error="no reply before the session's wall time limit",
+                latency_ms=(time.monotonic() - t0) * 1000,
+            )
             self._record_call(role, req, c)
-            raise SessionEnd("limit", f"wall time limit of {self.cfg.max_seconds:g} s reached "
-                                      f"while waiting for the {role}") from None
+            raise SessionEnd(
+                "limit", f"wall time limit of {self.cfg.max_seconds:g} s reached while waiting for the {role}"
+            ) from None
         except Exception as e:  # noqa: BLE001 - the backend raised instead of returning an error
-            c = Completion(text="", error=f"{type(e).__name__}: {e}", latency_ms=(time.monotonic() - t0) * 1000)
+            c = Completion(
+                text="", error=f"{type(e).__name__}: {e}", latency_ms=(time.monotonic() - t0) * 1000
+            )
             self._record_call(role, req, c)
             raise SessionEnd("failed", f"{role} backend error: {c.error}") from None
         waited = (time.monotonic() - t0) * 1000
@@ -258,18 +307,27 @@ class _Run:
             raise SessionEnd("limit", f"token limit of {self.cfg.max_tokens} reached ({used} used)")
         return c
 
-    def _record_call(self, role: str, req: ChatRequest, c: Completion, waited_ms: float | None = None) -> None:
+    def _record_call(
+        self, role: str, req: ChatRequest, c: Completion, waited_ms: float | None = None
+    ) -> None:
         if not c.latency_ms and waited_ms:
             c = replace(c, latency_ms=waited_ms)
         self._account(role, c, waited_ms if waited_ms is not None else c.latency_ms)
-        self._pending_calls += call_rows(self.s.batchers[role].backend, [req], [c], run_id=self.s.run_id,
-                                         stage=STAGES[role], session_id=self.session_id)
+        self._pending_calls += call_rows(
+            self.s.batchers[role].backend,
+            [req],
+            [c],
+            run_id=self.s.run_id,
+            stage=STAGES[role],
+            session_id=self.session_id,
+        )
         for row in self._pending_calls[-1:]:
             row.pop("session_id", None)
             row.pop("run_id", None)
 
-    def navigate(self, messages: list[Message],
-                 parse: Callable[[str], Any]) -> tuple[Any, list[Message], str, list[str]]:
+    def navigate(
+        self, messages: list[Message], parse: Callable[[str], Any]
+    ) -> tuple[Any, list[Message], str, list[str]]:
         """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
 
         An unparseable reply is shown back to the navigator with what is wrong, at most
@@ -283,8 +341,9 @@ class _Run:
                 return parse(c.text), attempt_msgs, c.text, errors
             except ParseError as e:
                 errors.append(str(e))
-                self._pending_failures.append({"attempt": attempt, "reason": f"unparseable navigator output: {e}",
-                                               "raw_output": c.text})
+                self._pending_failures.append(
+                    {"attempt": attempt, "reason": f"unparseable navigator output: {e}", "raw_output": c.text}
+                )
                 last_msgs, last_raw = attempt_msgs, c.text
                 attempt_msgs = prompts.retry_messages(messages, c.text, str(e))
         raise NavigatorUnparseable(errors, last_msgs, last_raw)
@@ -296,8 +355,14 @@ class _Run:
         from kb.retrieval import search_templates
 
         query = f"{step.template}. {step.text}"
+        vector = None if self.cfg.retrieval_mode == "text" else phrase_vector(step.template)
         k = self.cfg.top_k + len(step.tried)
-        hits = [h.to_dict() for h in search_templates(self.s.db, query, k=k, mode=self.cfg.retrieval_mode)]
+        hits = [
+            h.to_dict()
+            for h in search_templates(
+                self.s.db, query, query_vector=vector, k=k, mode=self.cfg.retrieval_mode
+            )
+        ]
         chosen = next((h for h in hits if h["version_id"] not in step.tried), hits[0] if hits else None)
         skipped = [h["version_id"] for h in hits if h["version_id"] in step.tried and h is not chosen]
         shown = [h for h in hits if h["version_id"] not in skipped][: self.cfg.top_k]
@@ -309,8 +374,14 @@ class _Run:
 
     def execute(self) -> SolveResult:
         s = self.s
-        self.session_id = traces.create_session(s.db, self.problem, s.describe(self.cfg), problem_id=self.problem_id,
-                                                reference=self.reference, run_id=s.run_id)
+        self.session_id = traces.create_session(
+            s.db,
+            self.problem,
+            s.describe(self.cfg),
+            problem_id=self.problem_id,
+            reference=self.reference,
+            run_id=s.run_id,
+        )
         self._round_t0 = time.monotonic()
         self.emit({"event": "session", "problem": self.problem})
         status, reason, answer, source = "failed", None, None, None
@@ -319,7 +390,7 @@ class _Run:
             status, reason, answer, source = self.steps(plan)
         except SessionEnd as end:
             status, reason = end.status, end.reason
-        except Exception as e:  # noqa: BLE001 - a bug or a lost database still ends the session, recorded
+        except Exception as e:
             log.exception("solve session %s failed", self.session_id)
             status, reason = "failed", f"internal error: {type(e).__name__}: {e}"
         if answer is None and self.last_result:
@@ -327,27 +398,49 @@ class _Run:
             source = source if answer is not None else None
         if status == "solved" and answer is None:
             status, reason = "failed", "no final answer in the navigator's verdict or the step results"
-        correct = grade(answer, self.reference) if self.reference is not None and answer is not None else (
-            False if self.reference is not None else None)
+        correct = (
+            grade(answer, self.reference)
+            if self.reference is not None and answer is not None
+            else (False if self.reference is not None else None)
+        )
         return self.finish(status, reason, answer, source, correct)
 
-    def finish(self, status: str, reason: str | None, answer: str | None, source: str | None,
-               correct: bool | None) -> SolveResult:
+    def finish(
+        self, status: str, reason: str | None, answer: str | None, source: str | None, correct: bool | None
+    ) -> SolveResult:
         latency = (time.monotonic() - self.t0) * 1000
         text = (f"answer {answer!r} from {source}" if answer is not None else "no answer") + f"; {status}"
         if reason:
             text += f": {reason}"
+        end = {
+            "status": status,
+            "reason": reason,
+            "final_answer": answer,
+            "correct": correct,
+            "latency_ms": latency,
+        }
         try:
-            self.write_round("final", evaluation=text, adjustment={"answer": answer, "source": source,
-                                                                  "status": status, "reason": reason})
-        except Exception:  # noqa: BLE001 - the session row below still gets its end
+            self.write_round(
+                "final",
+                finish=end,
+                evaluation=text,
+                adjustment={"answer": answer, "source": source, "status": status, "reason": reason},
+            )
+        except Exception:
             log.exception("could not write the final round of session %s", self.session_id)
-        traces.finish_session(self.s.db, self.session_id, status=status, reason=reason, final_answer=answer,
-                              correct=correct, rounds=self.rounds, tokens=self.tokens, latency_ms=latency)
+            traces.finish_session(self.s.db, self.session_id, rounds=self.rounds, tokens=self.tokens, **end)
         result = SolveResult(
-            session_id=self.session_id, status=status, reason=reason, answer=answer, correct=correct,
-            rounds=self.rounds, tokens=self.tokens, latency_ms=latency, templates=self.templates,
-            llm_calls=self.calls, solution=self.last_result,
+            session_id=self.session_id,
+            status=status,
+            reason=reason,
+            answer=answer,
+            correct=correct,
+            rounds=self.rounds,
+            tokens=self.tokens,
+            latency_ms=latency,
+            templates=self.templates,
+            llm_calls=self.calls,
+            solution=self.last_result,
         )
         self.emit({"event": "done", **result.to_dict()})
         return result
@@ -355,18 +448,31 @@ class _Run:
     def plan(self) -> Plan:
         messages = prompts.plan_messages(self.problem, max_steps=self.cfg.max_steps)
         try:
-            plan, used, raw, errors = self.navigate(messages, lambda t: parse_plan(t, max_steps=self.cfg.max_steps))
+            plan, used, raw, errors = self.navigate(
+                messages, lambda t: parse_plan(t, max_steps=self.cfg.max_steps)
+            )
         except NavigatorUnparseable as end:
-            self.write_round("plan", navigator_prompt=end.messages, navigator_output=end.raw,
-                             adjustment={"parse_errors": end.errors, "error": end.reason})
+            self.write_round(
+                "plan",
+                navigator_prompt=end.messages,
+                navigator_output=end.raw,
+                adjustment={"parse_errors": end.errors, "error": end.reason},
+            )
             raise
         except SessionEnd as end:
             self.write_round("plan", navigator_prompt=messages, adjustment={"error": end.reason})
             raise
-        self.write_round("plan", step_text=plan.abstraction, navigator_prompt=used, navigator_output=raw,
-                         adjustment={"abstraction": plan.abstraction,
-                                     "trajectory": [asdict(p) | {"text": p.text} for p in plan.steps],
-                                     "parse_errors": errors})
+        self.write_round(
+            "plan",
+            step_text=plan.abstraction,
+            navigator_prompt=used,
+            navigator_output=raw,
+            adjustment={
+                "abstraction": plan.abstraction,
+                "trajectory": [asdict(p) | {"text": p.text} for p in plan.steps],
+                "parse_errors": errors,
+            },
+        )
         return plan
 
     def steps(self, plan: Plan) -> tuple[str, str | None, str | None, str | None]:
@@ -378,7 +484,12 @@ class _Run:
             self.rounds += 1
             evaluation, steps, i = self.step_round(plan.abstraction, steps, i)
             if evaluation.verdict == "stop":
-                return "solved", None, evaluation.answer, "the navigator's stop verdict" if evaluation.answer else None
+                return (
+                    "solved",
+                    None,
+                    evaluation.answer,
+                    "the navigator's stop verdict" if evaluation.answer else None,
+                )
         return "solved", None, None, None
 
     def step_round(self, abstraction: str, steps: list[_Step], i: int) -> tuple[Evaluation, list[_Step], int]:
@@ -388,24 +499,41 @@ class _Run:
         try:
             shown, chosen, skipped = self.retrieve(step)
             round_fields["retrieved"] = [
-                {k: h[k] for k in ("version_id", "template_id", "key", "name", "score")} | {"used": h is chosen}
-                for h in shown]
+                {k: h[k] for k in ("version_id", "template_id", "key", "name", "score")}
+                | {"used": h is chosen}
+                for h in shown
+            ]
             if chosen is not None:
-                adj["template"] = {k: chosen[k] for k in ("version_id", "template_id", "key", "name", "score")}
+                adj["template"] = {
+                    k: chosen[k] for k in ("version_id", "template_id", "key", "name", "score")
+                }
                 step.tried.append(chosen["version_id"])
                 if chosen["version_id"] not in self.templates:
                     self.templates.append(chosen["version_id"])
             if skipped:
                 adj["excluded"] = skipped
-            result = self.call("inference", prompts.instantiate_messages(
-                self.problem, abstraction, self.accepted, step.text, chosen)).text
+            result = self.call(
+                "inference",
+                prompts.instantiate_messages(self.problem, abstraction, self.accepted, step.text, chosen),
+            ).text
             round_fields["instantiation"] = result
             self.last_result = self.accepted[-1][1] if self.accepted else result
             messages = prompts.evaluation_messages(
-                self.problem, abstraction, [(s.text, s.template) for s in steps], i + 1,
-                chosen["name"] if chosen else None, result, self.accepted, max_steps=self.cfg.max_steps)
-            evaluation, used, raw, errors = self.navigate(messages, lambda t: parse_evaluation(
-                t, current=i + 1, n_steps=len(steps), max_steps=self.cfg.max_steps))
+                self.problem,
+                abstraction,
+                [(s.text, s.template) for s in steps],
+                i + 1,
+                chosen["name"] if chosen else None,
+                result,
+                self.accepted,
+                max_steps=self.cfg.max_steps,
+            )
+            evaluation, used, raw, errors = self.navigate(
+                messages,
+                lambda t: parse_evaluation(
+                    t, current=i + 1, n_steps=len(steps), max_steps=self.cfg.max_steps
+                ),
+            )
         except SessionEnd as end:
             if isinstance(end, NavigatorUnparseable):
                 round_fields.update(navigator_prompt=end.messages, navigator_output=end.raw)
@@ -417,15 +545,48 @@ class _Run:
         if outcome == "accepted":
             self.accepted.append((step.text, result))
             self.last_result = result
-        adj.update(verdict=evaluation.verdict, changes=described, parse_errors=errors, outcome=outcome,
-                   trajectory=[s.to_dict() for s in new_steps], answer=evaluation.answer)
-        self.write_round("step", navigator_prompt=used, navigator_output=raw, evaluation=evaluation.reason,
-                         adjustment=adj, **round_fields)
+        adj.update(
+            verdict=evaluation.verdict,
+            changes=described,
+            parse_errors=errors,
+            outcome=outcome,
+            trajectory=[s.to_dict() for s in new_steps],
+            answer=evaluation.answer,
+        )
+        self.write_round(
+            "step",
+            navigator_prompt=used,
+            navigator_output=raw,
+            evaluation=evaluation.reason,
+            adjustment=adj,
+            **round_fields,
+        )
         return evaluation, new_steps, next_i
 
 
-def apply_changes(steps: list[_Step], current: int,
-                  changes: list[Change]) -> tuple[list[_Step], int, list[dict], str]:
+@functools.lru_cache(maxsize=8192)
+def _phrase_vector(model: str, phrase: str) -> Any:
+    from kb.embeddings import get_embedder
+
+    vector = get_embedder(model).encode([phrase])[0]
+    vector.setflags(write=False)
+    return vector
+
+
+def phrase_vector(phrase: str) -> Any:
+    """The embedding of a step's template phrase, cached: navigators name the same templates over and over.
+
+    The vector side of retrieval matches the phrase alone (like ReasonFlux's match on template
+    names); the step text still feeds the full-text side.
+    """
+    from kb import config
+
+    return _phrase_vector(config.embed_model_name(), " ".join(phrase.split()).lower())
+
+
+def apply_changes(
+    steps: list[_Step], current: int, changes: list[Change]
+) -> tuple[list[_Step], int, list[dict], str]:
     """(trajectory after CHANGES, index of the next step to run, the changes described, outcome).
 
     Step numbers are as shown (1-based). The current step is redone when changed ("redo"),

@@ -1,8 +1,9 @@
 """Solve traces: writing a session's rounds as they happen, reading them back, rendering them.
 
-Each round is one transaction: its solve_round row, the LLM calls it made (llm_call,
-with the session id), any unparseable navigator output (failure) and the session's
-running totals. A crash mid-session leaves every finished round readable.
+Each round is one statement (one round trip, one commit): its solve_round row, the LLM
+calls it made (llm_call, with the session id), any unparseable navigator output
+(failure) and the session's running totals. A crash mid-session leaves every finished
+round readable.
 """
 
 from __future__ import annotations
@@ -14,88 +15,279 @@ import sqlalchemy as sa
 
 from kb.db import Database
 from kb.errors import NotFound
-from kb.models import Failure, LlmCall, SolveRound, SolveSession
+from kb.models import LlmCall, SolveRound, SolveSession
 from kb.models._common import utcnow
+from kb.output import dumps
 
 FAILURE_STAGE = "solve"
 ROLES = ("navigator", "inference")
 
 
-def create_session(db: Database, problem_text: str, config: dict[str, Any], *, problem_id: int | None = None,
-                   reference: str | None = None, run_id: int | None = None) -> int:
+def create_session(
+    db: Database,
+    problem_text: str,
+    config: dict[str, Any],
+    *,
+    problem_id: int | None = None,
+    reference: str | None = None,
+    run_id: int | None = None,
+) -> int:
     with db.engine.begin() as conn:
+        conn.execute(_ASYNC_COMMIT)  # made durable by the session's final, synchronous commit
         return conn.execute(
-            sa.insert(SolveSession).values(
-                problem_text=problem_text, config=config, problem_id=problem_id, reference_answer=reference,
-                run_id=run_id, status="running", tokens={}, started_at=utcnow(),
-            ).returning(SolveSession.id)
+            sa.insert(SolveSession)
+            .values(
+                problem_text=problem_text,
+                config=config,
+                problem_id=problem_id,
+                reference_answer=reference,
+                run_id=run_id,
+                status="running",
+                tokens={},
+                started_at=utcnow(),
+            )
+            .returning(SolveSession.id)
         ).scalar_one()
 
 
-def write_round(db: Database, session_id: int, round_row: dict[str, Any], calls: list[dict[str, Any]],
-                failures: list[dict[str, Any]], *, rounds: int, tokens: dict[str, Any],
-                run_id: int | None = None) -> None:
-    """One round, its calls and parse failures, and the session's running totals, in one transaction."""
-    with db.engine.begin() as conn:
-        conn.execute(sa.insert(SolveRound).values(session_id=session_id, **round_row))
-        if calls:
-            conn.execute(sa.insert(LlmCall), [{"session_id": session_id, "run_id": run_id, **c} for c in calls])
-        if failures:
-            conn.execute(sa.insert(Failure), [
-                {"run_id": run_id, "stage": FAILURE_STAGE, "unit_key": f"session:{session_id}", **f}
-                for f in failures
-            ])
-        conn.execute(sa.update(SolveSession).where(SolveSession.id == session_id).values(rounds=rounds, tokens=tokens))
+_ROUND_COLUMNS = (
+    "session_id",
+    "round_no",
+    "kind",
+    "step_text",
+    "navigator_prompt",
+    "navigator_output",
+    "retrieved",
+    "instantiation",
+    "evaluation",
+    "adjustment",
+    "tokens",
+    "latency_ms",
+)
+_ROUND_DEFAULTS = {"navigator_prompt": [], "retrieved": [], "adjustment": {}, "tokens": {}, "latency_ms": 0.0}
+_CALL_COLUMNS = (
+    "run_id",
+    "session_id",
+    "stage",
+    "backend",
+    "model",
+    "messages",
+    "params",
+    "response",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+)
+_FAILURE_COLUMNS = ("run_id", "stage", "unit_key", "attempt", "reason", "raw_output")
+_FINISH_COLUMNS = ("status", "reason", "final_answer", "correct", "latency_ms")
 
 
-def finish_session(db: Database, session_id: int, *, status: str, reason: str | None, final_answer: str | None,
-                   correct: bool | None, rounds: int, tokens: dict[str, Any], latency_ms: float) -> None:
+def _insert_from_json(table: str, columns: tuple[str, ...], param: str, many: bool) -> str:
+    cols = ", ".join(columns)
+    fn = "jsonb_populate_recordset" if many else "jsonb_populate_record"
+    return f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {fn}(NULL::{table}, CAST(:{param} AS jsonb))"
+
+
+def _write_sql(finish: bool) -> sa.TextClause:
+    end = (
+        ", " + ", ".join(f"{c} = x.{c}" for c in _FINISH_COLUMNS) + ", finished_at = now()" if finish else ""
+    )
+    return sa.text(
+        f"WITH r AS ({_insert_from_json('solve_round', _ROUND_COLUMNS, 'round', False)}), "
+        f"c AS ({_insert_from_json('llm_call', _CALL_COLUMNS, 'calls', True)}), "
+        f"f AS ({_insert_from_json('failure', _FAILURE_COLUMNS, 'failures', True)}) "
+        f"UPDATE solve_session s SET rounds = :rounds, tokens = CAST(:tokens AS jsonb){end} "
+        "FROM jsonb_populate_record(NULL::solve_session, CAST(:finish AS jsonb)) x WHERE s.id = :sid"
+    )
+
+
+_WRITE = {False: _write_sql(False), True: _write_sql(True)}
+_ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit = off")
+
+
+def _json(value: Any) -> str:
+    """JSON for a jsonb parameter; NUL characters (which PostgreSQL text refuses) become U+FFFD."""
+    text = dumps(value)
+    return text if "\\u0000" not in text else dumps(_no_nul(value))
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {k: _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    return value
+
+
+def write_round(
+    db: Database,
+    session_id: int,
+    round_row: dict[str, Any],
+    calls: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    *,
+    rounds: int,
+    tokens: dict[str, Any],
+    run_id: int | None = None,
+    finish: dict[str, Any] | None = None,
+) -> None:
+    """One round, its calls and parse failures, and the session's running totals: one statement.
+
+    FINISH (status, reason, final_answer, correct, latency_ms) ends the session in the same statement.
+    Rounds before the last commit without waiting for the disk (a commit's flush costs ~10x the
+    write): a crash may lose the last moments of an unfinished session, never corrupt it, and the
+    final round's synchronous commit makes all of the session's earlier writes durable too.
+    """
+    unit = f"session:{session_id}"
+    params = {
+        "sid": session_id,
+        "rounds": rounds,
+        "tokens": _json(tokens),
+        "finish": _json(finish or {}),
+        "round": _json({**_ROUND_DEFAULTS, **round_row, "session_id": session_id}),
+        "calls": _json([{**c, "session_id": session_id, "run_id": run_id} for c in calls]),
+        "failures": _json(
+            [{**f, "run_id": run_id, "stage": FAILURE_STAGE, "unit_key": unit} for f in failures]
+        ),
+    }
     with db.engine.begin() as conn:
-        conn.execute(sa.update(SolveSession).where(SolveSession.id == session_id).values(
-            status=status, reason=reason, final_answer=final_answer, correct=correct, rounds=rounds,
-            tokens=tokens, latency_ms=latency_ms, finished_at=utcnow(),
-        ))
+        if finish is None:
+            conn.execute(_ASYNC_COMMIT)
+        conn.execute(_WRITE[finish is not None], params)
+
+
+def finish_session(
+    db: Database,
+    session_id: int,
+    *,
+    status: str,
+    reason: str | None,
+    final_answer: str | None,
+    correct: bool | None,
+    rounds: int,
+    tokens: dict[str, Any],
+    latency_ms: float,
+) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.update(SolveSession)
+            .where(SolveSession.id == session_id)
+            .values(
+                status=status,
+                reason=reason,
+                final_answer=final_answer,
+                correct=correct,
+                rounds=rounds,
+                tokens=tokens,
+                latency_ms=latency_ms,
+                finished_at=utcnow(),
+            )
+        )
 
 
 # ------------------------------------------------------------------ reading
 
-_SESSION_COLS = ("id", "problem_id", "problem_text", "config", "status", "reason", "final_answer",
-                 "reference_answer", "correct", "rounds", "tokens", "latency_ms", "run_id", "started_at",
-                 "finished_at")
-_ROUND_COLS = ("round_no", "kind", "step_text", "navigator_prompt", "navigator_output", "retrieved",
-               "instantiation", "evaluation", "adjustment", "tokens", "latency_ms", "created_at")
+_SESSION_COLS = (
+    "id",
+    "problem_id",
+    "problem_text",
+    "config",
+    "status",
+    "reason",
+    "final_answer",
+    "reference_answer",
+    "correct",
+    "rounds",
+    "tokens",
+    "latency_ms",
+    "run_id",
+    "started_at",
+    "finished_at",
+)
+_ROUND_COLS = (
+    "round_no",
+    "kind",
+    "step_text",
+    "navigator_prompt",
+    "navigator_output",
+    "retrieved",
+    "instantiation",
+    "evaluation",
+    "adjustment",
+    "tokens",
+    "latency_ms",
+    "created_at",
+)
 
 
 def total_tokens(tokens: dict[str, Any] | None) -> int:
-    return sum(int(v.get("prompt", 0)) + int(v.get("completion", 0))
-               for v in (tokens or {}).values() if isinstance(v, dict))
+    return sum(
+        int(v.get("prompt", 0)) + int(v.get("completion", 0))
+        for v in (tokens or {}).values()
+        if isinstance(v, dict)
+    )
 
 
 def get_session(db: Database, session_id: int, *, with_rounds: bool = True) -> dict[str, Any]:
     """A session with its rounds (in order) and its LLM call count per stage."""
     with db.engine.connect() as conn:
-        row = conn.execute(sa.select(*[getattr(SolveSession, c) for c in _SESSION_COLS])
-                           .where(SolveSession.id == session_id)).mappings().first()
+        row = (
+            conn.execute(
+                sa.select(*[getattr(SolveSession, c) for c in _SESSION_COLS]).where(
+                    SolveSession.id == session_id
+                )
+            )
+            .mappings()
+            .first()
+        )
         if row is None:
             raise NotFound(f"no solve session {session_id}")
         out = dict(row)
         out["total_tokens"] = total_tokens(out["tokens"])
-        out["llm_calls"] = dict(conn.execute(
-            sa.select(LlmCall.stage, sa.func.count()).where(LlmCall.session_id == session_id)
-            .group_by(LlmCall.stage)).all())
+        out["llm_calls"] = dict(
+            conn.execute(
+                sa.select(LlmCall.stage, sa.func.count())
+                .where(LlmCall.session_id == session_id)
+                .group_by(LlmCall.stage)
+            ).all()
+        )
         if with_rounds:
-            out["rounds_detail"] = [dict(r) for r in conn.execute(
-                sa.select(*[getattr(SolveRound, c) for c in _ROUND_COLS])
-                .where(SolveRound.session_id == session_id).order_by(SolveRound.round_no)).mappings()]
+            out["rounds_detail"] = [
+                dict(r)
+                for r in conn.execute(
+                    sa.select(*[getattr(SolveRound, c) for c in _ROUND_COLS])
+                    .where(SolveRound.session_id == session_id)
+                    .order_by(SolveRound.round_no)
+                ).mappings()
+            ]
     return out
 
 
-def list_sessions(db: Database, *, limit: int = 20, status: str | None = None,
-                  problem_id: int | None = None, run_id: int | None = None) -> list[dict[str, Any]]:
+def list_sessions(
+    db: Database,
+    *,
+    limit: int = 20,
+    status: str | None = None,
+    problem_id: int | None = None,
+    run_id: int | None = None,
+) -> list[dict[str, Any]]:
     """The newest sessions first, one summary line each."""
     s = SolveSession
-    stmt = sa.select(s.id, s.status, s.rounds, s.final_answer, s.correct, s.tokens, s.latency_ms, s.problem_id,
-                     s.started_at, sa.func.left(s.problem_text, 80).label("problem"))
+    stmt = sa.select(
+        s.id,
+        s.status,
+        s.rounds,
+        s.final_answer,
+        s.correct,
+        s.tokens,
+        s.latency_ms,
+        s.problem_id,
+        s.started_at,
+        sa.func.left(s.problem_text, 80).label("problem"),
+    )
     for col, value in ((s.status, status), (s.problem_id, problem_id), (s.run_id, run_id)):
         if value is not None:
             stmt = stmt.where(col == value)
@@ -120,14 +312,20 @@ def templates_used(session: dict[str, Any]) -> list[int]:
 
 # ------------------------------------------------------------------ rendering
 
+
 def _clip(text: str | None, width: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _indent(text: str, prefix: str = "    ", width: int = 100) -> str:
-    return "\n".join(textwrap.fill(line, width=width, initial_indent=prefix, subsequent_indent=prefix) or prefix
-                     for line in (text or "").strip().splitlines()) or prefix + "(empty)"
+    return (
+        "\n".join(
+            textwrap.fill(line, width=width, initial_indent=prefix, subsequent_indent=prefix) or prefix
+            for line in (text or "").strip().splitlines()
+        )
+        or prefix + "(empty)"
+    )
 
 
 def _role_tokens(tokens: dict[str, Any]) -> str:
@@ -135,8 +333,10 @@ def _role_tokens(tokens: dict[str, Any]) -> str:
     for role in ROLES:
         t = tokens.get(role)
         if t:
-            parts.append(f"{role} {int(t.get('prompt', 0))}+{int(t.get('completion', 0))} tokens "
-                         f"in {int(t.get('calls', 0))} calls, {t.get('latency_ms', 0) / 1000:.2f} s")
+            parts.append(
+                f"{role} {int(t.get('prompt', 0))}+{int(t.get('completion', 0))} tokens "
+                f"in {int(t.get('calls', 0))} calls, {t.get('latency_ms', 0) / 1000:.2f} s"
+            )
     return "; ".join(parts) or "none"
 
 
@@ -144,13 +344,17 @@ def _template_line(adj: dict[str, Any], retrieved: list[dict[str, Any]]) -> str:
     used = adj.get("template")
     if not used:
         return "  Template: none found in the library (the step ran without one)"
-    line = (f"  Template: {used.get('key') or used.get('name')} (version id {used['version_id']}, "
-            f"score {used.get('score', 0):.3f}) for \"{adj.get('query', '')}\"")
+    line = (
+        f"  Template: {used.get('key') or used.get('name')} (version id {used['version_id']}, "
+        f'score {used.get("score", 0):.3f}) for "{adj.get("query", "")}"'
+    )
     others = [f"{h.get('name')} ({h.get('score', 0):.3f})" for h in retrieved if not h.get("used")]
     if others:
         line += "\n  Also retrieved: " + ", ".join(others)
     if adj.get("excluded"):
-        line += f"\n  Skipped (tried before for this step): version ids {', '.join(map(str, adj['excluded']))}"
+        line += (
+            f"\n  Skipped (tried before for this step): version ids {', '.join(map(str, adj['excluded']))}"
+        )
     return line
 
 
@@ -158,20 +362,25 @@ def _change_lines(adj: dict[str, Any]) -> list[str]:
     lines = []
     for c in adj.get("changes", []):
         if c["op"] == "change":
-            what = f"template -> \"{c.get('template')}\""
+            what = f'template -> "{c.get("template")}"'
             if c.get("text"):
-                what += f", text -> \"{_clip(c['text'], 80)}\""
+                what += f', text -> "{_clip(c["text"], 80)}"'
             lines.append(f"    changed step {c['step']}: {what}")
         elif c["op"] == "insert":
-            lines.append(f"    inserted after step {c['step']}: \"{_clip(c.get('text'), 80)}\" "
-                         f"(template \"{c.get('template')}\")")
+            lines.append(
+                f'    inserted after step {c["step"]}: "{_clip(c.get("text"), 80)}" '
+                f'(template "{c.get("template")}")'
+            )
         else:
-            lines.append(f"    removed step {c['step']}: \"{_clip(c.get('removed_text'), 80)}\"")
+            lines.append(f'    removed step {c["step"]}: "{_clip(c.get("removed_text"), 80)}"')
     return lines
 
 
 def _trajectory_lines(steps: list[dict[str, Any]], prefix: str = "    ") -> list[str]:
-    return [f"{prefix}{i}. {_clip(s.get('text'), 90)} [template: {s.get('template')}]" for i, s in enumerate(steps, 1)]
+    return [
+        f"{prefix}{i}. {_clip(s.get('text'), 90)} [template: {s.get('template')}]"
+        for i, s in enumerate(steps, 1)
+    ]
 
 
 def _render_round(r: dict[str, Any]) -> list[str]:
@@ -187,8 +396,10 @@ def _render_round(r: dict[str, Any]) -> list[str]:
         lines = [f"Round {r['round_no']} · final", f"  {r.get('evaluation') or ''}"]
         return lines
     else:
-        lines = [f"Round {r['round_no']} · step {adj.get('step_no', '?')}/{adj.get('n_steps', '?')}: "
-                 f"{_clip(r.get('step_text'), 90)}"]
+        lines = [
+            f"Round {r['round_no']} · step {adj.get('step_no', '?')}/{adj.get('n_steps', '?')}: "
+            f"{_clip(r.get('step_text'), 90)}"
+        ]
         if "query" in adj:
             lines.append(_template_line(adj, r.get("retrieved") or []))
         if r.get("instantiation") is not None:
@@ -203,8 +414,10 @@ def _render_round(r: dict[str, Any]) -> list[str]:
             if adj.get("answer"):
                 lines.append(f"  Answer given: {adj['answer']}")
     if adj.get("parse_errors"):
-        lines.append(f"  Unparseable navigator replies: {len(adj['parse_errors'])} "
-                     f"(last: {_clip(adj['parse_errors'][-1], 150)})")
+        lines.append(
+            f"  Unparseable navigator replies: {len(adj['parse_errors'])} "
+            f"(last: {_clip(adj['parse_errors'][-1], 150)})"
+        )
     if adj.get("error"):
         lines.append(f"  Ended here: {adj['error']}")
     t = r.get("tokens") or {}
@@ -217,14 +430,16 @@ def render_trace(session: dict[str, Any]) -> str:
     cfg = session.get("config") or {}
     nav, inf = cfg.get("navigator", {}), cfg.get("inference", {})
     correct = {True: " (correct)", False: f" (wrong; reference {session.get('reference_answer')})"}.get(
-        session.get("correct"), "")
+        session.get("correct"), ""
+    )
     head = [
         f"Session {session['id']} · {session['status']} · {session.get('rounds', 0)} rounds · "
         f"{(session.get('latency_ms') or 0) / 1000:.2f} s",
         f"Problem: {_clip(session.get('problem_text'), 400)}",
         f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
         f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}",
-        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('max_tokens')} tokens, {cfg.get('max_seconds')} s; "
+        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('max_tokens')} tokens, "
+        f"{cfg.get('max_seconds')} s; "
         f"retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}",
         f"Tokens: {_role_tokens(session.get('tokens') or {})}",
         "",
@@ -239,7 +454,6 @@ def render_trace(session: dict[str, Any]) -> str:
     return "\n".join(head + body + tail)
 
 
-
 def event_line(event: dict[str, Any]) -> str | None:
     """One line for a live solver event (a finished round or the session's end), or None to show nothing."""
     sid = event.get("session_id")
@@ -247,12 +461,17 @@ def event_line(event: dict[str, Any]) -> str | None:
     if event.get("event") == "round" and event.get("kind") == "plan":
         if adj.get("error"):
             return f"session {sid} · plan failed: {adj['error']}"
-        steps = "; ".join(f"{i}. {_clip(s.get('text'), 50)}" for i, s in enumerate(adj.get("trajectory", []), 1))
+        steps = "; ".join(
+            f"{i}. {_clip(s.get('text'), 50)}" for i, s in enumerate(adj.get("trajectory", []), 1)
+        )
         return f"session {sid} · plan: {steps}"
     if event.get("event") == "round" and event.get("kind") == "step":
         tpl = adj.get("template")
-        line = (f"session {sid} · round {event.get('round_no')} · step {adj.get('step_no')}/{adj.get('n_steps')} · "
-                f"{tpl['name'] + ' (v' + str(tpl['version_id']) + ')' if tpl else 'no template'}")
+        line = (
+            f"session {sid} · round {event.get('round_no')} · "
+            f"step {adj.get('step_no')}/{adj.get('n_steps')} · "
+            f"{tpl['name'] + ' (v' + str(tpl['version_id']) + ')' if tpl else 'no template'}"
+        )
         if adj.get("verdict"):
             line += f" · {adj['verdict']}: {_clip(event.get('evaluation'), 80)}"
             changes = [f"{c['op']} {c['step']}" for c in adj.get("changes", [])]

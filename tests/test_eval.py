@@ -22,19 +22,33 @@ PROBLEMS = [  # text, answer, subject, level; the scripted model knows the first
     ("What is 10 / 4?", "2.5", "Arithmetic", 2),
     ("What is the sum of the roots of x^2 - 5x + 6?", "5", "Algebra", 3),
 ]
-KNOWN = {"What is 2 + 3?": "5", "What is 7 - 4?": "3", "Simplify 6/8.": "0.75", "Solve x^2 = 9 for x > 0.": "x = 3"}
+KNOWN = {
+    "What is 2 + 3?": "5",
+    "What is 7 - 4?": "3",
+    "Simplify 6/8.": "0.75",
+    "Solve x^2 = 9 for x > 0.": "x = 3",
+}
 
 
 def add_problems(db) -> None:
     with db.session() as s:
         for i, (text, answer, subject, level) in enumerate(PROBLEMS):
-            s.add(Problem(text=text, answer=answer, subject=subject, difficulty=level, source="tiny",
-                          split="test", content_hash=f"h{i}"))
+            s.add(
+                Problem(
+                    text=text,
+                    answer=answer,
+                    subject=subject,
+                    difficulty=level,
+                    source="tiny",
+                    split="test",
+                    content_hash=f"h{i}",
+                )
+            )
         s.commit()
 
 
 def _llm_config(tmp_path, answers: dict[str, str]) -> str:
-    lines = ['[roles.navigator]', 'backend = "scripted"', '[roles.navigator.answers]']
+    lines = ["[roles.navigator]", 'backend = "scripted"', "[roles.navigator.answers]"]
     lines += [f"{json.dumps(k)} = {json.dumps(v)}" for k, v in answers.items()]
     path = tmp_path / "llm.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -50,8 +64,20 @@ def test_eval_cli_on_a_few_problems(cli, db, tmp_path):
     add_templates(db)
     add_problems(db)
     out = tmp_path / "eval"
-    result = cli("eval", "--problems", "source=tiny", "--llm-config", _llm_config(tmp_path, KNOWN),
-                 "--best-of", "3", "--concurrency", "4", "--out", str(out), "--json")
+    result = cli(
+        "eval",
+        "--problems",
+        "source=tiny",
+        "--llm-config",
+        _llm_config(tmp_path, KNOWN),
+        "--best-of",
+        "3",
+        "--concurrency",
+        "4",
+        "--out",
+        str(out),
+        "--json",
+    )
     report = json.loads(result.stdout)
     comparison = {r["method"].split(" ")[0]: r for r in report["comparison"]}
     assert set(comparison) == {"reasonflux", "single", "best-of-3"}
@@ -72,24 +98,56 @@ def test_eval_cli_on_a_few_problems(cli, db, tmp_path):
     assert len(records) == 6 and all(r["session_id"] and r["templates_used"] >= 1 for r in records)
     assert {r["problem_id"]: r["correct"] for r in records} == {
         r["problem_id"]: r["reference"] != "2.5" and "roots" not in PROBLEMS[r["problem_id"] - 1][0]
-        for r in records}
+        for r in records
+    }
     png = (out / "scaling.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     for name in ("summary.json", "comparison.csv", "by_difficulty.csv", "by_subject.csv"):
         assert (out / name).stat().st_size > 0
     with db.engine.connect() as conn:
         run_id = report["run_id"]
-        assert conn.execute(sa.text("SELECT status FROM pipeline_run WHERE id = :r"), {"r": run_id}).scalar() == \
-            "succeeded"
-        assert conn.execute(sa.text("SELECT count(*) FROM solve_session WHERE run_id = :r"), {"r": run_id}).scalar() == 6
-        assert conn.execute(sa.text("SELECT count(*) FROM llm_call WHERE run_id = :r AND stage = 'eval:baseline'"),
-                            {"r": run_id}).scalar() == 6 + 18
+        assert (
+            conn.execute(sa.text("SELECT status FROM pipeline_run WHERE id = :r"), {"r": run_id}).scalar()
+            == "succeeded"
+        )
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM solve_session WHERE run_id = :r"), {"r": run_id}
+            ).scalar()
+            == 6
+        )
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM llm_call WHERE run_id = :r AND stage = 'eval:baseline'"),
+                {"r": run_id},
+            ).scalar()
+            == 6 + 18
+        )
 
-    table = cli("eval", "--problems", "source=tiny;limit=2", "--navigator", "scripted", "--no-baseline",
-                "--out", str(tmp_path / "e2")).stdout
+    table = cli(
+        "eval",
+        "--problems",
+        "source=tiny;limit=2",
+        "--navigator",
+        "scripted",
+        "--no-baseline",
+        "--out",
+        str(tmp_path / "e2"),
+    ).stdout
     assert "reasonflux" in table and "by difficulty" in table and "single call" not in table
-    assert cli("eval", "--problems", "source=nothing", "--navigator", "scripted", "--out", str(tmp_path / "e3"),
-               expect=2).exit_code == 2
+    assert (
+        cli(
+            "eval",
+            "--problems",
+            "source=nothing",
+            "--navigator",
+            "scripted",
+            "--out",
+            str(tmp_path / "e3"),
+            expect=2,
+        ).exit_code
+        == 2
+    )
 
 
 @pytest.mark.shared_data

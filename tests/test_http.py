@@ -55,13 +55,21 @@ def test_auth_is_required_and_enforced(service):
     with httpx.Client(base_url=base, timeout=30) as http:
         assert http.get("/healthz").json()["status"] == "ok"  # health needs no token
         schema = http.get("/openapi.json").json()
-        assert {"/v1/solve", "/v1/chat/completions", "/v1/sessions/{session_id}", "/v1/templates/search",
-                "/healthz"} <= set(schema["paths"])
+        assert {
+            "/v1/solve",
+            "/v1/chat/completions",
+            "/v1/sessions/{session_id}",
+            "/v1/templates/search",
+            "/healthz",
+        } <= set(schema["paths"])
         assert "HTTPBearer" in schema["components"]["securitySchemes"]
-        for method, path, body in (("POST", "/v1/solve", {"problem": "What is 1 + 1?"}),
-                                   ("GET", "/v1/sessions/1", None), ("GET", "/v1/templates/search?q=sum", None),
-                                   ("POST", "/v1/chat/completions", {"model": "reasonflux", "messages": []}),
-                                   ("POST", "/v1/solve", "not json")):
+        for method, path, body in (
+            ("POST", "/v1/solve", {"problem": "What is 1 + 1?"}),
+            ("GET", "/v1/sessions/1", None),
+            ("GET", "/v1/templates/search?q=sum", None),
+            ("POST", "/v1/chat/completions", {"model": "reasonflux", "messages": []}),
+            ("POST", "/v1/solve", "not json"),
+        ):
             kw = {"json": body} if isinstance(body, dict) else {"content": body} if body else {}
             for headers in ({}, {"Authorization": "Bearer wrong-token"}, {"Authorization": TOKEN}):
                 r = http.request(method, path, headers=headers, **kw)
@@ -84,13 +92,29 @@ def test_bad_requests_are_rejected_with_4xx(service):
             (http.post("/v1/solve", json={"problem": "   "}), 400),
             (http.post("/v1/solve", json={"problem": "x" * 2000}), 413),  # over max_problem_chars
             (http.post("/v1/solve", json={"problem": "x" * 10_000}), 413),  # over max_body_bytes
-            (http.post("/v1/solve", content=(b"x" * 1000 for _ in range(10)),
-                       headers={"content-type": "application/json"}), 413),  # chunked, no length
+            (
+                http.post(
+                    "/v1/solve",
+                    content=(b"x" * 1000 for _ in range(10)),
+                    headers={"content-type": "application/json"},
+                ),
+                413,
+            ),  # chunked, no length
             (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": []}), 422),
-            (http.post("/v1/chat/completions", json={"model": "reasonflux",
-                                                     "messages": [{"role": "system", "content": "hi"}]}), 400),
-            (http.post("/v1/chat/completions", json={"model": "gpt-4", "messages": [
-                {"role": "user", "content": "What is 1 + 1?"}]}), 404),
+            (
+                http.post(
+                    "/v1/chat/completions",
+                    json={"model": "reasonflux", "messages": [{"role": "system", "content": "hi"}]},
+                ),
+                400,
+            ),
+            (
+                http.post(
+                    "/v1/chat/completions",
+                    json={"model": "gpt-4", "messages": [{"role": "user", "content": "What is 1 + 1?"}]},
+                ),
+                404,
+            ),
             (http.get("/v1/sessions/999999"), 404),
             (http.get("/v1/sessions/abc"), 422),
             (http.get("/v1/templates/search"), 422),
@@ -109,15 +133,18 @@ def test_openai_client_non_streaming_and_streaming(service, db):
     base, _ = service
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=TOKEN, max_retries=0)
     assert [m.id for m in client.models.list()] == ["reasonflux"]
-    resp = client.chat.completions.create(model="reasonflux", messages=[
-        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3 + 3?"}])
+    resp = client.chat.completions.create(
+        model="reasonflux",
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 3 + 3?"}],
+    )
     assert resp.choices[0].message.content.endswith("\\boxed{6}")
     assert resp.choices[0].finish_reason == "stop" and resp.usage.total_tokens > 0
     sid = resp.model_extra["reasonflux"]["session_id"]
     assert get_session(db, sid)["final_answer"] == "6"
 
-    stream = client.chat.completions.create(model="reasonflux", stream=True, messages=[
-        {"role": "user", "content": "What is 4 + 4?"}])
+    stream = client.chat.completions.create(
+        model="reasonflux", stream=True, messages=[{"role": "user", "content": "What is 4 + 4?"}]
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert "[plan]" in text and "[round 1]" in text and text.endswith("\\boxed{8}")
@@ -125,17 +152,21 @@ def test_openai_client_non_streaming_and_streaming(service, db):
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{base}/v1", api_key="nope", max_retries=0).chat.completions.create(
-            model="reasonflux", messages=[{"role": "user", "content": "What is 1 + 1?"}])
+            model="reasonflux", messages=[{"role": "user", "content": "What is 1 + 1?"}]
+        )
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "What is 1 + 1?"}])
+        client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "What is 1 + 1?"}]
+        )
 
 
 def test_solve_streams_rounds_as_server_sent_events(service, db):
     base, _ = service
     events = []
     with httpx.Client(base_url=base, timeout=30, headers=AUTH) as http:
-        with http.stream("POST", "/v1/solve", json={"problem": "What is 5 + 5?", "reference": "10",
-                                                     "stream": True}) as r:
+        with http.stream(
+            "POST", "/v1/solve", json={"problem": "What is 5 + 5?", "reference": "10", "stream": True}
+        ) as r:
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             name = None
             for line in r.iter_lines():
@@ -144,21 +175,29 @@ def test_solve_streams_rounds_as_server_sent_events(service, db):
                 elif line.startswith("data: "):
                     events.append((name, json.loads(line[6:])))
         kinds = [e for e, _ in events]
-        assert kinds[0] == "session" and kinds[-1] == "done" and kinds.count("round") == 4  # plan, 2 steps, final
+        assert (
+            kinds[0] == "session" and kinds[-1] == "done" and kinds.count("round") == 4
+        )  # plan, 2 steps, final
         done = events[-1][1]
         assert done["answer"] == "10" and done["correct"] is True
         trace = http.get(f"/v1/sessions/{done['session_id']}", params={"render": "true"}).json()
         assert [r["kind"] for r in trace["rounds_detail"]] == ["plan", "step", "step", "final"]
         assert "Final answer: 10 (correct)" in trace["trace"]
-        hits = http.get("/v1/templates/search", params={"q": "sum of an arithmetic sequence", "k": 2}).json()["hits"]
+        hits = http.get("/v1/templates/search", params={"q": "sum of an arithmetic sequence", "k": 2}).json()[
+            "hits"
+        ]
         assert len(hits) == 2 and hits[0]["version_id"]
 
 
 def test_twenty_concurrent_solves_complete_with_traces(service, db):
     base, solver = service
     problems = [f"What is {i} + {i}?" for i in range(20)]
-    with httpx.Client(base_url=base, timeout=60, headers=AUTH,
-                      limits=httpx.Limits(max_connections=20)) as http, ThreadPoolExecutor(20) as pool:
+    with (
+        httpx.Client(
+            base_url=base, timeout=60, headers=AUTH, limits=httpx.Limits(max_connections=20)
+        ) as http,
+        ThreadPoolExecutor(20) as pool,
+    ):
         responses = list(pool.map(lambda p: http.post("/v1/solve", json={"problem": p}), problems))
     assert [r.status_code for r in responses] == [200] * 20
     results = [r.json() for r in responses]
@@ -166,7 +205,12 @@ def test_twenty_concurrent_solves_complete_with_traces(service, db):
     assert len({r["session_id"] for r in results}) == 20
     for r in results:
         s = get_session(db, r["session_id"])
-        assert s["status"] == "solved" and [x["kind"] for x in s["rounds_detail"]] == ["plan", "step", "step", "final"]
+        assert s["status"] == "solved" and [x["kind"] for x in s["rounds_detail"]] == [
+            "plan",
+            "step",
+            "step",
+            "final",
+        ]
         assert sum(s["llm_calls"].values()) == r["llm_calls"] == 5
     # Concurrent sessions' calls reached the backend in shared batches.
     assert solver.batchers["navigator"].stats()["mean_batch"] > 2

@@ -17,22 +17,49 @@ def kb(db):
 
 
 def test_solve_one_problem_shows_rounds_and_stores_the_session(cli, kb):
-    r = cli("solve", "What is the sum of the first 10 positive integers?", "--navigator", "scripted",
-            "--reference", "0")
+    r = cli(
+        "solve",
+        "What is the sum of the first 10 positive integers?",
+        "--navigator",
+        "scripted",
+        "--reference",
+        "0",
+    )
     assert "plan: 1. Identify" in r.stderr
-    assert "round 1 · step 1/2" in r.stderr and "stop:" in r.stderr and "solved · answer 0 (correct)" in r.stderr
+    assert (
+        "round 1 · step 1/2" in r.stderr and "stop:" in r.stderr and "solved · answer 0 (correct)" in r.stderr
+    )
     assert "solved" in r.stdout
-    out = json.loads(cli("solve", "What is 1 + 1?", "--navigator", "scripted", "--inference", "scripted",
-                         "--quiet", "--json").stdout)
+    out = json.loads(
+        cli(
+            "solve",
+            "What is 1 + 1?",
+            "--navigator",
+            "scripted",
+            "--inference",
+            "scripted",
+            "--quiet",
+            "--json",
+        ).stdout
+    )
     assert out["status"] == "solved" and out["session_id"] == 2 and out["rounds"] == 2 and out["templates"]
 
     listed = json.loads(cli("sessions", "list", "--json").stdout)
     assert [s["id"] for s in listed] == [2, 1] and listed[1]["correct"] is True
-    assert [s["id"] for s in json.loads(cli("sessions", "list", "--status", "solved", "--limit", "1",
-                                            "--json").stdout)] == [2]
+    assert [
+        s["id"]
+        for s in json.loads(cli("sessions", "list", "--status", "solved", "--limit", "1", "--json").stdout)
+    ] == [2]
     trace = cli("sessions", "show", "1").stdout
-    for needle in ("Session 1 · solved · 2 rounds", "Round 0 · plan", "Round 1 · step 1/2", "Template: ",
-                   "Navigator: continue", "Navigator: stop", "Final answer: 0 (correct)"):
+    for needle in (
+        "Session 1 · solved · 2 rounds",
+        "Round 0 · plan",
+        "Round 1 · step 1/2",
+        "Template: ",
+        "Navigator: continue",
+        "Navigator: stop",
+        "Final answer: 0 (correct)",
+    ):
         assert needle in trace, needle
     full = json.loads(cli("sessions", "show", "1", "--json").stdout)
     assert [r["kind"] for r in full["rounds_detail"]] == ["plan", "step", "step", "final"]
@@ -46,28 +73,50 @@ def test_solve_file_and_selection_and_bad_input(cli, db, kb, tmp_path):
     f.write_text("What is 3 + 4?\n\nGive a number.\n")
     one = json.loads(cli("solve", "--file", str(f), "--navigator", "scripted", "-q", "--json").stdout)
     with db.engine.connect() as conn:
-        text = conn.execute(sa.text("SELECT problem_text FROM solve_session WHERE id = :i"),
-                            {"i": one["session_id"]}).scalar()
+        text = conn.execute(
+            sa.text("SELECT problem_text FROM solve_session WHERE id = :i"), {"i": one["session_id"]}
+        ).scalar()
     assert text == "What is 3 + 4?\n\nGive a number."
 
     with db.session() as s:
-        for i, (t, a) in enumerate([("What is 0 + 0?", "0"), ("What is 5 + 5?", "10"), ("What is 0 * 9?", "0")]):
+        for i, (t, a) in enumerate(
+            [("What is 0 + 0?", "0"), ("What is 5 + 5?", "10"), ("What is 0 * 9?", "0")]
+        ):
             s.add(Problem(text=t, answer=a, source="cli", content_hash=f"c{i}", difficulty=1))
         s.commit()
-    many = json.loads(cli("solve", "--problems", "source=cli", "--navigator", "scripted", "--concurrency", "3",
-                          "-q", "--json").stdout)
+    many = json.loads(
+        cli(
+            "solve",
+            "--problems",
+            "source=cli",
+            "--navigator",
+            "scripted",
+            "--concurrency",
+            "3",
+            "-q",
+            "--json",
+        ).stdout
+    )
     assert [(m["problem_id"], m["correct"]) for m in many] == [(1, True), (2, False), (3, True)]
     with db.engine.connect() as conn:
-        runs = conn.execute(sa.text("SELECT r.stage, count(s.id) FROM pipeline_run r JOIN solve_session s "
-                                    "ON s.run_id = r.id GROUP BY r.id, r.stage ORDER BY r.id")).all()
+        runs = conn.execute(
+            sa.text(
+                "SELECT r.stage, count(s.id) FROM pipeline_run r JOIN solve_session s "
+                "ON s.run_id = r.id GROUP BY r.id, r.stage ORDER BY r.id"
+            )
+        ).all()
     assert [tuple(r) for r in runs] == [("solve", 1), ("solve", 3)]
 
     assert cli("solve", "--navigator", "scripted", expect=2).exit_code == 2  # nothing to solve
     assert "exactly one" in cli("solve", "x", "--file", str(f), "--navigator", "scripted", expect=2).output
-    assert "no problems match" in cli("solve", "--problems", "source=none", "--navigator", "scripted",
-                                      expect=2).output
-    assert "expected `all` or key=value" in cli("solve", "--problems", "bogus", "--navigator", "scripted",
-                                                 expect=2).output
+    assert (
+        "no problems match"
+        in cli("solve", "--problems", "source=none", "--navigator", "scripted", expect=2).output
+    )
+    assert (
+        "expected `all` or key=value"
+        in cli("solve", "--problems", "bogus", "--navigator", "scripted", expect=2).output
+    )
     assert "no LLM configured for the navigator" in cli("solve", "x", expect=2).output
     assert "no navigator named 'nope'" in cli("solve", "x", "--navigator", "nope", expect=1).output
     assert cli("solve", "x", "--navigator", "scripted", "--max-rounds", "0", expect=2).exit_code == 2
@@ -81,19 +130,34 @@ def test_registered_navigator_name_runs_on_transformers(cli, db, kb, tmp_path):
     with db.session() as s:
         s.add(NavigatorModel(name="tiny-nav", path=str(path), base_model="tiny"))
         s.commit()
-    out = json.loads(cli("solve", "What is 2 + 2?", "--navigator", "tiny-nav", "--parse-retries", "0", "-q",
-                         "--json", "--llm-config", _sampling_config(tmp_path)).stdout)
+    out = json.loads(
+        cli(
+            "solve",
+            "What is 2 + 2?",
+            "--navigator",
+            "tiny-nav",
+            "--parse-retries",
+            "0",
+            "-q",
+            "--json",
+            "--llm-config",
+            _sampling_config(tmp_path),
+        ).stdout
+    )
     assert out["status"] == "failed" and "unparseable" in out["reason"]
     with db.engine.connect() as conn:
-        backend, model, tokens = conn.execute(sa.text(
-            "SELECT backend, model, completion_tokens FROM llm_call WHERE session_id = :s"),
-            {"s": out["session_id"]}).one()
+        backend, model, tokens = conn.execute(
+            sa.text("SELECT backend, model, completion_tokens FROM llm_call WHERE session_id = :s"),
+            {"s": out["session_id"]},
+        ).one()
     assert (backend, model) == ("transformers", "tiny-nav") and 0 < tokens <= 8  # the file's sampling applies
 
 
 def _sampling_config(tmp_path) -> str:
     """The navigator name comes from the flag; the file only keeps the tiny model's replies short."""
     path = tmp_path / "llm.toml"
-    path.write_text('[roles.navigator]\nbackend = "transformers"\nmodel_path = "unused"\n'
-                    '[roles.navigator.sampling]\nmax_tokens = 8\n')
+    path.write_text(
+        '[roles.navigator]\nbackend = "transformers"\nmodel_path = "unused"\n'
+        "[roles.navigator.sampling]\nmax_tokens = 8\n"
+    )
     return str(path)

@@ -1,4 +1,4 @@
-"""The multi-round solver with scripted backends: control flow, adjustments, limits, parse failures, traces."""
+"""The multi-round solver with scripted backends: control flow, adjustments, limits, parsing, traces."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, list_sessions, render_trace
 from tests.solve_helpers import add_templates
 
+
 @pytest.fixture
 def kb(db):
     return add_templates(db)
 
 
 def plan(*steps: tuple[str, str]) -> str:
-    return json.dumps({"abstraction": "an arithmetic series", "trajectory": [
-        {"step": s, "template": t} for s, t in steps]})
+    return json.dumps(
+        {"abstraction": "an arithmetic series", "trajectory": [{"step": s, "template": t} for s, t in steps]}
+    )
 
 
 def verdict(v: str, reason: str = "ok", **kw) -> str:
@@ -42,18 +44,23 @@ def rows(db, sql: str, **params):
 
 # ------------------------------------------------------------------ parsing
 
+
 def test_plan_parser_is_strict():
-    ok = parse_plan('```json\n{"abstraction": "a", "trajectory": [{"step": "s", "template": "t"}]}\n```',
-                    max_steps=3)
+    ok = parse_plan(
+        '```json\n{"abstraction": "a", "trajectory": [{"step": "s", "template": "t"}]}\n```', max_steps=3
+    )
     assert ok.abstraction == "a" and ok.steps[0].template == "t"
     bad = [
-        "", "no json here", "[1, 2]", '{"abstraction": "a"}',
+        "",
+        "no json here",
+        "[1, 2]",
+        '{"abstraction": "a"}',
         '{"abstraction": "a", "trajectory": []}',
         '{"abstraction": "a", "trajectory": [{"step": "s"}]}',
         '{"abstraction": "a", "trajectory": [{"step": "s", "template": "t", "x": 1}]}',
         '{"abstraction": "a", "trajectory": [{"step": "s", "template": "t"}], "extra": 1}',
         '{"abstraction": "a", "trajectory": ' + json.dumps([{"step": "s", "template": "t"}] * 4) + "}",
-        '```json\n{}\n```\n```json\n{}\n```',
+        "```json\n{}\n```\n```json\n{}\n```",
     ]
     for text in bad:
         with pytest.raises(ParseError):
@@ -61,9 +68,15 @@ def test_plan_parser_is_strict():
 
 
 def test_evaluation_parser_checks_changes_against_the_trajectory():
-    ev = parse_evaluation(verdict("adjust", changes=[{"op": "insert", "step": 2, "text": "x", "template": "t"},
-                                                     {"op": "remove", "step": 3}]),
-                          current=2, n_steps=3, max_steps=5)
+    ev = parse_evaluation(
+        verdict(
+            "adjust",
+            changes=[{"op": "insert", "step": 2, "text": "x", "template": "t"}, {"op": "remove", "step": 3}],
+        ),
+        current=2,
+        n_steps=3,
+        max_steps=5,
+    )
     assert [c.op for c in ev.changes] == ["insert", "remove"]
     assert parse_evaluation(verdict("stop", answer="7"), current=1, n_steps=1, max_steps=5).answer == "7"
     bad = [
@@ -86,20 +99,37 @@ def test_evaluation_parser_checks_changes_against_the_trajectory():
 
 # ------------------------------------------------------------------ control flow
 
+
 def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, kb):
     nav = script(
-        (r'"trajectory"', plan(("Find the first term and the difference", "Arithmetic series sum"),
-                                ("Sum the series", "Arithmetic series sum"),
-                                ("Check the roots", "Quadratic formula"))),
-        (r'Result of step 1 ', verdict("continue", "first term found")),
-        (r'Result of step 2 ', [
-            verdict("adjust", "the sum formula does not fit; try another template",
-                    changes=[{"op": "change", "step": 2, "template": "Arithmetic series sum"}]),
-            verdict("adjust", "needs a check; the roots step is irrelevant",
-                    changes=[{"op": "insert", "step": 2, "text": "Verify the sum", "template": "Telescoping sum"},
-                             {"op": "remove", "step": 3}]),
-        ]),
-        (r'Result of step 3 ', verdict("stop", "verified", answer="5050")),
+        (
+            r'"trajectory"',
+            plan(
+                ("Find the first term and the difference", "Arithmetic series sum"),
+                ("Sum the series", "Arithmetic series sum"),
+                ("Check the roots", "Quadratic formula"),
+            ),
+        ),
+        (r"Result of step 1 ", verdict("continue", "first term found")),
+        (
+            r"Result of step 2 ",
+            [
+                verdict(
+                    "adjust",
+                    "the sum formula does not fit; try another template",
+                    changes=[{"op": "change", "step": 2, "template": "Arithmetic series sum"}],
+                ),
+                verdict(
+                    "adjust",
+                    "needs a check; the roots step is irrelevant",
+                    changes=[
+                        {"op": "insert", "step": 2, "text": "Verify the sum", "template": "Telescoping sum"},
+                        {"op": "remove", "step": 3},
+                    ],
+                ),
+            ],
+        ),
+        (r"Result of step 3 ", verdict("stop", "verified", answer="5050")),
         (r"Your step now:", "work for this step \\boxed{5050}"),
     )
     solver = Solver(db, nav, nav, SolverConfig(top_k=2))
@@ -120,19 +150,29 @@ def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, kb):
     assert r2b["adjustment"]["outcome"] == "accepted"
     assert [c["op"] for c in r2b["adjustment"]["changes"]] == ["insert", "remove"]
     assert [s["text"] for s in r2b["adjustment"]["trajectory"]] == [
-        "Find the first term and the difference", "Sum the series", "Verify the sum"]
+        "Find the first term and the difference",
+        "Sum the series",
+        "Verify the sum",
+    ]
     assert r3["step_text"] == "Verify the sum" and r3["adjustment"]["verdict"] == "stop"
     # Every retrieved version is pinned with its score; the used one is a real version row.
     for r in (r1, r2, r2b, r3):
         assert r["retrieved"] and all({"version_id", "score", "name"} <= set(h) for h in r["retrieved"])
         assert sum(h["used"] for h in r["retrieved"]) == 1
     pinned = {r["adjustment"]["template"]["version_id"] for r in (r1, r2, r2b, r3)}
-    assert len(rows(db, "SELECT id FROM template_version WHERE id = ANY(:ids)", ids=list(pinned))) == len(pinned)
-    assert result.templates == list(dict.fromkeys(r["adjustment"]["template"]["version_id"]
-                                                  for r in (r1, r2, r2b, r3)))
+    assert len(rows(db, "SELECT id FROM template_version WHERE id = ANY(:ids)", ids=list(pinned))) == len(
+        pinned
+    )
+    assert result.templates == list(
+        dict.fromkeys(r["adjustment"]["template"]["version_id"] for r in (r1, r2, r2b, r3))
+    )
     # Calls are logged against the session, per role; tokens add up per role.
-    calls = rows(db, "SELECT stage, count(*) AS n, sum(prompt_tokens + completion_tokens) AS t FROM llm_call "
-                     "WHERE session_id = :s GROUP BY stage", s=result.session_id)
+    calls = rows(
+        db,
+        "SELECT stage, count(*) AS n, sum(prompt_tokens + completion_tokens) AS t FROM llm_call "
+        "WHERE session_id = :s GROUP BY stage",
+        s=result.session_id,
+    )
     by_stage = {c["stage"]: c for c in calls}
     assert by_stage["solve:navigator"]["n"] == 5 and by_stage["solve:inference"]["n"] == 4
     assert sum(c["t"] for c in calls) == result.total_tokens == session["total_tokens"]
@@ -140,8 +180,14 @@ def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, kb):
     # Events: session, one per round, done.
     assert [e["event"] for e in events] == ["session"] + ["round"] * 6 + ["done"]
     text = render_trace(session)
-    for needle in ("plan", "changed step 2", "inserted after step 2", "removed step 3", "Telescoping sum",
-                   "Final answer: 5050 (correct)"):
+    for needle in (
+        "plan",
+        "changed step 2",
+        "inserted after step 2",
+        "removed step 3",
+        "Telescoping sum",
+        "Final answer: 5050 (correct)",
+    ):
         assert needle in text
 
 
@@ -156,8 +202,11 @@ def test_trajectory_end_extracts_answer_and_shared_backend(db, kb):
     assert solver.batchers["navigator"].requests == result.llm_calls == 5
     solver.close()
     # Without a stop verdict the answer comes from the last accepted step's result.
-    nav = script((r'"trajectory"', plan(("Compute", "Quadratic formula"))),
-                 (r'"verdict"', verdict("continue")), (r"Your step now:", "so x = \\boxed{3}"))
+    nav = script(
+        (r'"trajectory"', plan(("Compute", "Quadratic formula"))),
+        (r'"verdict"', verdict("continue")),
+        (r"Your step now:", "so x = \\boxed{3}"),
+    )
     with Solver(db, nav, nav) as s2:
         r = s2.solve("Solve x - 3 = 0.", reference="3")
     assert (r.status, r.answer, r.correct) == ("solved", "3", True)
@@ -165,15 +214,26 @@ def test_trajectory_end_extracts_answer_and_shared_backend(db, kb):
 
 
 def test_unparseable_navigator_is_retried_then_fails_with_reason(db, kb):
-    nav = script((r'"trajectory"', ["not json", '{"abstraction": "x"}', plan(("Compute", "Vieta"))]),
-                 (r'"verdict"', verdict("stop", answer="2")), (r"Your step now:", "\\boxed{2}"))
+    nav = script(
+        (r'"trajectory"', ["not json", '{"abstraction": "x"}', plan(("Compute", "Vieta"))]),
+        (r'"verdict"', verdict("stop", answer="2")),
+        (r"Your step now:", "\\boxed{2}"),
+    )
     with Solver(db, nav, nav, SolverConfig(parse_retries=2)) as solver:
         ok = solver.solve("Find the sum of the roots of x^2 - 2x + 1.")
     assert ok.status == "solved" and ok.answer == "2"
     plan_round = get_session(db, ok.session_id)["rounds_detail"][0]
     assert len(plan_round["adjustment"]["parse_errors"]) == 2
-    assert len(rows(db, "SELECT id FROM failure WHERE stage = 'solve' AND unit_key = :k",
-                    k=f"session:{ok.session_id}")) == 2
+    assert (
+        len(
+            rows(
+                db,
+                "SELECT id FROM failure WHERE stage = 'solve' AND unit_key = :k",
+                k=f"session:{ok.session_id}",
+            )
+        )
+        == 2
+    )
 
     always_bad = script((r'"trajectory"', "I think we should use Vieta."), (r".", "unused"))
     with Solver(db, always_bad, always_bad, SolverConfig(parse_retries=1)) as solver:
@@ -186,8 +246,11 @@ def test_unparseable_navigator_is_retried_then_fails_with_reason(db, kb):
     assert "Unparseable navigator replies: 2" in render_trace(s)
 
     # A bad evaluation mid-session: the round with the step's result is still written.
-    bad_eval = script((r'"trajectory"', plan(("Compute", "Vieta"))), (r'"verdict"', "continue!"),
-                      (r"Your step now:", "partial work \\boxed{1}"))
+    bad_eval = script(
+        (r'"trajectory"', plan(("Compute", "Vieta"))),
+        (r'"verdict"', "continue!"),
+        (r"Your step now:", "partial work \\boxed{1}"),
+    )
     with Solver(db, bad_eval, bad_eval, SolverConfig(parse_retries=0)) as solver:
         mid = solver.solve("Find the product of the roots of x^2 - 3x + 1.")
     step_round = get_session(db, mid.session_id)["rounds_detail"][1]
@@ -196,10 +259,14 @@ def test_unparseable_navigator_is_retried_then_fails_with_reason(db, kb):
 
 
 def test_round_limit(db, kb):
-    nav = script((r'"trajectory"', plan(("Compute", "Vieta"))),
-                 (r'"verdict"', verdict("adjust", "try again", changes=[{"op": "change", "step": 1,
-                                                                         "template": "Vieta"}])),
-                 (r"Your step now:", "attempt"))
+    nav = script(
+        (r'"trajectory"', plan(("Compute", "Vieta"))),
+        (
+            r'"verdict"',
+            verdict("adjust", "try again", changes=[{"op": "change", "step": 1, "template": "Vieta"}]),
+        ),
+        (r"Your step now:", "attempt"),
+    )
     with Solver(db, nav, nav, SolverConfig(max_rounds=3)) as solver:
         r = solver.solve("Loop forever.")
     assert r.status == "limit" and "round limit of 3" in r.reason and r.rounds == 3
@@ -231,8 +298,14 @@ def test_backend_error_fails_session(db, kb):
     with Solver(db, nav, nav) as solver:
         r = solver.solve("Find x.")
     assert r.status == "failed" and "inference backend error" in r.reason
-    assert rows(db, "SELECT count(*) AS n FROM llm_call WHERE session_id = :s AND error IS NOT NULL",
-                s=r.session_id)[0]["n"] == 1
+    assert (
+        rows(
+            db,
+            "SELECT count(*) AS n FROM llm_call WHERE session_id = :s AND error IS NOT NULL",
+            s=r.session_id,
+        )[0]["n"]
+        == 1
+    )
 
 
 def test_empty_kb_runs_without_templates(db):
@@ -272,13 +345,29 @@ def test_tiny_model_end_to_end_through_transformers(db, kb, tmp_path):
         r = solver.solve("What is 2+3?")
     assert r.status == "failed" and "unparseable" in r.reason and r.llm_calls == 2
     calls = rows(db, "SELECT backend, completion_tokens FROM llm_call WHERE session_id = :s", s=r.session_id)
-    assert {c["backend"] for c in calls} == {"transformers"} and all(c["completion_tokens"] > 0 for c in calls)
+    assert {c["backend"] for c in calls} == {"transformers"} and all(
+        c["completion_tokens"] > 0 for c in calls
+    )
     # A scripted navigator with the tiny model doing the steps: the full loop runs through real generate.
     nav = scripted_solver_backend({"What is 2+3?": "5"})
     with Solver(db, nav, tiny, cfg) as solver:
         r2 = solver.solve("What is 2+3?", reference="5")
     assert r2.status == "solved" and r2.answer == "5" and r2.correct
-    inf = rows(db, "SELECT backend, response FROM llm_call WHERE session_id = :s AND stage = 'solve:inference'",
-               s=r2.session_id)
+    inf = rows(
+        db,
+        "SELECT backend, response FROM llm_call WHERE session_id = :s AND stage = 'solve:inference'",
+        s=r2.session_id,
+    )
     assert len(inf) == 2 and {c["backend"] for c in inf} == {"transformers"}
 
+
+def test_nul_characters_in_model_output_are_stored_not_fatal(db, kb):
+    nav = script(
+        (r'"trajectory"', plan(("Compute", "Vieta"))),
+        (r'"verdict"', verdict("continue")),
+        (r"Your step now:", "junk\x00bytes \\boxed{4}"),
+    )
+    with Solver(db, nav, nav) as solver:
+        r = solver.solve("What is 2 + 2?", reference="4")
+    assert r.status == "solved" and r.correct
+    assert get_session(db, r.session_id)["rounds_detail"][1]["instantiation"] == "junk\ufffdbytes \\boxed{4}"

@@ -12,26 +12,70 @@ from serve.backends import Roles, backend_options, resolve_roles
 from serve.solver import Solver, SolverConfig
 
 _DEFAULTS = SolverConfig()
-LIMIT_KEYS = ("max_rounds", "max_steps", "max_tokens", "max_seconds", "parse_retries", "top_k", "retrieval_mode")
+LIMIT_KEYS = (
+    "max_rounds",
+    "max_steps",
+    "max_tokens",
+    "max_seconds",
+    "parse_retries",
+    "top_k",
+    "retrieval_mode",
+)
 
 
 def solver_options(fn):
     """Backend flags plus --max-rounds, --max-tokens, --timeout, ... (defaults from SolverConfig)."""
     opts = [
-        click.option("--max-rounds", type=click.IntRange(1), default=_DEFAULTS.max_rounds, show_default=True,
-                     help="Step rounds per session (retrieve + instantiate + evaluate)."),
-        click.option("--max-steps", type=click.IntRange(1), default=_DEFAULTS.max_steps, show_default=True,
-                     help="Longest trajectory the navigator may plan or grow to."),
-        click.option("--max-tokens", type=click.IntRange(1), default=_DEFAULTS.max_tokens, show_default=True,
-                     help="Prompt + completion tokens per session, both roles."),
-        click.option("--timeout", "max_seconds", type=click.FloatRange(min=0, min_open=True),
-                     default=_DEFAULTS.max_seconds, show_default=True, help="Wall time per session, seconds."),
-        click.option("--parse-retries", type=click.IntRange(0), default=_DEFAULTS.parse_retries, show_default=True,
-                     help="Extra navigator attempts after an unparseable reply."),
-        click.option("--top-k", type=click.IntRange(1), default=_DEFAULTS.top_k, show_default=True,
-                     help="Templates retrieved per step."),
-        click.option("--retrieval-mode", type=click.Choice(MODES), default=_DEFAULTS.retrieval_mode,
-                     show_default=True, help="How steps find templates in the KB."),
+        click.option(
+            "--max-rounds",
+            type=click.IntRange(1),
+            default=_DEFAULTS.max_rounds,
+            show_default=True,
+            help="Step rounds per session (retrieve + instantiate + evaluate).",
+        ),
+        click.option(
+            "--max-steps",
+            type=click.IntRange(1),
+            default=_DEFAULTS.max_steps,
+            show_default=True,
+            help="Longest trajectory the navigator may plan or grow to.",
+        ),
+        click.option(
+            "--max-tokens",
+            type=click.IntRange(1),
+            default=_DEFAULTS.max_tokens,
+            show_default=True,
+            help="Prompt + completion tokens per session, both roles.",
+        ),
+        click.option(
+            "--timeout",
+            "max_seconds",
+            type=click.FloatRange(min=0, min_open=True),
+            default=_DEFAULTS.max_seconds,
+            show_default=True,
+            help="Wall time per session, seconds.",
+        ),
+        click.option(
+            "--parse-retries",
+            type=click.IntRange(0),
+            default=_DEFAULTS.parse_retries,
+            show_default=True,
+            help="Extra navigator attempts after an unparseable reply.",
+        ),
+        click.option(
+            "--top-k",
+            type=click.IntRange(1),
+            default=_DEFAULTS.top_k,
+            show_default=True,
+            help="Templates retrieved per step.",
+        ),
+        click.option(
+            "--retrieval-mode",
+            type=click.Choice(MODES),
+            default=_DEFAULTS.retrieval_mode,
+            show_default=True,
+            help="How steps find templates in the KB.",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -44,11 +88,13 @@ def pop_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_solver(db: Database, options: dict[str, Any], *, run_id: int | None = None) -> tuple[Solver, Roles]:
-    roles = resolve_roles(db, llm_config=options["llm_config"], navigator=options["navigator"],
-                          inference=options["inference"])
+    roles = resolve_roles(
+        db, llm_config=options["llm_config"], navigator=options["navigator"], inference=options["inference"]
+    )
     limits = {k: options[k] for k in LIMIT_KEYS}
-    config = SolverConfig(**limits).with_overrides(navigator_params=roles.navigator_params,
-                                                   inference_params=roles.inference_params)
+    config = SolverConfig(**limits).with_overrides(
+        navigator_params=roles.navigator_params, inference_params=roles.inference_params
+    )
     solver = Solver(db, roles.navigator, roles.inference, config, run_id=run_id)
     solver.warm_up()
     return solver, roles

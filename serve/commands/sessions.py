@@ -15,18 +15,35 @@ def sessions_group() -> None:
 
 
 @sessions_group.command("list")
-@click.option("--status", type=click.Choice(["running", "solved", "failed", "limit"]), help="Only this status.")
+@click.option(
+    "--status", type=click.Choice(["running", "solved", "failed", "limit"]), help="Only this status."
+)
 @click.option("--problem", "problem_id", type=int, help="Only sessions of this KB problem.")
 @click.option("--run", "run_id", type=int, help="Only sessions of this run (a solve or eval).")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
 @output_options
 @pass_app
-def list_cmd(app: AppContext, status: str | None, problem_id: int | None, run_id: int | None, limit: int,
-             fmt: str) -> None:
+def list_cmd(
+    app: AppContext, status: str | None, problem_id: int | None, run_id: int | None, limit: int, fmt: str
+) -> None:
     """The newest sessions first."""
-    emit(list_sessions(app.db(), limit=limit, status=status, problem_id=problem_id, run_id=run_id), fmt,
-         columns=("id", "status", "rounds", "final_answer", "correct", "tokens", "seconds", "problem_id",
-                  "started_at", "problem"), title="solve sessions")
+    emit(
+        list_sessions(app.db(), limit=limit, status=status, problem_id=problem_id, run_id=run_id),
+        fmt,
+        columns=(
+            "id",
+            "status",
+            "rounds",
+            "final_answer",
+            "correct",
+            "tokens",
+            "seconds",
+            "problem_id",
+            "started_at",
+            "problem",
+        ),
+        title="solve sessions",
+    )
 
 
 @sessions_group.command("show")

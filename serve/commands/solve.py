@@ -14,22 +14,38 @@ from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
 from kb.runs import pipeline_run
-from serve.eval import load_problems
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
+from serve.eval import load_problems
 from serve.traces import event_line
 
-COLUMNS = ("session_id", "problem_id", "status", "answer", "correct", "rounds", "total_tokens", "seconds", "reason")
+COLUMNS = (
+    "session_id",
+    "problem_id",
+    "status",
+    "answer",
+    "correct",
+    "rounds",
+    "total_tokens",
+    "seconds",
+    "reason",
+)
 
 
-def _inputs(app: AppContext, problem: str | None, file: str | None, problems: str | None,
-            reference: str | None) -> list[dict[str, Any]]:
+def _inputs(
+    app: AppContext, problem: str | None, file: str | None, problems: str | None, reference: str | None
+) -> list[dict[str, Any]]:
     given = [x for x in (problem, file, problems) if x]
     if len(given) != 1:
         raise click.UsageError("give exactly one of PROBLEM, --file or --problems")
     if problems:
         if reference:
-            raise click.UsageError("--reference goes with one problem; selected problems use their stored answers")
-        return [{"id": p["id"], "text": p["text"], "answer": p["answer"]} for p in load_problems(app.db(), problems)]
+            raise click.UsageError(
+                "--reference goes with one problem; selected problems use their stored answers"
+            )
+        return [
+            {"id": p["id"], "text": p["text"], "answer": p["answer"]}
+            for p in load_problems(app.db(), problems)
+        ]
     if file:
         try:
             text = Path(file).read_text()
@@ -44,16 +60,32 @@ def _inputs(app: AppContext, problem: str | None, file: str | None, problems: st
 @click.command("solve")
 @click.argument("problem", required=False)
 @click.option("--file", type=click.Path(exists=True, dir_okay=False), help="Read the problem from a file.")
-@click.option("--problems", metavar="SELECTION", help="Solve KB problems, e.g. 'source=math500;limit=5' or 'ids=1-3'.")
+@click.option(
+    "--problems", metavar="SELECTION", help="Solve KB problems, e.g. 'source=math500;limit=5' or 'ids=1-3'."
+)
 @click.option("--reference", help="The known answer, to record whether the session got it right.")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
-              help="Sessions at once with --problems.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="Sessions at once with --problems.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Do not show rounds as they happen.")
 @solver_options
 @output_options
 @pass_app
-def solve_cmd(app: AppContext, problem: str | None, file: str | None, problems: str | None, reference: str | None,
-              concurrency: int, quiet: bool, fmt: str, **kwargs: Any) -> None:
+def solve_cmd(
+    app: AppContext,
+    problem: str | None,
+    file: str | None,
+    problems: str | None,
+    reference: str | None,
+    concurrency: int,
+    quiet: bool,
+    fmt: str,
+    **kwargs: Any,
+) -> None:
     """Solve PROBLEM with the navigator and inference LLM against the live template KB.
 
     Each round (template retrieved, step result, the navigator's verdict and adjustments) is printed to
@@ -75,10 +107,19 @@ def solve_cmd(app: AppContext, problem: str | None, file: str | None, problems: 
     with pipeline_run(db, "solve", params) as (run_id, counts):
         solver, _ = build_solver(db, options, run_id=run_id)
         with solver, ThreadPoolExecutor(max_workers=min(concurrency, len(items))) as pool:
-            results = list(pool.map(lambda it: (it, solver.solve(it["text"], problem_id=it["id"],
-                                                                   reference=it["answer"], on_event=show)), items))
-        records = [{"problem_id": it["id"], **r.to_dict(), "seconds": round(r.latency_ms / 1000, 2)}
-                   for it, r in results]
+            results = list(
+                pool.map(
+                    lambda it: (
+                        it,
+                        solver.solve(it["text"], problem_id=it["id"], reference=it["answer"], on_event=show),
+                    ),
+                    items,
+                )
+            )
+        records = [
+            {"problem_id": it["id"], **r.to_dict(), "seconds": round(r.latency_ms / 1000, 2)}
+            for it, r in results
+        ]
         for rec in records:
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
     if fmt == "table":
