@@ -97,3 +97,15 @@ def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):
     assert "rewards/accuracies" in out["dpo"]["metrics"]
     with db.session() as s:
         assert resolve_navigator(s, "demo-navigator") == out["navigator_path"]
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path):
+    """The shipped ZeRO-3 config through accelerate + DeepSpeed (DS_ACCELERATOR=cpu): the GPU code path."""
+    pytest.importorskip("deepspeed")
+    data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
+    run = _train(cli, "sft", "--dataset", data, "--base-model", str(tiny), "--deepspeed", "zero3",
+                 "--max-steps", "1", "--output-dir", str(tmp_path / "out"))
+    assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
+    assert (tmp_path / "out" / "checkpoint-1" / "global_step1").is_dir()  # DeepSpeed's ZeRO checkpoint
+    assert (tmp_path / "out" / "model.safetensors").is_file()  # 16-bit weights gathered on save

@@ -109,9 +109,24 @@ def test_bf16_on_cpu_is_rejected_with_the_fix(cli, tmp_path, sft_export):
     plan = json.loads(out)
     assert "cpu.yaml" in plan["command"] and plan["launcher"] == "inprocess"
     assert plan["deepspeed_config"] is None and plan["memory_estimate"] is None
+
+    # DeepSpeed on CPU goes through accelerate with DS_ACCELERATOR=cpu, and needs deepspeed installed.
+    if launch.deepspeed_version():
+        plan = json.loads(_dry(cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0",
+                               "--no-bf16", "--deepspeed", "zero3", "--json").stdout)
+        assert plan["command"].startswith("DS_ACCELERATOR=cpu ") and plan["launcher"] == "accelerate"
+        assert "--deepspeed_config_file" in plan["command"] and plan["memory_estimate"] is None
+
+
+def test_deepspeed_on_cpu_without_deepspeed_is_refused(cli, monkeypatch, sft_export, tmp_path):
+    small = config_only_model(tmp_path / "small", {"model_type": "qwen2", "hidden_size": 32,
+                                                   "intermediate_size": 64, "num_hidden_layers": 1,
+                                                   "num_attention_heads": 2, "num_key_value_heads": 1,
+                                                   "vocab_size": 128})
+    monkeypatch.setattr(launch, "deepspeed_version", lambda: None)
     out = _dry(cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0", "--no-bf16",
                "--deepspeed", "zero2", expect=2).output
-    assert "field deepspeed" in out
+    assert "field deepspeed" in out and "deepspeed package" in out
 
 
 def test_unknown_deepspeed_name_lists_the_shipped_ones(cli, big_model, sft_export):

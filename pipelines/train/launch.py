@@ -222,7 +222,16 @@ class LaunchPlan:
 
     @property
     def use_cpu(self) -> bool:
-        return self.num_gpus == 0
+        """A plain CPU run (DeepSpeed on CPU keeps its own device handling)."""
+        return self.num_gpus == 0 and self.deepspeed_path is None
+
+    @property
+    def cpu_deepspeed(self) -> bool:
+        return self.num_gpus == 0 and self.deepspeed_path is not None
+
+    def env(self) -> dict[str, str]:
+        """Environment the launched workers need beyond ours."""
+        return {"DS_ACCELERATOR": "cpu"} if self.cpu_deepspeed else {}
 
     def output_dir(self, run_id: int | str = "<RUN_ID>", stamp: str = "<START_TIME>") -> str:
         """The given directory, else one per run under REASONFLUX_HOME (the start time keeps directories of
@@ -239,7 +248,7 @@ class LaunchPlan:
             cmd += ["--config_file", str(ACCELERATE_DIR / "cpu.yaml")]
         else:
             cmd += ["--config_file", str(ACCELERATE_DIR / "deepspeed.yaml"),
-                    "--num_processes", str(self.num_gpus), "--num_machines", "1",
+                    "--num_processes", str(max(1, self.num_gpus)), "--num_machines", "1",
                     "--mixed_precision", "bf16" if self.config.bf16 else "no",
                     "--deepspeed_config_file", str(self.deepspeed_path)]
         return cmd + ["--module", WORKER_MODULE, spec]
@@ -268,7 +277,8 @@ class LaunchPlan:
         """Everything a dry run prints."""
         return {
             "stage": self.stage,
-            "command": shlex.join(self.command()),
+            "command": "".join(f"{k}={shlex.quote(v)} " for k, v in self.env().items())
+            + shlex.join(self.command()),
             "launcher": self.launcher,
             "output_dir": self.output_dir(),
             "base_model": self.base_model,
@@ -339,9 +349,10 @@ def plan(db: Database, stage: str, *, dataset: str | None = None, base_model: st
         p.gpu_memory_gb = gpu_memory_gb or _detected_gpu_memory_gb() or DEFAULT_GPU_MEMORY_GB
         p.memory = estimate_memory(params, p.deepspeed_config, gpus)
     elif deepspeed is not None:
-        resolve_deepspeed(deepspeed)  # an unknown name is reported as such first
-    p.launcher = _pick_launcher(launcher, gpus)
-    validate_plan(p, deepspeed_requested=deepspeed, cpu_memory_gb=cpu_memory_gb, dry_run=dry_run)
+        # DeepSpeed on CPU (DS_ACCELERATOR=cpu, one process) runs the ZeRO code path without GPUs.
+        p.deepspeed_name, p.deepspeed_path, p.deepspeed_config = resolve_deepspeed(deepspeed)
+    p.launcher = _pick_launcher(launcher, gpus, p.deepspeed_path is not None)
+    validate_plan(p, cpu_memory_gb=cpu_memory_gb, dry_run=dry_run)
     return p
 
 
@@ -384,32 +395,37 @@ def _detected_gpu_memory_gb() -> float | None:
                for i in range(torch.cuda.device_count())) / 2 ** 30
 
 
-def _pick_launcher(launcher: str, gpus: int) -> str:
+def _pick_launcher(launcher: str, gpus: int, deepspeed: bool) -> str:
     if launcher not in ("auto", "inprocess", "accelerate"):
         raise InputError("must be auto, inprocess or accelerate", field="launcher")
     if launcher == "auto":
-        return "accelerate" if gpus > 0 else "inprocess"
-    if launcher == "inprocess" and gpus > 1:
-        raise InputError("a multi-GPU run needs one process per GPU: use --launcher accelerate",
+        return "accelerate" if gpus > 0 or deepspeed else "inprocess"
+    if launcher == "inprocess" and (gpus > 1 or deepspeed):
+        raise InputError("DeepSpeed and multi-GPU runs are launched by accelerate: use --launcher accelerate",
                          field="launcher")
     return launcher
 
 
-def validate_plan(p: LaunchPlan, *, deepspeed_requested: str | None, cpu_memory_gb: float | None,
-                  dry_run: bool) -> None:
+def validate_plan(p: LaunchPlan, *, cpu_memory_gb: float | None, dry_run: bool) -> None:
     """Hardware-dependent checks; each failure names the field to change."""
     cfg = p.config
     positions = p.model_params.get("max_positions")
     if positions and cfg.max_length > positions:
         raise InputError(f"is {cfg.max_length} but the model handles at most {positions} positions",
                          record=f"{p.stage} config", field="max_length")
-    if p.use_cpu:
+    if p.num_gpus == 0:
         if cfg.bf16:
             raise InputError("bf16 mixed precision needs a GPU; for a CPU run pass --no-bf16 "
                              "(or `bf16: false` in the config file)", record=f"{p.stage} config", field="bf16")
-        if deepspeed_requested is not None:
-            raise InputError("DeepSpeed runs need GPUs (--num-gpus >= 1); drop --deepspeed for a CPU run",
-                             field="deepspeed")
+        if p.cpu_deepspeed:
+            if not deepspeed_version():
+                raise InputError("DeepSpeed on CPU needs the deepspeed package (pip install -e '.[train]'); "
+                                 "drop --deepspeed for a plain CPU run", field="deepspeed")
+            _check_deepspeed_batch(p)
+            _check_precision(p)
+            p.checks.append("CPU DeepSpeed run: one process, DS_ACCELERATOR=cpu, full precision "
+                            "(exercises the ZeRO path; no memory estimate for CPU)")
+            return
         p.checks.append("CPU run: one process, full precision, no DeepSpeed")
         return
     if not dry_run:
@@ -439,10 +455,11 @@ def validate_plan(p: LaunchPlan, *, deepspeed_requested: str | None, cpu_memory_
 def _check_deepspeed_batch(p: LaunchPlan) -> None:
     """Concrete batch numbers in the DeepSpeed JSON must agree with the training config ('auto' always does)."""
     cfg, ds, src = p.config, p.deepspeed_config or {}, str(p.deepspeed_path)
+    processes = max(1, p.num_gpus)
     expected = {
         "train_micro_batch_size_per_gpu": cfg.per_device_train_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
-        "train_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * p.num_gpus,
+        "train_batch_size": cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes,
     }
     for key, want in expected.items():
         got = ds.get(key, "auto")
@@ -450,7 +467,7 @@ def _check_deepspeed_batch(p: LaunchPlan) -> None:
             raise InputError(
                 f"is {got} but the training config gives {want} (per_device_train_batch_size "
                 f"{cfg.per_device_train_batch_size} x gradient_accumulation_steps "
-                f"{cfg.gradient_accumulation_steps} x {p.num_gpus} GPUs); set it to \"auto\" or change the "
+                f"{cfg.gradient_accumulation_steps} x {processes} processes); set it to \"auto\" or change the "
                 f"batch flags", file=src, field=key)
     clip = ds.get("gradient_clipping", "auto")
     if clip != "auto" and float(clip) != cfg.max_grad_norm:
@@ -476,6 +493,6 @@ def write_spec(p: LaunchPlan, run_id: int, output_dir: str) -> Path:
     return path
 
 
-def worker_env(db: Database) -> dict[str, str]:
+def worker_env(db: Database, p: LaunchPlan) -> dict[str, str]:
     """The environment for launched workers: the same database, reached by URL."""
-    return {**os.environ, "DATABASE_URL": db.url}
+    return {**os.environ, **p.env(), "DATABASE_URL": db.url}

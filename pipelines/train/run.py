@@ -48,7 +48,7 @@ def _launch(p: LaunchPlan, spec_path: Path, db: Database) -> None:
     command = p.command(str(spec_path))
     log_path = spec_path.parent / "train.log"
     with log_path.open("a") as log:
-        proc = subprocess.Popen(command, env=worker_env(db), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, env=worker_env(db, p), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
         try:
             for line in proc.stdout:  # tee: the user watches progress, the log keeps it
