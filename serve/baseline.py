@@ -12,10 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 from kb.db import Database
-from pipelines.grader import extract_answer, grade, normalize
+from pipelines.grader import extract_answer, normalize
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import call_rows, log_calls
 from serve.prompts import baseline_messages
+from serve.solver import bounded_grade
 
 STAGE = "eval:baseline"
 CHUNK = 256  # requests per generate call; the backend (or the batcher in front of it) batches further
@@ -96,4 +97,4 @@ def run_baselines(
 def _grade(answer: str | None, problem: dict[str, Any]) -> bool | None:
     if problem.get("answer") is None:
         return None
-    return grade(answer, problem["answer"]) if answer is not None else False
+    return bounded_grade(answer, problem["answer"])

@@ -23,6 +23,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -321,9 +322,6 @@ class _Run:
             stage=STAGES[role],
             session_id=self.session_id,
         )
-        for row in self._pending_calls[-1:]:
-            row.pop("session_id", None)
-            row.pop("run_id", None)
 
     def navigate(
         self, messages: list[Message], parse: Callable[[str], Any]
@@ -398,11 +396,7 @@ class _Run:
             source = source if answer is not None else None
         if status == "solved" and answer is None:
             status, reason = "failed", "no final answer in the navigator's verdict or the step results"
-        correct = (
-            grade(answer, self.reference)
-            if self.reference is not None and answer is not None
-            else (False if self.reference is not None else None)
-        )
+        correct = None if self.reference is None else bounded_grade(answer, self.reference)
         return self.finish(status, reason, answer, source, correct)
 
     def finish(
@@ -562,6 +556,26 @@ class _Run:
             **round_fields,
         )
         return evaluation, new_steps, next_i
+
+
+_GRADERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grade")
+GRADE_TIMEOUT_S = 20.0
+
+
+def bounded_grade(answer: str | None, reference: str, timeout_s: float = GRADE_TIMEOUT_S) -> bool:
+    """pipelines.grader.grade, given up (as wrong) after TIMEOUT_S.
+
+    Off the main thread math-verify runs without its own timeout (it needs SIGALRM), and a
+    pathological expression must not hold a session forever.
+    """
+    if answer is None:
+        return False
+    future = _GRADERS.submit(grade, answer, reference)
+    try:
+        return future.result(timeout=timeout_s)
+    except FutureTimeout:
+        log.warning("grading %r against %r took over %s s; counted as wrong", answer, reference, timeout_s)
+        return False
 
 
 @functools.lru_cache(maxsize=8192)

@@ -12,11 +12,11 @@ from tests.solve_helpers import add_templates
 
 
 @pytest.fixture
-def kb(db):
+def library(db):
     return add_templates(db)
 
 
-def test_solve_one_problem_shows_rounds_and_stores_the_session(cli, kb):
+def test_solve_one_problem_shows_rounds_and_stores_the_session(cli, library):
     r = cli(
         "solve",
         "What is the sum of the first 10 positive integers?",
@@ -68,7 +68,7 @@ def test_solve_one_problem_shows_rounds_and_stores_the_session(cli, kb):
     assert "no solve session 99" in cli("sessions", "show", "99", expect=1).output
 
 
-def test_solve_file_and_selection_and_bad_input(cli, db, kb, tmp_path):
+def test_solve_file_and_selection_and_bad_input(cli, db, library, tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("What is 3 + 4?\n\nGive a number.\n")
     one = json.loads(cli("solve", "--file", str(f), "--navigator", "scripted", "-q", "--json").stdout)
@@ -123,7 +123,7 @@ def test_solve_file_and_selection_and_bad_input(cli, db, kb, tmp_path):
 
 
 @pytest.mark.slow
-def test_registered_navigator_name_runs_on_transformers(cli, db, kb, tmp_path):
+def test_registered_navigator_name_runs_on_transformers(cli, db, library, tmp_path):
     from pipelines.tiny_model import build_tiny_model
 
     path = build_tiny_model(tmp_path / "nav", seed=1)

@@ -18,7 +18,7 @@ from tests.solve_helpers import add_templates
 
 
 @pytest.fixture
-def kb(db):
+def library(db):
     return add_templates(db)
 
 
@@ -100,7 +100,7 @@ def test_evaluation_parser_checks_changes_against_the_trajectory():
 # ------------------------------------------------------------------ control flow
 
 
-def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, kb):
+def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, library):
     nav = script(
         (
             r'"trajectory"',
@@ -191,7 +191,7 @@ def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, kb):
         assert needle in text
 
 
-def test_trajectory_end_extracts_answer_and_shared_backend(db, kb):
+def test_trajectory_end_extracts_answer_and_shared_backend(db, library):
     backend = scripted_solver_backend({"What is 2+3?": "5"})
     solver = Solver(db, backend, backend)
     assert solver.shared_backend
@@ -213,7 +213,7 @@ def test_trajectory_end_extracts_answer_and_shared_backend(db, kb):
     assert "last step result" in get_session(db, r.session_id)["rounds_detail"][-1]["evaluation"]
 
 
-def test_unparseable_navigator_is_retried_then_fails_with_reason(db, kb):
+def test_unparseable_navigator_is_retried_then_fails_with_reason(db, library):
     nav = script(
         (r'"trajectory"', ["not json", '{"abstraction": "x"}', plan(("Compute", "Vieta"))]),
         (r'"verdict"', verdict("stop", answer="2")),
@@ -258,7 +258,7 @@ def test_unparseable_navigator_is_retried_then_fails_with_reason(db, kb):
     assert step_round["adjustment"]["error"] == mid.reason and mid.answer == "1"
 
 
-def test_round_limit(db, kb):
+def test_round_limit(db, library):
     nav = script(
         (r'"trajectory"', plan(("Compute", "Vieta"))),
         (
@@ -273,7 +273,7 @@ def test_round_limit(db, kb):
     assert len(get_session(db, r.session_id)["rounds_detail"]) == 1 + 3 + 1
 
 
-def test_token_limit(db, kb):
+def test_token_limit(db, library):
     backend = scripted_solver_backend()
     with Solver(db, backend, backend, SolverConfig(max_tokens=400)) as solver:
         r = solver.solve("What is 2+3?")
@@ -281,7 +281,7 @@ def test_token_limit(db, kb):
     assert r.total_tokens > 0 and get_session(db, r.session_id)["status"] == "limit"
 
 
-def test_wall_time_limit_never_hangs(db, kb):
+def test_wall_time_limit_never_hangs(db, library):
     slow = create_backend("scripted", default=plan(("a", "b")), latency_s=5.0)
     with Solver(db, slow, slow, SolverConfig(max_seconds=0.3)) as solver:
         t0 = time.monotonic()
@@ -293,7 +293,7 @@ def test_wall_time_limit_never_hangs(db, kb):
     assert call and "wall time" in call[0]["error"]
 
 
-def test_backend_error_fails_session(db, kb):
+def test_backend_error_fails_session(db, library):
     nav = script((r'"trajectory"', plan(("Compute", "Vieta"))))  # no rule for anything else
     with Solver(db, nav, nav) as solver:
         r = solver.solve("Find x.")
@@ -316,7 +316,7 @@ def test_empty_kb_runs_without_templates(db):
     assert "none found in the library" in render_trace(get_session(db, r.session_id))
 
 
-def test_concurrent_sessions_are_batched(db, kb):
+def test_concurrent_sessions_are_batched(db, library):
     from concurrent.futures import ThreadPoolExecutor
 
     backend = scripted_solver_backend(latency_s=0.05)
@@ -331,7 +331,7 @@ def test_concurrent_sessions_are_batched(db, kb):
 
 
 @pytest.mark.slow
-def test_tiny_model_end_to_end_through_transformers(db, kb, tmp_path):
+def test_tiny_model_end_to_end_through_transformers(db, library, tmp_path):
     from pipelines.llm import get_backend
     from pipelines.tiny_model import build_tiny_model
 
@@ -361,7 +361,7 @@ def test_tiny_model_end_to_end_through_transformers(db, kb, tmp_path):
     assert len(inf) == 2 and {c["backend"] for c in inf} == {"transformers"}
 
 
-def test_nul_characters_in_model_output_are_stored_not_fatal(db, kb):
+def test_nul_characters_in_model_output_are_stored_not_fatal(db, library):
     nav = script(
         (r'"trajectory"', plan(("Compute", "Vieta"))),
         (r'"verdict"', verdict("continue")),
@@ -371,3 +371,21 @@ def test_nul_characters_in_model_output_are_stored_not_fatal(db, kb):
         r = solver.solve("What is 2 + 2?", reference="4")
     assert r.status == "solved" and r.correct
     assert get_session(db, r.session_id)["rounds_detail"][1]["instantiation"] == "junk\ufffdbytes \\boxed{4}"
+
+
+def test_apply_changes_outcomes():
+    from serve.parsing import Change
+    from serve.solver import _Step, apply_changes
+
+    def steps():
+        return [_Step(f"s{i}", f"t{i}") for i in range(1, 5)]
+
+    new, nxt, _, outcome = apply_changes(steps(), 1, [Change("remove", 2), Change("insert", 3, "x", "tx")])
+    assert [s.text for s in new] == ["s1", "s3", "x", "s4"] and (nxt, outcome) == (1, "removed")
+    new, nxt, _, outcome = apply_changes(steps(), 1, [Change("change", 2, template="other")])
+    assert new[1].template == "other" and new[1].text == "s2" and (nxt, outcome) == (1, "redo")
+    new, nxt, described, outcome = apply_changes(
+        steps(), 0, [Change("insert", 1, "a", "ta"), Change("insert", 1, "b", "tb"), Change("remove", 4)]
+    )
+    assert [s.text for s in new] == ["s1", "a", "b", "s2", "s3"] and (nxt, outcome) == (1, "accepted")
+    assert described[-1] == {"op": "remove", "step": 4, "removed_text": "s4"}
