@@ -217,15 +217,13 @@ def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, title: str | 
             label=names[key],
             error_kw={"elinewidth": 1, "ecolor": "#555555"},
         )
-        for b, m in zip(bars, means):  # inside the bar, clear of the error bar
+        for b, m in zip(bars, means):  # halfway up the bar: clear of the error bar and of the axis
             if m > 0:
                 ax.annotate(
                     f"{m:.1f}",
-                    (b.get_x() + b.get_width() / 2, 0),
-                    xytext=(0, 3),
-                    textcoords="offset points",
+                    (b.get_x() + b.get_width() / 2, m / 2),
                     ha="center",
-                    va="bottom",
+                    va="center",
                     fontsize=8,
                     color="white",
                     fontweight="bold",

@@ -161,3 +161,11 @@ def _sampling_config(tmp_path) -> str:
         "[roles.navigator.sampling]\nmax_tokens = 8\n"
     )
     return str(path)
+
+
+def test_solve_demo_returns_session_and_trace(db, library):
+    from serve.demo import DEMO_ANSWER, run_solve_demo
+
+    demo = run_solve_demo(db)
+    assert demo.session_id == 1
+    assert f"Final answer: {DEMO_ANSWER} (correct)" in demo.trace and "Round 1 · step 1/2" in demo.trace
