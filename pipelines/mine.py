@@ -78,6 +78,9 @@ class MineHandler:
         self.max_retries, self.sampling = max_retries, sampling
         self.prompts = Prompts(prompts_dir)
         self.embed_model = kb_config.embed_model_name(embed_model)
+        from kb.embeddings import get_embedder
+
+        get_embedder(self.embed_model)  # load it before the first claim, not while holding units
 
     def _sources(self, units: list[Unit]) -> dict[int, dict[str, Any]]:
         """Per unit id: problem text, the solution to mine (reference or the session's rounds), answer."""

@@ -101,44 +101,45 @@ def reset_failed(conn: sa.Connection, stage: str, scope: str) -> int:
         "WHERE stage = :s AND scope = :sc AND status = 'failed'"), {"s": stage, "sc": scope}).rowcount
 
 
-_ABANDON_SQL = sa.text("""
-UPDATE work_unit SET status = 'failed', finished_at = now(), claimed_by = NULL,
-       error = 'abandoned: its worker died or timed out on every one of ' || attempts || ' attempts'
-WHERE id IN (
-    SELECT id FROM work_unit
-    WHERE stage = :stage AND scope = :scope AND status = 'claimed' AND attempts >= :max_attempts
-      AND claimed_at < now() - make_interval(secs => :lease)
-    FOR UPDATE SKIP LOCKED)
-RETURNING unit_key, attempts
-""")
-
+# One statement: units whose claims ran out max_attempts times are marked failed (with a failure row),
+# then up to :n claimable units are claimed. The two UPDATEs touch disjoint rows (attempts >= / < max).
 _CLAIM_SQL = sa.text("""
-UPDATE work_unit u SET status = 'claimed', claimed_by = :worker, claimed_at = now(), attempts = u.attempts + 1
-WHERE u.id IN (
-    SELECT id FROM work_unit
-    WHERE stage = :stage AND scope = :scope
-      AND (status = 'pending'
-           OR (status = 'claimed' AND attempts < :max_attempts
-               AND claimed_at < now() - make_interval(secs => :lease)))
-    ORDER BY id
-    LIMIT :n
-    FOR UPDATE SKIP LOCKED)
-RETURNING u.id, u.unit_key, u.payload, u.attempts
+WITH abandoned AS (
+    UPDATE work_unit SET status = 'failed', finished_at = now(), claimed_by = NULL,
+           error = 'abandoned: its worker died or timed out on every one of ' || attempts || ' attempts'
+    WHERE id IN (
+        SELECT id FROM work_unit
+        WHERE stage = :stage AND scope = :scope AND status = 'claimed' AND attempts >= :max_attempts
+          AND claimed_at < now() - make_interval(secs => :lease)
+        FOR UPDATE SKIP LOCKED)
+    RETURNING unit_key, attempts
+), logged AS (
+    INSERT INTO failure (run_id, stage, unit_key, attempt, reason)
+    SELECT :run_id, :stage, unit_key, attempts,
+           'abandoned after ' || attempts || ' attempts (worker killed or lease expired each time)'
+    FROM abandoned
+), claimed AS (
+    UPDATE work_unit u SET status = 'claimed', claimed_by = :worker, claimed_at = now(), attempts = u.attempts + 1
+    WHERE u.id IN (
+        SELECT id FROM work_unit
+        WHERE stage = :stage AND scope = :scope
+          AND (status = 'pending'
+               OR (status = 'claimed' AND attempts < :max_attempts
+                   AND claimed_at < now() - make_interval(secs => :lease)))
+        ORDER BY id
+        LIMIT :n
+        FOR UPDATE SKIP LOCKED)
+    RETURNING u.id, u.unit_key, u.payload, u.attempts
+)
+SELECT id, unit_key, payload, attempts FROM claimed ORDER BY id
 """)
 
 
 def claim(conn: sa.Connection, stage: str, scope: str, worker: str, n: int, *, lease_s: float,
           max_attempts: int, run_id: int | None = None) -> list[Unit]:
-    binds = {"stage": stage, "scope": scope, "lease": lease_s, "max_attempts": max_attempts}
-    abandoned = conn.execute(_ABANDON_SQL, binds).all()
-    if abandoned:
-        conn.execute(sa.insert(Failure.__table__), [
-            {"run_id": run_id, "stage": stage, "unit_key": k, "attempt": a,
-             "reason": f"abandoned after {a} attempts (worker killed or lease expired each time)"}
-            for k, a in abandoned])
-    rows = conn.execute(_CLAIM_SQL, {**binds, "worker": worker, "n": n}).all()
-    return sorted((Unit(id=r.id, key=r.unit_key, payload=r.payload, attempts=r.attempts) for r in rows),
-                  key=lambda u: u.id)
+    rows = conn.execute(_CLAIM_SQL, {"stage": stage, "scope": scope, "lease": lease_s, "max_attempts": max_attempts,
+                                     "worker": worker, "n": n, "run_id": run_id}).all()
+    return [Unit(id=r.id, key=r.unit_key, payload=r.payload, attempts=r.attempts) for r in rows]
 
 
 def release_dead_local_claims(conn: sa.Connection, stage: str, scope: str) -> int:
@@ -245,31 +246,54 @@ def work(db: Database, handler: StageHandler, cfg: RunnerConfig, advance: Callab
             if error is not None:
                 _record_errors(conn, cfg, me, units, error, counts)
             else:
-                for unit, outcome in zip(units, outcomes):
-                    _commit_unit(conn, handler, cfg, me, unit, outcome, counts)
+                _commit_batch(conn, handler, cfg, me, units, outcomes, counts)
         counts["db_s"] += time.perf_counter() - t2
         advance(len(units))
     counts["wall_s"] = time.perf_counter() - started
+    counts["span"] = (time.time() - counts["wall_s"], time.time())  # comparable across processes
     return counts
+
+
+def _store(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit,
+           outcome: Outcome) -> dict[str, Any]:
+    """Write one unit's results and failures and mark it finished; raises _LeaseLost if it is not ours."""
+    written = handler.write(conn, unit, outcome, cfg.run_id) if outcome.status == "done" else {}
+    if outcome.failures:
+        conn.execute(sa.insert(Failure.__table__), [
+            {"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": unit.key,
+             "attempt": f.get("attempt", unit.attempts), "reason": f["reason"],
+             "raw_output": f.get("raw_output")} for f in outcome.failures])
+    error = "; ".join(f["reason"] for f in outcome.failures)[:2000] if outcome.status == "failed" else None
+    marked = conn.execute(sa.text(
+        "UPDATE work_unit SET status = :st, finished_at = now(), run_id = :run, error = :err "
+        "WHERE id = :id AND claimed_by = :me AND status = 'claimed'"),
+        {"st": outcome.status, "run": cfg.run_id, "err": error, "id": unit.id, "me": me}).rowcount
+    if marked != 1:
+        raise _LeaseLost
+    return written
+
+
+def _commit_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, units: list[Unit],
+                  outcomes: list[Outcome], counts: dict[str, Any]) -> None:
+    """All units under one savepoint; if any of them cannot be stored, again one savepoint per unit so
+    that one bad unit does not sink the others."""
+    try:
+        with conn.begin_nested():
+            written = [_store(conn, handler, cfg, me, u, o) for u, o in zip(units, outcomes)]
+    except Exception:  # noqa: BLE001 - sorted out unit by unit below
+        for unit, outcome in zip(units, outcomes):
+            _commit_unit(conn, handler, cfg, me, unit, outcome, counts)
+        return
+    for outcome, w in zip(outcomes, written):
+        _add(counts, w)
+        counts["units_done" if outcome.status == "done" else "units_failed"] += 1
 
 
 def _commit_unit(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit,
                  outcome: Outcome, counts: dict[str, Any]) -> None:
     try:
         with conn.begin_nested():
-            written = handler.write(conn, unit, outcome, cfg.run_id) if outcome.status == "done" else {}
-            if outcome.failures:
-                conn.execute(sa.insert(Failure.__table__), [
-                    {"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": unit.key,
-                     "attempt": f.get("attempt", unit.attempts), "reason": f["reason"],
-                     "raw_output": f.get("raw_output")} for f in outcome.failures])
-            error = "; ".join(f["reason"] for f in outcome.failures)[:2000] if outcome.status == "failed" else None
-            marked = conn.execute(sa.text(
-                "UPDATE work_unit SET status = :st, finished_at = now(), run_id = :run, error = :err "
-                "WHERE id = :id AND claimed_by = :me AND status = 'claimed'"),
-                {"st": outcome.status, "run": cfg.run_id, "err": error, "id": unit.id, "me": me}).rowcount
-            if marked != 1:
-                raise _LeaseLost
+            written = _store(conn, handler, cfg, me, unit, outcome)
     except _LeaseLost:
         counts["units_lost"] += 1  # someone took the unit over after our lease expired; their result counts
         return
@@ -362,9 +386,13 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
                 per_worker.append(work(db, factory(db, run_id), cfg, advance))
             elif todo:
                 per_worker = _run_processes(db, factory, cfg, workers, advance, todo)
+        spans = [c.pop("span") for c in per_worker if "span" in c]
+        if spans:  # first claim of any worker to last commit of any: the stage's working time
+            counts["work_span_s"] = max(e for _, e in spans) - min(b for b, _ in spans)
         for c in per_worker:
             wall = c.pop("wall_s", 0.0)
-            counts["work_wall_s"] = max(counts.get("work_wall_s", 0.0), wall)
+            counts["work_wall_s"] = max(counts.get("work_wall_s", 0.0), wall)  # the slowest worker
+            counts["worker_wall_s_total"] = counts.get("worker_wall_s_total", 0.0) + wall
             _add(counts, c)
         with db.engine.connect() as conn:
             after = unit_counts(conn, stage, scope)
@@ -372,7 +400,7 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
                 "SELECT count(*) FROM failure WHERE run_id = :r"), {"r": run_id}).scalar_one()
         counts["units_total"] = sum(after.values())
         counts["units_status"] = after
-        for k in ("db_s", "process_s", "work_wall_s"):
+        for k in ("db_s", "process_s", "work_wall_s", "worker_wall_s_total", "work_span_s"):
             if k in counts:
                 counts[k] = round(counts[k], 4)
     return {"run_id": run_id, **counts}

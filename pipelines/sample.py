@@ -14,8 +14,10 @@ from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kb.db import Database
+from kb.models import Trajectory, TrajectoryStep
 from kb.retrieval import search_many
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
@@ -24,7 +26,6 @@ from pipelines.parsing import ParseError, parse_plan
 from pipelines.prompts import Prompts, format_template_hints
 from pipelines.runner import Outcome, Unit, run_stage
 from pipelines.selection import PROBLEM_KEYS, parse_selection, select_problem_ids
-from pipelines.trajectories_store import insert_trajectory
 
 STAGE = "sample"
 DEFAULT_SAMPLING = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=768)
@@ -47,6 +48,7 @@ class SampleHandler:
         self.n, self.sampling, self.base_seed = n, sampling, base_seed
         self.hint_k, self.retrieval_mode = hint_k, retrieval_mode
         self.prompts = Prompts(prompts_dir)
+        self._has_templates = False
 
     def _problems(self, units: list[Unit]) -> dict[int, dict[str, Any]]:
         with self.db.engine.connect() as conn:
@@ -59,12 +61,16 @@ class SampleHandler:
         return {r["id"]: dict(r) for r in rows}
 
     def _retrieve(self, queries: list[str], k: int) -> list[list[Any]]:
-        if not queries or k < 1:
+        if not queries or k < 1 or not self._kb_has_templates():
             return [[] for _ in queries]
-        with self.db.engine.connect() as conn:
-            if not conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM template)")).scalar():
-                return [[] for _ in queries]
         return search_many(self.db.engine, queries, k=k, mode=self.retrieval_mode)
+
+    def _kb_has_templates(self) -> bool:
+        """Checked once per worker until true: an empty KB needs no query embedding."""
+        if not self._has_templates:
+            with self.db.engine.connect() as conn:
+                self._has_templates = bool(conn.execute(sa.text("SELECT EXISTS (SELECT 1 FROM template)")).scalar())
+        return self._has_templates
 
     def process(self, units: list[Unit]) -> list[Outcome]:
         problems = self._problems(units)
@@ -111,22 +117,27 @@ class SampleHandler:
         return outcomes
 
     def write(self, conn: sa.Connection, unit: Unit, outcome: Outcome, run_id: int) -> dict[str, int]:
-        problem = outcome.data["problem"]
-        before = conn.execute(sa.text("SELECT count(*) FROM trajectory WHERE problem_id = :p"),
-                              {"p": problem["id"]}).scalar_one()
-        for smp in outcome.data["samples"]:
-            params = replace(self.sampling, seed=smp["seed"])
-            insert_trajectory(
-                conn, problem["id"], smp["steps"], self.navigator_name, sample_key(self.sampling, smp["seed"]),
-                sampling={**params.to_dict(), "backend": self.backend.name, "model": self.backend.model,
-                          "prompt_hash": self.prompts.hash("navigator")},
-                raw_output=smp["raw"], abstraction=smp["plan"].abstraction, run_id=run_id,
-                similar_set_id=problem["similar_set_id"])
-        after = conn.execute(sa.text("SELECT count(*) FROM trajectory WHERE problem_id = :p"),
-                             {"p": problem["id"]}).scalar_one()
-        return {"trajectories_written": after - before,
-                "steps_linked": sum(1 for s in outcome.data["samples"] for st in s["steps"] if st[1] is not None),
-                "steps_total": sum(len(s["steps"]) for s in outcome.data["samples"])}
+        """All samples of the problem in two statements; a (problem, navigator, sample_key) already stored
+        is left as it is (trajectories are immutable), exactly like trajectories_store.insert_trajectory."""
+        problem, samples = outcome.data["problem"], outcome.data["samples"]
+        rows = [{"problem_id": problem["id"], "similar_set_id": problem["similar_set_id"],
+                 "navigator_model": self.navigator_name, "sample_key": sample_key(self.sampling, smp["seed"]),
+                 "sampling": {**replace(self.sampling, seed=smp["seed"]).to_dict(), "backend": self.backend.name,
+                              "model": self.backend.model, "prompt_hash": self.prompts.hash("navigator")},
+                 "abstraction": smp["plan"].abstraction, "raw_output": smp["raw"], "run_id": run_id}
+                for smp in samples]
+        stmt = pg_insert(Trajectory.__table__).values(rows).on_conflict_do_nothing(
+            index_elements=["problem_id", "navigator_model", "sample_key"]).returning(
+            Trajectory.__table__.c.id, Trajectory.__table__.c.sample_key)
+        new = dict((key, tid) for tid, key in conn.execute(stmt).all())
+        steps = [{"trajectory_id": new[row["sample_key"]], "position": i, "text": text,
+                  "template_version_id": version_id, "retrieval_score": score}
+                 for row, smp in zip(rows, samples) if row["sample_key"] in new
+                 for i, (text, version_id, score) in enumerate(smp["steps"])]
+        if steps:
+            conn.execute(sa.insert(TrajectoryStep.__table__), steps)
+        return {"trajectories_written": len(new), "steps_linked": sum(1 for s in steps if s["template_version_id"]),
+                "steps_total": len(steps)}
 
 
 def make_handler(db: Database, run_id: int, **options: Any) -> SampleHandler:

@@ -179,3 +179,19 @@ def test_kill_minus_9_then_rerun_loses_and_duplicates_nothing(db):
         assert out["units_done"] == 30 - len(before)  # the rerun did exactly what was left
         with db.engine.begin() as conn:
             conn.execute(sa.text("TRUNCATE llm_call, work_unit, failure, pipeline_run CASCADE"))
+
+
+def test_a_unit_that_keeps_killing_its_worker_is_abandoned_not_retried_forever(db):
+    scope = unit_scope("toy", {})
+    with db.engine.begin() as conn:
+        enqueue(conn, "toy", scope, _units(2), None)
+        conn.execute(sa.text("UPDATE work_unit SET status = 'claimed', claimed_by = 'elsewhere:1:x', attempts = 3, "
+                             "claimed_at = now() - interval '2 hours' WHERE unit_key = 'u000'"))
+    out = run_stage(db, stage="toy", params={}, units=_units(2), factory=make_toy, lease_s=60, max_attempts=3)
+    assert out["units_done"] == 1
+    with db.engine.connect() as conn:
+        status = dict(conn.execute(sa.text("SELECT unit_key, status FROM work_unit")).all())
+        fails = conn.execute(sa.text("SELECT unit_key, attempt, reason, run_id FROM failure")).all()
+    assert status == {"u000": "failed", "u001": "done"}
+    assert [(f.unit_key, f.attempt, f.run_id) for f in fails] == [("u000", 3, out["run_id"])]
+    assert "abandoned after 3 attempts" in fails[0].reason
