@@ -23,10 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
-import os
-import re
 import shutil
 import statistics
 import struct
@@ -42,9 +39,10 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb import config, migrate  # noqa: E402
-from kb.db import Database, create_engine, normalize_url, session_scope  # noqa: E402
-from kb.retrieval import search_templates  # noqa: E402
+from kb import config, migrate
+from kb.db import Database, create_engine, normalize_url
+from kb.embeddings import index_name
+from kb.retrieval import search_templates
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
 MATH500 = ROOT.parent / "shared" / "data" / "math500_test.jsonl"
@@ -80,64 +78,12 @@ def throwaway_database() -> Iterator[Database]:
 
 # ---------------------------------------------------------------- loading the sample
 
-_STOP = re.compile(r"^\s*(\d+[.)、]|[①-⑳]|[-*•]|step\b|steps\b|solution|analysis|answer|application|"
-                   r"explanation|【solution|【analysis|\*\*)", re.I)
-_LABEL = re.compile(r"^\s*(【?example[^:：】]{0,60}[:：】]|example problem\s*[:：]?)\s*", re.I)
-_PROBLEM_KEYS = ("example_problem", "problem", "Problem", "Example Problem", "example_question", "question",
-                 "title")
-
-
-def _example_problem(example) -> str | None:
-    """The problem statement of a ReasonFlux-v1 example (a dict in many layouts, or free text)."""
-    if isinstance(example, dict):
-        for key in _PROBLEM_KEYS:
-            if isinstance(example.get(key), str) and example[key].strip():
-                return example[key].strip()
-        return None
-    if not isinstance(example, str):
-        return None
-    text = example.replace("\\\\n", "\n").replace("\\n", "\n")
-    lines = []
-    for i, line in enumerate(text.split("\n")):
-        if not line.strip():
-            if lines:
-                break
-            continue
-        if i > 0 and _STOP.match(line):
-            break
-        lines.append(line.strip())
-    problem = _LABEL.sub("", " ".join(lines)).strip()
-    return problem or None
-
-
 def load_sample(db: Database, path: Path) -> str:
-    """Import the sample: the project's importer when present, else a minimal mapping."""
-    try:
-        from pipelines.import_templates import import_reasonflux_v1
-    except ImportError:
-        import_reasonflux_v1 = None
-    if import_reasonflux_v1 is not None:
-        import_reasonflux_v1(db, path, embed=False)
-        return "pipelines.import_templates"
-    from kb.templates import TemplateSpec, upsert_template
+    """Import the sample with the project's importer (no embeddings: the benchmark times those)."""
+    from pipelines.import_templates import import_file
 
-    data = json.loads(path.read_text())
-    with session_scope(db) as s:
-        for chapter, sections in data.items():
-            for section, items in sections.items():
-                for t in items:
-                    scope = t.get("application_scenario") or ""
-                    spec = TemplateSpec(
-                        name=t["template_name"], category=chapter, section=section,
-                        template_type=t.get("template_type"), tags=list(t.get("knowledge_tag") or []),
-                        description=t.get("description") or "",
-                        application_scope=" ".join(scope) if isinstance(scope, list) else scope,
-                        steps=list(t.get("reason_flow") or []),
-                        example_problem=_example_problem(t.get("example_application")),
-                        extra={"example_application": t.get("example_application")},
-                    )
-                    upsert_template(s, spec, source_kind="file", source_ref=str(path))
-    return "benchmark loader"
+    result = import_file(db, path, "reasonflux-v1", embed=False)
+    return f"pipelines.import_templates ({result.counts.get('created', 0)} created)"
 
 
 def sample_queries(db: Database) -> list[tuple[str, int]]:
@@ -152,43 +98,257 @@ def sample_queries(db: Database) -> list[tuple[str, int]]:
 
 # ---------------------------------------------------------------- quality
 
-def evaluate(db: Database, queries: list[tuple[str, int]], mode: str, model: str, k: int = 5) -> dict:
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def evaluate(db: Database, queries: list[tuple[str, int]], vectors: np.ndarray, mode: str, model: str,
+             embed_ms: float) -> dict:
+    """Ranks of each query's own template; latency = query embedding (batch average) + search."""
     ranks, times = [], []
     with db.engine.connect() as conn:
-        for text, expected in queries:
+        for (text, expected), vec in zip(queries, vectors):
             t0 = time.perf_counter()
-            hits = search_templates(conn, text, mode=mode, model=model, k=max(k, 10))
+            hits = search_templates(conn, text, query_vector=None if mode == "text" else vec, mode=mode,
+                                    model=model, k=10)
             times.append((time.perf_counter() - t0) * 1000)
             ids = [h.template_id for h in hits]
             ranks.append(ids.index(expected) + 1 if expected in ids else None)
             conn.rollback()
     n = len(queries)
+    extra = 0.0 if mode == "text" else embed_ms
     return {
         "mode": mode,
         "recall@1": sum(1 for r in ranks if r == 1) / n,
         "recall@5": sum(1 for r in ranks if r and r <= 5) / n,
         "mrr@10": sum(1 / r for r in ranks if r) / n,
-        "p50_ms": statistics.median(times),
-        "p95_ms": float(np.percentile(times, 95)),
+        "search_p50_ms": statistics.median(times),
+        "search_p95_ms": _pct(times, 95),
+        "with_embed_p50_ms": statistics.median(times) + extra,
     }
 
 
-def quality(db: Database, model: str) -> list[dict]:
+def embed_queries(texts: list[str], model: str) -> tuple[np.ndarray, float]:
+    """Query vectors as search_templates makes them, and the embedding time per query (one at a time)."""
     from kb.embeddings import get_embedder
+    from kb.retrieval import normalize_query
 
+    embedder = get_embedder(model)
+    embedder.encode(["warm up"])
+    t0 = time.perf_counter()
+    vectors = np.stack([embedder.encode([normalize_query(t)])[0] for t in texts])
+    return vectors, (time.perf_counter() - t0) * 1000 / max(len(texts), 1)
+
+
+def quality(db: Database, model: str) -> tuple[list[dict], float]:
     queries = sample_queries(db)
-    get_embedder(model).encode(["warm up"])
+    vectors, embed_ms = embed_queries([q for q, _ in queries], model)
     for mode in QUALITY_MODES:  # warm caches (hierarchical name vectors) so latency is steady-state
-        search_templates(db, queries[0][0], mode=mode, model=model)
-    return [evaluate(db, queries, mode, model) for mode in QUALITY_MODES]
+        search_templates(db, queries[0][0], query_vector=vectors[0], mode=mode, model=model)
+    rows = [evaluate(db, queries, vectors, mode, model, embed_ms) for mode in QUALITY_MODES]
+    return rows, embed_ms
 
 
 def print_table(rows: list[dict], title: str) -> None:
     print(f"\n{title}")
     cols = list(rows[0])
-    print("  ".join(f"{c:>12}" for c in cols))
+    width = max(12, *(len(c) for c in cols))
+    print("  ".join(f"{c:>{width}}" for c in cols))
     for r in rows:
-        print("  ".join(f"{v:>12.3f}" if isinstance(v, float) else f"{v!s:>12}" for v in r.values()))
+        print("  ".join(f"{v:>{width}.3f}" if isinstance(v, float) else f"{v!s:>{width}}" for v in r.values()))
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------- scale
+
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+COPY_TRAILER = struct.pack(">h", -1)
+
+
+def vector_copy_bytes(version_ids: np.ndarray, vectors: np.ndarray, model: str) -> bytes:
+    """A binary COPY stream of (version_id, model, dim, embedding, text_hash) rows, built by numpy."""
+    name = model.encode()
+    dim = vectors.shape[1]
+    row = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("vid", ">i4"), ("l2", ">i4"), ("model", f"S{len(name)}"),
+                    ("l3", ">i4"), ("dim", ">i4"), ("l4", ">i4"), ("vdim", ">i2"), ("unused", ">i2"),
+                    ("vec", ">f4", (dim,)), ("l5", ">i4")])
+    out = np.zeros(len(version_ids), dtype=row)
+    out["nf"], out["l1"], out["vid"], out["l2"], out["model"] = 5, 4, version_ids, len(name), name
+    out["l3"], out["dim"], out["l4"], out["vdim"], out["vec"], out["l5"] = 4, dim, 4 + 4 * dim, dim, vectors, 0
+    return COPY_SIGNATURE + out.tobytes() + COPY_TRAILER
+
+
+def real_centers(db: Database, model: str, problems: int) -> np.ndarray:
+    """Real embeddings to draw synthetic vectors around: the sample's templates and MATH-500 problems."""
+    from kb.embeddings import get_embedder
+
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT embedding::real[] FROM template_embedding WHERE model = :m"),
+                            {"m": model}).scalars().all()
+    centers = [np.asarray(r, dtype=np.float32) for r in rows]
+    if problems and MATH500.exists():
+        texts = [json.loads(line)["problem"] for line in MATH500.read_text().splitlines()[:problems]]
+        centers += list(get_embedder(model).encode(texts))
+    return np.stack(centers)
+
+
+def synthetic_chunk(centers: np.ndarray, size: int, noise: float, seed: int) -> np.ndarray:
+    """SIZE unit vectors: a random real center plus Gaussian noise of expected norm NOISE."""
+    rng = np.random.default_rng(seed)
+    dim = centers.shape[1]
+    vecs = centers[rng.integers(0, len(centers), size)] + rng.normal(0, noise / np.sqrt(dim), (size, dim))
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs.astype(np.float32)
+
+
+def _copy_text(cur, sql: str, lines: Iterator[str]) -> None:
+    with cur.copy(sql) as copy:
+        copy.write("".join(lines))
+
+
+def load_synthetic(db: Database, n: int, centers: np.ndarray, queries: np.ndarray, model: str, noise: float,
+                   chunk: int, seed: int) -> dict:
+    """COPY N synthetic templates (identity + version), then their vectors; exact top-10 kept on the way."""
+    with db.engine.begin() as conn:
+        first = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM template")).scalar()
+        vfirst = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM template_version")).scalar()
+        # template <-> template_version reference each other; checked at commit instead of per row.
+        conn.execute(sa.text("ALTER TABLE template ALTER CONSTRAINT fk_template_current_version "
+                             "DEFERRABLE INITIALLY DEFERRED"))
+        conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name('template_embedding', model)}"))
+    t_rows = t_vecs = 0.0
+    raw = db.engine.raw_connection()
+    try:
+        pg = raw.driver_connection
+        for start in range(0, n, chunk):
+            size = min(chunk, n - start)
+            ids = range(first + start, first + start + size)
+            t0 = time.perf_counter()
+            with pg.cursor() as cur:
+                _copy_text(cur, "COPY template (id, key, category, section, status, current_version_no, "
+                                "current_version_id) FROM STDIN",
+                           (f"{i}\tSynthetic/S{i % 1000}/synthetic template {i}\tSynthetic\tS{i % 1000}\tactive\t1\t"
+                            f"{i - first + vfirst}\n" for i in ids))
+                _copy_text(cur, "COPY template_version (id, template_id, version_no, name, tags, description, "
+                                "application_scope, steps, extra, content_hash, source_kind, provenance) FROM STDIN",
+                           (f"{i - first + vfirst}\t{i}\t1\tsynthetic template {i}\t{{synthetic}}\t"
+                            f"padding row {i}\t\t[]\t{{}}\tsyn{i}\tuser\t{{}}\n" for i in ids))
+            pg.commit()
+            t_rows += time.perf_counter() - t0
+            vecs = synthetic_chunk(centers, size, noise, seed + start)
+            payload = vector_copy_bytes(np.arange(vfirst + start, vfirst + start + size), vecs, model)
+            t0 = time.perf_counter()
+            with pg.cursor() as cur, cur.copy("COPY template_embedding (version_id, model, dim, embedding, "
+                                              "text_hash) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(payload)
+            pg.commit()
+            t_vecs += time.perf_counter() - t0
+            yield_topk(queries, vecs, np.arange(first + start, first + start + size))
+            print(f"  loaded {start + size:,} / {n:,}", file=sys.stderr, end="\r")
+        with pg.cursor() as cur:
+            cur.execute("SELECT setval('template_id_seq', (SELECT max(id) FROM template))")
+            cur.execute("SELECT setval('template_version_id_seq', (SELECT max(id) FROM template_version))")
+            cur.execute("ANALYZE template; ANALYZE template_version; ANALYZE template_embedding")
+        pg.commit()
+    finally:
+        raw.close()
+    return {"templates_per_s": n / t_rows, "vectors_per_s": n / t_vecs, "templates_s": t_rows,
+            "vectors_s": t_vecs}
+
+
+_TOPK: dict[str, np.ndarray] = {}
+
+
+def yield_topk(queries: np.ndarray, vecs: np.ndarray, template_ids: np.ndarray, k: int = 10) -> None:
+    """Running exact top-k (cosine) of every query over everything inserted so far."""
+    sims = queries @ vecs.T
+    if "sims" in _TOPK:
+        sims = np.concatenate([_TOPK["sims"], sims], axis=1)
+        template_ids = np.concatenate([np.broadcast_to(_TOPK["ids"], (len(queries), _TOPK["ids"].shape[1])),
+                                       np.broadcast_to(template_ids, (len(queries), len(template_ids)))], axis=1)
+    else:
+        template_ids = np.broadcast_to(template_ids, (len(queries), len(template_ids)))
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    _TOPK["sims"] = np.take_along_axis(sims, top, axis=1)
+    _TOPK["ids"] = np.take_along_axis(template_ids, top, axis=1)
+
+
+def build_index(db: Database, model: str, dim: int, work_mem: str, workers: int) -> dict:
+    from kb.embeddings import ensure_hnsw_index
+
+    with db.engine.connect() as conn:
+        conn.execute(sa.text(f"SET maintenance_work_mem = '{work_mem}'"))
+        conn.execute(sa.text(f"SET max_parallel_maintenance_workers = {int(workers)}"))
+        t0 = time.perf_counter()
+        ensure_hnsw_index(conn, "template_embedding", model, dim)
+        conn.commit()
+        seconds = time.perf_counter() - t0
+        size = conn.execute(sa.text("SELECT pg_size_pretty(pg_relation_size(:i))"),
+                            {"i": index_name("template_embedding", model)}).scalar()
+    return {"build_s": seconds, "index_size": size, "maintenance_work_mem": work_mem,
+            "max_parallel_maintenance_workers": workers, "m": 16, "ef_construction": 64}
+
+
+def search_figures(db: Database, queries: np.ndarray, model: str, ef_values: list[int], repeats: int,
+                   exact_ids: np.ndarray, texts: list[str]) -> list[dict]:
+    rows = []
+    with db.engine.connect() as conn:
+        for ef in ef_values:
+            times, recalls = [], []
+            for rep in range(repeats):
+                for qi, vec in enumerate(queries):
+                    t0 = time.perf_counter()
+                    hits = search_templates(conn, query_vector=vec, mode="vector", model=model, k=10,
+                                            candidates=10, ef_search=ef)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    conn.rollback()
+                    if rep == 0:
+                        recalls.append(len({h.template_id for h in hits} & set(exact_ids[qi].tolist())) / 10)
+            rows.append({"mode": "vector", "ef_search": ef, "recall@10": float(np.mean(recalls)),
+                         "p50_ms": statistics.median(times), "p99_ms": _pct(times, 99), "queries": len(times)})
+        times = []
+        for text, vec in zip(texts, queries):
+            t0 = time.perf_counter()
+            search_templates(conn, text, query_vector=vec, mode="hybrid", model=model, k=10)
+            times.append((time.perf_counter() - t0) * 1000)
+            conn.rollback()
+        rows.append({"mode": "hybrid", "ef_search": 100, "recall@10": float("nan"),
+                     "p50_ms": statistics.median(times), "p99_ms": _pct(times, 99), "queries": len(times)})
+        times = []
+        for vec in queries[:5]:
+            conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
+            t0 = time.perf_counter()
+            search_templates(conn, query_vector=vec, mode="vector", model=model, k=10, candidates=10)
+            times.append((time.perf_counter() - t0) * 1000)
+            conn.rollback()
+        rows.append({"mode": "exact (seq scan)", "ef_search": 0, "recall@10": 1.0,
+                     "p50_ms": statistics.median(times), "p99_ms": max(times), "queries": len(times)})
+    return rows
+
+
+def scale_run(db: Database, n: int, model: str, args) -> None:
+    texts = [q for q, _ in sample_queries(db)]
+    queries, _ = embed_queries(texts, model)
+    centers = real_centers(db, model, args.problems)
+    with db.engine.connect() as conn:  # the real templates are part of the table and of the exact answer
+        real = conn.execute(sa.text(
+            "SELECT t.id, e.embedding::real[] FROM template_embedding e JOIN template t "
+            "ON t.current_version_id = e.version_id WHERE e.model = :m"), {"m": model}).all()
+    _TOPK.clear()
+    yield_topk(queries, np.stack([np.asarray(r[1], np.float32) for r in real]), np.array([r[0] for r in real]))
+    print(f"\nscale: {n:,} synthetic templates around {len(centers)} real embeddings "
+          f"(noise norm {args.noise}), {len(texts)} real queries")
+    load = load_synthetic(db, n, centers, queries, model, args.noise, args.chunk, args.seed)
+    print(f"bulk insert (COPY, no embeddings): {load['templates_per_s']:,.0f} templates/s "
+          f"({load['templates_s']:.1f} s: template + template_version rows, indexes and generated tsvector)")
+    print(f"vectors (binary COPY, before the index): {load['vectors_per_s']:,.0f} rows/s ({load['vectors_s']:.1f} s)")
+    build = build_index(db, model, queries.shape[1], args.maintenance_work_mem, args.workers)
+    print(f"HNSW build: {build['build_s']:.1f} s, index {build['index_size']}; settings: "
+          f"maintenance_work_mem={build['maintenance_work_mem']}, max_parallel_maintenance_workers="
+          f"{build['max_parallel_maintenance_workers']}, m={build['m']}, ef_construction={build['ef_construction']}")
+    rows = search_figures(db, queries, model, args.ef, args.repeats, _TOPK["ids"], texts)
+    print_table(rows, f"search at {n + len(real):,} templates (query embedding excluded; k=10; "
+                      "recall@10 against exact search)")
 
 
 # ---------------------------------------------------------------- main
@@ -197,7 +357,16 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", type=Path, default=SAMPLE)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--scale", type=int, default=100_000, help="padded table size (0: quality only)")
+    ap.add_argument("--scale", type=int, default=100_000, help="synthetic templates to add (0: quality only)")
+    ap.add_argument("--noise", type=float, default=0.75, help="expected norm of the noise added to a real vector")
+    ap.add_argument("--problems", type=int, default=500, help="MATH-500 problems used as extra centers")
+    ap.add_argument("--chunk", type=int, default=100_000, help="rows per COPY")
+    ap.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[40, 64, 100, 200],
+                    help="ef_search values, comma-separated")
+    ap.add_argument("--repeats", type=int, default=3, help="passes over the queries per ef_search")
+    ap.add_argument("--maintenance-work-mem", default="3GB")
+    ap.add_argument("--workers", type=int, default=1, help="max_parallel_maintenance_workers")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     model = config.embed_model_name(args.model)
     if not args.sample.exists():
@@ -210,7 +379,10 @@ def main(argv: list[str] | None = None) -> None:
         n = embed_templates(db, model)
         print(f"sample: {args.sample.name} via {loader}; {n} templates embedded with {model} "
               f"in {time.perf_counter() - t0:.1f} s; {len(sample_queries(db))} queries")
-        print_table(quality(db, model), f"quality (k=5 unless noted), model {model}")
+        rows, embed_ms = quality(db, model)
+        print_table(rows, f"quality, model {model} (query embedding: {embed_ms:.1f} ms/query, one at a time)")
+        if args.scale > 0:
+            scale_run(db, args.scale, model, args)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ TEXT_WEIGHT = 0.3
 TEXT_RANK = "ts_rank(v.search_tsv, q.q, 1)"
 CANDIDATES = 50  # per list, before fusion
 EF_SEARCH = 100  # HNSW candidate list; >= CANDIDATES so the index can fill the list
+MAX_POOL = 20_000  # past this many ranked rows, rank the filtered rows directly
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 
@@ -124,24 +125,52 @@ def _model_literal(model: str) -> str:
     return "'" + model.replace("'", "''") + "'"
 
 
+def _pooled(conn: Any, fetch, n: int, pool: int, filters: tuple[str, dict],
+            exact) -> list[tuple[int, float]]:
+    """The best N current versions passing FILTERS, from a ranked pool that grows until it has them.
+
+    FETCH(pool) ranks one table alone (so the index, not a join, drives the plan); the
+    survivors are then checked against template and the filters in one lookup. When a
+    large pool still falls short (a very selective filter), EXACT() ranks the filtered
+    rows directly, which is then the cheaper plan.
+    """
+    where, params = filters
+    keep = sa.text(f"SELECT v.id FROM {_CURRENT} WHERE v.id = ANY(:ids){where}")
+    while pool <= MAX_POOL:
+        ranked = fetch(pool)
+        allowed = set(conn.execute(keep, {**params, "ids": [vid for vid, _ in ranked]}).scalars())
+        kept = [(vid, score) for vid, score in ranked if vid in allowed]
+        if len(kept) >= n or len(ranked) < pool:
+            return kept[:n]
+        pool *= 4
+    return exact()[:n]
+
+
 def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, model: str, n: int,
                       filters: tuple[str, dict] = ("", {}), ef_search: int | None = None) -> list[tuple[int, float]]:
-    """[(version_id, cosine similarity)] best first, over current versions."""
+    """[(version_id, cosine similarity)] best first, over current versions passing the filters."""
     dim = len(query_vector)
-    where, params = filters
     ef = max(ef_search or EF_SEARCH, n)
     conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
-    # Old versions and filters drop index candidates: keep scanning until the list is full.
+    # A pool larger than ef_search continues the index scan instead of stopping short.
     conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
-    sql = sa.text(
-        f"SELECT e.version_id, e.embedding::vector({dim}) <=> CAST(:q AS vector({dim})) AS dist "
-        f"FROM template_embedding e {_CURRENT_OF_E} "
-        f"WHERE e.model = {_model_literal(model)}{where} "
-        f"ORDER BY e.embedding::vector({dim}) <=> CAST(:q AS vector({dim})) LIMIT :n"
-    )
-    rows = conn.execute(sql, {**params, "q": _vector_literal(query_vector), "n": n}).all()
-    rows = sorted(rows, key=lambda r: r[1])  # relaxed_order may return slightly out of order
-    return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
+    distance = f"e.embedding::vector({dim}) <=> CAST(:q AS vector({dim}))"
+    q = _vector_literal(query_vector)
+    where, params = filters
+
+    def fetch(pool: int) -> list[tuple[int, float]]:
+        rows = conn.execute(sa.text(
+            f"SELECT e.version_id, {distance} FROM template_embedding e WHERE e.model = {_model_literal(model)} "
+            f"ORDER BY {distance} LIMIT :pool"), {"q": q, "pool": pool}).all()
+        return [(int(r[0]), 1.0 - float(r[1])) for r in sorted(rows, key=lambda r: r[1])]
+
+    def exact() -> list[tuple[int, float]]:
+        rows = conn.execute(sa.text(
+            f"SELECT e.version_id, {distance} FROM template_embedding e {_CURRENT_OF_E} "
+            f"WHERE e.model = {_model_literal(model)}{where} ORDER BY 2 LIMIT :n"), {**params, "q": q, "n": n}).all()
+        return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
+
+    return _pooled(conn, fetch, n, ef, filters, exact)
 
 
 def normalize_query(query: str) -> str:
@@ -157,19 +186,26 @@ def text_query(query: str) -> str:
 
 def text_candidates(conn: Any, query: str, n: int,
                     filters: tuple[str, dict] = ("", {})) -> list[tuple[int, float]]:
-    """[(version_id, ts_rank_cd)] best first, over current versions."""
+    """[(version_id, ts_rank)] best first, over current versions passing the filters."""
     q = text_query(query)
     if not q:
         return []
     where, params = filters
-    sql = sa.text(
-        "WITH q AS (SELECT websearch_to_tsquery('english', :q) AS q) "
-        f"SELECT v.id, {TEXT_RANK} AS score "
-        f"FROM q, {_CURRENT} "
-        f"WHERE v.search_tsv @@ q.q{where} "
-        "ORDER BY score DESC, v.id LIMIT :n"
-    )
-    return [(int(r[0]), float(r[1])) for r in conn.execute(sql, {**params, "q": q, "n": n}).all()]
+    tsq = "websearch_to_tsquery('english', :q)"
+
+    def fetch(pool: int) -> list[tuple[int, float]]:
+        rows = conn.execute(sa.text(
+            f"SELECT v.id, {TEXT_RANK} AS score FROM template_version v, {tsq} AS q(q) "
+            "WHERE v.search_tsv @@ q.q ORDER BY score DESC, v.id LIMIT :pool"), {"q": q, "pool": pool}).all()
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    def exact() -> list[tuple[int, float]]:
+        rows = conn.execute(sa.text(
+            f"SELECT v.id, {TEXT_RANK} AS score FROM {tsq} AS q(q), {_CURRENT} "
+            f"WHERE v.search_tsv @@ q.q{where} ORDER BY score DESC, v.id LIMIT :n"), {**params, "q": q, "n": n}).all()
+        return [(int(r[0]), float(r[1])) for r in rows]
+
+    return _pooled(conn, fetch, n, max(n, 2 * n), filters, exact)
 
 
 def fuse(vector: list[tuple[int, float]], text: list[tuple[int, float]], *, k: int = RRF_K,
