@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert
 
 from kb.db import Database, create_engine
+from kb.errors import KbError
 from kb.models import Failure, WorkUnit
 from kb.progress import progress_bar
 from kb.runs import pipeline_run
@@ -325,6 +326,8 @@ def _worker_main(url: str, factory: HandlerFactory, cfg: RunnerConfig, results: 
     db = Database(url=url, embedded=False, engine=create_engine(url))
     try:
         results.put(work(db, factory(db, cfg.run_id), cfg))
+    except Exception as e:  # noqa: BLE001 - reported by the parent, which fails the run with it
+        results.put({"error": "".join(traceback.format_exception_only(type(e), e)).strip()})
     finally:
         db.dispose()
 
@@ -351,6 +354,9 @@ def _run_processes(db: Database, factory: HandlerFactory, cfg: RunnerConfig, wor
         time.sleep(0.2)
     for p in procs:
         p.join()
+    errors = [c["error"] for c in collected if "error" in c]
+    if errors:
+        raise KbError(f"{len(errors)} of {workers} worker processes failed: {errors[0]}")
     return collected
 
 

@@ -195,3 +195,22 @@ def test_a_unit_that_keeps_killing_its_worker_is_abandoned_not_retried_forever(d
     assert status == {"u000": "failed", "u001": "done"}
     assert [(f.unit_key, f.attempt, f.run_id) for f in fails] == [("u000", 3, out["run_id"])]
     assert "abandoned after 3 attempts" in fails[0].reason
+
+
+def make_broken(db, run_id):
+    from kb.errors import KbError
+
+    raise KbError("model path '/nowhere' is not a local model directory")
+
+
+def test_a_worker_process_that_cannot_start_fails_the_run_with_its_reason(db):
+    import pytest
+
+    from kb.errors import KbError
+
+    with pytest.raises(KbError, match="2 of 2 worker processes failed: .*not a local model directory"):
+        run_stage(db, stage="toy", params={}, units=_units(3), factory=make_broken, workers=2)
+    with db.engine.connect() as conn:
+        run = conn.execute(sa.text("SELECT status, error FROM pipeline_run")).one()
+    assert run.status == "failed" and "not a local model directory" in run.error
+    assert _results(db)[1] == {"pending": 3}  # nothing was claimed
