@@ -19,7 +19,6 @@ micro-batchers so concurrent sessions reach the model together.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from pipelines.llm.calls import call_rows
 from serve import prompts, traces
 from serve.batching import Batcher, batchers_for
 from serve.parsing import Change, Evaluation, ParseError, Plan, parse_evaluation, parse_plan
+from serve.phrases import phrase_vector, prime_template_names
 
 log = logging.getLogger(__name__)
 
@@ -173,11 +173,9 @@ class Solver:
             return run.execute()
 
     def warm_up(self) -> None:
-        """Load the retrieval embedding model now, so the first session's first round does not pay for it."""
+        """Load the embedding model and embed the library's template names now, not in sessions' rounds."""
         if self.config.retrieval_mode != "text":
-            from kb.embeddings import get_embedder
-
-            get_embedder()
+            prime_template_names(self.db)
 
     def close(self) -> None:
         for b in {id(b): b for b in self.batchers.values()}.values():
@@ -576,26 +574,6 @@ def bounded_grade(answer: str | None, reference: str, timeout_s: float = GRADE_T
     except FutureTimeout:
         log.warning("grading %r against %r took over %s s; counted as wrong", answer, reference, timeout_s)
         return False
-
-
-@functools.lru_cache(maxsize=8192)
-def _phrase_vector(model: str, phrase: str) -> Any:
-    from kb.embeddings import get_embedder
-
-    vector = get_embedder(model).encode([phrase])[0]
-    vector.setflags(write=False)
-    return vector
-
-
-def phrase_vector(phrase: str) -> Any:
-    """The embedding of a step's template phrase, cached: navigators name the same templates over and over.
-
-    The vector side of retrieval matches the phrase alone (like ReasonFlux's match on template
-    names); the step text still feeds the full-text side.
-    """
-    from kb import config
-
-    return _phrase_vector(config.embed_model_name(), " ".join(phrase.split()).lower())
 
 
 def apply_changes(

@@ -389,3 +389,16 @@ def test_apply_changes_outcomes():
     )
     assert [s.text for s in new] == ["s1", "a", "b", "s2", "s3"] and (nxt, outcome) == (1, "accepted")
     assert described[-1] == {"op": "remove", "step": 4, "removed_text": "s4"}
+
+
+def test_warm_up_embeds_template_names_once(db, library):
+    from kb import config
+    from serve.phrases import _CACHE, normalize, phrase_vector
+
+    backend = scripted_solver_backend()
+    with Solver(db, backend, backend) as solver:
+        solver.warm_up()
+    key = (config.embed_model_name(), normalize("Vieta's formulas"))
+    cached = _CACHE._lookup(key)
+    assert cached is not None and not cached.flags.writeable
+    assert phrase_vector("  VIETA'S   formulas ") is cached  # the same entry: no new embedding
