@@ -43,10 +43,14 @@ class Embedder:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
 
+        # Weight-loading bars would land in CLI output and JSON pipes.
+        hf_logging.disable_progress_bar()
         self.name = name
         self.model = SentenceTransformer(str(model_path(name)), device="cpu", local_files_only=True)
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
         self.max_seq_length = int(self.model.max_seq_length)
 
     def encode(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
