@@ -236,6 +236,18 @@ def _name_vectors(model: str, names: Sequence[str]) -> np.ndarray:
         return np.stack([_name_cache[(model, n)] for n in names]) if names else np.zeros((0, 1), np.float32)
 
 
+def preload_names(session_or_conn: Any, model: str | None = None) -> int:
+    """Embed every current category, section and template name now (the hierarchical matcher's
+    cache), so that its first searches do not pay for it; returns how many names."""
+    model = config.embed_model_name(model)
+    with _executor(session_or_conn) as conn:
+        names = list(conn.execute(sa.text(
+            f"SELECT DISTINCT unnest(ARRAY[t.category, coalesce(t.section, t.category), v.name]) FROM {_CURRENT}"
+        )).scalars())
+    _name_vectors(model, names)
+    return len(names)
+
+
 def hierarchical_candidates(conn: Any, query_vector: np.ndarray, model: str, n: int,
                             filters: tuple[str, dict] = ("", {}), sections: int = 2,
                             method_weight: float = 0.9) -> list[tuple[int, float]]:

@@ -11,7 +11,7 @@ import pytest
 from kb import templates as T
 from kb.db import session_scope
 from kb.embeddings import get_embedder
-from kb.retrieval import MODES, normalize_query, search_many, search_templates, text_query
+from kb.retrieval import MODES, normalize_query, preload_names, search_many, search_templates, text_query
 from pipelines.embed import embed_templates
 
 LIBRARY = [
@@ -82,6 +82,7 @@ def test_hit_fields_and_scores(library):
 
 
 def test_hierarchical_follows_category_then_sections_then_names(library):
+    assert preload_names(library) == 15  # 5 categories, 5 sections, 5 names
     query = "A right triangle has legs 5 and 12. How long is the hypotenuse?"
     hits = search_templates(library, query, mode="hierarchical", k=5)
     assert hits[0].key == QUERIES[query]
