@@ -26,8 +26,8 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kb import migrate  # noqa: E402
-from kb.db import Database, create_engine, normalize_url  # noqa: E402
+from kb import migrate
+from kb.db import Database, create_engine, normalize_url
 
 PER_ANCHOR = 8 * 8 * 4
 PARAMS = {"min_margin": 0.2, "min_rollouts": 4, "max_pairs_per_problem": 4}
@@ -172,41 +172,47 @@ def bench_rollouts(admin_url: str, size: int, python_max: int) -> dict:
         _drop_db(admin_url, db, name)
 
 
-def bench_export(admin_url: str, n_pairs: int, out_root: Path) -> dict:
-    """n_pairs DPO pairs over n_pairs/16 problems x 8 two-step trajectories, exported to Parquet."""
+def generate_pairs(db: Database, n_pairs: int) -> int:
+    """n_pairs DPO pairs over n_pairs/16 problems x 8 two-step trajectories (one step names a template)."""
     from kb import templates as T
     from kb.db import session_scope
+
+    problems = max(1, n_pairs // 16)
+    with session_scope(db) as s:
+        v = T.create_template(s, T.TemplateSpec(name="Telescoping sum", category="Sequences", tags=["sums"]))
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO problem (id, text, split, content_hash, extra) SELECT g, 'Compute the sum of the series "
+            "number ' || g || ' and simplify the result.', 'train', md5(g::text), '{}' FROM generate_series(1, :p) g"),
+            {"p": problems})
+        conn.execute(sa.text(
+            "INSERT INTO trajectory (id, problem_id, navigator_model, sample_key, sampling, abstraction, raw_output) "
+            "SELECT (p - 1) * 8 + k + 1, p, 'bench', 'k=' || k, '{}', 'A series of kind ' || k || '.', '' "
+            "FROM generate_series(1, :p) p, generate_series(0, 7) k"), {"p": problems})
+        conn.execute(sa.text(
+            "INSERT INTO trajectory_step (trajectory_id, position, text, template_version_id) "
+            "SELECT t, pos, CASE pos WHEN 0 THEN 'Rewrite each term as a difference' "
+            "ELSE 'Cancel the middle terms and add what is left' END, CASE pos WHEN 0 THEN :v END "
+            "FROM generate_series(1, :p * 8) t, generate_series(0, 1) pos"), {"p": problems, "v": v.id})
+        conn.execute(sa.text(
+            "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
+            "rejected_reward, margin, params, params_hash) "
+            "SELECT p, (p - 1) * 8 + i + 1, (p - 1) * 8 + j + 1, 0.75, 0.25, 0.5, '{}', 'bench-export' "
+            "FROM generate_series(1, :p) p, generate_series(0, 3) i, generate_series(4, 7) j "
+            "ORDER BY p, i, j"), {"p": problems})
+    with db.engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
+    return problems * 16
+
+
+def bench_export(admin_url: str, n_pairs: int, out_root: Path) -> dict:
     from pipelines.export import export
 
     db, name = _create_db(admin_url)
     try:
-        problems = max(1, n_pairs // 16)
-        with session_scope(db) as s:
-            v = T.create_template(s, T.TemplateSpec(name="Telescoping sum", category="Sequences", tags=["sums"]))
         t0 = time.perf_counter()
-        with db.engine.begin() as conn:
-            conn.execute(sa.text(
-                "INSERT INTO problem (id, text, split, content_hash, extra) SELECT g, 'Compute the sum of the series "
-                "number ' || g || ' and simplify the result.', 'train', md5(g::text), '{}' FROM generate_series(1, :p) g"),
-                {"p": problems})
-            conn.execute(sa.text(
-                "INSERT INTO trajectory (id, problem_id, navigator_model, sample_key, sampling, abstraction, raw_output) "
-                "SELECT (p - 1) * 8 + k + 1, p, 'bench', 'k=' || k, '{}', 'A series of kind ' || k || '.', '' "
-                "FROM generate_series(1, :p) p, generate_series(0, 7) k"), {"p": problems})
-            conn.execute(sa.text(
-                "INSERT INTO trajectory_step (trajectory_id, position, text, template_version_id) "
-                "SELECT t, pos, CASE pos WHEN 0 THEN 'Rewrite each term as a difference' "
-                "ELSE 'Cancel the middle terms and add what is left' END, CASE pos WHEN 0 THEN :v END "
-                "FROM generate_series(1, :p * 8) t, generate_series(0, 1) pos"), {"p": problems, "v": v.id})
-            conn.execute(sa.text(
-                "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
-                "rejected_reward, margin, params, params_hash) "
-                "SELECT p, (p - 1) * 8 + i + 1, (p - 1) * 8 + j + 1, 0.75, 0.25, 0.5, '{}', 'bench-export' "
-                "FROM generate_series(1, :p) p, generate_series(0, 3) i, generate_series(4, 7) j "
-                "ORDER BY p, i, j"), {"p": problems})
-        with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
-        print(f"  generated {problems * 16:,} pairs in {time.perf_counter() - t0:.1f} s", flush=True)
+        n = generate_pairs(db, n_pairs)
+        print(f"  generated {n:,} pairs in {time.perf_counter() - t0:.1f} s", flush=True)
         t1 = time.perf_counter()
         manifest = export(db, "dpo", out_root / "dpo-a", pairs="bench-export")
         seconds = time.perf_counter() - t1
@@ -231,7 +237,7 @@ def main() -> None:
     try:
         admin_url = _server(tmp)
         rows = []
-        for size in (int(float(s)) for s in args.sizes.split(",")):
+        for size in (int(float(s)) for s in args.sizes.split(",") if s.strip()):
             print(f"rewards + pairs at {size:,} rollouts", flush=True)
             rows.append(bench_rollouts(admin_url, size, int(args.python_max)))
         print("\n| rollouts | rewards (SQL) s | pairs (SQL) s | SQL total s | Python loop s | speed-up | "

@@ -27,7 +27,9 @@ from kb.errors import ConflictError, KbError, NotFound
 MANIFEST = "manifest.json"
 CARD = "README.md"
 FORMAT = "reasonflux-dataset/1"
-PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072}
+# No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072,
+                   "use_dictionary": False}
 
 
 class VerificationError(KbError):
@@ -75,14 +77,27 @@ class ExportSpec:
 def _write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    # No schema metadata (pandas/arrow) and fixed options: same rows -> same bytes.
-    pq.write_table(table.replace_schema_metadata(None), path, **PARQUET_OPTIONS)
+    # Fixed options and no Arrow schema or other metadata: same rows -> same bytes, and dictionary-encoded
+    # columns read back as their plain value type.
+    pq.write_table(table.replace_schema_metadata(None), path, store_schema=False, **PARQUET_OPTIONS)
 
 
 def _write_jsonl(records: Iterable[dict], path: Path) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        f.writelines(json.dumps(rec, ensure_ascii=False, default=str) + "\n" for rec in records)
+
+
+def _plain(t):
+    """A type as readers of the Parquet file see it (dictionary encoding is storage, not type)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        return _plain(t.value_type)
+    if pa.types.is_list(t):
+        return pa.list_(_plain(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _plain(f.type)) for f in t])
+    return t
 
 
 def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict) -> str:
@@ -98,7 +113,7 @@ def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, ha
     for part in spec.parts:
         lines += [f"## {part.name} ({row_counts[part.name]} rows)", "", part.description.strip(), "",
                   "| column | type |", "| --- | --- |"]
-        lines += [f"| `{f.name}` | `{f.type}` |" for f in part.table.schema]
+        lines += [f"| `{f.name}` | `{_plain(f.type)}` |" for f in part.table.schema]
         lines.append("")
     if spec.usage:
         lines += ["## Usage", "", spec.usage.strip(), ""]

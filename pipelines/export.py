@@ -38,61 +38,136 @@ SFT_QUESTION = ("Thought template: {name}\nTags: {tags}\n\nDescribe this thought
                 "application scope.")
 SFT_ANSWER = "Description: {description}\n\nApplication scope: {application_scope}"
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-MESSAGES = pa.list_(MESSAGE)
 
-# The navigator's plan text for a trajectory, rendered in SQL for every trajectory at once.
-PLAN_SQL = """
-    SELECT t.id,
-           coalesce('Abstraction: ' || t.abstraction || E'\\n', '') ||
-           coalesce(string_agg('Step ' || (st.position + 1) || coalesce(' (template: ' || v.name || ')', '')
-                               || ': ' || st.text, E'\\n' ORDER BY st.position), '') AS plan
-    FROM trajectory t
-    LEFT JOIN trajectory_step st ON st.trajectory_id = t.id
-    LEFT JOIN template_version v ON v.id = st.template_version_id
-    WHERE t.id = ANY(:ids)
-    GROUP BY t.id
-    ORDER BY t.id
-"""
+def fetch_columns(conn, query: str, params: dict, schema: pa.Schema, order_by: str) -> pa.Table:
+    """QUERY's columns (named as in SCHEMA: int64, float64 or string) as an Arrow table, ordered by ORDER_BY.
+
+    Each column comes back as one bytea (big-endian numbers; strings as UTF-8 bytes plus lengths and null
+    flags) that Arrow wraps without a Python object per value: what makes 10^6-row exports fast. A bytea
+    is limited to 1 GB, which bounds one export's text column at about that size.
+    """
+    aggs, parts = [], []
+    for f in schema:
+        col = f'q."{f.name}"'
+        agg = "string_agg({}, ''::bytea ORDER BY " + order_by + ")"
+        if pa.types.is_string(f.type):
+            aggs += [agg.format(f"convert_to(coalesce({col}, ''), 'UTF8')"),
+                     agg.format(f"int4send(octet_length(coalesce({col}, ''))::int4)"),
+                     agg.format(f"CASE WHEN {col} IS NULL THEN '\\x00'::bytea ELSE '\\x01'::bytea END")]
+            parts.append(3)
+        else:
+            send = "int8send({}::int8)" if pa.types.is_integer(f.type) else "float8send({}::float8)"
+            aggs.append(agg.format(send.format(col)))
+            parts.append(1)
+    with conn.connection.driver_connection.cursor(binary=True) as cur:
+        cur.execute(f"SELECT count(*), {', '.join(aggs)} FROM ({query}) AS q", params)
+        row = list(cur.fetchone())
+    n, values = row[0], row[1:]
+    if not n:
+        return schema.empty_table()
+    arrays = []
+    for f, width in zip(schema, parts):
+        chunk, values = values[:width], values[width:]
+        arrays.append(_string_array(n, *chunk) if width == 3 else _number_array(n, chunk[0], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _number_array(n: int, raw, type_: pa.DataType) -> pa.Array:
+    data = np.frombuffer(raw or b"", dtype=">i8" if pa.types.is_integer(type_) else ">f8")
+    if len(data) != n:
+        raise NotFound("a numeric column of the export has NULLs")
+    return pa.array(data.astype("<i8" if pa.types.is_integer(type_) else "<f8"), type_)
+
+
+def _string_array(n: int, data, lengths, flags) -> pa.Array:
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.frombuffer(lengths, dtype=">i4"), out=offsets[1:])
+    valid = np.frombuffer(flags, dtype=np.uint8).astype(bool)
+    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(bytes(data or b""))],
+                                 null_count=int(n - valid.sum()))
+
+
+TRAJECTORY_SCHEMA = pa.schema([("id", pa.int64()), ("abstraction", pa.string())])
+STEP_SCHEMA = pa.schema([("trajectory_id", pa.int64()), ("position", pa.int64()), ("text", pa.string()),
+                         ("template", pa.string())])
+
+
+def render_plans(trajectories: pa.Table, steps: pa.Table) -> pa.Array:
+    """The navigator's plan text of each trajectory (rows of TRAJECTORIES, ids ascending): 'Abstraction: ...'
+    then one line per step, 'Step N (template: NAME): text'. STEPS sorted by (trajectory_id, position)."""
+    trajectories, steps = trajectories.combine_chunks(), steps.combine_chunks()
+    name = steps["template"].chunk(0) if steps.num_rows else pa.array([], pa.string())
+    template = pc.if_else(pc.is_null(name), "", pc.binary_join_element_wise(" (template: ", name, ")", ""))
+    number = pc.cast(pc.add(steps["position"], 1), pa.string())
+    lines = pc.binary_join_element_wise("Step ", number, template, ": ", steps["text"], "")
+    # Steps are sorted by trajectory, so each trajectory's lines are one slice (possibly empty).
+    step_ids = steps["trajectory_id"].to_numpy()
+    starts = np.searchsorted(step_ids, trajectories["id"].to_numpy(), "left")
+    offsets = np.append(starts, len(step_ids)).astype(np.int32)
+    body = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pa.chunked_array(lines).combine_chunks()),
+                          "\n")
+    abstraction = trajectories["abstraction"]
+    head = pc.if_else(pc.is_null(abstraction), "",
+                      pc.binary_join_element_wise("Abstraction: ", abstraction, "\n", ""))
+    return pa.chunked_array([pc.binary_join_element_wise(head, body, "")]).combine_chunks()
+
+
+def plan_table(conn, trajectory_ids_sql: str, params: dict) -> pa.Table:
+    """(id, text) of the plans of the trajectories whose ids TRAJECTORY_IDS_SQL selects."""
+    trajectories = fetch_columns(conn, f"SELECT t.id, t.abstraction FROM trajectory t WHERE t.id IN "
+                                       f"({trajectory_ids_sql})", params, TRAJECTORY_SCHEMA, "id")
+    steps = fetch_columns(conn, "SELECT st.trajectory_id, st.position, st.text, v.name AS template "
+                                "FROM trajectory_step st LEFT JOIN template_version v ON v.id = st.template_version_id "
+                                f"WHERE st.trajectory_id IN ({trajectory_ids_sql})",
+                          params, STEP_SCHEMA, "trajectory_id, position")
+    return pa.Table.from_arrays([trajectories["id"], render_plans(trajectories, steps)], schema=TEXT_SCHEMA)
 
 
 def plan_texts(conn, trajectory_ids) -> dict[int, str]:
-    """trajectory id -> its plan text (as exported in DPO chosen/rejected)."""
-    rows = conn.execute(sa.text(PLAN_SQL), {"ids": [int(i) for i in trajectory_ids]}).all()
-    return dict(rows)
+    """trajectory id -> its plan text, exactly as exported in DPO chosen/rejected."""
+    table = plan_table(conn, "SELECT unnest(CAST(%(ids)s AS int[]))", {"ids": [int(i) for i in trajectory_ids]})
+    return dict(zip(table["id"].to_pylist(), table["text"].to_pylist()))
 
 
 def _messages(roles: list[str], contents: pa.Array, per_row: int) -> pa.Array:
-    """A list<struct<role, content>> column: row i holds contents[i*per_row:(i+1)*per_row]."""
+    """A list<struct<role, content>> column: row i holds contents[i*per_row:(i+1)*per_row].
+
+    Roles (and repeated contents) are dictionary-encoded: no string is copied per row, and Parquet
+    stores them as plain strings (the files carry no Arrow schema), so readers see list<struct<string>>.
+    """
     n = len(contents) // per_row
-    role_array = pa.array(np.tile(np.array(roles, dtype=object), n), pa.string())
-    values = pa.StructArray.from_arrays([role_array, contents.cast(pa.string())], fields=list(MESSAGE))
+    role_index = pa.array(np.tile(np.arange(len(roles), dtype=np.int32), n))
+    role_array = pa.DictionaryArray.from_arrays(role_index, pa.array(roles, pa.string()))
+    values = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
     offsets = pa.array(np.arange(0, n * per_row + 1, per_row, dtype=np.int32))
-    return pa.ListArray.from_arrays(offsets, values, type=MESSAGES)
+    return pa.ListArray.from_arrays(offsets, values)
 
 
-def _lookup(keys: pa.Array, ids: list[int], texts: list[str]) -> pa.Array:
-    index = pc.index_in(keys, value_set=pa.array(ids, pa.int64()))
+def _index(keys, ids) -> np.ndarray:
+    """Position in IDS of every key (ids unique)."""
+    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+    index = pc.index_in(keys, value_set=ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
     if index.null_count:
         raise NotFound("an exported row refers to a missing row (database changed during export?)")
-    return pa.array(texts, pa.string()).take(index)
+    return index.to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 # ---- dpo -------------------------------------------------------------------------------------------------
 
+# The pairs of one selection, on train-split problems only (checked again here: defence in depth).
 DPO_SQL = """
-    SELECT d.id, d.problem_id, d.chosen_trajectory_id, d.rejected_trajectory_id,
+    SELECT d.id AS pair_id, d.problem_id, d.chosen_trajectory_id, d.rejected_trajectory_id,
            d.chosen_reward, d.rejected_reward, d.margin
-    FROM dpo_pair d
-    JOIN problem p ON p.id = d.problem_id
-    JOIN trajectory tc ON tc.id = d.chosen_trajectory_id
-    JOIN trajectory tr ON tr.id = d.rejected_trajectory_id
-    LEFT JOIN similar_set sc ON sc.id = tc.similar_set_id
-    LEFT JOIN similar_set sr ON sr.id = tr.similar_set_id
-    WHERE d.params_hash = :h AND d.margin >= :min_margin
-      AND coalesce(sc.anchor_split, p.split) = 'train' AND coalesce(sr.anchor_split, p.split) = 'train'
-    ORDER BY d.id
+    FROM dpo_pair d JOIN problem p ON p.id = d.problem_id
+    WHERE d.params_hash = %(h)s AND d.margin >= %(min_margin)s AND p.split = 'train'
 """
+PAIR_SCHEMA = pa.schema([
+    ("pair_id", pa.int64()), ("problem_id", pa.int64()), ("chosen_trajectory_id", pa.int64()),
+    ("rejected_trajectory_id", pa.int64()), ("chosen_reward", pa.float64()), ("rejected_reward", pa.float64()),
+    ("margin", pa.float64()),
+])
+TEXT_SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string())])
 
 
 def _resolve_pairs(conn, ref: str | None) -> str:
@@ -110,31 +185,32 @@ def _resolve_pairs(conn, ref: str | None) -> str:
 
 def dpo_part(conn, params_hash: str, min_margin: float) -> DataPart:
     conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
-    rows = conn.execute(sa.text(DPO_SQL), {"h": params_hash, "min_margin": min_margin}).all()
-    cols = list(zip(*rows)) if rows else [()] * 7
-    ids, problems, chosen, rejected = (pa.array(c, pa.int64()) for c in cols[:4])
-    chosen_reward, rejected_reward, margin = (pa.array(c, pa.float64()) for c in cols[4:])
-    trajectories = sorted(set(cols[2]) | set(cols[3]))
-    plans = plan_texts(conn, trajectories)
-    problem_ids = sorted(set(cols[1]))
-    texts = dict(conn.execute(sa.text("SELECT id, text FROM problem WHERE id = ANY(:ids)"), {"ids": problem_ids}).all())
-    plan_ids = list(plans)
-    plan_list = [plans[i] for i in plan_ids]
-    problem_text = _lookup(problems, problem_ids, [texts[i] for i in problem_ids])
-    # prompt: [system, user] per row, interleaved.
-    n = len(rows)
-    both = pa.concat_arrays([pa.array([NAVIGATOR_SYSTEM_PROMPT], pa.string()), problem_text])
-    order = np.empty(2 * n, dtype=np.int64)
-    order[0::2] = 0
-    order[1::2] = np.arange(1, n + 1)
-    prompt = _messages(["system", "user"], both.take(pa.array(order)), 2)
+    binds = {"h": params_hash, "min_margin": float(min_margin)}
+    pairs = fetch_columns(conn, DPO_SQL, binds, PAIR_SCHEMA, "pair_id")
+    # Texts of every trajectory and problem in the selection's pairs (a superset is harmless: looked up by id).
+    in_pairs = ("SELECT chosen_trajectory_id FROM dpo_pair WHERE params_hash = %(h)s UNION "
+                "SELECT rejected_trajectory_id FROM dpo_pair WHERE params_hash = %(h)s")
+    plans = plan_table(conn, in_pairs, binds)
+    problems = fetch_columns(conn, "SELECT id, text FROM problem WHERE id IN "
+                                   "(SELECT problem_id FROM dpo_pair WHERE params_hash = %(h)s)",
+                             binds, TEXT_SCHEMA, "id")
+    n = pairs.num_rows
+    # prompt: [system, user] per row, as indices into [system prompt, problem texts...].
+    prompt_index = np.zeros(2 * n, dtype=np.int32)
+    prompt_index[1::2] = _index(pairs["problem_id"], problems["id"]) + 1
+    prompt_texts = pa.concat_arrays([pa.array([NAVIGATOR_SYSTEM_PROMPT], pa.string()),
+                                     problems["text"].combine_chunks()])
+    plan_text = plans["text"].combine_chunks()
+
+    def plan_of(column: str) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array(_index(pairs[column], plans["id"])), plan_text)
+
     table = pa.table({
-        "prompt": prompt,
-        "chosen": _messages(["assistant"], _lookup(chosen, plan_ids, plan_list), 1),
-        "rejected": _messages(["assistant"], _lookup(rejected, plan_ids, plan_list), 1),
-        "pair_id": ids, "problem_id": problems, "chosen_trajectory_id": chosen,
-        "rejected_trajectory_id": rejected, "chosen_reward": chosen_reward, "rejected_reward": rejected_reward,
-        "margin": margin,
+        "prompt": _messages(["system", "user"], pa.DictionaryArray.from_arrays(pa.array(prompt_index),
+                                                                               prompt_texts), 2),
+        "chosen": _messages(["assistant"], plan_of("chosen_trajectory_id"), 1),
+        "rejected": _messages(["assistant"], plan_of("rejected_trajectory_id"), 1),
+        **{name: pairs[name].combine_chunks() for name in PAIR_SCHEMA.names},
     })
     return DataPart("train", table, description=(
         "One row per DPO pair in TRL's conversational preference format. `prompt` is the navigator's system "
@@ -176,10 +252,10 @@ def sft_part(conn) -> DataPart:
 
 def template_records(conn) -> list[dict[str, Any]]:
     """Current versions of all templates, as the template interchange records (template_record)."""
+    from sqlmodel import Session
+
     from kb.models import Template, TemplateVersion
     from pipelines.import_templates import template_record
-
-    from sqlmodel import Session
 
     with Session(bind=conn) as s:
         pairs = s.execute(sa.select(Template, TemplateVersion).join(

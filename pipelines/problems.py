@@ -74,7 +74,7 @@ def _difficulty(value: Any, where: dict) -> int | None:
         raise InputError("must be an integer or 'Level N'", **where)
     if isinstance(value, int):
         return value
-    m = re.fullmatch(r"\s*(?:level\s*)?(\d+)\s*", str(value), flags=re.I)
+    m = re.fullmatch(r"\s*(?:level\s*)?(\d+)\s*", str(value), flags=re.IGNORECASE)
     if not m:
         raise InputError(f"{value!r} is not an integer or 'Level N'", **where)
     return int(m.group(1))

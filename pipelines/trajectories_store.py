@@ -20,6 +20,9 @@ Step = tuple[str, int | None, float | None]
 ROLLOUT_FIELDS = ("trajectory_id", "problem_id", "sample_index", "model", "output", "extracted_answer", "correct",
                   "grader", "prompt_tokens", "completion_tokens", "latency_ms", "run_id")
 
+ROLLOUT_DEFAULTS = {"sample_index": 0, "model": "", "output": "", "extracted_answer": None, "grader": "math-verify",
+                    "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0, "run_id": None}
+
 
 def insert_trajectory(session, problem_id: int, steps: Sequence[Step | dict], navigator_model: str, sample_key: str,
                       *, sampling: dict[str, Any] | None = None, raw_output: str = "",
@@ -62,9 +65,8 @@ def insert_rollouts(session, rows: Iterable[dict[str, Any]], *, chunk: int = 100
     for row in rows:
         unknown = set(row) - set(ROLLOUT_FIELDS)
         if unknown:
-            raise InputError(f"unknown rollout field(s) {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-        batch.append({"sample_index": 0, "model": "", "output": "", "grader": "math-verify", "prompt_tokens": 0,
-                      "completion_tokens": 0, "latency_ms": 0.0, "extracted_answer": None, "run_id": None, **row})
+            raise InputError(f"unknown rollout field(s) {', '.join(sorted(unknown))}", field=min(unknown))
+        batch.append({**ROLLOUT_DEFAULTS, **row})
         if len(batch) >= chunk:
             written += _insert_rollout_batch(session, batch)
             batch = []

@@ -102,7 +102,7 @@ def test_dpo_rows_are_trl_conversational_preference_data(db, world, tmp_path):
     assert [m["role"] for m in first["prompt"]] == ["system", "user"]
     assert first["prompt"][0]["content"] == NAVIGATOR_SYSTEM_PROMPT
     assert first["prompt"][1]["content"].startswith("Compute 1/(1*2)")
-    good, mid, bad = world["trajectories"]
+    good, _mid, bad = world["trajectories"]
     assert (first["chosen_trajectory_id"], first["rejected_trajectory_id"]) == (good, bad)
     assert first["chosen"] == [{"role": "assistant", "content":
                                 "Abstraction: A telescoping sum (good).\n"
@@ -189,3 +189,21 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
     again = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
     assert again["id"] == probs["id"]  # re-exporting into the same folder is a no-op
+
+
+def test_plan_texts_render_steps_templates_and_missing_parts(db, world):
+    from pipelines.export import plan_texts
+
+    with session_scope(db) as s:
+        bare = insert_trajectory(s, world["anchor"], [], "nav", "bare")
+        no_abstraction = insert_trajectory(s, world["anchor"], [("Only step", world["versions"][1].id, None)],
+                                           "nav", "plain", abstraction=None)
+    good = world["trajectories"][0]
+    with db.engine.connect() as conn:
+        plans = plan_texts(conn, [no_abstraction, good, bare])
+    assert plans == {
+        good: "Abstraction: A telescoping sum (good).\nStep 1 (template: Telescoping sum): Split each term\n"
+              "Step 2: Cancel and sum",
+        bare: "",
+        no_abstraction: "Step 1 (template: Vieta's formulas): Only step",
+    }
