@@ -236,7 +236,10 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
 
     with Scratch() as db:
-        print(f"templates: {load_templates(db)}; retrieval mode: {args.mode}; cpus: {os.cpu_count()}")
+        print(
+            f"templates: {load_templates(db)}; retrieval mode: {args.mode}; cpus: {os.cpu_count()}; "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
         steps = library_steps(db)
         print(f"plan: two steps naming library templates {[t for _, t in steps]}")
         for label, plan_steps in (
