@@ -200,11 +200,22 @@ def real_centers(db: Database, model: str, problems: int) -> np.ndarray:
     return np.stack(centers)
 
 
-def synthetic_chunk(centers: np.ndarray, size: int, noise: float, seed: int) -> np.ndarray:
-    """SIZE unit vectors: a random real center plus Gaussian noise of expected norm NOISE."""
+def synthetic_chunk(centers: np.ndarray, size: int, noise: float, seed: int, shape: str = "data") -> np.ndarray:
+    """SIZE unit vectors: a random real center plus Gaussian noise of expected norm NOISE, normalised.
+
+    shape "isotropic": N(0, I) noise, locally full-dimensional (the hard case for any graph
+    index, tending to uniform random vectors as NOISE grows); "data": N(0, Sigma) with Sigma the
+    covariance of the real embeddings, so the padding varies along the directions real texts do.
+    """
     rng = np.random.default_rng(seed)
     dim = centers.shape[1]
-    vecs = centers[rng.integers(0, len(centers), size)] + rng.normal(0, noise / np.sqrt(dim), (size, dim))
+    if shape == "isotropic":
+        eps = rng.normal(0, 1, (size, dim))
+    else:
+        spread = centers - centers.mean(axis=0)
+        eps = rng.normal(0, 1, (size, len(centers))) @ spread / np.sqrt(len(centers))
+    eps *= noise / np.sqrt(np.mean(np.sum(eps ** 2, axis=1)))
+    vecs = centers[rng.integers(0, len(centers), size)] + eps
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs.astype(np.float32)
 
@@ -215,7 +226,7 @@ def _copy_text(cur, sql: str, lines: Iterator[str]) -> None:
 
 
 def load_synthetic(db: Database, n: int, centers: np.ndarray, queries: np.ndarray, model: str, noise: float,
-                   chunk: int, seed: int) -> dict:
+                   chunk: int, seed: int, shape: str = "data") -> dict:
     """COPY N synthetic templates (identity + version), then their vectors; exact top-10 kept on the way."""
     with db.engine.begin() as conn:
         first = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM template")).scalar()
@@ -243,7 +254,7 @@ def load_synthetic(db: Database, n: int, centers: np.ndarray, queries: np.ndarra
                             f"padding row {i}\t\t[]\t{{}}\tsyn{i}\tuser\t{{}}\n" for i in ids))
             pg.commit()
             t_rows += time.perf_counter() - t0
-            vecs = synthetic_chunk(centers, size, noise, seed + start)
+            vecs = synthetic_chunk(centers, size, noise, seed + start, shape)
             payload = vector_copy_bytes(np.arange(vfirst + start, vfirst + start + size), vecs, model)
             t0 = time.perf_counter()
             with pg.cursor() as cur, cur.copy("COPY template_embedding (version_id, model, dim, embedding, "
@@ -345,8 +356,8 @@ def scale_run(db: Database, n: int, model: str, args) -> None:
     _TOPK.clear()
     yield_topk(queries, np.stack([np.asarray(r[1], np.float32) for r in real]), np.array([r[0] for r in real]))
     print(f"\nscale: {n:,} synthetic templates around {len(centers)} real embeddings "
-          f"(noise norm {args.noise}), {len(texts)} real queries")
-    load = load_synthetic(db, n, centers, queries, model, args.noise, args.chunk, args.seed)
+          f"({args.noise_shape} Gaussian noise of norm {args.noise}), {len(texts)} real queries")
+    load = load_synthetic(db, n, centers, queries, model, args.noise, args.chunk, args.seed, args.noise_shape)
     print(f"bulk insert (COPY, no embeddings): {load['templates_per_s']:,.0f} templates/s "
           f"({load['templates_s']:.1f} s: template + template_version rows, indexes and generated tsvector)")
     print(f"vectors (binary COPY, before the index): {load['vectors_per_s']:,.0f} rows/s ({load['vectors_s']:.1f} s)")
@@ -367,9 +378,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--scale", type=int, default=100_000, help="synthetic templates to add (0: quality only)")
     ap.add_argument("--noise", type=float, default=0.75, help="expected norm of the noise added to a real vector")
+    ap.add_argument("--noise-shape", choices=["data", "isotropic"], default="data",
+                    help="noise covariance: that of the real embeddings, or the identity")
     ap.add_argument("--problems", type=int, default=500, help="MATH-500 problems used as extra centers")
     ap.add_argument("--chunk", type=int, default=100_000, help="rows per COPY")
-    ap.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[40, 64, 100, 200],
+    ap.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[40, 100, 200, 400],
                     help="ef_search values, comma-separated")
     ap.add_argument("--repeats", type=int, default=3, help="passes over the queries per ef_search")
     ap.add_argument("--maintenance-work-mem", default="3GB")

@@ -29,7 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from kb import config
-from kb.errors import InputError
+from kb.errors import InputError, NotFound
 
 MODES = ("hybrid", "vector", "text", "hierarchical")
 
@@ -296,6 +296,14 @@ def _hits(conn: Any, ranked: list[tuple[int, float]], vector: dict[int, float],
     return hits
 
 
+def _require_vectors(conn: Any, model: str) -> None:
+    """An empty vector search because nothing was embedded with MODEL is an error the user can fix."""
+    if conn.execute(sa.text("SELECT 1 FROM template_embedding WHERE model = :m LIMIT 1"), {"m": model}).first():
+        return
+    if conn.execute(sa.text("SELECT 1 FROM template LIMIT 1")).first():
+        raise NotFound(f"no template embeddings for model {model!r}; run `reasonflux embed --model {model}`")
+
+
 def search_templates(session_or_conn: Any, query: str | None = None, *,
                      query_vector: Sequence[float] | np.ndarray | None = None, k: int = 5,
                      mode: str = "hybrid", model: str | None = None, tags: list[str] | None = None,
@@ -328,6 +336,8 @@ def search_templates(session_or_conn: Any, query: str | None = None, *,
         else:
             if mode in ("vector", "hybrid"):
                 vec = vector_candidates(conn, query_vector, model, n, filters, ef_search)
+                if not vec and mode == "vector":
+                    _require_vectors(conn, model)
             if mode in ("text", "hybrid") and query:
                 txt = text_candidates(conn, query, n, filters)
             ranked = vec if mode == "vector" else txt if mode == "text" else fuse(vec, txt)

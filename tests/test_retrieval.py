@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from kb import templates as T
+from kb.config import DEFAULT_EMBED_MODEL as MODEL_NAME
 from kb.db import session_scope
-from kb.embeddings import get_embedder
+from kb.embeddings import get_embedder, model_path
 from kb.retrieval import MODES, normalize_query, preload_names, search_many, search_templates, text_query
 from pipelines.embed import embed_templates
 
@@ -139,13 +140,15 @@ def test_text_query_is_an_or_of_words():
 
 
 def test_bad_arguments(library):
-    from kb.errors import InputError
+    from kb.errors import InputError, NotFound
 
     with pytest.raises(InputError):
         search_templates(library, "x", mode="nearest")
     with pytest.raises(InputError):
         search_templates(library, "x", k=0)
     assert search_templates(library, "12345", mode="text") == []
+    with pytest.raises(NotFound, match="reasonflux embed"):
+        search_templates(library, "x", mode="vector", model=str(model_path(MODEL_NAME)))
 
 
 def test_cli_search_outputs(library, cli):
