@@ -145,6 +145,7 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
         version_id = f"{spec.kind}-{params_hash(identity, 12)}"
         (tmp / CARD).write_text(_card(spec, version_id, revision, row_counts, data_hashes), encoding="utf-8")
         hashes = {**data_hashes, CARD: sha256_file(tmp / CARD)}
+        _check_destination(out, version_id)  # before recording: a refused folder must leave no row behind
         created_at = _record(db, version_id, spec, revision, row_counts, hashes, out, run_id)
         manifest = {
             "format": FORMAT, "id": version_id, "kind": spec.kind, "params": spec.params,
@@ -177,19 +178,26 @@ def _record(db: Database, version_id: str, spec: ExportSpec, revision: str, row_
     return row.created_at.isoformat()
 
 
+def _check_destination(out: Path, version_id: str) -> None:
+    """OUT must not exist, be empty, or already hold this very version."""
+    if not out.exists():
+        return
+    existing = out / MANIFEST
+    if existing.is_file():
+        other = json.loads(existing.read_text(encoding="utf-8")).get("id")
+        if other != version_id:
+            raise ConflictError(f"{out} already holds dataset version {other}; versions are immutable, "
+                                "choose another --out")
+    elif any(out.iterdir()):
+        raise ConflictError(f"{out} exists and is not empty; choose another --out")
+
+
 def _place(tmp: Path, out: Path, version_id: str) -> None:
-    """Move the finished folder into place; an existing folder must be empty or this same version."""
+    """Move the finished folder into place (an existing copy of this version is identical: kept)."""
+    _check_destination(out, version_id)
+    if (out / MANIFEST).is_file():
+        return
     if out.exists():
-        existing = out / MANIFEST
-        if existing.is_file():
-            other = json.loads(existing.read_text(encoding="utf-8")).get("id")
-            if other != version_id:
-                raise ConflictError(f"{out} already holds dataset version {other}; versions are immutable, "
-                                    "choose another --out")
-            # Same version: the files are identical by construction; keep what is there.
-            return
-        if any(out.iterdir()):
-            raise ConflictError(f"{out} exists and is not empty; choose another --out")
         out.rmdir()
     os.replace(tmp, out)
 

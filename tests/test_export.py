@@ -207,3 +207,15 @@ def test_plan_texts_render_steps_templates_and_missing_parts(db, world):
         bare: "",
         no_abstraction: "Step 1 (template: Vieta's formulas): Only step",
     }
+
+
+def test_refused_folder_records_nothing(db, world, tmp_path):
+    from kb.errors import ConflictError
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(ConflictError, match="not empty"):
+        export(db, "problems", tmp_path / "busy")
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM dataset_version")).scalar() == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]  # no temporary folder left behind
