@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb.db import Database
-from kb.errors import NotFound
+from kb.errors import InputError, NotFound
 from kb.models import LlmCall, SolveRound, SolveSession
 from kb.models._common import utcnow
 from kb.output import dumps
@@ -32,6 +32,13 @@ def create_session(
     reference: str | None = None,
     run_id: int | None = None,
 ) -> int:
+    if problem_id is not None:
+        with db.engine.connect() as conn:
+            if (
+                conn.execute(sa.text("SELECT 1 FROM problem WHERE id = :i"), {"i": problem_id}).first()
+                is None
+            ):
+                raise InputError(f"no problem with id {problem_id}", field="problem_id")
     with db.engine.begin() as conn:
         conn.execute(_ASYNC_COMMIT)  # made durable by the session's final, synchronous commit
         return conn.execute(

@@ -90,6 +90,7 @@ def test_bad_requests_are_rejected_with_4xx(service):
             (http.post("/v1/solve", json={"problem": "x", "max_rounds": 0}), 422),
             (http.post("/v1/solve", json={"problem": "x", "max_rounds": 99}), 400),
             (http.post("/v1/solve", json={"problem": "   "}), 400),
+            (http.post("/v1/solve", json={"problem": "x", "problem_id": 12345}), 400),
             (http.post("/v1/solve", json={"problem": "x" * 2000}), 413),  # over max_problem_chars
             (http.post("/v1/solve", json={"problem": "x" * 10_000}), 413),  # over max_body_bytes
             (
@@ -214,3 +215,8 @@ def test_twenty_concurrent_solves_complete_with_traces(service, db):
         assert sum(s["llm_calls"].values()) == r["llm_calls"] == 5
     # Concurrent sessions' calls reached the backend in shared batches.
     assert solver.batchers["navigator"].stats()["mean_batch"] > 1.5
+
+
+def test_serve_refuses_a_public_address_without_a_token(cli):
+    r = cli("serve", "--host", "0.0.0.0", "--navigator", "scripted", expect=2)
+    assert "without a token" in r.output
