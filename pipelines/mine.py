@@ -24,7 +24,7 @@ from sqlmodel import Session
 from kb import config as kb_config
 from kb.db import Database
 from kb.errors import ConflictError
-from kb.templates import TemplateSpec, create_template, edit_template
+from kb.templates import TemplateSpec, content_hash, create_template, edit_template
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
 from pipelines.llm.config import RoleConfig, backend_for, describe_role
@@ -60,7 +60,7 @@ def mining_units(conn: sa.Connection, selection: str) -> list[tuple[str, dict[st
 class Candidate:
     unit_key: str
     template: MinedTemplate
-    vector: list[float]
+    vector: list[float] | None  # None: identical to a stored version, nothing to write
     text_hash: str
     problem_id: int
     session_id: int | None
@@ -126,7 +126,8 @@ class MineHandler:
                     convs[u.id] = self.prompts.repair("mine", convs[u.id], c.text, e.reason)
                     retry.append(u)
             pending = retry
-        vectors = self._embed([parsed[u.id] for u in units if u.id in parsed])
+        known = self._already_stored(parsed)
+        vectors = self._embed([parsed[u.id] for u in units if u.id in parsed and u.id not in known])
         outcomes = []
         for u in units:
             src = sources.get(u.id)
@@ -134,7 +135,7 @@ class MineHandler:
                 outcomes.append(Outcome(status="failed", failures=[
                     {"reason": "nothing to mine: the problem or its solution is gone", "attempt": 0}]))
             elif u.id in parsed:
-                vec, h = vectors.pop(0)
+                vec, h = vectors.pop(0) if u.id not in known else (None, "")
                 outcomes.append(Outcome(data=Candidate(
                     unit_key=u.key, template=parsed[u.id], vector=vec, text_hash=h, problem_id=src["problem_id"],
                     session_id=src["session_id"], subject=src["subject"]), failures=failures[u.id]))
@@ -142,6 +143,18 @@ class MineHandler:
                 failures[u.id][-1]["reason"] += f" (gave up after {self.max_retries + 1} attempts)"
                 outcomes.append(Outcome(status="failed", failures=failures[u.id]))
         return outcomes
+
+    def _already_stored(self, parsed: dict[int, MinedTemplate]) -> set[int]:
+        """Units whose candidate is byte for byte a current version (same content hash): no need to embed."""
+        if not parsed:
+            return set()
+        hashes = {uid: content_hash(TemplateSpec(category="-", **t.content()).content())
+                  for uid, t in parsed.items()}
+        with self.db.engine.connect() as conn:
+            stored = set(conn.execute(sa.text(
+                "SELECT v.content_hash FROM template t JOIN template_version v ON v.id = t.current_version_id "
+                "WHERE v.content_hash = ANY(:h)"), {"h": list(set(hashes.values()))}).scalars())
+        return {uid for uid, h in hashes.items() if h in stored}
 
     def _embed(self, templates: list[MinedTemplate]) -> list[tuple[list[float], str]]:
         if not templates:
@@ -182,6 +195,8 @@ class MineHandler:
 
     def write(self, conn: sa.Connection, unit: Unit, outcome: Outcome, run_id: int) -> dict[str, int]:
         cand: Candidate = outcome.data
+        if cand.vector is None:  # exactly the content of a current version: nothing to embed or write
+            return {"templates_identical": 1}
         match = self._match(cand, self._neighbours(conn, cand))
         provenance = {"problems": [cand.problem_id], "session_id": cand.session_id, "run_id": run_id,
                       "model": self.backend.model, "prompt_hash": self.prompts.hash("mine"),

@@ -322,7 +322,17 @@ def _record_errors(conn: sa.Connection, cfg: RunnerConfig, me: str, units: list[
 
 # ---------------------------------------------------------------- processes
 
-def _worker_main(url: str, factory: HandlerFactory, cfg: RunnerConfig, results: Any) -> None:
+def _share_cores(workers: int) -> None:
+    """N processes each running torch on every core oversubscribe the machine: give each its share."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _worker_main(url: str, factory: HandlerFactory, cfg: RunnerConfig, results: Any, workers: int) -> None:
+    _share_cores(workers)
     db = Database(url=url, embedded=False, engine=create_engine(url))
     try:
         results.put(work(db, factory(db, cfg.run_id), cfg))
@@ -336,7 +346,7 @@ def _run_processes(db: Database, factory: HandlerFactory, cfg: RunnerConfig, wor
                    advance: Callable[[int], None], total: int) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(db.url, factory, cfg, results), daemon=False)
+    procs = [ctx.Process(target=_worker_main, args=(db.url, factory, cfg, results, workers), daemon=False)
              for _ in range(workers)]
     for p in procs:
         p.start()
