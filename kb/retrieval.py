@@ -151,9 +151,9 @@ def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, mod
     """[(version_id, cosine similarity)] best first, over current versions passing the filters."""
     dim = len(query_vector)
     ef = max(ef_search or EF_SEARCH, n)
-    conn.execute(sa.text(f"SET LOCAL hnsw.ef_search = {int(ef)}"))
-    # A pool larger than ef_search continues the index scan instead of stopping short.
-    conn.execute(sa.text("SET LOCAL hnsw.iterative_scan = relaxed_order"))
+    # Transaction-local; a pool larger than ef_search continues the index scan instead of stopping short.
+    conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
+                         "set_config('hnsw.iterative_scan', 'relaxed_order', true)"), {"ef": str(int(ef))})
     distance = f"e.embedding::vector({dim}) <=> CAST(:q AS vector({dim}))"
     q = _vector_literal(query_vector)
     where, params = filters
