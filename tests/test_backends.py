@@ -88,9 +88,10 @@ def test_scripted_backend_through_the_registry():
 class FakeOpenAI:
     """A real HTTP server on 127.0.0.1 speaking the chat-completions API, scripted per test."""
 
-    def __init__(self, script=None, delay_s=0.0):
+    def __init__(self, script=None, delay_s=0.0, model=None):
         self.script = list(script or [])  # status codes to return before succeeding
         self.delay_s = delay_s
+        self.model = model  # a backend that answers (e.g. the tiny model); else an echo
         self.attempts = 0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -114,6 +115,14 @@ class FakeOpenAI:
                     time.sleep(server.delay_s)
                     if status != 200:
                         payload = json.dumps({"error": {"message": "try later"}}).encode()
+                    elif server.model is not None:
+                        params = SamplingParams(temperature=body["temperature"], top_p=body["top_p"],
+                                                max_tokens=body["max_tokens"], seed=body.get("seed"))
+                        [c] = server.model.generate([ChatRequest(body["messages"], params)])
+                        payload = json.dumps({
+                            "choices": [{"message": {"role": "assistant", "content": c.text}}],
+                            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
+                        }).encode()
                     else:
                         text = "echo: " + body["messages"][-1]["content"]
                         payload = json.dumps({
@@ -274,3 +283,26 @@ api_key_env = "SOME_KEY"
         conf.role("miner")
     with pytest.raises(InputError, match="unknown LLM backend"):
         parse_spec("gpt5:whatever")
+
+
+def test_openai_backend_against_a_server_serving_the_tiny_model(fake_server, tiny_dir, db, tmp_path):
+    """The openai backend end to end: an OpenAI-compatible app on 127.0.0.1 serving the tiny model, used by
+    the sampling stage; the same text comes back as from the model directly."""
+    from pipelines.problems import import_problems
+    from pipelines.sample import sample
+
+    local = create_backend("transformers", model_path=str(tiny_dir))
+    srv = fake_server(model=local)
+    remote = create_backend("openai", model="tiny", base_url=srv.url, max_concurrency=2)
+    req = ChatRequest(MSG, SamplingParams(max_tokens=10))
+    [direct], [served] = local.generate([req]), remote.generate([req])
+    assert served.error is None and served.text == direct.text
+    assert served.completion_tokens == direct.completion_tokens > 0
+    (tmp_path / "p.jsonl").write_text(json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "o/1"}))
+    import_problems(db, tmp_path / "p.jsonl", preset="math500", embed=False)
+    out = sample(db, "all", remote, n=3, sampling=SamplingParams(temperature=0.9, max_tokens=12), hint_k=0)
+    assert out["failures_recorded"] + out["trajectories_written"] == 3  # garbage plans are recorded
+    with db.engine.connect() as conn:
+        calls = conn.execute(sa.text("SELECT backend, model, completion_tokens FROM llm_call")).all()
+    assert len(calls) == 3 and all(c[0] == "openai" and c[1] == "tiny" and c[2] > 0 for c in calls)
+    assert srv.attempts == 4
