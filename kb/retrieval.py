@@ -205,7 +205,7 @@ def text_candidates(conn: Any, query: str, n: int,
             f"WHERE v.search_tsv @@ q.q{where} ORDER BY score DESC, v.id LIMIT :n"), {**params, "q": q, "n": n}).all()
         return [(int(r[0]), float(r[1])) for r in rows]
 
-    return _pooled(conn, fetch, n, max(n, 2 * n), filters, exact)
+    return _pooled(conn, fetch, n, 2 * n, filters, exact)
 
 
 def fuse(vector: list[tuple[int, float]], text: list[tuple[int, float]], *, k: int = RRF_K,
