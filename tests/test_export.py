@@ -219,3 +219,14 @@ def test_refused_folder_records_nothing(db, world, tmp_path):
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM dataset_version")).scalar() == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]  # no temporary folder left behind
+
+
+def test_training_reads_the_exports(db, world, tmp_path):
+    from pipelines.train.data import load_rows, verify_export
+
+    dpo = export(db, "dpo", tmp_path / "dpo")
+    sft = export(db, "sft", tmp_path / "sft")
+    rows = load_rows(verify_export(db, dpo["id"], stage="dpo"), "dpo")
+    assert rows.num_rows == 3 and rows[0]["chosen"][0]["role"] == "assistant"
+    sft_rows = load_rows(verify_export(db, str(tmp_path / "sft"), stage="sft"), "sft")
+    assert sft_rows.num_rows == sft["row_counts"]["train"] == 2
