@@ -281,7 +281,7 @@ def templates_part(conn) -> DataPart:
     table = pa.Table.from_pylist(flat, schema=TEMPLATE_SCHEMA)
     return DataPart("templates", table, records=lambda: records, description=(
         "Current version of every template. JSONL lines are exactly the template interchange records "
-        "(`reasonflux templates import` reads them back); in Parquet, `steps` and `extra` are JSON text."))
+        "(`reasonflux import jsonl` reads them back); in Parquet, `steps` and `extra` are JSON text."))
 
 
 PROBLEM_SCHEMA = pa.schema([
