@@ -230,3 +230,11 @@ def test_training_reads_the_exports(db, world, tmp_path):
     assert rows.num_rows == 3 and rows[0]["chosen"][0]["role"] == "assistant"
     sft_rows = load_rows(verify_export(db, str(tmp_path / "sft"), stage="sft"), "sft")
     assert sft_rows.num_rows == sft["row_counts"]["train"] == 2
+
+
+def test_templates_jsonl_export_imports_back_unchanged(cli, db, world, tmp_path):
+    cli("export", "templates", "--out", str(tmp_path / "t"), "--format", "jsonl")
+    out = json.loads(cli("import", "jsonl", str(tmp_path / "t" / "templates.jsonl"), "--no-embed", "--json").output)
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 2
+    assert (out["created"], out["updated"], out["unchanged"]) == (0, 0, 2)
