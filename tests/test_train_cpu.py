@@ -41,6 +41,7 @@ def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
                  "--lr", "1e-4")
     assert sft["status"] == "succeeded" and sft["navigator"] == "nav-sft"
     assert math.isfinite(sft["metrics"]["loss"]) and sft["metrics"]["global_step"] == 2
+    assert sft["metrics"]["train_tokens_per_second"] > 0 and sft["metrics"]["peak_rss_gib"] > 0
 
     # Stage 2 starts from the stage-1 navigator, by name.
     dpo = _train(cli, "dpo", "--dataset", dpo_data, "--base-model", "nav-sft", "--beta", "0.2",
@@ -57,7 +58,8 @@ def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
     assert [s for s, _ in steps] == [1, 2, 3]
     assert all("rewards/accuracies" in m and "rewards/margins" in m and math.isfinite(m["loss"]) for _, m in steps)
     assert run["config"]["training"]["beta"] == 0.2 and run["config"]["training"]["learning_rate"] == 5e-5
-    assert run["base_model"] == resolve_navigator(db.session(), "nav-sft")
+    with db.session() as s:
+        assert run["base_model"] == resolve_navigator(s, "nav-sft")
     assert run["dataset_version_id"] == dpo_data and run["code_version"] and run["finished_at"]
 
     names = [n["name"] for n in json.loads(cli("navigators", "list", "--json").stdout)]
@@ -84,6 +86,7 @@ def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
     assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
     assert (tmp_path / "out" / "launch_spec.json").is_file() and (tmp_path / "out" / "config.json").is_file()
     assert run["metrics"]["global_step"] == 1 and (tmp_path / "out" / "train.log").is_file()
+    assert run["metrics"]["train_tokens_per_second"] > 0  # written by the worker process
 
 
 def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):

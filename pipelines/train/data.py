@@ -60,6 +60,17 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
     return dataset
 
 
+def check_files(dataset: VerifiedDataset) -> None:
+    """Re-hash the data files against the verified hashes (a worker reads them after the launcher checked)."""
+    from kb.datasets import sha256_file
+
+    for path in dataset.parquet_files:
+        actual = sha256_file(path)
+        if actual != dataset.files[path.name]:
+            raise InputError(f"sha256 {actual} changed since the export was verified ({dataset.files[path.name]})",
+                             file=str(path))
+
+
 def load_rows(dataset: VerifiedDataset, stage: str, *, completion_only_loss: bool = True):
     """A `datasets.Dataset` in TRL's conversational format for the stage, columns checked per file."""
     import datasets

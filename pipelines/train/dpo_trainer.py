@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.train.dpo_config import DPOTrainConfig
-from pipelines.train.sft_trainer import check_trainable_model, runtime_args
+from pipelines.train.sft_trainer import check_trainable_model, runtime_args, summarize
 
 
 def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_dir: str,
@@ -29,4 +29,4 @@ def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
-    return {**result.metrics, "global_step": result.global_step}
+    return summarize(trainer, result)

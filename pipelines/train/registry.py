@@ -26,8 +26,10 @@ from kb.models import NavigatorModel, TrainingMetric, TrainingRun
 from kb.models._common import utcnow
 
 # The metrics a run keeps as its final summary: the last logged value of each.
+RUN_SUMMARY_KEYS = ("train_tokens_per_second", "peak_gpu_memory_gib", "peak_rss_gib")
 FINAL_KEYS = ("loss", "train_loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
-              "rewards/rejected", "mean_token_accuracy", "train_runtime", "train_samples_per_second", "epoch")
+              "rewards/rejected", "mean_token_accuracy", "train_runtime", "train_samples_per_second", "epoch",
+              *RUN_SUMMARY_KEYS)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

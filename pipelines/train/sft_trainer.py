@@ -26,7 +26,26 @@ def train_sft(config: SFTTrainConfig, *, base_model: str, train_dataset, output_
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
-    return {**result.metrics, "global_step": result.global_step}
+    return summarize(trainer, result)
+
+
+def summarize(trainer, result) -> dict[str, Any]:
+    """The trainer's summary plus throughput (non-padding tokens per second, all processes) and peak memory
+    (this process: GPU allocations on a GPU, resident set size on CPU)."""
+    import resource
+
+    import torch
+
+    out = {**result.metrics, "global_step": result.global_step}
+    tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
+    runtime = result.metrics.get("train_runtime")
+    if tokens and runtime:
+        out["train_tokens_per_second"] = tokens / runtime
+    if torch.cuda.is_available():
+        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    else:
+        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30
+    return out
 
 
 def check_trainable_model(model_dir: str) -> None:
