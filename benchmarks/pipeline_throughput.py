@@ -43,15 +43,25 @@ from pipelines.llm.config import RoleConfig  # noqa: E402
 from pipelines.llm.scripted import ScriptedBackend  # noqa: E402
 from pipelines.runner import run_stage  # noqa: E402
 
-TEMPLATE = json.dumps({
-    "name": "Factor the quadratic", "type": "technique", "tags": ["algebra"],
-    "description": "Factor a degree-two polynomial into linear factors and read off the roots.",
-    "scope": "A quadratic equation with integer roots.", "steps": ["Move terms to one side.", "Factor.", "Solve."],
-    "example": {"problem": "Solve x^2-5x+6=0.", "solution": "(x-2)(x-3)=0", "answer": "2, 3"}})
+
+
+def template(i: int) -> str:
+    """A distinct candidate per problem, so mining embeds and dedupes every one (as real mining does)."""
+    return json.dumps({
+        "name": f"Linear equation method {i}", "type": "technique", "tags": ["algebra", f"variant {i}"],
+        "description": f"Isolate the unknown of a linear equation (variant {i}) by inverse operations.",
+        "scope": "A linear equation in one unknown.", "steps": ["Collect terms.", "Divide.", "Check."],
+        "example": {"problem": "Solve 2x=1.", "solution": "x = 1/2", "answer": "1/2"}})
+
+
 PLAN = json.dumps({"abstraction": "A quadratic equation.",
                    "steps": [{"template": "Factor the quadratic", "action": "Factor it"}, "Solve each factor"]})
 ANSWER = "Following the plan, the roots are $\\boxed{\\frac{1}{2}}$."
-RULES = [["Reference solution", TEMPLATE], ["navigator", PLAN], ["Plan", ANSWER]]
+
+
+def rules(n: int) -> list[list[str]]:
+    """Navigator and inference prompts first (the mining prompt has neither word), then one rule per problem."""
+    return [["navigator", PLAN], ["Plan", ANSWER]] + [[f"Problem {i}:", template(i)] for i in range(1, n + 1)]
 
 
 class Scratch:
@@ -169,16 +179,22 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
         reset(db)
         if stage == "evaluate":
             seed_trajectories(db, ids)
-        backend = TimedBackend(ScriptedBackend(rules=[tuple(r) for r in RULES]))
+        backend = TimedBackend(ScriptedBackend(rules=[tuple(r) for r in rules(len(ids))]))
         ends: list[float] = []
+        batch_embed: list[float] = []
+        embed_s: list[float] = []
 
-        def factory(db_, run_id, _module=module, _kwargs=kwargs, _backend=backend, _ends=ends):
+        def factory(db_, run_id, _module=module, _kwargs=kwargs, _backend=backend, _ends=ends, _be=batch_embed,
+                    _es=embed_s):
             handler = _module.make_handler(db_, run_id, role=_backend, **_kwargs)
             orig = handler.process
 
             def process(units):
                 _ends.append(time.perf_counter())  # the claim just ended: the previous cycle is complete
-                return orig(units)
+                before = len(_es)
+                out = orig(units)
+                _be.append(sum(_es[before:]))
+                return out
             handler.process = process
             return handler
 
@@ -187,12 +203,12 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
             with db.engine.connect() as conn:
                 tids = list(conn.execute(sa.text("SELECT id FROM trajectory ORDER BY id")).scalars())
             units = [(f"trajectory:{t}", {"trajectory_id": t}) for t in tids]
-        embed_s: list[float] = []
         if stage == "mine":  # the candidates are embedded (dedupe): time the embedding model on its own
             from kb.embeddings import get_embedder
             embedder = get_embedder()
             embedder.encode(["warm-up"])
             plain = embedder.encode
+            embed_s.clear()
 
             def timed_encode(texts, *a, _plain=plain, _acc=embed_s, **kw):
                 t = time.perf_counter()
@@ -203,19 +219,19 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
         t0 = time.perf_counter()
         run_stage(db, stage=stage, params={"bench": stage, "t": time.time()}, units=units, factory=factory,
                   batch_size=batch_size, progress=False)
-        ends.append(time.perf_counter())
-        cycles = [b - a for a, b in zip([t0] + ends[:-1], ends)][2:]  # claim-to-claim; skip the warm-up cycles
+        # Batch k's cycle: from the end of its claim to the end of the next claim (process, commit, claim).
+        # The first batch warms up, the last one's cycle includes the run's end: both left out.
+        cycles = [b - a for a, b in zip(ends, ends[1:])][1:]
         if stage == "mine":
             embedder.encode = plain
-        embeds = embed_s[1:] if embed_s else [0.0] * len(backend.batches)
         per_call = [(cyc - be - em) / n * 1000
-                    for cyc, (be, n), em in zip(cycles, backend.batches[1:], embeds) if n]
+                    for cyc, (be, n), em in zip(cycles, backend.batches[1:], batch_embed[1:]) if n]
         results[stage] = {"p50_ms": statistics.median(per_call),
                           "p90_ms": statistics.quantiles(per_call, n=10)[-1] if len(per_call) > 10 else max(per_call),
                           "calls_per_batch": backend.batches[0][1]}
         note = ""
-        if embed_s:
-            note = (f"; not counted: the embedding model, p50 {statistics.median(embed_s) * 1000:.0f} ms "
+        if stage == "mine":
+            note = (f"; not counted: the embedding model, p50 {statistics.median(batch_embed) * 1000:.0f} ms "
                     "per batch of candidates")
         print(f"  batch {batch_size}  {stage:8s} overhead per LLM call: p50 {results[stage]['p50_ms']:.2f} ms, "
               f"p90 {results[stage]['p90_ms']:.2f} ms ({results[stage]['calls_per_batch']} calls per batch{note})",
@@ -233,6 +249,11 @@ def main() -> None:
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One torch thread per process everywhere (worker processes get cores // workers = 1 here): on a shared,
+    # loaded machine intra-op threads spin against each other and make small models 5-30x slower, which
+    # would compare thread contention instead of workers.
+    import torch
+    torch.set_num_threads(1)
     with Scratch() as db:
         ids = load_problems(db, args.problems)
         print(f"Our overhead per LLM call (scripted backend, zero latency, {len(ids)} units; batch = units "
@@ -240,7 +261,7 @@ def main() -> None:
         overhead(db, ids, 1)
         oh = overhead(db, ids, 4)
         print(f"\nThroughput, scripted backend at {args.latency:.2f} s per batched call, {len(ids)} units:")
-        scripted = RoleConfig("scripted", {"rules": RULES, "latency_s": args.latency})
+        scripted = RoleConfig("scripted", {"rules": rules(len(ids)), "latency_s": args.latency})
         rows = throughput(db, ids, scripted, "scripted", workers, ["mine", "sample", "evaluate"])
         if not args.skip_tiny:
             from pipelines.tiny_model import build_tiny_model

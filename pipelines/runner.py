@@ -219,10 +219,20 @@ def work(db: Database, handler: StageHandler, cfg: RunnerConfig, advance: Callab
     counts: dict[str, Any] = {"units_done": 0, "units_failed": 0, "units_retried": 0, "units_lost": 0,
                               "db_s": 0.0, "process_s": 0.0}
     started = time.perf_counter()
+    # One connection for the worker's claims and commits: no pool checkout (and ping) per transaction.
+    with db.engine.connect() as conn:
+        _work_loop(db, conn, handler, cfg, me, counts, advance, stop_after)
+    counts["wall_s"] = time.perf_counter() - started
+    counts["span"] = (time.time() - counts["wall_s"], time.time())  # comparable across processes
+    return counts
+
+
+def _work_loop(db: Database, conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str,
+               counts: dict[str, Any], advance: Callable[[int], None], stop_after: int | None) -> None:
     idle_polls = 0
     while stop_after is None or counts["units_done"] + counts["units_failed"] < stop_after:
         t0 = time.perf_counter()
-        with db.engine.begin() as conn:
+        with conn.begin():
             units = claim(conn, cfg.stage, cfg.scope, me, cfg.batch_size, lease_s=cfg.lease_s,
                           max_attempts=cfg.max_attempts, run_id=cfg.run_id)
         counts["db_s"] += time.perf_counter() - t0
@@ -243,16 +253,13 @@ def work(db: Database, handler: StageHandler, cfg: RunnerConfig, advance: Callab
             outcomes, error = [], "".join(traceback.format_exception_only(type(e), e)).strip()
         counts["process_s"] += time.perf_counter() - t1
         t2 = time.perf_counter()
-        with db.engine.begin() as conn:
+        with conn.begin():
             if error is not None:
                 _record_errors(conn, cfg, me, units, error, counts)
             else:
                 _commit_batch(conn, handler, cfg, me, units, outcomes, counts)
         counts["db_s"] += time.perf_counter() - t2
         advance(len(units))
-    counts["wall_s"] = time.perf_counter() - started
-    counts["span"] = (time.time() - counts["wall_s"], time.time())  # comparable across processes
-    return counts
 
 
 def _store(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit,
@@ -274,13 +281,35 @@ def _store(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: st
     return written
 
 
+def _store_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, units: list[Unit],
+                 outcomes: list[Outcome]) -> list[dict[str, Any]]:
+    """_store for a whole batch: the handler's writes per unit, then one INSERT of all failure rows and
+    one UPDATE marking every unit; raises _LeaseLost if any unit is no longer ours."""
+    written = [handler.write(conn, u, o, cfg.run_id) if o.status == "done" else {} for u, o in zip(units, outcomes)]
+    failures = [{"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": u.key, "attempt": f.get("attempt", u.attempts),
+                 "reason": f["reason"], "raw_output": f.get("raw_output")}
+                for u, o in zip(units, outcomes) for f in o.failures]
+    if failures:
+        conn.execute(sa.insert(Failure.__table__), failures)
+    errors = ["; ".join(f["reason"] for f in o.failures)[:2000] if o.status == "failed" else None for o in outcomes]
+    marked = conn.execute(sa.text(
+        "UPDATE work_unit w SET status = m.status, finished_at = now(), run_id = :run, error = m.error "
+        "FROM unnest(CAST(:ids AS bigint[]), CAST(:st AS text[]), CAST(:err AS text[])) AS m(id, status, error) "
+        "WHERE w.id = m.id AND w.claimed_by = :me AND w.status = 'claimed' RETURNING w.id"),
+        {"ids": [u.id for u in units], "st": [o.status for o in outcomes], "err": errors, "run": cfg.run_id,
+         "me": me}).all()
+    if len(marked) != len(units):
+        raise _LeaseLost
+    return written
+
+
 def _commit_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, units: list[Unit],
                   outcomes: list[Outcome], counts: dict[str, Any]) -> None:
     """All units under one savepoint; if any of them cannot be stored, again one savepoint per unit so
     that one bad unit does not sink the others."""
     try:
         with conn.begin_nested():
-            written = [_store(conn, handler, cfg, me, u, o) for u, o in zip(units, outcomes)]
+            written = _store_batch(conn, handler, cfg, me, units, outcomes)
     except Exception:  # noqa: BLE001 - sorted out unit by unit below
         for unit, outcome in zip(units, outcomes):
             _commit_unit(conn, handler, cfg, me, unit, outcome, counts)

@@ -22,12 +22,14 @@ class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model_path: str, *, device: str | None = None, dtype: str | None = None,
-                 batch_size: int = 8, model: str | None = None, **_: Any):
+                 batch_size: int = 8, model: str | None = None, threads: int | None = None, **_: Any):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = check_model_dir(model_path)
+        if threads:  # CPU inference: intra-op threads (a small model on a busy machine wants 1)
+            torch.set_num_threads(int(threads))
         self.model = model or str(path)
         self.batch_size = max(1, int(batch_size))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,6 +41,10 @@ class TransformersBackend:
             kwargs["dtype"] = getattr(torch, dtype)
         self.lm = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device).eval()
         self._lock = threading.Lock()  # one model, one generate at a time
+        # Chat models often end turns with several tokens (Qwen: <|im_end|> and <|endoftext|>).
+        configured = self.lm.generation_config.eos_token_id
+        ids = configured if isinstance(configured, list) else [configured]
+        self._eos_ids = sorted({i for i in [*ids, self.tokenizer.eos_token_id] if i is not None})
 
     def _prompt(self, req: ChatRequest) -> str:
         return self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
@@ -70,7 +76,7 @@ class TransformersBackend:
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
+            "eos_token_id": self._eos_ids,
         }
         if params.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
@@ -86,7 +92,7 @@ class TransformersBackend:
         latency = (time.perf_counter() - t0) * 1000
         results = []
         for row, mask in zip(new, enc["attention_mask"]):
-            n = _completion_length(row.tolist(), self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            n = _completion_length(row.tolist(), self._eos_ids, self.tokenizer.pad_token_id)
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             results.append(Completion(
                 text=_cut_at_stop(text, params.stop), prompt_tokens=int(mask.sum()),
@@ -95,12 +101,12 @@ class TransformersBackend:
         return results
 
 
-def _completion_length(ids: list[int], eos: int | None, pad: int | None) -> int:
+def _completion_length(ids: list[int], eos: list[int], pad: int | None) -> int:
     """Generated tokens up to and including the first eos (the rest is padding)."""
     for i, t in enumerate(ids):
-        if t == eos:
+        if t in eos:
             return i + 1
-    while ids and pad is not None and ids[-1] == pad and pad != eos:
+    while ids and pad is not None and ids[-1] == pad and pad not in eos:
         ids = ids[:-1]
     return len(ids)
 
