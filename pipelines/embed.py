@@ -10,10 +10,12 @@ views, each within the window, and its vector is their normalised mean:
 
 The worked example is never embedded: it is what a user's problem looks like,
 and retrieval is judged by it. Text is NFKC-normalised (subscripts such as aₙ₊₁
-become a n+1, which the tokenizer knows), the same as queries in kb.retrieval.
+become an+1, plain characters the tokenizer knows), the same as queries in
+kb.retrieval.
 
 Work is skipped when the stored vector was made from the same text (its hash) by
-the same model, so re-running the stage is cheap and resumable.
+the same model, so re-running the stage is cheap and resumable; a new version whose
+embedded text did not change (an edited example, say) copies its vector in SQL.
 """
 
 from __future__ import annotations
@@ -87,6 +89,22 @@ def _template_candidates(db: Database, model: str, version_ids: list[int] | None
     return out
 
 
+def _copy_same_text(db: Database, model: str, todo: list[dict[str, Any]], run_id: int | None) -> set[int]:
+    """Give versions the stored vector of another version with the same embedded text; the ids done."""
+    with db.engine.begin() as conn:
+        return set(conn.execute(sa.text(
+            "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
+            "SELECT DISTINCT ON (x.vid) x.vid, e.model, e.dim, e.embedding, e.text_hash, :run "
+            "FROM unnest(CAST(:vids AS integer[]), CAST(:hashes AS text[])) AS x(vid, h) "
+            "JOIN template_embedding e ON e.model = :m AND e.text_hash = x.h AND e.version_id <> x.vid "
+            "ORDER BY x.vid "
+            "ON CONFLICT (version_id, model) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding, "
+            "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now() "
+            "RETURNING version_id"),
+            {"vids": [c["id"] for c in todo], "hashes": [c["hash"] for c in todo], "m": model, "run": run_id},
+        ).scalars())
+
+
 def embed_templates(db: Database, model: str | None = None, version_ids: list[int] | None = None,
                     run_id: int | None = None, *, recompute: bool = False, batch_size: int = BATCH,
                     progress: bool | None = None) -> int:
@@ -100,8 +118,12 @@ def embed_templates(db: Database, model: str | None = None, version_ids: list[in
     if not todo:
         return 0
     _prepare(db, "template_embedding", embedder)
-    table = TemplateEmbedding.__table__
     written = 0
+    if not recompute:
+        copied = _copy_same_text(db, embedder.name, todo, run_id)
+        todo = [c for c in todo if c["id"] not in copied]
+        written = len(copied)
+    table = TemplateEmbedding.__table__
     with progress_bar(len(todo), f"embedding templates ({embedder.name})", enabled=progress) as advance:
         for chunk in _batches(todo, batch_size):
             vecs = embedder.encode_views([c["views"] for c in chunk], batch_size=batch_size)

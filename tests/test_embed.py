@@ -53,7 +53,11 @@ def test_new_version_is_embedded_and_example_is_not(db):
     embed_templates(db)
     with session_scope(db) as s:  # changing only the worked example changes nothing that is embedded
         v2, _ = T.edit_template(s, "Counting/Distributions/Stars and bars", {"example_problem": "Another one."})
-    assert embed_templates(db) == 1  # the new current version needs a row (same text hash as its parent)
+    assert embed_templates(db) == 1  # the new current version needs a row: its parent's vector, copied
+    with db.engine.connect() as conn:
+        same = conn.execute(sa.text("SELECT a.embedding = b.embedding FROM template_embedding a, template_embedding b "
+                                    "WHERE a.version_id = :v1 AND b.version_id = :v2"), {"v1": v1, "v2": v2.id})
+        assert same.scalar_one() is True
     with session_scope(db) as s:
         v3, changed = T.edit_template(s, "Counting/Distributions/Stars and bars", {"description": "Changed."})
     assert changed and embed_templates(db) == 1
