@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines.train.dpo_config import DPOTrainConfig
-from pipelines.train.sft_trainer import check_trainable_model, runtime_args, summarize
+from pipelines.train.sft_trainer import check_not_emptied, check_trainable_model, runtime_args, summarize
 
 
 def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_dir: str,
@@ -25,6 +25,7 @@ def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     trainer = DPOTrainer(model=base_model, args=args, train_dataset=train_dataset,
                          processing_class=tokenizer, callbacks=list(callbacks))
+    check_not_emptied(trainer, len(train_dataset), config.max_length)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():

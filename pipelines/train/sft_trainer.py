@@ -22,6 +22,7 @@ def train_sft(config: SFTTrainConfig, *, base_model: str, train_dataset, output_
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     trainer = SFTTrainer(model=base_model, args=args, train_dataset=train_dataset,
                          processing_class=tokenizer, callbacks=list(callbacks))
+    check_not_emptied(trainer, len(train_dataset), config.max_length)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(output_dir)
     if trainer.is_world_process_zero():
@@ -46,6 +47,14 @@ def summarize(trainer, result) -> dict[str, Any]:
     else:
         out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30
     return out
+
+
+def check_not_emptied(trainer, rows: int, max_length: int) -> None:
+    """TRL drops examples whose answer would be cut off entirely; none left is a config error, not a crash."""
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise KbError(f"all {rows} examples were dropped in preprocessing: their prompts do not leave room for "
+                      f"the answer within max_length {max_length}; raise --cutoff")
 
 
 def check_trainable_model(model_dir: str) -> None:
