@@ -152,3 +152,11 @@ def test_navigator_name_conflict_is_caught_before_training(db, tiny, sft_data):
         plan(db, "sft", dataset=sft_data, base_model=str(tiny), num_gpus=0, name="nav", overrides=CPU_FLAGS)
     with db.session() as s:
         assert len(s.exec(sa.select(TrainingRun)).scalars().all()) == 1
+
+
+def test_cutoff_that_drops_every_example_fails_the_run_clearly(db, tiny, sft_data):
+    with pytest.raises(KbError, match="raise --cutoff"):
+        execute(db, _plan(db, sft_data, tiny, max_length=8))
+    with db.session() as s:
+        row = s.exec(sa.select(TrainingRun)).scalars().one()
+    assert row.status == "failed" and "max_length 8" in row.error
