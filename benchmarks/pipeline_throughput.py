@@ -19,6 +19,7 @@ DATABASE_URL's server). Figures:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -33,16 +34,15 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb import migrate  # noqa: E402
-from kb.db import Database, create_engine, normalize_url  # noqa: E402
-from pipelines import evaluate as ev  # noqa: E402
-from pipelines import mine as mn  # noqa: E402
-from pipelines import sample as sm  # noqa: E402
-from pipelines.llm.base import SamplingParams  # noqa: E402
-from pipelines.llm.config import RoleConfig  # noqa: E402
-from pipelines.llm.scripted import ScriptedBackend  # noqa: E402
-from pipelines.runner import run_stage  # noqa: E402
-
+from kb import migrate
+from kb.db import Database, create_engine, normalize_url
+from pipelines import evaluate as ev
+from pipelines import mine as mn
+from pipelines import sample as sm
+from pipelines.llm.base import SamplingParams
+from pipelines.llm.config import RoleConfig
+from pipelines.llm.scripted import ScriptedBackend
+from pipelines.runner import run_stage
 
 
 def template(i: int) -> str:
@@ -189,10 +189,10 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
             handler = _module.make_handler(db_, run_id, role=_backend, **_kwargs)
             orig = handler.process
 
-            def process(units):
+            def process(batch):
                 _ends.append(time.perf_counter())  # the claim just ended: the previous cycle is complete
                 before = len(_es)
-                out = orig(units)
+                out = orig(batch)
                 _be.append(sum(_es[before:]))
                 return out
             handler.process = process
@@ -216,12 +216,11 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
                 _acc.append(time.perf_counter() - t)
                 return out
             embedder.encode = timed_encode
-        t0 = time.perf_counter()
         run_stage(db, stage=stage, params={"bench": stage, "t": time.time()}, units=units, factory=factory,
                   batch_size=batch_size, progress=False)
         # Batch k's cycle: from the end of its claim to the end of the next claim (process, commit, claim).
         # The first batch warms up, the last one's cycle includes the run's end: both left out.
-        cycles = [b - a for a, b in zip(ends, ends[1:])][1:]
+        cycles = [b - a for a, b in itertools.pairwise(ends)][1:]
         if stage == "mine":
             embedder.encode = plain
         per_call = [(cyc - be - em) / n * 1000

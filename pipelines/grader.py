@@ -15,9 +15,9 @@ GRADER_NAME = "reasonflux-grader/math-verify-v1"
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _FALLBACK_RES = [
-    re.compile(r"final answer\**\s*(?:is|[:：])\**[:\s]*(.+)", re.I),
-    re.compile(r"(?:^|\n)\s*\**answer\**\s*[:：]\s*(.+)", re.I),
-    re.compile(r"the answer is[:\s]*(.+)", re.I),
+    re.compile(r"final answer\**\s*(?:is|[:：])\**[:\s]*(.+)", re.IGNORECASE),
+    re.compile(r"(?:^|\n)\s*\**answer\**\s*[:：]\s*(.+)", re.IGNORECASE),
+    re.compile(r"the answer is[:\s]*(.+)", re.IGNORECASE),
 ]
 
 
@@ -88,7 +88,7 @@ _UNITS = (
     r"cents?|dollars?|pounds?|lbs?|ounces?|oz|gallons?|liters?|grams?|g|kg|people|students|ways|"
     r"points?|marbles|cookies|cups?|pages?|tickets|boxes|coins|cubic\s+\w+|percent)"
 )
-_TRAILING_UNIT = re.compile(r"(?<=[\d}\s])\s*(?:\^\{?\\circ\}?|°|\\%|%|" + _UNITS + r"(?:\^\{?[23]\}?|\^[23])?)\s*$", re.I)
+_TRAILING_UNIT = re.compile(r"(?<=[\d}\s])\s*(?:\^\{?\\circ\}?|°|\\%|%|" + _UNITS + r"(?:\^\{?[23]\}?|\^[23])?)\s*$", re.IGNORECASE)
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:\{,\}\d{3}|,\d{3})+)(?![\d])")
 _LHS = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!.*=)")
 

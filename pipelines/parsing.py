@@ -70,7 +70,7 @@ class ParseError(ValueError):
         self.reason = reason
 
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.S)
+_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
 
 def extract_json_object(text: str | None) -> dict[str, Any]:

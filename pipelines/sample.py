@@ -129,7 +129,7 @@ class SampleHandler:
         stmt = pg_insert(Trajectory.__table__).values(rows).on_conflict_do_nothing(
             index_elements=["problem_id", "navigator_model", "sample_key"]).returning(
             Trajectory.__table__.c.id, Trajectory.__table__.c.sample_key)
-        new = dict((key, tid) for tid, key in conn.execute(stmt).all())
+        new = {key: tid for tid, key in conn.execute(stmt).all()}
         steps = [{"trajectory_id": new[row["sample_key"]], "position": i, "text": text,
                   "template_version_id": version_id, "retrieval_score": score}
                  for row, smp in zip(rows, samples) if row["sample_key"] in new

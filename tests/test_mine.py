@@ -179,9 +179,9 @@ def test_kill_minus_9_mid_mining_then_rerun(db, tmp_path):
 def test_mine_and_runs_commands(cli, db, tmp_path):
     load(db, tmp_path, 2)
     cfg = tmp_path / "llm.toml"
-    cfg.write_text("[roles.miner]\nbackend = \"scripted\"\nrules = [[\"Problem number 0\", %s], [\"Reference\", "
-                   "\"nonsense\"]]\n[roles.miner.sampling]\nmax_tokens = 99\n"
-                   % json.dumps(template_json("Factor the quadratic")))
+    reply = json.dumps(template_json("Factor the quadratic"))
+    cfg.write_text(f'[roles.miner]\nbackend = "scripted"\nrules = [["Problem number 0", {reply}], ["Reference", '
+                   f'"nonsense"]]\n[roles.miner.sampling]\nmax_tokens = 99\n')
     out = json.loads(cli("mine", "--problems", "all", "--llm-config", str(cfg), "--max-retries", "1",
                          "--json").stdout)
     assert (out["units_done"], out["units_failed"], out["templates_created"]) == (1, 1, 1)

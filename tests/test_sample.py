@@ -52,7 +52,7 @@ def setup_kb(db, tmp_path, n_problems=2) -> list[int]:
 
 
 def test_sampling_writes_parsed_plans_and_records_failures(db, tmp_path):
-    ids = setup_kb(db, tmp_path)
+    setup_kb(db, tmp_path)
     good = plan({"template": "Factor the quadratic", "action": "Factor the polynomial into linear factors"},
                 "Set each factor to zero and solve")
     replies = [good, "I think we should factor it.", plan(), good.replace("integer", "whole"),

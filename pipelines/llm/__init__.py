@@ -2,7 +2,11 @@
 
 from pipelines.llm.base import Backend, ChatRequest, Completion, SamplingParams
 from pipelines.llm.registry import (
-    available_backends, clear_backend_cache, create_backend, get_backend, register_backend,
+    available_backends,
+    clear_backend_cache,
+    create_backend,
+    get_backend,
+    register_backend,
 )
 
 __all__ = [

@@ -26,7 +26,7 @@ class ScriptedBackend:
     def __init__(self, rules: list[tuple[str, Reply]] | None = None, default: Reply | None = None,
                  latency_s: float = 0.0, model: str = "scripted", **_: Any):
         self.model = model
-        self.rules = [(re.compile(p, re.S), r) for p, r in (rules or [])]
+        self.rules = [(re.compile(p, re.DOTALL), r) for p, r in (rules or [])]
         self.default = default
         self.latency_s = latency_s
         self.calls: list[ChatRequest] = []
