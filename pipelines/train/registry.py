@@ -231,7 +231,10 @@ def get_run(db: Database, run_id: int, *, with_steps: bool = True) -> dict[str, 
         run = s.get(TrainingRun, run_id)
         if run is None:
             raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
-        out = run.model_dump()
+        dumped = run.model_dump()
+        order = ("id", "stage", "status", "base_model", "dataset_version_id", "resumed_from", "output_path",
+                 "started_at", "finished_at", "code_version", "error", "metrics", "config")
+        out = {k: dumped[k] for k in order}
         if with_steps:
             steps = s.exec(select(TrainingMetric).where(TrainingMetric.run_id == run_id)
                            .order_by(TrainingMetric.step)).all()
