@@ -270,6 +270,7 @@ class LaunchPlan:
         return {
             "training": {**self.config.to_dict(), "output_dir": output_dir or self.config.output_dir},
             "launch": {"num_gpus": self.num_gpus, "launcher": self.launcher, "deepspeed": self.deepspeed_name,
+                       "deepspeed_path": str(self.deepspeed_path) if self.deepspeed_path else None,
                        "deepspeed_config": self.deepspeed_config, "model_params": self.model_params},
         }
 
@@ -321,6 +322,10 @@ def plan(db: Database, stage: str, *, dataset: str | None = None, base_model: st
                                  field=flag)
         dataset, base_model = old.dataset_version_id, old.base_model
         stored = {**(old.config or {}).get("training", {}), "output_dir": old.output_path}
+        # Same hardware layout unless told otherwise: a ZeRO checkpoint resumes best under its own config.
+        before = (old.config or {}).get("launch", {})
+        num_gpus = before.get("num_gpus") if num_gpus is None else num_gpus
+        deepspeed = deepspeed or before.get("deepspeed_path")
     if not dataset:
         raise InputError("required (a dataset version id or an export directory)", field="dataset")
     if not base_model:
