@@ -196,3 +196,33 @@ def test_mine_and_runs_commands(cli, db, tmp_path):
     assert "no pipeline run 999" in cli("runs", "show", "999", expect=1).output
     bad = cli("mine", "--miner", "gpt9:x", expect=2).output
     assert "unknown LLM backend 'gpt9'" in bad
+
+
+def test_successful_solve_sessions_are_mined_too(db, tmp_path):
+    ids = load(db, tmp_path, 1)
+    with db.engine.begin() as conn:
+        sids = conn.execute(sa.text(
+            "INSERT INTO solve_session (problem_id, problem_text, config, status, correct, tokens, rounds, latency_ms) VALUES "
+            "(:p, 't', '{}', 'solved', true, '{}', 1, 0), (:p, 't', '{}', 'failed', false, '{}', 1, 0) RETURNING id"),
+            {"p": ids[0]}).scalars().all()
+        conn.execute(sa.text(
+            "INSERT INTO solve_round (session_id, round_no, kind, step_text, instantiation, navigator_prompt, "
+            "retrieved, adjustment, tokens, latency_ms) VALUES (:s, 1, 'step', 'Factor it', "
+            "'Session work: (x-1)(x-2)', '[]', '[]', '{}', '{}', 0)"), {"s": sids[0]})
+    seen = []
+
+    def reply(messages):
+        seen.append(messages[1]["content"])
+        if "Session work" in messages[1]["content"]:
+            return template_json("Complete the square", tags=["completing the square"],
+                                 description="Rewrite a quadratic as a perfect square plus a constant, then take "
+                                             "square roots of both sides.",
+                                 scope="A quadratic that does not factor over the integers.")
+        return template_json("Factor the quadratic")
+
+    out = mine(db, "all", create_backend("scripted", rules=[("Reference solution", reply)]))
+    assert out["units_done"] == 2  # the reference solution and the solved session; not the failed session
+    assert sum("Session work: (x-1)(x-2)" in s for s in seen) == 1
+    rows = q(db, "SELECT v.name, v.provenance->>'session_id', v.source_ref FROM template_version v ORDER BY v.id")
+    assert [(r[0], r[1]) for r in rows] == [("Factor the quadratic", None), ("Complete the square", str(sids[0]))]
+    assert rows[1][2].endswith(f"session:{sids[0]}")
