@@ -11,6 +11,7 @@ MODULES: list[str] = [
     "serve.commands.sessions",
     "serve.commands.serve",
     "serve.commands.eval",
+    "serve.commands.demo",
 ]
 
 

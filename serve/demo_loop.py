@@ -1,0 +1,279 @@
+"""`reasonflux demo`: the whole ReasonFlux loop on this machine, no network, no GPU.
+
+Every stage is the real code path against the live database (the embedded server by
+default): import the starter library, search, edit and diff a template, solve a
+problem with its trace, then (on a tiny random model) mine, sample, evaluate,
+rewards, DPO pairs, versioned exports, SFT, DPO, and a solve by the trained navigator.
+
+A random tiny model's output is meaningless. Two stand-ins are used where the loop
+needs signal, and the demo says so when it uses them: the first solve uses a scripted
+play-along backend, and one evaluation pass uses a scripted inference backend that
+answers correctly only when the plan is the template's own reference plan, so that
+rewards differ and DPO has pairs to learn from.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from kb.db import Database, session_scope
+from kb.errors import ConflictError
+from kb.models import Template
+from kb.output import emit
+from kb.templates import TemplateSpec
+
+QUERIES = (
+    "How many ways can 5 people sit around a round table?",
+    "Find the remainder when 7^100 is divided by 13.",
+    "Solve for x: x^2 - 5x + 6 = 0.",
+)
+DEMO_TEMPLATE = TemplateSpec(
+    name="Casting out nines", category="Demo", section="Versioning", template_type="technique",
+    tags=["digit sums", "modular arithmetic"],
+    description="Check a computation by comparing digit sums modulo 9.",
+    application_scope="Verifying a long multiplication or addition by hand.",
+    steps=["Reduce each operand to its digit sum modulo 9", "Combine the residues as the operation does",
+           "Reduce the claimed result modulo 9", "A mismatch proves an error; a match is evidence only"],
+)
+EDITED_NOTE = " A match does not prove the result (transposed digits pass), which this edit adds."
+NOT_MEANINGFUL = (
+    "The tiny model is randomly initialised: its outputs are meaningless by design. The demo shows that every "
+    "stage runs and what it stores. For real results point the same commands at real models, e.g. "
+    "`reasonflux sample --navigator transformers:/path/to/navigator` or `--navigator openai:MODEL` with "
+    "OPENAI_BASE_URL for a vLLM/sglang server (see docs/pipelines.md and docs/serving.md)."
+)
+
+
+class Demo:
+    """Runs the stages in order, printing what each one stored."""
+
+    def __init__(self, db: Database, home: Path, *, fmt: str = "table", echo: Callable[[str], None] = click.echo):
+        self.db, self.home, self.fmt, self.echo = db, home, fmt, echo
+        self.summary: dict[str, Any] = {}
+        self._t0 = time.perf_counter()
+
+    def heading(self, text: str) -> None:
+        self.echo(f"\n== {text}  [{time.perf_counter() - self._t0:.1f}s]")
+
+    def show(self, rows: Any, **kw: Any) -> None:
+        emit(rows, self.fmt, **kw)
+
+    # -- templates --------------------------------------------------------------------------------------
+
+    def templates(self) -> None:
+        from kb.starter import starter_library_path
+        from pipelines.import_templates import import_file
+
+        self.heading("Import the starter template library (one transaction, embeddings in batches)")
+        result = import_file(self.db, starter_library_path(), "jsonl", embed=True, note="demo")
+        self.show({"run_id": result.run_id, **result.counts})
+        self.summary["import"] = result.counts
+
+        from kb.retrieval import search_templates
+
+        self.heading("Hybrid retrieval (pgvector HNSW + full text, fused)")
+        with self.db.engine.connect() as conn:
+            for q in QUERIES:
+                hits = search_templates(conn, q, k=3)
+                self.show([{"rank": i + 1, "score": round(h.score, 4), "key": h.key} for i, h in enumerate(hits)],
+                          title=q)
+
+        self.heading("Edit a template: a new immutable version, its history and diff")
+        from kb import templates as T
+
+        with session_scope(self.db) as s:
+            if s.exec(sa.select(Template.id).where(Template.key == DEMO_TEMPLATE.key)).first() is None:
+                T.create_template(s, DEMO_TEMPLATE, change_note="created by the demo")
+        with session_scope(self.db) as s:
+            version, changed = T.edit_template(
+                s, DEMO_TEMPLATE.key, {"description": DEMO_TEMPLATE.description + EDITED_NOTE,
+                                       "tags": [*DEMO_TEMPLATE.tags, "verification"]},
+                change_note="demo edit")
+            # Deprecated, so the demo's own template stays out of retrieval and training exports.
+            T.set_status(s, DEMO_TEMPLATE.key, "deprecated")
+        with session_scope(self.db) as s:
+            hist = T.history(s, DEMO_TEMPLATE.key)
+            self.show([{"version": v.version_no, "hash": v.content_hash[:12], "note": v.change_note,
+                        "source": v.source_kind} for v in hist], title=f"history of {DEMO_TEMPLATE.key}")
+            self.show(T.diff_versions(hist[0], hist[-1]), title=f"diff v1 -> v{hist[-1].version_no}")
+        self.echo("edited" if changed else "already edited by an earlier demo run: this edit was a no-op")
+
+    # -- solving ----------------------------------------------------------------------------------------
+
+    def solve(self) -> None:
+        from serve.demo import run_solve_demo
+
+        self.heading("Solve a problem: navigator plans, templates retrieved, steps instantiated, trace stored")
+        self.echo("(navigator and inference here: the scripted play-along backend, a deterministic stand-in)")
+        demo = run_solve_demo(self.db)
+        self.echo(demo.trace)
+        self.summary["solve_session"] = demo.session_id
+
+    # -- the training loop on the tiny model ------------------------------------------------------------
+
+    def problems(self) -> list[int]:
+        from kb.starter import load_starter_specs
+        from pipelines.problems import import_problems
+        from pipelines.similar import build_similar_sets
+
+        self.heading("Problems: the starter library's worked examples, stored once, embedded")
+        path = self.home / "demo" / "starter_problems.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for spec in load_starter_specs():
+                f.write(json.dumps({"problem": spec.example_problem, "solution": spec.example_solution,
+                                    "answer": spec.example_answer, "subject": spec.category,
+                                    "template_key": spec.key}) + "\n")
+        imported = import_problems(self.db, path, source="starter-examples", split="train")
+        self.show({k: v for k, v in imported.items() if k != "file"})
+        built = build_similar_sets(self.db, k=3, min_similarity=0.2, anchors="source=starter-examples")
+        self.heading("Similar-problem sets (embedding neighbours, same split, versioned by parameters)")
+        self.show(built)
+        with self.db.engine.connect() as conn:
+            return conn.execute(sa.text(
+                "SELECT p.id FROM problem p JOIN similar_set s ON s.anchor_problem_id = p.id AND s.size > 0 "
+                "WHERE p.source = 'starter-examples' ORDER BY p.id LIMIT 3")).scalars().all()
+
+    def tiny_model(self) -> Path:
+        from pipelines.tiny_model import build_tiny_model
+
+        model_dir = self.home / "models" / "tiny-qwen2"
+        if not (model_dir / "config.json").exists():
+            self.heading("Build the tiny offline model (random Qwen2-style LM + tokenizer trained on the spot)")
+            build_tiny_model(model_dir, seed=0)
+        return model_dir
+
+    def llm_stages(self, model_dir: Path, problem_ids: list[int]) -> None:
+        from pipelines.demo_llm import run_llm_stages_demo
+
+        self.heading("Mine, sample, evaluate with the tiny model through the real transformers backend")
+        self.echo(NOT_MEANINGFUL)
+        stored = run_llm_stages_demo(self.db, model_dir, problem_ids)
+        self.show([{"stage": k, **v} for k, v in stored.items()])
+        self.summary["llm_stages"] = stored
+
+    def contrast_rollouts(self, problem_ids: list[int]) -> None:
+        """Reference vs naive plans, graded with a scripted inference stand-in, so rewards differ."""
+        from pipelines.evaluate import evaluate
+        from pipelines.llm.scripted import ScriptedBackend
+        from pipelines.trajectories_store import insert_trajectory
+
+        self.heading("Rewards need contrast: reference and naive plans, scripted inference (a stand-in)")
+        with self.db.engine.begin() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT p.id, p.extra->>'template_key' AS key, "
+                "(SELECT s.id FROM similar_set s WHERE s.anchor_problem_id = p.id ORDER BY s.id DESC LIMIT 1) AS sid, "
+                "(SELECT t.current_version_id FROM template t WHERE t.key = p.extra->>'template_key') AS vid "
+                "FROM problem p WHERE p.id = ANY(:ids) ORDER BY p.id"), {"ids": problem_ids}).mappings().all()
+            ids = []
+            for r in rows:
+                ids.append(insert_trajectory(
+                    conn, r["id"], [(f"Apply the template {r['key']}", r["vid"], 1.0), ("Compute the answer", None, None)],
+                    "demo-reference", "demo", abstraction="reference plan", similar_set_id=r["sid"]))
+                ids.append(insert_trajectory(
+                    conn, r["id"], [("Guess the answer", None, None)], "demo-naive", "demo",
+                    abstraction="naive plan", similar_set_id=r["sid"]))
+            answers = dict(conn.execute(sa.text(
+                "SELECT text, answer FROM problem WHERE source = 'starter-examples'")).all())
+
+        def play_along(messages: list[dict[str, str]]) -> str:
+            text = "\n".join(m["content"] for m in messages)
+            answer = next((a for p, a in answers.items() if p in text), None)
+            if "reference plan" in text and answer is not None:
+                return f"Following the template step by step, the answer is \\boxed{{{answer}}}."
+            return "Guessing: \\boxed{0}"
+
+        stand_in = ScriptedBackend(default=play_along, model="scripted-play-along")
+        counts = evaluate(self.db, "ids=" + ",".join(map(str, ids)), stand_in, progress=False)
+        self.show({k: v for k, v in counts.items() if not isinstance(v, dict)})
+
+    def pairs_and_exports(self) -> tuple[str, str]:
+        from pipelines.export import export
+        from pipelines.pairs import build_pairs
+
+        self.heading("DPO pairs from stored rewards (one set-based SQL statement)")
+        pairs = build_pairs(self.db, min_margin=0.2, min_rollouts=1, max_pairs_per_problem=4)
+        self.show({k: v for k, v in pairs.items() if k != "params"})
+        self.heading("Versioned dataset exports (Parquet + manifest + card)")
+        manifests = {}
+        for kind in ("sft", "dpo"):
+            options = {"pairs": pairs["params_hash"]} if kind == "dpo" else {}
+            for attempt in range(1, 100):
+                out = self.home / "datasets" / (kind if attempt == 1 else f"{kind}-{attempt}")
+                try:  # a folder holding another (immutable) version is never overwritten
+                    manifests[kind] = export(self.db, kind, out, **options)
+                    break
+                except ConflictError:
+                    continue
+        self.show([{"kind": k, "id": m["id"], "rows": m.get("row_counts"), "path": m.get("path")}
+                   for k, m in manifests.items()])
+        return manifests["sft"]["id"], manifests["dpo"]["id"]
+
+    def training(self, model_dir: Path, sft: str, dpo: str) -> dict[str, Any]:
+        from pipelines.train.demo import run_training_demo
+
+        self.heading("Train the navigator: stage 1 SFT, then stage 2 DPO (TRL, CPU, a few steps)")
+        # Each demo run trains anew, so each registers its own navigator (navigator-dpo-run<ID>).
+        trained = run_training_demo(self.db, str(model_dir), sft, dpo)
+        self.show([{"stage": k, "training_run": trained[k].get("id"), "status": trained[k].get("status"),
+                    "loss": (trained[k].get("metrics") or {}).get("loss"),
+                    "reward_accuracy": (trained[k].get("metrics") or {}).get("rewards/accuracies")}
+                   for k in ("sft", "dpo")])
+        self.echo(f"registered navigator {trained['navigator']!r} at {trained['navigator_path']}")
+        return trained
+
+    def solve_with_navigator(self, trained: dict[str, Any], model_dir: Path) -> None:
+        from pipelines.llm.registry import get_backend
+        from serve.demo import run_solve_demo
+
+        self.heading("Solve with the trained navigator (tiny model: expect a recorded parse failure, not a hang)")
+        navigator = get_backend("transformers", model_path=str(trained["navigator_path"]))
+        inference = get_backend("transformers", model_path=str(model_dir))
+        demo = run_solve_demo(self.db, navigator, inference)
+        self.echo(demo.trace)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and deprecation chatter would bury what each stage stored."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
+    try:
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        datasets.disable_progress_bars()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, fmt: str = "table",
+             echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+    _quiet_libraries()
+    demo = Demo(db, home, fmt=fmt, echo=echo)
+    demo.templates()
+    demo.solve()
+    if llm:
+        problem_ids = demo.problems()
+        model_dir = demo.tiny_model()
+        demo.llm_stages(model_dir, problem_ids)
+        demo.contrast_rollouts(problem_ids)
+        sft, dpo = demo.pairs_and_exports()
+        if train:
+            trained = demo.training(model_dir, sft, dpo)
+            demo.solve_with_navigator(trained, model_dir)
+    demo.heading("Done. Everything above is in the database: try `reasonflux sql \"SELECT * FROM pipeline_run\"`")
+    return demo.summary
