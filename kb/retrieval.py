@@ -44,6 +44,7 @@ TEXT_WEIGHT = 0.3
 TEXT_RANK = "ts_rank(v.search_tsv, q.q, 1)"
 CANDIDATES = 50  # per list, before fusion
 EF_SEARCH = 100  # HNSW candidate list; >= CANDIDATES so the index can fill the list
+MAX_EF_SEARCH = 1000  # pgvector's limit; larger pools continue through the iterative scan
 MAX_POOL = 20_000  # past this many ranked rows, rank the filtered rows directly
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
@@ -150,7 +151,7 @@ def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, mod
                       filters: tuple[str, dict] = ("", {}), ef_search: int | None = None) -> list[tuple[int, float]]:
     """[(version_id, cosine similarity)] best first, over current versions passing the filters."""
     dim = len(query_vector)
-    ef = max(ef_search or EF_SEARCH, n)
+    ef = min(max(ef_search or EF_SEARCH, n), MAX_EF_SEARCH)
     # Transaction-local; a pool larger than ef_search continues the index scan instead of stopping short.
     conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
                          "set_config('hnsw.iterative_scan', 'relaxed_order', true)"), {"ef": str(int(ef))})
