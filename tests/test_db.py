@@ -86,3 +86,28 @@ def test_db_commands(cli, db):
 
 def test_mask_url_hides_password():
     assert "s3cret" not in mask_url("postgresql://u:s3cret@h:5432/d")
+
+
+def test_deleting_a_run_keeps_immutable_history_and_detaches_the_rest(db):
+    _populate(db.engine)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE template SET current_version_id = NULL"))
+        conn.execute(sa.text("DELETE FROM template_version"))
+        conn.execute(sa.text(
+            "INSERT INTO template_version (template_id, version_no, name, tags, description, application_scope, "
+            "steps, extra, content_hash, source_kind, provenance, run_id) "
+            "VALUES (1, 1, 'Quadratics', ARRAY['algebra'], 'd', 's', '[]', '{}', 'h', 'run', '{}', 1)"))
+        conn.execute(sa.text("INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
+                             "VALUES ('import-problems', '{}', 'test', 'succeeded', '{}')"))
+        conn.execute(sa.text("INSERT INTO problem (text, split, content_hash, extra, run_id) "
+                             "VALUES ('1+1?', 'train', 'p1', '{}', 2)"))
+    try:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM pipeline_run WHERE id = 1"))
+    except sa.exc.IntegrityError as e:
+        assert "foreign key" in str(e) and "template_version" in str(e)
+    else:
+        raise AssertionError("a run that wrote immutable template versions was deleted")
+    with db.engine.begin() as conn:  # a run that wrote only mutable rows can go; its rows stay, detached
+        conn.execute(sa.text("DELETE FROM pipeline_run WHERE id = 2"))
+        assert conn.execute(sa.text("SELECT run_id FROM problem")).scalar() is None

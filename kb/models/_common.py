@@ -35,6 +35,12 @@ def text_field(nullable: bool = True, default: Any = None) -> Any:
     return Field(default=default, sa_type=sa.Text, nullable=nullable)
 
 
-def run_fk() -> Any:
-    """The pipeline run that wrote a row (dlt-style lineage on every row)."""
+def run_fk(*, immutable: bool = False) -> Any:
+    """The pipeline run that wrote a row (dlt-style lineage on every row).
+
+    Immutable tables' rows cannot be updated, so ON DELETE SET NULL could never succeed there: they
+    keep the default NO ACTION, and deleting a run whose history they hold is refused.
+    """
+    if immutable:
+        return Field(default=None, foreign_key="pipeline_run.id", index=True, nullable=True)
     return Field(default=None, foreign_key="pipeline_run.id", index=True, nullable=True, ondelete="SET NULL")

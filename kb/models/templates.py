@@ -72,7 +72,7 @@ class TemplateVersion(SQLModel, table=True):
     source_ref: str | None = text_field()
     provenance: dict[str, Any] = json_field()
     change_note: str | None = text_field()
-    run_id: int | None = run_fk()
+    run_id: int | None = run_fk(immutable=True)
     created_at: datetime = created_at_field()
     search_tsv: Any = Field(
         default=None,

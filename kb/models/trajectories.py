@@ -32,14 +32,15 @@ class Trajectory(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     problem_id: int = Field(foreign_key="problem.id", index=True, ondelete="CASCADE")
-    similar_set_id: int | None = Field(default=None, foreign_key="similar_set.id", index=True, ondelete="SET NULL")
+    # NO ACTION: trajectories are immutable, so SET NULL could never succeed.
+    similar_set_id: int | None = Field(default=None, foreign_key="similar_set.id", index=True)
     navigator_model: str
     checkpoint: str | None = Field(default=None)
     sample_key: str = Field(description="what makes samples distinct and reruns idempotent, e.g. 'seed=3'")
     sampling: dict[str, Any] = json_field()
     abstraction: str | None = text_field()
     raw_output: str = text_field(nullable=False, default="")
-    run_id: int | None = run_fk()
+    run_id: int | None = run_fk(immutable=True)
     created_at: datetime = created_at_field()
 
 
@@ -71,7 +72,7 @@ class Rollout(SQLModel, table=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: float = 0.0
-    run_id: int | None = run_fk()
+    run_id: int | None = run_fk(immutable=True)
     created_at: datetime = created_at_field()
 
 
@@ -104,5 +105,5 @@ class DatasetVersion(SQLModel, table=True):
     row_counts: dict[str, Any] = json_field()
     files: dict[str, Any] = json_field()  # file name -> sha256
     path: str | None = text_field()
-    run_id: int | None = run_fk()
+    run_id: int | None = run_fk(immutable=True)
     created_at: datetime = created_at_field()
