@@ -370,6 +370,88 @@ def search_figures(db: Database, queries: np.ndarray, model: str, ef_values: lis
     return rows
 
 
+# Index variants beside the plain one: (opclass expression, candidate ordering, re-rank?). Each is
+# a partial index on the same rows; the candidate query orders by the index's own expression so the
+# planner uses it, and the re-ranking variants then order those candidates by exact cosine.
+VARIANTS = {
+    "binary": ("(binary_quantize(embedding::vector({d}))::bit({d})) bit_hamming_ops",
+               "binary_quantize(embedding::vector({d}))::bit({d}) <~> binary_quantize(CAST(:q AS vector({d})))"),
+    "halfvec": ("(embedding::halfvec({d})) halfvec_cosine_ops",
+                "embedding::halfvec({d}) <=> CAST(:q AS halfvec({d}))"),
+    # Sign bits of raw MiniLM vectors waste capacity: the embeddings share a common direction, so
+    # many coordinates have the same sign everywhere. Subtracting the table's mean first (a constant
+    # in the index expression) makes each bit split the data.
+    "binary_centered": ("(binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d})) bit_hamming_ops",
+                        "binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d}) <~> "
+                        "binary_quantize(CAST(:q AS vector({d})) - '{c}'::vector({d}))"),
+}
+
+
+def variant_index(model: str, variant: str) -> str:
+    return f"{index_name('template_embedding', model)[:50]}_{variant}"
+
+
+def build_variant(db: Database, model: str, dim: int, variant: str, args, center: str) -> dict:
+    """One variant's partial HNSW index, with the same build settings as the plain one."""
+    opclass = VARIANTS[variant][0].format(d=int(dim), c=center)
+    safe_model = model.replace("'", "''")
+    with db.engine.connect() as conn:
+        conn.execute(sa.text(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'"))
+        conn.execute(sa.text(f"SET max_parallel_maintenance_workers = {int(args.workers)}"))
+        t0 = time.perf_counter()
+        conn.execute(sa.text(f"CREATE INDEX {variant_index(model, variant)} ON template_embedding "
+                             f"USING hnsw ({opclass}) WITH (m = {args.m}, ef_construction = "
+                             f"{args.ef_construction}) WHERE model = '{safe_model}'"))
+        conn.commit()
+        seconds = time.perf_counter() - t0
+        size = conn.execute(sa.text("SELECT pg_size_pretty(pg_relation_size(:i))"),
+                            {"i": variant_index(model, variant)}).scalar()
+    return {"build_s": seconds, "index_size": size}
+
+
+def variant_sql(variant: str, model: str, dim: int, candidates: int, center: str) -> sa.TextClause:
+    """Top CANDIDATES by the variant's index, re-ranked by exact cosine; the 10 best template ids."""
+    safe_model = model.replace("'", "''")
+    order = VARIANTS[variant][1].format(d=int(dim), c=center)
+    return sa.text(
+        f"SELECT v.template_id FROM (SELECT c.version_id, c.embedding::vector({dim}) <=> "
+        f"CAST(:q AS vector({dim})) AS d FROM (SELECT version_id, embedding FROM template_embedding "
+        f"WHERE model = '{safe_model}' ORDER BY {order} LIMIT {int(candidates)}) c ORDER BY d LIMIT 10) r "
+        f"JOIN template_version v ON v.id = r.version_id ORDER BY r.d")
+
+
+def variant_figures(db: Database, variant: str, queries: np.ndarray, model: str, settings: list[tuple[int, int]],
+                    repeats: int, exact_ids: np.ndarray, center: str) -> list[dict]:
+    """Recall@10 and latency of the candidate + re-rank statement (one round trip) per (candidates, ef)."""
+    from kb.retrieval import _vector_literal
+
+    rows = []
+    literals = [_vector_literal(v) for v in queries]
+    with db.engine.connect() as conn:
+        for candidates, ef in settings:
+            sql = variant_sql(variant, model, queries.shape[1], candidates, center)
+            conn.execute(sa.text(f"SET hnsw.ef_search = {int(ef)}"))
+            # More candidates than ef_search only come from an iterative scan; order is re-ranked anyway.
+            conn.execute(sa.text(f"SET hnsw.iterative_scan = {'relaxed_order' if candidates > ef else 'off'}"))
+            plan = "\n".join(conn.execute(sa.text("EXPLAIN " + str(sql)), {"q": literals[0]}).scalars())
+            if variant_index(model, variant) not in plan:
+                raise RuntimeError(f"{variant} query does not use its index:\n{plan}")
+            conn.execute(sql, {"q": literals[0]}).all()  # warm-up
+            times, recalls = [], []
+            for rep in range(repeats):
+                for qi, q in enumerate(literals):
+                    t0 = time.perf_counter()
+                    ids = conn.execute(sql, {"q": q}).scalars().all()
+                    times.append((time.perf_counter() - t0) * 1000)
+                    if rep == 0:
+                        recalls.append(len(set(ids) & set(exact_ids[qi].tolist())) / 10)
+            conn.rollback()
+            rows.append({"index": variant, "candidates": candidates, "ef_search": ef,
+                         "recall@10": float(np.mean(recalls)), "p50_ms": statistics.median(times),
+                         "p90_ms": _pct(times, 90), "p99_ms": _pct(times, 99), "queries": len(times)})
+    return rows
+
+
 def scale_run(db: Database, n: int, model: str, args) -> None:
     texts = [q[0] for q in sample_queries(db)]
     queries, _ = embed_queries(texts, model)
@@ -382,17 +464,42 @@ def scale_run(db: Database, n: int, model: str, args) -> None:
     yield_topk(queries, np.stack([np.asarray(r[1], np.float32) for r in real]), np.array([r[0] for r in real]))
     print(f"\nscale: {n:,} synthetic templates around {len(centers)} real embeddings "
           f"({args.noise_shape} Gaussian noise of norm {args.noise}), {len(texts)} real queries")
+    print(f"machine load before loading: {Path('/proc/loadavg').read_text().strip()}")
     load = load_synthetic(db, n, centers, queries, model, args.noise, args.chunk, args.seed, args.noise_shape)
     print(f"bulk insert (COPY, no embeddings): {load['templates_per_s']:,.0f} templates/s "
           f"({load['templates_s']:.1f} s: template + template_version rows, indexes and generated tsvector)")
     print(f"vectors (binary COPY, before the index): {load['vectors_per_s']:,.0f} rows/s ({load['vectors_s']:.1f} s)")
-    build = build_index(db, model, queries.shape[1], args.maintenance_work_mem, args.workers)
-    print(f"HNSW build: {build['build_s']:.1f} s, index {build['index_size']}; settings: "
-          f"maintenance_work_mem={build['maintenance_work_mem']}, max_parallel_maintenance_workers="
-          f"{build['max_parallel_maintenance_workers']}, m={build['m']}, ef_construction={build['ef_construction']}")
-    rows = search_figures(db, queries, model, args.ef, args.repeats, _TOPK["ids"], texts)
-    print_table(rows, f"search at {n + len(real):,} templates (query embedding excluded; k=10; "
-                      "recall@10 against exact search)")
+    side = []
+    with db.engine.connect() as conn:
+        center = conn.execute(sa.text(f"SELECT avg(embedding::vector({queries.shape[1]}))::text "
+                                      "FROM template_embedding WHERE model = :m"), {"m": model}).scalar()
+    for variant in [v for v in args.index if v != "plain"]:
+        # Each variant alone: an index built earlier would compete for cache and could be chosen.
+        print(f"machine load before the {variant} build: {Path('/proc/loadavg').read_text().strip()}")
+        build = build_variant(db, model, queries.shape[1], variant, args, center)
+        print(f"{variant} HNSW build: {build['build_s']:.1f} s, index {build['index_size']} "
+              f"(m={args.m}, ef_construction={args.ef_construction})")
+        rows = variant_figures(db, variant, queries, model, args.rerank, args.repeats, _TOPK["ids"], center)
+        print_table(rows, f"{variant} + exact re-rank at {n + len(real):,} templates (one statement, "
+                          "query embedding excluded; recall@10 against exact search)")
+        side += [dict(r, build_s=build["build_s"]) for r in rows]
+        with db.engine.begin() as conn:
+            conn.execute(sa.text(f"DROP INDEX {variant_index(model, variant)}"))
+    if "plain" in args.index:
+        print(f"machine load before the plain build: {Path('/proc/loadavg').read_text().strip()}")
+        build = build_index(db, model, queries.shape[1], args.maintenance_work_mem, args.workers)
+        print(f"HNSW build: {build['build_s']:.1f} s, index {build['index_size']}; settings: "
+              f"maintenance_work_mem={build['maintenance_work_mem']}, max_parallel_maintenance_workers="
+              f"{build['max_parallel_maintenance_workers']}, m={build['m']}, ef_construction={build['ef_construction']}")
+        rows = search_figures(db, queries, model, args.ef, args.repeats, _TOPK["ids"], texts)
+        print_table(rows, f"search at {n + len(real):,} templates (query embedding excluded; k=10; "
+                          "recall@10 against exact search)")
+        side += [{"index": "plain", "candidates": 10, "ef_search": r["ef_search"], "recall@10": r["recall@10"],
+                  "p50_ms": r["index_p50_ms"], "p90_ms": float("nan"), "p99_ms": r["index_p99_ms"],
+                  "queries": r["queries"], "build_s": build["build_s"]} for r in rows if r["mode"] == "vector"]
+    if side:
+        print_table(side, f"side by side at {n + len(real):,} templates: the one index statement "
+                          "(plain: nearest 10; others: candidates re-ranked by exact cosine)")
 
 
 # ---------------------------------------------------------------- main
@@ -413,6 +520,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--maintenance-work-mem", default="3GB")
     ap.add_argument("--workers", type=int, default=1, help="max_parallel_maintenance_workers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--index", type=lambda s: s.split(","), default=["plain", "binary"],
+                    help="index variants for the scale run, comma-separated: plain, binary, binary_centered, halfvec")
+    ap.add_argument("--rerank", type=lambda s: [tuple(int(x) for x in p.split(":")) for p in s.split(",")],
+                    default=[(100, 100), (200, 200), (400, 400), (800, 800), (1000, 1000)],
+                    help="re-ranking variants: CANDIDATES:EF_SEARCH pairs, comma-separated")
+    ap.add_argument("--m", type=int, default=16, help="HNSW m for the variant indexes")
+    ap.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction for the variant indexes")
     args = ap.parse_args(argv)
     model = config.embed_model_name(args.model)
     if not args.sample.exists():
