@@ -3,6 +3,8 @@
     python benchmarks/retrieval.py                  # quality + a 100,000-template scale run
     python benchmarks/retrieval.py --scale 1000000  # the full-size run
     python benchmarks/retrieval.py --scale 0        # quality only
+    python benchmarks/retrieval.py --index binary,halfvec,plain --rerank 400:400,2000:1000
+                                   # index variants: top N candidates : ef_search, exact re-rank
 
 Quality: each template's worked example problem is the query; the example is in
 neither the embedded text nor the full-text column. Recall@1, recall@5, MRR and
