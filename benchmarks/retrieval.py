@@ -384,8 +384,8 @@ VARIANTS = {
     # many coordinates have the same sign everywhere. Subtracting the table's mean first (a constant
     # in the index expression) makes each bit split the data.
     "binary_centered": ("(binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d})) bit_hamming_ops",
-                        "binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d}) <~> "
-                        "binary_quantize(CAST(:q AS vector({d})) - '{c}'::vector({d}))"),
+                        ("binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d}) <~> "
+                         "binary_quantize(CAST(:q AS vector({d})) - '{c}'::vector({d}))")),
 }
 
 
