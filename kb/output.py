@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import decimal
-import io
 import json
 import sys
 import uuid

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import pgvector.sqlalchemy
 import sqlalchemy as sa
 from alembic import context
 
