@@ -214,20 +214,8 @@ _SESSION_COLS = (
     "started_at",
     "finished_at",
 )
-_ROUND_COLS = (
-    "round_no",
-    "kind",
-    "step_text",
-    "navigator_prompt",
-    "navigator_output",
-    "retrieved",
-    "instantiation",
-    "evaluation",
-    "adjustment",
-    "tokens",
-    "latency_ms",
-    "created_at",
-)
+# What a round reads back: what was written, less the session key, plus when.
+_ROUND_COLS = (*_ROUND_COLUMNS[1:], "created_at")
 
 
 def total_tokens(tokens: dict[str, Any] | None) -> int:
