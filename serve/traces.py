@@ -433,7 +433,7 @@ def render_trace(session: dict[str, Any]) -> str:
         f"Problem: {_clip(session.get('problem_text'), 400)}",
         f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
         f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}",
-        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('max_tokens')} tokens, "
+        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('token_budget', cfg.get('max_tokens'))} tokens, "
         f"{cfg.get('max_seconds')} s; "
         f"retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}",
         f"Tokens: {_role_tokens(session.get('tokens') or {})}",

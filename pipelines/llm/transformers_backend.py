@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelines.llm.base import ChatRequest, Completion, SamplingParams
 from pipelines.llm.registry import register_backend
-from pipelines.tiny_model import check_model_dir
+from pipelines.llm.base import check_model_dir
 
 
 class TransformersBackend:

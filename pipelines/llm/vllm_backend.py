@@ -13,7 +13,7 @@ from typing import Any
 from kb.errors import KbError
 from pipelines.llm.base import ChatRequest, Completion
 from pipelines.llm.registry import register_backend
-from pipelines.tiny_model import check_model_dir
+from pipelines.llm.base import check_model_dir
 
 
 def _import_vllm():
