@@ -1,0 +1,184 @@
+"""The loop as one command: config checking, the controlled world, resuming after a kill, and the proof that
+the loop learns (the right-template share of held-out plans rises)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from kb.errors import InputError
+from pipelines import loop, toy_world
+from pipelines.llm.base import ChatRequest
+from pipelines.prompts import Prompts
+
+
+@pytest.fixture(autouse=True)
+def _home(tmp_path, monkeypatch):
+    monkeypatch.setenv("REASONFLUX_HOME", str(tmp_path / "home"))
+
+
+def test_config_file_unknown_key_is_refused_naming_file_and_key(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: a\niterations: 2\nsample_count: 3\n")
+    with pytest.raises(InputError) as e:
+        loop.LoopConfig.load(path)
+    assert e.value.file == str(path) and e.value.field == "sample_count"
+
+    path.write_text("name: a\niterations: two\n")
+    with pytest.raises(InputError) as e:
+        loop.LoopConfig.load(path)
+    assert e.value.field == "iterations"
+
+    path.write_text("name: a\ntrain: {learning_rat: 1.0}\n")
+    with pytest.raises(InputError) as e:
+        loop.LoopConfig.load(path)
+    assert e.value.field == "learning_rat"
+
+
+def test_config_flags_beat_the_file_and_paths_are_relative_to_it(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: a\nn: 3\ntrain_config: dpo.yaml\ntrain: {beta: 0.2}\n")
+    cfg = loop.LoopConfig.load(path, {"n": 5, "iterations": None})
+    assert cfg.n == 5 and cfg.iterations == 2 and cfg.train == {"beta": 0.2}
+    assert cfg.train_config == str(tmp_path / "dpo.yaml")
+    assert cfg.identity() == loop.LoopConfig.load(path, {"n": 5, "iterations": 7}).identity()
+    assert cfg.identity() != loop.LoopConfig.load(path, {"n": 4}).identity()
+
+
+def test_ranges():
+    assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
+
+
+def _rollout(problem: str, templates: list[str]) -> str:
+    steps = "\n".join(f"{i}. Combine the two numbers.\n   Template: {t}" for i, t in enumerate(templates, 1))
+    messages = Prompts().messages("inference", problem=problem, steps=steps, abstraction="x")
+    return toy_world.ToyWorldSolver()(messages)
+
+
+def test_toy_world_solver_succeeds_mostly_with_the_right_template():
+    problems = toy_world.problems("train", 40)
+    def correct(p, template):
+        from pipelines.grader import extract_answer, grade
+
+        return grade(extract_answer(_rollout(p["text"], [template])), p["answer"])
+
+    right = sum(correct(p, p["expected_template"]) for p in problems) / len(problems)
+    wrong_template = {f.name: next(g.template for g in toy_world.FAMILIES if g is not f) for f in toy_world.FAMILIES}
+    wrong = sum(correct(p, wrong_template[p["family"]]) for p in problems) / len(problems)
+    assert right >= 0.75 and wrong <= 0.25
+    # deterministic, and a plan without a linked template is not a right plan
+    assert _rollout(problems[0]["text"], ["Sum Rule"]) == _rollout(problems[0]["text"], ["Sum Rule"])
+    assert "no template" in _rollout(problems[0]["text"], [])
+
+
+def test_toy_world_setup_is_idempotent_and_sets_stay_in_family_and_split(db):
+    first = toy_world.setup(db, train_per_family=4, test_per_family=2, similar_k=3)
+    again = toy_world.setup(db, train_per_family=4, test_per_family=2, similar_k=3)
+    assert first["problems_created"] == 18 and again["problems_created"] == 0 and again["similar_sets"] == 0
+    with db.engine.connect() as conn:
+        bad = conn.execute(sa.text(
+            "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
+            "JOIN problem a ON a.id = s.anchor_problem_id JOIN problem p ON p.id = m.problem_id "
+            "WHERE a.subject <> p.subject OR a.split <> p.split OR a.id = p.id")).scalar()
+        sizes = conn.execute(sa.text("SELECT DISTINCT size FROM similar_set")).scalars().all()
+    assert bad == 0 and sorted(sizes) == [1, 3]  # test families have 2 problems: one neighbour each
+
+
+def test_toy_world_backend_goes_through_the_one_resolver(db):
+    from pipelines.llm.roles import resolve_role
+
+    role = resolve_role(db, "inference", "toy-world", None)
+    backend = role.create()
+    p = toy_world.problems("test", 1)[0]
+    steps = f"1. Combine.\n   Template: {p['expected_template']}"
+    out = backend.generate([ChatRequest(Prompts().messages("inference", problem=p["text"], steps=steps,
+                                                           abstraction="x"))])
+    assert out[0].error is None and "\\boxed{" in out[0].text
+
+
+def test_loop_show_without_loops_is_a_clear_error(cli, db):
+    result = cli("loop", "show", expect=1)
+    assert "no loop has run yet" in result.output
+
+
+# ---- the proof ---------------------------------------------------------------------------------------------
+
+# Small sizes that still show the direction with a margin on a loaded 2-core machine (< 3 minutes).
+WORLD = {"train_per_family": 12, "test_per_family": 4, "similar_k": 4}
+LOOP = {"name": "toy", "iterations": 2, "problems": "source=toy-world;split=train",
+        "eval_problems": "source=toy-world;split=test", "navigator": "toy-sft", "inference": "toy-world",
+        "n": 4, "eval_n": 6, "hint_k": 0, "retrieval_mode": "text", "max_steps": toy_world.MAX_STEPS,
+        "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "min_rollouts": 4, "num_gpus": 0,
+        "train": toy_world.DPO_TRAINING}
+
+
+# Iteration 0's rows (the navigator toy-sft's) and how many runs sampled with it.
+FIGURES = """
+    SELECT (SELECT count(*) FROM trajectory WHERE navigator_model = 'toy-sft') AS trajectories,
+           (SELECT count(*) FROM rollout r JOIN trajectory t ON t.id = r.trajectory_id
+            WHERE t.navigator_model = 'toy-sft') AS rollouts,
+           (SELECT count(*) FROM dpo_pair WHERE params->>'navigator_model' = 'toy-sft') AS pairs,
+           (SELECT count(*) FROM dataset_version) AS datasets,
+           (SELECT count(*) FROM pipeline_run WHERE stage = 'sample' AND params->>'navigator' = 'toy-sft')
+               AS sample_runs
+"""
+
+
+class _Killed(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.slow
+def test_loop_resumes_after_a_kill_and_learns_the_right_template(db, tmp_path, monkeypatch):
+    toy_world.setup(db, **WORLD)
+    toy_world.build_start_navigator(db, tmp_path / "start", train_per_family=WORLD["train_per_family"])
+    cfg = loop.LoopConfig.load(None, {**LOOP, "out_dir": str(tmp_path / "loop")})
+
+    # Killed while iteration 0 trains: everything before is recorded; nothing is registered.
+    real_train = loop._Context._train
+
+    def killed(self, k):
+        raise _Killed()
+
+    monkeypatch.setattr(loop._Context, "_train", killed)
+    with pytest.raises(_Killed):
+        loop.run_loop(db, cfg, progress=False)
+    with db.engine.connect() as conn:
+        before = dict(conn.execute(sa.text(FIGURES)).one()._mapping)
+        status = conn.execute(sa.text("SELECT status FROM pipeline_run WHERE stage = 'loop'")).scalar()
+    assert status == "interrupted"
+    partial = loop.show(db, "toy")["iterations"][0]
+    assert partial["pairs"] and partial["trained"] is None and "train" not in partial["status"]
+
+    monkeypatch.setattr(loop._Context, "_train", real_train)
+    result = loop.run_loop(db, cfg, progress=False)
+    rows = {r["iteration"]: r for r in result["iterations"]}
+    with db.engine.connect() as conn:
+        after = dict(conn.execute(sa.text(FIGURES)).one()._mapping)
+        names = conn.execute(sa.text("SELECT name FROM navigator_model ORDER BY id")).scalars().all()
+    # iteration 0's finished steps were not run again: the same trajectories, rollouts, pairs and runs
+    assert {k: after[k] for k in ("trajectories", "rollouts", "pairs", "sample_runs")} == \
+        {k: before[k] for k in ("trajectories", "rollouts", "pairs", "sample_runs")}
+    assert before["sample_runs"] == 2  # train and held-out sampling of iteration 0, once each
+    assert after["datasets"] == before["datasets"] + 1  # iteration 1's export
+    assert names == ["toy-sft", "toy-it0", "toy-it1"]
+    assert [rows[k]["navigator"] for k in (0, 1, 2)] == ["toy-sft", "toy-it0", "toy-it1"]
+    assert rows[2]["final"] and rows[0]["status"] == rows[1]["status"] == "done"
+
+    # Every iteration is a recorded run with its parameters, linked to the loop.
+    with db.engine.connect() as conn:
+        its = conn.execute(sa.text("SELECT params FROM pipeline_run WHERE stage = 'loop-iteration'")).scalars().all()
+    assert {p["loop"] for p in its} == {"toy"} and {p["iteration"] for p in its} == {0, 1, 2}
+
+    # DPO figures come from the training metrics.
+    assert all(rows[k]["dpo_accuracy"] is not None and rows[k]["dpo_margin"] is not None for k in (0, 1))
+
+    # The proof: held-out plans pick the right template clearly more often, and still parse.
+    start, end = rows[0], rows[2]
+    print(json.dumps({k: {c: rows[k][c] for c in ("heldout_plans", "heldout_parse_rate", "heldout_right_template",
+                                                   "reward_mean", "pairs", "dpo_accuracy")} for k in rows}))
+    assert end["heldout_requested"] == start["heldout_requested"] == 3 * WORLD["test_per_family"] * LOOP["eval_n"]
+    assert end["heldout_right_template"] >= start["heldout_right_template"] + 0.2
+    assert end["heldout_parse_rate"] >= 0.8
