@@ -32,6 +32,21 @@ def _f(value, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _failures(db, navigator: str, limit: int) -> None:
+    """A few replies of NAVIGATOR that did not parse, with the parser's reason."""
+    import sqlalchemy as sa
+
+    if limit < 1:
+        return
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT f.reason, f.raw_output FROM failure f JOIN pipeline_run r ON r.id = f.run_id "
+            "WHERE r.stage = 'sample' AND r.params->>'navigator' = :n ORDER BY f.id LIMIT :k"),
+            {"n": navigator, "k": limit}).all()
+    for reason, raw in rows:
+        print(f"  unparseable ({navigator}): {reason[:150]}\n    {raw[:200]!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=3)
@@ -40,7 +55,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4, help="plans per train problem and iteration")
     ap.add_argument("--eval-n", type=int, default=8, help="plans per held-out problem")
     ap.add_argument("--dpo-steps", type=int, default=toy_world.DPO_TRAINING["max_steps"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--dpo-lr", type=float, default=toy_world.DPO_TRAINING["learning_rate"])
+    ap.add_argument("--sft-weight", type=float, default=toy_world.DPO_TRAINING["sft_weight"],
+                    help="NLL term on the chosen reply in the DPO loss (0: plain DPO)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a busy machine)")
+    ap.add_argument("--show-failures", type=int, default=3, help="unparseable plans of the last navigator to print")
     args = ap.parse_args()
 
     if args.threads:
@@ -64,7 +83,8 @@ def main() -> None:
             "n": args.n, "eval_n": args.eval_n, "hint_k": 0, "retrieval_mode": "text",
             "max_steps": toy_world.MAX_STEPS, "temperature": 1.0, "top_p": 1.0, "max_tokens": 64,
             "num_gpus": 0, "out_dir": str(tmp / "loop"),
-            "train": {**toy_world.DPO_TRAINING, "max_steps": args.dpo_steps, "save_steps": args.dpo_steps}})
+            "train": {**toy_world.DPO_TRAINING, "max_steps": args.dpo_steps, "save_steps": args.dpo_steps,
+                      "learning_rate": args.dpo_lr, "sft_weight": args.sft_weight}})
         t1 = time.perf_counter()
         result = loop.run_loop(db, cfg, progress=False)
         t_loop = time.perf_counter() - t1
@@ -88,6 +108,7 @@ def main() -> None:
               f"({last['heldout_right_template'] and round(last['heldout_right_template'] * last['heldout_judged'])}"
               f"/{last['heldout_judged']}); parse rate {_f(first['heldout_parse_rate'])} -> "
               f"{_f(last['heldout_parse_rate'])}; chance is 1/3.")
+        _failures(db, last["navigator"], args.show_failures)
     finally:
         db.dispose()
         shutil.rmtree(tmp, ignore_errors=True)

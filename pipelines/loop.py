@@ -118,7 +118,9 @@ class LoopConfig:
             values.update(cls._read(Path(path)))
         for key, value in (overrides or {}).items():
             if value is not None and value != {}:
-                values[key] = cls._coerce(key, value, source=None)
+                value = cls._coerce(key, value, source=None)
+                # training fields from flags join the file's rather than replace them
+                values[key] = {**values.get("train", {}), **value} if key == "train" else value
         cfg = cls(**values)
         cfg.validate()
         return cfg

@@ -47,6 +47,43 @@ def test_config_flags_beat_the_file_and_paths_are_relative_to_it(tmp_path):
     assert cfg.identity() != loop.LoopConfig.load(path, {"n": 4}).identity()
 
 
+def test_cli_refuses_an_unknown_config_key_naming_file_and_key(cli, db, tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: a\nnavigatr: toy-sft\n")
+    result = cli("loop", "--config", str(path), expect=2)
+    assert str(path) in result.output and "navigatr" in result.output
+
+
+def test_set_flags_join_the_files_training_fields(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("train: {beta: 0.2, max_steps: 5}\n")
+    cfg = loop.LoopConfig.load(path, {"train": {"max_steps": "7"}})
+    assert cfg.train == {"beta": 0.2, "max_steps": "7"}
+
+
+def test_continuing_a_loop_with_other_settings_is_refused(db):
+    from kb.errors import ConflictError
+    from kb.runs import pipeline_run
+
+    first = loop.LoopConfig.load(None, {"name": "x", "n": 4})
+    with pipeline_run(db, loop.STAGE, {"loop": "x", "identity": first.identity(), "config": first.to_dict()}):
+        pass
+    with pytest.raises(ConflictError) as e:
+        loop.run_loop(db, loop.LoopConfig.load(None, {"name": "x", "n": 5}))
+    assert "n: 4 -> 5" in str(e.value)
+
+
+def test_held_out_problems_must_not_be_sampled_for_training(db):
+    toy_world.setup(db, train_per_family=2, test_per_family=1, similar_k=1)
+    cfg = loop.LoopConfig.load(None, {"name": "x", "problems": "source=toy-world",
+                                      "eval_problems": "source=toy-world;split=test", "navigator": "scripted"})
+    with pytest.raises(InputError) as e:
+        loop.run_loop(db, cfg)
+    assert e.value.field == "eval_problems"
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage LIKE 'loop%'")).scalar() == 0
+
+
 def test_ranges():
     assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
 
@@ -143,7 +180,7 @@ def one_thread():
 
 
 @pytest.mark.slow
-def test_loop_resumes_after_a_kill_and_learns_the_right_template(db, tmp_path, monkeypatch, one_thread):
+def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_path, monkeypatch, one_thread):
     toy_world.setup(db, **WORLD)
     toy_world.build_start_navigator(db, tmp_path / "start", train_per_family=WORLD["train_per_family"])
     cfg = loop.LoopConfig.load(None, {**LOOP, "out_dir": str(tmp_path / "loop")})
@@ -183,6 +220,10 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(db, tmp_path, m
     with db.engine.connect() as conn:
         its = conn.execute(sa.text("SELECT params FROM pipeline_run WHERE stage = 'loop-iteration'")).scalars().all()
     assert {p["loop"] for p in its} == {"toy"} and {p["iteration"] for p in its} == {0, 1, 2}
+
+    # `loop show --json` prints the same record.
+    shown = json.loads(cli("loop", "show", "toy", "--json").stdout)
+    assert shown["iterations"] == json.loads(json.dumps(result["iterations"], default=str))
 
     # DPO figures come from the training metrics.
     assert all(rows[k]["dpo_accuracy"] is not None and rows[k]["dpo_margin"] is not None for k in (0, 1))
