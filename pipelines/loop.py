@@ -283,9 +283,12 @@ class _Context:
                          {"c": json.dumps(counts, default=str), "i": run_id})
 
     def _run(self, k: int, navigator_flag: str | None, steps: list[tuple[str, Any]]) -> dict[str, Any]:
+        done = self._done(k)
+        if all(name in done for name, _ in steps):  # finished by an earlier run: no new record
+            return {"steps": done}
         params = {"loop": self.cfg.name, "iteration": k, "loop_run": self.parent, "navigator": navigator_flag}
         with pipeline_run(self.db, ITERATION_STAGE, params) as (run_id, counts):
-            record = counts.setdefault("steps", self._done(k))
+            record = counts.setdefault("steps", done)
             for name, fn in steps:
                 if name in record:
                     continue
@@ -577,8 +580,9 @@ def _row(k: int, entry: dict[str, Any]) -> dict[str, Any]:
     sample, rewards, pairs = s.get("sample", {}), s.get("rewards", {}), s.get("pairs", {})
     train, held = s.get("train", {}), s.get("heldout", {})
     nav = s.get("navigator", {})
+    final = bool(nav.get("final")) and "sample" not in s
     return {
-        "iteration": k, "navigator": nav.get("name"), "final": bool(nav.get("final")),
+        "iteration": k, "navigator": nav.get("name"), "final": final,
         "plans": _ratio(sample.get("plans_parsed"), sample.get("plans_requested")),
         "plans_requested": sample.get("plans_requested"), "plans_parsed": sample.get("plans_parsed"),
         "parse_rate": sample.get("parse_rate"), "right_template": sample.get("right_template_share"),
@@ -590,8 +594,9 @@ def _row(k: int, entry: dict[str, Any]) -> dict[str, Any]:
         "heldout_requested": held.get("plans_requested"), "heldout_parsed": held.get("plans_parsed"),
         "heldout_parse_rate": held.get("parse_rate"), "heldout_right_template": held.get("right_template_share"),
         "heldout_judged": held.get("plans_with_expected_template"),
-        "status": "final" if nav.get("final") and "heldout" in s else
-        ("done" if "train" in s else f"{entry.get('status')} (steps done: {', '.join(s) or 'none'})"),
+        # A loop continued past its old end turns the old final row into an ordinary iteration.
+        "status": "done" if "train" in s else "final" if final and "heldout" in s else
+        f"{entry.get('status')} (steps done: {', '.join(s) or 'none'})",
         "runs": entry["runs"],
     }
 

@@ -255,7 +255,7 @@ CPU_TRAINING = {"bf16": False, "gradient_checkpointing": False, "lr_scheduler_ty
                 "logging_steps": 5}
 SFT_TRAINING = {**CPU_TRAINING, "learning_rate": 3e-3, "max_steps": 150, "save_steps": 150}
 # One loop iteration's DPO (`LoopConfig.train`).
-DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 2e-4, "beta": 0.1, "sft_weight": 1.0, "max_steps": 40, "save_steps": 40,
+DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 2e-4, "beta": 0.1, "sft_weight": 3.0, "max_steps": 40, "save_steps": 40,
                 "precompute_ref_log_probs": True}
 
 

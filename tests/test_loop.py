@@ -221,6 +221,17 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
         its = conn.execute(sa.text("SELECT params FROM pipeline_run WHERE stage = 'loop-iteration'")).scalars().all()
     assert {p["loop"] for p in its} == {"toy"} and {p["iteration"] for p in its} == {0, 1, 2}
 
+    # Running the finished loop again does nothing: no new iteration record, no new rows.
+    with db.engine.connect() as conn:
+        runs_before = conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar()
+        rows_before = conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
+                                           "navigator_model) + (SELECT count(*) FROM training_run)")).scalar()
+    assert loop.run_loop(db, cfg, progress=False)["iterations"] == result["iterations"]
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar() == runs_before
+        assert conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
+                                    "navigator_model) + (SELECT count(*) FROM training_run)")).scalar() == rows_before
+
     # `loop show --json` prints the same record.
     shown = json.loads(cli("loop", "show", "toy", "--json").stdout)
     assert shown["iterations"] == json.loads(json.dumps(result["iterations"], default=str))
