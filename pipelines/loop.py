@@ -233,11 +233,16 @@ def run_loop(db: Database, cfg: LoopConfig, *, progress: bool | None = None) -> 
     with pipeline_run(db, STAGE, params) as (run_id, counts):
         ctx = _Context(db, cfg, run_id, problem_ids, eval_ids, progress)
         for k in range(cfg.iterations):
-            ctx.iteration(k)
+            pairs = ctx.iteration(k)["steps"]["pairs"]
             counts["iterations_done"] = k + 1
-        if eval_ids:
-            ctx.final(cfg.iterations)
-        counts["navigator"] = trained_name(cfg, cfg.iterations - 1)
+            if pairs.get("converged"):
+                counts["converged"] = f"iteration {k}: {pairs['converged']}"
+                counts["navigator"] = ctx.navigator_name(k)
+                break
+        else:
+            if eval_ids:
+                ctx.final(cfg.iterations)
+            counts["navigator"] = trained_name(cfg, cfg.iterations - 1)
     return show(db, cfg.name)
 
 
@@ -303,6 +308,9 @@ class _Context:
             return self.cfg.navigator
         name = trained_name(self.cfg, k - 1)
         return name if self.cfg.navigator_backend == "transformers" else f"{self.cfg.navigator_backend}:{name}"
+
+    def navigator_name(self, k: int) -> str:
+        return self._navigator(self._navigator_flag(k)).name
 
     def _navigator(self, flag: str | None):
         from pipelines.llm.roles import resolve_role
@@ -383,16 +391,24 @@ class _Context:
         cfg = self.cfg
         result = build_pairs(self.db, refresh=False, min_margin=cfg.min_margin, min_rollouts=cfg.min_rollouts,
                              max_pairs_per_problem=cfg.max_pairs_per_problem, navigator_model=nav.name)
-        if not result["total"]:
-            raise KbError(f"loop {cfg.name!r} iteration {k}: no DPO pairs (no train problem has two trajectories "
-                          f"of {nav.name!r} whose rewards differ by >= {cfg.min_margin} with >= {cfg.min_rollouts} "
-                          "rollouts each); sample more plans (n), roll out more (samples) or lower min_margin")
-        return {"run_id": result["run_id"], "params_hash": result["params_hash"], "pairs": result["total"]}
+        out = {"run_id": result["run_id"], "params_hash": result["params_hash"], "pairs": result["total"]}
+        if result["total"]:
+            return out
+        eligible = _eligible(self.db, nav.name, self.problem_ids, self._keys(nav, cfg.n), cfg.min_rollouts)
+        if not eligible:
+            raise KbError(f"loop {cfg.name!r} iteration {k}: no DPO pairs: no trajectory of {nav.name!r} on a "
+                          f"train-split problem has {cfg.min_rollouts} rollouts (similar sets too small, or "
+                          "problems without answers?); lower min_rollouts or roll out more (samples)")
+        # Rewards no longer tell this navigator's plans apart: nothing left to learn from, the loop ends here.
+        return {**out, "converged": f"the rewards of the {eligible} rolled-out trajectories of a problem never "
+                                    f"differ by {cfg.min_margin}"}
 
     def _export(self, k: int) -> dict[str, Any]:
         from pipelines.export import export
 
         pairs = self._done_step(k, "pairs")
+        if pairs.get("converged"):
+            return {"skipped": "no pairs"}
         out = Path(self.cfg.out_dir) if self.cfg.out_dir else kb_config.home_dir() / "loops" / self.cfg.name
         manifest = export(self.db, "dpo", out / f"it{k}-dpo", pairs=pairs["params_hash"])
         return {"dataset": manifest["id"], "rows": sum((manifest.get("row_counts") or {}).values())}
@@ -410,6 +426,8 @@ class _Context:
         from pipelines.train.run import execute
 
         cfg, name = self.cfg, trained_name(self.cfg, k)
+        if self._done_step(k, "pairs").get("converged"):
+            return {"skipped": "no pairs"}
         dataset = self._done_step(k, "export")["dataset"]
         if navigator_path(self.db, name) is None:
             clear_backend_cache()  # the navigators loaded for sampling leave their memory to training
@@ -458,6 +476,16 @@ def _previous_training(db: Database, dataset: str, base: str) -> dict[str, Any] 
             "AND NOT EXISTS (SELECT 1 FROM navigator_model n WHERE n.training_run_id = r.id) "
             "ORDER BY r.id DESC LIMIT 1"), {"d": dataset, "b": base}).mappings().first()
     return dict(row) if row else None
+
+
+def _eligible(db: Database, navigator_name: str, problem_ids: list[int], keys: list[str], min_rollouts: int) -> int:
+    """Trajectories of those plans on train-split problems with enough rollouts to be paired."""
+    with db.engine.connect() as conn:
+        return conn.execute(sa.text(
+            "SELECT count(*) FROM trajectory_reward r JOIN trajectory t ON t.id = r.trajectory_id "
+            "WHERE r.split = 'train' AND r.n_rollouts >= :m AND t.navigator_model = :nav "
+            "AND t.problem_id = ANY(:ids) AND t.sample_key = ANY(:keys)"),
+            {"m": min_rollouts, "nav": navigator_name, "ids": problem_ids, "keys": keys}).scalar_one()
 
 
 def _resumable(db: Database, previous: dict[str, Any] | None) -> int | None:
@@ -595,7 +623,8 @@ def _row(k: int, entry: dict[str, Any]) -> dict[str, Any]:
         "heldout_parse_rate": held.get("parse_rate"), "heldout_right_template": held.get("right_template_share"),
         "heldout_judged": held.get("plans_with_expected_template"),
         # A loop continued past its old end turns the old final row into an ordinary iteration.
-        "status": "done" if "train" in s else "final" if final and "heldout" in s else
+        "status": "converged (no pairs): the loop ended" if pairs.get("converged") else
+        "done" if "train" in s else "final" if final and "heldout" in s else
         f"{entry.get('status')} (steps done: {', '.join(s) or 'none'})",
         "runs": entry["runs"],
     }

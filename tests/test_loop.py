@@ -7,6 +7,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
+import yaml
 
 from kb.errors import InputError
 from pipelines import loop, toy_world
@@ -82,6 +83,25 @@ def test_held_out_problems_must_not_be_sampled_for_training(db):
     assert e.value.field == "eval_problems"
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage LIKE 'loop%'")).scalar() == 0
+
+
+def test_a_loop_whose_rewards_no_longer_differ_ends_converged(cli, db):
+    """The scripted play-along navigator plans the same for every seed: every plan of a problem earns the
+    same reward, so there is no pair and nothing to train: the loop ends there, not with an error."""
+    toy_world.setup(db, train_per_family=3, test_per_family=1, similar_k=2)
+    cfg = loop.LoopConfig.load(None, {"name": "flat", "problems": "source=toy-world;split=train", "n": 2,
+                                      "navigator": "scripted", "inference": "toy-world", "hint_k": 0,
+                                      "retrieval_mode": "text", "min_rollouts": 2, "iterations": 3})
+    result = loop.run_loop(db, cfg, progress=False)
+    (row,) = result["iterations"]
+    assert row["plans"] == "18/18" and row["pairs"] == 0 and row["trained"] is None
+    assert row["status"].startswith("converged")
+    with db.engine.connect() as conn:
+        counts = conn.execute(sa.text("SELECT status, counts FROM pipeline_run WHERE stage = 'loop'")).one()
+        assert conn.execute(sa.text("SELECT count(*) FROM training_run")).scalar() == 0
+    assert counts.status == "succeeded" and counts.counts["converged"].startswith("iteration 0")
+    table = cli("loop", "show", "flat").stdout
+    assert "converged" in table and "18/18" in table
 
 
 def test_ranges():
@@ -226,7 +246,10 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
         runs_before = conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar()
         rows_before = conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
                                            "navigator_model) + (SELECT count(*) FROM training_run)")).scalar()
-    assert loop.run_loop(db, cfg, progress=False)["iterations"] == result["iterations"]
+    config = tmp_path / "loop.yaml"
+    config.write_text(yaml.safe_dump({**LOOP, "out_dir": str(tmp_path / "loop")}))
+    rerun = json.loads(cli("loop", "--config", str(config), "--json").stdout)
+    assert rerun["iterations"] == json.loads(json.dumps(result["iterations"], default=str))
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar() == runs_before
         assert conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
