@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kb.db import connect  # noqa: E402
-from pipelines import loop, toy_world  # noqa: E402
+from kb.db import connect
+from pipelines import loop, toy_world
 
 
 def _f(value, spec: str = ".2f") -> str:
@@ -108,6 +108,8 @@ def main() -> None:
               f"({last['heldout_right_template'] and round(last['heldout_right_template'] * last['heldout_judged'])}"
               f"/{last['heldout_judged']}); parse rate {_f(first['heldout_parse_rate'])} -> "
               f"{_f(last['heldout_parse_rate'])}; chance is 1/3.")
+        if last["status"].startswith("converged"):
+            print(f"iteration {last['iteration']}: {last['status']} (every train problem's plans earned equal rewards)")
         _failures(db, last["navigator"], args.show_failures)
     finally:
         db.dispose()

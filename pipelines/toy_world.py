@@ -259,7 +259,7 @@ DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 2e-4, "beta": 0.1, "sft_weight"
                 "precompute_ref_log_probs": True}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelSize:
     hidden_size: int = 96
     layers: int = 2
@@ -268,18 +268,21 @@ class ModelSize:
     vocab_size: int = 768
 
 
+DEFAULT_SIZE = ModelSize()  # measured to learn the world in the test's time (docs/loop.md)
+
+
 def build_start_navigator(db: Database, workdir: str | Path, *, name: str = "toy-sft", seed: int = 0,
-                          train_per_family: int = 12, size: ModelSize = ModelSize(),
+                          train_per_family: int = 12, size: ModelSize = DEFAULT_SIZE,
                           training: dict[str, Any] | None = None) -> dict[str, Any]:
     """The tiny model with the world's tokenizer, SFT-trained on plan examples with right and wrong templates
     equally (through the real export check, trainer, run record and registry); returns the SFT run."""
+    import pyarrow as pa
+
     from kb.datasets import DataPart, ExportSpec, write_dataset
     from pipelines.tiny_model import build_tiny_model
     from pipelines.train.launch import plan
     from pipelines.train.registry import navigator_path
     from pipelines.train.run import execute
-
-    import pyarrow as pa
 
     if navigator_path(db, name):
         from pipelines.train.registry import list_navigators
