@@ -104,6 +104,28 @@ def test_a_loop_whose_rewards_no_longer_differ_ends_converged(cli, db):
     assert "converged" in table and "18/18" in table
 
 
+def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_path):
+    """Killed between the end of DPO and the registration: the rerun registers that run's model."""
+    from kb.runs import pipeline_run
+    from pipelines.train import registry
+    from tests.train_support import config_only_model, dpo_rows, write_export
+
+    base = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
+    dataset = write_export(db, tmp_path / "dpo", "dpo", dpo_rows(2))
+    cfg = loop.LoopConfig.load(None, {"name": "k", "base_model": str(base), "navigator": "scripted"})
+    with pipeline_run(db, loop.ITERATION_STAGE, {"loop": "k", "iteration": 0}) as (_, counts):
+        counts["steps"] = {"pairs": {"pairs": 2}, "export": {"dataset": dataset}}
+    run_id = registry.start_run(db, stage="dpo", base_model=str(base.resolve()), dataset_version_id=dataset,
+                                config={}, output_path=str(tmp_path / "out"))
+    registry.finish_run(db, run_id, "succeeded")
+
+    ctx = loop._Context(db, cfg, parent=0, problem_ids=[], eval_ids=[], progress=False)
+    assert ctx._train(0)["training_run"] == run_id
+    assert registry.navigator_path(db, "k-it0") == str(tmp_path / "out")
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM training_run")).scalar() == 1
+
+
 def test_ranges():
     assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
 
