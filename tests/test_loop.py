@@ -7,7 +7,6 @@ import json
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from kb.errors import InputError
 from pipelines import loop, toy_world
@@ -185,12 +184,8 @@ def test_loop_show_without_loops_is_a_clear_error(cli, db):
 # ---- the proof ---------------------------------------------------------------------------------------------
 
 # Small sizes that still show the direction with a margin on a loaded 2-core machine (< 3 minutes).
-WORLD = {"train_per_family": 12, "test_per_family": 4, "similar_k": 4}
-LOOP = {"name": "toy", "iterations": 2, "problems": "source=toy-world;split=train",
-        "eval_problems": "source=toy-world;split=test", "navigator": "toy-sft", "inference": "toy-world",
-        "n": 4, "eval_n": 6, "hint_k": 0, "retrieval_mode": "text", "max_steps": toy_world.MAX_STEPS,
-        "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "min_rollouts": 4, "num_gpus": 0,
-        "train": toy_world.DPO_TRAINING}
+WORLD = {"train_per_family": 12, "test_per_family": 4}
+LOOP = toy_world.loop_settings("toy", iterations=2, n=4, eval_n=6)
 
 
 # Iteration 0's rows (the navigator toy-sft's) and how many runs sampled with it.
@@ -223,9 +218,13 @@ def one_thread():
 
 @pytest.mark.slow
 def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_path, monkeypatch, one_thread):
-    toy_world.setup(db, **WORLD)
-    toy_world.build_start_navigator(db, tmp_path / "start", train_per_family=WORLD["train_per_family"])
-    cfg = loop.LoopConfig.load(None, {**LOOP, "out_dir": str(tmp_path / "loop")})
+    # The world, the SFT start navigator and the loop's config file, by the command a user runs.
+    made = json.loads(cli("loop", "toy-world", "--dir", str(tmp_path / "toy"), "--train-per-family",
+                          str(WORLD["train_per_family"]), "--test-per-family", str(WORLD["test_per_family"]),
+                          "--json").stdout)
+    assert made["problems_created"] == 3 * (WORLD["train_per_family"] + WORLD["test_per_family"])
+    cfg = loop.LoopConfig.load(made["config"])
+    assert {k: getattr(cfg, k) for k in LOOP} == LOOP
 
     # Killed while iteration 0 trains: everything before is recorded; nothing is registered.
     real_train = loop._Context._train
@@ -268,9 +267,7 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
         runs_before = conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar()
         rows_before = conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
                                            "navigator_model) + (SELECT count(*) FROM training_run)")).scalar()
-    config = tmp_path / "loop.yaml"
-    config.write_text(yaml.safe_dump({**LOOP, "out_dir": str(tmp_path / "loop")}))
-    rerun = json.loads(cli("loop", "--config", str(config), "--json").stdout)
+    rerun = json.loads(cli("loop", "--config", made["config"], "--json").stdout)
     assert rerun["iterations"] == json.loads(json.dumps(result["iterations"], default=str))
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar() == runs_before
