@@ -454,6 +454,9 @@ class _Context:
         if k > 0:
             return _model_dir(self.db, trained_name(self.cfg, k - 1))
         candidate = self.cfg.base_model or self.cfg.navigator
+        if not candidate:  # the navigator role comes from llm_config: train its local model, if it has one
+            role = self._navigator(None).config
+            candidate = role.options.get("model_path") if role.backend in NAVIGATOR_BACKENDS else None
         if candidate:
             head, sep, rest = candidate.partition(":")
             if sep and head in NAVIGATOR_BACKENDS:

@@ -125,6 +125,20 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
         assert conn.execute(sa.text("SELECT count(*) FROM training_run")).scalar() == 1
 
 
+def test_iteration_0_trains_the_model_the_navigator_role_runs(db, tmp_path):
+    from tests.train_support import config_only_model
+
+    model = config_only_model(tmp_path / "nav", {"model_type": "qwen2"})
+    llm = tmp_path / "llm.toml"
+    llm.write_text(f'[roles.navigator]\nbackend = "transformers"\nmodel_path = "{model}"\n')
+    ctx = loop._Context(db, loop.LoopConfig.load(None, {"llm_config": str(llm)}), 0, [], [], False)
+    assert ctx._base_model(0) == str(model.resolve())
+    remote = loop.LoopConfig.load(None, {"navigator": "openai:m@http://127.0.0.1:9/v1"})
+    with pytest.raises(InputError) as e:
+        loop._Context(db, remote, 0, [], [], False)._base_model(0)
+    assert e.value.field == "base_model"
+
+
 def test_ranges():
     assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
 
