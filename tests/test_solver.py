@@ -202,6 +202,13 @@ def test_trajectory_end_extracts_answer_and_shared_backend(db, library):
     assert solver.batchers["navigator"] is solver.batchers["inference"]
     assert solver.batchers["navigator"].requests == result.llm_calls == 5
     solver.close()
+    # Navigator requests carry the contract's schema (for backends with structured output); others none.
+    from pipelines import navigator
+
+    schemas = [(navigator.request_kind(r.messages), r.response_schema) for r in backend.calls]
+    assert schemas[0] == ("plan", navigator.plan_schema(SolverConfig().max_steps))
+    assert ("evaluation", navigator.evaluation_schema(SolverConfig().max_steps)) in schemas
+    assert all(schema is None for kind, schema in schemas if kind is None)
     # Without a stop verdict the answer comes from the last accepted step's result.
     nav = script(
         (r'"trajectory"', plan(("Compute", "Quadratic formula"))),
