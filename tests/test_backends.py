@@ -331,3 +331,12 @@ def test_structured_output_sends_the_contract_schema_when_the_role_asks_for_it(f
     # A request without a schema (a rollout, a step) never gets one, even with the setting on.
     strict.generate([ChatRequest(MSG)])
     assert "response_format" not in srv.bodies[-1]
+
+
+def test_call_rows_fill_exactly_the_columns_the_trace_writer_inserts():
+    """One llm_call row shape: the stages' LoggedBackend and the solver's trace writer share call_rows."""
+    from pipelines.llm.calls import CALL_COLUMNS, call_rows
+
+    backend = create_backend("scripted", default="hi")
+    [row] = call_rows(backend, [ChatRequest(MSG)], backend.generate([ChatRequest(MSG)]), run_id=None, stage="x")
+    assert tuple(row) == CALL_COLUMNS

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from kb.templates import TemplateSpec, create_template
+from pipelines import navigator
 from pipelines.embed import embed_templates
 from pipelines.llm import SamplingParams, create_backend
-from pipelines import navigator
 from pipelines.llm.config import RoleConfig
 from pipelines.problems import import_problems
 from pipelines.sample import sample

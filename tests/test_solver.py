@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from pipelines.llm import create_backend
 from pipelines.llm.base import SamplingParams
+from pipelines.llm.scripted import play_along_backend
 from pipelines.navigator import parse_evaluation, parse_plan
 from pipelines.parsing import ParseError
-from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, list_sessions, render_trace
 from tests.solve_helpers import add_templates

@@ -13,8 +13,7 @@ import time
 from typing import Any
 
 from kb.errors import KbError
-from pipelines.llm.base import ChatRequest, Completion
-from pipelines.llm.base import check_model_dir
+from pipelines.llm.base import ChatRequest, Completion, check_model_dir
 from pipelines.llm.registry import register_backend
 
 
