@@ -164,10 +164,10 @@ def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, data_files
         for fmt in ("parquet", "jsonl"):
             if fmt in spec.formats:
                 by_format.setdefault(fmt, []).append({"split": part.split, "path": data_file(spec, part, fmt)})
+    # One config: the Hub builds every config of a repo with one loader, so the JSONL copy beside
+    # Parquet is a plain file (`load_dataset("json", data_files=...)`), not a second config.
     main = "parquet" if "parquet" in by_format else "jsonl"
     configs = [{"config_name": "default", "data_files": by_format[main]}]
-    if main == "parquet" and "jsonl" in by_format:
-        configs.append({"config_name": "jsonl", "data_files": by_format["jsonl"]})
     total = sum(row_counts.values())
     meta: dict[str, Any] = {
         "pretty_name": f"reasonflux {spec.kind} {version_id}",
