@@ -125,6 +125,12 @@ def hub(monkeypatch):
     _StandInHub.requests = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    # Loading an embedding model earlier in this test process switches huggingface_hub offline
+    # (kb.embeddings never downloads); a push is the one thing that must go online.
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     yield _StandInHub.requests
     server.shutdown()
 
