@@ -134,9 +134,15 @@ def _plain(t):
 
 
 def _size_category(n: int) -> str:
-    bounds = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-              (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]
-    return next((label for bound, label in bounds if n < bound), "n>1T" if n >= 10**12 else "1B<n<10B")
+    """The Hub's size_categories label: n<1K, 1K<n<10K, ..., 100B<n<1T, n>1T."""
+    units = ["", "K", "M", "B", "T"]
+    labels = [f"{10 ** (e % 3)}{units[e // 3]}" for e in range(3, 13)]  # 1K, 10K, 100K, 1M, ..., 1T
+    if n < 1000:
+        return "n<1K"
+    for low, high, bound in zip(labels, labels[1:], range(4, 13)):
+        if n < 10 ** bound:
+            return f"{low}<n<{high}"
+    return "n>1T"
 
 
 def hub_feature(name: str, t) -> dict[str, Any]:

@@ -175,3 +175,10 @@ def test_push_without_a_token_says_how_to_get_one_and_keeps_the_export(cli, db, 
     assert "no Hugging Face token" in result.output and "hf auth login" in result.output
     assert "export itself is written" in result.output and (tmp_path / "sft" / "manifest.json").is_file()
     assert hub == []  # nothing was sent
+
+
+def test_size_categories_follow_the_hub_labels():
+    from kb.datasets import _size_category
+
+    assert [_size_category(n) for n in (0, 999, 1000, 123_456, 10**6, 5 * 10**9, 10**13)] == [
+        "n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "1M<n<10M", "1B<n<10B", "n>1T"]
