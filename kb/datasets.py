@@ -104,7 +104,7 @@ def data_file(spec: ExportSpec, part: DataPart, fmt: str) -> str:
         return f"{DATA_DIR}/{part.split}.{fmt}"
     # Beside Parquet, JSONL may not sit under data/ or carry a split name: `load_dataset("parquet",
     # data_dir=DIR)` would read it as Parquet.
-    return f"jsonl/{spec.kind}.jsonl" if len(spec.parts) == 1 else f"jsonl/{spec.kind}.{part.name}.jsonl"
+    return f"jsonl/{spec.kind}.jsonl" if len(spec.parts) == 1 else f"jsonl/{spec.kind}{spec.parts.index(part)}.jsonl"
 
 
 def _write_parquet(table, path: Path) -> None:
@@ -357,9 +357,10 @@ def verify(db: Database | None, folder: str | Path) -> dict[str, Any]:
         actual = sha256_file(path)
         if actual != digest:
             raise VerificationError(f"{path}: sha256 {actual} does not match the manifest ({digest})")
-    warnings = _card_warnings(folder, card) + _unlisted(folder, set(files) | set(card))
+    card_warnings = _card_warnings(folder, card)
+    warnings = card_warnings + _unlisted(folder, set(files) | set(card))
     result = {"id": manifest.get("id"), "kind": manifest.get("kind"), "files": len(files), "manifest": "ok",
-              "card": "edited" if any("card" in w for w in warnings) else "ok", "warnings": warnings}
+              "card": "edited" if card_warnings else "ok", "warnings": warnings}
     if db is not None:
         _check_against_kb(db, folder, manifest_path, manifest, files)
         result["kb"] = "ok"
