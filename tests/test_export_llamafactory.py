@@ -71,6 +71,11 @@ def test_llamafactory_files_follow_the_documented_schema(cli, db, world, tmp_pat
                            "rejected": first["rejected"][0]}
     assert {"dataset_info.json", f"llamafactory/{dataset_name(kind)}.jsonl"} <= set(manifest["files"])
     assert verify(db, out)["warnings"] == []
+    import datasets  # the LLaMA-Factory files beside the data do not disturb the Hub loaders
+
+    for args, kw in (((str(out),), {}), (("parquet",), {"data_dir": str(out)})):
+        loaded = datasets.load_dataset(*args, cache_dir=str(tmp_path / "hf-cache"), **kw)
+        assert list(loaded) == ["train"] and loaded["train"].num_rows == len(rows)
 
 
 def test_llamafactory_format_is_only_for_sft_and_dpo(cli, db, world, tmp_path):  # noqa: F811
