@@ -420,15 +420,15 @@ _INSERT_VERSIONS = sa.text("""
     INSERT INTO template_version (
         template_id, version_no, name, template_type, tags, description, application_scope, steps,
         example_problem, example_solution, example_answer, extra, content_hash, parent_version_id,
-        source_kind, source_ref, provenance, change_note, run_id, created_at)
+        source_kind, source_ref, provenance, change_note, author, run_id, created_at)
     SELECT r.template_id, r.version_no, r.name, r.template_type, r.tags, r.description, r.application_scope,
            r.steps, r.example_problem, r.example_solution, r.example_answer, r.extra, r.content_hash,
-           r.parent_version_id, r.source_kind, r.source_ref, r.provenance, r.change_note, r.run_id, now()
+           r.parent_version_id, r.source_kind, r.source_ref, r.provenance, r.change_note, r.author, r.run_id, now()
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
         template_id int, version_no int, name text, template_type text, tags text[], description text,
         application_scope text, steps jsonb, example_problem text, example_solution text, example_answer text,
         extra jsonb, content_hash text, parent_version_id int, source_kind text, source_ref text,
-        provenance jsonb, change_note text, run_id int)
+        provenance jsonb, change_note text, author text, run_id int)
     RETURNING template_id, id
 """)
 # Optimistic lock, as in kb.templates: a pointer only moves forward from the version we compared against.
@@ -453,6 +453,7 @@ def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, sourc
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InputError(f"template {dup!r} appears more than once", field="key")
     hashes = [T.content_hash(r.spec.content()) for r in records]
+    author = T.current_author()
     current: dict[str, Any] = {}  # key -> locked row (id, status, current version no/id/hash)
     for chunk in _chunks(keys):
         current.update({row.key: row for row in conn.execute(_LOCK_CURRENT, {"keys": chunk})})
@@ -474,6 +475,7 @@ def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, sourc
         rows = [{"template_id": template_ids[k], "version_no": _version_no(before) + 1, **r.spec.content(),
                  "content_hash": h, "parent_version_id": before.current_version_id if before else None,
                  "source_kind": source_kind, "source_ref": source_ref, "provenance": r.provenance, "run_id": run_id,
+                 "author": author,
                  "change_note": change_note or ("imported" if before is None else "updated by import")}
                 for r, k, h, before in chunk]
         version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all()))
@@ -515,10 +517,9 @@ def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True,
         result.run_id = run_id
         counts.update(result.counts)
         if embed and result.current_version_ids:
-            from pipelines.embed import embed_templates
+            from pipelines.embed import embed_new_templates
 
-            counts["embedded"] = embed_templates(db, model=model, version_ids=result.current_version_ids,
-                                                 run_id=run_id)
+            counts["embedded"] = embed_new_templates(db, result.current_version_ids, run_id, model=model)
         result.counts = dict(counts)
     return result
 
