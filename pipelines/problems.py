@@ -202,8 +202,11 @@ def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mappi
         with session_scope(db) as s:
             outcome = insert_problems(s, rows, run_id)
         counts.update(records=len(rows), **{k: len(v) for k, v in outcome.items()})
-        if embed and outcome["created"]:
-            counts["embedded"] = embed_problems(db, model=embed_model, problem_ids=outcome["created"],
+        if embed:
+            # Every problem of the file, not only the new ones: a killed earlier import left some without a
+            # vector, and the embed stage skips those that already have one for the model.
+            counts["embedded"] = embed_problems(db, model=embed_model,
+                                                problem_ids=outcome["created"] + outcome["existing"],
                                                 run_id=run_id)
     return {"run_id": run_id, "file": str(path), **counts}
 
