@@ -33,6 +33,35 @@ class SchemaOutOfDate(RuntimeError):
     """The database is not at the schema revision this code expects."""
 
 
+# An explicit `reasonflux db downgrade` of the embedded database leaves this file in its data directory, so
+# the next command's automatic upgrade does not silently undo it; `reasonflux db upgrade` removes it.
+PIN_FILE = "reasonflux-downgraded.json"
+
+
+def _pin_path(home: Path | None = None) -> Path:
+    return (home or config.home_dir()) / "pgdata" / PIN_FILE
+
+
+def pin_embedded_revision(revision: str | None, home: Path | None = None) -> None:
+    import datetime
+
+    _pin_path(home).write_text(json.dumps({
+        "revision": revision, "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }))
+
+
+def unpin_embedded_revision(home: Path | None = None) -> None:
+    _pin_path(home).unlink(missing_ok=True)
+
+
+def embedded_pin(home: Path | None = None) -> dict | None:
+    """The explicit downgrade recorded for the embedded database, if any."""
+    try:
+        return json.loads(_pin_path(home).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def normalize_url(url: str) -> str:
     """SQLAlchemy URL with the psycopg (v3) driver, whatever the user typed."""
     url = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", url)
@@ -145,7 +174,8 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
     """Resolve the database, start the embedded server if needed, check the schema.
 
     A fresh or outdated embedded database is upgraded to head automatically (it is
-    ours) unless auto_upgrade is off; an external database that is not at head
+    ours) unless auto_upgrade is off or it was downgraded explicitly (then, when
+    check_schema, SchemaOutOfDate says how to bring it back); an external database that is not at head
     raises SchemaOutOfDate with the command that fixes it (when check_schema).
     """
     from kb import migrate
@@ -155,10 +185,20 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
     db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
     if (db.embedded and auto_upgrade) or (not db.embedded and check_schema):
         current, head = migrate.current_revision(db.engine), migrate.head_revision()
-        if current != head:
+        pin = embedded_pin(home) if db.embedded and current != head else None
+        if pin is not None:
+            if check_schema:
+                db.dispose()
+                raise SchemaOutOfDate(
+                    f"the embedded database was downgraded on purpose (`reasonflux db downgrade`, {pin.get('at')}) "
+                    f"and is at revision {current or 'base'}, this code needs {head}; it is not upgraded "
+                    f"automatically: run `reasonflux db upgrade` when you want it back at head"
+                )
+        elif current != head:
             if db.embedded:
                 migrate.upgrade(db.engine)
             else:
+                db.dispose()
                 raise SchemaOutOfDate(
                     f"database {mask_url(resolved)} is at revision {current or '(empty)'}, "
                     f"this code needs {head}: run `reasonflux db upgrade`"

@@ -19,6 +19,12 @@ class ConflictError(KbError):
     exit_code = 3
 
 
+class ConfirmationRequired(KbError):
+    """A destructive action was asked for without its confirmation flag (e.g. --yes); nothing was done."""
+
+    exit_code = 2
+
+
 class InputError(KbError):
     """Bad input, located: the file, the record (path or line) and the field."""
 

@@ -98,3 +98,20 @@ def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(tmp_path):
         info = json.loads(out)
         assert info["revision"] == info["head"]
     assert _wait_stopped(home)
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
+def test_an_explicit_downgrade_is_not_undone_by_the_next_command(tmp_path):
+    home = tmp_path / "home"
+    head = json.loads(_cli(home, "db", "current", "--json").stdout)["head"]
+    down = _cli(home, "db", "downgrade", "base")
+    assert down.returncode == 0 and "at revision base" in down.stdout, down.stderr
+    refused = _cli(home, "templates", "list")
+    assert refused.returncode == 4, refused.stderr
+    assert "downgraded on purpose" in refused.stderr and "reasonflux db upgrade" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert json.loads(_cli(home, "db", "current", "--json").stdout)["current"] is None  # still where it was left
+    assert _cli(home, "db", "upgrade").returncode == 0
+    listed = _cli(home, "templates", "list", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    assert json.loads(_cli(home, "db", "current", "--json").stdout)["current"] == head
