@@ -46,7 +46,7 @@ def pin_embedded_revision(revision: str | None, home: Path | None = None) -> Non
     import datetime
 
     _pin_path(home).write_text(json.dumps({
-        "revision": revision, "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "revision": revision, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }))
 
 

@@ -33,7 +33,7 @@ cli(sys.argv[1:], prog_name="reasonflux")
 def _killed_run(db, *args: str) -> None:
     env = {**os.environ, "DATABASE_URL": db.url, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", _KILLED_ON_SECOND_BATCH, *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, check=False)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr)
 
 
@@ -54,7 +54,7 @@ def test_rerun_after_a_killed_problem_import_embeds_every_problem_of_the_file(cl
 
     again = json.loads(cli("problems", "import", str(path), "--json").output)
     assert again["created"] == 0 and again["existing"] == 150 and again["embedded"] == _scalar(
-        db, "SELECT count(*) FROM problem_embedding WHERE run_id = %d" % again["run_id"])
+        db, f"SELECT count(*) FROM problem_embedding WHERE run_id = {again['run_id']}")
     assert _scalar(db, missing) == 0
     # A third run has nothing left to do.
     assert json.loads(cli("problems", "import", str(path), "--json").output)["embedded"] == 0
