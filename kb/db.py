@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
 from kb import config
+from kb.errors import DatabaseUnavailable, InputError
 
 EMBEDDED_DBNAME = "reasonflux"
 
@@ -182,7 +183,19 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
 
     external = config.database_url(url)
     resolved = normalize_url(external) if external else embedded_url(home)
-    db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
+    if not resolved.startswith("postgresql+psycopg://"):
+        raise InputError(f"{mask_url(resolved)} is not a PostgreSQL URL (postgresql://user:password@host/db)",
+                         field="--database-url / DATABASE_URL")
+    try:
+        db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
+    except sa.exc.ArgumentError as e:
+        raise InputError(f"not a database URL: {e}", field="--database-url / DATABASE_URL") from None
+    try:
+        with db.engine.connect():
+            pass
+    except sa.exc.OperationalError as e:
+        db.dispose()
+        raise DatabaseUnavailable(f"cannot connect to {mask_url(resolved)}: {db_error_reason(e)}") from None
     if (db.embedded and auto_upgrade) or (not db.embedded and check_schema):
         current, head = migrate.current_revision(db.engine), migrate.head_revision()
         pin = embedded_pin(home) if db.embedded and current != head else None
@@ -204,6 +217,13 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
                     f"this code needs {head}: run `reasonflux db upgrade`"
                 )
     return db
+
+
+def db_error_reason(e: BaseException) -> str:
+    """The server's or driver's reason, on one line, without SQLAlchemy's statement and links."""
+    orig = getattr(e, "orig", None) or e
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else type(orig).__name__
 
 
 @contextlib.contextmanager

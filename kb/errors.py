@@ -13,6 +13,10 @@ class NotFound(KbError):
     pass
 
 
+class DatabaseUnavailable(KbError):
+    """The database cannot be reached (or the connection was lost); the message names the masked URL."""
+
+
 class ConflictError(KbError):
     """Someone else changed the row first (optimistic locking)."""
 

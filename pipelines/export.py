@@ -306,6 +306,16 @@ def problems_part(conn, selection: str | None) -> DataPart:
 
 # ---- entry point ------------------------------------------------------------------------------------------
 
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file."""
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"is under {path}, which is a file"
+                raise InputError(f"{out} {what}, not a folder", field="--out")
+            return
+
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
            pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None) -> dict[str, Any]:
     """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path)."""
@@ -313,6 +323,7 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
         raise InputError(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if not formats or set(formats) - {"parquet", "jsonl"}:
         raise InputError("formats are parquet and/or jsonl", field="--format")
+    check_output_dir(out_dir)
     with pipeline_run(db, "export", {"kind": kind, "out": str(out_dir), "formats": list(formats)}) as (run_id, counts):
         with db.engine.begin() as conn:
             conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))

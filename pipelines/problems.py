@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from kb import storable
 from kb.db import Database, session_scope
 from kb.errors import InputError, NotFound
 from kb.models import Problem
+from kb.storable import too_deep
 from kb.runs import pipeline_run
 
 FIELDS = ("problem", "solution", "answer", "subject", "difficulty", "source_id", "split", "tags")
@@ -111,7 +114,7 @@ def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source
     extra = {k: v for k, v in record.items() if k not in used}
     if tags:
         extra["tags"] = tags
-    return {
+    row = {
         "text": text,
         "solution": _text(get("solution"), where("solution")),
         "answer": _text(get("answer"), where("answer")),
@@ -119,10 +122,17 @@ def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source
         "difficulty": _difficulty(get("difficulty"), where("difficulty")),
         "source_id": _text(get("source_id"), where("source_id")),
         "split": _text(get("split"), where("split")) or split,
-        "source": source,
-        "content_hash": content_hash(text),
-        "extra": extra,
     }
+    for column, value in row.items():
+        storable.check_value(value, **where("problem" if column == "text" else column))
+    storable.check_int32(row["difficulty"], **where("difficulty"))
+    storable.check_indexed_length({where("problem")["field"]: text}, file=file, record=rec)  # text search
+    for key, value in extra.items():
+        storable.check_value(value, file=file, record=rec, field=key)
+        if "\x00" in key:
+            raise InputError("has a NUL character (\\u0000) in its name, which PostgreSQL cannot store",
+                             file=file, record=rec, field=repr(key))
+    return {**row, "source": source, "content_hash": content_hash(text), "extra": extra}
 
 
 def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
@@ -135,22 +145,34 @@ def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
         raise NotFound(f"no such file: {path}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason})", file=str(path)) from None
+    if not raw.strip():
+        raise InputError("the file is empty", file=str(path))
     if fmt == "json":
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {e.lineno}") from None
+        except RecursionError:
+            raise too_deep(file=str(path)) from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"invalid JSON: {e}", file=str(path)) from None
         if not isinstance(data, list):
             raise InputError("a .json file must hold a list of objects", file=str(path))
         return list(enumerate(data, start=1))
     records = []
-    for no, line in enumerate(raw.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also split at U+2028/U+2029 and other separators,
+    # which JSON allows unescaped inside strings.
+    for no, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             records.append((no, json.loads(line)))
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {no}") from None
+        except RecursionError:
+            raise too_deep(file=str(path), record=f"line {no}") from None
+        except ValueError as e:
+            raise InputError(f"invalid JSON: {e}", file=str(path), record=f"line {no}") from None
     return records
 
 
@@ -180,8 +202,10 @@ def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> 
         stmt = stmt.on_conflict_do_nothing(index_elements=["content_hash"]).returning(Problem.id)
         created += session.execute(stmt).scalars().all()
     hashes = [r["content_hash"] for r in rows]
+    # One array parameter: an IN list of 65,536 or more hashes would exceed the protocol's parameter limit.
     ids = dict(session.execute(sa.select(Problem.content_hash, Problem.id)
-                               .where(Problem.content_hash.in_(set(hashes)))).all())
+                               .where(Problem.content_hash == sa.func.any(sa.cast(sorted(set(hashes)),
+                                                                                  ARRAY(sa.Text))))).all())
     created_set, seen = set(created), set()
     existing, duplicates = [], []
     for h in hashes:
