@@ -30,9 +30,9 @@ import sqlalchemy as sa
 from kb import templates as T
 from kb.db import Database
 from kb.errors import ConflictError, InputError
-from kb.storable import too_deep
 from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
+from kb.storable import too_deep
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}

@@ -16,15 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kb import storable
 from kb.db import Database, session_scope
 from kb.errors import InputError, NotFound
 from kb.models import Problem
-from kb.storable import too_deep
 from kb.runs import pipeline_run
+from kb.storable import too_deep
 
 FIELDS = ("problem", "solution", "answer", "subject", "difficulty", "source_id", "split", "tags")
 FORMATS = ("jsonl", "json")
@@ -193,19 +191,30 @@ def load_rows(path: Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None 
     return rows
 
 
+_INSERT = sa.text("""
+    INSERT INTO problem (text, solution, answer, subject, difficulty, source_id, split, source, content_hash,
+                         extra, run_id)
+    SELECT r.text, r.solution, r.answer, r.subject, r.difficulty, r.source_id, r.split, r.source, r.content_hash,
+           r.extra, CAST(:run_id AS integer)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        text text, solution text, answer text, subject text, difficulty integer, source_id text, split text,
+        source text, content_hash text, extra jsonb)
+    ON CONFLICT (content_hash) DO NOTHING
+    RETURNING id
+""")
+CHUNK = 5000  # rows per statement: one jsonb parameter each, so no parameter limit and no per-row SQL
+
+
 def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> dict[str, list[int]]:
     """Insert what is new; ids by outcome: created, existing (stored before), duplicates (repeats in ROWS)."""
     created: list[int] = []
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start:start + 1000]
-        stmt = pg_insert(Problem).values([{**r, "run_id": run_id} for r in chunk])
-        stmt = stmt.on_conflict_do_nothing(index_elements=["content_hash"]).returning(Problem.id)
-        created += session.execute(stmt).scalars().all()
+    for start in range(0, len(rows), CHUNK):
+        payload = json.dumps(rows[start:start + CHUNK], ensure_ascii=False)
+        created += session.execute(_INSERT, {"rows": payload, "run_id": run_id}).scalars().all()
     hashes = [r["content_hash"] for r in rows]
     # One array parameter: an IN list of 65,536 or more hashes would exceed the protocol's parameter limit.
-    ids = dict(session.execute(sa.select(Problem.content_hash, Problem.id)
-                               .where(Problem.content_hash == sa.func.any(sa.cast(sorted(set(hashes)),
-                                                                                  ARRAY(sa.Text))))).all())
+    ids = dict(session.execute(sa.text("SELECT content_hash, id FROM problem WHERE content_hash = ANY(:h)"),
+                               {"h": sorted(set(hashes))}).all())
     created_set, seen = set(created), set()
     existing, duplicates = [], []
     for h in hashes:

@@ -17,7 +17,7 @@ from kb.cli.context import AppContext, pass_app
 from kb.db import SchemaOutOfDate, db_error_reason
 from kb.errors import KbError
 
-__all__ = ["cli", "main", "pass_app", "AppContext"]
+__all__ = ["AppContext", "cli", "main", "pass_app"]
 
 
 class _Group(click.Group):

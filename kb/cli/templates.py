@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
+from kb import storable
 from kb import templates as T
 from kb.cli.context import AppContext, pass_app
 from kb.db import session_scope
-from kb import storable
 from kb.errors import InputError
 from kb.output import emit, output_options, to_jsonable
 
