@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def home_root() -> Iterator[Path]:
+    """A folder outside pytest's basetemp: the server runs as another user when we are root, and a
+    concurrent pytest session resets its basetemp root to mode 0700, which would lock that user out."""
+    root = Path(tempfile.mkdtemp(prefix="rf-home-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -26,8 +39,8 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
-def test_concurrent_commands_share_one_server_and_the_last_stops_it(tmp_path):
-    home = tmp_path / "home"
+def test_concurrent_commands_share_one_server_and_the_last_stops_it(home_root):
+    home = home_root / "home"
     first = _cli(home, "db", "info", "--json")
     assert first.returncode == 0, first.stderr
     info = json.loads(first.stdout)
@@ -65,9 +78,9 @@ def _wait_stopped(home: Path) -> bool:
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
-def test_a_killed_holder_does_not_keep_the_server_running(tmp_path):
+def test_a_killed_holder_does_not_keep_the_server_running(home_root):
     """kill -9 leaves the holder's pid in pgserver's attach list; the next command prunes it and stops the server."""
-    home = tmp_path / "home"
+    home = home_root / "home"
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import time; from kb.db import connect; d = connect(); print('up', flush=True); time.sleep(120)"],
@@ -88,8 +101,8 @@ def test_a_killed_holder_does_not_keep_the_server_running(tmp_path):
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
-def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(tmp_path):
-    home = tmp_path / "fresh"
+def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(home_root):
+    home = home_root / "fresh"
     procs = [subprocess.Popen([sys.executable, "-m", "kb.cli", "db", "info", "--json"], env=_env(home),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
@@ -101,8 +114,8 @@ def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(tmp_path):
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
-def test_an_explicit_downgrade_is_not_undone_by_the_next_command(tmp_path):
-    home = tmp_path / "home"
+def test_an_explicit_downgrade_is_not_undone_by_the_next_command(home_root):
+    home = home_root / "home"
     head = json.loads(_cli(home, "db", "current", "--json").stdout)["head"]
     down = _cli(home, "db", "downgrade", "base")
     assert down.returncode == 0 and "at revision base" in down.stdout, down.stderr
