@@ -111,7 +111,8 @@ def content_hash(content: dict[str, Any]) -> str:
 def resolve(session: Session, ref: str | int) -> Template:
     """A template by id or key."""
     ref_s = str(ref)
-    stmt = select(Template).where(Template.id == int(ref_s)) if ref_s.isdigit() else select(Template).where(
+    by_id = ref_s.isdigit() and int(ref_s) <= storable.INT32_MAX  # a bigger number is no id (nor a key)
+    stmt = select(Template).where(Template.id == int(ref_s)) if by_id else select(Template).where(
         Template.key == ref_s)
     template = session.exec(stmt).first()
     if template is None:

@@ -271,7 +271,7 @@ def list_problems(session, *, source: str | None = None, split: str | None = Non
 
 
 def get_problem(session, problem_id: int) -> dict[str, Any]:
-    p = session.get(Problem, problem_id)
+    p = session.get(Problem, problem_id) if storable.INT32_MIN <= problem_id <= storable.INT32_MAX else None
     if p is None:
         raise NotFound(f"no problem {problem_id}")
     models = session.execute(sa.text("SELECT model FROM problem_embedding WHERE problem_id = :p ORDER BY model"),

@@ -160,3 +160,9 @@ def test_unreachable_database_url_is_one_line(db):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and "cannot connect to" in lines[0] and "Traceback" not in result.output
         assert "s3cret" not in result.output and "***" in lines[0]
+
+
+def test_ids_out_of_integer_range_are_not_found_not_database_errors(cli, db):
+    assert "no problem 99999999999" in cli("problems", "show", "99999999999", expect=1).output
+    assert "no template '99999999999'" in cli("templates", "show", "99999999999", expect=1).output
+    assert "no template" in cli("templates", "history", "9" * 30, expect=1).output
