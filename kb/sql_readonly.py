@@ -17,6 +17,7 @@ billions of rows costs max_rows rows of memory.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -183,7 +184,7 @@ def execute_read_only(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TI
         try:
             conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
             conn.execute("SET LOCAL lock_timeout = 5000")
-            return _fetch(conn, sql, max_rows)
+            return _fetch(conn, sql, max_rows, deadline=time.monotonic() + timeout_s)
         except psycopg.Error as e:
             raise _explain(e, timeout_s) from None
         finally:
@@ -193,8 +194,11 @@ def execute_read_only(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TI
 FETCH_BATCH = 1000
 
 
-def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None) -> QueryResult:
+def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None, *, deadline: float) -> QueryResult:
     """Rows through a server-side cursor, so a huge result costs at most MAX_ROWS rows of memory.
+
+    The timeout bounds the whole read, not only each FETCH: without max_rows, a result that never
+    ends is cut at the deadline instead of filling memory.
 
     Both ways use the extended protocol (prepare=True), which runs one statement and never a batch.
     What cannot be declared as a cursor (SHOW, EXPLAIN; and, when the text check is bypassed, any
@@ -211,6 +215,9 @@ def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None) -> QueryRes
             rows += batch
             if len(batch) < n:
                 break
+            if time.monotonic() > deadline:
+                raise QueryFailed(f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
+                                  "raise --timeout or set --max-rows")
     else:
         cursor.execute(sql, prepare=True)
         if cursor.description is None:

@@ -314,3 +314,20 @@ def test_a_reader_role_that_can_do_more_is_refused(seeded, monkeypatch):
         assert _snapshot(seeded)
     finally:
         _drop_role(seeded, name)
+
+
+def test_without_max_rows_the_timeout_bounds_the_whole_read(seeded):
+    endless = "SELECT a.i, b.j FROM generate_series(1, 1000000) a(i) CROSS JOIN generate_series(1, 1000000) b(j)"
+    with pytest.raises(QueryFailed, match="for the whole --timeout"):
+        run_readonly(seeded.engine, endless, timeout_s=1)
+
+
+def test_cli_default_row_cap_is_announced_and_zero_lifts_it(cli, seeded):
+    from kb.cli.sql import DEFAULT_MAX_ROWS
+
+    query = f"SELECT i FROM generate_series(1, {DEFAULT_MAX_ROWS + 5}) i"
+    capped = cli("sql", query, "--csv")
+    assert len(capped.stdout.splitlines()) == DEFAULT_MAX_ROWS + 1  # header + rows
+    assert f"stopped at --max-rows {DEFAULT_MAX_ROWS} (the default" in capped.stderr
+    full = cli("sql", query, "--csv", "--max-rows", "0")
+    assert len(full.stdout.splitlines()) == DEFAULT_MAX_ROWS + 6 and "stopped" not in full.stderr
