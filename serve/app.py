@@ -263,13 +263,13 @@ def create_app(
                 f"max_rounds {max_rounds} exceeds this server's limit of {cfg.max_rounds}",
                 code="max_rounds_too_large",
             )
-        if max_tokens is not None and max_tokens > cfg.max_tokens:
+        if max_tokens is not None and max_tokens > cfg.token_budget:
             raise ApiError(
                 400,
-                f"max_tokens {max_tokens} exceeds this server's limit of {cfg.max_tokens}",
+                f"max_tokens {max_tokens} exceeds this server's limit of {cfg.token_budget}",
                 code="max_tokens_too_large",
             )
-        return {"config": cfg.with_overrides(max_rounds=max_rounds, max_tokens=max_tokens)}
+        return {"config": cfg.with_overrides(max_rounds=max_rounds, token_budget=max_tokens)}
 
     async def _solve(problem: str, on_event: Callable | None = None, **kw: Any) -> SolveResult:
         return await anyio.to_thread.run_sync(
