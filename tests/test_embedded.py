@@ -128,3 +128,14 @@ def test_an_explicit_downgrade_is_not_undone_by_the_next_command(home_root):
     listed = _cli(home, "templates", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
     assert json.loads(_cli(home, "db", "current", "--json").stdout)["current"] == head
+
+
+@pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
+def test_an_embedded_server_that_cannot_start_is_one_line(home_root):
+    pgdata = home_root / "home" / "pgdata"
+    pgdata.mkdir(parents=True)
+    (pgdata / "PG_VERSION").write_text("16\n")  # a data directory of another major version
+    result = _cli(home_root / "home", "templates", "list")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "could not start the embedded PostgreSQL" in result.stderr and "version 16" in result.stderr
