@@ -73,11 +73,17 @@ def ensure_reader_role(engine: Engine) -> None:
             # A session of the role starts read-only too, for tools that log in as it directly.
             raw.execute(pgsql.SQL("ALTER ROLE {} SET default_transaction_read_only = on")
                         .format(pgsql.Identifier(READER_ROLE)))
-        elif me.rolsuper:  # keep an existing role within bounds (someone may have widened it)
+        elif me.rolsuper and _widened(conn):  # keep an existing role within bounds (someone widened it)
             raw.execute(pgsql.SQL("ALTER ROLE {} " + _ATTRIBUTES.replace("LOGIN ", ""))
                         .format(pgsql.Identifier(READER_ROLE)))
         _grant_reads(conn, me.current_database, me.current_schema)
         conn.commit()
+
+
+def _widened(conn: sa.Connection) -> bool:
+    return bool(conn.execute(sa.text(
+        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls OR rolinherit "
+        "FROM pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).scalar())
 
 
 def _grant_reads(conn: sa.Connection, database: str, schema: str) -> None:

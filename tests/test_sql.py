@@ -331,3 +331,14 @@ def test_cli_default_row_cap_is_announced_and_zero_lifts_it(cli, seeded):
     assert f"stopped at --max-rows {DEFAULT_MAX_ROWS} (the default" in capped.stderr
     full = cli("sql", query, "--csv", "--max-rows", "0")
     assert len(full.stdout.splitlines()) == DEFAULT_MAX_ROWS + 6 and "stopped" not in full.stderr
+
+
+def test_a_widened_reader_role_is_narrowed_again_where_we_are_superuser(seeded):
+    run_readonly(seeded.engine, "SELECT 1")
+    with seeded.engine.connect() as conn:
+        conn.execute(sa.text(f"ALTER ROLE {READER_ROLE} SUPERUSER CREATEROLE"))
+        conn.commit()
+    assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
+    with seeded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = :r"),
+                            {"r": READER_ROLE}).scalar() is False
