@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from kb import templates as T
 from kb import reader
+from kb import templates as T
 from kb.db import session_scope
 from kb.reader import READER_ROLE, ReaderUnavailable, connect_reader
 from kb.sql_readonly import QueryFailed, WriteRefused, check_read_only, execute_read_only, run_readonly
