@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from kb.errors import InputError, KbError
+from kb.reader import READER_ROLE  # the role `reasonflux sql` runs as, too
 
-READER_ROLE = "reasonflux_reader"  # shared with `reasonflux sql` (kb.sql_readonly)
 HBA_LINE = f"local all {READER_ROLE} scram-sha-256"
 PROTOCOL_3 = 3
 SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
@@ -52,20 +52,20 @@ def socket_path(url: str) -> Path:
 
 
 def ensure_reader(engine: sa.Engine, password: str) -> None:
-    """The read-only login role: created if missing (whoever else creates it concurrently), SELECT on
-    every table and view of the schema, PASSWORD set, and required by pg_hba for socket logins."""
+    """The read-only login role (kb.reader: the one definition of what it may do) with PASSWORD set and
+    required by pg_hba for socket logins. The password is also left, readable by this user only, in the
+    data directory, where `reasonflux sql` (which logs in as the same role) finds it."""
+    from kb.reader import PASSWORD_FILE, ensure_reader_role
+
+    ensure_reader_role(engine)
     quoted = password.replace("'", "''")
     with engine.begin() as conn:
-        conn.execute(sa.text(
-            f"DO $$ BEGIN CREATE ROLE {READER_ROLE} NOLOGIN; "
-            "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"))
         conn.execute(sa.text(f"ALTER ROLE {READER_ROLE} LOGIN PASSWORD '{quoted}'"))
-        database = conn.execute(sa.text("SELECT current_database()")).scalar()
-        schema = conn.execute(sa.text("SELECT current_schema()")).scalar()
-        conn.execute(sa.text(f'GRANT CONNECT ON DATABASE "{database}" TO {READER_ROLE}'))
-        conn.execute(sa.text(f'GRANT USAGE ON SCHEMA "{schema}" TO {READER_ROLE}'))
-        conn.execute(sa.text(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO {READER_ROLE}'))
         hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
+        data_dir = Path(conn.execute(sa.text("SHOW data_directory")).scalar())
+    secret = data_dir / PASSWORD_FILE
+    secret.touch(mode=0o600, exist_ok=True)
+    secret.write_text(password)
     lines = hba.read_text().splitlines()
     if HBA_LINE not in lines:
         hba.write_text("\n".join([HBA_LINE, *lines]) + "\n")  # first match wins: before the trust lines

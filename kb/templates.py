@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from kb import storable
 from kb.errors import ConflictError, InputError, NotFound
 from kb.models import Template, TemplateVersion
 from kb.models._common import utcnow
@@ -82,10 +83,22 @@ class TemplateSpec:
         spec = cls(**values)
         spec.description = spec.description or ""
         spec.application_scope = spec.application_scope or ""
+        check_storable(spec, file=file, record=record)
         return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, **asdict(self)}
+
+
+INDEXED_FIELDS = ("name", "tags", "description", "application_scope", "steps")  # the full-text vector's sources
+
+
+def check_storable(spec: TemplateSpec, *, file: str | None = None, record: str | None = None) -> None:
+    """Refuse, naming the field, what PostgreSQL would reject: NUL characters, absurd nesting, text
+    too long for the full-text vector."""
+    for name, value in [("category", spec.category), ("section", spec.section), *spec.content().items()]:
+        storable.check_value(value, file=file, record=record, field=name)
+    storable.check_indexed_length({f: getattr(spec, f) for f in INDEXED_FIELDS}, file=file, record=record)
 
 
 def make_key(category: str, section: str | None, name: str) -> str:
@@ -113,7 +126,8 @@ def current_author() -> str:
 def resolve(session: Session, ref: str | int) -> Template:
     """A template by id or key."""
     ref_s = str(ref)
-    stmt = select(Template).where(Template.id == int(ref_s)) if ref_s.isdigit() else select(Template).where(
+    by_id = ref_s.isdigit() and int(ref_s) <= storable.INT32_MAX  # a bigger number is no id (nor a key)
+    stmt = select(Template).where(Template.id == int(ref_s)) if by_id else select(Template).where(
         Template.key == ref_s)
     template = session.exec(stmt).first()
     if template is None:

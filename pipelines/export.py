@@ -357,6 +357,17 @@ HUB_METADATA = {
 }
 
 
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file."""
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"is under {path}, which is a file"
+                raise InputError(f"{out} {what}, not a folder", field="--out")
+            return
+
+
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
            pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None,
            plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
@@ -383,6 +394,7 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
                          field="--license")
     extra_files = [export_llamafactory.writer] if "llamafactory" in formats else []
     formats = tuple(f for f in formats if f != "llamafactory") or ("parquet",)
+    check_output_dir(out_dir)
     with pipeline_run(db, "export", {"kind": kind, "out": str(out_dir), "formats": list(formats)}) as (run_id, counts):
         with db.engine.begin() as conn:
             conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))

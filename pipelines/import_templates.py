@@ -32,6 +32,7 @@ from kb.db import Database
 from kb.errors import ConflictError, InputError
 from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
+from kb.storable import too_deep
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
@@ -285,7 +286,7 @@ def read_reasonflux_v1(path: str | Path) -> list[ImportRecord]:
                 where = f"{where_section} > [{index}]"
                 spec = from_v1(raw, chapter=chapter, section=section or None, file=file, record=where)
                 _dedupe(spec, raw, seen)
-                _check_text(spec, file=file, record=where)
+                T.check_storable(spec, file=file, record=where)
                 records.append(ImportRecord(spec, where, {"format": "reasonflux-v1", "chapter": chapter,
                                                           "section": section, "index": index}))
     return records
@@ -310,29 +311,17 @@ def _load_json(path: str | Path) -> Any:
         raise InputError(f"cannot read: {e.strerror}", file=file) from None
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=file) from None
+    if not text.strip():
+        raise InputError("the file is empty", file=file)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg}", file=file, record=f"line {e.lineno} column {e.colno}") \
             from None
-
-
-def _check_text(spec: T.TemplateSpec, *, file: str, record: str) -> None:
-    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them here, with the field."""
-    for name, value in [("category", spec.category), ("section", spec.section), *spec.content().items()]:
-        if _has_nul(value):
-            raise InputError("contains a NUL character (\\u0000), which PostgreSQL cannot store", file=file,
-                             record=record, field=name)
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+    except RecursionError:
+        raise too_deep(file=file) from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"malformed JSON: {e}", file=file) from None
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -352,6 +341,10 @@ def read_jsonl(path: str | Path) -> list[ImportRecord]:
             data = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
+        except RecursionError:
+            raise too_deep(file=file, record=where) from None
+        except ValueError as e:
+            raise InputError(f"malformed JSON: {e}", file=file, record=where) from None
         if not isinstance(data, dict):
             raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
         status = data.pop("status", None)
@@ -366,7 +359,7 @@ def read_jsonl(path: str | Path) -> list[ImportRecord]:
             raise InputError(f"template {spec.key!r} already appears on line {first_line[spec.key]}",
                              file=file, record=where, field="key")
         first_line[spec.key] = lineno
-        _check_text(spec, file=file, record=where)
+        T.check_storable(spec, file=file, record=where)
         records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
     return records
 
@@ -386,11 +379,12 @@ def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 
 def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
-    if fmt == "reasonflux-v1":
-        return read_reasonflux_v1(path)
-    if fmt == "jsonl":
-        return read_jsonl(path)
-    raise InputError(f"unknown import format {fmt!r} (one of {', '.join(FORMATS)})", field="format")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown import format {fmt!r} (one of {', '.join(FORMATS)})", field="format")
+    records = read_reasonflux_v1(path) if fmt == "reasonflux-v1" else read_jsonl(path)
+    if not records:  # an empty library is a mistake (wrong file, truncated download), not "0 imported"
+        raise InputError("holds no templates", file=str(path))
+    return records
 
 
 # --------------------------------------------------------------------------- writing

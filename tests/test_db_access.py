@@ -114,7 +114,8 @@ def test_db_serve_gives_read_only_access_with_a_password(db):
         with psycopg.connect(info["url"], connect_timeout=10) as conn:
             assert conn.execute("select count(*) from current_template").fetchone() == (1,)
             assert conn.execute("select current_user").fetchone() == ("reasonflux_reader",)
-            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            # The role's sessions start read-only, and it has no write privilege either.
+            with pytest.raises((psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)):
                 conn.execute("insert into pipeline_run (stage, params, code_version, status, counts) "
                              "values ('x', '{}', 'x', 'running', '{}')")
         # Naming another user does not help: every session is the reader, and the password is checked.
@@ -130,6 +131,10 @@ def test_db_serve_gives_read_only_access_with_a_password(db):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    # `reasonflux sql` runs as the same role, now that its password is required: it still works.
+    from kb.sql_readonly import run_readonly
+
+    assert run_readonly(db.engine, "select count(*) as n from current_template").rows == [(1,)]
 
 
 def test_db_serve_refuses_a_tcp_server():

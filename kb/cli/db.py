@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from kb import config, db_access, migrate
 from kb.cli.context import AppContext, pass_app
-from kb.db import mask_url
+from kb.db import mask_url, pin_embedded_revision, unpin_embedded_revision
+from kb.errors import ConfirmationRequired
 from kb.output import dumps, emit, output_options
 
 
@@ -29,17 +30,36 @@ def upgrade(app: AppContext, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     database = app.db(check_schema=False, auto_upgrade=False)
     migrate.upgrade(database.engine, revision)
-    click.echo(f"at revision {migrate.current_revision(database.engine)}")
+    now = migrate.current_revision(database.engine)
+    if database.embedded and now == migrate.head_revision():
+        unpin_embedded_revision()
+    click.echo(f"at revision {now}")
 
 
 @db_group.command("downgrade")
 @click.argument("revision", default="-1")
+@click.option("--yes", is_flag=True, help="Confirm a downgrade that deletes data (tables or columns holding rows).")
 @pass_app
-def downgrade(app: AppContext, revision: str) -> None:
-    """Downgrade the schema to REVISION (default: one step back; 'base' drops everything)."""
+def downgrade(app: AppContext, revision: str, yes: bool) -> None:
+    """Downgrade the schema to REVISION (default: one step back; 'base' drops everything).
+
+    A downgrade that would drop tables or columns holding rows names them with their row
+    counts and is refused unless --yes is given. The embedded database is then left at
+    REVISION: later commands refuse to run (instead of upgrading it back automatically)
+    until `reasonflux db upgrade`.
+    """
     database = app.db(check_schema=False, auto_upgrade=False)
+    losses = migrate.downgrade_losses(database.engine, revision)
+    if losses and not yes:
+        raise ConfirmationRequired(
+            f"downgrading to {revision} would delete {migrate.describe_losses(losses)}; nothing was changed. "
+            "Export what you need first, then rerun with --yes"
+        )
     migrate.downgrade(database.engine, revision)
-    click.echo(f"at revision {migrate.current_revision(database.engine) or 'base'}")
+    now = migrate.current_revision(database.engine)
+    if database.embedded:
+        pin_embedded_revision(now)
+    click.echo(f"at revision {now or 'base'}")
 
 
 @db_group.command("current")

@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from kb import storable
 from kb import template_vectors as V
 from kb import templates as T
 from kb.cli.context import AppContext, pass_app
@@ -107,14 +108,24 @@ def load_file(path: str) -> Any:
         text = click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", file=name) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=name) from None
+    if not text.strip():
+        raise InputError("the file is empty", file=name)
     if Path(path).suffix.lower() == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg}", file=name, record=f"line {e.lineno} column {e.colno}") \
                 from None
+        except RecursionError:
+            raise storable.too_deep(file=name) from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"malformed JSON: {e}", file=name) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise storable.too_deep(file=name) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         record = f"line {mark.line + 1} column {mark.column + 1}" if mark else None
@@ -217,6 +228,7 @@ def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[d
     file_version = values.pop("version", None)
     if file_version is not None and not isinstance(file_version, int):
         raise InputError("must be an integer", file=file, field="version")
+    storable.check_int32(file_version, file=file, field="version")
     for field in ("key", "category", "section"):
         if field in values and values.pop(field) != getattr(template, field):
             raise InputError(

@@ -8,7 +8,14 @@ from kb.models.runs import PipelineRun
 from kb.models.sessions import SolveRound, SolveSession
 from kb.models.templates import Template, TemplateEmbedding, TemplateVersion
 from kb.models.training import TrainingMetric, TrainingRun
-from kb.models.trajectories import DatasetVersion, DpoPair, NavigatorModel, Rollout, Trajectory, TrajectoryStep
+from kb.models.trajectories import (
+    DatasetVersion,
+    DpoPair,
+    NavigatorModel,
+    Rollout,
+    Trajectory,
+    TrajectoryStep,
+)
 from kb.models.usage import SolveStepTemplate
 
 metadata = SQLModel.metadata
