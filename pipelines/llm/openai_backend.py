@@ -9,9 +9,12 @@ environment variable named by `api_key_env` and kept out of every log and row.
 from __future__ import annotations
 
 import os
+import queue
 import random
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
@@ -51,7 +54,7 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=self.max_concurrency,
                                 max_keepalive_connections=self.max_concurrency),
         )
-        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai")
+        self._pool = _DaemonPool(self.max_concurrency)
 
     def __repr__(self) -> str:  # never show headers (the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -109,8 +112,44 @@ class OpenAIBackend:
         return list(self._pool.map(self._one, requests))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()
         self._client.close()
+
+
+class _DaemonPool:
+    """Up to N requests in flight on daemon threads. ThreadPoolExecutor's threads are joined at exit, so a
+    command stopped by Ctrl-C or SIGTERM would wait out every request in flight (up to timeout_s)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, arg = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(arg))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                    future.set_exception(e)
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        with self._lock:
+            while len(self._threads) < min(self.n, len(items)):
+                t = threading.Thread(target=self._work, daemon=True, name=f"openai-{len(self._threads)}")
+                t.start()
+                self._threads.append(t)
+        futures = []
+        for item in items:
+            futures.append(Future())
+            self._queue.put((futures[-1], fn, item))
+        return [f.result() for f in futures]
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
 
 
 def _completion(data: dict[str, Any], latency_ms: float) -> Completion:
