@@ -244,7 +244,7 @@ def raise_for_outcome(result: dict[str, Any]) -> None:
     outcome = result.get("outcome")
     if outcome not in ("failed", "partial"):
         return
-    what = f"{result.get('stage', 'run')} run {result.get('run_id')}"
+    what = f"{result.get('stage', 'run')} run {result['run_id']}" if result.get("run_id") else result.get("stage", "run")
     reasons = "; ".join(result.get("first_reasons") or []) or "no reason recorded"
     detail = (f"{result.get('failed', 0)} of {result.get('total', 0)} {result.get('units', 'units')} failed; "
               f"first reasons: {reasons}")

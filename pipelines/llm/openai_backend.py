@@ -21,23 +21,24 @@ import httpx
 
 from kb.errors import KbError
 from pipelines.llm.base import ChatRequest, Completion
-from pipelines.llm.calls import register_secret
+from kb.secrets import register_secret, scrub
 from pipelines.llm.registry import register_backend
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # when neither the role nor OPENAI_BASE_URL gives one
 
 
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, model: str, *, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str | None = None,
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
                  max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
                  backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None, **_: Any):
         if "api_key" in _:
             raise KbError("openai backend: pass the key through an environment variable (api_key_env), "
                           "never as an option")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_concurrency = max(1, int(max_concurrency))
         self.max_retries = max(0, int(max_retries))
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
@@ -93,7 +94,7 @@ class OpenAIBackend:
                 response = self._client.post(f"{self.base_url}/chat/completions", json=body)
                 if response.status_code == 200:
                     return _completion(response.json(), (time.perf_counter() - t0) * 1000)
-                error = f"HTTP {response.status_code}: {response.text[:300]}"
+                error = scrub(f"HTTP {response.status_code}: {response.text[:300]}")  # servers echo headers
                 if response.status_code not in RETRY_STATUS:
                     break
             except (httpx.TimeoutException, httpx.TransportError) as e:
@@ -104,7 +105,7 @@ class OpenAIBackend:
             if attempt < self.max_retries:
                 time.sleep(self._delay(attempt, response))
         return Completion(text="", latency_ms=(time.perf_counter() - t0) * 1000,
-                          error=f"{error} (after {attempt + 1} attempts)")
+                          error=scrub(f"{error} (after {attempt + 1} attempts)"))
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         if len(requests) == 1:
@@ -160,6 +161,6 @@ def _completion(data: dict[str, Any], latency_ms: float) -> Completion:
                       completion_tokens=int(usage.get("completion_tokens") or 0), latency_ms=latency_ms)
 
 
-@register_backend("openai")
+@register_backend("openai", options=OpenAIBackend)
 def _factory(**options: Any) -> OpenAIBackend:
     return OpenAIBackend(**options)

@@ -74,6 +74,6 @@ class ScriptedBackend:
         return out
 
 
-@register_backend("scripted")
+@register_backend("scripted", options=ScriptedBackend)
 def _factory(**options: Any) -> ScriptedBackend:
     return ScriptedBackend(**options)

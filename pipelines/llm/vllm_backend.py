@@ -66,6 +66,6 @@ class VllmBackend:
         ]
 
 
-@register_backend("vllm")
+@register_backend("vllm", options=VllmBackend)
 def _factory(**options: Any) -> VllmBackend:
     return VllmBackend(**options)
