@@ -7,6 +7,7 @@ Two kinds of secret are removed:
   the password of a URL (`scheme://user:PASSWORD@host`) and credential query parameters in a URL
   (`?api_key=...`, `token=`, `key=`, `sig=`...).
 
+Token patterns never consume a backslash, so scrubbing serialized JSON keeps it valid JSON.
 `scrub` works on strings and, recursively, on dicts, lists and tuples. The KB's engines scrub every
 string parameter of every statement (`install`), so no table can receive a secret even from code that
 forgot to call `scrub`; the CLI scrubs what it prints (`kb.output.emit`, error messages).
@@ -26,17 +27,17 @@ _LOCK = threading.Lock()
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xyz / Basic xyz / Token xyz, in headers, JSON or repr()s of them
-    (re.compile(r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?\s*(?:bearer|basic|token)?\s*)([^\s\"',;}]+)"),
+    (re.compile(r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?\s*(?:bearer|basic|token)?\s*)([^\s\"',;}\\]+)"),
      r"\1" + REDACTED),
     (re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]{4,})"), r"\1" + REDACTED),
     # provider keys by shape: OpenAI/Anthropic sk-..., Hugging Face hf_...
     (re.compile(r"\b(?:sk|rk)-[A-Za-z0-9_-]{12,}"), REDACTED),
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), REDACTED),
     # the password in a URL's userinfo
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)(?!\*+@)([^\s@/]+)(@)"), r"\1" + REDACTED + r"\3"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\\]*:)(?!\*+@)([^\s@/\\]+)(@)"), r"\1" + REDACTED + r"\3"),
     # credential query parameters of a URL
     (re.compile(r"(?i)([?&](?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|sig|signature)=)"
-                r"([^&#\s\"']+)"), r"\1" + REDACTED),
+                r"([^&#\s\"'\\]+)"), r"\1" + REDACTED),
 )
 _ANY = re.compile(r"(?i)authorization|bearer|sk-|rk-|hf_|://|[?&]\w+=")
 

@@ -8,7 +8,13 @@ from typing import Any
 import click
 
 from kb.cli.context import AppContext, pass_app
-from serve.app import DEFAULT_MAX_BODY, DEFAULT_MAX_PROBLEM_CHARS, create_app
+from serve.app import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_PROBLEM_CHARS,
+    create_app,
+    header_timeout_protocol,
+)
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
 
 
@@ -42,6 +48,12 @@ def _is_loopback(host: str) -> bool:
 @click.option(
     "--max-problem-chars", type=click.IntRange(1), default=DEFAULT_MAX_PROBLEM_CHARS, show_default=True
 )
+@click.option("--header-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a client has to send its request headers.")
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              help="Seconds a client has to send its request body (else 408).")
+@click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
+              help="Open connections at most; more are answered 503.")
 @solver_options
 @pass_app
 def serve_cmd(
@@ -52,12 +64,16 @@ def serve_cmd(
     max_concurrent: int,
     max_body_bytes: int,
     max_problem_chars: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
     **kwargs: Any,
 ) -> None:
     """Serve the solver over HTTP: POST /v1/solve, POST /v1/chat/completions (model "reasonflux"),
     GET /v1/sessions/ID, GET /v1/templates/search, GET /healthz; schema at /openapi.json.
 
-    --max-rounds and --max-tokens are also the most a request may ask for.
+    --max-rounds and --max-tokens are also the most a request may ask for. Errors are OpenAI-shaped;
+    a session whose backend is down answers 502/503. SIGTERM stops it like Ctrl-C.
     """
     import uvicorn
 
@@ -75,10 +91,15 @@ def serve_cmd(
         max_body_bytes=max_body_bytes,
         max_concurrent=max_concurrent,
         max_problem_chars=max_problem_chars,
+        body_timeout_s=body_timeout,
     )
-    click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C stops", err=True)
+    click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
+               err=True)
     try:
-        uvicorn.run(api, host=host, port=port, log_level="info")
+        # uvicorn handles SIGINT/SIGTERM itself (graceful: sessions in flight finish), then re-raises the
+        # signal, which ends the command like Ctrl-C (exit 130 / 143) after the solver is closed.
+        uvicorn.run(api, host=host, port=port, log_level="info", http=header_timeout_protocol(header_timeout),
+                    timeout_keep_alive=5, limit_concurrency=max_connections)
     finally:
         solver.close()
 
