@@ -161,3 +161,33 @@ def test_a_stage_with_some_units_failed_exits_6(db, cli, tmp_path):
         flaky.close()
     assert "partly failed: 1 of 3 units failed" in out.stderr
     assert q(db, "SELECT status FROM pipeline_run WHERE stage = 'sample'") == [("succeeded",)]
+
+
+def test_serve_stops_on_sigterm_like_ctrl_c(db):
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "--database-url", db.url, "serve", "--port", str(port),
+                             "--navigator", "scripted", "--retrieval-mode", "text"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", params={"backends": "false"}).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    finally:
+        proc.kill()
+    assert code == 143 and "terminated (SIGTERM)" in proc.stderr.read()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 from typing import Any
 
 import click
 
 from kb.cli.context import AppContext, pass_app
+from kb.runs import Terminated
 from serve.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY,
@@ -95,13 +97,33 @@ def serve_cmd(
     )
     click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
                err=True)
+    server = _server_class()(uvicorn.Config(api, host=host, port=port, log_level="info",
+                                            http=header_timeout_protocol(header_timeout), timeout_keep_alive=5,
+                                            limit_concurrency=max_connections))
     try:
-        # uvicorn handles SIGINT/SIGTERM itself (graceful: sessions in flight finish), then re-raises the
-        # signal, which ends the command like Ctrl-C (exit 130 / 143) after the solver is closed.
-        uvicorn.run(api, host=host, port=port, log_level="info", http=header_timeout_protocol(header_timeout),
-                    timeout_keep_alive=5, limit_concurrency=max_connections)
+        server.run()
     finally:
         solver.close()
+    # uvicorn stops gracefully on SIGINT/SIGTERM (sessions in flight finish) and returns; the command
+    # then ends as Ctrl-C or SIGTERM end every command (exit 130 / 143).
+    if server.stopped_by == signal.SIGTERM:
+        raise Terminated()
+    if server.stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt()
+
+
+def _server_class() -> type:
+    """uvicorn's Server, remembering which signal stopped it (built here: uvicorn loads only to serve)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame) -> None:
+            self.stopped_by = self.stopped_by or sig
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def register(cli: click.Group) -> None:
