@@ -74,6 +74,8 @@ class ScriptedBackend:
         return out
 
 
-@register_backend("scripted", options=ScriptedBackend)
+# A scripted role without rules is the solver's play-along model (serve/scripted.py), configured by these.
+@register_backend("scripted", options=ScriptedBackend,
+                  also=("answers", "default_answer", "steps", "template_from_problem"))
 def _factory(**options: Any) -> ScriptedBackend:
     return ScriptedBackend(**options)
