@@ -149,8 +149,10 @@ class _DaemonPool:
         return [f.result() for f in futures]
 
     def shutdown(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._lock:
+            for _ in self._threads:
+                self._queue.put(None)
+            self._threads = []  # a later map() starts fresh threads
 
 
 def _completion(data: dict[str, Any], latency_ms: float) -> Completion:
