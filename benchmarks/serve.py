@@ -5,7 +5,7 @@
 A throwaway database (on a temporary embedded server, or in a database created and dropped on
 DATABASE_URL's server) gets the ReasonFlux-v1 template sample from ../shared/data (62 templates,
 embedded), or a few built-in templates when it is absent. The backend is the scripted play-along
-model (serve.scripted): each session is a plan plus two steps, five LLM calls.
+model (the scripted play-along, pipelines.llm.scripted): each session is a plan plus two steps, five LLM calls.
 
 Overhead: sessions run one at a time against a zero-latency backend; a round's solver overhead is
 its wall time minus the time spent waiting for the LLM, split into KB retrieval (query embedding +
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from kb.db import Database
 from kb.scratch import scratch_database
 from serve import traces
-from serve.scripted import scripted_solver_backend
+from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
@@ -120,7 +120,7 @@ def overhead(db: Database, sessions: int, mode: str, *, steps: list[tuple[str, s
     original = (kb.retrieval.search_templates, traces.write_round)
     timers.wrap(kb.retrieval, "search_templates", timers.retrieval)
     timers.wrap(traces, "write_round", timers.writes)
-    backend = scripted_solver_backend(steps=steps, template_from_problem=steps is None)
+    backend = play_along_backend(steps=steps, template_from_problem=steps is None)
     all_in = []
     try:
         with Solver(db, backend, backend, SolverConfig(retrieval_mode=mode)) as solver:
@@ -164,7 +164,7 @@ def overhead(db: Database, sessions: int, mode: str, *, steps: list[tuple[str, s
 def throughput(
     db: Database, concurrency: int, sessions: int, latency_s: float, mode: str, steps: list[tuple[str, str]]
 ) -> dict:
-    backend = scripted_solver_backend(latency_s=latency_s, steps=steps, template_from_problem=False)
+    backend = play_along_backend(latency_s=latency_s, steps=steps, template_from_problem=False)
     with (
         Solver(db, backend, backend, SolverConfig(retrieval_mode=mode)) as solver,
         ThreadPoolExecutor(concurrency) as pool,

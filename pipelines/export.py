@@ -5,11 +5,14 @@ schemas; kb.datasets writes them (fixed Parquet options), hashes them, records t
 version and writes the manifest and card. The same selection twice gives the same
 bytes and the same version id.
 
-DPO rows follow TRL's conversational preference format: `prompt` is the navigator's
-system message plus the problem, `chosen` / `rejected` are one assistant message each
-holding a trajectory rendered as the navigator's plan text. SFT rows follow the
-paper's first stage: from a template's name and tags, produce its description and
-application scope (`messages`: user, assistant).
+DPO rows follow TRL's conversational preference format and the navigator contract
+(`pipelines.navigator`): `prompt` is exactly the plan request the solver sends for the
+problem (with the hints the chosen trajectory was sampled with), `chosen` / `rejected`
+are one assistant message each holding the reply that stands for the trajectory
+(`render_plan`), which the solver's parser accepts. SFT rows are the paper's first
+stage (template name and tags -> description and application scope) plus, unless
+turned off, plan examples: the best-rewarded trajectories of train-split problems as
+(plan request -> plan reply) conversations in the same contract.
 """
 
 from __future__ import annotations
@@ -20,20 +23,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from kb.datasets import DataPart, ExportSpec, write_dataset
 from kb.db import Database
 from kb.errors import InputError, NotFound
 from kb.runs import pipeline_run
+from pipelines import navigator
 
 KINDS = ("dpo", "sft", "templates", "problems")
 
-NAVIGATOR_SYSTEM_PROMPT = (
-    "You are the navigator of a hierarchical math reasoner (ReasonFlux). Given a problem, abstract it and "
-    "plan a trajectory of steps, each guided by a thought template from the template library."
-)
 SFT_QUESTION = ("Thought template: {name}\nTags: {tags}\n\nDescribe this thought template and state its "
                 "application scope.")
 SFT_ANSWER = "Description: {description}\n\nApplication scope: {application_scope}"
@@ -88,46 +87,62 @@ def _string_array(n: int, data, lengths, flags) -> pa.Array:
                                  null_count=int(n - valid.sum()))
 
 
-TRAJECTORY_SCHEMA = pa.schema([("id", pa.int64()), ("abstraction", pa.string())])
-STEP_SCHEMA = pa.schema([("trajectory_id", pa.int64()), ("position", pa.int64()), ("text", pa.string()),
-                         ("template", pa.string())])
+# ---- trajectories as navigator-contract conversations -----------------------------------------------------
+
+_CONVERSATIONS_SQL = sa.text("""
+    SELECT t.id, t.problem_id, p.text AS problem, t.abstraction, t.sampling->>'prompt_hash' AS contract,
+           coalesce(t.sampling->'hints', '[]'::jsonb) AS hints, (t.sampling->>'max_steps')::int AS max_steps,
+           coalesce((SELECT json_agg(json_build_array(st.text, coalesce(v.name, st.template_phrase, st.text))
+                                     ORDER BY st.position)
+                     FROM trajectory_step st LEFT JOIN template_version v ON v.id = st.template_version_id
+                     WHERE st.trajectory_id = t.id), '[]') AS steps
+    FROM trajectory t JOIN problem p ON p.id = t.problem_id
+    WHERE t.id = ANY(:ids) ORDER BY t.id
+""")
 
 
-def render_plans(trajectories: pa.Table, steps: pa.Table) -> pa.Array:
-    """The navigator's plan text of each trajectory (rows of TRAJECTORIES, ids ascending): 'Abstraction: ...'
-    then one line per step, 'Step N (template: NAME): text'. STEPS sorted by (trajectory_id, position)."""
-    trajectories, steps = trajectories.combine_chunks(), steps.combine_chunks()
-    name = steps["template"].chunk(0) if steps.num_rows else pa.array([], pa.string())
-    template = pc.if_else(pc.is_null(name), "", pc.binary_join_element_wise(" (template: ", name, ")", ""))
-    number = pc.cast(pc.add(steps["position"], 1), pa.string())
-    lines = pc.binary_join_element_wise("Step ", number, template, ": ", steps["text"], "")
-    # Steps are sorted by trajectory, so each trajectory's lines are one slice (possibly empty).
-    step_ids = steps["trajectory_id"].to_numpy()
-    starts = np.searchsorted(step_ids, trajectories["id"].to_numpy(), "left")
-    offsets = np.append(starts, len(step_ids)).astype(np.int32)
-    body = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), pa.chunked_array(lines).combine_chunks()),
-                          "\n")
-    abstraction = trajectories["abstraction"]
-    head = pc.if_else(pc.is_null(abstraction), "",
-                      pc.binary_join_element_wise("Abstraction: ", abstraction, "\n", ""))
-    return pa.chunked_array([pc.binary_join_element_wise(head, body, "")]).combine_chunks()
+def conversations(conn, trajectory_ids) -> dict[int, dict[str, Any]]:
+    """trajectory id -> {"prompt": the plan request it was sampled with, "reply": the reply that stands for
+    it, "contract": the contract hash it was sampled under}, all through `pipelines.navigator`.
 
-
-def plan_table(conn, trajectory_ids_sql: str, params: dict) -> pa.Table:
-    """(id, text) of the plans of the trajectories whose ids TRAJECTORY_IDS_SQL selects."""
-    trajectories = fetch_columns(conn, f"SELECT t.id, t.abstraction FROM trajectory t WHERE t.id IN "
-                                       f"({trajectory_ids_sql})", params, TRAJECTORY_SCHEMA, "id")
-    steps = fetch_columns(conn, "SELECT st.trajectory_id, st.position, st.text, v.name AS template "
-                                "FROM trajectory_step st LEFT JOIN template_version v ON v.id = st.template_version_id "
-                                f"WHERE st.trajectory_id IN ({trajectory_ids_sql})",
-                          params, STEP_SCHEMA, "trajectory_id, position")
-    return pa.Table.from_arrays([trajectories["id"], render_plans(trajectories, steps)], schema=TEXT_SCHEMA)
+    A step's template is the linked version's name (the template whose use earned the reward), else the
+    phrase the plan named. A trajectory that cannot be a valid reply (no abstraction, no steps) is an
+    InputError naming it."""
+    rows = conn.execute(_CONVERSATIONS_SQL, {"ids": sorted({int(i) for i in trajectory_ids})}).mappings().all()
+    hint_ids = sorted({h for r in rows for h in r["hints"] if h is not None})
+    hints = {r["id"]: navigator.Hint(r["id"], r["name"], r["application_scope"] or r["description"] or "")
+             for r in conn.execute(sa.text("SELECT id, name, application_scope, description FROM template_version "
+                                           "WHERE id = ANY(:ids)"), {"ids": hint_ids}).mappings()}
+    out = {}
+    for r in rows:
+        max_steps = r["max_steps"] or navigator.MAX_STEPS
+        if not (r["abstraction"] or "").strip() or not r["steps"] or len(r["steps"]) > max_steps:
+            raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps} "
+                             "steps", record=f"trajectory {r['id']}", field="abstraction/steps")
+        shown = [hints[h] for h in r["hints"] if h in hints]
+        out[r["id"]] = {"prompt": navigator.plan_messages(r["problem"], hints=shown, max_steps=max_steps),
+                        "reply": navigator.render_plan(r["abstraction"], r["steps"]),
+                        "contract": r["contract"], "problem_id": r["problem_id"]}
+    return out
 
 
 def plan_texts(conn, trajectory_ids) -> dict[int, str]:
-    """trajectory id -> its plan text, exactly as exported in DPO chosen/rejected."""
-    table = plan_table(conn, "SELECT unnest(CAST(%(ids)s AS int[]))", {"ids": [int(i) for i in trajectory_ids]})
-    return dict(zip(table["id"].to_pylist(), table["text"].to_pylist()))
+    """trajectory id -> its reply, exactly as exported in DPO chosen/rejected and SFT plan examples."""
+    return {tid: c["reply"] for tid, c in conversations(conn, trajectory_ids).items()}
+
+
+def check_contracts(found: dict[int, dict[str, Any]], allow_mixed: bool) -> list[str]:
+    """The contract hashes of the exported trajectories; more than one is refused unless ALLOW_MIXED."""
+    counts: dict[str, int] = {}
+    for c in found.values():
+        key = c["contract"] or "unknown"
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) > 1 and not allow_mixed:
+        listed = ", ".join(f"{k} ({n} trajectories)" for k, n in sorted(counts.items()))
+        raise InputError(f"the selection mixes navigator contract versions: {listed}; the current one is "
+                         f"{navigator.CONTRACT_HASH}. Select one (e.g. pairs of one sampling run) or pass "
+                         "--allow-mixed-contracts", field="contract")
+    return sorted(counts)
 
 
 def _messages(roles: list[str], contents: pa.Array, per_row: int) -> pa.Array:
@@ -142,15 +157,6 @@ def _messages(roles: list[str], contents: pa.Array, per_row: int) -> pa.Array:
     values = pa.StructArray.from_arrays([role_array, contents], names=["role", "content"])
     offsets = pa.array(np.arange(0, n * per_row + 1, per_row, dtype=np.int32))
     return pa.ListArray.from_arrays(offsets, values)
-
-
-def _index(keys, ids) -> np.ndarray:
-    """Position in IDS of every key (ids unique)."""
-    keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    index = pc.index_in(keys, value_set=ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
-    if index.null_count:
-        raise NotFound("an exported row refers to a missing row (database changed during export?)")
-    return index.to_numpy(zero_copy_only=False).astype(np.int32)
 
 
 # ---- dpo -------------------------------------------------------------------------------------------------
@@ -183,40 +189,39 @@ def _resolve_pairs(conn, ref: str | None) -> str:
     return found[0]
 
 
-def dpo_part(conn, params_hash: str, min_margin: float) -> DataPart:
+def _column(texts: list[str]) -> pa.Array:
+    """TEXTS dictionary-encoded: repeated prompts and replies are stored once in memory."""
+    unique = list(dict.fromkeys(texts))
+    position = {t: i for i, t in enumerate(unique)}
+    return pa.DictionaryArray.from_arrays(pa.array([position[t] for t in texts], pa.int32()),
+                                          pa.array(unique, pa.string()))
+
+
+def dpo_part(conn, params_hash: str, min_margin: float, *, allow_mixed: bool = False) -> tuple[DataPart, list[str]]:
+    """The pairs as contract conversations, and the contract hashes they were sampled under."""
     conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
     binds = {"h": params_hash, "min_margin": float(min_margin)}
     pairs = fetch_columns(conn, DPO_SQL, binds, PAIR_SCHEMA, "pair_id")
-    # Texts of every trajectory and problem in the selection's pairs (a superset is harmless: looked up by id).
-    in_pairs = ("SELECT chosen_trajectory_id FROM dpo_pair WHERE params_hash = %(h)s UNION "
-                "SELECT rejected_trajectory_id FROM dpo_pair WHERE params_hash = %(h)s")
-    plans = plan_table(conn, in_pairs, binds)
-    problems = fetch_columns(conn, "SELECT id, text FROM problem WHERE id IN "
-                                   "(SELECT problem_id FROM dpo_pair WHERE params_hash = %(h)s)",
-                             binds, TEXT_SCHEMA, "id")
-    n = pairs.num_rows
-    # prompt: [system, user] per row, as indices into [system prompt, problem texts...].
-    prompt_index = np.zeros(2 * n, dtype=np.int32)
-    prompt_index[1::2] = _index(pairs["problem_id"], problems["id"]) + 1
-    prompt_texts = pa.concat_arrays([pa.array([NAVIGATOR_SYSTEM_PROMPT], pa.string()),
-                                     problems["text"].combine_chunks()])
-    plan_text = plans["text"].combine_chunks()
-
-    def plan_of(column: str) -> pa.Array:
-        return pa.DictionaryArray.from_arrays(pa.array(_index(pairs[column], plans["id"])), plan_text)
-
+    chosen_ids = pairs["chosen_trajectory_id"].to_pylist()
+    rejected_ids = pairs["rejected_trajectory_id"].to_pylist()
+    convs = conversations(conn, chosen_ids + rejected_ids)
+    contracts = check_contracts(convs, allow_mixed)
+    # The prompt is the chosen trajectory's request: both were sampled for the same problem, and with the
+    # same hints unless the library changed between their samplings.
+    prompts = [m["content"] for tid in chosen_ids for m in convs[tid]["prompt"]]
     table = pa.table({
-        "prompt": _messages(["system", "user"], pa.DictionaryArray.from_arrays(pa.array(prompt_index),
-                                                                               prompt_texts), 2),
-        "chosen": _messages(["assistant"], plan_of("chosen_trajectory_id"), 1),
-        "rejected": _messages(["assistant"], plan_of("rejected_trajectory_id"), 1),
+        "prompt": _messages(["system", "user"], _column(prompts), 2),
+        "chosen": _messages(["assistant"], _column([convs[t]["reply"] for t in chosen_ids]), 1),
+        "rejected": _messages(["assistant"], _column([convs[t]["reply"] for t in rejected_ids]), 1),
         **{name: pairs[name].combine_chunks() for name in PAIR_SCHEMA.names},
     })
     return DataPart("train", table, description=(
-        "One row per DPO pair in TRL's conversational preference format. `prompt` is the navigator's system "
-        "message and the problem; `chosen` and `rejected` hold one assistant message each: a trajectory "
-        "rendered as the navigator's plan (abstraction, then numbered steps with their template names). "
-        "Rewards are the mean rollout correctness over the anchor's similar set; only train-split anchors."))
+        "One row per DPO pair in TRL's conversational preference format, in the navigator contract "
+        f"({navigator.CONTRACT_HASH}): `prompt` is exactly the plan request the solver sends (system message, "
+        "problem, the template hints the chosen trajectory was sampled with); `chosen` and `rejected` hold one "
+        "assistant message each, the JSON plan reply that stands for the trajectory (`render_plan`), which the "
+        "solver's parser accepts. Rewards are the mean rollout correctness over the anchor's similar set; only "
+        "train-split anchors.")), contracts
 
 
 DPO_USAGE = """```python
@@ -230,24 +235,60 @@ trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_datase
 
 # ---- sft / templates / problems ---------------------------------------------------------------------------
 
-def sft_part(conn) -> DataPart:
+# The best trajectories of train-split problems: complete rewards at or above the threshold, the top
+# PER_PROBLEM per problem (ties: the earlier trajectory).
+PLAN_EXAMPLES_SQL = sa.text("""
+    SELECT id, reward FROM (
+        SELECT t.id, r.reward, row_number() OVER (PARTITION BY t.problem_id ORDER BY r.reward DESC, t.id) AS k
+        FROM trajectory t JOIN trajectory_reward_live r ON r.trajectory_id = t.id
+        JOIN problem p ON p.id = t.problem_id
+        WHERE p.split = 'train' AND r.complete AND r.reward >= :min_reward
+    ) best WHERE k <= :per_problem ORDER BY id
+""")
+
+
+def plan_examples(conn, min_reward: float, per_problem: int, *, allow_mixed: bool = False
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """SFT rows (problem -> plan) from the best-rewarded train-split trajectories, and their contracts."""
+    best = conn.execute(PLAN_EXAMPLES_SQL, {"min_reward": float(min_reward), "per_problem": int(per_problem)}).all()
+    convs = conversations(conn, [tid for tid, _ in best])
+    contracts = check_contracts(convs, allow_mixed) if convs else []
+    rows = [{"messages": [*convs[tid]["prompt"], {"role": "assistant", "content": convs[tid]["reply"]}],
+             "kind": "plan", "template_id": None, "version_id": None, "key": None, "trajectory_id": tid,
+             "reward": float(reward)} for tid, reward in best]
+    return rows, contracts
+
+
+def sft_part(conn, *, plans: bool = True, min_reward: float = 0.75, per_problem: int = 1,
+             allow_mixed: bool = False) -> tuple[DataPart, dict[str, Any]]:
+    """Stage-1 template rows, then (PLANS) plan examples; and the mix, recorded in the manifest."""
     rows = conn.execute(sa.text(
         "SELECT template_id, version_id, key, name, tags, description, application_scope FROM current_template "
         "WHERE status = 'active' ORDER BY template_id")).mappings().all()
-    questions = [SFT_QUESTION.format(name=r["name"], tags=", ".join(r["tags"] or [])) for r in rows]
-    answers = [SFT_ANSWER.format(description=r["description"], application_scope=r["application_scope"])
-               for r in rows]
-    contents = [x for pair in zip(questions, answers) for x in pair]
-    table = pa.table({
-        "messages": _messages(["user", "assistant"], pa.array(contents, pa.string()), 2),
-        "template_id": pa.array([r["template_id"] for r in rows], pa.int64()),
-        "version_id": pa.array([r["version_id"] for r in rows], pa.int64()),
-        "key": pa.array([r["key"] for r in rows], pa.string()),
-    })
+    records = [{"messages": [
+        {"role": "user", "content": SFT_QUESTION.format(name=r["name"], tags=", ".join(r["tags"] or []))},
+        {"role": "assistant", "content": SFT_ANSWER.format(description=r["description"],
+                                                           application_scope=r["application_scope"])}],
+        "kind": "template", "template_id": r["template_id"], "version_id": r["version_id"], "key": r["key"],
+        "trajectory_id": None, "reward": None} for r in rows]
+    plan_rows, contracts = plan_examples(conn, min_reward, per_problem, allow_mixed=allow_mixed) if plans else ([], [])
+    mix = {"template_rows": len(records), "plan_rows": len(plan_rows), "plans": plans,
+           "plan_min_reward": float(min_reward), "plans_per_problem": int(per_problem), "contracts": contracts}
+    table = pa.Table.from_pylist(records + plan_rows, schema=SFT_SCHEMA)
     return DataPart("train", table, description=(
-        "The paper's first training stage, one row per active template (current version): the user gives the "
-        "template's name and tags, the assistant answers with its description and application scope "
-        "(TRL's conversational `messages` format)."))
+        "ReasonFlux's first training stage in TRL's conversational `messages` format. Rows of kind `template` "
+        "(one per active template, current version): the user gives the template's name and tags, the "
+        "assistant answers with its description and application scope. Rows of kind `plan` (the navigator "
+        f"contract {navigator.CONTRACT_HASH}): the plan request for a train-split problem and, as the answer, "
+        "the plan reply of its best-rewarded trajectory (complete reward >= the recorded threshold), so the "
+        "navigator learns the reply format and good trajectories before DPO.")), mix
+
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+SFT_SCHEMA = pa.schema([
+    ("messages", pa.list_(MESSAGE)), ("kind", pa.string()), ("template_id", pa.int64()), ("version_id", pa.int64()),
+    ("key", pa.string()), ("trajectory_id", pa.int64()), ("reward", pa.float64()),
+])
 
 
 def template_records(conn) -> list[dict[str, Any]]:
@@ -307,8 +348,14 @@ def problems_part(conn, selection: str | None) -> DataPart:
 # ---- entry point ------------------------------------------------------------------------------------------
 
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
-           pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None) -> dict[str, Any]:
-    """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path)."""
+           pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None,
+           plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
+           allow_mixed_contracts: bool = False) -> dict[str, Any]:
+    """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path).
+
+    dpo: PAIRS (params hash or prefix; default the latest) with margin >= MIN_MARGIN. sft: template rows plus,
+    with PLANS, plan examples of trajectories with reward >= PLAN_MIN_REWARD (PLANS_PER_PROBLEM per problem).
+    Trajectories sampled under different navigator contracts are refused unless ALLOW_MIXED_CONTRACTS."""
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if not formats or set(formats) - {"parquet", "jsonl"}:
@@ -318,11 +365,14 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
             conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             if kind == "dpo":
                 phash = _resolve_pairs(conn, pairs)
-                params = {"pairs": phash, "min_margin": float(min_margin), "split": "train"}
-                part, intro, usage = dpo_part(conn, phash, min_margin), "DPO pairs of navigator trajectories.", DPO_USAGE
+                part, contracts = dpo_part(conn, phash, min_margin, allow_mixed=allow_mixed_contracts)
+                params = {"pairs": phash, "min_margin": float(min_margin), "split": "train", "contracts": contracts}
+                intro, usage = "DPO pairs of navigator trajectories.", DPO_USAGE
             elif kind == "sft":
-                params = {"templates": "current", "status": "active"}
-                part, intro, usage = sft_part(conn), "SFT data for template knowledge (ReasonFlux stage 1).", ""
+                part, mix = sft_part(conn, plans=plans, min_reward=plan_min_reward, per_problem=plans_per_problem,
+                                     allow_mixed=allow_mixed_contracts)
+                params = {"templates": "current", "status": "active", "mix": mix}
+                intro, usage = "SFT data for template knowledge and planning (ReasonFlux stage 1).", ""
             elif kind == "templates":
                 params = {"templates": "current", "status": "any"}
                 part, intro, usage = templates_part(conn), "The thought-template library.", ""

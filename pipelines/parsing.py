@@ -1,15 +1,17 @@
-"""Strict parsers for model output: one JSON value located in the text, validated by a JSON schema.
+"""The one reply parser: a JSON object located in model output, validated by a JSON schema.
 
 Model output is never evaluated as code (no eval, no ast.literal_eval); it is read with `json` only, and
-the first JSON object in the text (after removing Markdown fences) is the answer. Anything else is a
-ParseError with a reason that names what was wrong, recorded with the raw output by the stages.
+the first JSON object in the text (inside a Markdown fence if there is one) is the answer. Anything else
+is a ParseError with a reason that names what was wrong: the stages record it with the raw output, and
+the solver shows it to the navigator when it asks again. The navigator's replies are parsed by
+`pipelines.navigator` on top of this; mined templates by `parse_template` below.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
@@ -43,28 +45,9 @@ TEMPLATE_SCHEMA: dict[str, Any] = {
     },
 }
 
-PLAN_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["abstraction", "steps"],
-    "properties": {
-        "abstraction": {"type": "string", "minLength": 3, "maxLength": 4000},
-        "steps": {
-            "type": "array", "minItems": 1, "maxItems": 15,
-            "items": {
-                "anyOf": [
-                    {"type": "string", "minLength": 3, "maxLength": 2000},
-                    {"type": "object", "additionalProperties": False, "required": ["action"],
-                     "properties": {"template": {"type": "string", "maxLength": 200},
-                                    "action": {"type": "string", "minLength": 3, "maxLength": 2000}}},
-                ],
-            },
-        },
-    },
-}
-
-
 class ParseError(ValueError):
+    """Output that does not follow the format; `reason` says what is wrong (shown to the model on retry)."""
+
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
@@ -94,12 +77,13 @@ def extract_json_object(text: str | None) -> dict[str, Any]:
     raise ParseError("invalid JSON: no complete, well-formed object found")
 
 
-def validate(value: Any, schema: dict[str, Any]) -> None:
+def validate(value: Any, schema: dict[str, Any], what: str = "reply") -> None:
+    """VALUE against SCHEMA; the first violation (by path) becomes a ParseError naming where it is."""
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ParseError(f"schema violation at {where}: {e.message[:300]}")
+        raise ParseError(f"{what}: schema violation at {where}: {e.message[:300]}")
 
 
 @dataclass
@@ -126,7 +110,7 @@ class MinedTemplate:
 def parse_template(text: str | None) -> MinedTemplate:
     """A mined template in our schema (name, type, tags, description, scope, steps, example)."""
     data = extract_json_object(text)
-    validate(data, TEMPLATE_SCHEMA)
+    validate(data, TEMPLATE_SCHEMA, "template")
     tags = list(dict.fromkeys(t.strip() for t in data["tags"] if t.strip()))
     ex = data["example"]
     return MinedTemplate(
@@ -135,30 +119,3 @@ def parse_template(text: str | None) -> MinedTemplate:
         steps=[s.strip() for s in data["steps"]], example_problem=ex["problem"].strip(),
         example_solution=ex["solution"].strip(), example_answer=(ex.get("answer") or "").strip() or None,
     )
-
-
-@dataclass
-class PlanStep:
-    action: str
-    template: str | None = None
-
-    @property
-    def query(self) -> str:
-        """What retrieval looks for: the named template, then what the step does."""
-        return f"{self.template}: {self.action}" if self.template else self.action
-
-
-@dataclass
-class Plan:
-    abstraction: str
-    steps: list[PlanStep] = field(default_factory=list)
-
-
-def parse_plan(text: str | None) -> Plan:
-    """A navigator plan: an abstraction of the problem and its steps (strings or {template, action})."""
-    data = extract_json_object(text)
-    validate(data, PLAN_SCHEMA)
-    steps = [PlanStep(action=s.strip()) if isinstance(s, str)
-             else PlanStep(action=s["action"].strip(), template=(s.get("template") or "").strip() or None)
-             for s in data["steps"]]
-    return Plan(abstraction=data["abstraction"].strip(), steps=steps)

@@ -1,8 +1,10 @@
-"""The prompts of the LLM stages: built in, overridable per file, versioned by content hash.
+"""The prompts of every role but the navigator (whose requests are the navigator contract,
+`pipelines.navigator`): mining, rollouts of a whole trajectory, one solver step, the single-call baseline.
 
-Each prompt is a system text and a user text with `$placeholders` (string.Template: JSON braces in a
-prompt need no escaping). A prompts directory (`[prompts] dir` in the LLM config) may override any of
-them with files `<name>.system.txt` / `<name>.user.txt`. What a run used is recorded as `prompt_hash`.
+The stage prompts (mine, inference) are a system text and a user text with `$placeholders`
+(string.Template: JSON braces in a prompt need no escaping). A prompts directory (`[prompts] dir` in the
+LLM config) may override them with files `<name>.system.txt` / `<name>.user.txt`; what a run used is
+recorded as `prompt_hash`. The navigator contract is not overridable: it is what navigators are trained on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from string import Template
 from typing import Any
 
 from pipelines.llm.base import Message
+from pipelines.navigator import done_block
 
 BUILTIN: dict[str, dict[str, str]] = {
     "mine": {
@@ -34,19 +37,6 @@ BUILTIN: dict[str, dict[str, str]] = {
         "repair": (
             "Your reply could not be used: $error\nReply again with ONE JSON object with exactly the keys "
             "name, type, tags, description, scope, steps, example (problem, solution, answer), and nothing else."
-        ),
-    },
-    "navigator": {
-        "system": (
-            "You are the navigator of a hierarchical math reasoner. Abstract the problem, then plan a "
-            "trajectory: an ordered list of high-level steps, each applying a thought template. Do not solve "
-            "the problem. Reply with ONE JSON object and nothing else."
-        ),
-        "user": (
-            "Problem:\n$problem\n\n$templates"
-            "Reply as JSON: {\"abstraction\": \"what kind of problem this is, in general terms\", "
-            "\"steps\": [{\"template\": \"name of the thought template\", \"action\": \"what this step does\"}, "
-            "...]}"
         ),
     },
     "inference": {
@@ -87,14 +77,6 @@ class Prompts:
                 {"role": "user", "content": self.render(name, "repair", error=error)}]
 
 
-def format_template_hints(hits: list[Any]) -> str:
-    """A few candidate templates for the navigator prompt (name and when it applies)."""
-    if not hits:
-        return ""
-    lines = [f"- {h.name}: {(h.application_scope or h.description)[:200]}" for h in hits]
-    return "Thought templates that may help:\n" + "\n".join(lines) + "\n\n"
-
-
 def format_steps(steps: list[dict[str, Any]]) -> str:
     """Trajectory steps with the content of the template each one is linked to."""
     out = []
@@ -106,3 +88,45 @@ def format_steps(steps: list[dict[str, Any]]) -> str:
                 line += "\n   " + "\n   ".join(f"- {t}" for t in s["template_steps"][:8])
         out.append(line)
     return "\n".join(out)
+
+
+# ---- one solver step and the baseline ----------------------------------------------------------------------
+
+MAX_TEMPLATE_STEPS = 12
+
+STEP_SYSTEM = (
+    "You are a careful mathematician. You carry out exactly one step of a plan, following the thought "
+    "template you are given. Show the work of this step concisely. When this step yields the final "
+    "answer to the problem, write it as \\boxed{answer}."
+)
+
+
+def format_template(hit: dict[str, Any] | None) -> str:
+    if hit is None:
+        return "No template in the library matches this step; use your own method."
+    lines = [f"Template: {hit['name']}"]
+    for label, key in (("Description", "description"), ("Applies when", "application_scope")):
+        if hit.get(key):
+            lines.append(f"{label}: {hit[key]}")
+    steps = [s if isinstance(s, str) else json.dumps(s, ensure_ascii=False)
+             for s in (hit.get("steps") or [])[:MAX_TEMPLATE_STEPS]]
+    if steps:
+        lines.append("Reasoning flow:")
+        lines.extend(f"  {i}. {s}" for i, s in enumerate(steps, 1))
+    return "\n".join(lines)
+
+
+def step_messages(problem: str, abstraction: str, done: list[tuple[str, str]], step: str,
+                  hit: dict[str, Any] | None) -> list[Message]:
+    """Carry out STEP with the template HIT, given DONE = [(step text, result)] of the accepted steps."""
+    user = (f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n{done_block(done)}\n\n"
+            f"Your step now: {step}\n\n{format_template(hit)}\n\n"
+            "Carry out this step only. If it gives the final answer to the problem, end with \\boxed{answer}.")
+    return [{"role": "system", "content": STEP_SYSTEM}, {"role": "user", "content": user}]
+
+
+def baseline_messages(problem: str) -> list[Message]:
+    """The single-call baseline: the inference model alone, no templates, no navigator."""
+    return [{"role": "system", "content": "You are a careful mathematician."},
+            {"role": "user", "content": "Solve the problem. Reason step by step and put the final answer in "
+                                        f"\\boxed{{}}.\n\nProblem:\n{problem}"}]

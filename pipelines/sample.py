@@ -1,10 +1,12 @@
 """Trajectory sampling: the navigator abstracts each problem and plans N candidate trajectories.
 
-Per problem unit: N requests at the navigator's temperature with seeds base_seed + i (recorded in the
-trajectory's `sampling` and in its `sample_key`, which makes reruns idempotent). Each reply is parsed
-strictly into an abstraction and steps; each step is linked to the template version that retrieval from
-the live KB ranks first for it (with its score). Unparseable plans are recorded as failures with the
-raw output and are not retried: a different seed is a different sample, not a repair.
+Per problem unit: N requests of the navigator contract's plan (`pipelines.navigator.plan_messages`, with
+`hint_k` retrieved templates as hints) at the navigator's temperature with seeds base_seed + i (recorded in
+the trajectory's `sampling` and in its `sample_key`, which makes reruns idempotent). Each reply is parsed
+with the contract's `parse_plan`; each step is linked to the template version that step retrieval
+(`pipelines.step_retrieval`, the solver's) ranks first for it. `sampling` records the contract hash
+(`prompt_hash`), the hints shown and `max_steps`, so exports rebuild the exact prompt. Unparseable plans
+are recorded as failures with the raw output and are not retried: a different seed is a different sample.
 """
 
 from __future__ import annotations
@@ -18,12 +20,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kb.db import Database
 from kb.models import Trajectory, TrajectoryStep
-from kb.retrieval import search_many
+from pipelines import navigator, step_retrieval
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
 from pipelines.llm.config import RoleConfig, backend_for, describe_role
-from pipelines.parsing import ParseError, parse_plan
-from pipelines.prompts import Prompts, format_template_hints
+from pipelines.parsing import ParseError
 from pipelines.runner import Outcome, Unit, run_stage
 from pipelines.selection import PROBLEM_KEYS, parse_selection, select_problem_ids
 
@@ -41,13 +42,12 @@ class SampleHandler:
     def __init__(self, db: Database, run_id: int, role: RoleConfig | Backend, *, n: int = 8,
                  navigator_name: str | None = None, sampling: SamplingParams = DEFAULT_SAMPLING,
                  base_seed: int = 0, hint_k: int = 3, retrieval_mode: str = "hybrid",
-                 prompts_dir: str | None = None):
+                 max_steps: int = navigator.MAX_STEPS):
         self.db, self.run_id = db, run_id
         self.backend = LoggedBackend(backend_for(role), db, run_id, STAGE)
         self.navigator_name = navigator_name or self.backend.model
         self.n, self.sampling, self.base_seed = n, sampling, base_seed
-        self.hint_k, self.retrieval_mode = hint_k, retrieval_mode
-        self.prompts = Prompts(prompts_dir)
+        self.hint_k, self.retrieval_mode, self.max_steps = hint_k, retrieval_mode, max_steps
         self._has_templates = False
 
     def _problems(self, units: list[Unit]) -> dict[int, dict[str, Any]]:
@@ -60,10 +60,22 @@ class SampleHandler:
                 {"ids": [u.payload["problem_id"] for u in units]}).mappings().all()
         return {r["id"]: dict(r) for r in rows}
 
-    def _retrieve(self, queries: list[str], k: int) -> list[list[Any]]:
-        if not queries or k < 1 or not self._kb_has_templates():
-            return [[] for _ in queries]
-        return search_many(self.db.engine, queries, k=k, mode=self.retrieval_mode)
+    def _hints(self, problems: list[str]) -> list[list[navigator.Hint]]:
+        if not problems or self.hint_k < 1 or not self._kb_has_templates():
+            return [[] for _ in problems]
+        return [[navigator.Hint.from_hit(h) for h in hits] for hits in
+                step_retrieval.retrieve_hints(self.db.engine, problems, k=self.hint_k, mode=self.retrieval_mode)]
+
+    def _link(self, steps: list[navigator.PlanStep]) -> list[tuple[int | None, float | None]]:
+        """(version id, score) of the template step retrieval ranks first for each step."""
+        if not steps or not self._kb_has_templates():
+            return [(None, None)] * len(steps)
+        if self.retrieval_mode != "text":
+            step_retrieval.prime([s.template for s in steps])
+        with self.db.engine.connect() as conn:
+            hits = [step_retrieval.search_step(conn, s.template, s.text, k=1, mode=self.retrieval_mode)
+                    for s in steps]
+        return [(h[0].version_id, h[0].score) if h else (None, None) for h in hits]
 
     def _kb_has_templates(self) -> bool:
         """Checked once per worker until true: an empty KB needs no query embedding."""
@@ -76,14 +88,16 @@ class SampleHandler:
         problems = self._problems(units)
         live = [u for u in units if u.payload["problem_id"] in problems]
         hints = dict(zip([u.id for u in live],
-                         self._retrieve([problems[u.payload["problem_id"]]["text"] for u in live], self.hint_k)))
+                         self._hints([problems[u.payload["problem_id"]]["text"] for u in live])))
+        schema = navigator.plan_schema(self.max_steps)
         reqs, index = [], []
         for u in live:
-            messages = self.prompts.messages("navigator", problem=problems[u.payload["problem_id"]]["text"],
-                                             templates=format_template_hints(hints[u.id]))
+            messages = navigator.plan_messages(problems[u.payload["problem_id"]]["text"], hints=hints[u.id],
+                                               max_steps=self.max_steps)
             for i in range(self.n):
                 seed = self.base_seed + i
-                reqs.append(ChatRequest(messages, replace(self.sampling, seed=seed), tags={"unit": u.key, "i": i}))
+                reqs.append(ChatRequest(messages, replace(self.sampling, seed=seed), tags={"unit": u.key, "i": i},
+                                        response_schema=schema))
                 index.append((u, seed))
         comps = self.backend.generate(reqs)
         errors = [c.error for c in comps if c.error]
@@ -93,18 +107,17 @@ class SampleHandler:
         failures: dict[int, list[dict[str, Any]]] = {u.id: [] for u in units}
         for (u, seed), c in zip(index, comps):
             try:
-                plan = parse_plan(c.text)
+                plan = navigator.parse_plan(c.text, max_steps=self.max_steps)
             except ParseError as e:
                 failures[u.id].append({"reason": f"seed {seed}: unparseable plan: {e.reason}", "raw_output": c.text,
                                        "attempt": seed - self.base_seed})
                 continue
-            samples[u.id].append({"seed": seed, "plan": plan, "raw": c.text, "tokens": c.completion_tokens})
-        queries = [s.query for u in live for smp in samples[u.id] for s in smp["plan"].steps]
-        hits = iter(self._retrieve(queries, 1))
+            samples[u.id].append({"seed": seed, "plan": plan, "raw": c.text, "tokens": c.completion_tokens,
+                                  "request": navigator.recorded(hints[u.id], self.max_steps)})
+        links = iter(self._link([s for u in live for smp in samples[u.id] for s in smp["plan"].steps]))
         for u in live:
             for smp in samples[u.id]:
-                smp["steps"] = [(s.query, *((h[0].version_id, h[0].score) if (h := next(hits)) else (None, None)))
-                                for s in smp["plan"].steps]
+                smp["steps"] = [(s, *next(links)) for s in smp["plan"].steps]
         outcomes = []
         for u in units:
             if u.payload["problem_id"] not in problems:
@@ -123,17 +136,17 @@ class SampleHandler:
         rows = [{"problem_id": problem["id"], "similar_set_id": problem["similar_set_id"],
                  "navigator_model": self.navigator_name, "sample_key": sample_key(self.sampling, smp["seed"]),
                  "sampling": {**replace(self.sampling, seed=smp["seed"]).to_dict(), "backend": self.backend.name,
-                              "model": self.backend.model, "prompt_hash": self.prompts.hash("navigator")},
+                              "model": self.backend.model, **smp["request"]},
                  "abstraction": smp["plan"].abstraction, "raw_output": smp["raw"], "run_id": run_id}
                 for smp in samples]
         stmt = pg_insert(Trajectory.__table__).values(rows).on_conflict_do_nothing(
             index_elements=["problem_id", "navigator_model", "sample_key"]).returning(
             Trajectory.__table__.c.id, Trajectory.__table__.c.sample_key)
         new = {key: tid for tid, key in conn.execute(stmt).all()}
-        steps = [{"trajectory_id": new[row["sample_key"]], "position": i, "text": text,
-                  "template_version_id": version_id, "retrieval_score": score}
+        steps = [{"trajectory_id": new[row["sample_key"]], "position": i, "text": step.text,
+                  "template_phrase": step.template, "template_version_id": version_id, "retrieval_score": score}
                  for row, smp in zip(rows, samples) if row["sample_key"] in new
-                 for i, (text, version_id, score) in enumerate(smp["steps"])]
+                 for i, (step, version_id, score) in enumerate(smp["steps"])]
         if steps:
             conn.execute(sa.insert(TrajectoryStep.__table__), steps)
         return {"trajectories_written": len(new), "steps_linked": sum(1 for s in steps if s["template_version_id"]),
@@ -146,7 +159,7 @@ def make_handler(db: Database, run_id: int, **options: Any) -> SampleHandler:
 
 def sample(db: Database, problems: str, role: RoleConfig | Backend, *, n: int = 8, navigator_name: str | None = None,
            sampling: SamplingParams = DEFAULT_SAMPLING, base_seed: int = 0, hint_k: int = 3,
-           retrieval_mode: str = "hybrid", prompts_dir: str | None = None, workers: int = 1,
+           retrieval_mode: str = "hybrid", max_steps: int = navigator.MAX_STEPS, workers: int = 1,
            batch_size: int = 4, retry_failed: bool = False, lease_s: float | None = None,
            max_attempts: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Sample N navigator trajectories for each selected problem; returns the run's counts."""
@@ -161,10 +174,10 @@ def sample(db: Database, problems: str, role: RoleConfig | Backend, *, n: int = 
                               role.options.get("model") or role.options.get("model_path") or role.backend)
     params = {"problems": parse_selection(problems, PROBLEM_KEYS).to_dict(), "n": n, "navigator": name,
               "llm": backend_desc, "sampling": sampling.to_dict(), "base_seed": base_seed, "hint_k": hint_k,
-              "retrieval_mode": retrieval_mode, "prompt_hash": Prompts(prompts_dir).hash("navigator")}
+              "retrieval_mode": retrieval_mode, "max_steps": max_steps, "prompt_hash": navigator.CONTRACT_HASH}
     factory = functools.partial(make_handler, role=role, n=n, navigator_name=name, sampling=sampling,
                                 base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
-                                prompts_dir=prompts_dir)
+                                max_steps=max_steps)
     extra = {k: v for k, v in (("lease_s", lease_s), ("max_attempts", max_attempts)) if v is not None}
     return run_stage(db, stage=STAGE, params=params, units=[(f"problem:{i}", {"problem_id": i}) for i in ids],
                      factory=factory, workers=workers, batch_size=batch_size, retry_failed=retry_failed,

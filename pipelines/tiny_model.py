@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from kb.errors import KbError
+from pipelines.llm.base import check_model_dir  # noqa: F401  (re-exported: callers check built models)
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -84,14 +84,3 @@ def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: i
         "seed": seed, "vocab_size": vocab_size, "hidden_size": hidden_size, "layers": layers,
     }, indent=2) + "\n")
     return out
-
-
-def check_model_dir(path: str | os.PathLike) -> Path:
-    """A local model directory, or a clear error: models are never downloaded at run time."""
-    p = Path(path).expanduser()
-    if not p.is_dir() or not (p / "config.json").is_file():
-        raise KbError(
-            f"model path {str(p)!r} is not a local model directory (no config.json); "
-            "models are never downloaded: pass a directory, e.g. one built by `reasonflux dev tiny-model DIR`"
-        )
-    return p

@@ -30,7 +30,8 @@ def insert_trajectory(session, problem_id: int, steps: Sequence[Step | dict], na
                       similar_set_id: int | None = None, checkpoint: str | None = None) -> int:
     """The trajectory's id; written with its steps only if (problem, navigator, sample_key) is new.
 
-    steps: (text, template_version_id or None, retrieval score or None) in order, or dicts with those keys.
+    steps: (text, template_version_id or None, retrieval score or None) in order, or dicts with those keys
+    (and optionally `template_phrase`, the template the plan named).
     """
     step_rows = [_step(i, s) for i, s in enumerate(steps)]
     stmt = pg_insert(Trajectory).values(
@@ -49,13 +50,16 @@ def insert_trajectory(session, problem_id: int, steps: Sequence[Step | dict], na
 
 
 def _step(position: int, step: Step | dict) -> dict[str, Any]:
+    phrase = None
     if isinstance(step, dict):
         text, version_id, score = step.get("text"), step.get("template_version_id"), step.get("retrieval_score")
+        phrase = step.get("template_phrase")
     else:
         text, version_id, score = (list(step) + [None, None])[:3]
     if not isinstance(text, str):
         raise InputError("step text must be a string", record=f"step {position}", field="text")
-    return {"position": position, "text": text, "template_version_id": version_id, "retrieval_score": score}
+    return {"position": position, "text": text, "template_phrase": phrase, "template_version_id": version_id,
+            "retrieval_score": score}
 
 
 def insert_rollouts(session, rows: Iterable[dict[str, Any]], *, chunk: int = 1000) -> int:

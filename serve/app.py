@@ -419,13 +419,13 @@ def create_app(
                 f"max_rounds {max_rounds} exceeds this server's limit of {cfg.max_rounds}",
                 code="max_rounds_too_large",
             )
-        if max_tokens is not None and max_tokens > cfg.max_tokens:
+        if max_tokens is not None and max_tokens > cfg.token_budget:
             raise ApiError(
                 400,
-                f"max_tokens {max_tokens} exceeds this server's limit of {cfg.max_tokens}",
+                f"max_tokens {max_tokens} exceeds this server's limit of {cfg.token_budget}",
                 code="max_tokens_too_large",
             )
-        return {"config": cfg.with_overrides(max_rounds=max_rounds, max_tokens=max_tokens)}
+        return {"config": cfg.with_overrides(max_rounds=max_rounds, token_budget=max_tokens)}
 
     def _sampling(config: Any, **changes: Any) -> Any:
         """The request's temperature/top_p/seed for both roles' calls of this session."""

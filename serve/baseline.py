@@ -15,7 +15,7 @@ from kb.db import Database
 from pipelines.grader import extract_answer, normalize
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import call_rows, log_calls
-from serve.prompts import baseline_messages
+from pipelines.prompts import baseline_messages
 from serve.solver import bounded_grade
 
 STAGE = "eval:baseline"

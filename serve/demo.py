@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from kb.db import Database
 from pipelines.llm.base import Backend
-from serve.scripted import scripted_solver_backend
+from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, render_trace
 
@@ -29,7 +29,7 @@ def run_solve_demo(
 ) -> DemoSolve:
     """Solve PROBLEM (default: a scripted navigator and inference that know the demo answer)."""
     if navigator is None or inference is None:
-        scripted = scripted_solver_backend({DEMO_PROBLEM: DEMO_ANSWER})
+        scripted = play_along_backend({DEMO_PROBLEM: DEMO_ANSWER})
         navigator, inference = navigator or scripted, inference or scripted
     if reference is None and problem == DEMO_PROBLEM:
         reference = DEMO_ANSWER

@@ -8,6 +8,8 @@
         insert or remove steps) | stop (with the final answer)
     final answer: the navigator's, or extracted from the last accepted step's result
 
+The navigator is asked and parsed through the navigator contract (`pipelines.navigator`), the same one
+sampling and the exports use, so a navigator trained on this project's exports is asked what it learned.
 Every navigator reply is parsed strictly and re-asked at most `parse_retries` times.
 Rounds, tokens and wall time are bounded; whatever ends a session (answer, limit,
 unparseable output, backend error) is recorded with its reason, and every round is
@@ -29,13 +31,14 @@ from typing import Any
 
 from kb.db import Database
 from kb.errors import InputError
+from pipelines import navigator, prompts, step_retrieval
 from pipelines.grader import extract_answer, grade
 from pipelines.llm.base import Backend, ChatRequest, Completion, Message, SamplingParams
 from pipelines.llm.calls import call_rows
-from serve import prompts, traces
+from pipelines.navigator import Change, Evaluation, Plan
+from pipelines.parsing import ParseError
+from serve import traces
 from serve.batching import Batcher, batchers_for
-from serve.parsing import Change, Evaluation, ParseError, Plan, parse_evaluation, parse_plan
-from serve.phrases import phrase_vector, prime_template_names
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +49,22 @@ STAGES = {"navigator": "solve:navigator", "inference": "solve:inference"}
 @dataclass(frozen=True)
 class SolverConfig:
     max_rounds: int = 12  # step rounds (retrieve + instantiate + evaluate); the plan is round 0
-    max_steps: int = 8
-    max_tokens: int = 60_000  # prompt + completion, both roles
+    max_steps: int = navigator.MAX_STEPS
+    token_budget: int = 60_000  # prompt + completion, both roles, the whole session
     max_seconds: float = 600.0
     parse_retries: int = 2  # extra navigator attempts after an unparseable reply
     top_k: int = 3
+    plan_hints: int = 3  # templates retrieved for the problem and shown in the plan request (as in sampling)
     retrieval_mode: str = "hybrid"
     navigator_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
     inference_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
 
     def __post_init__(self) -> None:
-        for name in ("max_rounds", "max_steps", "max_tokens", "top_k"):
+        for name in ("max_rounds", "max_steps", "token_budget", "top_k"):
             if getattr(self, name) < 1:
                 raise InputError("must be at least 1", field=name)
+        if self.plan_hints < 0:
+            raise InputError("must be 0 or more", field="plan_hints")
         if self.max_seconds <= 0:
             raise InputError("must be positive", field="max_seconds")
         if self.parse_retries < 0:
@@ -175,7 +181,7 @@ class Solver:
     def warm_up(self) -> None:
         """Load the embedding model and embed the library's template names now, not in sessions' rounds."""
         if self.config.retrieval_mode != "text":
-            prime_template_names(self.db)
+            step_retrieval.prime_template_names(self.db)
 
     def close(self) -> None:
         for b in {id(b): b for b in self.batchers.values()}.values():
@@ -266,15 +272,14 @@ class _Run:
         if time.monotonic() >= self.deadline:
             raise SessionEnd("limit", f"wall time limit of {self.cfg.max_seconds:g} s reached")
         used = traces.total_tokens(self.tokens)
-        if used >= self.cfg.max_tokens:
-            raise SessionEnd("limit", f"token limit of {self.cfg.max_tokens} reached ({used} used)")
+        if used >= self.cfg.token_budget:
+            raise SessionEnd("limit", f"token budget of {self.cfg.token_budget} reached ({used} used)")
 
-    def call(self, role: str, messages: list[Message]) -> Completion:
+    def call(self, role: str, messages: list[Message], schema: dict[str, Any] | None = None) -> Completion:
         self._check_budget()
         params = self.cfg.navigator_params if role == "navigator" else self.cfg.inference_params
-        req = ChatRequest(
-            messages=messages, params=params, tags={"role": role, "session_id": self.session_id}
-        )
+        req = ChatRequest(messages=messages, params=params, tags={"role": role, "session_id": self.session_id},
+                          response_schema=schema)
         batcher = self.s.batchers[role]
         t0 = time.monotonic()
         future = batcher.submit(req)
@@ -302,8 +307,8 @@ class _Run:
         if c.error:
             raise SessionEnd("failed", f"{role} backend error: {c.error}")
         used = traces.total_tokens(self.tokens)
-        if used > self.cfg.max_tokens:
-            raise SessionEnd("limit", f"token limit of {self.cfg.max_tokens} reached ({used} used)")
+        if used > self.cfg.token_budget:
+            raise SessionEnd("limit", f"token budget of {self.cfg.token_budget} reached ({used} used)")
         return c
 
     def _record_call(
@@ -322,7 +327,7 @@ class _Run:
         )
 
     def navigate(
-        self, messages: list[Message], parse: Callable[[str], Any]
+        self, messages: list[Message], parse: Callable[[str], Any], schema: dict[str, Any]
     ) -> tuple[Any, list[Message], str, list[str]]:
         """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
 
@@ -332,7 +337,7 @@ class _Run:
         attempt_msgs = messages
         errors: list[str] = []
         for attempt in range(self.cfg.parse_retries + 1):
-            c = self.call("navigator", attempt_msgs)
+            c = self.call("navigator", attempt_msgs, schema)
             try:
                 return parse(c.text), attempt_msgs, c.text, errors
             except ParseError as e:
@@ -341,24 +346,16 @@ class _Run:
                     {"attempt": attempt, "reason": f"unparseable navigator output: {e}", "raw_output": c.text}
                 )
                 last_msgs, last_raw = attempt_msgs, c.text
-                attempt_msgs = prompts.retry_messages(messages, c.text, str(e))
+                attempt_msgs = navigator.retry_messages(messages, c.text, str(e))
         raise NavigatorUnparseable(errors, last_msgs, last_raw)
 
     # ---------------------------------------------------------------- retrieval
 
     def retrieve(self, step: _Step) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[int]]:
         """Top templates for the step; the best one not yet tried for it is used (its version pinned)."""
-        from kb.retrieval import search_templates
-
-        query = f"{step.template}. {step.text}"
-        vector = None if self.cfg.retrieval_mode == "text" else phrase_vector(step.template)
         k = self.cfg.top_k + len(step.tried)
-        hits = [
-            h.to_dict()
-            for h in search_templates(
-                self.s.db, query, query_vector=vector, k=k, mode=self.cfg.retrieval_mode
-            )
-        ]
+        hits = [h.to_dict() for h in step_retrieval.search_step(self.s.db, step.template, step.text, k=k,
+                                                                 mode=self.cfg.retrieval_mode)]
         chosen = next((h for h in hits if h["version_id"] not in step.tried), hits[0] if hits else None)
         skipped = [h["version_id"] for h in hits if h["version_id"] in step.tried and h is not chosen]
         shown = [h for h in hits if h["version_id"] not in skipped][: self.cfg.top_k]
@@ -437,11 +434,19 @@ class _Run:
         self.emit({"event": "done", **result.to_dict()})
         return result
 
+    def hints(self) -> list[navigator.Hint]:
+        if self.cfg.plan_hints < 1:
+            return []
+        hits = step_retrieval.retrieve_hints(self.s.db, [self.problem], k=self.cfg.plan_hints,
+                                             mode=self.cfg.retrieval_mode)[0]
+        return [navigator.Hint.from_hit(h) for h in hits]
+
     def plan(self) -> Plan:
-        messages = prompts.plan_messages(self.problem, max_steps=self.cfg.max_steps)
+        messages = navigator.plan_messages(self.problem, hints=self.hints(), max_steps=self.cfg.max_steps)
         try:
             plan, used, raw, errors = self.navigate(
-                messages, lambda t: parse_plan(t, max_steps=self.cfg.max_steps)
+                messages, lambda t: navigator.parse_plan(t, max_steps=self.cfg.max_steps),
+                navigator.plan_schema(self.cfg.max_steps),
             )
         except NavigatorUnparseable as end:
             self.write_round(
@@ -506,11 +511,11 @@ class _Run:
                 adj["excluded"] = skipped
             result = self.call(
                 "inference",
-                prompts.instantiate_messages(self.problem, abstraction, self.accepted, step.text, chosen),
+                prompts.step_messages(self.problem, abstraction, self.accepted, step.text, chosen),
             ).text
             round_fields["instantiation"] = result
             self.last_result = self.accepted[-1][1] if self.accepted else result
-            messages = prompts.evaluation_messages(
+            messages = navigator.evaluation_messages(
                 self.problem,
                 abstraction,
                 [(s.text, s.template) for s in steps],
@@ -522,9 +527,10 @@ class _Run:
             )
             evaluation, used, raw, errors = self.navigate(
                 messages,
-                lambda t: parse_evaluation(
+                lambda t: navigator.parse_evaluation(
                     t, current=i + 1, n_steps=len(steps), max_steps=self.cfg.max_steps
                 ),
+                navigator.evaluation_schema(self.cfg.max_steps),
             )
         except SessionEnd as end:
             if isinstance(end, NavigatorUnparseable):

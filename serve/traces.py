@@ -18,6 +18,7 @@ from kb.errors import InputError, NotFound
 from kb.models import LlmCall, SolveRound, SolveSession
 from kb.models._common import utcnow
 from kb.output import dumps
+from pipelines.llm.calls import CALL_COLUMNS
 
 FAILURE_STAGE = "solve"
 ROLES = ("navigator", "inference")
@@ -72,20 +73,6 @@ _ROUND_COLUMNS = (
     "latency_ms",
 )
 _ROUND_DEFAULTS = {"navigator_prompt": [], "retrieved": [], "adjustment": {}, "tokens": {}, "latency_ms": 0.0}
-_CALL_COLUMNS = (
-    "run_id",
-    "session_id",
-    "stage",
-    "backend",
-    "model",
-    "messages",
-    "params",
-    "response",
-    "error",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-)
 _FAILURE_COLUMNS = ("run_id", "stage", "unit_key", "attempt", "reason", "raw_output")
 _FINISH_COLUMNS = ("status", "reason", "final_answer", "correct", "latency_ms")
 
@@ -102,7 +89,7 @@ def _write_sql(finish: bool) -> sa.TextClause:
     )
     return sa.text(
         f"WITH r AS ({_insert_from_json('solve_round', _ROUND_COLUMNS, 'round', False)}), "
-        f"c AS ({_insert_from_json('llm_call', _CALL_COLUMNS, 'calls', True)}), "
+        f"c AS ({_insert_from_json('llm_call', CALL_COLUMNS, 'calls', True)}), "
         f"f AS ({_insert_from_json('failure', _FAILURE_COLUMNS, 'failures', True)}) "
         f"UPDATE solve_session s SET rounds = :rounds, tokens = CAST(:tokens AS jsonb){end} "
         "FROM jsonb_populate_record(NULL::solve_session, CAST(:finish AS jsonb)) x WHERE s.id = :sid"
@@ -433,7 +420,7 @@ def render_trace(session: dict[str, Any]) -> str:
         f"Problem: {_clip(session.get('problem_text'), 400)}",
         f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
         f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}",
-        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('max_tokens')} tokens, "
+        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('token_budget', cfg.get('max_tokens'))} tokens, "
         f"{cfg.get('max_seconds')} s; "
         f"retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}",
         f"Tokens: {_role_tokens(session.get('tokens') or {})}",

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from kb.models import Problem
 from serve.baseline import majority
 from serve.eval import load_problems, run_eval
-from serve.scripted import scripted_solver_backend
+from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver
 from tests.solve_helpers import add_templates
 
@@ -159,7 +159,7 @@ def test_eval_on_math500_sample(db, shared_data, tmp_path):
     assert len(problems) == 8
     # The scripted model knows the reference answers of half: the grader must accept MATH's LaTeX answers.
     answers = {p["text"]: p["answer"] for p in problems[::2]}
-    backend = scripted_solver_backend(answers)
+    backend = play_along_backend(answers)
     with Solver(db, backend, backend) as solver:
         report = run_eval(db, solver, problems, out_dir=tmp_path / "m", concurrency=4, best_of=0)
     assert report.comparison[0]["accuracy"] == pytest.approx(0.5)

@@ -11,7 +11,8 @@ from kb import migrate
 from kb import templates as T
 from kb.datasets import VerificationError, sha256_file, verify
 from kb.db import session_scope
-from pipelines.export import NAVIGATOR_SYSTEM_PROMPT, export
+from pipelines import navigator
+from pipelines.export import export
 from pipelines.pairs import build_pairs
 from pipelines.problems import content_hash
 from pipelines.trajectories_store import insert_rollouts, insert_trajectory
@@ -46,8 +47,11 @@ def world(db):
     trajectories = []
     for key, n_correct in (("good", 4), ("mid", 2), ("bad", 0)):
         with session_scope(db) as s:
-            tid = insert_trajectory(s, anchor, [("Split each term", v1.id, 0.9), ("Cancel and sum", None, None)],
-                                    "nav", key, similar_set_id=set_id, abstraction=f"A telescoping sum ({key}).")
+            steps = [{"text": "Split each term", "template_phrase": "telescoping", "template_version_id": v1.id,
+                      "retrieval_score": 0.9}, {"text": "Cancel and sum", "template_phrase": "Cancellation"}]
+            tid = insert_trajectory(s, anchor, steps, "nav", key, similar_set_id=set_id,
+                                    abstraction=f"A telescoping sum ({key}).",
+                                    sampling={"prompt_hash": navigator.CONTRACT_HASH, "hints": [v2.id]})
             insert_rollouts(s, [{"trajectory_id": tid, "problem_id": p, "correct": i < n_correct}
                                 for i, p in enumerate(members)])
         trajectories.append(tid)
@@ -67,7 +71,8 @@ def test_dpo_export_is_byte_identical_and_manifest_is_complete(cli, db, world, t
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["kind"] == "dpo" and manifest["row_counts"] == {"train": 3}
-    assert manifest["params"] == {"pairs": world["pairs"]["params_hash"], "min_margin": 0.0, "split": "train"}
+    assert manifest["params"] == {"pairs": world["pairs"]["params_hash"], "min_margin": 0.0, "split": "train",
+                                  "contracts": [navigator.CONTRACT_HASH]}
     assert manifest["schema_revision"] == migrate.head_revision() and manifest["created_at"]
     assert set(manifest["files"]) == {"train.parquet", "train.jsonl", "README.md"}
     for name, digest in manifest["files"].items():
@@ -99,15 +104,16 @@ def test_dpo_rows_are_trl_conversational_preference_data(db, world, tmp_path):
                                                   "content": datasets.Value("string")})
     first = ds[0]
     assert is_conversational(first)
-    assert [m["role"] for m in first["prompt"]] == ["system", "user"]
-    assert first["prompt"][0]["content"] == NAVIGATOR_SYSTEM_PROMPT
-    assert first["prompt"][1]["content"].startswith("Compute 1/(1*2)")
+    # The prompt is exactly the solver's plan request, with the hints the trajectory was sampled with.
+    v2 = world["versions"][1]
+    hint = navigator.Hint(v2.id, "Vieta's formulas", "Symmetric functions of roots.")
+    assert first["prompt"] == navigator.plan_messages("Compute 1/(1*2) + 1/(2*3) + ... + 1/(99*100).", hints=[hint])
     good, _mid, bad = world["trajectories"]
     assert (first["chosen_trajectory_id"], first["rejected_trajectory_id"]) == (good, bad)
-    assert first["chosen"] == [{"role": "assistant", "content":
-                                "Abstraction: A telescoping sum (good).\n"
-                                "Step 1 (template: Telescoping sum): Split each term\nStep 2: Cancel and sum"}]
-    assert first["rejected"][0]["content"].startswith("Abstraction: A telescoping sum (bad).")
+    # The reply names the linked template's name, else the phrase the plan named.
+    assert first["chosen"] == [{"role": "assistant", "content": navigator.render_plan(
+        "A telescoping sum (good).", [("Split each term", "Telescoping sum"), ("Cancel and sum", "Cancellation")])}]
+    assert navigator.parse_plan(first["rejected"][0]["content"]).abstraction == "A telescoping sum (bad)."
     assert [r["margin"] for r in ds] == pytest.approx([1.0, 0.5, 0.5])
 
 
@@ -125,7 +131,7 @@ def test_dpo_export_trains_two_steps_with_trl(db, world, tmp_path):
                                cache_dir=str(tmp_path / "cache"))
     args = DPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
                      learning_rate=1e-4, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
-                     bf16=False, max_length=256)
+                     bf16=False, max_length=1024)
     trainer = DPOTrainer(model=str(model_dir), args=args, train_dataset=ds,
                          processing_class=AutoTokenizer.from_pretrained(model_dir))
     result = trainer.train()
@@ -162,7 +168,7 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
 
     with session_scope(db) as s:
         T.set_status(s, world["versions"][1].template_id, "deprecated")
-    sft = export(db, "sft", tmp_path / "sft")
+    sft = export(db, "sft", tmp_path / "sft", plans=False)
     ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "sft" / "train.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
     assert sft["row_counts"] == {"train": 1}  # the deprecated template is not trained on
@@ -191,22 +197,70 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
     assert again["id"] == probs["id"]  # re-exporting into the same folder is a no-op
 
 
-def test_plan_texts_render_steps_templates_and_missing_parts(db, world):
+def test_plan_texts_render_replies_and_refuse_what_cannot_be_one(db, world):
+    from kb.errors import InputError
     from pipelines.export import plan_texts
 
-    with session_scope(db) as s:
-        bare = insert_trajectory(s, world["anchor"], [], "nav", "bare")
-        no_abstraction = insert_trajectory(s, world["anchor"], [("Only step", world["versions"][1].id, None)],
-                                           "nav", "plain", abstraction=None)
     good = world["trajectories"][0]
     with db.engine.connect() as conn:
-        plans = plan_texts(conn, [no_abstraction, good, bare])
-    assert plans == {
-        good: "Abstraction: A telescoping sum (good).\nStep 1 (template: Telescoping sum): Split each term\n"
-              "Step 2: Cancel and sum",
-        bare: "",
-        no_abstraction: "Step 1 (template: Vieta's formulas): Only step",
-    }
+        plans = plan_texts(conn, [good])
+    assert navigator.parse_plan(plans[good]).steps[0].template == "Telescoping sum"
+    with session_scope(db) as s:
+        bare = insert_trajectory(s, world["anchor"], [], "nav", "bare", abstraction="x")
+        no_abstraction = insert_trajectory(s, world["anchor"], [("Only step", world["versions"][1].id, None)],
+                                           "nav", "plain", abstraction=None)
+    for tid in (bare, no_abstraction):
+        with db.engine.connect() as conn, pytest.raises(InputError, match=f"trajectory {tid}"):
+            plan_texts(conn, [tid])
+
+
+def test_every_exported_reply_parses_with_the_solvers_parser(db, world, tmp_path):
+    """The seam: what the exports teach is what the solver reads (DPO chosen/rejected, SFT plan rows)."""
+    import pyarrow.parquet as pq
+
+    export(db, "dpo", tmp_path / "dpo")
+    export(db, "sft", tmp_path / "sft", plan_min_reward=0.5)
+    dpo = pq.read_table(tmp_path / "dpo" / "train.parquet").to_pylist()
+    sft = [r for r in pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist() if r["kind"] == "plan"]
+    assert len(dpo) == 3 and len(sft) == 1  # the anchor's best trajectory (reward 1.0)
+    for row in dpo:
+        for column in ("chosen", "rejected"):
+            navigator.parse_plan(row[column][0]["content"])
+        assert row["prompt"][0]["content"] == navigator.SYSTEM
+    for row in sft:
+        *prompt, reply = row["messages"]
+        assert navigator.request_kind(prompt) == "plan" and reply["role"] == "assistant"
+        navigator.parse_plan(reply["content"])
+        assert row["trajectory_id"] == world["trajectories"][0] and row["reward"] == 1.0
+
+
+def test_sft_mix_is_selectable_and_recorded(db, world, tmp_path):
+    none = export(db, "sft", tmp_path / "none", plans=False)
+    strict = export(db, "sft", tmp_path / "strict", plan_min_reward=1.0)
+    loose = export(db, "sft", tmp_path / "loose", plan_min_reward=0.0, plans_per_problem=3)
+    assert [m["params"]["mix"]["plan_rows"] for m in (none, strict, loose)] == [0, 1, 3]
+    assert loose["params"]["mix"] == {"template_rows": 2, "plan_rows": 3, "plans": True, "plan_min_reward": 0.0,
+                                      "plans_per_problem": 3, "contracts": [navigator.CONTRACT_HASH]}
+
+
+def test_exports_refuse_mixed_contract_versions_unless_asked(cli, db, world, tmp_path):
+    from kb.errors import InputError
+
+    with session_scope(db) as s:
+        old = insert_trajectory(s, world["anchor"], [("Guess", None, None)], "nav", "old", abstraction="Old format",
+                                sampling={"prompt_hash": "nav-old"}, similar_set_id=None)
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, "
+                             "chosen_reward, rejected_reward, margin, params, params_hash) "
+                             "VALUES (:p, :c, :r, 1, 0, 1, '{}', :h)"),
+                     {"p": world["anchor"], "c": world["trajectories"][0], "r": old,
+                      "h": world["pairs"]["params_hash"]})
+    with pytest.raises(InputError, match="mixes navigator contract versions"):
+        export(db, "dpo", tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    out = json.loads(cli("export", "dpo", "--out", str(tmp_path / "mixed"), "--allow-mixed-contracts",
+                         "--json").output)
+    assert out["params"]["contracts"] == sorted([navigator.CONTRACT_HASH, "nav-old"])
 
 
 def test_refused_folder_records_nothing(db, world, tmp_path):
@@ -229,7 +283,7 @@ def test_training_reads_the_exports(db, world, tmp_path):
     rows = load_rows(verify_export(db, dpo["id"], stage="dpo"), "dpo")
     assert rows.num_rows == 3 and rows[0]["chosen"][0]["role"] == "assistant"
     sft_rows = load_rows(verify_export(db, str(tmp_path / "sft"), stage="sft"), "sft")
-    assert sft_rows.num_rows == sft["row_counts"]["train"] == 2
+    assert sft_rows.num_rows == sft["row_counts"]["train"] == 3  # two templates, one plan example
 
 
 def test_templates_jsonl_export_imports_back_unchanged(cli, db, world, tmp_path):

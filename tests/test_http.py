@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from serve.app import create_app
-from serve.scripted import scripted_solver_backend
+from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session
 from tests.solve_helpers import add_templates
@@ -33,8 +33,8 @@ def service(db):
     import uvicorn
 
     add_templates(db)
-    backend = scripted_solver_backend(ANSWERS, latency_s=0.05)
-    solver = Solver(db, backend, backend, SolverConfig(max_rounds=6, max_tokens=20_000))
+    backend = play_along_backend(ANSWERS, latency_s=0.05)
+    solver = Solver(db, backend, backend, SolverConfig(max_rounds=6, token_budget=20_000))
     app = create_app(db, solver, token=TOKEN, max_body_bytes=4096, max_concurrent=32, max_problem_chars=1000)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

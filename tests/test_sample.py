@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from kb.templates import TemplateSpec, create_template
+from pipelines import navigator
 from pipelines.embed import embed_templates
 from pipelines.llm import SamplingParams, create_backend
 from pipelines.llm.config import RoleConfig
@@ -26,7 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def plan(*steps, abstraction="A quadratic equation with integer roots."):
-    return json.dumps({"abstraction": abstraction, "steps": list(steps)})
+    """A reply in the navigator contract; a step is its text (naming a template of the same words) or
+    {"template", "action"}."""
+    return navigator.render_plan(abstraction, [(s, s) if isinstance(s, str) else (s["action"], s["template"])
+                                               for s in steps])
 
 
 def q(db, sql, **kw):
@@ -68,16 +72,21 @@ def test_sampling_writes_parsed_plans_and_records_failures(db, tmp_path):
                                              "T=0.8;top_p=1;seed=11", "T=0.8;top_p=1;seed=12"]
     assert all(t.navigator_model == "nav-test" and t.run_id == out["run_id"] for t in trajs)
     assert trajs[0].sampling["temperature"] == 0.8 and trajs[0].sampling["seed"] == 10
-    steps = q(db, "SELECT s.text, v.name, s.retrieval_score FROM trajectory_step s "
+    steps = q(db, "SELECT s.text, s.template_phrase, v.name, s.retrieval_score FROM trajectory_step s "
                   "LEFT JOIN template_version v ON v.id = s.template_version_id ORDER BY s.trajectory_id, s.position")
     assert len(steps) == 8
     assert steps[0].name == "Factor the quadratic" and steps[0].retrieval_score > 0
-    assert steps[0].text.startswith("Factor the quadratic: ")
+    assert steps[0].text == "Factor the polynomial into linear factors"
+    assert steps[0].template_phrase == "Factor the quadratic"
+    # What the trajectory records rebuilds the exact request and reply (the contract's seam).
+    sampling = trajs[0].sampling
+    assert sampling["prompt_hash"] == navigator.CONTRACT_HASH and sampling["max_steps"] == navigator.MAX_STEPS
+    assert len(sampling["hints"]) == 2  # both templates of the KB, retrieved for the problem
     fails = q(db, "SELECT unit_key, reason, raw_output FROM failure ORDER BY id")
     reasons = [f.reason for f in fails]
     assert len(fails) == 4 and all(f.raw_output for f in fails)
     assert any("no JSON object" in r for r in reasons)
-    assert any("schema violation at abstraction" in r or "schema violation at (top level)" in r for r in reasons)
+    assert any("schema violation at trajectory" in r or "schema violation at (top level)" in r for r in reasons)
     assert any("invalid JSON" in r for r in reasons)
     # Each request carried its own seed; every call is in the log once.
     seeds = [r[0] for r in q(db, "SELECT (params->>'seed')::int FROM llm_call ORDER BY id")]
@@ -93,7 +102,7 @@ def test_a_problem_without_any_usable_plan_fails_without_retrying(db, tmp_path):
     backend = create_backend("scripted", rules=[("navigator", plan())])  # empty steps, every time
     out = sample(db, "all", backend, n=3)
     assert out["units_failed"] == 1 and out["trajectories_written"] == 0
-    assert q(db, "SELECT count(*) FROM failure WHERE reason LIKE '%schema violation at steps%'")[0][0] == 3
+    assert q(db, "SELECT count(*) FROM failure WHERE reason LIKE '%schema violation at trajectory%'")[0][0] == 3
     assert q(db, "SELECT count(*) FROM llm_call")[0][0] == 3
     assert sample(db, "all", backend, n=3)["units_failed"] == 0  # not retried forever
 

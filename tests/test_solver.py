@@ -10,8 +10,9 @@ import sqlalchemy as sa
 
 from pipelines.llm import create_backend
 from pipelines.llm.base import SamplingParams
-from serve.parsing import ParseError, parse_evaluation, parse_plan
-from serve.scripted import scripted_solver_backend
+from pipelines.llm.scripted import play_along_backend
+from pipelines.navigator import parse_evaluation, parse_plan
+from pipelines.parsing import ParseError
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, list_sessions, render_trace
 from tests.solve_helpers import add_templates
@@ -192,7 +193,7 @@ def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, library):
 
 
 def test_trajectory_end_extracts_answer_and_shared_backend(db, library):
-    backend = scripted_solver_backend({"What is 2+3?": "5"})
+    backend = play_along_backend({"What is 2+3?": "5"})
     solver = Solver(db, backend, backend)
     assert solver.shared_backend
     result = solver.solve("What is 2+3?", reference="5")
@@ -201,6 +202,13 @@ def test_trajectory_end_extracts_answer_and_shared_backend(db, library):
     assert solver.batchers["navigator"] is solver.batchers["inference"]
     assert solver.batchers["navigator"].requests == result.llm_calls == 5
     solver.close()
+    # Navigator requests carry the contract's schema (for backends with structured output); others none.
+    from pipelines import navigator
+
+    schemas = [(navigator.request_kind(r.messages), r.response_schema) for r in backend.calls]
+    assert schemas[0] == ("plan", navigator.plan_schema(SolverConfig().max_steps))
+    assert ("evaluation", navigator.evaluation_schema(SolverConfig().max_steps)) in schemas
+    assert all(schema is None for kind, schema in schemas if kind is None)
     # Without a stop verdict the answer comes from the last accepted step's result.
     nav = script(
         (r'"trajectory"', plan(("Compute", "Quadratic formula"))),
@@ -274,16 +282,17 @@ def test_round_limit(db, library):
 
 
 def test_token_limit(db, library):
-    backend = scripted_solver_backend()
-    with Solver(db, backend, backend, SolverConfig(max_tokens=400)) as solver:
+    backend = play_along_backend()
+    with Solver(db, backend, backend, SolverConfig(token_budget=400)) as solver:
         r = solver.solve("What is 2+3?")
-    assert r.status == "limit" and "token limit of 400" in r.reason
+    assert r.status == "limit" and "token budget of 400" in r.reason
     assert r.total_tokens > 0 and get_session(db, r.session_id)["status"] == "limit"
 
 
 def test_wall_time_limit_never_hangs(db, library):
     slow = create_backend("scripted", default=plan(("a", "b")), latency_s=5.0)
     with Solver(db, slow, slow, SolverConfig(max_seconds=0.3)) as solver:
+        solver.warm_up()  # the embedding model loads here, not inside the session's 0.3 s
         t0 = time.monotonic()
         r = solver.solve("Anything.")
         elapsed = time.monotonic() - t0
@@ -309,7 +318,7 @@ def test_backend_error_fails_session(db, library):
 
 
 def test_empty_kb_runs_without_templates(db):
-    backend = scripted_solver_backend({"What is 1+1?": "2"})
+    backend = play_along_backend({"What is 1+1?": "2"})
     with Solver(db, backend, backend) as solver:
         r = solver.solve("What is 1+1?", reference="2")
     assert r.status == "solved" and r.correct and r.templates == []
@@ -319,7 +328,7 @@ def test_empty_kb_runs_without_templates(db):
 def test_concurrent_sessions_are_batched(db, library):
     from concurrent.futures import ThreadPoolExecutor
 
-    backend = scripted_solver_backend(latency_s=0.05)
+    backend = play_along_backend(latency_s=0.05)
     with Solver(db, backend, backend) as solver, ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: solver.solve(f"What is {i}+{i}?"), range(8)))
         stats = solver.batchers["navigator"].stats()
@@ -349,7 +358,7 @@ def test_tiny_model_end_to_end_through_transformers(db, library, tmp_path):
         c["completion_tokens"] > 0 for c in calls
     )
     # A scripted navigator with the tiny model doing the steps: the full loop runs through real generate.
-    nav = scripted_solver_backend({"What is 2+3?": "5"})
+    nav = play_along_backend({"What is 2+3?": "5"})
     with Solver(db, nav, tiny, cfg) as solver:
         r2 = solver.solve("What is 2+3?", reference="5")
     assert r2.status == "solved" and r2.answer == "5" and r2.correct
@@ -374,7 +383,7 @@ def test_nul_characters_in_model_output_are_stored_not_fatal(db, library):
 
 
 def test_apply_changes_outcomes():
-    from serve.parsing import Change
+    from pipelines.navigator import Change
     from serve.solver import _Step, apply_changes
 
     def steps():
@@ -393,9 +402,9 @@ def test_apply_changes_outcomes():
 
 def test_warm_up_embeds_template_names_once(db, library):
     from kb import config
-    from serve.phrases import _CACHE, normalize, phrase_vector
+    from pipelines.step_retrieval import _CACHE, normalize, phrase_vector
 
-    backend = scripted_solver_backend()
+    backend = play_along_backend()
     with Solver(db, backend, backend) as solver:
         solver.warm_up()
     key = (config.embed_model_name(), normalize("Vieta's formulas"))

@@ -50,6 +50,9 @@ class TrajectoryStep(SQLModel, table=True):
     trajectory_id: int = Field(foreign_key="trajectory.id", primary_key=True, ondelete="CASCADE")
     position: int = Field(primary_key=True)
     text: str = text_field(nullable=False)
+    # The template the navigator named for the step (its plan's "template"); the linked version is what
+    # retrieval found for it. Exports render the linked version's name, this phrase when none was linked.
+    template_phrase: str | None = text_field()
     template_version_id: int | None = Field(default=None, foreign_key="template_version.id", index=True)
     retrieval_score: float | None = None
 

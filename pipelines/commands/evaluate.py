@@ -27,7 +27,7 @@ def evaluate_cmd(app: AppContext, trajectories: str, inference_spec: str | None,
     """Follow each trajectory on its similar set's problems, grade the answers, store rollouts and rewards."""
     from pipelines.evaluate import DEFAULT_SAMPLING, evaluate
 
-    role, sampling, prompts_dir = resolve("inference", inference_spec, llm_config, DEFAULT_SAMPLING,
+    role, sampling, prompts_dir = resolve(app.db(), "inference", inference_spec, llm_config, DEFAULT_SAMPLING,
                                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     result = evaluate(app.db(), trajectories, role, samples=samples, sampling=sampling, base_seed=base_seed,
                       prompts_dir=prompts_dir, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))

@@ -34,24 +34,53 @@ def export_group() -> None:
     """Dataset versions: dpo, sft, templates, problems (manifest.json + README.md card + data files)."""
 
 
+def _contracts(f):
+    return click.option("--allow-mixed-contracts", is_flag=True,
+                        help="Export trajectories sampled under different navigator contract versions together.")(f)
+
+
 @export_group.command("dpo")
 @_common
+@_contracts
 @click.option("--pairs", default=None, metavar="PARAMS_HASH",
               help="Which pair selection (hash or prefix; default: the most recently built).")
 @click.option("--min-margin", type=float, default=0.0, show_default=True, help="Keep pairs with at least this margin.")
 @pass_app
 def dpo_cmd(app: AppContext, out_dir: str, data_format: str, with_jsonl: bool, as_json: bool, pairs: str | None,
-            min_margin: float) -> None:
-    """DPO pairs in TRL's conversational preference format (prompt / chosen / rejected)."""
-    _run(app, "dpo", out_dir, data_format, with_jsonl, as_json, pairs=pairs, min_margin=min_margin)
+            min_margin: float, allow_mixed_contracts: bool) -> None:
+    """DPO pairs in TRL's conversational preference format (prompt / chosen / rejected).
+
+    `prompt` is the navigator contract's plan request, `chosen`/`rejected` its JSON plan replies.
+
+    Example: reasonflux export dpo --out exports/dpo-v1 --min-margin 0.25
+    """
+    _run(app, "dpo", out_dir, data_format, with_jsonl, as_json, pairs=pairs, min_margin=min_margin,
+         allow_mixed_contracts=allow_mixed_contracts)
 
 
 @export_group.command("sft")
 @_common
+@_contracts
+@click.option("--no-plans", is_flag=True, help="Template rows only (the paper's stage 1 without plan examples).")
+@click.option("--plan-min-reward", type=float, default=0.75, show_default=True,
+              help="Plan examples: trajectories whose complete reward is at least this.")
+@click.option("--plans-per-problem", type=int, default=1, show_default=True,
+              help="Plan examples: at most this many (the best) per train-split problem.")
 @pass_app
-def sft_cmd(app: AppContext, out_dir: str, data_format: str, with_jsonl: bool, as_json: bool) -> None:
-    """Stage-1 SFT data: template name + tags -> description + application scope (`messages`)."""
-    _run(app, "sft", out_dir, data_format, with_jsonl, as_json)
+def sft_cmd(app: AppContext, out_dir: str, data_format: str, with_jsonl: bool, as_json: bool,
+            allow_mixed_contracts: bool, no_plans: bool, plan_min_reward: float, plans_per_problem: int) -> None:
+    """Stage-1 SFT data (`messages`): template knowledge plus plan examples.
+
+    Template rows: name + tags -> description + application scope. Plan rows: the navigator contract's
+    plan request for a train-split problem -> the reply of its best-rewarded trajectory. The mix is
+    recorded in the manifest's params.
+
+    Example: reasonflux export sft --out exports/sft-v1 --plan-min-reward 1.0
+    """
+    if plans_per_problem < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--plans-per-problem")
+    _run(app, "sft", out_dir, data_format, with_jsonl, as_json, plans=not no_plans, plan_min_reward=plan_min_reward,
+         plans_per_problem=plans_per_problem, allow_mixed_contracts=allow_mixed_contracts)
 
 
 @export_group.command("templates")

@@ -28,7 +28,7 @@ def mine_cmd(app: AppContext, problems: str, miner_spec: str | None, max_retries
     """Mine templates: parse strictly, retry boundedly, dedupe against the KB into new versions."""
     from pipelines.mine import DEFAULT_SAMPLING, mine
 
-    role, sampling, prompts_dir = resolve("miner", miner_spec, llm_config, DEFAULT_SAMPLING,
+    role, sampling, prompts_dir = resolve(app.db(), "miner", miner_spec, llm_config, DEFAULT_SAMPLING,
                                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     result = mine(app.db(), problems, role, max_retries=max_retries, sampling=sampling, prompts_dir=prompts_dir,
                   embed_model=embed_model, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))

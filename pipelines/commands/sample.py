@@ -35,10 +35,10 @@ def sample_cmd(app: AppContext, problems: str, n: int, navigator_spec: str | Non
     """Sample N trajectories per problem; unparseable plans are recorded as failures."""
     from pipelines.sample import DEFAULT_SAMPLING, sample
 
-    role, sampling, prompts_dir = resolve("navigator", navigator_spec, llm_config, DEFAULT_SAMPLING,
+    role, sampling, _ = resolve(app.db(), "navigator", navigator_spec, llm_config, DEFAULT_SAMPLING,
                                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     result = sample(app.db(), problems, role, n=n, navigator_name=navigator_name, sampling=sampling,
-                    base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode, prompts_dir=prompts_dir,
+                    base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
                     **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
     emit(result, fmt)
     raise_for_outcome(result)  # exit 5 if every unit failed, 6 if some did

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from kb.errors import KbError
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -28,6 +32,9 @@ class ChatRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     # Free-form labels (stage, unit key, role) carried into the call log.
     tags: dict[str, Any] = field(default_factory=dict)
+    # The JSON schema the reply must follow (the navigator contract's), enforced at decode time by the
+    # backends that can and are configured to (`structured_output`); every reply is parsed strictly anyway.
+    response_schema: dict[str, Any] | None = None
 
 
 @dataclass
@@ -49,3 +56,14 @@ class Backend(Protocol):
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         """One completion per request, in order. Failures come back as Completion.error, not exceptions."""
         ...
+
+
+def check_model_dir(path: str | os.PathLike) -> Path:
+    """A local model directory, or a clear error: models are never downloaded at run time."""
+    p = Path(path).expanduser()
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise KbError(
+            f"model path {str(p)!r} is not a local model directory (no config.json); "
+            "models are never downloaded: pass a directory, e.g. one built by `reasonflux dev tiny-model DIR`"
+        )
+    return p

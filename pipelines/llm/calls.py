@@ -16,6 +16,11 @@ from kb.secrets import REDACTED, register_secret, scrub  # noqa: F401 - the one 
 from kb.models import LlmCall
 from pipelines.llm.base import Backend, ChatRequest, Completion
 
+# The llm_call columns a call row fills (call_rows); the solver's trace writer inserts the same rows.
+CALL_COLUMNS = ("run_id", "session_id", "stage", "backend", "model", "messages", "params", "response", "error",
+                "prompt_tokens", "completion_tokens", "latency_ms")
+
+
 def call_rows(backend: Backend, requests: list[ChatRequest], completions: list[Completion], *,
               run_id: int | None, stage: str | None, session_id: int | None = None) -> list[dict[str, Any]]:
     rows = []

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+from kb.db import Database
 from kb.secrets import scrub
 from pipelines.llm.base import ChatRequest, SamplingParams
 from pipelines.llm.config import LlmConfig, RoleConfig
@@ -14,10 +16,22 @@ PROBE = [{"role": "user", "content": "Reply with the word OK."}]
 ROLES = ("navigator", "inference", "miner")
 
 
-def roles_to_check(config: LlmConfig, flags: dict[str, str | None]) -> dict[str, RoleConfig]:
-    """Every role of the config file, with the flags' specs on top (a flag beats the file)."""
+def roles_to_check(config: LlmConfig, flags: dict[str, str | None],
+                   db: Callable[[], Database] | None = None) -> dict[str, RoleConfig]:
+    """Every role of the config file, with the flags on top (a flag beats the file), through the one role
+    resolver; DB opens the KB, only when a flag names a registered navigator."""
+    from pipelines.llm.roles import role_config
+
+    def one(name: str) -> RoleConfig:
+        try:
+            return role_config(None, config, name, flags.get(name))
+        except ValueError:  # a registered navigator's name: its path is in the KB
+            if db is None:
+                raise
+            return role_config(db(), config, name, flags.get(name))
+
     names = [*config.roles, *(r for r, spec in flags.items() if spec and r not in config.roles)]
-    return {name: config.role(name, flags.get(name)) for name in names}
+    return {name: one(name) for name in names}
 
 
 def check_role(name: str, role: RoleConfig, *, max_tokens: int = 8) -> dict[str, Any]:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import click
 
 from pipelines.llm.base import SamplingParams
-from pipelines.llm.config import LlmConfig, RoleConfig, load_config
+from pipelines.llm.config import RoleConfig
 
 
 def role_option(role: str, help_text: str):
-    return click.option(f"--{role}", f"{role}_spec", default=None, metavar="SPEC",
-                        help=f"{help_text} SPEC: scripted | transformers:PATH | vllm:PATH | openai:MODEL@URL "
-                             f"(default: roles.{role} in --llm-config).")
+    return click.option(f"--{role}", f"{role}_spec", default=None, metavar="SPEC|NAME",
+                        help=f"{help_text} SPEC: scripted | transformers:PATH | vllm:PATH | openai:MODEL@URL, "
+                             f"or a registered navigator NAME (default: roles.{role} in --llm-config).")
 
 
 def llm_stage_options(f):
@@ -39,15 +38,14 @@ def llm_stage_options(f):
     return f
 
 
-def resolve(role: str, spec: str | None, config_path: str | None, default: SamplingParams,
+def resolve(db, role: str, spec: str | None, config_path: str | None, default: SamplingParams,
             **overrides: Any) -> tuple[RoleConfig, SamplingParams, str | None]:
-    """The role's backend, its sampling parameters (defaults < config < flags) and the prompts dir."""
-    config: LlmConfig = load_config(config_path)
-    role_cfg = config.role(role, spec)
-    values = {**dataclasses.asdict(default), **role_cfg.sampling,
-              **{k: v for k, v in overrides.items() if v is not None}}
-    values["stop"] = tuple(values.get("stop") or ())
-    return role_cfg, SamplingParams(**values), str(config.prompts_dir) if config.prompts_dir else None
+    """The role's backend, its sampling parameters (defaults < config < flags) and the prompts dir, through
+    the one role resolver (pipelines.llm.roles): SPEC may also be a registered navigator name."""
+    from pipelines.llm.roles import resolve_role
+
+    r = resolve_role(db, role, spec, config_path, default, **overrides)
+    return r.config, r.sampling, r.prompts_dir
 
 
 def runner_kwargs(workers: int, batch_size: int, lease_s: float | None, max_attempts: int | None,

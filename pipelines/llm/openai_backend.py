@@ -33,7 +33,8 @@ class OpenAIBackend:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
                  max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None, **_: Any):
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None,
+                 structured_output: bool = False, **_: Any):
         if "api_key" in _:
             raise KbError("openai backend: pass the key through an environment variable (api_key_env), "
                           "never as an option")
@@ -43,6 +44,8 @@ class OpenAIBackend:
         self.max_retries = max(0, int(max_retries))
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.extra_body = dict(extra_body or {})
+        # Send a request's JSON schema as response_format (OpenAI's json_schema; vLLM and sglang enforce it).
+        self.structured_output = bool(structured_output)
         headers = {"Content-Type": "application/json"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -70,6 +73,9 @@ class OpenAIBackend:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
+        if self.structured_output and req.response_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "reply", "schema": req.response_schema, "strict": True}}
         body.update(self.extra_body)
         return body
 

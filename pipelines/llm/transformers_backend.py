@@ -13,9 +13,8 @@ import threading
 import time
 from typing import Any
 
-from pipelines.llm.base import ChatRequest, Completion, SamplingParams
+from pipelines.llm.base import ChatRequest, Completion, SamplingParams, check_model_dir
 from pipelines.llm.registry import register_backend
-from pipelines.tiny_model import check_model_dir
 
 
 class TransformersBackend:

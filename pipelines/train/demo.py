@@ -13,7 +13,7 @@ from kb.db import Database
 from pipelines.train.launch import plan
 from pipelines.train.run import execute
 
-DEMO_OVERRIDES = {"bf16": False, "max_steps": 3, "max_length": 256, "per_device_train_batch_size": 2,
+DEMO_OVERRIDES = {"bf16": False, "max_steps": 3, "max_length": 1024, "per_device_train_batch_size": 2,
                   "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "save_steps": 3,
                   "lr_scheduler_type": "constant"}
 

@@ -15,16 +15,17 @@ _DEFAULTS = SolverConfig()
 LIMIT_KEYS = (
     "max_rounds",
     "max_steps",
-    "max_tokens",
+    "token_budget",
     "max_seconds",
     "parse_retries",
     "top_k",
+    "plan_hints",
     "retrieval_mode",
 )
 
 
 def solver_options(fn):
-    """Backend flags plus --max-rounds, --max-tokens, --timeout, ... (defaults from SolverConfig)."""
+    """Backend flags plus --max-rounds, --token-budget, --max-tokens, --timeout, ... (defaults from SolverConfig)."""
     opts = [
         click.option(
             "--max-rounds",
@@ -41,11 +42,18 @@ def solver_options(fn):
             help="Longest trajectory the navigator may plan or grow to.",
         ),
         click.option(
-            "--max-tokens",
+            "--token-budget",
             type=click.IntRange(1),
-            default=_DEFAULTS.max_tokens,
+            default=_DEFAULTS.token_budget,
             show_default=True,
             help="Prompt + completion tokens per session, both roles.",
+        ),
+        click.option(
+            "--max-tokens",
+            type=click.IntRange(1),
+            default=None,
+            help="Completion tokens of one LLM call, both roles (as in sample/evaluate; default: the role's "
+            f"config, else {_DEFAULTS.navigator_params.max_tokens}).",
         ),
         click.option(
             "--timeout",
@@ -70,6 +78,13 @@ def solver_options(fn):
             help="Templates retrieved per step.",
         ),
         click.option(
+            "--plan-hints",
+            type=click.IntRange(0),
+            default=_DEFAULTS.plan_hints,
+            show_default=True,
+            help="Templates retrieved for the problem and shown in the plan request (sample's --hint-k).",
+        ),
+        click.option(
             "--retrieval-mode",
             type=click.Choice(MODES),
             default=_DEFAULTS.retrieval_mode,
@@ -84,12 +99,14 @@ def solver_options(fn):
 
 def pop_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Take the solver options out of a command's kwargs."""
-    return {k: kwargs.pop(k) for k in (*LIMIT_KEYS, "llm_config", "navigator", "inference")}
+    return {k: kwargs.pop(k) for k in (*LIMIT_KEYS, "max_tokens", "llm_config", "navigator", "inference")}
 
 
 def build_solver(db: Database, options: dict[str, Any], *, run_id: int | None = None) -> tuple[Solver, Roles]:
     roles = resolve_roles(
-        db, llm_config=options["llm_config"], navigator=options["navigator"], inference=options["inference"]
+        db, llm_config=options["llm_config"], navigator=options["navigator"], inference=options["inference"],
+        navigator_default=_DEFAULTS.navigator_params, inference_default=_DEFAULTS.inference_params,
+        max_tokens=options.get("max_tokens"),
     )
     limits = {k: options[k] for k in LIMIT_KEYS}
     config = SolverConfig(**limits).with_overrides(

@@ -1,9 +1,9 @@
-"""Query vectors for the template phrases that steps name, cached: navigators repeat template names.
+"""Retrieval for a planned step: the one way a step's template is found, in sampling and in the solver.
 
-The vector side of retrieval matches a step's template phrase alone (as ReasonFlux matches
-template names); the step text still feeds the full-text side. `prime_template_names` embeds
-every active template's name in one batch, so a navigator that names a template exactly never
-waits for the embedding model, not even the first time.
+The vector side matches the step's template phrase alone (as ReasonFlux matches template names), the
+full-text side the phrase and the step text (`PlanStep.query`). Phrase vectors are cached: navigators
+repeat template names, and `prime_template_names` embeds every active template's name in one batch,
+so a navigator that names a template exactly never waits for the embedding model.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from kb import config
 from kb.db import Database
+from kb.retrieval import TemplateHit, search_many, search_templates
 
 MAX_PHRASES = 16_384
 BATCH = 64
@@ -100,3 +101,20 @@ def prime_template_names(db: Database, *, limit: int = MAX_PHRASES // 2) -> int:
             .all()
         )
     return _CACHE.prime(list(names))
+
+
+def prime(phrases: list[str]) -> int:
+    return _CACHE.prime(phrases)
+
+
+def search_step(db: Any, template: str, text: str, *, k: int, mode: str = "hybrid") -> list[TemplateHit]:
+    """The top K current templates for a step that names TEMPLATE and does TEXT."""
+    vector = None if mode == "text" else phrase_vector(template)
+    return search_templates(db, f"{template}. {text}", query_vector=vector, k=k, mode=mode)
+
+
+def retrieve_hints(db: Any, problems: list[str], *, k: int, mode: str = "hybrid") -> list[list[TemplateHit]]:
+    """The top K current templates for each problem: the hints a plan request shows (sampler and solver)."""
+    if not problems or k < 1:
+        return [[] for _ in problems]
+    return search_many(db, problems, k=k, mode=mode)
