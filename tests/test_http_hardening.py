@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from pipelines.llm.openai_backend import OpenAIBackend
 from serve.app import SESSION_HEADER, create_app, header_timeout_protocol
 
-from serve.scripted import scripted_solver_backend
+from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from tests.llm_server import LocalLLM, dead_url
 from tests.solve_helpers import add_templates
@@ -34,7 +34,7 @@ class Service:
     def __init__(self, db, navigator, inference=None, *, header_timeout_s=None, **app_kw):
         import uvicorn
 
-        self.solver = Solver(db, navigator, inference or navigator, SolverConfig(max_rounds=6, max_tokens=20_000))
+        self.solver = Solver(db, navigator, inference or navigator, SolverConfig(max_rounds=6, token_budget=20_000))
         app = create_app(db, self.solver, max_body_bytes=4096, **app_kw)
         port = _free_port()
         extra = {"http": header_timeout_protocol(header_timeout_s)} if header_timeout_s else {}
@@ -128,7 +128,7 @@ def assert_no_table_holds(db, secret: str) -> None:
 
 
 def test_openai_parameters_are_honoured_or_refused(service, db):
-    s = service(scripted_solver_backend({"What is 2 + 2?": "4"}))
+    s = service(play_along_backend({"What is 2 + 2?": "4"}))
     with httpx.Client(base_url=s.url, timeout=30) as http:
         refused = {"n": 2, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
                    "stop": ["\n"], "logprobs": True, "response_format": {"type": "json_object"},
@@ -158,7 +158,7 @@ def test_openai_parameters_are_honoured_or_refused(service, db):
 def test_progress_stays_out_of_streamed_content_unless_asked(service):
     import openai
 
-    s = service(scripted_solver_backend({"What is 4 + 4?": "8"}))
+    s = service(play_along_backend({"What is 4 + 4?": "8"}))
     client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "What is 4 + 4?"}]
 
@@ -180,7 +180,7 @@ def test_progress_stays_out_of_streamed_content_unless_asked(service):
 
 
 def test_every_error_is_openai_shaped_and_nul_is_a_400(service):
-    s = service(scripted_solver_backend({}))
+    s = service(play_along_backend({}))
     with httpx.Client(base_url=s.url, timeout=30) as http:
         cases = [
             (http.post("/v1/completions", json={"model": "reasonflux", "prompt": "x"}), 404, "not_found"),
@@ -202,7 +202,7 @@ def test_every_error_is_openai_shaped_and_nul_is_a_400(service):
 
 
 def test_slow_clients_are_cut_off(service):
-    s = service(scripted_solver_backend({}), header_timeout_s=0.5, body_timeout_s=0.5)
+    s = service(play_along_backend({}), header_timeout_s=0.5, body_timeout_s=0.5)
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as slow_headers:
         slow_headers.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest
         time.sleep(1.5)
@@ -219,7 +219,7 @@ def test_the_service_reconnects_after_its_database_connections_are_dropped(db):
 
     own = Database(url=db.url, embedded=False, engine=create_engine(db.url))  # its own pool, as `serve` has
     add_templates(db)
-    s = Service(own, scripted_solver_backend({"What is 1 + 1?": "2"}))
+    s = Service(own, play_along_backend({"What is 1 + 1?": "2"}))
     try:
         _solve_across_a_restart(s, db)
     finally:

@@ -36,7 +36,9 @@ def add_problems(db, tmp_path, n=2):
 
 
 def plan_reply(body):
-    return json.dumps({"abstraction": "Add the two numbers.", "steps": [{"template": "none", "action": "add"}]})
+    from pipelines import navigator
+
+    return navigator.render_plan("Add the two numbers.", [("Add them", "addition")])
 
 
 def _start_sample(db, url: str) -> subprocess.Popen:

@@ -6,7 +6,7 @@ gone, on any host, and mark it interrupted. A partial unique index on training_r
 refuses a second resume of the same run (both would write into the run's one folder).
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0008
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0008"  # rechained after main's 0008 when main was merged in
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
