@@ -23,7 +23,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Self
 
 import sqlalchemy as sa
 
@@ -95,11 +95,11 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{kind}-{run_id}", daemon=True)
         self._warned = False
 
-    def __enter__(self) -> Heartbeat:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
 
@@ -113,7 +113,7 @@ class Heartbeat:
         while not self._stop.wait(self.interval_s):
             try:
                 alive = self.beat()
-            except Exception:  # noqa: BLE001 - a missed beat is retried; the lease allows several
+            except Exception:  # noqa: BLE001, S112 - a missed beat is retried; the lease allows several
                 continue
             if not alive and not self._warned:
                 self._warned = True

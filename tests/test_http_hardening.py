@@ -4,7 +4,6 @@ and no secret leaves in a response or lands in a table."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -14,9 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from pipelines.llm.openai_backend import OpenAIBackend
-from serve.app import SESSION_HEADER, create_app, header_timeout_protocol
-
 from pipelines.llm.scripted import play_along_backend
+from serve.app import SESSION_HEADER, create_app, header_timeout_protocol
 from serve.solver import Solver, SolverConfig
 from tests.llm_server import LocalLLM, dead_url
 from tests.solve_helpers import add_templates
@@ -172,7 +170,7 @@ def test_progress_stays_out_of_streamed_content_unless_asked(service):
     with_progress, _ = content(extra_body={"reasonflux_progress": True})
     assert "[plan]" in with_progress and "[round 1]" in with_progress
     with httpx.Client(base_url=s.url, timeout=30) as http, \
-            http.stream("POST", "/v1/chat/completions", json={**{"model": "reasonflux", "messages": messages},
+            http.stream("POST", "/v1/chat/completions", json={"model": "reasonflux", "messages": messages,
                                                               "stream": True}) as r:
         assert int(r.headers[SESSION_HEADER]) > 0
         lines = list(r.iter_lines())

@@ -17,7 +17,7 @@ from kb.errors import KbError
 from kb.runs import Terminated, install_sigterm_handler
 from kb.secrets import scrub
 
-__all__ = ["cli", "main", "pass_app", "AppContext"]
+__all__ = ["AppContext", "cli", "main", "pass_app"]
 
 
 class _Group(click.Group):

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from kb.errors import KbError
-from pipelines.llm.base import ChatRequest, Completion
 from kb.secrets import register_secret, scrub
+from pipelines.llm.base import ChatRequest, Completion
 from pipelines.llm.registry import register_backend
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
