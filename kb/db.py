@@ -170,11 +170,15 @@ class Database:
 
 
 def create_engine(url: str) -> Engine:
-    return sa.create_engine(
+    from kb import secrets
+
+    engine = sa.create_engine(
         normalize_url(url),
-        pool_pre_ping=True,
+        pool_pre_ping=True,  # a connection dropped by a server restart is replaced, not handed out
         connect_args={"application_name": f"reasonflux[{os.getpid()}]"},
     )
+    secrets.install(engine)  # no statement can store a secret, whoever wrote it
+    return engine
 
 
 def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: bool = True,

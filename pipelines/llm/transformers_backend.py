@@ -115,6 +115,6 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-@register_backend("transformers")
+@register_backend("transformers", options=TransformersBackend)
 def _factory(**options: Any) -> TransformersBackend:
     return TransformersBackend(**options)

@@ -78,6 +78,6 @@ def _constraint(schema: dict[str, Any]) -> dict[str, Any]:
     return {"guided_decoding": sp.GuidedDecodingParams(json=schema)}
 
 
-@register_backend("vllm")
+@register_backend("vllm", options=VllmBackend)
 def _factory(**options: Any) -> VllmBackend:
     return VllmBackend(**options)
