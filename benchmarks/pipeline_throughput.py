@@ -37,6 +37,7 @@ from kb.db import Database
 from kb.scratch import scratch_database
 from pipelines import evaluate as ev
 from pipelines import mine as mn
+from pipelines import navigator
 from pipelines import sample as sm
 from pipelines.llm.base import SamplingParams
 from pipelines.llm.config import RoleConfig
@@ -53,8 +54,8 @@ def template(i: int) -> str:
         "example": {"problem": "Solve 2x=1.", "solution": "x = 1/2", "answer": "1/2"}})
 
 
-PLAN = json.dumps({"abstraction": "A quadratic equation.",
-                   "steps": [{"template": "Factor the quadratic", "action": "Factor it"}, "Solve each factor"]})
+PLAN = navigator.render_plan("A quadratic equation.", [("Factor it", "Factor the quadratic"),
+                                                       ("Solve each factor", "Zero product")])
 ANSWER = "Following the plan, the roots are $\\boxed{\\frac{1}{2}}$."
 
 

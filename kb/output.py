@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from kb.secrets import scrub
+
 FORMATS = ("table", "json", "jsonl", "csv")
 
 
@@ -70,7 +72,7 @@ def emit(
     """Print records. A single mapping prints as one object (json) or a key/value table."""
     out = file or sys.stdout
     single = isinstance(rows, Mapping)
-    records = [dict(rows)] if single else [dict(r) for r in rows]
+    records = [scrub(dict(rows))] if single else [scrub(dict(r)) for r in rows]  # nothing printed leaks a key
     if fmt == "json":
         out.write(dumps(records[0] if single else records, indent=2) + "\n")
         return

@@ -1,28 +1,198 @@
-"""The one run record: every stage execution is a PipelineRun row, and every row it writes carries its id."""
+"""The run lifecycle, one home for both run records: `pipeline_run` (a stage) and `training_run`.
+
+A run is owned by the process that started it. The owner records its host and pid and renews a lease
+(`heartbeat_at`) from a background thread while the run is open, and closes the row itself: succeeded,
+failed (with the reason), or interrupted (Ctrl-C or SIGTERM, which this module turns into the same
+KeyboardInterrupt). An owner killed with SIGKILL, or a host that died, closes nothing; any command that
+opens the KB then calls `mark_orphaned_runs`, which marks `interrupted` every run still `running` whose
+lease ran out (any host: it compares with the database's clock) or whose owner on this host no longer
+exists (at once, without waiting for the lease). Interrupted runs can be resumed: a pipeline stage by
+running the same command again (its units are keyed by its parameters), training with `--resume`.
+
+Every row a pipeline run writes carries its id. Every error and parameter stored here goes through
+`kb.secrets.scrub` first.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
+import sys
+import threading
 import traceback
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Self
 
 import sqlalchemy as sa
 
 from kb import config
 from kb.db import Database
-from kb.models import PipelineRun
+from kb.errors import KbError
+from kb.models import PipelineRun, TrainingRun
 from kb.models._common import utcnow
+from kb.secrets import scrub
+
+HEARTBEAT_S = float(os.environ.get("REASONFLUX_RUN_HEARTBEAT_S", "15"))
+# A run whose lease is this old has lost its owner. Several heartbeats long, so a busy owner is not
+# mistaken for a dead one; the fast path (same host, pid gone) does not wait for it.
+LEASE_S = float(os.environ.get("REASONFLUX_RUN_LEASE_S", "120"))
+
+TABLES: dict[str, sa.Table] = {"pipeline": PipelineRun.__table__, "training": TrainingRun.__table__}
+
+
+# -- signals -----------------------------------------------------------------------------------------
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: runs end `interrupted`, the CLI exits 143."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def install_sigterm_handler() -> None:
+    """For the whole process (the CLI's entry point): SIGTERM raises Terminated in the main thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises Terminated while the block runs (library callers that did not install the handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interruption_reason(e: BaseException) -> str:
+    return "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted by user"
+
+
+def error_text(e: BaseException) -> str:
+    return scrub("".join(traceback.format_exception_only(type(e), e)).strip())
+
+
+# -- owner and lease ---------------------------------------------------------------------------------
+
+def owner_values() -> dict[str, Any]:
+    """What a new run row records about its owner."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": utcnow()}
+
+
+class Heartbeat:
+    """Renews a running row's lease every HEARTBEAT_S seconds until stopped."""
+
+    def __init__(self, db: Database, kind: str, run_id: int, interval_s: float = HEARTBEAT_S):
+        self.db, self.table, self.run_id, self.interval_s = db, TABLES[kind], run_id, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{kind}-{run_id}", daemon=True)
+        self._warned = False
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> bool:
+        t = self.table
+        with self.db.engine.begin() as conn:
+            return conn.execute(sa.update(t).where(t.c.id == self.run_id, t.c.status == "running")
+                                .values(heartbeat_at=sa.func.now())).rowcount == 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                alive = self.beat()
+            except Exception:  # noqa: BLE001, S112 - a missed beat is retried; the lease allows several
+                continue
+            if not alive and not self._warned:
+                self._warned = True
+                print(f"warning: run {self.run_id} was marked interrupted by another command (no heartbeat "
+                      f"for {LEASE_S:.0f} s); this process still finishes it", file=sys.stderr)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process nobody has reaped yet is a zombie: dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def mark_orphaned_runs(db: Database, *, lease_s: float = LEASE_S) -> dict[str, list[int]]:
+    """Mark `interrupted` every running run whose owner is gone; returns the ids per kind.
+
+    Gone: its lease is older than lease_s by the database's clock (any host), or it ran on this host and
+    its pid no longer exists. One UPDATE per table.
+    """
+    host, marked = socket.gethostname(), {}
+    with db.engine.begin() as conn:
+        for kind, t in TABLES.items():
+            local = conn.execute(sa.select(t.c.id, t.c.pid).where(t.c.status == "running", t.c.host == host,
+                                                                  t.c.pid.is_not(None))).all()
+            dead = [r.id for r in local if r.pid != os.getpid() and not pid_alive(r.pid)]
+            stale = sa.func.coalesce(t.c.heartbeat_at, t.c.started_at) < sa.func.now() - sa.func.make_interval(
+                0, 0, 0, 0, 0, 0, lease_s)
+            reason = sa.case((t.c.id.in_(dead), "its process on this host is gone (killed?)"),
+                             else_=f"its owner stopped renewing its lease (no heartbeat for {lease_s:.0f} s)")
+            ids = conn.execute(sa.update(t).where(t.c.status == "running", sa.or_(t.c.id.in_(dead), stale))
+                               .values(status="interrupted", finished_at=sa.func.now(),
+                                       error=sa.func.concat("interrupted: ", reason))
+                               .returning(t.c.id)).scalars().all()
+            if ids:
+                marked[kind] = sorted(ids)
+    return marked
+
+
+@contextlib.contextmanager
+def owned(db: Database, kind: str, run_id: int, finish: Callable[[str, str | None], None],
+          verdict: Callable[[], tuple[str, str | None]] = lambda: ("succeeded", None)) -> Iterator[None]:
+    """The body of a run: heartbeats while it runs, then finish(status, error) once.
+
+    verdict() gives the status of a body that returned (a stage whose every unit failed is `failed`).
+    """
+    try:
+        with Heartbeat(db, kind, run_id), sigterm_as_interrupt():
+            yield
+    except KeyboardInterrupt as e:
+        finish("interrupted", interruption_reason(e))
+        raise
+    except BaseException as e:
+        finish("failed", error_text(e))
+        raise
+    else:
+        finish(*verdict())
+
+
+# -- pipeline runs -----------------------------------------------------------------------------------
+
+class RunCounts(dict):
+    """The counts a stage fills in; `status` and `error` may be set to override the run's verdict."""
+
+    status: str | None = None
+    error: str | None = None
 
 
 def start_run(db: Database, stage: str, params: dict[str, Any] | None = None) -> int:
     with db.session() as s:
-        run = PipelineRun(
-            stage=stage, params=params or {}, code_version=config.code_version(),
-            host=socket.gethostname(), pid=os.getpid(),
-        )
+        run = PipelineRun(stage=stage, params=scrub(params or {}), code_version=config.code_version(),
+                          **owner_values())
         s.add(run)
         s.commit()
         return run.id
@@ -33,23 +203,52 @@ def finish_run(db: Database, run_id: int, status: str, counts: dict[str, Any] | 
     with db.engine.begin() as conn:
         conn.execute(
             sa.update(PipelineRun).where(PipelineRun.id == run_id).values(
-                status=status, counts=counts or {}, error=error, finished_at=utcnow(),
+                status=status, counts=dict(counts or {}), error=scrub(error), finished_at=utcnow(),
             )
         )
 
 
 @contextlib.contextmanager
-def pipeline_run(db: Database, stage: str, params: dict[str, Any] | None = None) -> Iterator[tuple[int, dict]]:
-    """Yields (run_id, counts); the run ends succeeded, failed (with the traceback) or interrupted."""
+def pipeline_run(db: Database, stage: str, params: dict[str, Any] | None = None) -> Iterator[tuple[int, RunCounts]]:
+    """Yields (run_id, counts); the run ends succeeded, failed (with the reason) or interrupted."""
     run_id = start_run(db, stage, params)
-    counts: dict[str, Any] = {}
-    try:
+    counts = RunCounts()
+    with owned(db, "pipeline", run_id, lambda status, error: finish_run(db, run_id, status, counts, error),
+               lambda: (counts.status or "succeeded", counts.error)):
         yield run_id, counts
-    except KeyboardInterrupt:
-        finish_run(db, run_id, "interrupted", counts, "interrupted by user")
-        raise
-    except BaseException as e:
-        finish_run(db, run_id, "failed", counts, "".join(traceback.format_exception_only(type(e), e)).strip())
-        raise
-    else:
-        finish_run(db, run_id, "succeeded", counts)
+
+
+# -- outcomes and exit codes -------------------------------------------------------------------------
+
+class RunFailed(KbError):
+    """The command's work failed: every unit (or session) failed. The run is recorded `failed`."""
+
+    exit_code = 5
+
+
+class RunPartlyFailed(KbError):
+    """Some units (or sessions) failed, the others succeeded."""
+
+    exit_code = 6
+
+
+def verdict(done: int, failed: int) -> str:
+    """succeeded, partial (some failed) or failed (none done, some failed)."""
+    if failed and not done:
+        return "failed"
+    return "partial" if failed else "succeeded"
+
+
+def raise_for_outcome(result: dict[str, Any]) -> None:
+    """After a command printed its result: exit 5 if its work failed, 6 if part of it did, with reasons."""
+    outcome = result.get("outcome")
+    if outcome not in ("failed", "partial"):
+        return
+    what = f"{result.get('stage', 'run')} run {result['run_id']}" if result.get("run_id") else result.get("stage", "run")
+    reasons = "; ".join(result.get("first_reasons") or []) or "no reason recorded"
+    detail = (f"{result.get('failed', 0)} of {result.get('total', 0)} {result.get('units', 'units')} failed; "
+              f"first reasons: {reasons}")
+    hint = f" (see `reasonflux runs show {result['run_id']}`)" if result.get("run_id") else ""
+    if outcome == "failed":
+        raise RunFailed(f"{what} failed: {detail}{hint}")
+    raise RunPartlyFailed(f"{what} partly failed: {detail}{hint}")

@@ -15,6 +15,7 @@ MODULES: list[str] = [
     "pipelines.commands.sample",
     "pipelines.commands.evaluate",
     "pipelines.commands.runs",
+    "pipelines.commands.llm",
     "pipelines.commands.problems",
     "pipelines.commands.similar",
     "pipelines.commands.rewards",

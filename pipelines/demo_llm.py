@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb.db import Database
+from pipelines import navigator
 from pipelines.evaluate import evaluate
 from pipelines.llm.base import SamplingParams
 from pipelines.llm.config import RoleConfig
@@ -52,7 +53,8 @@ def run_llm_stages_demo(db: Database, model_dir: str | Path, problem_ids: list[i
         for pid in problem_ids:
             insert_trajectory(conn, pid, [("Restate the problem in general terms", None, None),
                                           ("Apply the matching method and compute the answer", None, None)],
-                              FALLBACK_NAVIGATOR, "demo", abstraction="demo plan", raw_output="")
+                              FALLBACK_NAVIGATOR, "demo", abstraction="demo plan", raw_output="",
+                              sampling={**navigator.recorded(), "written_by": "demo"})
     traj_sel = "problem=" + ",".join(str(i) for i in problem_ids)
     evaluated = evaluate(db, traj_sel, role, sampling=short, progress=False)
     return {

@@ -145,6 +145,12 @@ def parse_plan(text: str | None, *, max_steps: int = MAX_STEPS) -> Plan:
     return plan
 
 
+def recorded(hints: Sequence[Hint] = (), max_steps: int = MAX_STEPS) -> dict[str, Any]:
+    """What a trajectory's `sampling` records of the request it answers, so exports rebuild it exactly:
+    the contract hash, the hinted template versions and the step bound."""
+    return {"prompt_hash": CONTRACT_HASH, "hints": [h.version_id for h in hints], "max_steps": max_steps}
+
+
 def render_plan(abstraction: str, steps: Iterable[tuple[str, str]]) -> str:
     """The reply that stands for a plan: what `parse_plan` reads back into the same plan.
 

@@ -33,7 +33,8 @@ from kb.db import Database, create_engine
 from kb.errors import KbError
 from kb.models import Failure, WorkUnit
 from kb.progress import progress_bar
-from kb.runs import pipeline_run
+from kb.runs import pid_alive, pipeline_run, verdict
+from kb.secrets import scrub
 
 DEFAULT_LEASE_S = 900.0
 DEFAULT_MAX_ATTEMPTS = 3
@@ -149,26 +150,12 @@ def release_dead_local_claims(conn: sa.Connection, stage: str, scope: str) -> in
     claimers = conn.execute(sa.text(
         "SELECT DISTINCT claimed_by FROM work_unit WHERE stage = :s AND scope = :sc AND status = 'claimed' "
         "AND claimed_by LIKE :h"), {"s": stage, "sc": scope, "h": f"{host}:%"}).scalars().all()
-    dead = [c for c in claimers if not _pid_alive(int(c.split(":")[1]))]
+    dead = [c for c in claimers if not pid_alive(int(c.split(":")[1]))]
     if not dead:
         return 0
     return conn.execute(sa.text(
         "UPDATE work_unit SET status = 'pending', claimed_by = NULL WHERE stage = :s AND scope = :sc "
         "AND status = 'claimed' AND claimed_by = ANY(:dead)"), {"s": stage, "sc": scope, "dead": dead}).rowcount
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed process nobody has reaped yet is a zombie: dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def unit_counts(conn: sa.Connection, stage: str, scope: str) -> dict[str, int]:
@@ -262,6 +249,12 @@ def _work_loop(db: Database, conn: sa.Connection, handler: StageHandler, cfg: Ru
         advance(len(units))
 
 
+def _unit_error(outcome: Outcome) -> str | None:
+    if outcome.status != "failed":
+        return None
+    return scrub("; ".join(f["reason"] for f in outcome.failures))[:2000]
+
+
 def _store(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit,
            outcome: Outcome) -> dict[str, Any]:
     """Write one unit's results and failures and mark it finished; raises _LeaseLost if it is not ours."""
@@ -269,9 +262,9 @@ def _store(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: st
     if outcome.failures:
         conn.execute(sa.insert(Failure.__table__), [
             {"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": unit.key,
-             "attempt": f.get("attempt", unit.attempts), "reason": f["reason"],
-             "raw_output": f.get("raw_output")} for f in outcome.failures])
-    error = "; ".join(f["reason"] for f in outcome.failures)[:2000] if outcome.status == "failed" else None
+             "attempt": f.get("attempt", unit.attempts), "reason": scrub(f["reason"]),
+             "raw_output": scrub(f.get("raw_output"))} for f in outcome.failures])
+    error = _unit_error(outcome)
     marked = conn.execute(sa.text(
         "UPDATE work_unit SET status = :st, finished_at = now(), run_id = :run, error = :err "
         "WHERE id = :id AND claimed_by = :me AND status = 'claimed'"),
@@ -287,11 +280,11 @@ def _store_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, 
     one UPDATE marking every unit; raises _LeaseLost if any unit is no longer ours."""
     written = [handler.write(conn, u, o, cfg.run_id) if o.status == "done" else {} for u, o in zip(units, outcomes)]
     failures = [{"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": u.key, "attempt": f.get("attempt", u.attempts),
-                 "reason": f["reason"], "raw_output": f.get("raw_output")}
+                 "reason": scrub(f["reason"]), "raw_output": scrub(f.get("raw_output"))}
                 for u, o in zip(units, outcomes) for f in o.failures]
     if failures:
         conn.execute(sa.insert(Failure.__table__), failures)
-    errors = ["; ".join(f["reason"] for f in o.failures)[:2000] if o.status == "failed" else None for o in outcomes]
+    errors = [_unit_error(o) for o in outcomes]
     marked = conn.execute(sa.text(
         "UPDATE work_unit w SET status = m.status, finished_at = now(), run_id = :run, error = m.error "
         "FROM unnest(CAST(:ids AS bigint[]), CAST(:st AS text[]), CAST(:err AS text[])) AS m(id, status, error) "
@@ -336,7 +329,7 @@ def _commit_unit(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, 
 
 def _record_errors(conn: sa.Connection, cfg: RunnerConfig, me: str, units: list[Unit], error: str,
                    counts: dict[str, Any]) -> None:
-    ids = [u.id for u in units]
+    ids, error = [u.id for u in units], scrub(error)
     conn.execute(sa.insert(Failure.__table__), [
         {"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": u.key, "attempt": u.attempts,
          "reason": f"error: {error}"} for u in units])
@@ -448,4 +441,26 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
         for k in ("db_s", "process_s", "work_wall_s", "worker_wall_s_total", "work_span_s"):
             if k in counts:
                 counts[k] = round(counts[k], 4)
-    return {"run_id": run_id, **counts}
+        outcome = _outcome(db, stage, scope, after)
+        if outcome["outcome"] == "failed":  # nothing of the selection done, and units failed
+            counts.status = "failed"
+            counts.error = f"all {outcome['failed']} units failed; first reasons: " + "; ".join(
+                outcome["first_reasons"])
+    return {"run_id": run_id, "stage": stage, **outcome, **counts}
+
+
+def _outcome(db: Database, stage: str, scope: str, units_status: dict[str, int]) -> dict[str, Any]:
+    """The selection's state after the run: succeeded, partial or failed, with the first failure reasons.
+
+    Judged on every unit of the scope, not only this run's: rerunning a command whose units all failed
+    before still says so (and --retry-failed tries them again)."""
+    done, failed = units_status.get("done", 0), units_status.get("failed", 0)
+    reasons: list[str] = []
+    if failed:
+        with db.engine.connect() as conn:
+            reasons = conn.execute(sa.text(
+                "SELECT error FROM (SELECT error, min(id) AS first FROM work_unit WHERE stage = :s AND scope = :sc "
+                "AND status = 'failed' AND error IS NOT NULL GROUP BY error) e ORDER BY first LIMIT 3"),
+                {"s": stage, "sc": scope}).scalars().all()
+    return {"outcome": verdict(done, failed), "failed": failed, "total": sum(units_status.values()),
+            "first_reasons": [r[:300] for r in reasons]}

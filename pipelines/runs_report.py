@@ -1,14 +1,15 @@
-"""What `reasonflux runs list | show` reports: every pipeline run's counts, failures and duration."""
+"""What `reasonflux runs list | show` reports: every pipeline run's counts, failures and duration.
+
+Runs whose owner is gone are already marked interrupted when the command opened the KB (kb.runs).
+"""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import sqlalchemy as sa
 
 from kb.errors import NotFound
-from pipelines.runner import _pid_alive
 
 _LIST_SQL = """
     SELECT r.id, r.stage, r.status, r.started_at, r.finished_at,
@@ -26,25 +27,17 @@ _TABLES = ("template_version", "trajectory", "rollout", "llm_call", "failure", "
            "similar_set", "dpo_pair")
 
 
-def _mark_gone(row: dict[str, Any]) -> dict[str, Any]:
-    """A run still 'running' whose process on this host is gone was killed; say so (the row stays as is)."""
-    if row["status"] == "running" and row.get("host") == socket.gethostname() and row.get("pid") \
-            and not _pid_alive(int(row["pid"])):
-        row["status"] = "running (process gone)"
-    return row
-
-
 def list_runs(conn: sa.Connection, *, stage: str | None = None, status: str | None = None,
               limit: int = 50) -> list[dict[str, Any]]:
     rows = conn.execute(sa.text(_LIST_SQL), {"stage": stage, "status": status, "limit": limit}).mappings()
-    return [_mark_gone(dict(r)) for r in rows]
+    return [dict(r) for r in rows]
 
 
 def show_run(conn: sa.Connection, run_id: int) -> dict[str, Any]:
     run = conn.execute(sa.text("SELECT * FROM pipeline_run WHERE id = :r"), {"r": run_id}).mappings().first()
     if run is None:
         raise NotFound(f"no pipeline run {run_id} (see `reasonflux runs list`)")
-    out = _mark_gone(dict(run))
+    out = dict(run)
     out["duration_s"] = round(((out["finished_at"] or conn.execute(sa.text("SELECT now()")).scalar())
                                - out["started_at"]).total_seconds(), 1)
     written = conn.execute(sa.text(" UNION ALL ".join(

@@ -113,7 +113,7 @@ class SampleHandler:
                                        "attempt": seed - self.base_seed})
                 continue
             samples[u.id].append({"seed": seed, "plan": plan, "raw": c.text, "tokens": c.completion_tokens,
-                                  "hints": [h.version_id for h in hints[u.id]]})
+                                  "request": navigator.recorded(hints[u.id], self.max_steps)})
         links = iter(self._link([s for u in live for smp in samples[u.id] for s in smp["plan"].steps]))
         for u in live:
             for smp in samples[u.id]:
@@ -136,8 +136,7 @@ class SampleHandler:
         rows = [{"problem_id": problem["id"], "similar_set_id": problem["similar_set_id"],
                  "navigator_model": self.navigator_name, "sample_key": sample_key(self.sampling, smp["seed"]),
                  "sampling": {**replace(self.sampling, seed=smp["seed"]).to_dict(), "backend": self.backend.name,
-                              "model": self.backend.model, "prompt_hash": navigator.CONTRACT_HASH,
-                              "hints": smp["hints"], "max_steps": self.max_steps},
+                              "model": self.backend.model, **smp["request"]},
                  "abstraction": smp["plan"].abstraction, "raw_output": smp["raw"], "run_id": run_id}
                 for smp in samples]
         stmt = pg_insert(Trajectory.__table__).values(rows).on_conflict_do_nothing(

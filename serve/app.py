@@ -5,7 +5,11 @@
     GET  /v1/models                the one model, for OpenAI clients that list first
     GET  /v1/sessions/{id}         a stored trace (?render=true adds the readable text)
     GET  /v1/templates/search      live KB retrieval
-    GET  /healthz                  liveness and database reachability (never needs the token)
+    GET  /healthz                  database and each role's backend, really asked (never needs the token)
+
+Every error, 4xx or 5xx, unknown routes included, has OpenAI's shape ({"error": {message, type, code,
+param}}); a session whose backend is down is a 502 (or 503 when unreachable), never a 200 whose answer
+is the error. Each solve's session id is in the `X-Reasonflux-Session-Id` header and in the body.
 
 Sessions run on worker threads (at most `max_concurrent` at once); their LLM calls meet in the
 solver's micro-batchers, so a batched backend sees concurrent sessions together. With a token
@@ -16,24 +20,30 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
 import anyio
 import sqlalchemy as sa
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kb import __version__
 from kb.db import Database
 from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
+from kb.secrets import scrub
+from pipelines.llm.base import ChatRequest, SamplingParams
 from serve.solver import Solver, SolveResult
 from serve.traces import get_session, render_trace
 
@@ -41,14 +51,26 @@ MODEL_NAME = "reasonflux"
 DEFAULT_MAX_BODY = 64 * 1024
 DEFAULT_MAX_PROBLEM_CHARS = 16_000
 PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+SESSION_HEADER = "X-Reasonflux-Session-Id"
+DEFAULT_BODY_TIMEOUT_S = 30.0  # a client must deliver its whole body within this
+HEALTH_TTL_S = 10.0  # backend probes are cached this long, so frequent health checks cost no LLM calls
+MAX_ID = 2**63 - 1
 
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, *, code: str = "invalid_request", kind: str = "invalid_request_error"
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str = "invalid_request",
+        kind: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.code, self.kind = status, message, code, kind
+        self.param, self.headers = param, headers
 
 
 # ------------------------------------------------------------------ request and response bodies
@@ -89,12 +111,72 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields the solver has no use for
+    """Every chat-completions parameter is named here and either honoured or refused (docs/serving.md);
+    an unknown one is a 422 naming it, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
+    stream_options: dict[str, Any] | None = None
+    # honoured
+    max_tokens: int | None = Field(None, ge=1, description="The session's token budget (both roles).")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens.")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    n: int | None = Field(None, ge=1, description="Only 1.")
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    reasonflux_progress: bool = Field(False, description="Progress lines in the streamed content.")
+    # refused unless absent or neutral
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: Any = None
+    response_format: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, Any] | None = None
+    store: bool | None = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    web_search_options: dict[str, Any] | None = None
+
+
+def _refused(body: ChatCompletionRequest) -> tuple[str, str] | None:
+    """The first parameter this server cannot honour, with why; None when all can be."""
+    checks = (
+        ("n", body.n not in (None, 1), "only n=1: one solve session per request"),
+        ("tools", bool(body.tools), "the solver does not call tools"),
+        ("tool_choice", body.tool_choice not in (None, "none"), "the solver does not call tools"),
+        ("parallel_tool_calls", bool(body.parallel_tool_calls), "the solver does not call tools"),
+        ("functions", bool(body.functions), "the solver does not call functions"),
+        ("function_call", body.function_call not in (None, "none"), "the solver does not call functions"),
+        ("response_format", (body.response_format or {"type": "text"}).get("type") != "text",
+         "only text answers"),
+        ("stop", bool(body.stop), "the solver's rounds use their own stop sequences"),
+        ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "no log-probabilities"),
+        ("presence_penalty", bool(body.presence_penalty), "not supported"),
+        ("frequency_penalty", bool(body.frequency_penalty), "not supported"),
+        ("logit_bias", bool(body.logit_bias), "not supported"),
+        ("store", bool(body.store), "sessions are always stored in the KB; `store` cannot change that"),
+        ("modalities", body.modalities not in (None, ["text"]), "only text"),
+        ("audio", body.audio is not None, "only text"),
+        ("prediction", body.prediction is not None, "not supported"),
+        ("reasoning_effort", body.reasoning_effort is not None, "use max_tokens to bound a session"),
+        ("service_tier", body.service_tier not in (None, "auto", "default"), "not supported"),
+        ("web_search_options", body.web_search_options is not None, "no web search"),
+    )
+    return next(((name, why) for name, refused, why in checks if refused), None)
 
 
 # ------------------------------------------------------------------ the app
@@ -107,8 +189,8 @@ class _Guard:
     not even whether its body would have parsed.
     """
 
-    def __init__(self, app: Any, token: str | None, max_bytes: int):
-        self.app, self.token, self.max_bytes = app, token, max_bytes
+    def __init__(self, app: Any, token: str | None, max_bytes: int, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
+        self.app, self.token, self.max_bytes, self.body_timeout_s = app, token, max_bytes, body_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -129,14 +211,23 @@ class _Guard:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await self._too_large(send)
         body, more = b"", True
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while more:
-            message = await receive()
+            try:  # a client trickling its body cannot hold a worker forever
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                return await _send(send, 408, "invalid_request_error", "request_timeout",
+                                   f"request body not received within {self.body_timeout_s:g} s")
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
                 return await self._too_large(send)
+        where = _nul_in(scope.get("query_string", b""), body)
+        if where:  # PostgreSQL text cannot hold NUL: refuse it here, as bad input, not deep down as a 500
+            return await _send(send, 400, "invalid_request_error", "nul_character",
+                               f"{where} contains a NUL character", param=where)
         replayed = False
 
         async def replay() -> dict:
@@ -158,6 +249,33 @@ class _Guard:
         )
 
 
+def _nul_in(query: bytes, body: bytes) -> str | None:
+    """Where a NUL character is in the query string or the JSON body (a field path), or None."""
+    if b"%00" in query or b"\x00" in query:
+        return "query string"
+    if b"\x00" in body:
+        return "body"
+    if b"u0000" not in body.lower():
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None  # not JSON: the handler's validation says so
+
+    def walk(value: Any, path: str) -> str | None:
+        if isinstance(value, str):
+            return path or "body" if "\x00" in value else None
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, item in items:
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path}.{key!r}".lstrip(".")
+            if found := walk(item, f"{path}.{key}".lstrip(".")):
+                return found
+        return None
+
+    return walk(data, "")
+
+
 def _check_token(header: str, token: str) -> str | None:
     """What is wrong with an Authorization header, or None when it carries the token."""
     scheme, _, given = header.partition(" ")
@@ -175,8 +293,9 @@ async def _send(
     code: str,
     message: str,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
+    param: str | None = None,
 ) -> None:
-    payload = dumps({"error": {"message": message, "type": kind, "code": code}, "detail": message}).encode()
+    payload = dumps(_error_body(message, kind, code, param)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -191,18 +310,42 @@ async def _send(
     await send({"type": "http.response.body", "body": payload})
 
 
+def _error_body(message: str, kind: str, code: str, param: str | None = None) -> dict[str, Any]:
+    # OpenAI's error shape, which OpenAI clients turn into typed exceptions; `detail` for everyone else.
+    message = scrub(message)
+    return {"error": {"message": message, "type": kind, "code": code, "param": param}, "detail": message}
+
+
 def _error(
     status: int,
     message: str,
     code: str,
     kind: str = "invalid_request_error",
     headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    # OpenAI's error shape, which OpenAI clients turn into typed exceptions; `detail` for everyone else.
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": code}, "detail": message},
-        status_code=status,
-        headers=headers,
+    return JSONResponse(_error_body(message, kind, code, param), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+_BACKEND_ERROR = re.compile(r"^(navigator|inference) backend error: (.*)", re.DOTALL)
+_UNREACHABLE = ("ConnectError", "ConnectTimeout", "Connection refused", "Name or service not known")
+
+
+def _backend_down(r: SolveResult) -> ApiError | None:
+    """A session that failed because a backend errored is the server's failure, not an answer: 502, or
+    503 when the backend could not be reached at all."""
+    m = _BACKEND_ERROR.match(r.reason or "") if r.status == "failed" else None
+    if m is None:
+        return None
+    unreachable = any(marker in m.group(2) for marker in _UNREACHABLE)
+    return ApiError(
+        503 if unreachable else 502,
+        f"session {r.session_id}: the {m.group(1)} backend {'is unreachable' if unreachable else 'failed'}: "
+        f"{m.group(2)}",
+        code="backend_unavailable" if unreachable else "backend_error",
+        kind="api_error",
+        headers={SESSION_HEADER: str(r.session_id)},
     )
 
 
@@ -214,6 +357,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_concurrent: int = 32,
     max_problem_chars: int = DEFAULT_MAX_PROBLEM_CHARS,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The service around one Solver; its config caps what a request may ask for (rounds, tokens)."""
     app = FastAPI(
@@ -234,8 +378,18 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
-        return _error(e.status, e.message, e.code, e.kind, headers)
+        headers = {**({"WWW-Authenticate": "Bearer"} if e.status == 401 else {}), **(e.headers or {})}
+        return _error(e.status, e.message, e.code, e.kind, headers or None, e.param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = f"no route {request.method} {request.url.path}" if e.status_code == 404 else str(e.detail)
+        return _error(e.status_code, message, _HTTP_CODES.get(e.status_code, "http_error"),
+                      "invalid_request_error" if e.status_code < 500 else "api_error", e.headers)
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, e: Exception) -> JSONResponse:
+        return _error(500, f"internal error: {type(e).__name__}", "internal_error", "api_error")
 
     @app.exception_handler(KbError)
     async def _kb_error(_: Request, e: KbError) -> JSONResponse:
@@ -247,7 +401,9 @@ def create_app(
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()
         )
-        return _error(422, f"invalid request: {problems}", "invalid_request")
+        first = next(iter(e.errors()), {})
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error(422, f"invalid request: {problems}", "invalid_request", param=param)
 
     def _limits(problem: str, max_rounds: int | None, max_tokens: int | None) -> dict[str, Any]:
         cfg = solver.config
@@ -270,6 +426,14 @@ def create_app(
                 code="max_tokens_too_large",
             )
         return {"config": cfg.with_overrides(max_rounds=max_rounds, token_budget=max_tokens)}
+
+    def _sampling(config: Any, **changes: Any) -> Any:
+        """The request's temperature/top_p/seed for both roles' calls of this session."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return config
+        return config.with_overrides(navigator_params=replace(config.navigator_params, **changes),
+                                     inference_params=replace(config.inference_params, **changes))
 
     async def _solve(problem: str, on_event: Callable | None = None, **kw: Any) -> SolveResult:
         return await anyio.to_thread.run_sync(
@@ -298,21 +462,74 @@ def create_app(
         except Exception as e:  # noqa: BLE001 - reported in-band: the response has already started
             yield {"event": "error", "message": f"{type(e).__name__}: {e}"}
 
+    async def _started(problem: str, **kw: Any) -> tuple[list[dict[str, Any]], AsyncIterator[dict[str, Any]]]:
+        """Start a streamed session and hold its events until its first round (or its end), so that a
+        backend that is down is answered with a 5xx and not with a 200 stream carrying the error."""
+        events = _events(problem, **kw)
+        held: list[dict[str, Any]] = []
+        async for event in events:
+            held.append(event)
+            # a failed plan round and the final round come before `done`: wait for it to see why
+            pending = event["event"] == "round" and (
+                event.get("kind") == "final" or (event.get("adjustment") or {}).get("error"))
+            if event["event"] in ("round", "done", "error") and not pending:
+                break
+        last = held[-1] if held else {"event": "error", "message": "the session produced no events"}
+        if last["event"] == "done":
+            r = SolveResult(**{k: v for k, v in last.items() if k in SolveResult.__dataclass_fields__})
+            if (down := _backend_down(r)) is not None:
+                raise down
+        if last["event"] == "error":
+            raise ApiError(500, f"internal error: {last['message']}", code="internal_error", kind="api_error")
+        return held, events
+
+    async def _replay(held: list[dict[str, Any]], rest: AsyncIterator[dict[str, Any]]):
+        for event in held:
+            yield event
+        async for event in rest:
+            yield event
+
+    health_cache: dict[str, Any] = {}
+
+    def _probe_backends() -> dict[str, dict[str, Any]]:
+        """One one-token request to each distinct backend (a shared one is asked once)."""
+        out, seen = {}, {}
+        for role, backend in solver.backends.items():
+            if id(backend) not in seen:
+                t0 = time.perf_counter()
+                try:
+                    [c] = backend.generate([ChatRequest([{"role": "user", "content": "Reply OK."}],
+                                                        SamplingParams(max_tokens=1), tags={"health": role})])
+                    error = c.error
+                except Exception as e:  # noqa: BLE001 - a backend that raises is what health reports
+                    error = f"{type(e).__name__}: {e}"
+                seen[id(backend)] = {"ok": error is None, "error": scrub(error),
+                                     "latency_ms": round((time.perf_counter() - t0) * 1000, 1)}
+            out[role] = {"backend": backend.name, "model": backend.model, **seen[id(backend)]}
+        return out
+
     @app.get("/healthz", tags=["service"])
-    async def healthz() -> JSONResponse:
+    async def healthz(
+        backends: bool = Query(True, description="Also ask each role's backend (cached a few seconds)."),
+    ) -> JSONResponse:
         def ping() -> bool:
             with db.engine.connect() as conn:
                 return conn.execute(sa.text("SELECT 1")).scalar() == 1
 
+        body: dict[str, Any] = {"status": "ok", "version": __version__}
         try:
-            ok = await anyio.to_thread.run_sync(ping)
+            body["database"] = await anyio.to_thread.run_sync(ping)
         except Exception as e:  # noqa: BLE001
-            return JSONResponse(
-                {"status": "error", "database": False, "error": type(e).__name__}, status_code=503
-            )
-        return JSONResponse(
-            {"status": "ok", "database": ok, "version": __version__, **solver.describe_backends()}
-        )
+            body.update(status="error", database=False, error=type(e).__name__)
+        if backends:
+            if health_cache.get("at", -HEALTH_TTL_S) + HEALTH_TTL_S < time.monotonic():
+                health_cache.update(roles=await anyio.to_thread.run_sync(_probe_backends), at=time.monotonic())
+            body["roles"] = health_cache["roles"]
+            if not all(r["ok"] for r in body["roles"].values()):
+                body["status"] = "error"
+        else:
+            body["roles"] = solver.describe_backends()
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
 
     @app.post(
         "/v1/solve",
@@ -325,14 +542,18 @@ def create_app(
         kw = _limits(body.problem, body.max_rounds, body.max_tokens)
         kw.update(problem_id=body.problem_id, reference=body.reference)
         if body.stream:
+            held, rest = await _started(body.problem, **kw)
 
             async def sse() -> AsyncIterator[str]:
-                async for event in _events(body.problem, **kw):
-                    yield f"event: {event['event']}\ndata: {dumps(event)}\n\n"
+                async for event in _replay(held, rest):
+                    yield f"event: {event['event']}\ndata: {dumps(scrub(event))}\n\n"
 
-            return StreamingResponse(sse(), media_type="text/event-stream")
+            return StreamingResponse(sse(), media_type="text/event-stream", headers=_session_header(held))
         result = await _solve(body.problem, **kw)
-        return JSONResponse(to_jsonable(_solve_response(result)))
+        if (down := _backend_down(result)) is not None:
+            raise down
+        return JSONResponse(scrub(to_jsonable(_solve_response(result))),
+                            headers={SESSION_HEADER: str(result.session_id)})
 
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
@@ -349,24 +570,35 @@ def create_app(
                 f"model {body.model!r} does not exist; this server serves {MODEL_NAME!r}",
                 code="model_not_found",
             )
+        if (refused := _refused(body)) is not None:
+            raise ApiError(400, f"{refused[0]} is not supported: {refused[1]}", code="unsupported_parameter",
+                           param=refused[0])
         problem = _problem_from_messages(body.messages)
-        kw = _limits(problem, None, None)
+        kw = _limits(problem, None, body.max_completion_tokens or body.max_tokens)
+        kw["config"] = _sampling(kw["config"], temperature=body.temperature, top_p=body.top_p, seed=body.seed)
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
+            held, rest = await _started(problem, **kw)
             return StreamingResponse(
-                _chat_stream(_events(problem, **kw), cid, created), media_type="text/event-stream"
+                _chat_stream(_replay(held, rest), cid, created, progress=body.reasonflux_progress),
+                media_type="text/event-stream",
+                headers=_session_header(held),
             )
         result = await _solve(problem, **kw)
-        return JSONResponse(_chat_response(result, cid, created))
+        if (down := _backend_down(result)) is not None:
+            raise down
+        return JSONResponse(scrub(_chat_response(result, cid, created)),
+                            headers={SESSION_HEADER: str(result.session_id)})
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=[Depends(authorize)])
     async def session(
-        session_id: int, render: bool = Query(False, description="Add the readable trace text.")
+        session_id: int = Path(ge=1, le=MAX_ID),
+        render: bool = Query(False, description="Add the readable trace text."),
     ):
         data = await anyio.to_thread.run_sync(get_session, db, session_id)
         if render:
             data["trace"] = render_trace(data)
-        return JSONResponse(to_jsonable(data))
+        return JSONResponse(scrub(to_jsonable(data)))
 
     @app.get("/v1/templates/search", tags=["templates"], dependencies=[Depends(authorize)])
     async def templates_search(
@@ -383,8 +615,13 @@ def create_app(
         )
         return JSONResponse(to_jsonable({"query": q, "mode": mode, "hits": [h.to_dict() for h in hits]}))
 
-    app.add_middleware(_Guard, token=token, max_bytes=max_body_bytes)
+    app.add_middleware(_Guard, token=token, max_bytes=max_body_bytes, body_timeout_s=body_timeout_s)
     return app
+
+
+def _session_header(held: list[dict[str, Any]]) -> dict[str, str]:
+    sid = next((e.get("session_id") for e in held if e.get("session_id")), None)
+    return {SESSION_HEADER: str(sid)} if sid else {}
 
 
 def _solve_response(r: SolveResult) -> dict[str, Any]:
@@ -426,13 +663,19 @@ def _chat_response(r: SolveResult, cid: str, created: int) -> dict[str, Any]:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": _answer_text(r)},
-                "finish_reason": "stop" if r.status == "solved" else "length",
+                "finish_reason": _finish_reason(r),
                 "logprobs": None,
             }
         ],
         "usage": _usage(r),
+        "session_id": r.session_id,
         "reasonflux": to_jsonable(_solve_response(r)),
     }
+
+
+def _finish_reason(r: SolveResult) -> str:
+    # "length" only when a round or token limit ended the session, as OpenAI means it
+    return "length" if r.status == "limit" else "stop"
 
 
 def _round_line(event: dict[str, Any]) -> str | None:
@@ -452,7 +695,12 @@ def _round_line(event: dict[str, Any]) -> str | None:
     return None
 
 
-async def _chat_stream(events: AsyncIterator[dict[str, Any]], cid: str, created: int) -> AsyncIterator[str]:
+async def _chat_stream(
+    events: AsyncIterator[dict[str, Any]], cid: str, created: int, *, progress: bool = False
+) -> AsyncIterator[str]:
+    """OpenAI chunks. Round progress goes into the content only when the client asked for it
+    (`reasonflux_progress`); otherwise it is sent as SSE comments, which clients skip, and which keep the
+    connection alive during long rounds."""
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
         body = {
             "id": cid,
@@ -462,22 +710,50 @@ async def _chat_stream(events: AsyncIterator[dict[str, Any]], cid: str, created:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
             **extra,
         }
-        return f"data: {dumps(body)}\n\n"
+        return f"data: {dumps(scrub(body))}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
     async for event in events:
         if event["event"] == "round" and (line := _round_line(event)):
-            yield chunk({"content": line})
+            if progress:
+                yield chunk({"content": line})
+            else:
+                yield ": " + scrub(" ".join(line.split())) + "\n\n"
         elif event["event"] == "done":
             r = SolveResult(**{k: v for k, v in event.items() if k in SolveResult.__dataclass_fields__})
-            yield chunk({"content": "\n" + _answer_text(r)})
+            yield chunk({"content": ("\n" if progress else "") + _answer_text(r)})
             yield chunk(
                 {},
-                "stop" if r.status == "solved" else "length",
+                _finish_reason(r),
                 usage=_usage(r),
+                session_id=r.session_id,
                 reasonflux=to_jsonable(_solve_response(r)),
             )
         elif event["event"] == "error":
             yield chunk({"content": f"\nerror: {event['message']}"})
             yield chunk({}, "stop")
     yield "data: [DONE]\n\n"
+
+
+def header_timeout_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol, closing a connection whose request headers are not complete within
+    timeout_s (uvicorn has no such limit: a client sending a header a minute would hold it forever)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timeout()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timeout()
+
+        def _arm_header_timeout(self) -> None:
+            self.loop.call_later(timeout_s, self._header_deadline, self.cycle)
+
+        def _header_deadline(self, cycle_when_armed) -> None:
+            if self.cycle is cycle_when_armed and not self.transport.is_closing():  # no new request began
+                self.transport.close()
+
+    return HeaderTimeoutH11

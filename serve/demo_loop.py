@@ -161,6 +161,7 @@ class Demo:
 
     def contrast_rollouts(self, problem_ids: list[int]) -> None:
         """Reference vs naive plans, graded with a scripted inference stand-in, so rewards differ."""
+        from pipelines import navigator
         from pipelines.evaluate import evaluate
         from pipelines.llm.scripted import ScriptedBackend
         from pipelines.trajectories_store import insert_trajectory
@@ -174,12 +175,14 @@ class Demo:
                 "FROM problem p WHERE p.id = ANY(:ids) ORDER BY p.id"), {"ids": problem_ids}).mappings().all()
             ids = []
             for r in rows:
+                # Written in the navigator contract's form, as if planned with no hints.
+                written = {**navigator.recorded(), "written_by": "demo"}
                 ids.append(insert_trajectory(
                     conn, r["id"], [(f"Apply the template {r['key']}", r["vid"], 1.0), ("Compute the answer", None, None)],
-                    "demo-reference", "demo", abstraction="reference plan", similar_set_id=r["sid"]))
+                    "demo-reference", "demo", abstraction="reference plan", similar_set_id=r["sid"], sampling=written))
                 ids.append(insert_trajectory(
                     conn, r["id"], [("Guess the answer", None, None)], "demo-naive", "demo",
-                    abstraction="naive plan", similar_set_id=r["sid"]))
+                    abstraction="naive plan", similar_set_id=r["sid"], sampling=written))
             answers = dict(conn.execute(sa.text(
                 "SELECT text, answer FROM problem WHERE source = 'starter-examples'")).all())
 

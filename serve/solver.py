@@ -31,8 +31,8 @@ from typing import Any
 
 from kb.db import Database
 from kb.errors import InputError
-from pipelines.grader import extract_answer, grade
 from pipelines import navigator, prompts, step_retrieval
+from pipelines.grader import extract_answer, grade
 from pipelines.llm.base import Backend, ChatRequest, Completion, Message, SamplingParams
 from pipelines.llm.calls import call_rows
 from pipelines.navigator import Change, Evaluation, Plan

@@ -96,6 +96,7 @@ class FakeOpenAI:
         self.in_flight = 0
         self.max_in_flight = 0
         self.auth_headers: list[str | None] = []
+        self.bodies: list[dict] = []  # every request body received, in order
         self.lock = threading.Lock()
         server = self
 
@@ -110,6 +111,7 @@ class FakeOpenAI:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     server.auth_headers.append(self.headers.get("Authorization"))
+                    server.bodies.append(body)
                     status = server.script.pop(0) if server.script else 200
                 try:
                     time.sleep(server.delay_s)
@@ -306,3 +308,35 @@ def test_openai_backend_against_a_server_serving_the_tiny_model(fake_server, tin
         calls = conn.execute(sa.text("SELECT backend, model, completion_tokens FROM llm_call")).all()
     assert len(calls) == 3 and all(c[0] == "openai" and c[1] == "tiny" and c[2] > 0 for c in calls)
     assert srv.attempts == 4
+
+
+def test_structured_output_sends_the_contract_schema_when_the_role_asks_for_it(fake_server, db, tmp_path):
+    """The navigator contract is enforced at decode time where the server can: the plan request carries the
+    contract's JSON schema as response_format (vLLM and sglang honour it); without the setting, it does not."""
+    from pipelines import navigator
+    from pipelines.problems import import_problems
+    from pipelines.sample import sample
+
+    srv = fake_server()
+    (tmp_path / "p.jsonl").write_text(json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "o/1"}))
+    import_problems(db, tmp_path / "p.jsonl", preset="math500", embed=False)
+    strict = create_backend("openai", model="m", base_url=srv.url, structured_output=True)
+    sample(db, "all", strict, n=1, navigator_name="strict", hint_k=0)
+    fmt = srv.bodies[-1]["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["strict"] is True
+    assert fmt["json_schema"]["schema"] == navigator.plan_schema(navigator.MAX_STEPS)
+    plain = create_backend("openai", model="m", base_url=srv.url)
+    sample(db, "all", plain, n=1, navigator_name="plain", hint_k=0)
+    assert "response_format" not in srv.bodies[-1]
+    # A request without a schema (a rollout, a step) never gets one, even with the setting on.
+    strict.generate([ChatRequest(MSG)])
+    assert "response_format" not in srv.bodies[-1]
+
+
+def test_call_rows_fill_exactly_the_columns_the_trace_writer_inserts():
+    """One llm_call row shape: the stages' LoggedBackend and the solver's trace writer share call_rows."""
+    from pipelines.llm.calls import CALL_COLUMNS, call_rows
+
+    backend = create_backend("scripted", default="hi")
+    [row] = call_rows(backend, [ChatRequest(MSG)], backend.generate([ChatRequest(MSG)]), run_id=None, stage="x")
+    assert tuple(row) == CALL_COLUMNS

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve.app import create_app
 from pipelines.llm.scripted import play_along_backend
+from serve.app import create_app
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session
 from tests.solve_helpers import add_templates
@@ -144,7 +144,10 @@ def test_openai_client_non_streaming_and_streaming(service, db):
     assert get_session(db, sid)["final_answer"] == "6"
 
     stream = client.chat.completions.create(
-        model="reasonflux", stream=True, messages=[{"role": "user", "content": "What is 4 + 4?"}]
+        model="reasonflux",
+        stream=True,
+        messages=[{"role": "user", "content": "What is 4 + 4?"}],
+        extra_body={"reasonflux_progress": True},  # progress lines in the content only when asked
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

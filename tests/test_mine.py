@@ -182,8 +182,9 @@ def test_mine_and_runs_commands(cli, db, tmp_path):
     reply = json.dumps(template_json("Factor the quadratic"))
     cfg.write_text(f'[roles.miner]\nbackend = "scripted"\nrules = [["Problem number 0", {reply}], ["Reference", '
                    f'"nonsense"]]\n[roles.miner.sampling]\nmax_tokens = 99\n')
-    out = json.loads(cli("mine", "--problems", "all", "--llm-config", str(cfg), "--max-retries", "1",
-                         "--json").stdout)
+    mined = cli("mine", "--problems", "all", "--llm-config", str(cfg), "--max-retries", "1", "--json", expect=6)
+    assert "mine run 2 partly failed: 1 of 2 units failed; first reasons: attempt 1: no JSON" in mined.stderr
+    out = json.loads(mined.stdout)
     assert (out["units_done"], out["units_failed"], out["templates_created"]) == (1, 1, 1)
     assert q(db, "SELECT DISTINCT (params->>'max_tokens')::int FROM llm_call") == [(99,)]
     runs = json.loads(cli("runs", "list", "--stage", "mine", "--json").stdout)

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from kb.templates import TemplateSpec, create_template
+from pipelines import navigator
 from pipelines.embed import embed_templates
 from pipelines.llm import SamplingParams, create_backend
-from pipelines import navigator
 from pipelines.llm.config import RoleConfig
 from pipelines.problems import import_problems
 from pipelines.sample import sample
@@ -160,9 +160,11 @@ def test_sample_and_evaluate_commands_with_the_tiny_model(cli, db, tmp_path):
 
     ids = setup_kb(db, tmp_path, 2)
     model = build_tiny_model(tmp_path / "tiny")
-    out = json.loads(cli("sample", "--problems", f"ids={ids[0]},{ids[1]}", "--n", "2", "--navigator",
-                         f"transformers:{model}", "--max-tokens", "8", "--navigator-name", "tiny", "--json").stdout)
+    sampled = cli("sample", "--problems", f"ids={ids[0]},{ids[1]}", "--n", "2", "--navigator",
+                  f"transformers:{model}", "--max-tokens", "8", "--navigator-name", "tiny", "--json", expect=None)
+    out = json.loads(sampled.stdout)
     assert out["failures_recorded"] + out["trajectories_written"] == 4  # garbage plans: recorded, not crashed
+    assert sampled.exit_code == {"succeeded": 0, "partial": 6, "failed": 5}[out["outcome"]]  # and said so
     for pid in ids:
         with db.engine.begin() as conn:
             from pipelines.trajectories_store import insert_trajectory

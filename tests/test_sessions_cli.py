@@ -142,6 +142,7 @@ def test_registered_navigator_name_runs_on_transformers(cli, db, library, tmp_pa
             "--json",
             "--llm-config",
             _sampling_config(tmp_path),
+            expect=5,  # the session failed: so does the command
         ).stdout
     )
     assert out["status"] == "failed" and "unparseable" in out["reason"]

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from pipelines.llm import create_backend
 from pipelines.llm.base import SamplingParams
+from pipelines.llm.scripted import play_along_backend
 from pipelines.navigator import parse_evaluation, parse_plan
 from pipelines.parsing import ParseError
-from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, list_sessions, render_trace
 from tests.solve_helpers import add_templates
@@ -202,6 +202,13 @@ def test_trajectory_end_extracts_answer_and_shared_backend(db, library):
     assert solver.batchers["navigator"] is solver.batchers["inference"]
     assert solver.batchers["navigator"].requests == result.llm_calls == 5
     solver.close()
+    # Navigator requests carry the contract's schema (for backends with structured output); others none.
+    from pipelines import navigator
+
+    schemas = [(navigator.request_kind(r.messages), r.response_schema) for r in backend.calls]
+    assert schemas[0] == ("plan", navigator.plan_schema(SolverConfig().max_steps))
+    assert ("evaluation", navigator.evaluation_schema(SolverConfig().max_steps)) in schemas
+    assert all(schema is None for kind, schema in schemas if kind is None)
     # Without a stop verdict the answer comes from the last accepted step's result.
     nav = script(
         (r'"trajectory"', plan(("Compute", "Quadratic formula"))),
@@ -284,7 +291,7 @@ def test_token_limit(db, library):
 
 def test_wall_time_limit_never_hangs(db, library):
     slow = create_backend("scripted", default=plan(("a", "b")), latency_s=5.0)
-    with Solver(db, slow, slow, SolverConfig(max_seconds=0.3)) as solver:
+    with Solver(db, slow, slow, SolverConfig(max_seconds=0.3, plan_hints=0)) as solver:
         solver.warm_up()  # the embedding model loads here, not inside the session's 0.3 s
         t0 = time.monotonic()
         r = solver.solve("Anything.")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import click
 
 from kb.db import Database, connect
+from kb.runs import mark_orphaned_runs
 
 
 @dataclass
@@ -18,6 +19,8 @@ class AppContext:
         """The database; `db` subcommands relax the schema check so they can fix it."""
         if self._db is None:
             self._db = connect(self.database_url, check_schema=check_schema, auto_upgrade=auto_upgrade)
+            if check_schema:  # the schema is current, so runs have leases to check
+                _report_orphans(mark_orphaned_runs(self._db))
         return self._db
 
     def close(self) -> None:
@@ -27,3 +30,11 @@ class AppContext:
 
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def _report_orphans(marked: dict[str, list[int]]) -> None:
+    """Runs whose owner is gone were marked interrupted on opening the KB; say which (stderr)."""
+    for kind, ids in marked.items():
+        click.echo(f"marked {kind} run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} interrupted: "
+                   "the process that owned it is gone (resume by running the command again"
+                   f"{'' if kind == 'pipeline' else ' with --resume RUN_ID'})", err=True)

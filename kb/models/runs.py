@@ -22,5 +22,6 @@ class PipelineRun(SQLModel, table=True):
     error: str | None = text_field()
     host: str | None = Field(default=None)
     pid: int | None = Field(default=None)
+    heartbeat_at: datetime | None = ts_field()  # the owner's lease: a stale one means the owner is gone
     started_at: datetime = created_at_field()
     finished_at: datetime | None = ts_field()

@@ -6,6 +6,7 @@ import click
 
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
+from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, resolve, role_option, runner_kwargs
 
 
@@ -28,9 +29,10 @@ def evaluate_cmd(app: AppContext, trajectories: str, inference_spec: str | None,
 
     role, sampling, prompts_dir = resolve(app.db(), "inference", inference_spec, llm_config, DEFAULT_SAMPLING,
                                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    emit(evaluate(app.db(), trajectories, role, samples=samples, sampling=sampling, base_seed=base_seed,
-                  prompts_dir=prompts_dir, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed)),
-         fmt)
+    result = evaluate(app.db(), trajectories, role, samples=samples, sampling=sampling, base_seed=base_seed,
+                      prompts_dir=prompts_dir, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
+    emit(result, fmt)
+    raise_for_outcome(result)  # exit 5 if every unit failed, 6 if some did
 
 
 def register(cli: click.Group) -> None:

@@ -6,6 +6,7 @@ import click
 
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
+from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, resolve, role_option, runner_kwargs
 
 
@@ -29,9 +30,10 @@ def mine_cmd(app: AppContext, problems: str, miner_spec: str | None, max_retries
 
     role, sampling, prompts_dir = resolve(app.db(), "miner", miner_spec, llm_config, DEFAULT_SAMPLING,
                                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    emit(mine(app.db(), problems, role, max_retries=max_retries, sampling=sampling, prompts_dir=prompts_dir,
-              embed_model=embed_model, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed)),
-         fmt)
+    result = mine(app.db(), problems, role, max_retries=max_retries, sampling=sampling, prompts_dir=prompts_dir,
+                  embed_model=embed_model, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
+    emit(result, fmt)
+    raise_for_outcome(result)  # exit 5 if every unit failed, 6 if some did
 
 
 def register(cli: click.Group) -> None:

@@ -6,6 +6,7 @@ import click
 
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
+from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, resolve, role_option, runner_kwargs
 
 
@@ -36,9 +37,11 @@ def sample_cmd(app: AppContext, problems: str, n: int, navigator_spec: str | Non
 
     role, sampling, _ = resolve(app.db(), "navigator", navigator_spec, llm_config, DEFAULT_SAMPLING,
                                           temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    emit(sample(app.db(), problems, role, n=n, navigator_name=navigator_name, sampling=sampling,
-                base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
-                **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed)), fmt)
+    result = sample(app.db(), problems, role, n=n, navigator_name=navigator_name, sampling=sampling,
+                    base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
+                    **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
+    emit(result, fmt)
+    raise_for_outcome(result)  # exit 5 if every unit failed, 6 if some did
 
 
 def register(cli: click.Group) -> None:

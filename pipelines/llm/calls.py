@@ -1,46 +1,24 @@
 """Every LLM call is logged to llm_call (prompt, response, tokens, latency, run, session) for SQL audits.
 
 `LoggedBackend` wraps any backend; each `generate` batch becomes one multi-row INSERT. Secrets read by
-backends (API keys) are registered here and scrubbed from everything written, as a second line of
-defence: no code path puts them into messages or params in the first place.
+backends (API keys) are registered with `kb.secrets` and scrubbed from everything written, as a second
+line of defence: no code path puts them into messages or params in the first place.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import sqlalchemy as sa
 
 from kb.db import Database
+from kb.secrets import REDACTED, register_secret, scrub  # noqa: F401 - the one scrub, re-exported for backends
 from kb.models import LlmCall
 from pipelines.llm.base import Backend, ChatRequest, Completion
 
-_SECRETS: set[str] = set()
-_SECRETS_LOCK = threading.Lock()
-REDACTED = "[REDACTED]"
-
-
-def register_secret(value: str) -> None:
-    if value and len(value) >= 4:
-        with _SECRETS_LOCK:
-            _SECRETS.add(value)
-
-
-def scrub(value: Any) -> Any:
-    """value with every registered secret replaced, recursively through dicts and lists."""
-    if not _SECRETS:
-        return value
-    if isinstance(value, str):
-        for secret in _SECRETS:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
-    if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [scrub(v) for v in value]
-    return value
+# The llm_call columns a call row fills (call_rows); the solver's trace writer inserts the same rows.
+CALL_COLUMNS = ("run_id", "session_id", "stage", "backend", "model", "messages", "params", "response", "error",
+                "prompt_tokens", "completion_tokens", "latency_ms")
 
 
 def call_rows(backend: Backend, requests: list[ChatRequest], completions: list[Completion], *,

@@ -5,7 +5,8 @@ A role is a backend name plus options. On the command line a role is a spec stri
     scripted                              the scripted test backend
     transformers:/models/tiny             a local model directory
     vllm:/models/qwen2.5-7b-instruct      in-process vLLM on a local model directory
-    openai:MODEL@http://host:8000/v1      an OpenAI-compatible server (key: OPENAI_API_KEY if set)
+    openai:MODEL@http://host:8000/v1      an OpenAI-compatible server (key: OPENAI_API_KEY if set;
+    openai:MODEL                          without @URL: OPENAI_BASE_URL, else http://127.0.0.1:8000/v1)
 
 and `--llm-config FILE` (TOML or YAML) gives roles with any options plus sampling and prompts:
 
@@ -21,7 +22,8 @@ and `--llm-config FILE` (TOML or YAML) gives roles with any options plus samplin
     [prompts]
     dir = "my_prompts"                    # files named <prompt>.txt override the built-in prompts
 
-A flag beats the file. Keys that look like secrets in the file are refused.
+A flag beats the file. Keys that look like secrets in the file are refused, and so is every key the
+file's level does not know (a misspelt `max_concurency` or `temprature` names itself, the file and the role).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 
 from kb.errors import InputError
 from pipelines.llm.base import Backend, SamplingParams
-from pipelines.llm.registry import available_backends, get_backend
+from pipelines.llm.registry import available_backends, backend_options, get_backend
 
 _SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -96,9 +98,10 @@ def parse_spec(spec: str) -> RoleConfig:
         if not model:
             raise InputError(f"{spec!r}: the openai backend needs openai:MODEL@BASE_URL")
         options["model"] = model
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         if base_url:
             options["base_url"] = base_url
-        if os.environ.get("OPENAI_API_KEY"):
+        if os.environ.get("OPENAI_API_KEY"):  # none set: a keyless local server, no Authorization header
             options["api_key_env"] = "OPENAI_API_KEY"
     elif rest:
         options["model"] = rest
@@ -123,32 +126,61 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
+_TOP_KEYS = {"roles", "prompts"}
+_PROMPTS_KEYS = {"dir"}
+_ROLE_KEYS = {"backend", "sampling"}
+
+
+def _refuse_unknown(found: Any, known: set[str] | frozenset[str], file: Path, record: str | None) -> None:
+    """Unknown keys are errors naming the first one, the file and where; a typo must not be ignored."""
+    unknown = sorted(set(found) - set(known))
+    if unknown:
+        where = f"{record}." if record else ""
+        raise InputError(f"unknown key {where}{unknown[0]!r} (known here: {', '.join(sorted(known))})",
+                         file=str(file), record=record, field=unknown[0])
+
+
+def _mapping(value: Any, file: Path, record: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InputError("must be a table/mapping", file=str(file), record=record)
+    return value
+
+
 def load_config(path: str | os.PathLike | None) -> LlmConfig:
+    """Read a TOML/YAML LLM config; every key at every level must be known (or it is an InputError)."""
     if path is None:
         return LlmConfig()
     p = Path(path)
     data = _read(p)
-    roles = {}
-    for role, raw in (data.get("roles") or {}).items():
-        if not isinstance(raw, dict) or "backend" not in raw:
-            raise InputError("each role needs a `backend`", file=str(p), record=f"roles.{role}", field="backend")
-        raw = dict(raw)
-        secret = sorted(k for k in raw if k.lower() in _SECRET_KEYS)
-        if secret:
-            raise InputError("secrets never go in a config file: set an environment variable and name it with "
-                             "api_key_env", file=str(p), record=f"roles.{role}", field=secret[0])
-        sampling = raw.pop("sampling", {}) or {}
-        unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
-        if unknown:
-            raise InputError(f"unknown sampling parameter (known: {', '.join(sorted(_SAMPLING_FIELDS))})",
-                             file=str(p), record=f"roles.{role}.sampling", field=unknown[0])
-        backend = raw.pop("backend")
-        if backend not in available_backends():
-            raise InputError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}",
-                             file=str(p), record=f"roles.{role}", field="backend")
-        roles[role] = RoleConfig(backend=backend, options=raw, sampling=sampling)
-    prompts_dir = (data.get("prompts") or {}).get("dir")
+    _refuse_unknown(data, _TOP_KEYS, p, None)
+    roles = {role: _load_role(raw, p, f"roles.{role}")
+             for role, raw in _mapping(data.get("roles"), p, "roles").items()}
+    prompts = _mapping(data.get("prompts"), p, "prompts")
+    _refuse_unknown(prompts, _PROMPTS_KEYS, p, "prompts")
+    prompts_dir = prompts.get("dir")
     return LlmConfig(roles=roles, prompts_dir=(p.parent / prompts_dir) if prompts_dir else None)
+
+
+def _load_role(raw: Any, p: Path, record: str) -> RoleConfig:
+    if not isinstance(raw, dict) or "backend" not in raw:
+        raise InputError("each role needs a `backend`", file=str(p), record=record, field="backend")
+    raw = dict(raw)
+    secret = sorted(k for k in raw if k.lower() in _SECRET_KEYS)
+    if secret:
+        raise InputError("secrets never go in a config file: set an environment variable and name it with "
+                         "api_key_env", file=str(p), record=record, field=secret[0])
+    sampling = _mapping(raw.pop("sampling", None), p, f"{record}.sampling")
+    _refuse_unknown(sampling, _SAMPLING_FIELDS, p, f"{record}.sampling")
+    backend = raw.pop("backend")
+    if backend not in available_backends():
+        raise InputError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}",
+                         file=str(p), record=record, field="backend")
+    known = backend_options(backend)
+    if known is not None:
+        _refuse_unknown(raw, known | _ROLE_KEYS, p, record)
+    return RoleConfig(backend=backend, options=raw, sampling=sampling)
 
 
 def backend_for(role: RoleConfig | Backend) -> Backend:

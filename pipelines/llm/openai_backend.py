@@ -9,36 +9,43 @@ environment variable named by `api_key_env` and kept out of every log and row.
 from __future__ import annotations
 
 import os
+import queue
 import random
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import httpx
 
 from kb.errors import KbError
+from kb.secrets import register_secret, scrub
 from pipelines.llm.base import ChatRequest, Completion
-from pipelines.llm.calls import register_secret
 from pipelines.llm.registry import register_backend
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # when neither the role nor OPENAI_BASE_URL gives one
 
 
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, model: str, *, base_url: str = "http://127.0.0.1:8000/v1", api_key_env: str | None = None,
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
                  max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None, **_: Any):
+                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None,
+                 structured_output: bool = False, **_: Any):
         if "api_key" in _:
             raise KbError("openai backend: pass the key through an environment variable (api_key_env), "
                           "never as an option")
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_concurrency = max(1, int(max_concurrency))
         self.max_retries = max(0, int(max_retries))
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.extra_body = dict(extra_body or {})
+        # Send a request's JSON schema as response_format (OpenAI's json_schema; vLLM and sglang enforce it).
+        self.structured_output = bool(structured_output)
         headers = {"Content-Type": "application/json"}
         if api_key_env:
             key = os.environ.get(api_key_env)
@@ -51,7 +58,7 @@ class OpenAIBackend:
             limits=httpx.Limits(max_connections=self.max_concurrency,
                                 max_keepalive_connections=self.max_concurrency),
         )
-        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="openai")
+        self._pool = _DaemonPool(self.max_concurrency)
 
     def __repr__(self) -> str:  # never show headers (the key)
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -66,6 +73,9 @@ class OpenAIBackend:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
+        if self.structured_output and req.response_schema is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "reply", "schema": req.response_schema, "strict": True}}
         body.update(self.extra_body)
         return body
 
@@ -90,7 +100,7 @@ class OpenAIBackend:
                 response = self._client.post(f"{self.base_url}/chat/completions", json=body)
                 if response.status_code == 200:
                     return _completion(response.json(), (time.perf_counter() - t0) * 1000)
-                error = f"HTTP {response.status_code}: {response.text[:300]}"
+                error = scrub(f"HTTP {response.status_code}: {response.text[:300]}")  # servers echo headers
                 if response.status_code not in RETRY_STATUS:
                     break
             except (httpx.TimeoutException, httpx.TransportError) as e:
@@ -101,7 +111,7 @@ class OpenAIBackend:
             if attempt < self.max_retries:
                 time.sleep(self._delay(attempt, response))
         return Completion(text="", latency_ms=(time.perf_counter() - t0) * 1000,
-                          error=f"{error} (after {attempt + 1} attempts)")
+                          error=scrub(f"{error} (after {attempt + 1} attempts)"))
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         if len(requests) == 1:
@@ -109,8 +119,46 @@ class OpenAIBackend:
         return list(self._pool.map(self._one, requests))
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        self._pool.shutdown()
         self._client.close()
+
+
+class _DaemonPool:
+    """Up to N requests in flight on daemon threads. ThreadPoolExecutor's threads are joined at exit, so a
+    command stopped by Ctrl-C or SIGTERM would wait out every request in flight (up to timeout_s)."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            future, fn, arg = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(arg))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                    future.set_exception(e)
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        with self._lock:
+            while len(self._threads) < min(self.n, len(items)):
+                t = threading.Thread(target=self._work, daemon=True, name=f"openai-{len(self._threads)}")
+                t.start()
+                self._threads.append(t)
+        futures = []
+        for item in items:
+            futures.append(Future())
+            self._queue.put((futures[-1], fn, item))
+        return [f.result() for f in futures]
+
+    def shutdown(self) -> None:
+        with self._lock:
+            for _ in self._threads:
+                self._queue.put(None)
+            self._threads = []  # a later map() starts fresh threads
 
 
 def _completion(data: dict[str, Any], latency_ms: float) -> Completion:
@@ -121,6 +169,6 @@ def _completion(data: dict[str, Any], latency_ms: float) -> Completion:
                       completion_tokens=int(usage.get("completion_tokens") or 0), latency_ms=latency_ms)
 
 
-@register_backend("openai")
+@register_backend("openai", options=OpenAIBackend)
 def _factory(**options: Any) -> OpenAIBackend:
     return OpenAIBackend(**options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import threading
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from kb.errors import KbError
 from pipelines.llm.base import Backend
 
 _FACTORIES: dict[str, Callable[..., Backend]] = {}
+# The options each backend accepts (None: any, passed on to the engine), so configs can refuse the rest.
+_OPTIONS: dict[str, frozenset[str] | None] = {}
 # Modules imported on first use, so heavy or optional dependencies (vllm) load only when chosen.
 _LAZY: dict[str, str] = {
     "scripted": "pipelines.llm.scripted",
@@ -25,12 +28,32 @@ _INSTANCES: dict[tuple[str, str], Backend] = {}
 _INSTANCES_LOCK = threading.Lock()
 
 
-def register_backend(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+def register_backend(name: str, options: type | None = None,
+                     also: tuple[str, ...] = ()) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+    """Register FACTORY under NAME; OPTIONS is the class whose constructor's keyword arguments are the
+    backend's options (a `**engine_options`-style catch-all means any option is passed on), ALSO more
+    option names that a consumer of the role reads."""
     def decorate(factory: Callable[..., Backend]) -> Callable[..., Backend]:
         _FACTORIES[name] = factory
+        known = _constructor_options(options) if options is not None else None
+        _OPTIONS[name] = known | frozenset(also) if known is not None else None
         return factory
 
     return decorate
+
+
+def _constructor_options(cls: type) -> frozenset[str] | None:
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    if any(p.kind is p.VAR_KEYWORD and p.name != "_" for p in params):  # `**_` only swallows; others pass on
+        return None
+    return frozenset(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def backend_options(name: str) -> frozenset[str] | None:
+    """The option names backend NAME accepts, or None if it passes any on (or did not say)."""
+    if name not in _FACTORIES and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+    return _OPTIONS.get(name)
 
 
 def available_backends() -> list[str]:

@@ -60,8 +60,8 @@ def _is_navigator_name(flag: str) -> tuple[str, str] | None:
     """(backend, name) when FLAG names a registered navigator rather than a backend spec."""
     head, sep, rest = flag.partition(":")
     head = head.strip()
-    if head not in available_backends():
-        return "transformers", flag.strip()
+    if not sep and head not in available_backends():
+        return "transformers", head
     if head in _NAMED_BACKENDS and rest and not Path(rest).expanduser().exists() and "/" not in rest:
         return head, rest.strip()
     return None

@@ -149,7 +149,9 @@ def play_along_backend(answers: Mapping[str, str] | None = None, *, latency_s: f
     return ScriptedBackend(default=script, latency_s=latency_s, model=model)
 
 
-@register_backend("scripted")
+# Without rules the scripted backend is the play-along model above, configured by its options.
+@register_backend("scripted", options=ScriptedBackend,
+                  also=("answers", "default_answer", "steps", "template_from_problem"))
 def _factory(**options: Any) -> ScriptedBackend:
     if not {"rules", "default"} & set(options):
         return play_along_backend(**options)

@@ -13,9 +13,8 @@ import threading
 import time
 from typing import Any
 
-from pipelines.llm.base import ChatRequest, Completion, SamplingParams
+from pipelines.llm.base import ChatRequest, Completion, SamplingParams, check_model_dir
 from pipelines.llm.registry import register_backend
-from pipelines.llm.base import check_model_dir
 
 
 class TransformersBackend:
@@ -116,6 +115,6 @@ def _cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
     return text[:cut] if cut >= 0 else text
 
 
-@register_backend("transformers")
+@register_backend("transformers", options=TransformersBackend)
 def _factory(**options: Any) -> TransformersBackend:
     return TransformersBackend(**options)

@@ -1,7 +1,9 @@
 """In-process vLLM (`vllm.LLM`), imported only when this backend is chosen (optional extra `vllm`).
 
 One `LLM.chat` call takes the whole batch with per-request sampling parameters (per-request seeds are
-honoured), so vLLM's continuous batching does the scheduling.
+honoured), so vLLM's continuous batching does the scheduling. With `structured_output`, a request's JSON
+schema (the navigator contract's) constrains decoding: `StructuredOutputsParams(json=...)` on vLLM >= 0.12,
+`GuidedDecodingParams(json=...)` before.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ import time
 from typing import Any
 
 from kb.errors import KbError
-from pipelines.llm.base import ChatRequest, Completion
+from pipelines.llm.base import ChatRequest, Completion, check_model_dir
 from pipelines.llm.registry import register_backend
-from pipelines.llm.base import check_model_dir
 
 
 def _import_vllm():
@@ -32,12 +33,13 @@ class VllmBackend:
 
     def __init__(self, model_path: str, *, model: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto", **engine_options: Any):
+                 dtype: str = "auto", structured_output: bool = False, **engine_options: Any):
         vllm = _import_vllm()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = check_model_dir(model_path)
         self.model = model or str(path)
         self._vllm = vllm
+        self.structured_output = bool(structured_output)
         kwargs = dict(model=str(path), tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, **engine_options)
         if max_model_len:
@@ -46,8 +48,9 @@ class VllmBackend:
 
     def _sampling(self, req: ChatRequest):
         p = req.params
+        extra = _constraint(req.response_schema) if self.structured_output and req.response_schema else {}
         return self._vllm.SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                                         seed=p.seed, stop=list(p.stop) or None)
+                                         seed=p.seed, stop=list(p.stop) or None, **extra)
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         if not requests:
@@ -66,6 +69,15 @@ class VllmBackend:
         ]
 
 
-@register_backend("vllm")
+def _constraint(schema: dict[str, Any]) -> dict[str, Any]:
+    """SamplingParams keyword for JSON-schema-constrained decoding, for the vLLM version installed."""
+    import vllm.sampling_params as sp
+
+    if hasattr(sp, "StructuredOutputsParams"):
+        return {"structured_outputs": sp.StructuredOutputsParams(json=schema)}
+    return {"guided_decoding": sp.GuidedDecodingParams(json=schema)}
+
+
+@register_backend("vllm", options=VllmBackend)
 def _factory(**options: Any) -> VllmBackend:
     return VllmBackend(**options)

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +17,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlmodel import Session, select
 
 from kb import config as kb_config
+from kb import runs
 from kb.db import Database
 from kb.errors import ConflictError, InputError, NotFound
 from kb.models import NavigatorModel, TrainingMetric, TrainingRun
 from kb.models._common import utcnow
+from kb.secrets import scrub
 
 # The metrics a run keeps as its final summary: the last logged value of each.
 RUN_SUMMARY_KEYS = ("train_tokens_per_second", "peak_gpu_memory_gib", "peak_rss_gib")
@@ -32,27 +31,31 @@ FINAL_KEYS = ("loss", "train_loss", "rewards/accuracies", "rewards/margins", "re
               *RUN_SUMMARY_KEYS)
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """SIGTERM during training, handled like Ctrl-C: the run is recorded as interrupted."""
-
-
 # -- runs ---------------------------------------------------------------------------------------------
+# The lifecycle (owner, heartbeat, SIGTERM, interrupted/failed/succeeded, orphans) is kb.runs's, shared
+# with pipeline runs; what is training's own is the row's columns and its final metrics.
 
 def start_run(db: Database, *, stage: str, base_model: str, dataset_version_id: str | None,
               config: dict[str, Any], output_path: str | None = None, resumed_from: int | None = None) -> int:
     with db.session() as s:
         run = TrainingRun(stage=stage, base_model=base_model, dataset_version_id=dataset_version_id,
-                          config=config, code_version=kb_config.code_version(), output_path=output_path,
-                          resumed_from=resumed_from)
+                          config=scrub(config), code_version=kb_config.code_version(), output_path=output_path,
+                          resumed_from=resumed_from, **runs.owner_values())
         s.add(run)
-        s.commit()
+        try:
+            s.commit()
+        except sa.exc.IntegrityError as e:
+            if resumed_from is not None and "ux_training_run_resumed_from" in str(e):
+                raise ConflictError(f"run {resumed_from} has just been resumed by another command; "
+                                    "see `reasonflux train runs`") from None
+            raise
         return run.id
 
 
 def set_output_path(db: Database, run_id: int, output_path: str, config: dict[str, Any]) -> None:
     with db.engine.begin() as conn:
         conn.execute(sa.update(TrainingRun).where(TrainingRun.id == run_id)
-                     .values(output_path=output_path, config=config))
+                     .values(output_path=output_path, config=scrub(config)))
 
 
 def finish_run(db: Database, run_id: int, status: str, *, error: str | None = None,
@@ -61,7 +64,7 @@ def finish_run(db: Database, run_id: int, status: str, *, error: str | None = No
     metrics = {**final_metrics(db, run_id), **_finite(extra_metrics or {})}
     with db.engine.begin() as conn:
         conn.execute(sa.update(TrainingRun).where(TrainingRun.id == run_id).values(
-            status=status, error=error, metrics=metrics, finished_at=utcnow()))
+            status=status, error=scrub(error), metrics=metrics, finished_at=utcnow()))
     return metrics
 
 
@@ -69,35 +72,9 @@ def finish_run(db: Database, run_id: int, status: str, *, error: str | None = No
 def recorded_run(db: Database, run_id: int) -> Iterator[dict[str, Any]]:
     """Yields a dict for extra final metrics; ends the run succeeded, failed or interrupted (Ctrl-C, SIGTERM)."""
     extra: dict[str, Any] = {}
-    try:
-        with _sigterm_as_interrupt():
-            yield extra
-    except KeyboardInterrupt as e:
-        reason = "terminated (SIGTERM)" if isinstance(e, TrainingInterrupted) else "interrupted by user"
-        finish_run(db, run_id, "interrupted", error=reason, extra_metrics=extra)
-        raise
-    except BaseException as e:
-        finish_run(db, run_id, "failed", extra_metrics=extra,
-                   error="".join(traceback.format_exception_only(type(e), e)).strip())
-        raise
-    else:
-        finish_run(db, run_id, "succeeded", extra_metrics=extra)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise TrainingInterrupted()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with runs.owned(db, "training", run_id,
+                    lambda status, error: finish_run(db, run_id, status, error=error, extra_metrics=extra)):
+        yield extra
 
 
 # -- metrics ------------------------------------------------------------------------------------------
@@ -210,7 +187,7 @@ def list_navigators(db: Database) -> list[dict[str, Any]]:
 # -- listing and resume -------------------------------------------------------------------------------
 
 RUN_COLUMNS = ("id", "stage", "status", "base_model", "dataset_version_id", "resumed_from", "output_path",
-               "started_at", "finished_at")
+               "started_at", "finished_at", "host")
 
 
 def list_runs(db: Database, *, stage: str | None = None, status: str | None = None,
@@ -233,7 +210,8 @@ def get_run(db: Database, run_id: int, *, with_steps: bool = True) -> dict[str, 
             raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
         dumped = run.model_dump()
         order = ("id", "stage", "status", "base_model", "dataset_version_id", "resumed_from", "output_path",
-                 "started_at", "finished_at", "code_version", "error", "metrics", "config")
+                 "started_at", "finished_at", "host", "pid", "heartbeat_at", "code_version", "error", "metrics",
+                 "config")
         out = {k: dumped[k] for k in order}
         if with_steps:
             steps = s.exec(select(TrainingMetric).where(TrainingMetric.run_id == run_id)
@@ -253,7 +231,11 @@ def last_checkpoint(output_dir: str | None) -> str | None:
 
 
 def resumable(db: Database, run_id: int, stage: str) -> tuple[TrainingRun, str]:
-    """The run to resume and its last checkpoint, or a clear error why it cannot be resumed."""
+    """The run to resume and its last checkpoint, or a clear error why it cannot be resumed.
+
+    A run whose owner is gone is first marked interrupted (kb.runs), so a killed run can be resumed;
+    a run is resumed at most once, since every resume writes into the run's own folder."""
+    runs.mark_orphaned_runs(db)
     with db.session() as s:
         run = s.get(TrainingRun, run_id)
     if run is None:
@@ -264,8 +246,16 @@ def resumable(db: Database, run_id: int, stage: str) -> tuple[TrainingRun, str]:
     if run.status == "succeeded":
         raise InputError(f"run {run_id} succeeded; there is nothing to resume", field="resume")
     if run.status == "running":
-        raise ConflictError(f"run {run_id} is still marked running (or its process was killed with SIGKILL "
-                            "before it could record that); resuming it could make two trainers share a directory")
+        raise ConflictError(f"run {run_id} is still running (its owner {run.host}:{run.pid} renews its lease); "
+                            "resuming it would make two trainers share one folder. If that process is gone, "
+                            f"it is marked interrupted within {runs.LEASE_S:.0f} s of its last heartbeat")
+    with db.session() as s:
+        later = s.exec(select(TrainingRun).where(TrainingRun.resumed_from == run_id)).first()
+    if later is not None:
+        advice = (f"resume run {later.id} instead" if later.status in ("failed", "interrupted")
+                  else f"run {later.id} is {later.status}")
+        raise ConflictError(f"run {run_id} was already resumed by run {later.id} into the same folder "
+                            f"({run.output_path}); a second resume would overwrite its checkpoints: {advice}")
     checkpoint = last_checkpoint(run.output_path)
     if checkpoint is None:
         raise InputError(f"run {run_id} left no checkpoint in {run.output_path}; start a new run instead",

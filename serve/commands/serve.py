@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 from typing import Any
 
 import click
 
 from kb.cli.context import AppContext, pass_app
-from serve.app import DEFAULT_MAX_BODY, DEFAULT_MAX_PROBLEM_CHARS, create_app
+from kb.runs import Terminated
+from serve.app import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_PROBLEM_CHARS,
+    create_app,
+    header_timeout_protocol,
+)
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
 
 
@@ -42,6 +50,12 @@ def _is_loopback(host: str) -> bool:
 @click.option(
     "--max-problem-chars", type=click.IntRange(1), default=DEFAULT_MAX_PROBLEM_CHARS, show_default=True
 )
+@click.option("--header-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Seconds a client has to send its request headers.")
+@click.option("--body-timeout", type=click.FloatRange(0.1), default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
+              help="Seconds a client has to send its request body (else 408).")
+@click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
+              help="Open connections at most; more are answered 503.")
 @solver_options
 @pass_app
 def serve_cmd(
@@ -52,12 +66,16 @@ def serve_cmd(
     max_concurrent: int,
     max_body_bytes: int,
     max_problem_chars: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
     **kwargs: Any,
 ) -> None:
     """Serve the solver over HTTP: POST /v1/solve, POST /v1/chat/completions (model "reasonflux"),
     GET /v1/sessions/ID, GET /v1/templates/search, GET /healthz; schema at /openapi.json.
 
-    --max-rounds and --max-tokens are also the most a request may ask for.
+    --max-rounds and --max-tokens are also the most a request may ask for. Errors are OpenAI-shaped;
+    a session whose backend is down answers 502/503. SIGTERM stops it like Ctrl-C.
     """
     import uvicorn
 
@@ -75,12 +93,37 @@ def serve_cmd(
         max_body_bytes=max_body_bytes,
         max_concurrent=max_concurrent,
         max_problem_chars=max_problem_chars,
+        body_timeout_s=body_timeout,
     )
-    click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C stops", err=True)
+    click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
+               err=True)
+    server = _server_class()(uvicorn.Config(api, host=host, port=port, log_level="info",
+                                            http=header_timeout_protocol(header_timeout), timeout_keep_alive=5,
+                                            limit_concurrency=max_connections))
     try:
-        uvicorn.run(api, host=host, port=port, log_level="info")
+        server.run()
     finally:
         solver.close()
+    # uvicorn stops gracefully on SIGINT/SIGTERM (sessions in flight finish) and returns; the command
+    # then ends as Ctrl-C or SIGTERM end every command (exit 130 / 143).
+    if server.stopped_by == signal.SIGTERM:
+        raise Terminated()
+    if server.stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt()
+
+
+def _server_class() -> type:
+    """uvicorn's Server, remembering which signal stopped it (built here: uvicorn loads only to serve)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame) -> None:
+            self.stopped_by = self.stopped_by or sig
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def register(cli: click.Group) -> None:

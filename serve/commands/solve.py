@@ -13,7 +13,8 @@ import click
 from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
-from kb.runs import pipeline_run
+from kb.runs import pipeline_run, raise_for_outcome, verdict
+from kb.secrets import scrub
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
 from serve.eval import load_problems
 from serve.traces import event_line
@@ -97,7 +98,7 @@ def solve_cmd(
     lock = threading.Lock()
 
     def show(event: dict[str, Any]) -> None:
-        line = event_line(event)
+        line = scrub(event_line(event))
         if line and not quiet:
             with lock:
                 click.echo(line, err=True)
@@ -122,10 +123,21 @@ def solve_cmd(
         ]
         for rec in records:
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+        outcome = _outcome(run_id, records)
+        if outcome["outcome"] == "failed":
+            counts.status, counts.error = "failed", "every session failed: " + "; ".join(outcome["first_reasons"])
     if fmt == "table":
         emit(records, fmt, columns=COLUMNS, title="solve sessions")
     else:
         emit(records[0] if len(records) == 1 and not problems else records, fmt)
+    raise_for_outcome(outcome)  # exit 5 if every session failed, 6 if some did
+
+
+def _outcome(run_id: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+    failed = [r for r in records if r["status"] == "failed"]
+    return {"stage": "solve", "run_id": run_id, "outcome": verdict(len(records) - len(failed), len(failed)),
+            "failed": len(failed), "total": len(records), "units": "sessions",
+            "first_reasons": [f"session {r.get('session_id')}: {r.get('reason')}" for r in failed[:3]]}
 
 
 def register(cli: click.Group) -> None:

@@ -1,0 +1,237 @@
+"""The HTTP service under adversity: dead backends are 5xx, every error is OpenAI-shaped, every OpenAI
+parameter honoured or refused, NUL is a 400, slow clients time out, a restarted database is reconnected,
+and no secret leaves in a response or lands in a table."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from pipelines.llm.openai_backend import OpenAIBackend
+from pipelines.llm.scripted import play_along_backend
+from serve.app import SESSION_HEADER, create_app, header_timeout_protocol
+from serve.solver import Solver, SolverConfig
+from tests.llm_server import LocalLLM, dead_url
+from tests.solve_helpers import add_templates
+
+KEY = "sk-test-0123456789abcdefXYZ"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    def __init__(self, db, navigator, inference=None, *, header_timeout_s=None, **app_kw):
+        import uvicorn
+
+        self.solver = Solver(db, navigator, inference or navigator, SolverConfig(max_rounds=6, token_budget=20_000))
+        app = create_app(db, self.solver, max_body_bytes=4096, **app_kw)
+        port = _free_port()
+        extra = {"http": header_timeout_protocol(header_timeout_s)} if header_timeout_s else {}
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **extra))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.solver.close()
+
+
+@pytest.fixture
+def service(db):
+    started = []
+
+    def start(*args, **kw):
+        add_templates(db)
+        started.append(Service(db, *args, **kw))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def _openai_shaped(r: httpx.Response) -> dict:
+    err = r.json()["error"]
+    assert err["message"] and err["type"] and err["code"] and "param" in err, r.text
+    return err
+
+
+CHAT = {"model": "reasonflux", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+
+
+def test_a_dead_backend_is_a_503_never_a_200_and_health_says_so(service, db):
+    import openai
+
+    s = service(OpenAIBackend("m", base_url=dead_url(), max_retries=0))
+    with httpx.Client(base_url=s.url, timeout=30) as http:
+        for path, body in (("/v1/chat/completions", CHAT), ("/v1/chat/completions", {**CHAT, "stream": True}),
+                           ("/v1/solve", {"problem": "What is 2 + 2?"}),
+                           ("/v1/solve", {"problem": "What is 2 + 2?", "stream": True})):
+            r = http.post(path, json=body)
+            assert r.status_code == 503, (path, body, r.text)
+            err = _openai_shaped(r)
+            assert err["code"] == "backend_unavailable" and "navigator backend is unreachable" in err["message"]
+            assert int(r.headers[SESSION_HEADER]) > 0  # the failed session is stored and named
+        health = http.get("/healthz")
+        assert health.status_code == 503 and health.json()["database"] is True
+        roles = health.json()["roles"]
+        assert set(roles) == {"navigator", "inference"} and not roles["navigator"]["ok"]
+        assert "ConnectError" in roles["navigator"]["error"]
+    client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(**CHAT)
+
+
+def test_a_backend_error_is_a_502_and_its_echoed_key_reaches_no_response_and_no_table(service, db, monkeypatch):
+    monkeypatch.setenv("RF_TEST_KEY", KEY)
+    leaky = LocalLLM(status=400)  # its error body echoes "Authorization: Bearer <key>"
+    try:
+        s = service(OpenAIBackend("m", base_url=leaky.url, api_key_env="RF_TEST_KEY", max_retries=0))
+        with httpx.Client(base_url=s.url, timeout=30) as http:
+            r = http.post("/v1/chat/completions", json=CHAT)
+            session = http.get(f"/v1/sessions/{r.headers[SESSION_HEADER]}").text
+            health = http.get("/healthz").text
+    finally:
+        leaky.close()
+    assert leaky.headers[0]["Authorization"] == f"Bearer {KEY}"  # the key was really sent, and echoed
+    assert r.status_code == 502 and _openai_shaped(r)["code"] == "backend_error"
+    assert "upstream refused" in r.text and "[REDACTED]" in r.text
+    for text in (r.text, session, health):
+        assert KEY not in text
+    assert_no_table_holds(db, KEY)
+
+
+def assert_no_table_holds(db, secret: str) -> None:
+    # compared here, not in SQL: the engines scrub statement parameters, so `LIKE '%<key>%'` could not match
+    with db.engine.connect() as conn:
+        tables = conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"))
+        dumps = {t: conn.execute(sa.text(f'SELECT x::text FROM "{t}" x')).scalars().all() for t in tables.scalars()}
+    assert any(dumps.values())
+    assert not {t: rows for t, rows in dumps.items() if any(secret in r for r in rows)}
+
+
+def test_openai_parameters_are_honoured_or_refused(service, db):
+    s = service(play_along_backend({"What is 2 + 2?": "4"}))
+    with httpx.Client(base_url=s.url, timeout=30) as http:
+        refused = {"n": 2, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
+                   "stop": ["\n"], "logprobs": True, "response_format": {"type": "json_object"},
+                   "presence_penalty": 0.5}
+        for name, value in refused.items():
+            r = http.post("/v1/chat/completions", json={**CHAT, name: value})
+            assert r.status_code == 400, (name, r.text)
+            assert _openai_shaped(r)["param"] == name and "not supported" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json={**CHAT, "frobnicate": 1})
+        assert r.status_code == 422 and _openai_shaped(r)["param"] == "frobnicate"
+        r = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 10**9})
+        assert r.status_code == 400 and "exceeds this server's limit" in r.text
+        # honoured: n=1, temperature/top_p/seed reach both roles' calls, max_tokens bounds the session
+        ok = http.post("/v1/chat/completions", json={**CHAT, "n": 1, "temperature": 0.7, "top_p": 0.9, "seed": 5,
+                                                     "user": "u1", "tool_choice": "none"})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"].endswith("\\boxed{4}")
+        sid = ok.json()["session_id"]
+        assert str(sid) == ok.headers[SESSION_HEADER] == str(ok.json()["reasonflux"]["session_id"])
+        with db.engine.connect() as conn:
+            params = conn.execute(sa.text("SELECT DISTINCT params->>'temperature', params->>'top_p', "
+                                          "params->>'seed' FROM llm_call WHERE session_id = :s"), {"s": sid}).all()
+        assert params == [("0.7", "0.9", "5")]
+        short = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 5})
+        assert short.status_code == 200 and short.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_progress_stays_out_of_streamed_content_unless_asked(service):
+    import openai
+
+    s = service(play_along_backend({"What is 4 + 4?": "8"}))
+    client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0)
+    messages = [{"role": "user", "content": "What is 4 + 4?"}]
+
+    def content(**extra):
+        chunks = list(client.chat.completions.create(model="reasonflux", stream=True, messages=messages, **extra))
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
+
+    plain, chunks = content()
+    assert plain.endswith("\\boxed{8}") and "[plan]" not in plain and "[round" not in plain
+    assert chunks[-1].model_extra["session_id"] > 0
+    with_progress, _ = content(extra_body={"reasonflux_progress": True})
+    assert "[plan]" in with_progress and "[round 1]" in with_progress
+    with httpx.Client(base_url=s.url, timeout=30) as http, \
+            http.stream("POST", "/v1/chat/completions", json={"model": "reasonflux", "messages": messages,
+                                                              "stream": True}) as r:
+        assert int(r.headers[SESSION_HEADER]) > 0
+        lines = list(r.iter_lines())
+    assert any(line.startswith(": [plan]") for line in lines)  # progress as SSE comments
+
+
+def test_every_error_is_openai_shaped_and_nul_is_a_400(service):
+    s = service(play_along_backend({}))
+    with httpx.Client(base_url=s.url, timeout=30) as http:
+        cases = [
+            (http.post("/v1/completions", json={"model": "reasonflux", "prompt": "x"}), 404, "not_found"),
+            (http.get("/nowhere"), 404, "not_found"),
+            (http.get("/v1/chat/completions"), 405, "method_not_allowed"),
+            (http.get("/v1/sessions/99999999999999999999"), 422, "invalid_request"),
+            (http.get("/v1/sessions/-1"), 422, "invalid_request"),
+            (http.get("/v1/sessions/abc"), 422, "invalid_request"),
+            (http.post("/v1/solve", json={"problem": "x\u0000y"}), 400, "nul_character"),
+            (http.post("/v1/chat/completions", json={**CHAT, "user": "a\u0000"}), 400, "nul_character"),
+            (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "\u0000"}]}]}), 400, "nul_character"),
+            (http.get("/v1/templates/search", params={"q": "sum\u0000"}), 400, "nul_character"),
+        ]
+        for r, status, code in cases:
+            assert r.status_code == status, (r.request.url, r.text)
+            assert _openai_shaped(r)["code"] == code, r.text
+        assert cases[7][0].json()["error"]["param"] == "user"
+
+
+def test_slow_clients_are_cut_off(service):
+    s = service(play_along_backend({}), header_timeout_s=0.5, body_timeout_s=0.5)
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as slow_headers:
+        slow_headers.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\n")  # ... and never the rest
+        time.sleep(1.5)
+        assert slow_headers.recv(1000) == b""  # closed by the server
+    with socket.create_connection(("127.0.0.1", s.port), timeout=10) as slow_body:
+        slow_body.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: 100\r\n\r\n{\"problem\":")
+        reply = slow_body.recv(4000).decode()
+    assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
+
+
+def test_the_service_reconnects_after_its_database_connections_are_dropped(db):
+    from kb.db import Database, create_engine
+
+    own = Database(url=db.url, embedded=False, engine=create_engine(db.url))  # its own pool, as `serve` has
+    add_templates(db)
+    s = Service(own, play_along_backend({"What is 1 + 1?": "2"}))
+    try:
+        _solve_across_a_restart(s, db)
+    finally:
+        s.close()
+        own.dispose()
+
+
+def _solve_across_a_restart(s, db):
+    with httpx.Client(base_url=s.url, timeout=30) as http:
+        assert http.post("/v1/solve", json={"problem": "What is 1 + 1?"}).json()["answer"] == "2"
+        with db.engine.connect() as conn:  # what a server restart does to every pooled connection
+            killed = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        assert killed >= 1
+        assert http.get("/healthz", params={"backends": "false"}).json()["database"] is True
+        assert http.post("/v1/solve", json={"problem": "What is 1 + 1?"}).json()["answer"] == "2"
