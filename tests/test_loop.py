@@ -139,6 +139,23 @@ def test_iteration_0_trains_the_model_the_navigator_role_runs(db, tmp_path):
     assert e.value.field == "base_model"
 
 
+def test_a_navigator_whose_plans_never_parse_stops_the_loop(db, tmp_path):
+    from kb.runs import RunFailed
+
+    toy_world.setup(db, train_per_family=2, test_per_family=1, similar_k=1)
+    llm = tmp_path / "llm.toml"
+    llm.write_text('[roles.navigator]\nbackend = "scripted"\ndefault = "I would rather not plan."\n')
+    cfg = loop.LoopConfig.load(None, {"name": "mute", "problems": "source=toy-world;split=train", "n": 2,
+                                      "llm_config": str(llm), "inference": "toy-world", "hint_k": 0})
+    with pytest.raises(RunFailed) as e:
+        loop.run_loop(db, cfg, progress=False)
+    assert "sample run" in str(e.value) and "unparseable plan" in str(e.value)
+    with db.engine.connect() as conn:
+        statuses = dict(conn.execute(sa.text(
+            "SELECT stage, status FROM pipeline_run WHERE stage LIKE 'loop%'")).all())
+    assert statuses == {"loop": "failed", "loop-iteration": "failed"}
+
+
 def test_ranges():
     assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
 
