@@ -78,11 +78,8 @@ def main() -> None:
         sft = toy_world.build_start_navigator(db, tmp / "start", train_per_family=args.train_per_family)
         t_sft = time.perf_counter() - t0
         cfg = loop.LoopConfig.load(None, {
-            "name": "bench", "iterations": args.iterations, "problems": "source=toy-world;split=train",
-            "eval_problems": "source=toy-world;split=test", "navigator": "toy-sft", "inference": "toy-world",
-            "n": args.n, "eval_n": args.eval_n, "hint_k": 0, "retrieval_mode": "text",
-            "max_steps": toy_world.MAX_STEPS, "temperature": 1.0, "top_p": 1.0, "max_tokens": 64,
-            "num_gpus": 0, "out_dir": str(tmp / "loop"),
+            **toy_world.loop_settings("bench", iterations=args.iterations, n=args.n, eval_n=args.eval_n),
+            "out_dir": str(tmp / "loop"),
             "train": {**toy_world.DPO_TRAINING, "max_steps": args.dpo_steps, "save_steps": args.dpo_steps,
                       "learning_rate": args.dpo_lr, "sft_weight": args.sft_weight}})
         t1 = time.perf_counter()

@@ -358,8 +358,10 @@ class _Context:
                         sampling=nav.sampling, base_seed=cfg.base_seed, hint_k=cfg.hint_k,
                         retrieval_mode=cfg.retrieval_mode, max_steps=cfg.max_steps, workers=cfg.workers,
                         batch_size=cfg.batch_size, progress=self.progress)
+        _stop_if_failed(result)
         stats = plan_stats(self.db, nav.name, problem_ids, self._keys(nav, n))
-        return {"run_id": result["run_id"], "plans_requested": n * len(problem_ids), **stats}
+        return {"run_id": result["run_id"], "plans_requested": n * len(problem_ids),
+                "units_failed": result.get("failed", 0), **stats}
 
     def _heldout(self, nav) -> dict[str, Any]:
         return self._sample_into(nav, self.eval_ids, self.cfg.eval_n)
@@ -376,8 +378,9 @@ class _Context:
         result = evaluate(self.db, f"navigator={nav.name};problem={_ranges(self.problem_ids)}", role.config,
                           samples=cfg.samples, sampling=role.sampling, prompts_dir=role.prompts_dir,
                           workers=cfg.workers, batch_size=cfg.batch_size, refresh=False, progress=self.progress)
-        return {"run_id": result["run_id"], "inference": role.name,
-                **{k: result.get(k, 0) for k in ("rollouts_written", "rollouts_correct", "units_failed")}}
+        _stop_if_failed(result)
+        return {"run_id": result["run_id"], "inference": role.name, "units_failed": result.get("failed", 0),
+                **{k: result.get(k, 0) for k in ("rollouts_written", "rollouts_correct")}}
 
     def _rewards(self, nav) -> dict[str, Any]:
         from kb.rewards import refresh_rewards
@@ -454,6 +457,9 @@ class _Context:
         if k > 0:
             return _model_dir(self.db, trained_name(self.cfg, k - 1))
         candidate = self.cfg.base_model or self.cfg.navigator
+        if not candidate:  # the navigator role comes from llm_config: train its local model, if it has one
+            role = self._navigator(None).config
+            candidate = role.options.get("model_path") if role.backend in NAVIGATOR_BACKENDS else None
         if candidate:
             head, sep, rest = candidate.partition(":")
             if sep and head in NAVIGATOR_BACKENDS:
@@ -476,6 +482,15 @@ def _previous_training(db: Database, dataset: str, base: str) -> dict[str, Any] 
             "AND NOT EXISTS (SELECT 1 FROM navigator_model n WHERE n.training_run_id = r.id) "
             "ORDER BY r.id DESC LIMIT 1"), {"d": dataset, "b": base}).mappings().first()
     return dict(row) if row else None
+
+
+def _stop_if_failed(result: dict[str, Any]) -> None:
+    """A stage whose every unit failed (e.g. no plan of any problem parsed) stops the loop with its reasons
+    (the stage's own exit code); some failed units are normal in sampling and are only counted."""
+    if result.get("outcome") == "failed":
+        from kb.runs import raise_for_outcome
+
+        raise_for_outcome(result)
 
 
 def _eligible(db: Database, navigator_name: str, problem_ids: list[int], keys: list[str], min_rollouts: int) -> int:

@@ -302,3 +302,13 @@ def build_start_navigator(db: Database, workdir: str | Path, *, name: str = "toy
     overrides = {**SFT_TRAINING, **(training or {}), "output_dir": str(work / "sft")}
     return execute(db, plan(db, "sft", dataset=manifest["id"], base_model=str(base), num_gpus=0, name=name,
                             overrides=overrides))
+
+
+def loop_settings(name: str = "toy", *, iterations: int = 2, n: int = 4, eval_n: int = 6) -> dict[str, Any]:
+    """The loop config (`pipelines.loop.LoopConfig` keys) that runs this world from the navigator `toy-sft`."""
+    return {"name": name, "iterations": iterations, "problems": f"source={SOURCE};split=train",
+            "eval_problems": f"source={SOURCE};split=test", "navigator": "toy-sft", "inference": BACKEND,
+            "n": n, "eval_n": eval_n, "hint_k": 0, "retrieval_mode": "text", "max_steps": MAX_STEPS,
+            "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "min_rollouts": 4, "num_gpus": 0,
+            "train": dict(DPO_TRAINING)}
+

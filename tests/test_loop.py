@@ -7,7 +7,6 @@ import json
 
 import pytest
 import sqlalchemy as sa
-import yaml
 
 from kb.errors import InputError
 from pipelines import loop, toy_world
@@ -126,6 +125,37 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
         assert conn.execute(sa.text("SELECT count(*) FROM training_run")).scalar() == 1
 
 
+def test_iteration_0_trains_the_model_the_navigator_role_runs(db, tmp_path):
+    from tests.train_support import config_only_model
+
+    model = config_only_model(tmp_path / "nav", {"model_type": "qwen2"})
+    llm = tmp_path / "llm.toml"
+    llm.write_text(f'[roles.navigator]\nbackend = "transformers"\nmodel_path = "{model}"\n')
+    ctx = loop._Context(db, loop.LoopConfig.load(None, {"llm_config": str(llm)}), 0, [], [], False)
+    assert ctx._base_model(0) == str(model.resolve())
+    remote = loop.LoopConfig.load(None, {"navigator": "openai:m@http://127.0.0.1:9/v1"})
+    with pytest.raises(InputError) as e:
+        loop._Context(db, remote, 0, [], [], False)._base_model(0)
+    assert e.value.field == "base_model"
+
+
+def test_a_navigator_whose_plans_never_parse_stops_the_loop(db, tmp_path):
+    from kb.runs import RunFailed
+
+    toy_world.setup(db, train_per_family=2, test_per_family=1, similar_k=1)
+    llm = tmp_path / "llm.toml"
+    llm.write_text('[roles.navigator]\nbackend = "scripted"\ndefault = "I would rather not plan."\n')
+    cfg = loop.LoopConfig.load(None, {"name": "mute", "problems": "source=toy-world;split=train", "n": 2,
+                                      "llm_config": str(llm), "inference": "toy-world", "hint_k": 0})
+    with pytest.raises(RunFailed) as e:
+        loop.run_loop(db, cfg, progress=False)
+    assert "sample run" in str(e.value) and "unparseable plan" in str(e.value)
+    with db.engine.connect() as conn:
+        statuses = dict(conn.execute(sa.text(
+            "SELECT stage, status FROM pipeline_run WHERE stage LIKE 'loop%'")).all())
+    assert statuses == {"loop": "failed", "loop-iteration": "failed"}
+
+
 def test_ranges():
     assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
 
@@ -185,12 +215,8 @@ def test_loop_show_without_loops_is_a_clear_error(cli, db):
 # ---- the proof ---------------------------------------------------------------------------------------------
 
 # Small sizes that still show the direction with a margin on a loaded 2-core machine (< 3 minutes).
-WORLD = {"train_per_family": 12, "test_per_family": 4, "similar_k": 4}
-LOOP = {"name": "toy", "iterations": 2, "problems": "source=toy-world;split=train",
-        "eval_problems": "source=toy-world;split=test", "navigator": "toy-sft", "inference": "toy-world",
-        "n": 4, "eval_n": 6, "hint_k": 0, "retrieval_mode": "text", "max_steps": toy_world.MAX_STEPS,
-        "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "min_rollouts": 4, "num_gpus": 0,
-        "train": toy_world.DPO_TRAINING}
+WORLD = {"train_per_family": 12, "test_per_family": 4}
+LOOP = toy_world.loop_settings("toy", iterations=2, n=4, eval_n=6)
 
 
 # Iteration 0's rows (the navigator toy-sft's) and how many runs sampled with it.
@@ -223,9 +249,13 @@ def one_thread():
 
 @pytest.mark.slow
 def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_path, monkeypatch, one_thread):
-    toy_world.setup(db, **WORLD)
-    toy_world.build_start_navigator(db, tmp_path / "start", train_per_family=WORLD["train_per_family"])
-    cfg = loop.LoopConfig.load(None, {**LOOP, "out_dir": str(tmp_path / "loop")})
+    # The world, the SFT start navigator and the loop's config file, by the command a user runs.
+    made = json.loads(cli("loop", "toy-world", "--dir", str(tmp_path / "toy"), "--train-per-family",
+                          str(WORLD["train_per_family"]), "--test-per-family", str(WORLD["test_per_family"]),
+                          "--json").stdout)
+    assert made["problems_created"] == 3 * (WORLD["train_per_family"] + WORLD["test_per_family"])
+    cfg = loop.LoopConfig.load(made["config"])
+    assert {k: getattr(cfg, k) for k in LOOP} == LOOP
 
     # Killed while iteration 0 trains: everything before is recorded; nothing is registered.
     real_train = loop._Context._train
@@ -268,9 +298,7 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
         runs_before = conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar()
         rows_before = conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
                                            "navigator_model) + (SELECT count(*) FROM training_run)")).scalar()
-    config = tmp_path / "loop.yaml"
-    config.write_text(yaml.safe_dump({**LOOP, "out_dir": str(tmp_path / "loop")}))
-    rerun = json.loads(cli("loop", "--config", str(config), "--json").stdout)
+    rerun = json.loads(cli("loop", "--config", made["config"], "--json").stdout)
     assert rerun["iterations"] == json.loads(json.dumps(result["iterations"], default=str))
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar() == runs_before
