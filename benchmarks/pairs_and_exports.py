@@ -220,7 +220,7 @@ def bench_export(admin_url: str, n_pairs: int, out_root: Path) -> dict:
         export(db, "dpo", out_root / "dpo-b", pairs="bench-export")
         same = all((out_root / "dpo-a" / f).read_bytes() == (out_root / "dpo-b" / f).read_bytes()
                    for f in manifest["files"])
-        size = (out_root / "dpo-a" / "train.parquet").stat().st_size
+        size = (out_root / "dpo-a" / "data" / "train.parquet").stat().st_size
         return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "identical": same,
                 "parquet_mb": size / 2**20}
     finally:

@@ -1,10 +1,20 @@
 """Dataset versions: immutable exported folders, their manifests, and verification against the KB.
 
-A version folder holds data files (Parquet, optionally JSONL), a dataset card
-(README.md) and manifest.json. The version id is derived from the content (kind,
-selection parameters, schema revision, data file hashes), so exporting the same
-selection twice yields the same id and byte-identical files; the second export
-reuses the recorded row (and its created time), so even the manifest is identical.
+A version folder is laid out as the Hugging Face Hub expects, so `datasets.load_dataset(DIR)` and
+`load_dataset("parquet", data_dir=DIR)` both work and the folder can be pushed as a Hub dataset repo:
+
+    README.md           dataset card: YAML front matter (license, language, task_categories,
+                        size_categories, tags, configs, dataset_info) and a description
+    data/train.parquet  the rows, one file per split (data/train.jsonl with --format jsonl)
+    jsonl/KIND.jsonl    the JSONL copy when both formats are written (named so no loader takes
+                        it for a split of the Parquet data)
+    manifest.json       id, kind, selection, license, revision, row counts, sha256 of every data
+                        file and of the card; loaders ignore it (it is not under data/)
+
+The version id is derived from the content (kind, selection parameters and license, schema revision,
+data file hashes), so exporting the same selection twice yields the same id and byte-identical files;
+the second export reuses the recorded row (and its created time), so even the manifest is identical.
+The card is documentation: verification reports an edited card as a warning, never as corruption.
 """
 
 from __future__ import annotations
@@ -26,7 +36,10 @@ from kb.errors import ConflictError, KbError, NotFound
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
-FORMAT = "reasonflux-dataset/1"
+FORMAT = "reasonflux-dataset/2"
+DATA_DIR = "data"
+DEFAULT_LICENSE = "unknown"  # the KB's content comes from many sources: the exporter says which licence applies
+LICENSE_PATTERN = r"[a-z0-9][a-z0-9.+-]*"  # Hub licence identifiers: apache-2.0, cc-by-4.0, mit, other, ...
 # No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072,
                    "use_dictionary": False}
@@ -55,12 +68,13 @@ def sha256_file(path: Path) -> str:
 
 @dataclass
 class DataPart:
-    """One logical table of a dataset: written as NAME.parquet and/or NAME.jsonl."""
+    """One logical table of a dataset: written as data/SPLIT.parquet and/or JSONL."""
 
     name: str
     table: Any  # pyarrow.Table
     records: Callable[[], Iterable[dict]] | None = None  # JSONL records; default: the table's rows
     description: str = ""
+    split: str = "train"  # a Hub split name that loaders recognise in a file name
 
 
 @dataclass
@@ -72,6 +86,25 @@ class ExportSpec:
     card_intro: str = ""
     usage: str = ""
     extra_manifest: dict[str, Any] = field(default_factory=dict)
+    license: str = DEFAULT_LICENSE
+    task_categories: tuple[str, ...] = ("text-generation",)
+    tags: tuple[str, ...] = ()
+    # Writers of further files derived from the parts (e.g. the LLaMA-Factory copy), called with the
+    # folder being built; what they write is hashed and listed like the data files.
+    extra_files: list[Callable[[Path, ExportSpec], None]] = field(default_factory=list)
+
+    def recorded_params(self) -> dict[str, Any]:
+        """The selection plus the licence: what the version id, the manifest and the KB row record."""
+        return {**self.params, "license": self.license}
+
+
+def data_file(spec: ExportSpec, part: DataPart, fmt: str) -> str:
+    """Where a part's data file goes in the folder (posix path relative to it)."""
+    if fmt == "parquet" or "parquet" not in spec.formats:
+        return f"{DATA_DIR}/{part.split}.{fmt}"
+    # Beside Parquet, JSONL may not sit under data/ or carry a split name: `load_dataset("parquet",
+    # data_dir=DIR)` would read it as Parquet.
+    return f"jsonl/{spec.kind}.jsonl" if len(spec.parts) == 1 else f"jsonl/{spec.kind}{spec.parts.index(part)}.jsonl"
 
 
 def _write_parquet(table, path: Path) -> None:
@@ -100,16 +133,75 @@ def _plain(t):
     return t
 
 
-def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict) -> str:
-    lines = [
-        "---", f"pretty_name: reasonflux {spec.kind} {version_id}", "configs:", "- config_name: default",
-        "  data_files:",
-    ]
+def _size_category(n: int) -> str:
+    """The Hub's size_categories label: n<1K, 1K<n<10K, ..., 100B<n<1T, n>1T."""
+    units = ["", "K", "M", "B", "T"]
+    labels = [f"{10 ** (e % 3)}{units[e // 3]}" for e in range(3, 13)]  # 1K, 10K, 100K, 1M, ..., 1T
+    if n < 1000:
+        return "n<1K"
+    for low, high, bound in zip(labels, labels[1:], range(4, 13)):
+        if n < 10 ** bound:
+            return f"{low}<n<{high}"
+    return "n>1T"
+
+
+def hub_feature(name: str, t) -> dict[str, Any]:
+    """An Arrow field as the Hub's YAML `dataset_info.features` entry (the `datasets` library's form)."""
+    return {"name": name, **_hub_type(_plain(t))}
+
+
+def _hub_type(t) -> dict[str, Any]:
+    import pyarrow as pa
+
+    if pa.types.is_struct(t):
+        return {"struct": [hub_feature(f.name, f.type) for f in t]}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        inner = _hub_type(t.value_type)
+        return {"list": inner["dtype"] if "dtype" in inner else inner.get("struct", inner)}
+    if pa.types.is_floating(t):
+        return {"dtype": f"float{t.bit_width}"}
+    return {"dtype": str(t)}  # int64, bool, string, ...
+
+
+def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, data_files: dict[str, str]) -> dict:
+    """The card's YAML metadata: what the Hub shows and what `load_dataset(DIR)` reads."""
+    by_format: dict[str, list[dict]] = {}
     for part in spec.parts:
-        lines += [f"  - split: {part.name}", f"    path: {part.name}.{'parquet' if 'parquet' in spec.formats else 'jsonl'}"]
-    lines += ["---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
-              f"- kind: `{spec.kind}`", f"- schema revision: `{revision}`",
-              f"- selection: `{canonical_json(spec.params)}`", ""]
+        for fmt in ("parquet", "jsonl"):
+            if fmt in spec.formats:
+                by_format.setdefault(fmt, []).append({"split": part.split, "path": data_file(spec, part, fmt)})
+    # One config: the Hub builds every config of a repo with one loader, so the JSONL copy beside
+    # Parquet is a plain file (`load_dataset("json", data_files=...)`), not a second config.
+    main = "parquet" if "parquet" in by_format else "jsonl"
+    configs = [{"config_name": "default", "data_files": by_format[main]}]
+    total = sum(row_counts.values())
+    meta: dict[str, Any] = {
+        "pretty_name": f"reasonflux {spec.kind} {version_id}",
+        "license": spec.license,
+        "language": ["en"],
+        "task_categories": list(spec.task_categories),
+        "size_categories": [_size_category(total)],
+        "tags": ["reasonflux", "math", "reasoning", "thought-templates", *spec.tags],
+        "configs": configs,
+    }
+    if main == "parquet":  # JSONL records may hold free-form JSON (templates' steps): let the loader infer
+        schema = spec.parts[0].table.schema
+        meta["dataset_info"] = {
+            "config_name": "default",
+            "features": [hub_feature(f.name, f.type) for f in schema],
+            "splits": [{"name": p.split, "num_examples": row_counts[p.name]} for p in spec.parts],
+        }
+    return meta
+
+
+def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict) -> str:
+    import yaml
+
+    meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, hashes), sort_keys=False, allow_unicode=True,
+                          width=1000)
+    lines = ["---", meta.rstrip("\n"), "---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
+             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}`", f"- schema revision: `{revision}`",
+             f"- selection: `{canonical_json(spec.params)}`", ""]
     for part in spec.parts:
         lines += [f"## {part.name} ({row_counts[part.name]} rows)", "", part.description.strip(), "",
                   "| column | type |", "| --- | --- |"]
@@ -117,9 +209,12 @@ def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, ha
         lines.append("")
     if spec.usage:
         lines += ["## Usage", "", spec.usage.strip(), ""]
+    lines += ["## Loading", "", "```python", "from datasets import load_dataset", "",
+              'ds = load_dataset("path/to/this/folder")  # or the Hub repo it was pushed to', "```", ""]
     lines += ["## Files", "", "| file | sha256 |", "| --- | --- |"]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in sorted(hashes.items())]
-    lines += ["", "Check them with `reasonflux datasets verify DIR`.", ""]
+    lines += ["", ("Check them with `reasonflux datasets verify DIR` (this card may be edited freely: "
+              "verification then warns, the data stays verified)."), ""]
     return "\n".join(lines)
 
 
@@ -132,25 +227,31 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        data_hashes: dict[str, str] = {}
         row_counts = {p.name: p.table.num_rows for p in spec.parts}
         for part in spec.parts:
-            if "parquet" in spec.formats:
-                _write_parquet(part.table, tmp / f"{part.name}.parquet")
-            if "jsonl" in spec.formats:
-                _write_jsonl(part.records() if part.records else part.table.to_pylist(), tmp / f"{part.name}.jsonl")
-        for path in sorted(tmp.iterdir()):
-            data_hashes[path.name] = sha256_file(path)
-        identity = {"kind": spec.kind, "params": spec.params, "schema_revision": revision, "files": data_hashes}
+            for fmt in ("parquet", "jsonl"):
+                if fmt not in spec.formats:
+                    continue
+                path = tmp / data_file(spec, part, fmt)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if fmt == "parquet":
+                    _write_parquet(part.table, path)
+                else:
+                    _write_jsonl(part.records() if part.records else part.table.to_pylist(), path)
+        for writer in spec.extra_files:
+            writer(tmp, spec)
+        data_hashes = {p.relative_to(tmp).as_posix(): sha256_file(p)
+                       for p in sorted(tmp.rglob("*")) if p.is_file()}
+        params = spec.recorded_params()
+        identity = {"kind": spec.kind, "params": params, "schema_revision": revision, "files": data_hashes}
         version_id = f"{spec.kind}-{params_hash(identity, 12)}"
         (tmp / CARD).write_text(_card(spec, version_id, revision, row_counts, data_hashes), encoding="utf-8")
-        hashes = {**data_hashes, CARD: sha256_file(tmp / CARD)}
         _check_destination(out, version_id)  # before recording: a refused folder must leave no row behind
-        created_at = _record(db, version_id, spec, revision, row_counts, hashes, out, run_id)
+        created_at = _record(db, version_id, spec.kind, params, revision, row_counts, data_hashes, out, run_id)
         manifest = {
-            "format": FORMAT, "id": version_id, "kind": spec.kind, "params": spec.params,
-            "schema_revision": revision, "row_counts": row_counts, "files": hashes,
-            "created_at": created_at, **spec.extra_manifest,
+            "format": FORMAT, "id": version_id, "kind": spec.kind, "params": params, "license": spec.license,
+            "schema_revision": revision, "row_counts": row_counts, "files": data_hashes,
+            "card": {CARD: sha256_file(tmp / CARD)}, "created_at": created_at, **spec.extra_manifest,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                     encoding="utf-8")
@@ -160,15 +261,15 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     return {**manifest, "path": str(out)}
 
 
-def _record(db: Database, version_id: str, spec: ExportSpec, revision: str, row_counts: dict, hashes: dict,
-            out: Path, run_id: int | None) -> str:
+def _record(db: Database, version_id: str, kind: str, params: dict, revision: str, row_counts: dict,
+            hashes: dict, out: Path, run_id: int | None) -> str:
     """Insert the dataset_version row unless it exists; the row's created time either way."""
     with db.engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
             "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
             "ON CONFLICT (id) DO NOTHING"),
-            {"id": version_id, "kind": spec.kind, "params": canonical_json(spec.params), "rev": revision,
+            {"id": version_id, "kind": kind, "params": canonical_json(params), "rev": revision,
              "rc": canonical_json(row_counts), "files": canonical_json(hashes), "path": str(out.resolve()),
              "run": run_id})
         row = conn.execute(sa.text("SELECT files, created_at FROM dataset_version WHERE id = :id"),
@@ -231,7 +332,12 @@ def get_version(db: Database, ref: str) -> dict[str, Any]:
 
 
 def verify(db: Database | None, folder: str | Path) -> dict[str, Any]:
-    """Re-hash every file; compare with manifest.json and with the KB's row. Raises VerificationError."""
+    """Re-hash every data file; compare with manifest.json and with the KB's row. Raises VerificationError.
+
+    A changed, missing or unlisted data file is an error. The card (README.md) is documentation that
+    people edit: a changed or missing card, and unlisted files outside the data folders, come back
+    as `warnings` in the result.
+    """
     folder = Path(folder)
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
@@ -240,7 +346,10 @@ def verify(db: Database | None, folder: str | Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VerificationError(f"{manifest_path}: unreadable manifest ({e})") from None
-    files = manifest.get("files") or {}
+    files = dict(manifest.get("files") or {})
+    card = dict(manifest.get("card") or {})
+    if CARD in files:  # format 1 listed the card among the files
+        card[CARD] = files.pop(CARD)
     for name, digest in sorted(files.items()):
         path = folder / name
         if not path.is_file():
@@ -248,24 +357,87 @@ def verify(db: Database | None, folder: str | Path) -> dict[str, Any]:
         actual = sha256_file(path)
         if actual != digest:
             raise VerificationError(f"{path}: sha256 {actual} does not match the manifest ({digest})")
-    unlisted = sorted(p.name for p in folder.iterdir() if p.name != MANIFEST and p.name not in files)
-    if unlisted:
-        raise VerificationError(f"{folder / unlisted[0]}: not listed in the manifest")
-    result = {"id": manifest.get("id"), "kind": manifest.get("kind"), "files": len(files), "manifest": "ok"}
+    card_warnings = _card_warnings(folder, card)
+    warnings = card_warnings + _unlisted(folder, set(files) | set(card))
+    result = {"id": manifest.get("id"), "kind": manifest.get("kind"), "files": len(files), "manifest": "ok",
+              "card": "edited" if card_warnings else "ok", "warnings": warnings}
     if db is not None:
-        try:
-            row = get_version(db, str(manifest.get("id")))
-        except NotFound:
-            raise VerificationError(f"{manifest_path}: dataset version {manifest.get('id')} is not recorded in "
-                                    "this knowledge base") from None
-        if row["id"] != manifest.get("id"):
-            raise VerificationError(f"{manifest_path}: id {manifest.get('id')} is not recorded in this knowledge base")
-        for key in ("kind", "params", "schema_revision", "row_counts", "files"):
-            if row[key] != manifest.get(key):
-                raise VerificationError(f"{manifest_path}: {key} differs from the knowledge base's record of "
-                                        f"{row['id']}")
-        for name, digest in sorted(row["files"].items()):
-            if files.get(name) != digest:
-                raise VerificationError(f"{folder / name}: hash differs from the knowledge base's record")
+        _check_against_kb(db, folder, manifest_path, manifest, files)
         result["kb"] = "ok"
     return result
+
+
+def _card_warnings(folder: Path, card: dict[str, str]) -> list[str]:
+    out = []
+    for name, digest in sorted(card.items()):
+        path = folder / name
+        if not path.is_file():
+            out.append(f"{path}: the dataset card is missing (the data files are intact)")
+        elif sha256_file(path) != digest:
+            out.append(f"{path}: the dataset card was edited since the export (the data files are intact)")
+    return out
+
+
+def _unlisted(folder: Path, listed: set[str]) -> list[str]:
+    """Files the manifest does not list: an error inside a data folder (loaders would read them as
+    data), a warning elsewhere (one per top-level entry, e.g. a .git folder of a Hub clone)."""
+    data_dirs = {Path(n).parts[0] for n in listed if len(Path(n).parts) > 1}
+    warned, out = set(), []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or rel in listed or rel == MANIFEST:
+            continue
+        top = rel.split("/")[0]
+        if top in data_dirs:
+            raise VerificationError(f"{path}: not listed in the manifest (loaders would read it as data)")
+        if top not in warned:
+            warned.add(top)
+            out.append(f"{folder / top}: not listed in the manifest (not part of the dataset)")
+    return out
+
+
+def _check_against_kb(db: Database, folder: Path, manifest_path: Path, manifest: dict, files: dict) -> None:
+    try:
+        row = get_version(db, str(manifest.get("id")))
+    except NotFound:
+        raise VerificationError(f"{manifest_path}: dataset version {manifest.get('id')} is not recorded in "
+                                "this knowledge base") from None
+    if row["id"] != manifest.get("id"):
+        raise VerificationError(f"{manifest_path}: id {manifest.get('id')} is not recorded in this knowledge base")
+    for key in ("kind", "params", "schema_revision", "row_counts"):
+        if row[key] != manifest.get(key):
+            raise VerificationError(f"{manifest_path}: {key} differs from the knowledge base's record of "
+                                    f"{row['id']}")
+    recorded = {k: v for k, v in (row["files"] or {}).items() if k != CARD}
+    if set(recorded) != set(files):
+        raise VerificationError(f"{manifest_path}: files differ from the knowledge base's record of {row['id']}")
+    for name, digest in sorted(recorded.items()):
+        if files.get(name) != digest:
+            raise VerificationError(f"{folder / name}: hash differs from the knowledge base's record")
+
+
+# ---- publishing ------------------------------------------------------------------------------------------
+
+def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, endpoint: str | None = None,
+                token: str | None = None) -> dict[str, Any]:
+    """Upload a verified dataset version folder to the Hub dataset repo REPO_ID (created if needed).
+
+    Needs a token (`hf auth login`, or HF_TOKEN); HF_ENDPOINT (read now, not at import) points it at
+    another Hub-compatible server.
+    """
+    import huggingface_hub
+
+    folder = Path(folder)
+    checked = verify(None, folder)
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise KbError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
+                      f"`reasonflux datasets push {folder} {repo_id}`")
+    api = huggingface_hub.HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
+                                   commit_message=f"reasonflux dataset version {checked['id']}")
+    except (huggingface_hub.errors.HfHubHTTPError, OSError, ValueError) as e:
+        raise KbError(f"pushing {folder} to {repo_id} failed: {e}") from None
+    return {"id": checked["id"], "repo": repo_id, "commit": commit.oid, "url": commit.commit_url}

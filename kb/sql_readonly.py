@@ -1,29 +1,32 @@
-"""Read-only SQL for people and scripts: one statement, a read-only transaction, a time limit.
+"""Read-only SQL for people and scripts: one statement, as a role that can only read, a time limit.
 
-Three layers, each enough on its own for plain writes:
-1. Up front, the text is tokenised (comments, quoted strings and dollar quotes
-   skipped) and refused unless it is ONE statement that starts like a query
-   (SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN) and names no data-modifying
-   keyword or side-effecting function (pg_terminate_backend, set_config, ...).
-2. It runs in `BEGIN TRANSACTION READ ONLY` with `statement_timeout`, so any
-   write that slips past the check fails in the server, and the transaction is
-   always rolled back.
-3. Where the connecting user may, the transaction also drops to the built-in
-   `pg_read_all_data` role, which can read everything and change nothing.
+The wall is the server's privilege system; the rest is defence in depth:
+1. The statement runs on its own connection, logged in as `reasonflux_reader` (kb.reader): it may
+   SELECT our tables and views and nothing else, is no superuser and a member of no role, so it
+   cannot write, read server files, signal other sessions, or SET ROLE / SET SESSION AUTHORIZATION
+   back to the owner, whatever the text says.
+2. It runs in `BEGIN READ ONLY` with `statement_timeout`, and is always rolled back.
+3. Up front, the text is tokenised (comments, quoted strings and dollar quotes skipped) and refused
+   unless it is ONE statement that starts like a query (SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN)
+   and names no data-modifying keyword or side-effecting function; this gives a clear message
+   before anything reaches the server.
+Results are read through a server-side cursor that stops at max_rows, so a query producing
+billions of rows costs max_rows rows of memory.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from kb.errors import KbError
+from kb.reader import connect_reader, ensure_reader_role
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -48,8 +51,10 @@ SIDE_EFFECT_FUNCTIONS = frozenset({
     "pg_notify", "txid_current", "pg_current_xact_id", "pg_drop_replication_slot",
     "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_replication_origin_create",
     "pg_stat_reset", "pg_stat_reset_shared", "pg_stat_reset_single_table_counters",
+    # They run SQL text they are given (as the same role, so privileges still hold).
+    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+    "dblink_connect", "dblink_send_query", "dblink_open", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
 })
-READ_ROLE = "pg_read_all_data"
 
 
 class WriteRefused(KbError):
@@ -64,8 +69,9 @@ class QueryFailed(KbError):
 
 @dataclass
 class QueryResult:
-    columns: list[str]
+    columns: list[str]  # unique: repeated names are suffixed (see unique_columns)
     rows: list[tuple]
+    truncated: bool = False  # more rows than max_rows existed
 
     def records(self) -> list[dict[str, Any]]:
         return [dict(zip(self.columns, row)) for row in self.rows]
@@ -78,6 +84,7 @@ _TOKEN = re.compile(
     | (?P<block_comment>/\*)
     | (?P<estring>[eE]'(?:[^'\\]|\\.|'')*')
     | (?P<string>'(?:[^']|'')*')
+    | (?P<uquoted>[uU]&")
     | (?P<quoted>"(?:[^"]|"")*")
     | (?P<dollar>\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$)
     | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
@@ -112,6 +119,8 @@ def _tokens(sql: str) -> Iterator[tuple[str, str]]:
                 raise WriteRefused(f"unterminated {m.group()} quoted string in the query")
             pos = end + len(m.group())
             continue
+        if kind == "uquoted":  # U&"\0073et_config": a name spelt in escapes would hide it from the list
+            raise WriteRefused('refused: Unicode-escaped identifiers (U&"...") are not allowed; write the name')
         pos = m.end()
         if kind in ("ws", "line_comment", "string", "estring"):
             continue
@@ -164,42 +173,86 @@ def run_readonly(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT
 
 def execute_read_only(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                       max_rows: int | None = None) -> QueryResult:
-    """The server-side layers alone (read-only transaction, timeout, read role), without the text check."""
+    """The server-side layers alone, without the text check: the reader role's own login, a READ ONLY
+    transaction with a statement timeout, and a server-side cursor read up to MAX_ROWS."""
     if timeout_s <= 0:
         raise KbError("--timeout must be positive")
-    with engine.connect() as conn:
+    ensure_reader_role(engine)
+    url = engine.url.render_as_string(hide_password=False)
+    with connect_reader(url) as conn:
+        conn.read_only = True  # BEGIN READ ONLY
         try:
-            # The driver has already opened the transaction; this must be its first statement.
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-            if conn.exec_driver_sql("SHOW transaction_read_only").scalar() != "on":
-                raise KbError("could not make the transaction read-only; nothing was run")
-            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
-            conn.exec_driver_sql("SET LOCAL lock_timeout = 5000")
-            _drop_to_read_role(conn)
-            # The DB-API cursor, without parameters, so '%' in the query is just a character.
-            cursor = conn.connection.driver_connection.cursor()
-            cursor.execute(sql, prepare=True)  # extended protocol: one statement, never a batch
-            if cursor.description is None:
-                return QueryResult([], [])
-            columns = [d.name for d in cursor.description]
-            rows = cursor.fetchmany(max_rows) if max_rows else cursor.fetchall()
-            return QueryResult(columns, [tuple(r) for r in rows])
-        except sa.exc.DBAPIError as e:
-            raise _explain(e.orig, timeout_s) from None
+            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            conn.execute("SET LOCAL lock_timeout = 5000")
+            return _fetch(conn, sql, max_rows, deadline=time.monotonic() + timeout_s)
         except psycopg.Error as e:
             raise _explain(e, timeout_s) from None
         finally:
             conn.rollback()  # read-only: there is never anything to commit
 
 
-def _drop_to_read_role(conn: sa.Connection) -> None:
-    may = conn.exec_driver_sql(
-        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %(r)s) "
-        "AND pg_has_role(current_user, (SELECT oid FROM pg_roles WHERE rolname = %(r)s), 'MEMBER')",
-        {"r": READ_ROLE},
-    ).scalar()
-    if may:
-        conn.exec_driver_sql(f"SET LOCAL ROLE {READ_ROLE}")
+FETCH_BATCH = 1000
+
+
+def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None, *, deadline: float) -> QueryResult:
+    """Rows through a server-side cursor, so a huge result costs at most MAX_ROWS rows of memory.
+
+    The timeout bounds the whole read, not only each FETCH: without max_rows, a result that never
+    ends is cut at the deadline instead of filling memory.
+
+    Both ways use the extended protocol (prepare=True), which runs one statement and never a batch.
+    What cannot be declared as a cursor (SHOW, EXPLAIN; and, when the text check is bypassed, any
+    other statement) runs as it is, so the server gives its own verdict on it; such output is small.
+    """
+    cursor = conn.cursor()
+    limit = None if max_rows is None else max_rows + 1  # one more tells whether rows were left out
+    if _declare(cursor, sql):
+        rows: list = []
+        while limit is None or len(rows) < limit:
+            n = FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - len(rows))
+            cursor.execute(f"FETCH FORWARD {n} FROM rf_sql")
+            batch = cursor.fetchall()
+            rows += batch
+            if len(batch) < n:
+                break
+            if time.monotonic() > deadline:
+                raise QueryFailed(f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
+                                  "raise --timeout or set --max-rows")
+    else:
+        cursor.execute(sql, prepare=True)
+        if cursor.description is None:
+            return QueryResult([], [])
+        rows = cursor.fetchall() if limit is None else cursor.fetchmany(limit)
+    columns = unique_columns([d.name for d in cursor.description or []])
+    truncated = max_rows is not None and len(rows) > max_rows
+    return QueryResult(columns, [tuple(r) for r in rows[:max_rows]], truncated)
+
+
+def _declare(cursor: psycopg.Cursor, sql: str) -> bool:
+    if _first_word(sql) in ("SHOW", "EXPLAIN"):
+        return False
+    try:
+        with cursor.connection.transaction():  # a savepoint: a statement DECLARE refuses runs plainly
+            cursor.execute(f"DECLARE rf_sql NO SCROLL CURSOR FOR {sql}\n", prepare=True)
+        return True
+    except (psycopg.errors.SyntaxError, psycopg.errors.FeatureNotSupported):
+        return False
+
+
+def unique_columns(names: list[str]) -> list[str]:
+    """`SELECT 1 AS a, 2 AS a` keeps both: a repeated name gets a suffix (a, a_2), never a lost column."""
+    out: list[str] = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in out:
+            n += 1
+            candidate = f"{name}_{n}"
+        out.append(candidate)
+    return out
+
+
+def _first_word(sql: str) -> str:
+    return next((text.upper() for kind, text in _tokens(sql) if kind == "word"), "")
 
 
 def _explain(e: BaseException, timeout_s: float) -> KbError:

@@ -1,21 +1,26 @@
-"""Template versioning: create, edit (optimistic locking), deprecate, restore, history, diff.
+"""Template versioning: create, edit (optimistic locking), revert, deprecate, restore, history, diff, blame.
 
 A template's identity is its key (category path plus name); its content lives in
 immutable versions. An edit that changes nothing writes nothing. Every write
 checks the version it started from, so two concurrent editors can never
 silently overwrite each other: the loser gets a ConflictError and writes nothing.
+Every version records its author: the one given, else the OS user running the command
+(a pipeline's versions also carry the run's id).
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from kb import storable
 from kb.errors import ConflictError, InputError, NotFound
 from kb.models import Template, TemplateVersion
 from kb.models._common import utcnow
@@ -78,10 +83,22 @@ class TemplateSpec:
         spec = cls(**values)
         spec.description = spec.description or ""
         spec.application_scope = spec.application_scope or ""
+        check_storable(spec, file=file, record=record)
         return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, **asdict(self)}
+
+
+INDEXED_FIELDS = ("name", "tags", "description", "application_scope", "steps")  # the full-text vector's sources
+
+
+def check_storable(spec: TemplateSpec, *, file: str | None = None, record: str | None = None) -> None:
+    """Refuse, naming the field, what PostgreSQL would reject: NUL characters, absurd nesting, text
+    too long for the full-text vector."""
+    for name, value in [("category", spec.category), ("section", spec.section), *spec.content().items()]:
+        storable.check_value(value, file=file, record=record, field=name)
+    storable.check_indexed_length({f: getattr(spec, f) for f in INDEXED_FIELDS}, file=file, record=record)
 
 
 def make_key(category: str, section: str | None, name: str) -> str:
@@ -95,10 +112,22 @@ def content_hash(content: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def current_author() -> str:
+    """Who is running this command: the OS user (REASONFLUX_AUTHOR overrides, e.g. in services)."""
+    explicit = os.environ.get("REASONFLUX_AUTHOR", "").strip()
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers) and no LOGNAME/USER
+        return f"uid:{os.getuid()}"
+
+
 def resolve(session: Session, ref: str | int) -> Template:
     """A template by id or key."""
     ref_s = str(ref)
-    stmt = select(Template).where(Template.id == int(ref_s)) if ref_s.isdigit() else select(Template).where(
+    by_id = ref_s.isdigit() and int(ref_s) <= storable.INT32_MAX  # a bigger number is no id (nor a key)
+    stmt = select(Template).where(Template.id == int(ref_s)) if by_id else select(Template).where(
         Template.key == ref_s)
     template = session.exec(stmt).first()
     if template is None:
@@ -126,13 +155,14 @@ def spec_of(template: Template, version: TemplateVersion) -> TemplateSpec:
 
 def _write_version(session: Session, template: Template, spec: TemplateSpec, *, parent_id: int | None,
                    source_kind: str, source_ref: str | None, provenance: dict | None, change_note: str | None,
-                   run_id: int | None) -> TemplateVersion:
+                   run_id: int | None, author: str | None) -> TemplateVersion:
     content = spec.content()
     key, template_id, from_no = template.key, template.id, template.current_version_no
     version = TemplateVersion(
         template_id=template.id, version_no=template.current_version_no + 1, content_hash=content_hash(content),
         parent_version_id=parent_id, source_kind=source_kind, source_ref=source_ref,
-        provenance=provenance or {}, change_note=change_note, run_id=run_id, **content,
+        provenance=provenance or {}, change_note=change_note, run_id=run_id,
+        author=(author or "").strip() or current_author(), **content,
     )
     session.add(version)
     try:
@@ -154,7 +184,8 @@ def _write_version(session: Session, template: Template, spec: TemplateSpec, *, 
 
 def create_template(session: Session, spec: TemplateSpec, *, source_kind: str = "user",
                     source_ref: str | None = None, provenance: dict | None = None,
-                    change_note: str | None = None, run_id: int | None = None) -> TemplateVersion:
+                    change_note: str | None = None, run_id: int | None = None,
+                    author: str | None = None) -> TemplateVersion:
     if session.exec(select(Template.id).where(Template.key == spec.key)).first() is not None:
         raise ConflictError(f"template {spec.key!r} already exists; use edit")
     template = Template(key=spec.key, category=spec.category, section=spec.section)
@@ -165,23 +196,19 @@ def create_template(session: Session, spec: TemplateSpec, *, source_kind: str = 
         raise ConflictError(f"template {spec.key!r} was created concurrently") from None
     return _write_version(session, template, spec, parent_id=None, source_kind=source_kind,
                           source_ref=source_ref, provenance=provenance, change_note=change_note or "created",
-                          run_id=run_id)
+                          run_id=run_id, author=author)
 
 
 def edit_template(session: Session, ref: str | int, changes: dict[str, Any] | TemplateSpec, *,
                   expect_version: int | None = None, source_kind: str = "user", source_ref: str | None = None,
                   provenance: dict | None = None, change_note: str | None = None,
-                  run_id: int | None = None) -> tuple[TemplateVersion, bool]:
+                  run_id: int | None = None, author: str | None = None) -> tuple[TemplateVersion, bool]:
     """Write a new version with CHANGES applied; (version, changed). No-op when nothing changed.
 
     expect_version: the version the caller read; a mismatch raises ConflictError and writes nothing.
     """
     template = resolve(session, ref)
-    if expect_version is not None and template.current_version_no != expect_version:
-        raise ConflictError(
-            f"template {template.key!r} is at version {template.current_version_no}, "
-            f"not {expect_version}: someone else edited it first; nothing was written"
-        )
+    _check_expected(template, expect_version)
     current = get_version(session, template.id)
     base = spec_of(template, current)
     if isinstance(changes, TemplateSpec):
@@ -195,7 +222,37 @@ def edit_template(session: Session, ref: str | int, changes: dict[str, Any] | Te
         return current, False
     version = _write_version(session, template, new, parent_id=current.id, source_kind=source_kind,
                              source_ref=source_ref, provenance=provenance, change_note=change_note,
-                             run_id=run_id)
+                             run_id=run_id, author=author)
+    return version, True
+
+
+def _check_expected(template: Template, expect_version: int | None) -> None:
+    if expect_version is not None and template.current_version_no != expect_version:
+        raise ConflictError(
+            f"template {template.key!r} is at version {template.current_version_no}, "
+            f"not {expect_version}: someone else edited it first; nothing was written"
+        )
+
+
+def revert_template(session: Session, ref: str | int, to_version: int, *, expect_version: int | None = None,
+                    author: str | None = None, change_note: str | None = None,
+                    source_ref: str | None = None) -> tuple[TemplateVersion, bool]:
+    """Write a new version whose content equals version TO_VERSION; (version, changed).
+
+    History keeps everything: the versions after TO_VERSION stay, and the new one records which
+    version it restores in its provenance. Already equal to it: nothing is written.
+    """
+    template = resolve(session, ref)
+    _check_expected(template, expect_version)
+    target = get_version(session, template.id, to_version)
+    current = get_version(session, template.id)
+    if target.content_hash == current.content_hash:
+        return current, False
+    version = _write_version(
+        session, template, spec_of(template, target), parent_id=current.id, source_kind="user",
+        source_ref=source_ref, provenance={"reverted_to": target.version_no, "reverted_to_version_id": target.id,
+                                           "reverted_from": current.version_no},
+        change_note=change_note or f"revert to version {target.version_no}", run_id=None, author=author)
     return version, True
 
 
@@ -227,6 +284,20 @@ def history(session: Session, ref: str | int) -> list[TemplateVersion]:
     ))
 
 
+def blame(versions: list[TemplateVersion]) -> list[dict[str, Any]]:
+    """Per content field: the version (oldest first in VERSIONS) that last changed it, and who made it."""
+    last: dict[str, TemplateVersion] = {}
+    previous: TemplateVersion | None = None
+    for v in versions:
+        for f in CONTENT_FIELDS:
+            if previous is None or getattr(v, f) != getattr(previous, f):
+                last[f] = v
+        previous = v
+    return [{"field": f, "version": v.version_no, "author": v.author, "run_id": v.run_id,
+             "source_kind": v.source_kind, "change_note": v.change_note, "created_at": v.created_at}
+            for f in CONTENT_FIELDS if (v := last.get(f)) is not None]
+
+
 def diff_versions(a: TemplateVersion, b: TemplateVersion) -> list[dict[str, Any]]:
     """Field-by-field differences between two versions: [{field, old, new}]."""
     return [
@@ -243,7 +314,8 @@ def version_dict(template: Template, version: TemplateVersion) -> dict[str, Any]
         "version_id": version.id, **{f: getattr(version, f) for f in CONTENT_FIELDS},
         "content_hash": version.content_hash, "parent_version_id": version.parent_version_id,
         "source_kind": version.source_kind, "source_ref": version.source_ref, "provenance": version.provenance,
-        "change_note": version.change_note, "run_id": version.run_id, "created_at": version.created_at,
+        "change_note": version.change_note, "author": version.author, "run_id": version.run_id,
+        "created_at": version.created_at,
     }
 
 

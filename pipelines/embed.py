@@ -1,17 +1,9 @@
 """Embedding stage: vectors for template versions and problems, one row per (item, model).
 
-What a template's vector is made of matters more than anything else in retrieval.
-all-MiniLM-L6-v2 reads at most 256 word pieces and most ReasonFlux templates are
-longer (median about 340 with their steps), so a template is embedded as two
-views, each within the window, and its vector is their normalised mean:
-
-- what it is for: name, tags, description, application scope;
-- what it does: its steps, which share the vocabulary of the problems they solve.
-
-The worked example is never embedded: it is what a user's problem looks like,
-and retrieval is judged by it. Text is NFKC-normalised (subscripts such as aₙ₊₁
-become an+1, plain characters the tokenizer knows), the same as queries in
-kb.retrieval.
+What a template version's vector is made of (two views, never the worked example, NFKC)
+lives in kb.template_vectors, which the commands that write versions also use to embed
+them at once. This stage is the bulk path: every current version (or the given ones) for
+one model, in batches, with a progress bar.
 
 Work is skipped when the stored vector was made from the same text (its hash) by
 the same model, so re-running the stage is cheap and resumable; a new version whose
@@ -20,9 +12,8 @@ embedded text did not change (an edited example, say) copies its vector in SQL.
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,26 +24,9 @@ from kb.db import Database
 from kb.embeddings import Embedder, ensure_hnsw_index, get_embedder
 from kb.models import ProblemEmbedding, TemplateEmbedding
 from kb.progress import progress_bar
+from kb.template_vectors import COPY_SAME_TEXT_SQL, held_models, template_views, text_hash
 
 BATCH = 64
-
-
-def template_views(name: str, tags: Sequence[str] | None, description: str | None,
-                   application_scope: str | None, steps: Sequence[Any] | None) -> list[str]:
-    """The texts embedded for a template version (never its worked example)."""
-    head = [name.strip()]
-    if tags:
-        head.append("Tags: " + ", ".join(t.strip() for t in tags if t and t.strip()))
-    head += [t.strip() for t in (description, application_scope) if t and t.strip()]
-    views = ["\n".join(head)]
-    step_text = "\n".join(str(s).strip() for s in (steps or []) if str(s).strip())
-    if step_text:
-        views.append(step_text)
-    return [unicodedata.normalize("NFKC", v) for v in views]
-
-
-def text_hash(views: Sequence[str]) -> str:
-    return hashlib.sha256("\x1e".join(views).encode()).hexdigest()
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -92,17 +66,9 @@ def _template_candidates(db: Database, model: str, version_ids: list[int] | None
 def _copy_same_text(db: Database, model: str, todo: list[dict[str, Any]], run_id: int | None) -> set[int]:
     """Give versions the stored vector of another version with the same embedded text; the ids done."""
     with db.engine.begin() as conn:
-        return set(conn.execute(sa.text(
-            "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
-            "SELECT DISTINCT ON (x.vid) x.vid, e.model, e.dim, e.embedding, e.text_hash, :run "
-            "FROM unnest(CAST(:vids AS integer[]), CAST(:hashes AS text[])) AS x(vid, h) "
-            "JOIN template_embedding e ON e.model = :m AND e.text_hash = x.h AND e.version_id <> x.vid "
-            "ORDER BY x.vid "
-            "ON CONFLICT (version_id, model) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding, "
-            "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now() "
-            "RETURNING version_id"),
-            {"vids": [c["id"] for c in todo], "hashes": [c["hash"] for c in todo], "m": model, "run": run_id},
-        ).scalars())
+        return set(conn.execute(COPY_SAME_TEXT_SQL, {
+            "vids": [c["id"] for c in todo], "hashes": [c["hash"] for c in todo], "m": model, "run": run_id,
+        }).scalars())
 
 
 def embed_templates(db: Database, model: str | None = None, version_ids: list[int] | None = None,
@@ -180,3 +146,14 @@ def embed_problems(db: Database, model: str | None = None, problem_ids: list[int
             written += len(rows)
             advance(len(rows))
     return written
+
+
+def embed_new_templates(db: Database, version_ids: list[int] | None = None, run_id: int | None = None, *,
+                        model: str | None = None) -> int:
+    """Vectors for new template versions with MODEL (default: the configured one) and with every other
+    model the KB holds template vectors for, so none of them misses the versions; returns the count."""
+    with db.engine.connect() as conn:
+        models = held_models(conn)
+    chosen = config.embed_model_name(model)
+    return sum(embed_templates(db, m, version_ids=version_ids, run_id=run_id)
+               for m in [chosen, *(m for m in models if m != chosen)])

@@ -18,6 +18,7 @@ turned off, plan examples: the best-rewarded trajectories of train-split problem
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from kb.datasets import DataPart, ExportSpec, write_dataset
+from kb.datasets import DEFAULT_LICENSE, LICENSE_PATTERN, DataPart, ExportSpec, write_dataset
 from kb.db import Database
 from kb.errors import InputError, NotFound
 from kb.runs import pipeline_run
@@ -228,7 +229,7 @@ DPO_USAGE = """```python
 from datasets import load_dataset
 from trl import DPOConfig, DPOTrainer
 
-ds = load_dataset("parquet", data_files="train.parquet", split="train")
+ds = load_dataset("parquet", data_files="data/train.parquet", split="train")
 trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=ds, processing_class=tokenizer)
 ```"""
 
@@ -347,19 +348,53 @@ def problems_part(conn, selection: str | None) -> DataPart:
 
 # ---- entry point ------------------------------------------------------------------------------------------
 
+# Hub card metadata per kind: task categories and extra tags.
+HUB_METADATA = {
+    "dpo": (("text-generation",), ("dpo", "preference")),
+    "sft": (("text-generation",), ("sft",)),
+    "templates": (("text-generation",), ("template-library",)),
+    "problems": (("question-answering", "text-generation"), ("math-word-problems",)),
+}
+
+
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file."""
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"is under {path}, which is a file"
+                raise InputError(f"{out} {what}, not a folder", field="--out")
+            return
+
+
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
            pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None,
            plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
-           allow_mixed_contracts: bool = False) -> dict[str, Any]:
+           allow_mixed_contracts: bool = False, license: str = DEFAULT_LICENSE) -> dict[str, Any]:
     """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path).
 
     dpo: PAIRS (params hash or prefix; default the latest) with margin >= MIN_MARGIN. sft: template rows plus,
     with PLANS, plan examples of trajectories with reward >= PLAN_MIN_REWARD (PLANS_PER_PROBLEM per problem).
-    Trajectories sampled under different navigator contracts are refused unless ALLOW_MIXED_CONTRACTS."""
+    Trajectories sampled under different navigator contracts are refused unless ALLOW_MIXED_CONTRACTS.
+    FORMATS: parquet and/or jsonl, or llamafactory (Parquet plus the LLaMA-Factory copy, sft and dpo).
+    LICENSE: the Hub licence id written into the card and recorded with the version.
+    """
+    from pipelines import export_llamafactory
+
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}", field="kind")
-    if not formats or set(formats) - {"parquet", "jsonl"}:
-        raise InputError("formats are parquet and/or jsonl", field="--format")
+    if not formats or set(formats) - {"parquet", "jsonl", "llamafactory"}:
+        raise InputError("formats are parquet and/or jsonl, or llamafactory", field="--format")
+    if "llamafactory" in formats and kind not in export_llamafactory.KINDS:
+        raise InputError(f"the llamafactory format is for {' and '.join(export_llamafactory.KINDS)} exports",
+                         field="--format")
+    if not re.fullmatch(LICENSE_PATTERN, license or ""):
+        raise InputError(f"{license!r} is not a licence identifier like apache-2.0, mit, cc-by-4.0 or other",
+                         field="--license")
+    extra_files = [export_llamafactory.writer] if "llamafactory" in formats else []
+    formats = tuple(f for f in formats if f != "llamafactory") or ("parquet",)
+    check_output_dir(out_dir)
     with pipeline_run(db, "export", {"kind": kind, "out": str(out_dir), "formats": list(formats)}) as (run_id, counts):
         with db.engine.begin() as conn:
             conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
@@ -381,8 +416,10 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
 
                 params = {"problems": parse_selection(problems, PROBLEM_KEYS).to_dict()}
                 part, intro, usage = problems_part(conn, problems), "Problems.", ""
+        task_categories, tags = HUB_METADATA[kind]
         spec = ExportSpec(kind=kind, params=params, parts=[part], formats=tuple(sorted(formats, reverse=True)),
-                          card_intro=intro, usage=usage)
+                          card_intro=intro, usage=usage, license=license, task_categories=task_categories,
+                          tags=tags, extra_files=extra_files)
         manifest = write_dataset(db, spec, out_dir, run_id=run_id)
         counts.update(dataset_version=manifest["id"], rows=part.table.num_rows)
     return manifest

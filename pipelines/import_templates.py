@@ -32,6 +32,7 @@ from kb.db import Database
 from kb.errors import ConflictError, InputError
 from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
+from kb.storable import too_deep
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
@@ -285,7 +286,7 @@ def read_reasonflux_v1(path: str | Path) -> list[ImportRecord]:
                 where = f"{where_section} > [{index}]"
                 spec = from_v1(raw, chapter=chapter, section=section or None, file=file, record=where)
                 _dedupe(spec, raw, seen)
-                _check_text(spec, file=file, record=where)
+                T.check_storable(spec, file=file, record=where)
                 records.append(ImportRecord(spec, where, {"format": "reasonflux-v1", "chapter": chapter,
                                                           "section": section, "index": index}))
     return records
@@ -310,29 +311,17 @@ def _load_json(path: str | Path) -> Any:
         raise InputError(f"cannot read: {e.strerror}", file=file) from None
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=file) from None
+    if not text.strip():
+        raise InputError("the file is empty", file=file)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg}", file=file, record=f"line {e.lineno} column {e.colno}") \
             from None
-
-
-def _check_text(spec: T.TemplateSpec, *, file: str, record: str) -> None:
-    """PostgreSQL text and jsonb cannot hold NUL characters: refuse them here, with the field."""
-    for name, value in [("category", spec.category), ("section", spec.section), *spec.content().items()]:
-        if _has_nul(value):
-            raise InputError("contains a NUL character (\\u0000), which PostgreSQL cannot store", file=file,
-                             record=record, field=name)
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+    except RecursionError:
+        raise too_deep(file=file) from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise InputError(f"malformed JSON: {e}", file=file) from None
 
 
 # --------------------------------------------------------------------------- JSONL
@@ -352,6 +341,10 @@ def read_jsonl(path: str | Path) -> list[ImportRecord]:
             data = json.loads(line)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
+        except RecursionError:
+            raise too_deep(file=file, record=where) from None
+        except ValueError as e:
+            raise InputError(f"malformed JSON: {e}", file=file, record=where) from None
         if not isinstance(data, dict):
             raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
         status = data.pop("status", None)
@@ -366,7 +359,7 @@ def read_jsonl(path: str | Path) -> list[ImportRecord]:
             raise InputError(f"template {spec.key!r} already appears on line {first_line[spec.key]}",
                              file=file, record=where, field="key")
         first_line[spec.key] = lineno
-        _check_text(spec, file=file, record=where)
+        T.check_storable(spec, file=file, record=where)
         records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
     return records
 
@@ -386,11 +379,12 @@ def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
 
 
 def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
-    if fmt == "reasonflux-v1":
-        return read_reasonflux_v1(path)
-    if fmt == "jsonl":
-        return read_jsonl(path)
-    raise InputError(f"unknown import format {fmt!r} (one of {', '.join(FORMATS)})", field="format")
+    if fmt not in FORMATS:
+        raise InputError(f"unknown import format {fmt!r} (one of {', '.join(FORMATS)})", field="format")
+    records = read_reasonflux_v1(path) if fmt == "reasonflux-v1" else read_jsonl(path)
+    if not records:  # an empty library is a mistake (wrong file, truncated download), not "0 imported"
+        raise InputError("holds no templates", file=str(path))
+    return records
 
 
 # --------------------------------------------------------------------------- writing
@@ -420,15 +414,15 @@ _INSERT_VERSIONS = sa.text("""
     INSERT INTO template_version (
         template_id, version_no, name, template_type, tags, description, application_scope, steps,
         example_problem, example_solution, example_answer, extra, content_hash, parent_version_id,
-        source_kind, source_ref, provenance, change_note, run_id, created_at)
+        source_kind, source_ref, provenance, change_note, author, run_id, created_at)
     SELECT r.template_id, r.version_no, r.name, r.template_type, r.tags, r.description, r.application_scope,
            r.steps, r.example_problem, r.example_solution, r.example_answer, r.extra, r.content_hash,
-           r.parent_version_id, r.source_kind, r.source_ref, r.provenance, r.change_note, r.run_id, now()
+           r.parent_version_id, r.source_kind, r.source_ref, r.provenance, r.change_note, r.author, r.run_id, now()
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
         template_id int, version_no int, name text, template_type text, tags text[], description text,
         application_scope text, steps jsonb, example_problem text, example_solution text, example_answer text,
         extra jsonb, content_hash text, parent_version_id int, source_kind text, source_ref text,
-        provenance jsonb, change_note text, run_id int)
+        provenance jsonb, change_note text, author text, run_id int)
     RETURNING template_id, id
 """)
 # Optimistic lock, as in kb.templates: a pointer only moves forward from the version we compared against.
@@ -453,6 +447,7 @@ def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, sourc
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InputError(f"template {dup!r} appears more than once", field="key")
     hashes = [T.content_hash(r.spec.content()) for r in records]
+    author = T.current_author()
     current: dict[str, Any] = {}  # key -> locked row (id, status, current version no/id/hash)
     for chunk in _chunks(keys):
         current.update({row.key: row for row in conn.execute(_LOCK_CURRENT, {"keys": chunk})})
@@ -474,6 +469,7 @@ def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, sourc
         rows = [{"template_id": template_ids[k], "version_no": _version_no(before) + 1, **r.spec.content(),
                  "content_hash": h, "parent_version_id": before.current_version_id if before else None,
                  "source_kind": source_kind, "source_ref": source_ref, "provenance": r.provenance, "run_id": run_id,
+                 "author": author,
                  "change_note": change_note or ("imported" if before is None else "updated by import")}
                 for r, k, h, before in chunk]
         version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all()))
@@ -515,10 +511,9 @@ def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True,
         result.run_id = run_id
         counts.update(result.counts)
         if embed and result.current_version_ids:
-            from pipelines.embed import embed_templates
+            from pipelines.embed import embed_new_templates
 
-            counts["embedded"] = embed_templates(db, model=model, version_ids=result.current_version_ids,
-                                                 run_id=run_id)
+            counts["embedded"] = embed_new_templates(db, result.current_version_ids, run_id, model=model)
         result.counts = dict(counts)
     return result
 

@@ -253,7 +253,7 @@ def mine(db: Database, problems: str, role: RoleConfig | Backend, *, workers: in
          embed_model: str | None = None, retry_failed: bool = False, lease_s: float | None = None,
          max_attempts: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Mine templates from the selected solved problems; returns the run's counts."""
-    from pipelines.embed import embed_templates
+    from pipelines.embed import embed_new_templates, embed_templates
 
     embed_templates(db, embed_model)  # the KB side of deduplication; a no-op when vectors are current
     with db.engine.connect() as conn:
@@ -268,6 +268,7 @@ def mine(db: Database, problems: str, role: RoleConfig | Backend, *, workers: in
     counts = run_stage(db, stage=STAGE, params=params, units=units, factory=factory, workers=workers,
                        batch_size=batch_size, retry_failed=retry_failed, progress=progress,
                        counters=("templates_created", "templates_versioned", "templates_identical"), **extra)
-    # The mined versions' provisional vectors are replaced by the embed stage's canonical ones.
-    counts["embedded"] = embed_templates(db, embed_model, run_id=counts["run_id"])
+    # The mined versions' provisional vectors are replaced by the embed stage's canonical ones, and
+    # every other model the KB holds vectors for gets them too (no version drops out of search).
+    counts["embedded"] = embed_new_templates(db, run_id=counts["run_id"], model=embed_model)
     return counts

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from kb import storable
 from kb.db import Database, session_scope
 from kb.errors import InputError, NotFound
 from kb.models import Problem
 from kb.runs import pipeline_run
+from kb.storable import too_deep
 
 FIELDS = ("problem", "solution", "answer", "subject", "difficulty", "source_id", "split", "tags")
 FORMATS = ("jsonl", "json")
@@ -111,7 +112,7 @@ def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source
     extra = {k: v for k, v in record.items() if k not in used}
     if tags:
         extra["tags"] = tags
-    return {
+    row = {
         "text": text,
         "solution": _text(get("solution"), where("solution")),
         "answer": _text(get("answer"), where("answer")),
@@ -119,10 +120,17 @@ def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source
         "difficulty": _difficulty(get("difficulty"), where("difficulty")),
         "source_id": _text(get("source_id"), where("source_id")),
         "split": _text(get("split"), where("split")) or split,
-        "source": source,
-        "content_hash": content_hash(text),
-        "extra": extra,
     }
+    for column, value in row.items():
+        storable.check_value(value, **where("problem" if column == "text" else column))
+    storable.check_int32(row["difficulty"], **where("difficulty"))
+    storable.check_indexed_length({where("problem")["field"]: text}, file=file, record=rec)  # text search
+    for key, value in extra.items():
+        storable.check_value(value, file=file, record=rec, field=key)
+        if "\x00" in key:
+            raise InputError("has a NUL character (\\u0000) in its name, which PostgreSQL cannot store",
+                             file=file, record=rec, field=repr(key))
+    return {**row, "source": source, "content_hash": content_hash(text), "extra": extra}
 
 
 def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
@@ -135,22 +143,34 @@ def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
         raise NotFound(f"no such file: {path}") from None
     except UnicodeDecodeError as e:
         raise InputError(f"not UTF-8 text ({e.reason})", file=str(path)) from None
+    if not raw.strip():
+        raise InputError("the file is empty", file=str(path))
     if fmt == "json":
         try:
             data = json.loads(raw)
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {e.lineno}") from None
+        except RecursionError:
+            raise too_deep(file=str(path)) from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"invalid JSON: {e}", file=str(path)) from None
         if not isinstance(data, list):
             raise InputError("a .json file must hold a list of objects", file=str(path))
         return list(enumerate(data, start=1))
     records = []
-    for no, line in enumerate(raw.splitlines(), start=1):
+    # Lines end at "\n" only: str.splitlines() would also split at U+2028/U+2029 and other separators,
+    # which JSON allows unescaped inside strings.
+    for no, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             records.append((no, json.loads(line)))
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {no}") from None
+        except RecursionError:
+            raise too_deep(file=str(path), record=f"line {no}") from None
+        except ValueError as e:
+            raise InputError(f"invalid JSON: {e}", file=str(path), record=f"line {no}") from None
     return records
 
 
@@ -171,17 +191,30 @@ def load_rows(path: Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None 
     return rows
 
 
+_INSERT = sa.text("""
+    INSERT INTO problem (text, solution, answer, subject, difficulty, source_id, split, source, content_hash,
+                         extra, run_id)
+    SELECT r.text, r.solution, r.answer, r.subject, r.difficulty, r.source_id, r.split, r.source, r.content_hash,
+           r.extra, CAST(:run_id AS integer)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        text text, solution text, answer text, subject text, difficulty integer, source_id text, split text,
+        source text, content_hash text, extra jsonb)
+    ON CONFLICT (content_hash) DO NOTHING
+    RETURNING id
+""")
+CHUNK = 5000  # rows per statement: one jsonb parameter each, so no parameter limit and no per-row SQL
+
+
 def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> dict[str, list[int]]:
     """Insert what is new; ids by outcome: created, existing (stored before), duplicates (repeats in ROWS)."""
     created: list[int] = []
-    for start in range(0, len(rows), 1000):
-        chunk = rows[start:start + 1000]
-        stmt = pg_insert(Problem).values([{**r, "run_id": run_id} for r in chunk])
-        stmt = stmt.on_conflict_do_nothing(index_elements=["content_hash"]).returning(Problem.id)
-        created += session.execute(stmt).scalars().all()
+    for start in range(0, len(rows), CHUNK):
+        payload = json.dumps(rows[start:start + CHUNK], ensure_ascii=False)
+        created += session.execute(_INSERT, {"rows": payload, "run_id": run_id}).scalars().all()
     hashes = [r["content_hash"] for r in rows]
-    ids = dict(session.execute(sa.select(Problem.content_hash, Problem.id)
-                               .where(Problem.content_hash.in_(set(hashes)))).all())
+    # One array parameter: an IN list of 65,536 or more hashes would exceed the protocol's parameter limit.
+    ids = dict(session.execute(sa.text("SELECT content_hash, id FROM problem WHERE content_hash = ANY(:h)"),
+                               {"h": sorted(set(hashes))}).all())
     created_set, seen = set(created), set()
     existing, duplicates = [], []
     for h in hashes:
@@ -202,8 +235,11 @@ def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mappi
         with session_scope(db) as s:
             outcome = insert_problems(s, rows, run_id)
         counts.update(records=len(rows), **{k: len(v) for k, v in outcome.items()})
-        if embed and outcome["created"]:
-            counts["embedded"] = embed_problems(db, model=embed_model, problem_ids=outcome["created"],
+        if embed:
+            # Every problem of the file, not only the new ones: a killed earlier import left some without a
+            # vector, and the embed stage skips those that already have one for the model.
+            counts["embedded"] = embed_problems(db, model=embed_model,
+                                                problem_ids=outcome["created"] + outcome["existing"],
                                                 run_id=run_id)
     return {"run_id": run_id, "file": str(path), **counts}
 
@@ -235,7 +271,7 @@ def list_problems(session, *, source: str | None = None, split: str | None = Non
 
 
 def get_problem(session, problem_id: int) -> dict[str, Any]:
-    p = session.get(Problem, problem_id)
+    p = session.get(Problem, problem_id) if storable.INT32_MIN <= problem_id <= storable.INT32_MAX else None
     if p is None:
         raise NotFound(f"no problem {problem_id}")
     models = session.execute(sa.text("SELECT model FROM problem_embedding WHERE problem_id = :p ORDER BY model"),

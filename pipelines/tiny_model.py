@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.llm.base import check_model_dir  # noqa: F401  (re-exported: callers check built models)
@@ -37,7 +38,7 @@ _CORPUS = [
 ]
 
 
-def _train_tokenizer(vocab_size: int):
+def _train_tokenizer(vocab_size: int, corpus: Sequence[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -47,20 +48,24 @@ def _train_tokenizer(vocab_size: int):
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=1,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(list(corpus or _CORPUS) * 4, trainer=trainer)
     return tok
 
 
 def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512,
                      hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                     intermediate_size: int = 128, max_positions: int = 2048) -> Path:
-    """Write a loadable tiny chat model (config, weights, tokenizer) to out_dir and return its path."""
+                     intermediate_size: int = 128, max_positions: int = 2048,
+                     corpus: Sequence[str] | None = None) -> Path:
+    """Write a loadable tiny chat model (config, weights, tokenizer) to out_dir and return its path.
+
+    CORPUS: texts to fit the tokenizer to instead of the built-in ones (a world whose texts tokenise into
+    few tokens trains and samples faster)."""
     import torch
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = _train_tokenizer(vocab_size)
+    raw = _train_tokenizer(vocab_size, corpus)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=raw, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         unk_token=None, additional_special_tokens=["<|im_start|>"], padding_side="left",

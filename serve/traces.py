@@ -2,7 +2,8 @@
 
 Each round is one statement (one round trip, one commit): its solve_round row, the LLM
 calls it made (llm_call, with the session id), any unparseable navigator output
-(failure) and the session's running totals. A crash mid-session leaves every finished
+(failure), the template version the step used (solve_step_template, with the verdict)
+and the session's running totals. A crash mid-session leaves every finished
 round readable.
 """
 
@@ -75,6 +76,7 @@ _ROUND_COLUMNS = (
 _ROUND_DEFAULTS = {"navigator_prompt": [], "retrieved": [], "adjustment": {}, "tokens": {}, "latency_ms": 0.0}
 _FAILURE_COLUMNS = ("run_id", "stage", "unit_key", "attempt", "reason", "raw_output")
 _FINISH_COLUMNS = ("status", "reason", "final_answer", "correct", "latency_ms")
+_USAGE_COLUMNS = ("session_id", "round_no", "version_id", "step_no", "score", "outcome", "accepted")
 
 
 def _insert_from_json(table: str, columns: tuple[str, ...], param: str, many: bool) -> str:
@@ -90,7 +92,8 @@ def _write_sql(finish: bool) -> sa.TextClause:
     return sa.text(
         f"WITH r AS ({_insert_from_json('solve_round', _ROUND_COLUMNS, 'round', False)}), "
         f"c AS ({_insert_from_json('llm_call', CALL_COLUMNS, 'calls', True)}), "
-        f"f AS ({_insert_from_json('failure', _FAILURE_COLUMNS, 'failures', True)}) "
+        f"f AS ({_insert_from_json('failure', _FAILURE_COLUMNS, 'failures', True)}), "
+        f"u AS ({_insert_from_json('solve_step_template', _USAGE_COLUMNS, 'usage', True)}) "
         f"UPDATE solve_session s SET rounds = :rounds, tokens = CAST(:tokens AS jsonb){end} "
         "FROM jsonb_populate_record(NULL::solve_session, CAST(:finish AS jsonb)) x WHERE s.id = :sid"
     )
@@ -98,6 +101,18 @@ def _write_sql(finish: bool) -> sa.TextClause:
 
 _WRITE = {False: _write_sql(False), True: _write_sql(True)}
 _ASYNC_COMMIT = sa.text("SET LOCAL synchronous_commit = off")
+
+
+def _usage(session_id: int, round_row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The template version a step round gave the inference model, as a solve_step_template row."""
+    adj = round_row.get("adjustment") or {}
+    used = adj.get("template") or {}
+    if round_row.get("kind", "step") != "step" or used.get("version_id") is None:
+        return []
+    outcome = adj.get("outcome")
+    return [{"session_id": session_id, "round_no": round_row["round_no"], "version_id": used["version_id"],
+             "step_no": adj.get("step_no"), "score": used.get("score"), "outcome": outcome,
+             "accepted": None if outcome is None else outcome == "accepted"}]
 
 
 def _json(value: Any) -> str:
@@ -146,6 +161,7 @@ def write_round(
         "failures": _json(
             [{**f, "run_id": run_id, "stage": FAILURE_STAGE, "unit_key": unit} for f in failures]
         ),
+        "usage": _json(_usage(session_id, round_row)),
     }
     with db.engine.begin() as conn:
         if finish is None:

@@ -111,3 +111,47 @@ def test_deleting_a_run_keeps_immutable_history_and_detaches_the_rest(db):
     with db.engine.begin() as conn:  # a run that wrote only mutable rows can go; its rows stay, detached
         conn.execute(sa.text("DELETE FROM pipeline_run WHERE id = 2"))
         assert conn.execute(sa.text("SELECT run_id FROM problem")).scalar() is None
+
+
+def _invoke(url: str, *args: str):
+    from click.testing import CliRunner
+
+    from kb.cli import cli as root
+
+    return CliRunner().invoke(root, ["--database-url", url, *args], catch_exceptions=True)
+
+
+def test_destructive_downgrade_names_tables_and_counts_and_needs_yes(fresh_database_url):
+    engine = create_engine(fresh_database_url)
+    migrate.upgrade(engine)
+    head = migrate.head_revision()
+    _populate(engine)
+    assert migrate.downgrade_losses(engine, "base") == [
+        {"table": "pipeline_run", "rows": 1, "columns": None},
+        {"table": "template", "rows": 1, "columns": None},
+        {"table": "template_version", "rows": 1, "columns": None},
+    ]
+    refused = _invoke(fresh_database_url, "db", "downgrade", "base")
+    assert refused.exit_code == 2 and refused.exception is not None and "Traceback" not in refused.output
+    assert "pipeline_run (1 rows)" in refused.output and "template_version (1 rows)" in refused.output
+    assert "--yes" in refused.output
+    # The dry run changed nothing: still at head, rows in place.
+    assert migrate.current_revision(engine) == head
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 1
+
+    # A step that drops no table holding rows needs no confirmation.
+    assert migrate.downgrade_losses(engine, "-1") == []
+    done = _invoke(fresh_database_url, "db", "downgrade", "base", "--yes")
+    assert done.exit_code == 0 and "at revision base" in done.output
+    assert migrate.current_revision(engine) is None
+    engine.dispose()
+
+
+def test_empty_tables_downgrade_without_confirmation(fresh_database_url):
+    engine = create_engine(fresh_database_url)
+    migrate.upgrade(engine)
+    assert migrate.downgrade_losses(engine, "base") == []
+    assert _invoke(fresh_database_url, "db", "downgrade", "base").exit_code == 0
+    assert migrate.current_revision(engine) is None
+    engine.dispose()

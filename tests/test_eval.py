@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from kb.models import Problem
+from pipelines.llm.scripted import play_along_backend
 from serve.baseline import majority
 from serve.eval import load_problems, run_eval
-from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver
 from tests.solve_helpers import add_templates
 

@@ -61,7 +61,7 @@ def world(db):
 
 
 def _files(folder):
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_dpo_export_is_byte_identical_and_manifest_is_complete(cli, db, world, tmp_path):
@@ -72,13 +72,14 @@ def test_dpo_export_is_byte_identical_and_manifest_is_complete(cli, db, world, t
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["kind"] == "dpo" and manifest["row_counts"] == {"train": 3}
     assert manifest["params"] == {"pairs": world["pairs"]["params_hash"], "min_margin": 0.0, "split": "train",
-                                  "contracts": [navigator.CONTRACT_HASH]}
+                                  "contracts": [navigator.CONTRACT_HASH], "license": "unknown"}
+    assert manifest["license"] == "unknown"
     assert manifest["schema_revision"] == migrate.head_revision() and manifest["created_at"]
-    assert set(manifest["files"]) == {"train.parquet", "train.jsonl", "README.md"}
-    for name, digest in manifest["files"].items():
+    assert set(manifest["files"]) == {"data/train.parquet", "jsonl/dpo.jsonl"}
+    for name, digest in {**manifest["files"], **manifest["card"]}.items():
         assert sha256_file(tmp_path / "a" / name) == digest
     card = (tmp_path / "a" / "README.md").read_text()
-    assert a["id"] in card and "train.parquet" in card and "prompt" in card
+    assert a["id"] in card and "data/train.parquet" in card and "prompt" in card
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, kind, files, row_counts FROM dataset_version")).all()
     assert len(rows) == 1 and rows[0].id == a["id"] and rows[0].files == manifest["files"]
@@ -97,7 +98,7 @@ def test_dpo_rows_are_trl_conversational_preference_data(db, world, tmp_path):
     from trl.data_utils import is_conversational
 
     export(db, "dpo", tmp_path / "d")
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "train.parquet"), split="train",
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "data" / "train.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
     assert ds.num_rows == 3 and {"prompt", "chosen", "rejected"} <= set(ds.column_names)
     assert ds.features["prompt"] == datasets.List({"role": datasets.Value("string"),
@@ -127,7 +128,7 @@ def test_dpo_export_trains_two_steps_with_trl(db, world, tmp_path):
 
     export(db, "dpo", tmp_path / "d")
     model_dir = build_tiny_model(tmp_path / "tiny")
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "train.parquet"), split="train",
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "d" / "data" / "train.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
     args = DPOConfig(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2,
                      learning_rate=1e-4, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
@@ -145,20 +146,28 @@ def test_verify_catches_changed_bytes_and_kb_mismatch(cli, db, world, tmp_path):
     export(db, "dpo", out, formats=("parquet", "jsonl"))
     ok = json.loads(cli("datasets", "verify", str(out), "--json").output)
     assert ok["manifest"] == "ok" and ok["kb"] == "ok"
-    data = bytearray((out / "train.parquet").read_bytes())
+    # An edited card is documentation, not corruption: a warning, exit 0.
+    card = out / "README.md"
+    card.write_text(card.read_text() + "\nNotes from our team.\n")
+    edited = cli("datasets", "verify", str(out), "--json")
+    assert json.loads(edited.stdout)["card"] == "edited" and "dataset card was edited" in edited.stderr
+    assert "README.md" in edited.stderr
+    data = bytearray((out / "data" / "train.parquet").read_bytes())
     data[len(data) // 2] ^= 0x01
-    (out / "train.parquet").write_bytes(bytes(data))
+    (out / "data" / "train.parquet").write_bytes(bytes(data))
     result = cli("datasets", "verify", str(out), expect=1)
     assert "train.parquet" in result.output and "does not match" in result.output
     # Consistent with a rewritten manifest, but not with the KB's record.
     manifest = json.loads((out / "manifest.json").read_text())
-    manifest["files"]["train.parquet"] = sha256_file(out / "train.parquet")
+    manifest["files"]["data/train.parquet"] = sha256_file(out / "data" / "train.parquet")
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert verify(None, out)["manifest"] == "ok"
     with pytest.raises(VerificationError, match="knowledge base"):
         verify(db, out)
-    (out / "stray.txt").write_text("x")
-    assert "stray.txt" in cli("datasets", "verify", str(out), "--no-kb", expect=1).output
+    (out / "stray.txt").write_text("x")  # beside the data: reported, not fatal
+    assert "stray.txt" in cli("datasets", "verify", str(out), "--no-kb").stderr
+    (out / "data" / "extra.parquet").write_text("x")  # among the data: loaders would read it
+    assert "extra.parquet" in cli("datasets", "verify", str(out), "--no-kb", expect=1).output
 
 
 def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
@@ -169,7 +178,7 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
     with session_scope(db) as s:
         T.set_status(s, world["versions"][1].template_id, "deprecated")
     sft = export(db, "sft", tmp_path / "sft", plans=False)
-    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "sft" / "train.parquet"), split="train",
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "sft" / "data" / "train.parquet"), split="train",
                                cache_dir=str(tmp_path / "cache"))
     assert sft["row_counts"] == {"train": 1}  # the deprecated template is not trained on
     messages = ds[0]["messages"]
@@ -180,8 +189,8 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
 
     tpl = json.loads(cli("export", "templates", "--out", str(tmp_path / "tpl"), "--format", "jsonl",
                          "--json").output)
-    assert set(tpl["files"]) == {"templates.jsonl", "README.md"}
-    lines = [json.loads(x) for x in (tmp_path / "tpl" / "templates.jsonl").read_text().splitlines()]
+    assert set(tpl["files"]) == {"data/train.jsonl"}
+    lines = [json.loads(x) for x in (tmp_path / "tpl" / "data" / "train.jsonl").read_text().splitlines()]
     with session_scope(db) as s:
         expected = [template_record(T.resolve(s, v.template_id), v) for v in world["versions"]]
     assert lines == json.loads(json.dumps(expected))
@@ -189,8 +198,9 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
 
     probs = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
-    assert probs["row_counts"] == {"problems": 5} and probs["params"] == {"problems": {"split": "train"}}
-    rows = [json.loads(x) for x in (tmp_path / "p" / "problems.jsonl").read_text().splitlines()]
+    assert probs["row_counts"] == {"problems": 5}
+    assert probs["params"] == {"problems": {"split": "train"}, "license": "unknown"}
+    rows = [json.loads(x) for x in (tmp_path / "p" / "jsonl" / "problems.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows) and rows[0]["id"] == world["anchor"]
     again = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
@@ -220,8 +230,8 @@ def test_every_exported_reply_parses_with_the_solvers_parser(db, world, tmp_path
 
     export(db, "dpo", tmp_path / "dpo")
     export(db, "sft", tmp_path / "sft", plan_min_reward=0.5)
-    dpo = pq.read_table(tmp_path / "dpo" / "train.parquet").to_pylist()
-    sft = [r for r in pq.read_table(tmp_path / "sft" / "train.parquet").to_pylist() if r["kind"] == "plan"]
+    dpo = pq.read_table(tmp_path / "dpo" / "data" / "train.parquet").to_pylist()
+    sft = [r for r in pq.read_table(tmp_path / "sft" / "data" / "train.parquet").to_pylist() if r["kind"] == "plan"]
     assert len(dpo) == 3 and len(sft) == 1  # the anchor's best trajectory (reward 1.0)
     for row in dpo:
         for column in ("chosen", "rejected"):
@@ -288,7 +298,8 @@ def test_training_reads_the_exports(db, world, tmp_path):
 
 def test_templates_jsonl_export_imports_back_unchanged(cli, db, world, tmp_path):
     cli("export", "templates", "--out", str(tmp_path / "t"), "--format", "jsonl")
-    out = json.loads(cli("import", "jsonl", str(tmp_path / "t" / "templates.jsonl"), "--no-embed", "--json").output)
+    out = json.loads(cli("import", "jsonl", str(tmp_path / "t" / "data" / "train.jsonl"), "--no-embed",
+                         "--json").output)
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 2
     assert (out["created"], out["updated"], out["unchanged"]) == (0, 0, 2)

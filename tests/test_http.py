@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from serve.app import create_app
 from pipelines.llm.scripted import play_along_backend
+from serve.app import create_app
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session
 from tests.solve_helpers import add_templates

@@ -373,7 +373,7 @@ def test_a_write_failing_in_the_server_rolls_back_the_whole_import(cli, db, tmp_
     """One transaction: when the database refuses one record, the records before it are not kept either."""
     import pipelines.import_templates as importer
 
-    monkeypatch.setattr(importer, "_check_text", lambda spec, **kw: None)  # let a NUL reach PostgreSQL
+    monkeypatch.setattr(importer.T, "check_storable", lambda spec, **kw: None)  # let a NUL reach PostgreSQL
     library = small_library()
     library["Complex Numbers"]["Modulus"][0]["description"] = "nul \x00 inside"
     result = cli("import", "reasonflux-v1", str(write(tmp_path / "lib.json", library)), "--no-embed", expect=None)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import uuid
+from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
+from kb import reader
 from kb import templates as T
 from kb.db import session_scope
+from kb.reader import READER_ROLE, ReaderUnavailable, connect_reader
 from kb.sql_readonly import QueryFailed, WriteRefused, check_read_only, execute_read_only, run_readonly
 
 
@@ -150,3 +156,189 @@ def test_table_output_keeps_brackets_as_data(cli, seeded):
     """Interval notation like [0, 1] must reach people intact, not be taken for terminal markup."""
     out = cli("sql", "SELECT 'x in [0, 1] and [bold]y[/bold]' AS text").output
     assert "x in [0, 1] and [bold]y[/bold]" in out
+
+
+# ---------------------------------------------------------------- the read-only role: privileges are the wall
+
+def test_queries_run_as_the_reader_role_which_can_only_read(seeded):
+    result = run_readonly(seeded.engine, "SELECT session_user AS s, current_user AS c")
+    assert result.rows == [(READER_ROLE, READER_ROLE)]
+    with seeded.engine.connect() as conn:
+        role = conn.execute(sa.text(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolcanlogin, "
+            "(SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = :r"),
+            {"r": READER_ROLE}).one()
+    assert tuple(role) == (False, False, False, False, False, True, 0)
+
+
+ESCALATIONS = [  # each must fail on privileges alone: autocommit, no READ ONLY transaction, no text check
+    "DELETE FROM template",
+    "INSERT INTO template (key, category) VALUES ('x', 'y')",
+    "UPDATE template SET status = 'deprecated'",
+    "CREATE TABLE evil (x int)",
+    "SET ROLE postgres",
+    "SET SESSION AUTHORIZATION postgres",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT pg_catalog.\"set_config\"('session_authorization', 'postgres', false)",
+    "SELECT U&\"\\0073et_config\"('role', 'postgres', false)",
+    "SELECT query_to_xml('SELECT rolpassword FROM pg_authid', true, false, '')",
+    "SELECT query_to_xml('SELECT pg_read_file(''PG_VERSION'')', true, false, '')",
+    "SELECT xpath('/row', query_to_xml('SELECT pg_ls_dir(''.'')', true, false, ''))",
+    "DO $$ BEGIN EXECUTE 'DELETE FROM template'; END $$",
+    "DO $$ BEGIN EXECUTE 'SET ROLE postgres'; END $$",
+    "SELECT pg_read_file('PG_VERSION')",
+    "SELECT pg_read_binary_file('/etc/passwd')",
+    "SELECT pg_ls_dir('.')",
+    "SELECT lo_import('/etc/passwd')",
+    "COPY (SELECT 1) TO PROGRAM 'touch /tmp/rf_reader_escalated'",
+    "COPY template FROM '/etc/passwd'",
+    "SELECT * FROM pg_authid",
+    "SELECT pg_reload_conf()",
+    "ALTER SYSTEM SET work_mem = '1GB'",
+    f"ALTER ROLE {READER_ROLE} SUPERUSER",
+    f"GRANT postgres TO {READER_ROLE}",
+    "CREATE ROLE rf_evil LOGIN SUPERUSER",
+]
+
+
+def test_escalations_fail_on_the_roles_privileges_alone(seeded, tmp_path):
+    """Bypass both the text check and the READ ONLY transaction: the role itself must say no."""
+    run_readonly(seeded.engine, "SELECT 1")  # creates the role and its grants
+    before = _snapshot(seeded)
+    owner = seeded.engine.connect()
+    owner_pid = owner.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    owner.commit()
+    statements = [*ESCALATIONS, f"SELECT pg_terminate_backend({owner_pid})", f"SELECT pg_cancel_backend({owner_pid})"]
+    with connect_reader(seeded.url) as conn:
+        conn.autocommit = True
+        # Its sessions start read-only, for tools logging in as it directly; a layer it may lift itself,
+        # so lift it here: what follows is refused by privileges alone.
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        conn.execute("SET default_transaction_read_only = off")
+        for statement in statements:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+            assert conn.execute("SELECT current_user, session_user").fetchone() == (READER_ROLE, READER_ROLE)
+    assert owner.execute(sa.text("SELECT 1")).scalar() == 1  # the owner's session was not ended
+    owner.close()
+    assert _snapshot(seeded) == before
+    assert not Path("/tmp/rf_reader_escalated").exists()
+
+
+SPELLINGS = [
+    "SELECT SET_CONFIG('role', 'postgres', false)",
+    "SELECT Pg_Catalog.Set_Config('role', 'postgres', false)",
+    "SELECT \"pg_catalog\".\"set_config\"('role', 'postgres', false)",
+    "SELECT pg_catalog . /* hidden */ set_config ('role', 'postgres', false)",
+    "SELECT U&\"\\0073et_config\"('role', 'postgres', false)",
+    "SELECT u&\"pg_read_file\"('PG_VERSION')",
+    "SELECT query_to_xml('SELECT pg_read_file(''PG_VERSION'')', true, false, '')",
+    "SELECT xpath('/x', query_to_xml('DELETE FROM template RETURNING 1', true, false, ''))",
+    "SELECT \"PG_READ_FILE\"('PG_VERSION')",
+    "SELECT lo_import('/etc/passwd')",
+    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+    "COPY (SELECT 1) TO PROGRAM 'id'",
+    "SET ROLE postgres",
+    "SET SESSION AUTHORIZATION postgres",
+    "RESET ROLE",
+    "DO $$ BEGIN PERFORM set_config('role', 'postgres', false); END $$",
+]
+
+
+def test_other_spellings_are_refused_by_the_text_check_too(cli, seeded):
+    before = _snapshot(seeded)
+    for query in SPELLINGS:
+        with pytest.raises(WriteRefused):
+            check_read_only(query)
+        result = cli("sql", query, expect=None)
+        assert result.exit_code == 2 and "refused" in result.output, (query, result.output)
+    assert _snapshot(seeded) == before
+
+
+def test_max_rows_stops_a_huge_result_early(cli, seeded):
+    huge = "SELECT a.i, b.j FROM generate_series(1, 1000000) a(i) CROSS JOIN generate_series(1, 1000000) b(j)"
+    result = run_readonly(seeded.engine, huge, max_rows=5, timeout_s=20)
+    assert result.rows == [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5)] and result.truncated
+    assert len(json.loads(cli("sql", huge, "--max-rows", "3", "--json").output)) == 3
+    # Exactly max_rows rows: nothing was left out.
+    exact = run_readonly(seeded.engine, "SELECT * FROM generate_series(1, 3)", max_rows=3)
+    assert len(exact.rows) == 3 and not exact.truncated
+    many = run_readonly(seeded.engine, "SELECT * FROM generate_series(1, 2500)")
+    assert len(many.rows) == 2500 and not many.truncated  # several fetch batches
+
+
+def test_repeated_column_names_are_all_kept(cli, seeded):
+    assert json.loads(cli("sql", "select 1 as a, 2 as a", "--json").output) == [{"a": 1, "a_2": 2}]
+    rows = json.loads(cli("sql", "SELECT count(*), count(DISTINCT category) FROM template", "--json").output)
+    assert rows == [{"count": 2, "count_2": 1}]
+    parsed = list(csv.reader(io.StringIO(cli("sql", "select 1 as a, 2 as a, 3 as a_2", "--csv").output)))
+    assert parsed == [["a", "a_2", "a_2_2"], ["1", "2", "3"]]
+
+
+def _role_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def _drop_role(db, name: str) -> None:
+    with db.engine.connect() as conn:
+        conn.execute(sa.text(f'DROP OWNED BY "{name}"'))
+        conn.execute(sa.text(f'DROP ROLE "{name}"'))
+        conn.commit()
+
+
+def test_fails_closed_where_the_role_cannot_be_created(seeded, monkeypatch):
+    monkeypatch.setattr(reader, "READER_ROLE", _role_name("rf_reader_missing"))
+    owner = _role_name("rf_plain_owner")
+    with seeded.engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{owner}" LOGIN'))
+        conn.commit()
+    engine = sa.create_engine(make_url(seeded.url).set(username=owner))
+    try:
+        with pytest.raises(ReaderUnavailable, match="may not create roles; ask an administrator"):
+            execute_read_only(engine, "SELECT 1")
+    finally:
+        engine.dispose()
+        _drop_role(seeded, owner)
+
+
+def test_a_reader_role_that_can_do_more_is_refused(seeded, monkeypatch):
+    name = _role_name("rf_reader_wide")
+    monkeypatch.setattr(reader, "READER_ROLE", name)
+    with seeded.engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE ROLE "{name}" LOGIN'))
+        conn.execute(sa.text(f'GRANT pg_write_all_data TO "{name}"'))
+        conn.commit()
+    try:
+        with pytest.raises(ReaderUnavailable, match="member of pg_write_all_data"):
+            execute_read_only(seeded.engine, "SELECT 1")
+        assert _snapshot(seeded)
+    finally:
+        _drop_role(seeded, name)
+
+
+def test_without_max_rows_the_timeout_bounds_the_whole_read(seeded):
+    endless = "SELECT a.i, b.j FROM generate_series(1, 1000000) a(i) CROSS JOIN generate_series(1, 1000000) b(j)"
+    with pytest.raises(QueryFailed, match="for the whole --timeout"):
+        run_readonly(seeded.engine, endless, timeout_s=1)
+
+
+def test_cli_default_row_cap_is_announced_and_zero_lifts_it(cli, seeded):
+    from kb.cli.sql import DEFAULT_MAX_ROWS
+
+    query = f"SELECT i FROM generate_series(1, {DEFAULT_MAX_ROWS + 5}) i"
+    capped = cli("sql", query, "--csv")
+    assert len(capped.stdout.splitlines()) == DEFAULT_MAX_ROWS + 1  # header + rows
+    assert f"stopped at --max-rows {DEFAULT_MAX_ROWS} (the default" in capped.stderr
+    full = cli("sql", query, "--csv", "--max-rows", "0")
+    assert len(full.stdout.splitlines()) == DEFAULT_MAX_ROWS + 6 and "stopped" not in full.stderr
+
+
+def test_a_widened_reader_role_is_narrowed_again_where_we_are_superuser(seeded):
+    run_readonly(seeded.engine, "SELECT 1")
+    with seeded.engine.connect() as conn:
+        conn.execute(sa.text(f"ALTER ROLE {READER_ROLE} SUPERUSER CREATEROLE"))
+        conn.commit()
+    assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
+    with seeded.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = :r"),
+                            {"r": READER_ROLE}).scalar() is False

@@ -18,6 +18,7 @@ from kb.models import (
     Problem,
     Rollout,
     SolveSession,
+    SolveStepTemplate,
     TemplateEmbedding,
     TrainingMetric,
     TrainingRun,
@@ -88,7 +89,17 @@ def populated(db):
         s.flush()
         s.add_all([TrainingMetric(run_id=run.id, step=k, metrics={"loss": 1.0 / k}) for k in (1, 2)])
         s.add(SolveSession(problem_text="1+1", status="solved", correct=True, rounds=2))
-    return {"first_run": first_run, "second_run": second_run}
+        solved, failed = SolveSession(problem_text="2+2", status="solved", correct=True, rounds=2), \
+            SolveSession(problem_text="3+3", status="failed", correct=False, rounds=1)
+        s.add_all([solved, failed])
+        s.flush()
+        s.add_all([SolveStepTemplate(session_id=solved.id, round_no=1, step_no=1, version_id=v_sum.id, score=0.8,
+                                     outcome="redo", accepted=False),
+                   SolveStepTemplate(session_id=solved.id, round_no=2, step_no=1, version_id=v_sum.id, score=0.8,
+                                     outcome="accepted", accepted=True),
+                   SolveStepTemplate(session_id=failed.id, round_no=1, step_no=1, version_id=v_ratio.id, score=0.5,
+                                     outcome="accepted", accepted=True)])
+    return {"first_run": first_run, "second_run": second_run, "v_sum": v_sum.id, "v_ratio": v_ratio.id}
 
 
 def test_the_doc_has_at_least_ten_queries():
@@ -133,3 +144,18 @@ def test_documented_queries_return_the_inserted_data(populated, db):
 
     calls = run_readonly(db.engine, _query("SELECT run_id, stage, backend")).records()
     assert [(c["calls"], c["errors"], c["prompt_tokens"], float(c["p50_ms"])) for c in calls] == [(3, 1, 300, 20.0)]
+
+
+def test_template_usage_queries_join_solves_and_rollouts_to_versions(populated, db):
+    solves = run_readonly(db.engine, _query("SELECT h.key, h.version_no, h.author, count(*) AS steps")).records()
+    assert [(r["key"], r["version_no"], r["steps"], r["accepted_steps"], r["sessions"],
+             float(r["session_success_rate"])) for r in solves] == [
+        ("Sequences/Arithmetic/Sum of terms", 1, 2, 1, 1, 1.0),
+        ("Sequences/Geometric/Common ratio", 1, 1, 1, 1, 0.0)]
+    rollouts = run_readonly(db.engine, _query("SELECT h.key, h.version_no, count(DISTINCT x.trajectory_id)")).rows
+    assert [(k, v, t, n, float(rate)) for k, v, t, n, rate in rollouts] == [
+        ("Sequences/Arithmetic/Sum of terms", 1, 1, 2, 1.0), ("Sequences/Geometric/Common ratio", 1, 1, 2, 0.0)]
+    versions = run_readonly(db.engine, _query("SELECT h.key, h.version_no, h.is_current")).records()
+    assert [(r["key"], r["version_no"], r["step_acceptance"] is not None) for r in versions] == [
+        ("Sequences/Arithmetic/Sum of terms", 1, True), ("Sequences/Arithmetic/Sum of terms", 2, False),
+        ("Sequences/Geometric/Common ratio", 1, True), ("Sequences/Geometric/Common ratio", 2, False)]

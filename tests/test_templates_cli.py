@@ -25,7 +25,7 @@ def _add_vieta(cli):
 def test_add_edit_noop_history_and_diff(cli, db):
     added = json.loads(_add_vieta(cli).output)
     assert added == [{"id": 1, "key": KEY, "version": 1, "version_id": added[0]["version_id"],
-                      "content_hash": added[0]["content_hash"]}]
+                      "content_hash": added[0]["content_hash"], "embedded": []}]
 
     edited = json.loads(cli("templates", "edit", KEY, "--description", "Sums and products of roots.",
                             "--note", "clarify", "--json").output)

@@ -164,7 +164,7 @@ def test_missing_inputs_and_model_dir_are_named(cli, sft_export, tmp_path):
 def test_export_with_a_modified_file_is_refused(cli, db, big_model, tmp_path):
     directory = tmp_path / "dpo-export"
     version = write_export(db, directory, "dpo", dpo_rows())
-    with (directory / "train.parquet").open("ab") as fh:
+    with (directory / "data" / "train.parquet").open("ab") as fh:
         fh.write(b"tampered")
     for dataset in (version, str(directory)):
         out = cli("train", "dpo", "--dry-run", "--dataset", dataset, "--base-model", str(big_model),
@@ -172,13 +172,24 @@ def test_export_with_a_modified_file_is_refused(cli, db, big_model, tmp_path):
         assert "train.parquet" in out and "does not match the manifest" in out
 
 
+def test_export_with_an_edited_card_is_accepted_with_a_warning(cli, db, big_model, tmp_path):
+    directory = tmp_path / "dpo-export"
+    version = write_export(db, directory, "dpo", dpo_rows())
+    card = directory / "README.md"
+    card.write_text(card.read_text().replace("---\n\n#", "---\n\nOur team's notes on this data.\n\n#", 1))
+    out = cli("train", "dpo", "--dry-run", "--dataset", version, "--base-model", str(big_model),
+              "--num-gpus", "8").output
+    assert "verified" in out and version in out
+
+
 def test_export_rewritten_in_place_disagrees_with_the_kb_and_is_refused(cli, db, big_model, tmp_path):
     """Data and manifest changed together still differ from the KB's record of the version."""
     directory = tmp_path / "sft-export"
     version = write_export(db, directory, "sft", sft_rows())
-    pq.write_table(pa.Table.from_pylist(sft_rows(3)), directory / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(sft_rows(3)), directory / "data" / "train.parquet")
     manifest = json.loads((directory / "manifest.json").read_text())
-    manifest["files"]["train.parquet"] = hashlib.sha256((directory / "train.parquet").read_bytes()).hexdigest()
+    manifest["files"]["data/train.parquet"] = hashlib.sha256(
+        (directory / "data" / "train.parquet").read_bytes()).hexdigest()
     (directory / "manifest.json").write_text(json.dumps(manifest))
     out = _dry(cli, "--dataset", version, "--base-model", str(big_model), "--num-gpus", "8", expect=1).output
     assert "knowledge base" in out and ("train.parquet" in out or "manifest.json" in out)

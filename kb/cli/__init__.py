@@ -9,10 +9,12 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import click
+import psycopg
+import sqlalchemy as sa
 
 from kb import __version__
 from kb.cli.context import AppContext, pass_app
-from kb.db import SchemaOutOfDate
+from kb.db import SchemaOutOfDate, db_error_reason
 from kb.errors import KbError
 from kb.runs import Terminated, install_sigterm_handler
 from kb.secrets import scrub
@@ -21,7 +23,8 @@ __all__ = ["AppContext", "cli", "main", "pass_app"]
 
 
 class _Group(click.Group):
-    """Turns KbError, Ctrl-C and SIGTERM into a clean message and exit code, for every subcommand."""
+    """Turns KbError, the database errors a user can act on, Ctrl-C and SIGTERM into one clean line and an
+    exit code, for every subcommand."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,6 +33,10 @@ class _Group(click.Group):
             raise _UserError(str(e), 4) from None
         except KbError as e:
             raise _UserError(str(e), e.exit_code) from None
+        except (sa.exc.OperationalError, psycopg.OperationalError) as e:  # server gone mid-command
+            raise _UserError(f"lost the database connection: {db_error_reason(e)}", 1) from None
+        except sa.exc.DataError as e:  # a value the checks up front did not foresee; its transaction rolled back
+            raise _UserError(f"the database refused a value: {db_error_reason(e)}", 2) from None
         except Terminated:
             raise _UserError("terminated (SIGTERM)", 143) from None
         except KeyboardInterrupt:

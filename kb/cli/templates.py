@@ -1,8 +1,10 @@
-"""`reasonflux templates`: add, edit, show, list, history, diff, deprecate, restore.
+"""`reasonflux templates`: add, edit, revert, show, list, history, blame, diff, deprecate, restore.
 
 Every write goes through kb.templates (versioned, optimistic locking); this module
-only turns files and flags into dicts and records into output. `search` is added
-to `templates_group` by the retrieval module.
+only turns files and flags into dicts and records into output. A command that writes
+versions embeds them in the same transaction for every embedding model the KB holds
+vectors for (kb.template_vectors), unless --no-embed. `search` is added to
+`templates_group` by the retrieval module.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import click
 
+from kb import storable
+from kb import template_vectors as V
 from kb import templates as T
 from kb.cli.context import AppContext, pass_app
 from kb.db import session_scope
@@ -24,7 +28,7 @@ from kb.output import emit, output_options, to_jsonable
 # accepted in an edit file (so show -> edit -> save -> edit --file works) and ignored.
 READ_ONLY_FIELDS = (
     "id", "status", "current_version", "version_id", "content_hash", "parent_version_id", "source_kind",
-    "source_ref", "provenance", "change_note", "run_id", "created_at",
+    "source_ref", "provenance", "change_note", "author", "run_id", "created_at",
 )
 LIST_COLUMNS = ["id", "category", "section", "name", "status", "version", "template_type"]  # key: id suffices
 
@@ -52,9 +56,33 @@ def _content_options(f):
                      help="JSON or YAML file with the fields ('-': stdin)."),
         click.option("--note", help="Change note recorded with the version."),
     ]
+    return _write_options(_apply(options, f))
+
+
+def _apply(options, f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+def _write_options(f):
+    """What every command that writes versions takes: who made it, and whether to embed it now."""
+    return _apply([
+        click.option("--author", default=None, help="Who made the version (default: the OS user)."),
+        click.option("--no-embed", is_flag=True,
+                     help="Do not embed the new versions now (bulk work; run `reasonflux embed` later)."),
+    ], f)
+
+
+def _embed_or_warn(session, version_ids: list[int], no_embed: bool) -> list[str]:
+    """Embed new versions inside the command's transaction; the models done. With --no-embed, say
+    on stderr which models now lack vectors and how to fix it."""
+    conn = session.connection()
+    if no_embed:
+        for line in V.missing_vectors_advice(V.missing_vectors(conn)):
+            click.echo(f"warning: {line}", err=True)
+        return []
+    return sorted(V.embed_versions(conn, version_ids))
 
 
 FLAG_FIELDS = ("name", "category", "section", "template_type", "tags", "description", "application_scope",
@@ -80,14 +108,24 @@ def load_file(path: str) -> Any:
         text = click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", file=name) from None
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 text ({e.reason} at byte {e.start})", file=name) from None
+    if not text.strip():
+        raise InputError("the file is empty", file=name)
     if Path(path).suffix.lower() == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg}", file=name, record=f"line {e.lineno} column {e.colno}") \
                 from None
+        except RecursionError:
+            raise storable.too_deep(file=name) from None
+        except ValueError as e:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"malformed JSON: {e}", file=name) from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise storable.too_deep(file=name) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         record = f"line {mark.line + 1} column {mark.column + 1}" if mark else None
@@ -118,7 +156,8 @@ def _result(template, version, changed: bool) -> dict[str, Any]:
 @_content_options
 @output_options(csv_ok=False)
 @pass_app
-def add(app: AppContext, file: str | None, note: str | None, fmt: str, **flags: Any) -> None:
+def add(app: AppContext, file: str | None, note: str | None, author: str | None, no_embed: bool, fmt: str,
+        **flags: Any) -> None:
     """Add new templates from --file (one object or a list) or from flags.
 
     \b
@@ -133,10 +172,12 @@ def add(app: AppContext, file: str | None, note: str | None, fmt: str, **flags: 
     results = []
     with session_scope(app.db()) as session:
         for spec in specs:
-            version = T.create_template(session, spec, source_kind="user", source_ref=name, change_note=note)
+            version = T.create_template(session, spec, source_kind="user", source_ref=name, change_note=note,
+                                        author=author)
             record = _result(T.resolve(session, version.template_id), version, True)
             results.append({k: v for k, v in record.items() if k != "changed"})
-    emit(results, fmt)
+        embedded = _embed_or_warn(session, [r["version_id"] for r in results], no_embed)
+    emit([{**r, "embedded": embedded} for r in results], fmt)
 
 
 @templates_group.command("edit")
@@ -146,8 +187,8 @@ def add(app: AppContext, file: str | None, note: str | None, fmt: str, **flags: 
               help="Fail (exit 3, nothing written) unless the template is still at this version.")
 @output_options(csv_ok=False)
 @pass_app
-def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_version: int | None, fmt: str,
-         **flags: Any) -> None:
+def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_version: int | None,
+         author: str | None, no_embed: bool, fmt: str, **flags: Any) -> None:
     """Write a new version of template REF (id or key) with the given fields changed.
 
     Only the fields given (in --file or as flags) change. Nothing changed: no new
@@ -169,9 +210,10 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
         version, changed = T.edit_template(
             session, template.id, changes,
             expect_version=expect_version if expect_version is not None else file_version,
-            source_kind="user", source_ref=name, change_note=note,
+            source_kind="user", source_ref=name, change_note=note, author=author,
         )
-        result = _result(template, version, changed)
+        embedded = _embed_or_warn(session, [version.id], no_embed) if changed else []
+        result = {**_result(template, version, changed), "embedded": embedded}
     if not changed and fmt == "table":
         click.echo(f"no changes: {result['key']} stays at version {result['version']}")
         return
@@ -186,6 +228,7 @@ def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[d
     file_version = values.pop("version", None)
     if file_version is not None and not isinstance(file_version, int):
         raise InputError("must be an integer", file=file, field="version")
+    storable.check_int32(file_version, file=file, field="version")
     for field in ("key", "category", "section"):
         if field in values and values.pop(field) != getattr(template, field):
             raise InputError(
@@ -197,6 +240,38 @@ def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[d
     # Validated here so that a bad value is reported with its file (the library knows only the field).
     T.TemplateSpec.from_dict({"name": template.key, "category": template.category, **values}, file=file)
     return values, file_version
+
+
+@templates_group.command("revert")
+@click.argument("ref")
+@click.option("--to", "to_version", type=int, required=True, help="The version whose content comes back.")
+@click.option("--expect-version", type=int, default=None,
+              help="Fail (exit 3, nothing written) unless the template is still at this version.")
+@click.option("--note", help="Change note (default: 'revert to version N').")
+@_write_options
+@output_options(csv_ok=False)
+@pass_app
+def revert(app: AppContext, ref: str, to_version: int, expect_version: int | None, note: str | None,
+           author: str | None, no_embed: bool, fmt: str) -> None:
+    """Write a new version of template REF whose content equals version --to.
+
+    History keeps every version; the new one's provenance names the version it restores.
+    Already equal to it: nothing is written, exit 0.
+
+    \b
+    reasonflux templates revert "Algebra/Polynomials/Vieta's formulas" --to 2 --expect-version 4
+    """
+    with session_scope(app.db()) as session:
+        template = T.resolve(session, ref)
+        version, changed = T.revert_template(session, template.id, to_version, expect_version=expect_version,
+                                             author=author, change_note=note)
+        embedded = _embed_or_warn(session, [version.id], no_embed) if changed else []
+        result = {**_result(template, version, changed), "reverted_to": to_version, "embedded": embedded}
+    if not changed and fmt == "table":
+        click.echo(f"no changes: {result['key']} version {result['version']} already has version {to_version}'s "
+                   "content")
+        return
+    emit(result, fmt)
 
 
 @templates_group.command("show")
@@ -249,11 +324,24 @@ def history_command(app: AppContext, ref: str, fmt: str) -> None:
         records = [{
             "version": v.version_no, "current": v.version_no == template.current_version_no,
             "created_at": v.created_at, "source_kind": v.source_kind, "source_ref": v.source_ref,
-            "change_note": v.change_note, "run_id": v.run_id, "version_id": v.id,
-            "parent_version_id": v.parent_version_id, "content_hash": v.content_hash,
+            "change_note": v.change_note, "author": v.author, "run_id": v.run_id, "provenance": v.provenance,
+            "version_id": v.id, "parent_version_id": v.parent_version_id, "content_hash": v.content_hash,
         } for v in T.history(session, template.id)]
     emit(records, fmt, title=template.key, columns=None if fmt != "table" else
-         ["version", "current", "created_at", "source_kind", "source_ref", "change_note", "run_id"])
+         ["version", "current", "created_at", "author", "source_kind", "source_ref", "change_note", "run_id"])
+
+
+@templates_group.command("blame")
+@click.argument("ref")
+@output_options
+@pass_app
+def blame_command(app: AppContext, ref: str, fmt: str) -> None:
+    """Per field of template REF: the version that last changed it, and who made that version."""
+    with session_scope(app.db()) as session:
+        template = T.resolve(session, ref)
+        records = T.blame(T.history(session, template.id))
+    emit(records, fmt, title=template.key, columns=None if fmt != "table" else
+         ["field", "version", "author", "run_id", "created_at", "change_note"])
 
 
 @templates_group.command("diff")

@@ -8,13 +8,21 @@ from kb.models.runs import PipelineRun
 from kb.models.sessions import SolveRound, SolveSession
 from kb.models.templates import Template, TemplateEmbedding, TemplateVersion
 from kb.models.training import TrainingMetric, TrainingRun
-from kb.models.trajectories import DatasetVersion, DpoPair, NavigatorModel, Rollout, Trajectory, TrajectoryStep
+from kb.models.trajectories import (
+    DatasetVersion,
+    DpoPair,
+    NavigatorModel,
+    Rollout,
+    Trajectory,
+    TrajectoryStep,
+)
+from kb.models.usage import SolveStepTemplate
 
 metadata = SQLModel.metadata
 
 __all__ = [
     "DatasetVersion", "DpoPair", "Failure", "LlmCall", "NavigatorModel", "PipelineRun", "Problem",
     "ProblemEmbedding", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember", "SolveRound",
-    "SolveSession", "Template", "TemplateEmbedding", "TemplateVersion", "TrainingMetric", "TrainingRun",
+    "SolveSession", "SolveStepTemplate", "Template", "TemplateEmbedding", "TemplateVersion", "TrainingMetric", "TrainingRun",
     "Trajectory", "TrajectoryStep", "WorkUnit", "metadata",
 ]

@@ -4,7 +4,7 @@ The navigator contract renders a stored trajectory back into the reply it stands
 retrieval could not link to a template version still needs the name the navigator gave it.
 
 Revision ID: 0008
-Revises: 0003
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

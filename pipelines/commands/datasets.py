@@ -41,10 +41,30 @@ def show_cmd(app: AppContext, version_id: str, fmt: str) -> None:
 @output_options(csv_ok=False)
 @pass_app
 def verify_cmd(app: AppContext, directory: str, no_kb: bool, fmt: str) -> None:
-    """Re-hash every file and compare with manifest.json and the KB's record; exits non-zero on a mismatch."""
+    """Re-hash every data file and compare with manifest.json and the KB's record; exits non-zero on a
+    mismatch. An edited dataset card (README.md) or an unlisted file outside the data folders is a
+    warning (on stderr), not a failure."""
     from kb.datasets import verify
 
-    emit(verify(None if no_kb else app.db(), directory), fmt)
+    result = verify(None if no_kb else app.db(), directory)
+    for line in result["warnings"]:
+        click.echo(f"warning: {line}", err=True)
+    emit(result, fmt)
+
+
+@datasets_group.command("push")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.argument("repo")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@output_options(csv_ok=False)
+def push_cmd(directory: str, repo: str, private: bool, fmt: str) -> None:
+    """Upload export DIRECTORY (verified against its manifest first) to the Hub dataset repo REPO.
+
+    Needs a Hugging Face token (`hf auth login`, or HF_TOKEN); HF_ENDPOINT selects another server.
+    """
+    from kb.datasets import push_to_hub
+
+    emit(push_to_hub(directory, repo, private=private), fmt)
 
 
 def register(cli: click.Group) -> None:

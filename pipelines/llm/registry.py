@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "transformers": "pipelines.llm.transformers_backend",
     "openai": "pipelines.llm.openai_backend",
     "vllm": "pipelines.llm.vllm_backend",
+    "toy-world": "pipelines.toy_world",  # the controlled world's scripted inference role (pipelines.loop's proof)
 }
 # One instance per (backend, options): a model used for two roles is loaded once.
 _INSTANCES: dict[tuple[str, str], Backend] = {}

@@ -65,9 +65,10 @@ def check_files(dataset: VerifiedDataset) -> None:
     from kb.datasets import sha256_file
 
     for path in dataset.parquet_files:
+        expected = dataset.files[path.relative_to(dataset.path).as_posix()]  # data/train.parquet
         actual = sha256_file(path)
-        if actual != dataset.files[path.name]:
-            raise InputError(f"sha256 {actual} changed since the export was verified ({dataset.files[path.name]})",
+        if actual != expected:
+            raise InputError(f"sha256 {actual} changed since the export was verified ({expected})",
                              file=str(path))
 
 

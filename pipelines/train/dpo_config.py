@@ -22,6 +22,10 @@ class DPOTrainConfig(TrainConfig):
         "DPO loss: 'sigmoid' (the original DPO), 'hinge', 'ipo', 'robust' (see TRL's DPOConfig)."))
     label_smoothing: float = field(default=0.0, metadata=_help(
         "Probability that a preference label is flipped (robust / conservative DPO); 0 disables."))
+    sft_weight: float = field(default=0.0, metadata=_help(
+        "Weight of a negative log-likelihood term on the chosen reply added to the DPO loss (RPO, as in "
+        "iterative reasoning preference optimisation); it keeps the chosen replies likely, so the reply format "
+        "survives many DPO rounds. 0 is plain DPO."))
     precompute_ref_log_probs: bool = field(default=False, metadata=_help(
         "Compute the reference model's log-probabilities once before training, so the reference model "
         "need not stay in memory."))
@@ -37,8 +41,14 @@ class DPOTrainConfig(TrainConfig):
             self._bad("loss_type", f"unknown DPO loss {self.loss_type!r}")
         if not 0 <= self.label_smoothing < 0.5:
             self._bad("label_smoothing", "must be in [0, 0.5)")
+        if self.sft_weight < 0:
+            self._bad("sft_weight", "must be >= 0")
 
     def trl_config(self, **runtime: Any):
         from trl import DPOConfig
 
-        return DPOConfig(**self.trainer_kwargs(), **runtime)
+        kwargs = self.trainer_kwargs()
+        sft_weight = kwargs.pop("sft_weight")
+        if sft_weight > 0:
+            kwargs.update(loss_type=[self.loss_type, "sft"], loss_weights=[1.0, sft_weight])
+        return DPOConfig(**kwargs, **runtime)
