@@ -7,29 +7,12 @@ pipeline runs. Each check is one set-based query; none writes anything.
 
 from __future__ import annotations
 
-import os
-import socket
 from typing import Any
 
 import sqlalchemy as sa
 
-from kb import config
+from kb import config, runs
 from kb.template_vectors import held_models, missing_vectors
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host is still running (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _vector_findings(conn: sa.Connection) -> list[dict[str, Any]]:
@@ -71,23 +54,17 @@ def _reward_findings(conn: sa.Connection) -> list[dict[str, Any]]:
 
 
 def _run_findings(conn: sa.Connection) -> list[dict[str, Any]]:
-    host = socket.gethostname()
-    rows = conn.execute(sa.text(
-        "SELECT id, stage, host, pid, started_at FROM pipeline_run WHERE status = 'running' ORDER BY id")).all()
-    dead = [r for r in rows if r.host == host and r.pid is not None and not pid_alive(r.pid)]
-    elsewhere = [r for r in rows if r.host != host]
+    """Runs still `running` whose owner is gone (kb.runs: pid gone on this host, or lease run out on any).
+    Every command that opens the KB marks them interrupted; `db` commands do not, so they can show them."""
     out = []
-    if dead:
-        ids = ", ".join(str(r.id) for r in dead)
-        out.append({"check": "runs_left_running", "count": len(dead), "runs": [r.id for r in dead],
-                    "detail": f"run(s) {ids} are marked running but their process on this host is gone",
-                    "fix": "rerun the stage (finished units are kept; the runner reclaims the rest), then "
-                           f"mark them: UPDATE pipeline_run SET status = 'interrupted', finished_at = now() "
-                           f"WHERE id IN ({ids})"})
-    if elsewhere:
-        out.append({"check": "runs_on_other_hosts", "count": len(elsewhere), "runs": [r.id for r in elsewhere],
-                    "detail": "run(s) marked running on other hosts; their processes cannot be checked from here",
-                    "fix": f"check on {', '.join(sorted({str(r.host) for r in elsewhere}))}"})
+    for kind, rows in runs.orphaned_runs(conn).items():
+        ids = ", ".join(str(r["id"]) for r in rows)
+        out.append({"check": "runs_left_running" if kind == "pipeline" else f"{kind}_runs_left_running",
+                    "count": len(rows), "runs": [r["id"] for r in rows],
+                    "detail": f"{kind} run(s) {ids} are marked running but their owner is gone: {rows[0]['reason']}",
+                    "fix": "any command that opens the KB marks them interrupted (e.g. `reasonflux runs list`); "
+                           "then rerun the stage" + (" or `reasonflux train ... --resume RUN_ID`"
+                                                     if kind == "training" else "")})
     return out
 
 

@@ -135,23 +135,41 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def mark_orphaned_runs(db: Database, *, lease_s: float = LEASE_S) -> dict[str, list[int]]:
-    """Mark `interrupted` every running run whose owner is gone; returns the ids per kind.
+def _orphans(conn: sa.Connection, t: sa.Table, lease_s: float) -> tuple[Any, Any]:
+    """(where, reason): the running rows of T whose owner is gone, and why, as SQL expressions.
 
     Gone: its lease is older than lease_s by the database's clock (any host), or it ran on this host and
-    its pid no longer exists. One UPDATE per table.
-    """
-    host, marked = socket.gethostname(), {}
+    its pid no longer exists."""
+    local = conn.execute(sa.select(t.c.id, t.c.pid).where(t.c.status == "running", t.c.host == socket.gethostname(),
+                                                          t.c.pid.is_not(None))).all()
+    dead = [r.id for r in local if r.pid != os.getpid() and not pid_alive(r.pid)]
+    stale = sa.func.coalesce(t.c.heartbeat_at, t.c.started_at) < sa.func.now() - sa.func.make_interval(
+        0, 0, 0, 0, 0, 0, lease_s)
+    reason = sa.case((t.c.id.in_(dead), "its process on this host is gone (killed?)"),
+                     else_=f"its owner stopped renewing its lease (no heartbeat for {lease_s:.0f} s)")
+    return sa.and_(t.c.status == "running", sa.or_(t.c.id.in_(dead), stale)), reason
+
+
+def orphaned_runs(conn: sa.Connection, *, lease_s: float = LEASE_S) -> dict[str, list[dict[str, Any]]]:
+    """What mark_orphaned_runs would mark, without writing: {kind: [{id, stage, host, reason}]}."""
+    out = {}
+    for kind, t in TABLES.items():
+        where, reason = _orphans(conn, t, lease_s)
+        rows = conn.execute(sa.select(t.c.id, t.c.stage, t.c.host, reason.label("reason")).where(where)
+                            .order_by(t.c.id)).mappings().all()
+        if rows:
+            out[kind] = [dict(r) for r in rows]
+    return out
+
+
+def mark_orphaned_runs(db: Database, *, lease_s: float = LEASE_S) -> dict[str, list[int]]:
+    """Mark `interrupted` every running run whose owner is gone (see _orphans); returns the ids per kind.
+    One UPDATE per table."""
+    marked = {}
     with db.engine.begin() as conn:
         for kind, t in TABLES.items():
-            local = conn.execute(sa.select(t.c.id, t.c.pid).where(t.c.status == "running", t.c.host == host,
-                                                                  t.c.pid.is_not(None))).all()
-            dead = [r.id for r in local if r.pid != os.getpid() and not pid_alive(r.pid)]
-            stale = sa.func.coalesce(t.c.heartbeat_at, t.c.started_at) < sa.func.now() - sa.func.make_interval(
-                0, 0, 0, 0, 0, 0, lease_s)
-            reason = sa.case((t.c.id.in_(dead), "its process on this host is gone (killed?)"),
-                             else_=f"its owner stopped renewing its lease (no heartbeat for {lease_s:.0f} s)")
-            ids = conn.execute(sa.update(t).where(t.c.status == "running", sa.or_(t.c.id.in_(dead), stale))
+            where, reason = _orphans(conn, t, lease_s)
+            ids = conn.execute(sa.update(t).where(where)
                                .values(status="interrupted", finished_at=sa.func.now(),
                                        error=sa.func.concat("interrupted: ", reason))
                                .returning(t.c.id)).scalars().all()

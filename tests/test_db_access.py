@@ -174,6 +174,8 @@ def test_doctor_lists_stale_vectors_rewards_and_dead_runs(cli, db):
     assert "reasonflux embed --what templates --model all-MiniLM-L6-v2" in findings["template_vectors"]["fix"]
     assert findings["rewards_view"]["count"] == 1 and findings["rewards_view"]["fix"] == "reasonflux rewards refresh"
     assert findings["runs_left_running"]["runs"] == [1]  # the live one (this process) is not listed
-    cli("embed", "--what", "templates")
+    cli("embed", "--what", "templates")  # opening the KB also marks the dead run interrupted (kb.runs)
     cli("rewards", "refresh")
-    assert {f["check"] for f in json.loads(cli("db", "doctor", "--json").output)} == {"runs_left_running"}
+    assert json.loads(cli("db", "doctor", "--json").output) == []
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM pipeline_run WHERE id = 1")).scalar() == "interrupted"

@@ -49,8 +49,9 @@ def test_a_registered_navigator_is_accepted_by_sample_evaluate_solve_and_eval(cl
     (tmp_path / "p.jsonl").write_text(json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "r/1"})
                                       + "\n")
     cli("problems", "import", str(tmp_path / "p.jsonl"), "--preset", "math500", "--no-embed")
+    # a random tiny model rarely plans: the command may exit 5 (every unit failed), as it should
     sampled = json.loads(cli("sample", "--n", "1", "--navigator", "nav-b", "--max-tokens", "4", "--hint-k", "0",
-                             "--json").stdout)
+                             "--json", expect=None).stdout)
     assert sampled["units_done"] + sampled["units_failed"] == 1
     with db.engine.begin() as conn:
         from pipelines.trajectories_store import insert_trajectory

@@ -15,11 +15,12 @@ class AppContext:
     database_url: str | None = None
     _db: Database | None = field(default=None, repr=False)
 
-    def db(self, *, check_schema: bool = True, auto_upgrade: bool = True) -> Database:
-        """The database; `db` subcommands relax the schema check so they can fix it."""
+    def db(self, *, check_schema: bool = True, auto_upgrade: bool = True, mark_orphans: bool = True) -> Database:
+        """The database; `db` subcommands relax the schema check so they can fix it. Opening it marks runs
+        whose owner is gone as interrupted (kb.runs), unless MARK_ORPHANS is off (`db doctor` shows them)."""
         if self._db is None:
             self._db = connect(self.database_url, check_schema=check_schema, auto_upgrade=auto_upgrade)
-            if check_schema:  # the schema is current, so runs have leases to check
+            if check_schema and mark_orphans:  # the schema is current, so runs have leases to check
                 _report_orphans(mark_orphaned_runs(self._db))
         return self._db
 

@@ -111,12 +111,13 @@ def doctor(app: AppContext, fmt: str) -> None:
     """Stale or missing derived data, each with a count and the command that fixes it.
 
     Checks: current template versions (and problems) without a vector for each embedding model the KB
-    holds, a trajectory_reward view older than the rollouts, and runs marked running whose process is
-    gone. Reads only; exits 0 either way (findings are not failures of this command).
+    holds, a trajectory_reward view older than the rollouts, and runs marked running whose owner is
+    gone (its process on this host, or its lease on any host; any other command marks them interrupted).
+    Reads only; exits 0 either way (findings are not failures of this command).
     """
     from kb.doctor import diagnose
 
-    findings = diagnose(app.db().engine)
+    findings = diagnose(app.db(mark_orphans=False).engine)  # reads only: dead runs are shown, not marked
     if fmt == "table" and not findings:
         click.echo("derived data is up to date: every current version has its vectors, rewards are fresh, "
                    "no run was left running")
