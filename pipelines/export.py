@@ -260,10 +260,12 @@ def plan_examples(conn, min_reward: float, per_problem: int, *, allow_mixed: boo
     return rows, contracts
 
 
-def sft_part(conn, *, plans: bool = True, min_reward: float = 0.75, per_problem: int = 1,
+def sft_part(conn, *, templates: bool = True, plans: bool = True, min_reward: float = 0.75, per_problem: int = 1,
              allow_mixed: bool = False) -> tuple[DataPart, dict[str, Any]]:
-    """Stage-1 template rows, then (PLANS) plan examples; and the mix, recorded in the manifest."""
-    rows = conn.execute(sa.text(
+    """(TEMPLATES) stage-1 template rows, then (PLANS) plan examples; and the mix, recorded in the manifest."""
+    if not (templates or plans):
+        raise InputError("an SFT export needs template rows, plan rows or both", field="--no-templates/--no-plans")
+    rows = [] if not templates else conn.execute(sa.text(
         "SELECT template_id, version_id, key, name, tags, description, application_scope FROM current_template "
         "WHERE status = 'active' ORDER BY template_id")).mappings().all()
     records = [{"messages": [
@@ -273,7 +275,7 @@ def sft_part(conn, *, plans: bool = True, min_reward: float = 0.75, per_problem:
         "kind": "template", "template_id": r["template_id"], "version_id": r["version_id"], "key": r["key"],
         "trajectory_id": None, "reward": None} for r in rows]
     plan_rows, contracts = plan_examples(conn, min_reward, per_problem, allow_mixed=allow_mixed) if plans else ([], [])
-    mix = {"template_rows": len(records), "plan_rows": len(plan_rows), "plans": plans,
+    mix = {"template_rows": len(records), "plan_rows": len(plan_rows), "templates": templates, "plans": plans,
            "plan_min_reward": float(min_reward), "plans_per_problem": int(per_problem), "contracts": contracts}
     table = pa.Table.from_pylist(records + plan_rows, schema=SFT_SCHEMA)
     return DataPart("train", table, description=(
@@ -370,12 +372,12 @@ def check_output_dir(out_dir: str | Path) -> None:
 
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
            pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None,
-           plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
+           templates: bool = True, plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
            allow_mixed_contracts: bool = False, license: str = DEFAULT_LICENSE) -> dict[str, Any]:
     """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path).
 
-    dpo: PAIRS (params hash or prefix; default the latest) with margin >= MIN_MARGIN. sft: template rows plus,
-    with PLANS, plan examples of trajectories with reward >= PLAN_MIN_REWARD (PLANS_PER_PROBLEM per problem).
+    dpo: PAIRS (params hash or prefix; default the latest) with margin >= MIN_MARGIN. sft: (TEMPLATES) template
+    rows plus, with PLANS, plan examples of trajectories with reward >= PLAN_MIN_REWARD (PLANS_PER_PROBLEM per problem).
     Trajectories sampled under different navigator contracts are refused unless ALLOW_MIXED_CONTRACTS.
     FORMATS: parquet and/or jsonl, or llamafactory (Parquet plus the LLaMA-Factory copy, sft and dpo).
     LICENSE: the Hub licence id written into the card and recorded with the version.
@@ -404,7 +406,8 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
                 params = {"pairs": phash, "min_margin": float(min_margin), "split": "train", "contracts": contracts}
                 intro, usage = "DPO pairs of navigator trajectories.", DPO_USAGE
             elif kind == "sft":
-                part, mix = sft_part(conn, plans=plans, min_reward=plan_min_reward, per_problem=plans_per_problem,
+                part, mix = sft_part(conn, templates=templates, plans=plans, min_reward=plan_min_reward,
+                                     per_problem=plans_per_problem,
                                      allow_mixed=allow_mixed_contracts)
                 params = {"templates": "current", "status": "active", "mix": mix}
                 intro, usage = "SFT data for template knowledge and planning (ReasonFlux stage 1).", ""

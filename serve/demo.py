@@ -26,6 +26,7 @@ def run_solve_demo(
     problem: str = DEMO_PROBLEM,
     *,
     reference: str | None = None,
+    plan_hints: int = SolverConfig.plan_hints,
 ) -> DemoSolve:
     """Solve PROBLEM (default: a scripted navigator and inference that know the demo answer)."""
     if navigator is None or inference is None:
@@ -33,6 +34,6 @@ def run_solve_demo(
         navigator, inference = navigator or scripted, inference or scripted
     if reference is None and problem == DEMO_PROBLEM:
         reference = DEMO_ANSWER
-    with Solver(db, navigator, inference, SolverConfig(max_seconds=120)) as solver:
+    with Solver(db, navigator, inference, SolverConfig(max_seconds=120, plan_hints=plan_hints)) as solver:
         result = solver.solve(problem, reference=reference)
     return DemoSolve(result.session_id, render_trace(get_session(db, result.session_id)))

@@ -51,6 +51,13 @@ NOT_MEANINGFUL = (
 )
 
 
+# Enough SFT for the tiny navigator to learn the contract's reply format from the export's plan rows
+# (about a minute on a laptop CPU); a few DPO steps exercise stage 2.
+SFT_STEPS = 80
+DPO_STEPS = 10
+LLM_PROBLEMS = 3  # problems the tiny model mines, samples and evaluates (slow on a CPU); contrast covers all
+
+
 class Demo:
     """Runs the stages in order, printing what each one stored."""
 
@@ -139,15 +146,22 @@ class Demo:
         with self.db.engine.connect() as conn:
             return conn.execute(sa.text(
                 "SELECT p.id FROM problem p JOIN similar_set s ON s.anchor_problem_id = p.id AND s.size > 0 "
-                "WHERE p.source = 'starter-examples' ORDER BY p.id LIMIT 3")).scalars().all()
+                "WHERE p.source = 'starter-examples' ORDER BY p.id")).scalars().all()
 
     def tiny_model(self) -> Path:
+        from kb.starter import load_starter_specs
+        from pipelines import navigator
         from pipelines.tiny_model import build_tiny_model
 
-        model_dir = self.home / "models" / "tiny-qwen2"
+        model_dir = self.home / "models" / "tiny-qwen2-navigator"
         if not (model_dir / "config.json").exists():
             self.heading("Build the tiny offline model (random Qwen2-style LM + tokenizer trained on the spot)")
-            build_tiny_model(model_dir, seed=0)
+            # The tokenizer is fitted to the navigator contract and the library, so prompts are short.
+            specs = load_starter_specs()
+            corpus = [navigator.SYSTEM, navigator.PLAN_FORMAT, navigator.EVALUATION_FORMAT,
+                      *(s.example_problem for s in specs), *(f"{s.name}: {s.application_scope}" for s in specs)]
+            build_tiny_model(model_dir, seed=0, vocab_size=1024, hidden_size=96, intermediate_size=192,
+                             corpus=corpus)
         return model_dir
 
     def llm_stages(self, model_dir: Path, problem_ids: list[int]) -> None:
@@ -207,7 +221,9 @@ class Demo:
         self.heading("Versioned dataset exports (Parquet + manifest + card)")
         manifests = {}
         for kind in ("sft", "dpo"):
-            options = {"pairs": pairs["params_hash"]} if kind == "dpo" else {}
+            # The tiny model has room to learn the reply format, not also 51 template descriptions: its stage 1
+            # is plan rows only. A real base model takes both (`reasonflux export sft`).
+            options = {"pairs": pairs["params_hash"]} if kind == "dpo" else {"templates": False}
             for attempt in range(1, 100):
                 out = self.home / "datasets" / (kind if attempt == 1 else f"{kind}-{attempt}")
                 try:  # a folder holding another (immutable) version is never overwritten
@@ -222,9 +238,9 @@ class Demo:
     def training(self, model_dir: Path, sft: str, dpo: str) -> dict[str, Any]:
         from pipelines.train.demo import run_training_demo
 
-        self.heading("Train the navigator: stage 1 SFT, then stage 2 DPO (TRL, CPU, a few steps)")
+        self.heading("Train the navigator: stage 1 SFT (plan examples), then stage 2 DPO (TRL, CPU)")
         # Each demo run trains anew, so each registers its own navigator (navigator-dpo-run<ID>).
-        trained = run_training_demo(self.db, str(model_dir), sft, dpo)
+        trained = run_training_demo(self.db, str(model_dir), sft, dpo, sft_steps=SFT_STEPS, steps=DPO_STEPS)
         self.show([{"stage": k, "training_run": trained[k].get("id"), "status": trained[k].get("status"),
                     "loss": (trained[k].get("metrics") or {}).get("loss"),
                     "reward_accuracy": (trained[k].get("metrics") or {}).get("rewards/accuracies")}
@@ -236,11 +252,21 @@ class Demo:
         from pipelines.llm.registry import get_backend
         from serve.demo import run_solve_demo
 
-        self.heading("Solve with the trained navigator (tiny model: expect a recorded parse failure, not a hang)")
-        navigator = get_backend("transformers", model_path=str(trained["navigator_path"]))
+        self.heading("Solve with the trained navigator: it plans in the contract the solver parses")
+        navigator = get_backend("transformers", model_path=str(trained["navigator_path"]),
+                                model=trained["navigator"])
         inference = get_backend("transformers", model_path=str(model_dir))
-        demo = run_solve_demo(self.db, navigator, inference)
+        # Its plan examples were written with no template hints, so it is asked the same way.
+        demo = run_solve_demo(self.db, navigator, inference, plan_hints=0)
         self.echo(demo.trace)
+        with self.db.engine.connect() as conn:
+            rounds = conn.execute(sa.text("SELECT kind, adjustment FROM solve_round WHERE session_id = :s "
+                                          "ORDER BY round_no"), {"s": demo.session_id}).all()
+        plan_parsed = bool(rounds) and rounds[0].kind == "plan" and "trajectory" in (rounds[0].adjustment or {})
+        self.summary["trained_plan_parsed"] = plan_parsed
+        self.echo("The trained navigator's plan parsed, so the solver ran its steps; what a tiny random model "
+                  "plans and concludes is not meaningful." if plan_parsed else
+                  "The trained navigator's plan did not parse (recorded in `failure`); see the trace above.")
 
 
 def _quiet_libraries() -> None:
@@ -272,7 +298,7 @@ def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, 
     if llm:
         problem_ids = demo.problems()
         model_dir = demo.tiny_model()
-        demo.llm_stages(model_dir, problem_ids)
+        demo.llm_stages(model_dir, problem_ids[:LLM_PROBLEMS])
         demo.contrast_rollouts(problem_ids)
         sft, dpo = demo.pairs_and_exports()
         if train:

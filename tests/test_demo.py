@@ -25,6 +25,10 @@ def test_demo_runs_the_whole_loop_and_reruns(cli, db, tmp_path, monkeypatch):
     assert _count(db, "SELECT count(*) FROM navigator_model") == 2  # the SFT and the DPO checkpoints
     assert _count(db, "SELECT count(*) FROM solve_session") == 2
     assert _count(db, "SELECT count(*) FROM solve_session WHERE reason IS NOT NULL AND status = 'failed'") == 1
+    # The trained tiny navigator plans in the contract: the solver parsed its plan and ran a step with it.
+    assert _count(db, "SELECT count(*) FROM solve_round r JOIN solve_session s ON s.id = r.session_id "
+                      "WHERE s.status = 'failed' AND r.kind = 'step'") >= 1
+    assert "The trained navigator's plan parsed" in out
     versions = _count(db, "SELECT count(*) FROM template_version")
 
     again = cli("demo", "--no-train").output

@@ -249,8 +249,15 @@ def test_sft_mix_is_selectable_and_recorded(db, world, tmp_path):
     strict = export(db, "sft", tmp_path / "strict", plan_min_reward=1.0)
     loose = export(db, "sft", tmp_path / "loose", plan_min_reward=0.0, plans_per_problem=3)
     assert [m["params"]["mix"]["plan_rows"] for m in (none, strict, loose)] == [0, 1, 3]
-    assert loose["params"]["mix"] == {"template_rows": 2, "plan_rows": 3, "plans": True, "plan_min_reward": 0.0,
-                                      "plans_per_problem": 3, "contracts": [navigator.CONTRACT_HASH]}
+    assert loose["params"]["mix"] == {"template_rows": 2, "plan_rows": 3, "templates": True, "plans": True,
+                                      "plan_min_reward": 0.0, "plans_per_problem": 3,
+                                      "contracts": [navigator.CONTRACT_HASH]}
+    only_plans = export(db, "sft", tmp_path / "plans", templates=False)
+    assert (only_plans["params"]["mix"]["template_rows"], only_plans["row_counts"]) == (0, {"train": 1})
+    from kb.errors import InputError
+
+    with pytest.raises(InputError, match="template rows, plan rows or both"):
+        export(db, "sft", tmp_path / "nothing", templates=False, plans=False)
 
 
 def test_exports_refuse_mixed_contract_versions_unless_asked(cli, db, world, tmp_path):

@@ -90,14 +90,16 @@ def dpo_cmd(app: AppContext, out_dir: str, data_format: str, with_jsonl: bool, a
 @functools.partial(_common, formats=("parquet", "jsonl", "llamafactory"))
 @_contracts
 @click.option("--no-plans", is_flag=True, help="Template rows only (the paper's stage 1 without plan examples).")
+@click.option("--no-templates", is_flag=True,
+              help="Plan rows only (e.g. a small model that should learn the reply format first).")
 @click.option("--plan-min-reward", type=float, default=0.75, show_default=True,
               help="Plan examples: trajectories whose complete reward is at least this.")
 @click.option("--plans-per-problem", type=int, default=1, show_default=True,
               help="Plan examples: at most this many (the best) per train-split problem.")
 @pass_app
 def sft_cmd(app: AppContext, out_dir: str, data_format: str, with_jsonl: bool, as_json: bool,
-            allow_mixed_contracts: bool, no_plans: bool, plan_min_reward: float, plans_per_problem: int,
-            **hub) -> None:
+            allow_mixed_contracts: bool, no_plans: bool, no_templates: bool, plan_min_reward: float,
+            plans_per_problem: int, **hub) -> None:
     """Stage-1 SFT data (`messages`): template knowledge plus plan examples.
 
     Template rows: name + tags -> description + application scope. Plan rows: the navigator contract's
@@ -109,7 +111,8 @@ def sft_cmd(app: AppContext, out_dir: str, data_format: str, with_jsonl: bool, a
     """
     if plans_per_problem < 1:
         raise click.BadParameter("must be at least 1", param_hint="--plans-per-problem")
-    _run(app, "sft", out_dir, data_format, with_jsonl, as_json, plans=not no_plans, plan_min_reward=plan_min_reward,
+    _run(app, "sft", out_dir, data_format, with_jsonl, as_json, templates=not no_templates, plans=not no_plans,
+         plan_min_reward=plan_min_reward,
          plans_per_problem=plans_per_problem, allow_mixed_contracts=allow_mixed_contracts, **hub)
 
 
