@@ -22,6 +22,7 @@ MODULES: list[str] = [
     "pipelines.commands.export",
     "pipelines.commands.datasets",
     "pipelines.commands.importing",
+    "pipelines.commands.retriever",
 ]
 
 

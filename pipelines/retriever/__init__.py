@@ -39,7 +39,7 @@ def train_retriever(db: Database, *, name: str, base_model: str | None = None, o
     hp.check()
     base = config.embed_model_name(base_model)
     base_path = model_path(base, db)
-    pair_options.setdefault("negatives_model", base)
+    pair_options["negatives_model"] = pair_options.get("negatives_model") or base
     params = pair_params(**pair_options)
     folder = Path(out) if out else default_folder(name)
     pairs_folder = Path(pairs_out) if pairs_out else folder.with_name(folder.name + "-pairs")

@@ -105,7 +105,7 @@ def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: Hy
     base = config.embed_model_name(base_model)
     base_path = model_path(base, db)
     zero = get_embedder(base, db)
-    pair_options.setdefault("negatives_model", base)
+    pair_options["negatives_model"] = pair_options.get("negatives_model") or base
     with db.engine.connect() as conn:
         templates = library(conn)
         queries = eval_queries(conn)

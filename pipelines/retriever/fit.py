@@ -12,7 +12,9 @@ the same pairs, base model and hyper-parameters give the same weights on the sam
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,6 +95,13 @@ def _device(requested: str | None) -> str:
 def fit(base_path: str | Path, pairs: list[dict], templates: dict[int, dict], hp: HyperParams,
         out_dir: str | Path, *, progress=None) -> dict[str, Any]:
     """Train from BASE_PATH on PAIRS, save to OUT_DIR; returns the training metrics."""
+    # Training imports deepspeed through transformers when it is installed; its logger writes to the
+    # stdout it finds at import, which must stay clean for --json output.
+    with contextlib.redirect_stdout(sys.stderr):
+        return _fit(base_path, pairs, templates, hp, out_dir, progress)
+
+
+def _fit(base_path, pairs, templates, hp, out_dir, progress) -> dict[str, Any]:
     import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
