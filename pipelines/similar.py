@@ -249,19 +249,30 @@ def _groups(db: Database, params: dict, ids: np.ndarray) -> dict[tuple, np.ndarr
 def exact_neighbours(anchor_vecs: np.ndarray, anchor_ids: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
                      k: int, min_similarity: float) -> list[list[tuple[int, float]]]:
     """Each anchor's k most similar candidates [(id, similarity)], best first (ties: lower id first),
-    without itself, duplicates (similarity >= DUPLICATE_SIMILARITY) or members below MIN_SIMILARITY."""
-    sims = anchor_vecs @ cand_vecs.T
-    sims[(sims >= DUPLICATE_SIMILARITY) | (anchor_ids[:, None] == cand_ids[None, :])] = -np.inf
-    kk = min(k, sims.shape[1])
-    top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < sims.shape[1] else \
-        np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+    without itself, duplicates (similarity >= DUPLICATE_SIMILARITY) or members below MIN_SIMILARITY.
+
+    torch's matmul and topk (multi-threaded, no full sort); the top k + SPARE are taken and the
+    anchor itself and duplicates dropped afterwards, so the block is never masked whole. A row that
+    loses more than SPARE (many duplicates of the anchor) is recomputed over all its candidates.
+    """
+    import torch
+
+    spare = 8
+    sims = torch.from_numpy(anchor_vecs) @ torch.from_numpy(cand_vecs).T
+    kk = min(k + spare, sims.shape[1])
+    vals, cols = torch.topk(sims, kk, dim=1)
+    vals, cols = vals.numpy(), cols.numpy()
     out = []
-    for r in range(len(anchor_ids)):
-        cols = top[r]
-        vals = sims[r, cols]
-        order = np.lexsort((cand_ids[cols], -vals))
-        out.append([(int(cand_ids[cols[i]]), float(vals[i])) for i in order
-                    if np.isfinite(vals[i]) and vals[i] >= min_similarity])
+    for r, anchor in enumerate(anchor_ids):
+        v, c = vals[r], cols[r]
+        keep = (v < DUPLICATE_SIMILARITY) & (cand_ids[c] != anchor)
+        if kk < sims.shape[1] and keep.sum() < k and v[-1] >= min_similarity:
+            v = sims[r].numpy()  # too many duplicates dropped: this row, in full
+            c = np.arange(len(v))
+            keep = (v < DUPLICATE_SIMILARITY) & (cand_ids != anchor)
+        v, c = v[keep], c[keep]
+        order = np.lexsort((cand_ids[c], -v))[:k]
+        out.append([(int(cand_ids[c[i]]), float(v[i])) for i in order if v[i] >= min_similarity])
     return out
 
 
