@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -39,23 +41,36 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--hard-negatives", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length)
+    ap.add_argument("--with-starter", action="store_true",
+                    help="also import the packaged starter library: its 51 worked examples train every fold, "
+                         "while ranking and queries stay on the sample's chapters")
     args = ap.parse_args(argv)
     if not args.sample.exists():
         sys.exit(f"sample library not found: {args.sample}")
     model = config.embed_model_name(args.model)
     hp = HyperParams(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                     max_steps=args.max_steps, seed=args.seed)
+                     max_steps=args.max_steps, seed=args.seed, max_seq_length=args.max_seq_length)
     from pipelines.embed import embed_templates
     from pipelines.retriever.evaluate import leave_one_chapter_out
 
     with throwaway_database() as db:
         loader = load_sample(db, args.sample)
+        with db.engine.connect() as conn:
+            sample_chapters = sorted(conn.execute(sa.text("SELECT DISTINCT category FROM template")).scalars())
+        if args.with_starter:
+            from kb.starter import starter_library_path
+            from pipelines.import_templates import import_file
+
+            import_file(db, starter_library_path(), "jsonl", embed=False)
+            loader += " + the starter library (training pairs only)"
         n = embed_templates(db, model)
         print(f"sample: {args.sample.name} via {loader}; {n} templates embedded with {model}")
         print(f"hyper-parameters: {hp.to_dict()}, hard negatives: {args.hard_negatives}")
         print(f"machine load before training: {Path('/proc/loadavg').read_text().strip()}")
         t0 = time.perf_counter()
-        result = leave_one_chapter_out(db, base_model=model, hp=hp, chapters=args.chapter,
+        result = leave_one_chapter_out(db, base_model=model, hp=hp, chapters=args.chapter or sample_chapters,
+                                       index_categories=sample_chapters,
                                        hard_negatives=args.hard_negatives,
                                        log=lambda m: print(m, file=sys.stderr, flush=True))
         print(f"total wall time (pairs, training, scoring; all folds): {time.perf_counter() - t0:.0f} s")

@@ -246,32 +246,49 @@ def _groups(db: Database, params: dict, ids: np.ndarray) -> dict[tuple, np.ndarr
     return {g: np.array(sorted(v), dtype=np.int64) for g, v in groups.items()}
 
 
+# |fp16 dot - exact dot| for unit vectors: inputs rounded to 11-bit mantissas (2 x 2^-11 by
+# Cauchy-Schwarz) plus fp32 accumulation, with room to spare.
+FP16_ERROR = 2e-3
+PRESELECT = 32  # fp16 candidates re-scored in fp32 per anchor
+
+
 def exact_neighbours(anchor_vecs: np.ndarray, anchor_ids: np.ndarray, cand_vecs: np.ndarray, cand_ids: np.ndarray,
-                     k: int, min_similarity: float) -> list[list[tuple[int, float]]]:
+                     k: int, min_similarity: float, cand_half=None) -> list[list[tuple[int, float]]]:
     """Each anchor's k most similar candidates [(id, similarity)], best first (ties: lower id first),
     without itself, duplicates (similarity >= DUPLICATE_SIMILARITY) or members below MIN_SIMILARITY.
 
-    torch's matmul and topk (multi-threaded, no full sort); the top k + SPARE are taken and the
-    anchor itself and duplicates dropped afterwards, so the block is never masked whole. A row that
-    loses more than SPARE (many duplicates of the anchor) is recomputed over all its candidates.
+    Exact, but not by brute fp32: one fp16 matrix product (about twice the speed on CPUs with fp16
+    units) preselects PRESELECT candidates per anchor, which are re-scored in fp32. A row is
+    certified when its k-th exact score beats the best any unselected candidate could reach (the
+    smallest preselected fp16 score + FP16_ERROR); a row that is not (or that lost too many
+    candidates as self or duplicates) is recomputed over all its candidates in fp32.
+    CAND_HALF: CAND_VECS as an fp16 torch tensor, when the caller reuses it across blocks.
     """
     import torch
 
-    spare = 8
-    sims = torch.from_numpy(anchor_vecs) @ torch.from_numpy(cand_vecs).T
-    kk = min(k + spare, sims.shape[1])
-    vals, cols = torch.topk(sims, kk, dim=1)
-    vals, cols = vals.numpy(), cols.numpy()
+    n = len(cand_ids)
+    half = cand_half if cand_half is not None else torch.from_numpy(cand_vecs).half()
+    approx = torch.from_numpy(anchor_vecs).half() @ half.T
+    pre = min(max(PRESELECT, k + 8), n)
+    floor, cols = torch.topk(approx, pre, dim=1)
+    floor, cols = floor[:, -1].float().numpy(), cols.numpy()
+    exact = np.einsum("rd,rcd->rc", anchor_vecs, cand_vecs[cols])
     out = []
     for r, anchor in enumerate(anchor_ids):
-        v, c = vals[r], cols[r]
+        v, c = exact[r], cols[r]
         keep = (v < DUPLICATE_SIMILARITY) & (cand_ids[c] != anchor)
-        if kk < sims.shape[1] and keep.sum() < k and v[-1] >= min_similarity:
-            v = sims[r].numpy()  # too many duplicates dropped: this row, in full
-            c = np.arange(len(v))
-            keep = (v < DUPLICATE_SIMILARITY) & (cand_ids != anchor)
         v, c = v[keep], c[keep]
         order = np.lexsort((cand_ids[c], -v))[:k]
+        # An unselected candidate scores at most floor + FP16_ERROR: it can enter the answer only if
+        # that reaches min_similarity and beats (or, with fewer than k, joins) what was found.
+        bound = floor[r] + FP16_ERROR
+        certified = bound < min_similarity or (len(order) == k and v[order[-1]] > bound)
+        if pre < n and not certified:
+            v = cand_vecs @ anchor_vecs[r]  # not certified: this row over every candidate, fp32
+            c = np.arange(n)
+            keep = (v < DUPLICATE_SIMILARITY) & (cand_ids != anchor)
+            v, c = v[keep], c[keep]
+            order = np.lexsort((cand_ids[c], -v))[:k]
         out.append([(int(cand_ids[c[i]]), float(v[i])) for i in order if v[i] >= min_similarity])
     return out
 
@@ -305,14 +322,18 @@ def _exact_sets(db: Database, params: dict, dim: int, anchors: list[int], build_
     by_group: dict[tuple, list[int]] = {}
     for a in anchors:
         by_group.setdefault(group_of.get(a), []).append(a)
+    import torch
+
     sets = members = 0
     for group, group_anchors in by_group.items():
         cand = groups.get(group, np.zeros(0, dtype=np.int64))
+        cand_vecs, cand_ids = vecs[cand], ids[cand]
+        cand_half = torch.from_numpy(cand_vecs).half()
         for start in range(0, len(group_anchors), EXACT_BLOCK):
             block = np.array(group_anchors[start:start + EXACT_BLOCK], dtype=np.int64)
             if len(cand):
-                found = exact_neighbours(vecs[[pos[a] for a in block]], block, vecs[cand], ids[cand],
-                                         params["k"], params["min_similarity"])
+                found = exact_neighbours(vecs[[pos[a] for a in block]], block, cand_vecs, cand_ids,
+                                         params["k"], params["min_similarity"], cand_half)
             else:  # no candidates (a NULL subject under same_subject): empty sets, as the SQL path writes
                 found = [[] for _ in block]
             flat = [(int(a), m, r, s) for a, hits in zip(block, found) for r, (m, s) in enumerate(hits, start=1)]

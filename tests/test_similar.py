@@ -215,3 +215,28 @@ def test_exact_path_refuses_shared_tags(db, world):
     with pytest.raises(InputError, match="shared tags"):
         build_similar_sets(db, k=8, shared_tags=True, embed_missing=False, path="exact")
     assert build_similar_sets(db, k=8, min_similarity=0.0, shared_tags=True, embed_missing=False)["path"] == "index"
+
+
+@pytest.mark.parametrize("min_similarity", [-1.0, 0.3])
+def test_exact_neighbours_match_brute_force(min_similarity):
+    """The fp16 preselection with certified fp32 re-scoring equals a plain fp32 top k, ties by id,
+    also with duplicates and near-ties that force rows onto the full recompute."""
+    import numpy as np
+
+    from pipelines.similar import DUPLICATE_SIMILARITY, exact_neighbours
+
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(600, 48)) + 2 * rng.normal(size=(6, 48))[rng.integers(0, 6, 600)]
+    vecs[10:60] = vecs[9]  # 50 duplicates of problem 9: more than the preselection holds
+    vecs[100:140] = vecs[99] + 1e-3 * rng.normal(size=(40, 48))  # near-ties around problem 99
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(1, 601, dtype=np.int64)
+    anchors = np.array([0, 9, 30, 99, 120, 300, 599])
+    got = exact_neighbours(vecs[anchors], ids[anchors], vecs, ids, 8, min_similarity)
+    for a, found in zip(anchors, got):
+        sims = vecs @ vecs[a]
+        ok = [(int(ids[i]), float(sims[i])) for i in range(600)
+              if ids[i] != ids[a] and sims[i] < DUPLICATE_SIMILARITY and sims[i] >= min_similarity]
+        want = sorted(ok, key=lambda t: (-t[1], t[0]))[:8]
+        assert [m for m, _ in found] == [m for m, _ in want], a
+        assert np.allclose([s for _, s in found], [s for _, s in want], atol=1e-6)
