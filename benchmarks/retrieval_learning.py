@@ -24,9 +24,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.retrieval import SAMPLE, load_sample, print_table, throwaway_database  # noqa: E402
-from kb import config  # noqa: E402
-from pipelines.retriever.fit import HyperParams  # noqa: E402
+from benchmarks.retrieval import SAMPLE, load_sample, print_table, throwaway_database
+from kb import config
+from pipelines.retriever.fit import HyperParams
 
 
 def main(argv: list[str] | None = None) -> None:

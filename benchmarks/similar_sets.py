@@ -31,11 +31,17 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.retrieval import COPY_SIGNATURE, COPY_TRAILER, MATH500, print_table, synthetic_chunk  # noqa: E402
-from benchmarks.retrieval import throwaway_database  # noqa: E402
-from kb import config  # noqa: E402
-from kb.db import Database  # noqa: E402
-from kb.embeddings import index_name  # noqa: E402
+from benchmarks.retrieval import (
+    COPY_SIGNATURE,
+    COPY_TRAILER,
+    MATH500,
+    print_table,
+    synthetic_chunk,
+    throwaway_database,
+)
+from kb import config
+from kb.db import Database
+from kb.embeddings import index_name
 
 SUBJECTS = ("Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory",
             "Prealgebra", "Precalculus")
@@ -98,7 +104,8 @@ def run_size(db: Database, n: int, model: str, centers: np.ndarray, args) -> lis
     seconds = load(db, n, centers, model, args.noise, args.seed)
     print(f"\n{n:,} problems loaded in {seconds:.1f} s; load {Path('/proc/loadavg').read_text().strip()}")
     anchors = f"ids=1-{args.anchors}" if args.anchors else None
-    options = dict(k=args.k, min_similarity=args.min_similarity, anchors=anchors, model=model, embed_missing=False)
+    options = {"k": args.k, "min_similarity": args.min_similarity, "anchors": anchors, "model": model,
+               "embed_missing": False}
     rows, found = [], {}
     for path in args.paths:
         extra = {}

@@ -219,11 +219,11 @@ def load_vectors(db: Database, model: str, dim: int) -> tuple[np.ndarray, np.nda
     raw = db.engine.raw_connection()
     try:
         buf = bytearray()
-        with raw.driver_connection.cursor() as cur:
-            with cur.copy(f"COPY (SELECT problem_id, embedding FROM problem_embedding WHERE model = '{safe}' "
-                          "ORDER BY problem_id) TO STDOUT (FORMAT BINARY)") as copy:
-                for chunk in copy:
-                    buf += chunk
+        sql = (f"COPY (SELECT problem_id, embedding FROM problem_embedding WHERE model = '{safe}' "
+               "ORDER BY problem_id) TO STDOUT (FORMAT BINARY)")
+        with raw.driver_connection.cursor() as cur, cur.copy(sql) as copy:
+            for chunk in copy:
+                buf += chunk
         raw.driver_connection.rollback()
     finally:
         raw.close()

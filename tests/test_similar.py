@@ -189,7 +189,7 @@ def test_exact_and_index_paths_give_the_same_sets_and_build(db, same_subject):
             conn.execute(sa.text("INSERT INTO problem_embedding (problem_id, model, dim, embedding) "
                                  "VALUES (:p, :m, :d, CAST(:v AS vector))"),
                          {"p": pid, "m": MODEL, "d": DIM, "v": "[" + ",".join(f"{x:.7f}" for x in v) + "]"})
-    options = dict(k=8, min_similarity=0.2, same_subject=same_subject, embed_missing=False)
+    options = {"k": 8, "min_similarity": 0.2, "same_subject": same_subject, "embed_missing": False}
     by_index = build_similar_sets(db, path="index", **options)
     index_sets = _all_sets(db, by_index["build_id"])
     with db.engine.begin() as conn:

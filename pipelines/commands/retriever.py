@@ -105,9 +105,8 @@ def pairs_cmd(app: AppContext, out, exclude_categories, sources, min_reward,
     from pipelines.retriever.pairs import export_pairs
 
     db = app.db()
-    options = dict(weights=sources, min_reward=min_reward, hard_negatives=hard_negatives,
-                   negatives_model=negatives_model,
-                   exclude_categories=list(exclude_categories))
+    options = {"weights": sources, "min_reward": min_reward, "hard_negatives": hard_negatives,
+               "negatives_model": negatives_model, "exclude_categories": list(exclude_categories)}
     with pipeline_run(db, "export", {"kind": "retriever-pairs", "out": str(out)}) as (run_id, counts):
         manifest = export_pairs(db, out, run_id=run_id, **options)
         counts.update(manifest["row_counts"])

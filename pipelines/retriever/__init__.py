@@ -30,13 +30,13 @@ def _free_folder(path: Path, option: str) -> None:
 
 
 def train_retriever(db: Database, *, name: str, base_model: str | None = None, out: str | Path | None = None,
-                    pairs_out: str | Path | None = None, hp: HyperParams = HyperParams(), embed: bool = True,
+                    pairs_out: str | Path | None = None, hp: HyperParams | None = None, embed: bool = True,
                     **pair_options: Any) -> dict[str, Any]:
     """Export pairs, fine-tune, register NAME, embed the library with it; returns what was made."""
     from kb.embeddings import model_path
 
     check_name(db, name)
-    hp.check()
+    hp = (hp or HyperParams()).check()
     base = config.embed_model_name(base_model)
     base_path = model_path(base, db)
     pair_options["negatives_model"] = pair_options.get("negatives_model") or base

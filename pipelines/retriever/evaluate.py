@@ -98,7 +98,7 @@ def metrics(ranks: list[int | None]) -> dict[str, float]:
             "mrr@10": sum(1 / r for r in ranks if r) / n}
 
 
-def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: HyperParams = HyperParams(),
+def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: HyperParams | None = None,
                           chapters: list[str] | None = None, index_categories: list[str] | None = None,
                           log: Callable[[str], None] | None = None, **pair_options: Any) -> dict[str, Any]:
     """Per-fold and mean recall@1/5 and MRR@10, zero-shot vs fine-tuned, per query form and mode.
@@ -108,6 +108,7 @@ def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: Hy
     """
     from kb.embeddings import Embedder, get_embedder, model_path
 
+    hp = (hp or HyperParams()).check()
     base = config.embed_model_name(base_model)
     base_path = model_path(base, db)
     zero = get_embedder(base, db)
