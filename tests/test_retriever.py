@@ -156,3 +156,20 @@ def test_leave_one_chapter_out_reports_each_fold(small_kb):
     assert all(r["queries"] == 2 and 0 <= r["recall@1"] <= r["recall@5"] <= 1 for r in result["rows"])
     # Zero-shot finds these two easy chapters' templates in the top five of six.
     assert all(r["recall@5"] == 1.0 for r in result["mean"] if r["model"] == "zero-shot")
+
+
+def test_pairs_export_is_a_versioned_dataset(small_kb, cli, tmp_path):
+    import pyarrow.parquet as pq
+
+    out = json.loads(cli("retriever", "pairs", "--out", str(tmp_path / "p"), "--sources", "examples=2.5",
+                         "--exclude-category", "Counting", "--json").stdout)
+    assert out["id"].startswith("retriever-pairs-") and out["pairs"] == 4 and out["pairs_examples"] == 4
+    cli("datasets", "verify", str(tmp_path / "p"))
+    rows = pq.read_table(tmp_path / "p" / "pairs.parquet").to_pylist()
+    assert {r["weight"] for r in rows} == {2.5} and all(r["category"] != "Counting" for r in rows)
+    assert all(len(r["negative_template_ids"]) == 1 for r in rows)
+    again = json.loads(cli("retriever", "pairs", "--out", str(tmp_path / "q"), "--sources", "examples=2.5",
+                           "--exclude-category", "Counting", "--json").stdout)
+    assert again["id"] == out["id"]  # same selection, same KB: the same version
+    bad = cli("retriever", "pairs", "--out", str(tmp_path / "r"), "--sources", "examples=x", expect=None)
+    assert bad.exit_code != 0 and "--sources" in bad.output and not (tmp_path / "r").exists()
