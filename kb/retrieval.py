@@ -326,7 +326,7 @@ def search_templates(session_or_conn: Any, query: str | None = None, *,
     if mode != "text" and query_vector is None:
         from kb.embeddings import get_embedder
 
-        query_vector = get_embedder(model).encode([normalize_query(query)])[0]
+        query_vector = get_embedder(model, session_or_conn).encode([normalize_query(query)])[0]
     filters = _filter_sql(tags, category, status)
     n = max(candidates, k)
     with _executor(session_or_conn) as conn:
@@ -352,7 +352,7 @@ def search_many(db: Any, queries: list[str], **kw: Any) -> list[list[TemplateHit
     if mode != "text" and queries:
         from kb.embeddings import get_embedder
 
-        embedder = get_embedder(config.embed_model_name(kw.get("model")))
+        embedder = get_embedder(config.embed_model_name(kw.get("model")), db)
         vectors = list(embedder.encode([normalize_query(q) for q in queries]))
     with _executor(db) as conn:
         return [search_templates(conn, q, query_vector=v, **kw) for q, v in zip(queries, vectors)]

@@ -24,6 +24,7 @@ MODULES: list[str] = [
     "pipelines.commands.datasets",
     "pipelines.commands.importing",
     "pipelines.commands.loop",
+    "pipelines.commands.retriever",
 ]
 
 

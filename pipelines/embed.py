@@ -79,7 +79,7 @@ def embed_templates(db: Database, model: str | None = None, version_ids: list[in
     Without VERSION_IDS: every current version. With them: exactly those versions.
     RECOMPUTE re-embeds even when the stored vector was made from the same text.
     """
-    embedder = get_embedder(model)
+    embedder = get_embedder(model, db)
     todo = _template_candidates(db, embedder.name, version_ids, recompute)
     if not todo:
         return 0
@@ -112,7 +112,7 @@ def embed_problems(db: Database, model: str | None = None, problem_ids: list[int
                    run_id: int | None = None, *, recompute: bool = False, batch_size: int = BATCH,
                    progress: bool | None = None) -> int:
     """Embed problems (their text) lacking a vector for MODEL, or the given ones; returns the count."""
-    embedder = get_embedder(model)
+    embedder = get_embedder(model, db)
     conds = ["(:recompute OR e.problem_id IS NULL)"]
     params: dict[str, Any] = {"m": embedder.name, "recompute": recompute}
     if problem_ids is not None:

@@ -140,7 +140,7 @@ def test_destructive_downgrade_names_tables_and_counts_and_needs_yes(fresh_datab
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 1
 
-    # Stepping down from head drops no table, only named columns (0005's heartbeat_at holds values).
+    # Stepping down one revision never drops a table holding rows; at most named columns.
     assert all(loss["columns"] for loss in migrate.downgrade_losses(engine, "-1"))
     done = _invoke(fresh_database_url, "db", "downgrade", "base", "--yes")
     assert done.exit_code == 0 and "at revision base" in done.output

@@ -152,3 +152,91 @@ def test_math500_subset(db, shared_data):
         sizes = conn.execute(sa.text("SELECT sum(size), (SELECT count(*) FROM similar_set_member) "
                                      "FROM similar_set")).one()
     assert bad == 0 and sizes[0] == sizes[1] and sizes[0] > 40
+
+
+def _all_sets(db, build_id: int) -> dict[int, list[tuple[int, int, float]]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT s.anchor_problem_id, s.anchor_split, s.size, m.problem_id, m.rank, m.similarity "
+            "FROM similar_set s LEFT JOIN similar_set_member m ON m.set_id = s.id WHERE s.build_id = :b "
+            "ORDER BY s.anchor_problem_id, m.rank"), {"b": build_id}).all()
+    out: dict[int, list] = {}
+    for a, split, size, pid, rank, sim in rows:
+        out.setdefault(a, [])
+        if pid is not None:
+            out[a].append((pid, rank, sim))
+        assert size == len([r for r in rows if r[0] == a and r[3] is not None])
+    return out
+
+
+@pytest.mark.parametrize("same_subject", [False, True])
+def test_exact_and_index_paths_give_the_same_sets_and_build(db, same_subject):
+    """Clustered vectors, two splits, two subjects: both paths write the same members, ranks and build."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(12, DIM))
+    with db.engine.begin() as conn:
+        for i in range(240):
+            v = centers[i % 12] + 0.6 * rng.normal(size=DIM)
+            v /= np.linalg.norm(v)
+            text = f"problem {i}"
+            pid = conn.execute(sa.text(
+                "INSERT INTO problem (text, split, subject, content_hash, extra) VALUES (:t, :s, :subj, :h, '{}') "
+                "RETURNING id"),
+                {"t": text, "s": "test" if i % 5 == 0 else "train", "subj": ["Algebra", "Geometry"][i % 2],
+                 "h": content_hash(text)}).scalar()
+            conn.execute(sa.text("INSERT INTO problem_embedding (problem_id, model, dim, embedding) "
+                                 "VALUES (:p, :m, :d, CAST(:v AS vector))"),
+                         {"p": pid, "m": MODEL, "d": DIM, "v": "[" + ",".join(f"{x:.7f}" for x in v) + "]"})
+    options = {"k": 8, "min_similarity": 0.2, "same_subject": same_subject, "embed_missing": False}
+    by_index = build_similar_sets(db, path="index", **options)
+    index_sets = _all_sets(db, by_index["build_id"])
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM similar_set WHERE build_id = :b"), {"b": by_index["build_id"]})
+    by_exact = build_similar_sets(db, path="exact", **options)
+    exact_sets = _all_sets(db, by_exact["build_id"])
+    assert by_index["path"] == "index" and by_exact["path"] == "exact"
+    assert by_exact["build_id"] == by_index["build_id"] and by_exact["params_hash"] == by_index["params_hash"]
+    assert by_exact["sets"] == by_index["sets"] == 240 and by_exact["members"] == by_index["members"]
+    assert sum(len(v) for v in exact_sets.values()) > 240 * 4
+    assert exact_sets.keys() == index_sets.keys()
+    for anchor, members in exact_sets.items():
+        assert [m[:2] for m in members] == [m[:2] for m in index_sets[anchor]], anchor
+        assert all(abs(a[2] - b[2]) < 1e-5 for a, b in zip(members, index_sets[anchor]))
+    # auto takes the exact path on a pool this small, and a rebuild adds nothing.
+    again = build_similar_sets(db, **options)
+    assert again["sets"] == 0 and again["build_id"] == by_exact["build_id"]
+
+
+def test_exact_path_refuses_shared_tags(db, world):
+    from kb.errors import InputError
+
+    with pytest.raises(InputError, match="shared tags"):
+        build_similar_sets(db, k=8, shared_tags=True, embed_missing=False, path="exact")
+    assert build_similar_sets(db, k=8, min_similarity=0.0, shared_tags=True, embed_missing=False)["path"] == "index"
+
+
+@pytest.mark.parametrize("min_similarity", [-1.0, 0.3])
+def test_exact_neighbours_match_brute_force(min_similarity):
+    """The fp16 preselection with certified fp32 re-scoring equals a plain fp32 top k, ties by id,
+    also with duplicates and near-ties that force rows onto the full recompute."""
+    import numpy as np
+
+    from pipelines.similar import DUPLICATE_SIMILARITY, exact_neighbours
+
+    rng = np.random.default_rng(5)
+    vecs = rng.normal(size=(600, 48)) + 2 * rng.normal(size=(6, 48))[rng.integers(0, 6, 600)]
+    vecs[10:60] = vecs[9]  # 50 duplicates of problem 9: more than the preselection holds
+    vecs[100:140] = vecs[99] + 1e-3 * rng.normal(size=(40, 48))  # near-ties around problem 99
+    vecs = (vecs / np.linalg.norm(vecs, axis=1, keepdims=True)).astype(np.float32)
+    ids = np.arange(1, 601, dtype=np.int64)
+    anchors = np.array([0, 9, 30, 99, 120, 300, 599])
+    got = exact_neighbours(vecs[anchors], ids[anchors], vecs, ids, 8, min_similarity)
+    for a, found in zip(anchors, got):
+        sims = vecs @ vecs[a]
+        ok = [(int(ids[i]), float(sims[i])) for i in range(600)
+              if ids[i] != ids[a] and sims[i] < DUPLICATE_SIMILARITY and sims[i] >= min_similarity]
+        want = sorted(ok, key=lambda t: (-t[1], t[0]))[:8]
+        assert [m for m, _ in found] == [m for m, _ in want], a
+        assert np.allclose([s for _, s in found], [s for _, s in want], atol=1e-6)

@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from kb.models.llm import Failure, LlmCall, WorkUnit
 from kb.models.problems import Problem, ProblemEmbedding, SimilarBuild, SimilarSet, SimilarSetMember
+from kb.models.retrievers import RetrieverModel
 from kb.models.runs import PipelineRun
 from kb.models.sessions import SolveRound, SolveSession
 from kb.models.templates import Template, TemplateEmbedding, TemplateVersion
@@ -22,7 +23,8 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "DatasetVersion", "DpoPair", "Failure", "LlmCall", "NavigatorModel", "PipelineRun", "Problem",
-    "ProblemEmbedding", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember", "SolveRound",
-    "SolveSession", "SolveStepTemplate", "Template", "TemplateEmbedding", "TemplateVersion", "TrainingMetric", "TrainingRun",
+    "ProblemEmbedding", "RetrieverModel", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember",
+    "SolveRound", "SolveSession", "SolveStepTemplate", "Template", "TemplateEmbedding", "TemplateVersion",
+    "TrainingMetric", "TrainingRun",
     "Trajectory", "TrajectoryStep", "WorkUnit", "metadata",
 ]

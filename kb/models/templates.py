@@ -72,7 +72,7 @@ class TemplateVersion(SQLModel, table=True):
     source_ref: str | None = text_field()
     provenance: dict[str, Any] = json_field()
     change_note: str | None = text_field()
-    author: str | None = text_field()  # who made it: --author or the OS user; NULL only for rows before 0006
+    author: str | None = text_field()  # who made it: --author or the OS user; NULL only for rows before 0004
     run_id: int | None = run_fk(immutable=True)
     created_at: datetime = created_at_field()
     search_tsv: Any = Field(

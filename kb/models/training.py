@@ -27,7 +27,7 @@ class TrainingRun(SQLModel, table=True):
     status: str = Field(default="running", index=True, description="running | succeeded | failed | interrupted")
     metrics: dict[str, Any] = json_field()
     output_path: str | None = text_field()
-    # Unique (partial index, migration 0005): a run is resumed at most once, since every resume writes
+    # Unique (partial index, migration 0006): a run is resumed at most once, since every resume writes
     # into the run's own folder; two resumes would share checkpoints and register one set of weights twice.
     resumed_from: int | None = Field(default=None, foreign_key="training_run.id")
     error: str | None = text_field()

@@ -10,7 +10,7 @@ from kb.output import emit, output_options
 
 @click.command("embed")
 @click.option("--model", default=None,
-              help="Embedding model: all-MiniLM-L6-v2 or a local sentence-transformers folder "
+              help="Embedding model: all-MiniLM-L6-v2, a registered retriever or a local sentence-transformers folder "
                    "(default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).")
 @click.option("--what", type=click.Choice(["templates", "problems", "all"]), default="all", show_default=True,
               help="Which items to embed.")
@@ -30,7 +30,7 @@ def embed_cmd(app: AppContext, model: str | None, what: str, recompute: bool, ba
     from pipelines.embed import embed_problems, embed_templates
 
     db = app.db()
-    embedder = get_embedder(model)
+    embedder = get_embedder(model, db)
     params = {"model": embedder.name, "what": what, "recompute": recompute, "batch_size": batch_size}
     with pipeline_run(db, "embed", params) as (run_id, counts):
         if what in ("templates", "all"):

@@ -24,16 +24,21 @@ def similar() -> None:
               help="Which anchors, e.g. 'split=train;source=math500;ids=1-50,77' (keys: ids, source, split, "
                    "subject, level, has, limit; default: all).")
 @click.option("--model", default=None, help="Embedding model (default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Anchors per SQL statement.")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Anchors per SQL statement (index path).")
+@click.option("--path", "path", type=click.Choice(["auto", "exact", "index"]), default="auto", show_default=True,
+              help="exact: one matrix product per block of anchors; index: the HNSW index per anchor; auto: "
+                   "exact while the candidate pool is small enough. Same sets and build either way.")
 @output_options(csv_ok=False)
 @pass_app
 def build_cmd(app: AppContext, k: int, min_similarity: float, same_subject: bool, shared_tags: bool,
-              anchors: str | None, model: str | None, batch_size: int, fmt: str) -> None:
+              anchors: str | None, model: str | None, batch_size: int, path: str, fmt: str) -> None:
     """Build sets for these parameters; the same parameters again only fill anchors that have none."""
     from pipelines.similar import build_similar_sets
 
     emit(build_similar_sets(app.db(), k=k, min_similarity=min_similarity, same_subject=same_subject,
-                            shared_tags=shared_tags, anchors=anchors, model=model, batch_size=batch_size), fmt)
+                            shared_tags=shared_tags, anchors=anchors, model=model, batch_size=batch_size,
+                            path=path), fmt)
 
 
 @similar.command("builds")

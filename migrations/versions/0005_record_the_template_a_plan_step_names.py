@@ -3,8 +3,8 @@
 The navigator contract renders a stored trajectory back into the reply it stands for; a step that
 retrieval could not link to a template version still needs the name the navigator gave it.
 
-Revision ID: 0008
-Revises: 0006
+Revision ID: 0005
+Revises: 0004
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0006"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

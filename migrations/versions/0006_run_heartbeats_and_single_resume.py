@@ -5,8 +5,8 @@ training_run gets `host` and `pid` like pipeline_run, so any command can tell a 
 gone, on any host, and mark it interrupted. A partial unique index on training_run.resumed_from
 refuses a second resume of the same run (both would write into the run's one folder).
 
-Revision ID: 0005
-Revises: 0008
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0008"  # rechained after main's 0008 when main was merged in
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -8,7 +8,7 @@
 - `template_history` gains `author`, `provenance` and the writing run's stage;
   `rollout_step_template` links every rollout to the template versions of its trajectory's steps.
 
-Revision ID: 0006
+Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-29 11:45:00
 """
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0006'
-down_revision: str | None = '0003'
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
