@@ -222,6 +222,9 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     """Write the folder, record the version (or reuse its row), return the manifest."""
     from kb import migrate
 
+    files = [data_file(spec, p, f) for p in spec.parts for f in spec.formats]
+    if len(set(files)) != len(files):  # two parts of one split would overwrite each other's file
+        raise ValueError(f"the parts of a {spec.kind} export need distinct splits (files: {', '.join(files)})")
     out = Path(out_dir)
     revision = migrate.current_revision(db.engine) or "base"
     out.parent.mkdir(parents=True, exist_ok=True)

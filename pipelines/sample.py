@@ -71,7 +71,7 @@ class SampleHandler:
         if not steps or not self._kb_has_templates():
             return [(None, None)] * len(steps)
         if self.retrieval_mode != "text":
-            step_retrieval.prime([s.template for s in steps])
+            step_retrieval.prime([s.template for s in steps], self.db)
         with self.db.engine.connect() as conn:
             hits = [step_retrieval.search_step(conn, s.template, s.text, k=1, mode=self.retrieval_mode)
                     for s in steps]

@@ -59,6 +59,16 @@ def _model_dim(conn, model: str) -> int | None:
 
 
 # Tags a problem carries: its own (extra.tags, from import) and those of the templates its trajectories use.
+# Both paths end the same way: the sets (CTE `sets`, from neighbours `nn`) get their members in the same
+# statement, and the statement reports what it wrote.
+_MEMBERS = """, members AS (
+        INSERT INTO similar_set_member (set_id, problem_id, rank, similarity)
+        SELECT sets.id, nn.member_id, nn.rank, nn.similarity FROM sets JOIN nn ON nn.anchor_id = sets.anchor_problem_id
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM sets) AS sets, (SELECT count(*) FROM members) AS members
+"""
+
 PROBLEM_TAGS = """
     ptags AS (
         SELECT p.id AS problem_id, t.tag FROM problem p,
@@ -105,13 +115,7 @@ def _batch_sql(model: str, dim: int, same_subject: bool, shared_tags: bool) -> s
         FROM problem a WHERE a.id = ANY(:ids)
         ON CONFLICT (build_id, anchor_problem_id) DO NOTHING
         RETURNING id, anchor_problem_id
-    ), members AS (
-        INSERT INTO similar_set_member (set_id, problem_id, rank, similarity)
-        SELECT sets.id, nn.member_id, nn.rank, nn.similarity FROM sets JOIN nn ON nn.anchor_id = sets.anchor_problem_id
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM sets) AS sets, (SELECT count(*) FROM members) AS members
-    """
+    ){_MEMBERS}"""
 
 
 def build_params(*, k: int = 8, min_similarity: float = 0.5, same_subject: bool = False,
@@ -303,13 +307,7 @@ _WRITE_SQL = sa.text("""
         FROM unnest(CAST(:ids AS integer[]), CAST(:sizes AS integer[])) AS x(id, size) JOIN problem p ON p.id = x.id
         ON CONFLICT (build_id, anchor_problem_id) DO NOTHING
         RETURNING id, anchor_problem_id
-    ), members AS (
-        INSERT INTO similar_set_member (set_id, problem_id, rank, similarity)
-        SELECT sets.id, nn.member_id, nn.rank, nn.similarity FROM sets JOIN nn ON nn.anchor_id = sets.anchor_problem_id
-        RETURNING 1
-    )
-    SELECT (SELECT count(*) FROM sets) AS sets, (SELECT count(*) FROM members) AS members
-""")
+    )""" + _MEMBERS)
 
 
 def _exact_sets(db: Database, params: dict, dim: int, anchors: list[int], build_id: int,

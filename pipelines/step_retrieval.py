@@ -50,18 +50,19 @@ class PhraseVectors:
             while len(self._vectors) > self.maxsize:
                 self._vectors.popitem(last=False)
 
-    def get(self, phrase: str, model: str | None = None) -> Any:
+    def get(self, phrase: str, model: str | None = None, db: Any = None) -> Any:
+        """DB: where a registered retriever's name is looked up (default: the default database)."""
         from kb.embeddings import get_embedder
 
         model = config.embed_model_name(model)
         key = (model, normalize(phrase))
         vector = self._lookup(key)
         if vector is None:
-            vector = get_embedder(model).encode([key[1]])[0]
+            vector = get_embedder(model, db).encode([key[1]])[0]
             self._store(model, [key[1]], [vector])
         return vector
 
-    def prime(self, phrases: list[str], model: str | None = None) -> int:
+    def prime(self, phrases: list[str], model: str | None = None, db: Any = None) -> int:
         """Embed the phrases not cached yet, in batches; returns how many were added."""
         from kb.embeddings import get_embedder
 
@@ -71,7 +72,7 @@ class PhraseVectors:
         ]
         for i in range(0, len(missing), BATCH):
             chunk = missing[i : i + BATCH]
-            self._store(model, chunk, get_embedder(model).encode(chunk, batch_size=BATCH))
+            self._store(model, chunk, get_embedder(model, db).encode(chunk, batch_size=BATCH))
         return len(missing)
 
     def __len__(self) -> int:
@@ -81,8 +82,8 @@ class PhraseVectors:
 _CACHE = PhraseVectors()
 
 
-def phrase_vector(phrase: str) -> Any:
-    return _CACHE.get(phrase)
+def phrase_vector(phrase: str, db: Any = None) -> Any:
+    return _CACHE.get(phrase, db=db)
 
 
 def prime_template_names(db: Database, *, limit: int = MAX_PHRASES // 2) -> int:
@@ -100,16 +101,16 @@ def prime_template_names(db: Database, *, limit: int = MAX_PHRASES // 2) -> int:
             .scalars()
             .all()
         )
-    return _CACHE.prime(list(names))
+    return _CACHE.prime(list(names), db=db)
 
 
-def prime(phrases: list[str]) -> int:
-    return _CACHE.prime(phrases)
+def prime(phrases: list[str], db: Any = None) -> int:
+    return _CACHE.prime(phrases, db=db)
 
 
 def search_step(db: Any, template: str, text: str, *, k: int, mode: str = "hybrid") -> list[TemplateHit]:
     """The top K current templates for a step that names TEMPLATE and does TEXT."""
-    vector = None if mode == "text" else phrase_vector(template)
+    vector = None if mode == "text" else phrase_vector(template, db)
     return search_templates(db, f"{template}. {text}", query_vector=vector, k=k, mode=mode)
 
 

@@ -52,12 +52,12 @@ def test_rerun_after_a_killed_problem_import_embeds_every_problem_of_the_file(cl
               "WHERE e.problem_id = p.id AND e.model = 'all-MiniLM-L6-v2')"
     assert 0 < _scalar(db, missing) < 150  # the first batch was stored, the rest was not
 
-    again = json.loads(cli("problems", "import", str(path), "--json").output)
+    again = json.loads(cli("problems", "import", str(path), "--json").stdout)
     assert again["created"] == 0 and again["existing"] == 150 and again["embedded"] == _scalar(
         db, f"SELECT count(*) FROM problem_embedding WHERE run_id = {again['run_id']}")
     assert _scalar(db, missing) == 0
     # A third run has nothing left to do.
-    assert json.loads(cli("problems", "import", str(path), "--json").output)["embedded"] == 0
+    assert json.loads(cli("problems", "import", str(path), "--json").stdout)["embedded"] == 0
 
 
 def test_rerun_after_no_embed_embeds_the_existing_problems(cli, db, tmp_path):
@@ -65,7 +65,7 @@ def test_rerun_after_no_embed_embeds_the_existing_problems(cli, db, tmp_path):
     path.write_text("".join(json.dumps({"problem": f"How many divisors has {n}?"}) + "\n" for n in (12, 30, 64)))
     cli("problems", "import", str(path), "--no-embed")
     assert _scalar(db, "SELECT count(*) FROM problem_embedding") == 0
-    assert json.loads(cli("problems", "import", str(path), "--json").output)["embedded"] == 3
+    assert json.loads(cli("problems", "import", str(path), "--json").stdout)["embedded"] == 3
     assert _scalar(db, "SELECT count(*) FROM problem_embedding") == 3
 
 
@@ -80,6 +80,6 @@ def test_rerun_after_a_killed_template_import_embeds_every_template(cli, db, tmp
     missing = "SELECT count(*) FROM template t WHERE NOT EXISTS (SELECT 1 FROM template_embedding e " \
               "WHERE e.version_id = t.current_version_id)"
     assert 0 < _scalar(db, missing) < 100
-    again = json.loads(cli("import", "jsonl", str(path), "--json").output)
+    again = json.loads(cli("import", "jsonl", str(path), "--json").stdout)
     assert again["unchanged"] == 100 and again["embedded"] > 0
     assert _scalar(db, missing) == 0

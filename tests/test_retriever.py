@@ -165,7 +165,7 @@ def test_pairs_export_is_a_versioned_dataset(small_kb, cli, tmp_path):
                          "--exclude-category", "Counting", "--json").stdout)
     assert out["id"].startswith("retriever-pairs-") and out["pairs"] == 4 and out["pairs_examples"] == 4
     cli("datasets", "verify", str(tmp_path / "p"))
-    rows = pq.read_table(tmp_path / "p" / "pairs.parquet").to_pylist()
+    rows = pq.read_table(tmp_path / "p" / "data" / "pairs.parquet").to_pylist()
     assert {r["weight"] for r in rows} == {2.5} and all(r["category"] != "Counting" for r in rows)
     assert all(len(r["negative_template_ids"]) == 1 for r in rows)
     again = json.loads(cli("retriever", "pairs", "--out", str(tmp_path / "q"), "--sources", "examples=2.5",

@@ -202,10 +202,12 @@ def export_pairs(db: Database, out_dir: str | Path, *, run_id: int | None = None
             DataPart("pairs", pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA),
                      description="One (query, template) pair per row: the query text, the positive template "
                                  "(its current version), the chapter, the source and its weight, and the "
-                                 "template ids the current index ranks highest without being the positive."),
+                                 "template ids the current index ranks highest without being the positive.",
+                     split="pairs"),
             DataPart("templates", pa.Table.from_pylist(templates, schema=TEMPLATE_SCHEMA),
                      description="The current version of every template the pairs name (as positive or "
-                                 "negative) and the texts the embed stage embeds for it (never the worked example)."),
+                                 "negative) and the texts the embed stage embeds for it (never the worked example).",
+                     split="templates"),
         ],
         card_intro="Training pairs for a template retriever (`reasonflux retriever train`).",
         extra_manifest={"pairs_by_source": counts},
@@ -217,7 +219,9 @@ def read_pairs(folder: str | Path) -> tuple[list[dict], dict[int, dict]]:
     """(pairs, templates by id) from an exported version folder."""
     import pyarrow.parquet as pq
 
-    folder = Path(folder)
-    pairs = pq.read_table(folder / "pairs.parquet").to_pylist()
-    templates = {t["template_id"]: t for t in pq.read_table(folder / "templates.parquet").to_pylist()}
+    from kb.datasets import DATA_DIR
+
+    data = Path(folder) / DATA_DIR  # one file per part, named by the part (kb.datasets.data_file)
+    pairs = pq.read_table(data / "pairs.parquet").to_pylist()
+    templates = {t["template_id"]: t for t in pq.read_table(data / "templates.parquet").to_pylist()}
     return pairs, templates
