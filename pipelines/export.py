@@ -90,13 +90,18 @@ def _string_array(n: int, data, lengths, flags) -> pa.Array:
 
 # ---- trajectories as navigator-contract conversations -----------------------------------------------------
 
+# Steps and hints come back as arrays, not JSON: no per-row JSON decoding on large exports.
 _CONVERSATIONS_SQL = sa.text("""
     SELECT t.id, t.problem_id, p.text AS problem, t.abstraction, t.sampling->>'prompt_hash' AS contract,
-           coalesce(t.sampling->'hints', '[]'::jsonb) AS hints, (t.sampling->>'max_steps')::int AS max_steps,
-           coalesce((SELECT json_agg(json_build_array(st.text, coalesce(v.name, st.template_phrase, st.text))
-                                     ORDER BY st.position)
-                     FROM trajectory_step st LEFT JOIN template_version v ON v.id = st.template_version_id
-                     WHERE st.trajectory_id = t.id), '[]') AS steps
+           ARRAY(SELECT h::int FROM jsonb_array_elements_text(
+                     CASE WHEN jsonb_typeof(t.sampling->'hints') = 'array' THEN t.sampling->'hints' END) h
+                 WHERE h IS NOT NULL) AS hints,
+           (t.sampling->>'max_steps')::int AS max_steps,
+           ARRAY(SELECT st.text FROM trajectory_step st WHERE st.trajectory_id = t.id ORDER BY st.position)
+               AS step_texts,
+           ARRAY(SELECT coalesce(v.name, st.template_phrase, st.text) FROM trajectory_step st
+                 LEFT JOIN template_version v ON v.id = st.template_version_id
+                 WHERE st.trajectory_id = t.id ORDER BY st.position) AS step_templates
     FROM trajectory t JOIN problem p ON p.id = t.problem_id
     WHERE t.id = ANY(:ids) ORDER BY t.id
 """)
@@ -109,21 +114,25 @@ def conversations(conn, trajectory_ids) -> dict[int, dict[str, Any]]:
     A step's template is the linked version's name (the template whose use earned the reward), else the
     phrase the plan named. A trajectory that cannot be a valid reply (no abstraction, no steps) is an
     InputError naming it."""
-    rows = conn.execute(_CONVERSATIONS_SQL, {"ids": sorted({int(i) for i in trajectory_ids})}).mappings().all()
-    hint_ids = sorted({h for r in rows for h in r["hints"] if h is not None})
+    rows = conn.execute(_CONVERSATIONS_SQL, {"ids": sorted({int(i) for i in trajectory_ids})}).all()
+    hint_ids = sorted({h for r in rows for h in r.hints})
     hints = {r["id"]: navigator.Hint(r["id"], r["name"], r["application_scope"] or r["description"] or "")
              for r in conn.execute(sa.text("SELECT id, name, application_scope, description FROM template_version "
                                            "WHERE id = ANY(:ids)"), {"ids": hint_ids}).mappings()}
+    prompts: dict[tuple, list] = {}  # one request per (problem, hints, bound): trajectories share them
     out = {}
     for r in rows:
-        max_steps = r["max_steps"] or navigator.MAX_STEPS
-        if not (r["abstraction"] or "").strip() or not r["steps"] or len(r["steps"]) > max_steps:
+        max_steps = r.max_steps or navigator.MAX_STEPS
+        if not (r.abstraction or "").strip() or not r.step_texts or len(r.step_texts) > max_steps:
             raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps} "
-                             "steps", record=f"trajectory {r['id']}", field="abstraction/steps")
-        shown = [hints[h] for h in r["hints"] if h in hints]
-        out[r["id"]] = {"prompt": navigator.plan_messages(r["problem"], hints=shown, max_steps=max_steps),
-                        "reply": navigator.render_plan(r["abstraction"], r["steps"]),
-                        "contract": r["contract"], "problem_id": r["problem_id"]}
+                             "steps", record=f"trajectory {r.id}", field="abstraction/steps")
+        key = (r.problem_id, tuple(r.hints), max_steps)
+        if key not in prompts:
+            shown = [hints[h] for h in r.hints if h in hints]
+            prompts[key] = navigator.plan_messages(r.problem, hints=shown, max_steps=max_steps)
+        out[r.id] = {"prompt": prompts[key], "reply": navigator.render_plan(r.abstraction, zip(r.step_texts,
+                                                                                          r.step_templates)),
+                     "contract": r.contract, "problem_id": r.problem_id}
     return out
 
 
