@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb.db import Database
-from kb.errors import ConflictError, KbError, NotFound
+from kb.errors import ConflictError, InputError, KbError, NotFound
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
@@ -222,6 +222,7 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     """Write the folder, record the version (or reuse its row), return the manifest."""
     from kb import migrate
 
+    check_output_dir(out_dir)
     files = [data_file(spec, p, f) for p in spec.parts for f in spec.formats]
     if len(set(files)) != len(files):  # two parts of one split would overwrite each other's file
         raise ValueError(f"the parts of a {spec.kind} export need distinct splits (files: {', '.join(files)})")
@@ -280,6 +281,17 @@ def _record(db: Database, version_id: str, kind: str, params: dict, revision: st
     if row.files != hashes:
         raise ConflictError(f"dataset version {version_id} is recorded with other file hashes; nothing was written")
     return row.created_at.isoformat()
+
+
+def check_output_dir(out_dir: str | Path) -> None:
+    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file."""
+    out = Path(out_dir)
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is a file" if path == out else f"is under {path}, which is a file"
+                raise InputError(f"{out} {what}, not a folder", field="--out")
+            return
 
 
 def _check_destination(out: Path, version_id: str) -> None:

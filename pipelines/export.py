@@ -26,7 +26,14 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from kb.datasets import DEFAULT_LICENSE, LICENSE_PATTERN, DataPart, ExportSpec, write_dataset
+from kb.datasets import (
+    DEFAULT_LICENSE,
+    LICENSE_PATTERN,
+    DataPart,
+    ExportSpec,
+    check_output_dir,
+    write_dataset,
+)
 from kb.db import Database
 from kb.errors import InputError, NotFound
 from kb.runs import pipeline_run
@@ -366,17 +373,6 @@ HUB_METADATA = {
     "templates": (("text-generation",), ("template-library",)),
     "problems": (("question-answering", "text-generation"), ("math-word-problems",)),
 }
-
-
-def check_output_dir(out_dir: str | Path) -> None:
-    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file."""
-    out = Path(out_dir)
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "is a file" if path == out else f"is under {path}, which is a file"
-                raise InputError(f"{out} {what}, not a folder", field="--out")
-            return
 
 
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),

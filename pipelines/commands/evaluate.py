@@ -7,7 +7,8 @@ import click
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
 from kb.runs import raise_for_outcome
-from pipelines.llm.cli_options import llm_stage_options, resolve, role_option, runner_kwargs
+from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
+from pipelines.llm.roles import resolve_role
 
 
 @click.command("evaluate")
@@ -27,8 +28,9 @@ def evaluate_cmd(app: AppContext, trajectories: str, inference_spec: str | None,
     """Follow each trajectory on its similar set's problems, grade the answers, store rollouts and rewards."""
     from pipelines.evaluate import DEFAULT_SAMPLING, evaluate
 
-    role, sampling, prompts_dir = resolve(app.db(), "inference", inference_spec, llm_config, DEFAULT_SAMPLING,
-                                          temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    resolved = resolve_role(app.db(), "inference", inference_spec, llm_config, DEFAULT_SAMPLING,
+                            temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    role, sampling, prompts_dir = resolved.config, resolved.sampling, resolved.prompts_dir
     result = evaluate(app.db(), trajectories, role, samples=samples, sampling=sampling, base_seed=base_seed,
                       prompts_dir=prompts_dir, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
     emit(result, fmt)

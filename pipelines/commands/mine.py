@@ -7,7 +7,8 @@ import click
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
 from kb.runs import raise_for_outcome
-from pipelines.llm.cli_options import llm_stage_options, resolve, role_option, runner_kwargs
+from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
+from pipelines.llm.roles import resolve_role
 
 
 @click.command("mine")
@@ -28,8 +29,9 @@ def mine_cmd(app: AppContext, problems: str, miner_spec: str | None, max_retries
     """Mine templates: parse strictly, retry boundedly, dedupe against the KB into new versions."""
     from pipelines.mine import DEFAULT_SAMPLING, mine
 
-    role, sampling, prompts_dir = resolve(app.db(), "miner", miner_spec, llm_config, DEFAULT_SAMPLING,
-                                          temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    resolved = resolve_role(app.db(), "miner", miner_spec, llm_config, DEFAULT_SAMPLING,
+                            temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    role, sampling, prompts_dir = resolved.config, resolved.sampling, resolved.prompts_dir
     result = mine(app.db(), problems, role, max_retries=max_retries, sampling=sampling, prompts_dir=prompts_dir,
                   embed_model=embed_model, **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
     emit(result, fmt)

@@ -7,7 +7,8 @@ import click
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
 from kb.runs import raise_for_outcome
-from pipelines.llm.cli_options import llm_stage_options, resolve, role_option, runner_kwargs
+from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
+from pipelines.llm.roles import resolve_role
 
 
 @click.command("sample")
@@ -35,8 +36,9 @@ def sample_cmd(app: AppContext, problems: str, n: int, navigator_spec: str | Non
     """Sample N trajectories per problem; unparseable plans are recorded as failures."""
     from pipelines.sample import DEFAULT_SAMPLING, sample
 
-    role, sampling, _ = resolve(app.db(), "navigator", navigator_spec, llm_config, DEFAULT_SAMPLING,
-                                          temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    resolved = resolve_role(app.db(), "navigator", navigator_spec, llm_config, DEFAULT_SAMPLING,
+                            temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    role, sampling = resolved.config, resolved.sampling
     result = sample(app.db(), problems, role, n=n, navigator_name=navigator_name, sampling=sampling,
                     base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
                     **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))

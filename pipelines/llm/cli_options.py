@@ -6,9 +6,6 @@ from typing import Any
 
 import click
 
-from pipelines.llm.base import SamplingParams
-from pipelines.llm.config import RoleConfig
-
 
 def role_option(role: str, help_text: str):
     return click.option(f"--{role}", f"{role}_spec", default=None, metavar="SPEC|NAME",
@@ -36,16 +33,6 @@ def llm_stage_options(f):
     for option in reversed(options):
         f = option(f)
     return f
-
-
-def resolve(db, role: str, spec: str | None, config_path: str | None, default: SamplingParams,
-            **overrides: Any) -> tuple[RoleConfig, SamplingParams, str | None]:
-    """The role's backend, its sampling parameters (defaults < config < flags) and the prompts dir, through
-    the one role resolver (pipelines.llm.roles): SPEC may also be a registered navigator name."""
-    from pipelines.llm.roles import resolve_role
-
-    r = resolve_role(db, role, spec, config_path, default, **overrides)
-    return r.config, r.sampling, r.prompts_dir
 
 
 def runner_kwargs(workers: int, batch_size: int, lease_s: float | None, max_attempts: int | None,
