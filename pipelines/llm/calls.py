@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from kb.db import Database
 from kb.models import LlmCall
-from kb.secrets import REDACTED, register_secret, scrub  # noqa: F401 - the one scrub, re-exported for backends
+from kb.secrets import scrub
 from pipelines.llm.base import Backend, ChatRequest, Completion
 
 # The llm_call columns a call row fills (call_rows); the solver's trace writer inserts the same rows.
