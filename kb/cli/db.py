@@ -29,10 +29,15 @@ def db_group() -> None:
 def upgrade(app: AppContext, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     database = app.db(check_schema=False, auto_upgrade=False)
-    migrate.upgrade(database.engine, revision)
+    was = migrate.current_revision(database.engine)
+    repaired = migrate.upgrade(database.engine, revision)
     now = migrate.current_revision(database.engine)
     if database.embedded and now == migrate.head_revision():
         unpin_embedded_revision()
+    if repaired:
+        applied = [rev for action, rev in repaired if action == "upgrade"]
+        click.echo(f"revision {was} was numbered by an earlier version of reasonflux: mapped onto this code's "
+                   f"chain ({', '.join(applied) or 'nothing'} applied, the rest already there)", err=True)
     click.echo(f"at revision {now}")
 
 
@@ -66,9 +71,10 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
 @output_options(csv_ok=False)
 @pass_app
 def current(app: AppContext, fmt: str) -> None:
-    """Show the database's revision and the code's head revision."""
+    """Show the database's revision, the code's head revision and what the difference means."""
     database = app.db(check_schema=False)
-    emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision()}, fmt)
+    emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision(),
+          "schema_state": migrate.schema_state(database.engine)}, fmt)
 
 
 @db_group.command("info")
@@ -100,6 +106,7 @@ def database_info(database) -> dict:
         "pgvector_version": pgvector,
         "revision": migrate.current_revision(database.engine),
         "head": migrate.head_revision(),
+        "schema_state": migrate.schema_state(database.engine),
         "row_counts": counts,
     }
 
