@@ -183,15 +183,21 @@ def _refuse_earlier_chain(conn: sa.Connection) -> None:
         )
 
 
+def earlier_chain(engine: Engine) -> bool:
+    """Whether the database's stamp was numbered by an earlier landed chain (`upgrade` maps it); raises
+    SchemaMismatch when no landed version made its schema."""
+    with engine.connect() as conn:
+        return bool(repair_plan(conn))
+
+
 def schema_state(engine: Engine) -> str:
     """One line for `db current` / `db info`: at head, behind, stamped by an earlier chain, or unknown."""
-    with engine.connect() as conn:
-        stamp = current_revision(conn)
-        try:
-            steps = repair_plan(conn)
-        except SchemaMismatch as e:
-            return f"not recognised: {e}"
-    if steps:
+    try:
+        earlier = earlier_chain(engine)
+    except SchemaMismatch as e:
+        return f"not recognised: {e}"
+    stamp = current_revision(engine)
+    if earlier:
         return (f"revision {stamp} as numbered by an earlier landed version: `reasonflux db upgrade` maps it "
                 "onto this code's chain and upgrades it, losing nothing")
     if stamp is None:
