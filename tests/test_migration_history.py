@@ -355,5 +355,6 @@ def test_commands_on_a_database_from_head_c(pg_server, tmp_path):
     assert down.exit_code == 4 and "run `reasonflux db upgrade` first" in down.output, down.output
     up = run("db", "upgrade")
     assert up.exit_code == 0, up.output
+    assert "revision 0005 was numbered by an earlier version of reasonflux" in up.output
     assert f"at revision {migrate.head_revision()}" in up.output
     assert json.loads(run("db", "current", "--json").output)["schema_state"] == "at head"

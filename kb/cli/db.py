@@ -27,7 +27,12 @@ def db_group() -> None:
 @click.argument("revision", default="head")
 @pass_app
 def upgrade(app: AppContext, revision: str) -> None:
-    """Upgrade the schema to REVISION (default: head)."""
+    """Upgrade the schema to REVISION (default: head).
+
+    A database made by an earlier version whose migrations were numbered differently (stamped 0005 at
+    b6d039d, 0008 at 106eb62..b6d039d) is first mapped onto this code's chain by what its schema has,
+    losing nothing; a schema no version made is refused (exit 4) and left as it is.
+    """
     database = app.db(check_schema=False, auto_upgrade=False)
     was = migrate.current_revision(database.engine)
     repaired = migrate.upgrade(database.engine, revision)
@@ -36,8 +41,9 @@ def upgrade(app: AppContext, revision: str) -> None:
         unpin_embedded_revision()
     if repaired:
         applied = [rev for action, rev in repaired if action == "upgrade"]
+        lacked = f" (applied {', '.join(applied)}, which it lacked)" if applied else ""
         click.echo(f"revision {was} was numbered by an earlier version of reasonflux: mapped onto this code's "
-                   f"chain ({', '.join(applied) or 'nothing'} applied, the rest already there)", err=True)
+                   f"chain{lacked}", err=True)
     click.echo(f"at revision {now}")
 
 
