@@ -29,9 +29,9 @@ def db_group() -> None:
 def upgrade(app: AppContext, revision: str) -> None:
     """Upgrade the schema to REVISION (default: head).
 
-    A database made by an earlier version whose migrations were numbered differently (stamped 0005 at
-    b6d039d, 0008 at 106eb62..b6d039d) is first mapped onto this code's chain by what its schema has,
-    losing nothing; a schema no version made is refused (exit 4) and left as it is.
+    A database made by an earlier version whose migrations were numbered differently (main from 106eb62
+    until b6d039d stamped 0008, b6d039d stamped 0005) is first mapped onto this code's chain by what its
+    schema has, losing nothing; a schema no version made is refused (exit 4) and left as it is.
     """
     database = app.db(check_schema=False, auto_upgrade=False)
     was = migrate.current_revision(database.engine)
