@@ -105,16 +105,17 @@ def _alembic_errors() -> Iterator[None]:
 # -- databases stamped by an earlier landed chain (migrations/landed.py) --------------------------------
 
 
-def _probe(conn: sa.Connection) -> tuple[set[str], dict[str, list[str]]]:
-    """The probed revisions whose objects the schema has, and those it has only some of (with what)."""
+def _probe(conn: sa.Connection) -> tuple[set[str], dict[str, tuple[list[str], list[str]]]]:
+    """The probed revisions whose objects the schema has, and those it has only some of (found, missing)."""
     columns = _columns(conn)
     present, partial = set(), {}
     for rev, objects in landed.PROBES.items():
-        found = [f"{t}.{c}" if c else t for t, c in objects if t in columns and (c is None or c in columns[t])]
-        if len(found) == len(objects):
+        names = {f"{t}.{c}" if c else t: t in columns and (c is None or c in columns[t]) for t, c in objects}
+        found = [name for name, there in names.items() if there]
+        if len(found) == len(names):
             present.add(rev)
         elif found:
-            partial[rev] = found
+            partial[rev] = (found, [name for name, there in names.items() if not there])
     return present, partial
 
 
@@ -138,24 +139,25 @@ def _names(revs: set[str]) -> str:
 
 def repair_plan(conn: sa.Connection) -> list[tuple[str, str]]:
     """[] when the database's stamp means, in today's chain, what its schema has; else the steps that put
-    a database stamped by an earlier landed chain onto today's: back to the revision before the first one
-    ever numbered differently, then each of today's revisions up to the last one it has, stamped when its
-    change is there and applied when not. Raises SchemaMismatch when the stamp or the schema matches no
-    landed chain (nothing is changed then)."""
+    a database stamped by an earlier landed chain onto today's: back to the revision before the first
+    probed one (0003, where every chain agrees), then each of today's revisions up to the last one it
+    has, stamped when its change is there and applied when not. Raises SchemaMismatch when the stamp or
+    the schema matches no landed chain (nothing is changed then)."""
     stamp = MigrationContext.configure(conn).get_current_revision()
     if stamp is None:
         return []
     present, partial = _probe(conn)
     if partial:
-        parts = "; ".join(f"{rev} makes, it has only {', '.join(found)}" for rev, found in sorted(partial.items()))
+        parts = "; ".join(f"migration {rev}'s: it has {', '.join(found)} but not {', '.join(missing)}"
+                          for rev, (found, missing) in sorted(partial.items()))
         raise SchemaMismatch(
-            f"the database (revision {stamp}) has part of a migration's change (of what {parts}): "
-            "no version of reasonflux made that schema; nothing was changed"
+            f"the database (revision {stamp}) has only part of {parts}; no version of reasonflux made that "
+            "schema; nothing was changed"
         )
     meanings = _meanings(stamp)
     if meanings.get(landed.CURRENT) == present:
         return []
-    earlier = sorted(name for name, revs in meanings.items() if name != landed.CURRENT and revs == present)
+    earlier = [name for name, revs in meanings.items() if name != landed.CURRENT and revs == present]
     if not meanings:
         raise SchemaMismatch(
             f"the database is at revision {stamp}, which this code does not know and no landed version of "
