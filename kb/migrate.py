@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 import migrations
+from kb.pglocks import advisory_lock
 
 _LOCK_KEY = 0x52464B42  # pg_advisory_lock key: one migrator at a time per database
 
@@ -40,7 +41,7 @@ def current_revision(engine: Engine) -> str | None:
 
 def _run(engine: Engine, fn, *args) -> None:
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        advisory_lock(conn, _LOCK_KEY, "the schema (another migration runs)")
         conn.commit()
         try:
             cfg = alembic_config(engine)
@@ -83,7 +84,7 @@ def downgrade_losses(engine: Engine, revision: str = "-1") -> list[dict]:
     (None: the whole table).
     """
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        advisory_lock(conn, _LOCK_KEY, "the schema (another migration runs)")
         conn.commit()
         try:
             before = _columns(conn)  # opens the transaction alembic then runs in (and we roll back)
