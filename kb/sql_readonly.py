@@ -256,11 +256,14 @@ def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None, *, deadline
         rows: list = []
         while limit is None or len(rows) < limit:
             n = FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - len(rows))
-            if time.monotonic() > deadline:
+            try:
+                _limit(conn, deadline)  # the query may have changed statement_timeout while it ran
+                cursor.execute(f"FETCH FORWARD {n} FROM rf_sql")
+            except (TimedOut, psycopg.errors.QueryCanceled):
+                if not rows:
+                    raise
                 raise TimedOut(f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
-                               "raise --timeout or set --max-rows")
-            _limit(conn, deadline)  # the query may have changed statement_timeout while it ran
-            cursor.execute(f"FETCH FORWARD {n} FROM rf_sql")
+                               "raise --timeout or set --max-rows") from None
             batch = cursor.fetchall()
             rows += batch
             if len(batch) < n:
