@@ -4,7 +4,12 @@ The role can log in and SELECT the tables and views of our schema, and nothing e
 superuser, cannot create roles or databases, bypass row security or replicate, and is a member of no
 role, so no statement it runs can SET ROLE or SET SESSION AUTHORIZATION its way back to the owner.
 Privileges, not the text check in kb.sql_readonly, are what keep a query from writing, reading
-server files or signalling other sessions.
+server files or signalling other sessions. Even in a read-write transaction (default_transaction_read_only
+is a setting any session may turn off) it writes nothing anywhere: TEMP on our database and EXECUTE on
+the functions in _UNSAFE_FUNCTIONS (large objects, advisory locks, notifications, SQL run from a
+string) are revoked from PUBLIC. PostgreSQL lets any role change its own defaults and password, and
+nothing forbids it; so neither is trusted: every use puts the defaults (SETTINGS) back, and the owner's
+tools never log in with the role's password on the embedded server.
 
 How it logs in:
 - the embedded server listens only on its Unix socket with `trust` authentication (pgserver's
@@ -12,9 +17,10 @@ How it logs in:
 - on an external server it connects to the same host, port and database with the password in
   REASONFLUX_READER_PASSWORD (when set), or with whatever the server's pg_hba.conf allows.
 
-`ensure_reader_role` creates the role when the connecting user may (superuser or CREATEROLE) and
-grants SELECT on whatever in the schema it cannot read yet; where the role is missing and cannot be
-created, it fails closed with the SQL an administrator runs (docs/sql.md, "The read-only role").
+`ensure_reader_role` creates the role when the connecting user may (superuser or CREATEROLE), grants
+SELECT on whatever in the schema it cannot read yet and revokes what it must not run; where the role is
+missing and cannot be created, or could still write and we may not revoke that, it fails closed with
+the SQL an administrator runs (docs/sql.md, "The read-only role").
 """
 
 from __future__ import annotations
