@@ -276,6 +276,27 @@ def reader_password(url: str) -> str | None:
     return os.environ.get(PASSWORD_ENV) or None
 
 
+def reassert_password(engine: Engine) -> bool:
+    """Set the reader's password to REASONFLUX_READER_PASSWORD again, where we may (superuser, or
+    CREATEROLE with ADMIN on it): the role may have changed its own, which must not lock the owner's
+    `reasonflux sql` out. True when it was set."""
+    password = os.environ.get(PASSWORD_ENV)
+    if not password:
+        return False
+    with engine.connect() as conn:
+        if not conn.execute(sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+                            ).scalar():
+            return False
+        raw = conn.connection.driver_connection  # not through the engine's parameter scrubbing
+        try:
+            raw.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(pgsql.Identifier(READER_ROLE),
+                                                                     pgsql.Literal(password)))
+        except psycopg.errors.InsufficientPrivilege:
+            return False
+        conn.commit()
+    return True
+
+
 def reader_url(url: str) -> str:
     """URL (libpq form) of the same server and database, logging in as the reader role."""
     u = make_url(url).set(drivername="postgresql", username=READER_ROLE, password=reader_password(url))

@@ -31,7 +31,7 @@ import psycopg
 from sqlalchemy.engine import Engine
 
 from kb.errors import KbError, TimedOut
-from kb.reader import ReaderUnavailable, connect_reader, ensure_reader_role
+from kb.reader import ReaderUnavailable, connect_reader, ensure_reader_role, reassert_password
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -190,8 +190,14 @@ def execute_read_only(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TI
         raise KbError("--timeout must be positive")
     ensure_reader_role(engine)
     url = engine.url.render_as_string(hide_password=False)
+    try:
+        conn = connect_reader(url)
+    except ReaderUnavailable:
+        if not reassert_password(engine):  # the role may have changed its own password
+            raise
+        conn = connect_reader(url)
     deadline = time.monotonic() + timeout_s
-    with connect_reader(url) as conn, _cancel_at(conn, deadline) as fired:
+    with conn, _cancel_at(conn, deadline) as fired:
         conn.read_only = True  # BEGIN READ ONLY
         try:
             _limit(conn, deadline)

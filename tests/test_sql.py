@@ -410,3 +410,33 @@ def test_owner_lock_waits_end_naming_the_holder(seeded, monkeypatch):
     assert isinstance(outcome[0], TimedOut), outcome
     assert f"pid {pid}" in str(outcome[0]) and "rf-lock-holder" in str(outcome[0])
     migrate.upgrade(seeded.engine)  # and once it is free, it goes through
+
+
+def test_a_password_the_reader_sets_itself_does_not_lock_the_owner_out(seeded, monkeypatch):
+    """Where the reader logs in with REASONFLUX_READER_PASSWORD (an external server: simulated here by
+    requiring its password on the socket), `reasonflux sql` sets that password again when the role
+    changed its own."""
+    if "host=" not in seeded.url:
+        pytest.skip("edits the embedded server's pg_hba.conf")
+    run_readonly(seeded.engine, "SELECT 1")
+    monkeypatch.setenv(reader.PASSWORD_ENV, "chosen-by-the-owner")
+    assert reader.reassert_password(seeded.engine)
+    with seeded.engine.connect() as conn:
+        hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
+    original = hba.read_text()
+
+    def reload() -> None:
+        with seeded.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_reload_conf()")).scalar()
+
+    hba.write_text(f"local  all  {READER_ROLE}  scram-sha-256\n{original}")  # spaced: not the legacy line
+    reload()
+    try:
+        with connect_reader(seeded.url) as conn:
+            conn.autocommit = True
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"ALTER ROLE {READER_ROLE} PASSWORD 'taken-over'")
+        assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
+    finally:
+        hba.write_text(original)
+        reload()
