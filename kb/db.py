@@ -74,7 +74,7 @@ def mask_url(url: str) -> str:
     """The URL with its password hidden, for printing."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (sa.exc.ArgumentError, ValueError):  # what make_url raises on text that is no URL
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
