@@ -72,15 +72,17 @@ SETTINGS = {
 # Functions no reader may run although PUBLIC may by default: they write outside any table privilege
 # (large objects, notifications), hold locks the owner's commands wait on (advisory locks), or run SQL
 # text given as a string (where a statement could switch off its own timeout, or hide from any check).
+_UNSAFE_NAMES = ("loread", "lowrite", "pg_notify", "ts_stat", "query_to_xml", "query_to_xmlschema",
+                 "query_to_xml_and_xmlschema", "connectby")
 _UNSAFE_FUNCTIONS = r"""
-SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-WHERE ((n.nspname = 'pg_catalog' AND (p.proname ~ '^(lo_|pg_(try_)?advisory_)'
-        OR p.proname IN ('loread', 'lowrite', 'pg_notify', 'ts_stat',
-                         'query_to_xml', 'query_to_xmlschema', 'query_to_xml_and_xmlschema')))
-       OR p.proname ~ '^dblink' OR p.proname IN ('crosstab', 'crosstab2', 'crosstab3', 'crosstab4', 'connectby'))
+SELECT p.oid::regprocedure::text FROM pg_proc p
+WHERE (p.proname LIKE 'lo\_%' OR p.proname LIKE 'pg\_advisory\_%' OR p.proname LIKE 'pg\_try\_advisory\_%'
+       OR p.proname LIKE 'dblink%' OR p.proname LIKE 'crosstab%' OR p.proname IN ({names}))
+  AND (p.pronamespace = 'pg_catalog'::regnamespace OR p.proname LIKE 'dblink%' OR p.proname LIKE 'crosstab%'
+       OR p.proname = 'connectby')
   AND has_function_privilege(:r, p.oid, 'EXECUTE')
 ORDER BY 1
-"""
+""".format(names=", ".join(f"'{n}'" for n in _UNSAFE_NAMES))  # prefixes and names: index scans of pg_proc
 
 
 def ensure_reader_role(engine: Engine) -> None:
