@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,13 @@ def test_through_db_serve_the_reader_writes_nothing_and_changes_nothing_that_las
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
             assert conn.execute("SELECT current_setting('statement_timeout')").fetchone() == ("5min",)
             assert conn.execute("SELECT count(*) FROM current_template").fetchone() == (1,)
+            conn.rollback()
+            # A client's cancel request goes through the relay too (it carries the session's key).
+            canceller = threading.Timer(0.5, conn.cancel_safe)
+            canceller.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(20)")
+            canceller.join(timeout=10)
         if shutil.which("psql"):  # the client of the issue logs in too (SCRAM with the relay)
             out = subprocess.run(["psql", info["url"], "-At", "-c", "SELECT current_user"], capture_output=True,
                                  text=True, timeout=60, check=False)

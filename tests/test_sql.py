@@ -440,3 +440,25 @@ def test_a_password_the_reader_sets_itself_does_not_lock_the_owner_out(seeded, m
     finally:
         hba.write_text(original)
         reload()
+
+
+def test_an_earlier_db_serve_password_line_is_removed(seeded):
+    """`db serve` once required the reader's password on the embedded server's socket, so a password the
+    role changed itself locked `reasonflux sql` out; that line goes on first use."""
+    if "host=" not in seeded.url:
+        pytest.skip("edits the embedded server's pg_hba.conf")
+    run_readonly(seeded.engine, "SELECT 1")  # the role exists
+    with seeded.engine.connect() as conn:
+        hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
+        original = hba.read_text()
+        hba.write_text(f"{reader.LEGACY_HBA_LINE}\n{original}")
+        conn.execute(sa.text(f"ALTER ROLE {READER_ROLE} PASSWORD 'changed-by-the-reader'"))
+        conn.execute(sa.text("SELECT pg_reload_conf()"))
+        conn.commit()
+    try:
+        assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
+        assert reader.LEGACY_HBA_LINE not in hba.read_text().splitlines()
+    finally:
+        hba.write_text(original)
+        with seeded.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_reload_conf()"))
