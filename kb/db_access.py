@@ -201,11 +201,7 @@ class ReaderRelay:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.active >= self.max_clients:
-            writer.write(_error("53300", f"`reasonflux db serve` serves at most {self.max_clients} connections "
-                                         "at once (--max-connections); try again later"))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
+            await self._refuse(reader, writer)
             return
         self.active += 1
         try:
@@ -222,6 +218,20 @@ class ReaderRelay:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
         finally:
             self.active -= 1
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Too many clients: the error, where the client reads it (after its start-up packet, past any TLS
+        request, so that it shows the reason), then close; bounded to a second."""
+        with contextlib.suppress(ValueError, OSError, asyncio.IncompleteReadError, struct.error, TimeoutError):
+            async with asyncio.timeout(1):
+                body = await _read_message(reader)
+                if struct.unpack("!I", body[:4])[0] in (SSL_REQUEST, GSSENC_REQUEST):
+                    writer.write(b"N")
+                    await _read_message(reader)
+                writer.write(_error("53300", f"`reasonflux db serve` serves at most {self.max_clients} "
+                                             "connections at once (--max-connections); try again later"))
+                await writer.drain()
+        writer.close()
 
     async def _log_in(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
         """The client's start-up packet once it proved the password (or a cancel request); None when refused."""

@@ -222,13 +222,15 @@ def test_db_serve_drops_clients_that_never_log_in_and_keeps_the_owner_in(db):
     startup = struct.pack("!I", 196608) + b"user\x00x\x00database\x00y\x00\x00"
     startup = struct.pack("!I", len(startup) + 4) + startup
     stalled = []
-    with _serving(db, "--login-timeout", "2") as info:
+    with _serving(db, "--login-timeout", "8") as info:
         try:
             for _ in range(120):  # more than the server's max_connections (100)
                 sock = socket.create_connection(("127.0.0.1", info["port"]), timeout=10)
                 stalled.append(sock)
                 sock.sendall(startup)
             assert run_readonly(db.engine, "SELECT 1 AS one").rows == [(1,)]
+            with pytest.raises(psycopg.OperationalError, match="--max-connections"):  # the relay is full
+                psycopg.connect(info["url"], connect_timeout=10)
             with psycopg.connect(db.url.replace("+psycopg", ""), connect_timeout=10) as conn:  # the owner, too
                 assert conn.execute("SELECT 1").fetchone() == (1,)
             for sock in stalled:  # every one is closed: refused at once, or dropped after --login-timeout
