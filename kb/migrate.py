@@ -12,7 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
 import migrations
-from kb.pglocks import advisory_lock
+from kb.pglocks import advisory_lock, bounded_lock_waits
 
 _LOCK_KEY = 0x52464B42  # pg_advisory_lock key: one migrator at a time per database
 
@@ -46,8 +46,9 @@ def _run(engine: Engine, fn, *args) -> None:
         try:
             cfg = alembic_config(engine)
             cfg.attributes["connection"] = conn
-            fn(cfg, *args)
-            conn.commit()
+            with bounded_lock_waits(conn, "the migration"):
+                fn(cfg, *args)
+                conn.commit()
         finally:
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})
             conn.commit()

@@ -462,3 +462,40 @@ def test_an_earlier_db_serve_password_line_is_removed(seeded):
         hba.write_text(original)
         with seeded.engine.connect() as conn:
             conn.execute(sa.text("SELECT pg_reload_conf()"))
+
+
+def test_a_migration_waiting_on_a_readers_table_lock_ends_naming_it(seeded, monkeypatch):
+    """A reader's open transaction holds its tables: `db upgrade`/`downgrade` gives up instead of hanging."""
+    import threading
+
+    from kb import migrate, pglocks
+
+    monkeypatch.setattr(pglocks, "WAIT_S", 1.0)
+    run_readonly(seeded.engine, "SELECT 1")
+    head = migrate.current_revision(seeded.engine)
+    outcome: list[BaseException | None] = []
+
+    def downgrade() -> None:  # the head migration drops retriever_model, which the reader has open
+        try:
+            migrate.downgrade(seeded.engine, "-1")
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001  (handed to the test thread)
+            outcome.append(e)
+
+    reader_conn = connect_reader(seeded.url, application_name="rf-reader-tx")
+    worker = threading.Thread(target=downgrade, daemon=True)
+    try:
+        pid = reader_conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        reader_conn.execute("SELECT count(*) FROM retriever_model").fetchone()  # its transaction stays open
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the downgrade still waits for the reader's lock"
+    finally:
+        reader_conn.close()
+        if worker.is_alive():
+            worker.join(timeout=60)
+        if migrate.current_revision(seeded.engine) != head:
+            migrate.upgrade(seeded.engine)
+    assert isinstance(outcome[0], TimedOut), outcome
+    assert f"pid {pid}" in str(outcome[0]) and "rf-reader-tx" in str(outcome[0])
+    assert migrate.current_revision(seeded.engine) == head  # nothing was changed
