@@ -74,7 +74,7 @@ def mask_url(url: str) -> str:
     """The URL with its password hidden, for printing."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except (sa.exc.ArgumentError, ValueError):  # what make_url raises on text that is no URL
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
@@ -140,10 +140,12 @@ _CREATE_DB_LOCK = 0x52464244  # pg_advisory_lock key: commands started at once c
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
+    from kb.pglocks import advisory_lock
+
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _CREATE_DB_LOCK})
+            advisory_lock(conn, _CREATE_DB_LOCK, f"creating the database {name}")
             try:
                 exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
                 if not exists:

@@ -23,6 +23,12 @@ class ConflictError(KbError):
     exit_code = 3
 
 
+class TimedOut(KbError):
+    """A statement ran past its time limit, or a lock another session holds (named) was not freed in time."""
+
+    exit_code = 7
+
+
 class ConfirmationRequired(KbError):
     """A destructive action was asked for without its confirmation flag (e.g. --yes); nothing was done."""
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 import migrations
 from kb.errors import KbError, SchemaMismatch
+from kb.pglocks import advisory_lock, bounded_lock_waits
 from migrations import landed
 
 _LOCK_KEY = 0x52464B42  # pg_advisory_lock key: one migrator at a time per database
@@ -49,10 +50,11 @@ def current_revision(bind: Engine | sa.Connection) -> str | None:
 def _locked(engine: Engine) -> Iterator[sa.Connection]:
     """A connection holding the migration lock; whatever it leaves uncommitted is rolled back."""
     with engine.connect() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_KEY})
+        advisory_lock(conn, _LOCK_KEY, "the schema (another migration runs)")
         conn.commit()
         try:
-            yield conn
+            with bounded_lock_waits(conn, "the migration"):
+                yield conn
         finally:
             conn.rollback()
             conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _LOCK_KEY})

@@ -5,7 +5,10 @@ The wall is the server's privilege system; the rest is defence in depth:
    SELECT our tables and views and nothing else, is no superuser and a member of no role, so it
    cannot write, read server files, signal other sessions, or SET ROLE / SET SESSION AUTHORIZATION
    back to the owner, whatever the text says.
-2. It runs in `BEGIN READ ONLY` with `statement_timeout`, and is always rolled back.
+2. It runs in `BEGIN READ ONLY` (checked), and is always rolled back. Its time limit is kept from
+   outside the statement: `statement_timeout` is set again to the time left before every FETCH, and
+   a timer cancels the query at the deadline, so a statement that switches its own timeout off
+   (set_config) still stops on time.
 3. Up front, the text is tokenised (comments, quoted strings and dollar quotes skipped) and refused
    unless it is ONE statement that starts like a query (SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN)
    and names no data-modifying keyword or side-effecting function; this gives a clear message
@@ -16,7 +19,9 @@ billions of rows costs max_rows rows of memory.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +30,8 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import Engine
 
-from kb.errors import KbError
-from kb.reader import connect_reader, ensure_reader_role
+from kb.errors import KbError, TimedOut
+from kb.reader import ReaderUnavailable, connect_reader, ensure_reader_role, reassert_password
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -51,8 +56,10 @@ SIDE_EFFECT_FUNCTIONS = frozenset({
     "pg_notify", "txid_current", "pg_current_xact_id", "pg_drop_replication_slot",
     "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_replication_origin_create",
     "pg_stat_reset", "pg_stat_reset_shared", "pg_stat_reset_single_table_counters",
-    # They run SQL text they are given (as the same role, so privileges still hold).
+    # They run SQL text they are given (where the statement could change its own settings unseen); the role
+    # may not execute them either (kb.reader).
     "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
+    "ts_stat", "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby",
     "dblink_connect", "dblink_send_query", "dblink_open", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
 })
 
@@ -174,21 +181,66 @@ def run_readonly(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT
 def execute_read_only(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
                       max_rows: int | None = None) -> QueryResult:
     """The server-side layers alone, without the text check: the reader role's own login, a READ ONLY
-    transaction with a statement timeout, and a server-side cursor read up to MAX_ROWS."""
+    transaction with a statement timeout, and a server-side cursor read up to MAX_ROWS.
+
+    The timeout is kept from outside the statement, which may change its own settings (set_config): the
+    server-side limit is set again before each FETCH to the time left, and a timer cancels the query at
+    the deadline whatever the server's settings say by then."""
     if timeout_s <= 0:
         raise KbError("--timeout must be positive")
     ensure_reader_role(engine)
     url = engine.url.render_as_string(hide_password=False)
-    with connect_reader(url) as conn:
+    try:
+        conn = connect_reader(url)
+    except ReaderUnavailable:
+        if not reassert_password(engine):  # the role may have changed its own password
+            raise
+        conn = connect_reader(url)
+    deadline = time.monotonic() + timeout_s
+    with conn, _cancel_at(conn, deadline) as fired:
         conn.read_only = True  # BEGIN READ ONLY
         try:
-            conn.execute(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            _limit(conn, deadline)
             conn.execute("SET LOCAL lock_timeout = 5000")
-            return _fetch(conn, sql, max_rows, deadline=time.monotonic() + timeout_s)
+            if conn.execute("SHOW transaction_read_only").fetchone() != ("on",):
+                raise ReaderUnavailable("the query transaction is not read-only; nothing was run")
+            return _fetch(conn, sql, max_rows, deadline=deadline)
         except psycopg.Error as e:
-            raise _explain(e, timeout_s) from None
+            raise _explain(e, timeout_s, cancelled=fired.is_set()) from None
         finally:
-            conn.rollback()  # read-only: there is never anything to commit
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()  # read-only: there is never anything to commit
+
+
+@contextlib.contextmanager
+def _cancel_at(conn: psycopg.Connection, deadline: float) -> Iterator[threading.Event]:
+    """Cancel whatever CONN runs at DEADLINE (from a timer thread: the statement cannot switch it off)."""
+    fired = threading.Event()
+
+    def cancel() -> None:
+        fired.set()
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel_safe(timeout=5)
+
+    # A little after the server's own limit, so that the usual timeout is the server's, with its message.
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()) + CANCEL_GRACE_S, cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired
+    finally:
+        timer.cancel()
+
+
+CANCEL_GRACE_S = 0.5
+
+
+def _limit(conn: psycopg.Connection, deadline: float) -> None:
+    """statement_timeout = the time left (at least 1 ms), for the next statement of this transaction."""
+    left_ms = int((deadline - time.monotonic()) * 1000)
+    if left_ms <= 0:
+        raise TimedOut("query cancelled at its --timeout (statement timeout); raise --timeout")
+    conn.execute(f"SET LOCAL statement_timeout = {left_ms}")
 
 
 FETCH_BATCH = 1000
@@ -210,14 +262,18 @@ def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None, *, deadline
         rows: list = []
         while limit is None or len(rows) < limit:
             n = FETCH_BATCH if limit is None else min(FETCH_BATCH, limit - len(rows))
-            cursor.execute(f"FETCH FORWARD {n} FROM rf_sql")
+            try:
+                _limit(conn, deadline)  # the query may have changed statement_timeout while it ran
+                cursor.execute(f"FETCH FORWARD {n} FROM rf_sql")
+            except (TimedOut, psycopg.errors.QueryCanceled):
+                if not rows:
+                    raise
+                raise TimedOut(f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
+                               "raise --timeout or set --max-rows") from None
             batch = cursor.fetchall()
             rows += batch
             if len(batch) < n:
                 break
-            if time.monotonic() > deadline:
-                raise QueryFailed(f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
-                                  "raise --timeout or set --max-rows")
     else:
         cursor.execute(sql, prepare=True)
         if cursor.description is None:
@@ -255,15 +311,15 @@ def _first_word(sql: str) -> str:
     return next((text.upper() for kind, text in _tokens(sql) if kind == "word"), "")
 
 
-def _explain(e: BaseException, timeout_s: float) -> KbError:
+def _explain(e: BaseException, timeout_s: float, *, cancelled: bool = False) -> KbError:
     sqlstate = getattr(e, "sqlstate", None)
     message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if sqlstate == "57014" or cancelled:  # query_canceled (ours: the server's limit or the timer)
+        return TimedOut(f"query cancelled after {timeout_s:g} s (statement timeout); raise --timeout")
     if sqlstate == "25006":  # read_only_sql_transaction
         return WriteRefused(f"refused by the server: {message}; `reasonflux sql` is read-only")
     if sqlstate == "42501":  # insufficient_privilege (the read-only role)
         return WriteRefused(f"refused by the server: {message}; `reasonflux sql` only reads")
     if "multiple commands" in message:
         return WriteRefused("refused: only one statement is allowed")
-    if sqlstate == "57014":  # query_canceled
-        return QueryFailed(f"query cancelled after {timeout_s:g} s (statement timeout); raise --timeout")
     return QueryFailed(f"query failed: {message}")

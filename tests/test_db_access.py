@@ -3,13 +3,16 @@ with a password on 127.0.0.1), and `db doctor` (stale or missing derived data)."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -135,6 +138,119 @@ def test_db_serve_gives_read_only_access_with_a_password(db):
     from kb.sql_readonly import run_readonly
 
     assert run_readonly(db.engine, "select count(*) as n from current_template").rows == [(1,)]
+
+
+@contextlib.contextmanager
+def _serving(db, *args: str):
+    """`reasonflux db serve --port 0 --json ARGS` on the test database; yields its connection details."""
+    if not _is_socket_url(db.url):
+        pytest.skip("db serve relays the embedded (socket) server; DATABASE_URL is a TCP server")
+    proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "db", "serve", "--port", "0", "--json", *args],
+                            env=_env(DATABASE_URL=db.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        yield json.loads(line)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(timeout=30) == 0, proc.stderr.read()
+        finally:
+            proc.kill()
+
+
+def test_through_db_serve_the_reader_writes_nothing_and_changes_nothing_that_lasts(db):
+    """Issue 16.2: read-write transactions, large objects, TEMP, advisory locks, its own role's defaults
+    and password: nothing a served session does outlasts it or locks the owner out."""
+    import psycopg
+
+    from kb import migrate
+    from kb.reader import READER_ROLE, SETTINGS
+    from kb.sql_readonly import run_readonly
+
+    _one_template(db)
+    dbname = sa.engine.make_url(db.url).database
+    with _serving(db) as info:
+        with psycopg.connect(info["url"], connect_timeout=10, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = off")  # its own session: allowed, and no help
+            for statement in ["CREATE TEMP TABLE spill (x text)", "SELECT lo_from_bytea(0, 'x')",
+                              "SELECT lo_create(0)", "SELECT lo_import('/etc/hostname')",
+                              f"SELECT pg_advisory_lock({migrate._LOCK_KEY})", "SELECT pg_try_advisory_lock_shared(1)",
+                              "SELECT pg_advisory_xact_lock(1)", "SELECT pg_notify('c', 'x')",
+                              "SELECT ts_stat('SELECT ''a''::tsvector')", "CREATE TABLE spill (x text)",
+                              "SELECT query_to_xml('SELECT 1', true, false, '')"]:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(statement)
+            # PostgreSQL lets any role change its own defaults and password; neither may outlast the session.
+            conn.execute(f"ALTER ROLE {READER_ROLE} SET default_transaction_read_only = off")
+            conn.execute(f"ALTER ROLE {READER_ROLE} SET statement_timeout = 0")
+            conn.execute(f'ALTER ROLE {READER_ROLE} IN DATABASE "{dbname}" SET default_transaction_read_only = off')
+            conn.execute(f"ALTER ROLE {READER_ROLE} PASSWORD 'taken-over'")
+        with psycopg.connect(info["url"], connect_timeout=10) as conn:  # the served password still works
+            assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+            assert conn.execute("SELECT current_setting('statement_timeout')").fetchone() == ("5min",)
+            assert conn.execute("SELECT count(*) FROM current_template").fetchone() == (1,)
+            conn.rollback()
+            # A client's cancel request goes through the relay too (it carries the session's key).
+            canceller = threading.Timer(0.5, conn.cancel_safe)
+            canceller.start()
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(20)")
+            canceller.join(timeout=10)
+        if shutil.which("psql"):  # the client of the issue logs in too (SCRAM with the relay)
+            out = subprocess.run(["psql", info["url"], "-At", "-c", "SELECT current_user"], capture_output=True,
+                                 text=True, timeout=60, check=False)
+            assert (out.returncode, out.stdout.strip()) == (0, READER_ROLE), out.stderr
+    # The owner's tools depend on nothing the reader changed, and put its defaults back.
+    assert run_readonly(db.engine, "SELECT current_user AS u, count(*) AS n FROM current_template").rows == [
+        (READER_ROLE, 1)]
+    with db.engine.connect() as conn:
+        settings = conn.execute(sa.text(
+            "SELECT s.setdatabase, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+            "WHERE r.rolname = :r"), {"r": READER_ROLE}).all()
+    assert [(d, sorted(c)) for d, c in settings] == [(0, sorted(f"{k}={v}" for k, v in SETTINGS.items()))]
+    migrate.upgrade(db.engine)  # nobody holds the migration lock
+
+
+def test_db_serve_drops_clients_that_never_log_in_and_keeps_the_owner_in(db):
+    """Issue 16.3: clients that send a start-up message and never answer the password request cost no
+    server connection, are dropped after the login timeout, and the owner's commands still get in."""
+    import psycopg
+
+    from kb.sql_readonly import run_readonly
+
+    startup = struct.pack("!I", 196608) + b"user\x00x\x00database\x00y\x00\x00"
+    startup = struct.pack("!I", len(startup) + 4) + startup
+    stalled = []
+    with _serving(db, "--login-timeout", "8") as info:
+        try:
+            for _ in range(120):  # more than the server's max_connections (100)
+                sock = socket.create_connection(("127.0.0.1", info["port"]), timeout=10)
+                stalled.append(sock)
+                sock.sendall(startup)
+            assert run_readonly(db.engine, "SELECT 1 AS one").rows == [(1,)]
+            with pytest.raises(psycopg.OperationalError, match="--max-connections"):  # the relay is full
+                psycopg.connect(info["url"], connect_timeout=10)
+            with psycopg.connect(db.url.replace("+psycopg", ""), connect_timeout=10) as conn:  # the owner, too
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+            for sock in stalled:  # every one is closed: refused at once, or dropped after --login-timeout
+                sock.settimeout(15)
+                with contextlib.suppress(ConnectionError):
+                    while sock.recv(4096):
+                        pass
+        finally:
+            for sock in stalled:
+                sock.close()
+        with psycopg.connect(info["url"], connect_timeout=10) as conn:  # room again for clients that log in
+            assert conn.execute("SELECT current_user").fetchone() == ("reasonflux_reader",)
+
+
+def test_db_serve_refuses_more_connections_than_leave_room_for_the_owner(db):
+    if not _is_socket_url(db.url):
+        pytest.skip("db serve relays the embedded (socket) server; DATABASE_URL is a TCP server")
+    out = _reasonflux("db", "serve", "--port", "0", "--max-connections", "1000", env=_env(DATABASE_URL=db.url),
+                      timeout=60)
+    assert out.returncode == 2 and "--max-connections" in out.stderr and "owner" in out.stderr, out.stderr
 
 
 def test_db_serve_refuses_a_tcp_server():

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from kb import reader
 from kb import templates as T
 from kb.db import session_scope
+from kb.errors import TimedOut
 from kb.reader import READER_ROLE, ReaderUnavailable, connect_reader
 from kb.sql_readonly import QueryFailed, WriteRefused, check_read_only, execute_read_only, run_readonly
 
@@ -134,16 +135,18 @@ def test_check_allows_reads_that_only_look_like_writes():
 
 
 def test_timeout_and_errors_are_clean(seeded):
-    with pytest.raises(QueryFailed, match="statement timeout"):
+    with pytest.raises(TimedOut, match="statement timeout"):
         run_readonly(seeded.engine, "SELECT pg_sleep(5)", timeout_s=0.2)
     with pytest.raises(QueryFailed, match="does not exist"):
         run_readonly(seeded.engine, "SELECT nope FROM template")
-    result = run_readonly(seeded.engine, "SHOW statement_timeout", timeout_s=7)
-    assert result.rows == [("7s",)]
+    # The server-side limit is the time left of the 7 s.
+    (shown,), = run_readonly(seeded.engine, "SHOW statement_timeout", timeout_s=7).rows
+    left_ms = int(shown.removesuffix("ms")) if shown.endswith("ms") else int(shown.removesuffix("s")) * 1000
+    assert 0 < left_ms <= 7000
 
 
 def test_cli_timeout_and_file(cli, seeded, tmp_path):
-    result = cli("sql", "SELECT pg_sleep(5)", "--timeout", "0.2", expect=1)
+    result = cli("sql", "SELECT pg_sleep(5)", "--timeout", "0.2", expect=7)
     assert "statement timeout" in result.output
     path = tmp_path / "q.sql"
     path.write_text("SELECT count(*) AS n FROM template_version")
@@ -198,6 +201,16 @@ ESCALATIONS = [  # each must fail on privileges alone: autocommit, no READ ONLY 
     f"ALTER ROLE {READER_ROLE} SUPERUSER",
     f"GRANT postgres TO {READER_ROLE}",
     "CREATE ROLE rf_evil LOGIN SUPERUSER",
+    # Writes outside any table privilege, locks the owner's commands wait on, SQL run from a string.
+    "CREATE TEMP TABLE spill (x text)",
+    "SELECT lo_from_bytea(0, 'x')",
+    "SELECT lo_create(0)",
+    "SELECT lowrite(lo_open(0, 131072), 'x')",
+    f"SELECT pg_advisory_lock({0x52464B42})",  # kb.migrate's key: `db upgrade` would wait on it
+    f"SELECT pg_advisory_xact_lock({0x52464B52})",  # kb.reader's key: `reasonflux sql` would
+    "SELECT pg_try_advisory_lock_shared(1)",
+    "SELECT pg_notify('c', 'x')",
+    "SELECT ts_stat('SELECT set_config(''statement_timeout'', ''0'', false)::tsvector')",
 ]
 
 
@@ -318,7 +331,7 @@ def test_a_reader_role_that_can_do_more_is_refused(seeded, monkeypatch):
 
 def test_without_max_rows_the_timeout_bounds_the_whole_read(seeded):
     endless = "SELECT a.i, b.j FROM generate_series(1, 1000000) a(i) CROSS JOIN generate_series(1, 1000000) b(j)"
-    with pytest.raises(QueryFailed, match="for the whole --timeout"):
+    with pytest.raises(TimedOut, match="for the whole --timeout"):
         run_readonly(seeded.engine, endless, timeout_s=1)
 
 
@@ -342,3 +355,147 @@ def test_a_widened_reader_role_is_narrowed_again_where_we_are_superuser(seeded):
     with seeded.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = :r"),
                             {"r": READER_ROLE}).scalar() is False
+
+
+# ---------------------------------------------------------------- time limits kept from outside (issue 16.5)
+
+# Switches its timeout off in the first FETCH batch, then sleeps a second per row in the next one.
+SELF_UNTIMED = ("SELECT i, set_config('statement_timeout', '0', false), CASE WHEN i > 1000 THEN pg_sleep(1) END "
+                "FROM generate_series(1, 1020) i")
+
+
+def test_a_statement_cannot_switch_off_its_own_timeout(cli, seeded):
+    with pytest.raises(TimedOut, match="--timeout"):
+        execute_read_only(seeded.engine, SELF_UNTIMED, timeout_s=2)
+    with pytest.raises(TimedOut):
+        execute_read_only(seeded.engine, "SELECT set_config('statement_timeout', '0', false), pg_sleep(30)",
+                          timeout_s=2)
+    # Through the command: functions that run SQL given as a string are refused (text check and privileges).
+    hidden = SELF_UNTIMED.replace("set_config('statement_timeout', '0', false)",
+                                  "(SELECT count(*) FROM ts_stat('SELECT set_config(''statement_timeout'', "
+                                  "''0'', false)::tsvector'))")
+    result = cli("sql", hidden, "--timeout", "2", expect=None)
+    assert result.exit_code == 2 and "ts_stat" in result.output, result.output
+    with pytest.raises(WriteRefused, match="ts_stat"):
+        execute_read_only(seeded.engine, hidden, timeout_s=2)
+
+
+def test_owner_lock_waits_end_naming_the_holder(seeded, monkeypatch):
+    """`db upgrade` waiting on a migration lock another session holds gives up with who holds it."""
+    import threading
+
+    from kb import migrate, pglocks
+
+    monkeypatch.setattr(pglocks, "WAIT_S", 1.0)
+    holder = psycopg.connect(make_url(seeded.url).set(drivername="postgresql").render_as_string(hide_password=False),
+                             autocommit=True, application_name="rf-lock-holder")
+    outcome: list[BaseException | None] = []
+
+    def upgrade() -> None:
+        try:
+            migrate.upgrade(seeded.engine)
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001  (handed to the test thread)
+            outcome.append(e)
+
+    try:
+        pid = holder.execute("SELECT pg_backend_pid()").fetchone()[0]
+        holder.execute("SELECT pg_advisory_lock(%s)", (migrate._LOCK_KEY,))
+        worker = threading.Thread(target=upgrade, daemon=True)
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "migrate.upgrade still waits for the lock"
+    finally:
+        holder.close()  # frees the lock: a waiting upgrade (before the fix) can finish
+    assert isinstance(outcome[0], TimedOut), outcome
+    assert f"pid {pid}" in str(outcome[0]) and "rf-lock-holder" in str(outcome[0])
+    migrate.upgrade(seeded.engine)  # and once it is free, it goes through
+
+
+def test_a_password_the_reader_sets_itself_does_not_lock_the_owner_out(seeded, monkeypatch):
+    """Where the reader logs in with REASONFLUX_READER_PASSWORD (an external server: simulated here by
+    requiring its password on the socket), `reasonflux sql` sets that password again when the role
+    changed its own."""
+    if "host=" not in seeded.url:
+        pytest.skip("edits the embedded server's pg_hba.conf")
+    run_readonly(seeded.engine, "SELECT 1")
+    monkeypatch.setenv(reader.PASSWORD_ENV, "chosen-by-the-owner")
+    assert reader.reassert_password(seeded.engine)
+    with seeded.engine.connect() as conn:
+        hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
+    original = hba.read_text()
+
+    def reload() -> None:
+        with seeded.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT pg_reload_conf()")).scalar()
+
+    hba.write_text(f"local  all  {READER_ROLE}  scram-sha-256\n{original}")  # spaced: not the legacy line
+    reload()
+    try:
+        with connect_reader(seeded.url) as conn:
+            conn.autocommit = True
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"ALTER ROLE {READER_ROLE} PASSWORD 'taken-over'")
+        assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
+    finally:
+        hba.write_text(original)
+        reload()
+
+
+def test_an_earlier_db_serve_password_line_is_removed(seeded):
+    """`db serve` once required the reader's password on the embedded server's socket, so a password the
+    role changed itself locked `reasonflux sql` out; that line goes on first use."""
+    if "host=" not in seeded.url:
+        pytest.skip("edits the embedded server's pg_hba.conf")
+    run_readonly(seeded.engine, "SELECT 1")  # the role exists
+    with seeded.engine.connect() as conn:
+        hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
+        original = hba.read_text()
+        hba.write_text(f"{reader.LEGACY_HBA_LINE}\n{original}")
+        conn.execute(sa.text(f"ALTER ROLE {READER_ROLE} PASSWORD 'changed-by-the-reader'"))
+        conn.execute(sa.text("SELECT pg_reload_conf()"))
+        conn.commit()
+    try:
+        assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
+        assert reader.LEGACY_HBA_LINE not in hba.read_text().splitlines()
+    finally:
+        hba.write_text(original)
+        with seeded.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_reload_conf()"))
+
+
+def test_a_migration_waiting_on_a_readers_table_lock_ends_naming_it(seeded, monkeypatch):
+    """A reader's open transaction holds its tables: `db upgrade`/`downgrade` gives up instead of hanging."""
+    import threading
+
+    from kb import migrate, pglocks
+
+    monkeypatch.setattr(pglocks, "WAIT_S", 1.0)
+    run_readonly(seeded.engine, "SELECT 1")
+    head = migrate.current_revision(seeded.engine)
+    outcome: list[BaseException | None] = []
+
+    def downgrade() -> None:  # the head migration drops retriever_model, which the reader has open
+        try:
+            migrate.downgrade(seeded.engine, "-1")
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001  (handed to the test thread)
+            outcome.append(e)
+
+    reader_conn = connect_reader(seeded.url, application_name="rf-reader-tx")
+    worker = threading.Thread(target=downgrade, daemon=True)
+    try:
+        pid = reader_conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        reader_conn.execute("SELECT count(*) FROM retriever_model").fetchone()  # its transaction stays open
+        worker.start()
+        worker.join(timeout=30)
+        assert not worker.is_alive(), "the downgrade still waits for the reader's lock"
+    finally:
+        reader_conn.close()
+        if worker.is_alive():
+            worker.join(timeout=60)
+        if migrate.current_revision(seeded.engine) != head:
+            migrate.upgrade(seeded.engine)
+    assert isinstance(outcome[0], TimedOut), outcome
+    assert f"pid {pid}" in str(outcome[0]) and "rf-reader-tx" in str(outcome[0])
+    assert migrate.current_revision(seeded.engine) == head  # nothing was changed

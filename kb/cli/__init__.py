@@ -69,6 +69,7 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
            (a revision it does not know, or a schema no version made): nothing was changed
       5    the work failed: every unit (or solve session) failed; the run is recorded failed
       6    partly failed: some units (or sessions) failed, the rest succeeded
+      7    timed out: a query ran past --timeout, or a lock another session holds (named) stayed held
       130  interrupted (Ctrl-C); 143 terminated (SIGTERM): the run is recorded interrupted
     """
     ctx.obj = AppContext(database_url=database_url)

@@ -180,22 +180,35 @@ def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
 @db_group.command("serve")
 @click.option("--port", type=click.IntRange(0, 65535), default=5433, show_default=True,
               help="TCP port on 127.0.0.1 (0: any free port).")
-@click.option("--password", default=None, help="Password of the read-only role (default: a new random one).")
+@click.option("--password", default=None, help="Password clients log in with (default: a new random one).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=db_access.DEFAULT_MAX_CLIENTS,
+              show_default=True, help="Clients served at once; more are refused (the owner's commands keep "
+                                      "the server's other connections).")
+@click.option("--login-timeout", type=click.FloatRange(min=0.1), default=db_access.DEFAULT_LOGIN_TIMEOUT_S,
+              show_default=True, help="Seconds a client has to log in before it is dropped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the connection details as one JSON line.")
 @pass_app
-def serve(app: AppContext, port: int, password: str | None, as_json: bool) -> None:
+def serve(app: AppContext, port: int, password: str | None, max_connections: int, login_timeout: float,
+          as_json: bool) -> None:
     """Serve the embedded database on 127.0.0.1 for BI tools until stopped (Ctrl-C or SIGTERM).
 
     Every connection logs in as the read-only role `reasonflux_reader` (SELECT on the tables and
-    views only) with a password; the URL to give tools is printed first. The embedded server stays
-    up while this runs.
+    views only; no temporary tables, large objects or advisory locks) with the password printed in the
+    URL, which this command checks itself; the URL to give tools is printed first. Each session
+    starts read-only with time limits, and the role's defaults are put back before each one. A client
+    that does not log in within --login-timeout is dropped without costing a server connection. The
+    embedded server stays up while this runs.
     """
+    from kb.reader import ensure_reader_role
+
     database = app.db()
     sock = db_access.socket_path(database.url)
     password = password or db_access.new_password()
-    db_access.ensure_reader(database.engine, password)
+    db_access.check_capacity(database.engine, max_connections)
+    ensure_reader_role(database.engine)
     dbname = sa.engine.make_url(database.url).database
-    relay = db_access.ReaderRelay(sock, dbname, port=port)
+    relay = db_access.ReaderRelay(sock, dbname, password, port=port, max_clients=max_connections,
+                                  login_timeout_s=login_timeout, prepare=lambda: ensure_reader_role(database.engine))
 
     def ready(bound: int) -> None:
         url = f"postgresql://{db_access.READER_ROLE}:{password}@127.0.0.1:{bound}/{dbname}"
