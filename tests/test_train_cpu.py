@@ -14,7 +14,8 @@ from pipelines.train import resolve_navigator
 from tests.train_support import dpo_rows, sft_rows, write_export
 
 CPU_ARGS = ("--num-gpus", "0", "--no-bf16", "--max-steps", "2", "--cutoff", "64", "--batch-size", "2",
-            "--grad-accum", "1", "--set", "gradient_checkpointing=false", "--set", "save_steps=1")
+            "--grad-accum", "1", "--set", "gradient_checkpointing=false", "--set", "save_steps=1",
+            "--progress-timeout", "300")
 
 
 @pytest.fixture(autouse=True)
@@ -103,9 +104,16 @@ def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path):
+@pytest.mark.timeout(900)
+def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path, monkeypatch):
     """The shipped ZeRO-3 config through accelerate + DeepSpeed (DS_ACCELERATOR=cpu): the GPU code path."""
     pytest.importorskip("deepspeed")
+    # DeepSpeed JIT-builds deepspeed_shm_comm; a build killed earlier left its lock (no live builder), which
+    # used to make every later run wait forever. The run clears it and builds afresh.
+    extensions = tmp_path / "torch_extensions"
+    (extensions / "deepspeed_shm_comm").mkdir(parents=True)
+    (extensions / "deepspeed_shm_comm" / "lock").touch()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
     data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
     run = _train(cli, "sft", "--dataset", data, "--base-model", str(tiny), "--deepspeed", "zero3",
                  "--max-steps", "1", "--output-dir", str(tmp_path / "out"))
