@@ -1,6 +1,7 @@
 """What PostgreSQL cannot store, checked before anything is written, so bad input gets a located error.
 
 - NUL characters: text and jsonb cannot hold U+0000 (in values or object keys).
+- Lone surrogates (JSON's "\ud800" without its pair): not Unicode text, so not UTF-8 either.
 - Integers beyond the column's range (our integer columns are 32-bit).
 - Nesting deeper than MAX_DEPTH: Python's parser and our own walks recurse; nothing real is that deep.
 - Text too long for the generated full-text vector (a tsvector holds at most 1 MB).
@@ -29,16 +30,34 @@ def check_value(value: Any, *, file: str | None = None, record: str | None = Non
         if depth > MAX_DEPTH:
             raise InputError(f"is nested more than {MAX_DEPTH} levels deep", **where)
         if isinstance(item, str):
-            if "\x00" in item:
-                raise InputError("contains a NUL character (\\u0000), which PostgreSQL cannot store", **where)
+            _check_text(item, "contains", where)
         elif isinstance(item, dict):
             for k, v in item.items():
-                if isinstance(k, str) and "\x00" in k:
-                    raise InputError("has a key with a NUL character (\\u0000), which PostgreSQL cannot store",
-                                     **where)
+                if isinstance(k, str):
+                    _check_text(k, "has a key with", where)
                 stack.append((v, f"{path}.{k}", depth + 1))
         elif isinstance(item, (list, tuple)):
             stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(item))
+
+
+def text_problem(text: str) -> str | None:
+    """What PostgreSQL cannot store in this string (a NUL, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "a NUL character (\\u0000), which PostgreSQL cannot store"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (f"a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start + 1}), which is not "
+                "Unicode text; a character outside the BMP is written as a surrogate pair")
+    return None
+
+
+def _check_text(text: str, what: str, where: dict[str, str | None]) -> None:
+    problem = text_problem(text)
+    if problem:
+        raise InputError(f"{what} {problem}", **where)
 
 
 def check_int32(value: int | None, *, file: str | None = None, record: str | None = None,

@@ -55,6 +55,8 @@ V1 = {"Algebra": {"Polynomials": [{"template_name": "Vieta", "description": "Rel
     ('{"problem": "fine", "meta": ' + _nested(100_000) + "}", None, "nested too deeply"),
     ('{"problem": "fine", "n": ' + "9" * 5000 + "}", None, "invalid JSON"),
     ({"problem": "x" * 10_000_000}, "problem", "full-text index"),
+    ('{"problem": "half a pair \\ud800 here"}', "problem", "lone surrogate (\\ud800 at character 13)"),
+    ('{"problem": "fine", "meta": {"k": ["\\udfff"]}}', "meta.k[0]", "lone surrogate"),
 ])
 def test_problem_import_refuses_what_postgres_cannot_store(cli, db, tmp_path, record, field, message):
     path = _lines(tmp_path / "p.jsonl", [{"problem": "A good first line."}, record])
@@ -74,6 +76,17 @@ def test_template_jsonl_import_and_add_refuse_unstorable_fields(cli, db, tmp_pat
     single = tmp_path / "t.json"
     single.write_text(json.dumps({**TEMPLATE, field: value}), encoding="utf-8")
     _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", message))
+
+
+@pytest.mark.parametrize("field, escaped", [("name", '"Vieta \\ud83d"'), ("steps", '["ok", "\\udc00"]')])
+def test_a_lone_surrogate_in_a_template_is_refused_naming_the_field(cli, db, tmp_path, field, escaped):
+    """JSON can spell half a surrogate pair ("\\ud800"); it is no Unicode text and cannot be stored."""
+    line = json.dumps({**TEMPLATE, field: "PLACEHOLDER"}).replace('"PLACEHOLDER"', escaped)
+    path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
+    _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"field {field}", "lone surrogate"))
+    single = tmp_path / "t.json"
+    single.write_text(line, encoding="utf-8")
+    _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", "surrogate"))
 
 
 def test_template_edit_refuses_unstorable_fields(cli, db, tmp_path):
