@@ -4,7 +4,8 @@
 - Lone surrogates (JSON's "\ud800" without its pair): not Unicode text, so not UTF-8 either.
 - Integers beyond the column's range (our integer columns are 32-bit).
 - Nesting deeper than MAX_DEPTH: Python's parser and our own walks recurse; nothing real is that deep.
-- Text too long for the generated full-text vector (a tsvector holds at most 1 MB).
+- Text too long for the generated full-text vector (a tsvector holds at most 1 MB): measured in the bytes
+  the database stores (UTF-8), over each field and over all the fields the one vector is built from.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from kb.errors import InputError
 
 MAX_DEPTH = 64
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
-# The template's full-text vector is built from these fields; PostgreSQL refuses a tsvector over 1 MB,
-# and long real text makes a vector of about a third to a half its size.
-MAX_INDEXED_CHARS = 1_000_000
+# The template's full-text vector is built from these fields; PostgreSQL refuses a tsvector over 1 MB
+# (bytes: "string is too long for tsvector"), and long real text makes a vector of about a third to a half
+# its UTF-8 size. Characters are no measure: one can take four bytes.
+MAX_INDEXED_BYTES = 1_000_000
 
 
 def check_value(value: Any, *, file: str | None = None, record: str | None = None, field: str | None = None) -> None:
@@ -67,13 +69,26 @@ def check_int32(value: int | None, *, file: str | None = None, record: str | Non
 
 
 def check_indexed_length(values: dict[str, Any], *, file: str | None = None, record: str | None = None) -> None:
-    """Fields that feed a full-text vector: refuse any over MAX_INDEXED_CHARS, naming it."""
-    for name, value in values.items():
-        size = len(value) if isinstance(value, str) else len(json.dumps(value, ensure_ascii=False)) \
-            if value is not None else 0
-        if size > MAX_INDEXED_CHARS:
-            raise InputError(f"is {size:,} characters; at most {MAX_INDEXED_CHARS:,} fit the full-text index",
+    """Fields that feed one full-text vector: refuse any over MAX_INDEXED_BYTES as stored (UTF-8), or all of
+    them together over it, naming the (largest) field."""
+    sizes = {name: _stored_bytes(value) for name, value in values.items()}
+    for name, size in sizes.items():
+        if size > MAX_INDEXED_BYTES:
+            raise InputError(f"is {size:,} bytes as UTF-8; at most {MAX_INDEXED_BYTES:,} fit the full-text index",
                              file=file, record=record, field=name)
+    total = sum(sizes.values())
+    if total > MAX_INDEXED_BYTES:
+        largest = max(sizes, key=lambda n: sizes[n])
+        raise InputError(f"with {', '.join(n for n in sizes if n != largest)} makes {total:,} bytes of indexed text "
+                         f"as UTF-8; at most {MAX_INDEXED_BYTES:,} fit the full-text index", file=file,
+                         record=record, field=largest)
+
+
+def _stored_bytes(value: Any) -> int:
+    if value is None:
+        return 0
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def too_deep(*, file: str | None = None, record: str | None = None) -> InputError:

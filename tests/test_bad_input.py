@@ -64,8 +64,15 @@ def test_problem_import_refuses_what_postgres_cannot_store(cli, db, tmp_path, re
     _refused(cli, db, "problems", "import", path, "--map", "difficulty=level", "--no-embed", must=must)
 
 
+def _distinct_cyrillic_words(n: int) -> str:
+    """n different 4-letter words, 2 bytes a letter: under 1M characters, over 1 MB of distinct lexemes."""
+    letters = [chr(0x430 + i) for i in range(32)]
+    return " ".join("".join(letters[(i >> shift) & 31] for shift in (15, 10, 5, 0)) for i in range(n))
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("description", "nul \u0000 here", "NUL"),
+    ("description", _distinct_cyrillic_words(190_000), "bytes as UTF-8; at most 1,000,000 fit the full-text index"),
     ("steps", ["ok", "b\u0000"], "NUL"),
     ("extra", {"deep": json.loads(_nested(MAX_DEPTH + 5))}, "nested more than"),
     ("description", "word " * 2_000_000, "full-text index"),
