@@ -91,6 +91,50 @@ def _stored_bytes(value: Any) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
+class _Duplicated(dict):
+    """An object of the input that named a key more than once (json.loads keeps the last silently)."""
+
+    duplicate: str = ""
+
+
+def parse_json(text: str | bytes) -> Any:
+    """json.loads, refusing an object that names a key twice: ValueError naming the key and where it is
+    (`steps[0].text`), which the readers report as malformed JSON with their file and record."""
+    seen = False
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal seen
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out and not seen:
+                seen = True
+                twice = _Duplicated(items)
+                twice.duplicate = key
+                return twice
+            out[key] = value
+        return out
+
+    data = json.loads(text, object_pairs_hook=pairs)
+    if seen:
+        path, key = _find_duplicate(data)
+        raise ValueError(f"duplicate key {key!r}{f' in {path}' if path else ''}; each key may appear once in "
+                         "an object (the last one would silently win)")
+    return data
+
+
+def _find_duplicate(data: Any) -> tuple[str, str]:
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, _Duplicated):
+            return path, value.duplicate
+        if isinstance(value, dict):
+            stack.extend((v, f"{path}.{k}".lstrip(".")) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+    return "", ""
+
+
 def too_deep(*, file: str | None = None, record: str | None = None) -> InputError:
     """The parser's RecursionError on absurdly nested input, as a located InputError."""
     return InputError("is nested too deeply to parse", file=file, record=record)

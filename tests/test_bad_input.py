@@ -186,3 +186,44 @@ def test_ids_out_of_integer_range_are_not_found_not_database_errors(cli, db):
     assert "no problem 99999999999" in cli("problems", "show", "99999999999", expect=1).output
     assert "no template '99999999999'" in cli("templates", "show", "99999999999", expect=1).output
     assert "no template" in cli("templates", "history", "9" * 30, expect=1).output
+
+
+ESCAPES = "\u001b]0;owned\u0007Vieta\u001b[2J\u009b31m\r"
+
+
+def test_control_characters_in_stored_text_are_escaped_on_the_terminal_and_kept_in_json(cli, db, tmp_path):
+    """A template named with escape sequences must not retitle or clear the terminal that lists it."""
+    single = tmp_path / "t.json"
+    single.write_text(json.dumps({**TEMPLATE, "name": ESCAPES, "steps": ["ok", "bell \u0007"]}), encoding="utf-8")
+    key = str(json.loads(cli("templates", "add", "--file", str(single), "--no-embed", "--json").output)[0]["id"])
+    printed = [cli("templates", "list").output, cli("templates", "show", key).output,
+               cli("templates", "history", key).output,
+               cli("templates", "show", "Algebra/nothing\u001b[2J", expect=1).output]
+    for out in printed:
+        assert not any(c in out for c in "\u001b\u0007\u009b\r"), repr(out)
+    assert "\\x1b]0;owned\\x07Vieta\\x1b[2J\\x9b31m" in printed[1] and "\\x1b[2J" in printed[3]
+    stored = json.loads(cli("templates", "show", key, "--json").output)  # data stays data
+    assert stored["name"] == ESCAPES and stored["steps"][1] == "bell \u0007"
+
+
+@pytest.mark.parametrize("line, where", [
+    ('{"name": "Vieta", "name": "Other", "category": "Algebra", "description": "d", "steps": ["s"]}', "'name'"),
+    ('{"name": "Vieta", "category": "Algebra", "description": "d", "steps": ["s"], '
+     '"extra": {"src": {"a": 1, "a": 2}}}', "'a' in extra.src"),
+])
+def test_a_key_named_twice_in_a_template_record_is_refused_naming_record_and_key(cli, db, tmp_path, line, where):
+    path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
+    _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"duplicate key {where}"))
+    single = tmp_path / "t.json"
+    single.write_text(line, encoding="utf-8")
+    _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"duplicate key {where}"))
+
+
+def test_a_key_named_twice_in_a_problem_record_is_refused_naming_record_and_key(cli, db, tmp_path):
+    path = _lines(tmp_path / "p.jsonl", [{"problem": "A good first line."},
+                                         '{"problem": "one", "answer": "1", "answer": "2"}'])
+    _refused(cli, db, "problems", "import", path, "--no-embed", must=(path, "line 2", "duplicate key 'answer'"))
+    as_list = tmp_path / "p.json"
+    as_list.write_text('[{"problem": "a"}, {"problem": "b", "meta": {"k": 1, "k": 2}}]', encoding="utf-8")
+    _refused(cli, db, "problems", "import", str(as_list), "--format", "json", "--no-embed",
+             must=(str(as_list), "duplicate key 'k' in [1].meta"))

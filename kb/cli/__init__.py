@@ -16,6 +16,7 @@ from kb import __version__
 from kb.cli.context import AppContext, pass_app
 from kb.db import SchemaOutOfDate, db_error_reason
 from kb.errors import KbError
+from kb.output import terminal_safe
 from kb.runs import Terminated, install_sigterm_handler
 from kb.secrets import scrub
 
@@ -45,7 +46,7 @@ class _Group(click.Group):
 
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int):
-        super().__init__(scrub(message))
+        super().__init__(terminal_safe(scrub(message)))
         self.exit_code = exit_code
 
 
