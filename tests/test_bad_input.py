@@ -208,8 +208,8 @@ def test_control_characters_in_stored_text_are_escaped_on_the_terminal_and_kept_
 
 @pytest.mark.parametrize("line, where", [
     ('{"name": "Vieta", "name": "Other", "category": "Algebra", "description": "d", "steps": ["s"]}', "'name'"),
-    ('{"name": "Vieta", "category": "Algebra", "description": "d", "steps": ["s"], '
-     '"extra": {"src": {"a": 1, "a": 2}}}', "'a' in extra.src"),
+    (('{"name": "Vieta", "category": "Algebra", "description": "d", "steps": ["s"], '
+      '"extra": {"src": {"a": 1, "a": 2}}}'), "'a' in extra.src"),
 ])
 def test_a_key_named_twice_in_a_template_record_is_refused_naming_record_and_key(cli, db, tmp_path, line, where):
     path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
