@@ -255,9 +255,11 @@ def exclusive(db: Database, stage: str, param: str, name: str) -> Iterator[None]
         try:
             yield
         finally:
-            with contextlib.suppress(Exception):  # a lost connection released it already
+            try:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:s), hashtext(:n))"), key)
                 conn.commit()
+            except Exception:  # noqa: BLE001 - lost: the lock went with it; never pool a session that may hold it
+                conn.invalidate()
     finally:
         conn.close()
 
