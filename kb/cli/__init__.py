@@ -63,9 +63,11 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
     \b
     Exit codes (every command):
       0    done
-      1    error (the message says what and what to do)
+      1    error (the message says what and what to do; a write that failed, e.g. a full
+           disk, names the file; a training launch silent past --progress-timeout)
       2    bad input or usage (file, record and field named)
-      3    conflict (someone else changed it first; already running or resumed)
+      3    conflict (someone else changed it first; already running, e.g. a loop of that
+           name, or resumed; the destination holds something else)
       4    database schema out of date: run `reasonflux db upgrade`
       5    the work failed: every unit (or solve session) failed; the run is recorded failed
       6    partly failed: some units (or sessions) failed, the rest succeeded
