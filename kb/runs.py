@@ -240,8 +240,9 @@ def pipeline_run(db: Database, stage: str, params: dict[str, Any] | None = None)
 
 @contextlib.contextmanager
 def exclusive(db: Database, stage: str, param: str, name: str) -> Iterator[None]:
-    """Only one `stage` run whose params[param] is `name` at a time, across hosts: a PostgreSQL advisory lock held on its own
-    connection while the block runs (a killed owner's connection closes, and the lock goes with it).
+    """Only one `stage` run whose params[param] is `name` at a time, across hosts: a PostgreSQL advisory
+    lock held on its own connection while the block runs (a killed owner's connection closes, and the lock
+    goes with it).
 
     A second one raises ConflictError (exit 3) naming the running holder.
     """
