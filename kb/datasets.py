@@ -219,7 +219,11 @@ def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, ha
 
 
 def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id: int | None = None) -> dict:
-    """Write the folder, record the version (or reuse its row), return the manifest."""
+    """Write the folder, record the version (or reuse its row), return the manifest.
+
+    The row commits only once the complete folder is in place: a write that fails (a full disk, a folder that
+    cannot be replaced) leaves no row pointing at a folder without its files.
+    """
     from kb import migrate
 
     check_output_dir(out_dir)
@@ -229,63 +233,89 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     out = Path(out_dir)
     revision = migrate.current_revision(db.engine) or "base"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = _writing(out.parent, lambda: Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
         row_counts = {p.name: p.table.num_rows for p in spec.parts}
-        for part in spec.parts:
-            for fmt in ("parquet", "jsonl"):
-                if fmt not in spec.formats:
-                    continue
-                path = tmp / data_file(spec, part, fmt)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if fmt == "parquet":
-                    _write_parquet(part.table, path)
-                else:
-                    _write_jsonl(part.records() if part.records else part.table.to_pylist(), path)
-        for writer in spec.extra_files:
-            writer(tmp, spec)
+        _writing(tmp, lambda: _write_parts(spec, tmp))
         data_hashes = {p.relative_to(tmp).as_posix(): sha256_file(p)
                        for p in sorted(tmp.rglob("*")) if p.is_file()}
         params = spec.recorded_params()
         identity = {"kind": spec.kind, "params": params, "schema_revision": revision, "files": data_hashes}
         version_id = f"{spec.kind}-{params_hash(identity, 12)}"
-        (tmp / CARD).write_text(_card(spec, version_id, revision, row_counts, data_hashes), encoding="utf-8")
+        _writing(tmp / CARD, lambda: (tmp / CARD).write_text(
+            _card(spec, version_id, revision, row_counts, data_hashes), encoding="utf-8"))
         _check_destination(out, version_id)  # before recording: a refused folder must leave no row behind
-        created_at = _record(db, version_id, spec.kind, params, revision, row_counts, data_hashes, out, run_id)
-        manifest = {
-            "format": FORMAT, "id": version_id, "kind": spec.kind, "params": params, "license": spec.license,
-            "schema_revision": revision, "row_counts": row_counts, "files": data_hashes,
-            "card": {CARD: sha256_file(tmp / CARD)}, "created_at": created_at, **spec.extra_manifest,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                                    encoding="utf-8")
-        _place(tmp, out, version_id)
+        with db.engine.begin() as conn:  # committed after _place: the row never outlives a failed write
+            created_at = _record(conn, version_id, spec.kind, params, revision, row_counts, data_hashes, out,
+                                 run_id)
+            manifest = {
+                "format": FORMAT, "id": version_id, "kind": spec.kind, "params": params, "license": spec.license,
+                "schema_revision": revision, "row_counts": row_counts, "files": data_hashes,
+                "card": {CARD: sha256_file(tmp / CARD)}, "created_at": created_at, **spec.extra_manifest,
+            }
+            _writing(tmp / MANIFEST, lambda: (tmp / MANIFEST).write_text(
+                json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"))
+            _writing(out, lambda: _place(tmp, out, version_id))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {**manifest, "path": str(out)}
 
 
-def _record(db: Database, version_id: str, kind: str, params: dict, revision: str, row_counts: dict,
+def _write_parts(spec: ExportSpec, tmp: Path) -> None:
+    for part in spec.parts:
+        for fmt in ("parquet", "jsonl"):
+            if fmt not in spec.formats:
+                continue
+            path = tmp / data_file(spec, part, fmt)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "parquet":
+                _writing(path, lambda path=path, part=part: _write_parquet(part.table, path))
+            else:
+                _writing(path, lambda path=path, part=part: _write_jsonl(
+                    part.records() if part.records else part.table.to_pylist(), path))
+    for writer in spec.extra_files:
+        writer(tmp, spec)
+
+
+def _writing(path: Path, write: Callable[[], Any]) -> Any:
+    """write(), with an OS failure (a full disk: ENOSPC, a file size limit: EFBIG, a read-only folder) turned
+    into one line naming the file, not a traceback; nothing is recorded."""
+    try:
+        return write()
+    except OSError as e:
+        where = e.filename or path
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ExportWriteFailed(f"cannot write {where}: {reason}; no dataset version was recorded") from None
+
+
+class ExportWriteFailed(KbError):
+    """Writing the export's files failed (disk full, size limit, permissions); nothing was recorded."""
+
+
+def _record(conn: sa.Connection, version_id: str, kind: str, params: dict, revision: str, row_counts: dict,
             hashes: dict, out: Path, run_id: int | None) -> str:
     """Insert the dataset_version row unless it exists; the row's created time either way."""
-    with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
-            "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
-            "ON CONFLICT (id) DO NOTHING"),
-            {"id": version_id, "kind": kind, "params": canonical_json(params), "rev": revision,
-             "rc": canonical_json(row_counts), "files": canonical_json(hashes), "path": str(out.resolve()),
-             "run": run_id})
-        row = conn.execute(sa.text("SELECT files, created_at FROM dataset_version WHERE id = :id"),
-                           {"id": version_id}).one()
+    conn.execute(sa.text(
+        "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
+        "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
+        "ON CONFLICT (id) DO NOTHING"),
+        {"id": version_id, "kind": kind, "params": canonical_json(params), "rev": revision,
+         "rc": canonical_json(row_counts), "files": canonical_json(hashes), "path": str(out.resolve()),
+         "run": run_id})
+    row = conn.execute(sa.text("SELECT files, created_at FROM dataset_version WHERE id = :id"),
+                       {"id": version_id}).one()
     if row.files != hashes:
         raise ConflictError(f"dataset version {version_id} is recorded with other file hashes; nothing was written")
     return row.created_at.isoformat()
 
 
 def check_output_dir(out_dir: str | Path) -> None:
-    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file."""
+    """Refuse, before any work or any row, a folder that cannot be created: it or a parent is a file, or it is a
+    symbolic link (an export replaces its folder whole, which a link cannot be)."""
     out = Path(out_dir)
+    if out.is_symlink():
+        raise InputError(f"{out} is a symbolic link (to {os.readlink(out)}); pass the folder itself",
+                         field="--out")
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
@@ -294,13 +324,30 @@ def check_output_dir(out_dir: str | Path) -> None:
             return
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A folder's manifest.json as a dict; anything else is one VerificationError naming the file."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VerificationError(f"{path}: unreadable manifest ({e})") from None
+    except OSError as e:
+        raise VerificationError(f"{path}: cannot read the manifest ({e.strerror or e})") from None
+    if not isinstance(manifest, dict):
+        raise VerificationError(f"{path}: not a dataset manifest (a JSON {type(manifest).__name__}, "
+                                "not an object)")
+    return manifest
+
+
 def _check_destination(out: Path, version_id: str) -> None:
     """OUT must not exist, be empty, or already hold this very version."""
     if not out.exists():
         return
     existing = out / MANIFEST
     if existing.is_file():
-        other = json.loads(existing.read_text(encoding="utf-8")).get("id")
+        try:
+            other = read_manifest(existing).get("id")
+        except VerificationError as e:
+            raise ConflictError(f"{e}; choose another --out") from None
         if other != version_id:
             raise ConflictError(f"{out} already holds dataset version {other}; versions are immutable, "
                                 "choose another --out")
@@ -357,10 +404,7 @@ def verify(db: Database | None, folder: str | Path) -> dict[str, Any]:
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
         raise VerificationError(f"{manifest_path}: no manifest; not a dataset version folder")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VerificationError(f"{manifest_path}: unreadable manifest ({e})") from None
+    manifest = read_manifest(manifest_path)
     files = dict(manifest.get("files") or {})
     card = dict(manifest.get("card") or {})
     if CARD in files:  # format 1 listed the card among the files

@@ -1,7 +1,9 @@
 """The one output helper: tables for people, JSON / JSONL / CSV for scripts.
 
 Every command that prints records calls `emit`; `output_options` adds the
-matching flags, so `--json` means the same thing everywhere.
+matching flags, so `--json` means the same thing everywhere. Text meant for a terminal goes through
+`terminal_safe`: stored text is data, and a control character in it (ESC starts sequences that set the
+window title or clear the screen) must not act on the user's terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import datetime as _dt
 import decimal
 import json
+import re
 import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +23,13 @@ import click
 from kb.secrets import scrub
 
 FORMATS = ("table", "json", "jsonl", "csv")
+# C0 controls but tab and newline, DEL and the C1 controls (U+0080-U+009F; U+009B is a one-character CSI).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_safe(text: str) -> str:
+    """text with every control character a terminal would act on shown as a visible escape (\\x1b)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def output_options(fn=None, *, csv_ok: bool = True):
@@ -83,9 +93,10 @@ def emit(
     cols = list(columns) if columns else _columns(records)
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(cols)
+        tty = _isatty(out)  # CSV into a file keeps the data exact; on a terminal it is read, not parsed
+        writer.writerow([terminal_safe(c) if tty else c for c in cols])
         for r in records:
-            writer.writerow([_cell(r.get(c), csv_mode=True) for c in cols])
+            writer.writerow([_cell(r.get(c), csv_mode=True, safe=tty) for c in cols])
         return
     if single:
         _table([{"field": c, "value": records[0].get(c)} for c in cols], ["field", "value"], title, out)
@@ -102,7 +113,11 @@ def _columns(records: list[dict]) -> list[str]:
     return cols
 
 
-def _cell(value: Any, csv_mode: bool = False, width: int = 80) -> str:
+def _isatty(out) -> bool:
+    return bool(getattr(out, "isatty", None) and out.isatty())
+
+
+def _cell(value: Any, csv_mode: bool = False, width: int = 80, safe: bool = True) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -111,6 +126,8 @@ def _cell(value: Any, csv_mode: bool = False, width: int = 80) -> str:
         text = dumps(value)
     else:
         text = str(to_jsonable(value))
+    if safe:
+        text = terminal_safe(text)
     if not csv_mode and len(text) > width:
         text = text[: width - 1] + "…"
     return text
@@ -121,13 +138,13 @@ def _table(records: list[dict], cols: list[str], title: str | None, out) -> None
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, show_lines=False, header_style="bold")
+    table = Table(title=Text(terminal_safe(title)) if title else None, show_lines=False, header_style="bold")
     for c in cols:
-        table.add_column(c, overflow="fold")
+        table.add_column(Text(terminal_safe(str(c))), overflow="fold")
     for r in records:
         table.add_row(*[Text(_cell(r.get(c))) for c in cols])  # Text: '[a,b]' is data, not rich markup
-    console = Console(file=out, width=None if out.isatty() else 200)
+    console = Console(file=out, width=None if _isatty(out) else 200)
     if not records:
-        console.print(f"[dim]{title + ': ' if title else ''}no rows[/dim]")
+        console.print(Text(f"{terminal_safe(title) + ': ' if title else ''}no rows", style="dim"))
         return
     console.print(table)

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from kb import config
 from kb.db import Database
-from kb.errors import KbError
+from kb.errors import ConflictError, KbError
 from kb.models import PipelineRun, TrainingRun
 from kb.models._common import utcnow
 from kb.secrets import scrub
@@ -234,6 +234,44 @@ def pipeline_run(db: Database, stage: str, params: dict[str, Any] | None = None)
     with owned(db, "pipeline", run_id, lambda status, error: finish_run(db, run_id, status, counts, error),
                lambda: (counts.status or "succeeded", counts.error)):
         yield run_id, counts
+
+
+# -- one run at a time per name ---------------------------------------------------------------------
+
+@contextlib.contextmanager
+def exclusive(db: Database, stage: str, param: str, name: str) -> Iterator[None]:
+    """Only one `stage` run whose params[param] is `name` at a time, across hosts: a PostgreSQL advisory
+    lock held on its own connection while the block runs (a killed owner's connection closes, and the lock
+    goes with it).
+
+    A second one raises ConflictError (exit 3) naming the running holder.
+    """
+    conn = db.engine.connect()
+    try:
+        key = {"s": stage, "n": name}
+        if not conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:s), hashtext(:n))"), key).scalar():
+            raise ConflictError(f"{stage} {name!r} is already running ({_holder(conn, stage, param, name)}); "
+                                "wait for it to end, or stop it, then run this again")
+        conn.commit()  # no transaction left open for the lock's lifetime
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:s), hashtext(:n))"), key)
+                conn.commit()
+            except Exception:  # noqa: BLE001 - lost: the lock went with it; never pool a session that may hold it
+                conn.invalidate()
+    finally:
+        conn.close()
+
+
+def _holder(conn: sa.Connection, stage: str, param: str, name: str) -> str:
+    row = conn.execute(sa.text(
+        "SELECT id, host, pid, started_at FROM pipeline_run WHERE stage = :s AND status = 'running' "
+        "AND params->>:p = :n ORDER BY id DESC LIMIT 1"), {"s": stage, "p": param, "n": name}).first()
+    if row is None:
+        return "another process holds its lock"
+    return f"run {row.id}, pid {row.pid} on {row.host}, started {row.started_at:%Y-%m-%d %H:%M:%S}"
 
 
 # -- outcomes and exit codes -------------------------------------------------------------------------

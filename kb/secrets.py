@@ -5,7 +5,10 @@ Two kinds of secret are removed:
   wherever they appear;
 - secrets recognisable by their shape: `Authorization`/`Bearer` credentials, `sk-...` style API keys,
   the password of a URL (`scheme://user:PASSWORD@host`) and credential query parameters in a URL
-  (`?api_key=...`, `token=`, `key=`, `sig=`...).
+  (`?api_key=...`, `token=`, `key=`, `sig=`...);
+- values stored under a secret's name (`api_key`, `token`, `password`, `secret`, `authorization`,
+  `x-api-key`, ...: `is_secret_name`) at any depth: a dict's entry, or a `"name": "value"` pair in
+  serialized JSON (what the engines see of a JSON column).
 
 Token patterns never consume a backslash, so scrubbing serialized JSON keeps it valid JSON.
 `scrub` works on strings and, recursively, on dicts, lists and tuples. The KB's engines scrub every
@@ -39,9 +42,27 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)([?&](?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|sig|signature)=)"
                 r"([^&#\s\"'\\]+)"), r"\1" + REDACTED),
 )
+# A key that names a secret: the name itself or its last part (`client_secret`, `x-api-key`, `HF_TOKEN`);
+# `max_tokens` or `token_count` are not secrets.
+_SECRET_NAMES = ("api_key", "apikey", "token", "access_token", "auth_token", "refresh_token", "password",
+                 "passwd", "secret", "client_secret", "secret_key", "private_key", "authorization", "cookie",
+                 "credentials", "bearer")
+_SECRET_NAME_ALT = "|".join(n.replace("_", r"[_\-]?") for n in _SECRET_NAMES)
+_SECRET_NAME = re.compile(r"(?i)(?:[A-Za-z0-9]+[_.\-])*(?:" + _SECRET_NAME_ALT + ")")
+# "name": "value" in JSON text (and 'name': 'value' in a repr), the name as above; an escape in the value
+# (\" or \\) is consumed whole, so the JSON stays valid.
+_NAMED_VALUE = re.compile(r"""(?i)(["'](?:[A-Za-z0-9]+[_.\-])*(?:""" + _SECRET_NAME_ALT + r""")["']\s*:\s*)"""
+                          r"""(["'])((?:\\.|(?!\2)[^\\])+)\2""")
+_PATTERNS = (*_PATTERNS, (_NAMED_VALUE, r"\1\2" + REDACTED + r"\2"))
 # Substrings one of which every shape above contains (lower-cased): plain `in` tests are far cheaper than
 # the patterns, and almost every text (a problem, a vector, a prompt) contains none of them.
-_MARKERS = ("authorization", "bearer", "sk-", "rk-", "hf_", "://")
+_MARKERS = ("authorization", "bearer", "sk-", "rk-", "hf_", "://", "key", "token", "passw", "secret", "cookie",
+            "credentials")
+
+
+def is_secret_name(key: Any) -> bool:
+    """A key whose value is a secret, whatever the value looks like."""
+    return isinstance(key, str) and bool(_SECRET_NAME.fullmatch(key))
 
 
 def register_secret(value: str | None) -> None:
@@ -67,7 +88,7 @@ def scrub(value: Any) -> Any:
     if isinstance(value, str):
         return _scrub_str(value)
     if isinstance(value, dict):
-        return {k: scrub(v) for k, v in value.items()}
+        return {k: REDACTED if is_secret_name(k) and v not in (None, "") else scrub(v) for k, v in value.items()}
     if isinstance(value, list):
         return [scrub(v) for v in value]
     if isinstance(value, tuple):
@@ -78,8 +99,12 @@ def scrub(value: Any) -> Any:
 
 
 def _scrub_parameters(conn, cursor, statement, parameters, context, executemany):
-    if isinstance(parameters, (dict, list, tuple)):
-        parameters = scrub(parameters)
+    # The values only: a statement's own parameter names (`:token`) are not data.
+    if isinstance(parameters, dict):
+        parameters = {k: scrub(v) for k, v in parameters.items()}
+    elif isinstance(parameters, (list, tuple)):
+        parameters = type(parameters)(
+            {k: scrub(v) for k, v in p.items()} if isinstance(p, dict) else scrub(p) for p in parameters)
     return statement, parameters
 
 

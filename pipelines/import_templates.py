@@ -32,7 +32,7 @@ from kb.db import Database
 from kb.errors import ConflictError, InputError
 from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
-from kb.storable import too_deep
+from kb.storable import parse_json, too_deep
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
@@ -314,7 +314,7 @@ def _load_json(path: str | Path) -> Any:
     if not text.strip():
         raise InputError("the file is empty", file=file)
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg}", file=file, record=f"line {e.lineno} column {e.colno}") \
             from None
@@ -338,7 +338,7 @@ def read_jsonl(path: str | Path) -> list[ImportRecord]:
     for lineno, line in _numbered_lines(path):
         where = f"line {lineno}"
         try:
-            data = json.loads(line)
+            data = parse_json(line)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
         except RecursionError:

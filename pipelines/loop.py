@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from kb import config as kb_config
 from kb.db import Database
 from kb.errors import ConflictError, InputError, KbError, NotFound
-from kb.runs import pipeline_run
+from kb.runs import exclusive, pipeline_run
 from pipelines import navigator as contract
 
 STAGE = "loop"
@@ -215,7 +215,16 @@ def trained_name(cfg: LoopConfig, k: int) -> str:
 # ---- running -------------------------------------------------------------------------------------------
 
 def run_loop(db: Database, cfg: LoopConfig, *, progress: bool | None = None) -> dict[str, Any]:
-    """Run (or continue) the loop to cfg.iterations; returns `show(db, cfg.name)`."""
+    """Run (or continue) the loop to cfg.iterations; returns `show(db, cfg.name)`.
+
+    One run per loop name at a time: a second refuses at start (ConflictError, exit 3) naming the first,
+    instead of training the same iteration twice.
+    """
+    with exclusive(db, STAGE, "loop", cfg.name):
+        return _run_loop(db, cfg, progress)
+
+
+def _run_loop(db: Database, cfg: LoopConfig, progress: bool | None) -> dict[str, Any]:
     _check_continuation(db, cfg)
     with db.engine.connect() as conn:
         from pipelines.selection import select_problem_ids

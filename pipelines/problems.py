@@ -147,7 +147,7 @@ def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
         raise InputError("the file is empty", file=str(path))
     if fmt == "json":
         try:
-            data = json.loads(raw)
+            data = storable.parse_json(raw)
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {e.lineno}") from None
         except RecursionError:
@@ -164,7 +164,7 @@ def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            records.append((no, json.loads(line)))
+            records.append((no, storable.parse_json(line)))
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", file=str(path), record=f"line {no}") from None
         except RecursionError:

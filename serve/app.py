@@ -38,7 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kb import __version__
+from kb import __version__, storable
 from kb.db import Database
 from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
@@ -224,10 +224,10 @@ class _Guard:
             more = message.get("more_body", False)
             if len(body) > self.max_bytes:
                 return await self._too_large(send)
-        where = _nul_in(scope.get("query_string", b""), body)
-        if where:  # PostgreSQL text cannot hold NUL: refuse it here, as bad input, not deep down as a 500
-            return await _send(send, 400, "invalid_request_error", "nul_character",
-                               f"{where} contains a NUL character", param=where)
+        found = _unstorable_in(scope.get("query_string", b""), body)
+        if found:  # bad input, refused here as a 400 naming the field, not deep down as a 500
+            where, code, problem = found
+            return await _send(send, 400, "invalid_request_error", code, f"{where} {problem}", param=where)
         replayed = False
 
         async def replay() -> dict:
@@ -249,31 +249,43 @@ class _Guard:
         )
 
 
-def _nul_in(query: bytes, body: bytes) -> str | None:
-    """Where a NUL character is in the query string or the JSON body (a field path), or None."""
+def _unstorable_in(query: bytes, body: bytes) -> tuple[str, str, str] | None:
+    """(where, code, what) for what the handlers cannot take in the query string or the JSON body: a NUL
+    (PostgreSQL text cannot hold it), a lone surrogate ("\\ud800": no Unicode text), nesting deeper than
+    kb.storable.MAX_DEPTH (the parser and the validators recurse); else None."""
     if b"%00" in query or b"\x00" in query:
-        return "query string"
+        return "query string", "nul_character", "contains a NUL character"
     if b"\x00" in body:
-        return "body"
-    if b"u0000" not in body.lower():
-        return None
+        return "body", "nul_character", "contains a NUL character"
+    lowered = body.lower()
+    if (b"u0000" not in lowered and b"\\ud" not in lowered
+            and body.count(b"[") + body.count(b"{") <= storable.MAX_DEPTH):
+        return None  # the common case, without parsing the body twice
     try:
         data = json.loads(body)
+    except RecursionError:
+        return "body", "nested_too_deeply", f"is nested more than {storable.MAX_DEPTH} levels deep"
     except ValueError:
         return None  # not JSON: the handler's validation says so
-
-    def walk(value: Any, path: str) -> str | None:
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:  # iterative: the body may be nested far deeper than Python recurses
+        value, path, depth = stack.pop()
+        if depth > storable.MAX_DEPTH:
+            return path or "body", "nested_too_deeply", f"is nested more than {storable.MAX_DEPTH} levels deep"
         if isinstance(value, str):
-            return path or "body" if "\x00" in value else None
+            if problem := storable.text_problem(value):
+                return path or "body", _text_code(problem), f"contains {problem}"
+            continue
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, item in items:
-            if isinstance(key, str) and "\x00" in key:
-                return f"{path}.{key!r}".lstrip(".")
-            if found := walk(item, f"{path}.{key}".lstrip(".")):
-                return found
-        return None
+            if isinstance(key, str) and (problem := storable.text_problem(key)):
+                return f"{path}.{key!r}".lstrip("."), _text_code(problem), f"has {problem}"
+            stack.append((item, f"{path}.{key}".lstrip("."), depth + 1))
+    return None
 
-    return walk(data, "")
+
+def _text_code(problem: str) -> str:
+    return "nul_character" if "NUL" in problem else "invalid_unicode"
 
 
 def _check_token(header: str, token: str) -> str | None:
@@ -635,9 +647,21 @@ def _problem_from_messages(messages: list[ChatMessage]) -> str:
             continue
         if isinstance(m.content, str):
             return m.content
-        parts = [p.get("text", "") for p in (m.content or []) if p.get("type") == "text"]
-        return "\n".join(parts)
+        return "\n".join(_text_parts(m.content or [], f"messages[{messages.index(m)}].content"))
     raise ApiError(400, "messages must contain a user message with the problem", code="no_user_message")
+
+
+def _text_parts(parts: list[dict[str, Any]], where: str) -> list[str]:
+    texts = []
+    for j, part in enumerate(parts):
+        if part.get("type") != "text":
+            continue
+        text = part.get("text", "")
+        if not isinstance(text, str):
+            raise ApiError(400, f"{where}[{j}].text must be a string, not {type(text).__name__}",
+                           code="invalid_type", param=f"{where}[{j}].text")
+        texts.append(text)
+    return texts
 
 
 def _answer_text(r: SolveResult) -> str:
@@ -735,19 +759,48 @@ async def _chat_stream(
     yield "data: [DONE]\n\n"
 
 
-def header_timeout_protocol(timeout_s: float) -> type:
+DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 32
+
+
+def header_timeout_protocol(timeout_s: float, max_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT) -> type:
     """uvicorn's h11 protocol, closing a connection whose request headers are not complete within
-    timeout_s (uvicorn has no such limit: a client sending a header a minute would hold it forever)."""
+    timeout_s (uvicorn has no such limit: a client sending a header a minute would hold it forever).
+
+    Idle connections (no request under way) do not crowd out new ones: a client address holding more than
+    max_per_client connections, or a server at uvicorn's limit_concurrency, has its longest-idle connection
+    closed to make room. Hundreds of idle sockets would otherwise fill the limit, and every client,
+    /healthz included, would get 503 until their header timeouts ran out. Only when every connection is
+    busy is the new one refused (503, as uvicorn refuses over its limit).
+    """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderTimeoutH11(H11Protocol):
         def connection_made(self, transport) -> None:  # type: ignore[override]
+            peer = transport.get_extra_info("peername")
+            self.client_host = peer[0] if isinstance(peer, tuple) and peer else None
             super().connection_made(transport)
+            self.idle_since = self.loop.time()
+            self._make_room()
             self._arm_header_timeout()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            self.idle_since = self.loop.time()
             self._arm_header_timeout()
+
+        def _idle(self) -> bool:
+            return not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete)
+
+        def _make_room(self) -> None:
+            others = [c for c in self.connections if c is not self and isinstance(c, HeaderTimeoutH11)]
+            mine = [c for c in others if c.client_host == self.client_host]
+            for crowd, cap in ((mine, max_per_client), (others, self.limit_concurrency)):
+                if cap is None:
+                    continue
+                open_ = [c for c in crowd if not c.transport.is_closing()]
+                excess = len(open_) + 1 - cap
+                for c in sorted((c for c in open_ if c._idle()), key=lambda c: c.idle_since)[:max(0, excess)]:
+                    c.transport.close()
 
         def _arm_header_timeout(self) -> None:
             self.loop.call_later(timeout_s, self._header_deadline, self.cycle)

@@ -55,6 +55,8 @@ V1 = {"Algebra": {"Polynomials": [{"template_name": "Vieta", "description": "Rel
     ('{"problem": "fine", "meta": ' + _nested(100_000) + "}", None, "nested too deeply"),
     ('{"problem": "fine", "n": ' + "9" * 5000 + "}", None, "invalid JSON"),
     ({"problem": "x" * 10_000_000}, "problem", "full-text index"),
+    ('{"problem": "half a pair \\ud800 here"}', "problem", "lone surrogate (\\ud800 at character 13)"),
+    ('{"problem": "fine", "meta": {"k": ["\\udfff"]}}', "meta.k[0]", "lone surrogate"),
 ])
 def test_problem_import_refuses_what_postgres_cannot_store(cli, db, tmp_path, record, field, message):
     path = _lines(tmp_path / "p.jsonl", [{"problem": "A good first line."}, record])
@@ -62,8 +64,15 @@ def test_problem_import_refuses_what_postgres_cannot_store(cli, db, tmp_path, re
     _refused(cli, db, "problems", "import", path, "--map", "difficulty=level", "--no-embed", must=must)
 
 
+def _distinct_cyrillic_words(n: int) -> str:
+    """n different 4-letter words, 2 bytes a letter: under 1M characters, over 1 MB of distinct lexemes."""
+    letters = [chr(0x430 + i) for i in range(32)]
+    return " ".join("".join(letters[(i >> shift) & 31] for shift in (15, 10, 5, 0)) for i in range(n))
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("description", "nul \u0000 here", "NUL"),
+    ("description", _distinct_cyrillic_words(190_000), "bytes as UTF-8; at most 1,000,000 fit the full-text index"),
     ("steps", ["ok", "b\u0000"], "NUL"),
     ("extra", {"deep": json.loads(_nested(MAX_DEPTH + 5))}, "nested more than"),
     ("description", "word " * 2_000_000, "full-text index"),
@@ -74,6 +83,17 @@ def test_template_jsonl_import_and_add_refuse_unstorable_fields(cli, db, tmp_pat
     single = tmp_path / "t.json"
     single.write_text(json.dumps({**TEMPLATE, field: value}), encoding="utf-8")
     _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", message))
+
+
+@pytest.mark.parametrize("field, escaped", [("name", '"Vieta \\ud83d"'), ("steps", '["ok", "\\udc00"]')])
+def test_a_lone_surrogate_in_a_template_is_refused_naming_the_field(cli, db, tmp_path, field, escaped):
+    """JSON can spell half a surrogate pair ("\\ud800"); it is no Unicode text and cannot be stored."""
+    line = json.dumps({**TEMPLATE, field: "PLACEHOLDER"}).replace('"PLACEHOLDER"', escaped)
+    path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
+    _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"field {field}", "lone surrogate"))
+    single = tmp_path / "t.json"
+    single.write_text(line, encoding="utf-8")
+    _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", "surrogate"))
 
 
 def test_template_edit_refuses_unstorable_fields(cli, db, tmp_path):
@@ -166,3 +186,44 @@ def test_ids_out_of_integer_range_are_not_found_not_database_errors(cli, db):
     assert "no problem 99999999999" in cli("problems", "show", "99999999999", expect=1).output
     assert "no template '99999999999'" in cli("templates", "show", "99999999999", expect=1).output
     assert "no template" in cli("templates", "history", "9" * 30, expect=1).output
+
+
+ESCAPES = "\u001b]0;owned\u0007Vieta\u001b[2J\u009b31m\r"
+
+
+def test_control_characters_in_stored_text_are_escaped_on_the_terminal_and_kept_in_json(cli, db, tmp_path):
+    """A template named with escape sequences must not retitle or clear the terminal that lists it."""
+    single = tmp_path / "t.json"
+    single.write_text(json.dumps({**TEMPLATE, "name": ESCAPES, "steps": ["ok", "bell \u0007"]}), encoding="utf-8")
+    key = str(json.loads(cli("templates", "add", "--file", str(single), "--no-embed", "--json").output)[0]["id"])
+    printed = [cli("templates", "list").output, cli("templates", "show", key).output,
+               cli("templates", "history", key).output,
+               cli("templates", "show", "Algebra/nothing\u001b[2J", expect=1).output]
+    for out in printed:
+        assert not any(c in out for c in "\u001b\u0007\u009b\r"), repr(out)
+    assert "\\x1b]0;owned\\x07Vieta\\x1b[2J\\x9b31m" in printed[1] and "\\x1b[2J" in printed[3]
+    stored = json.loads(cli("templates", "show", key, "--json").output)  # data stays data
+    assert stored["name"] == ESCAPES and stored["steps"][1] == "bell \u0007"
+
+
+@pytest.mark.parametrize("line, where", [
+    ('{"name": "Vieta", "name": "Other", "category": "Algebra", "description": "d", "steps": ["s"]}', "'name'"),
+    (('{"name": "Vieta", "category": "Algebra", "description": "d", "steps": ["s"], '
+      '"extra": {"src": {"a": 1, "a": 2}}}'), "'a' in extra.src"),
+])
+def test_a_key_named_twice_in_a_template_record_is_refused_naming_record_and_key(cli, db, tmp_path, line, where):
+    path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
+    _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"duplicate key {where}"))
+    single = tmp_path / "t.json"
+    single.write_text(line, encoding="utf-8")
+    _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"duplicate key {where}"))
+
+
+def test_a_key_named_twice_in_a_problem_record_is_refused_naming_record_and_key(cli, db, tmp_path):
+    path = _lines(tmp_path / "p.jsonl", [{"problem": "A good first line."},
+                                         '{"problem": "one", "answer": "1", "answer": "2"}'])
+    _refused(cli, db, "problems", "import", path, "--no-embed", must=(path, "line 2", "duplicate key 'answer'"))
+    as_list = tmp_path / "p.json"
+    as_list.write_text('[{"problem": "a"}, {"problem": "b", "meta": {"k": 1, "k": 2}}]', encoding="utf-8")
+    _refused(cli, db, "problems", "import", str(as_list), "--format", "json", "--no-embed",
+             must=(str(as_list), "duplicate key 'k' in [1].meta"))

@@ -310,3 +310,50 @@ def test_templates_jsonl_export_imports_back_unchanged(cli, db, world, tmp_path)
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 2
     assert (out["created"], out["updated"], out["unchanged"]) == (0, 0, 2)
+
+
+def _versions(db) -> int:
+    with db.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT count(*) FROM dataset_version")).scalar()
+
+
+def test_out_as_a_symlink_is_refused_in_one_line_with_no_row(cli, db, world, tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    result = cli("export", "dpo", "--out", str(tmp_path / "link"), expect=2)
+    assert "symbolic link" in result.output and str(tmp_path / "link") in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert _versions(db) == 0 and not any((tmp_path / "real").iterdir())
+    # The same export into the folder itself is complete, and is then the one row.
+    made = json.loads(cli("export", "dpo", "--out", str(tmp_path / "real"), "--json").output)
+    assert verify(db, tmp_path / "real")["id"] == made["id"] and _versions(db) == 1
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", "not json {", '"a string"'])
+def test_a_manifest_in_out_that_is_no_object_is_one_line_naming_it(cli, db, world, tmp_path, content):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "manifest.json").write_text(content)
+    result = cli("export", "dpo", "--out", str(tmp_path / "out"), expect=3)
+    assert str(tmp_path / "out" / "manifest.json") in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and _versions(db) == 0
+    checked = cli("datasets", "verify", str(tmp_path / "out"), "--no-kb", expect=None)
+    assert checked.exit_code not in (0, None) and str(tmp_path / "out" / "manifest.json") in checked.output
+    assert "Traceback" not in checked.output and len(checked.output.strip().splitlines()) == 1
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_is_one_line_naming_the_file_and_records_nothing(db, world, tmp_path):
+    """`ulimit -f` (EFBIG on write; ENOSPC reads the same): no traceback, no row, nothing left behind."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (2048, resource.RLIM_INFINITY)); "
+              "from kb.cli import main; sys.argv = ['reasonflux', 'export', 'dpo', '--jsonl', '--out', sys.argv[1]]; "
+              "main()")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot write " in proc.stderr and "File too large" in proc.stderr and "Traceback" not in proc.stderr
+    assert str(tmp_path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert _versions(db) == 0 and list(tmp_path.iterdir()) == []

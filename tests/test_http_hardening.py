@@ -29,13 +29,17 @@ def _free_port() -> int:
 
 
 class Service:
-    def __init__(self, db, navigator, inference=None, *, header_timeout_s=None, **app_kw):
+    def __init__(self, db, navigator, inference=None, *, header_timeout_s=None, max_per_client=None,
+                 limit_concurrency=None, **app_kw):
         import uvicorn
 
         self.solver = Solver(db, navigator, inference or navigator, SolverConfig(max_rounds=6, token_budget=20_000))
         app = create_app(db, self.solver, max_body_bytes=4096, **app_kw)
         port = _free_port()
-        extra = {"http": header_timeout_protocol(header_timeout_s)} if header_timeout_s else {}
+        extra = {"http": header_timeout_protocol(header_timeout_s, *([max_per_client] if max_per_client else []))} \
+            if header_timeout_s else {}
+        if limit_concurrency:
+            extra["limit_concurrency"] = limit_concurrency
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **extra))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -238,3 +242,64 @@ def _solve_across_a_restart(s, db):
         assert killed >= 1
         assert http.get("/healthz", params={"backends": "false"}).json()["database"] is True
         assert http.post("/v1/solve", json={"problem": "What is 1 + 1?"}).json()["answer"] == "2"
+
+
+def _raw_post(http: httpx.Client, path: str, raw: str) -> httpx.Response:
+    return http.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+
+
+def test_lone_surrogates_non_string_text_parts_and_deep_bodies_are_400s_naming_the_field(service):
+    s = service(play_along_backend({"What is 2 + 2?": "4"}))
+    user = '{"model": "reasonflux", "messages": [{"role": "user", "content": %s}]}'
+    with httpx.Client(base_url=s.url, timeout=30) as http:
+        cases = [
+            (_raw_post(http, "/v1/chat/completions", user % '"2 + 2 \\ud800?"'), "invalid_unicode",
+             "messages.0.content"),
+            (_raw_post(http, "/v1/chat/completions", user % '[{"type": "text", "text": "\\udfff"}]'),
+             "invalid_unicode", "messages.0.content.0.text"),
+            (_raw_post(http, "/v1/solve", '{"problem": "x \\udc00"}'), "invalid_unicode", "problem"),
+            (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": [
+                {"role": "user", "content": [{"type": "text", "text": 5}]}]}), "invalid_type",
+             "messages[0].content[0].text"),
+            (_raw_post(http, "/v1/chat/completions", user % ("[" * 1500 + "]" * 1500)), "nested_too_deeply", "body"),
+            (_raw_post(http, "/v1/solve", '{"problem": "x", "p": ' + "[" * 80 + "]" * 80 + "}"),
+             "nested_too_deeply", None),
+        ]
+        for r, code, param in cases:
+            assert r.status_code == 400, (r.request.content[:80], r.text)
+            err = _openai_shaped(r)
+            assert err["code"] == code, r.text
+            if param:
+                assert err["param"] == param and param in err["message"], r.text
+        # A surrogate pair is one character (U+1F600), not a lone half: solved as usual.
+        ok = _raw_post(http, "/v1/chat/completions", user % '"What is 2 + 2? \\ud83d\\ude00"')
+        assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.timeout(120)
+def test_idle_sockets_do_not_crowd_out_clients_or_healthz(service):
+    """300 idle connections from one address, against a server at uvicorn's limit of 256: the address's
+    longest-idle connections are closed to make room, and /healthz answers at once (not after the header
+    timeout)."""
+    s = service(play_along_backend({"What is 2 + 2?": "4"}), header_timeout_s=60, max_per_client=8,
+                limit_concurrency=256)
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", s.port), timeout=10))
+        with httpx.Client(base_url=s.url, timeout=10) as http:
+            health = http.get("/healthz", params={"backends": "false"})
+            assert health.status_code == 200, health.text
+            chat = http.post("/v1/chat/completions", json=CHAT)
+            assert chat.status_code == 200, chat.text
+        closed = 0
+        for sock in idle:
+            sock.settimeout(0.05)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+        assert closed >= 300 - 8, closed  # at most max_per_client of them were kept
+    finally:
+        for sock in idle:
+            sock.close()

@@ -80,3 +80,14 @@ def test_llm_check_reports_each_role_and_exits_non_zero_when_one_fails(cli, tmp_
     assert "1 of 2 roles failed; first reasons: inference: ConnectError" in out.stderr
     assert all(r["ok"] for r in json.loads(only_ok.stdout))
     assert "no role to check" in cli("llm", "check", expect=2).stderr
+
+
+def test_a_secret_nested_in_a_role_is_refused_naming_its_path(tmp_path):
+    path = _cfg(tmp_path, '[roles.navigator]\nbackend = "openai"\nmodel = "m"\n'
+                          '[roles.navigator.extra_body]\nprovider = {order = ["a"], api_key = "sk-in-a-file"}\n')
+    with pytest.raises(InputError, match="secrets never go in a config file") as e:
+        load_config(path)
+    assert e.value.field == "extra_body.provider.api_key" and e.value.record == "roles.navigator"
+    ok = _cfg(tmp_path, '[roles.navigator]\nbackend = "openai"\nmodel = "m"\n'
+                        '[roles.navigator.extra_body]\nmax_tokens = 5\n', suffix=".2.toml")
+    assert load_config(ok).roles["navigator"].options["extra_body"] == {"max_tokens": 5}

@@ -4,6 +4,7 @@ the loop learns (the right-template share of held-out plans rises)."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import sqlalchemy as sa
@@ -71,6 +72,25 @@ def test_continuing_a_loop_with_other_settings_is_refused(db):
     with pytest.raises(ConflictError) as e:
         loop.run_loop(db, loop.LoopConfig.load(None, {"name": "x", "n": 5}))
     assert "n: 4 -> 5" in str(e.value)
+
+
+def test_a_second_run_of_a_running_loop_is_refused_at_start_naming_the_first(cli, db):
+    """Two runs of one loop at once would train the same iteration twice; the second exits 3 before any work."""
+    from kb.runs import exclusive, pipeline_run
+
+    first = loop.LoopConfig.load(None, {"name": "busy"})
+    with exclusive(db, loop.STAGE, "loop", "busy"), pipeline_run(
+            db, loop.STAGE, {"loop": "busy", "identity": first.identity(), "config": first.to_dict()}) as (run_id, _):
+        result = cli("loop", "--name", "busy", "--navigator", "scripted", expect=3)
+        assert f"loop 'busy' is already running (run {run_id}, pid {os.getpid()}" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+        with db.engine.connect() as conn:  # nothing started: no second loop run
+            assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run")).scalar() == 1
+        # Another loop name is not held up by it.
+        with exclusive(db, loop.STAGE, "loop", "other"):
+            pass
+    with exclusive(db, loop.STAGE, "loop", "busy"):  # released when the first ends
+        pass
 
 
 def test_held_out_problems_must_not_be_sampled_for_training(db):

@@ -8,6 +8,7 @@ import base64
 import json
 
 import pytest
+import sqlalchemy as sa
 
 from kb import secrets
 from kb.secrets import REDACTED, scrub
@@ -45,6 +46,38 @@ def test_serialized_json_stays_valid_json():
     text = json.dumps(json.dumps({"error": 'got Authorization: Bearer abc123456"quoted" http://u:pw9999@h/'}))
     assert "abc123456" not in scrub(text) and "pw9999" not in scrub(text)
     json.loads(json.loads(scrub(text)))
+
+
+def test_a_value_under_a_secrets_name_is_scrubbed_at_any_depth():
+    data = {"extra_body": {"provider": [{"api_key": "plain-value", "max_tokens": 5}], "X-Api-Key": "v2"},
+            "headers": {"Authorization": "opaque"}, "token_count": 3, "HF_TOKEN": "v3", "password": ""}
+    assert scrub(data) == {"extra_body": {"provider": [{"api_key": REDACTED, "max_tokens": 5}],
+                                          "X-Api-Key": REDACTED},
+                           "headers": {"Authorization": REDACTED}, "token_count": 3, "HF_TOKEN": REDACTED,
+                           "password": ""}
+    # What the engines see of a JSON column is its text: the same names are found there, and it stays JSON.
+    text = scrub(json.dumps(data | {"client_secret": 'with "quotes" \\ inside'}))
+    assert json.loads(text) == scrub(data) | {"client_secret": REDACTED}
+    assert scrub(repr({"token": "v4"})) == repr({"token": REDACTED})
+    assert scrub('{"max_tokens": "9", "monkey": "x"}') == '{"max_tokens": "9", "monkey": "x"}'
+
+
+def test_a_secret_nested_in_an_llm_config_reaches_no_table_and_no_output(db, cli):
+    """A role's options (extra_body included) are recorded in the run's params, read by `runs show` and `sql`."""
+    from kb.runs import pipeline_run
+    from pipelines.llm.config import RoleConfig
+
+    secret = "plain-body-secret-0123"
+    role = RoleConfig("openai", {"model": "m", "extra_body": {"auth": {"token": secret}}})
+    with pipeline_run(db, "sample", {"navigator": role.describe()}) as (run_id, _):
+        pass
+    with db.engine.begin() as conn:  # written as JSON text, past scrub(): the engine's scrub still sees it
+        conn.execute(sa.text("UPDATE pipeline_run SET counts = CAST(:c AS jsonb)"),
+                     {"c": json.dumps({"extra": {"password": secret}})})
+    shown = cli("runs", "show", str(run_id), "--json").stdout
+    shown += cli("sql", "SELECT params::text, counts::text FROM pipeline_run").stdout
+    assert secret not in shown and REDACTED in shown
+    assert_no_table_holds(db, secret)
 
 
 def test_an_echoed_key_reaches_no_table_and_no_output(db, cli, tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ navigators registered and loadable by name."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -14,7 +15,8 @@ from pipelines.train import resolve_navigator
 from tests.train_support import dpo_rows, sft_rows, write_export
 
 CPU_ARGS = ("--num-gpus", "0", "--no-bf16", "--max-steps", "2", "--cutoff", "64", "--batch-size", "2",
-            "--grad-accum", "1", "--set", "gradient_checkpointing=false", "--set", "save_steps=1")
+            "--grad-accum", "1", "--set", "gradient_checkpointing=false", "--set", "save_steps=1",
+            "--progress-timeout", "300")
 
 
 @pytest.fixture(autouse=True)
@@ -103,12 +105,23 @@ def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path):
+@pytest.mark.timeout(1800)
+def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path, tmp_path_factory, monkeypatch):
     """The shipped ZeRO-3 config through accelerate + DeepSpeed (DS_ACCELERATOR=cpu): the GPU code path."""
     pytest.importorskip("deepspeed")
+    # DeepSpeed JIT-builds deepspeed_shm_comm (and cpu_adam); a build killed earlier left its lock (no live
+    # builder), which used to make every later run wait forever. The run clears it and builds afresh. The
+    # directory outlives the session (beside pytest's temporary roots) so cpu_adam, minutes to build on a
+    # small machine, is built once.
+    extensions = tmp_path_factory.getbasetemp().parent / "reasonflux-torch-extensions"
+    (extensions / "deepspeed_shm_comm").mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # a live build's lock is left alone, as the launcher does
+        (extensions / "deepspeed_shm_comm" / "lock").touch(exist_ok=False)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
     data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
+    # A first build of cpu_adam prints nothing for minutes on two busy cores.
     run = _train(cli, "sft", "--dataset", data, "--base-model", str(tiny), "--deepspeed", "zero3",
-                 "--max-steps", "1", "--output-dir", str(tmp_path / "out"))
+                 "--max-steps", "1", "--output-dir", str(tmp_path / "out"), "--progress-timeout", "1200")
     assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
     assert (tmp_path / "out" / "checkpoint-1" / "global_step1").is_dir()  # DeepSpeed's ZeRO checkpoint
     assert (tmp_path / "out" / "model.safetensors").is_file()  # 16-bit weights gathered on save

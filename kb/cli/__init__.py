@@ -16,6 +16,7 @@ from kb import __version__
 from kb.cli.context import AppContext, pass_app
 from kb.db import SchemaOutOfDate, db_error_reason
 from kb.errors import KbError
+from kb.output import terminal_safe
 from kb.runs import Terminated, install_sigterm_handler
 from kb.secrets import scrub
 
@@ -45,7 +46,7 @@ class _Group(click.Group):
 
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int):
-        super().__init__(scrub(message))
+        super().__init__(terminal_safe(scrub(message)))
         self.exit_code = exit_code
 
 
@@ -62,9 +63,11 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
     \b
     Exit codes (every command):
       0    done
-      1    error (the message says what and what to do)
+      1    error (the message says what and what to do; a write that failed, e.g. a full
+           disk, names the file; a training launch silent past --progress-timeout)
       2    bad input or usage (file, record and field named)
-      3    conflict (someone else changed it first; already running or resumed)
+      3    conflict (someone else changed it first; already running, e.g. a loop of that
+           name, or resumed; the destination holds something else)
       4    database schema out of date: run `reasonflux db upgrade`; or not one this code can upgrade
            (a revision it does not know, or a schema no version made): nothing was changed
       5    the work failed: every unit (or solve session) failed; the run is recorded failed

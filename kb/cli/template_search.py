@@ -13,6 +13,7 @@ from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import dumps, emit, output_options
 from kb.retrieval import MODES, search_many, search_templates
+from kb.storable import parse_json, too_deep
 from kb.template_vectors import missing_vectors, missing_vectors_advice
 
 TABLE_COLUMNS = ["rank", "score", "template_id", "key", "vector_score", "text_score"]
@@ -27,9 +28,13 @@ def read_queries(path: str) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except json.JSONDecodeError as e:
             raise InputError(f"not valid JSON ({e.msg})", file=name, record=f"line {no}") from None
+        except RecursionError:
+            raise too_deep(file=name, record=f"line {no}") from None
+        except ValueError as e:  # a key named twice, an integer of more than 4300 digits
+            raise InputError(f"not valid JSON ({e})", file=name, record=f"line {no}") from None
         if not isinstance(record, dict):
             raise InputError("must be a JSON object like {\"query\": \"...\"}", file=name, record=f"line {no}")
         if not isinstance(record.get("query"), str) or not record["query"].strip():

@@ -22,7 +22,7 @@ from kb import templates as T
 from kb.cli.context import AppContext, pass_app
 from kb.db import session_scope
 from kb.errors import InputError
-from kb.output import emit, output_options, to_jsonable
+from kb.output import emit, output_options, terminal_safe, to_jsonable
 
 # Fields of a `templates show --json` record that describe the version, not its content:
 # accepted in an edit file (so show -> edit -> save -> edit --file works) and ignored.
@@ -114,7 +114,7 @@ def load_file(path: str) -> Any:
         raise InputError("the file is empty", file=name)
     if Path(path).suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return storable.parse_json(text)
         except json.JSONDecodeError as e:
             raise InputError(f"malformed JSON: {e.msg}", file=name, record=f"line {e.lineno} column {e.colno}") \
                 from None
@@ -215,7 +215,7 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
         embedded = _embed_or_warn(session, [version.id], no_embed) if changed else []
         result = {**_result(template, version, changed), "embedded": embedded}
     if not changed and fmt == "table":
-        click.echo(f"no changes: {result['key']} stays at version {result['version']}")
+        click.echo(terminal_safe(f"no changes: {result['key']} stays at version {result['version']}"))
         return
     emit(result, fmt)
 
@@ -268,8 +268,8 @@ def revert(app: AppContext, ref: str, to_version: int, expect_version: int | Non
         embedded = _embed_or_warn(session, [version.id], no_embed) if changed else []
         result = {**_result(template, version, changed), "reverted_to": to_version, "embedded": embedded}
     if not changed and fmt == "table":
-        click.echo(f"no changes: {result['key']} version {result['version']} already has version {to_version}'s "
-                   "content")
+        click.echo(terminal_safe(f"no changes: {result['key']} version {result['version']} already has version "
+                                 f"{to_version}'s content"))
         return
     emit(result, fmt)
 
@@ -358,7 +358,7 @@ def diff(app: AppContext, ref: str, a: int, b: int | None, fmt: str) -> None:
         changes = T.diff_versions(old, new)
     if fmt == "table":
         if not changes:
-            click.echo(f"{key}: versions {old.version_no} and {new.version_no} have the same content")
+            click.echo(terminal_safe(f"{key}: versions {old.version_no} and {new.version_no} have the same content"))
             return
         rows = [(c["field"], _readable(c["old"]), _readable(c["new"])) for c in changes]
         _print_full(rows, ["field", f"v{old.version_no}", f"v{new.version_no}"], title=key)
@@ -410,11 +410,12 @@ def _print_full(rows: list[tuple], columns: list[str], title: str | None = None)
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(title) if title else None, header_style="bold", show_lines=True)
+    table = Table(title=Text(terminal_safe(title)) if title else None, header_style="bold", show_lines=True)
     for c in columns:
         table.add_column(c, overflow="fold")
     for row in rows:
-        table.add_row(*[Text(_readable(v)) for v in row])  # Text: no rich markup in template content
+        # Text: no rich markup in template content; terminal_safe: no control sequences either
+        table.add_row(*[Text(terminal_safe(_readable(v))) for v in row])
     Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160).print(table)
 
 

@@ -11,6 +11,9 @@ from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
 
+# pipelines.train.launch.DEFAULT_PROGRESS_TIMEOUT_S (not imported: it pulls in torch at CLI start)
+PROGRESS_TIMEOUT_S = 1800.0
+
 
 @click.group("train")
 def train_group() -> None:
@@ -41,6 +44,9 @@ def _stage_options(f):
         click.option("--cpu-memory-gb", type=float, help="Host memory to check offloaded states against."),
         click.option("--launcher", type=click.Choice(["auto", "inprocess", "accelerate"]), default="auto",
                      show_default=True, help="auto: in this process on CPU, accelerate launch on GPUs."),
+        click.option("--progress-timeout", type=float, default=PROGRESS_TIMEOUT_S,
+                     show_default=True, metavar="SECONDS",
+                     help="Stop a launched run (accelerate) that prints nothing for this long."),
         click.option("--name", help="Navigator name to register (default navigator-<stage>-run<ID>)."),
         click.option("--resume", type=int, metavar="RUN_ID", help="Resume a failed/interrupted run from its "
                                                                   "last checkpoint (a new run row)."),
@@ -73,7 +79,8 @@ def _run_stage(app: AppContext, stage: str, fmt: str, kw: dict) -> None:
     p = plan(db, stage, dataset=kw["dataset"], base_model=kw["base_model"], config_file=kw["config_file"],
              overrides=_overrides(kw, kw["sets"]), deepspeed=kw["deepspeed"], num_gpus=kw["num_gpus"],
              name=kw["name"], resume=kw["resume"], gpu_memory_gb=kw["gpu_memory_gb"],
-             cpu_memory_gb=kw["cpu_memory_gb"], launcher=kw["launcher"], dry_run=kw["dry_run"])
+             cpu_memory_gb=kw["cpu_memory_gb"], launcher=kw["launcher"], dry_run=kw["dry_run"],
+             progress_timeout_s=kw["progress_timeout"])
     if kw["dry_run"]:
         _print_plan(p.describe(), fmt)
         return

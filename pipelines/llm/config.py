@@ -22,7 +22,7 @@ and `--llm-config FILE` (TOML or YAML) gives roles with any options plus samplin
     [prompts]
     dir = "my_prompts"                    # files named <prompt>.txt override the built-in prompts
 
-A flag beats the file. Keys that look like secrets in the file are refused, and so is every key the
+A flag beats the file. Keys that look like secrets in the file are refused (at any depth: `extra_body.api_key`), and so is every key the
 file's level does not know (a misspelt `max_concurency` or `temprature` names itself, the file and the role).
 """
 
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from kb.errors import InputError
+from kb.secrets import is_secret_name
 from pipelines.llm.base import Backend, SamplingParams
 from pipelines.llm.registry import available_backends, backend_options, get_backend
 
@@ -167,7 +168,7 @@ def _load_role(raw: Any, p: Path, record: str) -> RoleConfig:
     if not isinstance(raw, dict) or "backend" not in raw:
         raise InputError("each role needs a `backend`", file=str(p), record=record, field="backend")
     raw = dict(raw)
-    secret = sorted(k for k in raw if k.lower() in _SECRET_KEYS)
+    secret = sorted(k for k in raw if k.lower() in _SECRET_KEYS) or _nested_secrets(raw)
     if secret:
         raise InputError("secrets never go in a config file: set an environment variable and name it with "
                          "api_key_env", file=str(p), record=record, field=secret[0])
@@ -181,6 +182,19 @@ def _load_role(raw: Any, p: Path, record: str) -> RoleConfig:
     if known is not None:
         _refuse_unknown(raw, known | _ROLE_KEYS, p, record)
     return RoleConfig(backend=backend, options=raw, sampling=sampling)
+
+
+def _nested_secrets(value: Any, path: str = "") -> list[str]:
+    """Dotted paths of keys that name a secret (kb.secrets.is_secret_name) at any depth (`extra_body.api_key`)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            where = f"{path}.{k}" if path else str(k)
+            found += [where] if is_secret_name(k) else _nested_secrets(v, where)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _nested_secrets(v, f"{path}[{i}]")
+    return found
 
 
 def backend_for(role: RoleConfig | Backend) -> Backend:

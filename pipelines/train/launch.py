@@ -36,6 +36,8 @@ DEFAULT_GPU_MEMORY_GB = 80.0
 # activations, buffers and fragmentation, which DeepSpeed's estimate does not cover.
 MODEL_STATES_SHARE = 0.9
 WORKER_MODULE = "pipelines.train.worker"
+# A launched run that prints nothing for this long is stopped (loading a 32B model prints as it goes).
+DEFAULT_PROGRESS_TIMEOUT_S = 1800.0
 SPEC_FILE = "launch_spec.json"
 
 
@@ -218,6 +220,7 @@ class LaunchPlan:
     resume_run: int | None = None
     resume_checkpoint: str | None = None
     name: str | None = None
+    progress_timeout_s: float | None = DEFAULT_PROGRESS_TIMEOUT_S
     checks: list[str] = field(default_factory=list)
 
     @property
@@ -306,7 +309,8 @@ def plan(db: Database, stage: str, *, dataset: str | None = None, base_model: st
          config_file: str | None = None, overrides: dict[str, Any] | None = None,
          deepspeed: str | None = None, num_gpus: int | None = None, name: str | None = None,
          resume: int | None = None, gpu_memory_gb: float | None = None, cpu_memory_gb: float | None = None,
-         launcher: str = "auto", dry_run: bool = False) -> LaunchPlan:
+         launcher: str = "auto", dry_run: bool = False,
+         progress_timeout_s: float | None = DEFAULT_PROGRESS_TIMEOUT_S) -> LaunchPlan:
     """Resolve and validate everything about a run without starting it; raises InputError naming the field."""
     from pipelines.train import registry
 
@@ -342,12 +346,14 @@ def plan(db: Database, stage: str, *, dataset: str | None = None, base_model: st
                          "of another run: resume that run with --resume RUN_ID, or choose another directory",
                          file=config.output_dir, field="output-dir")
 
+    if progress_timeout_s is not None and progress_timeout_s <= 0:
+        raise InputError("must be > 0 seconds", field="progress-timeout")
     gpus = _available_gpus() if num_gpus is None else num_gpus
     if gpus < 0:
         raise InputError("must be >= 0", field="num-gpus")
     p = LaunchPlan(stage=stage, config=config, dataset=verified, base_model=model_dir, num_gpus=gpus,
                    launcher="inprocess", model_params=params, resume_run=resume,
-                   resume_checkpoint=resume_checkpoint, name=name)
+                   resume_checkpoint=resume_checkpoint, name=name, progress_timeout_s=progress_timeout_s)
     if gpus > 0:
         p.deepspeed_name, p.deepspeed_path, p.deepspeed_config = resolve_deepspeed(
             deepspeed or DEFAULT_GPU_DEEPSPEED)

@@ -13,6 +13,7 @@ from kb.runs import Terminated
 from serve.app import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_PROBLEM_CHARS,
     create_app,
     header_timeout_protocol,
@@ -55,7 +56,10 @@ def _is_loopback(host: str) -> bool:
 @click.option("--body-timeout", type=click.FloatRange(0.1), default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
               help="Seconds a client has to send its request body (else 408).")
 @click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
-              help="Open connections at most; more are answered 503.")
+              help="Open connections at most; idle ones are closed to make room, else more are answered 503.")
+@click.option("--max-connections-per-client", type=click.IntRange(1), default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+              show_default=True, help="Open connections of one client address at most; its idle ones are closed "
+              "to make room.")
 @solver_options
 @pass_app
 def serve_cmd(
@@ -69,6 +73,7 @@ def serve_cmd(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    max_connections_per_client: int,
     **kwargs: Any,
 ) -> None:
     """Serve the solver over HTTP: POST /v1/solve, POST /v1/chat/completions (model "reasonflux"),
@@ -98,7 +103,7 @@ def serve_cmd(
     click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
                err=True)
     server = _server_class()(uvicorn.Config(api, host=host, port=port, log_level="info",
-                                            http=header_timeout_protocol(header_timeout), timeout_keep_alive=5,
+                                            http=header_timeout_protocol(header_timeout, max_connections_per_client), timeout_keep_alive=5,
                                             limit_concurrency=max_connections))
     try:
         server.run()

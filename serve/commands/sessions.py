@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from kb.cli.context import AppContext, pass_app
-from kb.output import emit, output_options
+from kb.output import emit, output_options, terminal_safe
 from serve.traces import get_session, list_sessions, render_trace
 
 
@@ -57,7 +57,7 @@ def show_cmd(app: AppContext, session_id: int, fmt: str) -> None:
     """
     session = get_session(app.db(), session_id)
     if fmt == "table":
-        click.echo(render_trace(session))
+        click.echo(terminal_safe(render_trace(session)))
     else:
         emit(session, fmt)
 
