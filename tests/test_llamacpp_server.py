@@ -139,7 +139,7 @@ def test_sample_with_structured_output_then_evaluate(cli, db, llm_config, toy_pr
 def test_solve(cli, db, llm_config):
     out = cli("solve", "A shop had 41 lamps and sold 6 of them. How many lamps are left in the shop?",
               "--llm-config", str(llm_config), "--max-rounds", "1", "--max-steps", "2", "--plan-hints", "0",
-              "--retrieval-mode", "text", "--timeout", "300", "--json", expect=None)
+              "--parse-retries", "0", "--retrieval-mode", "text", "--timeout", "300", "--json", expect=None)
     [(session_id, status, rounds)] = q(db, "SELECT id, status, rounds FROM solve_session")
     assert status in ("solved", "failed", "limit"), (status, out.stdout, out.stderr)
     assert out.exit_code in (0, 5), (out.exit_code, out.stdout, out.stderr)  # 5: the session did not solve it
@@ -161,7 +161,7 @@ def test_serve_in_front_of_it(db, llm_config):
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "serve", "--port", str(port),
                                  "--llm-config", str(llm_config), "--retrieval-mode", "text", "--max-rounds", "1",
-                                 "--max-steps", "2", "--plan-hints", "0"],
+                                 "--max-steps", "2", "--plan-hints", "0", "--parse-retries", "0"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz?backends=false", proc, log, START_TIMEOUT_S)
