@@ -28,7 +28,7 @@ from kb.templates import TemplateSpec, content_hash, create_template, edit_templ
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
 from pipelines.llm.config import RoleConfig, backend_for, describe_role
-from pipelines.parsing import MinedTemplate, ParseError, parse_template
+from pipelines.parsing import TEMPLATE_SCHEMA, MinedTemplate, ParseError, parse_template
 from pipelines.prompts import Prompts
 from pipelines.runner import Outcome, Unit, run_stage
 from pipelines.selection import PROBLEM_KEYS, parse_selection, select_problem_ids
@@ -110,8 +110,8 @@ class MineHandler:
         for attempt in range(1, self.max_retries + 2):
             if not pending:
                 break
-            reqs = [ChatRequest(convs[u.id], self.sampling, tags={"unit": u.key, "attempt": attempt})
-                    for u in pending]
+            reqs = [ChatRequest(convs[u.id], self.sampling, tags={"unit": u.key, "attempt": attempt},
+                                response_schema=TEMPLATE_SCHEMA) for u in pending]
             comps = self.backend.generate(reqs)
             errors = [c.error for c in comps if c.error]
             if errors:  # the backend, not the model's output: the runner retries the units (bounded)

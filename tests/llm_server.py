@@ -12,12 +12,14 @@ from typing import Any
 
 class LocalLLM:
     """POST /v1/chat/completions. reply(body) -> text answers; `status` != 200 answers an error whose body
-    echoes the request's Authorization header (as some proxies do), so a leak would be visible."""
+    echoes the request's Authorization header (as some proxies do), so a leak would be visible;
+    refuse(body) -> (status, message) or None answers that error for the requests it picks."""
 
     def __init__(self, *, reply: Callable[[dict[str, Any]], str] | None = None, status: int = 200,
-                 delay_s: float = 0.0):
+                 delay_s: float = 0.0, refuse: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None):
         self.reply = reply or (lambda body: "echo: " + body["messages"][-1]["content"])
         self.status, self.delay_s = status, delay_s
+        self.refuse = refuse or (lambda body: None)
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.started = threading.Event()
@@ -33,7 +35,11 @@ class LocalLLM:
                 server.headers.append(dict(self.headers))
                 server.started.set()
                 time.sleep(server.delay_s)
-                if server.status != 200:
+                status = server.status
+                if (refused := server.refuse(body)) is not None:
+                    status, message = refused
+                    payload = {"error": {"message": message, "type": "internal_server_error"}}
+                elif server.status != 200:
                     payload = {"error": {"message": f"upstream refused; got Authorization: "
                                                     f"{self.headers.get('Authorization')}"}}
                 else:
@@ -43,7 +49,7 @@ class LocalLLM:
                                "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
                 data = json.dumps(payload).encode()
                 try:
-                    self.send_response(server.status)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -25,11 +25,13 @@ from pipelines.llm.roles import resolve_role
               help="Templates retrieved for the problem and shown to the navigator (0: none).")
 @click.option("--retrieval-mode", type=click.Choice(["hybrid", "vector", "text", "hierarchical"]),
               default="hybrid", show_default=True, help="How steps are linked to template versions.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Longest trajectory the navigator may plan (in the prompt and the schema; recorded).")
 @llm_stage_options
 @output_options(csv_ok=False)
 @pass_app
 def sample_cmd(app: AppContext, problems: str, n: int, navigator_spec: str | None, navigator_name: str | None,
-               base_seed: int, hint_k: int, retrieval_mode: str, llm_config: str | None,
+               base_seed: int, hint_k: int, retrieval_mode: str, max_steps: int, llm_config: str | None,
                temperature: float | None, top_p: float | None, max_tokens: int | None, workers: int,
                batch_size: int, lease_s: float | None, max_attempts: int | None, retry_failed: bool,
                fmt: str) -> None:
@@ -40,7 +42,7 @@ def sample_cmd(app: AppContext, problems: str, n: int, navigator_spec: str | Non
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens)
     role, sampling = resolved.config, resolved.sampling
     result = sample(app.db(), problems, role, n=n, navigator_name=navigator_name, sampling=sampling,
-                    base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode,
+                    base_seed=base_seed, hint_k=hint_k, retrieval_mode=retrieval_mode, max_steps=max_steps,
                     **runner_kwargs(workers, batch_size, lease_s, max_attempts, retry_failed))
     emit(result, fmt)
     raise_for_outcome(result)  # exit 5 if every unit failed, 6 if some did

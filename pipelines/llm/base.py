@@ -32,8 +32,9 @@ class ChatRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     # Free-form labels (stage, unit key, role) carried into the call log.
     tags: dict[str, Any] = field(default_factory=dict)
-    # The JSON schema the reply must follow (the navigator contract's), enforced at decode time by the
-    # backends that can and are configured to (`structured_output`); every reply is parsed strictly anyway.
+    # The JSON schema the reply must follow (the navigator contract's, the miner's), enforced at decode time
+    # in its decoding form (`pipelines.llm.structured.decoding_schema`) by the backends configured to
+    # (`structured_output`); every reply is parsed strictly against the full schema anyway.
     response_schema: dict[str, Any] | None = None
 
 
@@ -44,6 +45,9 @@ class Completion:
     completion_tokens: int = 0
     latency_ms: float = 0.0
     error: str | None = None  # set when the backend gave up on this request after retries
+    # How the request's schema constrained decoding ("json_schema", "json_object", "xgrammar", "vllm"), or
+    # None when it did not; recorded with the call.
+    structured: str | None = None
 
 
 @runtime_checkable

@@ -28,6 +28,8 @@ def call_rows(backend: Backend, requests: list[ChatRequest], completions: list[C
         params = req.params.to_dict()
         if req.tags:
             params["tags"] = req.tags
+        if comp.structured:  # how decoding was constrained (for a server: the response_format dialect it took)
+            params["structured_output"] = comp.structured
         rows.append({
             "run_id": run_id, "session_id": session_id, "stage": stage, "backend": backend.name,
             "model": backend.model, "messages": scrub(req.messages), "params": scrub(params),

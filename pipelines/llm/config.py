@@ -16,6 +16,7 @@ and `--llm-config FILE` (TOML or YAML) gives roles with any options plus samplin
     base_url = "http://gpu-node:8000/v1"
     api_key_env = "OPENAI_API_KEY"      # the NAME of the variable; the key itself never goes in a file
     max_concurrency = 64
+    structured_output = true              # or "json_schema" | "json_object" (pipelines.llm.structured)
     [roles.navigator.sampling]
     temperature = 0.7
     max_tokens = 1024
@@ -39,6 +40,7 @@ from kb.errors import InputError
 from kb.secrets import is_secret_name
 from pipelines.llm.base import Backend, SamplingParams
 from pipelines.llm.registry import available_backends, backend_options, get_backend
+from pipelines.llm.structured import structured_mode
 
 _SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
@@ -181,6 +183,11 @@ def _load_role(raw: Any, p: Path, record: str) -> RoleConfig:
     known = backend_options(backend)
     if known is not None:
         _refuse_unknown(raw, known | _ROLE_KEYS, p, record)
+    if "structured_output" in raw:  # a value the backends cannot read must not pass silently as "off"
+        try:
+            structured_mode(raw["structured_output"])
+        except InputError as e:
+            raise InputError(e.reason, file=str(p), record=record, field="structured_output") from None
     return RoleConfig(backend=backend, options=raw, sampling=sampling)
 
 

@@ -3,11 +3,19 @@
 Requests are grouped by sampling parameters (one `generate` call cannot mix temperatures) and run in
 batches. Seeds: one `generate` call draws from one generator, so a batch is seeded from the seeds of the
 requests in it; the same requests in the same batches reproduce the same text.
+
+With `structured_output` (any true value), a request's JSON schema constrains decoding with xgrammar: its
+decoding form (`pipelines.llm.structured`) is compiled once per schema against the tokenizer, and one
+`xgrammar.contrib.hf.LogitsProcessor` per batch keeps a grammar matcher per row, so constrained requests
+are batched like any others (requests are grouped by schema too). xgrammar because it is the engine vLLM
+uses by default (one grammar semantics in-process on CPU and on a vLLM server), it masks a whole batch per
+step from a precompiled token bitmask, and it plugs into `generate` as a plain logits processor.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import time
@@ -15,18 +23,22 @@ from typing import Any
 
 from pipelines.llm.base import ChatRequest, Completion, SamplingParams, check_model_dir
 from pipelines.llm.registry import register_backend
+from pipelines.llm.structured import decoding_schema, structured_mode
 
 
 class TransformersBackend:
     name = "transformers"
 
     def __init__(self, model_path: str, *, device: str | None = None, dtype: str | None = None,
-                 batch_size: int = 8, model: str | None = None, threads: int | None = None, **_: Any):
+                 batch_size: int = 8, model: str | None = None, threads: int | None = None,
+                 structured_output: bool | str = False, **_: Any):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = check_model_dir(model_path)
+        self.structured = structured_mode(structured_output, where="transformers backend: structured_output")
+        self._grammars: Any = None  # the xgrammar compiler, made on the first constrained request
         if threads:  # CPU inference: intra-op threads (a small model on a busy machine wants 1)
             torch.set_num_threads(int(threads))
         self.model = model or str(path)
@@ -48,24 +60,41 @@ class TransformersBackend:
     def _prompt(self, req: ChatRequest) -> str:
         return self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
 
+    def _schema(self, req: ChatRequest) -> str | None:
+        """The decoding schema (JSON text) that constrains REQ, or None."""
+        if self.structured is None or req.response_schema is None:
+            return None
+        return json.dumps(decoding_schema(req.response_schema), sort_keys=True)
+
+    def _grammar(self, schema: str):
+        """SCHEMA compiled for this tokenizer (xgrammar caches compiled grammars by schema)."""
+        import xgrammar as xgr
+
+        if self._grammars is None:
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.lm.config.vocab_size,
+                                                      stop_token_ids=self._eos_ids)
+            self._grammars = xgr.GrammarCompiler(info)
+        # No free whitespace: a small model can spend its whole token budget on it inside the grammar.
+        return self._grammars.compile_json_schema(schema, any_whitespace=False)
+
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         out: list[Completion | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             p = req.params
-            groups.setdefault((p.temperature, p.top_p, p.max_tokens, p.stop), []).append(i)
-        for idxs in groups.values():
+            groups.setdefault((p.temperature, p.top_p, p.max_tokens, p.stop, self._schema(req)), []).append(i)
+        for key, idxs in groups.items():
             for start in range(0, len(idxs), self.batch_size):
                 batch = idxs[start:start + self.batch_size]
                 try:
-                    done = self._generate_batch([requests[i] for i in batch])
+                    done = self._generate_batch([requests[i] for i in batch], key[-1])
                 except Exception as e:  # noqa: BLE001 - a failed batch is recorded, never fatal
                     done = [Completion(text="", error=f"{type(e).__name__}: {e}") for _ in batch]
                 for i, c in zip(batch, done):
                     out[i] = c
         return [c for c in out if c is not None]
 
-    def _generate_batch(self, reqs: list[ChatRequest]) -> list[Completion]:
+    def _generate_batch(self, reqs: list[ChatRequest], schema: str | None = None) -> list[Completion]:
         import torch
 
         params: SamplingParams = reqs[0].params
@@ -81,6 +110,12 @@ class TransformersBackend:
             gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if schema is not None:
+            from transformers import LogitsProcessorList
+            from xgrammar.contrib.hf import LogitsProcessor
+
+            # One processor per generate call (it keeps one grammar matcher per row of the batch).
+            gen_kwargs["logits_processor"] = LogitsProcessorList([LogitsProcessor(self._grammar(schema))])
         with self._lock, torch.no_grad():
             seeds = [r.params.seed for r in reqs]
             if any(s is not None for s in seeds):
@@ -95,7 +130,7 @@ class TransformersBackend:
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
             results.append(Completion(
                 text=_cut_at_stop(text, params.stop), prompt_tokens=int(mask.sum()),
-                completion_tokens=n, latency_ms=latency,
+                completion_tokens=n, latency_ms=latency, structured="xgrammar" if schema else None,
             ))
         return results
 
