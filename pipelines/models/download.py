@@ -62,3 +62,16 @@ def check_sha256(path: Path, expected: str, what: str) -> None:
     if actual != expected:
         raise KbError(f"{what} {path.name} has sha256 {actual}, expected the pinned {expected}; "
                       "refusing it (a different or tampered file)")
+
+
+def pip_install_target(requirement: str, target: Path) -> None:
+    """Install REQUIREMENT's wheel alone into TARGET (a private folder put on one subprocess's PYTHONPATH)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+           "--no-input", "--progress-bar", "off", "--target", str(target), requirement]
+    try:
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise KbError(f"pip could not install {requirement} within {PIP_TIMEOUT_S:.0f} s") from None
+    if done.returncode != 0:
+        raise KbError(f"pip could not install {requirement}: {_reason(done.stderr or done.stdout)}; "
+                      "check the network or your pip index (pip config, PIP_INDEX_URL)")
