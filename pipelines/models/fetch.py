@@ -45,7 +45,9 @@ def get(db: Database, name: str, *, log: Callable[[str], None] = lambda m: None)
         source = "navigator" if held.kind == "navigator" else f"{registry.get(db, name)['source']} model"
         raise ConflictError(f"the name {name!r} is already a registered {source} at {held.path}; "
                             "remove it first (`reasonflux models remove NAME`) to fetch the catalogue model")
-    folder = models_dir() / name
+    row = registry.get(db, name)
+    # Where it was fetched before (REASONFLUX_HOME may have changed since), if it is still whole there.
+    folder = Path(row["path"]) if row and _complete(Path(row["path"]), entry) else models_dir() / name
     with _locked(db, name):
         built = not _complete(folder, entry)
         if built:
@@ -59,6 +61,8 @@ def get(db: Database, name: str, *, log: Callable[[str], None] = lambda m: None)
                                     gguf_path=folder / entry.gguf_name, sha256=entry.gguf_sha256,
                                     licence=entry.licence, parameters=marker["parameters"],
                                     details=marker["details"])
+        elif row["path"] != str(folder):  # its old folder was gone: fetched anew here
+            row = registry.relocate(db, name, folder, folder / entry.gguf_name)
     return {**row, "status": "fetched" if built else "already there"}
 
 

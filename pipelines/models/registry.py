@@ -81,6 +81,13 @@ def remove(db: Database, name: str) -> dict[str, Any]:
     return dict(row)
 
 
+def relocate(db: Database, name: str, path: Path, gguf_path: Path) -> dict[str, Any]:
+    with db.engine.begin() as conn:
+        return dict(conn.execute(sa.text(
+            f"UPDATE model SET path = :p, gguf_path = :g WHERE name = :n RETURNING {', '.join(COLUMNS)}"),
+            {"p": str(path), "g": str(gguf_path), "n": name}).mappings().one())
+
+
 def set_gguf_path(db: Database, named: names.Named, gguf_path: str | Path) -> None:
     table = {"navigator": "navigator_model", "model": "model"}[named.kind]
     with db.engine.begin() as conn:
