@@ -75,6 +75,19 @@ def test_a_users_big_model_trains_by_name(cli, db, tmp_path):
     assert 32e9 < plan["model_params"]["total"] < 34e9
 
 
+def test_a_model_name_is_what_a_loop_trains_and_samples_with(cli, db, tmp_path):
+    from pipelines import loop
+
+    folder = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
+    cli("models", "add", "my-base", str(folder))
+    as_base = loop._Context(db, loop.LoopConfig.load(None, {"base_model": "my-base",
+                                                            "navigator": "openai:m@http://127.0.0.1:9/v1"}),
+                            0, [], [], False)
+    assert as_base._base_model(0) == str(folder.resolve())
+    as_navigator = loop._Context(db, loop.LoopConfig.load(None, {"navigator": "vllm:my-base"}), 0, [], [], False)
+    assert as_navigator._base_model(0) == str(folder.resolve())
+
+
 def test_unknown_names_and_bad_folders_are_refused(cli, db, tmp_path):
     missing = cli("models", "show", "nope", expect=1)
     assert "no model named 'nope'" in missing.output
