@@ -25,6 +25,7 @@ MODULES: list[str] = [
     "pipelines.commands.importing",
     "pipelines.commands.loop",
     "pipelines.commands.retriever",
+    "pipelines.commands.models",
 ]
 
 

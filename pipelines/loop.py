@@ -66,9 +66,9 @@ class LoopConfig:
         "DPO pairs only ever come from train-split problems."))
     navigator: str | None = field(default=None, metadata=_help(
         "The navigator of iteration 0: a role spec (transformers:PATH, vllm:PATH, openai:MODEL@URL, scripted) "
-        "or a registered navigator name; default roles.navigator of llm_config."))
+        "or a registered navigator or model name; default roles.navigator of llm_config."))
     base_model: str | None = field(default=None, metadata=_help(
-        "The model iteration 0 trains (a local directory or a registered navigator); default the navigator "
+        "The model iteration 0 trains (a local directory or a registered navigator or model); default the navigator "
         "of iteration 0 when it is a local model or a registered name. Needed when it is served elsewhere "
         "(openai:)."))
     navigator_backend: str = field(default="transformers", metadata=_help(

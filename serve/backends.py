@@ -50,7 +50,7 @@ def backend_options(fn):
     fn = click.option("--inference", metavar="SPEC|NAME",
                       help="Inference LLM (same forms as --navigator; default: the navigator's model).")(fn)
     fn = click.option("--navigator", metavar="SPEC|NAME",
-                      help="Navigator: a registered navigator name, or transformers:PATH, vllm:PATH, "
+                      help="Navigator: a registered navigator or model name, or transformers:PATH, vllm:PATH, "
                            "openai:MODEL@URL, scripted.")(fn)
     fn = click.option("--llm-config", type=click.Path(exists=True, dir_okay=False), default=None,
                       help="TOML/YAML file with [roles.navigator] and [roles.inference].")(fn)

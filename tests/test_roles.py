@@ -37,7 +37,7 @@ def test_specs_names_and_sampling_resolve_one_way(db, tiny_dir, tmp_path):
     r = resolve_role(db, "navigator", "nav-a", str(cfg), SamplingParams(top_p=0.9), max_tokens=5)
     assert (r.sampling.temperature, r.sampling.top_p, r.sampling.max_tokens) == (0.5, 0.9, 5)
     assert r.config.options["model_path"] == str(tiny_dir)  # the name beats the file's path
-    with pytest.raises(NotFound, match="no navigator named 'nope'"):
+    with pytest.raises(NotFound, match="no navigator or model named 'nope'"):
         resolve_role(db, "navigator", "nope", None)
     with pytest.raises(InputError, match="no LLM configured"):
         resolve_role(db, "inference", None, None)

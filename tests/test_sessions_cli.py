@@ -118,7 +118,7 @@ def test_solve_file_and_selection_and_bad_input(cli, db, library, tmp_path):
         in cli("solve", "--problems", "bogus", "--navigator", "scripted", expect=2).output
     )
     assert "no LLM configured for the navigator" in cli("solve", "x", expect=2).output
-    assert "no navigator named 'nope'" in cli("solve", "x", "--navigator", "nope", expect=1).output
+    assert "no navigator or model named 'nope'" in cli("solve", "x", "--navigator", "nope", expect=1).output
     assert cli("solve", "x", "--navigator", "scripted", "--max-rounds", "0", expect=2).exit_code == 2
 
 

@@ -4,6 +4,7 @@ from sqlmodel import SQLModel
 
 from kb.models.llm import Failure, LlmCall, WorkUnit
 from kb.models.problems import Problem, ProblemEmbedding, SimilarBuild, SimilarSet, SimilarSetMember
+from kb.models.registered import RegisteredModel
 from kb.models.retrievers import RetrieverModel
 from kb.models.runs import PipelineRun
 from kb.models.sessions import SolveRound, SolveSession
@@ -23,7 +24,7 @@ metadata = SQLModel.metadata
 
 __all__ = [
     "DatasetVersion", "DpoPair", "Failure", "LlmCall", "NavigatorModel", "PipelineRun", "Problem",
-    "ProblemEmbedding", "RetrieverModel", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember",
+    "ProblemEmbedding", "RegisteredModel", "RetrieverModel", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember",
     "SolveRound", "SolveSession", "SolveStepTemplate", "Template", "TemplateEmbedding", "TemplateVersion",
     "TrainingMetric", "TrainingRun",
     "Trajectory", "TrajectoryStep", "WorkUnit", "metadata",

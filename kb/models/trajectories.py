@@ -21,6 +21,7 @@ class NavigatorModel(SQLModel, table=True):
     path: str
     base_model: str | None = Field(default=None)
     training_run_id: int | None = Field(default=None, foreign_key="training_run.id", ondelete="SET NULL")
+    gguf_path: str | None = text_field()  # the latest `reasonflux models export-gguf` of this checkpoint
     created_at: datetime = created_at_field()
 
 

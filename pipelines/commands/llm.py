@@ -19,7 +19,7 @@ def llm() -> None:
 @click.option("--llm-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TOML or YAML file with roles (every role in it is checked).")
 @click.option("--navigator", "navigator", default=None, metavar="SPEC|NAME",
-              help="Check this navigator spec (or registered navigator name).")
+              help="Check this navigator spec (or registered navigator or model name).")
 @click.option("--inference", "inference", default=None, metavar="SPEC", help="Check this inference spec.")
 @click.option("--miner", "miner", default=None, metavar="SPEC", help="Check this miner spec.")
 @click.option("--max-tokens", type=click.IntRange(1, 256), default=8, show_default=True,
@@ -31,7 +31,7 @@ def check_cmd(app: AppContext, llm_config: str | None, navigator: str | None, in
     """Send one tiny request per configured role; report reachability, model and latency.
 
     Exits 5 if no role answered, 6 if some did not. Writes nothing to the KB (it reads it only to find a
-    registered navigator's checkpoint).
+    registered navigator's or model's folder).
     """
     from pipelines.llm.check import check_role, roles_to_check
     from pipelines.llm.config import load_config

@@ -23,7 +23,7 @@ def train_group() -> None:
 def _stage_options(f):
     options = [
         click.option("--dataset", help="Dataset version id or export directory (verified before training)."),
-        click.option("--base-model", help="Local model directory or registered navigator name to start from "
+        click.option("--base-model", help="Local model directory, or registered navigator or model name (`reasonflux models`), to start from "
                                           "(config.json suffices for --dry-run)."),
         click.option("--config", "config_file", type=click.Path(dir_okay=False),
                      help="YAML file of config fields (flags win over it)."),

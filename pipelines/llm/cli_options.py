@@ -10,7 +10,7 @@ import click
 def role_option(role: str, help_text: str):
     return click.option(f"--{role}", f"{role}_spec", default=None, metavar="SPEC|NAME",
                         help=f"{help_text} SPEC: scripted | transformers:PATH | vllm:PATH | openai:MODEL@URL, "
-                             f"or a registered navigator NAME (default: roles.{role} in --llm-config).")
+                             f"or a registered navigator or model NAME (default: roles.{role} in --llm-config).")
 
 
 def llm_stage_options(f):

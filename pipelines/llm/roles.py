@@ -4,8 +4,9 @@
 is written the same way everywhere:
 
     scripted | transformers:PATH | vllm:PATH | openai:MODEL@URL     a backend spec (pipelines.llm.config)
-    NAME                                                            a registered navigator (transformers)
-    transformers:NAME | vllm:NAME                                   a registered navigator on that backend
+    NAME                                                            a registered navigator or model
+                                                                    (transformers)
+    transformers:NAME | vllm:NAME                                   the same on that backend
 
 or given in `--llm-config FILE` under `[roles.<role>]`. A flag beats the file. Sampling parameters are the
 command's defaults, then the file's `[roles.<role>.sampling]`, then flags (`--temperature`, `--max-tokens`:
@@ -44,20 +45,20 @@ class ResolvedRole:
 
 
 def _registered(db: Database | None, backend: str, name: str, base: RoleConfig | None) -> RoleConfig:
-    from pipelines.train.registry import resolve_navigator
+    from pipelines.models.names import resolve
 
     if db is None:
-        raise ValueError("resolving a navigator name needs the database")
-    with db.session() as s:
-        path = resolve_navigator(s, name)
-    # A navigator name keeps the sampling and options the file gives its role on the same backend.
+        raise ValueError("resolving a navigator or model name needs the database")
+    with db.engine.connect() as conn:
+        path = resolve(conn, name)
+    # A registered name keeps the sampling and options the file gives its role on the same backend.
     same = base is not None and base.backend == backend
     options = {**(base.options if same else {}), "model_path": path, "model": name}
     return RoleConfig(backend=backend, options=options, sampling=dict(base.sampling) if same else {})
 
 
 def _is_navigator_name(flag: str) -> tuple[str, str] | None:
-    """(backend, name) when FLAG names a registered navigator rather than a backend spec."""
+    """(backend, name) when FLAG names a registered navigator or model rather than a backend spec."""
     head, sep, rest = flag.partition(":")
     head = head.strip()
     if not sep and head not in available_backends():

@@ -3,7 +3,8 @@ the KB (training_run, training_metric, navigator_model).
 
     plan(db, "sft", dataset=..., base_model=..., overrides={...})  -> LaunchPlan (validated; a dry run stops)
     execute(db, plan)                                             -> the finished training_run, navigator named
-    resolve_navigator(session, name_or_path)                      -> checkpoint path for sample/solve/serve/eval
+    resolve_navigator(session, name_or_path)                      -> folder of a navigator or model name
+                                                                    (pipelines.models.names.resolve)
 """
 
 from pipelines.train.dpo_config import DPOTrainConfig

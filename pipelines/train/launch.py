@@ -378,15 +378,18 @@ def _resolve_config(config_cls: type[TrainConfig], stored: dict[str, Any], confi
 
 
 def _model_dir(db: Database, base_model: str) -> str:
-    """A local model directory, or a registered navigator's (so DPO can start from the SFT navigator)."""
-    from pipelines.train.registry import navigator_path
+    """A local model directory, or a registered navigator's or model's (`reasonflux models get|add`), so DPO
+    can start from the SFT navigator and any stage from a fetched base model."""
+    from pipelines.models.names import lookup_db
 
     path = Path(base_model).expanduser()
     if not path.exists():
-        path = Path(navigator_path(db, base_model) or base_model)
+        named = lookup_db(db, base_model)
+        path = Path(named.path if named else base_model)
     if not path.is_dir() or not (path / "config.json").is_file():
-        raise InputError("not a local model directory (no config.json); models are never downloaded: "
-                         "pass a directory (for a dry run, one holding just config.json is enough)",
+        raise InputError("not a local model directory (no config.json) nor a registered navigator or model; "
+                         "models are never downloaded here: pass a directory (for a dry run, one holding just "
+                         "config.json is enough) or a name from `reasonflux models get|add`",
                          file=str(path), field="base-model")
     return str(path.resolve())
 

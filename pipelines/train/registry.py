@@ -14,7 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from kb import config as kb_config
 from kb import runs
@@ -23,6 +23,7 @@ from kb.errors import ConflictError, InputError, NotFound
 from kb.models import NavigatorModel, TrainingMetric, TrainingRun
 from kb.models._common import utcnow
 from kb.secrets import scrub
+from pipelines.models import names
 
 # The metrics a run keeps as its final summary: the last logged value of each.
 RUN_SUMMARY_KEYS = ("train_tokens_per_second", "peak_gpu_memory_gib", "peak_rss_gib")
@@ -139,15 +140,17 @@ def navigator_name_for(stage: str, run_id: int) -> str:
 
 
 def check_navigator_name_free(db: Database, name: str) -> None:
-    with db.session() as s:
-        existing = s.exec(select(NavigatorModel).where(NavigatorModel.name == name)).first()
-    if existing is not None:
-        raise ConflictError(f"navigator {name!r} already exists (path {existing.path}); choose another --name")
+    """Before training: the name is free among navigators and models (`register_navigator` checks it again)."""
+    named = names.lookup_db(db, name)
+    if named is not None:
+        raise ConflictError(f"{name!r} is already a registered {named.kind} (path {named.path}); "
+                            "choose another --name")
 
 
 def register_navigator(db: Database, *, name: str, path: str, base_model: str | None,
                        training_run_id: int | None) -> dict[str, Any]:
     with db.session() as s:
+        names.claim(s, name, "navigator")
         row = NavigatorModel(name=name, path=path, base_model=base_model, training_run_id=training_run_id)
         s.add(row)
         try:
@@ -157,17 +160,8 @@ def register_navigator(db: Database, *, name: str, path: str, base_model: str | 
         return row.model_dump()
 
 
-def resolve_navigator(session: Session, name_or_path: str) -> str:
-    """The checkpoint path of a registered navigator name, or a local model directory as given."""
-    row = session.exec(select(NavigatorModel).where(NavigatorModel.name == name_or_path)).first()
-    if row is not None:
-        return row.path
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return str(path)
-    known = session.exec(select(NavigatorModel.name).order_by(NavigatorModel.name)).all()
-    raise NotFound(f"no navigator named {name_or_path!r} and no such model directory; "
-                   f"registered: {', '.join(known) or 'none'} (see `reasonflux navigators list`)")
+# A navigator name, a model name or a local folder -> the folder; one resolver for both kinds.
+resolve_navigator = names.resolve
 
 
 def navigator_path(db: Database, name: str) -> str | None:
@@ -179,7 +173,7 @@ def list_navigators(db: Database) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text(
             "SELECT n.name, n.path, n.base_model, n.training_run_id, r.stage, r.dataset_version_id, "
-            "n.created_at FROM navigator_model n LEFT JOIN training_run r ON r.id = n.training_run_id "
+            "n.gguf_path, n.created_at FROM navigator_model n LEFT JOIN training_run r ON r.id = n.training_run_id "
             "ORDER BY n.created_at, n.id")).mappings().all()
     return [dict(r) for r in rows]
 
