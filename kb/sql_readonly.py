@@ -25,10 +25,9 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import Engine
 
+from kb.defaults import SQL_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from kb.errors import KbError
 from kb.reader import connect_reader, ensure_reader_role
-
-DEFAULT_TIMEOUT_S = 30.0
 
 QUERY_STARTS = ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
 # Keywords that only ever write (as a clause of a writable CTE, SELECT ... INTO, FOR UPDATE, ...).

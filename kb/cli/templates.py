@@ -17,12 +17,10 @@ from typing import Any
 import click
 
 from kb import storable
-from kb import template_vectors as V
-from kb import templates as T
 from kb.cli.context import AppContext, pass_app
-from kb.db import session_scope
 from kb.errors import InputError
 from kb.output import emit, output_options, to_jsonable
+from kb.template_fields import STATUSES
 
 # Fields of a `templates show --json` record that describe the version, not its content:
 # accepted in an edit file (so show -> edit -> save -> edit --file works) and ignored.
@@ -77,6 +75,8 @@ def _write_options(f):
 def _embed_or_warn(session, version_ids: list[int], no_embed: bool) -> list[str]:
     """Embed new versions inside the command's transaction; the models done. With --no-embed, say
     on stderr which models now lack vectors and how to fix it."""
+    from kb import template_vectors as V
+
     conn = session.connection()
     if no_embed:
         for line in V.missing_vectors_advice(V.missing_vectors(conn)):
@@ -165,6 +165,9 @@ def add(app: AppContext, file: str | None, note: str | None, author: str | None,
         --tag roots --description "Relate roots to coefficients." --step "Write the polynomial" --step "Read off sums"
     reasonflux templates add --file new_templates.yaml
     """
+    from kb import templates as T
+    from kb.db import session_scope
+
     name = "<stdin>" if file == "-" else file
     overrides = _flag_values(flags)
     specs = [T.TemplateSpec.from_dict({**record, **overrides}, file=name, record=where)
@@ -199,6 +202,9 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
     reasonflux templates edit "Algebra/Polynomials/Vieta's formulas" --description "..." --note "clarify"
     reasonflux templates edit 12 --file t12.json --expect-version 3
     """
+    from kb import templates as T
+    from kb.db import session_scope
+
     name = "<stdin>" if file == "-" else file
     records = _file_records(file)
     if len(records) != 1:
@@ -222,6 +228,8 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
 
 def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[dict[str, Any], int | None]:
     """Content changes from an edit record; identity fields must match the template being edited."""
+    from kb import templates as T
+
     values = dict(values)
     for field in READ_ONLY_FIELDS:
         values.pop(field, None)
@@ -261,6 +269,9 @@ def revert(app: AppContext, ref: str, to_version: int, expect_version: int | Non
     \b
     reasonflux templates revert "Algebra/Polynomials/Vieta's formulas" --to 2 --expect-version 4
     """
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         version, changed = T.revert_template(session, template.id, to_version, expect_version=expect_version,
@@ -281,6 +292,9 @@ def revert(app: AppContext, ref: str, to_version: int, expect_version: int | Non
 @pass_app
 def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
     """Show template REF (id or key) at its current version or at --version N."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         version = T.get_version(session, ref, version_no)
         record = T.version_dict(T.resolve(session, version.template_id), version)
@@ -294,7 +308,7 @@ def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
 @click.option("--tag", "tags", multiple=True, help="Only templates with this tag (repeat: all of them).")
 @click.option("--category", help="Only this category (case-insensitive).")
 @click.option("--section", help="Only this section (case-insensitive).")
-@click.option("--status", type=click.Choice(T.STATUSES), default=None, help="Only this status (default: any).")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status (default: any).")
 @click.option("--text", help="Substring of name or description, or full-text match.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @output_options
@@ -302,6 +316,9 @@ def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
 def list_command(app: AppContext, tags: tuple[str, ...], category: str | None, section: str | None,
                  status: str | None, text: str | None, limit: int | None, fmt: str) -> None:
     """List templates at their current version."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         rows = T.list_templates(session, tags=tags, category=category, section=section, status=status, text=text,
                                 limit=limit)
@@ -319,6 +336,9 @@ def list_command(app: AppContext, tags: tuple[str, ...], category: str | None, s
 @pass_app
 def history_command(app: AppContext, ref: str, fmt: str) -> None:
     """Every version of template REF, oldest first."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         records = [{
@@ -337,6 +357,9 @@ def history_command(app: AppContext, ref: str, fmt: str) -> None:
 @pass_app
 def blame_command(app: AppContext, ref: str, fmt: str) -> None:
     """Per field of template REF: the version that last changed it, and who made that version."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         records = T.blame(T.history(session, template.id))
@@ -352,6 +375,9 @@ def blame_command(app: AppContext, ref: str, fmt: str) -> None:
 @pass_app
 def diff(app: AppContext, ref: str, a: int, b: int | None, fmt: str) -> None:
     """Field-by-field differences of template REF from version A to version B (default: current)."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         old, new = T.get_version(session, ref, a), T.get_version(session, ref, b)
         key = T.resolve(session, ref).key
@@ -386,6 +412,9 @@ def restore(app: AppContext, ref: str, fmt: str) -> None:
 
 
 def _set_status(app: AppContext, ref: str, status: str, fmt: str) -> None:
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         before = T.resolve(session, ref).status
         template = T.set_status(session, ref, status)

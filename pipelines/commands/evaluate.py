@@ -6,9 +6,7 @@ import click
 
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
-from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
-from pipelines.llm.roles import resolve_role
 
 
 @click.command("evaluate")
@@ -26,7 +24,9 @@ def evaluate_cmd(app: AppContext, trajectories: str, inference_spec: str | None,
                  workers: int, batch_size: int, lease_s: float | None, max_attempts: int | None,
                  retry_failed: bool, fmt: str) -> None:
     """Follow each trajectory on its similar set's problems, grade the answers, store rollouts and rewards."""
+    from kb.runs import raise_for_outcome
     from pipelines.evaluate import DEFAULT_SAMPLING, evaluate
+    from pipelines.llm.roles import resolve_role
 
     resolved = resolve_role(app.db(), "inference", inference_spec, llm_config, DEFAULT_SAMPLING,
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens)
