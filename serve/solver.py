@@ -24,7 +24,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -32,7 +31,7 @@ from typing import Any
 from kb.db import Database
 from kb.errors import InputError
 from pipelines import navigator, prompts, step_retrieval
-from pipelines.grader import extract_answer, grade
+from pipelines.grader import GRADE_TIMEOUT_S, extract_answer, grade
 from pipelines.llm.base import Backend, ChatRequest, Completion, Message
 from pipelines.llm.calls import call_rows
 from pipelines.navigator import Change, Evaluation, Plan
@@ -529,24 +528,11 @@ class _Run:
         return evaluation, new_steps, next_i
 
 
-_GRADERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grade")
-GRADE_TIMEOUT_S = 20.0
-
-
 def bounded_grade(answer: str | None, reference: str, timeout_s: float = GRADE_TIMEOUT_S) -> bool:
-    """pipelines.grader.grade, given up (as wrong) after TIMEOUT_S.
-
-    Off the main thread math-verify runs without its own timeout (it needs SIGALRM), and a
-    pathological expression must not hold a session forever.
-    """
+    """pipelines.grader.grade (which gives a check up, as wrong, after TIMEOUT_S)."""
     if answer is None:
         return False
-    future = _GRADERS.submit(grade, answer, reference)
-    try:
-        return future.result(timeout=timeout_s)
-    except FutureTimeout:
-        log.warning("grading %r against %r took over %s s; counted as wrong", answer, reference, timeout_s)
-        return False
+    return grade(answer, reference, timeout_s=timeout_s)
 
 
 def apply_changes(
