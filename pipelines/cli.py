@@ -15,7 +15,7 @@ MODULES: dict[str, list[str]] = {
     "pipelines.commands.dev": ["dev"],
     "pipelines.commands.mine": ["mine"],
     "pipelines.commands.sample": ["sample"],
-    "pipelines.commands.evaluate": ["evaluate"],
+    "pipelines.commands.evaluate": ["rollouts", "evaluate"],  # evaluate: its old name, hidden
     "pipelines.commands.runs": ["runs"],
     "pipelines.commands.llm": ["llm"],
     "pipelines.commands.problems": ["problems"],

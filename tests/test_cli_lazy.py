@@ -46,11 +46,25 @@ def test_each_module_adds_exactly_the_commands_declared_for_it(module):
     assert added == _declared()[module]
 
 
-def test_help_lists_every_command():
+HIDDEN = {"evaluate"}  # old names kept for a release (deprecated_alias)
+
+
+def test_help_lists_every_command_but_old_names():
     result = CliRunner().invoke(importlib.import_module("kb.cli").cli, ["--help"])
     assert result.exit_code == 0, result.output
     listed = {line.split()[0] for line in result.output.split("Commands:")[1].splitlines() if line.strip()}
-    assert listed == {name for names in _declared().values() for name in names}
+    assert listed == {name for names in _declared().values() for name in names} - HIDDEN
+    assert "rollouts" in listed
+
+
+def test_evaluate_is_a_deprecated_alias_of_rollouts(cli):
+    new = cli("rollouts", "--inference", "nosuchbackend:x", expect=None)
+    old = cli("evaluate", "--inference", "nosuchbackend:x", expect=None)
+    assert new.exit_code == old.exit_code != 0
+    assert "deprecated" not in new.stderr and "now `reasonflux rollouts`" not in new.stderr
+    assert old.stderr.startswith("note: `reasonflux evaluate` is now `reasonflux rollouts`")
+    assert old.stderr.splitlines()[1:] == new.stderr.splitlines()
+    assert "Deprecated: use `reasonflux rollouts`" in cli("evaluate", "--help").stdout
 
 
 def test_loading_every_command_imports_no_heavy_library():

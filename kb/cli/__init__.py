@@ -18,7 +18,7 @@ from kb.errors import KbError
 from kb.secrets import scrub
 from kb.signals import Terminated, install_sigterm_handler
 
-__all__ = ["AppContext", "cli", "main", "pass_app"]
+__all__ = ["AppContext", "cli", "deprecated_alias", "main", "pass_app"]
 
 
 class _Group(click.Group):
@@ -119,6 +119,20 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
     """
     ctx.obj = AppContext(database_url=database_url)
     ctx.call_on_close(ctx.obj.close)
+
+
+def deprecated_alias(command: click.Command, old_name: str) -> click.Command:
+    """OLD_NAME for COMMAND, kept for a release after a rename: hidden from help, and it says on stderr to use
+    the new name, then runs COMMAND."""
+
+    def callback(*args, **kwargs):
+        click.echo(f"note: `reasonflux {old_name}` is now `reasonflux {command.name}`; the old name will be "
+                   "removed in a later release", err=True)
+        return click.get_current_context().invoke(command.callback, *args, **kwargs)
+
+    return click.Command(old_name, params=command.params, callback=callback, hidden=True,
+                         help=f"Deprecated: use `reasonflux {command.name}`.\n\n{command.help or ''}",
+                         context_settings=command.context_settings)
 
 
 # Built-in commands and the modules that register them (in order: template_search adds to `templates`).
