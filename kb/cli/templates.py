@@ -10,6 +10,7 @@ vectors for (kb.template_vectors), unless --no-embed. `search` is added to
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -198,9 +199,14 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
     version, exit 0. A `templates show --json` record is a valid --file; its
     `version` is then the expected version unless --expect-version is given.
 
+    With neither --file nor field flags, the template opens in $VISUAL or $EDITOR as YAML (as `git
+    commit` does); saving writes the new version. Content that does not validate re-opens the editor
+    with the error at the top; closing it unchanged, or emptying it, writes nothing.
+
     \b
     reasonflux templates edit "Algebra/Polynomials/Vieta's formulas" --description "..." --note "clarify"
     reasonflux templates edit 12 --file t12.json --expect-version 3
+    EDITOR=nano reasonflux templates edit 12
     """
     from kb import templates as T
     from kb.db import session_scope
@@ -210,9 +216,19 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
     if len(records) != 1:
         raise InputError("edit takes one template; the file holds a list", file=name)
     record, _ = records[0]
+    values = {**record, **_flag_values(flags)}
+    if file is None and not values:
+        if not (os.environ.get("VISUAL") or os.environ.get("EDITOR") or sys.stdin.isatty()):
+            raise InputError("nothing to change: give field flags or --file, or set EDITOR to edit the template "
+                             "in an editor", field="REF")
+        name = EDITOR_FILE
+        values = _edit_in_editor(app, ref)
+        if values is None:
+            click.echo("no changes: the editor was closed without changes (or emptied); nothing written", err=True)
+            return
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
-        changes, file_version = _edit_changes(template, {**record, **_flag_values(flags)}, name)
+        changes, file_version = _edit_changes(template, values, name)
         version, changed = T.edit_template(
             session, template.id, changes,
             expect_version=expect_version if expect_version is not None else file_version,
@@ -224,6 +240,71 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
         click.echo(f"no changes: {result['key']} stays at version {result['version']}")
         return
     emit(result, fmt)
+
+
+EDITOR_FILE = "<editor>"
+EDITOR_HEADER = (
+    "# Editing template {key} (version {version}). Save and close to write a new version.\n"
+    "# Close without saving, or empty the file, to write nothing. Lines starting with # are ignored.\n"
+    "# `version` is the version you started from: if someone writes another first, nothing is written (exit 3).\n"
+)
+
+
+def _edit_in_editor(app: AppContext, ref: str) -> dict[str, Any] | None:
+    """The template's content edited in $VISUAL/$EDITOR as YAML, validated: re-opened with the error until
+    it validates; None when the user leaves it unchanged or empty."""
+    import yaml
+
+    from kb import templates as T
+    from kb.db import session_scope
+
+    with session_scope(app.db()) as session:  # read, then let go: no transaction stays open while editing
+        template = T.resolve(session, ref)
+        record = T.version_dict(template, T.get_version(session, template.id, template.current_version_no))
+    header = EDITOR_HEADER.format(key=template.key, version=record["version"])
+    shown = {"version": record["version"], **{f: record[f] for f in T.CONTENT_FIELDS}}
+    original = text = header + _yaml_dump(shown)
+    while True:
+        edited = click.edit(text, extension=".yaml")
+        if edited is None or edited == text or not _uncommented(edited).strip():
+            return None
+        try:
+            values = yaml.safe_load(_uncommented(edited))
+            if not isinstance(values, dict):
+                raise InputError("must be a mapping of the template's fields", file=EDITOR_FILE)
+            _edit_changes(template, values, EDITOR_FILE)
+        except (InputError, yaml.YAMLError) as e:
+            error = str(e).replace("\n", " ")
+            text = f"# ERROR: {error}\n# Fix it and save, or empty the file to give up.\n" + _uncommented_header(
+                edited, original)
+            continue
+        return values
+
+
+def _uncommented(text: str) -> str:
+    # Only unindented comment lines: an indented "#" is content (a block of text with a Markdown heading).
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+def _uncommented_header(edited: str, original: str) -> str:
+    """The user's text without an earlier error note (kept: their own content and the header)."""
+    lines = edited.splitlines(keepends=True)
+    while lines and lines[0].startswith(("# ERROR:", "# Fix it and save")):
+        lines.pop(0)
+    return "".join(lines) or original
+
+
+def _yaml_dump(value: dict[str, Any]) -> str:
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, data: str):  # multi-line text as a block, as a person would write it
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+    _Dumper.add_representer(str, text)
+    return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[dict[str, Any], int | None]:
