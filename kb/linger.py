@@ -91,6 +91,20 @@ def hand_over(pgdata: Path, seconds: float) -> int | None:
         return proc.pid
 
 
+def dismiss(pgdata: Path) -> None:
+    """Send the lingerer away without stopping the server (`reasonflux db url` leaves the server up for
+    other tools, with no time limit, until a later command stops it or hands it to a new lingerer)."""
+    pgdata = Path(pgdata)
+    with _lock():
+        lingerer = state(pgdata)
+        if lingerer is None:
+            return
+        holders = [pid for pid in _read_holders(pgdata) if pid != lingerer["pid"]]
+        _holders_path(pgdata).write_text(json.dumps(holders))
+        (pgdata / STATE_FILE).unlink(missing_ok=True)
+        os.kill(lingerer["pid"], signal.SIGTERM)
+
+
 def stop_now(pgdata: Path) -> str:
     """`reasonflux db stop`: stop the embedded server unless a command uses it. Returns what happened:
     'stopped', 'not running', or 'in use' (pids of the commands in the message of the raised error)."""

@@ -99,3 +99,14 @@ def test_a_bad_linger_value_is_refused(home):
     result = _cli(home, "templates", "list", linger="soon")
     assert result.returncode == 2
     assert "REASONFLUX_DB_LINGER" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_db_url_leaves_the_server_up_with_no_lingerer_to_stop_it(home):
+    assert _cli(home, "templates", "list", linger="120").returncode == 0
+    assert _lingerer(home) is not None
+    url = _cli(home, "db", "url", linger="120")
+    assert url.returncode == 0, url.stderr
+    assert url.stdout.startswith("postgresql://")
+    assert _wait_for(lambda: _lingerer(home) is None, 30)  # dismissed: psql may use it for hours
+    assert _postmaster_running(home)
+    assert _cli(home, "db", "stop", linger="120").stdout.strip() == "stopped the embedded server"

