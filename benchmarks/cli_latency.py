@@ -33,7 +33,7 @@ CLI = [sys.executable, "-m", "kb.cli"]
 
 def _run(cmd: list[str], env: dict[str, str], check: bool = True) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     elapsed = time.perf_counter() - start
     if check and proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
