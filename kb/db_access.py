@@ -31,13 +31,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from kb import defaults
 from kb.errors import InputError, KbError
 from kb.reader import READER_ROLE, SETTINGS  # the role `reasonflux sql` runs as, too
 
 PROTOCOL_3 = 3
 SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
-DEFAULT_MAX_CLIENTS = 20
-DEFAULT_LOGIN_TIMEOUT_S = 5.0
+DEFAULT_MAX_CLIENTS = defaults.DB_SERVE_MAX_CLIENTS
+DEFAULT_LOGIN_TIMEOUT_S = defaults.DB_SERVE_LOGIN_TIMEOUT_S
 OWNER_SPARE_CONNECTIONS = 10  # server connections --max-connections must leave to the owner's commands
 # Start-up parameters a client may choose; any other (options, replication, settings) is dropped.
 CLIENT_PARAMETERS = frozenset({"application_name", "client_encoding", "datestyle", "timezone", "intervalstyle",

@@ -30,8 +30,7 @@ import sqlalchemy as sa
 
 from kb import config
 from kb.errors import InputError, NotFound
-
-MODES = ("hybrid", "vector", "text", "hierarchical")
+from kb.retrieval_modes import MODES  # apart, so CLI options list them without numpy
 
 # Fusion: score = sum over lists of weight / (RRF_K + rank). Vector similarity
 # carries the meaning; full text adds exact vocabulary a small model blurs, but

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 import threading
@@ -33,6 +32,7 @@ from kb.errors import ConflictError, KbError
 from kb.models import PipelineRun, TrainingRun
 from kb.models._common import utcnow
 from kb.secrets import scrub
+from kb.signals import interruption_reason, sigterm_as_interrupt
 
 HEARTBEAT_S = float(os.environ.get("REASONFLUX_RUN_HEARTBEAT_S", "15"))
 # A run whose lease is this old has lost its owner. Several heartbeats long, so a busy owner is not
@@ -42,37 +42,7 @@ LEASE_S = float(os.environ.get("REASONFLUX_RUN_LEASE_S", "120"))
 TABLES: dict[str, sa.Table] = {"pipeline": PipelineRun.__table__, "training": TrainingRun.__table__}
 
 
-# -- signals -----------------------------------------------------------------------------------------
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: runs end `interrupted`, the CLI exits 143."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
-
-
-def install_sigterm_handler() -> None:
-    """For the whole process (the CLI's entry point): SIGTERM raises Terminated in the main thread."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises Terminated while the block runs (library callers that did not install the handler)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def interruption_reason(e: BaseException) -> str:
-    return "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted by user"
+# Signals live in kb.signals (light: the CLI installs the handler before importing the database layer).
 
 
 def error_text(e: BaseException) -> str:

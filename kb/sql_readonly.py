@@ -30,10 +30,9 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import Engine
 
+from kb.defaults import SQL_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from kb.errors import KbError, TimedOut
 from kb.reader import ReaderUnavailable, connect_reader, ensure_reader_role, reassert_password
-
-DEFAULT_TIMEOUT_S = 30.0
 
 QUERY_STARTS = ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
 # Keywords that only ever write (as a clause of a writable CTE, SELECT ... INTO, FOR UPDATE, ...).

@@ -24,12 +24,7 @@ from kb import storable
 from kb.errors import ConflictError, InputError, NotFound
 from kb.models import Template, TemplateVersion
 from kb.models._common import utcnow
-
-CONTENT_FIELDS = (
-    "name", "template_type", "tags", "description", "application_scope", "steps",
-    "example_problem", "example_solution", "example_answer", "extra",
-)
-STATUSES = ("active", "deprecated")
+from kb.template_fields import CONTENT_FIELDS, STATUSES
 
 
 @dataclass

@@ -3,13 +3,22 @@
 `extract_answer` takes the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, falling back to
 "the final answer is X" / "Answer: X". `grade` first compares normalised strings (so text answers,
 units, LaTeX spacing and `x = 3` vs `3` agree), then asks math-verify for symbolic equivalence
-(fractions, decimals, radicals, intervals, sets, tuples).
+(fractions, decimals, radicals, intervals, sets, tuples). The symbolic check runs in worker processes
+with a deadline (GRADE_TIMEOUT_S): an answer whose check overruns (a tower of powers) is wrong, never a
+hang, and math-verify runs there with its own timeouts, so it prints nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
 import re
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+
+log = logging.getLogger(__name__)
 
 GRADER_NAME = "reasonflux-grader/math-verify-v1"
 
@@ -119,23 +128,89 @@ def normalize(ans: str) -> str:
 
 # ---------------------------------------------------------------- symbolic check
 
+GRADE_TIMEOUT_S = 20.0  # a symbolic check still running after this is given up: the answer counts as wrong
+_CHECK_TIMEOUT_S = 5  # math-verify's own limit per parse and per comparison (SIGALRM, in the worker)
+
+
 def _symbolic_equal(reference: str, predicted: str) -> bool:
+    """math-verify's verdict; runs in a grading worker process (its main thread, so SIGALRM timeouts work)."""
     from math_verify import parse, verify
 
-    # math-verify's timeouts use SIGALRM, which only the main thread may set.
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
     try:
-        gold = parse(f"${reference}$", parsing_timeout=timeout)
-        pred = parse(f"${predicted}$", parsing_timeout=timeout)
+        gold = parse(f"${reference}$", parsing_timeout=_CHECK_TIMEOUT_S)
+        pred = parse(f"${predicted}$", parsing_timeout=_CHECK_TIMEOUT_S)
         if not gold or not pred:
             return False
-        return bool(verify(gold, pred, timeout_seconds=timeout))
+        return bool(verify(gold, pred, timeout_seconds=_CHECK_TIMEOUT_S))
     except Exception:  # noqa: BLE001 - a grader failure is a wrong answer, never a crash
         return False
 
 
-def grade(predicted: str | None, reference: str) -> bool:
-    """True when the predicted final answer is equivalent to the reference answer."""
+def _symbolic_either(r: str, p: str, reference: str, predicted: str) -> bool:
+    return _symbolic_equal(r, p) or _symbolic_equal(reference, predicted)
+
+
+def _quiet_worker() -> None:
+    """A grading worker: math-verify's and sympy's log lines are not the command's output; Ctrl-C is the
+    parent's to handle."""
+    import logging
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("math_verify", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class _Workers:
+    """Grading worker processes, started on first use. A check that overruns its deadline cannot be
+    interrupted inside sympy's C code (a huge power), so its workers are killed and replaced."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                # spawn: forking a process that runs threads (the solver's, torch's) is unsafe
+                self._pool = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_quiet_worker)
+            return self._pool
+
+    def _kill(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        for proc in list((pool._processes or {}).values()):  # no public way to stop a busy worker
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+
+    def run(self, timeout_s: float, *args: str) -> bool:
+        for _attempt in range(2):  # once more when another check's overrun killed the pool under us
+            pool = self._get()
+            try:
+                future = pool.submit(_symbolic_either, *args)
+            except BrokenProcessPool:
+                self._kill(pool)
+                continue
+            try:
+                return future.result(timeout=timeout_s)
+            except FutureTimeout:
+                log.warning("grading %r against %r took over %s s; counted as wrong", args[3], args[2], timeout_s)
+                self._kill(pool)
+                return False
+            except BrokenProcessPool:
+                self._kill(pool)
+        return False
+
+
+_WORKERS = _Workers()
+
+
+def grade(predicted: str | None, reference: str, timeout_s: float = GRADE_TIMEOUT_S) -> bool:
+    """True when the predicted final answer is equivalent to the reference answer; False (wrong) when the
+    symbolic check takes over TIMEOUT_S seconds. Safe from any thread."""
     if predicted is None or not predicted.strip():
         return False
     p, r = normalize(predicted), normalize(reference)
@@ -143,7 +218,7 @@ def grade(predicted: str | None, reference: str) -> bool:
         return False
     if p == r:
         return True
-    return _symbolic_equal(r, p) or _symbolic_equal(reference, predicted)
+    return _WORKERS.run(timeout_s, r, p, reference, predicted)
 
 
 def grade_solution(solution_text: str | None, reference: str) -> tuple[str | None, bool]:

@@ -14,8 +14,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-
 MAX_OUTPUT_CHARS = 100_000  # bound the work on a runaway generation
 MAX_JSON_STARTS = 50  # at most this many '{' tried as the start of the object
 
@@ -79,6 +77,8 @@ def extract_json_object(text: str | None) -> dict[str, Any]:
 
 def validate(value: Any, schema: dict[str, Any], what: str = "reply") -> None:
     """VALUE against SCHEMA; the first violation (by path) becomes a ParseError naming where it is."""
+    import jsonschema  # 0.2 s to import: not for commands that only show their help
+
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path))
     if errors:
         e = errors[0]

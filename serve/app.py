@@ -44,15 +44,18 @@ from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
 from kb.secrets import scrub
 from pipelines.llm.base import ChatRequest, SamplingParams
+from serve.limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    DEFAULT_MAX_PROBLEM_CHARS,
+)
 from serve.solver import Solver, SolveResult
 from serve.traces import get_session, render_trace
 
 MODEL_NAME = "reasonflux"
-DEFAULT_MAX_BODY = 64 * 1024
-DEFAULT_MAX_PROBLEM_CHARS = 16_000
 PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 SESSION_HEADER = "X-Reasonflux-Session-Id"
-DEFAULT_BODY_TIMEOUT_S = 30.0  # a client must deliver its whole body within this
 HEALTH_TTL_S = 10.0  # backend probes are cached this long, so frequent health checks cost no LLM calls
 MAX_ID = 2**63 - 1
 
@@ -759,7 +762,6 @@ async def _chat_stream(
     yield "data: [DONE]\n\n"
 
 
-DEFAULT_MAX_CONNECTIONS_PER_CLIENT = 32
 
 
 def header_timeout_protocol(timeout_s: float, max_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT) -> type:

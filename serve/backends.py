@@ -10,14 +10,15 @@ be tried without a model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kb.db import Database
 from pipelines.llm.base import Backend, SamplingParams
 from pipelines.llm.config import load_config
-from pipelines.llm.roles import resolve_role
+
+if TYPE_CHECKING:
+    from kb.db import Database
 
 
 @dataclass
@@ -33,6 +34,8 @@ def resolve_roles(db: Database, *, llm_config: str | None = None, navigator: str
                   inference: str | None = None, navigator_default: SamplingParams | None = None,
                   inference_default: SamplingParams | None = None, **overrides: Any) -> Roles:
     """Both solver roles; sampling is each role's default < its config < OVERRIDES (e.g. max_tokens)."""
+    from pipelines.llm.roles import resolve_role  # the database layer: not needed to build the options
+
     cfg = load_config(llm_config)
     nav = resolve_role(db, "navigator", navigator, cfg, navigator_default or SamplingParams(), **overrides)
     if inference or "inference" in cfg.roles:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-MODULES: list[str] = [
-    "serve.commands.solve",
-    "serve.commands.sessions",
-    "serve.commands.serve",
-    "serve.commands.eval",
-    "serve.commands.demo",
-]
+from pipelines.cli import register_modules
+
+# Each module's register(cli) adds the commands named here (see pipelines/cli.py).
+MODULES: dict[str, list[str]] = {
+    "serve.commands.solve": ["solve"],
+    "serve.commands.sessions": ["sessions"],
+    "serve.commands.serve": ["serve"],
+    "serve.commands.eval": ["eval"],
+    "serve.commands.demo": ["demo"],
+}
 
 
 def register(cli: click.Group) -> None:
-    for name in MODULES:
-        importlib.import_module(name).register(cli)
+    register_modules(cli, MODULES)

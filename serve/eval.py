@@ -89,6 +89,7 @@ def solve_all(
         r = solver.solve(p["text"], problem_id=p["id"], reference=p.get("answer"))
         rec = {
             "problem_id": p["id"],
+            "source": p.get("source"),
             "source_id": p.get("source_id"),
             "subject": p.get("subject"),
             "difficulty": p.get("difficulty"),
@@ -180,29 +181,69 @@ def breakdown(records: Sequence[dict[str, Any]], key: str) -> list[dict[str, Any
     return out
 
 
-def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, title: str | None = None) -> Path:
-    """The paper's inference-scaling figure: mean templates used and rounds per difficulty level."""
+GROUPINGS = (("difficulty", "problem difficulty"), ("subject", "subject"), ("source", "source"))
+
+
+def _grouping(records: Sequence[dict[str, Any]]) -> tuple[str | None, str]:
+    """What the figure's groups are: difficulty levels, else subjects, else sources (the first that splits
+    the problems in two or more; else the first present); (None, ...) when the records have none."""
+    present = [(key, label) for key, label in GROUPINGS if any(r.get(key) is not None for r in records)]
+    for key, label in present:
+        if len({r.get(key) for r in records}) > 1:
+            return key, label
+    return present[0] if present else (None, "all problems")
+
+
+def scaling_series(records: Sequence[dict[str, Any]], best_of: int = 0) -> dict[str, Any]:
+    """What the scaling figure draws, per group: counts, mean and s.d. of templates used and rounds, the
+    solver's accuracy and the baselines' (single call, best-of-N) where they were run."""
+    key, axis_label = _grouping(records)
+    values = sorted({r.get(key) for r in records} if key else {None},
+                    key=lambda v: (v is None, v if isinstance(v, int) else 0, str(v)))
+    if key == "difficulty":
+        labels = [f"Level {v}" if v is not None else "unknown" for v in values]
+    else:
+        labels = [str(v) if v is not None else ("unknown" if key else "all") for v in values]
+    series: dict[str, Any] = {"key": key, "axis_label": axis_label, "labels": labels, "counts": [],
+                              "bars": {"templates_used": ([], []), "rounds": ([], [])}, "accuracy": {}}
+    accuracy_sources = [("reasonflux", "correct")]
+    if records and "single_correct" in records[0]:
+        accuracy_sources.append(("single call", "single_correct"))
+    if best_of > 1 and records and "best_of_correct" in records[0]:
+        accuracy_sources.append((f"best-of-{best_of} (majority vote)", "best_of_correct"))
+    for name, _ in accuracy_sources:
+        series["accuracy"][name] = []
+    for v in values:
+        group = [r for r in records if r.get(key) == v] if key else list(records)
+        series["counts"].append(len(group))
+        for name, field_name in accuracy_sources:
+            series["accuracy"][name].append(_accuracy(r.get(field_name) for r in group))
+        for k, (means, sds) in series["bars"].items():
+            vals = [r[k] for r in group]
+            means.append(statistics.fmean(vals))
+            sds.append(statistics.pstdev(vals) if len(vals) > 1 else 0.0)
+    return series
+
+
+_ACCURACY_STYLE = {"reasonflux": ("o--", "#2E7D32"), "single call": ("s:", "#7B1FA2")}
+
+
+def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, best_of: int = 0,
+                 title: str | None = None) -> Path:
+    """The paper's inference-scaling figure: mean templates used and rounds per difficulty level (else per
+    subject or source), with the accuracy of the solver and of the baselines it was compared with."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    levels = sorted({r.get("difficulty") for r in records}, key=lambda v: (v is None, v or 0))
-    labels = [f"Level {lv}" if lv is not None else "unknown" for lv in levels]
-    stats = {"templates_used": ([], []), "rounds": ([], [])}
-    counts, accuracy = [], []
-    for lv in levels:
-        group = [r for r in records if r.get("difficulty") == lv]
-        counts.append(len(group))
-        accuracy.append(_accuracy(r["correct"] for r in group))
-        for key, (means, sds) in stats.items():
-            vals = [r[key] for r in group]
-            means.append(statistics.fmean(vals))
-            sds.append(statistics.pstdev(vals) if len(vals) > 1 else 0.0)
-
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=120)
-    x = np.arange(len(levels))
+    series = scaling_series(records, best_of)
+    stats, counts = series["bars"], series["counts"]
+    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(counts) + 2), 4.8), dpi=120)
+    x = np.arange(len(counts))
     width = 0.38
     colors = {"templates_used": "#4C72B0", "rounds": "#DD8452"}
     names = {"templates_used": "templates used", "rounds": "interaction rounds"}
@@ -228,34 +269,33 @@ def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, title: str | 
                     color="white",
                     fontweight="bold",
                 )
-    ax.set_xticks(x, [f"{lab}\n(n={n})" for lab, n in zip(labels, counts)])
-    ax.set_xlabel("problem difficulty")
+    ticks = [f"{textwrap.fill(lab, 14)}\n(n={n})" for lab, n in zip(series["labels"], counts)]
+    ax.set_xticks(x, ticks, fontsize=8 if len(counts) > 5 else None)
+    ax.set_xlabel(series["axis_label"])
     ax.set_ylabel("mean per problem (± s.d.)")
     ax.set_ylim(0, max([m + s for means, sds in stats.values() for m, s in zip(means, sds)] + [1]) * 1.25)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    if any(a is not None for a in accuracy):
+    handles, labels = ax.get_legend_handles_labels()
+    drawn = {name: acc for name, acc in series["accuracy"].items() if any(a is not None for a in acc)}
+    if drawn:
         acc_ax = ax.twinx()
-        acc_ax.plot(
-            x,
-            [a * 100 if a is not None else np.nan for a in accuracy],
-            "o--",
-            color="#2E7D32",
-            label="accuracy (%)",
-            linewidth=1.5,
-            alpha=0.85,
-        )
+        for name, acc in drawn.items():
+            style, color = _ACCURACY_STYLE.get(name, ("^-.", "#C62828"))
+            acc_ax.plot(x, [a * 100 if a is not None else np.nan for a in acc], style, color=color,
+                        label=f"accuracy: {name} (%)", linewidth=1.5, alpha=0.85)
         acc_ax.set_ylim(0, 105)
         acc_ax.set_ylabel("accuracy (%)")
-        handles = ax.get_legend_handles_labels()
-        acc_handles = acc_ax.get_legend_handles_labels()
-        ax.legend(handles[0] + acc_handles[0], handles[1] + acc_handles[1], loc="upper left", fontsize=9)
-    else:
-        ax.legend(loc="upper left", fontsize=9)
-    ax.set_title(title or "Inference scaling: templates and interaction rounds vs difficulty")
+        acc_handles, acc_labels = acc_ax.get_legend_handles_labels()
+        handles, labels = handles + acc_handles, labels + acc_labels
+    # Below the plot: inside it, the legend would cover bars or accuracy points.
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(handles)),
+              fontsize=8, frameon=False)
+    what = {"difficulty": "difficulty", "subject": "subject", "source": "source"}.get(series["key"], "problem set")
+    ax.set_title(title or f"Inference scaling: templates and interaction rounds vs {what}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -324,7 +364,7 @@ def run_eval(
         ("by_subject", report.by_subject),
     ):
         _write_csv(out / f"{name}.csv", rows)
-    draw_scaling(records, out / "scaling.png")
+    draw_scaling(records, out / "scaling.png", best_of=best_of)
     report.files = {
         name: str(out / name)
         for name in (

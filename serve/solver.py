@@ -24,7 +24,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -32,52 +31,19 @@ from typing import Any
 from kb.db import Database
 from kb.errors import InputError
 from pipelines import navigator, prompts, step_retrieval
-from pipelines.grader import extract_answer, grade
-from pipelines.llm.base import Backend, ChatRequest, Completion, Message, SamplingParams
+from pipelines.grader import GRADE_TIMEOUT_S, extract_answer, grade
+from pipelines.llm.base import Backend, ChatRequest, Completion, Message
 from pipelines.llm.calls import call_rows
 from pipelines.navigator import Change, Evaluation, Plan
 from pipelines.parsing import ParseError
 from serve import traces
 from serve.batching import Batcher, batchers_for
+from serve.solver_config import SolverConfig
 
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 STAGES = {"navigator": "solve:navigator", "inference": "solve:inference"}
-
-
-@dataclass(frozen=True)
-class SolverConfig:
-    max_rounds: int = 12  # step rounds (retrieve + instantiate + evaluate); the plan is round 0
-    max_steps: int = navigator.MAX_STEPS
-    token_budget: int = 60_000  # prompt + completion, both roles, the whole session
-    max_seconds: float = 600.0
-    parse_retries: int = 2  # extra navigator attempts after an unparseable reply
-    top_k: int = 3
-    plan_hints: int = 3  # templates retrieved for the problem and shown in the plan request (as in sampling)
-    retrieval_mode: str = "hybrid"
-    navigator_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
-    inference_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
-
-    def __post_init__(self) -> None:
-        for name in ("max_rounds", "max_steps", "token_budget", "top_k"):
-            if getattr(self, name) < 1:
-                raise InputError("must be at least 1", field=name)
-        if self.plan_hints < 0:
-            raise InputError("must be 0 or more", field="plan_hints")
-        if self.max_seconds <= 0:
-            raise InputError("must be positive", field="max_seconds")
-        if self.parse_retries < 0:
-            raise InputError("must be 0 or more", field="parse_retries")
-
-    def with_overrides(self, **changes: Any) -> SolverConfig:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["navigator_params"] = self.navigator_params.to_dict()
-        d["inference_params"] = self.inference_params.to_dict()
-        return d
 
 
 @dataclass
@@ -562,24 +528,11 @@ class _Run:
         return evaluation, new_steps, next_i
 
 
-_GRADERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grade")
-GRADE_TIMEOUT_S = 20.0
-
-
 def bounded_grade(answer: str | None, reference: str, timeout_s: float = GRADE_TIMEOUT_S) -> bool:
-    """pipelines.grader.grade, given up (as wrong) after TIMEOUT_S.
-
-    Off the main thread math-verify runs without its own timeout (it needs SIGALRM), and a
-    pathological expression must not hold a session forever.
-    """
+    """pipelines.grader.grade (which gives a check up, as wrong, after TIMEOUT_S)."""
     if answer is None:
         return False
-    future = _GRADERS.submit(grade, answer, reference)
-    try:
-        return future.result(timeout=timeout_s)
-    except FutureTimeout:
-        log.warning("grading %r against %r took over %s s; counted as wrong", answer, reference, timeout_s)
-        return False
+    return grade(answer, reference, timeout_s=timeout_s)
 
 
 def apply_changes(

@@ -23,6 +23,10 @@ from kb.db import Database, create_engine
 from kb.scratch import ScratchServer
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Embedded servers that tests start (under throwaway REASONFLUX_HOMEs) stop with their last command: no
+# lingerer outlives a test or the suite (tests/test_db_linger.py sets its own linger).
+os.environ["REASONFLUX_DB_LINGER"] = "0"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # Every test gets a deadline, so a hang (a subprocess waiting on a lock, a server that never answers) fails
 # that test instead of stalling the suite until CI's limit. @pytest.mark.timeout(S) sets another;

@@ -165,3 +165,29 @@ def test_eval_on_math500_sample(db, shared_data, tmp_path):
     assert report.comparison[0]["accuracy"] == pytest.approx(0.5)
     assert {r["subject"] for r in report.records} == {p["subject"] for p in problems}
     assert (tmp_path / "m" / "scaling.png").stat().st_size > 10_000
+
+
+def _record(i: int, **fields):
+    return {"problem_id": i, "difficulty": None, "subject": None, "source": None, "correct": i % 2 == 0,
+            "rounds": 1 + i % 3, "templates_used": 1, "single_correct": i % 3 == 0, "best_of_correct": True,
+            **fields}
+
+
+def test_the_figure_groups_by_level_else_subject_else_source_and_plots_the_baselines(tmp_path):
+    from serve.eval import draw_scaling, scaling_series
+
+    levels = [_record(i, difficulty=1 + i % 2, subject="Algebra") for i in range(6)]
+    assert scaling_series(levels)["key"] == "difficulty"
+    subjects = [_record(i, subject=["Algebra", "Geometry"][i % 2], source="math500") for i in range(6)]
+    series = scaling_series(subjects, best_of=4)
+    assert (series["key"], series["labels"], series["counts"]) == ("subject", ["Algebra", "Geometry"], [3, 3])
+    # Each method's accuracy per group: solver (even ids), single call (ids 0 and 3 of 0-5), best-of-4.
+    assert series["accuracy"] == {"reasonflux": [1.0, 0.0], "single call": [0.3333, 0.3333],
+                                  "best-of-4 (majority vote)": [1.0, 1.0]}
+    sources = [_record(i, source=["math500", "aime"][i % 2]) for i in range(4)]
+    assert scaling_series(sources)["key"] == "source"
+    assert "best-of" not in str(scaling_series(sources, best_of=0)["accuracy"])  # not run: not drawn
+    bare = [_record(i) for i in range(3)]
+    assert (scaling_series(bare)["labels"], scaling_series(bare)["counts"]) == (["all"], [3])
+    for records in (subjects, bare):
+        assert draw_scaling(records, tmp_path / "s.png", best_of=4).stat().st_size > 10_000

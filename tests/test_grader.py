@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from pipelines.grader import GRADER_NAME, extract_answer, grade, grade_solution, normalize
+
+ROOT = Path(__file__).resolve().parent.parent
 
 EQUIVALENT = [
     ("\\frac12", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), ("\\dfrac{3}{4}", "\\frac34"),
@@ -114,3 +120,42 @@ def test_math500_answers_of_different_problems_disagree(shared_data):
     pairs = [(a["answer"], b["answer"]) for a, b in pairs if normalize(a["answer"]) != normalize(b["answer"])]
     assert len(pairs) > 100
     assert [p for p in pairs if grade(p[0], p[1])] == []
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """CODE in a fresh interpreter; a hang fails the test through the timeout instead of stalling it."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=180,
+                          check=False)
+
+
+def test_a_pathological_answer_is_graded_wrong_instead_of_hanging():
+    # Off the main thread (as in solve and eval), where math-verify cannot set its own alarm; the tower's
+    # check runs past the deadline, its worker is killed, and the next grade gets a fresh one.
+    proc = _python(
+        "import json, threading\n"
+        "from pipelines.grader import grade\n"
+        "out = []\n"
+        "def work():\n"
+        "    out.append(grade('9^9^9^9^9', '1', timeout_s=2))\n"
+        "    out.append(grade('9^{9^{9^{9}}}', '1', timeout_s=2))\n"
+        "    out.append(grade('\\\\frac{1}{2}', '0.5'))\n"
+        "t = threading.Thread(target=work); t.start(); t.join()\n"
+        "print(json.dumps(out))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [False, False, True]
+    assert "Timeout is disabled" not in proc.stderr
+
+
+def test_a_command_that_grades_prints_no_math_verify_noise(db):
+    # "0" against "\frac{0}{1}" differ as strings, so the symbolic check (math-verify) decides.
+    proc = subprocess.run(
+        [sys.executable, "-m", "kb.cli", "solve", "What is 0 times 7?", "--navigator", "scripted",
+         "--reference", "\\frac{0}{1}", "--json"],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": db.url},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["correct"] is True
+    assert "Timeout is disabled" not in proc.stdout + proc.stderr

@@ -58,7 +58,7 @@ def test_a_registered_navigator_is_accepted_by_sample_evaluate_solve_and_eval(cl
 
         pid = conn.execute(sa.text("SELECT id FROM problem")).scalar()
         insert_trajectory(conn, pid, [("Subtract one", None, None)], "hand", "k", abstraction="linear")
-    cli("evaluate", "--trajectories", "navigator=hand", "--inference", "nav-b", "--max-tokens", "4", "--json")
+    cli("rollouts", "--trajectories", "navigator=hand", "--inference", "nav-b", "--max-tokens", "4", "--json")
     cli("solve", "Solve x+1=2.", "--navigator", "nav-b", "--max-tokens", "4", "--parse-retries", "0",
         "--plan-hints", "0", "--json", expect=None)
     cli("eval", "--problems", "all", "--navigator", "nav-b", "--max-tokens", "4", "--parse-retries", "0",

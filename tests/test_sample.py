@@ -169,9 +169,9 @@ def test_sample_and_evaluate_commands_with_the_tiny_model(cli, db, tmp_path):
         with db.engine.begin() as conn:
             from pipelines.trajectories_store import insert_trajectory
             insert_trajectory(conn, pid, [("Factor it", None, None)], "hand", "k", abstraction="quadratic")
-    ev = json.loads(cli("evaluate", "--trajectories", "navigator=hand", "--inference", f"transformers:{model}",
+    ev = json.loads(cli("rollouts", "--trajectories", "navigator=hand", "--inference", f"transformers:{model}",
                         "--max-tokens", "8", "--json").stdout)
     assert ev["units_done"] == 2 and ev["rollouts_written"] == 2 and ev["rollouts_correct"] == 0
     assert q(db, "SELECT count(*) FROM llm_call WHERE backend = 'transformers'")[0][0] == 6
-    missing = cli("evaluate", "--inference", f"transformers:{tmp_path / 'nope'}", expect=1).output
+    missing = cli("rollouts", "--inference", f"transformers:{tmp_path / 'nope'}", expect=1).output
     assert "never downloaded" in missing

@@ -95,7 +95,7 @@ def test_an_echoed_key_reaches_no_table_and_no_output(db, cli, tmp_path, monkeyp
     outputs = []
     try:
         for args in (("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--navigator", with_password),
-                     ("evaluate", "--trajectories", "all", "--inference", spec),
+                     ("rollouts", "--trajectories", "all", "--inference", spec),
                      ("mine", "--problems", "all", "--miner", spec)):
             result = cli(*args, "--max-attempts", "1", "--json", expect=5)
             outputs.append(result.stdout + result.stderr)

@@ -156,3 +156,54 @@ def test_list_filters_and_status(cli, db):
     assert "Sum of terms" in table and "Arithmetic" in table and "status" in table
     csv_out = cli("templates", "list", "--csv", "--tag", "roots").output.splitlines()
     assert csv_out[0].startswith("id,key,category") and len(csv_out) == 2
+
+
+EDITOR_SCRIPT = '''
+import pathlib, sys
+path = pathlib.Path(sys.argv[-1])
+count = pathlib.Path(sys.argv[1])
+n = int(count.read_text()) if count.exists() else 0
+count.write_text(str(n + 1))
+text = path.read_text()
+mode = sys.argv[2]
+if mode == "describe":
+    path.write_text(text.replace("description: Relate roots to coefficients.", "description: Edited in an editor."))
+elif mode == "bad-then-fix" and n == 0:  # an unknown field first: the editor re-opens with the error
+    path.write_text(text + "colour: blue\\n")
+elif mode == "bad-then-fix":
+    assert text.startswith("# ERROR:"), text
+    path.write_text(text.replace("colour: blue\\n", "").replace("Relate roots", "Relating roots"))
+'''
+
+
+def _editor(tmp_path, monkeypatch, mode: str):
+    import sys
+
+    script = tmp_path / "editor.py"
+    script.write_text(EDITOR_SCRIPT)
+    count = tmp_path / "opened"
+    monkeypatch.delenv("VISUAL", raising=False)
+    monkeypatch.setenv("EDITOR", f"{sys.executable} {script} {count} {mode}")
+    return count
+
+
+def test_edit_without_fields_opens_the_editor_on_yaml(cli, db, tmp_path, monkeypatch):
+    _add_vieta(cli)
+    opened = _editor(tmp_path, monkeypatch, "describe")
+    out = json.loads(cli("templates", "edit", KEY, "--no-embed", "--json").stdout)
+    assert out["changed"] is True and out["version"] == 2 and opened.read_text() == "1"
+    shown = json.loads(cli("templates", "show", KEY, "--json").stdout)
+    assert shown["description"] == "Edited in an editor." and shown["steps"] == [
+        "Write the monic polynomial", "Read off the elementary symmetric sums"]
+
+
+def test_the_editor_reopens_on_an_error_and_unchanged_writes_nothing(cli, db, tmp_path, monkeypatch):
+    _add_vieta(cli)
+    opened = _editor(tmp_path, monkeypatch, "bad-then-fix")
+    out = json.loads(cli("templates", "edit", KEY, "--no-embed", "--json").stdout)
+    assert opened.read_text() == "2" and out["version"] == 2
+    assert json.loads(cli("templates", "show", KEY, "--json").stdout)["description"].startswith("Relating roots")
+
+    _editor(tmp_path, monkeypatch, "leave")  # saves nothing new
+    result = cli("templates", "edit", KEY)
+    assert "no changes" in result.stderr and _count(db, "template_version") == 2

@@ -6,42 +6,88 @@ plug in through the `reasonflux.commands` entry point, so kb/ imports neither.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from importlib.metadata import entry_points
 
 import click
-import psycopg
-import sqlalchemy as sa
 
 from kb import __version__
 from kb.cli.context import AppContext, pass_app
-from kb.db import SchemaOutOfDate, db_error_reason
 from kb.errors import KbError
 from kb.output import terminal_safe
-from kb.runs import Terminated, install_sigterm_handler
 from kb.secrets import scrub
+from kb.signals import Terminated, install_sigterm_handler
 
-__all__ = ["AppContext", "cli", "main", "pass_app"]
+__all__ = ["AppContext", "cli", "deprecated_alias", "main", "pass_app"]
 
 
 class _Group(click.Group):
     """Turns KbError, the database errors a user can act on, Ctrl-C and SIGTERM into one clean line and an
-    exit code, for every subcommand."""
+    exit code, for every subcommand.
+
+    Commands load lazily: a command group's module is imported (and registers itself) only when that
+    command runs or help lists it, so `reasonflux templates list` never imports the solver or training
+    stack. Command modules keep heavy libraries (SQLAlchemy, numpy, torch, fastapi...) inside their
+    functions, so listing every command in --help stays fast too.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lazy: dict[str, list[str]] = {}
+        self._loaded: set[str] = set()
+
+    def add_lazy(self, name: str, module: str) -> None:
+        """Command NAME comes from MODULE, whose register(cli) adds it; imported on first use."""
+        self._lazy.setdefault(name, []).append(module)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(self._lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in self._lazy.pop(cmd_name, []):
+            if module not in self._loaded:
+                self._loaded.add(module)
+                importlib.import_module(module).register(self)
+        return self.commands.get(cmd_name)
+
+    def load_all(self) -> None:
+        for name in list(self._lazy):
+            self.get_command(None, name)  # type: ignore[arg-type]
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except SchemaOutOfDate as e:
-            raise _UserError(str(e), 4) from None
         except KbError as e:
             raise _UserError(str(e), e.exit_code) from None
-        except (sa.exc.OperationalError, psycopg.OperationalError) as e:  # server gone mid-command
-            raise _UserError(f"lost the database connection: {db_error_reason(e)}", 1) from None
-        except sa.exc.DataError as e:  # a value the checks up front did not foresee; its transaction rolled back
-            raise _UserError(f"the database refused a value: {db_error_reason(e)}", 2) from None
         except Terminated:
             raise _UserError("terminated (SIGTERM)", 143) from None
         except KeyboardInterrupt:
             raise _UserError("interrupted (Ctrl-C)", 130) from None
+        except Exception as e:
+            mapped = _database_error(e)
+            if mapped is None:
+                raise
+            raise mapped from None
+
+
+def _database_error(e: Exception) -> _UserError | None:
+    """The database errors a user can act on, as one line; None for anything else. Only when the database
+    layer was imported at all (otherwise e cannot be one of its errors), so plain commands never load it."""
+    if "sqlalchemy" not in sys.modules and "psycopg" not in sys.modules:
+        return None
+    import psycopg
+    import sqlalchemy as sa
+
+    from kb.db import SchemaOutOfDate, db_error_reason
+
+    if isinstance(e, SchemaOutOfDate):
+        return _UserError(str(e), 4)
+    if isinstance(e, (sa.exc.OperationalError, psycopg.OperationalError)):  # server gone mid-command
+        return _UserError(f"lost the database connection: {db_error_reason(e)}", 1)
+    if isinstance(e, sa.exc.DataError):  # a value the checks up front did not foresee; its transaction rolled back
+        return _UserError(f"the database refused a value: {db_error_reason(e)}", 2)
+    return None
 
 
 class _UserError(click.ClickException):
@@ -79,14 +125,32 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-def _register_builtin() -> None:
-    from kb.cli import db as db_cmds
-    from kb.cli import sql as sql_cmds
-    from kb.cli import template_search as template_search_cmds
-    from kb.cli import templates as templates_cmds
+def deprecated_alias(command: click.Command, old_name: str) -> click.Command:
+    """OLD_NAME for COMMAND, kept for a release after a rename: hidden from help, and it says on stderr to use
+    the new name, then runs COMMAND."""
 
-    for module in (db_cmds, templates_cmds, template_search_cmds, sql_cmds):
-        module.register(cli)
+    def callback(*args, **kwargs):
+        click.echo(f"note: `reasonflux {old_name}` is now `reasonflux {command.name}`; the old name will be "
+                   "removed in a later release", err=True)
+        return click.get_current_context().invoke(command.callback, *args, **kwargs)
+
+    return click.Command(old_name, params=command.params, callback=callback, hidden=True,
+                         help=f"Deprecated: use `reasonflux {command.name}`.\n\n{command.help or ''}",
+                         context_settings=command.context_settings)
+
+
+# Built-in commands and the modules that register them (in order: template_search adds to `templates`).
+BUILTIN: dict[str, list[str]] = {
+    "db": ["kb.cli.db"],
+    "templates": ["kb.cli.templates", "kb.cli.template_search"],
+    "sql": ["kb.cli.sql"],
+}
+
+
+def _register_builtin() -> None:
+    for name, modules in BUILTIN.items():
+        for module in modules:
+            cli.add_lazy(name, module)
 
 
 def _register_plugins() -> None:

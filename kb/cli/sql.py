@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from kb.cli.context import AppContext, pass_app
+from kb.defaults import SQL_TIMEOUT_S
 from kb.output import emit, output_options
-from kb.sql_readonly import DEFAULT_TIMEOUT_S, run_readonly
 
 DEFAULT_MAX_ROWS = 100_000  # a forgotten LIMIT must not fill memory; 0 lifts it
 
@@ -14,7 +14,7 @@ DEFAULT_MAX_ROWS = 100_000  # a forgotten LIMIT must not fill memory; 0 lifts it
 @click.command("sql")
 @click.argument("query", required=False)
 @click.option("--file", "-f", "query_file", type=click.File("r"), help="Read the query from a file ('-': stdin).")
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=DEFAULT_TIMEOUT_S, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=SQL_TIMEOUT_S, show_default=True,
               help="Time limit in seconds, for the statement and for reading its rows.")
 @click.option("--max-rows", type=click.IntRange(min=0), default=None,
               help=f"Read and print at most this many rows; the rest is never fetched (default: "
@@ -33,6 +33,8 @@ def sql_command(app: AppContext, query: str | None, query_file, timeout: float, 
     column name gets a suffix (a, a_2).
     Example queries (views current_template, template_history): docs/sql.md.
     """
+    from kb.sql_readonly import run_readonly
+
     if (query is None) == (query_file is None):
         raise click.UsageError("give the query as an argument or with --file, not both")
     text = query if query is not None else query_file.read()

@@ -12,9 +12,8 @@ from kb import config
 from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import dumps, emit, output_options
-from kb.retrieval import MODES, search_many, search_templates
+from kb.retrieval_modes import MODES
 from kb.storable import parse_json, too_deep
-from kb.template_vectors import missing_vectors, missing_vectors_advice
 
 TABLE_COLUMNS = ["rank", "score", "template_id", "key", "vector_score", "text_score"]
 
@@ -65,6 +64,8 @@ def search(app: AppContext, query: str | None, queries_file: str | None, mode: s
     model loads once and each input record comes back as one JSON line: its own
     fields plus `results`.
     """
+    from kb.retrieval import search_many, search_templates
+
     if (query is None) == (queries_file is None):
         raise click.UsageError("give either QUERY or --queries FILE")
     options = {"k": k, "mode": mode, "model": model, "tags": list(tags) or None, "category": category,
@@ -84,6 +85,8 @@ def search(app: AppContext, query: str | None, queries_file: str | None, mode: s
 
 def _warn_missing_vectors(db, model: str) -> None:
     """Current versions without a vector cannot be ranked by vector or hybrid search: say so, with the fix."""
+    from kb.template_vectors import missing_vectors, missing_vectors_advice
+
     with db.engine.connect() as conn:
         counts = missing_vectors(conn, [model])
     for line in missing_vectors_advice(counts):

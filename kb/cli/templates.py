@@ -10,6 +10,7 @@ vectors for (kb.template_vectors), unless --no-embed. `search` is added to
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,10 @@ from typing import Any
 import click
 
 from kb import storable
-from kb import template_vectors as V
-from kb import templates as T
 from kb.cli.context import AppContext, pass_app
-from kb.db import session_scope
 from kb.errors import InputError
 from kb.output import emit, output_options, terminal_safe, to_jsonable
+from kb.template_fields import STATUSES
 
 # Fields of a `templates show --json` record that describe the version, not its content:
 # accepted in an edit file (so show -> edit -> save -> edit --file works) and ignored.
@@ -77,6 +76,8 @@ def _write_options(f):
 def _embed_or_warn(session, version_ids: list[int], no_embed: bool) -> list[str]:
     """Embed new versions inside the command's transaction; the models done. With --no-embed, say
     on stderr which models now lack vectors and how to fix it."""
+    from kb import template_vectors as V
+
     conn = session.connection()
     if no_embed:
         for line in V.missing_vectors_advice(V.missing_vectors(conn)):
@@ -165,6 +166,9 @@ def add(app: AppContext, file: str | None, note: str | None, author: str | None,
         --tag roots --description "Relate roots to coefficients." --step "Write the polynomial" --step "Read off sums"
     reasonflux templates add --file new_templates.yaml
     """
+    from kb import templates as T
+    from kb.db import session_scope
+
     name = "<stdin>" if file == "-" else file
     overrides = _flag_values(flags)
     specs = [T.TemplateSpec.from_dict({**record, **overrides}, file=name, record=where)
@@ -195,18 +199,36 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
     version, exit 0. A `templates show --json` record is a valid --file; its
     `version` is then the expected version unless --expect-version is given.
 
+    With neither --file nor field flags, the template opens in $VISUAL or $EDITOR as YAML (as `git
+    commit` does); saving writes the new version. Content that does not validate re-opens the editor
+    with the error at the top; closing it unchanged, or emptying it, writes nothing.
+
     \b
     reasonflux templates edit "Algebra/Polynomials/Vieta's formulas" --description "..." --note "clarify"
     reasonflux templates edit 12 --file t12.json --expect-version 3
+    EDITOR=nano reasonflux templates edit 12
     """
+    from kb import templates as T
+    from kb.db import session_scope
+
     name = "<stdin>" if file == "-" else file
     records = _file_records(file)
     if len(records) != 1:
         raise InputError("edit takes one template; the file holds a list", file=name)
     record, _ = records[0]
+    values = {**record, **_flag_values(flags)}
+    if file is None and not values:
+        if not (os.environ.get("VISUAL") or os.environ.get("EDITOR") or sys.stdin.isatty()):
+            raise InputError("nothing to change: give field flags or --file, or set EDITOR to edit the template "
+                             "in an editor", field="REF")
+        name = EDITOR_FILE
+        values = _edit_in_editor(app, ref)
+        if values is None:
+            click.echo("no changes: the editor was closed without changes (or emptied); nothing written", err=True)
+            return
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
-        changes, file_version = _edit_changes(template, {**record, **_flag_values(flags)}, name)
+        changes, file_version = _edit_changes(template, values, name)
         version, changed = T.edit_template(
             session, template.id, changes,
             expect_version=expect_version if expect_version is not None else file_version,
@@ -220,8 +242,75 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
     emit(result, fmt)
 
 
+EDITOR_FILE = "<editor>"
+EDITOR_HEADER = (
+    "# Editing template {key} (version {version}). Save and close to write a new version.\n"
+    "# Close without saving, or empty the file, to write nothing. Lines starting with # are ignored.\n"
+    "# `version` is the version you started from: if someone writes another first, nothing is written (exit 3).\n"
+)
+
+
+def _edit_in_editor(app: AppContext, ref: str) -> dict[str, Any] | None:
+    """The template's content edited in $VISUAL/$EDITOR as YAML, validated: re-opened with the error until
+    it validates; None when the user leaves it unchanged or empty."""
+    import yaml
+
+    from kb import templates as T
+    from kb.db import session_scope
+
+    with session_scope(app.db()) as session:  # read, then let go: no transaction stays open while editing
+        template = T.resolve(session, ref)
+        record = T.version_dict(template, T.get_version(session, template.id, template.current_version_no))
+    header = EDITOR_HEADER.format(key=template.key, version=record["version"])
+    shown = {"version": record["version"], **{f: record[f] for f in T.CONTENT_FIELDS}}
+    original = text = header + _yaml_dump(shown)
+    while True:
+        edited = click.edit(text, extension=".yaml")
+        if edited is None or edited == text or not _uncommented(edited).strip():
+            return None
+        try:
+            values = yaml.safe_load(_uncommented(edited))
+            if not isinstance(values, dict):
+                raise InputError("must be a mapping of the template's fields", file=EDITOR_FILE)
+            _edit_changes(template, values, EDITOR_FILE)
+        except (InputError, yaml.YAMLError) as e:
+            error = str(e).replace("\n", " ")
+            text = f"# ERROR: {error}\n# Fix it and save, or empty the file to give up.\n" + _uncommented_header(
+                edited, original)
+            continue
+        return values
+
+
+def _uncommented(text: str) -> str:
+    # Only unindented comment lines: an indented "#" is content (a block of text with a Markdown heading).
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+def _uncommented_header(edited: str, original: str) -> str:
+    """The user's text without an earlier error note (kept: their own content and the header)."""
+    lines = edited.splitlines(keepends=True)
+    while lines and lines[0].startswith(("# ERROR:", "# Fix it and save")):
+        lines.pop(0)
+    return "".join(lines) or original
+
+
+def _yaml_dump(value: dict[str, Any]) -> str:
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, data: str):  # multi-line text as a block, as a person would write it
+        return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+
+    _Dumper.add_representer(str, text)
+    return yaml.dump(value, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
+
+
 def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[dict[str, Any], int | None]:
     """Content changes from an edit record; identity fields must match the template being edited."""
+    from kb import templates as T
+
     values = dict(values)
     for field in READ_ONLY_FIELDS:
         values.pop(field, None)
@@ -261,6 +350,9 @@ def revert(app: AppContext, ref: str, to_version: int, expect_version: int | Non
     \b
     reasonflux templates revert "Algebra/Polynomials/Vieta's formulas" --to 2 --expect-version 4
     """
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         version, changed = T.revert_template(session, template.id, to_version, expect_version=expect_version,
@@ -281,6 +373,9 @@ def revert(app: AppContext, ref: str, to_version: int, expect_version: int | Non
 @pass_app
 def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
     """Show template REF (id or key) at its current version or at --version N."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         version = T.get_version(session, ref, version_no)
         record = T.version_dict(T.resolve(session, version.template_id), version)
@@ -294,7 +389,7 @@ def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
 @click.option("--tag", "tags", multiple=True, help="Only templates with this tag (repeat: all of them).")
 @click.option("--category", help="Only this category (case-insensitive).")
 @click.option("--section", help="Only this section (case-insensitive).")
-@click.option("--status", type=click.Choice(T.STATUSES), default=None, help="Only this status (default: any).")
+@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status (default: any).")
 @click.option("--text", help="Substring of name or description, or full-text match.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @output_options
@@ -302,6 +397,9 @@ def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
 def list_command(app: AppContext, tags: tuple[str, ...], category: str | None, section: str | None,
                  status: str | None, text: str | None, limit: int | None, fmt: str) -> None:
     """List templates at their current version."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         rows = T.list_templates(session, tags=tags, category=category, section=section, status=status, text=text,
                                 limit=limit)
@@ -319,6 +417,9 @@ def list_command(app: AppContext, tags: tuple[str, ...], category: str | None, s
 @pass_app
 def history_command(app: AppContext, ref: str, fmt: str) -> None:
     """Every version of template REF, oldest first."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         records = [{
@@ -337,6 +438,9 @@ def history_command(app: AppContext, ref: str, fmt: str) -> None:
 @pass_app
 def blame_command(app: AppContext, ref: str, fmt: str) -> None:
     """Per field of template REF: the version that last changed it, and who made that version."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         records = T.blame(T.history(session, template.id))
@@ -352,6 +456,9 @@ def blame_command(app: AppContext, ref: str, fmt: str) -> None:
 @pass_app
 def diff(app: AppContext, ref: str, a: int, b: int | None, fmt: str) -> None:
     """Field-by-field differences of template REF from version A to version B (default: current)."""
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         old, new = T.get_version(session, ref, a), T.get_version(session, ref, b)
         key = T.resolve(session, ref).key
@@ -386,6 +493,9 @@ def restore(app: AppContext, ref: str, fmt: str) -> None:
 
 
 def _set_status(app: AppContext, ref: str, status: str, fmt: str) -> None:
+    from kb import templates as T
+    from kb.db import session_scope
+
     with session_scope(app.db()) as session:
         before = T.resolve(session, ref).status
         template = T.set_status(session, ref, status)

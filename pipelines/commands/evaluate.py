@@ -1,17 +1,16 @@
-"""`reasonflux evaluate`: roll trajectories out on their similar sets; rewards from the rollouts."""
+"""`reasonflux rollouts` (formerly `evaluate`): roll trajectories out on their similar sets; rewards from the
+rollouts."""
 
 from __future__ import annotations
 
 import click
 
-from kb.cli import AppContext, pass_app
+from kb.cli import AppContext, deprecated_alias, pass_app
 from kb.output import emit, output_options
-from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
-from pipelines.llm.roles import resolve_role
 
 
-@click.command("evaluate")
+@click.command("rollouts")
 @click.option("--trajectories", default="all", show_default=True, metavar="SELECTION",
               help="Which trajectories, e.g. 'navigator=qwen;split=train' or 'problem=1-50' (keys: ids, problem, "
                    "navigator, run, source, split, subject, limit).")
@@ -25,8 +24,14 @@ def evaluate_cmd(app: AppContext, trajectories: str, inference_spec: str | None,
                  llm_config: str | None, temperature: float | None, top_p: float | None, max_tokens: int | None,
                  workers: int, batch_size: int, lease_s: float | None, max_attempts: int | None,
                  retry_failed: bool, fmt: str) -> None:
-    """Follow each trajectory on its similar set's problems, grade the answers, store rollouts and rewards."""
+    """Follow each trajectory on its similar set's problems, grade the answers, store rollouts and rewards.
+
+    Formerly `reasonflux evaluate` (too close to `eval`, which measures the solver's accuracy); that name
+    still works for now, with a note on stderr.
+    """
+    from kb.runs import raise_for_outcome
     from pipelines.evaluate import DEFAULT_SAMPLING, evaluate
+    from pipelines.llm.roles import resolve_role
 
     resolved = resolve_role(app.db(), "inference", inference_spec, llm_config, DEFAULT_SAMPLING,
                             temperature=temperature, top_p=top_p, max_tokens=max_tokens)
@@ -39,3 +44,4 @@ def evaluate_cmd(app: AppContext, trajectories: str, inference_spec: str | None,
 
 def register(cli: click.Group) -> None:
     cli.add_command(evaluate_cmd)
+    cli.add_command(deprecated_alias(evaluate_cmd, "evaluate"))

@@ -8,7 +8,7 @@ import functools
 import click
 
 from kb.cli import AppContext, pass_app
-from kb.datasets import DEFAULT_LICENSE
+from kb.defaults import DATASET_LICENSE
 from kb.errors import KbError
 from kb.output import emit
 
@@ -20,7 +20,7 @@ def _common(f, formats=("parquet", "jsonl")):
     f = click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")(f)
     f = click.option("--push-to-hub", "push_repo", metavar="REPO", default=None,
                      help="Then upload the folder to this Hub dataset repo (needs a token: `hf auth login`).")(f)
-    f = click.option("--license", "license_id", default=DEFAULT_LICENSE, show_default=True,
+    f = click.option("--license", "license_id", default=DATASET_LICENSE, show_default=True,
                      help="Licence id for the card and the record (e.g. apache-2.0, cc-by-4.0, mit, other).")(f)
     f = click.option("--jsonl", "with_jsonl", is_flag=True, help="Also write JSONL next to the Parquet files.")(f)
     f = click.option("--format", "data_format", type=click.Choice(formats), default="parquet",

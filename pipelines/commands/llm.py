@@ -7,7 +7,6 @@ import click
 from kb.cli import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
-from kb.runs import raise_for_outcome, verdict
 
 
 @click.group("llm")
@@ -33,6 +32,7 @@ def check_cmd(app: AppContext, llm_config: str | None, navigator: str | None, in
     Exits 5 if no role answered, 6 if some did not. Writes nothing to the KB (it reads it only to find a
     registered navigator's or model's folder).
     """
+    from kb.runs import raise_for_outcome, verdict
     from pipelines.llm.check import check_role, roles_to_check
     from pipelines.llm.config import load_config
 

@@ -6,9 +6,7 @@ import click
 
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
-from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
-from pipelines.llm.roles import resolve_role
 
 
 @click.command("mine")
@@ -27,6 +25,8 @@ def mine_cmd(app: AppContext, problems: str, miner_spec: str | None, max_retries
              workers: int, batch_size: int, lease_s: float | None, max_attempts: int | None, retry_failed: bool,
              fmt: str) -> None:
     """Mine templates: parse strictly, retry boundedly, dedupe against the KB into new versions."""
+    from kb.runs import raise_for_outcome
+    from pipelines.llm.roles import resolve_role
     from pipelines.mine import DEFAULT_SAMPLING, mine
 
     resolved = resolve_role(app.db(), "miner", miner_spec, llm_config, DEFAULT_SAMPLING,

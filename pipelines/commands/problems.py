@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from kb.cli import AppContext, pass_app
-from kb.db import session_scope
 from kb.output import emit, output_options
 
 
@@ -50,6 +49,7 @@ def import_cmd(app: AppContext, file: str, file_format: str, mapping: tuple[str,
 @pass_app
 def list_cmd(app: AppContext, source, split, subject, limit: int, offset: int, fmt: str) -> None:
     """List problems by id."""
+    from kb.db import session_scope
     from pipelines.problems import LIST_COLUMNS, list_problems
 
     with session_scope(app.db()) as s:
@@ -63,6 +63,7 @@ def list_cmd(app: AppContext, source, split, subject, limit: int, offset: int, f
 @pass_app
 def show_cmd(app: AppContext, problem_id: int, fmt: str) -> None:
     """One problem with its embeddings' models and the similar sets anchored on it."""
+    from kb.db import session_scope
     from pipelines.problems import get_problem
 
     with session_scope(app.db()) as s:

@@ -6,9 +6,7 @@ import click
 
 from kb.cli import AppContext, pass_app
 from kb.output import emit, output_options
-from kb.runs import raise_for_outcome
 from pipelines.llm.cli_options import llm_stage_options, role_option, runner_kwargs
-from pipelines.llm.roles import resolve_role
 
 
 @click.command("sample")
@@ -36,6 +34,8 @@ def sample_cmd(app: AppContext, problems: str, n: int, navigator_spec: str | Non
                batch_size: int, lease_s: float | None, max_attempts: int | None, retry_failed: bool,
                fmt: str) -> None:
     """Sample N trajectories per problem; unparseable plans are recorded as failures."""
+    from kb.runs import raise_for_outcome
+    from pipelines.llm.roles import resolve_role
     from pipelines.sample import DEFAULT_SAMPLING, sample
 
     resolved = resolve_role(app.db(), "navigator", navigator_spec, llm_config, DEFAULT_SAMPLING,

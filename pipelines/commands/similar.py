@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from kb.cli import AppContext, pass_app
-from kb.db import session_scope
 from kb.output import emit, output_options
 
 
@@ -46,6 +45,7 @@ def build_cmd(app: AppContext, k: int, min_similarity: float, same_subject: bool
 @pass_app
 def builds_cmd(app: AppContext, fmt: str) -> None:
     """Every build: id, method, parameters, how many sets and members."""
+    from kb.db import session_scope
     from pipelines.similar import list_builds
 
     with session_scope(app.db()) as s:
@@ -59,6 +59,7 @@ def builds_cmd(app: AppContext, fmt: str) -> None:
 @pass_app
 def show_cmd(app: AppContext, anchor: int, build_id: int | None, fmt: str) -> None:
     """The similar set of problem ANCHOR, members by rank."""
+    from kb.db import session_scope
     from pipelines.similar import show_set
 
     with session_scope(app.db()) as s:

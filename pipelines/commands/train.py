@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import click
-import yaml
 
 from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
@@ -90,6 +89,8 @@ def _run_stage(app: AppContext, stage: str, fmt: str, kw: dict) -> None:
 
 
 def _print_plan(d: dict, fmt: str) -> None:
+    import yaml
+
     if fmt != "table":
         emit(d, fmt)
         return

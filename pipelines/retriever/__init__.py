@@ -11,15 +11,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kb import config
-from kb.db import Database
 from kb.errors import ConflictError
-from kb.runs import pipeline_run
 from pipelines.retriever.fit import HyperParams, fit
-from pipelines.retriever.pairs import export_pairs, pair_params, read_pairs
-from pipelines.retriever.registry import check_name, default_folder, register
+
+if TYPE_CHECKING:
+    from kb.db import Database
 
 __all__ = ["HyperParams", "train_retriever"]
 
@@ -34,6 +33,9 @@ def train_retriever(db: Database, *, name: str, base_model: str | None = None, o
                     **pair_options: Any) -> dict[str, Any]:
     """Export pairs, fine-tune, register NAME, embed the library with it; returns what was made."""
     from kb.embeddings import model_path
+    from kb.runs import pipeline_run
+    from pipelines.retriever.pairs import export_pairs, pair_params, read_pairs
+    from pipelines.retriever.registry import check_name, default_folder, register
 
     check_name(db, name)
     hp = (hp or HyperParams()).check()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from kb.db import Database
-from kb.retrieval import MODES
+from kb.retrieval_modes import MODES
 from serve.backends import Roles, backend_options, resolve_roles
-from serve.solver import Solver, SolverConfig
+from serve.solver_config import SolverConfig
+
+if TYPE_CHECKING:
+    from kb.db import Database
+    from serve.solver import Solver
 
 _DEFAULTS = SolverConfig()
 LIMIT_KEYS = (
@@ -112,6 +115,8 @@ def build_solver(db: Database, options: dict[str, Any], *, run_id: int | None = 
     config = SolverConfig(**limits).with_overrides(
         navigator_params=roles.navigator_params, inference_params=roles.inference_params
     )
-    solver = Solver(db, roles.navigator, roles.inference, config, run_id=run_id)
+    from serve.solver import Solver as _Solver  # the solver's stack loads only when a command runs one
+
+    solver = _Solver(db, roles.navigator, roles.inference, config, run_id=run_id)
     solver.warm_up()
     return solver, roles

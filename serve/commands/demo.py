@@ -6,7 +6,6 @@ import click
 
 from kb import config
 from kb.cli.context import AppContext, pass_app
-from serve.demo_loop import run_demo
 
 
 @click.command("demo")
@@ -16,6 +15,8 @@ from serve.demo_loop import run_demo
 def demo(app: AppContext, no_llm: bool, no_train: bool) -> None:
     """Import the starter library, search, edit, solve; then mine, sample, evaluate, pairs, export, SFT, DPO
     and solve with the trained navigator on a tiny random model (minutes on a CPU)."""
+    from serve.demo_loop import run_demo
+
     run_demo(app.db(), config.home_dir(), llm=not no_llm, train=not no_train)
 
 

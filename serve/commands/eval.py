@@ -9,9 +9,7 @@ import click
 from kb.cli.context import AppContext, pass_app
 from kb.output import emit, output_options
 from kb.progress import progress_bar
-from kb.runs import pipeline_run
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
-from serve.eval import load_problems, run_eval
 
 
 @click.command("eval")
@@ -60,6 +58,9 @@ def eval_cmd(
     """Evaluate the solver: accuracy, rounds, templates and tokens per problem, by difficulty and subject,
     against a single call (and Best-of-N) of the same inference model, graded by the same grader.
     """
+    from kb.runs import pipeline_run
+    from serve.eval import load_problems, run_eval
+
     options = pop_solver_kwargs(kwargs)
     db = app.db()
     problems = load_problems(db, selection)

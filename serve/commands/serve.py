@@ -9,16 +9,14 @@ from typing import Any
 import click
 
 from kb.cli.context import AppContext, pass_app
-from kb.runs import Terminated
-from serve.app import (
+from kb.signals import Terminated
+from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
+from serve.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_PROBLEM_CHARS,
-    create_app,
-    header_timeout_protocol,
 )
-from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
 
 
 def _is_loopback(host: str) -> bool:
@@ -83,6 +81,8 @@ def serve_cmd(
     a session whose backend is down answers 502/503. SIGTERM stops it like Ctrl-C.
     """
     import uvicorn
+
+    from serve.app import create_app, header_timeout_protocol
 
     if not _is_loopback(host) and not token:
         raise click.UsageError(

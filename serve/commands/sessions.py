@@ -6,7 +6,6 @@ import click
 
 from kb.cli.context import AppContext, pass_app
 from kb.output import emit, output_options, terminal_safe
-from serve.traces import get_session, list_sessions, render_trace
 
 
 @click.group("sessions")
@@ -27,6 +26,8 @@ def list_cmd(
     app: AppContext, status: str | None, problem_id: int | None, run_id: int | None, limit: int, fmt: str
 ) -> None:
     """The newest sessions first."""
+    from serve.traces import list_sessions
+
     emit(
         list_sessions(app.db(), limit=limit, status=status, problem_id=problem_id, run_id=run_id),
         fmt,
@@ -55,6 +56,8 @@ def show_cmd(app: AppContext, session_id: int, fmt: str) -> None:
 
     --json gives everything stored: prompts, raw navigator output, pinned template versions, tokens.
     """
+    from serve.traces import get_session, render_trace
+
     session = get_session(app.db(), session_id)
     if fmt == "table":
         click.echo(terminal_safe(render_trace(session)))

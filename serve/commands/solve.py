@@ -13,11 +13,8 @@ import click
 from kb.cli.context import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
-from kb.runs import pipeline_run, raise_for_outcome, verdict
 from kb.secrets import scrub
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
-from serve.eval import load_problems
-from serve.traces import event_line
 
 COLUMNS = (
     "session_id",
@@ -35,6 +32,8 @@ COLUMNS = (
 def _inputs(
     app: AppContext, problem: str | None, file: str | None, problems: str | None, reference: str | None
 ) -> list[dict[str, Any]]:
+    from serve.eval import load_problems
+
     given = [x for x in (problem, file, problems) if x]
     if len(given) != 1:
         raise click.UsageError("give exactly one of PROBLEM, --file or --problems")
@@ -92,6 +91,9 @@ def solve_cmd(
     Each round (template retrieved, step result, the navigator's verdict and adjustments) is printed to
     stderr as it finishes; the result goes to stdout. Every session is stored: see `reasonflux sessions`.
     """
+    from kb.runs import pipeline_run, raise_for_outcome
+    from serve.traces import event_line
+
     options = pop_solver_kwargs(kwargs)
     items = _inputs(app, problem, file, problems, reference)
     db = app.db()
@@ -134,6 +136,8 @@ def solve_cmd(
 
 
 def _outcome(run_id: int, records: list[dict[str, Any]]) -> dict[str, Any]:
+    from kb.runs import verdict
+
     failed = [r for r in records if r["status"] == "failed"]
     return {"stage": "solve", "run_id": run_id, "outcome": verdict(len(records) - len(failed), len(failed)),
             "failed": len(failed), "total": len(records), "units": "sessions",
