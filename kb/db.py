@@ -220,11 +220,19 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
                 )
         elif current != head:
             if db.embedded:
-                migrate.upgrade(db.engine)
+                try:  # a stamp from an earlier landed chain is mapped here too (kb.migrate.repair_plan)
+                    migrate.upgrade(db.engine)
+                except BaseException:
+                    db.dispose()
+                    raise
             else:
-                db.dispose()
+                try:
+                    earlier = migrate.earlier_chain(db.engine)  # SchemaMismatch: `db upgrade` would not help
+                finally:
+                    db.dispose()
+                numbered = " as an earlier version of reasonflux numbered it" if earlier else ""
                 raise SchemaOutOfDate(
-                    f"database {mask_url(resolved)} is at revision {current or '(empty)'}, "
+                    f"database {mask_url(resolved)} is at revision {current or '(empty)'}{numbered}, "
                     f"this code needs {head}: run `reasonflux db upgrade`"
                 )
     return db

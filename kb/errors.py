@@ -29,6 +29,13 @@ class ConfirmationRequired(KbError):
     exit_code = 2
 
 
+class SchemaMismatch(KbError):
+    """The database's schema is not one this code can use or upgrade as it stands (a revision this code does
+    not know, or objects that match no revision any landed version made); nothing was changed."""
+
+    exit_code = 4
+
+
 class InputError(KbError):
     """Bad input, located: the file, the record (path or line) and the field."""
 

@@ -65,7 +65,8 @@ def cli(ctx: click.Context, database_url: str | None) -> None:
       1    error (the message says what and what to do)
       2    bad input or usage (file, record and field named)
       3    conflict (someone else changed it first; already running or resumed)
-      4    database schema out of date: run `reasonflux db upgrade`
+      4    database schema out of date: run `reasonflux db upgrade`; or not one this code can upgrade
+           (a revision it does not know, or a schema no version made): nothing was changed
       5    the work failed: every unit (or solve session) failed; the run is recorded failed
       6    partly failed: some units (or sessions) failed, the rest succeeded
       130  interrupted (Ctrl-C); 143 terminated (SIGTERM): the run is recorded interrupted

@@ -27,12 +27,23 @@ def db_group() -> None:
 @click.argument("revision", default="head")
 @pass_app
 def upgrade(app: AppContext, revision: str) -> None:
-    """Upgrade the schema to REVISION (default: head)."""
+    """Upgrade the schema to REVISION (default: head).
+
+    A database made by an earlier version whose migrations were numbered differently (main from 106eb62
+    until b6d039d stamped 0008, b6d039d stamped 0005) is first mapped onto this code's chain by what its
+    schema has, losing nothing; a schema no version made is refused (exit 4) and left as it is.
+    """
     database = app.db(check_schema=False, auto_upgrade=False)
-    migrate.upgrade(database.engine, revision)
+    was = migrate.current_revision(database.engine)
+    repaired = migrate.upgrade(database.engine, revision)
     now = migrate.current_revision(database.engine)
     if database.embedded and now == migrate.head_revision():
         unpin_embedded_revision()
+    if repaired:
+        applied = [rev for action, rev in repaired if action == "upgrade"]
+        lacked = f" (applied {', '.join(applied)}, which it lacked)" if applied else ""
+        click.echo(f"revision {was} was numbered by an earlier version of reasonflux: mapped onto this code's "
+                   f"chain{lacked}", err=True)
     click.echo(f"at revision {now}")
 
 
@@ -66,9 +77,10 @@ def downgrade(app: AppContext, revision: str, yes: bool) -> None:
 @output_options(csv_ok=False)
 @pass_app
 def current(app: AppContext, fmt: str) -> None:
-    """Show the database's revision and the code's head revision."""
+    """Show the database's revision, the code's head revision and what the difference means."""
     database = app.db(check_schema=False)
-    emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision()}, fmt)
+    emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision(),
+          "schema_state": migrate.schema_state(database.engine)}, fmt)
 
 
 @db_group.command("info")
@@ -100,6 +112,7 @@ def database_info(database) -> dict:
         "pgvector_version": pgvector,
         "revision": migrate.current_revision(database.engine),
         "head": migrate.head_revision(),
+        "schema_state": migrate.schema_state(database.engine),
         "row_counts": counts,
     }
 
