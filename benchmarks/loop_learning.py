@@ -2,6 +2,12 @@
 
     python benchmarks/loop_learning.py                              # the test's sizes, more iterations
     python benchmarks/loop_learning.py --iterations 4 --train-per-family 20 --eval-n 10
+    python benchmarks/loop_learning.py --base smollm2-135m-instruct # a real pre-trained model as the start
+
+With --base (a registered model name or a local model directory) the start navigator is that pre-trained
+model with its own tokenizer and chat template, SFT-trained on the same balanced plan examples with the
+real-model settings (toy_world.REAL_SFT_TRAINING / REAL_DPO_TRAINING); the base model's own held-out parse
+rate (no SFT) is printed first, and the wall time of every stage after the table.
 
 The tiny model (world tokenizer) is SFT-trained on plan examples that use the right and a wrong template
 equally, then `pipelines.loop.run_loop` runs sample -> evaluate -> rewards -> pairs -> export -> DPO ->
@@ -47,6 +53,36 @@ def _failures(db, navigator: str, limit: int) -> None:
         print(f"  unparseable ({navigator}): {reason[:150]}\n    {raw[:200]!r}")
 
 
+def _base_model(db, name_or_path: str) -> str:
+    """A local model directory, or the directory a registered name points to."""
+    from pipelines.train.launch import _model_dir
+
+    return _model_dir(db, name_or_path)
+
+
+def _base_parse_rate(path: str, per_family: int, batch_size: int) -> None:
+    """The pre-trained model's own held-out plans (no SFT, no constraint): one per held-out problem."""
+    from pipelines import navigator
+    from pipelines.llm.base import ChatRequest, SamplingParams
+    from pipelines.parsing import ParseError
+    from pipelines.llm.transformers_backend import TransformersBackend
+
+    problems = toy_world.problems("test", per_family)
+    backend = TransformersBackend(path, batch_size=batch_size)
+    t0 = time.perf_counter()
+    out = backend.generate([ChatRequest(navigator.plan_messages(p["text"], max_steps=toy_world.MAX_STEPS),
+                                        SamplingParams(max_tokens=64)) for p in problems])
+    parsed = 0
+    for c in out:
+        try:
+            navigator.parse_plan(c.text, max_steps=toy_world.MAX_STEPS)
+            parsed += 1
+        except ParseError:
+            pass
+    print(f"base model, no SFT: {parsed}/{len(out)} held-out plans parse ({time.perf_counter() - t0:.0f} s); "
+          f"e.g. {out[0].text[:120]!r}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=3)
@@ -60,7 +96,22 @@ def main() -> None:
                     help="NLL term on the chosen reply in the DPO loss (0: plain DPO)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a busy machine)")
     ap.add_argument("--show-failures", type=int, default=3, help="unparseable plans of the last navigator to print")
+    ap.add_argument("--base", help="a pre-trained start model: registered model name or local directory "
+                                   "(default: the tiny random model with the world's tokenizer)")
+    ap.add_argument("--sft-steps", type=int, help="start navigator SFT steps (default: the mode's setting)")
+    ap.add_argument("--finetuning-type", choices=("full", "lora"), default="full")
+    ap.add_argument("--batch-size", type=int, default=16, help="navigator generation batch (--base runs)")
     args = ap.parse_args()
+    real = args.base is not None
+    sft_training = dict(toy_world.REAL_SFT_TRAINING if real else toy_world.SFT_TRAINING)
+    dpo_defaults = toy_world.REAL_DPO_TRAINING if real else toy_world.DPO_TRAINING
+    for flag, key in (("dpo_steps", "max_steps"), ("dpo_lr", "learning_rate"), ("sft_weight", "sft_weight")):
+        if getattr(args, flag) == ap.get_default(flag):  # the mode's default unless given
+            setattr(args, flag, dpo_defaults[key])
+    if args.sft_steps:
+        sft_training.update(max_steps=args.sft_steps, save_steps=args.sft_steps)
+    if args.finetuning_type == "lora":
+        sft_training.update(finetuning_type="lora", learning_rate=1e-3)
 
     if args.threads:
         import torch
@@ -75,19 +126,28 @@ def main() -> None:
         t0 = time.perf_counter()
         toy_world.setup(db, train_per_family=args.train_per_family, test_per_family=args.test_per_family,
                         similar_k=4)
-        sft = toy_world.build_start_navigator(db, tmp / "start", train_per_family=args.train_per_family)
+        base = _base_model(db, args.base) if real else None
+        if base:
+            _base_parse_rate(base, args.test_per_family, args.batch_size)
+        t0 = time.perf_counter()
+        sft = toy_world.build_start_navigator(db, tmp / "start", train_per_family=args.train_per_family,
+                                              base_model=base, training=sft_training)
         t_sft = time.perf_counter() - t0
+        settings = toy_world.loop_settings("bench", iterations=args.iterations, n=args.n, eval_n=args.eval_n)
+        if real:  # the navigators are real models: batched generation, the world's settings otherwise
+            llm = tmp / "llm.toml"
+            llm.write_text(f'[roles.navigator]\nbackend = "transformers"\nbatch_size = {args.batch_size}\n')
+            settings["llm_config"] = str(llm)
         cfg = loop.LoopConfig.load(None, {
-            **toy_world.loop_settings("bench", iterations=args.iterations, n=args.n, eval_n=args.eval_n),
-            "out_dir": str(tmp / "loop"),
-            "train": {**toy_world.DPO_TRAINING, "max_steps": args.dpo_steps, "save_steps": args.dpo_steps,
+            **settings, "out_dir": str(tmp / "loop"),
+            "train": {**dpo_defaults, "max_steps": args.dpo_steps, "save_steps": args.dpo_steps,
                       "learning_rate": args.dpo_lr, "sft_weight": args.sft_weight}})
         t1 = time.perf_counter()
         result = loop.run_loop(db, cfg, progress=False)
         t_loop = time.perf_counter() - t1
         print(f"world: 3 families, {args.train_per_family} train + {args.test_per_family} held-out problems each; "
               f"start navigator SFT loss {sft['metrics'].get('loss', float('nan')):.4f} "
-              f"({t_sft:.0f} s incl. setup); loop {t_loop:.0f} s\n")
+              f"({t_sft:.0f} s); loop {t_loop:.0f} s\n")
         head = (f"{'it':>2} {'navigator':10} {'train plans':>11} {'parse':>6} {'right':>6} {'reward':>11} "
                 f"{'pairs':>5} {'dpo acc':>7} {'margin':>7} | {'held-out plans':>14} {'parse':>6} {'right':>6}")
         print(head)
@@ -105,6 +165,11 @@ def main() -> None:
               f"({last['heldout_right_template'] and round(last['heldout_right_template'] * last['heldout_judged'])}"
               f"/{last['heldout_judged']}); parse rate {_f(first['heldout_parse_rate'])} -> "
               f"{_f(last['heldout_parse_rate'])}; chance is 1/3.")
+        print("\nwall time per stage (s):")
+        stages = ("heldout", "sample", "evaluate", "rewards", "pairs", "export", "train")
+        print(f"{'it':>2} " + " ".join(f"{x:>8}" for x in stages))
+        for r in result["iterations"]:
+            print(f"{r['iteration']:>2} " + " ".join(f"{_f(r['seconds'].get(x), '.0f'):>8}" for x in stages))
         if last["status"].startswith("converged"):
             print(f"iteration {last['iteration']}: {last['status']} (every train problem's plans earned equal rewards)")
         _failures(db, last["navigator"], args.show_failures)

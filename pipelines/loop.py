@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -306,7 +307,11 @@ class _Context:
             for name, fn in steps:
                 if name in record:
                     continue
-                record[name] = fn()
+                t0 = time.perf_counter()
+                result = fn()
+                # wall time of each step, so `loop show` and the benchmarks say where an iteration's time goes
+                record[name] = {**result, "seconds": round(time.perf_counter() - t0, 1)} \
+                    if isinstance(result, dict) else result
                 self._save(run_id, counts)
         return counts
 
@@ -647,6 +652,7 @@ def _row(k: int, entry: dict[str, Any]) -> dict[str, Any]:
         "heldout_parse_rate": held.get("parse_rate"), "heldout_right_template": held.get("right_template_share"),
         "heldout_judged": held.get("plans_with_expected_template"),
         # A loop continued past its old end turns the old final row into an ordinary iteration.
+        "seconds": {name: step["seconds"] for name, step in s.items() if isinstance(step, dict) and "seconds" in step},
         "status": "converged (no pairs): the loop ended" if pairs.get("converged") else
         "done" if "train" in s else "final" if final and "heldout" in s else
         f"{entry.get('status')} (steps done: {', '.join(s) or 'none'})",

@@ -258,6 +258,14 @@ SFT_TRAINING = {**CPU_TRAINING, "learning_rate": 3e-3, "max_steps": 150, "save_s
 DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 2e-4, "beta": 0.1, "sft_weight": 3.0, "max_steps": 40, "save_steps": 40,
                 "precompute_ref_log_probs": True}
 
+# A pre-trained model as the start navigator (SmolLM2-135M-Instruct on a 2-core CPU): a full fine-tune at
+# the learning rates usual for a model that already speaks, with few steps, since each costs seconds, not
+# milliseconds. The plan prompt is ~180 of its tokens and a reply ~35, so 256 positions still hold both.
+REAL_SFT_TRAINING = {**CPU_TRAINING, "per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": 20,
+                     "save_steps": 20}
+REAL_DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 5e-5, "beta": 0.1, "sft_weight": 1.0, "max_steps": 12,
+                     "save_steps": 12, "precompute_ref_log_probs": True}
+
 
 @dataclass(frozen=True)
 class ModelSize:
@@ -273,9 +281,11 @@ DEFAULT_SIZE = ModelSize()  # measured to learn the world in the test's time (do
 
 def build_start_navigator(db: Database, workdir: str | Path, *, name: str = "toy-sft", seed: int = 0,
                           train_per_family: int = 12, size: ModelSize = DEFAULT_SIZE,
-                          training: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The tiny model with the world's tokenizer, SFT-trained on plan examples with right and wrong templates
-    equally (through the real export check, trainer, run record and registry); returns the SFT run."""
+                          training: dict[str, Any] | None = None, base_model: str | None = None) -> dict[str, Any]:
+    """A model SFT-trained on plan examples with right and wrong templates equally (through the real export
+    check, trainer, run record and registry); returns the SFT run. The model is BASE_MODEL (a pre-trained
+    model directory, with its own tokenizer and chat template) or, without one, the tiny random model with
+    the world's tokenizer."""
     import pyarrow as pa
 
     from kb.datasets import DataPart, ExportSpec, write_dataset
@@ -289,9 +299,9 @@ def build_start_navigator(db: Database, workdir: str | Path, *, name: str = "toy
 
         return next(n for n in list_navigators(db) if n["name"] == name)
     work = Path(workdir)
-    base = build_tiny_model(work / "base", seed=seed, vocab_size=size.vocab_size, hidden_size=size.hidden_size,
-                            layers=size.layers, heads=size.heads, kv_heads=size.kv_heads,
-                            intermediate_size=2 * size.hidden_size, corpus=corpus(seed))
+    base = base_model or build_tiny_model(
+        work / "base", seed=seed, vocab_size=size.vocab_size, hidden_size=size.hidden_size, layers=size.layers,
+        heads=size.heads, kv_heads=size.kv_heads, intermediate_size=2 * size.hidden_size, corpus=corpus(seed))
     rows = sft_rows(problems("train", train_per_family, seed))
     spec = ExportSpec(kind="sft", params={"toy_world": {"train_per_family": train_per_family, "seed": seed},
                                           "mix": "one right-template and one wrong-template plan per problem"},

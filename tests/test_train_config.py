@@ -50,7 +50,8 @@ def test_yaml_then_flags_precedence(tmp_path):
     ("learning_rate: fast\n", "learning_rate"),
     ("lerning_rate: 1e-5\n", "lerning_rate"),
     ("bf16: maybe\n", "bf16"),
-    ("finetuning_type: lora\n", "finetuning_type"),
+    ("finetuning_type: qlora\n", "finetuning_type"),
+    ("finetuning_type: lora\nlora_r: 0\n", "lora_r"),
     ("per_device_train_batch_size: 0\n", "per_device_train_batch_size"),
     ("max_steps: 0\n", "max_steps"),
 ])

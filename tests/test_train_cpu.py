@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -125,3 +126,34 @@ def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path, tmp_path_factory, monke
     assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
     assert (tmp_path / "out" / "checkpoint-1" / "global_step1").is_dir()  # DeepSpeed's ZeRO checkpoint
     assert (tmp_path / "out" / "model.safetensors").is_file()  # 16-bit weights gathered on save
+
+
+def test_lora_sft_and_dpo_save_merged_plain_models(cli, db, tiny, tmp_path):
+    """finetuning_type lora trains adapters and saves them merged: a plain model folder that differs from the
+    base and loads without peft, so it serves and trains again like a full fine-tune's."""
+    import torch
+    from safetensors.torch import load_file
+
+    sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows())
+    dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows())
+    lora = ("--set", "finetuning_type=lora", "--set", "lora_r=4", "--set", "lora_alpha=8")
+    sft = _train(cli, "sft", "--dataset", sft_data, "--base-model", str(tiny), "--name", "nav-lora",
+                 "--lr", "1e-2", *lora)
+    assert sft["status"] == "succeeded"
+    with db.session() as s:
+        out = resolve_navigator(s, "nav-lora")
+    files = {p.name for p in Path(out).iterdir()}
+    assert "adapter_config.json" not in files and "model.safetensors" in files
+    base, merged = load_file(str(tiny / "model.safetensors")), load_file(f"{out}/model.safetensors")
+    assert set(base) == set(merged)  # the same parameter names as the base: no lora_A/lora_B left
+    assert any(not torch.equal(base[k], merged[k]) for k in base)
+
+    dpo = _train(cli, "dpo", "--dataset", dpo_data, "--base-model", "nav-lora", "--lr", "1e-3", *lora)
+    assert dpo["status"] == "succeeded" and math.isfinite(dpo["metrics"]["loss"])
+
+
+def test_lora_refuses_deepspeed(cli, db, tiny, tmp_path):
+    data = write_export(db, tmp_path / "sft", "sft", sft_rows())
+    r = cli("train", "sft", *CPU_ARGS, "--dataset", data, "--base-model", str(tiny), "--set", "finetuning_type=lora",
+            "--deepspeed", "zero3", "--dry-run", expect=None)
+    assert r.exit_code == 2 and "finetuning_type" in r.output and "DeepSpeed" in r.output

@@ -21,6 +21,7 @@ import yaml
 from kb.errors import InputError
 
 C = TypeVar("C", bound="TrainConfig")
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target")
 
 
 def _parse_text(text: str, base: type) -> Any:
@@ -51,7 +52,13 @@ class TrainConfig:
     8 x A100-80GB); scale them down with a YAML file or flags for small models."""
 
     finetuning_type: str = field(default="full", metadata=_help(
-        "How the weights are trained. Only 'full' (all parameters, as in the paper) is supported."))
+        "How the weights are trained: 'full' (all parameters, as in the paper) or 'lora' (low-rank adapters "
+        "through peft, merged into the saved model, so the result is a plain model folder like a full run's)."))
+    lora_r: int = field(default=16, metadata=_help("LoRA rank (finetuning_type lora)."))
+    lora_alpha: int = field(default=32, metadata=_help("LoRA scaling numerator: the update is scaled by alpha/r."))
+    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input (finetuning_type lora)."))
+    lora_target: str = field(default="all-linear", metadata=_help(
+        "Modules that get adapters: 'all-linear' or comma-separated module names (q_proj,v_proj)."))
     learning_rate: float = field(default=2e-5, metadata=_help("Peak learning rate of AdamW."))
     num_train_epochs: float = field(default=3.0, metadata=_help("Passes over the dataset."))
     max_steps: int = field(default=-1, metadata=_help(
@@ -168,8 +175,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Checks that need no hardware knowledge; launch.validate_plan does the rest."""
-        if self.finetuning_type != "full":
-            self._bad("finetuning_type", "only 'full' is supported (the paper fine-tunes all parameters)")
+        if self.finetuning_type not in ("full", "lora"):
+            self._bad("finetuning_type", "must be 'full' (the paper) or 'lora'")
+        if self.lora_r < 1 or self.lora_alpha < 1:
+            self._bad("lora_r" if self.lora_r < 1 else "lora_alpha", "must be >= 1")
+        if not 0 <= self.lora_dropout < 1:
+            self._bad("lora_dropout", "must be in [0, 1)")
+        if not self.lora_target.strip():
+            self._bad("lora_target", "must name modules or be 'all-linear'")
         if not self.learning_rate > 0:
             self._bad("learning_rate", "must be > 0")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
@@ -196,6 +209,17 @@ class TrainConfig:
     def trainer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for TRL's config class shared by both stages."""
         d = self.to_dict()
-        d.pop("finetuning_type")
-        d.pop("output_dir")
+        for name in ("finetuning_type", "output_dir", *LORA_FIELDS):
+            d.pop(name)
         return d
+
+    def peft_config(self):
+        """peft's LoraConfig for a LoRA run, None for a full fine-tune."""
+        if self.finetuning_type != "lora":
+            return None
+        from peft import LoraConfig
+
+        target = self.lora_target.strip()
+        modules = target if target == "all-linear" else [m.strip() for m in target.split(",") if m.strip()]
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=modules, task_type="CAUSAL_LM")

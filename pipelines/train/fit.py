@@ -19,13 +19,25 @@ def fit(trainer_cls, config, *, base_model: str, train_dataset, output_dir: str,
     args = config.trl_config(**runtime_args(output_dir, deepspeed=deepspeed, use_cpu=use_cpu))
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     trainer = trainer_cls(model=base_model, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, callbacks=list(callbacks))
+                          processing_class=tokenizer, callbacks=list(callbacks), peft_config=config.peft_config())
     check_not_emptied(trainer, len(train_dataset), config.max_length)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    trainer.save_model(output_dir)
+    save_model(trainer, output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
     return summarize(trainer, result)
+
+
+def save_model(trainer, output_dir: str) -> None:
+    """The trained model as a plain model folder. LoRA adapters are merged into the base weights first, so
+    a LoRA navigator loads, serves, trains again and converts to GGUF exactly like a full fine-tune."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if not hasattr(model, "merge_and_unload"):
+        trainer.save_model(output_dir)
+        return
+    merged = model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        merged.save_pretrained(output_dir)
 
 
 def summarize(trainer, result) -> dict[str, Any]:

@@ -423,6 +423,11 @@ def _pick_launcher(launcher: str, gpus: int, deepspeed: bool) -> str:
 def validate_plan(p: LaunchPlan, *, cpu_memory_gb: float | None, dry_run: bool) -> None:
     """Hardware-dependent checks; each failure names the field to change."""
     cfg = p.config
+    if cfg.finetuning_type == "lora" and p.deepspeed_name:
+        # The merge after training needs the whole adapter in one process; ZeRO-3 shards it.
+        raise InputError("LoRA runs train in one process without DeepSpeed (the adapters are merged into the "
+                         "saved model); drop --deepspeed or use finetuning_type full",
+                         record=f"{p.stage} config", field="finetuning_type")
     positions = p.model_params.get("max_positions")
     if positions and cfg.max_length > positions:
         raise InputError(f"is {cfg.max_length} but the model handles at most {positions} positions",
