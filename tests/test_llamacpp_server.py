@@ -2,7 +2,7 @@
 
 One server for the module on 127.0.0.1 (a free port), started with a deadline and killed at the end. The
 commands a new user runs go through it: `llm check`, `sample` with structured output (the server takes
-`{"type": "json_object", "schema": ...}`, found by the backend's one fallback), `evaluate`, `solve`, and
+`{"type": "json_object", "schema": ...}`, found by the backend's one fallback), `rollouts`, `solve`, and
 `serve` in front of it, driven by the `openai` client. Skips with the reason where `llama_cpp` is not
 importable (`.ci/run` installs it from ../shared/wheels) or the model cannot be fetched.
 
@@ -129,7 +129,7 @@ def test_sample_with_structured_output_then_evaluate(cli, db, llm_config, toy_pr
     calls = q(db, "SELECT params->>'structured_output', error FROM llm_call WHERE stage = 'sample'")
     assert len(calls) == 8 and all(c == ("json_object", None) for c in calls), calls
 
-    out = cli("evaluate", "--trajectories", "limit=2", "--llm-config", str(llm_config), "--json")
+    out = cli("rollouts", "--trajectories", "limit=2", "--llm-config", str(llm_config), "--json")
     counts = json.loads(out.stdout)
     rollouts = q(db, "SELECT count(*), count(*) FILTER (WHERE output <> '') FROM rollout")
     assert rollouts == [(2, 2)], (counts, rollouts)
