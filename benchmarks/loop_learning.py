@@ -4,8 +4,9 @@
     python benchmarks/loop_learning.py --iterations 4 --train-per-family 20 --eval-n 10
     python benchmarks/loop_learning.py --base smollm2-135m-instruct # a real pre-trained model as the start
 
-With --base (a registered model name or a local model directory) the start navigator is that pre-trained
-model with its own tokenizer and chat template, SFT-trained on the same balanced plan examples with the
+With --base (a catalogue model name, fetched once into $REASONFLUX_HOME/models, or a local model
+directory) the start navigator is that pre-trained model with its own tokenizer and chat template,
+SFT-trained on the same balanced plan examples with the
 real-model settings (toy_world.REAL_SFT_TRAINING / REAL_DPO_TRAINING); the base model's own held-out parse
 rate (no SFT) is printed first, and the wall time of every stage after the table.
 
@@ -53,19 +54,24 @@ def _failures(db, navigator: str, limit: int) -> None:
         print(f"  unparseable ({navigator}): {reason[:150]}\n    {raw[:200]!r}")
 
 
-def _base_model(db, name_or_path: str) -> str:
-    """A local model directory, or the directory a registered name points to."""
-    from pipelines.train.launch import _model_dir
+def _base_model(name_or_path: str) -> str:
+    """A local model directory, or a catalogue model (`reasonflux models catalogue`) fetched once into the
+    user's own $REASONFLUX_HOME/models (the benchmark's throwaway home would fetch it on every run)."""
+    from pipelines.models import catalogue, fetch
 
-    return _model_dir(db, name_or_path)
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    folder = fetch.models_dir() / name_or_path
+    fetch.ensure_folder(catalogue.entry(name_or_path), folder, log=print)
+    return str(folder)
 
 
 def _base_parse_rate(path: str, per_family: int, batch_size: int) -> None:
     """The pre-trained model's own held-out plans (no SFT, no constraint): one per held-out problem."""
     from pipelines import navigator
     from pipelines.llm.base import ChatRequest, SamplingParams
-    from pipelines.parsing import ParseError
     from pipelines.llm.transformers_backend import TransformersBackend
+    from pipelines.parsing import ParseError
 
     problems = toy_world.problems("test", per_family)
     backend = TransformersBackend(path, batch_size=batch_size)
@@ -96,7 +102,7 @@ def main() -> None:
                     help="NLL term on the chosen reply in the DPO loss (0: plain DPO)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a busy machine)")
     ap.add_argument("--show-failures", type=int, default=3, help="unparseable plans of the last navigator to print")
-    ap.add_argument("--base", help="a pre-trained start model: registered model name or local directory "
+    ap.add_argument("--base", help="a pre-trained start model: a catalogue model name or a local directory "
                                    "(default: the tiny random model with the world's tokenizer)")
     ap.add_argument("--sft-steps", type=int, help="start navigator SFT steps (default: the mode's setting)")
     ap.add_argument("--finetuning-type", choices=("full", "lora"), default="full")
@@ -117,6 +123,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    base = _base_model(args.base) if real else None
     tmp = Path(tempfile.mkdtemp(prefix="rf-loop-bench-"))
     (tmp / "home").mkdir()
     os.environ["REASONFLUX_HOME"] = str(tmp / "home")
@@ -126,7 +133,6 @@ def main() -> None:
         t0 = time.perf_counter()
         toy_world.setup(db, train_per_family=args.train_per_family, test_per_family=args.test_per_family,
                         similar_k=4)
-        base = _base_model(db, args.base) if real else None
         if base:
             _base_parse_rate(base, args.test_per_family, args.batch_size)
         t0 = time.perf_counter()

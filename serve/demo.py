@@ -27,13 +27,16 @@ def run_solve_demo(
     *,
     reference: str | None = None,
     plan_hints: int = SolverConfig.plan_hints,
+    config: SolverConfig | None = None,
 ) -> DemoSolve:
-    """Solve PROBLEM (default: a scripted navigator and inference that know the demo answer)."""
+    """Solve PROBLEM (default: a scripted navigator and inference that know the demo answer) under CONFIG
+    (default: two minutes, PLAN_HINTS template hints in the plan request)."""
     if navigator is None or inference is None:
         scripted = play_along_backend({DEMO_PROBLEM: DEMO_ANSWER})
         navigator, inference = navigator or scripted, inference or scripted
     if reference is None and problem == DEMO_PROBLEM:
         reference = DEMO_ANSWER
-    with Solver(db, navigator, inference, SolverConfig(max_seconds=120, plan_hints=plan_hints)) as solver:
+    config = config or SolverConfig(max_seconds=120, plan_hints=plan_hints)
+    with Solver(db, navigator, inference, config) as solver:
         result = solver.solve(problem, reference=reference)
     return DemoSolve(result.session_id, render_trace(get_session(db, result.session_id)))

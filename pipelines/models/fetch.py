@@ -49,11 +49,7 @@ def get(db: Database, name: str, *, log: Callable[[str], None] = lambda m: None)
     # Where it was fetched before (REASONFLUX_HOME may have changed since), if it is still whole there.
     folder = Path(row["path"]) if row and _complete(Path(row["path"]), entry) else models_dir() / name
     with _locked(db, name):
-        built = not _complete(folder, entry)
-        if built:
-            _build(entry, folder, log)
-        else:
-            log(f"{name}: already there in {folder}; nothing downloaded or converted")
+        built = ensure_folder(entry, folder, log)
         row = registry.get(db, name)
         if row is None:
             marker = json.loads((folder / MARKER).read_text())
@@ -64,6 +60,17 @@ def get(db: Database, name: str, *, log: Callable[[str], None] = lambda m: None)
         elif row["path"] != str(folder):  # its old folder was gone: fetched anew here
             row = registry.relocate(db, name, folder, folder / entry.gguf_name)
     return {**row, "status": "fetched" if built else "already there"}
+
+
+def ensure_folder(entry: CatalogueEntry, folder: Path, log: Callable[[str], None] = lambda m: None) -> bool:
+    """FOLDER holds ENTRY complete (fetched, checked, converted) afterwards; True when it had to be built.
+
+    Registers nothing: `get` does that (under its lock); tests use this to keep one copy between sessions."""
+    if _complete(folder, entry):
+        log(f"{entry.name}: already there in {folder}; nothing downloaded or converted")
+        return False
+    _build(entry, folder, log)
+    return True
 
 
 def _complete(folder: Path, entry: CatalogueEntry) -> bool:
