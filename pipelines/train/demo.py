@@ -23,8 +23,7 @@ SFT_OVERRIDES = {"learning_rate": 3e-3}
 DPO_OVERRIDES = {"learning_rate": 2e-4, "beta": 0.1, "sft_weight": 3.0, "precompute_ref_log_probs": True}
 # A pre-trained instruct model (SmolLM2-135M) needs a gentle rate and few steps to take up the plan format
 # (benchmarks/loop_learning.py measures it); batch 4 keeps a CPU step near 10 s.
-REAL_SFT_OVERRIDES = {"learning_rate": 1e-4, "per_device_train_batch_size": 4, "max_length": 512,
-                      "logging_steps": 1}
+REAL_SFT_OVERRIDES = {"learning_rate": 1e-4, "per_device_train_batch_size": 4, "max_length": 512}
 
 
 def run_training_demo(db: Database, model_dir: str, sft_dataset: str, dpo_dataset: str, *,
@@ -49,6 +48,7 @@ def run_real_sft(db: Database, base_model: str, sft_dataset: str, *, steps: int,
                  name: str | None = None) -> dict[str, Any]:
     """Stage 1 of a real base model (a registered name or folder) on the sft export: STEPS full fine-tune steps
     on the CPU. Returns the training run (its `navigator` is registered, `output_path` its folder)."""
-    overrides = {**DEMO_OVERRIDES, **REAL_SFT_OVERRIDES, "max_steps": steps, "save_steps": steps}
+    overrides = {**DEMO_OVERRIDES, **REAL_SFT_OVERRIDES, "max_steps": steps, "save_steps": steps,
+                 "logging_steps": steps}  # one loss line, the last step's
     return execute(db, plan(db, "sft", dataset=sft_dataset, base_model=base_model, num_gpus=0, name=name,
                             overrides=overrides))
