@@ -125,6 +125,20 @@ def step_messages(problem: str, abstraction: str, done: list[tuple[str, str]], s
     return [{"role": "system", "content": STEP_SYSTEM}, {"role": "user", "content": user}]
 
 
+FORMAT_SYSTEM = ("You restate the result of a solved math problem as one JSON object. Reply with the JSON object "
+                 "and nothing else.")
+FORMAT_ASK = "Reply with one JSON object that follows this JSON schema and carries the final answer:"
+
+
+def format_messages(problem: str, steps: list[str], answer: str, schema: dict[str, Any]) -> list[Message]:
+    """Restate a solved problem's ANSWER (reached through STEPS) as JSON following SCHEMA (the serving API's
+    `response_format`)."""
+    work = "\n\n".join(steps) or "(no written steps)"
+    user = (f"Problem:\n{problem}\n\nSolution:\n{work}\n\nFinal answer: {answer}\n\n"
+            f"{FORMAT_ASK}\n{json.dumps(schema, ensure_ascii=False)}")
+    return [{"role": "system", "content": FORMAT_SYSTEM}, {"role": "user", "content": user}]
+
+
 def baseline_messages(problem: str) -> list[Message]:
     """The single-call baseline: the inference model alone, no templates, no navigator."""
     return [{"role": "system", "content": "You are a careful mathematician."},

@@ -21,6 +21,7 @@ micro-batchers so concurrent sessions reach the model together.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from pipelines.grader import GRADE_TIMEOUT_S, extract_answer, grade
 from pipelines.llm.base import Backend, ChatRequest, Completion, Message
 from pipelines.llm.calls import call_rows
 from pipelines.navigator import Change, Evaluation, Plan
-from pipelines.parsing import ParseError
+from pipelines.parsing import ParseError, extract_json_object, validate
 from serve import traces
 from serve.batching import Batcher, batchers_for
 from serve.solver_config import SolverConfig
@@ -59,6 +60,10 @@ class SolveResult:
     templates: list[int] = field(default_factory=list)  # template version ids used, in order
     llm_calls: int = 0
     solution: str | None = None  # the result text of the last accepted step
+    steps: list[str] = field(default_factory=list)  # the result texts of the accepted steps, in order
+    # with an answer schema: the answer as a JSON object following it, or why it could not be put so
+    formatted: str | None = None
+    format_error: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -79,8 +84,8 @@ class SessionEnd(Exception):
 class NavigatorUnparseable(SessionEnd):
     """Every attempt at a navigator reply failed to parse; carries the last attempt for the trace."""
 
-    def __init__(self, errors: list[str], messages: list[Message], raw: str):
-        super().__init__("failed", f"navigator output unparseable after {len(errors)} attempts: {errors[-1]}")
+    def __init__(self, errors: list[str], messages: list[Message], raw: str, role: str = "navigator"):
+        super().__init__("failed", f"{role} output unparseable after {len(errors)} attempts: {errors[-1]}")
         self.errors, self.messages, self.raw = errors, messages, raw
 
 
@@ -134,11 +139,16 @@ class Solver:
         reference: str | None = None,
         config: SolverConfig | None = None,
         on_event: EventSink | None = None,
+        answer_schema: dict[str, Any] | None = None,
     ) -> SolveResult:
-        """Run one session to its end (never raises for model behaviour; see SolveResult.status)."""
+        """Run one session to its end (never raises for model behaviour; see SolveResult.status).
+
+        With ANSWER_SCHEMA (a JSON schema whose root is an object) a solved session ends with one more
+        inference call that restates the answer as JSON following it (`SolveResult.formatted`)."""
         if not problem or not problem.strip():
             raise InputError("must not be empty", field="problem")
         run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event)
+        run.answer_schema = answer_schema
         with contextlib.ExitStack() as active:
             for b in {id(b): b for b in self.batchers.values()}.values():
                 active.enter_context(b.session())
@@ -187,6 +197,9 @@ class _Run:
         self._pending_failures: list[dict[str, Any]] = []
         self._round_tokens: dict[str, dict[str, float]] = {}
         self.session_id = 0
+        self.answer_schema: dict[str, Any] | None = None
+        self.formatted: str | None = None
+        self.format_error: str | None = None
 
     # ---------------------------------------------------------------- events and trace
 
@@ -293,27 +306,27 @@ class _Run:
         )
 
     def navigate(
-        self, messages: list[Message], parse: Callable[[str], Any], schema: dict[str, Any]
+        self, messages: list[Message], parse: Callable[[str], Any], schema: dict[str, Any], role: str = "navigator"
     ) -> tuple[Any, list[Message], str, list[str]]:
         """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
 
-        An unparseable reply is shown back to the navigator with what is wrong, at most
+        An unparseable reply is shown back to the ROLE with what is wrong, at most
         parse_retries times; the retry prompt is the original plus the last bad reply, so it stays bounded.
         """
         attempt_msgs = messages
         errors: list[str] = []
         for attempt in range(self.cfg.parse_retries + 1):
-            c = self.call("navigator", attempt_msgs, schema)
+            c = self.call(role, attempt_msgs, schema)
             try:
                 return parse(c.text), attempt_msgs, c.text, errors
             except ParseError as e:
                 errors.append(str(e))
                 self._pending_failures.append(
-                    {"attempt": attempt, "reason": f"unparseable navigator output: {e}", "raw_output": c.text}
+                    {"attempt": attempt, "reason": f"unparseable {role} output: {e}", "raw_output": c.text}
                 )
                 last_msgs, last_raw = attempt_msgs, c.text
                 attempt_msgs = navigator.retry_messages(messages, c.text, str(e))
-        raise NavigatorUnparseable(errors, last_msgs, last_raw)
+        raise NavigatorUnparseable(errors, last_msgs, last_raw, role)
 
     # ---------------------------------------------------------------- retrieval
 
@@ -358,7 +371,28 @@ class _Run:
         if status == "solved" and answer is None:
             status, reason = "failed", "no final answer in the navigator's verdict or the step results"
         correct = None if self.reference is None else bounded_grade(answer, self.reference)
+        if self.answer_schema is not None and answer is not None:
+            self.format_answer(answer)
         return self.finish(status, reason, answer, source, correct)
+
+    def format_answer(self, answer: str) -> None:
+        """The answer as JSON following answer_schema (into self.formatted), or why not (self.format_error).
+
+        Asked of the inference role with the schema (constrained where its backend is configured to) and
+        parsed by the one reply parser; a reply that does not follow the schema is re-asked like the
+        navigator's."""
+        schema = self.answer_schema or {}
+        messages = prompts.format_messages(self.problem, [r for _, r in self.accepted], answer, schema)
+
+        def parse(text: str) -> str:
+            value = extract_json_object(text)
+            validate(value, schema, "formatted answer")
+            return json.dumps(value, ensure_ascii=False)
+
+        try:
+            self.formatted = self.navigate(messages, parse, schema, role="inference")[0]
+        except SessionEnd as end:  # the answer stands; only its restatement failed
+            self.format_error = f"the answer could not be put in the requested format: {end.reason}"
 
     def finish(
         self, status: str, reason: str | None, answer: str | None, source: str | None, correct: bool | None
@@ -374,13 +408,11 @@ class _Run:
             "correct": correct,
             "latency_ms": latency,
         }
+        adjustment = {"answer": answer, "source": source, "status": status, "reason": reason}
+        if self.answer_schema is not None:
+            adjustment.update(formatted=self.formatted, format_error=self.format_error)
         try:
-            self.write_round(
-                "final",
-                finish=end,
-                evaluation=text,
-                adjustment={"answer": answer, "source": source, "status": status, "reason": reason},
-            )
+            self.write_round("final", finish=end, evaluation=text, adjustment=adjustment)
         except Exception:
             log.exception("could not write the final round of session %s", self.session_id)
             traces.finish_session(self.s.db, self.session_id, rounds=self.rounds, tokens=self.tokens, **end)
@@ -396,6 +428,9 @@ class _Run:
             templates=self.templates,
             llm_calls=self.calls,
             solution=self.last_result,
+            steps=[r for _, r in self.accepted],
+            formatted=self.formatted,
+            format_error=self.format_error,
         )
         self.emit({"event": "done", **result.to_dict()})
         return result
