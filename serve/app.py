@@ -1,14 +1,14 @@
 """The HTTP service: solve over HTTP (plain and OpenAI-compatible), sessions, template search, health.
 
     POST /v1/solve                 {"problem": ...} -> answer + session id (stream: SSE per round)
-    POST /v1/chat/completions      OpenAI chat API, model "reasonflux" -> the solver's answer (stream too)
-    GET  /v1/models                the one model, for OpenAI clients that list first
+    POST /v1/chat/completions      OpenAI chat API -> the solver's answer (serve/openai_compat.py: as vLLM's)
+    GET  /v1/models[/{id}]         the one model ("reasonflux" or --served-model-name)
     GET  /v1/sessions/{id}         a stored trace (?render=true adds the readable text)
     GET  /v1/templates/search      live KB retrieval
     GET  /healthz                  database and each role's backend, really asked (never needs the token)
 
 Every error, 4xx or 5xx, unknown routes included, has OpenAI's shape ({"error": {message, type, code,
-param}}); a session whose backend is down is a 502 (or 503 when unreachable), never a 200 whose answer
+param}}; a body that does not validate is a 400 invalid_request_error); a session whose backend is down is a 502 (or 503 when unreachable), never a 200 whose answer
 is the error. Each solve's session id is in the `X-Reasonflux-Session-Id` header and in the body.
 
 Sessions run on worker threads (at most `max_concurrent` at once); their LLM calls meet in the

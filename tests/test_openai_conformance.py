@@ -208,3 +208,26 @@ def test_a_backend_that_is_down_is_a_5xx_in_the_error_shape(serve):
         with pytest.raises(openai.InternalServerError) as e:
             _create(client, **kw)
         assert e.value.status_code == 503 and _error_of(e)["type"] == "api_error", kw
+
+
+def test_serve_served_model_name_names_the_model(cli, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    import serve.commands.serve as serve_cmd
+
+    listed = []
+
+    class Server:  # uvicorn's place: ask the app that `serve` built instead of listening
+        stopped_by = None
+
+        def __init__(self, config):
+            self.app = config.app
+
+        def run(self):
+            with TestClient(self.app) as http:
+                listed.append(http.get("/v1/models/org/math-solver").json())
+
+    monkeypatch.setattr(serve_cmd, "_server_class", lambda: Server)
+    cli("serve", "--navigator", "scripted", "--served-model-name", "org/math-solver")
+    assert listed == [{"id": "org/math-solver", "object": "model", "created": 0, "owned_by": "reasonflux",
+                       "root": "org/math-solver", "parent": None}]

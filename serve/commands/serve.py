@@ -81,7 +81,9 @@ def serve_cmd(
     "reasonflux" unless --served-model-name), GET /v1/sessions/ID, GET /v1/templates/search, GET /healthz;
     schema at /openapi.json.
 
-    --max-rounds and --max-tokens are also the most a request may ask for. Errors are OpenAI-shaped;
+    --max-rounds and --token-budget are the defaults and the most a session may be given (a chat request's
+    reasonflux.max_rounds and reasonflux.token_budget, /v1/solve's max_rounds and max_tokens). Errors are
+    OpenAI-shaped;
     a session whose backend is down answers 502/503. SIGTERM stops it like Ctrl-C.
     """
     import uvicorn
