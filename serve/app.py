@@ -43,7 +43,7 @@ from kb.db import Database
 from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
 from kb.secrets import scrub
-from pipelines.llm.base import ChatRequest, SamplingParams
+from pipelines.llm.base import SAMPLING_EXTRAS, ChatRequest, SamplingParams
 from serve import openai_compat as oa
 from serve.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -493,7 +493,9 @@ def create_app(
 
     def _sampling_extras(body: oa.ChatCompletionRequest) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """{role: the vLLM sampling extras its backend takes}, and the extras no role's backend takes."""
-        given = {k: getattr(body, k) for k in oa.SAMPLING_EXTRAS if getattr(body, k) is not None}
+        given = {k: getattr(body, k) for k in SAMPLING_EXTRAS if getattr(body, k) is not None}
+        if given.get("top_k", 1) <= 0:  # vLLM's "no top-k" (-1 or 0): every backend's default
+            del given["top_k"]
         per_role = {role: {k: v for k, v in given.items() if k in getattr(b, "sampling_extras", ())}
                     for role, b in solver.backends.items()}
         return per_role, [k for k in given if not any(k in taken for taken in per_role.values())]

@@ -28,8 +28,6 @@ from kb.output import dumps, to_jsonable
 from kb.secrets import scrub
 from serve.solver import SolveResult
 
-# vLLM's sampling parameters beyond OpenAI's: honoured by roles whose backend takes them, else ignored
-SAMPLING_EXTRAS = ("top_k", "min_p", "repetition_penalty")
 WARNING_HEADER = "Warning"
 
 

@@ -372,7 +372,10 @@ class _Run:
             status, reason = "failed", "no final answer in the navigator's verdict or the step results"
         correct = None if self.reference is None else bounded_grade(answer, self.reference)
         if self.answer_schema is not None and answer is not None:
-            self.format_answer(answer)
+            try:
+                self.format_answer(answer)
+            except SessionEnd as end:  # its backend failed: the session failed, as in any other round
+                status, reason = end.status, end.reason
         return self.finish(status, reason, answer, source, correct)
 
     def format_answer(self, answer: str) -> None:
@@ -391,7 +394,10 @@ class _Run:
 
         try:
             self.formatted = self.navigate(messages, parse, schema, role="inference")[0]
-        except SessionEnd as end:  # the answer stands; only its restatement failed
+        except SessionEnd as end:
+            if end.status == "failed" and not isinstance(end, NavigatorUnparseable):
+                raise  # a backend error
+            # the answer stands; only its restatement failed (unparseable, or a limit reached)
             self.format_error = f"the answer could not be put in the requested format: {end.reason}"
 
     def finish(

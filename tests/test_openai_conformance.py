@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import openai
 import pytest
 import sqlalchemy as sa
 
+from pipelines import prompts
 from pipelines.llm.openai_backend import OpenAIBackend
-from pipelines.llm.scripted import play_along_backend
+from pipelines.llm.scripted import PlayAlong, ScriptedBackend, play_along_backend
 from serve.app import SESSION_HEADER
+from serve.traces import get_session
 from tests.llm_server import dead_url
 from tests.solve_helpers import Service, add_templates
 
@@ -26,7 +29,8 @@ def serve(db):
     started = []
 
     def start(backend=None, **kw):
-        add_templates(db) if not started else None
+        if not started:
+            add_templates(db)
         started.append(Service(db, backend or play_along_backend(ANSWERS), token=TOKEN, **kw))
         return openai.OpenAI(base_url=f"{started[-1].url}/v1", api_key=TOKEN, max_retries=0, timeout=60)
 
@@ -127,8 +131,11 @@ def test_n_runs_independent_sessions_one_choice_each(serve):
 
 def test_response_format_delivers_the_answer_as_json_or_says_why_not(serve, db):
     client = serve()
-    obj = _create(client, response_format={"type": "json_object"}).choices[0].message
+    resp = _create(client, response_format={"type": "json_object"})
+    obj = resp.choices[0].message
     assert json.loads(obj.content) == {"answer": "4"} and obj.refusal is None
+    final = get_session(db, resp.model_extra["session_id"])["rounds_detail"][-1]
+    assert json.loads(final["adjustment"]["formatted"]) == {"answer": "4"}  # the trace keeps it
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
     fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
     assert json.loads(_create(client, response_format=fmt).choices[0].message.content) == {"answer": "4"}
@@ -140,6 +147,7 @@ def test_response_format_delivers_the_answer_as_json_or_says_why_not(serve, db):
     message = refused.choices[0].message
     assert message.content is None and "could not be put in the requested format" in message.refusal
     assert "result" in message.refusal  # the schema violation is named
+    assert refused.model_extra["reasonflux"]["answer"] == "4"  # the session itself was solved
     with pytest.raises(openai.BadRequestError) as e:
         _create(client, response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": {
             "type": "object", "properties": {"x": {"type": "no-such-type"}}}}})
@@ -173,6 +181,9 @@ def test_vllm_sampling_extras_reach_roles_that_take_them_else_a_warning(serve, d
     assert params == [("20", None)]
     no_extras = takes_top_k.chat.completions.with_raw_response.create(model="reasonflux", messages=ASK)
     assert "warning" not in no_extras.headers
+    no_top_k = plain.chat.completions.with_raw_response.create(  # vLLM's "no top-k": what every backend does
+        model="reasonflux", messages=ASK, extra_body={"top_k": -1})
+    assert "warning" not in no_top_k.headers
 
 
 def test_models_can_be_retrieved_by_id_under_the_served_name(serve):
@@ -208,6 +219,15 @@ def test_a_backend_that_is_down_is_a_5xx_in_the_error_shape(serve):
         with pytest.raises(openai.InternalServerError) as e:
             _create(client, **kw)
         assert e.value.status_code == 503 and _error_of(e)["type"] == "api_error", kw
+
+    def refuse(messages):
+        raise LookupError("the format call failed")  # what the scripted backend returns as an error
+
+    fails_at_the_end = ScriptedBackend(rules=[(re.escape(prompts.FORMAT_ASK), refuse)], default=PlayAlong(ANSWERS))
+    late = serve(fails_at_the_end)
+    with pytest.raises(openai.InternalServerError) as e:
+        _create(late, response_format={"type": "json_object"})
+    assert e.value.status_code == 502 and "the format call failed" in _error_of(e)["message"]
 
 
 def test_serve_served_model_name_names_the_model(cli, monkeypatch):
