@@ -43,7 +43,7 @@ from kb.db import Database
 from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
 from kb.secrets import scrub
-from pipelines.llm.base import SAMPLING_EXTRAS, ChatRequest, SamplingParams
+from pipelines.llm.base import ChatRequest, SamplingParams
 from serve import openai_compat as oa
 from serve.limits import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -491,15 +491,6 @@ def create_app(
                            code="model_not_found", param="model")
         return model_card
 
-    def _sampling_extras(body: oa.ChatCompletionRequest) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        """{role: the vLLM sampling extras its backend takes}, and the extras no role's backend takes."""
-        given = {k: getattr(body, k) for k in SAMPLING_EXTRAS if getattr(body, k) is not None}
-        if given.get("top_k", 1) <= 0:  # vLLM's "no top-k" (-1 or 0): every backend's default
-            del given["top_k"]
-        per_role = {role: {k: v for k, v in given.items() if k in getattr(b, "sampling_extras", ())}
-                    for role, b in solver.backends.items()}
-        return per_role, [k for k in given if not any(k in taken for taken in per_role.values())]
-
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)])
     async def chat_completions(body: oa.ChatCompletionRequest):
         if body.model != model_name:
@@ -514,7 +505,7 @@ def create_app(
         problem = oa.problem_from_messages(body.messages)
         schema = oa.answer_schema(body.response_format)
         kw = _limits(problem, body.reasonflux.max_rounds, body.reasonflux.token_budget, "reasonflux.token_budget")
-        extras, ignored = _sampling_extras(body)
+        extras, ignored = oa.sampling_extras(body, solver.backends)
         headers = oa.warning(ignored)
         # n independent sessions: with a seed, each its own (seed, seed+1, ...)
         kws = [{**kw, "answer_schema": schema,

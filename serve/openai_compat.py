@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kb.output import dumps, to_jsonable
 from kb.secrets import scrub
+from pipelines.llm.base import SAMPLING_EXTRAS
 from serve.solver import SolveResult
 
 WARNING_HEADER = "Warning"
@@ -242,6 +243,16 @@ def _text_parts(parts: list[dict[str, Any]], where: str) -> list[str]:
                            code="invalid_type", param=f"{where}[{j}].text")
         texts.append(text)
     return texts
+
+
+def sampling_extras(body: ChatCompletionRequest, backends: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """{role: the vLLM sampling extras its backend takes (`sampling_extras`)}, and those no role takes."""
+    given = {k: getattr(body, k) for k in SAMPLING_EXTRAS if getattr(body, k) is not None}
+    if given.get("top_k", 1) <= 0:  # vLLM's "no top-k" (-1 or 0): every backend's default
+        del given["top_k"]
+    per_role = {role: {k: v for k, v in given.items() if k in getattr(b, "sampling_extras", ())}
+                for role, b in backends.items()}
+    return per_role, [k for k in given if not any(k in taken for taken in per_role.values())]
 
 
 def warning(ignored: list[str]) -> dict[str, str]:
