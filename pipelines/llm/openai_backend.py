@@ -96,7 +96,7 @@ class OpenAIBackend:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
-        body.update(p.extras())
+        body.update({k: v for k, v in p.extras().items() if k in self.sampling_extras})
         if dialect is not None:
             body["response_format"] = response_format(dialect, decoding_schema(req.response_schema))
         body.update(self.extra_body)
