@@ -66,11 +66,15 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     if kind == "json_invalid":
         reason = (first.get("ctx") or {}).get("error", "malformed")
         return ApiError(400, f"the request body is not valid JSON: {reason}", code="invalid_json")
+    # worded as OpenAI's API words them
     if kind == "extra_forbidden":
-        return ApiError(400, f"unrecognized request argument supplied: {param}", code="unknown_parameter",
+        return ApiError(400, f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param)
+    if kind == "missing" and param is not None:
+        return ApiError(400, f"Missing required parameter: '{param}'.", code="missing_required_parameter",
                         param=param)
-    if kind == "missing" and param is None:
-        return ApiError(400, "the request body is missing", code="invalid_request")
+    if param is None:  # the body as a whole: absent, or not a JSON object (or sent without its content type)
+        return ApiError(400, "the request body must be a JSON object (Content-Type: application/json)",
+                        code="invalid_json")
     problems = "; ".join(
         f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in errors)
     code = "invalid_type" if kind.endswith(("_type", "_parsing")) or kind == "missing" else "invalid_value"

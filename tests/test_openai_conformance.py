@@ -58,13 +58,17 @@ def test_bad_bodies_are_400_invalid_request_errors_naming_the_parameter(serve):
             _create(client, extra_body=extra)
         errors.append(_error_of(e))
         assert errors[-1]["type"] == "invalid_request_error" and errors[-1]["param"] == param, errors[-1]
-    assert errors[0]["message"] == "unrecognized request argument supplied: frobnicate"
+    assert errors[0]["message"] == "Unknown parameter: 'frobnicate'."
     assert errors[0]["code"] == "unknown_parameter" and errors[1]["code"] == "invalid_type"
     with httpx.Client(base_url=str(client.base_url), headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         r = http.post("chat/completions", content=b'{"model": "reasonflux", "messages": [',
                       headers={"content-type": "application/json"})
     assert r.status_code == 400 and set(r.json()) == {"error"}, r.text
     assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_json"
+    with httpx.Client(base_url=str(client.base_url), headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        missing = http.post("chat/completions", json={"model": "reasonflux"}).json()["error"]
+    assert missing == {"message": "Missing required parameter: 'messages'.", "type": "invalid_request_error",
+                       "code": "missing_required_parameter", "param": "messages"}
 
 
 def test_max_tokens_caps_the_completion_and_the_session_budget_is_an_extension(serve, db):
