@@ -70,7 +70,10 @@ class SolveResult:
         return traces.total_tokens(self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_tokens": self.total_tokens}
+        d = {**asdict(self), "total_tokens": self.total_tokens}
+        if self.formatted is None and self.format_error is None:  # no answer schema was asked for
+            del d["formatted"], d["format_error"]
+        return d
 
 
 class SessionEnd(Exception):
