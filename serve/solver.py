@@ -7,6 +7,7 @@
         the navigator judges the result: continue | adjust (change the step's template,
         insert or remove steps) | stop (with the final answer)
     final answer: the navigator's, or extracted from the last accepted step's result
+    (with an answer schema, as the serving API's response_format asks: restated as JSON by the inference LLM)
 
 The navigator is asked and parsed through the navigator contract (`pipelines.navigator`), the same one
 sampling and the exports use, so a navigator trained on this project's exports is asked what it learned.
@@ -85,7 +86,8 @@ class SessionEnd(Exception):
 
 
 class NavigatorUnparseable(SessionEnd):
-    """Every attempt at a navigator reply failed to parse; carries the last attempt for the trace."""
+    """Every attempt at a navigator reply (or another JSON reply: the formatted answer) failed to parse;
+    carries the last attempt for the trace."""
 
     def __init__(self, errors: list[str], messages: list[Message], raw: str, role: str = "navigator"):
         super().__init__("failed", f"{role} output unparseable after {len(errors)} attempts: {errors[-1]}")
@@ -150,8 +152,7 @@ class Solver:
         inference call that restates the answer as JSON following it (`SolveResult.formatted`)."""
         if not problem or not problem.strip():
             raise InputError("must not be empty", field="problem")
-        run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event)
-        run.answer_schema = answer_schema
+        run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event, answer_schema)
         with contextlib.ExitStack() as active:
             for b in {id(b): b for b in self.batchers.values()}.values():
                 active.enter_context(b.session())
@@ -184,8 +185,10 @@ class _Run:
         problem_id: int | None,
         reference: str | None,
         on_event: EventSink | None,
+        answer_schema: dict[str, Any] | None = None,
     ):
         self.s, self.problem, self.cfg = solver, problem, config
+        self.answer_schema = answer_schema
         self.problem_id, self.reference, self.on_event = problem_id, reference, on_event
         self.t0 = time.monotonic()
         self.deadline = self.t0 + config.max_seconds
@@ -200,7 +203,6 @@ class _Run:
         self._pending_failures: list[dict[str, Any]] = []
         self._round_tokens: dict[str, dict[str, float]] = {}
         self.session_id = 0
-        self.answer_schema: dict[str, Any] | None = None
         self.formatted: str | None = None
         self.format_error: str | None = None
 
