@@ -1,5 +1,6 @@
 """The prompts of every role but the navigator (whose requests are the navigator contract,
-`pipelines.navigator`): mining, rollouts of a whole trajectory, one solver step, the single-call baseline.
+`pipelines.navigator`): mining, rollouts of a whole trajectory, one solver step, the single-call baseline,
+and a solved problem's answer restated as JSON (the serving API's `response_format`).
 
 The stage prompts (mine, inference) are a system text and a user text with `$placeholders`
 (string.Template: JSON braces in a prompt need no escaping). A prompts directory (`[prompts] dir` in the
