@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 
 import httpx
 import openai
@@ -115,6 +116,23 @@ def test_stream_sends_the_answer_as_it_is_produced_and_usage_only_when_asked(ser
     with pytest.raises(openai.BadRequestError) as e:  # as OpenAI and vLLM: only with stream=true
         _create(client, stream_options={"include_usage": True})
     assert _error_of(e)["param"] == "stream_options"
+
+
+def test_a_step_result_reaches_the_client_while_the_session_still_runs(serve):
+    play, release = PlayAlong(ANSWERS), threading.Event()
+
+    def second_step(messages):  # carried out only once the client has the first step's result
+        if not release.wait(10):
+            raise LookupError("the first step's result was not streamed before the second step")
+        return play(messages)
+
+    client = serve(ScriptedBackend(rules=[("Your step now: Apply", second_step)], default=play))
+    deltas = []
+    for chunk in _create(client, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            deltas.append(chunk.choices[0].delta.content)
+            release.set()
+    assert len(deltas) == 3 and deltas[-1].endswith("\\boxed{4}")
 
 
 def test_n_runs_independent_sessions_one_choice_each(serve):
