@@ -1,5 +1,6 @@
 """The prompts of every role but the navigator (whose requests are the navigator contract,
-`pipelines.navigator`): mining, rollouts of a whole trajectory, one solver step, the single-call baseline.
+`pipelines.navigator`): mining, rollouts of a whole trajectory, one solver step, the single-call baseline,
+and a solved problem's answer restated as JSON (the serving API's `response_format`).
 
 The stage prompts (mine, inference) are a system text and a user text with `$placeholders`
 (string.Template: JSON braces in a prompt need no escaping). A prompts directory (`[prompts] dir` in the
@@ -123,6 +124,20 @@ def step_messages(problem: str, abstraction: str, done: list[tuple[str, str]], s
             f"Your step now: {step}\n\n{format_template(hit)}\n\n"
             "Carry out this step only. If it gives the final answer to the problem, end with \\boxed{answer}.")
     return [{"role": "system", "content": STEP_SYSTEM}, {"role": "user", "content": user}]
+
+
+FORMAT_SYSTEM = ("You restate the result of a solved math problem as one JSON object. Reply with the JSON object "
+                 "and nothing else.")
+FORMAT_ASK = "Reply with one JSON object that follows this JSON schema and carries the final answer:"
+
+
+def format_messages(problem: str, steps: list[str], answer: str, schema: dict[str, Any]) -> list[Message]:
+    """Restate a solved problem's ANSWER (reached through STEPS) as JSON following SCHEMA (the serving API's
+    `response_format`)."""
+    work = "\n\n".join(steps) or "(no written steps)"
+    user = (f"Problem:\n{problem}\n\nSolution:\n{work}\n\nFinal answer: {answer}\n\n"
+            f"{FORMAT_ASK}\n{json.dumps(schema, ensure_ascii=False)}")
+    return [{"role": "system", "content": FORMAT_SYSTEM}, {"role": "user", "content": user}]
 
 
 def baseline_messages(problem: str) -> list[Message]:

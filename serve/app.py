@@ -1,14 +1,14 @@
 """The HTTP service: solve over HTTP (plain and OpenAI-compatible), sessions, template search, health.
 
     POST /v1/solve                 {"problem": ...} -> answer + session id (stream: SSE per round)
-    POST /v1/chat/completions      OpenAI chat API, model "reasonflux" -> the solver's answer (stream too)
-    GET  /v1/models                the one model, for OpenAI clients that list first
+    POST /v1/chat/completions      OpenAI chat API -> the solver's answer (serve/openai_compat.py: as vLLM's)
+    GET  /v1/models[/{id}]         the one model ("reasonflux" or --served-model-name)
     GET  /v1/sessions/{id}         a stored trace (?render=true adds the readable text)
     GET  /v1/templates/search      live KB retrieval
     GET  /healthz                  database and each role's backend, really asked (never needs the token)
 
 Every error, 4xx or 5xx, unknown routes included, has OpenAI's shape ({"error": {message, type, code,
-param}}); a session whose backend is down is a 502 (or 503 when unreachable), never a 200 whose answer
+param}}; a body that does not validate is a 400 invalid_request_error); a session whose backend is down is a 502 (or 503 when unreachable), never a 200 whose answer
 is the error. Each solve's session id is in the `X-Reasonflux-Session-Id` header and in the body.
 
 Sessions run on worker threads (at most `max_concurrent` at once); their LLM calls meet in the
@@ -27,7 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import sqlalchemy as sa
@@ -44,12 +44,14 @@ from kb.errors import ConflictError, KbError, NotFound
 from kb.output import dumps, to_jsonable
 from kb.secrets import scrub
 from pipelines.llm.base import ChatRequest, SamplingParams
+from serve import openai_compat as oa
 from serve.limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     DEFAULT_MAX_PROBLEM_CHARS,
 )
+from serve.openai_compat import ApiError, error_body
 from serve.solver import Solver, SolveResult
 from serve.traces import get_session, render_trace
 
@@ -58,22 +60,6 @@ PUBLIC_PATHS = {"/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "
 SESSION_HEADER = "X-Reasonflux-Session-Id"
 HEALTH_TTL_S = 10.0  # backend probes are cached this long, so frequent health checks cost no LLM calls
 MAX_ID = 2**63 - 1
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        code: str = "invalid_request",
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.code, self.kind = status, message, code, kind
-        self.param, self.headers = param, headers
 
 
 # ------------------------------------------------------------------ request and response bodies
@@ -104,82 +90,6 @@ class SolveResponse(BaseModel):
     latency_ms: float
     templates: list[int]
     llm_calls: int
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatCompletionRequest(BaseModel):
-    """Every chat-completions parameter is named here and either honoured or refused (docs/serving.md);
-    an unknown one is a 422 naming it, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    # honoured
-    max_tokens: int | None = Field(None, ge=1, description="The session's token budget (both roles).")
-    max_completion_tokens: int | None = Field(None, ge=1, description="Same as max_tokens.")
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    n: int | None = Field(None, ge=1, description="Only 1.")
-    user: str | None = None
-    metadata: dict[str, str] | None = None
-    reasonflux_progress: bool = Field(False, description="Progress lines in the streamed content.")
-    # refused unless absent or neutral
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
-    stop: str | list[str] | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, Any] | None = None
-    store: bool | None = None
-    modalities: list[str] | None = None
-    audio: dict[str, Any] | None = None
-    prediction: dict[str, Any] | None = None
-    reasoning_effort: str | None = None
-    service_tier: str | None = None
-    web_search_options: dict[str, Any] | None = None
-
-
-def _refused(body: ChatCompletionRequest) -> tuple[str, str] | None:
-    """The first parameter this server cannot honour, with why; None when all can be."""
-    checks = (
-        ("n", body.n not in (None, 1), "only n=1: one solve session per request"),
-        ("tools", bool(body.tools), "the solver does not call tools"),
-        ("tool_choice", body.tool_choice not in (None, "none"), "the solver does not call tools"),
-        ("parallel_tool_calls", bool(body.parallel_tool_calls), "the solver does not call tools"),
-        ("functions", bool(body.functions), "the solver does not call functions"),
-        ("function_call", body.function_call not in (None, "none"), "the solver does not call functions"),
-        ("response_format", (body.response_format or {"type": "text"}).get("type") != "text",
-         "only text answers"),
-        ("stop", bool(body.stop), "the solver's rounds use their own stop sequences"),
-        ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "no log-probabilities"),
-        ("presence_penalty", bool(body.presence_penalty), "not supported"),
-        ("frequency_penalty", bool(body.frequency_penalty), "not supported"),
-        ("logit_bias", bool(body.logit_bias), "not supported"),
-        ("store", bool(body.store), "sessions are always stored in the KB; `store` cannot change that"),
-        ("modalities", body.modalities not in (None, ["text"]), "only text"),
-        ("audio", body.audio is not None, "only text"),
-        ("prediction", body.prediction is not None, "not supported"),
-        ("reasoning_effort", body.reasoning_effort is not None, "use max_tokens to bound a session"),
-        ("service_tier", body.service_tier not in (None, "auto", "default"), "not supported"),
-        ("web_search_options", body.web_search_options is not None, "no web search"),
-    )
-    return next(((name, why) for name, refused, why in checks if refused), None)
 
 
 # ------------------------------------------------------------------ the app
@@ -295,9 +205,10 @@ def _check_token(header: str, token: str) -> str | None:
     """What is wrong with an Authorization header, or None when it carries the token."""
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        return "missing bearer token (Authorization: Bearer <token>)"
+        # worded so the secret scrubber (which hides what follows "Bearer ") leaves it readable
+        return "You didn't provide an API key. Send it in the Authorization header, scheme Bearer."
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        return "invalid bearer token"
+        return "Incorrect API key provided."
     return None
 
 
@@ -310,7 +221,7 @@ async def _send(
     extra_headers: list[tuple[bytes, bytes]] | None = None,
     param: str | None = None,
 ) -> None:
-    payload = dumps(_error_body(message, kind, code, param)).encode()
+    payload = dumps(error_body(message, kind, code, param)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -325,12 +236,6 @@ async def _send(
     await send({"type": "http.response.body", "body": payload})
 
 
-def _error_body(message: str, kind: str, code: str, param: str | None = None) -> dict[str, Any]:
-    # OpenAI's error shape, which OpenAI clients turn into typed exceptions; `detail` for everyone else.
-    message = scrub(message)
-    return {"error": {"message": message, "type": kind, "code": code, "param": param}, "detail": message}
-
-
 def _error(
     status: int,
     message: str,
@@ -339,7 +244,7 @@ def _error(
     headers: dict[str, str] | None = None,
     param: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(_error_body(message, kind, code, param), status_code=status, headers=headers)
+    return JSONResponse(error_body(message, kind, code, param), status_code=status, headers=headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
@@ -373,8 +278,10 @@ def create_app(
     max_concurrent: int = 32,
     max_problem_chars: int = DEFAULT_MAX_PROBLEM_CHARS,
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+    model_name: str = MODEL_NAME,
 ) -> FastAPI:
-    """The service around one Solver; its config caps what a request may ask for (rounds, tokens)."""
+    """The service around one Solver; its config caps what a request may ask for (rounds, tokens).
+    MODEL_NAME is the model id OpenAI clients ask for (`--served-model-name`)."""
     app = FastAPI(
         title="reasonflux",
         version=__version__,
@@ -412,15 +319,11 @@ def create_app(
         return _error(status, str(e), type(e).__name__)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg')}" for err in e.errors()
-        )
-        first = next(iter(e.errors()), {})
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return _error(422, f"invalid request: {problems}", "invalid_request", param=param)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        return await _api_error(request, oa.validation_error(list(e.errors())))
 
-    def _limits(problem: str, max_rounds: int | None, max_tokens: int | None) -> dict[str, Any]:
+    def _limits(problem: str, max_rounds: int | None, max_tokens: int | None,
+                budget_name: str = "max_tokens") -> dict[str, Any]:
         cfg = solver.config
         if len(problem) > max_problem_chars:
             raise ApiError(
@@ -437,18 +340,22 @@ def create_app(
         if max_tokens is not None and max_tokens > cfg.token_budget:
             raise ApiError(
                 400,
-                f"max_tokens {max_tokens} exceeds this server's limit of {cfg.token_budget}",
+                f"{budget_name} {max_tokens} exceeds this server's limit of {cfg.token_budget}",
                 code="max_tokens_too_large",
+                param=budget_name,
             )
         return {"config": cfg.with_overrides(max_rounds=max_rounds, token_budget=max_tokens)}
 
-    def _sampling(config: Any, **changes: Any) -> Any:
-        """The request's temperature/top_p/seed for both roles' calls of this session."""
+    def _sampling(config: Any, extras: dict[str, dict[str, Any]] | None = None, **changes: Any) -> Any:
+        """The request's temperature/top_p/seed for both roles' calls of this session, and EXTRAS
+        ({role: vLLM sampling extras}) for the roles whose backend takes them."""
         changes = {k: v for k, v in changes.items() if v is not None}
-        if not changes:
+        extras = extras or {}
+        if not changes and not any(extras.values()):
             return config
-        return config.with_overrides(navigator_params=replace(config.navigator_params, **changes),
-                                     inference_params=replace(config.inference_params, **changes))
+        return config.with_overrides(
+            navigator_params=replace(config.navigator_params, **changes, **extras.get("navigator", {})),
+            inference_params=replace(config.inference_params, **changes, **extras.get("inference", {})))
 
     async def _solve(problem: str, on_event: Callable | None = None, **kw: Any) -> SolveResult:
         return await anyio.to_thread.run_sync(
@@ -570,40 +477,58 @@ def create_app(
         return JSONResponse(scrub(to_jsonable(_solve_response(result))),
                             headers={SESSION_HEADER: str(result.session_id)})
 
+    model_card = {"id": model_name, "object": "model", "created": 0, "owned_by": "reasonflux",
+                  "root": model_name, "parent": None}
+
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": MODEL_NAME, "object": "model", "created": 0, "owned_by": "reasonflux"}],
-        }
+        return {"object": "list", "data": [model_card]}
+
+    @app.get("/v1/models/{model_id:path}", tags=["openai"], dependencies=[Depends(authorize)])
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != model_name:
+            raise ApiError(404, f"the model {model_id!r} does not exist; this server serves {model_name!r}",
+                           code="model_not_found", param="model")
+        return model_card
 
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)])
-    async def chat_completions(body: ChatCompletionRequest):
-        if body.model != MODEL_NAME:
-            raise ApiError(
-                404,
-                f"model {body.model!r} does not exist; this server serves {MODEL_NAME!r}",
-                code="model_not_found",
-            )
-        if (refused := _refused(body)) is not None:
+    async def chat_completions(body: oa.ChatCompletionRequest):
+        if body.model != model_name:
+            raise ApiError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
+                           code="model_not_found", param="model")
+        if (refused := oa.refused(body)) is not None:
             raise ApiError(400, f"{refused[0]} is not supported: {refused[1]}", code="unsupported_parameter",
                            param=refused[0])
-        problem = _problem_from_messages(body.messages)
-        kw = _limits(problem, None, body.max_completion_tokens or body.max_tokens)
-        kw["config"] = _sampling(kw["config"], temperature=body.temperature, top_p=body.top_p, seed=body.seed)
+        if body.n > max_concurrent:
+            raise ApiError(400, f"n {body.n} exceeds this server's {max_concurrent} concurrent sessions",
+                           code="invalid_value", param="n")
+        problem = oa.problem_from_messages(body.messages)
+        schema = oa.answer_schema(body.response_format)
+        kw = _limits(problem, body.reasonflux.max_rounds, body.reasonflux.token_budget, "reasonflux.token_budget")
+        extras, ignored = oa.sampling_extras(body, solver.backends)
+        headers = oa.warning(ignored)
+        # n independent sessions: with a seed, each its own (seed, seed+1, ...)
+        kws = [{**kw, "answer_schema": schema,
+                "config": _sampling(kw["config"], extras, temperature=body.temperature, top_p=body.top_p,
+                                    seed=None if body.seed is None else body.seed + i)} for i in range(body.n)]
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        shown = {"structured": schema is not None, "limit": body.completion_cap}
         if body.stream:
-            held, rest = await _started(problem, **kw)
+            started = await asyncio.gather(*(_started(problem, **k) for k in kws))
+            events = oa.merged([_replay(held, rest) for held, rest in started])
+            sids = [_session_header(held) for held, _ in started]
             return StreamingResponse(
-                _chat_stream(_replay(held, rest), cid, created, progress=body.reasonflux_progress),
+                oa.chat_stream(events, body.n, cid, created, model_name, progress=body.progress,
+                               include_usage=body.include_usage, **shown),
                 media_type="text/event-stream",
-                headers=_session_header(held),
+                headers={**headers, **_joined(sids)},
             )
-        result = await _solve(problem, **kw)
-        if (down := _backend_down(result)) is not None:
-            raise down
-        return JSONResponse(scrub(_chat_response(result, cid, created)),
-                            headers={SESSION_HEADER: str(result.session_id)})
+        results = await asyncio.gather(*(_solve(problem, **k) for k in kws))
+        for r in results:
+            if (down := _backend_down(r)) is not None:
+                raise down
+        return JSONResponse(scrub(oa.chat_response(list(results), cid, created, model_name, **shown)),
+                            headers={**headers, SESSION_HEADER: ", ".join(str(r.session_id) for r in results)})
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=[Depends(authorize)])
     async def session(
@@ -634,6 +559,12 @@ def create_app(
     return app
 
 
+def _joined(headers: list[dict[str, str]]) -> dict[str, str]:
+    """One session header naming every session of a request (n of them), in choice order."""
+    ids = [h[SESSION_HEADER] for h in headers if SESSION_HEADER in h]
+    return {SESSION_HEADER: ", ".join(ids)} if ids else {}
+
+
 def _session_header(held: list[dict[str, Any]]) -> dict[str, str]:
     sid = next((e.get("session_id") for e in held if e.get("session_id")), None)
     return {SESSION_HEADER: str(sid)} if sid else {}
@@ -641,127 +572,6 @@ def _session_header(held: list[dict[str, Any]]) -> dict[str, str]:
 
 def _solve_response(r: SolveResult) -> dict[str, Any]:
     return {k: v for k, v in r.to_dict().items() if k in SolveResponse.model_fields}
-
-
-def _problem_from_messages(messages: list[ChatMessage]) -> str:
-    """The last user message's text (text parts of a multi-part message joined)."""
-    for m in reversed(messages):
-        if m.role != "user":
-            continue
-        if isinstance(m.content, str):
-            return m.content
-        return "\n".join(_text_parts(m.content or [], f"messages[{messages.index(m)}].content"))
-    raise ApiError(400, "messages must contain a user message with the problem", code="no_user_message")
-
-
-def _text_parts(parts: list[dict[str, Any]], where: str) -> list[str]:
-    texts = []
-    for j, part in enumerate(parts):
-        if part.get("type") != "text":
-            continue
-        text = part.get("text", "")
-        if not isinstance(text, str):
-            raise ApiError(400, f"{where}[{j}].text must be a string, not {type(text).__name__}",
-                           code="invalid_type", param=f"{where}[{j}].text")
-        texts.append(text)
-    return texts
-
-
-def _answer_text(r: SolveResult) -> str:
-    if r.answer is None:
-        return f"No answer ({r.status}: {r.reason or 'no final answer'})."
-    solution = (r.solution or "").strip()
-    return (solution + "\n\n" if solution else "") + f"Final answer: \\boxed{{{r.answer}}}"
-
-
-def _usage(r: SolveResult) -> dict[str, int]:
-    prompt = sum(int(t.get("prompt", 0)) for t in r.tokens.values())
-    completion = sum(int(t.get("completion", 0)) for t in r.tokens.values())
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _chat_response(r: SolveResult, cid: str, created: int) -> dict[str, Any]:
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": MODEL_NAME,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": _answer_text(r)},
-                "finish_reason": _finish_reason(r),
-                "logprobs": None,
-            }
-        ],
-        "usage": _usage(r),
-        "session_id": r.session_id,
-        "reasonflux": to_jsonable(_solve_response(r)),
-    }
-
-
-def _finish_reason(r: SolveResult) -> str:
-    # "length" only when a round or token limit ended the session, as OpenAI means it
-    return "length" if r.status == "limit" else "stop"
-
-
-def _round_line(event: dict[str, Any]) -> str | None:
-    adj = event.get("adjustment") or {}
-    if event.get("kind") == "plan" and adj.get("trajectory"):
-        return (
-            f"[plan] {len(adj['trajectory'])} steps: "
-            + "; ".join(s["text"] for s in adj["trajectory"])
-            + "\n"
-        )
-    if event.get("kind") == "step":
-        tpl = (adj.get("template") or {}).get("name", "no template")
-        return (
-            f"[round {event.get('round_no')}] step {adj.get('step_no')}/{adj.get('n_steps')} with {tpl}: "
-            f"{adj.get('verdict') or 'ended'}\n"
-        )
-    return None
-
-
-async def _chat_stream(
-    events: AsyncIterator[dict[str, Any]], cid: str, created: int, *, progress: bool = False
-) -> AsyncIterator[str]:
-    """OpenAI chunks. Round progress goes into the content only when the client asked for it
-    (`reasonflux_progress`); otherwise it is sent as SSE comments, which clients skip, and which keep the
-    connection alive during long rounds."""
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        body = {
-            "id": cid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": MODEL_NAME,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            **extra,
-        }
-        return f"data: {dumps(scrub(body))}\n\n"
-
-    yield chunk({"role": "assistant", "content": ""})
-    async for event in events:
-        if event["event"] == "round" and (line := _round_line(event)):
-            if progress:
-                yield chunk({"content": line})
-            else:
-                yield ": " + scrub(" ".join(line.split())) + "\n\n"
-        elif event["event"] == "done":
-            r = SolveResult(**{k: v for k, v in event.items() if k in SolveResult.__dataclass_fields__})
-            yield chunk({"content": ("\n" if progress else "") + _answer_text(r)})
-            yield chunk(
-                {},
-                _finish_reason(r),
-                usage=_usage(r),
-                session_id=r.session_id,
-                reasonflux=to_jsonable(_solve_response(r)),
-            )
-        elif event["event"] == "error":
-            yield chunk({"content": f"\nerror: {event['message']}"})
-            yield chunk({}, "stop")
-    yield "data: [DONE]\n\n"
-
-
 
 
 def header_timeout_protocol(timeout_s: float, max_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT) -> type:

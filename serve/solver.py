@@ -7,6 +7,7 @@
         the navigator judges the result: continue | adjust (change the step's template,
         insert or remove steps) | stop (with the final answer)
     final answer: the navigator's, or extracted from the last accepted step's result
+    (with an answer schema, as the serving API's response_format asks: restated as JSON by the inference LLM)
 
 The navigator is asked and parsed through the navigator contract (`pipelines.navigator`), the same one
 sampling and the exports use, so a navigator trained on this project's exports is asked what it learned.
@@ -21,6 +22,7 @@ micro-batchers so concurrent sessions reach the model together.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from pipelines.grader import GRADE_TIMEOUT_S, extract_answer, grade
 from pipelines.llm.base import Backend, ChatRequest, Completion, Message
 from pipelines.llm.calls import call_rows
 from pipelines.navigator import Change, Evaluation, Plan
-from pipelines.parsing import ParseError
+from pipelines.parsing import ParseError, extract_json_object, validate
 from serve import traces
 from serve.batching import Batcher, batchers_for
 from serve.solver_config import SolverConfig
@@ -59,13 +61,20 @@ class SolveResult:
     templates: list[int] = field(default_factory=list)  # template version ids used, in order
     llm_calls: int = 0
     solution: str | None = None  # the result text of the last accepted step
+    steps: list[str] = field(default_factory=list)  # the result texts of the accepted steps, in order
+    # with an answer schema: the answer as a JSON object following it, or why it could not be put so
+    formatted: str | None = None
+    format_error: str | None = None
 
     @property
     def total_tokens(self) -> int:
         return traces.total_tokens(self.tokens)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "total_tokens": self.total_tokens}
+        d = {**asdict(self), "total_tokens": self.total_tokens}
+        if self.formatted is None and self.format_error is None:  # no answer schema was asked for
+            del d["formatted"], d["format_error"]
+        return d
 
 
 class SessionEnd(Exception):
@@ -77,10 +86,11 @@ class SessionEnd(Exception):
 
 
 class NavigatorUnparseable(SessionEnd):
-    """Every attempt at a navigator reply failed to parse; carries the last attempt for the trace."""
+    """Every attempt at a navigator reply (or another JSON reply: the formatted answer) failed to parse;
+    carries the last attempt for the trace."""
 
-    def __init__(self, errors: list[str], messages: list[Message], raw: str):
-        super().__init__("failed", f"navigator output unparseable after {len(errors)} attempts: {errors[-1]}")
+    def __init__(self, errors: list[str], messages: list[Message], raw: str, role: str = "navigator"):
+        super().__init__("failed", f"{role} output unparseable after {len(errors)} attempts: {errors[-1]}")
         self.errors, self.messages, self.raw = errors, messages, raw
 
 
@@ -134,11 +144,15 @@ class Solver:
         reference: str | None = None,
         config: SolverConfig | None = None,
         on_event: EventSink | None = None,
+        answer_schema: dict[str, Any] | None = None,
     ) -> SolveResult:
-        """Run one session to its end (never raises for model behaviour; see SolveResult.status)."""
+        """Run one session to its end (never raises for model behaviour; see SolveResult.status).
+
+        With ANSWER_SCHEMA (a JSON schema whose root is an object) a solved session ends with one more
+        inference call that restates the answer as JSON following it (`SolveResult.formatted`)."""
         if not problem or not problem.strip():
             raise InputError("must not be empty", field="problem")
-        run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event)
+        run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event, answer_schema)
         with contextlib.ExitStack() as active:
             for b in {id(b): b for b in self.batchers.values()}.values():
                 active.enter_context(b.session())
@@ -171,8 +185,10 @@ class _Run:
         problem_id: int | None,
         reference: str | None,
         on_event: EventSink | None,
+        answer_schema: dict[str, Any] | None = None,
     ):
         self.s, self.problem, self.cfg = solver, problem, config
+        self.answer_schema = answer_schema
         self.problem_id, self.reference, self.on_event = problem_id, reference, on_event
         self.t0 = time.monotonic()
         self.deadline = self.t0 + config.max_seconds
@@ -187,6 +203,8 @@ class _Run:
         self._pending_failures: list[dict[str, Any]] = []
         self._round_tokens: dict[str, dict[str, float]] = {}
         self.session_id = 0
+        self.formatted: str | None = None
+        self.format_error: str | None = None
 
     # ---------------------------------------------------------------- events and trace
 
@@ -293,27 +311,27 @@ class _Run:
         )
 
     def navigate(
-        self, messages: list[Message], parse: Callable[[str], Any], schema: dict[str, Any]
+        self, messages: list[Message], parse: Callable[[str], Any], schema: dict[str, Any], role: str = "navigator"
     ) -> tuple[Any, list[Message], str, list[str]]:
         """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
 
-        An unparseable reply is shown back to the navigator with what is wrong, at most
+        An unparseable reply is shown back to the ROLE with what is wrong, at most
         parse_retries times; the retry prompt is the original plus the last bad reply, so it stays bounded.
         """
         attempt_msgs = messages
         errors: list[str] = []
         for attempt in range(self.cfg.parse_retries + 1):
-            c = self.call("navigator", attempt_msgs, schema)
+            c = self.call(role, attempt_msgs, schema)
             try:
                 return parse(c.text), attempt_msgs, c.text, errors
             except ParseError as e:
                 errors.append(str(e))
                 self._pending_failures.append(
-                    {"attempt": attempt, "reason": f"unparseable navigator output: {e}", "raw_output": c.text}
+                    {"attempt": attempt, "reason": f"unparseable {role} output: {e}", "raw_output": c.text}
                 )
                 last_msgs, last_raw = attempt_msgs, c.text
                 attempt_msgs = navigator.retry_messages(messages, c.text, str(e))
-        raise NavigatorUnparseable(errors, last_msgs, last_raw)
+        raise NavigatorUnparseable(errors, last_msgs, last_raw, role)
 
     # ---------------------------------------------------------------- retrieval
 
@@ -358,7 +376,34 @@ class _Run:
         if status == "solved" and answer is None:
             status, reason = "failed", "no final answer in the navigator's verdict or the step results"
         correct = None if self.reference is None else bounded_grade(answer, self.reference)
+        if self.answer_schema is not None and answer is not None:
+            try:
+                self.format_answer(answer)
+            except SessionEnd as end:  # its backend failed: the session failed, as in any other round
+                status, reason = end.status, end.reason
         return self.finish(status, reason, answer, source, correct)
+
+    def format_answer(self, answer: str) -> None:
+        """The answer as JSON following answer_schema (into self.formatted), or why not (self.format_error).
+
+        Asked of the inference role with the schema (constrained where its backend is configured to) and
+        parsed by the one reply parser; a reply that does not follow the schema is re-asked like the
+        navigator's."""
+        schema = self.answer_schema or {}
+        messages = prompts.format_messages(self.problem, [r for _, r in self.accepted], answer, schema)
+
+        def parse(text: str) -> str:
+            value = extract_json_object(text)
+            validate(value, schema, "formatted answer")
+            return json.dumps(value, ensure_ascii=False)
+
+        try:
+            self.formatted = self.navigate(messages, parse, schema, role="inference")[0]
+        except SessionEnd as end:
+            if end.status == "failed" and not isinstance(end, NavigatorUnparseable):
+                raise  # a backend error
+            # the answer stands; only its restatement failed (unparseable, or a limit reached)
+            self.format_error = f"the answer could not be put in the requested format: {end.reason}"
 
     def finish(
         self, status: str, reason: str | None, answer: str | None, source: str | None, correct: bool | None
@@ -374,13 +419,11 @@ class _Run:
             "correct": correct,
             "latency_ms": latency,
         }
+        adjustment = {"answer": answer, "source": source, "status": status, "reason": reason}
+        if self.answer_schema is not None:
+            adjustment.update(formatted=self.formatted, format_error=self.format_error)
         try:
-            self.write_round(
-                "final",
-                finish=end,
-                evaluation=text,
-                adjustment={"answer": answer, "source": source, "status": status, "reason": reason},
-            )
+            self.write_round("final", finish=end, evaluation=text, adjustment=adjustment)
         except Exception:
             log.exception("could not write the final round of session %s", self.session_id)
             traces.finish_session(self.s.db, self.session_id, rounds=self.rounds, tokens=self.tokens, **end)
@@ -396,6 +439,9 @@ class _Run:
             templates=self.templates,
             llm_calls=self.calls,
             solution=self.last_result,
+            steps=[r for _, r in self.accepted],
+            formatted=self.formatted,
+            format_error=self.format_error,
         )
         self.emit({"event": "done", **result.to_dict()})
         return result

@@ -47,6 +47,22 @@ def test_transformers_backend_generates_batched_with_token_counts(tiny_dir):
     assert [again[0].text, again[1].text] == [out[0].text, out[2].text]
 
 
+def test_transformers_backend_applies_vllm_sampling_extras(tiny_dir):
+    backend = create_backend("transformers", model_path=str(tiny_dir))
+    assert set(backend.sampling_extras) == {"top_k", "min_p", "repetition_penalty"}
+    plain, penalised = backend.generate([
+        ChatRequest(MSG, SamplingParams(max_tokens=24)),
+        ChatRequest(MSG, SamplingParams(max_tokens=24, repetition_penalty=50.0)),  # its own generate call
+    ])
+    assert plain.error is None and penalised.error is None and penalised.text != plain.text
+    [sampled] = backend.generate([ChatRequest(MSG, SamplingParams(temperature=0.9, max_tokens=8, seed=3, top_k=1,
+                                                                  min_p=0.05))])
+    assert sampled.error is None
+    # top_k=1 is greedy whatever the temperature
+    [greedy] = backend.generate([ChatRequest(MSG, SamplingParams(max_tokens=8))])
+    assert sampled.text == greedy.text
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     with pytest.raises(KbError, match="never downloaded"):
         create_backend("transformers", model_path=str(tmp_path / "nope"))
@@ -333,6 +349,21 @@ def test_structured_output_sends_the_contract_schema_when_the_role_asks_for_it(f
     # A request without a schema (a rollout, a step) never gets one, even with the setting on.
     strict.generate([ChatRequest(MSG)])
     assert "response_format" not in srv.bodies[-1]
+
+
+def test_openai_backend_sends_vllm_sampling_extras_unless_told_not_to(fake_server):
+    srv = fake_server()
+    params = SamplingParams(top_k=20, repetition_penalty=1.1)
+    create_backend("openai", model="m", base_url=srv.url).generate([ChatRequest(MSG, params)])
+    assert srv.bodies[-1]["top_k"] == 20 and srv.bodies[-1]["repetition_penalty"] == 1.1
+    assert "min_p" not in srv.bodies[-1]  # only what is set
+    create_backend("openai", model="m", base_url=srv.url).generate([ChatRequest(MSG)])
+    assert not {"top_k", "min_p", "repetition_penalty"} & set(srv.bodies[-1])
+    strict = create_backend("openai", model="m2", base_url=srv.url, sampling_extras=False)
+    strict.generate([ChatRequest(MSG, params)])  # e.g. OpenAI's own API, which refuses them
+    assert strict.sampling_extras == () and not {"top_k", "repetition_penalty"} & set(srv.bodies[-1])
+    # recorded params carry the extras only when set
+    assert "top_k" not in SamplingParams().to_dict() and params.to_dict()["top_k"] == 20
 
 
 def test_call_rows_fill_exactly_the_columns_the_trace_writer_inserts():

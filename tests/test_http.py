@@ -83,11 +83,11 @@ def test_bad_requests_are_rejected_with_4xx(service):
     base, _ = service
     with httpx.Client(base_url=base, timeout=30, headers=AUTH) as http:
         cases = [
-            (http.post("/v1/solve", content=b"{not json", headers={"content-type": "application/json"}), 422),
-            (http.post("/v1/solve", json={}), 422),
-            (http.post("/v1/solve", json={"problem": ""}), 422),
-            (http.post("/v1/solve", json={"problem": "x", "unknown": 1}), 422),
-            (http.post("/v1/solve", json={"problem": "x", "max_rounds": 0}), 422),
+            (http.post("/v1/solve", content=b"{not json", headers={"content-type": "application/json"}), 400),
+            (http.post("/v1/solve", json={}), 400),
+            (http.post("/v1/solve", json={"problem": ""}), 400),
+            (http.post("/v1/solve", json={"problem": "x", "unknown": 1}), 400),
+            (http.post("/v1/solve", json={"problem": "x", "max_rounds": 0}), 400),
             (http.post("/v1/solve", json={"problem": "x", "max_rounds": 99}), 400),
             (http.post("/v1/solve", json={"problem": "   "}), 400),
             (http.post("/v1/solve", json={"problem": "x", "problem_id": 12345}), 400),
@@ -101,7 +101,7 @@ def test_bad_requests_are_rejected_with_4xx(service):
                 ),
                 413,
             ),  # chunked, no length
-            (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": []}), 422),
+            (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": []}), 400),
             (
                 http.post(
                     "/v1/chat/completions",
@@ -117,9 +117,9 @@ def test_bad_requests_are_rejected_with_4xx(service):
                 404,
             ),
             (http.get("/v1/sessions/999999"), 404),
-            (http.get("/v1/sessions/abc"), 422),
-            (http.get("/v1/templates/search"), 422),
-            (http.get("/v1/templates/search", params={"q": "sum", "k": 0}), 422),
+            (http.get("/v1/sessions/abc"), 400),
+            (http.get("/v1/templates/search"), 400),
+            (http.get("/v1/templates/search", params={"q": "sum", "k": 0}), 400),
             (http.get("/v1/templates/search", params={"q": "sum", "mode": "nonsense"}), 400),
         ]
         for r, status in cases:

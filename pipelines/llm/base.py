@@ -10,6 +10,8 @@ from typing import Any, Protocol, runtime_checkable
 from kb.errors import KbError
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+# vLLM's sampling parameters beyond OpenAI's; a backend lists those it applies in `sampling_extras`
+SAMPLING_EXTRAS = ("top_k", "min_p", "repetition_penalty")
 
 
 @dataclass(frozen=True)
@@ -19,11 +21,19 @@ class SamplingParams:
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+
+    def extras(self) -> dict[str, Any]:
+        """The SAMPLING_EXTRAS that are set."""
+        return {k: getattr(self, k) for k in SAMPLING_EXTRAS if getattr(self, k) is not None}
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # extras only when set: what calls without them record stays as it was
+        d = {k: v for k, v in asdict(self).items() if k not in SAMPLING_EXTRAS}
         d["stop"] = list(self.stop)
-        return d
+        return {**d, **self.extras()}
 
 
 @dataclass
@@ -52,7 +62,10 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """Every backend: `name` (registry key), `model` (what is recorded), and batched `generate`."""
+    """Every backend: `name` (registry key), `model` (what is recorded), and batched `generate`.
+
+    A backend that applies some of SAMPLING_EXTRAS says which in a `sampling_extras` attribute (absent:
+    none); the others are never set on its requests."""
 
     name: str
     model: str

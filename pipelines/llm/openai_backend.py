@@ -28,7 +28,7 @@ import httpx
 
 from kb.errors import KbError
 from kb.secrets import register_secret, scrub
-from pipelines.llm.base import ChatRequest, Completion
+from pipelines.llm.base import SAMPLING_EXTRAS, ChatRequest, Completion
 from pipelines.llm.registry import register_backend
 from pipelines.llm.structured import (
     AUTO,
@@ -51,7 +51,7 @@ class OpenAIBackend:
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
                  max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
                  backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None,
-                 structured_output: bool | str = False, **_: Any):
+                 structured_output: bool | str = False, sampling_extras: bool = True, **_: Any):
         if "api_key" in _:
             raise KbError("openai backend: pass the key through an environment variable (api_key_env), "
                           "never as an option")
@@ -61,6 +61,8 @@ class OpenAIBackend:
         self.max_retries = max(0, int(max_retries))
         self.backoff_s, self.max_backoff_s = float(backoff_s), float(max_backoff_s)
         self.extra_body = dict(extra_body or {})
+        # vLLM, sglang and llama.cpp's server take top_k/min_p/repetition_penalty; OpenAI's refuses them
+        self.sampling_extras = SAMPLING_EXTRAS if sampling_extras else ()
         # A request's JSON schema goes as response_format: None (never), AUTO or a dialect (structured.py).
         self.structured = structured_mode(structured_output, where="openai backend: structured_output")
         # The dialect the server takes: as configured, or (AUTO) learnt from its first answers.
@@ -94,6 +96,7 @@ class OpenAIBackend:
             body["seed"] = p.seed
         if p.stop:
             body["stop"] = list(p.stop)
+        body.update({k: v for k, v in p.extras().items() if k in self.sampling_extras})
         if dialect is not None:
             body["response_format"] = response_format(dialect, decoding_schema(req.response_schema))
         body.update(self.extra_body)

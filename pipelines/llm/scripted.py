@@ -10,13 +10,14 @@ concurrency measurable.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from pipelines import navigator
+from pipelines import navigator, prompts
 from pipelines.llm.base import ChatRequest, Completion, Message
 from pipelines.llm.registry import register_backend
 
@@ -27,8 +28,9 @@ class ScriptedBackend:
     name = "scripted"
 
     def __init__(self, rules: list[tuple[str, Reply]] | None = None, default: Reply | None = None,
-                 latency_s: float = 0.0, model: str = "scripted", **_: Any):
+                 latency_s: float = 0.0, model: str = "scripted", sampling_extras: Sequence[str] = (), **_: Any):
         self.model = model
+        self.sampling_extras = tuple(sampling_extras)  # which vLLM extras it claims to apply (for tests)
         self.rules = [(re.compile(p, re.DOTALL), r) for p, r in (rules or [])]
         self.default = default
         self.latency_s = latency_s
@@ -123,6 +125,8 @@ class PlayAlong:
             return navigator.render_evaluation("stop", "the last step gives the answer",
                                                answer=self.answer_for(messages))
         user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
+        if prompts.FORMAT_ASK in user:  # the answer restated as JSON (the serving API's response_format)
+            return json.dumps({"answer": self.answer_for(messages)})
         if "Your step now:" in user:
             if user.count("\nStep ") + 1 >= len(self.steps):
                 return f"Carrying out the step with the template. The result is \\boxed{{{self.answer_for(messages)}}}."
@@ -142,11 +146,11 @@ def _problem(messages: list[Message]) -> str:
 
 def play_along_backend(answers: Mapping[str, str] | None = None, *, latency_s: float = 0.0, default_answer: str = "0",
                        model: str = "scripted-solver", steps: Sequence[tuple[str, str]] | None = None,
-                       template_from_problem: bool = True) -> ScriptedBackend:
+                       template_from_problem: bool = True, sampling_extras: Sequence[str] = ()) -> ScriptedBackend:
     """A ScriptedBackend that plays navigator and inference (and the baseline) for any problem."""
     script = PlayAlong(answers, default_answer=default_answer, steps=steps or DEFAULT_STEPS,
                        template_from_problem=template_from_problem)
-    return ScriptedBackend(default=script, latency_s=latency_s, model=model)
+    return ScriptedBackend(default=script, latency_s=latency_s, model=model, sampling_extras=sampling_extras)
 
 
 # Without rules the scripted backend is the play-along model above, configured by its options.

@@ -21,13 +21,14 @@ import threading
 import time
 from typing import Any
 
-from pipelines.llm.base import ChatRequest, Completion, SamplingParams, check_model_dir
+from pipelines.llm.base import SAMPLING_EXTRAS, ChatRequest, Completion, SamplingParams, check_model_dir
 from pipelines.llm.registry import register_backend
 from pipelines.llm.structured import decoding_schema, structured_mode
 
 
 class TransformersBackend:
     name = "transformers"
+    sampling_extras = SAMPLING_EXTRAS
 
     def __init__(self, model_path: str, *, device: str | None = None, dtype: str | None = None,
                  batch_size: int = 8, model: str | None = None, threads: int | None = None,
@@ -82,7 +83,8 @@ class TransformersBackend:
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             p = req.params
-            groups.setdefault((p.temperature, p.top_p, p.max_tokens, p.stop, self._schema(req)), []).append(i)
+            key = (p.temperature, p.top_p, p.max_tokens, p.stop, tuple(p.extras().items()), self._schema(req))
+            groups.setdefault(key, []).append(i)
         for key, idxs in groups.items():
             for start in range(0, len(idxs), self.batch_size):
                 batch = idxs[start:start + self.batch_size]
@@ -108,8 +110,11 @@ class TransformersBackend:
         }
         if params.temperature > 0:
             gen_kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            gen_kwargs.update({k: v for k, v in params.extras().items() if k in ("top_k", "min_p")})
         else:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.repetition_penalty is not None:
+            gen_kwargs["repetition_penalty"] = params.repetition_penalty
         if schema is not None:
             from transformers import LogitsProcessorList
             from xgrammar.contrib.hf import LogitsProcessor

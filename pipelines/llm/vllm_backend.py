@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from kb.errors import KbError
-from pipelines.llm.base import ChatRequest, Completion, check_model_dir
+from pipelines.llm.base import SAMPLING_EXTRAS, ChatRequest, Completion, check_model_dir
 from pipelines.llm.registry import register_backend
 from pipelines.llm.structured import decoding_schema, structured_mode
 
@@ -32,6 +32,7 @@ def _import_vllm():
 
 class VllmBackend:
     name = "vllm"
+    sampling_extras = SAMPLING_EXTRAS
 
     def __init__(self, model_path: str, *, model: str | None = None, tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
@@ -55,7 +56,7 @@ class VllmBackend:
         p = req.params
         extra = _constraint(decoding_schema(req.response_schema)) if self._constrained(req) else {}
         return self._vllm.SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                                         seed=p.seed, stop=list(p.stop) or None, **extra)
+                                         seed=p.seed, stop=list(p.stop) or None, **p.extras(), **extra)
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         if not requests:

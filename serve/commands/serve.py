@@ -58,6 +58,8 @@ def _is_loopback(host: str) -> bool:
 @click.option("--max-connections-per-client", type=click.IntRange(1), default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
               show_default=True, help="Open connections of one client address at most; its idle ones are closed "
               "to make room.")
+@click.option("--served-model-name", default="reasonflux", show_default=True,
+              help="The model id OpenAI clients ask for (`model`) and GET /v1/models lists.")
 @solver_options
 @pass_app
 def serve_cmd(
@@ -72,12 +74,16 @@ def serve_cmd(
     body_timeout: float,
     max_connections: int,
     max_connections_per_client: int,
+    served_model_name: str,
     **kwargs: Any,
 ) -> None:
-    """Serve the solver over HTTP: POST /v1/solve, POST /v1/chat/completions (model "reasonflux"),
-    GET /v1/sessions/ID, GET /v1/templates/search, GET /healthz; schema at /openapi.json.
+    """Serve the solver over HTTP: POST /v1/solve, POST /v1/chat/completions and GET /v1/models (model
+    "reasonflux" unless --served-model-name), GET /v1/sessions/ID, GET /v1/templates/search, GET /healthz;
+    schema at /openapi.json.
 
-    --max-rounds and --max-tokens are also the most a request may ask for. Errors are OpenAI-shaped;
+    --max-rounds and --token-budget are the defaults and the most a session may be given (a chat request's
+    reasonflux.max_rounds and reasonflux.token_budget, /v1/solve's max_rounds and max_tokens). Errors are
+    OpenAI-shaped;
     a session whose backend is down answers 502/503. SIGTERM stops it like Ctrl-C.
     """
     import uvicorn
@@ -99,6 +105,7 @@ def serve_cmd(
         max_concurrent=max_concurrent,
         max_problem_chars=max_problem_chars,
         body_timeout_s=body_timeout,
+        model_name=served_model_name,
     )
     click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
                err=True)
