@@ -37,7 +37,7 @@ from kb.errors import ConflictError, InputError, KbError, NotFound
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
-FORMAT = "reasonflux-dataset/2"
+FORMAT = "reasonflux-dataset/3"  # 3: row_counts keyed by split name
 DATA_DIR = "data"
 LICENSE_PATTERN = r"[a-z0-9][a-z0-9.+-]*"  # Hub licence identifiers: apache-2.0, cc-by-4.0, mit, other, ...
 # No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
@@ -107,6 +107,26 @@ def data_file(spec: ExportSpec, part: DataPart, fmt: str) -> str:
     return f"jsonl/{spec.kind}.jsonl" if len(spec.parts) == 1 else f"jsonl/{spec.kind}{spec.parts.index(part)}.jsonl"
 
 
+def split_row_counts(spec: ExportSpec) -> dict[str, int]:
+    """Rows per split, keyed by the split names `load_dataset` returns (the manifest's and the KB's
+    `row_counts`)."""
+    return {p.split: p.table.num_rows for p in spec.parts}
+
+
+# Before format 3, row_counts were keyed by the part's name: for these kinds the one part was named after
+# the kind and written to the `train` split (the other kinds' parts were named after their split).
+LEGACY_PART_NAMED = ("templates", "problems")
+
+
+def normalized_row_counts(kind: str | None, row_counts: dict | None) -> dict[str, Any]:
+    """ROW_COUNTS keyed by split name, whether a manifest or KB row wrote them by split (format 3) or by
+    part name (earlier): what verification compares."""
+    counts = dict(row_counts or {})
+    if kind in LEGACY_PART_NAMED and set(counts) == {kind}:
+        return {"train": counts[kind]}
+    return counts
+
+
 def _write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
@@ -163,8 +183,11 @@ def _hub_type(t) -> dict[str, Any]:
     return {"dtype": str(t)}  # int64, bool, string, ...
 
 
-def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, data_files: dict[str, str]) -> dict:
-    """The card's YAML metadata: what the Hub shows and what `load_dataset(DIR)` reads."""
+def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, folder: Path) -> dict:
+    """The card's YAML metadata: what the Hub shows and what `load_dataset(DIR)` reads (FOLDER holds the
+    written data files, whose sizes `dataset_info` states)."""
+    from huggingface_hub import DatasetCardData
+
     by_format: dict[str, list[dict]] = {}
     for part in spec.parts:
         for fmt in ("parquet", "jsonl"):
@@ -173,37 +196,45 @@ def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, data_files
     # One config: the Hub builds every config of a repo with one loader, so the JSONL copy beside
     # Parquet is a plain file (`load_dataset("json", data_files=...)`), not a second config.
     main = "parquet" if "parquet" in by_format else "jsonl"
-    configs = [{"config_name": "default", "data_files": by_format[main]}]
     total = sum(row_counts.values())
-    meta: dict[str, Any] = {
-        "pretty_name": f"reasonflux {spec.kind} {version_id}",
-        "license": spec.license,
-        "language": ["en"],
-        "task_categories": list(spec.task_categories),
-        "size_categories": [_size_category(total)],
-        "tags": ["reasonflux", "math", "reasoning", "thought-templates", *spec.tags],
-        "configs": configs,
-    }
+    extra: dict[str, Any] = {}
     if main == "parquet":  # JSONL records may hold free-form JSON (templates' steps): let the loader infer
-        schema = spec.parts[0].table.schema
-        meta["dataset_info"] = {
-            "config_name": "default",
-            "features": [hub_feature(f.name, f.type) for f in schema],
-            "splits": [{"name": p.split, "num_examples": row_counts[p.name]} for p in spec.parts],
-        }
-    return meta
+        extra["dataset_info"] = dataset_info(spec, row_counts, folder)
+    card = DatasetCardData(
+        pretty_name=f"reasonflux {spec.kind} {version_id}", license=spec.license, language=["en"],
+        task_categories=list(spec.task_categories), size_categories=[_size_category(total)],
+        tags=["reasonflux", "math", "reasoning", "thought-templates", *spec.tags],
+        configs=[{"config_name": "default", "data_files": by_format[main]}], **extra)
+    return card.to_dict()
 
 
-def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict) -> str:
+def dataset_info(spec: ExportSpec, row_counts: dict, folder: Path) -> dict[str, Any]:
+    """`dataset_info` as the `datasets` library writes it when it pushes a dataset (`DatasetInfo`'s YAML
+    form): features, and per split the rows and the bytes of its Arrow table (`num_bytes`, what loading
+    prepares); `download_size` is the Parquet files' bytes, `dataset_size` the splits' total."""
+    import pyarrow.parquet as pq
+
+    splits = []
+    for part in spec.parts:
+        path = folder / data_file(spec, part, "parquet")
+        # The table as readers get it back (plain types, no dictionaries), not the one in memory here.
+        splits.append({"name": part.split, "num_bytes": pq.read_table(path).nbytes,
+                       "num_examples": row_counts[part.split]})
+    download = sum((folder / data_file(spec, p, "parquet")).stat().st_size for p in spec.parts)
+    return {"config_name": "default", "features": [hub_feature(f.name, f.type) for f in spec.parts[0].table.schema],
+            "splits": splits, "download_size": download, "dataset_size": sum(s["num_bytes"] for s in splits)}
+
+
+def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict, folder: Path) -> str:
     import yaml
 
-    meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, hashes), sort_keys=False, allow_unicode=True,
+    meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True,
                           width=1000)
     lines = ["---", meta.rstrip("\n"), "---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
              f"- kind: `{spec.kind}`", f"- licence: `{spec.license}`", f"- schema revision: `{revision}`",
              f"- selection: `{canonical_json(spec.params)}`", ""]
     for part in spec.parts:
-        lines += [f"## {part.name} ({row_counts[part.name]} rows)", "", part.description.strip(), "",
+        lines += [f"## {part.name} ({row_counts[part.split]} rows)", "", part.description.strip(), "",
                   "| column | type |", "| --- | --- |"]
         lines += [f"| `{f.name}` | `{_plain(f.type)}` |" for f in part.table.schema]
         lines.append("")
@@ -235,7 +266,7 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _writing(out.parent, lambda: Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
-        row_counts = {p.name: p.table.num_rows for p in spec.parts}
+        row_counts = split_row_counts(spec)
         _writing(tmp, lambda: _write_parts(spec, tmp))
         data_hashes = {p.relative_to(tmp).as_posix(): sha256_file(p)
                        for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -243,7 +274,7 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
         identity = {"kind": spec.kind, "params": params, "schema_revision": revision, "files": data_hashes}
         version_id = f"{spec.kind}-{params_hash(identity, 12)}"
         _writing(tmp / CARD, lambda: (tmp / CARD).write_text(
-            _card(spec, version_id, revision, row_counts, data_hashes), encoding="utf-8"))
+            _card(spec, version_id, revision, row_counts, data_hashes, tmp), encoding="utf-8"))
         _check_destination(out, version_id)  # before recording: a refused folder must leave no row behind
         with db.engine.begin() as conn:  # committed after _place: the row never outlives a failed write
             created_at = _record(conn, version_id, spec.kind, params, revision, row_counts, data_hashes, out,
@@ -464,7 +495,11 @@ def _check_against_kb(db: Database, folder: Path, manifest_path: Path, manifest:
     if row["id"] != manifest.get("id"):
         raise VerificationError(f"{manifest_path}: id {manifest.get('id')} is not recorded in this knowledge base")
     for key in ("kind", "params", "schema_revision", "row_counts"):
-        if row[key] != manifest.get(key):
+        recorded, stated = row[key], manifest.get(key)
+        if key == "row_counts":  # the same counts, whichever vocabulary wrote them
+            recorded, stated = (normalized_row_counts(row["kind"], recorded),
+                                normalized_row_counts(row["kind"], stated))
+        if recorded != stated:
             raise VerificationError(f"{manifest_path}: {key} differs from the knowledge base's record of "
                                     f"{row['id']}")
     recorded = {k: v for k, v in (row["files"] or {}).items() if k != CARD}

@@ -198,13 +198,41 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
 
     probs = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
-    assert probs["row_counts"] == {"problems": 5}
+    assert probs["row_counts"] == {"train": 5}  # keyed by split, as `load_dataset` names it
     assert probs["params"] == {"problems": {"split": "train"}, "license": "unknown"}
     rows = [json.loads(x) for x in (tmp_path / "p" / "jsonl" / "problems.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows) and rows[0]["id"] == world["anchor"]
     again = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
     assert again["id"] == probs["id"]  # re-exporting into the same folder is a no-op
+
+
+def test_folders_and_records_of_earlier_versions_still_verify(cli, db, world, tmp_path):
+    """Before format 3, row_counts were keyed by part name ({"problems": 5}); such a folder, and such a KB
+    row, still verify, against each other and against a folder written today."""
+    old = tmp_path / "old"
+    probs = export(db, "problems", old, problems="split=train")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.update(format="reasonflux-dataset/2", row_counts={"problems": 5})
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with db.engine.begin() as conn:  # the row as the earlier version recorded it (rows are never updated)
+        row = dict(conn.execute(sa.text("SELECT * FROM dataset_version WHERE id = :i"), {"i": probs["id"]})
+                   .mappings().one())
+        conn.execute(sa.text("DELETE FROM dataset_version WHERE id = :i"), {"i": probs["id"]})
+        conn.execute(sa.text(
+            "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id, "
+            "created_at) VALUES (:id, :kind, CAST(:params AS jsonb), :rev, '{\"problems\": 5}', "
+            "CAST(:files AS jsonb), :path, :run, :at)"),
+            {**row, "rev": row["schema_revision"], "params": json.dumps(row["params"]),
+             "files": json.dumps(row["files"]), "run": row["run_id"], "at": row["created_at"]})
+    assert json.loads(cli("datasets", "verify", str(old), "--json").output)["kb"] == "ok"
+    # The same selection: the same version, recorded the old way.
+    new = export(db, "problems", tmp_path / "new", problems="split=train")
+    assert new["id"] == probs["id"] and new["row_counts"] == {"train": 5}
+    assert json.loads(cli("datasets", "verify", str(tmp_path / "new"), "--json").output)["kb"] == "ok"
+    manifest["row_counts"] = {"problems": 4}  # a different count is still a mismatch, in either vocabulary
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert "row_counts differs" in cli("datasets", "verify", str(old), expect=1).output
 
 
 def test_plan_texts_render_replies_and_refuse_what_cannot_be_one(db, world):
