@@ -325,7 +325,8 @@ class ExportWriteFailed(KbError):
 
 def _record(conn: sa.Connection, version_id: str, kind: str, params: dict, revision: str, row_counts: dict,
             hashes: dict, out: Path, run_id: int | None) -> str:
-    """Insert the dataset_version row unless it exists; the row's created time either way."""
+    """Insert the dataset_version row unless it exists, and the folder OUT among its locations (a version
+    written to a second folder keeps the first as `path` and gains a location); the row's created time."""
     conn.execute(sa.text(
         "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
         "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
@@ -337,6 +338,9 @@ def _record(conn: sa.Connection, version_id: str, kind: str, params: dict, revis
                        {"id": version_id}).one()
     if row.files != hashes:
         raise ConflictError(f"dataset version {version_id} is recorded with other file hashes; nothing was written")
+    conn.execute(sa.text("INSERT INTO dataset_location (version_id, path, run_id) VALUES (:id, :path, :run) "
+                         "ON CONFLICT (version_id, path) DO NOTHING"),
+                 {"id": version_id, "path": str(out.resolve()), "run": run_id})
     return row.created_at.isoformat()
 
 
@@ -398,21 +402,26 @@ def _place(tmp: Path, out: Path, version_id: str) -> None:
 
 # ---- reading and verification --------------------------------------------------------------------------
 
-VERSION_COLUMNS = ("id", "kind", "schema_revision", "row_counts", "path", "run_id", "created_at")
+VERSION_COLUMNS = ("id", "kind", "schema_revision", "row_counts", "paths", "run_id", "created_at")
+
+# Every folder the version was written to, in the order they were written (the first is `path`).
+_PATHS = ("ARRAY(SELECT l.path FROM dataset_location l WHERE l.version_id = d.id "
+          "ORDER BY l.created_at, l.path) AS paths")
 
 
 def list_versions(db: Database, kind: str | None = None) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text(
-            "SELECT id, kind, schema_revision, row_counts, path, run_id, created_at FROM dataset_version "
+            f"SELECT id, kind, schema_revision, row_counts, {_PATHS}, run_id, created_at FROM dataset_version d "
             "WHERE CAST(:k AS text) IS NULL OR kind = :k ORDER BY created_at, id"), {"k": kind}).mappings()
         return [dict(r) for r in rows]
 
 
 def get_version(db: Database, ref: str) -> dict[str, Any]:
-    """A version by id or unique id prefix."""
+    """A version by id or unique id prefix, with `paths`: every folder it was written to."""
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM dataset_version WHERE id = :r OR id LIKE :p ORDER BY id"),
+        rows = conn.execute(sa.text(f"SELECT d.*, {_PATHS} FROM dataset_version d WHERE id = :r OR id LIKE :p "
+                                    "ORDER BY id"),
                             {"r": ref, "p": ref.replace("%", "").replace("_", r"\_") + "%"}).mappings().all()
     exact = [r for r in rows if r["id"] == ref]
     if exact:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import sqlalchemy as sa
@@ -85,8 +86,14 @@ def test_dpo_export_is_byte_identical_and_manifest_is_complete(cli, db, world, t
     assert len(rows) == 1 and rows[0].id == a["id"] and rows[0].files == manifest["files"]
     listed = json.loads(cli("datasets", "list", "--json").output)
     assert [r["id"] for r in listed] == [a["id"]]
+    # Both folders the version was written to are recorded, in the order written; writing one again adds none.
+    cli("export", "dpo", "--out", str(tmp_path / "a"), "--jsonl")
+    folders = [str((tmp_path / x).resolve()) for x in ("a", "b")]
+    assert listed[0]["paths"] == folders
     shown = json.loads(cli("datasets", "show", a["id"][:8], "--json").output)
     assert shown["params"] == manifest["params"]
+    assert shown["paths"] == folders and shown["path"] == folders[0]
+    assert str(tmp_path / "b") in cli("datasets", "list", "--csv").output
     # A different selection is a different version; it cannot go into a folder holding another one.
     cli("export", "dpo", "--out", str(tmp_path / "a"), "--min-margin", "0.6", expect=3)
     other = json.loads(cli("export", "dpo", "--out", str(tmp_path / "c"), "--min-margin", "0.6", "--json").output)
@@ -326,6 +333,10 @@ def test_training_reads_the_exports(db, world, tmp_path):
     dpo = export(db, "dpo", tmp_path / "dpo")
     sft = export(db, "sft", tmp_path / "sft")
     rows = load_rows(verify_export(db, dpo["id"], stage="dpo"), "dpo")
+    # By id: the first recorded folder that is still there.
+    export(db, "dpo", tmp_path / "dpo2")
+    shutil.rmtree(tmp_path / "dpo")
+    assert verify_export(db, dpo["id"], stage="dpo").path == (tmp_path / "dpo2").resolve()
     assert rows.num_rows == 3 and rows[0]["chosen"][0]["role"] == "assistant"
     sft_rows = load_rows(verify_export(db, str(tmp_path / "sft"), stage="sft"), "sft")
     assert sft_rows.num_rows == sft["row_counts"]["train"] == 3  # two templates, one plan example
