@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -43,6 +44,14 @@ LICENSE_PATTERN = r"[a-z0-9][a-z0-9.+-]*"  # Hub licence identifiers: apache-2.0
 # No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072,
                    "use_dictionary": False}
+
+
+def check_license(value: str | None, field: str = "--license") -> str | None:
+    """VALUE if it is a Hub licence identifier (or None: not given); else an InputError naming FIELD."""
+    if value is not None and not re.fullmatch(LICENSE_PATTERN, value):
+        raise InputError(f"{value!r} is not a licence identifier like apache-2.0, mit, cc-by-4.0 or other",
+                         field=field)
+    return value
 
 
 class VerificationError(KbError):
@@ -87,6 +96,7 @@ class ExportSpec:
     usage: str = ""
     extra_manifest: dict[str, Any] = field(default_factory=dict)
     license: str = DEFAULT_LICENSE
+    license_note: str = ""  # how the licence was chosen, for the card
     task_categories: tuple[str, ...] = ("text-generation",)
     tags: tuple[str, ...] = ()
     # Writers of further files derived from the parts (e.g. the LLaMA-Factory copy), called with the
@@ -231,7 +241,7 @@ def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, ha
     meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True,
                           width=1000)
     lines = ["---", meta.rstrip("\n"), "---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
-             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}`", f"- schema revision: `{revision}`",
+             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}`{' ' + spec.license_note if spec.license_note else ''}", f"- schema revision: `{revision}`",
              f"- selection: `{canonical_json(spec.params)}`", ""]
     for part in spec.parts:
         lines += [f"## {part.name} ({row_counts[part.split]} rows)", "", part.description.strip(), "",
