@@ -8,13 +8,15 @@ A version folder is laid out as the Hugging Face Hub expects, so `datasets.load_
     data/train.parquet  the rows, one file per split (data/train.jsonl with --format jsonl)
     jsonl/KIND.jsonl    the JSONL copy when both formats are written (named so no loader takes
                         it for a split of the Parquet data)
-    manifest.json       id, kind, selection, license, revision, row counts, sha256 of every data
-                        file and of the card; loaders ignore it (it is not under data/)
+    manifest.json       id, kind, selection, license (and the licences of its sources), revision,
+                        row counts per split, sha256 of every data file and of the card; loaders
+                        ignore it (it is not under data/)
 
 The version id is derived from the content (kind, selection parameters and license, schema revision,
 data file hashes), so exporting the same selection twice yields the same id and byte-identical files;
 the second export reuses the recorded row (and its created time), so even the manifest is identical.
 The card is documentation: verification reports an edited card as a warning, never as corruption.
+Every folder a version is written to is recorded (dataset_location): the version row itself is immutable.
 """
 
 from __future__ import annotations
