@@ -243,7 +243,8 @@ def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, ha
     meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True,
                           width=1000)
     lines = ["---", meta.rstrip("\n"), "---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
-             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}`{' ' + spec.license_note if spec.license_note else ''}", f"- schema revision: `{revision}`",
+             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}` {spec.license_note}".rstrip(),
+             f"- schema revision: `{revision}`",
              f"- selection: `{canonical_json(spec.params)}`", ""]
     for part in spec.parts:
         lines += [f"## {part.name} ({row_counts[part.split]} rows)", "", part.description.strip(), "",
