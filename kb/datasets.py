@@ -8,13 +8,15 @@ A version folder is laid out as the Hugging Face Hub expects, so `datasets.load_
     data/train.parquet  the rows, one file per split (data/train.jsonl with --format jsonl)
     jsonl/KIND.jsonl    the JSONL copy when both formats are written (named so no loader takes
                         it for a split of the Parquet data)
-    manifest.json       id, kind, selection, license, revision, row counts, sha256 of every data
-                        file and of the card; loaders ignore it (it is not under data/)
+    manifest.json       id, kind, selection, license (and the licences of its sources), revision,
+                        row counts per split, sha256 of every data file and of the card; loaders
+                        ignore it (it is not under data/)
 
 The version id is derived from the content (kind, selection parameters and license, schema revision,
 data file hashes), so exporting the same selection twice yields the same id and byte-identical files;
 the second export reuses the recorded row (and its created time), so even the manifest is identical.
 The card is documentation: verification reports an edited card as a warning, never as corruption.
+Every folder a version is written to is recorded (dataset_location): the version row itself is immutable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -37,12 +40,20 @@ from kb.errors import ConflictError, InputError, KbError, NotFound
 
 MANIFEST = "manifest.json"
 CARD = "README.md"
-FORMAT = "reasonflux-dataset/2"
+FORMAT = "reasonflux-dataset/3"  # 3: row_counts keyed by split name
 DATA_DIR = "data"
 LICENSE_PATTERN = r"[a-z0-9][a-z0-9.+-]*"  # Hub licence identifiers: apache-2.0, cc-by-4.0, mit, other, ...
 # No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072,
                    "use_dictionary": False}
+
+
+def check_license(value: str | None, field: str = "--license") -> str | None:
+    """VALUE if it is a Hub licence identifier (or None: not given); else an InputError naming FIELD."""
+    if value is not None and not re.fullmatch(LICENSE_PATTERN, value):
+        raise InputError(f"{value!r} is not a licence identifier like apache-2.0, mit, cc-by-4.0 or other",
+                         field=field)
+    return value
 
 
 class VerificationError(KbError):
@@ -87,6 +98,7 @@ class ExportSpec:
     usage: str = ""
     extra_manifest: dict[str, Any] = field(default_factory=dict)
     license: str = DEFAULT_LICENSE
+    license_note: str = ""  # how the licence was chosen, for the card
     task_categories: tuple[str, ...] = ("text-generation",)
     tags: tuple[str, ...] = ()
     # Writers of further files derived from the parts (e.g. the LLaMA-Factory copy), called with the
@@ -105,6 +117,26 @@ def data_file(spec: ExportSpec, part: DataPart, fmt: str) -> str:
     # Beside Parquet, JSONL may not sit under data/ or carry a split name: `load_dataset("parquet",
     # data_dir=DIR)` would read it as Parquet.
     return f"jsonl/{spec.kind}.jsonl" if len(spec.parts) == 1 else f"jsonl/{spec.kind}{spec.parts.index(part)}.jsonl"
+
+
+def split_row_counts(spec: ExportSpec) -> dict[str, int]:
+    """Rows per split, keyed by the split names `load_dataset` returns (the manifest's and the KB's
+    `row_counts`)."""
+    return {p.split: p.table.num_rows for p in spec.parts}
+
+
+# Before format 3, row_counts were keyed by the part's name: for these kinds the one part was named after
+# the kind and written to the `train` split (the other kinds' parts were named after their split).
+LEGACY_PART_NAMED = ("templates", "problems")
+
+
+def normalized_row_counts(kind: str | None, row_counts: dict | None) -> dict[str, Any]:
+    """ROW_COUNTS keyed by split name, whether a manifest or KB row wrote them by split (format 3) or by
+    part name (earlier): what verification compares."""
+    counts = dict(row_counts or {})
+    if kind in LEGACY_PART_NAMED and set(counts) == {kind}:
+        return {"train": counts[kind]}
+    return counts
 
 
 def _write_parquet(table, path: Path) -> None:
@@ -163,8 +195,11 @@ def _hub_type(t) -> dict[str, Any]:
     return {"dtype": str(t)}  # int64, bool, string, ...
 
 
-def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, data_files: dict[str, str]) -> dict:
-    """The card's YAML metadata: what the Hub shows and what `load_dataset(DIR)` reads."""
+def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, folder: Path) -> dict:
+    """The card's YAML metadata: what the Hub shows and what `load_dataset(DIR)` reads (FOLDER holds the
+    written data files, whose sizes `dataset_info` states)."""
+    from huggingface_hub import DatasetCardData
+
     by_format: dict[str, list[dict]] = {}
     for part in spec.parts:
         for fmt in ("parquet", "jsonl"):
@@ -173,37 +208,46 @@ def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, data_files
     # One config: the Hub builds every config of a repo with one loader, so the JSONL copy beside
     # Parquet is a plain file (`load_dataset("json", data_files=...)`), not a second config.
     main = "parquet" if "parquet" in by_format else "jsonl"
-    configs = [{"config_name": "default", "data_files": by_format[main]}]
     total = sum(row_counts.values())
-    meta: dict[str, Any] = {
-        "pretty_name": f"reasonflux {spec.kind} {version_id}",
-        "license": spec.license,
-        "language": ["en"],
-        "task_categories": list(spec.task_categories),
-        "size_categories": [_size_category(total)],
-        "tags": ["reasonflux", "math", "reasoning", "thought-templates", *spec.tags],
-        "configs": configs,
-    }
+    extra: dict[str, Any] = {}
     if main == "parquet":  # JSONL records may hold free-form JSON (templates' steps): let the loader infer
-        schema = spec.parts[0].table.schema
-        meta["dataset_info"] = {
-            "config_name": "default",
-            "features": [hub_feature(f.name, f.type) for f in schema],
-            "splits": [{"name": p.split, "num_examples": row_counts[p.name]} for p in spec.parts],
-        }
-    return meta
+        extra["dataset_info"] = dataset_info(spec, row_counts, folder)
+    card = DatasetCardData(
+        pretty_name=f"reasonflux {spec.kind} {version_id}", license=spec.license, language=["en"],
+        task_categories=list(spec.task_categories), size_categories=[_size_category(total)],
+        tags=["reasonflux", "math", "reasoning", "thought-templates", *spec.tags],
+        configs=[{"config_name": "default", "data_files": by_format[main]}], **extra)
+    return card.to_dict()
 
 
-def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict) -> str:
+def dataset_info(spec: ExportSpec, row_counts: dict, folder: Path) -> dict[str, Any]:
+    """`dataset_info` as the `datasets` library writes it when it pushes a dataset (`DatasetInfo`'s YAML
+    form): features, and per split the rows and the bytes of its Arrow table (`num_bytes`, what loading
+    prepares); `download_size` is the Parquet files' bytes, `dataset_size` the splits' total."""
+    import pyarrow.parquet as pq
+
+    splits = []
+    for part in spec.parts:
+        path = folder / data_file(spec, part, "parquet")
+        # The table as readers get it back (plain types, no dictionaries), not the one in memory here.
+        splits.append({"name": part.split, "num_bytes": pq.read_table(path).nbytes,
+                       "num_examples": row_counts[part.split]})
+    download = sum((folder / data_file(spec, p, "parquet")).stat().st_size for p in spec.parts)
+    return {"config_name": "default", "features": [hub_feature(f.name, f.type) for f in spec.parts[0].table.schema],
+            "splits": splits, "download_size": download, "dataset_size": sum(s["num_bytes"] for s in splits)}
+
+
+def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict, folder: Path) -> str:
     import yaml
 
-    meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, hashes), sort_keys=False, allow_unicode=True,
+    meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True,
                           width=1000)
     lines = ["---", meta.rstrip("\n"), "---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
-             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}`", f"- schema revision: `{revision}`",
+             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}` {spec.license_note}".rstrip(),
+             f"- schema revision: `{revision}`",
              f"- selection: `{canonical_json(spec.params)}`", ""]
     for part in spec.parts:
-        lines += [f"## {part.name} ({row_counts[part.name]} rows)", "", part.description.strip(), "",
+        lines += [f"## {part.name} ({row_counts[part.split]} rows)", "", part.description.strip(), "",
                   "| column | type |", "| --- | --- |"]
         lines += [f"| `{f.name}` | `{_plain(f.type)}` |" for f in part.table.schema]
         lines.append("")
@@ -235,7 +279,7 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _writing(out.parent, lambda: Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)))
     try:
-        row_counts = {p.name: p.table.num_rows for p in spec.parts}
+        row_counts = split_row_counts(spec)
         _writing(tmp, lambda: _write_parts(spec, tmp))
         data_hashes = {p.relative_to(tmp).as_posix(): sha256_file(p)
                        for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -243,7 +287,7 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
         identity = {"kind": spec.kind, "params": params, "schema_revision": revision, "files": data_hashes}
         version_id = f"{spec.kind}-{params_hash(identity, 12)}"
         _writing(tmp / CARD, lambda: (tmp / CARD).write_text(
-            _card(spec, version_id, revision, row_counts, data_hashes), encoding="utf-8"))
+            _card(spec, version_id, revision, row_counts, data_hashes, tmp), encoding="utf-8"))
         _check_destination(out, version_id)  # before recording: a refused folder must leave no row behind
         with db.engine.begin() as conn:  # committed after _place: the row never outlives a failed write
             created_at = _record(conn, version_id, spec.kind, params, revision, row_counts, data_hashes, out,
@@ -294,7 +338,8 @@ class ExportWriteFailed(KbError):
 
 def _record(conn: sa.Connection, version_id: str, kind: str, params: dict, revision: str, row_counts: dict,
             hashes: dict, out: Path, run_id: int | None) -> str:
-    """Insert the dataset_version row unless it exists; the row's created time either way."""
+    """Insert the dataset_version row unless it exists, and the folder OUT among its locations (a version
+    written to a second folder keeps the first as `path` and gains a location); the row's created time."""
     conn.execute(sa.text(
         "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
         "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
@@ -306,6 +351,9 @@ def _record(conn: sa.Connection, version_id: str, kind: str, params: dict, revis
                        {"id": version_id}).one()
     if row.files != hashes:
         raise ConflictError(f"dataset version {version_id} is recorded with other file hashes; nothing was written")
+    conn.execute(sa.text("INSERT INTO dataset_location (version_id, path, run_id) VALUES (:id, :path, :run) "
+                         "ON CONFLICT (version_id, path) DO NOTHING"),
+                 {"id": version_id, "path": str(out.resolve()), "run": run_id})
     return row.created_at.isoformat()
 
 
@@ -367,21 +415,26 @@ def _place(tmp: Path, out: Path, version_id: str) -> None:
 
 # ---- reading and verification --------------------------------------------------------------------------
 
-VERSION_COLUMNS = ("id", "kind", "schema_revision", "row_counts", "path", "run_id", "created_at")
+VERSION_COLUMNS = ("id", "kind", "schema_revision", "row_counts", "paths", "run_id", "created_at")
+
+# Every folder the version was written to, in the order they were written (the first is `path`).
+_PATHS = ("ARRAY(SELECT l.path FROM dataset_location l WHERE l.version_id = d.id "
+          "ORDER BY l.created_at, l.path) AS paths")
 
 
 def list_versions(db: Database, kind: str | None = None) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text(
-            "SELECT id, kind, schema_revision, row_counts, path, run_id, created_at FROM dataset_version "
+            f"SELECT id, kind, schema_revision, row_counts, {_PATHS}, run_id, created_at FROM dataset_version d "
             "WHERE CAST(:k AS text) IS NULL OR kind = :k ORDER BY created_at, id"), {"k": kind}).mappings()
         return [dict(r) for r in rows]
 
 
 def get_version(db: Database, ref: str) -> dict[str, Any]:
-    """A version by id or unique id prefix."""
+    """A version by id or unique id prefix, with `paths`: every folder it was written to."""
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT * FROM dataset_version WHERE id = :r OR id LIKE :p ORDER BY id"),
+        rows = conn.execute(sa.text(f"SELECT d.*, {_PATHS} FROM dataset_version d WHERE id = :r OR id LIKE :p "
+                                    "ORDER BY id"),
                             {"r": ref, "p": ref.replace("%", "").replace("_", r"\_") + "%"}).mappings().all()
     exact = [r for r in rows if r["id"] == ref]
     if exact:
@@ -464,7 +517,11 @@ def _check_against_kb(db: Database, folder: Path, manifest_path: Path, manifest:
     if row["id"] != manifest.get("id"):
         raise VerificationError(f"{manifest_path}: id {manifest.get('id')} is not recorded in this knowledge base")
     for key in ("kind", "params", "schema_revision", "row_counts"):
-        if row[key] != manifest.get(key):
+        recorded, stated = row[key], manifest.get(key)
+        if key == "row_counts":  # the same counts, whichever vocabulary wrote them
+            recorded, stated = (normalized_row_counts(row["kind"], recorded),
+                                normalized_row_counts(row["kind"], stated))
+        if recorded != stated:
             raise VerificationError(f"{manifest_path}: {key} differs from the knowledge base's record of "
                                     f"{row['id']}")
     recorded = {k: v for k, v in (row["files"] or {}).items() if k != CARD}

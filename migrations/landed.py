@@ -43,7 +43,8 @@ CHAINS: dict[str, tuple[Landed, ...]] = {
               Landed("0005", "9f4659bfaa68902181b99bd1fcea7d54154a0068efe76b06a6bb3e86881ae688", "0005"),
               Landed("0006", "336235171514b71c7d4d0cd4ea0a0ae88f21a82ba724a53c0ee59e5fa836340c", "0006"),
               Landed("0007", "67093bb85cfd47ff875e0476a1de97c9d0460b3bde8163a7840004789167475e", "0007"),
-              Landed("0009", "f06db3bc2df0d574a8d9f91be27e069e0562f6d172d76600b7ee80a33a459d4d", "0009")),
+              Landed("0009", "f06db3bc2df0d574a8d9f91be27e069e0562f6d172d76600b7ee80a33a459d4d", "0009"),
+              Landed("0010", "b668eeef55cbe73866ed08718921971425ea302d210214733b90347cbeeac10a", "0010")),
 }
 
 # Ids that landed with a meaning today's chain does not give them: never used again by a new migration.

@@ -18,26 +18,25 @@ turned off, plan examples: the best-rewarded trajectories of train-split problem
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from kb.datasets import (
-    DEFAULT_LICENSE,
-    LICENSE_PATTERN,
     DataPart,
     ExportSpec,
+    check_license,
     check_output_dir,
     write_dataset,
 )
 from kb.db import Database
 from kb.errors import InputError, NotFound
 from kb.runs import pipeline_run
-from pipelines import navigator
+from pipelines import licences, navigator
 
 KINDS = ("dpo", "sft", "templates", "problems")
 
@@ -375,17 +374,41 @@ HUB_METADATA = {
 }
 
 
+def _source_ids(conn, kind: str, table: pa.Table) -> dict[str, list]:
+    """What `pipelines.licences.sources` needs to find the sources of an export of KIND with rows TABLE."""
+    def ids(column: str) -> list:  # distinct: a million-pair export has far fewer problems
+        return pc.unique(table[column]).to_pylist()
+
+    if kind == "dpo":
+        return {"problems": ids("problem_id"), "trajectories": ids("chosen_trajectory_id")}
+    if kind == "sft":
+        return {"versions": ids("version_id"), "trajectories": ids("trajectory_id")}
+    if kind == "templates":
+        return {"versions": conn.execute(sa.text("SELECT current_version_id FROM template")).scalars().all()}
+    return {"problems": ids("id")}
+
+
+def _license_note(given: str | None, found: list[dict[str, Any]]) -> str:
+    sources = licences.describe(found) or "none"
+    if given is not None:
+        return f"(given by the exporter; the sources: {sources})"
+    if any(s["license"] for s in found):
+        return f"(the licence recorded for every source: {sources})"
+    return f"(no licence is recorded for any source: {sources})"
+
+
 def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
            pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None,
            templates: bool = True, plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
-           allow_mixed_contracts: bool = False, license: str = DEFAULT_LICENSE) -> dict[str, Any]:
+           allow_mixed_contracts: bool = False, license: str | None = None) -> dict[str, Any]:
     """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path).
 
     dpo: PAIRS (params hash or prefix; default the latest) with margin >= MIN_MARGIN. sft: (TEMPLATES) template
     rows plus, with PLANS, plan examples of trajectories with reward >= PLAN_MIN_REWARD (PLANS_PER_PROBLEM per problem).
     Trajectories sampled under different navigator contracts are refused unless ALLOW_MIXED_CONTRACTS.
     FORMATS: parquet and/or jsonl, or llamafactory (Parquet plus the LLaMA-Factory copy, sft and dpo).
-    LICENSE: the Hub licence id written into the card and recorded with the version.
+    LICENSE: the Hub licence id written into the card and recorded with the version; None: the licence the
+    data's sources agree on (`pipelines.licences`), refused (InputError) when they do not.
     """
     from pipelines import export_llamafactory
 
@@ -396,9 +419,7 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
     if "llamafactory" in formats and kind not in export_llamafactory.KINDS:
         raise InputError(f"the llamafactory format is for {' and '.join(export_llamafactory.KINDS)} exports",
                          field="--format")
-    if not re.fullmatch(LICENSE_PATTERN, license or ""):
-        raise InputError(f"{license!r} is not a licence identifier like apache-2.0, mit, cc-by-4.0 or other",
-                         field="--license")
+    check_license(license)
     extra_files = [export_llamafactory.writer] if "llamafactory" in formats else []
     formats = tuple(f for f in formats if f != "llamafactory") or ("parquet",)
     check_output_dir(out_dir)
@@ -424,10 +445,14 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
 
                 params = {"problems": parse_selection(problems, PROBLEM_KEYS).to_dict()}
                 part, intro, usage = problems_part(conn, problems), "Problems.", ""
+            found = licences.sources(conn, **_source_ids(conn, kind, part.table))
+        chosen = license if license is not None else licences.choose(found)
         task_categories, tags = HUB_METADATA[kind]
         spec = ExportSpec(kind=kind, params=params, parts=[part], formats=tuple(sorted(formats, reverse=True)),
-                          card_intro=intro, usage=usage, license=license, task_categories=task_categories,
-                          tags=tags, extra_files=extra_files)
+                          card_intro=intro, usage=usage, license=chosen, task_categories=task_categories,
+                          tags=tags, extra_files=extra_files,
+                          license_note=_license_note(license, found),
+                          extra_manifest={"license_sources": found, "license_given": license is not None})
         manifest = write_dataset(db, spec, out_dir, run_id=run_id)
         counts.update(dataset_version=manifest["id"], rows=part.table.num_rows)
     return manifest

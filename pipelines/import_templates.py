@@ -496,16 +496,22 @@ def _version_no(before) -> int:
 
 
 def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True, model: str | None = None,
-                note: str | None = None) -> ImportResult:
+                note: str | None = None, license: str | None = None) -> ImportResult:
     """Read, validate and import a template file as one pipeline run (stage "import").
+
+    LICENSE: the licence of the file's templates, recorded with the run (`pipelines.licences`: the default
+    licence of exports of the versions it writes); None: not known.
 
     Nothing is written (not even the run) when the file is bad. The templates are written in one
     transaction; embeddings (unless embed=False) are computed after it commits, for the current
     versions of the file's templates (the embed stage skips vectors that are already up to date).
     """
+    from kb.datasets import check_license
+
+    check_license(license)
     records = read_file(path, fmt)
     source_ref = str(Path(path).resolve())
-    params = {"format": fmt, "file": source_ref, "embed": embed, "model": model, "note": note}
+    params = {"format": fmt, "file": source_ref, "embed": embed, "model": model, "note": note, "license": license}
     with pipeline_run(db, "import", params) as (run_id, counts):
         result = _apply_with_retry(db, records, source_ref=source_ref, run_id=run_id, change_note=note)
         result.run_id = run_id

@@ -101,6 +101,8 @@ class LoopConfig:
         "GPUs for training (default: all visible; 0 trains on the CPU)."))
     out_dir: str | None = field(default=None, metadata=_help(
         "Where the iterations' exports go (default $REASONFLUX_HOME/loops/<name>); relative to this file."))
+    license: str | None = field(default=None, metadata=_help(
+        "Licence of the iterations' DPO exports (default: the one their sources agree on, `export --license`)."))
     eval_problems: str | None = field(default=None, metadata=_help(
         "Held-out problems every iteration's navigator (and the final one) plans for; disjoint from problems."))
     eval_n: int = field(default=8, metadata=_help("Plans sampled per held-out problem."))
@@ -108,7 +110,8 @@ class LoopConfig:
     batch_size: int = field(default=4, metadata=_help("Units per claim in the sampling and evaluation stages."))
 
     # Fields that change how the loop is run or measured, not what it trains: a continued loop may change them.
-    RUNTIME: typing.ClassVar[tuple[str, ...]] = ("iterations", "eval_problems", "eval_n", "workers", "batch_size")
+    RUNTIME: typing.ClassVar[tuple[str, ...]] = ("iterations", "eval_problems", "eval_n", "workers", "batch_size",
+                                                 "license")
     PATHS: typing.ClassVar[tuple[str, ...]] = ("llm_config", "train_config", "out_dir")
 
     @classmethod
@@ -190,6 +193,10 @@ class LoopConfig:
             bad("navigator_backend", f"must be one of {', '.join(NAVIGATOR_BACKENDS)}")
         if self.retrieval_mode not in ("hybrid", "vector", "text", "hierarchical"):
             bad("retrieval_mode", "must be hybrid, vector, text or hierarchical")
+        if self.license is not None:
+            from kb.datasets import check_license
+
+            check_license(self.license, field="license")
         from pipelines.train.dpo_config import DPOTrainConfig
 
         for key, value in self.train.items():
@@ -427,7 +434,13 @@ class _Context:
         if pairs.get("converged"):
             return {"skipped": "no pairs"}
         out = Path(self.cfg.out_dir) if self.cfg.out_dir else kb_config.home_dir() / "loops" / self.cfg.name
-        manifest = export(self.db, "dpo", out / f"it{k}-dpo", pairs=pairs["params_hash"])
+        try:
+            manifest = export(self.db, "dpo", out / f"it{k}-dpo", pairs=pairs["params_hash"], license=self.cfg.license)
+        except InputError as e:
+            if e.field != "--license":
+                raise
+            raise InputError(f"{e.reason}; in a loop, the config key `license`", record="loop config",
+                             field="license") from None
         return {"dataset": manifest["id"], "rows": sum((manifest.get("row_counts") or {}).values())}
 
     def _done_step(self, k: int, step: str) -> dict[str, Any]:

@@ -225,12 +225,18 @@ def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> 
 
 def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None = None,
                     preset: str | None = None, source: str | None = None, split: str | None = None,
-                    embed: bool = True, embed_model: str | None = None) -> dict[str, Any]:
-    """Import a file; returns counts and the run id. Re-importing creates nothing."""
+                    embed: bool = True, embed_model: str | None = None, license: str | None = None) -> dict[str, Any]:
+    """Import a file; returns counts and the run id. Re-importing creates nothing.
+
+    LICENSE: the licence of the file's data, recorded with the run (`pipelines.licences`: the default
+    licence of exports of these problems); None: not known."""
+    from kb.datasets import check_license
+
     path = Path(path)
+    check_license(license)
     rows = load_rows(path, fmt=fmt, mapping=mapping, preset=preset, source=source, split=split)
     params = {"file": str(path), "format": fmt, "mapping": mapping or {}, "preset": preset, "source": source,
-              "split": split}
+              "split": split, "license": license}
     with pipeline_run(db, "import-problems", params) as (run_id, counts):
         with session_scope(db) as s:
             outcome = insert_problems(s, rows, run_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import sqlalchemy as sa
@@ -85,8 +86,14 @@ def test_dpo_export_is_byte_identical_and_manifest_is_complete(cli, db, world, t
     assert len(rows) == 1 and rows[0].id == a["id"] and rows[0].files == manifest["files"]
     listed = json.loads(cli("datasets", "list", "--json").output)
     assert [r["id"] for r in listed] == [a["id"]]
+    # Both folders the version was written to are recorded, in the order written; writing one again adds none.
+    cli("export", "dpo", "--out", str(tmp_path / "a"), "--jsonl")
+    folders = [str((tmp_path / x).resolve()) for x in ("a", "b")]
+    assert listed[0]["paths"] == folders
     shown = json.loads(cli("datasets", "show", a["id"][:8], "--json").output)
     assert shown["params"] == manifest["params"]
+    assert shown["paths"] == folders and shown["path"] == folders[0]
+    assert str(tmp_path / "b") in cli("datasets", "list", "--csv").output
     # A different selection is a different version; it cannot go into a folder holding another one.
     cli("export", "dpo", "--out", str(tmp_path / "a"), "--min-margin", "0.6", expect=3)
     other = json.loads(cli("export", "dpo", "--out", str(tmp_path / "c"), "--min-margin", "0.6", "--json").output)
@@ -198,13 +205,41 @@ def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
 
     probs = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
-    assert probs["row_counts"] == {"problems": 5}
+    assert probs["row_counts"] == {"train": 5}  # keyed by split, as `load_dataset` names it
     assert probs["params"] == {"problems": {"split": "train"}, "license": "unknown"}
     rows = [json.loads(x) for x in (tmp_path / "p" / "jsonl" / "problems.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == sorted(r["id"] for r in rows) and rows[0]["id"] == world["anchor"]
     again = json.loads(cli("export", "problems", "--out", str(tmp_path / "p"), "--problems", "split=train",
                            "--jsonl", "--json").output)
     assert again["id"] == probs["id"]  # re-exporting into the same folder is a no-op
+
+
+def test_folders_and_records_of_earlier_versions_still_verify(cli, db, world, tmp_path):
+    """Before format 3, row_counts were keyed by part name ({"problems": 5}); such a folder, and such a KB
+    row, still verify, against each other and against a folder written today."""
+    old = tmp_path / "old"
+    probs = export(db, "problems", old, problems="split=train")
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.update(format="reasonflux-dataset/2", row_counts={"problems": 5})
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with db.engine.begin() as conn:  # the row as the earlier version recorded it (rows are never updated)
+        row = dict(conn.execute(sa.text("SELECT * FROM dataset_version WHERE id = :i"), {"i": probs["id"]})
+                   .mappings().one())
+        conn.execute(sa.text("DELETE FROM dataset_version WHERE id = :i"), {"i": probs["id"]})
+        conn.execute(sa.text(
+            "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id, "
+            "created_at) VALUES (:id, :kind, CAST(:params AS jsonb), :rev, '{\"problems\": 5}', "
+            "CAST(:files AS jsonb), :path, :run, :at)"),
+            {**row, "rev": row["schema_revision"], "params": json.dumps(row["params"]),
+             "files": json.dumps(row["files"]), "run": row["run_id"], "at": row["created_at"]})
+    assert json.loads(cli("datasets", "verify", str(old), "--json").output)["kb"] == "ok"
+    # The same selection: the same version, recorded the old way.
+    new = export(db, "problems", tmp_path / "new", problems="split=train")
+    assert new["id"] == probs["id"] and new["row_counts"] == {"train": 5}
+    assert json.loads(cli("datasets", "verify", str(tmp_path / "new"), "--json").output)["kb"] == "ok"
+    manifest["row_counts"] = {"problems": 4}  # a different count is still a mismatch, in either vocabulary
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert "row_counts differs" in cli("datasets", "verify", str(old), expect=1).output
 
 
 def test_plan_texts_render_replies_and_refuse_what_cannot_be_one(db, world):
@@ -298,6 +333,10 @@ def test_training_reads_the_exports(db, world, tmp_path):
     dpo = export(db, "dpo", tmp_path / "dpo")
     sft = export(db, "sft", tmp_path / "sft")
     rows = load_rows(verify_export(db, dpo["id"], stage="dpo"), "dpo")
+    # By id: the first recorded folder that is still there.
+    export(db, "dpo", tmp_path / "dpo2")
+    shutil.rmtree(tmp_path / "dpo")
+    assert verify_export(db, dpo["id"], stage="dpo").path == (tmp_path / "dpo2").resolve()
     assert rows.num_rows == 3 and rows[0]["chosen"][0]["role"] == "assistant"
     sft_rows = load_rows(verify_export(db, str(tmp_path / "sft"), stage="sft"), "sft")
     assert sft_rows.num_rows == sft["row_counts"]["train"] == 3  # two templates, one plan example

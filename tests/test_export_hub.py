@@ -56,13 +56,36 @@ def test_every_kind_loads_both_ways_and_its_card_describes_it(cli, db, world, tm
                                   "data_files": [{"split": "train", "path": "data/train.parquet"}]}
     schema = pq.read_schema(out / "data" / "train.parquet")
     assert meta["dataset_info"]["features"] == datasets.Features.from_arrow_schema(schema)._to_yaml_list()
-    assert meta["dataset_info"]["splits"] == [{"name": "train", "num_examples": rows}]
+    info = meta["dataset_info"]
+    # What `datasets` computes when it prepares the split: the card states the same rows and bytes.
+    assert info["splits"] == [{"name": "train", "num_bytes": by_dir["train"].info.splits["train"].num_bytes,
+                               "num_examples": rows}]
+    assert info["dataset_size"] == info["splits"][0]["num_bytes"] > 0
+    assert info["download_size"] == (out / "data" / "train.parquet").stat().st_size
+    assert datasets.DatasetInfo._from_yaml_dict(info).splits["train"].num_examples == rows
     assert by_dir["train"].features == datasets.Features.from_arrow_schema(schema)
     # The licence is recorded with the version, in the manifest and in the KB.
     assert manifest["license"] == manifest["params"]["license"] == "cc-by-4.0"
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT params->>'license' FROM dataset_version WHERE id = :i"),
                             {"i": manifest["id"]}).scalar() == "cc-by-4.0"
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
+def test_every_kind_loads_without_a_warning(cli, db, world, tmp_path, caplog, fmt):  # noqa: F811
+    """No "Ignoring part of dataset_info" (a logging warning of `datasets`) nor any Python warning."""
+    import logging
+    import warnings
+
+    for kind in KINDS:
+        out = tmp_path / kind
+        cli("export", kind, "--out", str(out), "--format", fmt)
+        caplog.clear()
+        with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+            warnings.simplefilter("error")
+            ds = _load(str(out), tmp_path=tmp_path)
+        assert ds["train"].num_rows > 0
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [], kind
 
 
 def test_jsonl_only_exports_load_both_ways(cli, db, world, tmp_path):  # noqa: F811

@@ -48,6 +48,18 @@ def test_config_flags_beat_the_file_and_paths_are_relative_to_it(tmp_path):
     assert cfg.identity() != loop.LoopConfig.load(path, {"n": 4}).identity()
 
 
+def test_the_exports_licence_is_checked_and_may_change_when_a_loop_continues(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: a\nlicense: Use it nicely!\n")
+    with pytest.raises(InputError) as e:
+        loop.LoopConfig.load(path)
+    assert e.value.field == "license"
+    path.write_text("name: a\nlicense: apache-2.0\n")
+    cfg = loop.LoopConfig.load(path)
+    (tmp_path / "before.yaml").write_text("name: a\n")
+    assert cfg.license == "apache-2.0" and cfg.identity() == loop.LoopConfig.load(tmp_path / "before.yaml").identity()
+
+
 def test_cli_refuses_an_unknown_config_key_naming_file_and_key(cli, db, tmp_path):
     path = tmp_path / "loop.yaml"
     path.write_text("name: a\nnavigatr: toy-sft\n")

@@ -97,16 +97,18 @@ def _migration(rev: str, down: str) -> str:
 
 def test_the_rule_check_refuses_edits_renumbering_and_retired_ids(tmp_path):
     versions = _copy_versions(tmp_path)
-    (versions / "0009_model_registry.py").write_text(_migration("0009", "0007"))
+    head = landed.CHAINS[landed.CURRENT][-1].revision  # whatever today's head is
+    new = f"{int(head) + 1:04d}"
+    (versions / f"{new}_next_change.py").write_text(_migration(new, head))
     assert chain_problems(versions) == []  # appending is the one way to add
 
-    (versions / "0008_reuse.py").write_text(_migration("0008", "0009"))
+    (versions / "0008_reuse.py").write_text(_migration("0008", new))
     assert any("0008 is retired" in p for p in chain_problems(versions))
     (versions / "0008_reuse.py").unlink()
 
-    (versions / "0010_branch.py").write_text(_migration("0010", "0007"))
+    (versions / f"{int(new) + 1:04d}_branch.py").write_text(_migration(f"{int(new) + 1:04d}", "0007"))
     assert any("branches after 0007" in p for p in chain_problems(versions))
-    (versions / "0010_branch.py").unlink()
+    (versions / f"{int(new) + 1:04d}_branch.py").unlink()
 
     phrase = next(versions.glob("0005_*.py"))
     phrase.write_text(phrase.read_text() + "\n# tweaked\n")

@@ -11,6 +11,7 @@ from kb.models.sessions import SolveRound, SolveSession
 from kb.models.templates import Template, TemplateEmbedding, TemplateVersion
 from kb.models.training import TrainingMetric, TrainingRun
 from kb.models.trajectories import (
+    DatasetLocation,
     DatasetVersion,
     DpoPair,
     NavigatorModel,
@@ -23,7 +24,7 @@ from kb.models.usage import SolveStepTemplate
 metadata = SQLModel.metadata
 
 __all__ = [
-    "DatasetVersion", "DpoPair", "Failure", "LlmCall", "NavigatorModel", "PipelineRun", "Problem",
+    "DatasetLocation", "DatasetVersion", "DpoPair", "Failure", "LlmCall", "NavigatorModel", "PipelineRun", "Problem",
     "ProblemEmbedding", "RegisteredModel", "RetrieverModel", "Rollout", "SimilarBuild", "SimilarSet", "SimilarSetMember",
     "SolveRound", "SolveSession", "SolveStepTemplate", "Template", "TemplateEmbedding", "TemplateVersion",
     "TrainingMetric", "TrainingRun",

@@ -108,6 +108,18 @@ class DatasetVersion(SQLModel, table=True):
     schema_revision: str
     row_counts: dict[str, Any] = json_field()
     files: dict[str, Any] = json_field()  # file name -> sha256
-    path: str | None = text_field()
+    path: str | None = text_field()  # the first folder it was written to; every folder: DatasetLocation
     run_id: int | None = run_fk(immutable=True)
+    created_at: datetime = created_at_field()
+
+
+class DatasetLocation(SQLModel, table=True):
+    """A folder a dataset version was written to (one row per folder: the same version may be exported to
+    several). Its own table because dataset_version rows are immutable (migration 0010)."""
+
+    __tablename__ = "dataset_location"
+
+    version_id: str = Field(foreign_key="dataset_version.id", primary_key=True, ondelete="CASCADE")
+    path: str = Field(primary_key=True, sa_type=sa.Text)
+    run_id: int | None = run_fk()  # the export run that wrote it there
     created_at: datetime = created_at_field()

@@ -18,7 +18,7 @@ def datasets_group() -> None:
 @output_options
 @pass_app
 def list_cmd(app: AppContext, kind: str | None, fmt: str) -> None:
-    """Every recorded version, oldest first."""
+    """Every recorded version, oldest first, with every folder it was written to."""
     from kb.datasets import VERSION_COLUMNS, list_versions
 
     emit(list_versions(app.db(), kind), fmt, columns=VERSION_COLUMNS)
@@ -29,7 +29,8 @@ def list_cmd(app: AppContext, kind: str | None, fmt: str) -> None:
 @output_options(csv_ok=False)
 @pass_app
 def show_cmd(app: AppContext, version_id: str, fmt: str) -> None:
-    """One version (id or unique prefix): selection, revision, row counts, file hashes, folder."""
+    """One version (id or unique prefix): selection, revision, row counts, file hashes, every folder it was
+    written to (`paths`, in the order written)."""
     from kb.datasets import get_version
 
     emit(get_version(app.db(), version_id), fmt)

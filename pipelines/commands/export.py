@@ -8,7 +8,6 @@ import functools
 import click
 
 from kb.cli import AppContext, pass_app
-from kb.defaults import DATASET_LICENSE
 from kb.errors import KbError
 from kb.output import emit
 
@@ -20,8 +19,11 @@ def _common(f, formats=("parquet", "jsonl")):
     f = click.option("--private", is_flag=True, help="With --push-to-hub: create the repo private.")(f)
     f = click.option("--push-to-hub", "push_repo", metavar="REPO", default=None,
                      help="Then upload the folder to this Hub dataset repo (needs a token: `hf auth login`).")(f)
-    f = click.option("--license", "license_id", default=DATASET_LICENSE, show_default=True,
-                     help="Licence id for the card and the record (e.g. apache-2.0, cc-by-4.0, mit, other).")(f)
+    f = click.option("--license", "license_id", default=None, metavar="ID",
+                     help="Licence id for the card and the record (e.g. apache-2.0, cc-by-4.0, mit, other). "
+                     "Default: the licence recorded for every source of the data (`problems import --license`, "
+                     "`import ... --license`); `unknown` when none is recorded; when the sources differ or only "
+                     "some have one, the export is refused (exit 2) until --license says which.")(f)
     f = click.option("--jsonl", "with_jsonl", is_flag=True, help="Also write JSONL next to the Parquet files.")(f)
     f = click.option("--format", "data_format", type=click.Choice(formats), default="parquet",
                      show_default=True, help="Data file format (--jsonl adds JSONL to Parquet; llamafactory: "
@@ -32,7 +34,7 @@ def _common(f, formats=("parquet", "jsonl")):
 
 
 def _run(app: AppContext, kind: str, out_dir: str, data_format: str, with_jsonl: bool, as_json: bool,
-         license_id: str, push_repo: str | None, private: bool, **selection) -> None:
+         license_id: str | None, push_repo: str | None, private: bool, **selection) -> None:
     from pipelines.export import export
 
     formats = (data_format,) if data_format != "parquet" else ("parquet",)

@@ -16,6 +16,10 @@ def import_group() -> None:
 
 
 def _import_options(f):
+    f = click.option("--license", "license_id", default=None, metavar="ID",
+                     help="Licence of this file's templates (a Hub licence id: apache-2.0, mit, cc-by-4.0, other), "
+                     "recorded with the import run; exports of this data default to it (docs/data.md, "
+                     "Licences).")(f)
     f = click.option("--note", default=None, help="Change note for the versions this import writes.")(f)
     f = click.option("--model", default=None, help="Embedding model (default: REASONFLUX_EMBED_MODEL or "
                                                    "all-MiniLM-L6-v2).")(f)
@@ -24,10 +28,10 @@ def _import_options(f):
 
 
 def _run(app: AppContext, file: Path, fmt: str, no_embed: bool, model: str | None, note: str | None,
-         out_fmt: str) -> None:
+         out_fmt: str, license_id: str | None) -> None:
     from pipelines.import_templates import import_file
 
-    result = import_file(app.db(), file, fmt, embed=not no_embed, model=model, note=note)
+    result = import_file(app.db(), file, fmt, embed=not no_embed, model=model, note=note, license=license_id)
     emit({"run_id": result.run_id, "file": str(file), "format": fmt, **result.counts}, out_fmt)
 
 
@@ -35,23 +39,25 @@ def _run(app: AppContext, file: Path, fmt: str, no_embed: bool, model: str | Non
 @_import_options
 @output_options(csv_ok=False)
 @pass_app
-def import_v1(app: AppContext, file: Path, no_embed: bool, model: str | None, note: str | None, fmt: str) -> None:
+def import_v1(app: AppContext, file: Path, no_embed: bool, model: str | None, note: str | None, fmt: str,
+              license_id: str | None) -> None:
     """Import FILE in the ReasonFlux-v1 library layout (chapter -> section -> list of templates).
 
     Chapters become categories and sections become sections. Drift in the source
     (list or text scenarios, example layouts, type spellings, repeated names) is
     normalised; every source value not reproduced exactly is kept in extra.
     """
-    _run(app, file, "reasonflux-v1", no_embed, model, note, fmt)
+    _run(app, file, "reasonflux-v1", no_embed, model, note, fmt, license_id)
 
 
 @import_group.command("jsonl")
 @_import_options
 @output_options(csv_ok=False)
 @pass_app
-def import_jsonl(app: AppContext, file: Path, no_embed: bool, model: str | None, note: str | None, fmt: str) -> None:
+def import_jsonl(app: AppContext, file: Path, no_embed: bool, model: str | None, note: str | None, fmt: str,
+                 license_id: str | None) -> None:
     """Import FILE of template records, one JSON object per line (as `export templates` writes them)."""
-    _run(app, file, "jsonl", no_embed, model, note, fmt)
+    _run(app, file, "jsonl", no_embed, model, note, fmt, license_id)
 
 
 def register(cli: click.Group) -> None:

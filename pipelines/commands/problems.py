@@ -25,17 +25,22 @@ def problems() -> None:
                    "aime: id -> source_id).")
 @click.option("--source", default=None, help="Dataset name stored with each problem (default: preset or file name).")
 @click.option("--split", default=None, help="Split for records without one (default: preset's, else train).")
+@click.option("--license", "license_id", default=None, metavar="ID",
+              help="Licence of this file's data (a Hub licence id: apache-2.0, mit, cc-by-4.0, other), "
+                   "recorded with the import run; exports of this data default to it (docs/data.md, "
+                   "Licences).")
 @click.option("--no-embed", is_flag=True, help="Do not embed the new problems now.")
 @click.option("--model", default=None, help="Embedding model (default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (--format names the input's).")
 @pass_app
 def import_cmd(app: AppContext, file: str, file_format: str, mapping: tuple[str, ...], preset: str | None,
-               source: str | None, split: str | None, no_embed: bool, model: str | None, as_json: bool) -> None:
+               source: str | None, split: str | None, license_id: str | None, no_embed: bool, model: str | None,
+               as_json: bool) -> None:
     """Import FILE in one transaction; problems already stored (same normalised text) are not duplicated."""
     from pipelines.problems import import_problems, parse_mapping
 
     result = import_problems(app.db(), file, fmt=file_format, mapping=parse_mapping(mapping), preset=preset,
-                             source=source, split=split, embed=not no_embed, embed_model=model)
+                             source=source, split=split, embed=not no_embed, embed_model=model, license=license_id)
     emit(result, "json" if as_json else "table")
 
 

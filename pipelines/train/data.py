@@ -44,10 +44,12 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
         directory = candidate.resolve()
     else:
         row = datasets.get_version(db, id_or_dir)
-        if not row["path"] or not Path(row["path"]).is_dir():
-            raise NotFound(f"dataset version {row['id']}'s export directory {row['path']!r} is missing; "
-                           "re-export it")
-        directory = Path(row["path"]).resolve()
+        # The first recorded folder that is still there (a version may have been written to several).
+        found = [p for p in row["paths"] or [row["path"]] if p and Path(p).is_dir()]
+        if not found:
+            raise NotFound(f"dataset version {row['id']}'s export directories are missing "
+                           f"({', '.join(row['paths'] or [str(row['path'])])}); re-export it")
+        directory = Path(found[0]).resolve()
     result = datasets.verify(db, directory)
     row = datasets.get_version(db, result["id"])
     if row["kind"] not in STAGE_KINDS[stage]:
