@@ -156,36 +156,62 @@ def conversation_columns(conn, trajectory_ids) -> Conversations:
     binds = {"ids": _array_literal(ids)}
     traj = fetch_columns(conn, _TRAJECTORIES_SQL, binds, _TRAJECTORY_SCHEMA, "id")
     steps = fetch_columns(conn, _STEPS_SQL, binds, _STEP_SCHEMA, "trajectory_id, position")
-    tids = traj["id"].to_numpy()
+    tids, problem_ids = traj["id"].to_numpy(), traj["problem_id"].to_numpy()
     step_owner = steps["trajectory_id"].to_numpy()
-    starts = np.searchsorted(step_owner, tids, "left").tolist()
-    ends = np.searchsorted(step_owner, tids, "right").tolist()
-    texts, templates = steps["text"].to_pylist(), steps["template"].to_pylist()
-    problem_ids = traj["problem_id"].to_numpy()
-    prompt_keys: dict[tuple, int] = {}
+    starts = np.searchsorted(step_owner, tids, "left")
+    ends = np.searchsorted(step_owner, tids, "right")
+    max_steps = traj["max_steps"].to_numpy()
+    max_steps = np.where(max_steps == 0, navigator.MAX_STEPS, max_steps)
+    # Strings become codes into their distinct values: checks, keys and plans work on small ints.
+    abstraction_of, abstractions = _codes(traj["abstraction"])
+    blank = np.array([not (a or "").strip() for a in abstractions], dtype=bool)[abstraction_of]
+    bad = blank | (starts == ends) | (ends - starts > max_steps)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps[i]} "
+                         "steps", record=f"trajectory {tids[i]}", field="abstraction/steps")
+    hints_of, hint_keys = _codes(traj["hints"])
+    first_rows, prompt_of = _distinct_rows(problem_ids, hints_of, max_steps)
+    keys = np.stack([problem_ids[first_rows], hints_of[first_rows], max_steps[first_rows]], axis=1)
+    text_of, texts = _codes(steps["text"])
+    template_of, templates = _codes(steps["template"])
+    text_codes, template_codes = text_of.tolist(), template_of.tolist()
     plans: dict[tuple, int] = {}
     replies: dict[str, int] = {}
-    prompt_of, reply_of = [], []
-    rows = zip(tids.tolist(), problem_ids.tolist(), traj["abstraction"].to_pylist(), traj["hints"].to_pylist(),
-               traj["max_steps"].to_pylist(), starts, ends)
-    for tid, problem_id, abstraction, hints, max_steps, start, end in rows:
-        max_steps = max_steps or navigator.MAX_STEPS
-        if not (abstraction or "").strip() or start == end or end - start > max_steps:
-            raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps} "
-                             "steps", record=f"trajectory {tid}", field="abstraction/steps")
-        prompt_of.append(prompt_keys.setdefault((problem_id, hints, max_steps), len(prompt_keys)))
-        plan = (abstraction, *texts[start:end], *templates[start:end])
+    reply_of = []
+    for a, start, end in zip(abstraction_of.tolist(), starts.tolist(), ends.tolist()):
+        plan = (a, *text_codes[start:end], *template_codes[start:end])
         code = plans.get(plan)
         if code is None:
-            reply = navigator.render_plan(abstraction, zip(texts[start:end], templates[start:end]))
+            reply = navigator.render_plan(abstractions[a], [(texts[t], templates[n]) for t, n in
+                                                            zip(text_codes[start:end], template_codes[start:end])])
             code = plans[plan] = replies.setdefault(reply, len(replies))
         reply_of.append(code)
-    return Conversations(tids, np.asarray(prompt_of, dtype=np.int64), _prompts(conn, prompt_keys),
-                         np.asarray(reply_of, dtype=np.int64), list(replies), problem_ids,
-                         traj["contract"].to_pylist())
+    prompts = _prompts(conn, [(p, hint_keys[h], m) for p, h, m in keys.tolist()])
+    return Conversations(tids, prompt_of, prompts, np.asarray(reply_of, dtype=np.int64), list(replies),
+                         problem_ids, traj["contract"].to_pylist())
 
 
-def _prompts(conn, keys: dict[tuple, int]) -> list[list]:
+def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each distinct combination of COLUMNS' values, each row's combination number).
+
+    Columns are folded in pairwise as codes, each below the row count, so no product overflows int64."""
+    n = len(columns[0])
+    combined = np.unique(columns[0], return_inverse=True)[1].ravel()
+    for column in columns[1:]:
+        code = np.unique(column, return_inverse=True)[1].ravel()
+        combined = np.unique(combined * n + code, return_inverse=True)[1].ravel()
+    first_rows, of = np.unique(combined, return_index=True, return_inverse=True)[1:]
+    return first_rows, of.ravel()
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """COLUMN as (a code per row, the distinct values the codes index); NULL is a value like any other."""
+    encoded = pa.chunked_array(column).combine_chunks().dictionary_encode(null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _prompts(conn, keys: list[tuple]) -> list[list]:
     """The plan request of each (problem id, recorded hints JSON, step bound) in KEYS, in KEYS' order."""
     hint_lists = dict(conn.execute(_HINTS_SQL, {"keys": sorted({h for _, h, _ in keys if h is not None})}).all())
     hint_ids = sorted({h for ids in hint_lists.values() for h in ids})
