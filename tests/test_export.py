@@ -420,3 +420,24 @@ def _reference_reply(db, trajectory_id):
             "template_version v ON v.id = st.template_version_id WHERE st.trajectory_id = :t ORDER BY st.position"),
             {"t": trajectory_id}).all()
     return navigator.render_plan(abstraction, [tuple(s) for s in steps])
+
+
+def test_fetch_columns_reads_nulls_empty_strings_and_numbers_in_order(db):
+    import pyarrow as pa
+
+    from kb.errors import NotFound
+    from pipelines.export import fetch_columns
+
+    schema = pa.schema([("id", pa.int64()), ("s", pa.string()), ("x", pa.float64()), ("t", pa.string())])
+    query = ("SELECT * FROM (VALUES (3, NULL, 1.5, 'é'), (1, '', -2.0, NULL), (2, 'a\\b', 0.0, ''), "
+             "(4, 'ÿ漢🙂', 3.0, NULL), (5, NULL, 1e300, 'z')) v(id, s, x, t)")
+    with db.engine.connect() as conn:
+        table = fetch_columns(conn, query, {}, schema, "id")
+        table.validate(full=True)
+        assert table.to_pylist() == [
+            {"id": 1, "s": "", "x": -2.0, "t": None}, {"id": 2, "s": "a\\b", "x": 0.0, "t": ""},
+            {"id": 3, "s": None, "x": 1.5, "t": "é"}, {"id": 4, "s": "ÿ漢🙂", "x": 3.0, "t": None},
+            {"id": 5, "s": None, "x": 1e300, "t": "z"}]
+        assert fetch_columns(conn, query + " WHERE false", {}, schema, "id").num_rows == 0
+        with pytest.raises(NotFound, match="NULLs"):
+            fetch_columns(conn, "SELECT NULL::int AS id", {}, pa.schema([("id", pa.int64())]), "id")
