@@ -142,7 +142,7 @@ class PhraseVectors:
         ]
         for i in range(0, len(missing), BATCH):
             chunk = missing[i : i + BATCH]
-            self._store(model, chunk, get_embedder(model, db).encode(chunk, batch_size=BATCH))
+            self._store(model, chunk, _ENCODER.encode(get_embedder(model, db), chunk))
         return len(missing)
 
     def __len__(self) -> int:
