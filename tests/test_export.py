@@ -214,6 +214,7 @@ def test_plan_texts_render_replies_and_refuse_what_cannot_be_one(db, world):
     good = world["trajectories"][0]
     with db.engine.connect() as conn:
         plans = plan_texts(conn, [good])
+        assert plan_texts(conn, []) == {}
     assert navigator.parse_plan(plans[good]).steps[0].template == "Telescoping sum"
     with session_scope(db) as s:
         bare = insert_trajectory(s, world["anchor"], [], "nav", "bare", abstraction="x")
