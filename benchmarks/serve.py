@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from kb.db import Database
 from kb.scratch import scratch_database
-from serve import traces
 from pipelines.llm.scripted import play_along_backend
+from serve import traces
 from serve.solver import Solver, SolverConfig
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
@@ -84,7 +84,7 @@ class Timers:
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
 def library_steps(db: Database) -> list[tuple[str, str]]:
@@ -115,10 +115,13 @@ def overhead(db: Database, sessions: int, mode: str, *, steps: list[tuple[str, s
     STEPS None: the last step's template phrase is the problem itself, so every such query is new.
     """
     import kb.retrieval
+    from pipelines import step_retrieval
 
     timers = Timers()
-    original = (kb.retrieval.search_templates, traces.write_round)
+    # Step retrieval calls search_templates by the name it imported: both names are timed.
+    original = (kb.retrieval.search_templates, step_retrieval.search_templates, traces.write_round)
     timers.wrap(kb.retrieval, "search_templates", timers.retrieval)
+    timers.wrap(step_retrieval, "search_templates", timers.retrieval)
     timers.wrap(traces, "write_round", timers.writes)
     backend = play_along_backend(steps=steps, template_from_problem=steps is None)
     all_in = []
@@ -137,7 +140,7 @@ def overhead(db: Database, sessions: int, mode: str, *, steps: list[tuple[str, s
                 all_in.append((wall - wait) / r.rounds)
                 ids.append(r.session_id)
     finally:
-        kb.retrieval.search_templates, traces.write_round = original
+        kb.retrieval.search_templates, step_retrieval.search_templates, traces.write_round = original
     with db.engine.connect() as conn:
         rounds = conn.execute(
             sa.text(

@@ -126,20 +126,26 @@ def _model_literal(model: str) -> str:
 
 
 def _pooled(conn: Any, fetch, n: int, pool: int, filters: tuple[str, dict],
-            exact) -> list[tuple[int, float]]:
+            exact, checked: dict[int, bool] | None = None) -> list[tuple[int, float]]:
     """The best N current versions passing FILTERS, from a ranked pool that grows until it has them.
 
     FETCH(pool) ranks one table alone (so the index, not a join, drives the plan); the
     survivors are then checked against template and the filters in one lookup. When a
     large pool still falls short (a very selective filter), EXACT() ranks the filtered
-    rows directly, which is then the cheaper plan.
+    rows directly, which is then the cheaper plan. CHECKED (version id -> passes) carries
+    the lookups between the candidate lists of one search: a hybrid search over a small
+    library checks its text candidates without another statement.
     """
     where, params = filters
     keep = sa.text(f"SELECT v.id FROM {_CURRENT} WHERE v.id = ANY(:ids){where}")
+    checked = {} if checked is None else checked
     while pool <= MAX_POOL:
         ranked = fetch(pool)
-        allowed = set(conn.execute(keep, {**params, "ids": [vid for vid, _ in ranked]}).scalars())
-        kept = [(vid, score) for vid, score in ranked if vid in allowed]
+        unknown = [vid for vid, _ in ranked if vid not in checked]
+        if unknown:
+            allowed = set(conn.execute(keep, {**params, "ids": unknown}).scalars())
+            checked.update((vid, vid in allowed) for vid in unknown)
+        kept = [(vid, score) for vid, score in ranked if checked[vid]]
         if len(kept) >= n or len(ranked) < pool:
             return kept[:n]
         pool *= 4
@@ -147,7 +153,8 @@ def _pooled(conn: Any, fetch, n: int, pool: int, filters: tuple[str, dict],
 
 
 def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, model: str, n: int,
-                      filters: tuple[str, dict] = ("", {}), ef_search: int | None = None) -> list[tuple[int, float]]:
+                      filters: tuple[str, dict] = ("", {}), ef_search: int | None = None,
+                      checked: dict[int, bool] | None = None) -> list[tuple[int, float]]:
     """[(version_id, cosine similarity)] best first, over current versions passing the filters."""
     dim = len(query_vector)
     ef = min(max(ef_search or EF_SEARCH, n), MAX_EF_SEARCH)
@@ -170,7 +177,7 @@ def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, mod
             f"WHERE e.model = {_model_literal(model)}{where} ORDER BY 2 LIMIT :n"), {**params, "q": q, "n": n}).all()
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
-    return _pooled(conn, fetch, n, ef, filters, exact)
+    return _pooled(conn, fetch, n, ef, filters, exact, checked)
 
 
 def normalize_query(query: str) -> str:
@@ -184,8 +191,8 @@ def text_query(query: str) -> str:
     return " or ".join(words)
 
 
-def text_candidates(conn: Any, query: str, n: int,
-                    filters: tuple[str, dict] = ("", {})) -> list[tuple[int, float]]:
+def text_candidates(conn: Any, query: str, n: int, filters: tuple[str, dict] = ("", {}),
+                    checked: dict[int, bool] | None = None) -> list[tuple[int, float]]:
     """[(version_id, ts_rank)] best first, over current versions passing the filters."""
     q = text_query(query)
     if not q:
@@ -205,7 +212,7 @@ def text_candidates(conn: Any, query: str, n: int,
             f"WHERE v.search_tsv @@ q.q{where} ORDER BY score DESC, v.id LIMIT :n"), {**params, "q": q, "n": n}).all()
         return [(int(r[0]), float(r[1])) for r in rows]
 
-    return _pooled(conn, fetch, n, 2 * n, filters, exact)
+    return _pooled(conn, fetch, n, 2 * n, filters, exact, checked)
 
 
 def fuse(vector: list[tuple[int, float]], text: list[tuple[int, float]], *, k: int = RRF_K,
@@ -334,12 +341,13 @@ def search_templates(session_or_conn: Any, query: str | None = None, *,
         if mode == "hierarchical":
             ranked = hierarchical_candidates(conn, np.asarray(query_vector), model, k, filters)
         else:
+            checked: dict[int, bool] = {}  # the filters' verdict per version, shared by both lists
             if mode in ("vector", "hybrid"):
-                vec = vector_candidates(conn, query_vector, model, n, filters, ef_search)
+                vec = vector_candidates(conn, query_vector, model, n, filters, ef_search, checked)
                 if not vec and mode == "vector":
                     _require_vectors(conn, model)
             if mode in ("text", "hybrid") and query:
-                txt = text_candidates(conn, query, n, filters)
+                txt = text_candidates(conn, query, n, filters, checked)
             ranked = vec if mode == "vector" else txt if mode == "text" else fuse(vec, txt)
         return _hits(conn, ranked[:k], dict(vec), dict(txt))
 

@@ -18,6 +18,9 @@ turned off, plan examples: the best-rewarded trajectories of train-split problem
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,69 +51,187 @@ SFT_ANSWER = "Description: {description}\n\nApplication scope: {application_scop
 def fetch_columns(conn, query: str, params: dict, schema: pa.Schema, order_by: str) -> pa.Table:
     """QUERY's columns (named as in SCHEMA: int64, float64 or string) as an Arrow table, ordered by ORDER_BY.
 
-    Each column comes back as one bytea (big-endian numbers; strings as UTF-8 bytes plus lengths and null
-    flags) that Arrow wraps without a Python object per value: what makes 10^6-row exports fast. A bytea
+    The numbers of a row come back packed into one bytea record (big-endian), all rows' records in one bytea;
+    each string column as one bytea of UTF-8 values, each ended by a NUL byte (which PostgreSQL text cannot
+    hold), NULL written as 0xFF (which UTF-8 never uses). Arrow wraps them without a Python object per value
+    and the server runs one aggregate per string column, not three: what makes 10^6-row exports fast. A bytea
     is limited to 1 GB, which bounds one export's text column at about that size.
     """
-    aggs, parts = [], []
-    for f in schema:
-        col = f'q."{f.name}"'
-        agg = "string_agg({}, ''::bytea ORDER BY " + order_by + ")"
-        if pa.types.is_string(f.type):
-            aggs += [agg.format(f"convert_to(coalesce({col}, ''), 'UTF8')"),
-                     agg.format(f"int4send(octet_length(coalesce({col}, ''))::int4)"),
-                     agg.format(f"CASE WHEN {col} IS NULL THEN '\\x00'::bytea ELSE '\\x01'::bytea END")]
-            parts.append(3)
-        else:
-            send = "int8send({}::int8)" if pa.types.is_integer(f.type) else "float8send({}::float8)"
-            aggs.append(agg.format(send.format(col)))
-            parts.append(1)
+    agg = "string_agg({}, ''::bytea ORDER BY " + order_by + ")"
+    numbers = [f for f in schema if not pa.types.is_string(f.type)]
+    strings = [f for f in schema if pa.types.is_string(f.type)]
+    sends = [f'{"int8send" if pa.types.is_integer(f.type) else "float8send"}(q."{f.name}"::'
+             f'{"int8" if pa.types.is_integer(f.type) else "float8"})' for f in numbers]
+    aggs = [agg.format(" || ".join(sends))] if numbers else []
+    aggs += [agg.format(f"""CASE WHEN q."{f.name}" IS NULL THEN '\\xff00'::bytea """
+                        f"""ELSE convert_to(q."{f.name}", 'UTF8') || '\\x00'::bytea END""") for f in strings]
     with conn.connection.driver_connection.cursor(binary=True) as cur:
         cur.execute(f"SELECT count(*), {', '.join(aggs)} FROM ({query}) AS q", params)
-        row = list(cur.fetchone())
-    n, values = row[0], row[1:]
+        n, *values = cur.fetchone()
     if not n:
         return schema.empty_table()
-    arrays = []
-    for f, width in zip(schema, parts):
-        chunk, values = values[:width], values[width:]
-        arrays.append(_string_array(n, *chunk) if width == 3 else _number_array(n, chunk[0], f.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
+    arrays = dict(_number_arrays(n, values.pop(0), numbers)) if numbers else {}
+    arrays.update({f.name: _string_array(n, raw) for f, raw in zip(strings, values)})
+    return pa.Table.from_arrays([arrays[f.name] for f in schema], schema=schema)
 
 
-def _number_array(n: int, raw, type_: pa.DataType) -> pa.Array:
-    data = np.frombuffer(raw or b"", dtype=">i8" if pa.types.is_integer(type_) else ">f8")
-    if len(data) != n:
+def _number_arrays(n: int, raw, fields: list[pa.Field]):
+    record = np.dtype([(f.name, ">i8" if pa.types.is_integer(f.type) else ">f8") for f in fields])
+    if len(raw or b"") != n * record.itemsize:
         raise NotFound("a numeric column of the export has NULLs")
-    return pa.array(data.astype("<i8" if pa.types.is_integer(type_) else "<f8"), type_)
+    rows = np.frombuffer(raw, dtype=record)
+    for f in fields:
+        data = rows[f.name].astype("<i8" if pa.types.is_integer(f.type) else "<f8")
+        yield f.name, pa.Array.from_buffers(f.type, n, [None, pa.py_buffer(data)])
 
 
-def _string_array(n: int, data, lengths, flags) -> pa.Array:
+def _string_array(n: int, raw) -> pa.Array:
+    buf = np.frombuffer(raw or b"", dtype=np.uint8)
+    ends = np.flatnonzero(buf == 0)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    null = (ends - starts == 1) & (buf[np.minimum(starts, len(buf) - 1)] == 0xFF)
+    keep = buf != 0
+    keep[starts[null]] = False
     offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.frombuffer(lengths, dtype=">i4"), out=offsets[1:])
-    valid = np.frombuffer(flags, dtype=np.uint8).astype(bool)
-    validity = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(bytes(data or b""))],
-                                 null_count=int(n - valid.sum()))
+    np.cumsum(np.where(null, 0, ends - starts), out=offsets[1:])
+    validity = pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
+    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(buf[keep])],
+                                 null_count=int(null.sum()))
 
 
 # ---- trajectories as navigator-contract conversations -----------------------------------------------------
 
-# Steps and hints come back as arrays, not JSON: no per-row JSON decoding on large exports.
-_CONVERSATIONS_SQL = sa.text("""
-    SELECT t.id, t.problem_id, p.text AS problem, t.abstraction, t.sampling->>'prompt_hash' AS contract,
-           ARRAY(SELECT h::int FROM jsonb_array_elements_text(
-                     CASE WHEN jsonb_typeof(t.sampling->'hints') = 'array' THEN t.sampling->'hints' END) h
-                 WHERE h IS NOT NULL) AS hints,
-           (t.sampling->>'max_steps')::int AS max_steps,
-           ARRAY(SELECT st.text FROM trajectory_step st WHERE st.trajectory_id = t.id ORDER BY st.position)
-               AS step_texts,
-           ARRAY(SELECT coalesce(v.name, st.template_phrase, st.text) FROM trajectory_step st
-                 LEFT JOIN template_version v ON v.id = st.template_version_id
-                 WHERE st.trajectory_id = t.id ORDER BY st.position) AS step_templates
-    FROM trajectory t JOIN problem p ON p.id = t.problem_id
-    WHERE t.id = ANY(:ids) ORDER BY t.id
+# Trajectories and their steps come back as columns (fetch_columns), not rows: a 10^6-pair export reads half a
+# million trajectories, and a Python object per row and per array was most of its time. Hints come as the
+# recorded JSON text and are read once per distinct value (_HINTS_SQL); a missing step bound is 0. The
+# selection is one array literal joined on, not a parameter list the engine would walk value by value.
+_TRAJECTORIES_SQL = """
+    SELECT t.id, t.problem_id, t.abstraction, t.sampling->>'prompt_hash' AS contract,
+           (t.sampling->'hints')::text AS hints, coalesce((t.sampling->>'max_steps')::int, 0) AS max_steps
+    FROM unnest(%(ids)s::int8[]) AS sel(id) JOIN trajectory t ON t.id = sel.id
+"""
+_HINTS_SQL = sa.text("""
+    SELECT k, ARRAY(SELECT h::int FROM jsonb_array_elements_text(
+                        CASE WHEN jsonb_typeof(k::jsonb) = 'array' THEN k::jsonb END) h WHERE h IS NOT NULL)
+    FROM unnest(CAST(:keys AS text[])) AS k
 """)
+_PROBLEMS_SQL = "SELECT p.id, p.text FROM unnest(%(ids)s::int8[]) AS sel(id) JOIN problem p ON p.id = sel.id"
+_TRAJECTORY_SCHEMA = pa.schema([("id", pa.int64()), ("problem_id", pa.int64()), ("abstraction", pa.string()),
+                                ("contract", pa.string()), ("hints", pa.string()), ("max_steps", pa.int64())])
+_STEPS_SQL = """
+    SELECT st.trajectory_id, st.position, st.text, coalesce(v.name, st.template_phrase, st.text) AS template
+    FROM unnest(%(ids)s::int8[]) AS sel(id) JOIN trajectory_step st ON st.trajectory_id = sel.id
+    LEFT JOIN template_version v ON v.id = st.template_version_id
+"""
+_STEP_SCHEMA = pa.schema([("trajectory_id", pa.int64()), ("text", pa.string()), ("template", pa.string())])
+
+
+class Conversations:
+    """The plan conversations of a set of trajectories, in columns: trajectory `ids` (ascending); per
+    trajectory the index of its request in `prompts` and of its reply in `replies` (each distinct text
+    once), its problem and the contract hash it was sampled under."""
+
+    def __init__(self, ids: np.ndarray, prompt_of: np.ndarray, prompts: list[list], reply_of: np.ndarray,
+                 replies: list[str], problem_ids: np.ndarray, contracts: list[str | None]):
+        self.ids, self.prompt_of, self.prompts = ids, prompt_of, prompts
+        self.reply_of, self.replies, self.problem_ids, self.contracts = reply_of, replies, problem_ids, contracts
+
+    def index(self, trajectory_ids) -> np.ndarray:
+        """Positions of TRAJECTORY_IDS (all of which were selected) in `ids`."""
+        wanted = np.asarray(trajectory_ids, dtype=np.int64)
+        at = np.searchsorted(self.ids, wanted)
+        if len(wanted) and (at.max() >= len(self.ids) or not np.array_equal(self.ids[at], wanted)):
+            raise NotFound("a trajectory of the selection is missing")
+        return at
+
+    def as_dict(self) -> dict[int, dict[str, Any]]:
+        return {int(tid): {"prompt": self.prompts[self.prompt_of[i]], "reply": self.replies[self.reply_of[i]],
+                           "contract": self.contracts[i], "problem_id": int(self.problem_ids[i])}
+                for i, tid in enumerate(self.ids)}
+
+
+def conversation_columns(conn, trajectory_ids) -> Conversations:
+    """The plan request each trajectory was sampled with and the reply that stands for it, all through
+    `pipelines.navigator` (see `conversations`). Requests are built once per (problem, hints, bound) and
+    replies rendered once per distinct plan: trajectories share them."""
+    ids = np.unique(np.asarray(list(trajectory_ids), dtype=np.int64))
+    binds = {"ids": _array_literal(ids)}
+    traj = fetch_columns(conn, _TRAJECTORIES_SQL, binds, _TRAJECTORY_SCHEMA, "id")
+    steps = fetch_columns(conn, _STEPS_SQL, binds, _STEP_SCHEMA, "trajectory_id, position")
+    tids, problem_ids = traj["id"].to_numpy(), traj["problem_id"].to_numpy()
+    step_owner = steps["trajectory_id"].to_numpy()
+    starts = np.searchsorted(step_owner, tids, "left")
+    ends = np.searchsorted(step_owner, tids, "right")
+    max_steps = traj["max_steps"].to_numpy()
+    max_steps = np.where(max_steps == 0, navigator.MAX_STEPS, max_steps)
+    # Strings become codes into their distinct values: checks, keys and plans work on small ints.
+    abstraction_of, abstractions = _codes(traj["abstraction"])
+    blank = np.array([not (a or "").strip() for a in abstractions], dtype=bool)[abstraction_of]
+    bad = blank | (starts == ends) | (ends - starts > max_steps)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps[i]} "
+                         "steps", record=f"trajectory {tids[i]}", field="abstraction/steps")
+    hints_of, hint_keys = _codes(traj["hints"])
+    first_rows, prompt_of = _distinct_rows(problem_ids, hints_of, max_steps)
+    keys = np.stack([problem_ids[first_rows], hints_of[first_rows], max_steps[first_rows]], axis=1)
+    text_of, texts = _codes(steps["text"])
+    template_of, templates = _codes(steps["template"])
+    text_codes, template_codes = text_of.tolist(), template_of.tolist()
+    plans: dict[tuple, int] = {}
+    replies: dict[str, int] = {}
+    reply_of = []
+    for a, start, end in zip(abstraction_of.tolist(), starts.tolist(), ends.tolist()):
+        plan = (a, *text_codes[start:end], *template_codes[start:end])
+        code = plans.get(plan)
+        if code is None:
+            reply = navigator.render_plan(abstractions[a], [(texts[t], templates[n]) for t, n in
+                                                            zip(text_codes[start:end], template_codes[start:end])])
+            code = plans[plan] = replies.setdefault(reply, len(replies))
+        reply_of.append(code)
+    prompts = _prompts(conn, [(p, hint_keys[h], m) for p, h, m in keys.tolist()])
+    return Conversations(tids, prompt_of, prompts, np.asarray(reply_of, dtype=np.int64), list(replies),
+                         problem_ids, traj["contract"].to_pylist())
+
+
+def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each distinct combination of COLUMNS' values, each row's combination number).
+
+    Columns are folded in pairwise as codes, each below the row count, so no product overflows int64."""
+    n = len(columns[0])
+    combined = np.unique(columns[0], return_inverse=True)[1].ravel()
+    for column in columns[1:]:
+        code = np.unique(column, return_inverse=True)[1].ravel()
+        combined = np.unique(combined * n + code, return_inverse=True)[1].ravel()
+    first_rows, of = np.unique(combined, return_index=True, return_inverse=True)[1:]
+    return first_rows, of.ravel()
+
+
+def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """COLUMN as (a code per row, the distinct values the codes index); NULL is a value like any other."""
+    encoded = pa.chunked_array(column).combine_chunks().dictionary_encode(null_encoding="encode")
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
+
+
+def _prompts(conn, keys: list[tuple]) -> list[list]:
+    """The plan request of each (problem id, recorded hints JSON, step bound) in KEYS, in KEYS' order."""
+    hint_lists = dict(conn.execute(_HINTS_SQL, {"keys": sorted({h for _, h, _ in keys if h is not None})}).all())
+    hint_ids = sorted({h for ids in hint_lists.values() for h in ids})
+    hints = {r["id"]: navigator.Hint(r["id"], r["name"], r["application_scope"] or r["description"] or "")
+             for r in conn.execute(sa.text("SELECT id, name, application_scope, description FROM template_version "
+                                           "WHERE id = ANY(:ids)"), {"ids": hint_ids}).mappings()}
+    problem_ids = np.unique(np.fromiter((p for p, _, _ in keys), dtype=np.int64, count=len(keys)))
+    found = fetch_columns(conn, _PROBLEMS_SQL, {"ids": _array_literal(problem_ids)}, TEXT_SCHEMA, "id")
+    problems = dict(zip(found["id"].to_pylist(), found["text"].to_pylist()))
+    out = []
+    for problem_id, hint_key, max_steps in keys:
+        shown = [hints[h] for h in hint_lists.get(hint_key, ()) if h in hints]
+        out.append(navigator.plan_messages(problems[problem_id], hints=shown, max_steps=max_steps))
+    return out
+
+
+def _array_literal(ids: np.ndarray) -> str:
+    return "{" + ",".join(map(str, ids.tolist())) + "}"
 
 
 def conversations(conn, trajectory_ids) -> dict[int, dict[str, Any]]:
@@ -120,26 +241,7 @@ def conversations(conn, trajectory_ids) -> dict[int, dict[str, Any]]:
     A step's template is the linked version's name (the template whose use earned the reward), else the
     phrase the plan named. A trajectory that cannot be a valid reply (no abstraction, no steps) is an
     InputError naming it."""
-    rows = conn.execute(_CONVERSATIONS_SQL, {"ids": sorted({int(i) for i in trajectory_ids})}).all()
-    hint_ids = sorted({h for r in rows for h in r.hints})
-    hints = {r["id"]: navigator.Hint(r["id"], r["name"], r["application_scope"] or r["description"] or "")
-             for r in conn.execute(sa.text("SELECT id, name, application_scope, description FROM template_version "
-                                           "WHERE id = ANY(:ids)"), {"ids": hint_ids}).mappings()}
-    prompts: dict[tuple, list] = {}  # one request per (problem, hints, bound): trajectories share them
-    out = {}
-    for r in rows:
-        max_steps = r.max_steps or navigator.MAX_STEPS
-        if not (r.abstraction or "").strip() or not r.step_texts or len(r.step_texts) > max_steps:
-            raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps} "
-                             "steps", record=f"trajectory {r.id}", field="abstraction/steps")
-        key = (r.problem_id, tuple(r.hints), max_steps)
-        if key not in prompts:
-            shown = [hints[h] for h in r.hints if h in hints]
-            prompts[key] = navigator.plan_messages(r.problem, hints=shown, max_steps=max_steps)
-        out[r.id] = {"prompt": prompts[key], "reply": navigator.render_plan(r.abstraction, zip(r.step_texts,
-                                                                                          r.step_templates)),
-                     "contract": r.contract, "problem_id": r.problem_id}
-    return out
+    return conversation_columns(conn, trajectory_ids).as_dict()
 
 
 def plan_texts(conn, trajectory_ids) -> dict[int, str]:
@@ -147,12 +249,9 @@ def plan_texts(conn, trajectory_ids) -> dict[int, str]:
     return {tid: c["reply"] for tid, c in conversations(conn, trajectory_ids).items()}
 
 
-def check_contracts(found: dict[int, dict[str, Any]], allow_mixed: bool) -> list[str]:
+def check_contracts(contracts: Iterable[str | None], allow_mixed: bool) -> list[str]:
     """The contract hashes of the exported trajectories; more than one is refused unless ALLOW_MIXED."""
-    counts: dict[str, int] = {}
-    for c in found.values():
-        key = c["contract"] or "unknown"
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter(c or "unknown" for c in contracts)
     if len(counts) > 1 and not allow_mixed:
         listed = ", ".join(f"{k} ({n} trajectories)" for k, n in sorted(counts.items()))
         raise InputError(f"the selection mixes navigator contract versions: {listed}; the current one is "
@@ -205,12 +304,21 @@ def _resolve_pairs(conn, ref: str | None) -> str:
     return found[0]
 
 
-def _column(texts: list[str]) -> pa.Array:
-    """TEXTS dictionary-encoded: repeated prompts and replies are stored once in memory."""
-    unique = list(dict.fromkeys(texts))
-    position = {t: i for i, t in enumerate(unique)}
-    return pa.DictionaryArray.from_arrays(pa.array([position[t] for t in texts], pa.int32()),
-                                          pa.array(unique, pa.string()))
+def _column(codes: np.ndarray, values: list[str]) -> pa.Array:
+    """The texts VALUES[CODES], dictionary-encoded: repeated prompts and replies are stored once in memory.
+
+    The dictionary holds each distinct text once, in the order of its first row (equal VALUES are merged),
+    as Parquet then writes it: the bytes do not depend on how VALUES were numbered."""
+    merged: dict[str, int] = {}
+    same = np.fromiter((merged.setdefault(v, len(merged)) for v in values), dtype=np.int64, count=len(values))
+    codes = same[codes]
+    used, first = np.unique(codes, return_index=True)
+    order = used[np.argsort(first, kind="stable")]
+    renumber = np.zeros(len(merged), dtype=np.int32)
+    renumber[order] = np.arange(len(order), dtype=np.int32)
+    texts = list(merged)
+    return pa.DictionaryArray.from_arrays(pa.array(renumber[codes], pa.int32()),
+                                          pa.array([texts[k] for k in order.tolist()], pa.string()))
 
 
 def dpo_part(conn, params_hash: str, min_margin: float, *, allow_mixed: bool = False) -> tuple[DataPart, list[str]]:
@@ -218,17 +326,21 @@ def dpo_part(conn, params_hash: str, min_margin: float, *, allow_mixed: bool = F
     conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
     binds = {"h": params_hash, "min_margin": float(min_margin)}
     pairs = fetch_columns(conn, DPO_SQL, binds, PAIR_SCHEMA, "pair_id")
-    chosen_ids = pairs["chosen_trajectory_id"].to_pylist()
-    rejected_ids = pairs["rejected_trajectory_id"].to_pylist()
-    convs = conversations(conn, chosen_ids + rejected_ids)
-    contracts = check_contracts(convs, allow_mixed)
+    chosen_ids = pairs["chosen_trajectory_id"].to_numpy()
+    rejected_ids = pairs["rejected_trajectory_id"].to_numpy()
+    convs = conversation_columns(conn, np.concatenate([chosen_ids, rejected_ids]))
+    contracts = check_contracts(convs.contracts, allow_mixed)
+    chosen, rejected = convs.index(chosen_ids), convs.index(rejected_ids)
     # The prompt is the chosen trajectory's request: both were sampled for the same problem, and with the
-    # same hints unless the library changed between their samplings.
-    prompts = [m["content"] for tid in chosen_ids for m in convs[tid]["prompt"]]
+    # same hints unless the library changed between their samplings. Message j of request k is value 2k + j.
+    if any(len(p) != 2 for p in convs.prompts):
+        raise InputError("a plan request is not (system, user)", field="prompt")
+    prompt_values = [m["content"] for p in convs.prompts for m in p]
+    prompt_codes = (2 * convs.prompt_of[chosen])[:, None] + np.arange(2)
     table = pa.table({
-        "prompt": _messages(["system", "user"], _column(prompts), 2),
-        "chosen": _messages(["assistant"], _column([convs[t]["reply"] for t in chosen_ids]), 1),
-        "rejected": _messages(["assistant"], _column([convs[t]["reply"] for t in rejected_ids]), 1),
+        "prompt": _messages(["system", "user"], _column(prompt_codes.ravel(), prompt_values), 2),
+        "chosen": _messages(["assistant"], _column(convs.reply_of[chosen], convs.replies), 1),
+        "rejected": _messages(["assistant"], _column(convs.reply_of[rejected], convs.replies), 1),
         **{name: pairs[name].combine_chunks() for name in PAIR_SCHEMA.names},
     })
     return DataPart("train", table, description=(
@@ -268,7 +380,7 @@ def plan_examples(conn, min_reward: float, per_problem: int, *, allow_mixed: boo
     """SFT rows (problem -> plan) from the best-rewarded train-split trajectories, and their contracts."""
     best = conn.execute(PLAN_EXAMPLES_SQL, {"min_reward": float(min_reward), "per_problem": int(per_problem)}).all()
     convs = conversations(conn, [tid for tid, _ in best])
-    contracts = check_contracts(convs, allow_mixed) if convs else []
+    contracts = check_contracts((c["contract"] for c in convs.values()), allow_mixed) if convs else []
     rows = [{"messages": [*convs[tid]["prompt"], {"role": "assistant", "content": convs[tid]["reply"]}],
              "kind": "plan", "template_id": None, "version_id": None, "key": None, "trajectory_id": tid,
              "reward": float(reward)} for tid, reward in best]

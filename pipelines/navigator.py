@@ -21,6 +21,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 from pipelines.llm.base import Message
@@ -155,9 +156,19 @@ def render_plan(abstraction: str, steps: Iterable[tuple[str, str]]) -> str:
     """The reply that stands for a plan: what `parse_plan` reads back into the same plan.
 
     STEPS are (step text, template name). Exports render stored trajectories with it, so a DPO `chosen`
-    or an SFT plan example is exactly a reply the solver accepts."""
-    return json.dumps({"abstraction": abstraction, "trajectory": [{"step": t, "template": n} for t, n in steps]},
-                      ensure_ascii=False)
+    or an SFT plan example is exactly a reply the solver accepts.
+
+    The text is `json.dumps(..., ensure_ascii=False)` of {"abstraction", "trajectory": [{"step", "template"}]},
+    assembled around json's own string encoder: a 10^6-pair DPO export renders half a million replies, and
+    json.dumps spends most of its time building an encoder per call. Anything but strings goes to json.dumps.
+    """
+    steps = list(steps)
+    try:
+        body = ", ".join(['{"step": ' + _json_string(t) + ', "template": ' + _json_string(n) + "}" for t, n in steps])
+        return '{"abstraction": ' + _json_string(abstraction) + ', "trajectory": [' + body + "]}"
+    except TypeError:
+        return json.dumps({"abstraction": abstraction, "trajectory": [{"step": t, "template": n} for t, n in steps]},
+                          ensure_ascii=False)
 
 
 # ---- evaluation of a step --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from kb import config
 from kb.db import Database
-from kb.retrieval import TemplateHit, search_many, search_templates
+from kb.retrieval import TemplateHit, normalize_query, search_many, search_templates
 
 MAX_PHRASES = 16_384
 BATCH = 64
@@ -25,6 +25,76 @@ BATCH = 64
 def normalize(phrase: str) -> str:
     # The default embedding model is uncased, so case folding loses nothing and shares entries.
     return " ".join(phrase.split()).lower()
+
+
+class SharedEncoder:
+    """Query embeddings of concurrent callers computed together: one forward pass for the texts of every
+    session that retrieves at the same moment, instead of one each.
+
+    Embedding is CPU-bound: on a small host, 32 sessions each embedding their problem one after another
+    spread their next LLM calls over hundreds of milliseconds, and the batcher then sends them a few at a
+    time. No window: a caller that finds no encode running starts one with whatever is queued; callers that
+    arrive meanwhile are encoded together by the next caller in line. A lone caller waits for nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: list[_Slot] = []
+        self._running = False
+
+    def encode(self, embedder: Any, texts: list[str]) -> Any:
+        slot = _Slot(embedder, texts)
+        with self._lock:
+            self._queue.append(slot)
+            lead = not self._running
+            self._running = True
+        if not lead:
+            slot.done.wait()
+            if not slot.lead:
+                return slot.result()
+        self._run()
+        return slot.result()
+
+    def _run(self) -> None:
+        """Encode the queue's texts, one call per embedder, then hand the lead to the next caller in line."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        for embedder in {id(s.embedder): s.embedder for s in batch}.values():
+            mine = [s for s in batch if s.embedder is embedder]
+            try:
+                vectors = embedder.encode([t for s in mine for t in s.texts], batch_size=BATCH)
+            except BaseException as e:  # noqa: BLE001 - delivered to every caller of this batch
+                for s in mine:
+                    s.error = e
+            else:
+                at = 0
+                for s in mine:
+                    s.vectors, at = vectors[at:at + len(s.texts)], at + len(s.texts)
+        with self._lock:
+            if self._queue:
+                self._queue[0].lead = True
+                self._queue[0].done.set()
+            else:
+                self._running = False
+        for s in batch:
+            s.done.set()
+
+
+class _Slot:
+    def __init__(self, embedder: Any, texts: list[str]):
+        self.embedder, self.texts = embedder, texts
+        self.done = threading.Event()
+        self.lead = False
+        self.vectors: Any = None
+        self.error: BaseException | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.vectors
+
+
+_ENCODER = SharedEncoder()
 
 
 class PhraseVectors:
@@ -58,7 +128,7 @@ class PhraseVectors:
         key = (model, normalize(phrase))
         vector = self._lookup(key)
         if vector is None:
-            vector = get_embedder(model, db).encode([key[1]])[0]
+            vector = _ENCODER.encode(get_embedder(model, db), [key[1]])[0]
             self._store(model, [key[1]], [vector])
         return vector
 
@@ -72,7 +142,7 @@ class PhraseVectors:
         ]
         for i in range(0, len(missing), BATCH):
             chunk = missing[i : i + BATCH]
-            self._store(model, chunk, get_embedder(model, db).encode(chunk, batch_size=BATCH))
+            self._store(model, chunk, _ENCODER.encode(get_embedder(model, db), chunk))
         return len(missing)
 
     def __len__(self) -> int:
@@ -118,4 +188,10 @@ def retrieve_hints(db: Any, problems: list[str], *, k: int, mode: str = "hybrid"
     """The top K current templates for each problem: the hints a plan request shows (sampler and solver)."""
     if not problems or k < 1:
         return [[] for _ in problems]
-    return search_many(db, problems, k=k, mode=mode)
+    if mode == "text":
+        return search_many(db, problems, k=k, mode=mode)
+    from kb.embeddings import get_embedder
+
+    vectors = _ENCODER.encode(get_embedder(config.embed_model_name(None), db), [normalize_query(p) for p in problems])
+    with db.engine.connect() as conn:
+        return [search_templates(conn, p, query_vector=v, k=k, mode=mode) for p, v in zip(problems, vectors)]

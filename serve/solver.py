@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Self
 
 from kb.db import Database
 from kb.errors import InputError
@@ -167,7 +167,7 @@ class Solver:
         for b in {id(b): b for b in self.batchers.values()}.values():
             b.close()
 
-    def __enter__(self) -> Solver:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -446,6 +446,12 @@ class _Run:
         self.emit({"event": "done", **result.to_dict()})
         return result
 
+    def embed_phrases(self, plan: Plan) -> None:
+        """The plan's template phrases embedded now, in one batch: each step round then finds its query
+        vector cached instead of embedding it alone (a round's largest cost when the phrase is new)."""
+        if self.cfg.retrieval_mode != "text":
+            step_retrieval.prime([s.template for s in plan.steps], db=self.s.db)
+
     def hints(self) -> list[navigator.Hint]:
         if self.cfg.plan_hints < 1:
             return []
@@ -471,6 +477,7 @@ class _Run:
         except SessionEnd as end:
             self.write_round("plan", navigator_prompt=messages, adjustment={"error": end.reason})
             raise
+        self.embed_phrases(plan)  # part of the plan round
         self.write_round(
             "plan",
             step_text=plan.abstraction,

@@ -249,6 +249,7 @@ def test_plan_texts_render_replies_and_refuse_what_cannot_be_one(db, world):
     good = world["trajectories"][0]
     with db.engine.connect() as conn:
         plans = plan_texts(conn, [good])
+        assert plan_texts(conn, []) == {}
     assert navigator.parse_plan(plans[good]).steps[0].template == "Telescoping sum"
     with session_scope(db) as s:
         bare = insert_trajectory(s, world["anchor"], [], "nav", "bare", abstraction="x")
@@ -396,3 +397,87 @@ def test_a_full_disk_is_one_line_naming_the_file_and_records_nothing(db, world, 
     assert "cannot write " in proc.stderr and "File too large" in proc.stderr and "Traceback" not in proc.stderr
     assert str(tmp_path) in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert _versions(db) == 0 and list(tmp_path.iterdir()) == []
+
+
+def test_dpo_rows_are_the_contract_rendering_of_each_pair(db, world, tmp_path):
+    """Every row, against a row-by-row reference: trajectories that share a plan, a request or a problem are
+    rendered once and reused, so each row must still hold its own trajectory's request and reply."""
+    import pyarrow.parquet as pq
+
+    v1, v2 = world["versions"]
+    awkward = 'Split "each" term\\ é 漢字 🙂\tand\u2028go'
+    with db.engine.begin() as conn:
+        problems = [_problem(conn, f"Awkward problem {i}: {awkward}") for i in range(2)]
+    ids = []
+    for i, (problem, hints, abstraction, steps) in enumerate([
+        (problems[0], [v1.id], "Shared plan.", [{"text": awkward, "template_version_id": v1.id}]),
+        (problems[0], [v2.id, 999_999], "Shared plan.", [{"text": awkward, "template_version_id": v1.id}]),
+        (problems[0], None, "Shared plan.", [{"text": awkward, "template_phrase": awkward}]),
+        (problems[1], [v1.id], "Shared plan.", [{"text": awkward, "template_version_id": v1.id}]),
+        (problems[1], [v1.id], f"Other {awkward}", [{"text": "One"}, {"text": "Two", "template_phrase": "p"}]),
+    ]):
+        sampling = {"prompt_hash": navigator.CONTRACT_HASH, **({"hints": hints} if hints is not None else {})}
+        with session_scope(db) as s:
+            ids.append(insert_trajectory(s, problem, steps, "nav", f"awk-{i}", abstraction=abstraction,
+                                         sampling=sampling))
+    pairs = [(0, 2), (1, 2), (2, 0), (3, 4), (4, 3), (0, 1)]
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(
+            "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
+            "rejected_reward, margin, params, params_hash) VALUES (:p, :a, :b, 0.75, 0.25, 0.5, '{}', 'awkward')"),
+            [{"p": problems[0], "a": ids[a], "b": ids[b]} for a, b in pairs])
+    export(db, "dpo", tmp_path / "d", pairs="awkward")
+    rows = pq.read_table(tmp_path / "d" / "data" / "train.parquet").to_pylist()
+    assert [(r["chosen_trajectory_id"], r["rejected_trajectory_id"]) for r in rows] == [(ids[a], ids[b])
+                                                                                        for a, b in pairs]
+    for row in rows:
+        assert row["prompt"] == _reference_prompt(db, row["chosen_trajectory_id"])
+        for column in ("chosen", "rejected"):
+            assert row[column] == [{"role": "assistant",
+                                    "content": _reference_reply(db, row[f"{column}_trajectory_id"])}]
+    assert rows[0]["chosen"] == rows[1]["chosen"] and rows[0]["prompt"] != rows[1]["prompt"]
+
+
+def _reference_prompt(db, trajectory_id):
+    with db.engine.connect() as conn:
+        text, sampling = conn.execute(sa.text("SELECT p.text, t.sampling FROM trajectory t JOIN problem p "
+                                              "ON p.id = t.problem_id WHERE t.id = :t"), {"t": trajectory_id}).one()
+        hints = []
+        for h in sampling.get("hints") or []:
+            found = conn.execute(sa.text("SELECT id, name, application_scope FROM template_version WHERE id = :h"),
+                                 {"h": h}).first()
+            if found:
+                hints.append(navigator.Hint(*found))
+    return navigator.plan_messages(text, hints=hints)
+
+
+def _reference_reply(db, trajectory_id):
+    with db.engine.connect() as conn:
+        abstraction = conn.execute(sa.text("SELECT abstraction FROM trajectory WHERE id = :t"),
+                                   {"t": trajectory_id}).scalar()
+        steps = conn.execute(sa.text(
+            "SELECT st.text, coalesce(v.name, st.template_phrase, st.text) FROM trajectory_step st LEFT JOIN "
+            "template_version v ON v.id = st.template_version_id WHERE st.trajectory_id = :t ORDER BY st.position"),
+            {"t": trajectory_id}).all()
+    return navigator.render_plan(abstraction, [tuple(s) for s in steps])
+
+
+def test_fetch_columns_reads_nulls_empty_strings_and_numbers_in_order(db):
+    import pyarrow as pa
+
+    from kb.errors import NotFound
+    from pipelines.export import fetch_columns
+
+    schema = pa.schema([("id", pa.int64()), ("s", pa.string()), ("x", pa.float64()), ("t", pa.string())])
+    query = ("SELECT * FROM (VALUES (3, NULL, 1.5, 'é'), (1, '', -2.0, NULL), (2, 'a\\b', 0.0, ''), "
+             "(4, 'ÿ漢🙂', 3.0, NULL), (5, NULL, 1e300, 'z')) v(id, s, x, t)")
+    with db.engine.connect() as conn:
+        table = fetch_columns(conn, query, {}, schema, "id")
+        table.validate(full=True)
+        assert table.to_pylist() == [
+            {"id": 1, "s": "", "x": -2.0, "t": None}, {"id": 2, "s": "a\\b", "x": 0.0, "t": ""},
+            {"id": 3, "s": None, "x": 1.5, "t": "é"}, {"id": 4, "s": "ÿ漢🙂", "x": 3.0, "t": None},
+            {"id": 5, "s": None, "x": 1e300, "t": "z"}]
+        assert fetch_columns(conn, query + " WHERE false", {}, schema, "id").num_rows == 0
+        with pytest.raises(NotFound, match="NULLs"):
+            fetch_columns(conn, "SELECT NULL::int AS id", {}, pa.schema([("id", pa.int64())]), "id")
