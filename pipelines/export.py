@@ -18,7 +18,6 @@ turned off, plan examples: the best-rewarded trajectories of train-split problem
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
