@@ -15,7 +15,6 @@ import json
 import time
 from pathlib import Path
 
-
 from kb.models.templates import TEMPLATE_TSV_EXPR
 from kb.scratch import scratch_database
 

@@ -10,10 +10,10 @@ import os
 
 import sqlalchemy as sa
 from alembic import context
+from sqlmodel import SQLModel
 
 import kb.models  # noqa: F401  (registers every table)
 from kb.migrate import include_object
-from sqlmodel import SQLModel
 
 config = context.config
 target_metadata = SQLModel.metadata

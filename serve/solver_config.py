@@ -22,8 +22,8 @@ class SolverConfig:
     plan_hints: int = 3  # templates retrieved for the problem and shown in the plan request (as in sampling)
     retrieval_mode: str = "hybrid"
     # SamplingParams is frozen: one shared default instance is safe
-    navigator_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)  # noqa: RUF009
-    inference_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)  # noqa: RUF009
+    navigator_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
+    inference_params: SamplingParams = SamplingParams(temperature=0.0, max_tokens=1024)
 
     def __post_init__(self) -> None:
         for name in ("max_rounds", "max_steps", "token_budget", "top_k"):

@@ -395,8 +395,8 @@ def _render_round(r: dict[str, Any]) -> list[str]:
         return lines
     else:
         lines = [
-            f"Round {r['round_no']} · step {adj.get('step_no', '?')}/{adj.get('n_steps', '?')}: "
-            f"{_clip(r.get('step_text'), 90)}"
+            (f"Round {r['round_no']} · step {adj.get('step_no', '?')}/{adj.get('n_steps', '?')}: "
+             f"{_clip(r.get('step_text'), 90)}")
         ]
         if "query" in adj:
             lines.append(_template_line(adj, r.get("retrieved") or []))
@@ -431,14 +431,13 @@ def render_trace(session: dict[str, Any]) -> str:
         session.get("correct"), ""
     )
     head = [
-        f"Session {session['id']} · {session['status']} · {session.get('rounds', 0)} rounds · "
-        f"{(session.get('latency_ms') or 0) / 1000:.2f} s",
+        (f"Session {session['id']} · {session['status']} · {session.get('rounds', 0)} rounds · "
+         f"{(session.get('latency_ms') or 0) / 1000:.2f} s"),
         f"Problem: {_clip(session.get('problem_text'), 400)}",
-        f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
-        f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}",
-        f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('token_budget', cfg.get('max_tokens'))} tokens, "
-        f"{cfg.get('max_seconds')} s; "
-        f"retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}",
+        (f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
+         f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}"),
+        (f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('token_budget', cfg.get('max_tokens'))} tokens, "
+         f"{cfg.get('max_seconds')} s; retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}"),
         f"Tokens: {_role_tokens(session.get('tokens') or {})}",
         "",
     ]

@@ -35,7 +35,7 @@ def _env(home: Path) -> dict[str, str]:
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kb.cli", *args], env=_env(home), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
@@ -48,8 +48,8 @@ def test_concurrent_commands_share_one_server_and_the_last_stops_it(home_root):
 
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import time; from kb.db import connect; d = connect(); print('up', flush=True); "
-         "c = d.engine.connect(); time.sleep(4); c.close()"],
+         ("import time; from kb.db import connect; d = connect(); print('up', flush=True); "
+          "c = d.engine.connect(); time.sleep(4); c.close()")],
         env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     assert holder.stdout.readline().strip() == "up"

@@ -11,8 +11,8 @@ from kb.errors import ConflictError, InputError
 
 
 def _spec(**kw):
-    base = dict(name="Vieta's formulas", category="Algebra", section="Polynomials", tags=["roots"],
-                description="Relate roots to coefficients.", steps=["Write the polynomial", "Read off sums"])
+    base = {"name": "Vieta's formulas", "category": "Algebra", "section": "Polynomials", "tags": ["roots"],
+            "description": "Relate roots to coefficients.", "steps": ["Write the polynomial", "Read off sums"]}
     return T.TemplateSpec(**{**base, **kw})
 
 
@@ -41,9 +41,8 @@ def test_expect_version_mismatch_writes_nothing(db):
         T.create_template(s, _spec())
     with session_scope(db) as s:
         T.edit_template(s, 1, {"description": "first editor"}, expect_version=1)
-    with pytest.raises(ConflictError, match="someone else"):
-        with session_scope(db) as s:
-            T.edit_template(s, 1, {"description": "second editor"}, expect_version=1)
+    with pytest.raises(ConflictError, match="someone else"), session_scope(db) as s:
+        T.edit_template(s, 1, {"description": "second editor"}, expect_version=1)
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 2
 

@@ -50,12 +50,6 @@ def register(db: Database, *, name: str, path: str | Path, base_model: str, data
     return dict(row)
 
 
-def update_metrics(db: Database, name: str, metrics: dict[str, Any]) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(sa.text("UPDATE retriever_model SET metrics = metrics || CAST(:m AS jsonb) WHERE name = :n"),
-                     {"n": name, "m": _json(metrics)})
-
-
 def list_retrievers(db: Database) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         return [dict(r) for r in conn.execute(sa.text(
