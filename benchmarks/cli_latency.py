@@ -51,8 +51,10 @@ def main() -> None:
     env.setdefault("REASONFLUX_DB_LINGER", "300")
     # `db stop` is new with the linger: without it (an older checkout) every command stops the server anyway.
     stop = [*CLI, "db", "stop"]
-    times: dict[str, list[float]] = {k: [] for k in ("python -c pass", "reasonflux --help",
-                                                     "templates list (first)", "templates list (second)")}
+    times: dict[str, list[float]] = {
+        k: []
+        for k in ("python -c pass", "reasonflux --help", "templates list (first)", "templates list (second)")
+    }
     try:
         _run([*CLI, "templates", "list"], env)  # initdb and migrations: not what this measures
         for _ in range(args.runs):

@@ -36,9 +36,18 @@ SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
 def base_specs() -> list[T.TemplateSpec]:
     if SAMPLE.exists():
         return [r.spec for r in read_reasonflux_v1(SAMPLE)]
-    return [T.TemplateSpec(name="Sum of terms", category="Sequences", section="Arithmetic", tags=["sum"],
-                           description="Pair the first and last terms." * 5, steps=["Step"] * 5,
-                           example_problem="Find S_10.", example_solution="S_10 = 100" * 20)]
+    return [
+        T.TemplateSpec(
+            name="Sum of terms",
+            category="Sequences",
+            section="Arithmetic",
+            tags=["sum"],
+            description="Pair the first and last terms." * 5,
+            steps=["Step"] * 5,
+            example_problem="Find S_10.",
+            example_solution="S_10 = 100" * 20,
+        )
+    ]
 
 
 def synthetic_records(n: int, variant: str = "", compact: bool = False) -> list[dict]:
@@ -49,9 +58,15 @@ def synthetic_records(n: int, variant: str = "", compact: bool = False) -> list[
         spec = base[i % len(base)]
         d = spec.to_dict() | {"status": "active"}
         if compact:
-            d |= {"description": d["description"][:200], "application_scope": d["application_scope"][:200],
-                  "steps": [str(x)[:80] for x in d["steps"][:3]], "example_problem": None,
-                  "example_solution": None, "example_answer": None, "extra": {}}
+            d |= {
+                "description": d["description"][:200],
+                "application_scope": d["application_scope"][:200],
+                "steps": [str(x)[:80] for x in d["steps"][:3]],
+                "example_problem": None,
+                "example_solution": None,
+                "example_answer": None,
+                "extra": {},
+            }
         d["category"] = f"{spec.category} {i // 1000}"
         d["name"] = f"{spec.name} #{i}"
         d.pop("key")
@@ -75,7 +90,9 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", type=int, default=20000, help="templates in the bulk file")
     parser.add_argument("--baseline-n", type=int, default=1000, help="templates for the per-row baseline")
     args = parser.parse_args()
@@ -83,8 +100,10 @@ def main() -> None:
     first = write_jsonl(work / "first.jsonl", synthetic_records(args.n))
     changed = write_jsonl(work / "changed.jsonl", synthetic_records(args.n, variant="revised"))
     compact = write_jsonl(work / "compact.jsonl", synthetic_records(args.n, compact=True))
-    print(f"templates: {args.n} (file {first.stat().st_size / 1e6:.1f} MB; compact file "
-          f"{compact.stat().st_size / 1e6:.1f} MB), per-row baseline: {args.baseline_n}")
+    print(
+        f"templates: {args.n} (file {first.stat().st_size / 1e6:.1f} MB; compact file "
+        f"{compact.stat().st_size / 1e6:.1f} MB), per-row baseline: {args.baseline_n}"
+    )
     with scratch_database("rf_bench") as db:
         r1, t1 = timed(lambda: import_file(db, first, "jsonl", embed=False))
         r2, t2 = timed(lambda: import_file(db, first, "jsonl", embed=False))
@@ -100,8 +119,10 @@ def main() -> None:
         r4, t4 = timed(lambda: import_file(db, compact, "jsonl", embed=False))
         assert r4.counts["created"] == args.n
     with scratch_database("rf_bench") as db:
-        specs = [T.TemplateSpec.from_dict({k: v for k, v in r.items() if k != "status"})
-                 for r in synthetic_records(args.baseline_n)]
+        specs = [
+            T.TemplateSpec.from_dict({k: v for k, v in r.items() if k != "status"})
+            for r in synthetic_records(args.baseline_n)
+        ]
 
         def per_row():
             with session_scope(db) as s:
@@ -116,8 +137,10 @@ def main() -> None:
     print(f"{'re-import, 10% changed':32}{t3:10.2f}{args.n / t3:14.0f}")
     print(f"{'compact templates (new)':32}{t4:10.2f}{args.n / t4:14.0f}")
     print(f"{'per-template upsert (baseline)':32}{tb:10.2f}{base_rate:14.0f}")
-    print(f"speed-up over per-template upserts: {bulk_rate / base_rate:.1f}x; versions in db: {versions}; "
-          f"target >= 5000/s: {'met' if bulk_rate >= 5000 else 'MISSED'}")
+    print(
+        f"speed-up over per-template upserts: {bulk_rate / base_rate:.1f}x; versions in db: {versions}; "
+        f"target >= 5000/s: {'met' if bulk_rate >= 5000 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,22 @@ from pathlib import Path
 from kb.models.templates import TEMPLATE_TSV_EXPR
 from kb.scratch import scratch_database
 
-SAMPLE = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
-FALLBACK = {"template_name": "Telescoping sums", "knowledge_tag": ["series", "partial fractions"],
-            "description": "Rewrite each term as a difference so that consecutive terms cancel. " * 6,
-            "application_scenario": "Sums of rational terms whose denominators factor. " * 6,
-            "reason_flow": ["Decompose the general term", "Write out the first terms", "Cancel",
-                            "Take the remaining terms to the limit"] * 3}
+SAMPLE = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
+)
+FALLBACK = {
+    "template_name": "Telescoping sums",
+    "knowledge_tag": ["series", "partial fractions"],
+    "description": "Rewrite each term as a difference so that consecutive terms cancel. " * 6,
+    "application_scenario": "Sums of rational terms whose denominators factor. " * 6,
+    "reason_flow": [
+        "Decompose the general term",
+        "Write out the first terms",
+        "Cancel",
+        "Take the remaining terms to the limit",
+    ]
+    * 3,
+}
 
 
 def records() -> list[dict]:
@@ -47,18 +57,29 @@ def records() -> list[dict]:
 
 def rows(n: int) -> list[tuple]:
     recs = records()
-    return [(f"{r['template_name']} {i}", list(r.get("knowledge_tag") or []), str(r.get("description") or ""),
-             str(r.get("application_scenario") or ""), json.dumps(r.get("reason_flow") or []))
-            for i, r in ((i, recs[i % len(recs)]) for i in range(n))]
+    return [
+        (
+            f"{r['template_name']} {i}",
+            list(r.get("knowledge_tag") or []),
+            str(r.get("description") or ""),
+            str(r.get("application_scenario") or ""),
+            json.dumps(r.get("reason_flow") or []),
+        )
+        for i, r in ((i, recs[i % len(recs)]) for i in range(n))
+    ]
 
 
 VARIANTS = {
     "plain text columns": ("", ""),
     "+ generated tsvector": (f", search_tsv tsvector GENERATED ALWAYS AS ({TEMPLATE_TSV_EXPR}) STORED", ""),
-    "+ tsvector + GIN": (f", search_tsv tsvector GENERATED ALWAYS AS ({TEMPLATE_TSV_EXPR}) STORED",
-                         "CREATE INDEX ON bench_tsv USING gin (search_tsv)"),
-    "+ tsvector + GIN (fastupdate off)": (f", search_tsv tsvector GENERATED ALWAYS AS ({TEMPLATE_TSV_EXPR}) STORED",
-                                          "CREATE INDEX ON bench_tsv USING gin (search_tsv) WITH (fastupdate = off)"),
+    "+ tsvector + GIN": (
+        f", search_tsv tsvector GENERATED ALWAYS AS ({TEMPLATE_TSV_EXPR}) STORED",
+        "CREATE INDEX ON bench_tsv USING gin (search_tsv)",
+    ),
+    "+ tsvector + GIN (fastupdate off)": (
+        f", search_tsv tsvector GENERATED ALWAYS AS ({TEMPLATE_TSV_EXPR}) STORED",
+        "CREATE INDEX ON bench_tsv USING gin (search_tsv) WITH (fastupdate = off)",
+    ),
 }
 
 
@@ -74,13 +95,17 @@ def main() -> None:
             cur = raw.cursor()
             for label, (column, index) in VARIANTS.items():
                 cur.execute("DROP TABLE IF EXISTS bench_tsv")
-                cur.execute("CREATE TABLE bench_tsv (name text, tags text[], description text, "
-                            f"application_scope text, steps jsonb{column})")
+                cur.execute(
+                    "CREATE TABLE bench_tsv (name text, tags text[], description text, "
+                    f"application_scope text, steps jsonb{column})"
+                )
                 if index:
                     cur.execute(index)
                 raw.commit()
                 t0 = time.perf_counter()
-                with cur.copy("COPY bench_tsv (name, tags, description, application_scope, steps) FROM STDIN") as cp:
+                with cur.copy(
+                    "COPY bench_tsv (name, tags, description, application_scope, steps) FROM STDIN"
+                ) as cp:
                     for row in data:
                         cp.write_row(row)
                 raw.commit()
@@ -88,7 +113,9 @@ def main() -> None:
         finally:
             raw.close()
     base = results[0][1]
-    print(f"COPY of {n} sample-sized template rows ({'shared sample' if SAMPLE.exists() else 'built-in record'})")
+    print(
+        f"COPY of {n} sample-sized template rows ({'shared sample' if SAMPLE.exists() else 'built-in record'})"
+    )
     print(f"{'variant':38} {'rows/s':>10} {'vs plain':>9}")
     for label, rate in results:
         print(f"{label:38} {rate:10,.0f} {rate / base:8.2f}x")

@@ -46,10 +46,13 @@ def _failures(db, navigator: str, limit: int) -> None:
     if limit < 1:
         return
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT f.reason, f.raw_output FROM failure f JOIN pipeline_run r ON r.id = f.run_id "
-            "WHERE r.stage = 'sample' AND r.params->>'navigator' = :n ORDER BY f.id LIMIT :k"),
-            {"n": navigator, "k": limit}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT f.reason, f.raw_output FROM failure f JOIN pipeline_run r ON r.id = f.run_id "
+                "WHERE r.stage = 'sample' AND r.params->>'navigator' = :n ORDER BY f.id LIMIT :k"
+            ),
+            {"n": navigator, "k": limit},
+        ).all()
     for reason, raw in rows:
         print(f"  unparseable ({navigator}): {reason[:150]}\n    {raw[:200]!r}")
 
@@ -76,8 +79,15 @@ def _base_parse_rate(path: str, per_family: int, batch_size: int) -> None:
     problems = toy_world.problems("test", per_family)
     backend = TransformersBackend(path, batch_size=batch_size)
     t0 = time.perf_counter()
-    out = backend.generate([ChatRequest(navigator.plan_messages(p["text"], max_steps=toy_world.MAX_STEPS),
-                                        SamplingParams(max_tokens=64)) for p in problems])
+    out = backend.generate(
+        [
+            ChatRequest(
+                navigator.plan_messages(p["text"], max_steps=toy_world.MAX_STEPS),
+                SamplingParams(max_tokens=64),
+            )
+            for p in problems
+        ]
+    )
     parsed = 0
     for c in out:
         try:
@@ -85,8 +95,10 @@ def _base_parse_rate(path: str, per_family: int, batch_size: int) -> None:
             parsed += 1
         except ParseError:
             pass
-    print(f"base model, no SFT: {parsed}/{len(out)} held-out plans parse ({time.perf_counter() - t0:.0f} s); "
-          f"e.g. {out[0].text[:120]!r}")
+    print(
+        f"base model, no SFT: {parsed}/{len(out)} held-out plans parse ({time.perf_counter() - t0:.0f} s); "
+        f"e.g. {out[0].text[:120]!r}"
+    )
 
 
 def main() -> None:
@@ -98,12 +110,21 @@ def main() -> None:
     ap.add_argument("--eval-n", type=int, default=8, help="plans per held-out problem")
     ap.add_argument("--dpo-steps", type=int, default=toy_world.DPO_TRAINING["max_steps"])
     ap.add_argument("--dpo-lr", type=float, default=toy_world.DPO_TRAINING["learning_rate"])
-    ap.add_argument("--sft-weight", type=float, default=toy_world.DPO_TRAINING["sft_weight"],
-                    help="NLL term on the chosen reply in the DPO loss (0: plain DPO)")
+    ap.add_argument(
+        "--sft-weight",
+        type=float,
+        default=toy_world.DPO_TRAINING["sft_weight"],
+        help="NLL term on the chosen reply in the DPO loss (0: plain DPO)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a busy machine)")
-    ap.add_argument("--show-failures", type=int, default=3, help="unparseable plans of the last navigator to print")
-    ap.add_argument("--base", help="a pre-trained start model: a catalogue model name or a local directory "
-                                   "(default: the tiny random model with the world's tokenizer)")
+    ap.add_argument(
+        "--show-failures", type=int, default=3, help="unparseable plans of the last navigator to print"
+    )
+    ap.add_argument(
+        "--base",
+        help="a pre-trained start model: a catalogue model name or a local directory "
+        "(default: the tiny random model with the world's tokenizer)",
+    )
     ap.add_argument("--sft-steps", type=int, help="start navigator SFT steps (default: the mode's setting)")
     ap.add_argument("--finetuning-type", choices=("full", "lora"), default="full")
     ap.add_argument("--batch-size", type=int, default=16, help="navigator generation batch (--base runs)")
@@ -131,53 +152,75 @@ def main() -> None:
     db = connect(None)
     try:
         t0 = time.perf_counter()
-        toy_world.setup(db, train_per_family=args.train_per_family, test_per_family=args.test_per_family,
-                        similar_k=4)
+        toy_world.setup(
+            db, train_per_family=args.train_per_family, test_per_family=args.test_per_family, similar_k=4
+        )
         if base:
             _base_parse_rate(base, args.test_per_family, args.batch_size)
         t0 = time.perf_counter()
-        sft = toy_world.build_start_navigator(db, tmp / "start", train_per_family=args.train_per_family,
-                                              base_model=base, training=sft_training)
+        sft = toy_world.build_start_navigator(
+            db, tmp / "start", train_per_family=args.train_per_family, base_model=base, training=sft_training
+        )
         t_sft = time.perf_counter() - t0
         settings = toy_world.loop_settings("bench", iterations=args.iterations, n=args.n, eval_n=args.eval_n)
         if real:  # the navigators are real models: batched generation, the world's settings otherwise
             llm = tmp / "llm.toml"
             llm.write_text(f'[roles.navigator]\nbackend = "transformers"\nbatch_size = {args.batch_size}\n')
             settings["llm_config"] = str(llm)
-        cfg = loop.LoopConfig.load(None, {
-            **settings, "out_dir": str(tmp / "loop"),
-            "train": {**dpo_defaults, "max_steps": args.dpo_steps, "save_steps": args.dpo_steps,
-                      "learning_rate": args.dpo_lr, "sft_weight": args.sft_weight}})
+        cfg = loop.LoopConfig.load(
+            None,
+            {
+                **settings,
+                "out_dir": str(tmp / "loop"),
+                "train": {
+                    **dpo_defaults,
+                    "max_steps": args.dpo_steps,
+                    "save_steps": args.dpo_steps,
+                    "learning_rate": args.dpo_lr,
+                    "sft_weight": args.sft_weight,
+                },
+            },
+        )
         t1 = time.perf_counter()
         result = loop.run_loop(db, cfg, progress=False)
         t_loop = time.perf_counter() - t1
-        print(f"world: 3 families, {args.train_per_family} train + {args.test_per_family} held-out problems each; "
-              f"start navigator SFT loss {sft['metrics'].get('loss', float('nan')):.4f} "
-              f"({t_sft:.0f} s); loop {t_loop:.0f} s\n")
-        head = (f"{'it':>2} {'navigator':10} {'train plans':>11} {'parse':>6} {'right':>6} {'reward':>11} "
-                f"{'pairs':>5} {'dpo acc':>7} {'margin':>7} | {'held-out plans':>14} {'parse':>6} {'right':>6}")
+        print(
+            f"world: 3 families, {args.train_per_family} train + {args.test_per_family} held-out problems each; "
+            f"start navigator SFT loss {sft['metrics'].get('loss', float('nan')):.4f} "
+            f"({t_sft:.0f} s); loop {t_loop:.0f} s\n"
+        )
+        head = (
+            f"{'it':>2} {'navigator':10} {'train plans':>11} {'parse':>6} {'right':>6} {'reward':>11} "
+            f"{'pairs':>5} {'dpo acc':>7} {'margin':>7} | {'held-out plans':>14} {'parse':>6} {'right':>6}"
+        )
         print(head)
         print("-" * len(head))
         for r in result["iterations"]:
             reward = "-" if r["reward_mean"] is None else f"{r['reward_mean']:.2f}±{r['reward_std']:.2f}"
-            print(f"{r['iteration']:>2} {r['navigator']:10} {r['plans'] or '-':>11} {_f(r['parse_rate']):>6} "
-                  f"{_f(r['right_template']):>6} {reward:>11} {r['pairs'] if r['pairs'] is not None else '-':>5} "
-                  f"{_f(r['dpo_accuracy']):>7} {_f(r['dpo_margin'], '.3f'):>7} | {r['heldout_plans'] or '-':>14} "
-                  f"{_f(r['heldout_parse_rate']):>6} {_f(r['heldout_right_template']):>6}")
+            print(
+                f"{r['iteration']:>2} {r['navigator']:10} {r['plans'] or '-':>11} {_f(r['parse_rate']):>6} "
+                f"{_f(r['right_template']):>6} {reward:>11} {r['pairs'] if r['pairs'] is not None else '-':>5} "
+                f"{_f(r['dpo_accuracy']):>7} {_f(r['dpo_margin'], '.3f'):>7} | {r['heldout_plans'] or '-':>14} "
+                f"{_f(r['heldout_parse_rate']):>6} {_f(r['heldout_right_template']):>6}"
+            )
         first, last = result["iterations"][0], result["iterations"][-1]
-        print(f"\nheld-out right-template share: {_f(first['heldout_right_template'])} "
-              f"({first['heldout_right_template'] and round(first['heldout_right_template'] * first['heldout_judged'])}"
-              f"/{first['heldout_judged']} parsed plans) -> {_f(last['heldout_right_template'])} "
-              f"({last['heldout_right_template'] and round(last['heldout_right_template'] * last['heldout_judged'])}"
-              f"/{last['heldout_judged']}); parse rate {_f(first['heldout_parse_rate'])} -> "
-              f"{_f(last['heldout_parse_rate'])}; chance is 1/3.")
+        print(
+            f"\nheld-out right-template share: {_f(first['heldout_right_template'])} "
+            f"({first['heldout_right_template'] and round(first['heldout_right_template'] * first['heldout_judged'])}"
+            f"/{first['heldout_judged']} parsed plans) -> {_f(last['heldout_right_template'])} "
+            f"({last['heldout_right_template'] and round(last['heldout_right_template'] * last['heldout_judged'])}"
+            f"/{last['heldout_judged']}); parse rate {_f(first['heldout_parse_rate'])} -> "
+            f"{_f(last['heldout_parse_rate'])}; chance is 1/3."
+        )
         print("\nwall time per stage (s):")
         stages = ("heldout", "sample", "evaluate", "rewards", "pairs", "export", "train")
         print(f"{'it':>2} " + " ".join(f"{x:>8}" for x in stages))
         for r in result["iterations"]:
             print(f"{r['iteration']:>2} " + " ".join(f"{_f(r['seconds'].get(x), '.0f'):>8}" for x in stages))
         if last["status"].startswith("converged"):
-            print(f"iteration {last['iteration']}: {last['status']} (every train problem's plans earned equal rewards)")
+            print(
+                f"iteration {last['iteration']}: {last['status']} (every train problem's plans earned equal rewards)"
+            )
         _failures(db, last["navigator"], args.show_failures)
     finally:
         db.dispose()

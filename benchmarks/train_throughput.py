@@ -35,12 +35,23 @@ from pipelines.train.launch import _available_gpus, deepspeed_version
 def rows(kind: str, n: int) -> list[dict]:
     filler = " then simplify the expression and check each boundary case" * 6
     if kind == "sft":
-        return [{"messages": [{"role": "user", "content": f"Template {i}: describe it and when it applies."},
-                              {"role": "assistant", "content": f"Template {i} rewrites the sum{filler}."}]}
-                for i in range(n)]
-    return [{"prompt": [{"role": "user", "content": f"Plan problem {i}: x^2 - 5x + 6 = 0."}],
-             "chosen": [{"role": "assistant", "content": f"Step 1: apply Vieta{filler}."}],
-             "rejected": [{"role": "assistant", "content": "Step 1: guess."}]} for i in range(n)]
+        return [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Template {i}: describe it and when it applies."},
+                    {"role": "assistant", "content": f"Template {i} rewrites the sum{filler}."},
+                ]
+            }
+            for i in range(n)
+        ]
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Plan problem {i}: x^2 - 5x + 6 = 0."}],
+            "chosen": [{"role": "assistant", "content": f"Step 1: apply Vieta{filler}."}],
+            "rejected": [{"role": "assistant", "content": "Step 1: guess."}],
+        }
+        for i in range(n)
+    ]
 
 
 def main() -> None:
@@ -58,25 +69,53 @@ def main() -> None:
     os.environ.pop("DATABASE_URL", None)
     db = connect(None)
     try:
-        model = build_tiny_model(tmp / "model", hidden_size=args.hidden, layers=args.layers, heads=4, kv_heads=2,
-                                 intermediate_size=args.hidden * 2)
+        model = build_tiny_model(
+            tmp / "model",
+            hidden_size=args.hidden,
+            layers=args.layers,
+            heads=4,
+            kv_heads=2,
+            intermediate_size=args.hidden * 2,
+        )
         n = args.steps * args.batch
-        data = {k: write_dataset(db, ExportSpec(kind=k, params={"bench": k}, parts=[
-            DataPart("train", pa.Table.from_pylist(rows(k, n)))]), tmp / k)["id"] for k in ("sft", "dpo")}
+        data = {
+            k: write_dataset(
+                db,
+                ExportSpec(
+                    kind=k, params={"bench": k}, parts=[DataPart("train", pa.Table.from_pylist(rows(k, n)))]
+                ),
+                tmp / k,
+            )["id"]
+            for k in ("sft", "dpo")
+        }
         gpus = _available_gpus()
-        setups = [("gpu, zero3, bf16", {"num_gpus": 1, "deepspeed": "zero3"}, True)] if gpus else [
-            ("cpu, in process", {"num_gpus": 0}, False)]
+        setups = (
+            [("gpu, zero3, bf16", {"num_gpus": 1, "deepspeed": "zero3"}, True)]
+            if gpus
+            else [("cpu, in process", {"num_gpus": 0}, False)]
+        )
         if not gpus and deepspeed_version():
             setups.append(("cpu, deepspeed zero3", {"num_gpus": 0, "deepspeed": "zero3"}, False))
         params = None
-        print(f"model: {args.layers} layers x {args.hidden} hidden; {args.steps} steps of {args.batch} x "
-              f"cutoff {args.cutoff} per stage; device: {'GPU' if gpus else 'CPU'}\n")
-        print(f"{'setup':24} {'stage':5} {'tokens/s':>10} {'samples/s':>10} {'peak GiB':>9} {'loss':>8} "
-              f"{'reward acc':>10}")
+        print(
+            f"model: {args.layers} layers x {args.hidden} hidden; {args.steps} steps of {args.batch} x "
+            f"cutoff {args.cutoff} per stage; device: {'GPU' if gpus else 'CPU'}\n"
+        )
+        print(
+            f"{'setup':24} {'stage':5} {'tokens/s':>10} {'samples/s':>10} {'peak GiB':>9} {'loss':>8} "
+            f"{'reward acc':>10}"
+        )
         for label, hw, bf16 in setups:
-            overrides = {"bf16": bf16, "max_steps": args.steps, "max_length": args.cutoff,
-                         "per_device_train_batch_size": args.batch, "gradient_accumulation_steps": 1,
-                         "gradient_checkpointing": False, "save_steps": args.steps, "learning_rate": 1e-4}
+            overrides = {
+                "bf16": bf16,
+                "max_steps": args.steps,
+                "max_length": args.cutoff,
+                "per_device_train_batch_size": args.batch,
+                "gradient_accumulation_steps": 1,
+                "gradient_checkpointing": False,
+                "save_steps": args.steps,
+                "learning_rate": 1e-4,
+            }
             base = str(model)
             for stage in ("sft", "dpo"):
                 p = plan(db, stage, dataset=data[stage], base_model=base, overrides=overrides, **hw)
@@ -84,14 +123,21 @@ def main() -> None:
                 run = execute(db, p)
                 m = run["metrics"]
                 peak = m.get("peak_gpu_memory_gib", m.get("peak_rss_gib", float("nan")))
-                print(f"{label:24} {stage:5} {m.get('train_tokens_per_second', float('nan')):10.0f} "
-                      f"{m.get('train_samples_per_second', float('nan')):10.2f} {peak:9.2f} {m['loss']:8.4f} "
-                      f"{m.get('rewards/accuracies', float('nan')):10.2f}")
-                print(f"  command: {shlex.join(p.command())}" if p.launcher == "accelerate" else
-                      "  command: in process (reasonflux train ... --num-gpus 0)")
+                print(
+                    f"{label:24} {stage:5} {m.get('train_tokens_per_second', float('nan')):10.0f} "
+                    f"{m.get('train_samples_per_second', float('nan')):10.2f} {peak:9.2f} {m['loss']:8.4f} "
+                    f"{m.get('rewards/accuracies', float('nan')):10.2f}"
+                )
+                print(
+                    f"  command: {shlex.join(p.command())}"
+                    if p.launcher == "accelerate"
+                    else "  command: in process (reasonflux train ... --num-gpus 0)"
+                )
                 base = run["navigator"]
-        print(f"\nparameters: {params:,}; peak memory on CPU is the process's whole resident set "
-              "(interpreter, libraries, both models for DPO), on GPU torch's peak allocation.")
+        print(
+            f"\nparameters: {params:,}; peak memory on CPU is the process's whole resident set "
+            "(interpreter, libraries, both models for DPO), on GPU torch's peak allocation."
+        )
     finally:
         db.dispose()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -43,7 +43,9 @@ def db_linger_s() -> float:
     if not value >= 0 or value == float("inf"):
         from kb.errors import InputError
 
-        raise InputError(f"must be a number of seconds, 0 or more (got {raw!r})", field="REASONFLUX_DB_LINGER")
+        raise InputError(
+            f"must be a number of seconds, 0 or more (got {raw!r})", field="REASONFLUX_DB_LINGER"
+        )
     return value
 
 

@@ -44,15 +44,20 @@ FORMAT = "reasonflux-dataset/3"  # 3: row_counts keyed by split name
 DATA_DIR = "data"
 LICENSE_PATTERN = r"[a-z0-9][a-z0-9.+-]*"  # Hub licence identifiers: apache-2.0, cc-by-4.0, mit, other, ...
 # No Parquet dictionary pages: hashing every string costs more than zstd saves on these columns.
-PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "row_group_size": 131072,
-                   "use_dictionary": False}
+PARQUET_OPTIONS = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "row_group_size": 131072,
+    "use_dictionary": False,
+}
 
 
 def check_license(value: str | None, field: str = "--license") -> str | None:
     """VALUE if it is a Hub licence identifier (or None: not given); else an InputError naming FIELD."""
     if value is not None and not re.fullmatch(LICENSE_PATTERN, value):
-        raise InputError(f"{value!r} is not a licence identifier like apache-2.0, mit, cc-by-4.0 or other",
-                         field=field)
+        raise InputError(
+            f"{value!r} is not a licence identifier like apache-2.0, mit, cc-by-4.0 or other", field=field
+        )
     return value
 
 
@@ -116,7 +121,11 @@ def data_file(spec: ExportSpec, part: DataPart, fmt: str) -> str:
         return f"{DATA_DIR}/{part.split}.{fmt}"
     # Beside Parquet, JSONL may not sit under data/ or carry a split name: `load_dataset("parquet",
     # data_dir=DIR)` would read it as Parquet.
-    return f"jsonl/{spec.kind}.jsonl" if len(spec.parts) == 1 else f"jsonl/{spec.kind}{spec.parts.index(part)}.jsonl"
+    return (
+        f"jsonl/{spec.kind}.jsonl"
+        if len(spec.parts) == 1
+        else f"jsonl/{spec.kind}{spec.parts.index(part)}.jsonl"
+    )
 
 
 def split_row_counts(spec: ExportSpec) -> dict[str, int]:
@@ -172,7 +181,7 @@ def _size_category(n: int) -> str:
     if n < 1000:
         return "n<1K"
     for low, high, bound in zip(labels, labels[1:], range(4, 13)):
-        if n < 10 ** bound:
+        if n < 10**bound:
             return f"{low}<n<{high}"
     return "n>1T"
 
@@ -204,7 +213,9 @@ def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, folder: Pa
     for part in spec.parts:
         for fmt in ("parquet", "jsonl"):
             if fmt in spec.formats:
-                by_format.setdefault(fmt, []).append({"split": part.split, "path": data_file(spec, part, fmt)})
+                by_format.setdefault(fmt, []).append(
+                    {"split": part.split, "path": data_file(spec, part, fmt)}
+                )
     # One config: the Hub builds every config of a repo with one loader, so the JSONL copy beside
     # Parquet is a plain file (`load_dataset("json", data_files=...)`), not a second config.
     main = "parquet" if "parquet" in by_format else "jsonl"
@@ -213,10 +224,15 @@ def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, folder: Pa
     if main == "parquet":  # JSONL records may hold free-form JSON (templates' steps): let the loader infer
         extra["dataset_info"] = dataset_info(spec, row_counts, folder)
     card = DatasetCardData(
-        pretty_name=f"reasonflux {spec.kind} {version_id}", license=spec.license, language=["en"],
-        task_categories=list(spec.task_categories), size_categories=[_size_category(total)],
+        pretty_name=f"reasonflux {spec.kind} {version_id}",
+        license=spec.license,
+        language=["en"],
+        task_categories=list(spec.task_categories),
+        size_categories=[_size_category(total)],
         tags=["reasonflux", "math", "reasoning", "thought-templates", *spec.tags],
-        configs=[{"config_name": "default", "data_files": by_format[main]}], **extra)
+        configs=[{"config_name": "default", "data_files": by_format[main]}],
+        **extra,
+    )
     return card.to_dict()
 
 
@@ -230,35 +246,79 @@ def dataset_info(spec: ExportSpec, row_counts: dict, folder: Path) -> dict[str, 
     for part in spec.parts:
         path = folder / data_file(spec, part, "parquet")
         # The table as readers get it back (plain types, no dictionaries), not the one in memory here.
-        splits.append({"name": part.split, "num_bytes": pq.read_table(path).nbytes,
-                       "num_examples": row_counts[part.split]})
+        splits.append(
+            {
+                "name": part.split,
+                "num_bytes": pq.read_table(path).nbytes,
+                "num_examples": row_counts[part.split],
+            }
+        )
     download = sum((folder / data_file(spec, p, "parquet")).stat().st_size for p in spec.parts)
-    return {"config_name": "default", "features": [hub_feature(f.name, f.type) for f in spec.parts[0].table.schema],
-            "splits": splits, "download_size": download, "dataset_size": sum(s["num_bytes"] for s in splits)}
+    return {
+        "config_name": "default",
+        "features": [hub_feature(f.name, f.type) for f in spec.parts[0].table.schema],
+        "splits": splits,
+        "download_size": download,
+        "dataset_size": sum(s["num_bytes"] for s in splits),
+    }
 
 
-def _card(spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict, folder: Path) -> str:
+def _card(
+    spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict, folder: Path
+) -> str:
     import yaml
 
-    meta = yaml.safe_dump(front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True,
-                          width=1000)
-    lines = ["---", meta.rstrip("\n"), "---", "", f"# {version_id}", "", spec.card_intro.strip(), "",
-             f"- kind: `{spec.kind}`", f"- licence: `{spec.license}` {spec.license_note}".rstrip(),
-             f"- schema revision: `{revision}`",
-             f"- selection: `{canonical_json(spec.params)}`", ""]
+    meta = yaml.safe_dump(
+        front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True, width=1000
+    )
+    lines = [
+        "---",
+        meta.rstrip("\n"),
+        "---",
+        "",
+        f"# {version_id}",
+        "",
+        spec.card_intro.strip(),
+        "",
+        f"- kind: `{spec.kind}`",
+        f"- licence: `{spec.license}` {spec.license_note}".rstrip(),
+        f"- schema revision: `{revision}`",
+        f"- selection: `{canonical_json(spec.params)}`",
+        "",
+    ]
     for part in spec.parts:
-        lines += [f"## {part.name} ({row_counts[part.split]} rows)", "", part.description.strip(), "",
-                  "| column | type |", "| --- | --- |"]
+        lines += [
+            f"## {part.name} ({row_counts[part.split]} rows)",
+            "",
+            part.description.strip(),
+            "",
+            "| column | type |",
+            "| --- | --- |",
+        ]
         lines += [f"| `{f.name}` | `{_plain(f.type)}` |" for f in part.table.schema]
         lines.append("")
     if spec.usage:
         lines += ["## Usage", "", spec.usage.strip(), ""]
-    lines += ["## Loading", "", "```python", "from datasets import load_dataset", "",
-              'ds = load_dataset("path/to/this/folder")  # or the Hub repo it was pushed to', "```", ""]
+    lines += [
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        "",
+        'ds = load_dataset("path/to/this/folder")  # or the Hub repo it was pushed to',
+        "```",
+        "",
+    ]
     lines += ["## Files", "", "| file | sha256 |", "| --- | --- |"]
     lines += [f"| `{name}` | `{digest}` |" for name, digest in sorted(hashes.items())]
-    lines += ["", ("Check them with `reasonflux datasets verify DIR` (this card may be edited freely: "
-              "verification then warns, the data stays verified)."), ""]
+    lines += [
+        "",
+        (
+            "Check them with `reasonflux datasets verify DIR` (this card may be edited freely: "
+            "verification then warns, the data stays verified)."
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -273,7 +333,9 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     check_output_dir(out_dir)
     files = [data_file(spec, p, f) for p in spec.parts for f in spec.formats]
     if len(set(files)) != len(files):  # two parts of one split would overwrite each other's file
-        raise ValueError(f"the parts of a {spec.kind} export need distinct splits (files: {', '.join(files)})")
+        raise ValueError(
+            f"the parts of a {spec.kind} export need distinct splits (files: {', '.join(files)})"
+        )
     out = Path(out_dir)
     revision = migrate.current_revision(db.engine) or "base"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -281,24 +343,43 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     try:
         row_counts = split_row_counts(spec)
         _writing(tmp, lambda: _write_parts(spec, tmp))
-        data_hashes = {p.relative_to(tmp).as_posix(): sha256_file(p)
-                       for p in sorted(tmp.rglob("*")) if p.is_file()}
+        data_hashes = {
+            p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
         params = spec.recorded_params()
         identity = {"kind": spec.kind, "params": params, "schema_revision": revision, "files": data_hashes}
         version_id = f"{spec.kind}-{params_hash(identity, 12)}"
-        _writing(tmp / CARD, lambda: (tmp / CARD).write_text(
-            _card(spec, version_id, revision, row_counts, data_hashes, tmp), encoding="utf-8"))
+        _writing(
+            tmp / CARD,
+            lambda: (tmp / CARD).write_text(
+                _card(spec, version_id, revision, row_counts, data_hashes, tmp), encoding="utf-8"
+            ),
+        )
         _check_destination(out, version_id)  # before recording: a refused folder must leave no row behind
         with db.engine.begin() as conn:  # committed after _place: the row never outlives a failed write
-            created_at = _record(conn, version_id, spec.kind, params, revision, row_counts, data_hashes, out,
-                                 run_id)
+            created_at = _record(
+                conn, version_id, spec.kind, params, revision, row_counts, data_hashes, out, run_id
+            )
             manifest = {
-                "format": FORMAT, "id": version_id, "kind": spec.kind, "params": params, "license": spec.license,
-                "schema_revision": revision, "row_counts": row_counts, "files": data_hashes,
-                "card": {CARD: sha256_file(tmp / CARD)}, "created_at": created_at, **spec.extra_manifest,
+                "format": FORMAT,
+                "id": version_id,
+                "kind": spec.kind,
+                "params": params,
+                "license": spec.license,
+                "schema_revision": revision,
+                "row_counts": row_counts,
+                "files": data_hashes,
+                "card": {CARD: sha256_file(tmp / CARD)},
+                "created_at": created_at,
+                **spec.extra_manifest,
             }
-            _writing(tmp / MANIFEST, lambda: (tmp / MANIFEST).write_text(
-                json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"))
+            _writing(
+                tmp / MANIFEST,
+                lambda: (tmp / MANIFEST).write_text(
+                    json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                    encoding="utf-8",
+                ),
+            )
             _writing(out, lambda: _place(tmp, out, version_id))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -315,8 +396,12 @@ def _write_parts(spec: ExportSpec, tmp: Path) -> None:
             if fmt == "parquet":
                 _writing(path, lambda path=path, part=part: _write_parquet(part.table, path))
             else:
-                _writing(path, lambda path=path, part=part: _write_jsonl(
-                    part.records() if part.records else part.table.to_pylist(), path))
+                _writing(
+                    path,
+                    lambda path=path, part=part: _write_jsonl(
+                        part.records() if part.records else part.table.to_pylist(), path
+                    ),
+                )
     for writer in spec.extra_files:
         writer(tmp, spec)
 
@@ -336,24 +421,50 @@ class ExportWriteFailed(KbError):
     """Writing the export's files failed (disk full, size limit, permissions); nothing was recorded."""
 
 
-def _record(conn: sa.Connection, version_id: str, kind: str, params: dict, revision: str, row_counts: dict,
-            hashes: dict, out: Path, run_id: int | None) -> str:
+def _record(
+    conn: sa.Connection,
+    version_id: str,
+    kind: str,
+    params: dict,
+    revision: str,
+    row_counts: dict,
+    hashes: dict,
+    out: Path,
+    run_id: int | None,
+) -> str:
     """Insert the dataset_version row unless it exists, and the folder OUT among its locations (a version
     written to a second folder keeps the first as `path` and gains a location); the row's created time."""
-    conn.execute(sa.text(
-        "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
-        "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
-        "ON CONFLICT (id) DO NOTHING"),
-        {"id": version_id, "kind": kind, "params": canonical_json(params), "rev": revision,
-         "rc": canonical_json(row_counts), "files": canonical_json(hashes), "path": str(out.resolve()),
-         "run": run_id})
-    row = conn.execute(sa.text("SELECT files, created_at FROM dataset_version WHERE id = :id"),
-                       {"id": version_id}).one()
+    conn.execute(
+        sa.text(
+            "INSERT INTO dataset_version (id, kind, params, schema_revision, row_counts, files, path, run_id) "
+            "VALUES (:id, :kind, CAST(:params AS jsonb), :rev, CAST(:rc AS jsonb), CAST(:files AS jsonb), :path, :run) "
+            "ON CONFLICT (id) DO NOTHING"
+        ),
+        {
+            "id": version_id,
+            "kind": kind,
+            "params": canonical_json(params),
+            "rev": revision,
+            "rc": canonical_json(row_counts),
+            "files": canonical_json(hashes),
+            "path": str(out.resolve()),
+            "run": run_id,
+        },
+    )
+    row = conn.execute(
+        sa.text("SELECT files, created_at FROM dataset_version WHERE id = :id"), {"id": version_id}
+    ).one()
     if row.files != hashes:
-        raise ConflictError(f"dataset version {version_id} is recorded with other file hashes; nothing was written")
-    conn.execute(sa.text("INSERT INTO dataset_location (version_id, path, run_id) VALUES (:id, :path, :run) "
-                         "ON CONFLICT (version_id, path) DO NOTHING"),
-                 {"id": version_id, "path": str(out.resolve()), "run": run_id})
+        raise ConflictError(
+            f"dataset version {version_id} is recorded with other file hashes; nothing was written"
+        )
+    conn.execute(
+        sa.text(
+            "INSERT INTO dataset_location (version_id, path, run_id) VALUES (:id, :path, :run) "
+            "ON CONFLICT (version_id, path) DO NOTHING"
+        ),
+        {"id": version_id, "path": str(out.resolve()), "run": run_id},
+    )
     return row.created_at.isoformat()
 
 
@@ -362,8 +473,9 @@ def check_output_dir(out_dir: str | Path) -> None:
     symbolic link (an export replaces its folder whole, which a link cannot be)."""
     out = Path(out_dir)
     if out.is_symlink():
-        raise InputError(f"{out} is a symbolic link (to {os.readlink(out)}); pass the folder itself",
-                         field="--out")
+        raise InputError(
+            f"{out} is a symbolic link (to {os.readlink(out)}); pass the folder itself", field="--out"
+        )
     for path in (out, *out.parents):
         if path.exists():
             if not path.is_dir():
@@ -381,8 +493,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except OSError as e:
         raise VerificationError(f"{path}: cannot read the manifest ({e.strerror or e})") from None
     if not isinstance(manifest, dict):
-        raise VerificationError(f"{path}: not a dataset manifest (a JSON {type(manifest).__name__}, "
-                                "not an object)")
+        raise VerificationError(
+            f"{path}: not a dataset manifest (a JSON {type(manifest).__name__}, not an object)"
+        )
     return manifest
 
 
@@ -397,8 +510,9 @@ def _check_destination(out: Path, version_id: str) -> None:
         except VerificationError as e:
             raise ConflictError(f"{e}; choose another --out") from None
         if other != version_id:
-            raise ConflictError(f"{out} already holds dataset version {other}; versions are immutable, "
-                                "choose another --out")
+            raise ConflictError(
+                f"{out} already holds dataset version {other}; versions are immutable, choose another --out"
+            )
     elif any(out.iterdir()):
         raise ConflictError(f"{out} exists and is not empty; choose another --out")
 
@@ -418,24 +532,37 @@ def _place(tmp: Path, out: Path, version_id: str) -> None:
 VERSION_COLUMNS = ("id", "kind", "schema_revision", "row_counts", "paths", "run_id", "created_at")
 
 # Every folder the version was written to, in the order they were written (the first is `path`).
-_PATHS = ("ARRAY(SELECT l.path FROM dataset_location l WHERE l.version_id = d.id "
-          "ORDER BY l.created_at, l.path) AS paths")
+_PATHS = (
+    "ARRAY(SELECT l.path FROM dataset_location l WHERE l.version_id = d.id "
+    "ORDER BY l.created_at, l.path) AS paths"
+)
 
 
 def list_versions(db: Database, kind: str | None = None) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            f"SELECT id, kind, schema_revision, row_counts, {_PATHS}, run_id, created_at FROM dataset_version d "
-            "WHERE CAST(:k AS text) IS NULL OR kind = :k ORDER BY created_at, id"), {"k": kind}).mappings()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT id, kind, schema_revision, row_counts, {_PATHS}, run_id, created_at FROM dataset_version d "
+                "WHERE CAST(:k AS text) IS NULL OR kind = :k ORDER BY created_at, id"
+            ),
+            {"k": kind},
+        ).mappings()
         return [dict(r) for r in rows]
 
 
 def get_version(db: Database, ref: str) -> dict[str, Any]:
     """A version by id or unique id prefix, with `paths`: every folder it was written to."""
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT d.*, {_PATHS} FROM dataset_version d WHERE id = :r OR id LIKE :p "
-                                    "ORDER BY id"),
-                            {"r": ref, "p": ref.replace("%", "").replace("_", r"\_") + "%"}).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    f"SELECT d.*, {_PATHS} FROM dataset_version d WHERE id = :r OR id LIKE :p ORDER BY id"
+                ),
+                {"r": ref, "p": ref.replace("%", "").replace("_", r"\_") + "%"},
+            )
+            .mappings()
+            .all()
+        )
     exact = [r for r in rows if r["id"] == ref]
     if exact:
         return dict(exact[0])
@@ -471,8 +598,14 @@ def verify(db: Database | None, folder: str | Path) -> dict[str, Any]:
             raise VerificationError(f"{path}: sha256 {actual} does not match the manifest ({digest})")
     card_warnings = _card_warnings(folder, card)
     warnings = card_warnings + _unlisted(folder, set(files) | set(card))
-    result = {"id": manifest.get("id"), "kind": manifest.get("kind"), "files": len(files), "manifest": "ok",
-              "card": "edited" if card_warnings else "ok", "warnings": warnings}
+    result = {
+        "id": manifest.get("id"),
+        "kind": manifest.get("kind"),
+        "files": len(files),
+        "manifest": "ok",
+        "card": "edited" if card_warnings else "ok",
+        "warnings": warnings,
+    }
     if db is not None:
         _check_against_kb(db, folder, manifest_path, manifest, files)
         result["kb"] = "ok"
@@ -512,21 +645,29 @@ def _check_against_kb(db: Database, folder: Path, manifest_path: Path, manifest:
     try:
         row = get_version(db, str(manifest.get("id")))
     except NotFound:
-        raise VerificationError(f"{manifest_path}: dataset version {manifest.get('id')} is not recorded in "
-                                "this knowledge base") from None
+        raise VerificationError(
+            f"{manifest_path}: dataset version {manifest.get('id')} is not recorded in this knowledge base"
+        ) from None
     if row["id"] != manifest.get("id"):
-        raise VerificationError(f"{manifest_path}: id {manifest.get('id')} is not recorded in this knowledge base")
+        raise VerificationError(
+            f"{manifest_path}: id {manifest.get('id')} is not recorded in this knowledge base"
+        )
     for key in ("kind", "params", "schema_revision", "row_counts"):
         recorded, stated = row[key], manifest.get(key)
         if key == "row_counts":  # the same counts, whichever vocabulary wrote them
-            recorded, stated = (normalized_row_counts(row["kind"], recorded),
-                                normalized_row_counts(row["kind"], stated))
+            recorded, stated = (
+                normalized_row_counts(row["kind"], recorded),
+                normalized_row_counts(row["kind"], stated),
+            )
         if recorded != stated:
-            raise VerificationError(f"{manifest_path}: {key} differs from the knowledge base's record of "
-                                    f"{row['id']}")
+            raise VerificationError(
+                f"{manifest_path}: {key} differs from the knowledge base's record of {row['id']}"
+            )
     recorded = {k: v for k, v in (row["files"] or {}).items() if k != CARD}
     if set(recorded) != set(files):
-        raise VerificationError(f"{manifest_path}: files differ from the knowledge base's record of {row['id']}")
+        raise VerificationError(
+            f"{manifest_path}: files differ from the knowledge base's record of {row['id']}"
+        )
     for name, digest in sorted(recorded.items()):
         if files.get(name) != digest:
             raise VerificationError(f"{folder / name}: hash differs from the knowledge base's record")
@@ -534,8 +675,15 @@ def _check_against_kb(db: Database, folder: Path, manifest_path: Path, manifest:
 
 # ---- publishing ------------------------------------------------------------------------------------------
 
-def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, endpoint: str | None = None,
-                token: str | None = None) -> dict[str, Any]:
+
+def push_to_hub(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
     """Upload a verified dataset version folder to the Hub dataset repo REPO_ID (created if needed).
 
     Needs a token (`hf auth login`, or HF_TOKEN); HF_ENDPOINT (read now, not at import) points it at
@@ -547,13 +695,19 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, endp
     checked = verify(None, folder)
     token = token or huggingface_hub.get_token()
     if not token:
-        raise KbError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
-                      f"`reasonflux datasets push {folder} {repo_id}`")
+        raise KbError(
+            "no Hugging Face token: run `hf auth login` or set HF_TOKEN, then "
+            f"`reasonflux datasets push {folder} {repo_id}`"
+        )
     api = huggingface_hub.HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None, token=token)
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset",
-                                   commit_message=f"reasonflux dataset version {checked['id']}")
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=f"reasonflux dataset version {checked['id']}",
+        )
     except (huggingface_hub.errors.HfHubHTTPError, OSError, ValueError) as e:
         raise KbError(f"pushing {folder} to {repo_id} failed: {e}") from None
     return {"id": checked["id"], "repo": repo_id, "commit": commit.oid, "url": commit.commit_url}

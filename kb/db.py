@@ -48,9 +48,14 @@ def _pin_path(home: Path | None = None) -> Path:
 def pin_embedded_revision(revision: str | None, home: Path | None = None) -> None:
     import datetime
 
-    _pin_path(home).write_text(json.dumps({
-        "revision": revision, "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }))
+    _pin_path(home).write_text(
+        json.dumps(
+            {
+                "revision": revision,
+                "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            }
+        )
+    )
 
 
 def unpin_embedded_revision(home: Path | None = None) -> None:
@@ -99,7 +104,8 @@ def embedded_url(home: Path | None = None) -> str:
         detail = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {pgdata}: {detail[-1] if detail else type(e).__name__} "
-            f"(server log: {pgdata / 'log'})") from None
+            f"(server log: {pgdata / 'log'})"
+        ) from None
     # atexit runs last-registered first: this runs before pgserver's own cleanup decides whether we are the
     # last holder (registered in get_server above), so a lingerer it hands over to keeps the server up.
     atexit.register(_on_exit, server.pgdata, linger_s)
@@ -164,7 +170,9 @@ def _ensure_database(admin_url: str, name: str) -> None:
         with engine.connect() as conn:
             advisory_lock(conn, _CREATE_DB_LOCK, f"creating the database {name}")
             try:
-                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                exists = conn.execute(
+                    sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                ).first()
                 if not exists:
                     conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
             finally:
@@ -200,8 +208,9 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
-def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: bool = True,
-            home: Path | None = None) -> Database:
+def connect(
+    url: str | None = None, *, check_schema: bool = True, auto_upgrade: bool = True, home: Path | None = None
+) -> Database:
     """Resolve the database, start the embedded server if needed, check the schema.
 
     A fresh or outdated embedded database is upgraded to head automatically (it is
@@ -214,8 +223,10 @@ def connect(url: str | None = None, *, check_schema: bool = True, auto_upgrade: 
     external = config.database_url(url)
     resolved = normalize_url(external) if external else embedded_url(home)
     if not resolved.startswith("postgresql+psycopg://"):
-        raise InputError(f"{mask_url(resolved)} is not a PostgreSQL URL (postgresql://user:password@host/db)",
-                         field="--database-url / DATABASE_URL")
+        raise InputError(
+            f"{mask_url(resolved)} is not a PostgreSQL URL (postgresql://user:password@host/db)",
+            field="--database-url / DATABASE_URL",
+        )
     try:
         db = Database(url=resolved, embedded=external is None, engine=create_engine(resolved))
     except sa.exc.ArgumentError as e:

@@ -41,8 +41,17 @@ DEFAULT_MAX_CLIENTS = defaults.DB_SERVE_MAX_CLIENTS
 DEFAULT_LOGIN_TIMEOUT_S = defaults.DB_SERVE_LOGIN_TIMEOUT_S
 OWNER_SPARE_CONNECTIONS = 10  # server connections --max-connections must leave to the owner's commands
 # Start-up parameters a client may choose; any other (options, replication, settings) is dropped.
-CLIENT_PARAMETERS = frozenset({"application_name", "client_encoding", "datestyle", "timezone", "intervalstyle",
-                               "extra_float_digits", "search_path"})
+CLIENT_PARAMETERS = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "datestyle",
+        "timezone",
+        "intervalstyle",
+        "extra_float_digits",
+        "search_path",
+    }
+)
 SCRAM_ITERATIONS = 4096
 
 
@@ -54,8 +63,10 @@ def libpq_url(url: str) -> str:
 def psql_path() -> str:
     path = shutil.which("psql")
     if path is None:
-        raise KbError("psql is not installed (e.g. `apt-get install postgresql-client`); "
-                      "`reasonflux db url` prints the URL for any other client")
+        raise KbError(
+            "psql is not installed (e.g. `apt-get install postgresql-client`); "
+            "`reasonflux db url` prints the URL for any other client"
+        )
     return path
 
 
@@ -64,22 +75,31 @@ def socket_path(url: str) -> Path:
     u = make_url(url)
     host = u.query.get("host") or (u.host if u.host and u.host.startswith("/") else None)
     if not host:
-        raise InputError(f"{u.render_as_string(hide_password=True)} is a TCP server: tools can reach it as it "
-                         "is (`reasonflux db url`); serving is for the embedded server", field="database")
+        raise InputError(
+            f"{u.render_as_string(hide_password=True)} is a TCP server: tools can reach it as it "
+            "is (`reasonflux db url`); serving is for the embedded server",
+            field="database",
+        )
     return Path(host) / f".s.PGSQL.{u.port or 5432}"
 
 
 def check_capacity(engine: sa.Engine, max_clients: int) -> None:
     """Refuse a --max-connections that would leave the owner's commands fewer than OWNER_SPARE_CONNECTIONS."""
     with engine.connect() as conn:
-        total, reserved = conn.execute(sa.text(
-            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int "
-            "+ coalesce(current_setting('reserved_connections', true)::int, 0)")).one()
+        total, reserved = conn.execute(
+            sa.text(
+                "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int "
+                "+ coalesce(current_setting('reserved_connections', true)::int, 0)"
+            )
+        ).one()
     room = total - reserved - OWNER_SPARE_CONNECTIONS
     if max_clients > room:
-        raise InputError(f"{max_clients} is more than the server can serve while keeping {OWNER_SPARE_CONNECTIONS} "
-                         f"connections for the owner's commands (max_connections {total}, {reserved} reserved): "
-                         f"use at most {max(room, 0)}", field="--max-connections")
+        raise InputError(
+            f"{max_clients} is more than the server can serve while keeping {OWNER_SPARE_CONNECTIONS} "
+            f"connections for the owner's commands (max_connections {total}, {reserved} reserved): "
+            f"use at most {max(room, 0)}",
+            field="--max-connections",
+        )
 
 
 def new_password() -> str:
@@ -91,10 +111,16 @@ def _rewrite_startup(body: bytes, user: str, database: str) -> bytes:
     client's harmless parameters (CLIENT_PARAMETERS)."""
     (protocol,) = struct.unpack("!I", body[:4])
     fields = body[4:].split(b"\x00")
-    pairs = {k: v for k, v in zip(fields[0:-2:2], fields[1:-2:2]) if k.decode("latin-1").lower() in CLIENT_PARAMETERS}
+    pairs = {
+        k: v
+        for k, v in zip(fields[0:-2:2], fields[1:-2:2])
+        if k.decode("latin-1").lower() in CLIENT_PARAMETERS
+    }
     pairs[b"user"], pairs[b"database"] = user.encode(), database.encode()
     pairs.update({k.encode(): v.encode() for k, v in SETTINGS.items()})
-    payload = struct.pack("!I", protocol) + b"".join(k + b"\x00" + v + b"\x00" for k, v in pairs.items()) + b"\x00"
+    payload = (
+        struct.pack("!I", protocol) + b"".join(k + b"\x00" + v + b"\x00" for k, v in pairs.items()) + b"\x00"
+    )
     return struct.pack("!I", len(payload) + 4) + payload
 
 
@@ -104,8 +130,9 @@ def _message(kind: bytes, payload: bytes) -> bytes:
 
 def _error(code: str, text: str) -> bytes:
     """A FATAL ErrorResponse, which clients show as the reason the connection failed."""
-    fields = b"".join(k + v.encode() + b"\x00" for k, v in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code),
-                                                            (b"M", text)))
+    fields = b"".join(
+        k + v.encode() + b"\x00" for k, v in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", text))
+    )
     return _message(b"E", fields + b"\x00")
 
 
@@ -156,12 +183,18 @@ class Scram:
         final = body.decode()
         without_proof, _, proof = final.rpartition(",p=")
         attrs = dict(a.split("=", 1) for a in without_proof.split(",") if "=" in a)
-        if kind != b"p" or attrs.get("r") != nonce or attrs.get("c") != base64.b64encode(f"{gs2},,".encode()).decode():
+        if (
+            kind != b"p"
+            or attrs.get("r") != nonce
+            or attrs.get("c") != base64.b64encode(f"{gs2},,".encode()).decode()
+        ):
             return False
         auth_message = f"{bare},{server_first},{without_proof}".encode()
         signature = hmac.digest(self.stored_key, auth_message, "sha256")
         try:
-            client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof, validate=True), signature, strict=True))
+            client_key = bytes(
+                a ^ b for a, b in zip(base64.b64decode(proof, validate=True), signature, strict=True)
+            )
         except ValueError:
             return False
         if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.stored_key):
@@ -191,9 +224,18 @@ class ReaderRelay:
     PREPARE runs (in a thread) before each session is opened: `db serve` puts the role back as kb.reader
     describes it there, so what one session changed in its role is undone before the next one starts."""
 
-    def __init__(self, socket: Path, database: str, password: str, *, port: int = 0, role: str = READER_ROLE,
-                 max_clients: int = DEFAULT_MAX_CLIENTS, login_timeout_s: float = DEFAULT_LOGIN_TIMEOUT_S,
-                 prepare: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        socket: Path,
+        database: str,
+        password: str,
+        *,
+        port: int = 0,
+        role: str = READER_ROLE,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        login_timeout_s: float = DEFAULT_LOGIN_TIMEOUT_S,
+        prepare: Callable[[], None] | None = None,
+    ):
         self.socket, self.database, self.port, self.role = socket, database, port, role
         self.scram, self.max_clients, self.login_timeout_s = Scram(password), max_clients, login_timeout_s
         self.prepare = prepare
@@ -209,8 +251,14 @@ class ReaderRelay:
             try:  # the client's part, bounded: a client that stalls is dropped, having cost no server session
                 body = await asyncio.wait_for(self._log_in(reader, writer), self.login_timeout_s)
                 upstream = None if body is None else await asyncio.wait_for(self._open(body, writer), 60)
-            except (ValueError, OSError, asyncio.IncompleteReadError, struct.error, UnicodeDecodeError,
-                    TimeoutError):
+            except (
+                ValueError,
+                OSError,
+                asyncio.IncompleteReadError,
+                struct.error,
+                UnicodeDecodeError,
+                TimeoutError,
+            ):
                 upstream = None
             if upstream is None:
                 writer.close()
@@ -223,14 +271,21 @@ class ReaderRelay:
     async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Too many clients: the error, where the client reads it (after its start-up packet, past any TLS
         request, so that it shows the reason), then close; bounded to a second."""
-        with contextlib.suppress(ValueError, OSError, asyncio.IncompleteReadError, struct.error, TimeoutError):
+        with contextlib.suppress(
+            ValueError, OSError, asyncio.IncompleteReadError, struct.error, TimeoutError
+        ):
             async with asyncio.timeout(1):
                 body = await _read_message(reader)
                 if struct.unpack("!I", body[:4])[0] in (SSL_REQUEST, GSSENC_REQUEST):
                     writer.write(b"N")
                     await _read_message(reader)
-                writer.write(_error("53300", f"`reasonflux db serve` serves at most {self.max_clients} "
-                                             "connections at once (--max-connections); try again later"))
+                writer.write(
+                    _error(
+                        "53300",
+                        f"`reasonflux db serve` serves at most {self.max_clients} "
+                        "connections at once (--max-connections); try again later",
+                    )
+                )
                 await writer.drain()
         writer.close()
 
@@ -291,8 +346,11 @@ class ReaderRelay:
             if kind == b"E":
                 return b"".join(out)
             if kind == b"R" and body[:4] != struct.pack("!I", 0):
-                return _error("28000", "the server asked the relay for a password; `reasonflux db serve` "
-                                       "expects the embedded server's socket to trust this OS user")
+                return _error(
+                    "28000",
+                    "the server asked the relay for a password; `reasonflux db serve` "
+                    "expects the embedded server's socket to trust this OS user",
+                )
             if kind == b"S":
                 name, value, _ = body.split(b"\x00", 2)
                 if name == b"default_transaction_read_only":
@@ -300,8 +358,10 @@ class ReaderRelay:
             if kind == b"Z":
                 break
         if read_only != b"on":
-            return _error("25006", "the server did not start the session read-only; `reasonflux db serve` "
-                                   "refuses to serve it")
+            return _error(
+                "25006",
+                "the server did not start the session read-only; `reasonflux db serve` refuses to serve it",
+            )
         return b"".join(out)
 
     async def start(self) -> int:

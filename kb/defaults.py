@@ -2,6 +2,10 @@
 without the database drivers (SQLAlchemy, psycopg)."""
 
 SQL_TIMEOUT_S = 30.0  # `reasonflux sql` (kb.sql_readonly)
-DATASET_LICENSE = "unknown"  # an export's licence when no source of its data has a recorded one (pipelines.licences)
-DB_SERVE_MAX_CLIENTS = 20  # `reasonflux db serve` (kb.db_access): clients at once, well under the server's own limit
+DATASET_LICENSE = (
+    "unknown"  # an export's licence when no source of its data has a recorded one (pipelines.licences)
+)
+DB_SERVE_MAX_CLIENTS = (
+    20  # `reasonflux db serve` (kb.db_access): clients at once, well under the server's own limit
+)
 DB_SERVE_LOGIN_TIMEOUT_S = 5.0  # a client that has not logged in by then is dropped

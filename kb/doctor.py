@@ -17,19 +17,38 @@ from kb.template_vectors import held_models, missing_vectors
 
 def _vector_findings(conn: sa.Connection) -> list[dict[str, Any]]:
     models = held_models(conn) or [config.embed_model_name()]
-    out = [{"check": "template_vectors", "model": model, "count": n,
+    out = [
+        {
+            "check": "template_vectors",
+            "model": model,
+            "count": n,
             "detail": f"{n} current template version(s) without a vector for this model",
-            "fix": f"reasonflux embed --what templates --model {model}"}
-           for model, n in missing_vectors(conn, models).items() if n]
-    problem_models = conn.execute(sa.text("SELECT DISTINCT model FROM problem_embedding ORDER BY model")).scalars()
+            "fix": f"reasonflux embed --what templates --model {model}",
+        }
+        for model, n in missing_vectors(conn, models).items()
+        if n
+    ]
+    problem_models = conn.execute(
+        sa.text("SELECT DISTINCT model FROM problem_embedding ORDER BY model")
+    ).scalars()
     for model in problem_models:
-        n = conn.execute(sa.text(
-            "SELECT count(*) FROM problem p WHERE NOT EXISTS "
-            "(SELECT 1 FROM problem_embedding e WHERE e.problem_id = p.id AND e.model = :m)"), {"m": model}).scalar()
+        n = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM problem p WHERE NOT EXISTS "
+                "(SELECT 1 FROM problem_embedding e WHERE e.problem_id = p.id AND e.model = :m)"
+            ),
+            {"m": model},
+        ).scalar()
         if n:
-            out.append({"check": "problem_vectors", "model": model, "count": n,
-                        "detail": f"{n} problem(s) without a vector for this model",
-                        "fix": f"reasonflux embed --what problems --model {model}"})
+            out.append(
+                {
+                    "check": "problem_vectors",
+                    "model": model,
+                    "count": n,
+                    "detail": f"{n} problem(s) without a vector for this model",
+                    "fix": f"reasonflux embed --what problems --model {model}",
+                }
+            )
     return out
 
 
@@ -47,10 +66,15 @@ def _reward_findings(conn: sa.Connection) -> list[dict[str, Any]]:
     n = conn.execute(_STALE_REWARDS).scalar()
     if not n:
         return []
-    return [{"check": "rewards_view", "count": n,
-             "detail": f"trajectory_reward is out of date for {n} trajectorie(s) (rollouts or trajectories "
-                       "changed since its last refresh; pairs built now would use old rewards)",
-             "fix": "reasonflux rewards refresh"}]
+    return [
+        {
+            "check": "rewards_view",
+            "count": n,
+            "detail": f"trajectory_reward is out of date for {n} trajectorie(s) (rollouts or trajectories "
+            "changed since its last refresh; pairs built now would use old rewards)",
+            "fix": "reasonflux rewards refresh",
+        }
+    ]
 
 
 def _run_findings(conn: sa.Connection) -> list[dict[str, Any]]:
@@ -59,12 +83,17 @@ def _run_findings(conn: sa.Connection) -> list[dict[str, Any]]:
     out = []
     for kind, rows in runs.orphaned_runs(conn).items():
         ids = ", ".join(str(r["id"]) for r in rows)
-        out.append({"check": "runs_left_running" if kind == "pipeline" else f"{kind}_runs_left_running",
-                    "count": len(rows), "runs": [r["id"] for r in rows],
-                    "detail": f"{kind} run(s) {ids} are marked running but their owner is gone: {rows[0]['reason']}",
-                    "fix": "any command that opens the KB marks them interrupted (e.g. `reasonflux runs list`); "
-                           "then rerun the stage" + (" or `reasonflux train ... --resume RUN_ID`"
-                                                     if kind == "training" else "")})
+        out.append(
+            {
+                "check": "runs_left_running" if kind == "pipeline" else f"{kind}_runs_left_running",
+                "count": len(rows),
+                "runs": [r["id"] for r in rows],
+                "detail": f"{kind} run(s) {ids} are marked running but their owner is gone: {rows[0]['reason']}",
+                "fix": "any command that opens the KB marks them interrupted (e.g. `reasonflux runs list`); "
+                "then rerun the stage"
+                + (" or `reasonflux train ... --resume RUN_ID`" if kind == "training" else ""),
+            }
+        )
     return out
 
 

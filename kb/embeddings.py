@@ -107,7 +107,10 @@ class Embedder:
         hf_logging.disable_progress_bar()
         self.name = name
         self.model = SentenceTransformer(str(path or model_path(name)), device="cpu", local_files_only=True)
-        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        dim_of = (
+            getattr(self.model, "get_embedding_dimension", None)
+            or self.model.get_sentence_embedding_dimension
+        )
         self.dim = int(dim_of())
         self.max_seq_length = int(self.model.max_seq_length)
 
@@ -115,7 +118,10 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vecs = self.model.encode(
-            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+            texts,
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
             show_progress_bar=progress,
         )
         return vecs.astype(np.float32)
@@ -132,7 +138,7 @@ class Embedder:
         i = 0
         for row, texts in enumerate(views):
             if texts:
-                mean = vecs[i:i + len(texts)].mean(axis=0)
+                mean = vecs[i : i + len(texts)].mean(axis=0)
                 out[row] = mean / max(float(np.linalg.norm(mean)), 1e-12)
             i += len(texts)
         return out
@@ -171,7 +177,9 @@ def ensure_hnsw_index(conn: sa.Connection, table: str, model: str, dim: int) -> 
     if table not in ("template_embedding", "problem_embedding"):
         raise ValueError(table)
     safe_model = model.replace("'", "''")
-    conn.execute(sa.text(
-        f"CREATE INDEX IF NOT EXISTS {index_name(table, model)} ON {table} "
-        f"USING hnsw ((embedding::vector({int(dim)})) vector_cosine_ops) WHERE model = '{safe_model}'"
-    ))
+    conn.execute(
+        sa.text(
+            f"CREATE INDEX IF NOT EXISTS {index_name(table, model)} ON {table} "
+            f"USING hnsw ((embedding::vector({int(dim)})) vector_cosine_ops) WHERE model = '{safe_model}'"
+        )
+    )

@@ -47,8 +47,9 @@ class InputError(KbError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, file: str | None = None, record: str | None = None,
-                 field: str | None = None):
+    def __init__(
+        self, message: str, *, file: str | None = None, record: str | None = None, field: str | None = None
+    ):
         self.file, self.record, self.field, self.reason = file, record, field, message
         where = ", ".join(
             f"{k} {v}" for k, v in (("file", file), ("record", record), ("field", field)) if v is not None

@@ -48,7 +48,9 @@ def _pgserver():
 
 
 def _lock():
-    return _pgserver().postgres_server.PostgresServer._lock  # the lock pgserver itself takes around every change to the holders list
+    return (
+        _pgserver().postgres_server.PostgresServer._lock
+    )  # the lock pgserver itself takes around every change to the holders list
 
 
 def state(pgdata: Path) -> dict | None:
@@ -82,12 +84,16 @@ def hand_over(pgdata: Path, seconds: float) -> int | None:
             return None
         proc = subprocess.Popen(
             [sys.executable, "-m", "kb.linger", str(pgdata), str(seconds)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True, close_fds=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
         )
         _holders_path(pgdata).write_text(json.dumps([*holders, proc.pid]))
-        (Path(pgdata) / STATE_FILE).write_text(json.dumps(
-            {"pid": proc.pid, "seconds": seconds, "started": time.time()}))
+        (Path(pgdata) / STATE_FILE).write_text(
+            json.dumps({"pid": proc.pid, "seconds": seconds, "started": time.time()})
+        )
         return proc.pid
 
 
@@ -118,8 +124,10 @@ def stop_now(pgdata: Path) -> str:
         lingerer = state(pgdata)
         others = [pid for pid in _read_holders(pgdata) if not lingerer or pid != lingerer["pid"]]
         if others:
-            raise ConflictError(f"the embedded server is in use by {len(others)} process(es) "
-                                f"(pid {', '.join(map(str, others))}); it stops when the last of them exits")
+            raise ConflictError(
+                f"the embedded server is in use by {len(others)} process(es) "
+                f"(pid {', '.join(map(str, others))}); it stops when the last of them exits"
+            )
         if _holders_path(pgdata).exists():
             _holders_path(pgdata).write_text("[]")
         if lingerer:
@@ -178,7 +186,9 @@ def main(argv: list[str]) -> None:
 
     logging.disable(logging.CRITICAL)  # no terminal to write to
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the terminal that started a command is not for us
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # Ctrl-C in the terminal that started a command is not for us
     _linger(Path(argv[0]), float(argv[1]))
 
 

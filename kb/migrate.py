@@ -150,8 +150,10 @@ def repair_plan(conn: sa.Connection) -> list[tuple[str, str]]:
         return []
     present, partial = _probe(conn)
     if partial:
-        parts = "; ".join(f"migration {rev}'s: it has {', '.join(found)} but not {', '.join(missing)}"
-                          for rev, (found, missing) in sorted(partial.items()))
+        parts = "; ".join(
+            f"migration {rev}'s: it has {', '.join(found)} but not {', '.join(missing)}"
+            for rev, (found, missing) in sorted(partial.items())
+        )
         raise SchemaMismatch(
             f"the database (revision {stamp}) has only part of {parts}; no version of reasonflux made that "
             "schema; nothing was changed"
@@ -176,7 +178,8 @@ def repair_plan(conn: sa.Connection) -> list[tuple[str, str]]:
     first = min(today.index(rev) for rev in landed.PROBES)
     last = max((today.index(rev) for rev in present), default=first - 1)
     return [("stamp", today[first - 1])] + [
-        ("stamp" if rev in present else "upgrade", rev) for rev in today[first: last + 1]]
+        ("stamp" if rev in present else "upgrade", rev) for rev in today[first : last + 1]
+    ]
 
 
 def _refuse_earlier_chain(conn: sa.Connection) -> None:
@@ -202,8 +205,10 @@ def schema_state(engine: Engine) -> str:
         return f"not recognised: {e}"
     stamp = current_revision(engine)
     if earlier:
-        return (f"revision {stamp} as numbered by an earlier landed version: `reasonflux db upgrade` maps it "
-                "onto this code's chain and upgrades it, losing nothing")
+        return (
+            f"revision {stamp} as numbered by an earlier landed version: `reasonflux db upgrade` maps it "
+            "onto this code's chain and upgrades it, losing nothing"
+        )
     if stamp is None:
         return "empty: `reasonflux db upgrade` creates the schema"
     if stamp == head_revision():
@@ -241,8 +246,11 @@ def downgrade_losses(engine: Engine, revision: str = "-1") -> list[dict]:
             command.downgrade(_config(engine, conn), revision)
         after = _columns(conn)
         conn.rollback()
-        lost = {t: (None if t not in after else sorted(cols - after[t])) for t, cols in before.items()
-                if t not in after or cols - after[t]}
+        lost = {
+            t: (None if t not in after else sorted(cols - after[t]))
+            for t, cols in before.items()
+            if t not in after or cols - after[t]
+        }
         losses = []
         for table, columns in sorted(lost.items()):
             rows = conn.execute(sa.text(f'SELECT count(*) FROM "{table}"')).scalar()
@@ -254,8 +262,10 @@ def downgrade_losses(engine: Engine, revision: str = "-1") -> list[dict]:
 def describe_losses(losses: list[dict]) -> str:
     """'template (51 rows), trajectory.reward (12 rows)'."""
     return ", ".join(
-        f"{x['table']} ({x['rows']} rows)" if x["columns"] is None
-        else f"{x['table']}.{{{', '.join(x['columns'])}}} ({x['rows']} rows)" for x in losses
+        f"{x['table']} ({x['rows']} rows)"
+        if x["columns"] is None
+        else f"{x['table']}.{{{', '.join(x['columns'])}}} ({x['rows']} rows)"
+        for x in losses
     )
 
 

@@ -38,7 +38,11 @@ def output_options(fn=None, *, csv_ok: bool = True):
     def decorate(f):
         choices = FORMATS if csv_ok else FORMATS[:3]
         f = click.option(
-            "--format", "fmt", type=click.Choice(choices), default="table", show_default=True,
+            "--format",
+            "fmt",
+            type=click.Choice(choices),
+            default="table",
+            show_default=True,
             help="Output format.",
         )(f)
         flags = [("--json", "json"), ("--jsonl", "jsonl")] + ([("--csv", "csv")] if csv_ok else [])

@@ -14,8 +14,9 @@ from kb.errors import TimedOut
 WAIT_S = 60.0  # how long a command waits for a lock another session holds
 
 
-def advisory_lock(conn: sa.Connection, key: int, what: str, *, xact: bool = False,
-                  wait_s: float | None = None) -> None:
+def advisory_lock(
+    conn: sa.Connection, key: int, what: str, *, xact: bool = False, wait_s: float | None = None
+) -> None:
     """Take pg_advisory_lock(key) (pg_advisory_xact_lock with xact) within WAIT_S; TimedOut names the holder.
 
     lock_timeout bounds the wait in the server, and is put back as it was once the lock is held (it
@@ -24,26 +25,34 @@ def advisory_lock(conn: sa.Connection, key: int, what: str, *, xact: bool = Fals
     previous = conn.execute(sa.text("SELECT current_setting('lock_timeout')")).scalar()
     conn.execute(sa.text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": str(wait_ms)})
     try:
-        conn.execute(sa.text(f"SELECT {'pg_advisory_xact_lock' if xact else 'pg_advisory_lock'}(:k)"), {"k": key})
+        conn.execute(
+            sa.text(f"SELECT {'pg_advisory_xact_lock' if xact else 'pg_advisory_lock'}(:k)"), {"k": key}
+        )
     except sa.exc.OperationalError as e:
         if getattr(e.orig, "sqlstate", None) != "55P03":  # lock_not_available
             raise
         conn.rollback()
         conn.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})  # autocommit
-        raise TimedOut(f"waited {wait_ms / 1000:g} s for the lock on {what}, held by {holder(conn, key)}; "
-                       "nothing was changed. Try again when it is done, or end that session "
-                       "(SELECT pg_terminate_backend(pid))") from None
+        raise TimedOut(
+            f"waited {wait_ms / 1000:g} s for the lock on {what}, held by {holder(conn, key)}; "
+            "nothing was changed. Try again when it is done, or end that session "
+            "(SELECT pg_terminate_backend(pid))"
+        ) from None
     conn.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
 
 
 def holder(conn: sa.Connection, key: int) -> str:
     """'pid 123 (role r, application "x", connected 2026-01-01 12:00:01)' for the session holding advisory lock KEY."""
-    row = conn.execute(sa.text(
-        "SELECT a.pid, a.usename, a.application_name, to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database()) "
-        "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k LIMIT 1"), {"k": key}).first()
+    row = conn.execute(
+        sa.text(
+            "SELECT a.pid, a.usename, a.application_name, to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k LIMIT 1"
+        ),
+        {"k": key},
+    ).first()
     return "another session (no longer listed)" if row is None else _describe(row)
 
 
@@ -62,23 +71,30 @@ def bounded_lock_waits(conn: sa.Connection, what: str, *, wait_s: float | None =
         if getattr(e.orig, "sqlstate", None) != "55P03":  # lock_not_available
             raise
         conn.rollback()
-        raise TimedOut(f"{what} waited {wait_ms / 1000:g} s for a table lock, held by "
-                       f"{table_lock_holders(conn)}; nothing was changed. Try again when they are done, or end "
-                       "them (SELECT pg_terminate_backend(pid))") from None
+        raise TimedOut(
+            f"{what} waited {wait_ms / 1000:g} s for a table lock, held by "
+            f"{table_lock_holders(conn)}; nothing was changed. Try again when they are done, or end "
+            "them (SELECT pg_terminate_backend(pid))"
+        ) from None
     finally:
-        if conn.in_transaction():  # a failed statement leaves the transaction aborted; the caller rolls it back anyway
+        if (
+            conn.in_transaction()
+        ):  # a failed statement leaves the transaction aborted; the caller rolls it back anyway
             conn.rollback()
         conn.execute(sa.text("SELECT set_config('lock_timeout', :v, false)"), {"v": previous})
 
 
 def table_lock_holders(conn: sa.Connection) -> str:
     """The other sessions holding locks on relations of this database, as holder() names them."""
-    rows = conn.execute(sa.text(
-        "SELECT DISTINCT a.pid, a.usename, a.application_name, "
-        "       to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') "
-        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() AND l.database = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY a.pid LIMIT 5")).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT a.pid, a.usename, a.application_name, "
+            "       to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid() AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY a.pid LIMIT 5"
+        )
+    ).all()
     return "; ".join(_describe(row) for row in rows) or "another session (no longer listed)"
 
 

@@ -54,10 +54,12 @@ class ReaderUnavailable(KbError):
 
 def admin_sql(database: str = "<database>", schema: str = "public") -> str:
     """What an administrator runs when we may not create the role ourselves."""
-    return (f"CREATE ROLE {READER_ROLE} {_ATTRIBUTES} PASSWORD '...'; "
-            f"GRANT CONNECT ON DATABASE {database} TO {READER_ROLE}; "
-            f"GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}; "
-            f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}")
+    return (
+        f"CREATE ROLE {READER_ROLE} {_ATTRIBUTES} PASSWORD '...'; "
+        f"GRANT CONNECT ON DATABASE {database} TO {READER_ROLE}; "
+        f"GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}; "
+        f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}"
+    )
 
 
 # What every session of the role starts with (ALTER ROLE ... SET), put back on every use: the role may
@@ -72,8 +74,16 @@ SETTINGS = {
 # Functions no reader may run although PUBLIC may by default: they write outside any table privilege
 # (large objects, notifications), hold locks the owner's commands wait on (advisory locks), or run SQL
 # text given as a string (where a statement could switch off its own timeout, or hide from any check).
-_UNSAFE_NAMES = ("loread", "lowrite", "pg_notify", "ts_stat", "query_to_xml", "query_to_xmlschema",
-                 "query_to_xml_and_xmlschema", "connectby")
+_UNSAFE_NAMES = (
+    "loread",
+    "lowrite",
+    "pg_notify",
+    "ts_stat",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "connectby",
+)
 _UNSAFE_FUNCTIONS = r"""
 SELECT p.oid::regprocedure::text FROM pg_proc p
 WHERE (p.proname LIKE 'lo\_%' OR p.proname LIKE 'pg\_advisory\_%' OR p.proname LIKE 'pg\_try\_advisory\_%'
@@ -98,7 +108,8 @@ def ensure_reader_role(engine: Engine) -> None:
             raise ReaderUnavailable(
                 f"`reasonflux sql` runs queries as the read-only role {READER_ROLE}, which does not exist, and "
                 f"{me.current_user} may not create roles; ask an administrator to run: "
-                f"{admin_sql(me.current_database, me.current_schema)} (docs/sql.md, 'The read-only role')")
+                f"{admin_sql(me.current_database, me.current_schema)} (docs/sql.md, 'The read-only role')"
+            )
         conn.rollback()
         # One process at a time changes the role (catalog updates of the same rows conflict).
         advisory_lock(conn, _LOCK_KEY, f"the role {READER_ROLE}", xact=True)
@@ -106,8 +117,11 @@ def ensure_reader_role(engine: Engine) -> None:
         if not state["exists"]:
             _create(raw)
         elif me.rolsuper and _widened(conn):  # keep an existing role within bounds (someone widened it)
-            raw.execute(pgsql.SQL("ALTER ROLE {} " + _ATTRIBUTES.replace("LOGIN ", ""))
-                        .format(pgsql.Identifier(READER_ROLE)))
+            raw.execute(
+                pgsql.SQL("ALTER ROLE {} " + _ATTRIBUTES.replace("LOGIN ", "")).format(
+                    pgsql.Identifier(READER_ROLE)
+                )
+            )
         _grant_reads(conn, me.current_database, me.current_schema)
         _lock_down(conn, me)
         _reassert_settings(conn)
@@ -116,14 +130,21 @@ def ensure_reader_role(engine: Engine) -> None:
 
 
 def _state(conn: sa.Connection) -> dict:
-    me = conn.execute(sa.text(
-        "SELECT current_user, current_database(), current_schema(), rolsuper, rolcreaterole "
-        "FROM pg_roles WHERE rolname = current_user")).one()
+    me = conn.execute(
+        sa.text(
+            "SELECT current_user, current_database(), current_schema(), rolsuper, rolcreaterole "
+            "FROM pg_roles WHERE rolname = current_user"
+        )
+    ).one()
     exists = conn.execute(sa.text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).first()
     if not exists:
         return {"ok": False, "exists": False, "me": me}
-    ok = (not _widened(conn) or not me.rolsuper) and not _reads_missing(conn) and not _writable(conn) \
+    ok = (
+        (not _widened(conn) or not me.rolsuper)
+        and not _reads_missing(conn)
+        and not _writable(conn)
         and _settings(conn) == (sorted(f"{k}={v}" for k, v in SETTINGS.items()), False)
+    )
     conn.rollback()
     return {"ok": ok and _password_line(conn) is None, "exists": True, "me": me}
 
@@ -143,12 +164,19 @@ def _create(raw: psycopg.Connection) -> None:
 def _writable(conn: sa.Connection) -> list[str]:
     """What the reader could write or run besides SELECT: unsafe functions, TEMP, CREATE on a schema."""
     found = list(conn.execute(sa.text(_UNSAFE_FUNCTIONS), {"r": READER_ROLE}).scalars())
-    if conn.execute(sa.text("SELECT has_database_privilege(:r, current_database(), 'TEMP')"),
-                    {"r": READER_ROLE}).scalar():
+    if conn.execute(
+        sa.text("SELECT has_database_privilege(:r, current_database(), 'TEMP')"), {"r": READER_ROLE}
+    ).scalar():
         found.append("TEMP ON DATABASE")
-    found += [f"CREATE ON SCHEMA {s}" for s in conn.execute(sa.text(
-        "SELECT nspname FROM pg_namespace WHERE has_schema_privilege(:r, oid, 'CREATE') ORDER BY 1"),
-        {"r": READER_ROLE}).scalars()]
+    found += [
+        f"CREATE ON SCHEMA {s}"
+        for s in conn.execute(
+            sa.text(
+                "SELECT nspname FROM pg_namespace WHERE has_schema_privilege(:r, oid, 'CREATE') ORDER BY 1"
+            ),
+            {"r": READER_ROLE},
+        ).scalars()
+    ]
     return found
 
 
@@ -164,7 +192,9 @@ def _lock_down(conn: sa.Connection, me) -> None:
         if item == "TEMP ON DATABASE":
             target = pgsql.SQL("TEMP ON DATABASE {}").format(pgsql.Identifier(me.current_database))
         elif item.startswith("CREATE ON SCHEMA "):
-            target = pgsql.SQL("CREATE ON SCHEMA {}").format(pgsql.Identifier(item.removeprefix("CREATE ON SCHEMA ")))
+            target = pgsql.SQL("CREATE ON SCHEMA {}").format(
+                pgsql.Identifier(item.removeprefix("CREATE ON SCHEMA "))
+            )
         else:
             target = pgsql.SQL("EXECUTE ON FUNCTION " + item)  # regprocedure text: quoted where needed
         statements.append(pgsql.SQL("REVOKE {} FROM PUBLIC, {}").format(target, role))
@@ -180,20 +210,27 @@ def _lock_down(conn: sa.Connection, me) -> None:
         raise ReaderUnavailable(
             f"the read-only role {READER_ROLE} could still write or run {', '.join(found)}, and "
             f"{me.current_user} may not revoke that; nothing was run. Ask an administrator to run: {sql_text} "
-            "(docs/sql.md, 'The read-only role')") from None
+            "(docs/sql.md, 'The read-only role')"
+        ) from None
     left = _writable(conn)
     if left:  # granted to a role the reader belongs to, or by another grantor: not ours to undo
-        raise ReaderUnavailable(f"the read-only role {READER_ROLE} can still write or run {', '.join(left)} "
-                                "(granted by another role); nothing was run")
+        raise ReaderUnavailable(
+            f"the read-only role {READER_ROLE} can still write or run {', '.join(left)} "
+            "(granted by another role); nothing was run"
+        )
 
 
 def _settings(conn: sa.Connection) -> tuple[list[str], bool]:
     """(the role's own defaults, sorted; whether it has per-database ones too)."""
-    row = conn.execute(sa.text(
-        "SELECT coalesce((SELECT array_agg(x ORDER BY x) FROM pg_db_role_setting s, unnest(s.setconfig) x "
-        "                 WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}'), "
-        "       EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase <> 0) "
-        "FROM pg_roles r WHERE r.rolname = :r"), {"r": READER_ROLE}).one()
+    row = conn.execute(
+        sa.text(
+            "SELECT coalesce((SELECT array_agg(x ORDER BY x) FROM pg_db_role_setting s, unnest(s.setconfig) x "
+            "                 WHERE s.setrole = r.oid AND s.setdatabase = 0), '{}'), "
+            "       EXISTS (SELECT 1 FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase <> 0) "
+            "FROM pg_roles r WHERE r.rolname = :r"
+        ),
+        {"r": READER_ROLE},
+    ).one()
     return sorted(row[0]), bool(row[1])
 
 
@@ -203,34 +240,59 @@ def _reassert_settings(conn: sa.Connection) -> None:
     if _settings(conn) == (sorted(f"{k}={v}" for k, v in SETTINGS.items()), False):
         return
     raw, role = conn.connection.driver_connection, pgsql.Identifier(READER_ROLE)
-    databases = conn.execute(sa.text(
-        "SELECT d.datname FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-        "JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = :r"), {"r": READER_ROLE}).scalars().all()
+    databases = (
+        conn.execute(
+            sa.text(
+                "SELECT d.datname FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                "JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = :r"
+            ),
+            {"r": READER_ROLE},
+        )
+        .scalars()
+        .all()
+    )
     try:
         with raw.transaction():  # a savepoint
             raw.execute(pgsql.SQL("ALTER ROLE {} RESET ALL").format(role))
             for name in databases:
-                raw.execute(pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(role, pgsql.Identifier(name)))
+                raw.execute(
+                    pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(role, pgsql.Identifier(name))
+                )
             for key, value in SETTINGS.items():
-                raw.execute(pgsql.SQL("ALTER ROLE {} SET {} = {}").format(role, pgsql.Identifier(key),
-                                                                          pgsql.Literal(value)))
+                raw.execute(
+                    pgsql.SQL("ALTER ROLE {} SET {} = {}").format(
+                        role, pgsql.Identifier(key), pgsql.Literal(value)
+                    )
+                )
     except psycopg.errors.InsufficientPrivilege:
         pass
 
 
 def _widened(conn: sa.Connection) -> bool:
-    return bool(conn.execute(sa.text(
-        "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls OR rolinherit "
-        "FROM pg_roles WHERE rolname = :r"), {"r": READER_ROLE}).scalar())
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls OR rolinherit "
+                "FROM pg_roles WHERE rolname = :r"
+            ),
+            {"r": READER_ROLE},
+        ).scalar()
+    )
 
 
 def _reads_missing(conn: sa.Connection) -> bool:
-    return bool(conn.execute(sa.text(
-        "SELECT NOT has_database_privilege(:r, current_database(), 'CONNECT') "
-        "OR NOT has_schema_privilege(:r, current_schema(), 'USAGE') "
-        "OR EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "           WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f') "
-        "           AND NOT has_table_privilege(:r, c.oid, 'SELECT'))"), {"r": READER_ROLE}).scalar())
+    return bool(
+        conn.execute(
+            sa.text(
+                "SELECT NOT has_database_privilege(:r, current_database(), 'CONNECT') "
+                "OR NOT has_schema_privilege(:r, current_schema(), 'USAGE') "
+                "OR EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "           WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f') "
+                "           AND NOT has_table_privilege(:r, c.oid, 'SELECT'))"
+            ),
+            {"r": READER_ROLE},
+        ).scalar()
+    )
 
 
 def _grant_reads(conn: sa.Connection, database: str, schema: str) -> None:
@@ -240,10 +302,15 @@ def _grant_reads(conn: sa.Connection, database: str, schema: str) -> None:
     raw, role = conn.connection.driver_connection, pgsql.Identifier(READER_ROLE)
     try:
         with raw.transaction():  # a savepoint
-            raw.execute(pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(pgsql.Identifier(database), role))
+            raw.execute(
+                pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(pgsql.Identifier(database), role)
+            )
             raw.execute(pgsql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(pgsql.Identifier(schema), role))
-            raw.execute(pgsql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}")
-                        .format(pgsql.Identifier(schema), role))
+            raw.execute(
+                pgsql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                    pgsql.Identifier(schema), role
+                )
+            )
     except psycopg.errors.InsufficientPrivilege:
         # Not the owner of everything: the reader keeps what an administrator granted, and a query on
         # anything else fails with the server's "permission denied", which is the point.
@@ -253,8 +320,10 @@ def _grant_reads(conn: sa.Connection, database: str, schema: str) -> None:
 def _password_line(conn: sa.Connection) -> Path | None:
     """The embedded server's pg_hba.conf when it still holds LEGACY_HBA_LINE (see there)."""
     host = conn.engine.url.query.get("host")
-    if not (isinstance(host, str) and host.startswith("/")) or not conn.execute(sa.text(
-            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar():
+    if (
+        not (isinstance(host, str) and host.startswith("/"))
+        or not conn.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar()
+    ):
         return None
     path = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
     try:
@@ -286,13 +355,17 @@ def reassert_password(engine: Engine) -> bool:
     if not password:
         return False
     with engine.connect() as conn:
-        if not conn.execute(sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
-                            ).scalar():
+        if not conn.execute(
+            sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+        ).scalar():
             return False
         raw = conn.connection.driver_connection  # not through the engine's parameter scrubbing
         try:
-            raw.execute(pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(pgsql.Identifier(READER_ROLE),
-                                                                     pgsql.Literal(password)))
+            raw.execute(
+                pgsql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    pgsql.Identifier(READER_ROLE), pgsql.Literal(password)
+                )
+            )
         except psycopg.errors.InsufficientPrivilege:
             return False
         conn.commit()
@@ -313,7 +386,8 @@ def connect_reader(url: str, *, application_name: str = "reasonflux sql") -> psy
         reason = (str(e).strip().splitlines() or ["connection failed"])[-1]
         raise ReaderUnavailable(
             f"cannot log in as the read-only role {READER_ROLE}: {reason}; set {PASSWORD_ENV} to its password "
-            f"or allow it in pg_hba.conf (docs/sql.md, 'The read-only role')") from None
+            f"or allow it in pg_hba.conf (docs/sql.md, 'The read-only role')"
+        ) from None
     try:
         check_reader_session(conn)
     except BaseException:
@@ -329,14 +403,19 @@ def check_reader_session(conn: psycopg.Connection) -> None:
         "r.rolreplication, r.rolbypassrls, "
         "ARRAY(SELECT g.rolname::text FROM pg_roles g WHERE g.oid <> r.oid AND pg_has_role(r.oid, g.oid, 'MEMBER') "
         "      ORDER BY 1) "
-        "FROM pg_roles r WHERE r.rolname = session_user").fetchone()
+        "FROM pg_roles r WHERE r.rolname = session_user"
+    ).fetchone()
     conn.rollback()
     if row is None or row[0] != READER_ROLE or row[1] != READER_ROLE:
         raise ReaderUnavailable(f"the query session is not the read-only role {READER_ROLE}; nothing was run")
-    powers = [name for name, on in zip(("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS"), row[2:7])
-              if on]
+    powers = [
+        name
+        for name, on in zip(("SUPERUSER", "CREATEROLE", "CREATEDB", "REPLICATION", "BYPASSRLS"), row[2:7])
+        if on
+    ]
     if powers or row[7]:
         extra = ", ".join([*powers, *(f"member of {g}" for g in row[7])])
         raise ReaderUnavailable(
             f"the role {READER_ROLE} can do more than read ({extra}); nothing was run. Remove that "
-            f"(ALTER ROLE / REVOKE) so `reasonflux sql` cannot write")
+            f"(ALTER ROLE / REVOKE) so `reasonflux sql` cannot write"
+        )

@@ -50,8 +50,10 @@ _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+")
 
 # Current versions, joined through primary keys only (template.current_version_id has no index).
 _CURRENT = "template_version v JOIN template t ON t.id = v.template_id AND t.current_version_id = v.id"
-_CURRENT_OF_E = ("JOIN template_version v ON v.id = e.version_id "
-                 "JOIN template t ON t.id = v.template_id AND t.current_version_id = v.id")
+_CURRENT_OF_E = (
+    "JOIN template_version v ON v.id = e.version_id "
+    "JOIN template t ON t.id = v.template_id AND t.current_version_id = v.id"
+)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class TemplateHit:
 
 # ---------------------------------------------------------------- connections
 
+
 @contextlib.contextmanager
 def _executor(target: Any) -> Iterator[Any]:
     """Anything with .execute (Session, Connection), or a Database/Engine to open a connection on."""
@@ -98,6 +101,7 @@ def _executor(target: Any) -> Iterator[Any]:
 
 # ---------------------------------------------------------------- filters
 
+
 def _filter_sql(tags: Sequence[str] | None, category: str | None, status: str | None) -> tuple[str, dict]:
     conds, params = [], {}
     if status and status != "all":
@@ -105,8 +109,10 @@ def _filter_sql(tags: Sequence[str] | None, category: str | None, status: str | 
         params["f_status"] = status
     if category:
         # A category, or a "category/section" path, case-insensitively.
-        conds.append("(lower(t.category) = lower(:f_cat) OR lower(t.category || '/' || coalesce(t.section, '')) "
-                     "= lower(:f_cat))")
+        conds.append(
+            "(lower(t.category) = lower(:f_cat) OR lower(t.category || '/' || coalesce(t.section, '')) "
+            "= lower(:f_cat))"
+        )
         params["f_cat"] = category.strip().strip("/")
     if tags:
         conds.append("v.tags @> CAST(:f_tags AS text[])")
@@ -115,6 +121,7 @@ def _filter_sql(tags: Sequence[str] | None, category: str | None, status: str | 
 
 
 # ---------------------------------------------------------------- candidate lists
+
 
 def _vector_literal(vec: Sequence[float] | np.ndarray) -> str:
     return "[" + ",".join(f"{float(x):.7g}" for x in vec) + "]"
@@ -125,8 +132,15 @@ def _model_literal(model: str) -> str:
     return "'" + model.replace("'", "''") + "'"
 
 
-def _pooled(conn: Any, fetch, n: int, pool: int, filters: tuple[str, dict],
-            exact, checked: dict[int, bool] | None = None) -> list[tuple[int, float]]:
+def _pooled(
+    conn: Any,
+    fetch,
+    n: int,
+    pool: int,
+    filters: tuple[str, dict],
+    exact,
+    checked: dict[int, bool] | None = None,
+) -> list[tuple[int, float]]:
     """The best N current versions passing FILTERS, from a ranked pool that grows until it has them.
 
     FETCH(pool) ranks one table alone (so the index, not a join, drives the plan); the
@@ -152,29 +166,48 @@ def _pooled(conn: Any, fetch, n: int, pool: int, filters: tuple[str, dict],
     return exact()[:n]
 
 
-def vector_candidates(conn: Any, query_vector: Sequence[float] | np.ndarray, model: str, n: int,
-                      filters: tuple[str, dict] = ("", {}), ef_search: int | None = None,
-                      checked: dict[int, bool] | None = None) -> list[tuple[int, float]]:
+def vector_candidates(
+    conn: Any,
+    query_vector: Sequence[float] | np.ndarray,
+    model: str,
+    n: int,
+    filters: tuple[str, dict] = ("", {}),
+    ef_search: int | None = None,
+    checked: dict[int, bool] | None = None,
+) -> list[tuple[int, float]]:
     """[(version_id, cosine similarity)] best first, over current versions passing the filters."""
     dim = len(query_vector)
     ef = min(max(ef_search or EF_SEARCH, n), MAX_EF_SEARCH)
     # Transaction-local; a pool larger than ef_search continues the index scan instead of stopping short.
-    conn.execute(sa.text("SELECT set_config('hnsw.ef_search', :ef, true), "
-                         "set_config('hnsw.iterative_scan', 'relaxed_order', true)"), {"ef": str(int(ef))})
+    conn.execute(
+        sa.text(
+            "SELECT set_config('hnsw.ef_search', :ef, true), "
+            "set_config('hnsw.iterative_scan', 'relaxed_order', true)"
+        ),
+        {"ef": str(int(ef))},
+    )
     distance = f"e.embedding::vector({dim}) <=> CAST(:q AS vector({dim}))"
     q = _vector_literal(query_vector)
     where, params = filters
 
     def fetch(pool: int) -> list[tuple[int, float]]:
-        rows = conn.execute(sa.text(
-            f"SELECT e.version_id, {distance} FROM template_embedding e WHERE e.model = {_model_literal(model)} "
-            f"ORDER BY {distance} LIMIT :pool"), {"q": q, "pool": pool}).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT e.version_id, {distance} FROM template_embedding e WHERE e.model = {_model_literal(model)} "
+                f"ORDER BY {distance} LIMIT :pool"
+            ),
+            {"q": q, "pool": pool},
+        ).all()
         return [(int(r[0]), 1.0 - float(r[1])) for r in sorted(rows, key=lambda r: r[1])]
 
     def exact() -> list[tuple[int, float]]:
-        rows = conn.execute(sa.text(
-            f"SELECT e.version_id, {distance} FROM template_embedding e {_CURRENT_OF_E} "
-            f"WHERE e.model = {_model_literal(model)}{where} ORDER BY 2 LIMIT :n"), {**params, "q": q, "n": n}).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT e.version_id, {distance} FROM template_embedding e {_CURRENT_OF_E} "
+                f"WHERE e.model = {_model_literal(model)}{where} ORDER BY 2 LIMIT :n"
+            ),
+            {**params, "q": q, "n": n},
+        ).all()
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]
 
     return _pooled(conn, fetch, n, ef, filters, exact, checked)
@@ -191,8 +224,13 @@ def text_query(query: str) -> str:
     return " or ".join(words)
 
 
-def text_candidates(conn: Any, query: str, n: int, filters: tuple[str, dict] = ("", {}),
-                    checked: dict[int, bool] | None = None) -> list[tuple[int, float]]:
+def text_candidates(
+    conn: Any,
+    query: str,
+    n: int,
+    filters: tuple[str, dict] = ("", {}),
+    checked: dict[int, bool] | None = None,
+) -> list[tuple[int, float]]:
     """[(version_id, ts_rank)] best first, over current versions passing the filters."""
     q = text_query(query)
     if not q:
@@ -201,22 +239,36 @@ def text_candidates(conn: Any, query: str, n: int, filters: tuple[str, dict] = (
     tsq = "websearch_to_tsquery('english', :q)"
 
     def fetch(pool: int) -> list[tuple[int, float]]:
-        rows = conn.execute(sa.text(
-            f"SELECT v.id, {TEXT_RANK} AS score FROM template_version v, {tsq} AS q(q) "
-            "WHERE v.search_tsv @@ q.q ORDER BY score DESC, v.id LIMIT :pool"), {"q": q, "pool": pool}).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT v.id, {TEXT_RANK} AS score FROM template_version v, {tsq} AS q(q) "
+                "WHERE v.search_tsv @@ q.q ORDER BY score DESC, v.id LIMIT :pool"
+            ),
+            {"q": q, "pool": pool},
+        ).all()
         return [(int(r[0]), float(r[1])) for r in rows]
 
     def exact() -> list[tuple[int, float]]:
-        rows = conn.execute(sa.text(
-            f"SELECT v.id, {TEXT_RANK} AS score FROM {tsq} AS q(q), {_CURRENT} "
-            f"WHERE v.search_tsv @@ q.q{where} ORDER BY score DESC, v.id LIMIT :n"), {**params, "q": q, "n": n}).all()
+        rows = conn.execute(
+            sa.text(
+                f"SELECT v.id, {TEXT_RANK} AS score FROM {tsq} AS q(q), {_CURRENT} "
+                f"WHERE v.search_tsv @@ q.q{where} ORDER BY score DESC, v.id LIMIT :n"
+            ),
+            {**params, "q": q, "n": n},
+        ).all()
         return [(int(r[0]), float(r[1])) for r in rows]
 
     return _pooled(conn, fetch, n, 2 * n, filters, exact, checked)
 
 
-def fuse(vector: list[tuple[int, float]], text: list[tuple[int, float]], *, k: int = RRF_K,
-         vector_weight: float = VECTOR_WEIGHT, text_weight: float = TEXT_WEIGHT) -> list[tuple[int, float]]:
+def fuse(
+    vector: list[tuple[int, float]],
+    text: list[tuple[int, float]],
+    *,
+    k: int = RRF_K,
+    vector_weight: float = VECTOR_WEIGHT,
+    text_weight: float = TEXT_WEIGHT,
+) -> list[tuple[int, float]]:
     """Weighted reciprocal rank fusion of two best-first lists."""
     scores: dict[int, float] = {}
     for weight, ranked in ((vector_weight, vector), (text_weight, text)):
@@ -248,74 +300,125 @@ def preload_names(session_or_conn: Any, model: str | None = None) -> int:
     cache), so that its first searches do not pay for it; returns how many names."""
     model = config.embed_model_name(model)
     with _executor(session_or_conn) as conn:
-        names = list(conn.execute(sa.text(
-            f"SELECT DISTINCT unnest(ARRAY[t.category, coalesce(t.section, t.category), v.name]) FROM {_CURRENT}"
-        )).scalars())
+        names = list(
+            conn.execute(
+                sa.text(
+                    f"SELECT DISTINCT unnest(ARRAY[t.category, coalesce(t.section, t.category), v.name]) FROM {_CURRENT}"
+                )
+            ).scalars()
+        )
     _name_vectors(model, names)
     return len(names)
 
 
-def hierarchical_candidates(conn: Any, query_vector: np.ndarray, model: str, n: int,
-                            filters: tuple[str, dict] = ("", {}), sections: int = 2,
-                            method_weight: float = 0.9) -> list[tuple[int, float]]:
+def hierarchical_candidates(
+    conn: Any,
+    query_vector: np.ndarray,
+    model: str,
+    n: int,
+    filters: tuple[str, dict] = ("", {}),
+    sections: int = 2,
+    method_weight: float = 0.9,
+) -> list[tuple[int, float]]:
     """Best category, then its top SECTIONS sections, then templates: 0.9 x name + 0.1 x section."""
     where, params = filters
     q = np.asarray(query_vector, dtype=np.float32)
-    categories = list(conn.execute(sa.text(
-        f"SELECT DISTINCT t.category FROM {_CURRENT} WHERE true{where} ORDER BY 1"), params).scalars())
+    categories = list(
+        conn.execute(
+            sa.text(f"SELECT DISTINCT t.category FROM {_CURRENT} WHERE true{where} ORDER BY 1"), params
+        ).scalars()
+    )
     if not categories:
         return []
     best = categories[int(np.argmax(_name_vectors(model, categories) @ q))]
-    section_names = list(conn.execute(sa.text(
-        f"SELECT DISTINCT coalesce(t.section, t.category) FROM {_CURRENT} "
-        f"WHERE t.category = :h_cat{where} ORDER BY 1"), {**params, "h_cat": best}).scalars())
+    section_names = list(
+        conn.execute(
+            sa.text(
+                f"SELECT DISTINCT coalesce(t.section, t.category) FROM {_CURRENT} "
+                f"WHERE t.category = :h_cat{where} ORDER BY 1"
+            ),
+            {**params, "h_cat": best},
+        ).scalars()
+    )
     sims = _name_vectors(model, section_names) @ q
     top = {section_names[i]: float(sims[i]) for i in np.argsort(-sims)[:sections]}
-    rows = conn.execute(sa.text(
-        f"SELECT v.id, coalesce(t.section, t.category), v.name FROM {_CURRENT} "
-        f"WHERE t.category = :h_cat AND coalesce(t.section, t.category) = ANY(:h_secs){where}"),
-        {**params, "h_cat": best, "h_secs": list(top)}).all()
+    rows = conn.execute(
+        sa.text(
+            f"SELECT v.id, coalesce(t.section, t.category), v.name FROM {_CURRENT} "
+            f"WHERE t.category = :h_cat AND coalesce(t.section, t.category) = ANY(:h_secs){where}"
+        ),
+        {**params, "h_cat": best, "h_secs": list(top)},
+    ).all()
     name_sims = _name_vectors(model, [r[2] for r in rows]) @ q if rows else []
-    scored = [(int(r[0]), method_weight * float(s) + (1 - method_weight) * top[r[1]])
-              for r, s in zip(rows, name_sims)]
+    scored = [
+        (int(r[0]), method_weight * float(s) + (1 - method_weight) * top[r[1]])
+        for r, s in zip(rows, name_sims)
+    ]
     return sorted(scored, key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
 # ---------------------------------------------------------------- search
 
-def _hits(conn: Any, ranked: list[tuple[int, float]], vector: dict[int, float],
-          text: dict[int, float]) -> list[TemplateHit]:
+
+def _hits(
+    conn: Any, ranked: list[tuple[int, float]], vector: dict[int, float], text: dict[int, float]
+) -> list[TemplateHit]:
     if not ranked:
         return []
-    rows = conn.execute(sa.text(
-        "SELECT t.id AS template_id, v.id AS version_id, t.key, v.name, t.category, t.section, t.status, "
-        "v.version_no, v.template_type, v.description, v.application_scope, v.steps, v.tags "
-        f"FROM {_CURRENT} WHERE v.id = ANY(:ids)"
-    ), {"ids": [vid for vid, _ in ranked]}).mappings().all()
+    rows = (
+        conn.execute(
+            sa.text(
+                "SELECT t.id AS template_id, v.id AS version_id, t.key, v.name, t.category, t.section, t.status, "
+                "v.version_no, v.template_type, v.description, v.application_scope, v.steps, v.tags "
+                f"FROM {_CURRENT} WHERE v.id = ANY(:ids)"
+            ),
+            {"ids": [vid for vid, _ in ranked]},
+        )
+        .mappings()
+        .all()
+    )
     by_id = {r["version_id"]: r for r in rows}
     hits = []
     for rank, (vid, score) in enumerate(ranked, start=1):
         r = by_id.get(vid)
         if r is None:
             continue
-        hits.append(TemplateHit(**dict(r), score=round(score, 6), rank=rank,
-                                vector_score=vector.get(vid), text_score=text.get(vid)))
+        hits.append(
+            TemplateHit(
+                **dict(r),
+                score=round(score, 6),
+                rank=rank,
+                vector_score=vector.get(vid),
+                text_score=text.get(vid),
+            )
+        )
     return hits
 
 
 def _require_vectors(conn: Any, model: str) -> None:
     """An empty vector search because nothing was embedded with MODEL is an error the user can fix."""
-    if conn.execute(sa.text("SELECT 1 FROM template_embedding WHERE model = :m LIMIT 1"), {"m": model}).first():
+    if conn.execute(
+        sa.text("SELECT 1 FROM template_embedding WHERE model = :m LIMIT 1"), {"m": model}
+    ).first():
         return
     if conn.execute(sa.text("SELECT 1 FROM template LIMIT 1")).first():
         raise NotFound(f"no template embeddings for model {model!r}; run `reasonflux embed --model {model}`")
 
 
-def search_templates(session_or_conn: Any, query: str | None = None, *,
-                     query_vector: Sequence[float] | np.ndarray | None = None, k: int = 5,
-                     mode: str = "hybrid", model: str | None = None, tags: list[str] | None = None,
-                     category: str | None = None, status: str | None = "active",
-                     candidates: int = CANDIDATES, ef_search: int | None = None) -> list[TemplateHit]:
+def search_templates(
+    session_or_conn: Any,
+    query: str | None = None,
+    *,
+    query_vector: Sequence[float] | np.ndarray | None = None,
+    k: int = 5,
+    mode: str = "hybrid",
+    model: str | None = None,
+    tags: list[str] | None = None,
+    category: str | None = None,
+    status: str | None = "active",
+    candidates: int = CANDIDATES,
+    ef_search: int | None = None,
+) -> list[TemplateHit]:
     """Ranked current templates for QUERY (text), or QUERY_VECTOR (already embedded with MODEL).
 
     session_or_conn: a Session, Connection, Engine or kb.db.Database. status None or 'all': any status.

@@ -18,8 +18,20 @@ import sqlalchemy as sa
 
 from kb.db import Database
 
-REWARD_COLUMNS = ("trajectory_id", "problem_id", "similar_set_id", "similar_build_id", "split", "navigator_model",
-                  "set_size", "n_rollouts", "n_correct", "n_problems_evaluated", "reward", "complete")
+REWARD_COLUMNS = (
+    "trajectory_id",
+    "problem_id",
+    "similar_set_id",
+    "similar_build_id",
+    "split",
+    "navigator_model",
+    "set_size",
+    "n_rollouts",
+    "n_correct",
+    "n_problems_evaluated",
+    "reward",
+    "complete",
+)
 # Enough memory for the sorts of the refresh to stay in memory at ~10^7 rollouts.
 REFRESH_WORK_MEM = "256MB"
 
@@ -35,20 +47,39 @@ def refresh_rewards(db: Database) -> dict[str, Any]:
         conn.execute(sa.text("REFRESH MATERIALIZED VIEW trajectory_reward"))
         # Fresh statistics, so the pairs query that reads the view plans for its real size.
         conn.execute(sa.text("ANALYZE trajectory_reward"))
-        row = conn.execute(sa.text(
-            "SELECT count(*) AS trajectories, count(*) FILTER (WHERE n_rollouts > 0) AS evaluated, "
-            "count(*) FILTER (WHERE complete) AS complete, coalesce(sum(n_rollouts), 0) AS rollouts "
-            "FROM trajectory_reward")).mappings().one()
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) AS trajectories, count(*) FILTER (WHERE n_rollouts > 0) AS evaluated, "
+                    "count(*) FILTER (WHERE complete) AS complete, coalesce(sum(n_rollouts), 0) AS rollouts "
+                    "FROM trajectory_reward"
+                )
+            )
+            .mappings()
+            .one()
+        )
     return {**{k: int(v) for k, v in row.items()}, "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def rewards(db: Database, *, trajectory_id: int | None = None, problem_id: int | None = None,
-            live: bool = False, limit: int | None = 100) -> list[dict[str, Any]]:
+def rewards(
+    db: Database,
+    *,
+    trajectory_id: int | None = None,
+    problem_id: int | None = None,
+    live: bool = False,
+    limit: int | None = 100,
+) -> list[dict[str, Any]]:
     """Rewards from the refreshed view (or the live one), ordered by problem then trajectory."""
     view = "trajectory_reward_live" if live else "trajectory_reward"
-    sql = (f"SELECT {', '.join(REWARD_COLUMNS)} FROM {view} "
-           "WHERE (CAST(:t AS int) IS NULL OR trajectory_id = :t) AND (CAST(:p AS int) IS NULL OR problem_id = :p) "
-           "ORDER BY problem_id, trajectory_id" + (" LIMIT :limit" if limit else ""))
+    sql = (
+        f"SELECT {', '.join(REWARD_COLUMNS)} FROM {view} "
+        "WHERE (CAST(:t AS int) IS NULL OR trajectory_id = :t) AND (CAST(:p AS int) IS NULL OR problem_id = :p) "
+        "ORDER BY problem_id, trajectory_id" + (" LIMIT :limit" if limit else "")
+    )
     with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(sql), {"t": trajectory_id, "p": problem_id,
-                                                              "limit": limit}).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text(sql), {"t": trajectory_id, "p": problem_id, "limit": limit}
+            ).mappings()
+        ]

@@ -51,6 +51,7 @@ def error_text(e: BaseException) -> str:
 
 # -- owner and lease ---------------------------------------------------------------------------------
 
+
 def owner_values() -> dict[str, Any]:
     """What a new run row records about its owner."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat_at": utcnow()}
@@ -76,8 +77,14 @@ class Heartbeat:
     def beat(self) -> bool:
         t = self.table
         with self.db.engine.begin() as conn:
-            return conn.execute(sa.update(t).where(t.c.id == self.run_id, t.c.status == "running")
-                                .values(heartbeat_at=sa.func.now())).rowcount == 1
+            return (
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.id == self.run_id, t.c.status == "running")
+                    .values(heartbeat_at=sa.func.now())
+                ).rowcount
+                == 1
+            )
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
@@ -87,8 +94,11 @@ class Heartbeat:
                 continue
             if not alive and not self._warned:
                 self._warned = True
-                print(f"warning: run {self.run_id} was marked interrupted by another command (no heartbeat "
-                      f"for {LEASE_S:.0f} s); this process still finishes it", file=sys.stderr)
+                print(
+                    f"warning: run {self.run_id} was marked interrupted by another command (no heartbeat "
+                    f"for {LEASE_S:.0f} s); this process still finishes it",
+                    file=sys.stderr,
+                )
 
 
 def pid_alive(pid: int) -> bool:
@@ -110,13 +120,19 @@ def _orphans(conn: sa.Connection, t: sa.Table, lease_s: float) -> tuple[Any, Any
 
     Gone: its lease is older than lease_s by the database's clock (any host), or it ran on this host and
     its pid no longer exists."""
-    local = conn.execute(sa.select(t.c.id, t.c.pid).where(t.c.status == "running", t.c.host == socket.gethostname(),
-                                                          t.c.pid.is_not(None))).all()
+    local = conn.execute(
+        sa.select(t.c.id, t.c.pid).where(
+            t.c.status == "running", t.c.host == socket.gethostname(), t.c.pid.is_not(None)
+        )
+    ).all()
     dead = [r.id for r in local if r.pid != os.getpid() and not pid_alive(r.pid)]
     stale = sa.func.coalesce(t.c.heartbeat_at, t.c.started_at) < sa.func.now() - sa.func.make_interval(
-        0, 0, 0, 0, 0, 0, lease_s)
-    reason = sa.case((t.c.id.in_(dead), "its process on this host is gone (killed?)"),
-                     else_=f"its owner stopped renewing its lease (no heartbeat for {lease_s:.0f} s)")
+        0, 0, 0, 0, 0, 0, lease_s
+    )
+    reason = sa.case(
+        (t.c.id.in_(dead), "its process on this host is gone (killed?)"),
+        else_=f"its owner stopped renewing its lease (no heartbeat for {lease_s:.0f} s)",
+    )
     return sa.and_(t.c.status == "running", sa.or_(t.c.id.in_(dead), stale)), reason
 
 
@@ -125,8 +141,13 @@ def orphaned_runs(conn: sa.Connection, *, lease_s: float = LEASE_S) -> dict[str,
     out = {}
     for kind, t in TABLES.items():
         where, reason = _orphans(conn, t, lease_s)
-        rows = conn.execute(sa.select(t.c.id, t.c.stage, t.c.host, reason.label("reason")).where(where)
-                            .order_by(t.c.id)).mappings().all()
+        rows = (
+            conn.execute(
+                sa.select(t.c.id, t.c.stage, t.c.host, reason.label("reason")).where(where).order_by(t.c.id)
+            )
+            .mappings()
+            .all()
+        )
         if rows:
             out[kind] = [dict(r) for r in rows]
     return out
@@ -139,18 +160,33 @@ def mark_orphaned_runs(db: Database, *, lease_s: float = LEASE_S) -> dict[str, l
     with db.engine.begin() as conn:
         for kind, t in TABLES.items():
             where, reason = _orphans(conn, t, lease_s)
-            ids = conn.execute(sa.update(t).where(where)
-                               .values(status="interrupted", finished_at=sa.func.now(),
-                                       error=sa.func.concat("interrupted: ", reason))
-                               .returning(t.c.id)).scalars().all()
+            ids = (
+                conn.execute(
+                    sa.update(t)
+                    .where(where)
+                    .values(
+                        status="interrupted",
+                        finished_at=sa.func.now(),
+                        error=sa.func.concat("interrupted: ", reason),
+                    )
+                    .returning(t.c.id)
+                )
+                .scalars()
+                .all()
+            )
             if ids:
                 marked[kind] = sorted(ids)
     return marked
 
 
 @contextlib.contextmanager
-def owned(db: Database, kind: str, run_id: int, finish: Callable[[str, str | None], None],
-          verdict: Callable[[], tuple[str, str | None]] = lambda: ("succeeded", None)) -> Iterator[None]:
+def owned(
+    db: Database,
+    kind: str,
+    run_id: int,
+    finish: Callable[[str, str | None], None],
+    verdict: Callable[[], tuple[str, str | None]] = lambda: ("succeeded", None),
+) -> Iterator[None]:
     """The body of a run: heartbeats while it runs, then finish(status, error) once.
 
     verdict() gives the status of a body that returned (a stage whose every unit failed is `failed`).
@@ -170,6 +206,7 @@ def owned(db: Database, kind: str, run_id: int, finish: Callable[[str, str | Non
 
 # -- pipeline runs -----------------------------------------------------------------------------------
 
+
 class RunCounts(dict):
     """The counts a stage fills in; `status` and `error` may be set to override the run's verdict."""
 
@@ -179,34 +216,49 @@ class RunCounts(dict):
 
 def start_run(db: Database, stage: str, params: dict[str, Any] | None = None) -> int:
     with db.session() as s:
-        run = PipelineRun(stage=stage, params=scrub(params or {}), code_version=config.code_version(),
-                          **owner_values())
+        run = PipelineRun(
+            stage=stage, params=scrub(params or {}), code_version=config.code_version(), **owner_values()
+        )
         s.add(run)
         s.commit()
         return run.id
 
 
-def finish_run(db: Database, run_id: int, status: str, counts: dict[str, Any] | None = None,
-               error: str | None = None) -> None:
+def finish_run(
+    db: Database, run_id: int, status: str, counts: dict[str, Any] | None = None, error: str | None = None
+) -> None:
     with db.engine.begin() as conn:
         conn.execute(
-            sa.update(PipelineRun).where(PipelineRun.id == run_id).values(
-                status=status, counts=dict(counts or {}), error=scrub(error), finished_at=utcnow(),
+            sa.update(PipelineRun)
+            .where(PipelineRun.id == run_id)
+            .values(
+                status=status,
+                counts=dict(counts or {}),
+                error=scrub(error),
+                finished_at=utcnow(),
             )
         )
 
 
 @contextlib.contextmanager
-def pipeline_run(db: Database, stage: str, params: dict[str, Any] | None = None) -> Iterator[tuple[int, RunCounts]]:
+def pipeline_run(
+    db: Database, stage: str, params: dict[str, Any] | None = None
+) -> Iterator[tuple[int, RunCounts]]:
     """Yields (run_id, counts); the run ends succeeded, failed (with the reason) or interrupted."""
     run_id = start_run(db, stage, params)
     counts = RunCounts()
-    with owned(db, "pipeline", run_id, lambda status, error: finish_run(db, run_id, status, counts, error),
-               lambda: (counts.status or "succeeded", counts.error)):
+    with owned(
+        db,
+        "pipeline",
+        run_id,
+        lambda status, error: finish_run(db, run_id, status, counts, error),
+        lambda: (counts.status or "succeeded", counts.error),
+    ):
         yield run_id, counts
 
 
 # -- one run at a time per name ---------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def exclusive(db: Database, stage: str, param: str, name: str) -> Iterator[None]:
@@ -220,8 +272,10 @@ def exclusive(db: Database, stage: str, param: str, name: str) -> Iterator[None]
     try:
         key = {"s": stage, "n": name}
         if not conn.execute(sa.text("SELECT pg_try_advisory_lock(hashtext(:s), hashtext(:n))"), key).scalar():
-            raise ConflictError(f"{stage} {name!r} is already running ({_holder(conn, stage, param, name)}); "
-                                "wait for it to end, or stop it, then run this again")
+            raise ConflictError(
+                f"{stage} {name!r} is already running ({_holder(conn, stage, param, name)}); "
+                "wait for it to end, or stop it, then run this again"
+            )
         conn.commit()  # no transaction left open for the lock's lifetime
         try:
             yield
@@ -236,15 +290,20 @@ def exclusive(db: Database, stage: str, param: str, name: str) -> Iterator[None]
 
 
 def _holder(conn: sa.Connection, stage: str, param: str, name: str) -> str:
-    row = conn.execute(sa.text(
-        "SELECT id, host, pid, started_at FROM pipeline_run WHERE stage = :s AND status = 'running' "
-        "AND params->>:p = :n ORDER BY id DESC LIMIT 1"), {"s": stage, "p": param, "n": name}).first()
+    row = conn.execute(
+        sa.text(
+            "SELECT id, host, pid, started_at FROM pipeline_run WHERE stage = :s AND status = 'running' "
+            "AND params->>:p = :n ORDER BY id DESC LIMIT 1"
+        ),
+        {"s": stage, "p": param, "n": name},
+    ).first()
     if row is None:
         return "another process holds its lock"
     return f"run {row.id}, pid {row.pid} on {row.host}, started {row.started_at:%Y-%m-%d %H:%M:%S}"
 
 
 # -- outcomes and exit codes -------------------------------------------------------------------------
+
 
 class RunFailed(KbError):
     """The command's work failed: every unit (or session) failed. The run is recorded `failed`."""
@@ -270,10 +329,16 @@ def raise_for_outcome(result: dict[str, Any]) -> None:
     outcome = result.get("outcome")
     if outcome not in ("failed", "partial"):
         return
-    what = f"{result.get('stage', 'run')} run {result['run_id']}" if result.get("run_id") else result.get("stage", "run")
+    what = (
+        f"{result.get('stage', 'run')} run {result['run_id']}"
+        if result.get("run_id")
+        else result.get("stage", "run")
+    )
     reasons = "; ".join(result.get("first_reasons") or []) or "no reason recorded"
-    detail = (f"{result.get('failed', 0)} of {result.get('total', 0)} {result.get('units', 'units')} failed; "
-              f"first reasons: {reasons}")
+    detail = (
+        f"{result.get('failed', 0)} of {result.get('total', 0)} {result.get('units', 'units')} failed; "
+        f"first reasons: {reasons}"
+    )
     hint = f" (see `reasonflux runs show {result['run_id']}`)" if result.get("run_id") else ""
     if outcome == "failed":
         raise RunFailed(f"{what} failed: {detail}{hint}")

@@ -59,7 +59,9 @@ def scratch_database(prefix: str = "rf_scratch", **engine_options: Any) -> Itera
     server = ScratchServer()
     try:
         url = server.create_database(prefix)
-        engine = sa.create_engine(normalize_url(url), **engine_options) if engine_options else create_engine(url)
+        engine = (
+            sa.create_engine(normalize_url(url), **engine_options) if engine_options else create_engine(url)
+        )
         database = Database(url=url, embedded=False, engine=engine)
         migrate.upgrade(database.engine)
         try:

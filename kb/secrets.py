@@ -30,34 +30,75 @@ _LOCK = threading.Lock()
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer xyz / Basic xyz / Token xyz, in headers, JSON or repr()s of them
-    (re.compile(r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?\s*(?:bearer|basic|token)?\s*)([^\s\"',;}\\]+)"),
-     r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?\s*(?:bearer|basic|token)?\s*)([^\s\"',;}\\]+)"
+        ),
+        r"\1" + REDACTED,
+    ),
     (re.compile(r"(?i)(\bbearer\s+)([A-Za-z0-9._~+/=-]{4,})"), r"\1" + REDACTED),
     # provider keys by shape: OpenAI/Anthropic sk-..., Hugging Face hf_...
     (re.compile(r"\b(?:sk|rk)-[A-Za-z0-9_-]{12,}"), REDACTED),
     (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), REDACTED),
     # the password in a URL's userinfo
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\\]*:)(?!\*+@)([^\s@/\\]+)(@)"), r"\1" + REDACTED + r"\3"),
+    (
+        re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\\]*:)(?!\*+@)([^\s@/\\]+)(@)"),
+        r"\1" + REDACTED + r"\3",
+    ),
     # credential query parameters of a URL
-    (re.compile(r"(?i)([?&](?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|sig|signature)=)"
-                r"([^&#\s\"'\\]+)"), r"\1" + REDACTED),
+    (
+        re.compile(
+            r"(?i)([?&](?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|sig|signature)=)"
+            r"([^&#\s\"'\\]+)"
+        ),
+        r"\1" + REDACTED,
+    ),
 )
 # A key that names a secret: the name itself or its last part (`client_secret`, `x-api-key`, `HF_TOKEN`);
 # `max_tokens` or `token_count` are not secrets.
-_SECRET_NAMES = ("api_key", "apikey", "token", "access_token", "auth_token", "refresh_token", "password",
-                 "passwd", "secret", "client_secret", "secret_key", "private_key", "authorization", "cookie",
-                 "credentials", "bearer")
+_SECRET_NAMES = (
+    "api_key",
+    "apikey",
+    "token",
+    "access_token",
+    "auth_token",
+    "refresh_token",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "secret_key",
+    "private_key",
+    "authorization",
+    "cookie",
+    "credentials",
+    "bearer",
+)
 _SECRET_NAME_ALT = "|".join(n.replace("_", r"[_\-]?") for n in _SECRET_NAMES)
 _SECRET_NAME = re.compile(r"(?i)(?:[A-Za-z0-9]+[_.\-])*(?:" + _SECRET_NAME_ALT + ")")
 # "name": "value" in JSON text (and 'name': 'value' in a repr), the name as above; an escape in the value
 # (\" or \\) is consumed whole, so the JSON stays valid.
-_NAMED_VALUE = re.compile(r"""(?i)(["'](?:[A-Za-z0-9]+[_.\-])*(?:""" + _SECRET_NAME_ALT + r""")["']\s*:\s*)"""
-                          r"""(["'])((?:\\.|(?!\2)[^\\])+)\2""")
+_NAMED_VALUE = re.compile(
+    r"""(?i)(["'](?:[A-Za-z0-9]+[_.\-])*(?:""" + _SECRET_NAME_ALT + r""")["']\s*:\s*)"""
+    r"""(["'])((?:\\.|(?!\2)[^\\])+)\2"""
+)
 _PATTERNS = (*_PATTERNS, (_NAMED_VALUE, r"\1\2" + REDACTED + r"\2"))
 # Substrings one of which every shape above contains (lower-cased): plain `in` tests are far cheaper than
 # the patterns, and almost every text (a problem, a vector, a prompt) contains none of them.
-_MARKERS = ("authorization", "bearer", "sk-", "rk-", "hf_", "://", "key", "token", "passw", "secret", "cookie",
-            "credentials")
+_MARKERS = (
+    "authorization",
+    "bearer",
+    "sk-",
+    "rk-",
+    "hf_",
+    "://",
+    "key",
+    "token",
+    "passw",
+    "secret",
+    "cookie",
+    "credentials",
+)
 
 
 def is_secret_name(key: Any) -> bool:
@@ -88,7 +129,9 @@ def scrub(value: Any) -> Any:
     if isinstance(value, str):
         return _scrub_str(value)
     if isinstance(value, dict):
-        return {k: REDACTED if is_secret_name(k) and v not in (None, "") else scrub(v) for k, v in value.items()}
+        return {
+            k: REDACTED if is_secret_name(k) and v not in (None, "") else scrub(v) for k, v in value.items()
+        }
     if isinstance(value, list):
         return [scrub(v) for v in value]
     if isinstance(value, tuple):
@@ -104,7 +147,8 @@ def _scrub_parameters(conn, cursor, statement, parameters, context, executemany)
         parameters = {k: scrub(v) for k, v in parameters.items()}
     elif isinstance(parameters, (list, tuple)):
         parameters = type(parameters)(
-            {k: scrub(v) for k, v in p.items()} if isinstance(p, dict) else scrub(p) for p in parameters)
+            {k: scrub(v) for k, v in p.items()} if isinstance(p, dict) else scrub(p) for p in parameters
+        )
     return statement, parameters
 
 

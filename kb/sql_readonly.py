@@ -37,30 +37,110 @@ from kb.reader import ReaderUnavailable, connect_reader, ensure_reader_role, rea
 QUERY_STARTS = ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
 # Keywords that only ever write (as a clause of a writable CTE, SELECT ... INTO, FOR UPDATE, ...).
 # Transaction control and SET need no entry: they can only start a statement, and only one is allowed.
-WRITE_KEYWORDS = frozenset({
-    "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE", "CREATE", "DROP", "ALTER", "GRANT", "REVOKE",
-    "COPY", "INTO", "CALL", "VACUUM", "CLUSTER", "REINDEX", "REFRESH", "LOCK", "NOTIFY", "LISTEN",
-    "PREPARE", "EXECUTE", "DEALLOCATE", "DISCARD", "CHECKPOINT", "COMMIT", "ROLLBACK", "SAVEPOINT",
-})
+WRITE_KEYWORDS = frozenset(
+    {
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "TRUNCATE",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "GRANT",
+        "REVOKE",
+        "COPY",
+        "INTO",
+        "CALL",
+        "VACUUM",
+        "CLUSTER",
+        "REINDEX",
+        "REFRESH",
+        "LOCK",
+        "NOTIFY",
+        "LISTEN",
+        "PREPARE",
+        "EXECUTE",
+        "DEALLOCATE",
+        "DISCARD",
+        "CHECKPOINT",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT",
+    }
+)
 # Functions that act outside the transaction or change session state: refused by name.
-SIDE_EFFECT_FUNCTIONS = frozenset({
-    "set_config", "pg_terminate_backend", "pg_cancel_backend", "pg_signal_backend", "pg_reload_conf",
-    "pg_rotate_logfile", "pg_promote", "pg_switch_wal", "pg_create_restore_point", "pg_backup_start",
-    "pg_backup_stop", "pg_log_backend_memory_contexts", "pg_advisory_lock", "pg_advisory_lock_shared",
-    "pg_advisory_xact_lock", "pg_advisory_xact_lock_shared", "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared", "pg_try_advisory_xact_lock", "pg_try_advisory_xact_lock_shared",
-    "pg_advisory_unlock", "pg_advisory_unlock_all", "pg_advisory_unlock_shared", "pg_read_file",
-    "pg_read_binary_file", "pg_ls_dir", "pg_stat_file", "pg_file_write", "lo_import", "lo_export",
-    "lo_create", "lo_unlink", "lo_put", "lo_from_bytea", "nextval", "setval", "dblink", "dblink_exec",
-    "pg_notify", "txid_current", "pg_current_xact_id", "pg_drop_replication_slot",
-    "pg_create_logical_replication_slot", "pg_create_physical_replication_slot", "pg_replication_origin_create",
-    "pg_stat_reset", "pg_stat_reset_shared", "pg_stat_reset_single_table_counters",
-    # They run SQL text they are given (where the statement could change its own settings unseen); the role
-    # may not execute them either (kb.reader).
-    "query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "cursor_to_xml", "cursor_to_xmlschema",
-    "ts_stat", "crosstab", "crosstab2", "crosstab3", "crosstab4", "connectby",
-    "dblink_connect", "dblink_send_query", "dblink_open", "pg_ls_logdir", "pg_ls_waldir", "pg_ls_tmpdir",
-})
+SIDE_EFFECT_FUNCTIONS = frozenset(
+    {
+        "set_config",
+        "pg_terminate_backend",
+        "pg_cancel_backend",
+        "pg_signal_backend",
+        "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_promote",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_backup_start",
+        "pg_backup_stop",
+        "pg_log_backend_memory_contexts",
+        "pg_advisory_lock",
+        "pg_advisory_lock_shared",
+        "pg_advisory_xact_lock",
+        "pg_advisory_xact_lock_shared",
+        "pg_try_advisory_lock",
+        "pg_try_advisory_lock_shared",
+        "pg_try_advisory_xact_lock",
+        "pg_try_advisory_xact_lock_shared",
+        "pg_advisory_unlock",
+        "pg_advisory_unlock_all",
+        "pg_advisory_unlock_shared",
+        "pg_read_file",
+        "pg_read_binary_file",
+        "pg_ls_dir",
+        "pg_stat_file",
+        "pg_file_write",
+        "lo_import",
+        "lo_export",
+        "lo_create",
+        "lo_unlink",
+        "lo_put",
+        "lo_from_bytea",
+        "nextval",
+        "setval",
+        "dblink",
+        "dblink_exec",
+        "pg_notify",
+        "txid_current",
+        "pg_current_xact_id",
+        "pg_drop_replication_slot",
+        "pg_create_logical_replication_slot",
+        "pg_create_physical_replication_slot",
+        "pg_replication_origin_create",
+        "pg_stat_reset",
+        "pg_stat_reset_shared",
+        "pg_stat_reset_single_table_counters",
+        # They run SQL text they are given (where the statement could change its own settings unseen); the role
+        # may not execute them either (kb.reader).
+        "query_to_xml",
+        "query_to_xmlschema",
+        "query_to_xml_and_xmlschema",
+        "cursor_to_xml",
+        "cursor_to_xmlschema",
+        "ts_stat",
+        "crosstab",
+        "crosstab2",
+        "crosstab3",
+        "crosstab4",
+        "connectby",
+        "dblink_connect",
+        "dblink_send_query",
+        "dblink_open",
+        "pg_ls_logdir",
+        "pg_ls_waldir",
+        "pg_ls_tmpdir",
+    }
+)
 
 
 class WriteRefused(KbError):
@@ -126,7 +206,9 @@ def _tokens(sql: str) -> Iterator[tuple[str, str]]:
             pos = end + len(m.group())
             continue
         if kind == "uquoted":  # U&"\0073et_config": a name spelt in escapes would hide it from the list
-            raise WriteRefused('refused: Unicode-escaped identifiers (U&"...") are not allowed; write the name')
+            raise WriteRefused(
+                'refused: Unicode-escaped identifiers (U&"...") are not allowed; write the name'
+            )
         pos = m.end()
         if kind in ("ws", "line_comment", "string", "estring"):
             continue
@@ -170,15 +252,17 @@ def _is_alias(tokens: list[tuple[str, str]], i: int) -> bool:
     return i > 0 and tokens[i - 1][0] == "word" and tokens[i - 1][1].upper() == "AS"
 
 
-def run_readonly(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 max_rows: int | None = None) -> QueryResult:
+def run_readonly(
+    engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_rows: int | None = None
+) -> QueryResult:
     """Run one read-only query; writes, timeouts and errors become KbError with the server's reason."""
     check_read_only(sql)
     return execute_read_only(engine, sql, timeout_s=timeout_s, max_rows=max_rows)
 
 
-def execute_read_only(engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                      max_rows: int | None = None) -> QueryResult:
+def execute_read_only(
+    engine: Engine, sql: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_rows: int | None = None
+) -> QueryResult:
     """The server-side layers alone, without the text check: the reader role's own login, a READ ONLY
     transaction with a statement timeout, and a server-side cursor read up to MAX_ROWS.
 
@@ -267,8 +351,10 @@ def _fetch(conn: psycopg.Connection, sql: str, max_rows: int | None, *, deadline
             except (TimedOut, psycopg.errors.QueryCanceled):
                 if not rows:
                     raise
-                raise TimedOut(f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
-                               "raise --timeout or set --max-rows") from None
+                raise TimedOut(
+                    f"query cancelled after reading {len(rows):,} rows for the whole --timeout; "
+                    "raise --timeout or set --max-rows"
+                ) from None
             batch = cursor.fetchall()
             rows += batch
             if len(batch) < n:

@@ -44,8 +44,9 @@ def load_starter_entries(path: Path | None = None) -> list[tuple[TemplateSpec, s
             spec = TemplateSpec.from_dict(data, **where)
             # A repeated key would silently turn into a second version of one template.
             if spec.key in seen:
-                raise InputError(f"duplicate key {spec.key!r} (first on line {seen[spec.key]})", **where,
-                                 field="name")
+                raise InputError(
+                    f"duplicate key {spec.key!r} (first on line {seen[spec.key]})", **where, field="name"
+                )
             seen[spec.key] = line_no
             entries.append((spec, status))
     return entries

@@ -16,14 +16,16 @@ from typing import Any
 from kb.errors import InputError
 
 MAX_DEPTH = 64
-INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # The template's full-text vector is built from these fields; PostgreSQL refuses a tsvector over 1 MB
 # (bytes: "string is too long for tsvector"), and long real text makes a vector of about a third to a half
 # its UTF-8 size. Characters are no measure: one can take four bytes.
 MAX_INDEXED_BYTES = 1_000_000
 
 
-def check_value(value: Any, *, file: str | None = None, record: str | None = None, field: str | None = None) -> None:
+def check_value(
+    value: Any, *, file: str | None = None, record: str | None = None, field: str | None = None
+) -> None:
     """Refuse a NUL anywhere in VALUE (strings, keys, nested) or nesting deeper than MAX_DEPTH."""
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
@@ -51,8 +53,10 @@ def text_problem(text: str) -> str | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        return (f"a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start + 1}), which is not "
-                "Unicode text; a character outside the BMP is written as a surrogate pair")
+        return (
+            f"a lone surrogate (\\u{ord(text[e.start]):04x} at character {e.start + 1}), which is not "
+            "Unicode text; a character outside the BMP is written as a surrogate pair"
+        )
     return None
 
 
@@ -62,26 +66,39 @@ def _check_text(text: str, what: str, where: dict[str, str | None]) -> None:
         raise InputError(f"{what} {problem}", **where)
 
 
-def check_int32(value: int | None, *, file: str | None = None, record: str | None = None,
-                field: str | None = None) -> None:
+def check_int32(
+    value: int | None, *, file: str | None = None, record: str | None = None, field: str | None = None
+) -> None:
     if value is not None and not INT32_MIN <= value <= INT32_MAX:
-        raise InputError(f"{value} is out of range (at most {INT32_MAX})", file=file, record=record, field=field)
+        raise InputError(
+            f"{value} is out of range (at most {INT32_MAX})", file=file, record=record, field=field
+        )
 
 
-def check_indexed_length(values: dict[str, Any], *, file: str | None = None, record: str | None = None) -> None:
+def check_indexed_length(
+    values: dict[str, Any], *, file: str | None = None, record: str | None = None
+) -> None:
     """Fields that feed one full-text vector: refuse any over MAX_INDEXED_BYTES as stored (UTF-8), or all of
     them together over it, naming the (largest) field."""
     sizes = {name: _stored_bytes(value) for name, value in values.items()}
     for name, size in sizes.items():
         if size > MAX_INDEXED_BYTES:
-            raise InputError(f"is {size:,} bytes as UTF-8; at most {MAX_INDEXED_BYTES:,} fit the full-text index",
-                             file=file, record=record, field=name)
+            raise InputError(
+                f"is {size:,} bytes as UTF-8; at most {MAX_INDEXED_BYTES:,} fit the full-text index",
+                file=file,
+                record=record,
+                field=name,
+            )
     total = sum(sizes.values())
     if total > MAX_INDEXED_BYTES:
         largest = max(sizes, key=lambda n: sizes[n])
-        raise InputError(f"with {', '.join(n for n in sizes if n != largest)} makes {total:,} bytes of indexed text "
-                         f"as UTF-8; at most {MAX_INDEXED_BYTES:,} fit the full-text index", file=file,
-                         record=record, field=largest)
+        raise InputError(
+            f"with {', '.join(n for n in sizes if n != largest)} makes {total:,} bytes of indexed text "
+            f"as UTF-8; at most {MAX_INDEXED_BYTES:,} fit the full-text index",
+            file=file,
+            record=record,
+            field=largest,
+        )
 
 
 def _stored_bytes(value: Any) -> int:
@@ -117,8 +134,10 @@ def parse_json(text: str | bytes) -> Any:
     data = json.loads(text, object_pairs_hook=pairs)
     if seen:
         path, key = _find_duplicate(data)
-        raise ValueError(f"duplicate key {key!r}{f' in {path}' if path else ''}; each key may appear once in "
-                         "an object (the last one would silently win)")
+        raise ValueError(
+            f"duplicate key {key!r}{f' in {path}' if path else ''}; each key may appear once in "
+            "an object (the last one would silently win)"
+        )
     return data
 
 

@@ -2,7 +2,15 @@
 importing the database layer."""
 
 CONTENT_FIELDS = (
-    "name", "template_type", "tags", "description", "application_scope", "steps",
-    "example_problem", "example_solution", "example_answer", "extra",
+    "name",
+    "template_type",
+    "tags",
+    "description",
+    "application_scope",
+    "steps",
+    "example_problem",
+    "example_solution",
+    "example_answer",
+    "extra",
 )
 STATUSES = ("active", "deprecated")

@@ -27,8 +27,13 @@ import sqlalchemy as sa
 from kb.errors import KbError
 
 
-def template_views(name: str, tags: Sequence[str] | None, description: str | None,
-                   application_scope: str | None, steps: Sequence[Any] | None) -> list[str]:
+def template_views(
+    name: str,
+    tags: Sequence[str] | None,
+    description: str | None,
+    application_scope: str | None,
+    steps: Sequence[Any] | None,
+) -> list[str]:
     """The texts embedded for a template version (never its worked example)."""
     head = [name.strip()]
     if tags:
@@ -47,7 +52,9 @@ def text_hash(views: Sequence[str]) -> str:
 
 def held_models(conn: sa.Connection) -> list[str]:
     """The embedding models the KB holds template vectors for."""
-    return list(conn.execute(sa.text("SELECT DISTINCT model FROM template_embedding ORDER BY model")).scalars())
+    return list(
+        conn.execute(sa.text("SELECT DISTINCT model FROM template_embedding ORDER BY model")).scalars()
+    )
 
 
 def missing_vectors(conn: sa.Connection, models: Iterable[str] | None = None) -> dict[str, int]:
@@ -55,16 +62,25 @@ def missing_vectors(conn: sa.Connection, models: Iterable[str] | None = None) ->
     models = list(models) if models is not None else held_models(conn)
     if not models:
         return {}
-    rows = conn.execute(sa.text(
-        "SELECT m.model, count(t.id) FROM unnest(CAST(:models AS text[])) AS m(model) "
-        "LEFT JOIN template t ON t.current_version_id IS NOT NULL AND NOT EXISTS ("
-        "  SELECT 1 FROM template_embedding e WHERE e.version_id = t.current_version_id AND e.model = m.model) "
-        "GROUP BY m.model ORDER BY m.model"), {"models": models}).all()
+    rows = conn.execute(
+        sa.text(
+            "SELECT m.model, count(t.id) FROM unnest(CAST(:models AS text[])) AS m(model) "
+            "LEFT JOIN template t ON t.current_version_id IS NOT NULL AND NOT EXISTS ("
+            "  SELECT 1 FROM template_embedding e WHERE e.version_id = t.current_version_id AND e.model = m.model) "
+            "GROUP BY m.model ORDER BY m.model"
+        ),
+        {"models": models},
+    ).all()
     return {model: int(n) for model, n in rows}
 
 
-def embed_versions(conn: sa.Connection, version_ids: Sequence[int], *, models: Iterable[str] | None = None,
-                   run_id: int | None = None) -> dict[str, int]:
+def embed_versions(
+    conn: sa.Connection,
+    version_ids: Sequence[int],
+    *,
+    models: Iterable[str] | None = None,
+    run_id: int | None = None,
+) -> dict[str, int]:
     """Vectors for VERSION_IDS for every held model (or MODELS), inside the caller's transaction.
 
     A version whose embedded text another version already has gets that vector copied in SQL;
@@ -77,29 +93,62 @@ def embed_versions(conn: sa.Connection, version_ids: Sequence[int], *, models: I
     models = list(models) if models is not None else held_models(conn)
     if not ids or not models:
         return {}
-    rows = conn.execute(sa.text(
-        "SELECT id, name, tags, description, application_scope, steps FROM template_version "
-        "WHERE id = ANY(:ids) ORDER BY id"), {"ids": ids}).mappings().all()
-    todo = [(r["id"], views, text_hash(views)) for r in rows
-            for views in [template_views(r["name"], r["tags"], r["description"], r["application_scope"],
-                                         r["steps"])]]
+    rows = (
+        conn.execute(
+            sa.text(
+                "SELECT id, name, tags, description, application_scope, steps FROM template_version "
+                "WHERE id = ANY(:ids) ORDER BY id"
+            ),
+            {"ids": ids},
+        )
+        .mappings()
+        .all()
+    )
+    todo = [
+        (r["id"], views, text_hash(views))
+        for r in rows
+        for views in [
+            template_views(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])
+        ]
+    ]
     written: dict[str, int] = {}
     for model in models:
-        copied = set(conn.execute(COPY_SAME_TEXT_SQL, {
-            "vids": [vid for vid, _, _ in todo], "hashes": [h for _, _, h in todo], "m": model, "run": run_id,
-        }).scalars())
+        copied = set(
+            conn.execute(
+                COPY_SAME_TEXT_SQL,
+                {
+                    "vids": [vid for vid, _, _ in todo],
+                    "hashes": [h for _, _, h in todo],
+                    "m": model,
+                    "run": run_id,
+                },
+            ).scalars()
+        )
         rest = [(vid, views, h) for vid, views, h in todo if vid not in copied]
         if rest:
             try:
                 embedder = get_embedder(model)
             except (KbError, OSError, ValueError) as e:
-                raise KbError(f"cannot embed the new template version(s) with {model!r} ({e}); nothing was "
-                              "written. Make the model available, or pass --no-embed and run "
-                              f"`reasonflux embed --model {model}` later") from None
+                raise KbError(
+                    f"cannot embed the new template version(s) with {model!r} ({e}); nothing was "
+                    "written. Make the model available, or pass --no-embed and run "
+                    f"`reasonflux embed --model {model}` later"
+                ) from None
             vecs = embedder.encode_views([views for _, views, _ in rest])
-            conn.execute(_UPSERT, [{"v": vid, "m": model, "d": embedder.dim, "h": h, "r": run_id,
-                                    "e": "[" + ",".join(f"{x:.9g}" for x in vec) + "]"}
-                                   for (vid, _, h), vec in zip(rest, vecs)])
+            conn.execute(
+                _UPSERT,
+                [
+                    {
+                        "v": vid,
+                        "m": model,
+                        "d": embedder.dim,
+                        "h": h,
+                        "r": run_id,
+                        "e": "[" + ",".join(f"{x:.9g}" for x in vec) + "]",
+                    }
+                    for (vid, _, h), vec in zip(rest, vecs)
+                ],
+            )
         written[model] = len(copied) + len(rest)
     return written
 
@@ -112,16 +161,21 @@ COPY_SAME_TEXT_SQL = sa.text(
     "ORDER BY x.vid "
     "ON CONFLICT (version_id, model) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding, "
     "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now() "
-    "RETURNING version_id")
+    "RETURNING version_id"
+)
 _UPSERT = sa.text(
     "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
     "VALUES (:v, :m, :d, CAST(:e AS vector), :h, :r) "
     "ON CONFLICT (version_id, model) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding, "
-    "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now()")
+    "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now()"
+)
 
 
 def missing_vectors_advice(counts: dict[str, int]) -> list[str]:
     """One line per model with current versions lacking vectors: the count and the command that fixes it."""
-    return [f"{n} current template version(s) have no vector for {model!r}, so vector and hybrid search "
-            f"cannot rank them: run `reasonflux embed --model {model}`"
-            for model, n in counts.items() if n]
+    return [
+        f"{n} current template version(s) have no vector for {model!r}, so vector and hybrid search "
+        f"cannot rank them: run `reasonflux embed --model {model}`"
+        for model, n in counts.items()
+        if n
+    ]

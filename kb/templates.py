@@ -52,16 +52,21 @@ class TemplateSpec:
         return {f: getattr(self, f) for f in CONTENT_FIELDS}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], *, file: str | None = None, record: str | None = None) -> TemplateSpec:
+    def from_dict(
+        cls, data: dict[str, Any], *, file: str | None = None, record: str | None = None
+    ) -> TemplateSpec:
         """Validate a plain dict (from JSON/YAML/flags); errors name the file, record and field."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known - {"key"})
         if unknown:
-            raise InputError(f"unknown field(s) {', '.join(unknown)}", file=file, record=record, field=unknown[0])
+            raise InputError(
+                f"unknown field(s) {', '.join(unknown)}", file=file, record=record, field=unknown[0]
+            )
         for required in ("name", "category"):
             if not isinstance(data.get(required), str) or not data[required].strip():
-                raise InputError("is required and must be a non-empty string", file=file, record=record,
-                                 field=required)
+                raise InputError(
+                    "is required and must be a non-empty string", file=file, record=record, field=required
+                )
         values = dict(data)
         values.pop("key", None)
         for name in ("tags", "steps"):
@@ -71,8 +76,15 @@ class TemplateSpec:
             raise InputError("must be a list of strings", file=file, record=record, field="tags")
         if "extra" in values and not isinstance(values["extra"], dict):
             raise InputError("must be an object", file=file, record=record, field="extra")
-        for name in ("section", "template_type", "description", "application_scope", "example_problem",
-                     "example_solution", "example_answer"):
+        for name in (
+            "section",
+            "template_type",
+            "description",
+            "application_scope",
+            "example_problem",
+            "example_solution",
+            "example_answer",
+        ):
             if values.get(name) is not None and not isinstance(values[name], str):
                 raise InputError("must be a string", file=file, record=record, field=name)
         spec = cls(**values)
@@ -85,7 +97,13 @@ class TemplateSpec:
         return {"key": self.key, **asdict(self)}
 
 
-INDEXED_FIELDS = ("name", "tags", "description", "application_scope", "steps")  # the full-text vector's sources
+INDEXED_FIELDS = (
+    "name",
+    "tags",
+    "description",
+    "application_scope",
+    "steps",
+)  # the full-text vector's sources
 
 
 def check_storable(spec: TemplateSpec, *, file: str | None = None, record: str | None = None) -> None:
@@ -102,8 +120,9 @@ def make_key(category: str, section: str | None, name: str) -> str:
 
 
 def content_hash(content: dict[str, Any]) -> str:
-    canonical = json.dumps({f: content.get(f) for f in CONTENT_FIELDS}, sort_keys=True, ensure_ascii=False,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        {f: content.get(f) for f in CONTENT_FIELDS}, sort_keys=True, ensure_ascii=False, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -122,8 +141,11 @@ def resolve(session: Session, ref: str | int) -> Template:
     """A template by id or key."""
     ref_s = str(ref)
     by_id = ref_s.isdigit() and int(ref_s) <= storable.INT32_MAX  # a bigger number is no id (nor a key)
-    stmt = select(Template).where(Template.id == int(ref_s)) if by_id else select(Template).where(
-        Template.key == ref_s)
+    stmt = (
+        select(Template).where(Template.id == int(ref_s))
+        if by_id
+        else select(Template).where(Template.key == ref_s)
+    )
     template = session.exec(stmt).first()
     if template is None:
         raise NotFound(f"no template {ref_s!r} (give an id or a key like 'Category/Section/Name')")
@@ -135,29 +157,52 @@ def get_version(session: Session, ref: str | int, version_no: int | None = None)
     template = resolve(session, ref)
     no = version_no if version_no is not None else template.current_version_no
     version = session.exec(
-        select(TemplateVersion).where(TemplateVersion.template_id == template.id,
-                                      TemplateVersion.version_no == no)
+        select(TemplateVersion).where(
+            TemplateVersion.template_id == template.id, TemplateVersion.version_no == no
+        )
     ).first()
     if version is None:
-        raise NotFound(f"template {template.key!r} has no version {no} (latest is {template.current_version_no})")
+        raise NotFound(
+            f"template {template.key!r} has no version {no} (latest is {template.current_version_no})"
+        )
     return version
 
 
 def spec_of(template: Template, version: TemplateVersion) -> TemplateSpec:
-    return TemplateSpec(category=template.category, section=template.section,
-                        **{f: getattr(version, f) for f in CONTENT_FIELDS})
+    return TemplateSpec(
+        category=template.category,
+        section=template.section,
+        **{f: getattr(version, f) for f in CONTENT_FIELDS},
+    )
 
 
-def _write_version(session: Session, template: Template, spec: TemplateSpec, *, parent_id: int | None,
-                   source_kind: str, source_ref: str | None, provenance: dict | None, change_note: str | None,
-                   run_id: int | None, author: str | None) -> TemplateVersion:
+def _write_version(
+    session: Session,
+    template: Template,
+    spec: TemplateSpec,
+    *,
+    parent_id: int | None,
+    source_kind: str,
+    source_ref: str | None,
+    provenance: dict | None,
+    change_note: str | None,
+    run_id: int | None,
+    author: str | None,
+) -> TemplateVersion:
     content = spec.content()
     key, template_id, from_no = template.key, template.id, template.current_version_no
     version = TemplateVersion(
-        template_id=template.id, version_no=template.current_version_no + 1, content_hash=content_hash(content),
-        parent_version_id=parent_id, source_kind=source_kind, source_ref=source_ref,
-        provenance=provenance or {}, change_note=change_note, run_id=run_id,
-        author=(author or "").strip() or current_author(), **content,
+        template_id=template.id,
+        version_no=template.current_version_no + 1,
+        content_hash=content_hash(content),
+        parent_version_id=parent_id,
+        source_kind=source_kind,
+        source_ref=source_ref,
+        provenance=provenance or {},
+        change_note=change_note,
+        run_id=run_id,
+        author=(author or "").strip() or current_author(),
+        **content,
     )
     session.add(version)
     try:
@@ -177,10 +222,17 @@ def _write_version(session: Session, template: Template, spec: TemplateSpec, *, 
     return version
 
 
-def create_template(session: Session, spec: TemplateSpec, *, source_kind: str = "user",
-                    source_ref: str | None = None, provenance: dict | None = None,
-                    change_note: str | None = None, run_id: int | None = None,
-                    author: str | None = None) -> TemplateVersion:
+def create_template(
+    session: Session,
+    spec: TemplateSpec,
+    *,
+    source_kind: str = "user",
+    source_ref: str | None = None,
+    provenance: dict | None = None,
+    change_note: str | None = None,
+    run_id: int | None = None,
+    author: str | None = None,
+) -> TemplateVersion:
     if session.exec(select(Template.id).where(Template.key == spec.key)).first() is not None:
         raise ConflictError(f"template {spec.key!r} already exists; use edit")
     template = Template(key=spec.key, category=spec.category, section=spec.section)
@@ -189,15 +241,33 @@ def create_template(session: Session, spec: TemplateSpec, *, source_kind: str = 
         session.flush()
     except sa.exc.IntegrityError:
         raise ConflictError(f"template {spec.key!r} was created concurrently") from None
-    return _write_version(session, template, spec, parent_id=None, source_kind=source_kind,
-                          source_ref=source_ref, provenance=provenance, change_note=change_note or "created",
-                          run_id=run_id, author=author)
+    return _write_version(
+        session,
+        template,
+        spec,
+        parent_id=None,
+        source_kind=source_kind,
+        source_ref=source_ref,
+        provenance=provenance,
+        change_note=change_note or "created",
+        run_id=run_id,
+        author=author,
+    )
 
 
-def edit_template(session: Session, ref: str | int, changes: dict[str, Any] | TemplateSpec, *,
-                  expect_version: int | None = None, source_kind: str = "user", source_ref: str | None = None,
-                  provenance: dict | None = None, change_note: str | None = None,
-                  run_id: int | None = None, author: str | None = None) -> tuple[TemplateVersion, bool]:
+def edit_template(
+    session: Session,
+    ref: str | int,
+    changes: dict[str, Any] | TemplateSpec,
+    *,
+    expect_version: int | None = None,
+    source_kind: str = "user",
+    source_ref: str | None = None,
+    provenance: dict | None = None,
+    change_note: str | None = None,
+    run_id: int | None = None,
+    author: str | None = None,
+) -> tuple[TemplateVersion, bool]:
     """Write a new version with CHANGES applied; (version, changed). No-op when nothing changed.
 
     expect_version: the version the caller read; a mismatch raises ConflictError and writes nothing.
@@ -215,9 +285,18 @@ def edit_template(session: Session, ref: str | int, changes: dict[str, Any] | Te
         new = TemplateSpec.from_dict({**asdict(base), **changes})
     if content_hash(new.content()) == current.content_hash:
         return current, False
-    version = _write_version(session, template, new, parent_id=current.id, source_kind=source_kind,
-                             source_ref=source_ref, provenance=provenance, change_note=change_note,
-                             run_id=run_id, author=author)
+    version = _write_version(
+        session,
+        template,
+        new,
+        parent_id=current.id,
+        source_kind=source_kind,
+        source_ref=source_ref,
+        provenance=provenance,
+        change_note=change_note,
+        run_id=run_id,
+        author=author,
+    )
     return version, True
 
 
@@ -229,9 +308,16 @@ def _check_expected(template: Template, expect_version: int | None) -> None:
         )
 
 
-def revert_template(session: Session, ref: str | int, to_version: int, *, expect_version: int | None = None,
-                    author: str | None = None, change_note: str | None = None,
-                    source_ref: str | None = None) -> tuple[TemplateVersion, bool]:
+def revert_template(
+    session: Session,
+    ref: str | int,
+    to_version: int,
+    *,
+    expect_version: int | None = None,
+    author: str | None = None,
+    change_note: str | None = None,
+    source_ref: str | None = None,
+) -> tuple[TemplateVersion, bool]:
     """Write a new version whose content equals version TO_VERSION; (version, changed).
 
     History keeps everything: the versions after TO_VERSION stay, and the new one records which
@@ -244,10 +330,21 @@ def revert_template(session: Session, ref: str | int, to_version: int, *, expect
     if target.content_hash == current.content_hash:
         return current, False
     version = _write_version(
-        session, template, spec_of(template, target), parent_id=current.id, source_kind="user",
-        source_ref=source_ref, provenance={"reverted_to": target.version_no, "reverted_to_version_id": target.id,
-                                           "reverted_from": current.version_no},
-        change_note=change_note or f"revert to version {target.version_no}", run_id=None, author=author)
+        session,
+        template,
+        spec_of(template, target),
+        parent_id=current.id,
+        source_kind="user",
+        source_ref=source_ref,
+        provenance={
+            "reverted_to": target.version_no,
+            "reverted_to_version_id": target.id,
+            "reverted_from": current.version_no,
+        },
+        change_note=change_note or f"revert to version {target.version_no}",
+        run_id=None,
+        author=author,
+    )
     return version, True
 
 
@@ -273,10 +370,13 @@ def set_status(session: Session, ref: str | int, status: str) -> Template:
 
 def history(session: Session, ref: str | int) -> list[TemplateVersion]:
     template = resolve(session, ref)
-    return list(session.exec(
-        select(TemplateVersion).where(TemplateVersion.template_id == template.id)
-        .order_by(TemplateVersion.version_no)
-    ))
+    return list(
+        session.exec(
+            select(TemplateVersion)
+            .where(TemplateVersion.template_id == template.id)
+            .order_by(TemplateVersion.version_no)
+        )
+    )
 
 
 def blame(versions: list[TemplateVersion]) -> list[dict[str, Any]]:
@@ -288,38 +388,69 @@ def blame(versions: list[TemplateVersion]) -> list[dict[str, Any]]:
             if previous is None or getattr(v, f) != getattr(previous, f):
                 last[f] = v
         previous = v
-    return [{"field": f, "version": v.version_no, "author": v.author, "run_id": v.run_id,
-             "source_kind": v.source_kind, "change_note": v.change_note, "created_at": v.created_at}
-            for f in CONTENT_FIELDS if (v := last.get(f)) is not None]
+    return [
+        {
+            "field": f,
+            "version": v.version_no,
+            "author": v.author,
+            "run_id": v.run_id,
+            "source_kind": v.source_kind,
+            "change_note": v.change_note,
+            "created_at": v.created_at,
+        }
+        for f in CONTENT_FIELDS
+        if (v := last.get(f)) is not None
+    ]
 
 
 def diff_versions(a: TemplateVersion, b: TemplateVersion) -> list[dict[str, Any]]:
     """Field-by-field differences between two versions: [{field, old, new}]."""
     return [
         {"field": f, "old": getattr(a, f), "new": getattr(b, f)}
-        for f in CONTENT_FIELDS if getattr(a, f) != getattr(b, f)
+        for f in CONTENT_FIELDS
+        if getattr(a, f) != getattr(b, f)
     ]
 
 
 def version_dict(template: Template, version: TemplateVersion) -> dict[str, Any]:
     """A template at a version, as one flat record for output."""
     return {
-        "id": template.id, "key": template.key, "category": template.category, "section": template.section,
-        "status": template.status, "version": version.version_no, "current_version": template.current_version_no,
-        "version_id": version.id, **{f: getattr(version, f) for f in CONTENT_FIELDS},
-        "content_hash": version.content_hash, "parent_version_id": version.parent_version_id,
-        "source_kind": version.source_kind, "source_ref": version.source_ref, "provenance": version.provenance,
-        "change_note": version.change_note, "author": version.author, "run_id": version.run_id,
+        "id": template.id,
+        "key": template.key,
+        "category": template.category,
+        "section": template.section,
+        "status": template.status,
+        "version": version.version_no,
+        "current_version": template.current_version_no,
+        "version_id": version.id,
+        **{f: getattr(version, f) for f in CONTENT_FIELDS},
+        "content_hash": version.content_hash,
+        "parent_version_id": version.parent_version_id,
+        "source_kind": version.source_kind,
+        "source_ref": version.source_ref,
+        "provenance": version.provenance,
+        "change_note": version.change_note,
+        "author": version.author,
+        "run_id": version.run_id,
         "created_at": version.created_at,
     }
 
 
-def list_templates(session: Session, *, tags: list[str] | tuple[str, ...] = (), category: str | None = None,
-                   section: str | None = None, status: str | None = None, text: str | None = None,
-                   limit: int | None = None) -> list[tuple[Template, TemplateVersion]]:
+def list_templates(
+    session: Session,
+    *,
+    tags: list[str] | tuple[str, ...] = (),
+    category: str | None = None,
+    section: str | None = None,
+    status: str | None = None,
+    text: str | None = None,
+    limit: int | None = None,
+) -> list[tuple[Template, TemplateVersion]]:
     """Templates at their current version, filtered. Tags must all be present (case-insensitive);
     text matches name/description by substring (ILIKE) or by full-text search."""
-    stmt = select(Template, TemplateVersion).join(TemplateVersion, TemplateVersion.id == Template.current_version_id)
+    stmt = select(Template, TemplateVersion).join(
+        TemplateVersion, TemplateVersion.id == Template.current_version_id
+    )
     if status is not None:
         if status not in STATUSES:
             raise InputError(f"status must be one of {', '.join(STATUSES)}", field="status")
@@ -330,14 +461,18 @@ def list_templates(session: Session, *, tags: list[str] | tuple[str, ...] = (), 
         stmt = stmt.where(sa.func.lower(Template.section) == section.lower())
     for tag in tags:
         tag_values = sa.func.unnest(TemplateVersion.tags).table_valued("tag").render_derived()
-        stmt = stmt.where(sa.exists().select_from(tag_values).where(sa.func.lower(tag_values.c.tag) == tag.lower()))
+        stmt = stmt.where(
+            sa.exists().select_from(tag_values).where(sa.func.lower(tag_values.c.tag) == tag.lower())
+        )
     if text:
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        stmt = stmt.where(sa.or_(
-            TemplateVersion.name.ilike(pattern, escape="\\"),
-            TemplateVersion.description.ilike(pattern, escape="\\"),
-            TemplateVersion.search_tsv.op("@@")(sa.func.websearch_to_tsquery("english", text)),
-        ))
+        stmt = stmt.where(
+            sa.or_(
+                TemplateVersion.name.ilike(pattern, escape="\\"),
+                TemplateVersion.description.ilike(pattern, escape="\\"),
+                TemplateVersion.search_tsv.op("@@")(sa.func.websearch_to_tsquery("english", text)),
+            )
+        )
     stmt = stmt.order_by(Template.category, Template.section, TemplateVersion.name, Template.id)
     if limit is not None:
         stmt = stmt.limit(limit)

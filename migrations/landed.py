@@ -31,32 +31,54 @@ CURRENT = "main"
 # that is a prefix of a later one with the same files (0001 alone, 0001-0003) needs no entry of its own.
 CHAINS: dict[str, tuple[Landed, ...]] = {
     # 0002 then cast the view's counts to int (d995797): the same tables, columns and view columns.
-    "1aa7580": (_0001, Landed("0002", "4fb3144f5048ba2192198d05a70e4dcc0b6c1e73ec8dabb78060062390ffd85b", "0002")),
-    "106eb62": (_0001, _0002, _0003,
-                Landed("0008", "d6f284cac3f43fdffb427bb74722b19d13d8cbaa4d03d86f9943ca19a9c9a7ee", "0005")),
+    "1aa7580": (
+        _0001,
+        Landed("0002", "4fb3144f5048ba2192198d05a70e4dcc0b6c1e73ec8dabb78060062390ffd85b", "0002"),
+    ),
+    "106eb62": (
+        _0001,
+        _0002,
+        _0003,
+        Landed("0008", "d6f284cac3f43fdffb427bb74722b19d13d8cbaa4d03d86f9943ca19a9c9a7ee", "0005"),
+    ),
     "fd4158a": (_0001, _0002, _0003, _B_0006, _B_0008),
-    "b6d039d": (_0001, _0002, _0003, _B_0006, _B_0008,
-                Landed("0005", "f72a4711188cea881186e31a9d22bf33571acca3608d93e11f7b5f71df27ceda", "0006")),
+    "b6d039d": (
+        _0001,
+        _0002,
+        _0003,
+        _B_0006,
+        _B_0008,
+        Landed("0005", "f72a4711188cea881186e31a9d22bf33571acca3608d93e11f7b5f71df27ceda", "0006"),
+    ),
     # Since 74e2da1: today's chain. A migration that lands is appended here (never edit or renumber these).
-    CURRENT: (_0001, _0002, _0003,
-              Landed("0004", "7ccfb3b15c13a919a44808de47330ce5af942e9eeb0cc44f0ee32d5b56679853", "0004"),
-              Landed("0005", "9f4659bfaa68902181b99bd1fcea7d54154a0068efe76b06a6bb3e86881ae688", "0005"),
-              Landed("0006", "336235171514b71c7d4d0cd4ea0a0ae88f21a82ba724a53c0ee59e5fa836340c", "0006"),
-              Landed("0007", "67093bb85cfd47ff875e0476a1de97c9d0460b3bde8163a7840004789167475e", "0007"),
-              Landed("0009", "f06db3bc2df0d574a8d9f91be27e069e0562f6d172d76600b7ee80a33a459d4d", "0009"),
-              Landed("0010", "b668eeef55cbe73866ed08718921971425ea302d210214733b90347cbeeac10a", "0010")),
+    CURRENT: (
+        _0001,
+        _0002,
+        _0003,
+        Landed("0004", "7ccfb3b15c13a919a44808de47330ce5af942e9eeb0cc44f0ee32d5b56679853", "0004"),
+        Landed("0005", "9f4659bfaa68902181b99bd1fcea7d54154a0068efe76b06a6bb3e86881ae688", "0005"),
+        Landed("0006", "336235171514b71c7d4d0cd4ea0a0ae88f21a82ba724a53c0ee59e5fa836340c", "0006"),
+        Landed("0007", "67093bb85cfd47ff875e0476a1de97c9d0460b3bde8163a7840004789167475e", "0007"),
+        Landed("0009", "f06db3bc2df0d574a8d9f91be27e069e0562f6d172d76600b7ee80a33a459d4d", "0009"),
+        Landed("0010", "b668eeef55cbe73866ed08718921971425ea302d210214733b90347cbeeac10a", "0010"),
+    ),
 }
 
 # Ids that landed with a meaning today's chain does not give them: never used again by a new migration.
 RETIRED = frozenset(x.revision for chain in CHAINS.values() for x in chain) - {
-    x.revision for x in CHAINS[CURRENT]}
+    x.revision for x in CHAINS[CURRENT]
+}
 
 # What each of today's revisions that an earlier chain numbered differently creates, as (table, column)
 # (column None: the table). A schema has a revision's change when it has all of these objects.
 PROBES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "0004": (("template_version", "author"), ("solve_step_template", None)),
     "0005": (("trajectory_step", "template_phrase"),),
-    "0006": (("pipeline_run", "heartbeat_at"), ("training_run", "heartbeat_at"), ("training_run", "host"),
-             ("training_run", "pid")),
+    "0006": (
+        ("pipeline_run", "heartbeat_at"),
+        ("training_run", "heartbeat_at"),
+        ("training_run", "host"),
+        ("training_run", "pid"),
+    ),
     "0007": (("retriever_model", None),),
 }

@@ -28,7 +28,9 @@ FALLBACK_NAVIGATOR = "demo-fallback"
 
 def _stored(db: Database, run_id: int) -> dict[str, Any]:
     with db.engine.connect() as conn:
-        row = conn.execute(sa.text("""
+        row = (
+            conn.execute(
+                sa.text("""
             SELECT (SELECT count(*) FROM llm_call WHERE run_id = :r) AS llm_calls,
                    (SELECT count(*) FROM failure WHERE run_id = :r) AS failures,
                    (SELECT count(*) FROM template_version WHERE run_id = :r) AS template_versions,
@@ -36,30 +38,54 @@ def _stored(db: Database, run_id: int) -> dict[str, Any]:
                    (SELECT count(*) FROM rollout WHERE run_id = :r) AS rollouts,
                    (SELECT count(*) FILTER (WHERE correct) FROM rollout WHERE run_id = :r) AS rollouts_correct,
                    (SELECT left(reason, 120) FROM failure WHERE run_id = :r ORDER BY id LIMIT 1) AS first_failure
-        """), {"r": run_id}).mappings().one()
+        """),
+                {"r": run_id},
+            )
+            .mappings()
+            .one()
+        )
     return {"run_id": run_id, **dict(row)}
 
 
-def run_llm_stages_demo(db: Database, model_dir: str | Path, problem_ids: list[int], *,
-                        n_samples: int = 2, max_tokens: int = 48) -> dict[str, Any]:
+def run_llm_stages_demo(
+    db: Database, model_dir: str | Path, problem_ids: list[int], *, n_samples: int = 2, max_tokens: int = 48
+) -> dict[str, Any]:
     """Run mine, sample and evaluate on PROBLEM_IDS with the model in MODEL_DIR; what each stage stored."""
     role = RoleConfig("transformers", {"model_path": str(model_dir)})
     selection = "ids=" + ",".join(str(i) for i in problem_ids)
     short = SamplingParams(temperature=0.0, max_tokens=max_tokens)
     mined = mine(db, selection, role, max_retries=1, sampling=short, progress=False)
-    sampled = sample(db, selection, role, n=n_samples, navigator_name="tiny-navigator",
-                     sampling=SamplingParams(temperature=0.8, max_tokens=max_tokens), progress=False)
+    sampled = sample(
+        db,
+        selection,
+        role,
+        n=n_samples,
+        navigator_name="tiny-navigator",
+        sampling=SamplingParams(temperature=0.8, max_tokens=max_tokens),
+        progress=False,
+    )
     with db.engine.begin() as conn:
         for pid in problem_ids:
-            insert_trajectory(conn, pid, [("Restate the problem in general terms", None, None),
-                                          ("Apply the matching method and compute the answer", None, None)],
-                              FALLBACK_NAVIGATOR, "demo", abstraction="demo plan", raw_output="",
-                              sampling={**navigator.recorded(), "written_by": "demo"})
+            insert_trajectory(
+                conn,
+                pid,
+                [
+                    ("Restate the problem in general terms", None, None),
+                    ("Apply the matching method and compute the answer", None, None),
+                ],
+                FALLBACK_NAVIGATOR,
+                "demo",
+                abstraction="demo plan",
+                raw_output="",
+                sampling={**navigator.recorded(), "written_by": "demo"},
+            )
     traj_sel = "problem=" + ",".join(str(i) for i in problem_ids)
     evaluated = evaluate(db, traj_sel, role, sampling=short, progress=False)
     return {
         "mine": {**_stored(db, mined["run_id"]), "units_failed": mined["units_failed"]},
         "sample": {**_stored(db, sampled["run_id"]), "units_failed": sampled["units_failed"]},
-        "evaluate": {**_stored(db, evaluated["run_id"]),
-                     "evaluated_on_anchor_only": evaluated.get("evaluated_on_anchor_only", 0)},
+        "evaluate": {
+            **_stored(db, evaluated["run_id"]),
+            "evaluated_on_anchor_only": evaluated.get("evaluated_on_anchor_only", 0),
+        },
     }

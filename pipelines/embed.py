@@ -31,7 +31,7 @@ BATCH = 64
 
 def _batches(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _prepare(db: Database, table: str, embedder: Embedder) -> None:
@@ -40,10 +40,13 @@ def _prepare(db: Database, table: str, embedder: Embedder) -> None:
             ensure_hnsw_index(conn, table, embedder.name, embedder.dim)
 
 
-def _template_candidates(db: Database, model: str, version_ids: list[int] | None,
-                         recompute: bool) -> list[dict[str, Any]]:
+def _template_candidates(
+    db: Database, model: str, version_ids: list[int] | None, recompute: bool
+) -> list[dict[str, Any]]:
     """Versions to embed: the given ones, or every current version, with their stored text hash."""
-    where = "v.id = ANY(:ids)" if version_ids is not None else "v.id IN (SELECT current_version_id FROM template)"
+    where = (
+        "v.id = ANY(:ids)" if version_ids is not None else "v.id IN (SELECT current_version_id FROM template)"
+    )
     sql = sa.text(
         "SELECT v.id, v.name, v.tags, v.description, v.application_scope, v.steps, e.text_hash "
         "FROM template_version v LEFT JOIN template_embedding e ON e.version_id = v.id AND e.model = :m "
@@ -66,14 +69,29 @@ def _template_candidates(db: Database, model: str, version_ids: list[int] | None
 def _copy_same_text(db: Database, model: str, todo: list[dict[str, Any]], run_id: int | None) -> set[int]:
     """Give versions the stored vector of another version with the same embedded text; the ids done."""
     with db.engine.begin() as conn:
-        return set(conn.execute(COPY_SAME_TEXT_SQL, {
-            "vids": [c["id"] for c in todo], "hashes": [c["hash"] for c in todo], "m": model, "run": run_id,
-        }).scalars())
+        return set(
+            conn.execute(
+                COPY_SAME_TEXT_SQL,
+                {
+                    "vids": [c["id"] for c in todo],
+                    "hashes": [c["hash"] for c in todo],
+                    "m": model,
+                    "run": run_id,
+                },
+            ).scalars()
+        )
 
 
-def embed_templates(db: Database, model: str | None = None, version_ids: list[int] | None = None,
-                    run_id: int | None = None, *, recompute: bool = False, batch_size: int = BATCH,
-                    progress: bool | None = None) -> int:
+def embed_templates(
+    db: Database,
+    model: str | None = None,
+    version_ids: list[int] | None = None,
+    run_id: int | None = None,
+    *,
+    recompute: bool = False,
+    batch_size: int = BATCH,
+    progress: bool | None = None,
+) -> int:
     """Embed template versions lacking an up-to-date vector for MODEL; returns how many were written.
 
     Without VERSION_IDS: every current version. With them: exactly those versions.
@@ -93,8 +111,17 @@ def embed_templates(db: Database, model: str | None = None, version_ids: list[in
     with progress_bar(len(todo), f"embedding templates ({embedder.name})", enabled=progress) as advance:
         for chunk in _batches(todo, batch_size):
             vecs = embedder.encode_views([c["views"] for c in chunk], batch_size=batch_size)
-            rows = [{"version_id": c["id"], "model": embedder.name, "dim": embedder.dim, "embedding": v,
-                     "text_hash": c["hash"], "run_id": run_id} for c, v in zip(chunk, vecs)]
+            rows = [
+                {
+                    "version_id": c["id"],
+                    "model": embedder.name,
+                    "dim": embedder.dim,
+                    "embedding": v,
+                    "text_hash": c["hash"],
+                    "run_id": run_id,
+                }
+                for c, v in zip(chunk, vecs)
+            ]
             stmt = insert(table).values(rows)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["version_id", "model"],
@@ -108,9 +135,16 @@ def embed_templates(db: Database, model: str | None = None, version_ids: list[in
     return written
 
 
-def embed_problems(db: Database, model: str | None = None, problem_ids: list[int] | None = None,
-                   run_id: int | None = None, *, recompute: bool = False, batch_size: int = BATCH,
-                   progress: bool | None = None) -> int:
+def embed_problems(
+    db: Database,
+    model: str | None = None,
+    problem_ids: list[int] | None = None,
+    run_id: int | None = None,
+    *,
+    recompute: bool = False,
+    batch_size: int = BATCH,
+    progress: bool | None = None,
+) -> int:
     """Embed problems (their text) lacking a vector for MODEL, or the given ones; returns the count."""
     embedder = get_embedder(model, db)
     conds = ["(:recompute OR e.problem_id IS NULL)"]
@@ -132,14 +166,24 @@ def embed_problems(db: Database, model: str | None = None, problem_ids: list[int
     written = 0
     with progress_bar(len(todo), f"embedding problems ({embedder.name})", enabled=progress) as advance:
         for chunk in _batches(todo, batch_size):
-            vecs = embedder.encode([unicodedata.normalize("NFKC", c["text"]) for c in chunk],
-                                   batch_size=batch_size)
-            rows = [{"problem_id": c["id"], "model": embedder.name, "dim": embedder.dim, "embedding": v,
-                     "run_id": run_id} for c, v in zip(chunk, vecs)]
+            vecs = embedder.encode(
+                [unicodedata.normalize("NFKC", c["text"]) for c in chunk], batch_size=batch_size
+            )
+            rows = [
+                {
+                    "problem_id": c["id"],
+                    "model": embedder.name,
+                    "dim": embedder.dim,
+                    "embedding": v,
+                    "run_id": run_id,
+                }
+                for c, v in zip(chunk, vecs)
+            ]
             stmt = insert(table).values(rows)
             stmt = stmt.on_conflict_do_update(
                 index_elements=["problem_id", "model"],
-                set_={k: stmt.excluded[k] for k in ("dim", "embedding", "run_id")} | {"created_at": sa.func.now()},
+                set_={k: stmt.excluded[k] for k in ("dim", "embedding", "run_id")}
+                | {"created_at": sa.func.now()},
             )
             with db.engine.begin() as conn:
                 conn.execute(stmt)
@@ -148,12 +192,15 @@ def embed_problems(db: Database, model: str | None = None, problem_ids: list[int
     return written
 
 
-def embed_new_templates(db: Database, version_ids: list[int] | None = None, run_id: int | None = None, *,
-                        model: str | None = None) -> int:
+def embed_new_templates(
+    db: Database, version_ids: list[int] | None = None, run_id: int | None = None, *, model: str | None = None
+) -> int:
     """Vectors for new template versions with MODEL (default: the configured one) and with every other
     model the KB holds template vectors for, so none of them misses the versions; returns the count."""
     with db.engine.connect() as conn:
         models = held_models(conn)
     chosen = config.embed_model_name(model)
-    return sum(embed_templates(db, m, version_ids=version_ids, run_id=run_id)
-               for m in [chosen, *(m for m in models if m != chosen)])
+    return sum(
+        embed_templates(db, m, version_ids=version_ids, run_id=run_id)
+        for m in [chosen, *(m for m in models if m != chosen)]
+    )

@@ -49,8 +49,17 @@ _TRAJECTORIES_SQL = sa.text("""
 class EvaluateHandler:
     stage = STAGE
 
-    def __init__(self, db: Database, run_id: int, role: RoleConfig | Backend, *, samples: int = 1,
-                 sampling: SamplingParams = DEFAULT_SAMPLING, base_seed: int = 0, prompts_dir: str | None = None):
+    def __init__(
+        self,
+        db: Database,
+        run_id: int,
+        role: RoleConfig | Backend,
+        *,
+        samples: int = 1,
+        sampling: SamplingParams = DEFAULT_SAMPLING,
+        base_seed: int = 0,
+        prompts_dir: str | None = None,
+    ):
         self.db, self.run_id = db, run_id
         self.backend = LoggedBackend(backend_for(role), db, run_id, STAGE)
         self.samples, self.sampling, self.base_seed = samples, sampling, base_seed
@@ -58,8 +67,12 @@ class EvaluateHandler:
 
     def process(self, units: list[Unit]) -> list[Outcome]:
         with self.db.engine.connect() as conn:
-            trajs = {r["id"]: dict(r) for r in conn.execute(
-                _TRAJECTORIES_SQL, {"ids": [u.payload["trajectory_id"] for u in units]}).mappings()}
+            trajs = {
+                r["id"]: dict(r)
+                for r in conn.execute(
+                    _TRAJECTORIES_SQL, {"ids": [u.payload["trajectory_id"] for u in units]}
+                ).mappings()
+            }
         reqs, index = [], []
         for u in units:
             t = trajs.get(u.payload["trajectory_id"])
@@ -69,11 +82,14 @@ class EvaluateHandler:
             for target in t["targets"]:
                 if not (target["answer"] or "").strip():
                     continue  # nothing to grade against
-                messages = self.prompts.messages("inference", problem=target["text"], steps=steps,
-                                                 abstraction=t["abstraction"] or "")
+                messages = self.prompts.messages(
+                    "inference", problem=target["text"], steps=steps, abstraction=t["abstraction"] or ""
+                )
                 for i in range(self.samples):
                     params = replace(self.sampling, seed=self.base_seed + i)
-                    reqs.append(ChatRequest(messages, params, tags={"unit": u.key, "problem": target["id"], "i": i}))
+                    reqs.append(
+                        ChatRequest(messages, params, tags={"unit": u.key, "problem": target["id"], "i": i})
+                    )
                     index.append((u, t, target, i))
         comps = self.backend.generate(reqs) if reqs else []
         errors = [c.error for c in comps if c.error]
@@ -84,44 +100,84 @@ class EvaluateHandler:
         for (u, t, target, i), c in zip(index, comps):
             extracted = extract_answer(c.text)
             if extracted is None:
-                failures[u.id].append({"reason": f"problem {target['id']} sample {i}: no final answer "
-                                                 "(no \\boxed{} and no 'answer is' line)",
-                                       "raw_output": c.text, "attempt": i})
-            rows[u.id].append({
-                "trajectory_id": t["id"], "problem_id": target["id"], "sample_index": i,
-                "model": self.backend.model, "output": c.text, "extracted_answer": extracted,
-                "correct": grade(extracted, target["answer"]), "grader": GRADER_NAME,
-                "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "latency_ms": c.latency_ms})
+                failures[u.id].append(
+                    {
+                        "reason": f"problem {target['id']} sample {i}: no final answer "
+                        "(no \\boxed{} and no 'answer is' line)",
+                        "raw_output": c.text,
+                        "attempt": i,
+                    }
+                )
+            rows[u.id].append(
+                {
+                    "trajectory_id": t["id"],
+                    "problem_id": target["id"],
+                    "sample_index": i,
+                    "model": self.backend.model,
+                    "output": c.text,
+                    "extracted_answer": extracted,
+                    "correct": grade(extracted, target["answer"]),
+                    "grader": GRADER_NAME,
+                    "prompt_tokens": c.prompt_tokens,
+                    "completion_tokens": c.completion_tokens,
+                    "latency_ms": c.latency_ms,
+                }
+            )
         outcomes = []
         for u in units:
             t = trajs.get(u.payload["trajectory_id"])
             if t is None:
-                outcomes.append(Outcome(status="failed", failures=[{"reason": "trajectory no longer exists"}]))
+                outcomes.append(
+                    Outcome(status="failed", failures=[{"reason": "trajectory no longer exists"}])
+                )
             elif not rows[u.id]:
-                outcomes.append(Outcome(status="failed", failures=[
-                    {"reason": "no problem with a reference answer to evaluate on"}]))
+                outcomes.append(
+                    Outcome(
+                        status="failed",
+                        failures=[{"reason": "no problem with a reference answer to evaluate on"}],
+                    )
+                )
             else:
-                outcomes.append(Outcome(data={"rows": rows[u.id], "anchor_only": t["similar_set_id"] is None},
-                                        failures=failures[u.id]))
+                outcomes.append(
+                    Outcome(
+                        data={"rows": rows[u.id], "anchor_only": t["similar_set_id"] is None},
+                        failures=failures[u.id],
+                    )
+                )
         return outcomes
 
     def write(self, conn: sa.Connection, unit: Unit, outcome: Outcome, run_id: int) -> dict[str, int]:
         rows = [{**r, "run_id": run_id} for r in outcome.data["rows"]]
         written = insert_rollouts(conn, rows)
-        return {"rollouts_written": written, "rollouts_correct": sum(1 for r in rows if r["correct"]),
-                "rollouts_without_answer": sum(1 for r in rows if r["extracted_answer"] is None),
-                "evaluated_on_anchor_only": int(outcome.data["anchor_only"])}
+        return {
+            "rollouts_written": written,
+            "rollouts_correct": sum(1 for r in rows if r["correct"]),
+            "rollouts_without_answer": sum(1 for r in rows if r["extracted_answer"] is None),
+            "evaluated_on_anchor_only": int(outcome.data["anchor_only"]),
+        }
 
 
 def make_handler(db: Database, run_id: int, **options: Any) -> EvaluateHandler:
     return EvaluateHandler(db, run_id, **options)
 
 
-def evaluate(db: Database, trajectories: str, role: RoleConfig | Backend, *, samples: int = 1,
-             sampling: SamplingParams = DEFAULT_SAMPLING, base_seed: int = 0, prompts_dir: str | None = None,
-             workers: int = 1, batch_size: int = 2, retry_failed: bool = False, lease_s: float | None = None,
-             max_attempts: int | None = None, refresh: bool = True, progress: bool | None = None) -> dict[str, Any]:
+def evaluate(
+    db: Database,
+    trajectories: str,
+    role: RoleConfig | Backend,
+    *,
+    samples: int = 1,
+    sampling: SamplingParams = DEFAULT_SAMPLING,
+    base_seed: int = 0,
+    prompts_dir: str | None = None,
+    workers: int = 1,
+    batch_size: int = 2,
+    retry_failed: bool = False,
+    lease_s: float | None = None,
+    max_attempts: int | None = None,
+    refresh: bool = True,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Roll out the selected trajectories on their similar sets; returns the run's counts."""
     if samples < 1:
         from kb.errors import InputError
@@ -130,16 +186,42 @@ def evaluate(db: Database, trajectories: str, role: RoleConfig | Backend, *, sam
     selection = parse_selection(trajectories, TRAJECTORY_KEYS, option="--trajectories")
     with db.engine.connect() as conn:
         ids = select_trajectory_ids(conn, selection)
-    params = {"trajectories": selection.to_dict(), "llm": describe_role(role), "samples": samples,
-              "sampling": sampling.to_dict(), "base_seed": base_seed, "grader": GRADER_NAME,
-              "prompt_hash": Prompts(prompts_dir).hash("inference")}
-    factory = functools.partial(make_handler, role=role, samples=samples, sampling=sampling, base_seed=base_seed,
-                                prompts_dir=prompts_dir)
+    params = {
+        "trajectories": selection.to_dict(),
+        "llm": describe_role(role),
+        "samples": samples,
+        "sampling": sampling.to_dict(),
+        "base_seed": base_seed,
+        "grader": GRADER_NAME,
+        "prompt_hash": Prompts(prompts_dir).hash("inference"),
+    }
+    factory = functools.partial(
+        make_handler,
+        role=role,
+        samples=samples,
+        sampling=sampling,
+        base_seed=base_seed,
+        prompts_dir=prompts_dir,
+    )
     extra = {k: v for k, v in (("lease_s", lease_s), ("max_attempts", max_attempts)) if v is not None}
-    counts = run_stage(db, stage=STAGE, params=params, units=[(f"trajectory:{i}", {"trajectory_id": i}) for i in ids],
-                       factory=factory, workers=workers, batch_size=batch_size, retry_failed=retry_failed,
-                       progress=progress, counters=("rollouts_written", "rollouts_correct", "rollouts_without_answer",
-                                                    "evaluated_on_anchor_only"), **extra)
+    counts = run_stage(
+        db,
+        stage=STAGE,
+        params=params,
+        units=[(f"trajectory:{i}", {"trajectory_id": i}) for i in ids],
+        factory=factory,
+        workers=workers,
+        batch_size=batch_size,
+        retry_failed=retry_failed,
+        progress=progress,
+        counters=(
+            "rollouts_written",
+            "rollouts_correct",
+            "rollouts_without_answer",
+            "evaluated_on_anchor_only",
+        ),
+        **extra,
+    )
     if refresh and counts.get("rollouts_written"):
         from kb.rewards import refresh_rewards
 

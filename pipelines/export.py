@@ -42,8 +42,10 @@ from pipelines import licences, navigator
 
 KINDS = ("dpo", "sft", "templates", "problems")
 
-SFT_QUESTION = ("Thought template: {name}\nTags: {tags}\n\nDescribe this thought template and state its "
-                "application scope.")
+SFT_QUESTION = (
+    "Thought template: {name}\nTags: {tags}\n\nDescribe this thought template and state its "
+    "application scope."
+)
 SFT_ANSWER = "Description: {description}\n\nApplication scope: {application_scope}"
 
 
@@ -59,11 +61,19 @@ def fetch_columns(conn, query: str, params: dict, schema: pa.Schema, order_by: s
     agg = "string_agg({}, ''::bytea ORDER BY " + order_by + ")"
     numbers = [f for f in schema if not pa.types.is_string(f.type)]
     strings = [f for f in schema if pa.types.is_string(f.type)]
-    sends = [f'{"int8send" if pa.types.is_integer(f.type) else "float8send"}(q."{f.name}"::'
-             f'{"int8" if pa.types.is_integer(f.type) else "float8"})' for f in numbers]
+    sends = [
+        f'{"int8send" if pa.types.is_integer(f.type) else "float8send"}(q."{f.name}"::'
+        f"{'int8' if pa.types.is_integer(f.type) else 'float8'})"
+        for f in numbers
+    ]
     aggs = [agg.format(" || ".join(sends))] if numbers else []
-    aggs += [agg.format(f"""CASE WHEN q."{f.name}" IS NULL THEN '\\xff00'::bytea """
-                        f"""ELSE convert_to(q."{f.name}", 'UTF8') || '\\x00'::bytea END""") for f in strings]
+    aggs += [
+        agg.format(
+            f"""CASE WHEN q."{f.name}" IS NULL THEN '\\xff00'::bytea """
+            f"""ELSE convert_to(q."{f.name}", 'UTF8') || '\\x00'::bytea END"""
+        )
+        for f in strings
+    ]
     with conn.connection.driver_connection.cursor(binary=True) as cur:
         cur.execute(f"SELECT count(*), {', '.join(aggs)} FROM ({query}) AS q", params)
         n, *values = cur.fetchone()
@@ -94,8 +104,9 @@ def _string_array(n: int, raw) -> pa.Array:
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.where(null, 0, ends - starts), out=offsets[1:])
     validity = pa.py_buffer(np.packbits(~null, bitorder="little")) if null.any() else None
-    return pa.Array.from_buffers(pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(buf[keep])],
-                                 null_count=int(null.sum()))
+    return pa.Array.from_buffers(
+        pa.string(), n, [validity, pa.py_buffer(offsets), pa.py_buffer(buf[keep])], null_count=int(null.sum())
+    )
 
 
 # ---- trajectories as navigator-contract conversations -----------------------------------------------------
@@ -115,8 +126,16 @@ _HINTS_SQL = sa.text("""
     FROM unnest(CAST(:keys AS text[])) AS k
 """)
 _PROBLEMS_SQL = "SELECT p.id, p.text FROM unnest(%(ids)s::int8[]) AS sel(id) JOIN problem p ON p.id = sel.id"
-_TRAJECTORY_SCHEMA = pa.schema([("id", pa.int64()), ("problem_id", pa.int64()), ("abstraction", pa.string()),
-                                ("contract", pa.string()), ("hints", pa.string()), ("max_steps", pa.int64())])
+_TRAJECTORY_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("problem_id", pa.int64()),
+        ("abstraction", pa.string()),
+        ("contract", pa.string()),
+        ("hints", pa.string()),
+        ("max_steps", pa.int64()),
+    ]
+)
 _STEPS_SQL = """
     SELECT st.trajectory_id, st.position, st.text, coalesce(v.name, st.template_phrase, st.text) AS template
     FROM unnest(%(ids)s::int8[]) AS sel(id) JOIN trajectory_step st ON st.trajectory_id = sel.id
@@ -130,10 +149,23 @@ class Conversations:
     trajectory the index of its request in `prompts` and of its reply in `replies` (each distinct text
     once), its problem and the contract hash it was sampled under."""
 
-    def __init__(self, ids: np.ndarray, prompt_of: np.ndarray, prompts: list[list], reply_of: np.ndarray,
-                 replies: list[str], problem_ids: np.ndarray, contracts: list[str | None]):
+    def __init__(
+        self,
+        ids: np.ndarray,
+        prompt_of: np.ndarray,
+        prompts: list[list],
+        reply_of: np.ndarray,
+        replies: list[str],
+        problem_ids: np.ndarray,
+        contracts: list[str | None],
+    ):
         self.ids, self.prompt_of, self.prompts = ids, prompt_of, prompts
-        self.reply_of, self.replies, self.problem_ids, self.contracts = reply_of, replies, problem_ids, contracts
+        self.reply_of, self.replies, self.problem_ids, self.contracts = (
+            reply_of,
+            replies,
+            problem_ids,
+            contracts,
+        )
 
     def index(self, trajectory_ids) -> np.ndarray:
         """Positions of TRAJECTORY_IDS (all of which were selected) in `ids`."""
@@ -144,9 +176,15 @@ class Conversations:
         return at
 
     def as_dict(self) -> dict[int, dict[str, Any]]:
-        return {int(tid): {"prompt": self.prompts[self.prompt_of[i]], "reply": self.replies[self.reply_of[i]],
-                           "contract": self.contracts[i], "problem_id": int(self.problem_ids[i])}
-                for i, tid in enumerate(self.ids)}
+        return {
+            int(tid): {
+                "prompt": self.prompts[self.prompt_of[i]],
+                "reply": self.replies[self.reply_of[i]],
+                "contract": self.contracts[i],
+                "problem_id": int(self.problem_ids[i]),
+            }
+            for i, tid in enumerate(self.ids)
+        }
 
 
 def conversation_columns(conn, trajectory_ids) -> Conversations:
@@ -169,8 +207,11 @@ def conversation_columns(conn, trajectory_ids) -> Conversations:
     bad = blank | (starts == ends) | (ends - starts > max_steps)
     if bad.any():
         i = int(np.argmax(bad))
-        raise InputError(f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps[i]} "
-                         "steps", record=f"trajectory {tids[i]}", field="abstraction/steps")
+        raise InputError(
+            f"cannot be rendered as a plan reply: it needs an abstraction and 1..{max_steps[i]} steps",
+            record=f"trajectory {tids[i]}",
+            field="abstraction/steps",
+        )
     hints_of, hint_keys = _codes(traj["hints"])
     first_rows, prompt_of = _distinct_rows(problem_ids, hints_of, max_steps)
     keys = np.stack([problem_ids[first_rows], hints_of[first_rows], max_steps[first_rows]], axis=1)
@@ -184,13 +225,22 @@ def conversation_columns(conn, trajectory_ids) -> Conversations:
         plan = (a, *text_codes[start:end], *template_codes[start:end])
         code = plans.get(plan)
         if code is None:
-            reply = navigator.render_plan(abstractions[a], [(texts[t], templates[n]) for t, n in
-                                                            zip(text_codes[start:end], template_codes[start:end])])
+            reply = navigator.render_plan(
+                abstractions[a],
+                [(texts[t], templates[n]) for t, n in zip(text_codes[start:end], template_codes[start:end])],
+            )
             code = plans[plan] = replies.setdefault(reply, len(replies))
         reply_of.append(code)
     prompts = _prompts(conn, [(p, hint_keys[h], m) for p, h, m in keys.tolist()])
-    return Conversations(tids, prompt_of, prompts, np.asarray(reply_of, dtype=np.int64), list(replies),
-                         problem_ids, traj["contract"].to_pylist())
+    return Conversations(
+        tids,
+        prompt_of,
+        prompts,
+        np.asarray(reply_of, dtype=np.int64),
+        list(replies),
+        problem_ids,
+        traj["contract"].to_pylist(),
+    )
 
 
 def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -214,11 +264,19 @@ def _codes(column: pa.ChunkedArray) -> tuple[np.ndarray, list]:
 
 def _prompts(conn, keys: list[tuple]) -> list[list]:
     """The plan request of each (problem id, recorded hints JSON, step bound) in KEYS, in KEYS' order."""
-    hint_lists = dict(conn.execute(_HINTS_SQL, {"keys": sorted({h for _, h, _ in keys if h is not None})}).all())
+    hint_lists = dict(
+        conn.execute(_HINTS_SQL, {"keys": sorted({h for _, h, _ in keys if h is not None})}).all()
+    )
     hint_ids = sorted({h for ids in hint_lists.values() for h in ids})
-    hints = {r["id"]: navigator.Hint(r["id"], r["name"], r["application_scope"] or r["description"] or "")
-             for r in conn.execute(sa.text("SELECT id, name, application_scope, description FROM template_version "
-                                           "WHERE id = ANY(:ids)"), {"ids": hint_ids}).mappings()}
+    hints = {
+        r["id"]: navigator.Hint(r["id"], r["name"], r["application_scope"] or r["description"] or "")
+        for r in conn.execute(
+            sa.text(
+                "SELECT id, name, application_scope, description FROM template_version WHERE id = ANY(:ids)"
+            ),
+            {"ids": hint_ids},
+        ).mappings()
+    }
     problem_ids = np.unique(np.fromiter((p for p, _, _ in keys), dtype=np.int64, count=len(keys)))
     found = fetch_columns(conn, _PROBLEMS_SQL, {"ids": _array_literal(problem_ids)}, TEXT_SCHEMA, "id")
     problems = dict(zip(found["id"].to_pylist(), found["text"].to_pylist()))
@@ -253,9 +311,12 @@ def check_contracts(contracts: Iterable[str | None], allow_mixed: bool) -> list[
     counts = Counter(c or "unknown" for c in contracts)
     if len(counts) > 1 and not allow_mixed:
         listed = ", ".join(f"{k} ({n} trajectories)" for k, n in sorted(counts.items()))
-        raise InputError(f"the selection mixes navigator contract versions: {listed}; the current one is "
-                         f"{navigator.CONTRACT_HASH}. Select one (e.g. pairs of one sampling run) or pass "
-                         "--allow-mixed-contracts", field="contract")
+        raise InputError(
+            f"the selection mixes navigator contract versions: {listed}; the current one is "
+            f"{navigator.CONTRACT_HASH}. Select one (e.g. pairs of one sampling run) or pass "
+            "--allow-mixed-contracts",
+            field="contract",
+        )
     return sorted(counts)
 
 
@@ -282,11 +343,17 @@ DPO_SQL = """
     FROM dpo_pair d JOIN problem p ON p.id = d.problem_id
     WHERE d.params_hash = %(h)s AND d.margin >= %(min_margin)s AND p.split = 'train'
 """
-PAIR_SCHEMA = pa.schema([
-    ("pair_id", pa.int64()), ("problem_id", pa.int64()), ("chosen_trajectory_id", pa.int64()),
-    ("rejected_trajectory_id", pa.int64()), ("chosen_reward", pa.float64()), ("rejected_reward", pa.float64()),
-    ("margin", pa.float64()),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.int64()),
+        ("problem_id", pa.int64()),
+        ("chosen_trajectory_id", pa.int64()),
+        ("rejected_trajectory_id", pa.int64()),
+        ("chosen_reward", pa.float64()),
+        ("rejected_reward", pa.float64()),
+        ("margin", pa.float64()),
+    ]
+)
 TEXT_SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string())])
 
 
@@ -296,8 +363,13 @@ def _resolve_pairs(conn, ref: str | None) -> str:
         if latest is None:
             raise NotFound("there are no DPO pairs; run `reasonflux pairs build` first")
         return latest
-    found = conn.execute(sa.text("SELECT DISTINCT params_hash FROM dpo_pair WHERE params_hash LIKE :p"),
-                         {"p": ref + "%"}).scalars().all()
+    found = (
+        conn.execute(
+            sa.text("SELECT DISTINCT params_hash FROM dpo_pair WHERE params_hash LIKE :p"), {"p": ref + "%"}
+        )
+        .scalars()
+        .all()
+    )
     if len(found) != 1:
         raise NotFound(f"pairs {ref!r} match {len(found)} selections (see `reasonflux pairs list`)")
     return found[0]
@@ -316,11 +388,14 @@ def _column(codes: np.ndarray, values: list[str]) -> pa.Array:
     renumber = np.zeros(len(merged), dtype=np.int32)
     renumber[order] = np.arange(len(order), dtype=np.int32)
     texts = list(merged)
-    return pa.DictionaryArray.from_arrays(pa.array(renumber[codes], pa.int32()),
-                                          pa.array([texts[k] for k in order.tolist()], pa.string()))
+    return pa.DictionaryArray.from_arrays(
+        pa.array(renumber[codes], pa.int32()), pa.array([texts[k] for k in order.tolist()], pa.string())
+    )
 
 
-def dpo_part(conn, params_hash: str, min_margin: float, *, allow_mixed: bool = False) -> tuple[DataPart, list[str]]:
+def dpo_part(
+    conn, params_hash: str, min_margin: float, *, allow_mixed: bool = False
+) -> tuple[DataPart, list[str]]:
     """The pairs as contract conversations, and the contract hashes they were sampled under."""
     conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
     binds = {"h": params_hash, "min_margin": float(min_margin)}
@@ -336,19 +411,26 @@ def dpo_part(conn, params_hash: str, min_margin: float, *, allow_mixed: bool = F
         raise InputError("a plan request is not (system, user)", field="prompt")
     prompt_values = [m["content"] for p in convs.prompts for m in p]
     prompt_codes = (2 * convs.prompt_of[chosen])[:, None] + np.arange(2)
-    table = pa.table({
-        "prompt": _messages(["system", "user"], _column(prompt_codes.ravel(), prompt_values), 2),
-        "chosen": _messages(["assistant"], _column(convs.reply_of[chosen], convs.replies), 1),
-        "rejected": _messages(["assistant"], _column(convs.reply_of[rejected], convs.replies), 1),
-        **{name: pairs[name].combine_chunks() for name in PAIR_SCHEMA.names},
-    })
-    return DataPart("train", table, description=(
-        "One row per DPO pair in TRL's conversational preference format, in the navigator contract "
-        f"({navigator.CONTRACT_HASH}): `prompt` is exactly the plan request the solver sends (system message, "
-        "problem, the template hints the chosen trajectory was sampled with); `chosen` and `rejected` hold one "
-        "assistant message each, the JSON plan reply that stands for the trajectory (`render_plan`), which the "
-        "solver's parser accepts. Rewards are the mean rollout correctness over the anchor's similar set; only "
-        "train-split anchors.")), contracts
+    table = pa.table(
+        {
+            "prompt": _messages(["system", "user"], _column(prompt_codes.ravel(), prompt_values), 2),
+            "chosen": _messages(["assistant"], _column(convs.reply_of[chosen], convs.replies), 1),
+            "rejected": _messages(["assistant"], _column(convs.reply_of[rejected], convs.replies), 1),
+            **{name: pairs[name].combine_chunks() for name in PAIR_SCHEMA.names},
+        }
+    )
+    return DataPart(
+        "train",
+        table,
+        description=(
+            "One row per DPO pair in TRL's conversational preference format, in the navigator contract "
+            f"({navigator.CONTRACT_HASH}): `prompt` is exactly the plan request the solver sends (system message, "
+            "problem, the template hints the chosen trajectory was sampled with); `chosen` and `rejected` hold one "
+            "assistant message each, the JSON plan reply that stands for the trajectory (`render_plan`), which the "
+            "solver's parser accepts. Rewards are the mean rollout correctness over the anchor's similar set; only "
+            "train-split anchors."
+        ),
+    ), contracts
 
 
 DPO_USAGE = """```python
@@ -374,50 +456,118 @@ PLAN_EXAMPLES_SQL = sa.text("""
 """)
 
 
-def plan_examples(conn, min_reward: float, per_problem: int, *, allow_mixed: bool = False
-                  ) -> tuple[list[dict[str, Any]], list[str]]:
+def plan_examples(
+    conn, min_reward: float, per_problem: int, *, allow_mixed: bool = False
+) -> tuple[list[dict[str, Any]], list[str]]:
     """SFT rows (problem -> plan) from the best-rewarded train-split trajectories, and their contracts."""
-    best = conn.execute(PLAN_EXAMPLES_SQL, {"min_reward": float(min_reward), "per_problem": int(per_problem)}).all()
+    best = conn.execute(
+        PLAN_EXAMPLES_SQL, {"min_reward": float(min_reward), "per_problem": int(per_problem)}
+    ).all()
     convs = conversations(conn, [tid for tid, _ in best])
     contracts = check_contracts((c["contract"] for c in convs.values()), allow_mixed) if convs else []
-    rows = [{"messages": [*convs[tid]["prompt"], {"role": "assistant", "content": convs[tid]["reply"]}],
-             "kind": "plan", "template_id": None, "version_id": None, "key": None, "trajectory_id": tid,
-             "reward": float(reward)} for tid, reward in best]
+    rows = [
+        {
+            "messages": [*convs[tid]["prompt"], {"role": "assistant", "content": convs[tid]["reply"]}],
+            "kind": "plan",
+            "template_id": None,
+            "version_id": None,
+            "key": None,
+            "trajectory_id": tid,
+            "reward": float(reward),
+        }
+        for tid, reward in best
+    ]
     return rows, contracts
 
 
-def sft_part(conn, *, templates: bool = True, plans: bool = True, min_reward: float = 0.75, per_problem: int = 1,
-             allow_mixed: bool = False) -> tuple[DataPart, dict[str, Any]]:
+def sft_part(
+    conn,
+    *,
+    templates: bool = True,
+    plans: bool = True,
+    min_reward: float = 0.75,
+    per_problem: int = 1,
+    allow_mixed: bool = False,
+) -> tuple[DataPart, dict[str, Any]]:
     """(TEMPLATES) stage-1 template rows, then (PLANS) plan examples; and the mix, recorded in the manifest."""
     if not (templates or plans):
-        raise InputError("an SFT export needs template rows, plan rows or both", field="--no-templates/--no-plans")
-    rows = [] if not templates else conn.execute(sa.text(
-        "SELECT template_id, version_id, key, name, tags, description, application_scope FROM current_template "
-        "WHERE status = 'active' ORDER BY template_id")).mappings().all()
-    records = [{"messages": [
-        {"role": "user", "content": SFT_QUESTION.format(name=r["name"], tags=", ".join(r["tags"] or []))},
-        {"role": "assistant", "content": SFT_ANSWER.format(description=r["description"],
-                                                           application_scope=r["application_scope"])}],
-        "kind": "template", "template_id": r["template_id"], "version_id": r["version_id"], "key": r["key"],
-        "trajectory_id": None, "reward": None} for r in rows]
-    plan_rows, contracts = plan_examples(conn, min_reward, per_problem, allow_mixed=allow_mixed) if plans else ([], [])
-    mix = {"template_rows": len(records), "plan_rows": len(plan_rows), "templates": templates, "plans": plans,
-           "plan_min_reward": float(min_reward), "plans_per_problem": int(per_problem), "contracts": contracts}
+        raise InputError(
+            "an SFT export needs template rows, plan rows or both", field="--no-templates/--no-plans"
+        )
+    rows = (
+        []
+        if not templates
+        else conn.execute(
+            sa.text(
+                "SELECT template_id, version_id, key, name, tags, description, application_scope FROM current_template "
+                "WHERE status = 'active' ORDER BY template_id"
+            )
+        )
+        .mappings()
+        .all()
+    )
+    records = [
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": SFT_QUESTION.format(name=r["name"], tags=", ".join(r["tags"] or [])),
+                },
+                {
+                    "role": "assistant",
+                    "content": SFT_ANSWER.format(
+                        description=r["description"], application_scope=r["application_scope"]
+                    ),
+                },
+            ],
+            "kind": "template",
+            "template_id": r["template_id"],
+            "version_id": r["version_id"],
+            "key": r["key"],
+            "trajectory_id": None,
+            "reward": None,
+        }
+        for r in rows
+    ]
+    plan_rows, contracts = (
+        plan_examples(conn, min_reward, per_problem, allow_mixed=allow_mixed) if plans else ([], [])
+    )
+    mix = {
+        "template_rows": len(records),
+        "plan_rows": len(plan_rows),
+        "templates": templates,
+        "plans": plans,
+        "plan_min_reward": float(min_reward),
+        "plans_per_problem": int(per_problem),
+        "contracts": contracts,
+    }
     table = pa.Table.from_pylist(records + plan_rows, schema=SFT_SCHEMA)
-    return DataPart("train", table, description=(
-        "ReasonFlux's first training stage in TRL's conversational `messages` format. Rows of kind `template` "
-        "(one per active template, current version): the user gives the template's name and tags, the "
-        "assistant answers with its description and application scope. Rows of kind `plan` (the navigator "
-        f"contract {navigator.CONTRACT_HASH}): the plan request for a train-split problem and, as the answer, "
-        "the plan reply of its best-rewarded trajectory (complete reward >= the recorded threshold), so the "
-        "navigator learns the reply format and good trajectories before DPO.")), mix
+    return DataPart(
+        "train",
+        table,
+        description=(
+            "ReasonFlux's first training stage in TRL's conversational `messages` format. Rows of kind `template` "
+            "(one per active template, current version): the user gives the template's name and tags, the "
+            "assistant answers with its description and application scope. Rows of kind `plan` (the navigator "
+            f"contract {navigator.CONTRACT_HASH}): the plan request for a train-split problem and, as the answer, "
+            "the plan reply of its best-rewarded trajectory (complete reward >= the recorded threshold), so the "
+            "navigator learns the reply format and good trajectories before DPO."
+        ),
+    ), mix
 
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-SFT_SCHEMA = pa.schema([
-    ("messages", pa.list_(MESSAGE)), ("kind", pa.string()), ("template_id", pa.int64()), ("version_id", pa.int64()),
-    ("key", pa.string()), ("trajectory_id", pa.int64()), ("reward", pa.float64()),
-])
+SFT_SCHEMA = pa.schema(
+    [
+        ("messages", pa.list_(MESSAGE)),
+        ("kind", pa.string()),
+        ("template_id", pa.int64()),
+        ("version_id", pa.int64()),
+        ("key", pa.string()),
+        ("trajectory_id", pa.int64()),
+        ("reward", pa.float64()),
+    ]
+)
 
 
 def template_records(conn) -> list[dict[str, Any]]:
@@ -428,50 +578,98 @@ def template_records(conn) -> list[dict[str, Any]]:
     from pipelines.import_templates import template_record
 
     with Session(bind=conn) as s:
-        pairs = s.execute(sa.select(Template, TemplateVersion).join(
-            TemplateVersion, TemplateVersion.id == Template.current_version_id).order_by(Template.id)).all()
+        pairs = s.execute(
+            sa.select(Template, TemplateVersion)
+            .join(TemplateVersion, TemplateVersion.id == Template.current_version_id)
+            .order_by(Template.id)
+        ).all()
         return [template_record(t, v) for t, v in pairs]
 
 
-TEMPLATE_SCHEMA = pa.schema([
-    ("key", pa.string()), ("name", pa.string()), ("category", pa.string()), ("section", pa.string()),
-    ("template_type", pa.string()), ("tags", pa.list_(pa.string())), ("description", pa.string()),
-    ("application_scope", pa.string()), ("steps", pa.string()), ("example_problem", pa.string()),
-    ("example_solution", pa.string()), ("example_answer", pa.string()), ("extra", pa.string()),
-    ("status", pa.string()),
-])
+TEMPLATE_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("name", pa.string()),
+        ("category", pa.string()),
+        ("section", pa.string()),
+        ("template_type", pa.string()),
+        ("tags", pa.list_(pa.string())),
+        ("description", pa.string()),
+        ("application_scope", pa.string()),
+        ("steps", pa.string()),
+        ("example_problem", pa.string()),
+        ("example_solution", pa.string()),
+        ("example_answer", pa.string()),
+        ("extra", pa.string()),
+        ("status", pa.string()),
+    ]
+)
 
 
 def templates_part(conn) -> DataPart:
     records = template_records(conn)
     # steps and extra are free-form JSON: stored as JSON text so the Parquet schema is fixed.
-    flat = [{**{f.name: r.get(f.name) for f in TEMPLATE_SCHEMA},
-             "steps": json.dumps(r.get("steps"), ensure_ascii=False, sort_keys=True),
-             "extra": json.dumps(r.get("extra"), ensure_ascii=False, sort_keys=True)} for r in records]
+    flat = [
+        {
+            **{f.name: r.get(f.name) for f in TEMPLATE_SCHEMA},
+            "steps": json.dumps(r.get("steps"), ensure_ascii=False, sort_keys=True),
+            "extra": json.dumps(r.get("extra"), ensure_ascii=False, sort_keys=True),
+        }
+        for r in records
+    ]
     table = pa.Table.from_pylist(flat, schema=TEMPLATE_SCHEMA)
-    return DataPart("templates", table, records=lambda: records, description=(
-        "Current version of every template. JSONL lines are exactly the template interchange records "
-        "(`reasonflux import jsonl` reads them back); in Parquet, `steps` and `extra` are JSON text."))
+    return DataPart(
+        "templates",
+        table,
+        records=lambda: records,
+        description=(
+            "Current version of every template. JSONL lines are exactly the template interchange records "
+            "(`reasonflux import jsonl` reads them back); in Parquet, `steps` and `extra` are JSON text."
+        ),
+    )
 
 
-PROBLEM_SCHEMA = pa.schema([
-    ("id", pa.int64()), ("text", pa.string()), ("solution", pa.string()), ("answer", pa.string()),
-    ("source", pa.string()), ("source_id", pa.string()), ("split", pa.string()), ("subject", pa.string()),
-    ("difficulty", pa.int64()), ("content_hash", pa.string()), ("extra", pa.string()),
-])
+PROBLEM_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("text", pa.string()),
+        ("solution", pa.string()),
+        ("answer", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("split", pa.string()),
+        ("subject", pa.string()),
+        ("difficulty", pa.int64()),
+        ("content_hash", pa.string()),
+        ("extra", pa.string()),
+    ]
+)
 
 
 def problems_part(conn, selection: str | None) -> DataPart:
     from pipelines.selection import select_problem_ids
 
     ids = select_problem_ids(conn, selection)
-    rows = conn.execute(sa.text(
-        "SELECT id, text, solution, answer, source, source_id, split, subject, difficulty, content_hash, extra "
-        "FROM problem WHERE id = ANY(:ids) ORDER BY id"), {"ids": ids}).mappings().all()
+    rows = (
+        conn.execute(
+            sa.text(
+                "SELECT id, text, solution, answer, source, source_id, split, subject, difficulty, content_hash, extra "
+                "FROM problem WHERE id = ANY(:ids) ORDER BY id"
+            ),
+            {"ids": ids},
+        )
+        .mappings()
+        .all()
+    )
     flat = [{**r, "extra": json.dumps(r["extra"], ensure_ascii=False, sort_keys=True)} for r in rows]
-    return DataPart("problems", pa.Table.from_pylist(flat, schema=PROBLEM_SCHEMA), description=(
-        "Problems with reference solution and answer, in id order; `extra` holds the source's other fields "
-        "as JSON text."))
+    return DataPart(
+        "problems",
+        pa.Table.from_pylist(flat, schema=PROBLEM_SCHEMA),
+        description=(
+            "Problems with reference solution and answer, in id order; `extra` holds the source's other fields "
+            "as JSON text."
+        ),
+    )
 
 
 # ---- entry point ------------------------------------------------------------------------------------------
@@ -487,6 +685,7 @@ HUB_METADATA = {
 
 def _source_ids(conn, kind: str, table: pa.Table) -> dict[str, list]:
     """What `pipelines.licences.sources` needs to find the sources of an export of KIND with rows TABLE."""
+
     def ids(column: str) -> list:  # distinct: a million-pair export has far fewer problems
         return pc.unique(table[column]).to_pylist()
 
@@ -508,10 +707,22 @@ def _license_note(given: str | None, found: list[dict[str, Any]]) -> str:
     return f"(no licence is recorded for any source: {sources})"
 
 
-def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, ...] = ("parquet",),
-           pairs: str | None = None, min_margin: float = 0.0, problems: str | None = None,
-           templates: bool = True, plans: bool = True, plan_min_reward: float = 0.75, plans_per_problem: int = 1,
-           allow_mixed_contracts: bool = False, license: str | None = None) -> dict[str, Any]:
+def export(
+    db: Database,
+    kind: str,
+    out_dir: str | Path,
+    *,
+    formats: tuple[str, ...] = ("parquet",),
+    pairs: str | None = None,
+    min_margin: float = 0.0,
+    problems: str | None = None,
+    templates: bool = True,
+    plans: bool = True,
+    plan_min_reward: float = 0.75,
+    plans_per_problem: int = 1,
+    allow_mixed_contracts: bool = False,
+    license: str | None = None,
+) -> dict[str, Any]:
     """Write one dataset version of KIND into OUT_DIR; returns the manifest (plus its path).
 
     dpo: PAIRS (params hash or prefix; default the latest) with margin >= MIN_MARGIN. sft: (TEMPLATES) template
@@ -528,24 +739,39 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
     if not formats or set(formats) - {"parquet", "jsonl", "llamafactory"}:
         raise InputError("formats are parquet and/or jsonl, or llamafactory", field="--format")
     if "llamafactory" in formats and kind not in export_llamafactory.KINDS:
-        raise InputError(f"the llamafactory format is for {' and '.join(export_llamafactory.KINDS)} exports",
-                         field="--format")
+        raise InputError(
+            f"the llamafactory format is for {' and '.join(export_llamafactory.KINDS)} exports",
+            field="--format",
+        )
     check_license(license)
     extra_files = [export_llamafactory.writer] if "llamafactory" in formats else []
     formats = tuple(f for f in formats if f != "llamafactory") or ("parquet",)
     check_output_dir(out_dir)
-    with pipeline_run(db, "export", {"kind": kind, "out": str(out_dir), "formats": list(formats)}) as (run_id, counts):
+    with pipeline_run(db, "export", {"kind": kind, "out": str(out_dir), "formats": list(formats)}) as (
+        run_id,
+        counts,
+    ):
         with db.engine.begin() as conn:
             conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
             if kind == "dpo":
                 phash = _resolve_pairs(conn, pairs)
                 part, contracts = dpo_part(conn, phash, min_margin, allow_mixed=allow_mixed_contracts)
-                params = {"pairs": phash, "min_margin": float(min_margin), "split": "train", "contracts": contracts}
+                params = {
+                    "pairs": phash,
+                    "min_margin": float(min_margin),
+                    "split": "train",
+                    "contracts": contracts,
+                }
                 intro, usage = "DPO pairs of navigator trajectories.", DPO_USAGE
             elif kind == "sft":
-                part, mix = sft_part(conn, templates=templates, plans=plans, min_reward=plan_min_reward,
-                                     per_problem=plans_per_problem,
-                                     allow_mixed=allow_mixed_contracts)
+                part, mix = sft_part(
+                    conn,
+                    templates=templates,
+                    plans=plans,
+                    min_reward=plan_min_reward,
+                    per_problem=plans_per_problem,
+                    allow_mixed=allow_mixed_contracts,
+                )
                 params = {"templates": "current", "status": "active", "mix": mix}
                 intro, usage = "SFT data for template knowledge and planning (ReasonFlux stage 1).", ""
             elif kind == "templates":
@@ -559,11 +785,20 @@ def export(db: Database, kind: str, out_dir: str | Path, *, formats: tuple[str, 
             found = licences.sources(conn, **_source_ids(conn, kind, part.table))
         chosen = license if license is not None else licences.choose(found)
         task_categories, tags = HUB_METADATA[kind]
-        spec = ExportSpec(kind=kind, params=params, parts=[part], formats=tuple(sorted(formats, reverse=True)),
-                          card_intro=intro, usage=usage, license=chosen, task_categories=task_categories,
-                          tags=tags, extra_files=extra_files,
-                          license_note=_license_note(license, found),
-                          extra_manifest={"license_sources": found, "license_given": license is not None})
+        spec = ExportSpec(
+            kind=kind,
+            params=params,
+            parts=[part],
+            formats=tuple(sorted(formats, reverse=True)),
+            card_intro=intro,
+            usage=usage,
+            license=chosen,
+            task_categories=task_categories,
+            tags=tags,
+            extra_files=extra_files,
+            license_note=_license_note(license, found),
+            extra_manifest={"license_sources": found, "license_given": license is not None},
+        )
         manifest = write_dataset(db, spec, out_dir, run_id=run_id)
         counts.update(dataset_version=manifest["id"], rows=part.table.num_rows)
     return manifest

@@ -26,8 +26,13 @@ from kb.errors import InputError
 FOLDER = "llamafactory"
 DATASET_INFO = "dataset_info.json"
 KINDS = ("sft", "dpo")
-TAGS = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
-        "system_tag": "system"}
+TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
 
 
 def dataset_name(kind: str) -> str:
@@ -39,7 +44,10 @@ def dataset_info(kind: str) -> dict[str, Any]:
     """The `dataset_info.json` content for KIND (one entry, named by dataset_name)."""
     entry: dict[str, Any] = {"file_name": f"{FOLDER}/{dataset_name(kind)}.jsonl", "formatting": "sharegpt"}
     if kind == "dpo":
-        entry |= {"ranking": True, "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"}}
+        entry |= {
+            "ranking": True,
+            "columns": {"messages": "messages", "chosen": "chosen", "rejected": "rejected"},
+        }
     else:
         entry["columns"] = {"messages": "messages"}
     entry["tags"] = dict(TAGS)
@@ -54,8 +62,11 @@ def rows(kind: str, table) -> list[dict[str, Any]]:
     out = []
     for i, (p, c, r) in enumerate(zip(prompts, chosen, rejected)):
         if len(c) != 1 or len(r) != 1:
-            raise InputError("chosen and rejected must hold one assistant message each", record=f"row {i}",
-                             field="chosen" if len(c) != 1 else "rejected")
+            raise InputError(
+                "chosen and rejected must hold one assistant message each",
+                record=f"row {i}",
+                field="chosen" if len(c) != 1 else "rejected",
+            )
         out.append({"messages": _messages(p), "chosen": _messages(c)[0], "rejected": _messages(r)[0]})
     return out
 
@@ -72,6 +83,9 @@ def writer(folder: Path, spec: ExportSpec) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         for part in spec.parts:
-            f.writelines(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows(spec.kind, part.table))
-    (folder / DATASET_INFO).write_text(json.dumps(dataset_info(spec.kind), indent=2, sort_keys=True) + "\n",
-                                       encoding="utf-8")
+            f.writelines(
+                json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows(spec.kind, part.table)
+            )
+    (folder / DATASET_INFO).write_text(
+        json.dumps(dataset_info(spec.kind), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )

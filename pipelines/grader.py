@@ -42,7 +42,7 @@ def _balanced(text: str, start: int) -> tuple[str, int] | None:
         elif c == "}" and (i == 0 or text[i - 1] != "\\"):
             depth -= 1
             if depth == 0:
-                return text[start + 1:i], i + 1
+                return text[start + 1 : i], i + 1
     return None
 
 
@@ -66,7 +66,7 @@ def _clean_fallback(s: str) -> str:
     s = s.strip().splitlines()[0].strip()
     s = s.strip("*").strip()
     if s.startswith("$") and s.count("$") >= 2:
-        s = s[1:s.index("$", 1)]
+        s = s[1 : s.index("$", 1)]
     s = s.strip().rstrip(".").strip()
     return s.strip("$").strip()
 
@@ -97,7 +97,9 @@ _UNITS = (
     r"cents?|dollars?|pounds?|lbs?|ounces?|oz|gallons?|liters?|grams?|g|kg|people|students|ways|"
     r"points?|marbles|cookies|cups?|pages?|tickets|boxes|coins|cubic\s+\w+|percent)"
 )
-_TRAILING_UNIT = re.compile(r"(?<=[\d}\s])\s*(?:\^\{?\\circ\}?|°|\\%|%|" + _UNITS + r"(?:\^\{?[23]\}?|\^[23])?)\s*$", re.IGNORECASE)
+_TRAILING_UNIT = re.compile(
+    r"(?<=[\d}\s])\s*(?:\^\{?\\circ\}?|°|\\%|%|" + _UNITS + r"(?:\^\{?[23]\}?|\^[23])?)\s*$", re.IGNORECASE
+)
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:\{,\}\d{3}|,\d{3})+)(?![\d])")
 _LHS = re.compile(r"^\s*[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(?!.*=)")
 
@@ -174,8 +176,9 @@ class _Workers:
         with self._lock:
             if self._pool is None:
                 # spawn: forking a process that runs threads (the solver's, torch's) is unsafe
-                self._pool = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=_quiet_worker)
+                self._pool = ProcessPoolExecutor(
+                    self.size, mp_context=multiprocessing.get_context("spawn"), initializer=_quiet_worker
+                )
             return self._pool
 
     def _kill(self, pool: ProcessPoolExecutor) -> None:
@@ -197,7 +200,9 @@ class _Workers:
             try:
                 return future.result(timeout=timeout_s)
             except FutureTimeout:
-                log.warning("grading %r against %r took over %s s; counted as wrong", args[3], args[2], timeout_s)
+                log.warning(
+                    "grading %r against %r took over %s s; counted as wrong", args[3], args[2], timeout_s
+                )
                 self._kill(pool)
                 return False
             except BrokenProcessPool:

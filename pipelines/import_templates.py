@@ -36,8 +36,15 @@ from kb.storable import parse_json, too_deep
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
-V1_FIELDS = ("template_name", "template_type", "knowledge_tag", "description", "application_scenario",
-             "reason_flow", "example_application")
+V1_FIELDS = (
+    "template_name",
+    "template_type",
+    "knowledge_tag",
+    "description",
+    "application_scenario",
+    "reason_flow",
+    "example_application",
+)
 CHUNK = 2000  # rows per statement: bounded parameter size, still few round trips
 
 
@@ -74,8 +81,18 @@ TYPE_PREFIX_CANON = {"important formula": "Important Formulas and Theorems"}
 
 # example_application dict keys, by role, best first (keys compared lower-case, spaces -> '_')
 PROBLEM_KEYS = ("example_problem", "problem", "example_question", "question", "example", "title")
-SOLUTION_KEYS = ("solution_steps", "solution_process", "solving_process", "solution", "application_steps",
-                 "steps", "analysis_process", "analysis", "explanation", "proof")
+SOLUTION_KEYS = (
+    "solution_steps",
+    "solution_process",
+    "solving_process",
+    "solution",
+    "application_steps",
+    "steps",
+    "analysis_process",
+    "analysis",
+    "explanation",
+    "proof",
+)
 ANSWER_KEYS = ("answer", "final_answer", "result", "conclusion")
 
 # Free-text examples: where the worked solution starts, and the answer line.
@@ -125,7 +142,7 @@ def split_example_text(text: str) -> tuple[str | None, str | None, str | None]:
     problem = _trim(_EXAMPLE_LABEL.sub("", text[:start], count=1))
     solution = _trim(text[start:])
     answers = list(_ANSWER_LABEL.finditer(text, start))
-    answer = _trim(text[answers[0].end():]) if len(answers) == 1 else None
+    answer = _trim(text[answers[0].end() :]) if len(answers) == 1 else None
     return problem or None, solution or None, answer or None
 
 
@@ -133,14 +150,18 @@ def _solution_start(text: str) -> int | None:
     """Where the worked solution begins: the first solution label with a real problem before it,
     else the first line break after a problem statement."""
     for m in _SOLUTION_LABEL.finditer(text):
-        before = text[:m.start()]
-        if not _LABEL_END.match(text, m.end()) or (before and not re.search(r"(?:\s|\\n|[.:：)】])$", before)):
+        before = text[: m.start()]
+        if not _LABEL_END.match(text, m.end()) or (
+            before and not re.search(r"(?:\s|\\n|[.:：)】])$", before)
+        ):
             continue
         if len(_trim(_EXAMPLE_LABEL.sub("", before, count=1))) >= _MIN_PROBLEM_CHARS:
             return m.start()
     first_break = re.search(r"\n|\\{1,2}n(?![a-z])", text)
-    if first_break and len(_trim(_EXAMPLE_LABEL.sub("", text[:first_break.start()], count=1))) >= \
-            _MIN_PROBLEM_CHARS:
+    if (
+        first_break
+        and len(_trim(_EXAMPLE_LABEL.sub("", text[: first_break.start()], count=1))) >= _MIN_PROBLEM_CHARS
+    ):
         return first_break.end()
     return None
 
@@ -168,8 +189,11 @@ def _example_fields(example: Any) -> tuple[str | None, str | None, str | None]:
         return next((_as_text(by_role[k]) for k in keys if by_role.get(k) not in (None, "", [])), None)
 
     problem = pick(PROBLEM_KEYS)
-    return _EXAMPLE_LABEL.sub("", problem, count=1) or None if problem else None, pick(SOLUTION_KEYS), \
-        pick(ANSWER_KEYS)
+    return (
+        _EXAMPLE_LABEL.sub("", problem, count=1) or None if problem else None,
+        pick(SOLUTION_KEYS),
+        pick(ANSWER_KEYS),
+    )
 
 
 def _str_list(value: Any, *, file: str, record: str, name: str, items: str = "strings") -> list:
@@ -179,19 +203,26 @@ def _str_list(value: Any, *, file: str, record: str, name: str, items: str = "st
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list):
-        raise InputError(f"must be a list of {items} (got {type(value).__name__})", file=file, record=record,
-                         field=name)
+        raise InputError(
+            f"must be a list of {items} (got {type(value).__name__})", file=file, record=record, field=name
+        )
     if items == "strings" and not all(isinstance(v, str) for v in value):
         bad = next(i for i, v in enumerate(value) if not isinstance(v, str))
-        raise InputError(f"item [{bad}] must be a string (got {type(value[bad]).__name__})", file=file,
-                         record=record, field=name)
+        raise InputError(
+            f"item [{bad}] must be a string (got {type(value[bad]).__name__})",
+            file=file,
+            record=record,
+            field=name,
+        )
     return value
 
 
 def _opt_str(raw: dict, name: str, *, file: str, record: str) -> str | None:
     value = raw.get(name)
     if value is not None and not isinstance(value, str):
-        raise InputError(f"must be a string (got {type(value).__name__})", file=file, record=record, field=name)
+        raise InputError(
+            f"must be a string (got {type(value).__name__})", file=file, record=record, field=name
+        )
     return value
 
 
@@ -201,29 +232,45 @@ def from_v1(raw: Any, *, chapter: str, section: str | None, file: str, record: s
         raise InputError(f"must be an object (got {type(raw).__name__})", file=file, record=record)
     name = raw.get("template_name")
     if not isinstance(name, str) or not name.strip():
-        raise InputError("is required and must be a non-empty string", file=file, record=record,
-                         field="template_name")
+        raise InputError(
+            "is required and must be a non-empty string", file=file, record=record, field="template_name"
+        )
     template_type = _opt_str(raw, "template_type", file=file, record=record)
     description = _opt_str(raw, "description", file=file, record=record)
     scope = raw.get("application_scenario")
     if isinstance(scope, list):
         scope = "\n".join(_str_list(scope, file=file, record=record, name="application_scenario"))
     elif scope is not None and not isinstance(scope, str):
-        raise InputError(f"must be a string or a list of strings (got {type(scope).__name__})", file=file,
-                         record=record, field="application_scenario")
+        raise InputError(
+            f"must be a string or a list of strings (got {type(scope).__name__})",
+            file=file,
+            record=record,
+            field="application_scenario",
+        )
     example = raw.get("example_application")
     if example is not None and not isinstance(example, (str, dict, list)):
-        raise InputError(f"must be text or an object (got {type(example).__name__})", file=file, record=record,
-                         field="example_application")
+        raise InputError(
+            f"must be text or an object (got {type(example).__name__})",
+            file=file,
+            record=record,
+            field="example_application",
+        )
     problem, solution, answer = _example_fields(example)
     steps = _str_list(raw.get("reason_flow"), file=file, record=record, name="reason_flow", items="steps")
     spec = T.TemplateSpec(
-        name=name.strip(), category=chapter, section=section, template_type=canonical_type(template_type),
-        tags=[t.strip() for t in _str_list(raw.get("knowledge_tag"), file=file, record=record,
-                                           name="knowledge_tag")],
-        description=unescape_breaks(description or ""), application_scope=unescape_breaks(scope or ""),
+        name=name.strip(),
+        category=chapter,
+        section=section,
+        template_type=canonical_type(template_type),
+        tags=[
+            t.strip()
+            for t in _str_list(raw.get("knowledge_tag"), file=file, record=record, name="knowledge_tag")
+        ],
+        description=unescape_breaks(description or ""),
+        application_scope=unescape_breaks(scope or ""),
         steps=[unescape_breaks(s) if isinstance(s, str) else s for s in steps],
-        example_problem=_opt_unescape(problem), example_solution=_opt_unescape(solution),
+        example_problem=_opt_unescape(problem),
+        example_solution=_opt_unescape(solution),
         example_answer=_opt_unescape(answer),
     )
     return _keep_original(spec, raw)
@@ -239,8 +286,11 @@ def _keep_original(spec: T.TemplateSpec, raw: dict) -> T.TemplateSpec:
     rebuilt = to_v1(bare)
     original = {k: v for k, v in raw.items() if k not in rebuilt or rebuilt[k] != v}
     absent = [k for k in V1_FIELDS if k not in raw]
-    spec.extra = {**bare.extra, V1_EXTRA: {"original": original, "absent": absent}} if original or absent \
+    spec.extra = (
+        {**bare.extra, V1_EXTRA: {"original": original, "absent": absent}}
+        if original or absent
         else bare.extra
+    )
     return spec
 
 
@@ -249,12 +299,23 @@ def to_v1(spec: T.TemplateSpec) -> dict[str, Any]:
     if spec.example_problem is None and spec.example_answer is None:
         example: Any = spec.example_solution
     else:
-        example = {k: v for k, v in (("example_problem", spec.example_problem), ("solution", spec.example_solution),
-                                     ("answer", spec.example_answer)) if v is not None}
+        example = {
+            k: v
+            for k, v in (
+                ("example_problem", spec.example_problem),
+                ("solution", spec.example_solution),
+                ("answer", spec.example_answer),
+            )
+            if v is not None
+        }
     record: dict[str, Any] = {
-        "template_name": spec.name, "template_type": spec.template_type, "knowledge_tag": list(spec.tags),
-        "description": spec.description, "application_scenario": spec.application_scope,
-        "reason_flow": list(spec.steps), "example_application": example,
+        "template_name": spec.name,
+        "template_type": spec.template_type,
+        "knowledge_tag": list(spec.tags),
+        "description": spec.description,
+        "application_scenario": spec.application_scope,
+        "reason_flow": list(spec.steps),
+        "example_application": example,
     }
     kept = spec.extra.get(V1_EXTRA) or {}
     record.update(kept.get("original", {}))
@@ -275,20 +336,29 @@ def read_reasonflux_v1(path: str | Path) -> list[ImportRecord]:
         if not str(chapter).strip():
             raise InputError("chapter name is empty", file=file, record=repr(chapter), field="chapter")
         if not isinstance(sections, dict):
-            raise InputError(f"must be an object of sections (got {type(sections).__name__})", file=file,
-                             record=chapter)
+            raise InputError(
+                f"must be an object of sections (got {type(sections).__name__})", file=file, record=chapter
+            )
         for section, items in sections.items():
             where_section = f"{chapter} > {section}"
             if not isinstance(items, list):
-                raise InputError(f"must be a list of templates (got {type(items).__name__})", file=file,
-                                 record=where_section)
+                raise InputError(
+                    f"must be a list of templates (got {type(items).__name__})",
+                    file=file,
+                    record=where_section,
+                )
             for index, raw in enumerate(items):
                 where = f"{where_section} > [{index}]"
                 spec = from_v1(raw, chapter=chapter, section=section or None, file=file, record=where)
                 _dedupe(spec, raw, seen)
                 T.check_storable(spec, file=file, record=where)
-                records.append(ImportRecord(spec, where, {"format": "reasonflux-v1", "chapter": chapter,
-                                                          "section": section, "index": index}))
+                records.append(
+                    ImportRecord(
+                        spec,
+                        where,
+                        {"format": "reasonflux-v1", "chapter": chapter, "section": section, "index": index},
+                    )
+                )
     return records
 
 
@@ -316,8 +386,9 @@ def _load_json(path: str | Path) -> Any:
     try:
         return parse_json(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"malformed JSON: {e.msg}", file=file, record=f"line {e.lineno} column {e.colno}") \
-            from None
+        raise InputError(
+            f"malformed JSON: {e.msg}", file=file, record=f"line {e.lineno} column {e.colno}"
+        ) from None
     except RecursionError:
         raise too_deep(file=file) from None
     except ValueError as e:  # e.g. an integer of more than 4300 digits
@@ -325,6 +396,7 @@ def _load_json(path: str | Path) -> Any:
 
 
 # --------------------------------------------------------------------------- JSONL
+
 
 def template_record(template: Template, version: TemplateVersion) -> dict[str, Any]:
     """One JSONL line of the template interchange format: TemplateSpec.to_dict() plus "status"."""
@@ -349,15 +421,25 @@ def read_jsonl(path: str | Path) -> list[ImportRecord]:
             raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
         status = data.pop("status", None)
         if status is not None and status not in T.STATUSES:
-            raise InputError(f"must be one of {', '.join(T.STATUSES)}", file=file, record=where, field="status")
+            raise InputError(
+                f"must be one of {', '.join(T.STATUSES)}", file=file, record=where, field="status"
+            )
         key = data.get("key")
         spec = T.TemplateSpec.from_dict(data, file=file, record=where)
         if key is not None and key != spec.key:
-            raise InputError(f"{key!r} does not match category/section/name ({spec.key!r})", file=file,
-                             record=where, field="key")
+            raise InputError(
+                f"{key!r} does not match category/section/name ({spec.key!r})",
+                file=file,
+                record=where,
+                field="key",
+            )
         if spec.key in first_line:
-            raise InputError(f"template {spec.key!r} already appears on line {first_line[spec.key]}",
-                             file=file, record=where, field="key")
+            raise InputError(
+                f"template {spec.key!r} already appears on line {first_line[spec.key]}",
+                file=file,
+                record=where,
+                field="key",
+            )
         first_line[spec.key] = lineno
         T.check_storable(spec, file=file, record=where)
         records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
@@ -389,9 +471,10 @@ def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
 
 # --------------------------------------------------------------------------- writing
 
+
 def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 def _rows_param(rows: list[dict[str, Any]]) -> str:
@@ -439,8 +522,15 @@ _SET_STATUS = sa.text("""
 """)
 
 
-def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, source_ref: str | None,
-                  run_id: int | None, source_kind: str = "file", change_note: str | None = None) -> ImportResult:
+def apply_records(
+    conn: sa.Connection,
+    records: Sequence[ImportRecord],
+    *,
+    source_ref: str | None,
+    run_id: int | None,
+    source_kind: str = "file",
+    change_note: str | None = None,
+) -> ImportResult:
     """Write RECORDS as templates/versions inside the caller's transaction (set-based, see module doc)."""
     keys = [r.spec.key for r in records]
     if len(set(keys)) != len(keys):
@@ -456,47 +546,90 @@ def apply_records(conn: sa.Connection, records: Sequence[ImportRecord], *, sourc
     writes = [(r, k, h, before) for r, k, h, before in plan if before is None or before.content_hash != h]
     template_ids = {k: row.id for k, row in current.items()}
     for chunk in _chunks([(r, k) for r, k, _, before in writes if before is None]):
-        rows = [{"key": k, "category": r.spec.category, "section": r.spec.section, "status": r.status or "active"}
-                for r, k in chunk]
+        rows = [
+            {"key": k, "category": r.spec.category, "section": r.spec.section, "status": r.status or "active"}
+            for r, k in chunk
+        ]
         try:
             template_ids.update(dict(conn.execute(_INSERT_TEMPLATES, {"rows": _rows_param(rows)}).all()))
         except sa.exc.IntegrityError:
-            raise ConflictError("another writer created some of these templates at the same time; "
-                                "nothing was imported, run the import again") from None
+            raise ConflictError(
+                "another writer created some of these templates at the same time; "
+                "nothing was imported, run the import again"
+            ) from None
 
     version_ids: dict[int, int] = {}  # template id -> its new version's id
     for chunk in _chunks(writes):
-        rows = [{"template_id": template_ids[k], "version_no": _version_no(before) + 1, **r.spec.content(),
-                 "content_hash": h, "parent_version_id": before.current_version_id if before else None,
-                 "source_kind": source_kind, "source_ref": source_ref, "provenance": r.provenance, "run_id": run_id,
-                 "author": author,
-                 "change_note": change_note or ("imported" if before is None else "updated by import")}
-                for r, k, h, before in chunk]
+        rows = [
+            {
+                "template_id": template_ids[k],
+                "version_no": _version_no(before) + 1,
+                **r.spec.content(),
+                "content_hash": h,
+                "parent_version_id": before.current_version_id if before else None,
+                "source_kind": source_kind,
+                "source_ref": source_ref,
+                "provenance": r.provenance,
+                "run_id": run_id,
+                "author": author,
+                "change_note": change_note or ("imported" if before is None else "updated by import"),
+            }
+            for r, k, h, before in chunk
+        ]
         version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all()))
     for chunk in _chunks(writes):
-        rows = [{"template_id": template_ids[k], "version_id": version_ids[template_ids[k]],
-                 "version_no": _version_no(before) + 1, "from_no": _version_no(before)} for _, k, _, before in chunk]
+        rows = [
+            {
+                "template_id": template_ids[k],
+                "version_id": version_ids[template_ids[k]],
+                "version_no": _version_no(before) + 1,
+                "from_no": _version_no(before),
+            }
+            for _, k, _, before in chunk
+        ]
         if conn.execute(_MOVE_POINTERS, {"rows": _rows_param(rows)}).rowcount != len(rows):
-            raise ConflictError("templates changed while importing; nothing was imported, run the import again")
+            raise ConflictError(
+                "templates changed while importing; nothing was imported, run the import again"
+            )
 
-    status_rows = [{"template_id": before.id, "status": r.status} for r, _, _, before in plan
-                   if before is not None and r.status is not None and before.status != r.status]
+    status_rows = [
+        {"template_id": before.id, "status": r.status}
+        for r, _, _, before in plan
+        if before is not None and r.status is not None and before.status != r.status
+    ]
     for chunk in _chunks(status_rows):
         conn.execute(_SET_STATUS, {"rows": _rows_param(chunk)})
 
     created = sum(1 for *_, before in writes if before is None)
-    unchanged_ids = [before.current_version_id for _, _, h, before in plan if before and before.content_hash == h]
-    counts = {"templates": len(records), "created": created, "updated": len(writes) - created,
-              "unchanged": len(records) - len(writes), "status_changed": len(status_rows)}
-    return ImportResult(run_id, counts, sorted(version_ids.values()), sorted([*version_ids.values(), *unchanged_ids]))
+    unchanged_ids = [
+        before.current_version_id for _, _, h, before in plan if before and before.content_hash == h
+    ]
+    counts = {
+        "templates": len(records),
+        "created": created,
+        "updated": len(writes) - created,
+        "unchanged": len(records) - len(writes),
+        "status_changed": len(status_rows),
+    }
+    return ImportResult(
+        run_id, counts, sorted(version_ids.values()), sorted([*version_ids.values(), *unchanged_ids])
+    )
 
 
 def _version_no(before) -> int:
     return before.current_version_no if before is not None else 0
 
 
-def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True, model: str | None = None,
-                note: str | None = None, license: str | None = None) -> ImportResult:
+def import_file(
+    db: Database,
+    path: str | Path,
+    fmt: str,
+    *,
+    embed: bool = True,
+    model: str | None = None,
+    note: str | None = None,
+    license: str | None = None,
+) -> ImportResult:
     """Read, validate and import a template file as one pipeline run (stage "import").
 
     LICENSE: the licence of the file's templates, recorded with the run (`pipelines.licences`: the default
@@ -511,7 +644,14 @@ def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True,
     check_license(license)
     records = read_file(path, fmt)
     source_ref = str(Path(path).resolve())
-    params = {"format": fmt, "file": source_ref, "embed": embed, "model": model, "note": note, "license": license}
+    params = {
+        "format": fmt,
+        "file": source_ref,
+        "embed": embed,
+        "model": model,
+        "note": note,
+        "license": license,
+    }
     with pipeline_run(db, "import", params) as (run_id, counts):
         result = _apply_with_retry(db, records, source_ref=source_ref, run_id=run_id, change_note=note)
         result.run_id = run_id
@@ -524,8 +664,9 @@ def import_file(db: Database, path: str | Path, fmt: str, *, embed: bool = True,
     return result
 
 
-def _apply_with_retry(db: Database, records: Sequence[ImportRecord], attempts: int = 3,
-                      **kw: Any) -> ImportResult:
+def _apply_with_retry(
+    db: Database, records: Sequence[ImportRecord], attempts: int = 3, **kw: Any
+) -> ImportResult:
     """A concurrent writer makes the whole transaction roll back (ConflictError); a fresh attempt then
     sees its work, so the import converges instead of failing."""
     for attempt in range(1, attempts + 1):

@@ -49,19 +49,25 @@ _SOURCES_SQL = sa.text("""
 def sources(conn, *, problems=(), versions=(), trajectories=()) -> list[dict[str, Any]]:
     """[{license (None: none recorded), problems, templates}]: how many of the selection's sources carry
     each licence."""
-    ids = {"problems": sorted({int(i) for i in problems if i is not None}),
-           "versions": sorted({int(i) for i in versions if i is not None}),
-           "trajectories": sorted({int(i) for i in trajectories if i is not None})}
+    ids = {
+        "problems": sorted({int(i) for i in problems if i is not None}),
+        "versions": sorted({int(i) for i in versions if i is not None}),
+        "trajectories": sorted({int(i) for i in trajectories if i is not None}),
+    }
     return [dict(r) for r in conn.execute(_SOURCES_SQL, {**ids, "stages": list(IMPORT_STAGES)}).mappings()]
 
 
 def describe(found: list[dict[str, Any]]) -> str:
     """'apache-2.0: 5 problems; none recorded: 1 problem, 2 templates'."""
+
     def count(n: int, what: str) -> str:
         return f"{n} {what if n != 1 else what[:-1]}"
 
-    return "; ".join(f"{s['license'] or 'none recorded'}: "
-                     + ", ".join(count(s[w], w) for w in ("problems", "templates") if s[w]) for s in found)
+    return "; ".join(
+        f"{s['license'] or 'none recorded'}: "
+        + ", ".join(count(s[w], w) for w in ("problems", "templates") if s[w])
+        for s in found
+    )
 
 
 def choose(found: list[dict[str, Any]]) -> str:
@@ -71,5 +77,8 @@ def choose(found: list[dict[str, Any]]) -> str:
         return DEFAULT_LICENSE
     if len(licences) == 1:
         return licences.pop()
-    raise InputError(f"the data's sources do not share one licence ({describe(found)}); say which licence "
-                     "the export carries with --license (e.g. --license other)", field="--license")
+    raise InputError(
+        f"the data's sources do not share one licence ({describe(found)}); say which licence "
+        "the export carries with --license (e.g. --license other)",
+        field="--license",
+    )

@@ -57,61 +57,124 @@ def _help(text: str) -> dict[str, str]:
 class LoopConfig:
     """What a loop does; a YAML file (`--config`) gives any of these keys, flags beat the file."""
 
-    name: str = field(default="loop", metadata=_help(
-        "The loop's id: its runs are found by it, and the navigator iteration k trains is registered as "
-        "<name>-it<k>. Running a loop of this name again continues it."))
-    iterations: int = field(default=2, metadata=_help(
-        "How many sample -> train rounds to run (a later run may raise it to continue the loop)."))
-    problems: str = field(default="split=train", metadata=_help(
-        "The problems sampled every iteration (the selection language of `reasonflux sample --problems`). "
-        "DPO pairs only ever come from train-split problems."))
-    navigator: str | None = field(default=None, metadata=_help(
-        "The navigator of iteration 0: a role spec (transformers:PATH, vllm:PATH, openai:MODEL@URL, scripted) "
-        "or a registered navigator or model name; default roles.navigator of llm_config."))
-    base_model: str | None = field(default=None, metadata=_help(
-        "The model iteration 0 trains (a local directory or a registered navigator or model); default the navigator "
-        "of iteration 0 when it is a local model or a registered name. Needed when it is served elsewhere "
-        "(openai:)."))
-    navigator_backend: str = field(default="transformers", metadata=_help(
-        "The backend that runs the navigators the loop trains (transformers or vllm)."))
-    inference: str | None = field(default=None, metadata=_help(
-        "The inference role that follows trajectories in evaluation (a role spec or name); default "
-        "roles.inference of llm_config."))
-    llm_config: str | None = field(default=None, metadata=_help(
-        "TOML or YAML file with roles and sampling (`--llm-config` of the stages); relative to this file."))
+    name: str = field(
+        default="loop",
+        metadata=_help(
+            "The loop's id: its runs are found by it, and the navigator iteration k trains is registered as "
+            "<name>-it<k>. Running a loop of this name again continues it."
+        ),
+    )
+    iterations: int = field(
+        default=2,
+        metadata=_help(
+            "How many sample -> train rounds to run (a later run may raise it to continue the loop)."
+        ),
+    )
+    problems: str = field(
+        default="split=train",
+        metadata=_help(
+            "The problems sampled every iteration (the selection language of `reasonflux sample --problems`). "
+            "DPO pairs only ever come from train-split problems."
+        ),
+    )
+    navigator: str | None = field(
+        default=None,
+        metadata=_help(
+            "The navigator of iteration 0: a role spec (transformers:PATH, vllm:PATH, openai:MODEL@URL, scripted) "
+            "or a registered navigator or model name; default roles.navigator of llm_config."
+        ),
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata=_help(
+            "The model iteration 0 trains (a local directory or a registered navigator or model); default the navigator "
+            "of iteration 0 when it is a local model or a registered name. Needed when it is served elsewhere "
+            "(openai:)."
+        ),
+    )
+    navigator_backend: str = field(
+        default="transformers",
+        metadata=_help("The backend that runs the navigators the loop trains (transformers or vllm)."),
+    )
+    inference: str | None = field(
+        default=None,
+        metadata=_help(
+            "The inference role that follows trajectories in evaluation (a role spec or name); default "
+            "roles.inference of llm_config."
+        ),
+    )
+    llm_config: str | None = field(
+        default=None,
+        metadata=_help(
+            "TOML or YAML file with roles and sampling (`--llm-config` of the stages); relative to this file."
+        ),
+    )
     n: int = field(default=8, metadata=_help("Trajectories sampled per problem and iteration."))
     base_seed: int = field(default=0, metadata=_help("Sample i uses seed base_seed + i."))
     hint_k: int = field(default=3, metadata=_help("Retrieved templates shown in the plan prompt (0: none)."))
-    retrieval_mode: str = field(default="hybrid", metadata=_help(
-        "How plan steps are linked to template versions (hybrid, vector, text, hierarchical)."))
+    retrieval_mode: str = field(
+        default="hybrid",
+        metadata=_help(
+            "How plan steps are linked to template versions (hybrid, vector, text, hierarchical)."
+        ),
+    )
     max_steps: int = field(default=contract.MAX_STEPS, metadata=_help("Most steps a plan may have."))
-    temperature: float | None = field(default=None, metadata=_help(
-        "Navigator sampling temperature (default: the config file's, else sample's 0.7)."))
+    temperature: float | None = field(
+        default=None,
+        metadata=_help("Navigator sampling temperature (default: the config file's, else sample's 0.7)."),
+    )
     top_p: float | None = field(default=None, metadata=_help("Navigator nucleus sampling."))
     max_tokens: int | None = field(default=None, metadata=_help("Completion token limit of one plan."))
     samples: int = field(default=1, metadata=_help("Rollouts per similar problem in evaluation."))
     min_margin: float = field(default=0.2, metadata=_help("Smallest reward difference of a DPO pair."))
     min_rollouts: int = field(default=4, metadata=_help("Rollouts a trajectory needs to be paired."))
     max_pairs_per_problem: int = field(default=4, metadata=_help("DPO pairs kept per problem."))
-    train_config: str | None = field(default=None, metadata=_help(
-        "DPO training config YAML (`reasonflux train dpo --config`); relative to this file."))
-    train: dict[str, Any] = field(default_factory=dict, metadata=_help(
-        "DPO training config fields (e.g. learning_rate, beta, max_steps); they beat train_config."))
-    num_gpus: int | None = field(default=None, metadata=_help(
-        "GPUs for training (default: all visible; 0 trains on the CPU)."))
-    out_dir: str | None = field(default=None, metadata=_help(
-        "Where the iterations' exports go (default $REASONFLUX_HOME/loops/<name>); relative to this file."))
-    license: str | None = field(default=None, metadata=_help(
-        "Licence of the iterations' DPO exports (default: the one their sources agree on, `export --license`)."))
-    eval_problems: str | None = field(default=None, metadata=_help(
-        "Held-out problems every iteration's navigator (and the final one) plans for; disjoint from problems."))
+    train_config: str | None = field(
+        default=None,
+        metadata=_help("DPO training config YAML (`reasonflux train dpo --config`); relative to this file."),
+    )
+    train: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=_help(
+            "DPO training config fields (e.g. learning_rate, beta, max_steps); they beat train_config."
+        ),
+    )
+    num_gpus: int | None = field(
+        default=None, metadata=_help("GPUs for training (default: all visible; 0 trains on the CPU).")
+    )
+    out_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "Where the iterations' exports go (default $REASONFLUX_HOME/loops/<name>); relative to this file."
+        ),
+    )
+    license: str | None = field(
+        default=None,
+        metadata=_help(
+            "Licence of the iterations' DPO exports (default: the one their sources agree on, `export --license`)."
+        ),
+    )
+    eval_problems: str | None = field(
+        default=None,
+        metadata=_help(
+            "Held-out problems every iteration's navigator (and the final one) plans for; disjoint from problems."
+        ),
+    )
     eval_n: int = field(default=8, metadata=_help("Plans sampled per held-out problem."))
     workers: int = field(default=1, metadata=_help("Worker processes of the sampling and evaluation stages."))
-    batch_size: int = field(default=4, metadata=_help("Units per claim in the sampling and evaluation stages."))
+    batch_size: int = field(
+        default=4, metadata=_help("Units per claim in the sampling and evaluation stages.")
+    )
 
     # Fields that change how the loop is run or measured, not what it trains: a continued loop may change them.
-    RUNTIME: typing.ClassVar[tuple[str, ...]] = ("iterations", "eval_problems", "eval_n", "workers", "batch_size",
-                                                 "license")
+    RUNTIME: typing.ClassVar[tuple[str, ...]] = (
+        "iterations",
+        "eval_problems",
+        "eval_n",
+        "workers",
+        "batch_size",
+        "license",
+    )
     PATHS: typing.ClassVar[tuple[str, ...]] = ("llm_config", "train_config", "out_dir")
 
     @classmethod
@@ -144,8 +207,9 @@ class LoopConfig:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in data:
             if key not in known:
-                raise InputError(f"unknown loop config key; known: {', '.join(known)}", file=str(path),
-                                 field=str(key))
+                raise InputError(
+                    f"unknown loop config key; known: {', '.join(known)}", file=str(path), field=str(key)
+                )
         values = {k: cls._coerce(k, v, source=str(path)) for k, v in data.items()}
         for key in cls.PATHS:  # paths in the file are relative to the file
             if isinstance(values.get(key), str) and not Path(values[key]).expanduser().is_absolute():
@@ -166,11 +230,13 @@ class LoopConfig:
             if optional:
                 return None
             raise InputError("must not be null", file=source, field=key)
-        ok = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str),
-              dict: lambda v: isinstance(v, dict)}[base](value)
+        ok = {
+            bool: lambda v: isinstance(v, bool),
+            int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+            float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            str: lambda v: isinstance(v, str),
+            dict: lambda v: isinstance(v, dict),
+        }[base](value)
         if not ok:
             raise InputError(f"expected {base.__name__}, got {value!r}", file=source, field=key)
         return float(value) if base is float else value
@@ -181,8 +247,17 @@ class LoopConfig:
 
         if not self.name or any(c in self.name for c in ";=/ ") or len(self.name) > 80:
             bad("name", "must be a non-empty name of at most 80 characters without ';', '=', '/' or spaces")
-        for key in ("iterations", "n", "samples", "min_rollouts", "max_pairs_per_problem", "eval_n", "workers",
-                    "batch_size", "max_steps"):
+        for key in (
+            "iterations",
+            "n",
+            "samples",
+            "min_rollouts",
+            "max_pairs_per_problem",
+            "eval_n",
+            "workers",
+            "batch_size",
+            "max_steps",
+        ):
             if getattr(self, key) < 1:
                 bad(key, "must be at least 1")
         if self.hint_k < 0:
@@ -222,6 +297,7 @@ def trained_name(cfg: LoopConfig, k: int) -> str:
 
 # ---- running -------------------------------------------------------------------------------------------
 
+
 def run_loop(db: Database, cfg: LoopConfig, *, progress: bool | None = None) -> dict[str, Any]:
     """Run (or continue) the loop to cfg.iterations; returns `show(db, cfg.name)`.
 
@@ -242,10 +318,16 @@ def _run_loop(db: Database, cfg: LoopConfig, progress: bool | None) -> dict[str,
     if not problem_ids:
         raise InputError(f"selects no problem: {cfg.problems!r}", record="loop config", field="problems")
     if cfg.eval_problems and not eval_ids:
-        raise InputError(f"selects no problem: {cfg.eval_problems!r}", record="loop config", field="eval_problems")
+        raise InputError(
+            f"selects no problem: {cfg.eval_problems!r}", record="loop config", field="eval_problems"
+        )
     if set(problem_ids) & set(eval_ids):
-        raise InputError(f"{len(set(problem_ids) & set(eval_ids))} held-out problems are also sampled for "
-                         "training; held-out problems must not be", record="loop config", field="eval_problems")
+        raise InputError(
+            f"{len(set(problem_ids) & set(eval_ids))} held-out problems are also sampled for "
+            "training; held-out problems must not be",
+            record="loop config",
+            field="eval_problems",
+        )
     params = {"loop": cfg.name, "identity": cfg.identity(), "config": cfg.to_dict()}
     with pipeline_run(db, STAGE, params) as (run_id, counts):
         ctx = _Context(db, cfg, run_id, problem_ids, eval_ids, progress)
@@ -265,23 +347,35 @@ def _run_loop(db: Database, cfg: LoopConfig, progress: bool | None) -> dict[str,
 
 def _check_continuation(db: Database, cfg: LoopConfig) -> None:
     with db.engine.connect() as conn:
-        first = conn.execute(sa.text(
-            "SELECT id, params FROM pipeline_run WHERE stage = :s AND params->>'loop' = :n ORDER BY id LIMIT 1"),
-            {"s": STAGE, "n": cfg.name}).first()
+        first = conn.execute(
+            sa.text(
+                "SELECT id, params FROM pipeline_run WHERE stage = :s AND params->>'loop' = :n ORDER BY id LIMIT 1"
+            ),
+            {"s": STAGE, "n": cfg.name},
+        ).first()
     if first is None or first.params.get("identity") == cfg.identity():
         return
     before = first.params.get("config") or {}
     changed = sorted(k for k, v in cfg.to_dict().items() if k not in cfg.RUNTIME and before.get(k) != v)
-    raise ConflictError(f"loop {cfg.name!r} was started (run {first.id}) with other settings "
-                        f"({', '.join(f'{k}: {before.get(k)!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
-                        "continue it with the same settings or start a loop with another name")
+    raise ConflictError(
+        f"loop {cfg.name!r} was started (run {first.id}) with other settings "
+        f"({', '.join(f'{k}: {before.get(k)!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+        "continue it with the same settings or start a loop with another name"
+    )
 
 
 class _Context:
     """One invocation: resolves roles, runs the steps of each iteration, records progress."""
 
-    def __init__(self, db: Database, cfg: LoopConfig, parent: int, problem_ids: list[int], eval_ids: list[int],
-                 progress: bool | None):
+    def __init__(
+        self,
+        db: Database,
+        cfg: LoopConfig,
+        parent: int,
+        problem_ids: list[int],
+        eval_ids: list[int],
+        progress: bool | None,
+    ):
         self.db, self.cfg, self.parent, self.progress = db, cfg, parent, progress
         self.problem_ids, self.eval_ids = problem_ids, eval_ids
 
@@ -290,10 +384,17 @@ class _Context:
     def _done(self, k: int) -> dict[str, Any]:
         """The steps earlier runs of iteration K finished (a later record of a step wins)."""
         with self.db.engine.connect() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT counts FROM pipeline_run WHERE stage = :s AND params->>'loop' = :n "
-                "AND (params->>'iteration')::int = :k ORDER BY id"),
-                {"s": ITERATION_STAGE, "n": self.cfg.name, "k": k}).scalars().all()
+            rows = (
+                conn.execute(
+                    sa.text(
+                        "SELECT counts FROM pipeline_run WHERE stage = :s AND params->>'loop' = :n "
+                        "AND (params->>'iteration')::int = :k ORDER BY id"
+                    ),
+                    {"s": ITERATION_STAGE, "n": self.cfg.name, "k": k},
+                )
+                .scalars()
+                .all()
+            )
         done: dict[str, Any] = {}
         for counts in rows:
             done.update((counts or {}).get("steps") or {})
@@ -301,8 +402,10 @@ class _Context:
 
     def _save(self, run_id: int, counts: dict[str, Any]) -> None:
         with self.db.engine.begin() as conn:
-            conn.execute(sa.text("UPDATE pipeline_run SET counts = CAST(:c AS jsonb) WHERE id = :i"),
-                         {"c": json.dumps(counts, default=str), "i": run_id})
+            conn.execute(
+                sa.text("UPDATE pipeline_run SET counts = CAST(:c AS jsonb) WHERE id = :i"),
+                {"c": json.dumps(counts, default=str), "i": run_id},
+            )
 
     def _run(self, k: int, navigator_flag: str | None, steps: list[tuple[str, Any]]) -> dict[str, Any]:
         done = self._done(k)
@@ -317,8 +420,11 @@ class _Context:
                 t0 = time.perf_counter()
                 result = fn()
                 # wall time of each step, so `loop show` and the benchmarks say where an iteration's time goes
-                record[name] = {**result, "seconds": round(time.perf_counter() - t0, 1)} \
-                    if isinstance(result, dict) else result
+                record[name] = (
+                    {**result, "seconds": round(time.perf_counter() - t0, 1)}
+                    if isinstance(result, dict)
+                    else result
+                )
                 self._save(run_id, counts)
         return counts
 
@@ -328,7 +434,9 @@ class _Context:
         if k == 0:
             return self.cfg.navigator
         name = trained_name(self.cfg, k - 1)
-        return name if self.cfg.navigator_backend == "transformers" else f"{self.cfg.navigator_backend}:{name}"
+        return (
+            name if self.cfg.navigator_backend == "transformers" else f"{self.cfg.navigator_backend}:{name}"
+        )
 
     def navigator_name(self, k: int) -> str:
         return self._navigator(self._navigator_flag(k)).name
@@ -337,10 +445,20 @@ class _Context:
         from pipelines.llm.roles import resolve_role
         from pipelines.sample import DEFAULT_SAMPLING
 
-        role = resolve_role(self.db, "navigator", flag, self.cfg.llm_config, DEFAULT_SAMPLING,
-                            temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens)
+        role = resolve_role(
+            self.db,
+            "navigator",
+            flag,
+            self.cfg.llm_config,
+            DEFAULT_SAMPLING,
+            temperature=self.cfg.temperature,
+            top_p=self.cfg.top_p,
+            max_tokens=self.cfg.max_tokens,
+        )
         if ";" in role.name:
-            raise InputError(f"navigator name {role.name!r} contains ';'", record="loop config", field="navigator")
+            raise InputError(
+                f"navigator name {role.name!r} contains ';'", record="loop config", field="navigator"
+            )
         return role
 
     # -- iterations ---------------------------------------------------------------------------------------
@@ -351,20 +469,28 @@ class _Context:
         steps = [("navigator", lambda: {"name": nav.name, "flag": flag})]
         if self.eval_ids:
             steps.append(("heldout", lambda: self._heldout(nav)))
-        steps += [("sample", lambda: self._sample(nav)),
-                  ("evaluate", lambda: self._evaluate(nav)),
-                  ("rewards", lambda: self._rewards(nav)),
-                  ("pairs", lambda: self._pairs(nav, k)),
-                  ("export", lambda: self._export(k)),
-                  ("train", lambda: self._train(k))]
+        steps += [
+            ("sample", lambda: self._sample(nav)),
+            ("evaluate", lambda: self._evaluate(nav)),
+            ("rewards", lambda: self._rewards(nav)),
+            ("pairs", lambda: self._pairs(nav, k)),
+            ("export", lambda: self._export(k)),
+            ("train", lambda: self._train(k)),
+        ]
         return self._run(k, flag, steps)
 
     def final(self, k: int) -> dict[str, Any]:
         """After the last iteration: the held-out plans of the navigator it trained."""
         flag = self._navigator_flag(k)
         nav = self._navigator(flag)
-        return self._run(k, flag, [("navigator", lambda: {"name": nav.name, "flag": flag, "final": True}),
-                                   ("heldout", lambda: self._heldout(nav))])
+        return self._run(
+            k,
+            flag,
+            [
+                ("navigator", lambda: {"name": nav.name, "flag": flag, "final": True}),
+                ("heldout", lambda: self._heldout(nav)),
+            ],
+        )
 
     def _keys(self, nav, n: int) -> list[str]:
         from pipelines.sample import sample_key
@@ -375,14 +501,29 @@ class _Context:
         from pipelines.sample import sample
 
         cfg = self.cfg
-        result = sample(self.db, f"ids={_ranges(problem_ids)}", nav.config, n=n, navigator_name=nav.name,
-                        sampling=nav.sampling, base_seed=cfg.base_seed, hint_k=cfg.hint_k,
-                        retrieval_mode=cfg.retrieval_mode, max_steps=cfg.max_steps, workers=cfg.workers,
-                        batch_size=cfg.batch_size, progress=self.progress)
+        result = sample(
+            self.db,
+            f"ids={_ranges(problem_ids)}",
+            nav.config,
+            n=n,
+            navigator_name=nav.name,
+            sampling=nav.sampling,
+            base_seed=cfg.base_seed,
+            hint_k=cfg.hint_k,
+            retrieval_mode=cfg.retrieval_mode,
+            max_steps=cfg.max_steps,
+            workers=cfg.workers,
+            batch_size=cfg.batch_size,
+            progress=self.progress,
+        )
         _stop_if_failed(result)
         stats = plan_stats(self.db, nav.name, problem_ids, self._keys(nav, n))
-        return {"run_id": result["run_id"], "plans_requested": n * len(problem_ids),
-                "units_failed": result.get("failed", 0), **stats}
+        return {
+            "run_id": result["run_id"],
+            "plans_requested": n * len(problem_ids),
+            "units_failed": result.get("failed", 0),
+            **stats,
+        }
 
     def _heldout(self, nav) -> dict[str, Any]:
         return self._sample_into(nav, self.eval_ids, self.cfg.eval_n)
@@ -396,12 +537,25 @@ class _Context:
 
         cfg = self.cfg
         role = resolve_role(self.db, "inference", cfg.inference, cfg.llm_config, DEFAULT_SAMPLING)
-        result = evaluate(self.db, f"navigator={nav.name};problem={_ranges(self.problem_ids)}", role.config,
-                          samples=cfg.samples, sampling=role.sampling, prompts_dir=role.prompts_dir,
-                          workers=cfg.workers, batch_size=cfg.batch_size, refresh=False, progress=self.progress)
+        result = evaluate(
+            self.db,
+            f"navigator={nav.name};problem={_ranges(self.problem_ids)}",
+            role.config,
+            samples=cfg.samples,
+            sampling=role.sampling,
+            prompts_dir=role.prompts_dir,
+            workers=cfg.workers,
+            batch_size=cfg.batch_size,
+            refresh=False,
+            progress=self.progress,
+        )
         _stop_if_failed(result)
-        return {"run_id": result["run_id"], "inference": role.name, "units_failed": result.get("failed", 0),
-                **{k: result.get(k, 0) for k in ("rollouts_written", "rollouts_correct")}}
+        return {
+            "run_id": result["run_id"],
+            "inference": role.name,
+            "units_failed": result.get("failed", 0),
+            **{k: result.get(k, 0) for k in ("rollouts_written", "rollouts_correct")},
+        }
 
     def _rewards(self, nav) -> dict[str, Any]:
         from kb.rewards import refresh_rewards
@@ -413,19 +567,30 @@ class _Context:
         from pipelines.pairs import build_pairs
 
         cfg = self.cfg
-        result = build_pairs(self.db, refresh=False, min_margin=cfg.min_margin, min_rollouts=cfg.min_rollouts,
-                             max_pairs_per_problem=cfg.max_pairs_per_problem, navigator_model=nav.name)
+        result = build_pairs(
+            self.db,
+            refresh=False,
+            min_margin=cfg.min_margin,
+            min_rollouts=cfg.min_rollouts,
+            max_pairs_per_problem=cfg.max_pairs_per_problem,
+            navigator_model=nav.name,
+        )
         out = {"run_id": result["run_id"], "params_hash": result["params_hash"], "pairs": result["total"]}
         if result["total"]:
             return out
         eligible = _eligible(self.db, nav.name, self.problem_ids, self._keys(nav, cfg.n), cfg.min_rollouts)
         if not eligible:
-            raise KbError(f"loop {cfg.name!r} iteration {k}: no DPO pairs: no trajectory of {nav.name!r} on a "
-                          f"train-split problem has {cfg.min_rollouts} rollouts (similar sets too small, or "
-                          "problems without answers?); lower min_rollouts or roll out more (samples)")
+            raise KbError(
+                f"loop {cfg.name!r} iteration {k}: no DPO pairs: no trajectory of {nav.name!r} on a "
+                f"train-split problem has {cfg.min_rollouts} rollouts (similar sets too small, or "
+                "problems without answers?); lower min_rollouts or roll out more (samples)"
+            )
         # Rewards no longer tell this navigator's plans apart: nothing left to learn from, the loop ends here.
-        return {**out, "converged": f"the rewards of the {eligible} rolled-out trajectories of a problem never "
-                                    f"differ by {cfg.min_margin}"}
+        return {
+            **out,
+            "converged": f"the rewards of the {eligible} rolled-out trajectories of a problem never "
+            f"differ by {cfg.min_margin}",
+        }
 
     def _export(self, k: int) -> dict[str, Any]:
         from pipelines.export import export
@@ -435,12 +600,15 @@ class _Context:
             return {"skipped": "no pairs"}
         out = Path(self.cfg.out_dir) if self.cfg.out_dir else kb_config.home_dir() / "loops" / self.cfg.name
         try:
-            manifest = export(self.db, "dpo", out / f"it{k}-dpo", pairs=pairs["params_hash"], license=self.cfg.license)
+            manifest = export(
+                self.db, "dpo", out / f"it{k}-dpo", pairs=pairs["params_hash"], license=self.cfg.license
+            )
         except InputError as e:
             if e.field != "--license":
                 raise
-            raise InputError(f"{e.reason}; in a loop, the config key `license`", record="loop config",
-                             field="license") from None
+            raise InputError(
+                f"{e.reason}; in a loop, the config key `license`", record="loop config", field="license"
+            ) from None
         return {"dataset": manifest["id"], "rows": sum((manifest.get("row_counts") or {}).values())}
 
     def _done_step(self, k: int, step: str) -> dict[str, Any]:
@@ -464,18 +632,38 @@ class _Context:
             base = self._base_model(k)
             previous = _previous_training(self.db, dataset, base)
             if previous and previous["status"] == "succeeded":  # trained, killed before it was registered
-                register_navigator(self.db, name=name, path=previous["output_path"], base_model=base,
-                                   training_run_id=previous["id"])
+                register_navigator(
+                    self.db,
+                    name=name,
+                    path=previous["output_path"],
+                    base_model=base,
+                    training_run_id=previous["id"],
+                )
             else:
                 resume = _resumable(self.db, previous)
-                p = plan(self.db, "dpo", dataset=None if resume else dataset, base_model=None if resume else base,
-                         config_file=cfg.train_config, overrides=cfg.train, num_gpus=cfg.num_gpus, name=name,
-                         resume=resume)
+                p = plan(
+                    self.db,
+                    "dpo",
+                    dataset=None if resume else dataset,
+                    base_model=None if resume else base,
+                    config_file=cfg.train_config,
+                    overrides=cfg.train,
+                    num_gpus=cfg.num_gpus,
+                    name=name,
+                    resume=resume,
+                )
                 execute(self.db, p)
         run_id = _navigator_run(self.db, name)
         metrics = (get_run(self.db, run_id, with_steps=False)["metrics"] or {}) if run_id else {}
-        return {"navigator": name, "training_run": run_id, "dataset": dataset,
-                **{key: metrics.get(key) for key in ("rewards/accuracies", "rewards/margins", "loss", "global_step")}}
+        return {
+            "navigator": name,
+            "training_run": run_id,
+            "dataset": dataset,
+            **{
+                key: metrics.get(key)
+                for key in ("rewards/accuracies", "rewards/margins", "loss", "global_step")
+            },
+        }
 
     def _base_model(self, k: int) -> str:
         """The model iteration K trains, as a resolved local directory (how training runs record it)."""
@@ -496,18 +684,30 @@ class _Context:
             except InputError:
                 if self.cfg.base_model:
                     raise
-        raise InputError("the navigator of iteration 0 is not a local model or a registered navigator; give the "
-                         "model to train as base_model", record="loop config", field="base_model")
+        raise InputError(
+            "the navigator of iteration 0 is not a local model or a registered navigator; give the "
+            "model to train as base_model",
+            record="loop config",
+            field="base_model",
+        )
 
 
 def _previous_training(db: Database, dataset: str, base: str) -> dict[str, Any] | None:
     """The latest DPO run on DATASET from BASE that no navigator came out of (an earlier, cut-off attempt)."""
     with db.engine.connect() as conn:
-        row = conn.execute(sa.text(
-            "SELECT r.id, r.status, r.output_path FROM training_run r WHERE r.stage = 'dpo' "
-            "AND r.dataset_version_id = :d AND r.base_model = :b "
-            "AND NOT EXISTS (SELECT 1 FROM navigator_model n WHERE n.training_run_id = r.id) "
-            "ORDER BY r.id DESC LIMIT 1"), {"d": dataset, "b": base}).mappings().first()
+        row = (
+            conn.execute(
+                sa.text(
+                    "SELECT r.id, r.status, r.output_path FROM training_run r WHERE r.stage = 'dpo' "
+                    "AND r.dataset_version_id = :d AND r.base_model = :b "
+                    "AND NOT EXISTS (SELECT 1 FROM navigator_model n WHERE n.training_run_id = r.id) "
+                    "ORDER BY r.id DESC LIMIT 1"
+                ),
+                {"d": dataset, "b": base},
+            )
+            .mappings()
+            .first()
+        )
     return dict(row) if row else None
 
 
@@ -520,14 +720,19 @@ def _stop_if_failed(result: dict[str, Any]) -> None:
         raise_for_outcome(result)
 
 
-def _eligible(db: Database, navigator_name: str, problem_ids: list[int], keys: list[str], min_rollouts: int) -> int:
+def _eligible(
+    db: Database, navigator_name: str, problem_ids: list[int], keys: list[str], min_rollouts: int
+) -> int:
     """Trajectories of those plans on train-split problems with enough rollouts to be paired."""
     with db.engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT count(*) FROM trajectory_reward r JOIN trajectory t ON t.id = r.trajectory_id "
-            "WHERE r.split = 'train' AND r.n_rollouts >= :m AND t.navigator_model = :nav "
-            "AND t.problem_id = ANY(:ids) AND t.sample_key = ANY(:keys)"),
-            {"m": min_rollouts, "nav": navigator_name, "ids": problem_ids, "keys": keys}).scalar_one()
+        return conn.execute(
+            sa.text(
+                "SELECT count(*) FROM trajectory_reward r JOIN trajectory t ON t.id = r.trajectory_id "
+                "WHERE r.split = 'train' AND r.n_rollouts >= :m AND t.navigator_model = :nav "
+                "AND t.problem_id = ANY(:ids) AND t.sample_key = ANY(:keys)"
+            ),
+            {"m": min_rollouts, "nav": navigator_name, "ids": problem_ids, "keys": keys},
+        ).scalar_one()
 
 
 def _resumable(db: Database, previous: dict[str, Any] | None) -> int | None:
@@ -546,8 +751,9 @@ def _resumable(db: Database, previous: dict[str, Any] | None) -> int | None:
 
 def _navigator_run(db: Database, name: str) -> int | None:
     with db.engine.connect() as conn:
-        return conn.execute(sa.text("SELECT training_run_id FROM navigator_model WHERE name = :n"),
-                            {"n": name}).scalar()
+        return conn.execute(
+            sa.text("SELECT training_run_id FROM navigator_model WHERE name = :n"), {"n": name}
+        ).scalar()
 
 
 def _ranges(ids: list[int]) -> str:
@@ -583,21 +789,35 @@ def plan_stats(db: Database, navigator_name: str, problem_ids: list[int], keys: 
     not parse is not stored) and, over problems that record an expected template, how many use it in
     every step."""
     with db.engine.connect() as conn:
-        rows = conn.execute(_PLANS_SQL, {"nav": navigator_name, "ids": problem_ids, "keys": keys}).mappings().all()
+        rows = (
+            conn.execute(_PLANS_SQL, {"nav": navigator_name, "ids": problem_ids, "keys": keys})
+            .mappings()
+            .all()
+        )
     requested = len(problem_ids) * len(keys)
     judged = [r for r in rows if r["expected"] is not None]
     right = sum(1 for r in judged if r["right_template"])
-    return {"plans_parsed": len(rows), "parse_rate": round(len(rows) / requested, 4) if requested else None,
-            "plans_with_expected_template": len(judged), "right_template": right,
-            "right_template_share": round(right / len(judged), 4) if judged else None}
+    return {
+        "plans_parsed": len(rows),
+        "parse_rate": round(len(rows) / requested, 4) if requested else None,
+        "plans_with_expected_template": len(judged),
+        "right_template": right,
+        "right_template_share": round(right / len(judged), 4) if judged else None,
+    }
 
 
-def reward_stats(db: Database, navigator_name: str, problem_ids: list[int], keys: list[str]) -> dict[str, Any]:
+def reward_stats(
+    db: Database, navigator_name: str, problem_ids: list[int], keys: list[str]
+) -> dict[str, Any]:
     """Mean and spread (population standard deviation) of the rewards of those plans."""
     with db.engine.connect() as conn:
-        rewards = [float(r["reward"]) for r in conn.execute(
-            _PLANS_SQL, {"nav": navigator_name, "ids": problem_ids, "keys": keys}).mappings()
-            if r["reward"] is not None]
+        rewards = [
+            float(r["reward"])
+            for r in conn.execute(
+                _PLANS_SQL, {"nav": navigator_name, "ids": problem_ids, "keys": keys}
+            ).mappings()
+            if r["reward"] is not None
+        ]
     if not rewards:
         return {"rewarded": 0, "reward_mean": None, "reward_std": None}
     mean = sum(rewards) / len(rewards)
@@ -607,15 +827,31 @@ def reward_stats(db: Database, navigator_name: str, problem_ids: list[int], keys
 
 # ---- reading -------------------------------------------------------------------------------------------
 
-SHOW_COLUMNS = ("iteration", "navigator", "plans", "parse_rate", "right_template", "reward_mean", "reward_std",
-                "pairs", "dpo_accuracy", "dpo_margin", "trained", "heldout_plans", "heldout_parse_rate",
-                "heldout_right_template", "status")
+SHOW_COLUMNS = (
+    "iteration",
+    "navigator",
+    "plans",
+    "parse_rate",
+    "right_template",
+    "reward_mean",
+    "reward_std",
+    "pairs",
+    "dpo_accuracy",
+    "dpo_margin",
+    "trained",
+    "heldout_plans",
+    "heldout_parse_rate",
+    "heldout_right_template",
+    "status",
+)
 
 
 def latest_loop(db: Database) -> str:
     with db.engine.connect() as conn:
-        name = conn.execute(sa.text("SELECT params->>'loop' FROM pipeline_run WHERE stage = :s ORDER BY id DESC "
-                                    "LIMIT 1"), {"s": STAGE}).scalar()
+        name = conn.execute(
+            sa.text("SELECT params->>'loop' FROM pipeline_run WHERE stage = :s ORDER BY id DESC LIMIT 1"),
+            {"s": STAGE},
+        ).scalar()
     if name is None:
         raise NotFound("no loop has run yet; start one with `reasonflux loop --config loop.yaml`")
     return name
@@ -626,12 +862,28 @@ def show(db: Database, loop: str | None = None) -> dict[str, Any]:
     figures; from the iterations' records (the steps not finished yet are empty)."""
     name = loop or latest_loop(db)
     with db.engine.connect() as conn:
-        runs = conn.execute(sa.text(
-            "SELECT id, status, params, counts FROM pipeline_run WHERE stage = :s AND params->>'loop' = :n "
-            "ORDER BY id"), {"s": ITERATION_STAGE, "n": name}).mappings().all()
-        invocations = conn.execute(sa.text(
-            "SELECT id, status, started_at, finished_at, error FROM pipeline_run WHERE stage = :s "
-            "AND params->>'loop' = :n ORDER BY id"), {"s": STAGE, "n": name}).mappings().all()
+        runs = (
+            conn.execute(
+                sa.text(
+                    "SELECT id, status, params, counts FROM pipeline_run WHERE stage = :s AND params->>'loop' = :n "
+                    "ORDER BY id"
+                ),
+                {"s": ITERATION_STAGE, "n": name},
+            )
+            .mappings()
+            .all()
+        )
+        invocations = (
+            conn.execute(
+                sa.text(
+                    "SELECT id, status, started_at, finished_at, error FROM pipeline_run WHERE stage = :s "
+                    "AND params->>'loop' = :n ORDER BY id"
+                ),
+                {"s": STAGE, "n": name},
+            )
+            .mappings()
+            .all()
+        )
     if not invocations:
         raise NotFound(f"no loop named {name!r}; list loops with `reasonflux runs list --stage loop`")
     merged: dict[int, dict[str, Any]] = {}
@@ -652,23 +904,39 @@ def _row(k: int, entry: dict[str, Any]) -> dict[str, Any]:
     nav = s.get("navigator", {})
     final = bool(nav.get("final")) and "sample" not in s
     return {
-        "iteration": k, "navigator": nav.get("name"), "final": final,
+        "iteration": k,
+        "navigator": nav.get("name"),
+        "final": final,
         "plans": _ratio(sample.get("plans_parsed"), sample.get("plans_requested")),
-        "plans_requested": sample.get("plans_requested"), "plans_parsed": sample.get("plans_parsed"),
-        "parse_rate": sample.get("parse_rate"), "right_template": sample.get("right_template_share"),
-        "reward_mean": rewards.get("reward_mean"), "reward_std": rewards.get("reward_std"),
-        "pairs": pairs.get("pairs"), "dpo_accuracy": train.get("rewards/accuracies"),
-        "dpo_margin": train.get("rewards/margins"), "trained": train.get("navigator"),
-        "training_run": train.get("training_run"), "dataset": s.get("export", {}).get("dataset"),
+        "plans_requested": sample.get("plans_requested"),
+        "plans_parsed": sample.get("plans_parsed"),
+        "parse_rate": sample.get("parse_rate"),
+        "right_template": sample.get("right_template_share"),
+        "reward_mean": rewards.get("reward_mean"),
+        "reward_std": rewards.get("reward_std"),
+        "pairs": pairs.get("pairs"),
+        "dpo_accuracy": train.get("rewards/accuracies"),
+        "dpo_margin": train.get("rewards/margins"),
+        "trained": train.get("navigator"),
+        "training_run": train.get("training_run"),
+        "dataset": s.get("export", {}).get("dataset"),
         "heldout_plans": _ratio(held.get("plans_parsed"), held.get("plans_requested")),
-        "heldout_requested": held.get("plans_requested"), "heldout_parsed": held.get("plans_parsed"),
-        "heldout_parse_rate": held.get("parse_rate"), "heldout_right_template": held.get("right_template_share"),
+        "heldout_requested": held.get("plans_requested"),
+        "heldout_parsed": held.get("plans_parsed"),
+        "heldout_parse_rate": held.get("parse_rate"),
+        "heldout_right_template": held.get("right_template_share"),
         "heldout_judged": held.get("plans_with_expected_template"),
         # A loop continued past its old end turns the old final row into an ordinary iteration.
-        "seconds": {name: step["seconds"] for name, step in s.items() if isinstance(step, dict) and "seconds" in step},
-        "status": "converged (no pairs): the loop ended" if pairs.get("converged") else
-        "done" if "train" in s else "final" if final and "heldout" in s else
-        f"{entry.get('status')} (steps done: {', '.join(s) or 'none'})",
+        "seconds": {
+            name: step["seconds"] for name, step in s.items() if isinstance(step, dict) and "seconds" in step
+        },
+        "status": "converged (no pairs): the loop ended"
+        if pairs.get("converged")
+        else "done"
+        if "train" in s
+        else "final"
+        if final and "heldout" in s
+        else f"{entry.get('status')} (steps done: {', '.join(s) or 'none'})",
         "runs": entry["runs"],
     }
 

@@ -46,13 +46,16 @@ DEFAULT_SAMPLING = SamplingParams(temperature=0.0, max_tokens=1024)
 def mining_units(conn: sa.Connection, selection: str) -> list[tuple[str, dict[str, Any]]]:
     """Selected problems with a reference solution, and successful solve sessions on selected problems."""
     ids = select_problem_ids(conn, parse_selection(selection, PROBLEM_KEYS))
-    rows = conn.execute(sa.text("""
+    rows = conn.execute(
+        sa.text("""
         SELECT 'problem:' || p.id AS key, p.id AS problem_id, NULL::int AS session_id FROM problem p
         WHERE p.id = ANY(:ids) AND coalesce(p.solution, '') <> ''
         UNION ALL
         SELECT 'session:' || s.id, s.problem_id, s.id FROM solve_session s
         WHERE s.problem_id = ANY(:ids) AND s.status = 'solved' AND s.correct IS TRUE
-        ORDER BY 2, 3 NULLS FIRST"""), {"ids": ids}).all()
+        ORDER BY 2, 3 NULLS FIRST"""),
+        {"ids": ids},
+    ).all()
     return [(r.key, {"problem_id": r.problem_id, "session_id": r.session_id}) for r in rows]
 
 
@@ -70,9 +73,17 @@ class Candidate:
 class MineHandler:
     stage = STAGE
 
-    def __init__(self, db: Database, run_id: int, role: RoleConfig | Backend, *, max_retries: int = 2,
-                 sampling: SamplingParams = DEFAULT_SAMPLING, prompts_dir: str | None = None,
-                 embed_model: str | None = None):
+    def __init__(
+        self,
+        db: Database,
+        run_id: int,
+        role: RoleConfig | Backend,
+        *,
+        max_retries: int = 2,
+        sampling: SamplingParams = DEFAULT_SAMPLING,
+        prompts_dir: str | None = None,
+        embed_model: str | None = None,
+    ):
         self.db, self.run_id = db, run_id
         self.backend = LoggedBackend(backend_for(role), db, run_id, STAGE)
         self.max_retries, self.sampling = max_retries, sampling
@@ -85,7 +96,9 @@ class MineHandler:
     def _sources(self, units: list[Unit]) -> dict[int, dict[str, Any]]:
         """Per unit id: problem text, the solution to mine (reference or the session's rounds), answer."""
         with self.db.engine.connect() as conn:
-            rows = conn.execute(sa.text("""
+            rows = (
+                conn.execute(
+                    sa.text("""
                 SELECT u.id AS unit_id, p.id AS problem_id, p.text, p.answer, p.subject,
                        CASE WHEN u.session_id IS NULL THEN p.solution ELSE (
                            SELECT string_agg(coalesce(r.step_text, '') || E'\n' || coalesce(r.instantiation, ''),
@@ -94,24 +107,42 @@ class MineHandler:
                        u.session_id
                 FROM unnest(CAST(:uids AS bigint[]), CAST(:pids AS int[]), CAST(:sids AS int[]))
                      AS u(id, problem_id, session_id)
-                JOIN problem p ON p.id = u.problem_id"""), {
-                "uids": [u.id for u in units], "pids": [u.payload["problem_id"] for u in units],
-                "sids": [u.payload.get("session_id") for u in units]}).mappings().all()
+                JOIN problem p ON p.id = u.problem_id"""),
+                    {
+                        "uids": [u.id for u in units],
+                        "pids": [u.payload["problem_id"] for u in units],
+                        "sids": [u.payload.get("session_id") for u in units],
+                    },
+                )
+                .mappings()
+                .all()
+            )
         return {r["unit_id"]: dict(r) for r in rows}
 
     def process(self, units: list[Unit]) -> list[Outcome]:
         sources = self._sources(units)
-        convs = {u.id: self.prompts.messages("mine", problem=s["text"], solution=s["solution"],
-                                             answer=s["answer"] or "(not given)")
-                 for u in units if (s := sources.get(u.id)) and (s["solution"] or "").strip()}
+        convs = {
+            u.id: self.prompts.messages(
+                "mine", problem=s["text"], solution=s["solution"], answer=s["answer"] or "(not given)"
+            )
+            for u in units
+            if (s := sources.get(u.id)) and (s["solution"] or "").strip()
+        }
         parsed: dict[int, MinedTemplate] = {}
         failures: dict[int, list[dict[str, Any]]] = {u.id: [] for u in units}
         pending = [u for u in units if u.id in convs]
         for attempt in range(1, self.max_retries + 2):
             if not pending:
                 break
-            reqs = [ChatRequest(convs[u.id], self.sampling, tags={"unit": u.key, "attempt": attempt},
-                                response_schema=TEMPLATE_SCHEMA) for u in pending]
+            reqs = [
+                ChatRequest(
+                    convs[u.id],
+                    self.sampling,
+                    tags={"unit": u.key, "attempt": attempt},
+                    response_schema=TEMPLATE_SCHEMA,
+                )
+                for u in pending
+            ]
             comps = self.backend.generate(reqs)
             errors = [c.error for c in comps if c.error]
             if errors:  # the backend, not the model's output: the runner retries the units (bounded)
@@ -121,8 +152,9 @@ class MineHandler:
                 try:
                     parsed[u.id] = parse_template(c.text)
                 except ParseError as e:
-                    failures[u.id].append({"reason": f"attempt {attempt}: {e.reason}", "raw_output": c.text,
-                                           "attempt": attempt})
+                    failures[u.id].append(
+                        {"reason": f"attempt {attempt}: {e.reason}", "raw_output": c.text, "attempt": attempt}
+                    )
                     convs[u.id] = self.prompts.repair("mine", convs[u.id], c.text, e.reason)
                     retry.append(u)
             pending = retry
@@ -132,13 +164,30 @@ class MineHandler:
         for u in units:
             src = sources.get(u.id)
             if u.id not in convs:
-                outcomes.append(Outcome(status="failed", failures=[
-                    {"reason": "nothing to mine: the problem or its solution is gone", "attempt": 0}]))
+                outcomes.append(
+                    Outcome(
+                        status="failed",
+                        failures=[
+                            {"reason": "nothing to mine: the problem or its solution is gone", "attempt": 0}
+                        ],
+                    )
+                )
             elif u.id in parsed:
                 vec, h = vectors.pop(0) if u.id not in known else (None, "")
-                outcomes.append(Outcome(data=Candidate(
-                    unit_key=u.key, template=parsed[u.id], vector=vec, text_hash=h, problem_id=src["problem_id"],
-                    session_id=src["session_id"], subject=src["subject"]), failures=failures[u.id]))
+                outcomes.append(
+                    Outcome(
+                        data=Candidate(
+                            unit_key=u.key,
+                            template=parsed[u.id],
+                            vector=vec,
+                            text_hash=h,
+                            problem_id=src["problem_id"],
+                            session_id=src["session_id"],
+                            subject=src["subject"],
+                        ),
+                        failures=failures[u.id],
+                    )
+                )
             else:
                 failures[u.id][-1]["reason"] += f" (gave up after {self.max_retries + 1} attempts)"
                 outcomes.append(Outcome(status="failed", failures=failures[u.id]))
@@ -148,12 +197,20 @@ class MineHandler:
         """Units whose candidate is byte for byte a current version (same content hash): no need to embed."""
         if not parsed:
             return set()
-        hashes = {uid: content_hash(TemplateSpec(category="-", **t.content()).content())
-                  for uid, t in parsed.items()}
+        hashes = {
+            uid: content_hash(TemplateSpec(category="-", **t.content()).content())
+            for uid, t in parsed.items()
+        }
         with self.db.engine.connect() as conn:
-            stored = set(conn.execute(sa.text(
-                "SELECT v.content_hash FROM template t JOIN template_version v ON v.id = t.current_version_id "
-                "WHERE v.content_hash = ANY(:h)"), {"h": list(set(hashes.values()))}).scalars())
+            stored = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT v.content_hash FROM template t JOIN template_version v ON v.id = t.current_version_id "
+                        "WHERE v.content_hash = ANY(:h)"
+                    ),
+                    {"h": list(set(hashes.values()))},
+                ).scalars()
+            )
         return {uid for uid, h in hashes.items() if h in stored}
 
     def _embed(self, templates: list[MinedTemplate]) -> list[tuple[list[float], str]]:
@@ -170,7 +227,10 @@ class MineHandler:
 
     def _neighbours(self, conn: sa.Connection, cand: Candidate) -> list[dict[str, Any]]:
         vec = "[" + ",".join(f"{x:.7g}" for x in cand.vector) + "]"
-        return [dict(r) for r in conn.execute(sa.text("""
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text("""
             (SELECT t.id AS template_id, v.id AS version_id, v.name, v.content_hash,
                     1 - (e.embedding <=> CAST(:q AS vector)) AS similarity
              FROM template t JOIN template_version v ON v.id = t.current_version_id
@@ -182,7 +242,10 @@ class MineHandler:
              FROM template t JOIN template_version v ON v.id = t.current_version_id
              LEFT JOIN template_embedding e ON e.version_id = v.id AND e.model = :m
              WHERE lower(v.name) = lower(:name))
-            ORDER BY similarity DESC"""), {"q": vec, "m": self.embed_model, "name": cand.template.name}).mappings()]
+            ORDER BY similarity DESC"""),
+                {"q": vec, "m": self.embed_model, "name": cand.template.name},
+            ).mappings()
+        ]
 
     def _match(self, cand: Candidate, neighbours: list[dict[str, Any]]) -> dict[str, Any] | None:
         name = cand.template.name.lower()
@@ -198,12 +261,21 @@ class MineHandler:
         if cand.vector is None:  # exactly the content of a current version: nothing to embed or write
             return {"templates_identical": 1}
         match = self._match(cand, self._neighbours(conn, cand))
-        provenance = {"problems": [cand.problem_id], "session_id": cand.session_id, "run_id": run_id,
-                      "model": self.backend.model, "prompt_hash": self.prompts.hash("mine"),
-                      "matched_version_id": match["version_id"] if match else None,
-                      "similarity": round(float(match["similarity"]), 4) if match else None}
-        source = {"source_kind": "run", "source_ref": f"run:{run_id}/{unit.key}", "provenance": provenance,
-                  "run_id": run_id}
+        provenance = {
+            "problems": [cand.problem_id],
+            "session_id": cand.session_id,
+            "run_id": run_id,
+            "model": self.backend.model,
+            "prompt_hash": self.prompts.hash("mine"),
+            "matched_version_id": match["version_id"] if match else None,
+            "similarity": round(float(match["similarity"]), 4) if match else None,
+        }
+        source = {
+            "source_kind": "run",
+            "source_ref": f"run:{run_id}/{unit.key}",
+            "provenance": provenance,
+            "run_id": run_id,
+        }
         # The session works inside the unit's transaction: its commit releases a savepoint, nothing more.
         session = Session(bind=conn, join_transaction_mode="create_savepoint", expire_on_commit=False)
         try:
@@ -211,8 +283,9 @@ class MineHandler:
                 return {"templates_identical": 1}
             if match is not None:
                 changes = {k: v for k, v in cand.template.content().items() if k != "name"}
-                version, changed = edit_template(session, match["template_id"], changes,
-                                                 change_note=f"mined from {unit.key}", **source)
+                version, changed = edit_template(
+                    session, match["template_id"], changes, change_note=f"mined from {unit.key}", **source
+                )
                 if not changed:
                     return {"templates_identical": 1}
                 result = {"templates_versioned": 1}
@@ -222,15 +295,26 @@ class MineHandler:
             session.commit()
         finally:
             session.close()
-        conn.execute(sa.text(
-            "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
-            "VALUES (:v, :m, :d, CAST(:e AS vector), :h, :r) ON CONFLICT DO NOTHING"),
-            {"v": version.id, "m": self.embed_model, "d": len(cand.vector), "h": cand.text_hash, "r": run_id,
-             "e": "[" + ",".join(f"{x:.7g}" for x in cand.vector) + "]"})
+        conn.execute(
+            sa.text(
+                "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
+                "VALUES (:v, :m, :d, CAST(:e AS vector), :h, :r) ON CONFLICT DO NOTHING"
+            ),
+            {
+                "v": version.id,
+                "m": self.embed_model,
+                "d": len(cand.vector),
+                "h": cand.text_hash,
+                "r": run_id,
+                "e": "[" + ",".join(f"{x:.7g}" for x in cand.vector) + "]",
+            },
+        )
         return result
 
     def _create(self, session: Session, cand: Candidate, source: dict[str, Any]):
-        spec = TemplateSpec(category=cand.subject or DEFAULT_CATEGORY, section=SECTION, **cand.template.content())
+        spec = TemplateSpec(
+            category=cand.subject or DEFAULT_CATEGORY, section=SECTION, **cand.template.content()
+        )
         try:
             return create_template(session, spec, change_note=f"mined from {source['source_ref']}", **source)
         except ConflictError:  # same name in the category, different method: keep both, told apart
@@ -240,18 +324,37 @@ class MineHandler:
 
 def _candidate_text(t: MinedTemplate) -> str:
     """What the candidate is compared by: what it is and when it applies, never the worked example."""
-    return "\n".join([t.name, "Tags: " + ", ".join(t.tags), "Applies when: " + t.application_scope, t.description,
-                      "Steps: " + " ".join(t.steps)[:400]])
+    return "\n".join(
+        [
+            t.name,
+            "Tags: " + ", ".join(t.tags),
+            "Applies when: " + t.application_scope,
+            t.description,
+            "Steps: " + " ".join(t.steps)[:400],
+        ]
+    )
 
 
 def make_handler(db: Database, run_id: int, **options: Any) -> MineHandler:
     return MineHandler(db, run_id, **options)
 
 
-def mine(db: Database, problems: str, role: RoleConfig | Backend, *, workers: int = 1, batch_size: int = 4,
-         max_retries: int = 2, sampling: SamplingParams = DEFAULT_SAMPLING, prompts_dir: str | None = None,
-         embed_model: str | None = None, retry_failed: bool = False, lease_s: float | None = None,
-         max_attempts: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+def mine(
+    db: Database,
+    problems: str,
+    role: RoleConfig | Backend,
+    *,
+    workers: int = 1,
+    batch_size: int = 4,
+    max_retries: int = 2,
+    sampling: SamplingParams = DEFAULT_SAMPLING,
+    prompts_dir: str | None = None,
+    embed_model: str | None = None,
+    retry_failed: bool = False,
+    lease_s: float | None = None,
+    max_attempts: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Mine templates from the selected solved problems; returns the run's counts."""
     from pipelines.embed import embed_new_templates, embed_templates
 
@@ -259,15 +362,36 @@ def mine(db: Database, problems: str, role: RoleConfig | Backend, *, workers: in
     with db.engine.connect() as conn:
         units = mining_units(conn, problems)
     prompts = Prompts(prompts_dir)
-    params = {"problems": parse_selection(problems, PROBLEM_KEYS).to_dict(), "llm": describe_role(role),
-              "sampling": sampling.to_dict(), "max_retries": max_retries, "prompt_hash": prompts.hash("mine"),
-              "embed_model": kb_config.embed_model_name(embed_model)}
-    factory = functools.partial(make_handler, role=role, max_retries=max_retries, sampling=sampling,
-                                prompts_dir=prompts_dir, embed_model=embed_model)
+    params = {
+        "problems": parse_selection(problems, PROBLEM_KEYS).to_dict(),
+        "llm": describe_role(role),
+        "sampling": sampling.to_dict(),
+        "max_retries": max_retries,
+        "prompt_hash": prompts.hash("mine"),
+        "embed_model": kb_config.embed_model_name(embed_model),
+    }
+    factory = functools.partial(
+        make_handler,
+        role=role,
+        max_retries=max_retries,
+        sampling=sampling,
+        prompts_dir=prompts_dir,
+        embed_model=embed_model,
+    )
     extra = {k: v for k, v in (("lease_s", lease_s), ("max_attempts", max_attempts)) if v is not None}
-    counts = run_stage(db, stage=STAGE, params=params, units=units, factory=factory, workers=workers,
-                       batch_size=batch_size, retry_failed=retry_failed, progress=progress,
-                       counters=("templates_created", "templates_versioned", "templates_identical"), **extra)
+    counts = run_stage(
+        db,
+        stage=STAGE,
+        params=params,
+        units=units,
+        factory=factory,
+        workers=workers,
+        batch_size=batch_size,
+        retry_failed=retry_failed,
+        progress=progress,
+        counters=("templates_created", "templates_versioned", "templates_identical"),
+        **extra,
+    )
     # The mined versions' provisional vectors are replaced by the embed stage's canonical ones, and
     # every other model the KB holds vectors for gets them too (no version drops out of search).
     counts["embedded"] = embed_new_templates(db, run_id=counts["run_id"], model=embed_model)

@@ -61,19 +61,29 @@ EVALUATION_FORMAT = (
 )
 
 HINTS_HEADING = "Thought templates that may help:"
-RETRY = "Your reply could not be used: {error}. Reply again with only the JSON object in the format asked for."
+RETRY = (
+    "Your reply could not be used: {error}. Reply again with only the JSON object in the format asked for."
+)
 
 VERDICTS = ("continue", "adjust", "stop")
 OPS = ("change", "insert", "remove")
 
 
 def _contract_hash() -> str:
-    texts = [SYSTEM, PLAN_FORMAT, EVALUATION_FORMAT, HINTS_HEADING, RETRY, str(HINT_SCOPE_CHARS),
-             json.dumps(plan_schema(MAX_STEPS), sort_keys=True)]
+    texts = [
+        SYSTEM,
+        PLAN_FORMAT,
+        EVALUATION_FORMAT,
+        HINTS_HEADING,
+        RETRY,
+        str(HINT_SCOPE_CHARS),
+        json.dumps(plan_schema(MAX_STEPS), sort_keys=True),
+    ]
     return "nav-" + hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
 
 
 # ---- the plan -------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Hint:
@@ -109,12 +119,24 @@ class Plan:
 
 def plan_schema(max_steps: int = MAX_STEPS) -> dict[str, Any]:
     """The JSON schema of a plan reply (validated here; passed to backends that enforce it)."""
-    step = {"type": "object", "additionalProperties": False, "required": ["step", "template"],
-            "properties": {"step": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
-                           "template": {"type": "string", "minLength": 1, "maxLength": MAX_TEMPLATE}}}
-    return {"type": "object", "additionalProperties": False, "required": ["abstraction", "trajectory"],
-            "properties": {"abstraction": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
-                           "trajectory": {"type": "array", "minItems": 1, "maxItems": max_steps, "items": step}}}
+    step = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["step", "template"],
+        "properties": {
+            "step": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+            "template": {"type": "string", "minLength": 1, "maxLength": MAX_TEMPLATE},
+        },
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["abstraction", "trajectory"],
+        "properties": {
+            "abstraction": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT},
+            "trajectory": {"type": "array", "minItems": 1, "maxItems": max_steps, "items": step},
+        },
+    }
 
 
 def format_hints(hints: Sequence[Hint]) -> str:
@@ -126,8 +148,10 @@ def format_hints(hints: Sequence[Hint]) -> str:
 
 def plan_messages(problem: str, *, hints: Sequence[Hint] = (), max_steps: int = MAX_STEPS) -> list[Message]:
     """What the navigator is sent to plan PROBLEM, optionally with retrieved templates as HINTS."""
-    user = (f"Problem:\n{problem.strip()}\n\n{format_hints(hints)}"
-            f"{PLAN_FORMAT.replace('{max_steps}', str(max_steps))}")
+    user = (
+        f"Problem:\n{problem.strip()}\n\n{format_hints(hints)}"
+        f"{PLAN_FORMAT.replace('{max_steps}', str(max_steps))}"
+    )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -138,9 +162,10 @@ def parse_plan(text: str | None, *, max_steps: int = MAX_STEPS) -> Plan:
     if isinstance(steps, list) and len(steps) > max_steps:
         raise ParseError(f"plan: the trajectory has {len(steps)} steps; at most {max_steps} are allowed")
     validate(obj, plan_schema(max_steps), "plan")
-    plan = Plan(abstraction=obj["abstraction"].strip(),
-                steps=[PlanStep(text=s["step"].strip(), template=" ".join(s["template"].split()))
-                       for s in steps])
+    plan = Plan(
+        abstraction=obj["abstraction"].strip(),
+        steps=[PlanStep(text=s["step"].strip(), template=" ".join(s["template"].split())) for s in steps],
+    )
     if not plan.abstraction or any(not s.text or not s.template for s in plan.steps):
         raise ParseError("plan: abstraction, step and template must not be blank")
     return plan
@@ -164,14 +189,19 @@ def render_plan(abstraction: str, steps: Iterable[tuple[str, str]]) -> str:
     """
     steps = list(steps)
     try:
-        body = ", ".join(['{"step": ' + _json_string(t) + ', "template": ' + _json_string(n) + "}" for t, n in steps])
+        body = ", ".join(
+            ['{"step": ' + _json_string(t) + ', "template": ' + _json_string(n) + "}" for t, n in steps]
+        )
         return '{"abstraction": ' + _json_string(abstraction) + ', "trajectory": [' + body + "]}"
     except TypeError:
-        return json.dumps({"abstraction": abstraction, "trajectory": [{"step": t, "template": n} for t, n in steps]},
-                          ensure_ascii=False)
+        return json.dumps(
+            {"abstraction": abstraction, "trajectory": [{"step": t, "template": n} for t, n in steps]},
+            ensure_ascii=False,
+        )
 
 
 # ---- evaluation of a step --------------------------------------------------------------------------------
+
 
 @dataclass
 class Change:
@@ -181,8 +211,16 @@ class Change:
     template: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in {"op": self.op, "step": self.step, "text": self.text,
-                                  "template": self.template}.items() if v is not None}
+        return {
+            k: v
+            for k, v in {
+                "op": self.op,
+                "step": self.step,
+                "text": self.text,
+                "template": self.template,
+            }.items()
+            if v is not None
+        }
 
 
 @dataclass
@@ -198,18 +236,49 @@ def evaluation_schema(max_steps: int = MAX_STEPS) -> dict[str, Any]:
     text = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
     template = {"type": "string", "minLength": 1, "maxLength": MAX_TEMPLATE}
     step_no = {"type": "integer", "minimum": 1, "maximum": max_steps}
-    change = {"anyOf": [
-        {"type": "object", "additionalProperties": False, "required": ["op", "step", "template"],
-         "properties": {"op": {"const": "change"}, "step": step_no, "template": template, "text": text}},
-        {"type": "object", "additionalProperties": False, "required": ["op", "step", "text", "template"],
-         "properties": {"op": {"const": "insert"}, "step": step_no, "template": template, "text": text}},
-        {"type": "object", "additionalProperties": False, "required": ["op", "step"],
-         "properties": {"op": {"const": "remove"}, "step": step_no}},
-    ]}
-    return {"type": "object", "additionalProperties": False, "required": ["verdict", "reason"],
-            "properties": {"verdict": {"enum": list(VERDICTS)}, "reason": text,
-                           "changes": {"type": "array", "items": change, "maxItems": max_steps},
-                           "answer": {"type": "string", "maxLength": 1000}}}
+    change = {
+        "anyOf": [
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["op", "step", "template"],
+                "properties": {
+                    "op": {"const": "change"},
+                    "step": step_no,
+                    "template": template,
+                    "text": text,
+                },
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["op", "step", "text", "template"],
+                "properties": {
+                    "op": {"const": "insert"},
+                    "step": step_no,
+                    "template": template,
+                    "text": text,
+                },
+            },
+            {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["op", "step"],
+                "properties": {"op": {"const": "remove"}, "step": step_no},
+            },
+        ]
+    }
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["verdict", "reason"],
+        "properties": {
+            "verdict": {"enum": list(VERDICTS)},
+            "reason": text,
+            "changes": {"type": "array", "items": change, "maxItems": max_steps},
+            "answer": {"type": "string", "maxLength": 1000},
+        },
+    }
 
 
 def _clip(text: str, limit: int = MAX_RESULT_CHARS) -> str:
@@ -232,15 +301,25 @@ def _trajectory_block(steps: Sequence[tuple[str, str]], current: int) -> str:
     return "\n".join(lines)
 
 
-def evaluation_messages(problem: str, abstraction: str, steps: Sequence[tuple[str, str]], current: int,
-                        template_name: str | None, result: str, done: Sequence[tuple[str, str]], *,
-                        max_steps: int = MAX_STEPS) -> list[Message]:
+def evaluation_messages(
+    problem: str,
+    abstraction: str,
+    steps: Sequence[tuple[str, str]],
+    current: int,
+    template_name: str | None,
+    result: str,
+    done: Sequence[tuple[str, str]],
+    *,
+    max_steps: int = MAX_STEPS,
+) -> list[Message]:
     """Judge the RESULT of step CURRENT (1-based) of STEPS = [(text, template)]."""
     fmt = EVALUATION_FORMAT.replace("{current}", str(current)).replace("{max_steps}", str(max_steps))
-    user = (f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n"
-            f"Trajectory:\n{_trajectory_block(steps, current)}\n\n"
-            f"{done_block(done)}\n\nResult of step {current} (template used: {template_name or 'none'}):\n"
-            f"{_clip(result, 4 * MAX_RESULT_CHARS)}\n\n{fmt}")
+    user = (
+        f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n"
+        f"Trajectory:\n{_trajectory_block(steps, current)}\n\n"
+        f"{done_block(done)}\n\nResult of step {current} (template used: {template_name or 'none'}):\n"
+        f"{_clip(result, 4 * MAX_RESULT_CHARS)}\n\n{fmt}"
+    )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
@@ -250,11 +329,17 @@ def _change(obj: dict[str, Any], where: str, *, current: int, n_steps: int) -> C
         done = f"; steps before {current} are done and cannot change" if current > 1 else ""
         raise ParseError(f"{where}: step {step} is out of range {current}..{n_steps}{done}")
     text, template = obj.get("text"), obj.get("template")
-    return Change(obj["op"], step, text=text.strip() if text else None,
-                  template=" ".join(template.split()) if template else None)
+    return Change(
+        obj["op"],
+        step,
+        text=text.strip() if text else None,
+        template=" ".join(template.split()) if template else None,
+    )
 
 
-def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps: int = MAX_STEPS) -> Evaluation:
+def parse_evaluation(
+    text: str | None, *, current: int, n_steps: int, max_steps: int = MAX_STEPS
+) -> Evaluation:
     """The navigator's judgement of step CURRENT (1-based) of an N_STEPS trajectory (see EVALUATION_FORMAT)."""
     obj = extract_json_object(text)
     if obj.get("verdict") not in VERDICTS:
@@ -265,7 +350,9 @@ def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps:
         raise ParseError("evaluation: verdict 'adjust' needs at least one change")
     if verdict != "adjust" and raw_changes:
         raise ParseError(f"evaluation: verdict {verdict!r} takes no changes; use 'adjust'")
-    changes = [_change(c, f"changes[{i + 1}]", current=current, n_steps=n_steps) for i, c in enumerate(raw_changes)]
+    changes = [
+        _change(c, f"changes[{i + 1}]", current=current, n_steps=n_steps) for i, c in enumerate(raw_changes)
+    ]
     touched = [c.step for c in changes if c.op in ("change", "remove")]
     if len(touched) != len(set(touched)):
         raise ParseError("evaluation: a step is changed or removed more than once")
@@ -274,7 +361,9 @@ def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps:
         raise ParseError("evaluation: cannot insert after a step that is removed")
     final_len = n_steps + sum(c.op == "insert" for c in changes) - len(removed)
     if final_len > max_steps:
-        raise ParseError(f"evaluation: the trajectory would have {final_len} steps; at most {max_steps} are allowed")
+        raise ParseError(
+            f"evaluation: the trajectory would have {final_len} steps; at most {max_steps} are allowed"
+        )
     answer = (obj.get("answer") or "").strip() or None
     if verdict != "stop" and answer:
         raise ParseError("evaluation: field 'answer' is only allowed with verdict 'stop'")
@@ -284,7 +373,9 @@ def parse_evaluation(text: str | None, *, current: int, n_steps: int, max_steps:
     return Evaluation(verdict=verdict, reason=reason, changes=changes, answer=answer)
 
 
-def render_evaluation(verdict: str, reason: str, *, changes: Sequence[Change] = (), answer: str | None = None) -> str:
+def render_evaluation(
+    verdict: str, reason: str, *, changes: Sequence[Change] = (), answer: str | None = None
+) -> str:
     """The reply that stands for an evaluation (what `parse_evaluation` reads back)."""
     obj: dict[str, Any] = {"verdict": verdict, "reason": reason}
     if changes:
@@ -297,8 +388,11 @@ def render_evaluation(verdict: str, reason: str, *, changes: Sequence[Change] = 
 def retry_messages(messages: list[Message], bad_output: str, error: str) -> list[Message]:
     """The conversation so far plus the unusable reply and what was wrong with it (the prompt stays bounded:
     MESSAGES is always the original request, never an earlier retry)."""
-    return [*messages, {"role": "assistant", "content": _clip(bad_output or "", 4000)},
-            {"role": "user", "content": RETRY.format(error=error)}]
+    return [
+        *messages,
+        {"role": "assistant", "content": _clip(bad_output or "", 4000)},
+        {"role": "user", "content": RETRY.format(error=error)},
+    ]
 
 
 def request_kind(messages: Sequence[Message]) -> str | None:

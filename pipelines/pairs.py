@@ -51,27 +51,47 @@ ON CONFLICT (params_hash, chosen_trajectory_id, rejected_trajectory_id) DO NOTHI
 """
 
 
-def pair_params(*, min_margin: float = 0.2, min_rollouts: int = 4, max_pairs_per_problem: int = 4,
-                similar_build: int | None = None, navigator_model: str | None = None) -> dict[str, Any]:
+def pair_params(
+    *,
+    min_margin: float = 0.2,
+    min_rollouts: int = 4,
+    max_pairs_per_problem: int = 4,
+    similar_build: int | None = None,
+    navigator_model: str | None = None,
+) -> dict[str, Any]:
     if not 0 < min_margin <= 1:
         raise InputError("must be in (0, 1]", field="--min-margin")
     if min_rollouts < 1:
         raise InputError("must be at least 1", field="--min-rollouts")
     if max_pairs_per_problem < 1:
         raise InputError("must be at least 1", field="--max-pairs-per-problem")
-    return {"reward": REWARD_DEFINITION, "split": "train", "min_margin": float(min_margin),
-            "min_rollouts": int(min_rollouts), "max_pairs_per_problem": int(max_pairs_per_problem),
-            "similar_build": similar_build, "navigator_model": navigator_model}
+    return {
+        "reward": REWARD_DEFINITION,
+        "split": "train",
+        "min_margin": float(min_margin),
+        "min_rollouts": int(min_rollouts),
+        "max_pairs_per_problem": int(max_pairs_per_problem),
+        "similar_build": similar_build,
+        "navigator_model": navigator_model,
+    }
 
 
 def insert_pairs(conn, params: dict[str, Any], run_id: int | None) -> int:
     """The one statement; returns the number of new pairs."""
-    return conn.execute(sa.text(PAIRS_SQL), {
-        "min_rollouts": params["min_rollouts"], "build": params["similar_build"],
-        "navigator": params["navigator_model"], "min_margin": params["min_margin"], "eps": EPSILON,
-        "max_pairs": params["max_pairs_per_problem"], "hash": params_hash(params), "run_id": run_id,
-        "params": json.dumps(params, sort_keys=True),
-    }).rowcount
+    return conn.execute(
+        sa.text(PAIRS_SQL),
+        {
+            "min_rollouts": params["min_rollouts"],
+            "build": params["similar_build"],
+            "navigator": params["navigator_model"],
+            "min_margin": params["min_margin"],
+            "eps": EPSILON,
+            "max_pairs": params["max_pairs_per_problem"],
+            "hash": params_hash(params),
+            "run_id": run_id,
+            "params": json.dumps(params, sort_keys=True),
+        },
+    ).rowcount
 
 
 def build_pairs(db: Database, *, refresh: bool = True, **options: Any) -> dict[str, Any]:
@@ -84,7 +104,9 @@ def build_pairs(db: Database, *, refresh: bool = True, **options: Any) -> dict[s
         with db.engine.begin() as conn:
             conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))
             created = insert_pairs(conn, params, run_id)
-            total = conn.execute(sa.text("SELECT count(*) FROM dpo_pair WHERE params_hash = :h"), {"h": phash}).scalar()
+            total = conn.execute(
+                sa.text("SELECT count(*) FROM dpo_pair WHERE params_hash = :h"), {"h": phash}
+            ).scalar()
         counts.update(created=created, total=total, params_hash=phash)
     return {"run_id": run_id, "params_hash": phash, "created": created, "total": total, "params": params}
 
@@ -92,20 +114,27 @@ def build_pairs(db: Database, *, refresh: bool = True, **options: Any) -> dict[s
 def list_pair_sets(db: Database) -> list[dict[str, Any]]:
     """One row per params_hash: how many pairs, over how many problems, and the parameters."""
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT params_hash, count(*) AS pairs, count(DISTINCT problem_id) AS problems, "
-            "round(avg(margin)::numeric, 4) AS mean_margin, min(params::text) AS params, max(run_id) AS last_run "
-            "FROM dpo_pair GROUP BY params_hash ORDER BY max(id)")).mappings()
+        rows = conn.execute(
+            sa.text(
+                "SELECT params_hash, count(*) AS pairs, count(DISTINCT problem_id) AS problems, "
+                "round(avg(margin)::numeric, 4) AS mean_margin, min(params::text) AS params, max(run_id) AS last_run "
+                "FROM dpo_pair GROUP BY params_hash ORDER BY max(id)"
+            )
+        ).mappings()
         return [{**dict(r), "params": json.loads(r["params"])} for r in rows]
 
 
-def show_pairs(db: Database, *, params_hash_: str | None = None, problem_id: int | None = None,
-               limit: int = 50) -> list[dict[str, Any]]:
+def show_pairs(
+    db: Database, *, params_hash_: str | None = None, problem_id: int | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT id, problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, rejected_reward, "
-            "margin, params_hash, run_id FROM dpo_pair "
-            "WHERE (CAST(:h AS text) IS NULL OR params_hash LIKE :h || '%') "
-            "AND (CAST(:p AS int) IS NULL OR problem_id = :p) ORDER BY id LIMIT :limit"),
-            {"h": params_hash_, "p": problem_id, "limit": limit}).mappings()
+        rows = conn.execute(
+            sa.text(
+                "SELECT id, problem_id, chosen_trajectory_id, rejected_trajectory_id, chosen_reward, rejected_reward, "
+                "margin, params_hash, run_id FROM dpo_pair "
+                "WHERE (CAST(:h AS text) IS NULL OR params_hash LIKE :h || '%') "
+                "AND (CAST(:p AS int) IS NULL OR problem_id = :p) ORDER BY id LIMIT :limit"
+            ),
+            {"h": params_hash_, "p": problem_id, "limit": limit},
+        ).mappings()
         return [dict(r) for r in rows]

@@ -24,12 +24,20 @@ TEMPLATE_SCHEMA: dict[str, Any] = {
     "properties": {
         "name": {"type": "string", "minLength": 3, "maxLength": 120},
         "type": {"type": "string", "minLength": 1, "maxLength": 60},
-        "tags": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 60},
-                 "minItems": 1, "maxItems": 12},
+        "tags": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1, "maxLength": 60},
+            "minItems": 1,
+            "maxItems": 12,
+        },
         "description": {"type": "string", "minLength": 10, "maxLength": 4000},
         "scope": {"type": "string", "minLength": 10, "maxLength": 4000},
-        "steps": {"type": "array", "items": {"type": "string", "minLength": 3, "maxLength": 2000},
-                  "minItems": 1, "maxItems": 15},
+        "steps": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 3, "maxLength": 2000},
+            "minItems": 1,
+            "maxItems": 15,
+        },
         "example": {
             "type": "object",
             "additionalProperties": False,
@@ -42,6 +50,7 @@ TEMPLATE_SCHEMA: dict[str, Any] = {
         },
     },
 }
+
 
 class ParseError(ValueError):
     """Output that does not follow the format; `reason` says what is wrong (shown to the model on retry)."""
@@ -100,9 +109,14 @@ class MinedTemplate:
 
     def content(self) -> dict[str, Any]:
         return {
-            "name": self.name, "template_type": self.template_type, "tags": self.tags,
-            "description": self.description, "application_scope": self.application_scope, "steps": self.steps,
-            "example_problem": self.example_problem, "example_solution": self.example_solution,
+            "name": self.name,
+            "template_type": self.template_type,
+            "tags": self.tags,
+            "description": self.description,
+            "application_scope": self.application_scope,
+            "steps": self.steps,
+            "example_problem": self.example_problem,
+            "example_solution": self.example_solution,
             "example_answer": self.example_answer,
         }
 
@@ -114,8 +128,13 @@ def parse_template(text: str | None) -> MinedTemplate:
     tags = list(dict.fromkeys(t.strip() for t in data["tags"] if t.strip()))
     ex = data["example"]
     return MinedTemplate(
-        name=" ".join(data["name"].split()), template_type=data["type"].strip(), tags=tags,
-        description=data["description"].strip(), application_scope=data["scope"].strip(),
-        steps=[s.strip() for s in data["steps"]], example_problem=ex["problem"].strip(),
-        example_solution=ex["solution"].strip(), example_answer=(ex.get("answer") or "").strip() or None,
+        name=" ".join(data["name"].split()),
+        template_type=data["type"].strip(),
+        tags=tags,
+        description=data["description"].strip(),
+        application_scope=data["scope"].strip(),
+        steps=[s.strip() for s in data["steps"]],
+        example_problem=ex["problem"].strip(),
+        example_solution=ex["solution"].strip(),
+        example_answer=(ex.get("answer") or "").strip() or None,
     )

@@ -37,10 +37,23 @@ class Preset:
 
 # target field -> key in the file
 PRESETS: dict[str, Preset] = {
-    "math500": Preset({"problem": "problem", "solution": "solution", "answer": "answer", "subject": "subject",
-                       "difficulty": "level", "source_id": "unique_id"}, source="math500", split="test"),
-    "aime": Preset({"problem": "problem", "answer": "answer", "solution": "solution", "source_id": "id"},
-                   source="aime", split="test"),
+    "math500": Preset(
+        {
+            "problem": "problem",
+            "solution": "solution",
+            "answer": "answer",
+            "subject": "subject",
+            "difficulty": "level",
+            "source_id": "unique_id",
+        },
+        source="math500",
+        split="test",
+    ),
+    "aime": Preset(
+        {"problem": "problem", "answer": "answer", "solution": "solution", "source_id": "id"},
+        source="aime",
+        split="test",
+    ),
 }
 
 
@@ -62,8 +75,9 @@ def parse_mapping(items: list[str] | tuple[str, ...] | None) -> dict[str, str]:
             if not sep or not key.strip():
                 raise InputError(f"mapping {pair!r} must look like field=key", field="--map")
             if target.strip() not in FIELDS:
-                raise InputError(f"unknown target field {target.strip()!r}; known: {', '.join(FIELDS)}",
-                                 field="--map")
+                raise InputError(
+                    f"unknown target field {target.strip()!r}; known: {', '.join(FIELDS)}", field="--map"
+                )
             mapping[target.strip()] = key.strip()
     return mapping
 
@@ -91,8 +105,9 @@ def _text(value: Any, where: dict, *, required: bool = False) -> str | None:
     return str(value)
 
 
-def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source: str | None,
-           split: str) -> dict[str, Any]:
+def to_row(
+    record: Any, mapping: dict[str, str], *, file: str, line: int, source: str | None, split: str
+) -> dict[str, Any]:
     """One file record -> problem column values; unmapped keys are kept in `extra`."""
     rec = f"line {line}"
     if not isinstance(record, dict):
@@ -128,8 +143,12 @@ def to_row(record: Any, mapping: dict[str, str], *, file: str, line: int, source
     for key, value in extra.items():
         storable.check_value(value, file=file, record=rec, field=key)
         if "\x00" in key:
-            raise InputError("has a NUL character (\\u0000) in its name, which PostgreSQL cannot store",
-                             file=file, record=rec, field=repr(key))
+            raise InputError(
+                "has a NUL character (\\u0000) in its name, which PostgreSQL cannot store",
+                file=file,
+                record=rec,
+                field=repr(key),
+            )
     return {**row, "source": source, "content_hash": content_hash(text), "extra": extra}
 
 
@@ -174,9 +193,15 @@ def read_records(path: Path, fmt: str) -> list[tuple[int, Any]]:
     return records
 
 
-def load_rows(path: Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None = None,
-              preset: str | None = None, source: str | None = None,
-              split: str | None = None) -> list[dict[str, Any]]:
+def load_rows(
+    path: Path,
+    *,
+    fmt: str = "jsonl",
+    mapping: dict[str, str] | None = None,
+    preset: str | None = None,
+    source: str | None = None,
+    split: str | None = None,
+) -> list[dict[str, Any]]:
     """Validate the whole file into rows (nothing is written here)."""
     base = PRESETS[preset] if preset else None
     if preset and base is None:
@@ -184,8 +209,10 @@ def load_rows(path: Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None 
     full = {**(base.mapping if base else {}), **(mapping or {})}
     src = source or (base.source if base else path.stem)
     default_split = split or (base.split if base else "train")
-    rows = [to_row(rec, full, file=str(path), line=no, source=src, split=default_split)
-            for no, rec in read_records(path, fmt)]
+    rows = [
+        to_row(rec, full, file=str(path), line=no, source=src, split=default_split)
+        for no, rec in read_records(path, fmt)
+    ]
     if not rows:
         raise InputError("no records", file=str(path))
     return rows
@@ -209,12 +236,16 @@ def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> 
     """Insert what is new; ids by outcome: created, existing (stored before), duplicates (repeats in ROWS)."""
     created: list[int] = []
     for start in range(0, len(rows), CHUNK):
-        payload = json.dumps(rows[start:start + CHUNK], ensure_ascii=False)
+        payload = json.dumps(rows[start : start + CHUNK], ensure_ascii=False)
         created += session.execute(_INSERT, {"rows": payload, "run_id": run_id}).scalars().all()
     hashes = [r["content_hash"] for r in rows]
     # One array parameter: an IN list of 65,536 or more hashes would exceed the protocol's parameter limit.
-    ids = dict(session.execute(sa.text("SELECT content_hash, id FROM problem WHERE content_hash = ANY(:h)"),
-                               {"h": sorted(set(hashes))}).all())
+    ids = dict(
+        session.execute(
+            sa.text("SELECT content_hash, id FROM problem WHERE content_hash = ANY(:h)"),
+            {"h": sorted(set(hashes))},
+        ).all()
+    )
     created_set, seen = set(created), set()
     existing, duplicates = [], []
     for h in hashes:
@@ -223,9 +254,19 @@ def insert_problems(session, rows: list[dict[str, Any]], run_id: int | None) -> 
     return {"created": created, "existing": existing, "duplicates": duplicates}
 
 
-def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mapping: dict[str, str] | None = None,
-                    preset: str | None = None, source: str | None = None, split: str | None = None,
-                    embed: bool = True, embed_model: str | None = None, license: str | None = None) -> dict[str, Any]:
+def import_problems(
+    db: Database,
+    path: str | Path,
+    *,
+    fmt: str = "jsonl",
+    mapping: dict[str, str] | None = None,
+    preset: str | None = None,
+    source: str | None = None,
+    split: str | None = None,
+    embed: bool = True,
+    embed_model: str | None = None,
+    license: str | None = None,
+) -> dict[str, Any]:
     """Import a file; returns counts and the run id. Re-importing creates nothing.
 
     LICENSE: the licence of the file's data, recorded with the run (`pipelines.licences`: the default
@@ -235,8 +276,15 @@ def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mappi
     path = Path(path)
     check_license(license)
     rows = load_rows(path, fmt=fmt, mapping=mapping, preset=preset, source=source, split=split)
-    params = {"file": str(path), "format": fmt, "mapping": mapping or {}, "preset": preset, "source": source,
-              "split": split, "license": license}
+    params = {
+        "file": str(path),
+        "format": fmt,
+        "mapping": mapping or {},
+        "preset": preset,
+        "source": source,
+        "split": split,
+        "license": license,
+    }
     with pipeline_run(db, "import-problems", params) as (run_id, counts):
         with session_scope(db) as s:
             outcome = insert_problems(s, rows, run_id)
@@ -244,14 +292,15 @@ def import_problems(db: Database, path: str | Path, *, fmt: str = "jsonl", mappi
         if embed:
             # Every problem of the file, not only the new ones: a killed earlier import left some without a
             # vector, and the embed stage skips those that already have one for the model.
-            counts["embedded"] = embed_problems(db, model=embed_model,
-                                                problem_ids=outcome["created"] + outcome["existing"],
-                                                run_id=run_id)
+            counts["embedded"] = embed_problems(
+                db, model=embed_model, problem_ids=outcome["created"] + outcome["existing"], run_id=run_id
+            )
     return {"run_id": run_id, "file": str(path), **counts}
 
 
-def embed_problems(db: Database, model: str | None = None, problem_ids: list[int] | None = None,
-                   run_id: int | None = None) -> int:
+def embed_problems(
+    db: Database, model: str | None = None, problem_ids: list[int] | None = None, run_id: int | None = None
+) -> int:
     """The embed stage (imported late: loading the embedding model is only paid when there is work)."""
     from pipelines.embed import embed_problems as stage
 
@@ -267,8 +316,15 @@ def _vec_literal(v) -> str:
 LIST_COLUMNS = ("id", "source", "source_id", "split", "subject", "difficulty", "answer", "text")
 
 
-def list_problems(session, *, source: str | None = None, split: str | None = None, subject: str | None = None,
-                  limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+def list_problems(
+    session,
+    *,
+    source: str | None = None,
+    split: str | None = None,
+    subject: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     q = sa.select(Problem).order_by(Problem.id).limit(limit).offset(offset)
     for col, value in ((Problem.source, source), (Problem.split, split), (Problem.subject, subject)):
         if value is not None:
@@ -280,25 +336,48 @@ def get_problem(session, problem_id: int) -> dict[str, Any]:
     p = session.get(Problem, problem_id) if storable.INT32_MIN <= problem_id <= storable.INT32_MAX else None
     if p is None:
         raise NotFound(f"no problem {problem_id}")
-    models = session.execute(sa.text("SELECT model FROM problem_embedding WHERE problem_id = :p ORDER BY model"),
-                             {"p": problem_id}).scalars().all()
-    sets = session.execute(sa.text(
-        "SELECT s.id AS set_id, s.build_id, s.size FROM similar_set s WHERE s.anchor_problem_id = :p ORDER BY s.id"),
-        {"p": problem_id}).mappings().all()
+    models = (
+        session.execute(
+            sa.text("SELECT model FROM problem_embedding WHERE problem_id = :p ORDER BY model"),
+            {"p": problem_id},
+        )
+        .scalars()
+        .all()
+    )
+    sets = (
+        session.execute(
+            sa.text(
+                "SELECT s.id AS set_id, s.build_id, s.size FROM similar_set s WHERE s.anchor_problem_id = :p ORDER BY s.id"
+            ),
+            {"p": problem_id},
+        )
+        .mappings()
+        .all()
+    )
     record = p.model_dump()
     record.update(embedding_models=list(models), similar_sets=[dict(r) for r in sets])
     return record
 
 
-def search_problems(db: Database, query: str, *, mode: str = "embedding", limit: int = 10,
-                    model: str | None = None, split: str | None = None) -> list[dict[str, Any]]:
+def search_problems(
+    db: Database,
+    query: str,
+    *,
+    mode: str = "embedding",
+    limit: int = 10,
+    model: str | None = None,
+    split: str | None = None,
+) -> list[dict[str, Any]]:
     """Nearest problems by embedding (cosine) or by full-text match (`mode='text'`)."""
     filters = " AND p.split = :split" if split else ""
     if mode == "text":
-        sql = ("SELECT p.id, p.source, p.split, p.subject, "
-               "ts_rank(to_tsvector('english', p.text), q) AS score, p.text FROM problem p, "
-               "websearch_to_tsquery('english', :q) q WHERE to_tsvector('english', p.text) @@ q" + filters +
-               " ORDER BY score DESC, p.id LIMIT :limit")
+        sql = (
+            "SELECT p.id, p.source, p.split, p.subject, "
+            "ts_rank(to_tsvector('english', p.text), q) AS score, p.text FROM problem p, "
+            "websearch_to_tsquery('english', :q) q WHERE to_tsvector('english', p.text) @@ q"
+            + filters
+            + " ORDER BY score DESC, p.id LIMIT :limit"
+        )
         params = {"q": query}
     elif mode == "embedding":
         from kb.embeddings import get_embedder
@@ -306,11 +385,16 @@ def search_problems(db: Database, query: str, *, mode: str = "embedding", limit:
         embedder = get_embedder(model)
         m = embedder.name.replace("'", "''")
         dist = f"e.embedding::vector({embedder.dim}) <=> CAST(:v AS vector({embedder.dim}))"
-        sql = (f"SELECT p.id, p.source, p.split, p.subject, 1 - ({dist}) AS score, p.text "
-               f"FROM problem_embedding e JOIN problem p ON p.id = e.problem_id WHERE e.model = '{m}'"
-               + filters + f" ORDER BY {dist}, p.id LIMIT :limit")
+        sql = (
+            f"SELECT p.id, p.source, p.split, p.subject, 1 - ({dist}) AS score, p.text "
+            f"FROM problem_embedding e JOIN problem p ON p.id = e.problem_id WHERE e.model = '{m}'"
+            + filters
+            + f" ORDER BY {dist}, p.id LIMIT :limit"
+        )
         params = {"v": _vec_literal(embedder.encode([query])[0])}
     else:
         raise InputError("mode must be 'embedding' or 'text'", field="--mode")
     with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(sql), {**params, "limit": limit, "split": split}).mappings()]
+        return [
+            dict(r) for r in conn.execute(sa.text(sql), {**params, "limit": limit, "split": split}).mappings()
+        ]

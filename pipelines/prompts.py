@@ -69,13 +69,18 @@ class Prompts:
         return Template(self.texts[name][part]).safe_substitute({k: str(v) for k, v in values.items()})
 
     def messages(self, name: str, **values: Any) -> list[Message]:
-        return [{"role": "system", "content": self.render(name, "system", **values)},
-                {"role": "user", "content": self.render(name, "user", **values)}]
+        return [
+            {"role": "system", "content": self.render(name, "system", **values)},
+            {"role": "user", "content": self.render(name, "user", **values)},
+        ]
 
     def repair(self, name: str, messages: list[Message], raw_output: str, error: str) -> list[Message]:
         """The conversation so far plus the bad reply and what was wrong with it."""
-        return [*messages, {"role": "assistant", "content": raw_output[:4000]},
-                {"role": "user", "content": self.render(name, "repair", error=error)}]
+        return [
+            *messages,
+            {"role": "assistant", "content": raw_output[:4000]},
+            {"role": "user", "content": self.render(name, "repair", error=error)},
+        ]
 
 
 def format_steps(steps: list[dict[str, Any]]) -> str:
@@ -109,25 +114,32 @@ def format_template(hit: dict[str, Any] | None) -> str:
     for label, key in (("Description", "description"), ("Applies when", "application_scope")):
         if hit.get(key):
             lines.append(f"{label}: {hit[key]}")
-    steps = [s if isinstance(s, str) else json.dumps(s, ensure_ascii=False)
-             for s in (hit.get("steps") or [])[:MAX_TEMPLATE_STEPS]]
+    steps = [
+        s if isinstance(s, str) else json.dumps(s, ensure_ascii=False)
+        for s in (hit.get("steps") or [])[:MAX_TEMPLATE_STEPS]
+    ]
     if steps:
         lines.append("Reasoning flow:")
         lines.extend(f"  {i}. {s}" for i, s in enumerate(steps, 1))
     return "\n".join(lines)
 
 
-def step_messages(problem: str, abstraction: str, done: list[tuple[str, str]], step: str,
-                  hit: dict[str, Any] | None) -> list[Message]:
+def step_messages(
+    problem: str, abstraction: str, done: list[tuple[str, str]], step: str, hit: dict[str, Any] | None
+) -> list[Message]:
     """Carry out STEP with the template HIT, given DONE = [(step text, result)] of the accepted steps."""
-    user = (f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n{done_block(done)}\n\n"
-            f"Your step now: {step}\n\n{format_template(hit)}\n\n"
-            "Carry out this step only. If it gives the final answer to the problem, end with \\boxed{answer}.")
+    user = (
+        f"Problem:\n{problem}\n\nAbstraction: {abstraction}\n\n{done_block(done)}\n\n"
+        f"Your step now: {step}\n\n{format_template(hit)}\n\n"
+        "Carry out this step only. If it gives the final answer to the problem, end with \\boxed{answer}."
+    )
     return [{"role": "system", "content": STEP_SYSTEM}, {"role": "user", "content": user}]
 
 
-FORMAT_SYSTEM = ("You restate the result of a solved math problem as one JSON object. Reply with the JSON object "
-                 "and nothing else.")
+FORMAT_SYSTEM = (
+    "You restate the result of a solved math problem as one JSON object. Reply with the JSON object "
+    "and nothing else."
+)
 FORMAT_ASK = "Reply with one JSON object that follows this JSON schema and carries the final answer:"
 
 
@@ -135,13 +147,20 @@ def format_messages(problem: str, steps: list[str], answer: str, schema: dict[st
     """Restate a solved problem's ANSWER (reached through STEPS) as JSON following SCHEMA (the serving API's
     `response_format`)."""
     work = "\n\n".join(steps) or "(no written steps)"
-    user = (f"Problem:\n{problem}\n\nSolution:\n{work}\n\nFinal answer: {answer}\n\n"
-            f"{FORMAT_ASK}\n{json.dumps(schema, ensure_ascii=False)}")
+    user = (
+        f"Problem:\n{problem}\n\nSolution:\n{work}\n\nFinal answer: {answer}\n\n"
+        f"{FORMAT_ASK}\n{json.dumps(schema, ensure_ascii=False)}"
+    )
     return [{"role": "system", "content": FORMAT_SYSTEM}, {"role": "user", "content": user}]
 
 
 def baseline_messages(problem: str) -> list[Message]:
     """The single-call baseline: the inference model alone, no templates, no navigator."""
-    return [{"role": "system", "content": "You are a careful mathematician."},
-            {"role": "user", "content": "Solve the problem. Reason step by step and put the final answer in "
-                                        f"\\boxed{{}}.\n\nProblem:\n{problem}"}]
+    return [
+        {"role": "system", "content": "You are a careful mathematician."},
+        {
+            "role": "user",
+            "content": "Solve the problem. Reason step by step and put the final answer in "
+            f"\\boxed{{}}.\n\nProblem:\n{problem}",
+        },
+    ]

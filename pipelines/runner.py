@@ -87,20 +87,34 @@ def worker_id() -> str:
 
 # ---------------------------------------------------------------- queue operations (set-based SQL)
 
-def enqueue(conn: sa.Connection, stage: str, scope: str, units: Iterable[tuple[str, dict[str, Any]]],
-            run_id: int | None) -> int:
+
+def enqueue(
+    conn: sa.Connection,
+    stage: str,
+    scope: str,
+    units: Iterable[tuple[str, dict[str, Any]]],
+    run_id: int | None,
+) -> int:
     rows = [{"stage": stage, "scope": scope, "unit_key": k, "payload": p, "run_id": run_id} for k, p in units]
     if not rows:
         return 0
-    stmt = insert(WorkUnit.__table__).values(rows).on_conflict_do_nothing(
-        index_elements=["stage", "scope", "unit_key"]).returning(WorkUnit.__table__.c.id)
+    stmt = (
+        insert(WorkUnit.__table__)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["stage", "scope", "unit_key"])
+        .returning(WorkUnit.__table__.c.id)
+    )
     return len(conn.execute(stmt).all())
 
 
 def reset_failed(conn: sa.Connection, stage: str, scope: str) -> int:
-    return conn.execute(sa.text(
-        "UPDATE work_unit SET status = 'pending', attempts = 0, error = NULL, claimed_by = NULL "
-        "WHERE stage = :s AND scope = :sc AND status = 'failed'"), {"s": stage, "sc": scope}).rowcount
+    return conn.execute(
+        sa.text(
+            "UPDATE work_unit SET status = 'pending', attempts = 0, error = NULL, claimed_by = NULL "
+            "WHERE stage = :s AND scope = :sc AND status = 'failed'"
+        ),
+        {"s": stage, "sc": scope},
+    ).rowcount
 
 
 # One statement: units whose claims ran out max_attempts times are marked failed (with a failure row),
@@ -137,31 +151,63 @@ SELECT id, unit_key, payload, attempts FROM claimed ORDER BY id
 """)
 
 
-def claim(conn: sa.Connection, stage: str, scope: str, worker: str, n: int, *, lease_s: float,
-          max_attempts: int, run_id: int | None = None) -> list[Unit]:
-    rows = conn.execute(_CLAIM_SQL, {"stage": stage, "scope": scope, "lease": lease_s, "max_attempts": max_attempts,
-                                     "worker": worker, "n": n, "run_id": run_id}).all()
+def claim(
+    conn: sa.Connection,
+    stage: str,
+    scope: str,
+    worker: str,
+    n: int,
+    *,
+    lease_s: float,
+    max_attempts: int,
+    run_id: int | None = None,
+) -> list[Unit]:
+    rows = conn.execute(
+        _CLAIM_SQL,
+        {
+            "stage": stage,
+            "scope": scope,
+            "lease": lease_s,
+            "max_attempts": max_attempts,
+            "worker": worker,
+            "n": n,
+            "run_id": run_id,
+        },
+    ).all()
     return [Unit(id=r.id, key=r.unit_key, payload=r.payload, attempts=r.attempts) for r in rows]
 
 
 def release_dead_local_claims(conn: sa.Connection, stage: str, scope: str) -> int:
     """Claims held by processes of this host that no longer exist go back to pending at once."""
     host = socket.gethostname()
-    claimers = conn.execute(sa.text(
-        "SELECT DISTINCT claimed_by FROM work_unit WHERE stage = :s AND scope = :sc AND status = 'claimed' "
-        "AND claimed_by LIKE :h"), {"s": stage, "sc": scope, "h": f"{host}:%"}).scalars().all()
+    claimers = (
+        conn.execute(
+            sa.text(
+                "SELECT DISTINCT claimed_by FROM work_unit WHERE stage = :s AND scope = :sc AND status = 'claimed' "
+                "AND claimed_by LIKE :h"
+            ),
+            {"s": stage, "sc": scope, "h": f"{host}:%"},
+        )
+        .scalars()
+        .all()
+    )
     dead = [c for c in claimers if not pid_alive(int(c.split(":")[1]))]
     if not dead:
         return 0
-    return conn.execute(sa.text(
-        "UPDATE work_unit SET status = 'pending', claimed_by = NULL WHERE stage = :s AND scope = :sc "
-        "AND status = 'claimed' AND claimed_by = ANY(:dead)"), {"s": stage, "sc": scope, "dead": dead}).rowcount
+    return conn.execute(
+        sa.text(
+            "UPDATE work_unit SET status = 'pending', claimed_by = NULL WHERE stage = :s AND scope = :sc "
+            "AND status = 'claimed' AND claimed_by = ANY(:dead)"
+        ),
+        {"s": stage, "sc": scope, "dead": dead},
+    ).rowcount
 
 
 def unit_counts(conn: sa.Connection, stage: str, scope: str) -> dict[str, int]:
-    rows = conn.execute(sa.text(
-        "SELECT status, count(*) FROM work_unit WHERE stage = :s AND scope = :sc GROUP BY status"),
-        {"s": stage, "sc": scope}).all()
+    rows = conn.execute(
+        sa.text("SELECT status, count(*) FROM work_unit WHERE stage = :s AND scope = :sc GROUP BY status"),
+        {"s": stage, "sc": scope},
+    ).all()
     return {status: n for status, n in rows}
 
 
@@ -175,10 +221,16 @@ def _claimable_but_locked(db: Database, cfg: RunnerConfig) -> bool:
     killed mid-transaction whose locks the server has not dropped yet. Worth a short wait."""
     with db.engine.begin() as conn:
         release_dead_local_claims(conn, cfg.stage, cfg.scope)
-        return bool(conn.execute(sa.text(
-            "SELECT EXISTS (SELECT 1 FROM work_unit WHERE stage = :s AND scope = :sc AND (status = 'pending' "
-            "OR (status = 'claimed' AND attempts < :max AND claimed_at < now() - make_interval(secs => :lease))))"),
-            {"s": cfg.stage, "sc": cfg.scope, "max": cfg.max_attempts, "lease": cfg.lease_s}).scalar())
+        return bool(
+            conn.execute(
+                sa.text(
+                    "SELECT EXISTS (SELECT 1 FROM work_unit WHERE stage = :s AND scope = :sc AND (status = 'pending' "
+                    "OR (status = 'claimed' AND attempts < :max AND claimed_at < now() - make_interval(secs => :lease))))"
+                ),
+                {"s": cfg.stage, "sc": cfg.scope, "max": cfg.max_attempts, "lease": cfg.lease_s},
+            ).scalar()
+        )
+
 
 class _LeaseLost(Exception):
     pass
@@ -199,12 +251,24 @@ def _add(into: dict[str, Any], counts: dict[str, Any]) -> None:
         into[k] = into.get(k, 0) + v
 
 
-def work(db: Database, handler: StageHandler, cfg: RunnerConfig, advance: Callable[[int], None] = lambda n: None,
-         *, stop_after: int | None = None) -> dict[str, Any]:
+def work(
+    db: Database,
+    handler: StageHandler,
+    cfg: RunnerConfig,
+    advance: Callable[[int], None] = lambda n: None,
+    *,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
     """Claim, process and commit batches until nothing is claimable; returns this worker's counts."""
     me = worker_id()
-    counts: dict[str, Any] = {"units_done": 0, "units_failed": 0, "units_retried": 0, "units_lost": 0,
-                              "db_s": 0.0, "process_s": 0.0}
+    counts: dict[str, Any] = {
+        "units_done": 0,
+        "units_failed": 0,
+        "units_retried": 0,
+        "units_lost": 0,
+        "db_s": 0.0,
+        "process_s": 0.0,
+    }
     started = time.perf_counter()
     # One connection for the worker's claims and commits: no pool checkout (and ping) per transaction.
     with db.engine.connect() as conn:
@@ -214,14 +278,30 @@ def work(db: Database, handler: StageHandler, cfg: RunnerConfig, advance: Callab
     return counts
 
 
-def _work_loop(db: Database, conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str,
-               counts: dict[str, Any], advance: Callable[[int], None], stop_after: int | None) -> None:
+def _work_loop(
+    db: Database,
+    conn: sa.Connection,
+    handler: StageHandler,
+    cfg: RunnerConfig,
+    me: str,
+    counts: dict[str, Any],
+    advance: Callable[[int], None],
+    stop_after: int | None,
+) -> None:
     idle_polls = 0
     while stop_after is None or counts["units_done"] + counts["units_failed"] < stop_after:
         t0 = time.perf_counter()
         with conn.begin():
-            units = claim(conn, cfg.stage, cfg.scope, me, cfg.batch_size, lease_s=cfg.lease_s,
-                          max_attempts=cfg.max_attempts, run_id=cfg.run_id)
+            units = claim(
+                conn,
+                cfg.stage,
+                cfg.scope,
+                me,
+                cfg.batch_size,
+                lease_s=cfg.lease_s,
+                max_attempts=cfg.max_attempts,
+                run_id=cfg.run_id,
+            )
         counts["db_s"] += time.perf_counter() - t0
         if not units:
             if idle_polls < MAX_IDLE_POLLS and _claimable_but_locked(db, cfg):
@@ -255,49 +335,95 @@ def _unit_error(outcome: Outcome) -> str | None:
     return scrub("; ".join(f["reason"] for f in outcome.failures))[:2000]
 
 
-def _store(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit,
-           outcome: Outcome) -> dict[str, Any]:
+def _store(
+    conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit, outcome: Outcome
+) -> dict[str, Any]:
     """Write one unit's results and failures and mark it finished; raises _LeaseLost if it is not ours."""
     written = handler.write(conn, unit, outcome, cfg.run_id) if outcome.status == "done" else {}
     if outcome.failures:
-        conn.execute(sa.insert(Failure.__table__), [
-            {"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": unit.key,
-             "attempt": f.get("attempt", unit.attempts), "reason": scrub(f["reason"]),
-             "raw_output": scrub(f.get("raw_output"))} for f in outcome.failures])
+        conn.execute(
+            sa.insert(Failure.__table__),
+            [
+                {
+                    "run_id": cfg.run_id,
+                    "stage": cfg.stage,
+                    "unit_key": unit.key,
+                    "attempt": f.get("attempt", unit.attempts),
+                    "reason": scrub(f["reason"]),
+                    "raw_output": scrub(f.get("raw_output")),
+                }
+                for f in outcome.failures
+            ],
+        )
     error = _unit_error(outcome)
-    marked = conn.execute(sa.text(
-        "UPDATE work_unit SET status = :st, finished_at = now(), run_id = :run, error = :err "
-        "WHERE id = :id AND claimed_by = :me AND status = 'claimed'"),
-        {"st": outcome.status, "run": cfg.run_id, "err": error, "id": unit.id, "me": me}).rowcount
+    marked = conn.execute(
+        sa.text(
+            "UPDATE work_unit SET status = :st, finished_at = now(), run_id = :run, error = :err "
+            "WHERE id = :id AND claimed_by = :me AND status = 'claimed'"
+        ),
+        {"st": outcome.status, "run": cfg.run_id, "err": error, "id": unit.id, "me": me},
+    ).rowcount
     if marked != 1:
         raise _LeaseLost
     return written
 
 
-def _store_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, units: list[Unit],
-                 outcomes: list[Outcome]) -> list[dict[str, Any]]:
+def _store_batch(
+    conn: sa.Connection,
+    handler: StageHandler,
+    cfg: RunnerConfig,
+    me: str,
+    units: list[Unit],
+    outcomes: list[Outcome],
+) -> list[dict[str, Any]]:
     """_store for a whole batch: the handler's writes per unit, then one INSERT of all failure rows and
     one UPDATE marking every unit; raises _LeaseLost if any unit is no longer ours."""
-    written = [handler.write(conn, u, o, cfg.run_id) if o.status == "done" else {} for u, o in zip(units, outcomes)]
-    failures = [{"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": u.key, "attempt": f.get("attempt", u.attempts),
-                 "reason": scrub(f["reason"]), "raw_output": scrub(f.get("raw_output"))}
-                for u, o in zip(units, outcomes) for f in o.failures]
+    written = [
+        handler.write(conn, u, o, cfg.run_id) if o.status == "done" else {} for u, o in zip(units, outcomes)
+    ]
+    failures = [
+        {
+            "run_id": cfg.run_id,
+            "stage": cfg.stage,
+            "unit_key": u.key,
+            "attempt": f.get("attempt", u.attempts),
+            "reason": scrub(f["reason"]),
+            "raw_output": scrub(f.get("raw_output")),
+        }
+        for u, o in zip(units, outcomes)
+        for f in o.failures
+    ]
     if failures:
         conn.execute(sa.insert(Failure.__table__), failures)
     errors = [_unit_error(o) for o in outcomes]
-    marked = conn.execute(sa.text(
-        "UPDATE work_unit w SET status = m.status, finished_at = now(), run_id = :run, error = m.error "
-        "FROM unnest(CAST(:ids AS bigint[]), CAST(:st AS text[]), CAST(:err AS text[])) AS m(id, status, error) "
-        "WHERE w.id = m.id AND w.claimed_by = :me AND w.status = 'claimed' RETURNING w.id"),
-        {"ids": [u.id for u in units], "st": [o.status for o in outcomes], "err": errors, "run": cfg.run_id,
-         "me": me}).all()
+    marked = conn.execute(
+        sa.text(
+            "UPDATE work_unit w SET status = m.status, finished_at = now(), run_id = :run, error = m.error "
+            "FROM unnest(CAST(:ids AS bigint[]), CAST(:st AS text[]), CAST(:err AS text[])) AS m(id, status, error) "
+            "WHERE w.id = m.id AND w.claimed_by = :me AND w.status = 'claimed' RETURNING w.id"
+        ),
+        {
+            "ids": [u.id for u in units],
+            "st": [o.status for o in outcomes],
+            "err": errors,
+            "run": cfg.run_id,
+            "me": me,
+        },
+    ).all()
     if len(marked) != len(units):
         raise _LeaseLost
     return written
 
 
-def _commit_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, units: list[Unit],
-                  outcomes: list[Outcome], counts: dict[str, Any]) -> None:
+def _commit_batch(
+    conn: sa.Connection,
+    handler: StageHandler,
+    cfg: RunnerConfig,
+    me: str,
+    units: list[Unit],
+    outcomes: list[Outcome],
+    counts: dict[str, Any],
+) -> None:
     """All units under one savepoint; if any of them cannot be stored, again one savepoint per unit so
     that one bad unit does not sink the others."""
     try:
@@ -312,8 +438,15 @@ def _commit_batch(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig,
         counts["units_done" if outcome.status == "done" else "units_failed"] += 1
 
 
-def _commit_unit(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit,
-                 outcome: Outcome, counts: dict[str, Any]) -> None:
+def _commit_unit(
+    conn: sa.Connection,
+    handler: StageHandler,
+    cfg: RunnerConfig,
+    me: str,
+    unit: Unit,
+    outcome: Outcome,
+    counts: dict[str, Any],
+) -> None:
     try:
         with conn.begin_nested():
             written = _store(conn, handler, cfg, me, unit, outcome)
@@ -321,28 +454,49 @@ def _commit_unit(conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, 
         counts["units_lost"] += 1  # someone took the unit over after our lease expired; their result counts
         return
     except Exception as e:  # noqa: BLE001 - this unit's results could not be stored: retry it, bounded
-        _record_errors(conn, cfg, me, [unit], f"storing results failed: {type(e).__name__}: {e}"[:2000], counts)
+        _record_errors(
+            conn, cfg, me, [unit], f"storing results failed: {type(e).__name__}: {e}"[:2000], counts
+        )
         return
     _add(counts, written)
     counts["units_done" if outcome.status == "done" else "units_failed"] += 1
 
 
-def _record_errors(conn: sa.Connection, cfg: RunnerConfig, me: str, units: list[Unit], error: str,
-                   counts: dict[str, Any]) -> None:
+def _record_errors(
+    conn: sa.Connection, cfg: RunnerConfig, me: str, units: list[Unit], error: str, counts: dict[str, Any]
+) -> None:
     ids, error = [u.id for u in units], scrub(error)
-    conn.execute(sa.insert(Failure.__table__), [
-        {"run_id": cfg.run_id, "stage": cfg.stage, "unit_key": u.key, "attempt": u.attempts,
-         "reason": f"error: {error}"} for u in units])
-    res = conn.execute(sa.text(
-        "UPDATE work_unit SET status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END, "
-        "claimed_by = NULL, error = :err, finished_at = CASE WHEN attempts >= :max THEN now() END, run_id = :run "
-        "WHERE id = ANY(:ids) AND claimed_by = :me AND status = 'claimed' RETURNING status"),
-        {"max": cfg.max_attempts, "err": error[:2000], "ids": ids, "me": me, "run": cfg.run_id}).scalars().all()
+    conn.execute(
+        sa.insert(Failure.__table__),
+        [
+            {
+                "run_id": cfg.run_id,
+                "stage": cfg.stage,
+                "unit_key": u.key,
+                "attempt": u.attempts,
+                "reason": f"error: {error}",
+            }
+            for u in units
+        ],
+    )
+    res = (
+        conn.execute(
+            sa.text(
+                "UPDATE work_unit SET status = CASE WHEN attempts >= :max THEN 'failed' ELSE 'pending' END, "
+                "claimed_by = NULL, error = :err, finished_at = CASE WHEN attempts >= :max THEN now() END, run_id = :run "
+                "WHERE id = ANY(:ids) AND claimed_by = :me AND status = 'claimed' RETURNING status"
+            ),
+            {"max": cfg.max_attempts, "err": error[:2000], "ids": ids, "me": me, "run": cfg.run_id},
+        )
+        .scalars()
+        .all()
+    )
     counts["units_failed"] += sum(1 for s in res if s == "failed")
     counts["units_retried"] += sum(1 for s in res if s == "pending")
 
 
 # ---------------------------------------------------------------- processes
+
 
 def _share_cores(workers: int) -> None:
     """N processes each running torch on every core oversubscribe the machine: give each its share."""
@@ -364,12 +518,20 @@ def _worker_main(url: str, factory: HandlerFactory, cfg: RunnerConfig, results: 
         db.dispose()
 
 
-def _run_processes(db: Database, factory: HandlerFactory, cfg: RunnerConfig, workers: int,
-                   advance: Callable[[int], None], total: int) -> list[dict[str, Any]]:
+def _run_processes(
+    db: Database,
+    factory: HandlerFactory,
+    cfg: RunnerConfig,
+    workers: int,
+    advance: Callable[[int], None],
+    total: int,
+) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(db.url, factory, cfg, results, workers), daemon=False)
-             for _ in range(workers)]
+    procs = [
+        ctx.Process(target=_worker_main, args=(db.url, factory, cfg, results, workers), daemon=False)
+        for _ in range(workers)
+    ]
     for p in procs:
         p.start()
     collected: list[dict[str, Any]] = []
@@ -392,11 +554,22 @@ def _run_processes(db: Database, factory: HandlerFactory, cfg: RunnerConfig, wor
     return collected
 
 
-def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[tuple[str, dict[str, Any]]],
-              factory: HandlerFactory, workers: int = 1, batch_size: int = 4, lease_s: float = DEFAULT_LEASE_S,
-              max_attempts: int = DEFAULT_MAX_ATTEMPTS, retry_failed: bool = False,
-              progress: bool | None = None, run_params: dict[str, Any] | None = None,
-              counters: tuple[str, ...] = ()) -> dict[str, Any]:
+def run_stage(
+    db: Database,
+    *,
+    stage: str,
+    params: dict[str, Any],
+    units: list[tuple[str, dict[str, Any]]],
+    factory: HandlerFactory,
+    workers: int = 1,
+    batch_size: int = 4,
+    lease_s: float = DEFAULT_LEASE_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+    run_params: dict[str, Any] | None = None,
+    counters: tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Run a stage over UNITS (key, payload) as one pipeline run; returns the run's counts (with run_id).
 
     params: what defines the work (its hash is the units' scope: the same params resume the same units).
@@ -406,7 +579,9 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
     """
     scope = unit_scope(stage, params)
     with pipeline_run(db, stage, {**params, **(run_params or {}), "workers": workers, "scope": scope}) as (
-            run_id, counts):
+        run_id,
+        counts,
+    ):
         with db.engine.begin() as conn:
             counts["units_enqueued"] = enqueue(conn, stage, scope, units, run_id)
             if retry_failed:
@@ -414,12 +589,21 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
             counts["units_released"] = release_dead_local_claims(conn, stage, scope)
             before = unit_counts(conn, stage, scope)
         todo = before.get("pending", 0) + before.get("claimed", 0)
-        cfg = RunnerConfig(stage=stage, scope=scope, run_id=run_id, batch_size=batch_size, lease_s=lease_s,
-                           max_attempts=max_attempts)
+        cfg = RunnerConfig(
+            stage=stage,
+            scope=scope,
+            run_id=run_id,
+            batch_size=batch_size,
+            lease_s=lease_s,
+            max_attempts=max_attempts,
+        )
         per_worker: list[dict[str, Any]] = []
-        counts.update(units_done=0, units_failed=0, units_retried=0, units_lost=0, **dict.fromkeys(counters, 0))
-        with progress_bar(todo, f"{stage} ({workers} worker{'s' if workers > 1 else ''})",
-                          enabled=progress) as advance:
+        counts.update(
+            units_done=0, units_failed=0, units_retried=0, units_lost=0, **dict.fromkeys(counters, 0)
+        )
+        with progress_bar(
+            todo, f"{stage} ({workers} worker{'s' if workers > 1 else ''})", enabled=progress
+        ) as advance:
             if todo and workers <= 1:
                 per_worker.append(work(db, factory(db, run_id), cfg, advance))
             elif todo:
@@ -434,8 +618,9 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
             _add(counts, c)
         with db.engine.connect() as conn:
             after = unit_counts(conn, stage, scope)
-            counts["failures_recorded"] = conn.execute(sa.text(
-                "SELECT count(*) FROM failure WHERE run_id = :r"), {"r": run_id}).scalar_one()
+            counts["failures_recorded"] = conn.execute(
+                sa.text("SELECT count(*) FROM failure WHERE run_id = :r"), {"r": run_id}
+            ).scalar_one()
         counts["units_total"] = sum(after.values())
         counts["units_status"] = after
         for k in ("db_s", "process_s", "work_wall_s", "worker_wall_s_total", "work_span_s"):
@@ -445,7 +630,8 @@ def run_stage(db: Database, *, stage: str, params: dict[str, Any], units: list[t
         if outcome["outcome"] == "failed":  # nothing of the selection done, and units failed
             counts.status = "failed"
             counts.error = f"all {outcome['failed']} units failed; first reasons: " + "; ".join(
-                outcome["first_reasons"])
+                outcome["first_reasons"]
+            )
     return {"run_id": run_id, "stage": stage, **outcome, **counts}
 
 
@@ -458,9 +644,20 @@ def _outcome(db: Database, stage: str, scope: str, units_status: dict[str, int])
     reasons: list[str] = []
     if failed:
         with db.engine.connect() as conn:
-            reasons = conn.execute(sa.text(
-                "SELECT error FROM (SELECT error, min(id) AS first FROM work_unit WHERE stage = :s AND scope = :sc "
-                "AND status = 'failed' AND error IS NOT NULL GROUP BY error) e ORDER BY first LIMIT 3"),
-                {"s": stage, "sc": scope}).scalars().all()
-    return {"outcome": verdict(done, failed), "failed": failed, "total": sum(units_status.values()),
-            "first_reasons": [r[:300] for r in reasons]}
+            reasons = (
+                conn.execute(
+                    sa.text(
+                        "SELECT error FROM (SELECT error, min(id) AS first FROM work_unit WHERE stage = :s AND scope = :sc "
+                        "AND status = 'failed' AND error IS NOT NULL GROUP BY error) e ORDER BY first LIMIT 3"
+                    ),
+                    {"s": stage, "sc": scope},
+                )
+                .scalars()
+                .all()
+            )
+    return {
+        "outcome": verdict(done, failed),
+        "failed": failed,
+        "total": sum(units_status.values()),
+        "first_reasons": [r[:300] for r in reasons],
+    }

@@ -23,12 +23,22 @@ _LIST_SQL = """
     ORDER BY r.id DESC LIMIT :limit
 """
 
-_TABLES = ("template_version", "trajectory", "rollout", "llm_call", "failure", "work_unit", "problem",
-           "similar_set", "dpo_pair")
+_TABLES = (
+    "template_version",
+    "trajectory",
+    "rollout",
+    "llm_call",
+    "failure",
+    "work_unit",
+    "problem",
+    "similar_set",
+    "dpo_pair",
+)
 
 
-def list_runs(conn: sa.Connection, *, stage: str | None = None, status: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+def list_runs(
+    conn: sa.Connection, *, stage: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     rows = conn.execute(sa.text(_LIST_SQL), {"stage": stage, "status": status, "limit": limit}).mappings()
     return [dict(r) for r in rows]
 
@@ -38,23 +48,51 @@ def show_run(conn: sa.Connection, run_id: int) -> dict[str, Any]:
     if run is None:
         raise NotFound(f"no pipeline run {run_id} (see `reasonflux runs list`)")
     out = dict(run)
-    out["duration_s"] = round(((out["finished_at"] or conn.execute(sa.text("SELECT now()")).scalar())
-                               - out["started_at"]).total_seconds(), 1)
-    written = conn.execute(sa.text(" UNION ALL ".join(
-        f"SELECT '{t}' AS tbl, count(*) AS n FROM {t} WHERE run_id = :r" for t in _TABLES)), {"r": run_id}).all()
+    out["duration_s"] = round(
+        (
+            (out["finished_at"] or conn.execute(sa.text("SELECT now()")).scalar()) - out["started_at"]
+        ).total_seconds(),
+        1,
+    )
+    written = conn.execute(
+        sa.text(
+            " UNION ALL ".join(
+                f"SELECT '{t}' AS tbl, count(*) AS n FROM {t} WHERE run_id = :r" for t in _TABLES
+            )
+        ),
+        {"r": run_id},
+    ).all()
     out["rows_written"] = {t: n for t, n in written if n}
-    calls = conn.execute(sa.text(
-        "SELECT count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS errors, "
-        "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
-        "round(coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), 0)::numeric, 1) AS latency_ms_p50 "
-        "FROM llm_call WHERE run_id = :r"), {"r": run_id}).mappings().one()
+    calls = (
+        conn.execute(
+            sa.text(
+                "SELECT count(*) AS calls, count(*) FILTER (WHERE error IS NOT NULL) AS errors, "
+                "coalesce(sum(prompt_tokens), 0) AS prompt_tokens, coalesce(sum(completion_tokens), 0) AS completion_tokens, "
+                "round(coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms), 0)::numeric, 1) AS latency_ms_p50 "
+                "FROM llm_call WHERE run_id = :r"
+            ),
+            {"r": run_id},
+        )
+        .mappings()
+        .one()
+    )
     out["llm_calls"] = dict(calls)
-    out["failures_by_reason"] = [dict(r) for r in conn.execute(sa.text(
-        "SELECT regexp_replace(left(reason, 80), '\\d+', 'N', 'g') AS reason, count(*) AS n FROM failure "
-        "WHERE run_id = :r GROUP BY 1 ORDER BY 2 DESC LIMIT 10"), {"r": run_id}).mappings()]
+    out["failures_by_reason"] = [
+        dict(r)
+        for r in conn.execute(
+            sa.text(
+                "SELECT regexp_replace(left(reason, 80), '\\d+', 'N', 'g') AS reason, count(*) AS n FROM failure "
+                "WHERE run_id = :r GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
+            ),
+            {"r": run_id},
+        ).mappings()
+    ]
     scope = (out.get("params") or {}).get("scope")
     if scope:
-        out["units_now"] = dict(conn.execute(sa.text(
-            "SELECT status, count(*) FROM work_unit WHERE stage = :s AND scope = :sc GROUP BY 1"),
-            {"s": out["stage"], "sc": scope}).all())
+        out["units_now"] = dict(
+            conn.execute(
+                sa.text("SELECT status, count(*) FROM work_unit WHERE stage = :s AND scope = :sc GROUP BY 1"),
+                {"s": out["stage"], "sc": scope},
+            ).all()
+        )
     return out

@@ -52,8 +52,9 @@ def parse_selection(text: str | None, keys: tuple[str, ...], *, option: str = "-
             continue
         key, sep, value = (s.strip() for s in part.partition("="))
         if not sep or key not in keys or not value:
-            raise InputError(f"{part!r}: expected `all` or key=value with key one of {', '.join(keys)}",
-                             field=option)
+            raise InputError(
+                f"{part!r}: expected `all` or key=value with key one of {', '.join(keys)}", field=option
+            )
         if key in _RANGE_KEYS:
             clauses[key] = parse_ranges(value, option=option)
         elif key == "limit":
@@ -97,8 +98,11 @@ def select_problem_ids(conn: Any, selection: str | Selection | None) -> list[int
 
 
 def select_trajectory_ids(conn: Any, selection: str | Selection | None) -> list[int]:
-    sel = selection if isinstance(selection, Selection) else parse_selection(
-        selection, TRAJECTORY_KEYS, option="--trajectories")
+    sel = (
+        selection
+        if isinstance(selection, Selection)
+        else parse_selection(selection, TRAJECTORY_KEYS, option="--trajectories")
+    )
     c = sel.clauses
     where, binds = _where(c, "p")
     for key, column in (("ids", "t.id"), ("problem", "t.problem_id"), ("run", "t.run_id")):
@@ -108,8 +112,11 @@ def select_trajectory_ids(conn: Any, selection: str | Selection | None) -> list[
     if "navigator" in c:
         where.append("t.navigator_model = :navigator")
         binds["navigator"] = c["navigator"]
-    sql = ("SELECT t.id FROM trajectory t JOIN problem p ON p.id = t.problem_id"
-           + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY t.id")
+    sql = (
+        "SELECT t.id FROM trajectory t JOIN problem p ON p.id = t.problem_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY t.id"
+    )
     if "limit" in c:
         sql += f" LIMIT {int(c['limit'])}"
     return list(conn.execute(sa.text(sql), binds).scalars())

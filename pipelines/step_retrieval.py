@@ -69,7 +69,7 @@ class SharedEncoder:
             else:
                 at = 0
                 for s in mine:
-                    s.vectors, at = vectors[at:at + len(s.texts)], at + len(s.texts)
+                    s.vectors, at = vectors[at : at + len(s.texts)], at + len(s.texts)
         with self._lock:
             if self._queue:
                 self._queue[0].lead = True
@@ -163,7 +163,7 @@ def prime_template_names(db: Database, *, limit: int = MAX_PHRASES // 2) -> int:
             conn.execute(
                 sa.text(
                     "SELECT DISTINCT v.name FROM template t "
-            "JOIN template_version v ON v.id = t.current_version_id "
+                    "JOIN template_version v ON v.id = t.current_version_id "
                     "WHERE t.status = 'active' ORDER BY v.name LIMIT :n"
                 ),
                 {"n": limit},
@@ -192,6 +192,8 @@ def retrieve_hints(db: Any, problems: list[str], *, k: int, mode: str = "hybrid"
         return search_many(db, problems, k=k, mode=mode)
     from kb.embeddings import get_embedder
 
-    vectors = _ENCODER.encode(get_embedder(config.embed_model_name(None), db), [normalize_query(p) for p in problems])
+    vectors = _ENCODER.encode(
+        get_embedder(config.embed_model_name(None), db), [normalize_query(p) for p in problems]
+    )
     with db.engine.connect() as conn:
         return [search_templates(conn, p, query_vector=v, k=k, mode=mode) for p, v in zip(problems, vectors)]

@@ -45,17 +45,29 @@ def _train_tokenizer(vocab_size: int, corpus: Sequence[str] | None = None):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=1,
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=1,
     )
     tok.train_from_iterator(list(corpus or _CORPUS) * 4, trainer=trainer)
     return tok
 
 
-def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: int = 512,
-                     hidden_size: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                     intermediate_size: int = 128, max_positions: int = 2048,
-                     corpus: Sequence[str] | None = None) -> Path:
+def build_tiny_model(
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    vocab_size: int = 512,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_positions: int = 2048,
+    corpus: Sequence[str] | None = None,
+) -> Path:
     """Write a loadable tiny chat model (config, weights, tokenizer) to out_dir and return its path.
 
     CORPUS: texts to fit the tokenizer to instead of the built-in ones (a world whose texts tokenise into
@@ -67,17 +79,29 @@ def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: i
     out.mkdir(parents=True, exist_ok=True)
     raw = _train_tokenizer(vocab_size, corpus)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        unk_token=None, additional_special_tokens=["<|im_start|>"], padding_side="left",
+        tokenizer_object=raw,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        additional_special_tokens=["<|im_start|>"],
+        padding_side="left",
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.model_max_length = max_positions
 
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
@@ -85,7 +109,16 @@ def build_tiny_model(out_dir: str | os.PathLike, *, seed: int = 0, vocab_size: i
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    (out / "reasonflux_tiny_model.json").write_text(json.dumps({
-        "seed": seed, "vocab_size": vocab_size, "hidden_size": hidden_size, "layers": layers,
-    }, indent=2) + "\n")
+    (out / "reasonflux_tiny_model.json").write_text(
+        json.dumps(
+            {
+                "seed": seed,
+                "vocab_size": vocab_size,
+                "hidden_size": hidden_size,
+                "layers": layers,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return out

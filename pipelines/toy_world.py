@@ -59,7 +59,6 @@ class Family:
     def abstraction(self) -> str:
         return f"The {self.name} of two numbers."
 
-
     @property
     def pattern(self) -> re.Pattern[str]:
         return re.compile(re.escape(self.question).replace(r"\{a\}", r"(\d+)").replace(r"\{b\}", r"(\d+)"))
@@ -69,13 +68,24 @@ class Family:
 # 2-layer model picks out of the ~180-token plan prompt quickly; a single differing word it did not (measured:
 # chance-level abstractions after 250 SFT steps).
 FAMILIES = (
-    Family("sum", "Sum Rule",
-           "A baker puts {a} rolls on a tray that already holds {b} rolls. How many rolls are on the tray now?", "+"),
-    Family("product", "Product Rule",
-           "A farmer plants {a} rows of trees with {b} trees in every row. How many trees does the farmer plant?",
-           "*"),
-    Family("difference", "Difference Rule",
-           "A shop had {a} lamps and sold {b} of them. How many lamps are left in the shop?", "-"),
+    Family(
+        "sum",
+        "Sum Rule",
+        "A baker puts {a} rolls on a tray that already holds {b} rolls. How many rolls are on the tray now?",
+        "+",
+    ),
+    Family(
+        "product",
+        "Product Rule",
+        "A farmer plants {a} rows of trees with {b} trees in every row. How many trees does the farmer plant?",
+        "*",
+    ),
+    Family(
+        "difference",
+        "Difference Rule",
+        "A shop had {a} lamps and sold {b} of them. How many lamps are left in the shop?",
+        "-",
+    ),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 
@@ -90,6 +100,7 @@ def family_of(problem: str) -> tuple[Family, int, int] | None:
 
 # ---- the world in the KB -------------------------------------------------------------------------------
 
+
 def problems(split: str, per_family: int, seed: int = 0) -> list[dict[str, Any]]:
     """PER_FAMILY problems of each family for SPLIT (distinct texts; a > b so differences are positive)."""
     rng = random.Random(f"{seed}:{split}")
@@ -101,9 +112,16 @@ def problems(split: str, per_family: int, seed: int = 0) -> list[dict[str, Any]]
             if (a, b) in seen or _taken(a, b, split, seed):
                 continue
             seen.add((a, b))
-            out.append({"text": family.question.format(a=a, b=b), "answer": str(family.answer(a, b)),
-                        "split": split, "subject": family.name, "family": family.name,
-                        "expected_template": family.template})
+            out.append(
+                {
+                    "text": family.question.format(a=a, b=b),
+                    "answer": str(family.answer(a, b)),
+                    "split": split,
+                    "subject": family.name,
+                    "family": family.name,
+                    "expected_template": family.template,
+                }
+            )
     return out
 
 
@@ -118,30 +136,51 @@ def _taken(a: int, b: int, split: str, seed: int) -> bool:
 def template_specs() -> list[Any]:
     from kb.templates import TemplateSpec
 
-    return [TemplateSpec(
-        name=f.template, category=CATEGORY, template_type="technique", tags=["arithmetic", f.name],
-        description=f"Combine the two numbers into their {f.name}.",
-        application_scope=f"Problems that ask for the {f.name} of two numbers.",
-        steps=[f"Combine the two numbers: compute a {f.op} b."]) for f in FAMILIES]
+    return [
+        TemplateSpec(
+            name=f.template,
+            category=CATEGORY,
+            template_type="technique",
+            tags=["arithmetic", f.name],
+            description=f"Combine the two numbers into their {f.name}.",
+            application_scope=f"Problems that ask for the {f.name} of two numbers.",
+            steps=[f"Combine the two numbers: compute a {f.op} b."],
+        )
+        for f in FAMILIES
+    ]
 
 
-def setup(db: Database, *, train_per_family: int = 12, test_per_family: int = 4, similar_k: int = 4,
-          seed: int = 0) -> dict[str, Any]:
+def setup(
+    db: Database, *, train_per_family: int = 12, test_per_family: int = 4, similar_k: int = 4, seed: int = 0
+) -> dict[str, Any]:
     """Templates, train and test problems and similar sets of the world; idempotent (stored once)."""
     from kb.templates import upsert_template
     from pipelines.problems import content_hash, insert_problems
 
-    rows = [{"text": p["text"], "answer": p["answer"], "split": p["split"], "subject": p["subject"],
-             "source": SOURCE, "content_hash": content_hash(p["text"]),
-             "extra": {"family": p["family"], "expected_template": p["expected_template"]}}
-            for split, n in (("train", train_per_family), ("test", test_per_family))
-            for p in problems(split, n, seed)]
-    params = {"train_per_family": train_per_family, "test_per_family": test_per_family, "similar_k": similar_k,
-              "seed": seed}
+    rows = [
+        {
+            "text": p["text"],
+            "answer": p["answer"],
+            "split": p["split"],
+            "subject": p["subject"],
+            "source": SOURCE,
+            "content_hash": content_hash(p["text"]),
+            "extra": {"family": p["family"], "expected_template": p["expected_template"]},
+        }
+        for split, n in (("train", train_per_family), ("test", test_per_family))
+        for p in problems(split, n, seed)
+    ]
+    params = {
+        "train_per_family": train_per_family,
+        "test_per_family": test_per_family,
+        "similar_k": similar_k,
+        "seed": seed,
+    }
     with pipeline_run(db, "toy-world", params) as (run_id, counts):
         with session_scope(db) as s:
-            counts["templates"] = {spec.name: upsert_template(s, spec, source_kind="toy-world")[1]
-                                   for spec in template_specs()}
+            counts["templates"] = {
+                spec.name: upsert_template(s, spec, source_kind="toy-world")[1] for spec in template_specs()
+            }
             counts["problems_created"] = len(insert_problems(s, rows, run_id)["created"])
         counts["similar_sets"] = build_similar_sets(db, similar_k, run_id)
     return {"run_id": run_id, **counts}
@@ -156,13 +195,23 @@ def build_similar_sets(db: Database, k: int, run_id: int | None) -> int:
 
     params = {"method": SIMILAR_METHOD, "k": k, "source": SOURCE}
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO similar_build (method, params, params_hash, run_id) VALUES (:m, CAST(:p AS jsonb), :h, :r) "
-            "ON CONFLICT (params_hash) DO NOTHING"),
-            {"m": SIMILAR_METHOD, "p": json.dumps(params, sort_keys=True), "h": params_hash(params), "r": run_id})
-        build = conn.execute(sa.text("SELECT id FROM similar_build WHERE params_hash = :h"),
-                             {"h": params_hash(params)}).scalar_one()
-        return conn.execute(sa.text("""
+        conn.execute(
+            sa.text(
+                "INSERT INTO similar_build (method, params, params_hash, run_id) VALUES (:m, CAST(:p AS jsonb), :h, :r) "
+                "ON CONFLICT (params_hash) DO NOTHING"
+            ),
+            {
+                "m": SIMILAR_METHOD,
+                "p": json.dumps(params, sort_keys=True),
+                "h": params_hash(params),
+                "r": run_id,
+            },
+        )
+        build = conn.execute(
+            sa.text("SELECT id FROM similar_build WHERE params_hash = :h"), {"h": params_hash(params)}
+        ).scalar_one()
+        return conn.execute(
+            sa.text("""
             WITH nn AS (
                 SELECT a.id AS anchor, m.id AS member, row_number() OVER (
                     PARTITION BY a.id ORDER BY abs(m.id - a.id), m.id) AS rank
@@ -181,7 +230,9 @@ def build_similar_sets(db: Database, k: int, run_id: int | None) -> int:
                 SELECT sets.id, nn.member, nn.rank, 1.0 FROM sets JOIN nn ON nn.anchor = sets.anchor_problem_id
                 WHERE nn.rank <= :k
                 RETURNING 1
-            ) SELECT count(*) FROM sets"""), {"src": SOURCE, "b": build, "k": k, "r": run_id}).scalar_one()
+            ) SELECT count(*) FROM sets"""),
+            {"src": SOURCE, "b": build, "k": k, "r": run_id},
+        ).scalar_one()
 
 
 # ---- the inference role --------------------------------------------------------------------------------
@@ -192,7 +243,7 @@ _TEMPLATE = re.compile(r"^\s*Template: (.+?)\s*$", re.MULTILINE)
 
 def _chance(*parts: str) -> float:
     digest = hashlib.sha256("\x00".join(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class ToyWorldSolver:
@@ -216,11 +267,15 @@ class ToyWorldSolver:
 def _factory(**options: Any):
     from pipelines.llm.scripted import ScriptedBackend
 
-    return ScriptedBackend(default=ToyWorldSolver(), model=options.get("model", "toy-world-solver"),
-                           latency_s=float(options.get("latency_s", 0.0)))
+    return ScriptedBackend(
+        default=ToyWorldSolver(),
+        model=options.get("model", "toy-world-solver"),
+        latency_s=float(options.get("latency_s", 0.0)),
+    )
 
 
 # ---- the starting navigator ----------------------------------------------------------------------------
+
 
 def plan_reply(family: Family, template: str) -> str:
     """The contract reply for a one-step plan of FAMILY's problem that uses TEMPLATE."""
@@ -243,28 +298,55 @@ def sft_rows(train_problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         family = BY_NAME[p["family"]]
         wrong = [f.template for f in FAMILIES if f is not family][i % (len(FAMILIES) - 1)]
         prompt = navigator.plan_messages(p["text"], max_steps=MAX_STEPS)
-        rows += [{"messages": [*prompt, {"role": "assistant", "content": plan_reply(family, t)}]}
-                 for t in (family.template, wrong)]
+        rows += [
+            {"messages": [*prompt, {"role": "assistant", "content": plan_reply(family, t)}]}
+            for t in (family.template, wrong)
+        ]
     return rows
 
 
 # Small CPU settings: full precision, no checkpointing (the contract's plan prompt is ~170 tokens with the
 # world's tokenizer, so 256 positions hold prompt and reply).
-CPU_TRAINING = {"bf16": False, "gradient_checkpointing": False, "lr_scheduler_type": "constant",
-                "per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "max_length": 256,
-                "logging_steps": 5}
+CPU_TRAINING = {
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "lr_scheduler_type": "constant",
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "max_length": 256,
+    "logging_steps": 5,
+}
 SFT_TRAINING = {**CPU_TRAINING, "learning_rate": 3e-3, "max_steps": 150, "save_steps": 150}
 # One loop iteration's DPO (`LoopConfig.train`).
-DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 2e-4, "beta": 0.1, "sft_weight": 3.0, "max_steps": 40, "save_steps": 40,
-                "precompute_ref_log_probs": True}
+DPO_TRAINING = {
+    **CPU_TRAINING,
+    "learning_rate": 2e-4,
+    "beta": 0.1,
+    "sft_weight": 3.0,
+    "max_steps": 40,
+    "save_steps": 40,
+    "precompute_ref_log_probs": True,
+}
 
 # A pre-trained model as the start navigator (SmolLM2-135M-Instruct on a 2-core CPU): a full fine-tune at
 # the learning rates usual for a model that already speaks, with few steps, since each costs seconds, not
 # milliseconds. The plan prompt is ~180 of its tokens and a reply ~35, so 256 positions still hold both.
-REAL_SFT_TRAINING = {**CPU_TRAINING, "per_device_train_batch_size": 4, "learning_rate": 1e-4, "max_steps": 20,
-                     "save_steps": 20}
-REAL_DPO_TRAINING = {**CPU_TRAINING, "learning_rate": 5e-5, "beta": 0.1, "sft_weight": 1.0, "max_steps": 12,
-                     "save_steps": 12, "precompute_ref_log_probs": True}
+REAL_SFT_TRAINING = {
+    **CPU_TRAINING,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 1e-4,
+    "max_steps": 20,
+    "save_steps": 20,
+}
+REAL_DPO_TRAINING = {
+    **CPU_TRAINING,
+    "learning_rate": 5e-5,
+    "beta": 0.1,
+    "sft_weight": 1.0,
+    "max_steps": 12,
+    "save_steps": 12,
+    "precompute_ref_log_probs": True,
+}
 
 
 @dataclass(frozen=True)
@@ -279,9 +361,17 @@ class ModelSize:
 DEFAULT_SIZE = ModelSize()  # measured to learn the world in the test's time (docs/loop.md)
 
 
-def build_start_navigator(db: Database, workdir: str | Path, *, name: str = "toy-sft", seed: int = 0,
-                          train_per_family: int = 12, size: ModelSize = DEFAULT_SIZE,
-                          training: dict[str, Any] | None = None, base_model: str | None = None) -> dict[str, Any]:
+def build_start_navigator(
+    db: Database,
+    workdir: str | Path,
+    *,
+    name: str = "toy-sft",
+    seed: int = 0,
+    train_per_family: int = 12,
+    size: ModelSize = DEFAULT_SIZE,
+    training: dict[str, Any] | None = None,
+    base_model: str | None = None,
+) -> dict[str, Any]:
     """A model SFT-trained on plan examples with right and wrong templates equally (through the real export
     check, trainer, run record and registry); returns the SFT run. The model is BASE_MODEL (a pre-trained
     model directory, with its own tokenizer and chat template) or, without one, the tiny random model with
@@ -300,25 +390,68 @@ def build_start_navigator(db: Database, workdir: str | Path, *, name: str = "toy
         return next(n for n in list_navigators(db) if n["name"] == name)
     work = Path(workdir)
     base = base_model or build_tiny_model(
-        work / "base", seed=seed, vocab_size=size.vocab_size, hidden_size=size.hidden_size, layers=size.layers,
-        heads=size.heads, kv_heads=size.kv_heads, intermediate_size=2 * size.hidden_size, corpus=corpus(seed))
+        work / "base",
+        seed=seed,
+        vocab_size=size.vocab_size,
+        hidden_size=size.hidden_size,
+        layers=size.layers,
+        heads=size.heads,
+        kv_heads=size.kv_heads,
+        intermediate_size=2 * size.hidden_size,
+        corpus=corpus(seed),
+    )
     rows = sft_rows(problems("train", train_per_family, seed))
-    spec = ExportSpec(kind="sft", params={"toy_world": {"train_per_family": train_per_family, "seed": seed},
-                                          "mix": "one right-template and one wrong-template plan per problem"},
-                      parts=[DataPart("train", pa.Table.from_pylist(rows), description=(
-                          "Plan examples of the toy world in the navigator contract: per train problem one plan "
-                          "with the family's right template and one with a wrong template."))])
+    spec = ExportSpec(
+        kind="sft",
+        params={
+            "toy_world": {"train_per_family": train_per_family, "seed": seed},
+            "mix": "one right-template and one wrong-template plan per problem",
+        },
+        parts=[
+            DataPart(
+                "train",
+                pa.Table.from_pylist(rows),
+                description=(
+                    "Plan examples of the toy world in the navigator contract: per train problem one plan "
+                    "with the family's right template and one with a wrong template."
+                ),
+            )
+        ],
+    )
     manifest = write_dataset(db, spec, work / "sft-data")
     overrides = {**SFT_TRAINING, **(training or {}), "output_dir": str(work / "sft")}
-    return execute(db, plan(db, "sft", dataset=manifest["id"], base_model=str(base), num_gpus=0, name=name,
-                            overrides=overrides))
+    return execute(
+        db,
+        plan(
+            db,
+            "sft",
+            dataset=manifest["id"],
+            base_model=str(base),
+            num_gpus=0,
+            name=name,
+            overrides=overrides,
+        ),
+    )
 
 
 def loop_settings(name: str = "toy", *, iterations: int = 2, n: int = 4, eval_n: int = 6) -> dict[str, Any]:
     """The loop config (`pipelines.loop.LoopConfig` keys) that runs this world from the navigator `toy-sft`."""
-    return {"name": name, "iterations": iterations, "problems": f"source={SOURCE};split=train",
-            "eval_problems": f"source={SOURCE};split=test", "navigator": "toy-sft", "inference": BACKEND,
-            "n": n, "eval_n": eval_n, "hint_k": 0, "retrieval_mode": "text", "max_steps": MAX_STEPS,
-            "temperature": 1.0, "top_p": 1.0, "max_tokens": 64, "min_rollouts": 4, "num_gpus": 0,
-            "train": dict(DPO_TRAINING)}
-
+    return {
+        "name": name,
+        "iterations": iterations,
+        "problems": f"source={SOURCE};split=train",
+        "eval_problems": f"source={SOURCE};split=test",
+        "navigator": "toy-sft",
+        "inference": BACKEND,
+        "n": n,
+        "eval_n": eval_n,
+        "hint_k": 0,
+        "retrieval_mode": "text",
+        "max_steps": MAX_STEPS,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "max_tokens": 64,
+        "min_rollouts": 4,
+        "num_gpus": 0,
+        "train": dict(DPO_TRAINING),
+    }

@@ -17,33 +17,79 @@ from kb.errors import InputError
 from kb.models import Rollout, Trajectory, TrajectoryStep
 
 Step = tuple[str, int | None, float | None]
-ROLLOUT_FIELDS = ("trajectory_id", "problem_id", "sample_index", "model", "output", "extracted_answer", "correct",
-                  "grader", "prompt_tokens", "completion_tokens", "latency_ms", "run_id")
+ROLLOUT_FIELDS = (
+    "trajectory_id",
+    "problem_id",
+    "sample_index",
+    "model",
+    "output",
+    "extracted_answer",
+    "correct",
+    "grader",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "run_id",
+)
 
-ROLLOUT_DEFAULTS = {"sample_index": 0, "model": "", "output": "", "extracted_answer": None, "grader": "math-verify",
-                    "prompt_tokens": 0, "completion_tokens": 0, "latency_ms": 0.0, "run_id": None}
+ROLLOUT_DEFAULTS = {
+    "sample_index": 0,
+    "model": "",
+    "output": "",
+    "extracted_answer": None,
+    "grader": "math-verify",
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "latency_ms": 0.0,
+    "run_id": None,
+}
 
 
-def insert_trajectory(session, problem_id: int, steps: Sequence[Step | dict], navigator_model: str, sample_key: str,
-                      *, sampling: dict[str, Any] | None = None, raw_output: str = "",
-                      abstraction: str | None = None, run_id: int | None = None,
-                      similar_set_id: int | None = None, checkpoint: str | None = None) -> int:
+def insert_trajectory(
+    session,
+    problem_id: int,
+    steps: Sequence[Step | dict],
+    navigator_model: str,
+    sample_key: str,
+    *,
+    sampling: dict[str, Any] | None = None,
+    raw_output: str = "",
+    abstraction: str | None = None,
+    run_id: int | None = None,
+    similar_set_id: int | None = None,
+    checkpoint: str | None = None,
+) -> int:
     """The trajectory's id; written with its steps only if (problem, navigator, sample_key) is new.
 
     steps: (text, template_version_id or None, retrieval score or None) in order, or dicts with those keys
     (and optionally `template_phrase`, the template the plan named).
     """
     step_rows = [_step(i, s) for i, s in enumerate(steps)]
-    stmt = pg_insert(Trajectory).values(
-        problem_id=problem_id, navigator_model=navigator_model, sample_key=sample_key, sampling=sampling or {},
-        raw_output=raw_output, abstraction=abstraction, run_id=run_id, similar_set_id=similar_set_id,
-        checkpoint=checkpoint,
-    ).on_conflict_do_nothing(index_elements=["problem_id", "navigator_model", "sample_key"]).returning(Trajectory.id)
+    stmt = (
+        pg_insert(Trajectory)
+        .values(
+            problem_id=problem_id,
+            navigator_model=navigator_model,
+            sample_key=sample_key,
+            sampling=sampling or {},
+            raw_output=raw_output,
+            abstraction=abstraction,
+            run_id=run_id,
+            similar_set_id=similar_set_id,
+            checkpoint=checkpoint,
+        )
+        .on_conflict_do_nothing(index_elements=["problem_id", "navigator_model", "sample_key"])
+        .returning(Trajectory.id)
+    )
     new_id = session.execute(stmt).scalar()
     if new_id is None:
-        return session.execute(sa.select(Trajectory.id).where(
-            Trajectory.problem_id == problem_id, Trajectory.navigator_model == navigator_model,
-            Trajectory.sample_key == sample_key)).scalar_one()
+        return session.execute(
+            sa.select(Trajectory.id).where(
+                Trajectory.problem_id == problem_id,
+                Trajectory.navigator_model == navigator_model,
+                Trajectory.sample_key == sample_key,
+            )
+        ).scalar_one()
     if step_rows:
         session.execute(sa.insert(TrajectoryStep), [{"trajectory_id": new_id, **r} for r in step_rows])
     return new_id
@@ -52,14 +98,23 @@ def insert_trajectory(session, problem_id: int, steps: Sequence[Step | dict], na
 def _step(position: int, step: Step | dict) -> dict[str, Any]:
     phrase = None
     if isinstance(step, dict):
-        text, version_id, score = step.get("text"), step.get("template_version_id"), step.get("retrieval_score")
+        text, version_id, score = (
+            step.get("text"),
+            step.get("template_version_id"),
+            step.get("retrieval_score"),
+        )
         phrase = step.get("template_phrase")
     else:
         text, version_id, score = (list(step) + [None, None])[:3]
     if not isinstance(text, str):
         raise InputError("step text must be a string", record=f"step {position}", field="text")
-    return {"position": position, "text": text, "template_phrase": phrase, "template_version_id": version_id,
-            "retrieval_score": score}
+    return {
+        "position": position,
+        "text": text,
+        "template_phrase": phrase,
+        "template_version_id": version_id,
+        "retrieval_score": score,
+    }
 
 
 def insert_rollouts(session, rows: Iterable[dict[str, Any]], *, chunk: int = 1000) -> int:
@@ -80,6 +135,10 @@ def insert_rollouts(session, rows: Iterable[dict[str, Any]], *, chunk: int = 100
 
 
 def _insert_rollout_batch(session, batch: list[dict]) -> int:
-    stmt = pg_insert(Rollout).values(batch).on_conflict_do_nothing(
-        index_elements=["trajectory_id", "problem_id", "sample_index"]).returning(Rollout.id)
+    stmt = (
+        pg_insert(Rollout)
+        .values(batch)
+        .on_conflict_do_nothing(index_elements=["trajectory_id", "problem_id", "sample_index"])
+        .returning(Rollout.id)
+    )
     return len(session.execute(stmt).scalars().all())

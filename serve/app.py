@@ -102,7 +102,9 @@ class _Guard:
     not even whether its body would have parsed.
     """
 
-    def __init__(self, app: Any, token: str | None, max_bytes: int, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S):
+    def __init__(
+        self, app: Any, token: str | None, max_bytes: int, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    ):
         self.app, self.token, self.max_bytes, self.body_timeout_s = app, token, max_bytes, body_timeout_s
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -129,8 +131,13 @@ class _Guard:
             try:  # a client trickling its body cannot hold a worker forever
                 message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
             except TimeoutError:
-                return await _send(send, 408, "invalid_request_error", "request_timeout",
-                                   f"request body not received within {self.body_timeout_s:g} s")
+                return await _send(
+                    send,
+                    408,
+                    "invalid_request_error",
+                    "request_timeout",
+                    f"request body not received within {self.body_timeout_s:g} s",
+                )
             if message["type"] == "http.disconnect":
                 return
             body += message.get("body", b"")
@@ -171,8 +178,11 @@ def _unstorable_in(query: bytes, body: bytes) -> tuple[str, str, str] | None:
     if b"\x00" in body:
         return "body", "nul_character", "contains a NUL character"
     lowered = body.lower()
-    if (b"u0000" not in lowered and b"\\ud" not in lowered
-            and body.count(b"[") + body.count(b"{") <= storable.MAX_DEPTH):
+    if (
+        b"u0000" not in lowered
+        and b"\\ud" not in lowered
+        and body.count(b"[") + body.count(b"{") <= storable.MAX_DEPTH
+    ):
         return None  # the common case, without parsing the body twice
     try:
         data = json.loads(body)
@@ -184,12 +194,18 @@ def _unstorable_in(query: bytes, body: bytes) -> tuple[str, str, str] | None:
     while stack:  # iterative: the body may be nested far deeper than Python recurses
         value, path, depth = stack.pop()
         if depth > storable.MAX_DEPTH:
-            return path or "body", "nested_too_deeply", f"is nested more than {storable.MAX_DEPTH} levels deep"
+            return (
+                path or "body",
+                "nested_too_deeply",
+                f"is nested more than {storable.MAX_DEPTH} levels deep",
+            )
         if isinstance(value, str):
             if problem := storable.text_problem(value):
                 return path or "body", _text_code(problem), f"contains {problem}"
             continue
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        items = (
+            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        )
         for key, item in items:
             if isinstance(key, str) and (problem := storable.text_problem(key)):
                 return f"{path}.{key!r}".lstrip("."), _text_code(problem), f"has {problem}"
@@ -247,7 +263,12 @@ def _error(
     return JSONResponse(error_body(message, kind, code, param), status_code=status, headers=headers)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    415: "unsupported_media_type",
+}
 _BACKEND_ERROR = re.compile(r"^(navigator|inference) backend error: (.*)", re.DOTALL)
 _UNREACHABLE = ("ConnectError", "ConnectTimeout", "Connection refused", "Name or service not known")
 
@@ -306,8 +327,13 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         message = f"no route {request.method} {request.url.path}" if e.status_code == 404 else str(e.detail)
-        return _error(e.status_code, message, _HTTP_CODES.get(e.status_code, "http_error"),
-                      "invalid_request_error" if e.status_code < 500 else "api_error", e.headers)
+        return _error(
+            e.status_code,
+            message,
+            _HTTP_CODES.get(e.status_code, "http_error"),
+            "invalid_request_error" if e.status_code < 500 else "api_error",
+            e.headers,
+        )
 
     @app.exception_handler(Exception)
     async def _internal(_: Request, e: Exception) -> JSONResponse:
@@ -322,8 +348,9 @@ def create_app(
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         return await _api_error(request, oa.validation_error(list(e.errors())))
 
-    def _limits(problem: str, max_rounds: int | None, max_tokens: int | None,
-                budget_name: str = "max_tokens") -> dict[str, Any]:
+    def _limits(
+        problem: str, max_rounds: int | None, max_tokens: int | None, budget_name: str = "max_tokens"
+    ) -> dict[str, Any]:
         cfg = solver.config
         if len(problem) > max_problem_chars:
             raise ApiError(
@@ -355,7 +382,8 @@ def create_app(
             return config
         return config.with_overrides(
             navigator_params=replace(config.navigator_params, **changes, **extras.get("navigator", {})),
-            inference_params=replace(config.inference_params, **changes, **extras.get("inference", {})))
+            inference_params=replace(config.inference_params, **changes, **extras.get("inference", {})),
+        )
 
     async def _solve(problem: str, on_event: Callable | None = None, **kw: Any) -> SolveResult:
         return await anyio.to_thread.run_sync(
@@ -393,7 +421,8 @@ def create_app(
             held.append(event)
             # a failed plan round and the final round come before `done`: wait for it to see why
             pending = event["event"] == "round" and (
-                event.get("kind") == "final" or (event.get("adjustment") or {}).get("error"))
+                event.get("kind") == "final" or (event.get("adjustment") or {}).get("error")
+            )
             if event["event"] in ("round", "done", "error") and not pending:
                 break
         last = held[-1] if held else {"event": "error", "message": "the session produced no events"}
@@ -420,13 +449,23 @@ def create_app(
             if id(backend) not in seen:
                 t0 = time.perf_counter()
                 try:
-                    [c] = backend.generate([ChatRequest([{"role": "user", "content": "Reply OK."}],
-                                                        SamplingParams(max_tokens=1), tags={"health": role})])
+                    [c] = backend.generate(
+                        [
+                            ChatRequest(
+                                [{"role": "user", "content": "Reply OK."}],
+                                SamplingParams(max_tokens=1),
+                                tags={"health": role},
+                            )
+                        ]
+                    )
                     error = c.error
                 except Exception as e:  # noqa: BLE001 - a backend that raises is what health reports
                     error = f"{type(e).__name__}: {e}"
-                seen[id(backend)] = {"ok": error is None, "error": scrub(error),
-                                     "latency_ms": round((time.perf_counter() - t0) * 1000, 1)}
+                seen[id(backend)] = {
+                    "ok": error is None,
+                    "error": scrub(error),
+                    "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+                }
             out[role] = {"backend": backend.name, "model": backend.model, **seen[id(backend)]}
         return out
 
@@ -445,7 +484,9 @@ def create_app(
             body.update(status="error", database=False, error=type(e).__name__)
         if backends:
             if health_cache.get("at", -HEALTH_TTL_S) + HEALTH_TTL_S < time.monotonic():
-                health_cache.update(roles=await anyio.to_thread.run_sync(_probe_backends), at=time.monotonic())
+                health_cache.update(
+                    roles=await anyio.to_thread.run_sync(_probe_backends), at=time.monotonic()
+                )
             body["roles"] = health_cache["roles"]
             if not all(r["ok"] for r in body["roles"].values()):
                 body["status"] = "error"
@@ -474,11 +515,18 @@ def create_app(
         result = await _solve(body.problem, **kw)
         if (down := _backend_down(result)) is not None:
             raise down
-        return JSONResponse(scrub(to_jsonable(_solve_response(result))),
-                            headers={SESSION_HEADER: str(result.session_id)})
+        return JSONResponse(
+            scrub(to_jsonable(_solve_response(result))), headers={SESSION_HEADER: str(result.session_id)}
+        )
 
-    model_card = {"id": model_name, "object": "model", "created": 0, "owned_by": "reasonflux",
-                  "root": model_name, "parent": None}
+    model_card = {
+        "id": model_name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "reasonflux",
+        "root": model_name,
+        "parent": None,
+    }
 
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(authorize)])
     async def models() -> dict[str, Any]:
@@ -487,30 +535,59 @@ def create_app(
     @app.get("/v1/models/{model_id:path}", tags=["openai"], dependencies=[Depends(authorize)])
     async def model(model_id: str) -> dict[str, Any]:
         if model_id != model_name:
-            raise ApiError(404, f"the model {model_id!r} does not exist; this server serves {model_name!r}",
-                           code="model_not_found", param="model")
+            raise ApiError(
+                404,
+                f"the model {model_id!r} does not exist; this server serves {model_name!r}",
+                code="model_not_found",
+                param="model",
+            )
         return model_card
 
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(authorize)])
     async def chat_completions(body: oa.ChatCompletionRequest):
         if body.model != model_name:
-            raise ApiError(404, f"the model {body.model!r} does not exist; this server serves {model_name!r}",
-                           code="model_not_found", param="model")
+            raise ApiError(
+                404,
+                f"the model {body.model!r} does not exist; this server serves {model_name!r}",
+                code="model_not_found",
+                param="model",
+            )
         if (refused := oa.refused(body)) is not None:
-            raise ApiError(400, f"{refused[0]} is not supported: {refused[1]}", code="unsupported_parameter",
-                           param=refused[0])
+            raise ApiError(
+                400,
+                f"{refused[0]} is not supported: {refused[1]}",
+                code="unsupported_parameter",
+                param=refused[0],
+            )
         if body.n > max_concurrent:
-            raise ApiError(400, f"n {body.n} exceeds this server's {max_concurrent} concurrent sessions",
-                           code="invalid_value", param="n")
+            raise ApiError(
+                400,
+                f"n {body.n} exceeds this server's {max_concurrent} concurrent sessions",
+                code="invalid_value",
+                param="n",
+            )
         problem = oa.problem_from_messages(body.messages)
         schema = oa.answer_schema(body.response_format)
-        kw = _limits(problem, body.reasonflux.max_rounds, body.reasonflux.token_budget, "reasonflux.token_budget")
+        kw = _limits(
+            problem, body.reasonflux.max_rounds, body.reasonflux.token_budget, "reasonflux.token_budget"
+        )
         extras, ignored = oa.sampling_extras(body, solver.backends)
         headers = oa.warning(ignored)
         # n independent sessions: with a seed, each its own (seed, seed+1, ...)
-        kws = [{**kw, "answer_schema": schema,
-                "config": _sampling(kw["config"], extras, temperature=body.temperature, top_p=body.top_p,
-                                    seed=None if body.seed is None else body.seed + i)} for i in range(body.n)]
+        kws = [
+            {
+                **kw,
+                "answer_schema": schema,
+                "config": _sampling(
+                    kw["config"],
+                    extras,
+                    temperature=body.temperature,
+                    top_p=body.top_p,
+                    seed=None if body.seed is None else body.seed + i,
+                ),
+            }
+            for i in range(body.n)
+        ]
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         shown = {"structured": schema is not None, "limit": body.completion_cap}
         if body.stream:
@@ -518,8 +595,16 @@ def create_app(
             events = oa.merged([_replay(held, rest) for held, rest in started])
             sids = [_session_header(held) for held, _ in started]
             return StreamingResponse(
-                oa.chat_stream(events, body.n, cid, created, model_name, progress=body.progress,
-                               include_usage=body.include_usage, **shown),
+                oa.chat_stream(
+                    events,
+                    body.n,
+                    cid,
+                    created,
+                    model_name,
+                    progress=body.progress,
+                    include_usage=body.include_usage,
+                    **shown,
+                ),
                 media_type="text/event-stream",
                 headers={**headers, **_joined(sids)},
             )
@@ -527,8 +612,10 @@ def create_app(
         for r in results:
             if (down := _backend_down(r)) is not None:
                 raise down
-        return JSONResponse(scrub(oa.chat_response(list(results), cid, created, model_name, **shown)),
-                            headers={**headers, SESSION_HEADER: ", ".join(str(r.session_id) for r in results)})
+        return JSONResponse(
+            scrub(oa.chat_response(list(results), cid, created, model_name, **shown)),
+            headers={**headers, SESSION_HEADER: ", ".join(str(r.session_id) for r in results)},
+        )
 
     @app.get("/v1/sessions/{session_id}", tags=["sessions"], dependencies=[Depends(authorize)])
     async def session(
@@ -574,7 +661,9 @@ def _solve_response(r: SolveResult) -> dict[str, Any]:
     return {k: v for k, v in r.to_dict().items() if k in SolveResponse.model_fields}
 
 
-def header_timeout_protocol(timeout_s: float, max_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT) -> type:
+def header_timeout_protocol(
+    timeout_s: float, max_per_client: int = DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+) -> type:
     """uvicorn's h11 protocol, closing a connection whose request headers are not complete within
     timeout_s (uvicorn has no such limit: a client sending a header a minute would hold it forever).
 
@@ -611,7 +700,9 @@ def header_timeout_protocol(timeout_s: float, max_per_client: int = DEFAULT_MAX_
                     continue
                 open_ = [c for c in crowd if not c.transport.is_closing()]
                 excess = len(open_) + 1 - cap
-                for c in sorted((c for c in open_ if c._idle()), key=lambda c: c.idle_since)[:max(0, excess)]:
+                for c in sorted((c for c in open_ if c._idle()), key=lambda c: c.idle_since)[
+                    : max(0, excess)
+                ]:
                     c.transport.close()
 
         def _arm_header_timeout(self) -> None:

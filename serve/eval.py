@@ -198,14 +198,22 @@ def scaling_series(records: Sequence[dict[str, Any]], best_of: int = 0) -> dict[
     """What the scaling figure draws, per group: counts, mean and s.d. of templates used and rounds, the
     solver's accuracy and the baselines' (single call, best-of-N) where they were run."""
     key, axis_label = _grouping(records)
-    values = sorted({r.get(key) for r in records} if key else {None},
-                    key=lambda v: (v is None, v if isinstance(v, int) else 0, str(v)))
+    values = sorted(
+        {r.get(key) for r in records} if key else {None},
+        key=lambda v: (v is None, v if isinstance(v, int) else 0, str(v)),
+    )
     if key == "difficulty":
         labels = [f"Level {v}" if v is not None else "unknown" for v in values]
     else:
         labels = [str(v) if v is not None else ("unknown" if key else "all") for v in values]
-    series: dict[str, Any] = {"key": key, "axis_label": axis_label, "labels": labels, "counts": [],
-                              "bars": {"templates_used": ([], []), "rounds": ([], [])}, "accuracy": {}}
+    series: dict[str, Any] = {
+        "key": key,
+        "axis_label": axis_label,
+        "labels": labels,
+        "counts": [],
+        "bars": {"templates_used": ([], []), "rounds": ([], [])},
+        "accuracy": {},
+    }
     accuracy_sources = [("reasonflux", "correct")]
     if records and "single_correct" in records[0]:
         accuracy_sources.append(("single call", "single_correct"))
@@ -228,8 +236,9 @@ def scaling_series(records: Sequence[dict[str, Any]], best_of: int = 0) -> dict[
 _ACCURACY_STYLE = {"reasonflux": ("o--", "#2E7D32"), "single call": ("s:", "#7B1FA2")}
 
 
-def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, best_of: int = 0,
-                 title: str | None = None) -> Path:
+def draw_scaling(
+    records: Sequence[dict[str, Any]], path: Path, *, best_of: int = 0, title: str | None = None
+) -> Path:
     """The paper's inference-scaling figure: mean templates used and rounds per difficulty level (else per
     subject or source), with the accuracy of the solver and of the baselines it was compared with."""
     import textwrap
@@ -282,16 +291,32 @@ def draw_scaling(records: Sequence[dict[str, Any]], path: Path, *, best_of: int 
         acc_ax = ax.twinx()
         for name, acc in drawn.items():
             style, color = _ACCURACY_STYLE.get(name, ("^-.", "#C62828"))
-            acc_ax.plot(x, [a * 100 if a is not None else np.nan for a in acc], style, color=color,
-                        label=f"accuracy: {name} (%)", linewidth=1.5, alpha=0.85)
+            acc_ax.plot(
+                x,
+                [a * 100 if a is not None else np.nan for a in acc],
+                style,
+                color=color,
+                label=f"accuracy: {name} (%)",
+                linewidth=1.5,
+                alpha=0.85,
+            )
         acc_ax.set_ylim(0, 105)
         acc_ax.set_ylabel("accuracy (%)")
         acc_handles, acc_labels = acc_ax.get_legend_handles_labels()
         handles, labels = handles + acc_handles, labels + acc_labels
     # Below the plot: inside it, the legend would cover bars or accuracy points.
-    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=min(3, len(handles)),
-              fontsize=8, frameon=False)
-    what = {"difficulty": "difficulty", "subject": "subject", "source": "source"}.get(series["key"], "problem set")
+    ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.22),
+        ncol=min(3, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
+    what = {"difficulty": "difficulty", "subject": "subject", "source": "source"}.get(
+        series["key"], "problem set"
+    )
     ax.set_title(title or f"Inference scaling: templates and interaction rounds vs {what}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

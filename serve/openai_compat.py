@@ -70,13 +70,18 @@ def validation_error(errors: list[dict[str, Any]]) -> ApiError:
     if kind == "extra_forbidden":
         return ApiError(400, f"Unknown parameter: '{param}'.", code="unknown_parameter", param=param)
     if kind == "missing" and param is not None:
-        return ApiError(400, f"Missing required parameter: '{param}'.", code="missing_required_parameter",
-                        param=param)
+        return ApiError(
+            400, f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param
+        )
     if param is None:  # the body as a whole: absent, or not a JSON object (or sent without its content type)
-        return ApiError(400, "the request body must be a JSON object (Content-Type: application/json)",
-                        code="invalid_json")
+        return ApiError(
+            400,
+            "the request body must be a JSON object (Content-Type: application/json)",
+            code="invalid_json",
+        )
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in errors)
+        f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'body'}: {e.get('msg')}" for e in errors
+    )
     code = "invalid_type" if kind.endswith(("_type", "_parsing")) or kind == "missing" else "invalid_value"
     return ApiError(400, f"invalid request: {problems}", code=code, param=param)
 
@@ -103,8 +108,12 @@ class ReasonfluxOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    token_budget: int | None = Field(None, ge=1, description="The session's tokens, prompt and completion, "
-                                     "both roles; at most the server's --token-budget, which is the default.")
+    token_budget: int | None = Field(
+        None,
+        ge=1,
+        description="The session's tokens, prompt and completion, "
+        "both roles; at most the server's --token-budget, which is the default.",
+    )
     max_rounds: int | None = Field(None, ge=1, description="At most the server's --max-rounds.")
     progress: bool = Field(False, description="Progress lines in the streamed content.")
 
@@ -131,7 +140,9 @@ class ChatCompletionRequest(BaseModel):
     response_format: dict[str, Any] | None = None
     top_k: int | None = Field(None, ge=-1, description="vLLM's; where a role's backend takes it.")
     min_p: float | None = Field(None, ge=0, le=1, description="vLLM's; where a role's backend takes it.")
-    repetition_penalty: float | None = Field(None, gt=0, description="vLLM's; where a role's backend takes it.")
+    repetition_penalty: float | None = Field(
+        None, gt=0, description="vLLM's; where a role's backend takes it."
+    )
     reasonflux: ReasonfluxOptions = Field(default_factory=ReasonfluxOptions)
     reasonflux_progress: bool = Field(False, description="The older spelling of reasonflux.progress.")
     # accepted and ignored only when neutral ("none"), else refused
@@ -172,11 +183,22 @@ def refused(body: ChatCompletionRequest) -> tuple[str, str] | None:
     """The first parameter this server cannot honour, with why; None when all can be."""
     no_tools = body.tool_choice == "none"  # tools the model may not call change nothing: accepted, ignored
     checks = (
-        ("stream_options", body.stream_options is not None and not body.stream,
-         "stream_options can only be given with stream=true"),
-        ("tools", bool(body.tools) and not no_tools, "the solver does not call tools (only tool_choice=\"none\")"),
+        (
+            "stream_options",
+            body.stream_options is not None and not body.stream,
+            "stream_options can only be given with stream=true",
+        ),
+        (
+            "tools",
+            bool(body.tools) and not no_tools,
+            'the solver does not call tools (only tool_choice="none")',
+        ),
         ("tool_choice", body.tool_choice not in (None, "none"), "the solver does not call tools"),
-        ("functions", bool(body.functions) and body.function_call != "none", "the solver does not call functions"),
+        (
+            "functions",
+            bool(body.functions) and body.function_call != "none",
+            "the solver does not call functions",
+        ),
         ("function_call", body.function_call not in (None, "none"), "the solver does not call functions"),
         ("stop", bool(body.stop), "the solver's rounds use their own stop sequences"),
         ("logprobs", bool(body.logprobs) or body.top_logprobs is not None, "no log-probabilities"),
@@ -187,7 +209,11 @@ def refused(body: ChatCompletionRequest) -> tuple[str, str] | None:
         ("modalities", body.modalities not in (None, ["text"]), "only text"),
         ("audio", body.audio is not None, "only text"),
         ("prediction", body.prediction is not None, "not supported"),
-        ("reasoning_effort", body.reasoning_effort is not None, "use reasonflux.token_budget to bound a session"),
+        (
+            "reasoning_effort",
+            body.reasoning_effort is not None,
+            "use reasonflux.token_budget to bound a session",
+        ),
         ("service_tier", body.service_tier not in (None, "auto", "default"), "not supported"),
         ("web_search_options", body.web_search_options is not None, "no web search"),
     )
@@ -202,24 +228,34 @@ def answer_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | No
     if kind == "json_object":
         return {"type": "object"}
     if kind != "json_schema":
-        raise ApiError(400, f"response_format.type must be text, json_object or json_schema, not {kind!r}",
-                       code="invalid_value", param="response_format.type")
+        raise ApiError(
+            400,
+            f"response_format.type must be text, json_object or json_schema, not {kind!r}",
+            code="invalid_value",
+            param="response_format.type",
+        )
     spec = (response_format or {}).get("json_schema")
     if not isinstance(spec, dict):
-        raise ApiError(400, "response_format.json_schema is required with type json_schema",
-                       code="invalid_value", param="response_format.json_schema")
+        raise ApiError(
+            400,
+            "response_format.json_schema is required with type json_schema",
+            code="invalid_value",
+            param="response_format.json_schema",
+        )
     schema = spec.get("schema", {"type": "object"})
     where = "response_format.json_schema.schema"
     if not isinstance(schema, dict) or schema.get("type", "object") != "object":
-        raise ApiError(400, f"{where} must be a JSON schema whose root is an object", code="invalid_value",
-                       param=where)
+        raise ApiError(
+            400, f"{where} must be a JSON schema whose root is an object", code="invalid_value", param=where
+        )
     import jsonschema
 
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
-        raise ApiError(400, f"{where} is not a valid JSON schema: {e.message[:300]}", code="invalid_value",
-                       param=where) from None
+        raise ApiError(
+            400, f"{where} is not a valid JSON schema: {e.message[:300]}", code="invalid_value", param=where
+        ) from None
     return schema
 
 
@@ -232,8 +268,9 @@ def problem_from_messages(messages: list[ChatMessage]) -> str:
         if isinstance(m.content, str):
             return m.content
         return "\n".join(_text_parts(m.content or [], f"messages[{i}].content"))
-    raise ApiError(400, "messages must contain a user message with the problem", code="no_user_message",
-                   param="messages")
+    raise ApiError(
+        400, "messages must contain a user message with the problem", code="no_user_message", param="messages"
+    )
 
 
 def _text_parts(parts: list[dict[str, Any]], where: str) -> list[str]:
@@ -243,19 +280,27 @@ def _text_parts(parts: list[dict[str, Any]], where: str) -> list[str]:
             continue
         text = part.get("text", "")
         if not isinstance(text, str):
-            raise ApiError(400, f"{where}[{j}].text must be a string, not {type(text).__name__}",
-                           code="invalid_type", param=f"{where}[{j}].text")
+            raise ApiError(
+                400,
+                f"{where}[{j}].text must be a string, not {type(text).__name__}",
+                code="invalid_type",
+                param=f"{where}[{j}].text",
+            )
         texts.append(text)
     return texts
 
 
-def sampling_extras(body: ChatCompletionRequest, backends: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+def sampling_extras(
+    body: ChatCompletionRequest, backends: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """{role: the vLLM sampling extras its backend takes (`sampling_extras`)}, and those no role takes."""
     given = {k: getattr(body, k) for k in SAMPLING_EXTRAS if getattr(body, k) is not None}
     if given.get("top_k", 1) <= 0:  # vLLM's "no top-k" (-1 or 0): every backend's default
         del given["top_k"]
-    per_role = {role: {k: v for k, v in given.items() if k in getattr(b, "sampling_extras", ())}
-                for role, b in backends.items()}
+    per_role = {
+        role: {k: v for k, v in given.items() if k in getattr(b, "sampling_extras", ())}
+        for role, b in backends.items()
+    }
     return per_role, [k for k in given if not any(k in taken for taken in per_role.values())]
 
 
@@ -333,28 +378,53 @@ def usage(results: list[SolveResult], visible_tokens: int) -> dict[str, Any]:
     prompt = sum(int(t.get("prompt", 0)) for r in results for t in r.tokens.values())
     completion = sum(int(t.get("completion", 0)) for r in results for t in r.tokens.values())
     completion = max(completion, visible_tokens)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "completion_tokens_details": {"reasoning_tokens": completion - visible_tokens}}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "completion_tokens_details": {"reasoning_tokens": completion - visible_tokens},
+    }
 
 
 def session_summary(r: SolveResult) -> dict[str, Any]:
-    fields = ("session_id", "status", "answer", "correct", "reason", "rounds", "tokens", "latency_ms",
-              "templates", "llm_calls")
+    fields = (
+        "session_id",
+        "status",
+        "answer",
+        "correct",
+        "reason",
+        "rounds",
+        "tokens",
+        "latency_ms",
+        "templates",
+        "llm_calls",
+    )
     return to_jsonable({**{k: getattr(r, k) for k in fields}, "total_tokens": r.total_tokens})
 
 
-def chat_response(results: list[SolveResult], cid: str, created: int, model: str, *, structured: bool,
-                  limit: int | None) -> dict[str, Any]:
+def chat_response(
+    results: list[SolveResult], cid: str, created: int, model: str, *, structured: bool, limit: int | None
+) -> dict[str, Any]:
     shown = [Visible.of(r, structured, limit) for r in results]
     choices = [
-        {"index": i, "message": {"role": "assistant", "content": v.content, "refusal": v.refusal},
-         "finish_reason": finish_reason(r, v.truncated), "logprobs": None, "reasonflux": session_summary(r)}
+        {
+            "index": i,
+            "message": {"role": "assistant", "content": v.content, "refusal": v.refusal},
+            "finish_reason": finish_reason(r, v.truncated),
+            "logprobs": None,
+            "reasonflux": session_summary(r),
+        }
         for i, (r, v) in enumerate(zip(results, shown))
     ]
     return {
-        "id": cid, "object": "chat.completion", "created": created, "model": model, "choices": choices,
+        "id": cid,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
         "usage": usage(results, sum(v.tokens for v in shown)),
-        "session_id": results[0].session_id, "reasonflux": session_summary(results[0]),
+        "session_id": results[0].session_id,
+        "reasonflux": session_summary(results[0]),
     }
 
 
@@ -364,11 +434,17 @@ def chat_response(results: list[SolveResult], cid: str, created: int, model: str
 def _round_line(event: dict[str, Any]) -> str | None:
     adj = event.get("adjustment") or {}
     if event.get("kind") == "plan" and adj.get("trajectory"):
-        return f"[plan] {len(adj['trajectory'])} steps: " + "; ".join(s["text"] for s in adj["trajectory"]) + "\n"
+        return (
+            f"[plan] {len(adj['trajectory'])} steps: "
+            + "; ".join(s["text"] for s in adj["trajectory"])
+            + "\n"
+        )
     if event.get("kind") == "step":
         tpl = (adj.get("template") or {}).get("name", "no template")
-        return (f"[round {event.get('round_no')}] step {adj.get('step_no')}/{adj.get('n_steps')} with {tpl}: "
-                f"{adj.get('verdict') or 'ended'}\n")
+        return (
+            f"[round {event.get('round_no')}] step {adj.get('step_no')}/{adj.get('n_steps')} with {tpl}: "
+            f"{adj.get('verdict') or 'ended'}\n"
+        )
     return None
 
 
@@ -428,19 +504,42 @@ class _Choice:
         return shown
 
 
-async def chat_stream(events: AsyncIterator[tuple[int, dict[str, Any]]], n: int, cid: str, created: int,
-                      model: str, *, progress: bool, include_usage: bool, structured: bool,
-                      limit: int | None) -> AsyncIterator[str]:
+async def chat_stream(
+    events: AsyncIterator[tuple[int, dict[str, Any]]],
+    n: int,
+    cid: str,
+    created: int,
+    model: str,
+    *,
+    progress: bool,
+    include_usage: bool,
+    structured: bool,
+    limit: int | None,
+) -> AsyncIterator[str]:
     """OpenAI chunks. Each choice's answer is streamed as it is produced: a step's result as soon as the
     navigator accepts it (it cannot change after), the final line when the session ends; with
     response_format, the JSON once it is complete. Round progress goes into the content only when the
     client asked for it (reasonflux.progress); otherwise it is sent as SSE comments, which clients skip,
     and which keep the connection alive during long rounds. `usage` comes only with
     stream_options.include_usage, in a last chunk without choices."""
-    def chunk(i: int | None, delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> str:
-        choices = [] if i is None else [{"index": i, "delta": delta or {}, "finish_reason": finish, "logprobs": None}]
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": choices, **({"usage": None} if include_usage else {}), **extra}
+
+    def chunk(
+        i: int | None, delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any
+    ) -> str:
+        choices = (
+            []
+            if i is None
+            else [{"index": i, "delta": delta or {}, "finish_reason": finish, "logprobs": None}]
+        )
+        body = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+            **({"usage": None} if include_usage else {}),
+            **extra,
+        }
         return f"data: {dumps(scrub(body))}\n\n"
 
     shown = [_Choice(limit) for _ in range(n)]
@@ -471,8 +570,9 @@ async def chat_stream(events: AsyncIterator[tuple[int, dict[str, Any]]], n: int,
                 c.tokens += count_tokens(delta["refusal"])
             if delta:
                 yield chunk(i, delta)
-            yield chunk(i, {}, finish_reason(r, c.truncated), session_id=r.session_id,
-                        reasonflux=session_summary(r))
+            yield chunk(
+                i, {}, finish_reason(r, c.truncated), session_id=r.session_id, reasonflux=session_summary(r)
+            )
         elif event["event"] == "error":
             yield chunk(i, {"content": f"\nerror: {event['message']}"})
             yield chunk(i, {}, "stop")

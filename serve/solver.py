@@ -152,7 +152,9 @@ class Solver:
         inference call that restates the answer as JSON following it (`SolveResult.formatted`)."""
         if not problem or not problem.strip():
             raise InputError("must not be empty", field="problem")
-        run = _Run(self, problem.strip(), config or self.config, problem_id, reference, on_event, answer_schema)
+        run = _Run(
+            self, problem.strip(), config or self.config, problem_id, reference, on_event, answer_schema
+        )
         with contextlib.ExitStack() as active:
             for b in {id(b): b for b in self.batchers.values()}.values():
                 active.enter_context(b.session())
@@ -262,8 +264,12 @@ class _Run:
     def call(self, role: str, messages: list[Message], schema: dict[str, Any] | None = None) -> Completion:
         self._check_budget()
         params = self.cfg.navigator_params if role == "navigator" else self.cfg.inference_params
-        req = ChatRequest(messages=messages, params=params, tags={"role": role, "session_id": self.session_id},
-                          response_schema=schema)
+        req = ChatRequest(
+            messages=messages,
+            params=params,
+            tags={"role": role, "session_id": self.session_id},
+            response_schema=schema,
+        )
         batcher = self.s.batchers[role]
         t0 = time.monotonic()
         future = batcher.submit(req)
@@ -311,7 +317,11 @@ class _Run:
         )
 
     def navigate(
-        self, messages: list[Message], parse: Callable[[str], Any], schema: dict[str, Any], role: str = "navigator"
+        self,
+        messages: list[Message],
+        parse: Callable[[str], Any],
+        schema: dict[str, Any],
+        role: str = "navigator",
     ) -> tuple[Any, list[Message], str, list[str]]:
         """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
 
@@ -338,8 +348,12 @@ class _Run:
     def retrieve(self, step: _Step) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[int]]:
         """Top templates for the step; the best one not yet tried for it is used (its version pinned)."""
         k = self.cfg.top_k + len(step.tried)
-        hits = [h.to_dict() for h in step_retrieval.search_step(self.s.db, step.template, step.text, k=k,
-                                                                 mode=self.cfg.retrieval_mode)]
+        hits = [
+            h.to_dict()
+            for h in step_retrieval.search_step(
+                self.s.db, step.template, step.text, k=k, mode=self.cfg.retrieval_mode
+            )
+        ]
         chosen = next((h for h in hits if h["version_id"] not in step.tried), hits[0] if hits else None)
         skipped = [h["version_id"] for h in hits if h["version_id"] in step.tried and h is not chosen]
         shown = [h for h in hits if h["version_id"] not in skipped][: self.cfg.top_k]
@@ -455,15 +469,17 @@ class _Run:
     def hints(self) -> list[navigator.Hint]:
         if self.cfg.plan_hints < 1:
             return []
-        hits = step_retrieval.retrieve_hints(self.s.db, [self.problem], k=self.cfg.plan_hints,
-                                             mode=self.cfg.retrieval_mode)[0]
+        hits = step_retrieval.retrieve_hints(
+            self.s.db, [self.problem], k=self.cfg.plan_hints, mode=self.cfg.retrieval_mode
+        )[0]
         return [navigator.Hint.from_hit(h) for h in hits]
 
     def plan(self) -> Plan:
         messages = navigator.plan_messages(self.problem, hints=self.hints(), max_steps=self.cfg.max_steps)
         try:
             plan, used, raw, errors = self.navigate(
-                messages, lambda t: navigator.parse_plan(t, max_steps=self.cfg.max_steps),
+                messages,
+                lambda t: navigator.parse_plan(t, max_steps=self.cfg.max_steps),
                 navigator.plan_schema(self.cfg.max_steps),
             )
         except NavigatorUnparseable as end:

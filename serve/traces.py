@@ -110,9 +110,17 @@ def _usage(session_id: int, round_row: dict[str, Any]) -> list[dict[str, Any]]:
     if round_row.get("kind", "step") != "step" or used.get("version_id") is None:
         return []
     outcome = adj.get("outcome")
-    return [{"session_id": session_id, "round_no": round_row["round_no"], "version_id": used["version_id"],
-             "step_no": adj.get("step_no"), "score": used.get("score"), "outcome": outcome,
-             "accepted": None if outcome is None else outcome == "accepted"}]
+    return [
+        {
+            "session_id": session_id,
+            "round_no": round_row["round_no"],
+            "version_id": used["version_id"],
+            "step_no": adj.get("step_no"),
+            "score": used.get("score"),
+            "outcome": outcome,
+            "accepted": None if outcome is None else outcome == "accepted",
+        }
+    ]
 
 
 def _json(value: Any) -> str:
@@ -395,8 +403,10 @@ def _render_round(r: dict[str, Any]) -> list[str]:
         return lines
     else:
         lines = [
-            (f"Round {r['round_no']} · step {adj.get('step_no', '?')}/{adj.get('n_steps', '?')}: "
-             f"{_clip(r.get('step_text'), 90)}")
+            (
+                f"Round {r['round_no']} · step {adj.get('step_no', '?')}/{adj.get('n_steps', '?')}: "
+                f"{_clip(r.get('step_text'), 90)}"
+            )
         ]
         if "query" in adj:
             lines.append(_template_line(adj, r.get("retrieved") or []))
@@ -431,13 +441,19 @@ def render_trace(session: dict[str, Any]) -> str:
         session.get("correct"), ""
     )
     head = [
-        (f"Session {session['id']} · {session['status']} · {session.get('rounds', 0)} rounds · "
-         f"{(session.get('latency_ms') or 0) / 1000:.2f} s"),
+        (
+            f"Session {session['id']} · {session['status']} · {session.get('rounds', 0)} rounds · "
+            f"{(session.get('latency_ms') or 0) / 1000:.2f} s"
+        ),
         f"Problem: {_clip(session.get('problem_text'), 400)}",
-        (f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
-         f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}"),
-        (f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('token_budget', cfg.get('max_tokens'))} tokens, "
-         f"{cfg.get('max_seconds')} s; retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}"),
+        (
+            f"Navigator: {nav.get('backend')} ({nav.get('model')}); inference: {inf.get('backend')} "
+            f"({inf.get('model')}){' — one shared instance' if cfg.get('shared_backend') else ''}"
+        ),
+        (
+            f"Limits: {cfg.get('max_rounds')} rounds, {cfg.get('token_budget', cfg.get('max_tokens'))} tokens, "
+            f"{cfg.get('max_seconds')} s; retrieval {cfg.get('retrieval_mode')} top {cfg.get('top_k')}"
+        ),
         f"Tokens: {_role_tokens(session.get('tokens') or {})}",
         "",
     ]

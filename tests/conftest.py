@@ -42,8 +42,11 @@ class TestRanOverTimeout(BaseException):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item):
     marker = item.get_closest_marker("timeout")
-    limit = float(marker.args[0]) if marker else float(os.environ.get("REASONFLUX_TEST_TIMEOUT",
-                                                                      DEFAULT_TEST_TIMEOUT_S))
+    limit = (
+        float(marker.args[0])
+        if marker
+        else float(os.environ.get("REASONFLUX_TEST_TIMEOUT", DEFAULT_TEST_TIMEOUT_S))
+    )
     if limit <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -91,14 +94,20 @@ def _session_db(database_url: str) -> Iterator[Database]:
 
 def _truncate_all(database: Database) -> None:
     with database.engine.begin() as conn:
-        tables = conn.execute(sa.text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-            "AND tablename <> 'alembic_version'"
-        )).scalars().all()
+        tables = (
+            conn.execute(
+                sa.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                    "AND tablename <> 'alembic_version'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         if tables:
-            conn.execute(sa.text(
-                "TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"
-            ))
+            conn.execute(
+                sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+            )
 
 
 @pytest.fixture

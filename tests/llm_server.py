@@ -15,8 +15,14 @@ class LocalLLM:
     echoes the request's Authorization header (as some proxies do), so a leak would be visible;
     refuse(body) -> (status, message) or None answers that error for the requests it picks."""
 
-    def __init__(self, *, reply: Callable[[dict[str, Any]], str] | None = None, status: int = 200,
-                 delay_s: float = 0.0, refuse: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None):
+    def __init__(
+        self,
+        *,
+        reply: Callable[[dict[str, Any]], str] | None = None,
+        status: int = 200,
+        delay_s: float = 0.0,
+        refuse: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None,
+    ):
         self.reply = reply or (lambda body: "echo: " + body["messages"][-1]["content"])
         self.status, self.delay_s = status, delay_s
         self.refuse = refuse or (lambda body: None)
@@ -40,13 +46,23 @@ class LocalLLM:
                     status, message = refused
                     payload = {"error": {"message": message, "type": "internal_server_error"}}
                 elif server.status != 200:
-                    payload = {"error": {"message": f"upstream refused; got Authorization: "
-                                                    f"{self.headers.get('Authorization')}"}}
+                    payload = {
+                        "error": {
+                            "message": f"upstream refused; got Authorization: "
+                            f"{self.headers.get('Authorization')}"
+                        }
+                    }
                 else:
-                    payload = {"model": body.get("model"),
-                               "choices": [{"message": {"role": "assistant", "content": server.reply(body)},
-                                            "finish_reason": "stop"}],
-                               "usage": {"prompt_tokens": 7, "completion_tokens": 3}}
+                    payload = {
+                        "model": body.get("model"),
+                        "choices": [
+                            {
+                                "message": {"role": "assistant", "content": server.reply(body)},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                    }
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)

@@ -17,8 +17,12 @@ from kb.errors import KbError
 from pipelines.models import catalogue, fetch
 
 NAME = "smollm2-135m-instruct"
-LLAMA_CPP_WHEEL = Path(__file__).resolve().parents[2] / "shared" / "wheels" / \
-    "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+LLAMA_CPP_WHEEL = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "wheels"
+    / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
+)
 
 
 def cache_dir() -> Path:
@@ -49,4 +53,6 @@ def require_llama_cpp() -> None:
     try:
         import llama_cpp  # noqa: F401
     except ImportError as e:
-        pytest.skip(f"llama_cpp (llama-cpp-python) is not importable: {e}; install {LLAMA_CPP_WHEEL.name}[server]")
+        pytest.skip(
+            f"llama_cpp (llama-cpp-python) is not importable: {e}; install {LLAMA_CPP_WHEEL.name}[server]"
+        )

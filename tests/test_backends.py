@@ -28,12 +28,15 @@ def tiny_dir(tmp_path_factory):
 
 # ------------------------------------------------------------------ transformers
 
+
 def test_transformers_backend_generates_batched_with_token_counts(tiny_dir):
     backend = create_backend("transformers", model_path=str(tiny_dir))
     reqs = [
         ChatRequest(MSG, SamplingParams(max_tokens=12)),
-        ChatRequest([{"role": "user", "content": "A much longer prompt about sequences and series " * 3}],
-                    SamplingParams(max_tokens=12)),
+        ChatRequest(
+            [{"role": "user", "content": "A much longer prompt about sequences and series " * 3}],
+            SamplingParams(max_tokens=12),
+        ),
         ChatRequest(MSG, SamplingParams(temperature=0.9, max_tokens=8, seed=7)),
     ]
     out = backend.generate(reqs)
@@ -50,13 +53,16 @@ def test_transformers_backend_generates_batched_with_token_counts(tiny_dir):
 def test_transformers_backend_applies_vllm_sampling_extras(tiny_dir):
     backend = create_backend("transformers", model_path=str(tiny_dir))
     assert set(backend.sampling_extras) == {"top_k", "min_p", "repetition_penalty"}
-    plain, penalised = backend.generate([
-        ChatRequest(MSG, SamplingParams(max_tokens=24)),
-        ChatRequest(MSG, SamplingParams(max_tokens=24, repetition_penalty=50.0)),  # its own generate call
-    ])
+    plain, penalised = backend.generate(
+        [
+            ChatRequest(MSG, SamplingParams(max_tokens=24)),
+            ChatRequest(MSG, SamplingParams(max_tokens=24, repetition_penalty=50.0)),  # its own generate call
+        ]
+    )
     assert plain.error is None and penalised.error is None and penalised.text != plain.text
-    [sampled] = backend.generate([ChatRequest(MSG, SamplingParams(temperature=0.9, max_tokens=8, seed=3, top_k=1,
-                                                                  min_p=0.05))])
+    [sampled] = backend.generate(
+        [ChatRequest(MSG, SamplingParams(temperature=0.9, max_tokens=8, seed=3, top_k=1, min_p=0.05))]
+    )
     assert sampled.error is None
     # top_k=1 is greedy whatever the temperature
     [greedy] = backend.generate([ChatRequest(MSG, SamplingParams(max_tokens=8))])
@@ -80,6 +86,7 @@ def test_one_instance_per_backend_and_options(tiny_dir):
 
 # ------------------------------------------------------------------ vllm / scripted / registry
 
+
 def test_vllm_is_registered_and_explains_the_missing_extra(tmp_path):
     assert {"scripted", "transformers", "openai", "vllm"} <= set(available_backends())
     try:
@@ -100,6 +107,7 @@ def test_scripted_backend_through_the_registry():
 
 
 # ------------------------------------------------------------------ openai against a real local server
+
 
 class FakeOpenAI:
     """A real HTTP server on 127.0.0.1 speaking the chat-completions API, scripted per test."""
@@ -134,19 +142,30 @@ class FakeOpenAI:
                     if status != 200:
                         payload = json.dumps({"error": {"message": "try later"}}).encode()
                     elif server.model is not None:
-                        params = SamplingParams(temperature=body["temperature"], top_p=body["top_p"],
-                                                max_tokens=body["max_tokens"], seed=body.get("seed"))
+                        params = SamplingParams(
+                            temperature=body["temperature"],
+                            top_p=body["top_p"],
+                            max_tokens=body["max_tokens"],
+                            seed=body.get("seed"),
+                        )
                         [c] = server.model.generate([ChatRequest(body["messages"], params)])
-                        payload = json.dumps({
-                            "choices": [{"message": {"role": "assistant", "content": c.text}}],
-                            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens},
-                        }).encode()
+                        payload = json.dumps(
+                            {
+                                "choices": [{"message": {"role": "assistant", "content": c.text}}],
+                                "usage": {
+                                    "prompt_tokens": c.prompt_tokens,
+                                    "completion_tokens": c.completion_tokens,
+                                },
+                            }
+                        ).encode()
                     else:
                         text = "echo: " + body["messages"][-1]["content"]
-                        payload = json.dumps({
-                            "choices": [{"message": {"role": "assistant", "content": text}}],
-                            "usage": {"prompt_tokens": 11, "completion_tokens": 3},
-                        }).encode()
+                        payload = json.dumps(
+                            {
+                                "choices": [{"message": {"role": "assistant", "content": text}}],
+                                "usage": {"prompt_tokens": 11, "completion_tokens": 3},
+                            }
+                        ).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -206,8 +225,9 @@ def test_openai_does_not_retry_a_client_error(fake_server):
 
 def test_openai_timeout_is_retried_then_reported(fake_server):
     srv = fake_server(delay_s=0.5)
-    backend = create_backend("openai", model="m", base_url=srv.url, timeout_s=0.1, backoff_s=0.01,
-                             max_retries=1)
+    backend = create_backend(
+        "openai", model="m", base_url=srv.url, timeout_s=0.1, backoff_s=0.01, max_retries=1
+    )
     [c] = backend.generate([ChatRequest(MSG)])
     assert "Timeout" in c.error and srv.attempts == 2
 
@@ -246,19 +266,29 @@ def test_api_key_comes_from_env_and_never_reaches_the_log(fake_server, db, monke
 
 # ------------------------------------------------------------------ call logging
 
+
 def test_every_call_is_logged_with_run_and_session(db):
     backend = create_backend("scripted", rules=[("1\\+1", "\\boxed{2}")])
     run_id = start_run(db, "test")
     logged = LoggedBackend(backend, db, run_id, "sample")
-    reqs = [ChatRequest(MSG, SamplingParams(temperature=0.7, seed=3), tags={"unit": "p1"}),
-            ChatRequest([{"role": "user", "content": "unmatched"}])]
+    reqs = [
+        ChatRequest(MSG, SamplingParams(temperature=0.7, seed=3), tags={"unit": "p1"}),
+        ChatRequest([{"role": "user", "content": "unmatched"}]),
+    ]
     out = logged.generate(reqs)
     assert out[1].error
     logged.with_session(None).generate([ChatRequest(MSG)])
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT run_id, stage, backend, model, messages, params, response, error, prompt_tokens, "
-            "completion_tokens FROM llm_call ORDER BY id")).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT run_id, stage, backend, model, messages, params, response, error, prompt_tokens, "
+                    "completion_tokens FROM llm_call ORDER BY id"
+                )
+            )
+            .mappings()
+            .all()
+        )
     assert len(rows) == 3
     assert all(r["run_id"] == run_id and r["stage"] == "sample" and r["backend"] == "scripted" for r in rows)
     assert rows[0]["messages"] == MSG and rows[0]["response"] == "\\boxed{2}"
@@ -269,6 +299,7 @@ def test_every_call_is_logged_with_run_and_session(db):
 
 
 # ------------------------------------------------------------------ config
+
 
 def test_config_file_roles_and_flags(tmp_path, tiny_dir):
     cfg = tmp_path / "llm.toml"
@@ -288,7 +319,8 @@ api_key_env = "SOME_KEY"
     conf = load_config(cfg)
     nav = conf.role("navigator")
     assert nav.backend == "transformers" and nav.sampling_params(seed=1) == SamplingParams(
-        temperature=0.7, max_tokens=64, seed=1)
+        temperature=0.7, max_tokens=64, seed=1
+    )
     assert conf.role("inference").options["api_key_env"] == "SOME_KEY"
     assert conf.role("inference", "scripted").backend == "scripted"  # a flag beats the file
     assert parse_spec("openai:qwen@http://h:8000/v1").options["base_url"] == "http://h:8000/v1"
@@ -316,7 +348,9 @@ def test_openai_backend_against_a_server_serving_the_tiny_model(fake_server, tin
     [direct], [served] = local.generate([req]), remote.generate([req])
     assert served.error is None and served.text == direct.text
     assert served.completion_tokens == direct.completion_tokens > 0
-    (tmp_path / "p.jsonl").write_text(json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "o/1"}))
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "o/1"})
+    )
     import_problems(db, tmp_path / "p.jsonl", preset="math500", embed=False)
     out = sample(db, "all", remote, n=3, sampling=SamplingParams(temperature=0.9, max_tokens=12), hint_k=0)
     assert out["failures_recorded"] + out["trajectories_written"] == 3  # garbage plans are recorded
@@ -335,7 +369,9 @@ def test_structured_output_sends_the_contract_schema_when_the_role_asks_for_it(f
     from pipelines.sample import sample
 
     srv = fake_server()
-    (tmp_path / "p.jsonl").write_text(json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "o/1"}))
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"problem": "Solve x+1=2.", "answer": "1", "unique_id": "o/1"})
+    )
     import_problems(db, tmp_path / "p.jsonl", preset="math500", embed=False)
     strict = create_backend("openai", model="m", base_url=srv.url, structured_output=True)
     sample(db, "all", strict, n=1, navigator_name="strict", hint_k=0)
@@ -371,5 +407,7 @@ def test_call_rows_fill_exactly_the_columns_the_trace_writer_inserts():
     from pipelines.llm.calls import CALL_COLUMNS, call_rows
 
     backend = create_backend("scripted", default="hi")
-    [row] = call_rows(backend, [ChatRequest(MSG)], backend.generate([ChatRequest(MSG)]), run_id=None, stage="x")
+    [row] = call_rows(
+        backend, [ChatRequest(MSG)], backend.generate([ChatRequest(MSG)]), run_id=None, stage="x"
+    )
     assert tuple(row) == CALL_COLUMNS

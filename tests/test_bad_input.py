@@ -14,15 +14,20 @@ from kb.storable import MAX_DEPTH
 
 def _counts(db) -> tuple:
     with db.engine.connect() as conn:
-        return conn.execute(sa.text(
-            "SELECT (SELECT count(*) FROM problem), (SELECT count(*) FROM template), "
-            "(SELECT count(*) FROM template_version), (SELECT count(*) FROM pipeline_run), "
-            "(SELECT count(*) FROM dataset_version)")).one()
+        return conn.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM problem), (SELECT count(*) FROM template), "
+                "(SELECT count(*) FROM template_version), (SELECT count(*) FROM pipeline_run), "
+                "(SELECT count(*) FROM dataset_version)"
+            )
+        ).one()
 
 
 def _lines(path, records) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n"
-                            for r in records), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r, ensure_ascii=False)) + "\n" for r in records),
+        encoding="utf-8",
+    )
     return str(path)
 
 
@@ -40,24 +45,36 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-TEMPLATE = {"name": "Vieta", "category": "Algebra", "description": "Relate roots to coefficients.",
-            "steps": ["Write the polynomial", "Read off sums"]}
-V1 = {"Algebra": {"Polynomials": [{"template_name": "Vieta", "description": "Relate roots.",
-                                   "reason_flow": ["Write", "Read"]}]}}
+TEMPLATE = {
+    "name": "Vieta",
+    "category": "Algebra",
+    "description": "Relate roots to coefficients.",
+    "steps": ["Write the polynomial", "Read off sums"],
+}
+V1 = {
+    "Algebra": {
+        "Polynomials": [
+            {"template_name": "Vieta", "description": "Relate roots.", "reason_flow": ["Write", "Read"]}
+        ]
+    }
+}
 
 
-@pytest.mark.parametrize("record, field, message", [
-    ({"problem": "a\u0000b"}, "problem", "NUL"),
-    ({"problem": "fine", "meta": {"notes": ["ok", "b\u0000"]}}, "meta.notes[1]", "NUL"),
-    ({"problem": "fine", "bad\u0000key": 1}, "'bad\\x00key'", "NUL"),
-    ({"problem": "fine", "level": 99999999999}, "level", "out of range"),
-    ('{"problem": "fine", "meta": ' + _nested(MAX_DEPTH + 5) + "}", "meta", "nested more than"),
-    ('{"problem": "fine", "meta": ' + _nested(100_000) + "}", None, "nested too deeply"),
-    ('{"problem": "fine", "n": ' + "9" * 5000 + "}", None, "invalid JSON"),
-    ({"problem": "x" * 10_000_000}, "problem", "full-text index"),
-    ('{"problem": "half a pair \\ud800 here"}', "problem", "lone surrogate (\\ud800 at character 13)"),
-    ('{"problem": "fine", "meta": {"k": ["\\udfff"]}}', "meta.k[0]", "lone surrogate"),
-])
+@pytest.mark.parametrize(
+    "record, field, message",
+    [
+        ({"problem": "a\u0000b"}, "problem", "NUL"),
+        ({"problem": "fine", "meta": {"notes": ["ok", "b\u0000"]}}, "meta.notes[1]", "NUL"),
+        ({"problem": "fine", "bad\u0000key": 1}, "'bad\\x00key'", "NUL"),
+        ({"problem": "fine", "level": 99999999999}, "level", "out of range"),
+        ('{"problem": "fine", "meta": ' + _nested(MAX_DEPTH + 5) + "}", "meta", "nested more than"),
+        ('{"problem": "fine", "meta": ' + _nested(100_000) + "}", None, "nested too deeply"),
+        ('{"problem": "fine", "n": ' + "9" * 5000 + "}", None, "invalid JSON"),
+        ({"problem": "x" * 10_000_000}, "problem", "full-text index"),
+        ('{"problem": "half a pair \\ud800 here"}', "problem", "lone surrogate (\\ud800 at character 13)"),
+        ('{"problem": "fine", "meta": {"k": ["\\udfff"]}}', "meta.k[0]", "lone surrogate"),
+    ],
+)
 def test_problem_import_refuses_what_postgres_cannot_store(cli, db, tmp_path, record, field, message):
     path = _lines(tmp_path / "p.jsonl", [{"problem": "A good first line."}, record])
     must = (path, "record line 2", message, *([f"field {field}"] if field else []))
@@ -70,19 +87,28 @@ def _distinct_cyrillic_words(n: int) -> str:
     return " ".join("".join(letters[(i >> shift) & 31] for shift in (15, 10, 5, 0)) for i in range(n))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("description", "nul \u0000 here", "NUL"),
-    ("description", _distinct_cyrillic_words(190_000), "bytes as UTF-8; at most 1,000,000 fit the full-text index"),
-    ("steps", ["ok", "b\u0000"], "NUL"),
-    ("extra", {"deep": json.loads(_nested(MAX_DEPTH + 5))}, "nested more than"),
-    ("description", "word " * 2_000_000, "full-text index"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("description", "nul \u0000 here", "NUL"),
+        (
+            "description",
+            _distinct_cyrillic_words(190_000),
+            "bytes as UTF-8; at most 1,000,000 fit the full-text index",
+        ),
+        ("steps", ["ok", "b\u0000"], "NUL"),
+        ("extra", {"deep": json.loads(_nested(MAX_DEPTH + 5))}, "nested more than"),
+        ("description", "word " * 2_000_000, "full-text index"),
+    ],
+)
 def test_template_jsonl_import_and_add_refuse_unstorable_fields(cli, db, tmp_path, field, value, message):
     path = _lines(tmp_path / "t.jsonl", [TEMPLATE, {**TEMPLATE, "name": "Other", field: value}])
     _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"field {field}", message))
     single = tmp_path / "t.json"
     single.write_text(json.dumps({**TEMPLATE, field: value}), encoding="utf-8")
-    _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", message))
+    _refused(
+        cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", message)
+    )
 
 
 @pytest.mark.parametrize("field, escaped", [("name", '"Vieta \\ud83d"'), ("steps", '["ok", "\\udc00"]')])
@@ -90,10 +116,20 @@ def test_a_lone_surrogate_in_a_template_is_refused_naming_the_field(cli, db, tmp
     """JSON can spell half a surrogate pair ("\\ud800"); it is no Unicode text and cannot be stored."""
     line = json.dumps({**TEMPLATE, field: "PLACEHOLDER"}).replace('"PLACEHOLDER"', escaped)
     path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
-    _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"field {field}", "lone surrogate"))
+    _refused(
+        cli,
+        db,
+        "import",
+        "jsonl",
+        path,
+        "--no-embed",
+        must=(path, "line 2", f"field {field}", "lone surrogate"),
+    )
     single = tmp_path / "t.json"
     single.write_text(line, encoding="utf-8")
-    _refused(cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", "surrogate"))
+    _refused(
+        cli, db, "templates", "add", "--file", str(single), must=(str(single), f"field {field}", "surrogate")
+    )
 
 
 def test_template_edit_refuses_unstorable_fields(cli, db, tmp_path):
@@ -102,13 +138,31 @@ def test_template_edit_refuses_unstorable_fields(cli, db, tmp_path):
     cli("templates", "add", "--file", str(single))
     edit = tmp_path / "e.json"
     edit.write_text(json.dumps({"description": "x\u0000"}), encoding="utf-8")
-    _refused(cli, db, "templates", "edit", "Algebra/Vieta", "--file", str(edit),
-             must=(str(edit), "field description", "NUL"))
+    _refused(
+        cli,
+        db,
+        "templates",
+        "edit",
+        "Algebra/Vieta",
+        "--file",
+        str(edit),
+        must=(str(edit), "field description", "NUL"),
+    )
     edit.write_text(json.dumps({"description": "new", "version": 99999999999}), encoding="utf-8")
-    _refused(cli, db, "templates", "edit", "Algebra/Vieta", "--file", str(edit),
-             must=(str(edit), "field version", "out of range"))
+    _refused(
+        cli,
+        db,
+        "templates",
+        "edit",
+        "Algebra/Vieta",
+        "--file",
+        str(edit),
+        must=(str(edit), "field version", "out of range"),
+    )
     edit.write_text(_nested(100_000), encoding="utf-8")
-    _refused(cli, db, "templates", "edit", "Algebra/Vieta", "--file", str(edit), must=(str(edit), "too deeply"))
+    _refused(
+        cli, db, "templates", "edit", "Algebra/Vieta", "--file", str(edit), must=(str(edit), "too deeply")
+    )
 
 
 def test_v1_import_refuses_deep_huge_and_empty_files(cli, db, tmp_path):
@@ -119,10 +173,21 @@ def test_v1_import_refuses_deep_huge_and_empty_files(cli, db, tmp_path):
     huge["Algebra"]["Polynomials"][0]["description"] = "word " * 2_000_000
     path = tmp_path / "huge.json"
     path.write_text(json.dumps(huge), encoding="utf-8")
-    _refused(cli, db, "import", "reasonflux-v1", str(path), "--no-embed",
-             must=(str(path), "Algebra > Polynomials > [0]", "field description", "full-text index"))
-    for text, message in (("", "the file is empty"), ("  \n", "the file is empty"), ("{}", "holds no templates"),
-                          ('{"Algebra": {"Polynomials": []}}', "holds no templates")):
+    _refused(
+        cli,
+        db,
+        "import",
+        "reasonflux-v1",
+        str(path),
+        "--no-embed",
+        must=(str(path), "Algebra > Polynomials > [0]", "field description", "full-text index"),
+    )
+    for text, message in (
+        ("", "the file is empty"),
+        ("  \n", "the file is empty"),
+        ("{}", "holds no templates"),
+        ('{"Algebra": {"Polynomials": []}}', "holds no templates"),
+    ):
         path.write_text(text, encoding="utf-8")
         _refused(cli, db, "import", "reasonflux-v1", str(path), "--no-embed", must=(str(path), message))
 
@@ -152,8 +217,10 @@ def test_u2028_inside_a_jsonl_string_is_data_not_a_line_break(cli, db, tmp_path)
 def test_more_than_65535_problems_in_one_file_import(cli, db, tmp_path):
     n = 65_600
     path = tmp_path / "many.jsonl"
-    path.write_text("".join(f'{{"problem": "Problem number {i}: compute {i} squared."}}\n' for i in range(n)),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(f'{{"problem": "Problem number {i}: compute {i} squared."}}\n' for i in range(n)),
+        encoding="utf-8",
+    )
     out = json.loads(cli("problems", "import", str(path), "--no-embed", "--json").output)
     assert out["created"] == n and out["records"] == n
     again = json.loads(cli("problems", "import", str(path), "--no-embed", "--json").output)
@@ -165,7 +232,9 @@ def test_export_out_under_a_file_is_refused_before_any_work(cli, db, tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     for out in (a_file / "sub", a_file / "sub" / "deeper"):
-        result = _refused(cli, db, "export", "templates", "--out", str(out), must=("--out", str(out), "a file"))
+        result = _refused(
+            cli, db, "export", "templates", "--out", str(out), must=("--out", str(out), "a file")
+        )
         assert "not a folder" in result.output
     # The file itself: click's own usage error, before the command runs.
     assert "is a file" in cli("export", "templates", "--out", str(a_file), expect=2).output
@@ -194,11 +263,18 @@ ESCAPES = "\u001b]0;owned\u0007Vieta\u001b[2J\u009b31m\r"
 def test_control_characters_in_stored_text_are_escaped_on_the_terminal_and_kept_in_json(cli, db, tmp_path):
     """A template named with escape sequences must not retitle or clear the terminal that lists it."""
     single = tmp_path / "t.json"
-    single.write_text(json.dumps({**TEMPLATE, "name": ESCAPES, "steps": ["ok", "bell \u0007"]}), encoding="utf-8")
-    key = str(json.loads(cli("templates", "add", "--file", str(single), "--no-embed", "--json").output)[0]["id"])
-    printed = [cli("templates", "list").output, cli("templates", "show", key).output,
-               cli("templates", "history", key).output,
-               cli("templates", "show", "Algebra/nothing\u001b[2J", expect=1).output]
+    single.write_text(
+        json.dumps({**TEMPLATE, "name": ESCAPES, "steps": ["ok", "bell \u0007"]}), encoding="utf-8"
+    )
+    key = str(
+        json.loads(cli("templates", "add", "--file", str(single), "--no-embed", "--json").output)[0]["id"]
+    )
+    printed = [
+        cli("templates", "list").output,
+        cli("templates", "show", key).output,
+        cli("templates", "history", key).output,
+        cli("templates", "show", "Algebra/nothing\u001b[2J", expect=1).output,
+    ]
     for out in printed:
         assert not any(c in out for c in "\u001b\u0007\u009b\r"), repr(out)
     assert "\\x1b]0;owned\\x07Vieta\\x1b[2J\\x9b31m" in printed[1] and "\\x1b[2J" in printed[3]
@@ -206,12 +282,25 @@ def test_control_characters_in_stored_text_are_escaped_on_the_terminal_and_kept_
     assert stored["name"] == ESCAPES and stored["steps"][1] == "bell \u0007"
 
 
-@pytest.mark.parametrize("line, where", [
-    ('{"name": "Vieta", "name": "Other", "category": "Algebra", "description": "d", "steps": ["s"]}', "'name'"),
-    (('{"name": "Vieta", "category": "Algebra", "description": "d", "steps": ["s"], '
-      '"extra": {"src": {"a": 1, "a": 2}}}'), "'a' in extra.src"),
-])
-def test_a_key_named_twice_in_a_template_record_is_refused_naming_record_and_key(cli, db, tmp_path, line, where):
+@pytest.mark.parametrize(
+    "line, where",
+    [
+        (
+            '{"name": "Vieta", "name": "Other", "category": "Algebra", "description": "d", "steps": ["s"]}',
+            "'name'",
+        ),
+        (
+            (
+                '{"name": "Vieta", "category": "Algebra", "description": "d", "steps": ["s"], '
+                '"extra": {"src": {"a": 1, "a": 2}}}'
+            ),
+            "'a' in extra.src",
+        ),
+    ],
+)
+def test_a_key_named_twice_in_a_template_record_is_refused_naming_record_and_key(
+    cli, db, tmp_path, line, where
+):
     path = _lines(tmp_path / "t.jsonl", [TEMPLATE | {"name": "First"}, line])
     _refused(cli, db, "import", "jsonl", path, "--no-embed", must=(path, "line 2", f"duplicate key {where}"))
     single = tmp_path / "t.json"
@@ -220,10 +309,23 @@ def test_a_key_named_twice_in_a_template_record_is_refused_naming_record_and_key
 
 
 def test_a_key_named_twice_in_a_problem_record_is_refused_naming_record_and_key(cli, db, tmp_path):
-    path = _lines(tmp_path / "p.jsonl", [{"problem": "A good first line."},
-                                         '{"problem": "one", "answer": "1", "answer": "2"}'])
-    _refused(cli, db, "problems", "import", path, "--no-embed", must=(path, "line 2", "duplicate key 'answer'"))
+    path = _lines(
+        tmp_path / "p.jsonl",
+        [{"problem": "A good first line."}, '{"problem": "one", "answer": "1", "answer": "2"}'],
+    )
+    _refused(
+        cli, db, "problems", "import", path, "--no-embed", must=(path, "line 2", "duplicate key 'answer'")
+    )
     as_list = tmp_path / "p.json"
     as_list.write_text('[{"problem": "a"}, {"problem": "b", "meta": {"k": 1, "k": 2}}]', encoding="utf-8")
-    _refused(cli, db, "problems", "import", str(as_list), "--format", "json", "--no-embed",
-             must=(str(as_list), "duplicate key 'k' in [1].meta"))
+    _refused(
+        cli,
+        db,
+        "problems",
+        "import",
+        str(as_list),
+        "--format",
+        "json",
+        "--no-embed",
+        must=(str(as_list), "duplicate key 'k' in [1].meta"),
+    )

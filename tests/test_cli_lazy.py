@@ -19,8 +19,21 @@ from pipelines.cli import MODULES as PIPELINE_MODULES
 from serve.cli import MODULES as SERVE_MODULES
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("sqlalchemy", "sqlmodel", "psycopg", "alembic", "numpy", "torch", "transformers", "fastapi", "pyarrow",
-         "matplotlib", "jsonschema", "math_verify", "sentence_transformers")
+HEAVY = (
+    "sqlalchemy",
+    "sqlmodel",
+    "psycopg",
+    "alembic",
+    "numpy",
+    "torch",
+    "transformers",
+    "fastapi",
+    "pyarrow",
+    "matplotlib",
+    "jsonschema",
+    "math_verify",
+    "sentence_transformers",
+)
 
 
 def _declared() -> dict[str, set[str]]:
@@ -68,10 +81,13 @@ def test_evaluate_is_a_deprecated_alias_of_rollouts(cli):
 
 
 def test_loading_every_command_imports_no_heavy_library():
-    code = ("import json, sys, kb.cli; kb.cli.cli.load_all(); "
-            f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))")
+    code = (
+        "import json, sys, kb.cli; kb.cli.cli.load_all(); "
+        f"print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []

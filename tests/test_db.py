@@ -16,14 +16,25 @@ from kb.db import SchemaOutOfDate, connect, create_engine, mask_url
 
 def _populate(engine) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
-                             "VALUES ('import', '{}', 'test', 'succeeded', '{}')"))
-        conn.execute(sa.text("INSERT INTO template (key, category, status, current_version_no) "
-                             "VALUES ('Algebra/Quadratics', 'Algebra', 'active', 1)"))
-        conn.execute(sa.text(
-            "INSERT INTO template_version (template_id, version_no, name, tags, description, "
-            "application_scope, steps, extra, content_hash, source_kind, provenance) "
-            "VALUES (1, 1, 'Quadratics', ARRAY['algebra'], 'd', 's', '[]', '{}', 'h', 'user', '{}')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
+                "VALUES ('import', '{}', 'test', 'succeeded', '{}')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO template (key, category, status, current_version_no) "
+                "VALUES ('Algebra/Quadratics', 'Algebra', 'active', 1)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO template_version (template_id, version_no, name, tags, description, "
+                "application_scope, steps, extra, content_hash, source_kind, provenance) "
+                "VALUES (1, 1, 'Quadratics', ARRAY['algebra'], 'd', 's', '[]', '{}', 'h', 'user', '{}')"
+            )
+        )
         conn.execute(sa.text("UPDATE template SET current_version_id = 1"))
 
 
@@ -77,7 +88,9 @@ def test_db_commands(cli, db):
     assert out["pgvector_version"]
     assert out["revision"] == out["head"]
     assert "template" in out["row_counts"]
-    assert "***" in out["url"] or "@" not in out["url"].split("//", 1)[1].split("/")[0] or ":" not in out["url"]
+    assert (
+        "***" in out["url"] or "@" not in out["url"].split("//", 1)[1].split("/")[0] or ":" not in out["url"]
+    )
     assert json.loads(cli("db", "current", "--json").output)["current"] == migrate.head_revision()
 
 
@@ -90,14 +103,25 @@ def test_deleting_a_run_keeps_immutable_history_and_detaches_the_rest(db):
     with db.engine.begin() as conn:
         conn.execute(sa.text("UPDATE template SET current_version_id = NULL"))
         conn.execute(sa.text("DELETE FROM template_version"))
-        conn.execute(sa.text(
-            "INSERT INTO template_version (template_id, version_no, name, tags, description, application_scope, "
-            "steps, extra, content_hash, source_kind, provenance, run_id) "
-            "VALUES (1, 1, 'Quadratics', ARRAY['algebra'], 'd', 's', '[]', '{}', 'h', 'run', '{}', 1)"))
-        conn.execute(sa.text("INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
-                             "VALUES ('import-problems', '{}', 'test', 'succeeded', '{}')"))
-        conn.execute(sa.text("INSERT INTO problem (text, split, content_hash, extra, run_id) "
-                             "VALUES ('1+1?', 'train', 'p1', '{}', 2)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO template_version (template_id, version_no, name, tags, description, application_scope, "
+                "steps, extra, content_hash, source_kind, provenance, run_id) "
+                "VALUES (1, 1, 'Quadratics', ARRAY['algebra'], 'd', 's', '[]', '{}', 'h', 'run', '{}', 1)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
+                "VALUES ('import-problems', '{}', 'test', 'succeeded', '{}')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO problem (text, split, content_hash, extra, run_id) "
+                "VALUES ('1+1?', 'train', 'p1', '{}', 2)"
+            )
+        )
     try:
         with db.engine.begin() as conn:
             conn.execute(sa.text("DELETE FROM pipeline_run WHERE id = 1"))

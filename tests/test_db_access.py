@@ -22,7 +22,9 @@ from kb import templates as T
 from kb.db import session_scope
 
 ROOT = Path(__file__).resolve().parent.parent
-needs_psql = pytest.mark.skipif(shutil.which("psql") is None, reason="psql is not installed (postgresql-client)")
+needs_psql = pytest.mark.skipif(
+    shutil.which("psql") is None, reason="psql is not installed (postgresql-client)"
+)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -31,8 +33,14 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _reasonflux(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kb.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kb.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _one_template(db) -> None:
@@ -45,8 +53,13 @@ def test_psql_takes_db_url_as_is(db):
     _one_template(db)
     url = _reasonflux("db", "url", env=_env(DATABASE_URL=db.url))
     assert url.returncode == 0, url.stderr
-    out = subprocess.run(["psql", url.stdout.strip(), "-At", "-c", "select count(*) from current_template"],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        ["psql", url.stdout.strip(), "-At", "-c", "select count(*) from current_template"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
 
@@ -71,7 +84,9 @@ def test_pandas_takes_db_url_as_is(db):
 @needs_psql
 def test_db_shell_runs_psql_with_its_arguments(db):
     _one_template(db)
-    out = _reasonflux("db", "shell", "-At", "-c", "select key from current_template", env=_env(DATABASE_URL=db.url))
+    out = _reasonflux(
+        "db", "shell", "-At", "-c", "select key from current_template", env=_env(DATABASE_URL=db.url)
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "Algebra/Vieta's formulas"
     bad = _reasonflux("db", "shell", "-c", "select * from no_such_table", env=_env(DATABASE_URL=db.url))
@@ -89,8 +104,13 @@ def test_embedded_db_url_leaves_the_server_up_for_psql(tmp_path):
         url = _reasonflux("db", "url", env=env)
         assert url.returncode == 0, url.stderr
         assert "host=" in url.stdout  # the embedded server's socket
-        out = subprocess.run(["psql", url.stdout.strip(), "-At", "-c", "select count(*) from current_template"],
-                             capture_output=True, text=True, timeout=60, check=False)
+        out = subprocess.run(
+            ["psql", url.stdout.strip(), "-At", "-c", "select count(*) from current_template"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "0"
     finally:
@@ -107,8 +127,13 @@ def test_db_serve_gives_read_only_access_with_a_password(db):
     if not _is_socket_url(db.url):
         pytest.skip("db serve relays the embedded (socket) server; DATABASE_URL is a TCP server")
     _one_template(db)
-    proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "db", "serve", "--port", "0", "--json"],
-                            env=_env(DATABASE_URL=db.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kb.cli", "db", "serve", "--port", "0", "--json"],
+        env=_env(DATABASE_URL=db.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
@@ -119,8 +144,10 @@ def test_db_serve_gives_read_only_access_with_a_password(db):
             assert conn.execute("select current_user").fetchone() == ("reasonflux_reader",)
             # The role's sessions start read-only, and it has no write privilege either.
             with pytest.raises((psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)):
-                conn.execute("insert into pipeline_run (stage, params, code_version, status, counts) "
-                             "values ('x', '{}', 'x', 'running', '{}')")
+                conn.execute(
+                    "insert into pipeline_run (stage, params, code_version, status, counts) "
+                    "values ('x', '{}', 'x', 'running', '{}')"
+                )
         # Naming another user does not help: every session is the reader, and the password is checked.
         as_postgres = info["url"].replace("reasonflux_reader:", "postgres:")
         with psycopg.connect(as_postgres, connect_timeout=10) as conn:
@@ -145,8 +172,13 @@ def _serving(db, *args: str):
     """`reasonflux db serve --port 0 --json ARGS` on the test database; yields its connection details."""
     if not _is_socket_url(db.url):
         pytest.skip("db serve relays the embedded (socket) server; DATABASE_URL is a TCP server")
-    proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "db", "serve", "--port", "0", "--json", *args],
-                            env=_env(DATABASE_URL=db.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kb.cli", "db", "serve", "--port", "0", "--json", *args],
+        env=_env(DATABASE_URL=db.url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()
         assert line, proc.stderr.read()
@@ -173,18 +205,27 @@ def test_through_db_serve_the_reader_writes_nothing_and_changes_nothing_that_las
     with _serving(db) as info:
         with psycopg.connect(info["url"], connect_timeout=10, autocommit=True) as conn:
             conn.execute("SET default_transaction_read_only = off")  # its own session: allowed, and no help
-            for statement in ["CREATE TEMP TABLE spill (x text)", "SELECT lo_from_bytea(0, 'x')",
-                              "SELECT lo_create(0)", "SELECT lo_import('/etc/hostname')",
-                              f"SELECT pg_advisory_lock({migrate._LOCK_KEY})", "SELECT pg_try_advisory_lock_shared(1)",
-                              "SELECT pg_advisory_xact_lock(1)", "SELECT pg_notify('c', 'x')",
-                              "SELECT ts_stat('SELECT ''a''::tsvector')", "CREATE TABLE spill (x text)",
-                              "SELECT query_to_xml('SELECT 1', true, false, '')"]:
+            for statement in [
+                "CREATE TEMP TABLE spill (x text)",
+                "SELECT lo_from_bytea(0, 'x')",
+                "SELECT lo_create(0)",
+                "SELECT lo_import('/etc/hostname')",
+                f"SELECT pg_advisory_lock({migrate._LOCK_KEY})",
+                "SELECT pg_try_advisory_lock_shared(1)",
+                "SELECT pg_advisory_xact_lock(1)",
+                "SELECT pg_notify('c', 'x')",
+                "SELECT ts_stat('SELECT ''a''::tsvector')",
+                "CREATE TABLE spill (x text)",
+                "SELECT query_to_xml('SELECT 1', true, false, '')",
+            ]:
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(statement)
             # PostgreSQL lets any role change its own defaults and password; neither may outlast the session.
             conn.execute(f"ALTER ROLE {READER_ROLE} SET default_transaction_read_only = off")
             conn.execute(f"ALTER ROLE {READER_ROLE} SET statement_timeout = 0")
-            conn.execute(f'ALTER ROLE {READER_ROLE} IN DATABASE "{dbname}" SET default_transaction_read_only = off')
+            conn.execute(
+                f'ALTER ROLE {READER_ROLE} IN DATABASE "{dbname}" SET default_transaction_read_only = off'
+            )
             conn.execute(f"ALTER ROLE {READER_ROLE} PASSWORD 'taken-over'")
         with psycopg.connect(info["url"], connect_timeout=10) as conn:  # the served password still works
             assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
@@ -198,16 +239,26 @@ def test_through_db_serve_the_reader_writes_nothing_and_changes_nothing_that_las
                 conn.execute("SELECT pg_sleep(20)")
             canceller.join(timeout=10)
         if shutil.which("psql"):  # the client of the issue logs in too (SCRAM with the relay)
-            out = subprocess.run(["psql", info["url"], "-At", "-c", "SELECT current_user"], capture_output=True,
-                                 text=True, timeout=60, check=False)
+            out = subprocess.run(
+                ["psql", info["url"], "-At", "-c", "SELECT current_user"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
             assert (out.returncode, out.stdout.strip()) == (0, READER_ROLE), out.stderr
     # The owner's tools depend on nothing the reader changed, and put its defaults back.
     assert run_readonly(db.engine, "SELECT current_user AS u, count(*) AS n FROM current_template").rows == [
-        (READER_ROLE, 1)]
+        (READER_ROLE, 1)
+    ]
     with db.engine.connect() as conn:
-        settings = conn.execute(sa.text(
-            "SELECT s.setdatabase, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
-            "WHERE r.rolname = :r"), {"r": READER_ROLE}).all()
+        settings = conn.execute(
+            sa.text(
+                "SELECT s.setdatabase, s.setconfig FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole "
+                "WHERE r.rolname = :r"
+            ),
+            {"r": READER_ROLE},
+        ).all()
     assert [(d, sorted(c)) for d, c in settings] == [(0, sorted(f"{k}={v}" for k, v in SETTINGS.items()))]
     migrate.upgrade(db.engine)  # nobody holds the migration lock
 
@@ -231,7 +282,9 @@ def test_db_serve_drops_clients_that_never_log_in_and_keeps_the_owner_in(db):
             assert run_readonly(db.engine, "SELECT 1 AS one").rows == [(1,)]
             with pytest.raises(psycopg.OperationalError, match="--max-connections"):  # the relay is full
                 psycopg.connect(info["url"], connect_timeout=10)
-            with psycopg.connect(db.url.replace("+psycopg", ""), connect_timeout=10) as conn:  # the owner, too
+            with psycopg.connect(
+                db.url.replace("+psycopg", ""), connect_timeout=10
+            ) as conn:  # the owner, too
                 assert conn.execute("SELECT 1").fetchone() == (1,)
             for sock in stalled:  # every one is closed: refused at once, or dropped after --login-timeout
                 sock.settimeout(15)
@@ -248,8 +301,9 @@ def test_db_serve_drops_clients_that_never_log_in_and_keeps_the_owner_in(db):
 def test_db_serve_refuses_more_connections_than_leave_room_for_the_owner(db):
     if not _is_socket_url(db.url):
         pytest.skip("db serve relays the embedded (socket) server; DATABASE_URL is a TCP server")
-    out = _reasonflux("db", "serve", "--port", "0", "--max-connections", "1000", env=_env(DATABASE_URL=db.url),
-                      timeout=60)
+    out = _reasonflux(
+        "db", "serve", "--port", "0", "--max-connections", "1000", env=_env(DATABASE_URL=db.url), timeout=60
+    )
     assert out.returncode == 2 and "--max-connections" in out.stderr and "owner" in out.stderr, out.stderr
 
 
@@ -272,23 +326,38 @@ def test_doctor_lists_stale_vectors_rewards_and_dead_runs(cli, db):
     embed_templates(db)
     cli("templates", "edit", "1", "--description", "Sums and products of roots.", "--no-embed")
     with db.engine.begin() as conn:
-        problem = conn.execute(sa.text("INSERT INTO problem (text, split, content_hash, extra) "
-                                       "VALUES ('1+1?', 'train', 'p', '{}') RETURNING id")).scalar()
-        trajectory = conn.execute(sa.text("INSERT INTO trajectory (problem_id, navigator_model, sample_key, "
-                                          "sampling, raw_output) VALUES (:p, 'nav', 's', '{}', '') RETURNING id"),
-                                  {"p": problem}).scalar()
+        problem = conn.execute(
+            sa.text(
+                "INSERT INTO problem (text, split, content_hash, extra) "
+                "VALUES ('1+1?', 'train', 'p', '{}') RETURNING id"
+            )
+        ).scalar()
+        trajectory = conn.execute(
+            sa.text(
+                "INSERT INTO trajectory (problem_id, navigator_model, sample_key, "
+                "sampling, raw_output) VALUES (:p, 'nav', 's', '{}', '') RETURNING id"
+            ),
+            {"p": problem},
+        ).scalar()
         conn.execute(sa.text("REFRESH MATERIALIZED VIEW trajectory_reward"))
         conn.execute(sa.insert(Rollout).values(trajectory_id=trajectory, problem_id=problem, correct=True))
         gone = subprocess.Popen([sys.executable, "-c", "pass"])
         gone.wait()
-        conn.execute(sa.text("INSERT INTO pipeline_run (stage, params, code_version, status, counts, host, pid) "
-                             "VALUES ('sample', '{}', 'x', 'running', '{}', :h, :pid), "
-                             "('evaluate', '{}', 'x', 'running', '{}', :h, :me)"),
-                     {"h": socket.gethostname(), "pid": gone.pid, "me": os.getpid()})
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_run (stage, params, code_version, status, counts, host, pid) "
+                "VALUES ('sample', '{}', 'x', 'running', '{}', :h, :pid), "
+                "('evaluate', '{}', 'x', 'running', '{}', :h, :me)"
+            ),
+            {"h": socket.gethostname(), "pid": gone.pid, "me": os.getpid()},
+        )
     findings = {f["check"]: f for f in json.loads(cli("db", "doctor", "--json").output)}
     assert findings["template_vectors"]["count"] == 1
     assert "reasonflux embed --what templates --model all-MiniLM-L6-v2" in findings["template_vectors"]["fix"]
-    assert findings["rewards_view"]["count"] == 1 and findings["rewards_view"]["fix"] == "reasonflux rewards refresh"
+    assert (
+        findings["rewards_view"]["count"] == 1
+        and findings["rewards_view"]["fix"] == "reasonflux rewards refresh"
+    )
     assert findings["runs_left_running"]["runs"] == [1]  # the live one (this process) is not listed
     cli("embed", "--what", "templates")  # opening the KB also marks the dead run interrupted (kb.runs)
     cli("rewards", "refresh")

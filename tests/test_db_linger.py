@@ -17,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only"
+)
 
 
 @pytest.fixture
@@ -33,8 +35,14 @@ def home() -> Iterator[Path]:
 def _cli(home: Path, *args: str, linger: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env.update(REASONFLUX_HOME=str(home), PYTHONPATH=str(ROOT), REASONFLUX_DB_LINGER=linger)
-    return subprocess.run([sys.executable, "-m", "kb.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=180, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kb.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
 
 
 def _postmaster_running(home: Path) -> bool:
@@ -89,8 +97,10 @@ def test_the_lingering_server_stops_by_itself_when_its_time_is_up(home):
 def test_linger_zero_stops_the_server_with_the_last_command(home):
     result = _cli(home, "db", "info", "--json", linger="0")
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["embedded_server"] == \
-        "running; stops when its last command exits (REASONFLUX_DB_LINGER=0)"
+    assert (
+        json.loads(result.stdout)["embedded_server"]
+        == "running; stops when its last command exits (REASONFLUX_DB_LINGER=0)"
+    )
     assert not _postmaster_running(home)
     assert _lingerer(home) is None
 

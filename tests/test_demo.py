@@ -32,9 +32,18 @@ def test_demo_runs_the_whole_loop_and_reruns(cli, db, tmp_path, monkeypatch):
     real = _register_cached_real_model(db, monkeypatch)
     monkeypatch.setenv("REASONFLUX_HOME", str(tmp_path / "home"))
     out = cli("demo").output
-    for stage in ("Import the starter template library", "Hybrid retrieval", "Edit a template", "Solve a problem",
-                  "Mine, sample, evaluate", "DPO pairs", "Versioned dataset exports", "Train the navigator",
-                  "Solve with the trained navigator", "meaningless"):
+    for stage in (
+        "Import the starter template library",
+        "Hybrid retrieval",
+        "Edit a template",
+        "Solve a problem",
+        "Mine, sample, evaluate",
+        "DPO pairs",
+        "Versioned dataset exports",
+        "Train the navigator",
+        "Solve with the trained navigator",
+        "meaningless",
+    ):
         assert stage in out, f"demo output lacks {stage!r}"
     assert "Final answer: 5050 (correct)" in out
     assert _count(db, "SELECT count(*) FROM current_template WHERE status = 'active'") >= 30
@@ -45,8 +54,14 @@ def test_demo_runs_the_whole_loop_and_reruns(cli, db, tmp_path, monkeypatch):
     assert _count(db, "SELECT count(*) FROM navigator_model") == trained
     assert _count(db, "SELECT count(*) FROM solve_session") == trained
     # The trained navigators plan in the contract: the solver parsed each plan and ran a step with it.
-    assert _count(db, "SELECT count(DISTINCT s.id) FROM solve_round r JOIN solve_session s ON s.id = r.session_id "
-                      "WHERE s.id > (SELECT min(id) FROM solve_session) AND r.kind = 'step'") == trained - 1
+    assert (
+        _count(
+            db,
+            "SELECT count(DISTINCT s.id) FROM solve_round r JOIN solve_session s ON s.id = r.session_id "
+            "WHERE s.id > (SELECT min(id) FROM solve_session) AND r.kind = 'step'",
+        )
+        == trained - 1
+    )
     assert "The trained navigator's plan parsed" in out
     if real:
         assert "smollm2-135m-instruct's plan parsed" in out

@@ -34,8 +34,14 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kb.cli", *args], env=_env(home), capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kb.cli", *args],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
@@ -47,10 +53,18 @@ def test_concurrent_commands_share_one_server_and_the_last_stops_it(home_root):
     assert info["embedded"] and info["revision"] == info["head"] and info["pgvector_version"]
 
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         ("import time; from kb.db import connect; d = connect(); print('up', flush=True); "
-          "c = d.engine.connect(); time.sleep(4); c.close()")],
-        env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import time; from kb.db import connect; d = connect(); print('up', flush=True); "
+                "c = d.engine.connect(); time.sleep(4); c.close()"
+            ),
+        ],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "up"
     second = _cli(home, "db", "current", "--json")  # runs while the holder keeps the server busy
@@ -82,9 +96,15 @@ def test_a_killed_holder_does_not_keep_the_server_running(home_root):
     """kill -9 leaves the holder's pid in pgserver's attach list; the next command prunes it and stops the server."""
     home = home_root / "home"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import time; from kb.db import connect; d = connect(); print('up', flush=True); time.sleep(120)"],
-        env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import time; from kb.db import connect; d = connect(); print('up', flush=True); time.sleep(120)",
+        ],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "up"
@@ -103,8 +123,16 @@ def test_a_killed_holder_does_not_keep_the_server_running(home_root):
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
 def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(home_root):
     home = home_root / "fresh"
-    procs = [subprocess.Popen([sys.executable, "-m", "kb.cli", "db", "info", "--json"], env=_env(home),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kb.cli", "db", "info", "--json"],
+            env=_env(home),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
     for rc, out, err in results:
         assert rc == 0, err
@@ -123,7 +151,9 @@ def test_an_explicit_downgrade_is_not_undone_by_the_next_command(home_root):
     assert refused.returncode == 4, refused.stderr
     assert "downgraded on purpose" in refused.stderr and "reasonflux db upgrade" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert json.loads(_cli(home, "db", "current", "--json").stdout)["current"] is None  # still where it was left
+    assert (
+        json.loads(_cli(home, "db", "current", "--json").stdout)["current"] is None
+    )  # still where it was left
     assert _cli(home, "db", "upgrade").returncode == 0
     listed = _cli(home, "templates", "list", "--json")
     assert listed.returncode == 0 and json.loads(listed.stdout) == []

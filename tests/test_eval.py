@@ -168,9 +168,18 @@ def test_eval_on_math500_sample(db, shared_data, tmp_path):
 
 
 def _record(i: int, **fields):
-    return {"problem_id": i, "difficulty": None, "subject": None, "source": None, "correct": i % 2 == 0,
-            "rounds": 1 + i % 3, "templates_used": 1, "single_correct": i % 3 == 0, "best_of_correct": True,
-            **fields}
+    return {
+        "problem_id": i,
+        "difficulty": None,
+        "subject": None,
+        "source": None,
+        "correct": i % 2 == 0,
+        "rounds": 1 + i % 3,
+        "templates_used": 1,
+        "single_correct": i % 3 == 0,
+        "best_of_correct": True,
+        **fields,
+    }
 
 
 def test_the_figure_groups_by_level_else_subject_else_source_and_plots_the_baselines(tmp_path):
@@ -182,8 +191,11 @@ def test_the_figure_groups_by_level_else_subject_else_source_and_plots_the_basel
     series = scaling_series(subjects, best_of=4)
     assert (series["key"], series["labels"], series["counts"]) == ("subject", ["Algebra", "Geometry"], [3, 3])
     # Each method's accuracy per group: solver (even ids), single call (ids 0 and 3 of 0-5), best-of-4.
-    assert series["accuracy"] == {"reasonflux": [1.0, 0.0], "single call": [0.3333, 0.3333],
-                                  "best-of-4 (majority vote)": [1.0, 1.0]}
+    assert series["accuracy"] == {
+        "reasonflux": [1.0, 0.0],
+        "single call": [0.3333, 0.3333],
+        "best-of-4 (majority vote)": [1.0, 1.0],
+    }
     sources = [_record(i, source=["math500", "aime"][i % 2]) for i in range(4)]
     assert scaling_series(sources)["key"] == "source"
     assert "best-of" not in str(scaling_series(sources, best_of=0)["accuracy"])  # not run: not drawn

@@ -38,23 +38,41 @@ def load(db, tmp_path, rows) -> list[int]:
 
 def similar_set(db, anchor: int, members: list[int]) -> int:
     with db.engine.begin() as conn:
-        build = conn.execute(sa.text(
-            "INSERT INTO similar_build (method, params, params_hash) VALUES ('test', '{}', :h) "
-            "ON CONFLICT (params_hash) DO UPDATE SET method = 'test' RETURNING id"), {"h": "t"}).scalar()
-        sid = conn.execute(sa.text(
-            "INSERT INTO similar_set (build_id, anchor_problem_id, anchor_split, size) VALUES (:b, :a, 'test', :n) "
-            "RETURNING id"), {"b": build, "a": anchor, "n": len(members)}).scalar()
-        conn.execute(sa.text("INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) "
-                             "VALUES (:s, :p, :r, 0.9)"),
-                     [{"s": sid, "p": p, "r": i} for i, p in enumerate(members)])
+        build = conn.execute(
+            sa.text(
+                "INSERT INTO similar_build (method, params, params_hash) VALUES ('test', '{}', :h) "
+                "ON CONFLICT (params_hash) DO UPDATE SET method = 'test' RETURNING id"
+            ),
+            {"h": "t"},
+        ).scalar()
+        sid = conn.execute(
+            sa.text(
+                "INSERT INTO similar_set (build_id, anchor_problem_id, anchor_split, size) VALUES (:b, :a, 'test', :n) "
+                "RETURNING id"
+            ),
+            {"b": build, "a": anchor, "n": len(members)},
+        ).scalar()
+        conn.execute(
+            sa.text(
+                "INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) "
+                "VALUES (:s, :p, :r, 0.9)"
+            ),
+            [{"s": sid, "p": p, "r": i} for i, p in enumerate(members)],
+        )
     return sid
 
 
 def trajectory(db, problem_id: int, set_id: int | None, key: str = "seed=0") -> int:
     with db.engine.begin() as conn:
-        return insert_trajectory(conn, problem_id, [("Factor the polynomial", None, None),
-                                                    ("Solve each factor", None, None)],
-                                 "nav", key, abstraction="quadratic", similar_set_id=set_id)
+        return insert_trajectory(
+            conn,
+            problem_id,
+            [("Factor the polynomial", None, None), ("Solve each factor", None, None)],
+            "nav",
+            key,
+            abstraction="quadratic",
+            similar_set_id=set_id,
+        )
 
 
 ROWS = [
@@ -63,8 +81,12 @@ ROWS = [
     {"problem": "Problem C: what is 3 * 3?", "answer": "9", "unique_id": "e/2"},
     {"problem": "Problem D: no reference answer here", "unique_id": "e/3"},
 ]
-REPLIES = {"A": "Adding gives $\\boxed{0.75}$.", "B": "So the answer is \\boxed{5}.", "C": "It is nine, I think.",
-           "D": "\\boxed{1}"}
+REPLIES = {
+    "A": "Adding gives $\\boxed{0.75}$.",
+    "B": "So the answer is \\boxed{5}.",
+    "C": "It is nine, I think.",
+    "D": "\\boxed{1}",
+}
 
 
 def by_problem(messages):
@@ -80,10 +102,20 @@ def test_rollouts_on_the_similar_set_are_graded_and_rewarded(db, tmp_path):
     out = evaluate(db, "all", backend, samples=2)
     assert out["units_done"] == 2
     assert out["evaluated_on_anchor_only"] == 1
-    rollouts = q(db, "SELECT trajectory_id, problem_id, sample_index, extracted_answer, correct, grader, run_id "
-                     "FROM rollout ORDER BY trajectory_id, problem_id, sample_index")
+    rollouts = q(
+        db,
+        "SELECT trajectory_id, problem_id, sample_index, extracted_answer, correct, grader, run_id "
+        "FROM rollout ORDER BY trajectory_id, problem_id, sample_index",
+    )
     # The set's members with an answer (B, C; D has none), two samples each; t2 on B alone.
-    assert [(r.trajectory_id, r.problem_id) for r in rollouts] == [(t1, b), (t1, b), (t1, c), (t1, c), (t2, b), (t2, b)]
+    assert [(r.trajectory_id, r.problem_id) for r in rollouts] == [
+        (t1, b),
+        (t1, b),
+        (t1, c),
+        (t1, c),
+        (t2, b),
+        (t2, b),
+    ]
     assert [r.extracted_answer for r in rollouts] == ["5", "5", None, None, "5", "5"]
     assert not any(r.correct for r in rollouts)
     assert all(r.grader == GRADER_NAME and r.run_id == out["run_id"] for r in rollouts)
@@ -145,11 +177,18 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 
 def test_kill_minus_9_mid_evaluation_then_rerun(db, tmp_path):
-    ids = load(db, tmp_path, [{"problem": f"Problem {i}", "answer": "4", "unique_id": f"k/{i}"} for i in range(3)])
+    ids = load(
+        db, tmp_path, [{"problem": f"Problem {i}", "answer": "4", "unique_id": f"k/{i}"} for i in range(3)]
+    )
     for i in range(8):
         trajectory(db, ids[i % 3], None, key=f"seed={i}")
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT.format(url=db.url)], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT.format(url=db.url)],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while q(db, "SELECT count(*) FROM work_unit WHERE status = 'done'")[0][0] < 2:
@@ -163,8 +202,11 @@ def test_kill_minus_9_mid_evaluation_then_rerun(db, tmp_path):
     before = q(db, "SELECT count(*) FROM rollout")[0][0]
     assert 4 <= before < 16 and before % 2 == 0  # whole units only
     evaluate(db, "all", RoleConfig("scripted", {"default": "\\boxed{4}"}), samples=2)
-    assert q(db, "SELECT count(*), count(DISTINCT (trajectory_id, problem_id, sample_index)), "
-                 "count(*) FILTER (WHERE correct) FROM rollout")[0] == (16, 16, 16)
+    assert q(
+        db,
+        "SELECT count(*), count(DISTINCT (trajectory_id, problem_id, sample_index)), "
+        "count(*) FILTER (WHERE correct) FROM rollout",
+    )[0] == (16, 16, 16)
 
 
 @pytest.mark.slow
@@ -172,8 +214,16 @@ def test_tiny_model_end_to_end_through_every_stage(db, tmp_path):
     from pipelines.demo_llm import run_llm_stages_demo
     from pipelines.tiny_model import build_tiny_model
 
-    rows = [{"problem": f"Problem {c}: compute {i} + {i}.", "solution": f"{i} + {i} = {2 * i}",
-             "answer": str(2 * i), "subject": "Prealgebra", "unique_id": f"d/{i}"} for i, c in enumerate("XYZ")]
+    rows = [
+        {
+            "problem": f"Problem {c}: compute {i} + {i}.",
+            "solution": f"{i} + {i} = {2 * i}",
+            "answer": str(2 * i),
+            "subject": "Prealgebra",
+            "unique_id": f"d/{i}",
+        }
+        for i, c in enumerate("XYZ")
+    ]
     ids = load(db, tmp_path, rows)
     model = build_tiny_model(tmp_path / "tiny")
     stored = run_llm_stages_demo(db, model, ids, n_samples=2, max_tokens=16)

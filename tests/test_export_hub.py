@@ -37,8 +37,9 @@ def test_every_kind_loads_both_ways_and_its_card_describes_it(cli, db, world, tm
     import pyarrow.parquet as pq
 
     out = tmp_path / kind
-    manifest = json.loads(cli("export", kind, "--out", str(out), "--jsonl", "--license", "cc-by-4.0",
-                              "--json").output)
+    manifest = json.loads(
+        cli("export", kind, "--out", str(out), "--jsonl", "--license", "cc-by-4.0", "--json").output
+    )
     rows = sum(manifest["row_counts"].values())
     by_dir = _load(str(out), tmp_path=tmp_path)
     by_parquet = _load("parquet", data_dir=str(out), tmp_path=tmp_path)
@@ -52,14 +53,17 @@ def test_every_kind_loads_both_ways_and_its_card_describes_it(cli, db, world, tm
     assert meta["license"] == "cc-by-4.0" and meta["language"] == ["en"]
     assert meta["task_categories"] and meta["size_categories"] == ["n<1K"]
     assert {"reasonflux", "math"} <= set(meta["tags"])
-    assert meta["configs"][0] == {"config_name": "default",
-                                  "data_files": [{"split": "train", "path": "data/train.parquet"}]}
+    assert meta["configs"][0] == {
+        "config_name": "default",
+        "data_files": [{"split": "train", "path": "data/train.parquet"}],
+    }
     schema = pq.read_schema(out / "data" / "train.parquet")
     assert meta["dataset_info"]["features"] == datasets.Features.from_arrow_schema(schema)._to_yaml_list()
     info = meta["dataset_info"]
     # What `datasets` computes when it prepares the split: the card states the same rows and bytes.
-    assert info["splits"] == [{"name": "train", "num_bytes": by_dir["train"].info.splits["train"].num_bytes,
-                               "num_examples": rows}]
+    assert info["splits"] == [
+        {"name": "train", "num_bytes": by_dir["train"].info.splits["train"].num_bytes, "num_examples": rows}
+    ]
     assert info["dataset_size"] == info["splits"][0]["num_bytes"] > 0
     assert info["download_size"] == (out / "data" / "train.parquet").stat().st_size
     assert datasets.DatasetInfo._from_yaml_dict(info).splits["train"].num_examples == rows
@@ -67,8 +71,12 @@ def test_every_kind_loads_both_ways_and_its_card_describes_it(cli, db, world, tm
     # The licence is recorded with the version, in the manifest and in the KB.
     assert manifest["license"] == manifest["params"]["license"] == "cc-by-4.0"
     with db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT params->>'license' FROM dataset_version WHERE id = :i"),
-                            {"i": manifest["id"]}).scalar() == "cc-by-4.0"
+        assert (
+            conn.execute(
+                sa.text("SELECT params->>'license' FROM dataset_version WHERE id = :i"), {"i": manifest["id"]}
+            ).scalar()
+            == "cc-by-4.0"
+        )
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "jsonl"])
@@ -124,14 +132,29 @@ class _StandInHub(BaseHTTPRequestHandler):
         if self.path == "/api/validate-yaml":  # the real Hub checks the card's metadata here
             meta = yaml.safe_load(json.loads(body)["content"].split("---\n")[1])
             missing = [k for k in ("license", "configs") if k not in meta]
-            return self._reply(400 if missing else 200, {"errors": [{"message": f"{k} missing"} for k in missing]})
+            return self._reply(
+                400 if missing else 200, {"errors": [{"message": f"{k} missing"} for k in missing]}
+            )
         if "/preupload/" in self.path:
-            return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                               for f in json.loads(body)["files"]]})
+            return self._reply(
+                200,
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                        for f in json.loads(body)["files"]
+                    ]
+                },
+            )
         if "/commit/" in self.path:
             oid = "0" * 40
-            return self._reply(200, {"commitUrl": f"http://{host}/datasets/me/reasonflux-sft/commit/{oid}",
-                                     "commitOid": oid, "pullRequestUrl": None})
+            return self._reply(
+                200,
+                {
+                    "commitUrl": f"http://{host}/datasets/me/reasonflux-sft/commit/{oid}",
+                    "commitOid": oid,
+                    "pullRequestUrl": None,
+                },
+            )
         return self._reply(404, {"error": f"stand-in has no {self.path}"})
 
     def do_GET(self) -> None:
@@ -172,22 +195,32 @@ def _committed_files(requests) -> dict[str, bytes]:
 def test_push_to_hub_uploads_the_verified_folder(cli, db, world, tmp_path, hub, monkeypatch):  # noqa: F811
     monkeypatch.setenv("HF_TOKEN", "hf_standin_token")
     out = tmp_path / "sft"
-    result = json.loads(cli("export", "sft", "--out", str(out), "--push-to-hub", "me/reasonflux-sft", "--private",
-                            "--json").output)
+    result = json.loads(
+        cli(
+            "export", "sft", "--out", str(out), "--push-to-hub", "me/reasonflux-sft", "--private", "--json"
+        ).output
+    )
     assert result["hub"]["repo"] == "me/reasonflux-sft" and result["hub"]["commit"] == "0" * 40
     create = json.loads(next(body for _, path, _, body in hub if path == "/api/repos/create"))
     assert create["name"] == "reasonflux-sft" and create["type"] == "dataset"
     assert create.get("private") is True or create.get("visibility") == "private"
     assert {auth for _, path, auth, _ in hub if path == "/api/repos/create" or "/commit/" in path} == {
-        "Bearer hf_standin_token"}
+        "Bearer hf_standin_token"
+    }
     pushed = _committed_files(hub)
     on_disk = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert pushed == on_disk and {"README.md", "manifest.json", "data/train.parquet"} <= set(pushed)
     assert any(path.startswith("/api/datasets/me/reasonflux-sft/commit/") for _, path, _, _ in hub)
 
 
-def test_push_without_a_token_says_how_to_get_one_and_keeps_the_export(cli, db, world, tmp_path, hub,  # noqa: F811
-                                                                        monkeypatch):
+def test_push_without_a_token_says_how_to_get_one_and_keeps_the_export(
+    cli,
+    db,
+    world,  # noqa: F811
+    tmp_path,
+    hub,
+    monkeypatch,
+):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
@@ -204,4 +237,11 @@ def test_size_categories_follow_the_hub_labels():
     from kb.datasets import _size_category
 
     assert [_size_category(n) for n in (0, 999, 1000, 123_456, 10**6, 5 * 10**9, 10**13)] == [
-        "n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "1M<n<10M", "1B<n<10B", "n>1T"]
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "100K<n<1M",
+        "1M<n<10M",
+        "1B<n<10B",
+        "n>1T",
+    ]

@@ -28,18 +28,37 @@ def _versions(db) -> int:
 
 
 def test_problems_default_to_the_licence_they_were_imported_with(cli, db, tmp_path):
-    cli("problems", "import", _problems_file(tmp_path / "a.jsonl", ["One plus zero?", "Two minus one?"]),
-        "--source", "a", "--license", "apache-2.0", "--no-embed")
+    cli(
+        "problems",
+        "import",
+        _problems_file(tmp_path / "a.jsonl", ["One plus zero?", "Two minus one?"]),
+        "--source",
+        "a",
+        "--license",
+        "apache-2.0",
+        "--no-embed",
+    )
     manifest = _export(cli, "problems", tmp_path / "out")
     assert manifest["license"] == manifest["params"]["license"] == "apache-2.0"
     assert manifest["license_sources"] == [{"license": "apache-2.0", "problems": 2, "templates": 0}]
     assert not manifest["license_given"]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "license: apache-2.0" in card and "the licence recorded for every source: apache-2.0: 2 problems" in card
+    assert (
+        "license: apache-2.0" in card
+        and "the licence recorded for every source: apache-2.0: 2 problems" in card
+    )
 
     # A second file under another licence: the sources disagree, so the exporter must choose.
-    cli("problems", "import", _problems_file(tmp_path / "b.jsonl", ["Three over three?"]), "--source", "b",
-        "--license", "mit", "--no-embed")
+    cli(
+        "problems",
+        "import",
+        _problems_file(tmp_path / "b.jsonl", ["Three over three?"]),
+        "--source",
+        "b",
+        "--license",
+        "mit",
+        "--no-embed",
+    )
     refused = _export(cli, "problems", tmp_path / "mixed", expect=2)
     assert "apache-2.0: 2 problems; mit: 1 problem" in refused.output and "--license" in refused.output
     assert "Traceback" not in refused.output and not (tmp_path / "mixed").exists() and _versions(db) == 1
@@ -54,8 +73,14 @@ def test_only_some_sources_with_a_licence_is_refused_none_is_unknown(cli, db, tm
     unknown = _export(cli, "problems", tmp_path / "u")
     assert unknown["license"] == "unknown" and unknown["license_sources"][0]["license"] is None
     assert "no licence is recorded for any source" in (tmp_path / "u" / "README.md").read_text()
-    cli("problems", "import", _problems_file(tmp_path / "b.jsonl", ["Two minus one?"]), "--license", "mit",
-        "--no-embed")
+    cli(
+        "problems",
+        "import",
+        _problems_file(tmp_path / "b.jsonl", ["Two minus one?"]),
+        "--license",
+        "mit",
+        "--no-embed",
+    )
     refused = _export(cli, "problems", tmp_path / "x", expect=2)
     assert "mit: 1 problem; none recorded: 1 problem" in refused.output
 
@@ -69,9 +94,13 @@ def test_imported_templates_carry_their_licence_into_template_exports(cli, db, t
 
 def test_the_template_hints_of_dpo_prompts_are_sources_too(cli, db, world, tmp_path):  # noqa: F811
     with db.engine.begin() as conn:  # the world's problems as if imported under a licence; its templates not
-        run = conn.execute(sa.text("INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
-                                   "VALUES ('import-problems', '{\"license\": \"cc-by-4.0\"}', 't', 'succeeded', "
-                                   "'{}') RETURNING id")).scalar()
+        run = conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_run (stage, params, code_version, status, counts) "
+                "VALUES ('import-problems', '{\"license\": \"cc-by-4.0\"}', 't', 'succeeded', "
+                "'{}') RETURNING id"
+            )
+        ).scalar()
         conn.execute(sa.text("UPDATE problem SET run_id = :r"), {"r": run})
     refused = _export(cli, "dpo", tmp_path / "d", expect=2)
     assert "cc-by-4.0: 1 problem; none recorded: 1 template" in refused.output
@@ -80,10 +109,19 @@ def test_the_template_hints_of_dpo_prompts_are_sources_too(cli, db, world, tmp_p
 
 
 def test_a_licence_that_is_no_identifier_is_refused_before_anything_is_imported(cli, db, tmp_path):
-    result = cli("problems", "import", _problems_file(tmp_path / "a.jsonl", ["One plus zero?"]), "--license",
-                 "Use it nicely!", "--no-embed", expect=2)
+    result = cli(
+        "problems",
+        "import",
+        _problems_file(tmp_path / "a.jsonl", ["One plus zero?"]),
+        "--license",
+        "Use it nicely!",
+        "--no-embed",
+        expect=2,
+    )
     assert "--license" in result.output
-    result = cli("import", "jsonl", str(starter_library_path()), "--license", "MIT License", "--no-embed", expect=2)
+    result = cli(
+        "import", "jsonl", str(starter_library_path()), "--license", "MIT License", "--no-embed", expect=2
+    )
     assert "--license" in result.output
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM problem")).scalar() == 0

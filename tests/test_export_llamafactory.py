@@ -19,9 +19,37 @@ from pipelines.export_llamafactory import dataset_name
 from tests.test_export import world  # noqa: F401  (fixture)
 
 # dataset_info.json keys LLaMA-Factory documents for a local file in sharegpt format.
-ENTRY_KEYS = {"file_name", "formatting", "ranking", "subset", "split", "folder", "num_samples", "columns", "tags"}
-SHAREGPT_COLUMNS = {"messages", "system", "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag"}
-TAG_KEYS = {"role_tag", "content_tag", "user_tag", "assistant_tag", "observation_tag", "function_tag", "system_tag"}
+ENTRY_KEYS = {
+    "file_name",
+    "formatting",
+    "ranking",
+    "subset",
+    "split",
+    "folder",
+    "num_samples",
+    "columns",
+    "tags",
+}
+SHAREGPT_COLUMNS = {
+    "messages",
+    "system",
+    "tools",
+    "images",
+    "videos",
+    "audios",
+    "chosen",
+    "rejected",
+    "kto_tag",
+}
+TAG_KEYS = {
+    "role_tag",
+    "content_tag",
+    "user_tag",
+    "assistant_tag",
+    "observation_tag",
+    "function_tag",
+    "system_tag",
+}
 
 
 def _export(cli, kind, out):
@@ -44,7 +72,7 @@ def _check_against_documented_schema(folder, kind) -> list[dict]:
         if messages and messages[0][role] == tags.get("system_tag"):
             messages = messages[1:]
         expected = [tags["user_tag"], tags["assistant_tag"]] * len(messages)
-        assert [m[role] for m in messages] == expected[:len(messages)]
+        assert [m[role] for m in messages] == expected[: len(messages)]
         assert all(isinstance(m[content], str) and m[content] for m in messages)
         if kind == "dpo":  # a prompt ending with the user, then one assistant answer each
             assert len(messages) % 2 == 1
@@ -67,8 +95,11 @@ def test_llamafactory_files_follow_the_documented_schema(cli, db, world, tmp_pat
     assert len(rows) == table.num_rows == sum(manifest["row_counts"].values())
     if kind == "dpo":  # the same rows as the Parquet data, converted
         first = table.slice(0, 1).to_pylist()[0]
-        assert rows[0] == {"messages": first["prompt"], "chosen": first["chosen"][0],
-                           "rejected": first["rejected"][0]}
+        assert rows[0] == {
+            "messages": first["prompt"],
+            "chosen": first["chosen"][0],
+            "rejected": first["rejected"][0],
+        }
     assert {"dataset_info.json", f"llamafactory/{dataset_name(kind)}.jsonl"} <= set(manifest["files"])
     assert verify(db, out)["warnings"] == []
     import datasets  # the LLaMA-Factory files beside the data do not disturb the Hub loaders
@@ -79,11 +110,17 @@ def test_llamafactory_files_follow_the_documented_schema(cli, db, world, tmp_pat
 
 
 def test_llamafactory_format_is_only_for_sft_and_dpo(cli, db, world, tmp_path):  # noqa: F811
-    assert "llamafactory" in cli("export", "templates", "--out", str(tmp_path / "t"), "--format", "llamafactory",
-                                 expect=2).output
+    assert (
+        "llamafactory"
+        in cli(
+            "export", "templates", "--out", str(tmp_path / "t"), "--format", "llamafactory", expect=2
+        ).output
+    )
 
 
-@pytest.mark.parametrize("kind,stage", [("sft", "sft"), ("dpo", "rm")])  # LLaMA-Factory loads DPO data as "rm"
+@pytest.mark.parametrize(
+    "kind,stage", [("sft", "sft"), ("dpo", "rm")]
+)  # LLaMA-Factory loads DPO data as "rm"
 def test_llamafactory_own_loader_reads_the_export(cli, db, world, tmp_path, kind, stage):  # noqa: F811
     parser = pytest.importorskip("llamafactory.data.parser", reason="llamafactory is not installed")
     loader = pytest.importorskip("llamafactory.data.loader")
@@ -92,8 +129,14 @@ def test_llamafactory_own_loader_reads_the_export(cli, db, world, tmp_path, kind
     [attr] = parser.get_dataset_list([dataset_name(kind)], str(out))
     assert (stage == "rm") == attr.ranking  # what _get_merged_dataset checks per stage
     model_args = SimpleNamespace(cache_dir=str(tmp_path / "cache"), hf_hub_token=None)
-    data_args = SimpleNamespace(dataset_dir=str(out), streaming=False, max_samples=None,
-                                preprocessing_num_workers=None, overwrite_cache=True, media_dir=str(out))
+    data_args = SimpleNamespace(
+        dataset_dir=str(out),
+        streaming=False,
+        max_samples=None,
+        preprocessing_num_workers=None,
+        overwrite_cache=True,
+        media_dir=str(out),
+    )
     training_args = SimpleNamespace(local_process_index=0, dataloader_num_workers=0)
     aligned = loader._load_single_dataset(attr, model_args, data_args, training_args)
     assert aligned.num_rows > 0

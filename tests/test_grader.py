@@ -17,25 +17,69 @@ from pipelines.grader import GRADER_NAME, extract_answer, grade, grade_solution,
 ROOT = Path(__file__).resolve().parent.parent
 
 EQUIVALENT = [
-    ("\\frac12", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}"), ("0.5", "\\frac{1}{2}"), ("\\dfrac{3}{4}", "\\frac34"),
-    ("\\tfrac{3}{4}", "0.75"), ("\\frac{9}{7}", "9/7"), ("-\\frac{1}{2}", "-0.5"), ("3.0", "3"),
-    ("2\\sqrt{2}", "\\sqrt{8}"), ("\\sqrt2", "\\sqrt{2}"), ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"),
-    ("2+\\sqrt{3}", "\\sqrt{3}+2"), ("[2,5)", "[2, 5)"), ("(-\\infty, 3]", "(-\\infty,3]"),
-    ("\\{1,2,3\\}", "\\{3,2,1\\}"), ("5\\text{ cm}", "5"), ("4\\text{ inches}", "4"),
-    ("6\\text{ square units}", "6"), ("30^\\circ", "30"), ("30^{\\circ}", "30"), ("30 degrees", "30"),
-    ("1,000", "1000"), ("10{,}000", "10000"), ("x = 3", "3"), ("x=3", "3"), ("y = -2", "-2"),
-    ("\\!\\frac{1}{2}", "\\frac{1}{2}"), ("\\frac{1}{\\,2}", "\\frac12"),
-    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"), ("\\text{Evelyn}", "Evelyn"),
-    ("\\text{(C)}", "(C)"), ("50\\%", "50"), ("\\$32", "32"), ("\\pi/2", "\\frac{\\pi}{2}"),
-    ("x^2+2x+1", "(x+1)^2"), ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
-    ("\\text{ 12 }", "12"), ("\\frac{14}{3}", "\\frac{28}{6}"),
-    ("\\sqrt{50}", "5\\sqrt{2}"), ("\\frac{1}{4}", "0.25"), ("2\\pi", "\\pi \\cdot 2"), ("1.5", "\\frac{3}{2}"),
+    ("\\frac12", "\\frac{1}{2}"),
+    ("1/2", "\\frac{1}{2}"),
+    ("0.5", "\\frac{1}{2}"),
+    ("\\dfrac{3}{4}", "\\frac34"),
+    ("\\tfrac{3}{4}", "0.75"),
+    ("\\frac{9}{7}", "9/7"),
+    ("-\\frac{1}{2}", "-0.5"),
+    ("3.0", "3"),
+    ("2\\sqrt{2}", "\\sqrt{8}"),
+    ("\\sqrt2", "\\sqrt{2}"),
+    ("\\frac{\\sqrt{3}}{3}", "\\frac{1}{\\sqrt{3}}"),
+    ("2+\\sqrt{3}", "\\sqrt{3}+2"),
+    ("[2,5)", "[2, 5)"),
+    ("(-\\infty, 3]", "(-\\infty,3]"),
+    ("\\{1,2,3\\}", "\\{3,2,1\\}"),
+    ("5\\text{ cm}", "5"),
+    ("4\\text{ inches}", "4"),
+    ("6\\text{ square units}", "6"),
+    ("30^\\circ", "30"),
+    ("30^{\\circ}", "30"),
+    ("30 degrees", "30"),
+    ("1,000", "1000"),
+    ("10{,}000", "10000"),
+    ("x = 3", "3"),
+    ("x=3", "3"),
+    ("y = -2", "-2"),
+    ("\\!\\frac{1}{2}", "\\frac{1}{2}"),
+    ("\\frac{1}{\\,2}", "\\frac12"),
+    ("\\left( 3, \\frac{\\pi}{2} \\right)", "(3,\\frac{\\pi}{2})"),
+    ("\\text{Evelyn}", "Evelyn"),
+    ("\\text{(C)}", "(C)"),
+    ("50\\%", "50"),
+    ("\\$32", "32"),
+    ("\\pi/2", "\\frac{\\pi}{2}"),
+    ("x^2+2x+1", "(x+1)^2"),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    ("\\text{ 12 }", "12"),
+    ("\\frac{14}{3}", "\\frac{28}{6}"),
+    ("\\sqrt{50}", "5\\sqrt{2}"),
+    ("\\frac{1}{4}", "0.25"),
+    ("2\\pi", "\\pi \\cdot 2"),
+    ("1.5", "\\frac{3}{2}"),
 ]
 NOT_EQUIVALENT = [
-    ("\\frac12", "\\frac13"), ("[2,5)", "(2,5)"), ("\\{1,2\\}", "\\{1,2,3\\}"), ("3", "-3"), ("x=3", "4"),
-    ("\\sqrt2", "2"), ("1000", "100"), ("\\text{Evelyn}", "Bob"), ("(C)", "(D)"), ("0.5", "0.51"),
-    ("1,001", "1,000"), ("3.14", "\\pi"), ("", "2"), ("2\\sqrt{3}", "\\sqrt{6}"), ("(1,2)", "(2,1)"),
-    ("5\\text{ cm}", "6"), ("30^\\circ", "60"), ("\\frac{9}{7}", "\\frac{7}{9}"), ("x^2+1", "(x+1)^2"),
+    ("\\frac12", "\\frac13"),
+    ("[2,5)", "(2,5)"),
+    ("\\{1,2\\}", "\\{1,2,3\\}"),
+    ("3", "-3"),
+    ("x=3", "4"),
+    ("\\sqrt2", "2"),
+    ("1000", "100"),
+    ("\\text{Evelyn}", "Bob"),
+    ("(C)", "(D)"),
+    ("0.5", "0.51"),
+    ("1,001", "1,000"),
+    ("3.14", "\\pi"),
+    ("", "2"),
+    ("2\\sqrt{3}", "\\sqrt{6}"),
+    ("(1,2)", "(2,1)"),
+    ("5\\text{ cm}", "6"),
+    ("30^\\circ", "60"),
+    ("\\frac{9}{7}", "\\frac{7}{9}"),
+    ("x^2+1", "(x+1)^2"),
 ]
 
 
@@ -50,20 +94,23 @@ def test_different_answers_disagree(predicted, reference):
     assert not grade(predicted, reference), (predicted, reference)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("so \\boxed{\\frac{1}{2}}. Double-check: \\boxed{3}", "3"),
-    ("\\fbox{7}", "7"),
-    ("nested \\boxed{\\frac{a^{2}}{b}} done", "\\frac{a^{2}}{b}"),
-    ("\\boxed 5$ end", "5"),
-    ("The final answer is $12$.", "12"),
-    ("**Final Answer:** $\\frac{1}{2}$", "\\frac{1}{2}"),
-    ("work...\nAnswer: 42", "42"),
-    ("so the answer is 17.", "17"),
-    ("no answer here", None),
-    ("\\boxed{unbalanced", None),
-    ("", None),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("so \\boxed{\\frac{1}{2}}. Double-check: \\boxed{3}", "3"),
+        ("\\fbox{7}", "7"),
+        ("nested \\boxed{\\frac{a^{2}}{b}} done", "\\frac{a^{2}}{b}"),
+        ("\\boxed 5$ end", "5"),
+        ("The final answer is $12$.", "12"),
+        ("**Final Answer:** $\\frac{1}{2}$", "\\frac{1}{2}"),
+        ("work...\nAnswer: 42", "42"),
+        ("so the answer is 17.", "17"),
+        ("no answer here", None),
+        ("\\boxed{unbalanced", None),
+        ("", None),
+        (None, None),
+    ],
+)
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
 
@@ -125,8 +172,9 @@ def test_math500_answers_of_different_problems_disagree(shared_data):
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
     """CODE in a fresh interpreter; a hang fails the test through the timeout instead of stalling it."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=180,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=180, check=False
+    )
 
 
 def test_a_pathological_answer_is_graded_wrong_instead_of_hanging():
@@ -151,9 +199,22 @@ def test_a_pathological_answer_is_graded_wrong_instead_of_hanging():
 def test_a_command_that_grades_prints_no_math_verify_noise(db):
     # "0" against "\frac{0}{1}" differ as strings, so the symbolic check (math-verify) decides.
     proc = subprocess.run(
-        [sys.executable, "-m", "kb.cli", "solve", "What is 0 times 7?", "--navigator", "scripted",
-         "--reference", "\\frac{0}{1}", "--json"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "kb.cli",
+            "solve",
+            "What is 0 times 7?",
+            "--navigator",
+            "scripted",
+            "--reference",
+            "\\frac{0}{1}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": db.url},
     )
     assert proc.returncode == 0, proc.stderr

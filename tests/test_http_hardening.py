@@ -48,13 +48,18 @@ def test_a_dead_backend_is_a_503_never_a_200_and_health_says_so(service, db):
 
     s = service(OpenAIBackend("m", base_url=dead_url(), max_retries=0))
     with httpx.Client(base_url=s.url, timeout=30) as http:
-        for path, body in (("/v1/chat/completions", CHAT), ("/v1/chat/completions", {**CHAT, "stream": True}),
-                           ("/v1/solve", {"problem": "What is 2 + 2?"}),
-                           ("/v1/solve", {"problem": "What is 2 + 2?", "stream": True})):
+        for path, body in (
+            ("/v1/chat/completions", CHAT),
+            ("/v1/chat/completions", {**CHAT, "stream": True}),
+            ("/v1/solve", {"problem": "What is 2 + 2?"}),
+            ("/v1/solve", {"problem": "What is 2 + 2?", "stream": True}),
+        ):
             r = http.post(path, json=body)
             assert r.status_code == 503, (path, body, r.text)
             err = _openai_shaped(r)
-            assert err["code"] == "backend_unavailable" and "navigator backend is unreachable" in err["message"]
+            assert (
+                err["code"] == "backend_unavailable" and "navigator backend is unreachable" in err["message"]
+            )
             assert int(r.headers[SESSION_HEADER]) > 0  # the failed session is stored and named
         health = http.get("/healthz")
         assert health.status_code == 503 and health.json()["database"] is True
@@ -66,7 +71,9 @@ def test_a_dead_backend_is_a_503_never_a_200_and_health_says_so(service, db):
         client.chat.completions.create(**CHAT)
 
 
-def test_a_backend_error_is_a_502_and_its_echoed_key_reaches_no_response_and_no_table(service, db, monkeypatch):
+def test_a_backend_error_is_a_502_and_its_echoed_key_reaches_no_response_and_no_table(
+    service, db, monkeypatch
+):
     monkeypatch.setenv("RF_TEST_KEY", KEY)
     leaky = LocalLLM(status=400)  # its error body echoes "Authorization: Bearer <key>"
     try:
@@ -89,7 +96,9 @@ def assert_no_table_holds(db, secret: str) -> None:
     # compared here, not in SQL: the engines scrub statement parameters, so `LIKE '%<key>%'` could not match
     with db.engine.connect() as conn:
         tables = conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"))
-        dumps = {t: conn.execute(sa.text(f'SELECT x::text FROM "{t}" x')).scalars().all() for t in tables.scalars()}
+        dumps = {
+            t: conn.execute(sa.text(f'SELECT x::text FROM "{t}" x')).scalars().all() for t in tables.scalars()
+        }
     assert any(dumps.values())
     assert not {t: rows for t, rows in dumps.items() if any(secret in r for r in rows)}
 
@@ -97,8 +106,13 @@ def assert_no_table_holds(db, secret: str) -> None:
 def test_openai_parameters_are_honoured_or_refused(service, db):
     s = service(play_along_backend({"What is 2 + 2?": "4"}))
     with httpx.Client(base_url=s.url, timeout=30) as http:
-        refused = {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto",
-                   "stop": ["\n"], "logprobs": True, "presence_penalty": 0.5}
+        refused = {
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "auto",
+            "stop": ["\n"],
+            "logprobs": True,
+            "presence_penalty": 0.5,
+        }
         for name, value in refused.items():
             r = http.post("/v1/chat/completions", json={**CHAT, name: value})
             assert r.status_code == 400, (name, r.text)
@@ -108,14 +122,29 @@ def test_openai_parameters_are_honoured_or_refused(service, db):
         r = http.post("/v1/chat/completions", json={**CHAT, "reasonflux": {"token_budget": 10**9}})
         assert r.status_code == 400 and "exceeds this server's limit" in r.text
         # honoured: n=1, temperature/top_p/seed reach both roles' calls, max_tokens caps the completion
-        ok = http.post("/v1/chat/completions", json={**CHAT, "n": 1, "temperature": 0.7, "top_p": 0.9, "seed": 5,
-                                                     "user": "u1", "tool_choice": "none"})
+        ok = http.post(
+            "/v1/chat/completions",
+            json={
+                **CHAT,
+                "n": 1,
+                "temperature": 0.7,
+                "top_p": 0.9,
+                "seed": 5,
+                "user": "u1",
+                "tool_choice": "none",
+            },
+        )
         assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"].endswith("\\boxed{4}")
         sid = ok.json()["session_id"]
         assert str(sid) == ok.headers[SESSION_HEADER] == str(ok.json()["reasonflux"]["session_id"])
         with db.engine.connect() as conn:
-            params = conn.execute(sa.text("SELECT DISTINCT params->>'temperature', params->>'top_p', "
-                                          "params->>'seed' FROM llm_call WHERE session_id = :s"), {"s": sid}).all()
+            params = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT params->>'temperature', params->>'top_p', "
+                    "params->>'seed' FROM llm_call WHERE session_id = :s"
+                ),
+                {"s": sid},
+            ).all()
         assert params == [("0.7", "0.9", "5")]
         short = http.post("/v1/chat/completions", json={**CHAT, "max_tokens": 5})
         assert short.status_code == 200 and short.json()["choices"][0]["finish_reason"] == "length"
@@ -129,7 +158,9 @@ def test_progress_stays_out_of_streamed_content_unless_asked(service):
     messages = [{"role": "user", "content": "What is 4 + 4?"}]
 
     def content(**extra):
-        chunks = list(client.chat.completions.create(model="reasonflux", stream=True, messages=messages, **extra))
+        chunks = list(
+            client.chat.completions.create(model="reasonflux", stream=True, messages=messages, **extra)
+        )
         return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
 
     plain, chunks = content()
@@ -137,9 +168,12 @@ def test_progress_stays_out_of_streamed_content_unless_asked(service):
     assert chunks[-1].model_extra["session_id"] > 0
     with_progress, _ = content(extra_body={"reasonflux_progress": True})
     assert "[plan]" in with_progress and "[round 1]" in with_progress
-    with httpx.Client(base_url=s.url, timeout=30) as http, \
-            http.stream("POST", "/v1/chat/completions", json={"model": "reasonflux", "messages": messages,
-                                                              "stream": True}) as r:
+    with (
+        httpx.Client(base_url=s.url, timeout=30) as http,
+        http.stream(
+            "POST", "/v1/chat/completions", json={"model": "reasonflux", "messages": messages, "stream": True}
+        ) as r,
+    ):
         assert int(r.headers[SESSION_HEADER]) > 0
         lines = list(r.iter_lines())
     assert any(line.startswith(": [plan]") for line in lines)  # progress as SSE comments
@@ -157,8 +191,17 @@ def test_every_error_is_openai_shaped_and_nul_is_a_400(service):
             (http.get("/v1/sessions/abc"), 400, "invalid_type"),
             (http.post("/v1/solve", json={"problem": "x\u0000y"}), 400, "nul_character"),
             (http.post("/v1/chat/completions", json={**CHAT, "user": "a\u0000"}), 400, "nul_character"),
-            (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": [
-                {"role": "user", "content": [{"type": "text", "text": "\u0000"}]}]}), 400, "nul_character"),
+            (
+                http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "reasonflux",
+                        "messages": [{"role": "user", "content": [{"type": "text", "text": "\u0000"}]}],
+                    },
+                ),
+                400,
+                "nul_character",
+            ),
             (http.get("/v1/templates/search", params={"q": "sum\u0000"}), 400, "nul_character"),
         ]
         for r, status, code in cases:
@@ -174,8 +217,10 @@ def test_slow_clients_are_cut_off(service):
         time.sleep(1.5)
         assert slow_headers.recv(1000) == b""  # closed by the server
     with socket.create_connection(("127.0.0.1", s.port), timeout=10) as slow_body:
-        slow_body.sendall(b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 100\r\n\r\n{\"problem\":")
+        slow_body.sendall(
+            b"POST /v1/solve HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"problem":'
+        )
         chunks = []  # headers and body may arrive in separate segments: read until the server closes
         while chunk := slow_body.recv(4000):
             chunks.append(chunk)
@@ -200,9 +245,12 @@ def _solve_across_a_restart(s, db):
     with httpx.Client(base_url=s.url, timeout=30) as http:
         assert http.post("/v1/solve", json={"problem": "What is 1 + 1?"}).json()["answer"] == "2"
         with db.engine.connect() as conn:  # what a server restart does to every pooled connection
-            killed = conn.execute(sa.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar()
         assert killed >= 1
         assert http.get("/healthz", params={"backends": "false"}).json()["database"] is True
         assert http.post("/v1/solve", json={"problem": "What is 1 + 1?"}).json()["answer"] == "2"
@@ -217,17 +265,38 @@ def test_lone_surrogates_non_string_text_parts_and_deep_bodies_are_400s_naming_t
     user = '{"model": "reasonflux", "messages": [{"role": "user", "content": %s}]}'
     with httpx.Client(base_url=s.url, timeout=30) as http:
         cases = [
-            (_raw_post(http, "/v1/chat/completions", user % '"2 + 2 \\ud800?"'), "invalid_unicode",
-             "messages.0.content"),
-            (_raw_post(http, "/v1/chat/completions", user % '[{"type": "text", "text": "\\udfff"}]'),
-             "invalid_unicode", "messages.0.content.0.text"),
+            (
+                _raw_post(http, "/v1/chat/completions", user % '"2 + 2 \\ud800?"'),
+                "invalid_unicode",
+                "messages.0.content",
+            ),
+            (
+                _raw_post(http, "/v1/chat/completions", user % '[{"type": "text", "text": "\\udfff"}]'),
+                "invalid_unicode",
+                "messages.0.content.0.text",
+            ),
             (_raw_post(http, "/v1/solve", '{"problem": "x \\udc00"}'), "invalid_unicode", "problem"),
-            (http.post("/v1/chat/completions", json={"model": "reasonflux", "messages": [
-                {"role": "user", "content": [{"type": "text", "text": 5}]}]}), "invalid_type",
-             "messages[0].content[0].text"),
-            (_raw_post(http, "/v1/chat/completions", user % ("[" * 1500 + "]" * 1500)), "nested_too_deeply", "body"),
-            (_raw_post(http, "/v1/solve", '{"problem": "x", "p": ' + "[" * 80 + "]" * 80 + "}"),
-             "nested_too_deeply", None),
+            (
+                http.post(
+                    "/v1/chat/completions",
+                    json={
+                        "model": "reasonflux",
+                        "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+                    },
+                ),
+                "invalid_type",
+                "messages[0].content[0].text",
+            ),
+            (
+                _raw_post(http, "/v1/chat/completions", user % ("[" * 1500 + "]" * 1500)),
+                "nested_too_deeply",
+                "body",
+            ),
+            (
+                _raw_post(http, "/v1/solve", '{"problem": "x", "p": ' + "[" * 80 + "]" * 80 + "}"),
+                "nested_too_deeply",
+                None,
+            ),
         ]
         for r, code, param in cases:
             assert r.status_code == 400, (r.request.content[:80], r.text)
@@ -245,8 +314,12 @@ def test_idle_sockets_do_not_crowd_out_clients_or_healthz(service):
     """300 idle connections from one address, against a server at uvicorn's limit of 256: the address's
     longest-idle connections are closed to make room, and /healthz answers at once (not after the header
     timeout)."""
-    s = service(play_along_backend({"What is 2 + 2?": "4"}), header_timeout_s=60, max_per_client=8,
-                limit_concurrency=256)
+    s = service(
+        play_along_backend({"What is 2 + 2?": "4"}),
+        header_timeout_s=60,
+        max_per_client=8,
+        limit_concurrency=256,
+    )
     idle = []
     try:
         for _ in range(300):

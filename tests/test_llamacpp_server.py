@@ -32,10 +32,16 @@ ALIAS = "smollm2"
 START_TIMEOUT_S = 120
 PLAN_TOKENS = 200  # a plan of SmolLM2's is 50-150 tokens of JSON
 PROBLEMS = [  # toy-world word problems: short prompts
-    {"problem": "A baker puts 23 rolls on a tray that already holds 5 rolls. How many rolls are on the tray now?",
-     "answer": "28", "unique_id": "toy/1"},
-    {"problem": "A shop had 41 lamps and sold 6 of them. How many lamps are left in the shop?",
-     "answer": "35", "unique_id": "toy/2"},
+    {
+        "problem": "A baker puts 23 rolls on a tray that already holds 5 rolls. How many rolls are on the tray now?",
+        "answer": "28",
+        "unique_id": "toy/1",
+    },
+    {
+        "problem": "A shop had 41 lamps and sold 6 of them. How many lamps are left in the shop?",
+        "answer": "35",
+        "unique_id": "toy/2",
+    },
 ]
 
 pytestmark = pytest.mark.slow
@@ -79,9 +85,27 @@ def llama_server(tmp_path_factory) -> Iterator[str]:
     port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-                                 "--host", "127.0.0.1", "--port", str(port), "--model_alias", ALIAS,
-                                 "--n_ctx", "2048", "--n_threads", "1"], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model_alias",
+                ALIAS,
+                "--n_ctx",
+                "2048",
+                "--n_threads",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for(f"http://127.0.0.1:{port}/v1/models", proc, log, START_TIMEOUT_S)
         yield f"http://127.0.0.1:{port}/v1"
@@ -95,9 +119,11 @@ def llm_config(llama_server, tmp_path) -> Path:
     """Both roles on the server; the navigator with structured output in the server's own dialect."""
     path = tmp_path / "llm.toml"
     role = f'backend = "openai"\nmodel = "{ALIAS}"\nbase_url = "{llama_server}"\ntimeout_s = 300\nmax_concurrency = 2\n'
-    path.write_text(f"[roles.navigator]\n{role}structured_output = true\n"
-                    f"[roles.navigator.sampling]\ntemperature = 0.3\nmax_tokens = {PLAN_TOKENS}\n"
-                    f"[roles.inference]\n{role}[roles.inference.sampling]\ntemperature = 0.0\nmax_tokens = 48\n")
+    path.write_text(
+        f"[roles.navigator]\n{role}structured_output = true\n"
+        f"[roles.navigator.sampling]\ntemperature = 0.3\nmax_tokens = {PLAN_TOKENS}\n"
+        f"[roles.inference]\n{role}[roles.inference.sampling]\ntemperature = 0.0\nmax_tokens = 48\n"
+    )
     return path
 
 
@@ -121,8 +147,20 @@ def test_llm_check_answers(cli, llama_server):
 
 def test_sample_with_structured_output_then_evaluate(cli, db, llm_config, toy_problems):
     # The toy world's plan request (at most toy_world.MAX_STEPS = 2 steps): a 135M model's plans stay short.
-    out = cli("sample", "--problems", "ids=1", "--n", "8", "--hint-k", "0", "--max-steps", "2",
-              "--llm-config", str(llm_config), "--json")
+    out = cli(
+        "sample",
+        "--problems",
+        "ids=1",
+        "--n",
+        "8",
+        "--hint-k",
+        "0",
+        "--max-steps",
+        "2",
+        "--llm-config",
+        str(llm_config),
+        "--json",
+    )
     counts = json.loads(out.stdout)
     reasons = q(db, "SELECT reason FROM failure")
     assert counts["trajectories_written"] >= 7, (counts, reasons)  # plans that parse, of 8
@@ -137,14 +175,35 @@ def test_sample_with_structured_output_then_evaluate(cli, db, llm_config, toy_pr
 
 
 def test_solve(cli, db, llm_config):
-    out = cli("solve", "A shop had 41 lamps and sold 6 of them. How many lamps are left in the shop?",
-              "--llm-config", str(llm_config), "--max-rounds", "1", "--max-steps", "2", "--plan-hints", "0",
-              "--parse-retries", "0", "--retrieval-mode", "text", "--timeout", "300", "--json", expect=None)
+    out = cli(
+        "solve",
+        "A shop had 41 lamps and sold 6 of them. How many lamps are left in the shop?",
+        "--llm-config",
+        str(llm_config),
+        "--max-rounds",
+        "1",
+        "--max-steps",
+        "2",
+        "--plan-hints",
+        "0",
+        "--parse-retries",
+        "0",
+        "--retrieval-mode",
+        "text",
+        "--timeout",
+        "300",
+        "--json",
+        expect=None,
+    )
     [(session_id, status, rounds)] = q(db, "SELECT id, status, rounds FROM solve_session")
     assert status in ("solved", "failed", "limit"), (status, out.stdout, out.stderr)
     assert out.exit_code in (0, 5), (out.exit_code, out.stdout, out.stderr)  # 5: the session did not solve it
-    calls = q(db, "SELECT params->'tags'->>'role', params->>'structured_output', error FROM llm_call "
-                  "WHERE session_id = :s ORDER BY id", s=session_id)
+    calls = q(
+        db,
+        "SELECT params->'tags'->>'role', params->>'structured_output', error FROM llm_call "
+        "WHERE session_id = :s ORDER BY id",
+        s=session_id,
+    )
     # The server answered every call; the navigator's were constrained in the dialect it takes.
     assert calls and calls[0][0] == "navigator" and all(c[2] is None for c in calls), calls
     assert {c[1] for c in calls if c[0] == "navigator"} == {"json_object"}, calls
@@ -159,17 +218,46 @@ def test_serve_in_front_of_it(db, llm_config):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": db.url}
     log = llm_config.parent / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "serve", "--port", str(port),
-                                 "--llm-config", str(llm_config), "--retrieval-mode", "text", "--max-rounds", "1",
-                                 "--max-steps", "2", "--plan-hints", "0", "--parse-retries", "0"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kb.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--llm-config",
+                str(llm_config),
+                "--retrieval-mode",
+                "text",
+                "--max-rounds",
+                "1",
+                "--max-steps",
+                "2",
+                "--plan-hints",
+                "0",
+                "--parse-retries",
+                "0",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _wait_for(f"http://127.0.0.1:{port}/healthz?backends=false", proc, log, START_TIMEOUT_S)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0,
-                               timeout=300)
-        resp = client.chat.completions.create(model="reasonflux", messages=[
-            {"role": "user", "content": "A baker puts 23 rolls on a tray that already holds 5 rolls. "
-                                        "How many rolls are on the tray now?"}])
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300
+        )
+        resp = client.chat.completions.create(
+            model="reasonflux",
+            messages=[
+                {
+                    "role": "user",
+                    "content": "A baker puts 23 rolls on a tray that already holds 5 rolls. "
+                    "How many rolls are on the tray now?",
+                }
+            ],
+        )
         # "length": the session hit its one-round limit, which a 135M model usually does.
         assert resp.choices[0].finish_reason in ("stop", "length") and resp.usage.total_tokens > 0
         session_id = resp.model_extra["reasonflux"]["session_id"]

@@ -57,7 +57,10 @@ def test_the_exports_licence_is_checked_and_may_change_when_a_loop_continues(tmp
     path.write_text("name: a\nlicense: apache-2.0\n")
     cfg = loop.LoopConfig.load(path)
     (tmp_path / "before.yaml").write_text("name: a\n")
-    assert cfg.license == "apache-2.0" and cfg.identity() == loop.LoopConfig.load(tmp_path / "before.yaml").identity()
+    assert (
+        cfg.license == "apache-2.0"
+        and cfg.identity() == loop.LoopConfig.load(tmp_path / "before.yaml").identity()
+    )
 
 
 def test_cli_refuses_an_unknown_config_key_naming_file_and_key(cli, db, tmp_path):
@@ -91,8 +94,12 @@ def test_a_second_run_of_a_running_loop_is_refused_at_start_naming_the_first(cli
     from kb.runs import exclusive, pipeline_run
 
     first = loop.LoopConfig.load(None, {"name": "busy"})
-    with exclusive(db, loop.STAGE, "loop", "busy"), pipeline_run(
-            db, loop.STAGE, {"loop": "busy", "identity": first.identity(), "config": first.to_dict()}) as (run_id, _):
+    with (
+        exclusive(db, loop.STAGE, "loop", "busy"),
+        pipeline_run(
+            db, loop.STAGE, {"loop": "busy", "identity": first.identity(), "config": first.to_dict()}
+        ) as (run_id, _),
+    ):
         result = cli("loop", "--name", "busy", "--navigator", "scripted", expect=3)
         assert f"loop 'busy' is already running (run {run_id}, pid {os.getpid()}" in result.output
         assert len(result.output.strip().splitlines()) == 1
@@ -107,22 +114,42 @@ def test_a_second_run_of_a_running_loop_is_refused_at_start_naming_the_first(cli
 
 def test_held_out_problems_must_not_be_sampled_for_training(db):
     toy_world.setup(db, train_per_family=2, test_per_family=1, similar_k=1)
-    cfg = loop.LoopConfig.load(None, {"name": "x", "problems": "source=toy-world",
-                                      "eval_problems": "source=toy-world;split=test", "navigator": "scripted"})
+    cfg = loop.LoopConfig.load(
+        None,
+        {
+            "name": "x",
+            "problems": "source=toy-world",
+            "eval_problems": "source=toy-world;split=test",
+            "navigator": "scripted",
+        },
+    )
     with pytest.raises(InputError) as e:
         loop.run_loop(db, cfg)
     assert e.value.field == "eval_problems"
     with db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage LIKE 'loop%'")).scalar() == 0
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage LIKE 'loop%'")).scalar() == 0
+        )
 
 
 def test_a_loop_whose_rewards_no_longer_differ_ends_converged(cli, db):
     """The scripted play-along navigator plans the same for every seed: every plan of a problem earns the
     same reward, so there is no pair and nothing to train: the loop ends there, not with an error."""
     toy_world.setup(db, train_per_family=3, test_per_family=1, similar_k=2)
-    cfg = loop.LoopConfig.load(None, {"name": "flat", "problems": "source=toy-world;split=train", "n": 2,
-                                      "navigator": "scripted", "inference": "toy-world", "hint_k": 0,
-                                      "retrieval_mode": "text", "min_rollouts": 2, "iterations": 3})
+    cfg = loop.LoopConfig.load(
+        None,
+        {
+            "name": "flat",
+            "problems": "source=toy-world;split=train",
+            "n": 2,
+            "navigator": "scripted",
+            "inference": "toy-world",
+            "hint_k": 0,
+            "retrieval_mode": "text",
+            "min_rollouts": 2,
+            "iterations": 3,
+        },
+    )
     result = loop.run_loop(db, cfg, progress=False)
     (row,) = result["iterations"]
     assert row["plans"] == "18/18" and row["pairs"] == 0 and row["trained"] is None
@@ -146,8 +173,14 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
     cfg = loop.LoopConfig.load(None, {"name": "k", "base_model": str(base), "navigator": "scripted"})
     with pipeline_run(db, loop.ITERATION_STAGE, {"loop": "k", "iteration": 0}) as (_, counts):
         counts["steps"] = {"pairs": {"pairs": 2}, "export": {"dataset": dataset}}
-    run_id = registry.start_run(db, stage="dpo", base_model=str(base.resolve()), dataset_version_id=dataset,
-                                config={}, output_path=str(tmp_path / "out"))
+    run_id = registry.start_run(
+        db,
+        stage="dpo",
+        base_model=str(base.resolve()),
+        dataset_version_id=dataset,
+        config={},
+        output_path=str(tmp_path / "out"),
+    )
     registry.finish_run(db, run_id, "succeeded")
 
     ctx = loop._Context(db, cfg, parent=0, problem_ids=[], eval_ids=[], progress=False)
@@ -177,14 +210,24 @@ def test_a_navigator_whose_plans_never_parse_stops_the_loop(db, tmp_path):
     toy_world.setup(db, train_per_family=2, test_per_family=1, similar_k=1)
     llm = tmp_path / "llm.toml"
     llm.write_text('[roles.navigator]\nbackend = "scripted"\ndefault = "I would rather not plan."\n')
-    cfg = loop.LoopConfig.load(None, {"name": "mute", "problems": "source=toy-world;split=train", "n": 2,
-                                      "llm_config": str(llm), "inference": "toy-world", "hint_k": 0})
+    cfg = loop.LoopConfig.load(
+        None,
+        {
+            "name": "mute",
+            "problems": "source=toy-world;split=train",
+            "n": 2,
+            "llm_config": str(llm),
+            "inference": "toy-world",
+            "hint_k": 0,
+        },
+    )
     with pytest.raises(RunFailed) as e:
         loop.run_loop(db, cfg, progress=False)
     assert "sample run" in str(e.value) and "unparseable plan" in str(e.value)
     with db.engine.connect() as conn:
-        statuses = dict(conn.execute(sa.text(
-            "SELECT stage, status FROM pipeline_run WHERE stage LIKE 'loop%'")).all())
+        statuses = dict(
+            conn.execute(sa.text("SELECT stage, status FROM pipeline_run WHERE stage LIKE 'loop%'")).all()
+        )
     assert statuses == {"loop": "failed", "loop-iteration": "failed"}
 
 
@@ -200,13 +243,16 @@ def _rollout(problem: str, templates: list[str]) -> str:
 
 def test_toy_world_solver_succeeds_mostly_with_the_right_template():
     problems = toy_world.problems("train", 40)
+
     def correct(p, template):
         from pipelines.grader import extract_answer, grade
 
         return grade(extract_answer(_rollout(p["text"], [template])), p["answer"])
 
     right = sum(correct(p, p["expected_template"]) for p in problems) / len(problems)
-    wrong_template = {f.name: next(g.template for g in toy_world.FAMILIES if g is not f) for f in toy_world.FAMILIES}
+    wrong_template = {
+        f.name: next(g.template for g in toy_world.FAMILIES if g is not f) for f in toy_world.FAMILIES
+    }
     wrong = sum(correct(p, wrong_template[p["family"]]) for p in problems) / len(problems)
     assert right >= 0.75 and wrong <= 0.25
     # deterministic, and a plan without a linked template is not a right plan
@@ -219,10 +265,13 @@ def test_toy_world_setup_is_idempotent_and_sets_stay_in_family_and_split(db):
     again = toy_world.setup(db, train_per_family=4, test_per_family=2, similar_k=3)
     assert first["problems_created"] == 18 and again["problems_created"] == 0 and again["similar_sets"] == 0
     with db.engine.connect() as conn:
-        bad = conn.execute(sa.text(
-            "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
-            "JOIN problem a ON a.id = s.anchor_problem_id JOIN problem p ON p.id = m.problem_id "
-            "WHERE a.subject <> p.subject OR a.split <> p.split OR a.id = p.id")).scalar()
+        bad = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
+                "JOIN problem a ON a.id = s.anchor_problem_id JOIN problem p ON p.id = m.problem_id "
+                "WHERE a.subject <> p.subject OR a.split <> p.split OR a.id = p.id"
+            )
+        ).scalar()
         sizes = conn.execute(sa.text("SELECT DISTINCT size FROM similar_set")).scalars().all()
     assert bad == 0 and sorted(sizes) == [1, 3]  # test families have 2 problems: one neighbour each
 
@@ -234,8 +283,9 @@ def test_toy_world_backend_goes_through_the_one_resolver(db):
     backend = role.create()
     p = toy_world.problems("test", 1)[0]
     steps = f"1. Combine.\n   Template: {p['expected_template']}"
-    out = backend.generate([ChatRequest(Prompts().messages("inference", problem=p["text"], steps=steps,
-                                                           abstraction="x"))])
+    out = backend.generate(
+        [ChatRequest(Prompts().messages("inference", problem=p["text"], steps=steps, abstraction="x"))]
+    )
     assert out[0].error is None and "\\boxed{" in out[0].text
 
 
@@ -282,9 +332,19 @@ def one_thread():
 @pytest.mark.slow
 def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_path, monkeypatch, one_thread):
     # The world, the SFT start navigator and the loop's config file, by the command a user runs.
-    made = json.loads(cli("loop", "toy-world", "--dir", str(tmp_path / "toy"), "--train-per-family",
-                          str(WORLD["train_per_family"]), "--test-per-family", str(WORLD["test_per_family"]),
-                          "--json").stdout)
+    made = json.loads(
+        cli(
+            "loop",
+            "toy-world",
+            "--dir",
+            str(tmp_path / "toy"),
+            "--train-per-family",
+            str(WORLD["train_per_family"]),
+            "--test-per-family",
+            str(WORLD["test_per_family"]),
+            "--json",
+        ).stdout
+    )
     assert made["problems_created"] == 3 * (WORLD["train_per_family"] + WORLD["test_per_family"])
     cfg = loop.LoopConfig.load(made["config"])
     assert {k: getattr(cfg, k) for k in LOOP} == LOOP
@@ -312,8 +372,9 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
         after = dict(conn.execute(sa.text(FIGURES)).one()._mapping)
         names = conn.execute(sa.text("SELECT name FROM navigator_model ORDER BY id")).scalars().all()
     # iteration 0's finished steps were not run again: the same trajectories, rollouts, pairs and runs
-    assert {k: after[k] for k in ("trajectories", "rollouts", "pairs", "sample_runs")} == \
-        {k: before[k] for k in ("trajectories", "rollouts", "pairs", "sample_runs")}
+    assert {k: after[k] for k in ("trajectories", "rollouts", "pairs", "sample_runs")} == {
+        k: before[k] for k in ("trajectories", "rollouts", "pairs", "sample_runs")
+    }
     assert before["sample_runs"] == 2  # train and held-out sampling of iteration 0, once each
     assert after["datasets"] == before["datasets"] + 1  # iteration 1's export
     assert names == ["toy-sft", "toy-it0", "toy-it1"]
@@ -322,20 +383,40 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
 
     # Every iteration is a recorded run with its parameters, linked to the loop.
     with db.engine.connect() as conn:
-        its = conn.execute(sa.text("SELECT params FROM pipeline_run WHERE stage = 'loop-iteration'")).scalars().all()
+        its = (
+            conn.execute(sa.text("SELECT params FROM pipeline_run WHERE stage = 'loop-iteration'"))
+            .scalars()
+            .all()
+        )
     assert {p["loop"] for p in its} == {"toy"} and {p["iteration"] for p in its} == {0, 1, 2}
 
     # Running the finished loop again does nothing: no new iteration record, no new rows.
     with db.engine.connect() as conn:
-        runs_before = conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar()
-        rows_before = conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
-                                           "navigator_model) + (SELECT count(*) FROM training_run)")).scalar()
+        runs_before = conn.execute(
+            sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")
+        ).scalar()
+        rows_before = conn.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
+                "navigator_model) + (SELECT count(*) FROM training_run)"
+            )
+        ).scalar()
     rerun = json.loads(cli("loop", "--config", made["config"], "--json").stdout)
     assert rerun["iterations"] == json.loads(json.dumps(result["iterations"], default=str))
     with db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar() == runs_before
-        assert conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
-                                    "navigator_model) + (SELECT count(*) FROM training_run)")).scalar() == rows_before
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM pipeline_run WHERE stage <> 'loop'")).scalar()
+            == runs_before
+        )
+        assert (
+            conn.execute(
+                sa.text(
+                    "SELECT (SELECT count(*) FROM trajectory) + (SELECT count(*) FROM "
+                    "navigator_model) + (SELECT count(*) FROM training_run)"
+                )
+            ).scalar()
+            == rows_before
+        )
 
     # `loop show --json` prints the same record.
     shown = json.loads(cli("loop", "show", "toy", "--json").stdout)
@@ -346,8 +427,28 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
 
     # The proof: held-out plans pick the right template clearly more often, and still parse.
     start, end = rows[0], rows[2]
-    print(json.dumps({k: {c: rows[k][c] for c in ("heldout_plans", "heldout_parse_rate", "heldout_right_template",
-                                                   "reward_mean", "pairs", "dpo_accuracy")} for k in rows}))
-    assert end["heldout_requested"] == start["heldout_requested"] == 3 * WORLD["test_per_family"] * LOOP["eval_n"]
+    print(
+        json.dumps(
+            {
+                k: {
+                    c: rows[k][c]
+                    for c in (
+                        "heldout_plans",
+                        "heldout_parse_rate",
+                        "heldout_right_template",
+                        "reward_mean",
+                        "pairs",
+                        "dpo_accuracy",
+                    )
+                }
+                for k in rows
+            }
+        )
+    )
+    assert (
+        end["heldout_requested"]
+        == start["heldout_requested"]
+        == 3 * WORLD["test_per_family"] * LOOP["eval_n"]
+    )
     assert end["heldout_right_template"] >= start["heldout_right_template"] + 0.2
     assert end["heldout_parse_rate"] >= 0.8

@@ -39,8 +39,11 @@ def _ids(path: Path) -> tuple[str, str | None]:
     """(revision, down_revision) as the file assigns them."""
     values = {}
     for node in ast.parse(path.read_text()).body:
-        target = node.target if isinstance(node, ast.AnnAssign) else (
-            node.targets[0] if isinstance(node, ast.Assign) else None)
+        target = (
+            node.target
+            if isinstance(node, ast.AnnAssign)
+            else (node.targets[0] if isinstance(node, ast.Assign) else None)
+        )
         if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
             values[target.id] = ast.literal_eval(node.value)
     return values["revision"], values["down_revision"]
@@ -73,7 +76,7 @@ def chain_problems(versions: Path) -> list[str]:
         elif _sha256(by_id[entry.revision]) != entry.sha256:
             problems.append(f"landed revision {entry.revision} ({by_id[entry.revision].name}) was edited")
     ever = {x.revision for c in landed.CHAINS.values() for x in c}
-    for rev in chain[len(current):]:
+    for rev in chain[len(current) :]:
         if rev in landed.RETIRED:
             problems.append(f"revision {rev} is retired (it landed once with another meaning)")
         elif rev in ever or rev <= max(ever):
@@ -113,7 +116,8 @@ def test_the_rule_check_refuses_edits_renumbering_and_retired_ids(tmp_path):
     phrase = next(versions.glob("0005_*.py"))
     phrase.write_text(phrase.read_text() + "\n# tweaked\n")
     assert chain_problems(versions) == [
-        "landed revision 0005 (0005_record_the_template_a_plan_step_names.py) was edited"]
+        "landed revision 0005 (0005_record_the_template_a_plan_step_names.py) was edited"
+    ]
 
 
 def _landed_file(sha256: str) -> Path:
@@ -139,8 +143,9 @@ def test_every_landed_chain_is_kept_and_maps_onto_todays():
                 assert entry.today in landed.PROBES, (name, entry)
     for objects in landed.PROBES.values():  # probes name what head's models really have
         for table, column in objects:
-            assert table in SQLModel.metadata.tables and (column is None or column in
-                                                           SQLModel.metadata.tables[table].c), (table, column)
+            assert table in SQLModel.metadata.tables and (
+                column is None or column in SQLModel.metadata.tables[table].c
+            ), (table, column)
 
 
 # -- databases made by earlier heads ----------------------------------------------------------------------
@@ -163,75 +168,186 @@ def _build(url: str, tmp_path: Path, chain: str, revision: str = "heads") -> sa.
 
 
 def _columns(conn, table: str) -> set[str]:
-    return set(conn.execute(sa.text(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = :t"), {"t": table}).scalars())
+    return set(
+        conn.execute(
+            sa.text(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                "AND table_name = :t"
+            ),
+            {"t": table},
+        ).scalars()
+    )
 
 
 def _insert(conn, table: str, **values) -> None:
     """Insert VALUES, keeping only the columns this schema has (JSON for dicts)."""
     have = _columns(conn, table)
-    values = {k: json.dumps(v) if isinstance(v, dict | list) and k != "tags" else v
-              for k, v in values.items() if k in have}
-    conn.execute(sa.text(f"INSERT INTO {table} ({', '.join(values)}) VALUES "
-                         f"({', '.join(':' + k for k in values)})"), values)
+    values = {
+        k: json.dumps(v) if isinstance(v, dict | list) and k != "tags" else v
+        for k, v in values.items()
+        if k in have
+    }
+    conn.execute(
+        sa.text(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"),
+        values,
+    )
 
 
 def _populate(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        _insert(conn, "pipeline_run", id=1, stage="import", params={}, code_version="x", status="succeeded",
-                counts={"n": 1}, heartbeat_at="2026-11-29T12:00:00+00")
+        _insert(
+            conn,
+            "pipeline_run",
+            id=1,
+            stage="import",
+            params={},
+            code_version="x",
+            status="succeeded",
+            counts={"n": 1},
+            heartbeat_at="2026-11-29T12:00:00+00",
+        )
         _insert(conn, "template", id=1, key="t1", category="algebra", status="active", current_version_no=1)
-        _insert(conn, "template_version", id=1, template_id=1, version_no=1, name="Vieta", tags=["roots"],
-                description="d", application_scope="s", steps=["a", "b"], extra={}, content_hash="h1",
-                source_kind="import", provenance={}, run_id=1, author="alice")
+        _insert(
+            conn,
+            "template_version",
+            id=1,
+            template_id=1,
+            version_no=1,
+            name="Vieta",
+            tags=["roots"],
+            description="d",
+            application_scope="s",
+            steps=["a", "b"],
+            extra={},
+            content_hash="h1",
+            source_kind="import",
+            provenance={},
+            run_id=1,
+            author="alice",
+        )
         conn.execute(sa.text("UPDATE template SET current_version_id = 1"))
         _insert(conn, "problem", id=1, text="1+1?", split="train", content_hash="p1", extra={}, answer="2")
-        _insert(conn, "trajectory", id=1, problem_id=1, navigator_model="nav", sample_key="k", sampling={},
-                raw_output="plan", run_id=1)
-        _insert(conn, "trajectory_step", trajectory_id=1, position=0, text="use Vieta", template_version_id=1,
-                template_phrase="Vieta's formulas")
+        _insert(
+            conn,
+            "trajectory",
+            id=1,
+            problem_id=1,
+            navigator_model="nav",
+            sample_key="k",
+            sampling={},
+            raw_output="plan",
+            run_id=1,
+        )
+        _insert(
+            conn,
+            "trajectory_step",
+            trajectory_id=1,
+            position=0,
+            text="use Vieta",
+            template_version_id=1,
+            template_phrase="Vieta's formulas",
+        )
         _insert(conn, "trajectory_step", trajectory_id=1, position=1, text="guess", template_phrase="unknown")
-        _insert(conn, "rollout", trajectory_id=1, problem_id=1, sample_index=0, model="m", output="2",
-                correct=True, grader="exact", prompt_tokens=3, completion_tokens=1, latency_ms=1.0)
-        _insert(conn, "training_run", id=1, stage="sft", base_model="b", config={}, code_version="x",
-                status="succeeded", metrics={}, heartbeat_at="2026-11-29T12:30:00+00", host="h", pid=7)
-        _insert(conn, "solve_session", id=1, problem_text="1+1?", config={}, status="done", rounds=1,
-                tokens={}, latency_ms=2.0)
-        _insert(conn, "solve_round", session_id=1, round_no=1, kind="step", navigator_prompt={}, retrieved=[],
-                adjustment={"template": {"version_id": 1, "score": 0.9}, "step_no": 1, "outcome": "accepted"},
-                tokens={}, latency_ms=1.0)
+        _insert(
+            conn,
+            "rollout",
+            trajectory_id=1,
+            problem_id=1,
+            sample_index=0,
+            model="m",
+            output="2",
+            correct=True,
+            grader="exact",
+            prompt_tokens=3,
+            completion_tokens=1,
+            latency_ms=1.0,
+        )
+        _insert(
+            conn,
+            "training_run",
+            id=1,
+            stage="sft",
+            base_model="b",
+            config={},
+            code_version="x",
+            status="succeeded",
+            metrics={},
+            heartbeat_at="2026-11-29T12:30:00+00",
+            host="h",
+            pid=7,
+        )
+        _insert(
+            conn,
+            "solve_session",
+            id=1,
+            problem_text="1+1?",
+            config={},
+            status="done",
+            rounds=1,
+            tokens={},
+            latency_ms=2.0,
+        )
+        _insert(
+            conn,
+            "solve_round",
+            session_id=1,
+            round_no=1,
+            kind="step",
+            navigator_prompt={},
+            retrieved=[],
+            adjustment={"template": {"version_id": 1, "score": 0.9}, "step_no": 1, "outcome": "accepted"},
+            tokens={},
+            latency_ms=1.0,
+        )
         if _columns(conn, "solve_step_template"):
-            _insert(conn, "solve_step_template", session_id=1, round_no=1, version_id=1, step_no=1, score=0.9,
-                    outcome="accepted", accepted=True)
+            _insert(
+                conn,
+                "solve_step_template",
+                session_id=1,
+                round_no=1,
+                version_id=1,
+                step_no=1,
+                score=0.9,
+                outcome="accepted",
+                accepted=True,
+            )
 
 
 def _rows(engine: sa.Engine) -> dict[str, list[dict]]:
     """Every table's rows (as JSON objects, sorted), alembic_version aside."""
     with engine.connect() as conn:
-        tables = conn.execute(sa.text(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
-            "AND tablename <> 'alembic_version'")).scalars().all()
-        return {t: sorted(conn.execute(sa.text(f'SELECT to_jsonb(x) FROM "{t}" x')).scalars(), key=json.dumps)
-                for t in tables}
+        tables = (
+            conn.execute(
+                sa.text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() "
+                    "AND tablename <> 'alembic_version'"
+                )
+            )
+            .scalars()
+            .all()
+        )
+        return {
+            t: sorted(conn.execute(sa.text(f'SELECT to_jsonb(x) FROM "{t}" x')).scalars(), key=json.dumps)
+            for t in tables
+        }
 
 
 SCHEMA_QUERIES = {
     "columns": "SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-               "pg_get_expr(d.adbin, d.adrelid), a.attgenerated FROM pg_attribute a "
-               "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-               "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-               "WHERE n.nspname = current_schema() AND a.attnum > 0 AND NOT a.attisdropped "
-               "AND c.relkind IN ('r', 'v', 'm')",
+    "pg_get_expr(d.adbin, d.adrelid), a.attgenerated FROM pg_attribute a "
+    "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+    "WHERE n.nspname = current_schema() AND a.attnum > 0 AND NOT a.attisdropped "
+    "AND c.relkind IN ('r', 'v', 'm')",
     "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()",
     "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                   "WHERE connamespace = current_schema()::regnamespace",
+    "WHERE connamespace = current_schema()::regnamespace",
     "triggers": "SELECT tgrelid::regclass::text, tgname, pg_get_triggerdef(oid) FROM pg_trigger "
-                "WHERE NOT tgisinternal",
+    "WHERE NOT tgisinternal",
     "functions": "SELECT proname, pg_get_functiondef(oid) FROM pg_proc "
-                 "WHERE pronamespace = current_schema()::regnamespace AND prokind = 'f'",
+    "WHERE pronamespace = current_schema()::regnamespace AND prokind = 'f'",
     "views": "SELECT viewname, definition FROM pg_views WHERE schemaname = current_schema() "
-             "UNION ALL SELECT matviewname, definition FROM pg_matviews WHERE schemaname = current_schema()",
+    "UNION ALL SELECT matviewname, definition FROM pg_matviews WHERE schemaname = current_schema()",
 }
 
 
@@ -255,7 +371,12 @@ def head_schema(pg_server) -> dict[str, set]:
 
 # (chain whose files make the database, alembic target, stamp it ends at, view definitions that differ)
 EARLIER_HEADS = {
-    "0002 at 1aa7580": ("1aa7580", "heads", "0002", frozenset({"trajectory_reward", "trajectory_reward_live"})),
+    "0002 at 1aa7580": (
+        "1aa7580",
+        "heads",
+        "0002",
+        frozenset({"trajectory_reward", "trajectory_reward_live"}),
+    ),
     "0003 at 008465e": (landed.CURRENT, "0003", "0003", frozenset()),
     "head A at 106eb62": ("106eb62", "heads", "0008", frozenset()),
     "head B at fd4158a": ("fd4158a", "heads", "0008", frozenset()),
@@ -281,7 +402,9 @@ def test_a_database_from_an_earlier_head_upgrades_losing_nothing(case, pg_server
             kept = sorted(({k: r[k] for k in rows[0]} for r in after[table]), key=json.dumps) if rows else []
             assert kept == rows and len(after[table]) == len(rows), table
         assert _schema(engine, skip_views=old_views) == {
-            **head_schema, "views": {v for v in head_schema["views"] if v[0] not in old_views}}
+            **head_schema,
+            "views": {v for v in head_schema["views"] if v[0] not in old_views},
+        }
         assert migrate.schema_state(engine) == "at head"
     finally:
         engine.dispose()
@@ -294,7 +417,12 @@ def test_upgrade_maps_the_renumbered_revisions_exactly(pg_server, tmp_path):
     c = _build(pg_server.create_database("rf_legacy"), tmp_path, "b6d039d")
     try:
         assert migrate.upgrade(a) == [("stamp", "0003"), ("upgrade", "0004"), ("stamp", "0005")]
-        assert migrate.upgrade(c) == [("stamp", "0003"), ("stamp", "0004"), ("stamp", "0005"), ("stamp", "0006")]
+        assert migrate.upgrade(c) == [
+            ("stamp", "0003"),
+            ("stamp", "0004"),
+            ("stamp", "0005"),
+            ("stamp", "0006"),
+        ]
         assert migrate.upgrade(c) == []  # at head now: nothing more to map
     finally:
         a.dispose()
@@ -307,17 +435,26 @@ def test_schemas_no_landed_version_made_are_refused_untouched(pg_server):
         migrate.upgrade(engine, "0005")
         with engine.begin() as conn:  # half of 0006: by hand, or by a failed tool
             conn.execute(sa.text("ALTER TABLE pipeline_run ADD COLUMN heartbeat_at timestamptz"))
-        with pytest.raises(SchemaMismatch, match=r"only part of migration 0006's: it has pipeline_run\.heartbeat_at but not training_run"):
+        with pytest.raises(
+            SchemaMismatch,
+            match=r"only part of migration 0006's: it has pipeline_run\.heartbeat_at but not training_run",
+        ):
             migrate.upgrade(engine)
         assert migrate.current_revision(engine) == "0005"
         assert "not recognised" in migrate.schema_state(engine)
 
         with engine.begin() as conn:  # all of 0006 under today's stamp 0004: no chain ever had that
-            conn.execute(sa.text("ALTER TABLE training_run ADD COLUMN heartbeat_at timestamptz, "
-                                 "ADD COLUMN host varchar, ADD COLUMN pid integer"))
+            conn.execute(
+                sa.text(
+                    "ALTER TABLE training_run ADD COLUMN heartbeat_at timestamptz, "
+                    "ADD COLUMN host varchar, ADD COLUMN pid integer"
+                )
+            )
             conn.execute(sa.text("ALTER TABLE trajectory_step DROP COLUMN template_phrase"))
             conn.execute(sa.text("UPDATE alembic_version SET version_num = '0004'"))
-        with pytest.raises(SchemaMismatch, match=r"stamped 0004 and has the changes of revisions \{0004, 0006\}"):
+        with pytest.raises(
+            SchemaMismatch, match=r"stamped 0004 and has the changes of revisions \{0004, 0006\}"
+        ):
             migrate.upgrade(engine)
 
         with engine.begin() as conn:  # made by newer code
@@ -330,7 +467,9 @@ def test_schemas_no_landed_version_made_are_refused_untouched(pg_server):
         url = engine.url.render_as_string(hide_password=False)
         for args in (["templates", "list"], ["db", "upgrade"]):  # one clear line, exit 4, never a traceback
             result = CliRunner().invoke(root, ["--database-url", url, *args])
-            assert result.exit_code == 4 and "0042, which this code does not know" in result.output, result.output
+            assert result.exit_code == 4 and "0042, which this code does not know" in result.output, (
+                result.output
+            )
     finally:
         engine.dispose()
 

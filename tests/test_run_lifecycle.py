@@ -29,8 +29,17 @@ def q(db, sql, **kw):
 
 
 def add_problems(db, tmp_path, n=2):
-    rows = [{"problem": f"Problem {i}: what is {i} + {i}?", "solution": "s", "answer": str(2 * i),
-             "subject": "Algebra", "level": 1, "unique_id": f"p/{i}"} for i in range(n)]
+    rows = [
+        {
+            "problem": f"Problem {i}: what is {i} + {i}?",
+            "solution": "s",
+            "answer": str(2 * i),
+            "subject": "Algebra",
+            "level": 1,
+            "unique_id": f"p/{i}",
+        }
+        for i in range(n)
+    ]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     import_problems(db, tmp_path / "p.jsonl", preset="math500", embed=False)
 
@@ -44,9 +53,29 @@ def plan_reply(body):
 def _start_sample(db, url: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "kb.cli", "--database-url", db.url, "sample", "--problems", "all", "--n", "1",
-         "--hint-k", "0", "--max-attempts", "1", "--navigator", f"openai:m@{url}"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "kb.cli",
+            "--database-url",
+            db.url,
+            "sample",
+            "--problems",
+            "all",
+            "--n",
+            "1",
+            "--hint-k",
+            "0",
+            "--max-attempts",
+            "1",
+            "--navigator",
+            f"openai:m@{url}",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
@@ -72,7 +101,10 @@ def test_a_killed_stage_is_marked_interrupted_by_the_next_command_and_resumes(db
         assert f"marked pipeline run {run_id} interrupted" in out.stderr
         [row] = [r for r in json.loads(out.stdout) if r["stage"] == "sample"]
         assert row["status"] == "interrupted"
-        assert "its process on this host is gone" in q(db, "SELECT error FROM pipeline_run WHERE stage = 'sample'")[0][0]
+        assert (
+            "its process on this host is gone"
+            in q(db, "SELECT error FROM pipeline_run WHERE stage = 'sample'")[0][0]
+        )
     # resuming is running the same command again: the units of the same parameters are picked up
     fast = LocalLLM(reply=plan_reply)
     try:
@@ -80,20 +112,29 @@ def test_a_killed_stage_is_marked_interrupted_by_the_next_command_and_resumes(db
         assert proc.wait(120) == 0, proc.stderr.read()
     finally:
         fast.close()
-    assert q(db, "SELECT status FROM pipeline_run WHERE stage = 'sample' ORDER BY id") == [("interrupted",), ("succeeded",)]
+    assert q(db, "SELECT status FROM pipeline_run WHERE stage = 'sample' ORDER BY id") == [
+        ("interrupted",),
+        ("succeeded",),
+    ]
     assert q(db, "SELECT count(*) FROM trajectory")[0][0] == 2
 
 
 def test_a_run_whose_lease_ran_out_on_another_host_is_interrupted_and_a_live_one_is_not(db):
     with db.engine.begin() as conn:
-        conn.execute(sa.text(
-            "INSERT INTO pipeline_run (stage, params, code_version, status, counts, host, pid, heartbeat_at) VALUES "
-            "('sample', '{}', '', 'running', '{}', 'other-host', 1, now() - interval '1 hour'), "
-            "('sample', '{}', '', 'running', '{}', 'other-host', 1, now())"))
-        conn.execute(sa.text(
-            "INSERT INTO training_run (stage, base_model, config, code_version, status, metrics, host, pid, "
-            "heartbeat_at) VALUES ('sft', 'm', '{}', '', 'running', '{}', 'other-host', 1, "
-            "now() - interval '1 hour')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO pipeline_run (stage, params, code_version, status, counts, host, pid, heartbeat_at) VALUES "
+                "('sample', '{}', '', 'running', '{}', 'other-host', 1, now() - interval '1 hour'), "
+                "('sample', '{}', '', 'running', '{}', 'other-host', 1, now())"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO training_run (stage, base_model, config, code_version, status, metrics, host, pid, "
+                "heartbeat_at) VALUES ('sft', 'm', '{}', '', 'running', '{}', 'other-host', 1, "
+                "now() - interval '1 hour')"
+            )
+        )
     assert runs.mark_orphaned_runs(db) == {"pipeline": [1], "training": [1]}
     assert q(db, "SELECT id, status FROM pipeline_run ORDER BY id") == [(1, "interrupted"), (2, "running")]
     assert "no heartbeat for" in q(db, "SELECT error FROM training_run")[0][0]
@@ -117,48 +158,113 @@ def _dead_pid() -> int:
 
 
 def test_a_killed_training_run_is_interrupted_and_can_be_resumed_only_once(db):
-    run_id = registry.start_run(db, stage="sft", base_model="m", dataset_version_id=None, config={},
-                                output_path="/nonexistent/run")
+    run_id = registry.start_run(
+        db, stage="sft", base_model="m", dataset_version_id=None, config={}, output_path="/nonexistent/run"
+    )
     with db.engine.begin() as conn:  # its owner was killed with SIGKILL on this host
-        conn.execute(sa.text("UPDATE training_run SET pid = :p WHERE id = :r"), {"p": _dead_pid(), "r": run_id})
+        conn.execute(
+            sa.text("UPDATE training_run SET pid = :p WHERE id = :r"), {"p": _dead_pid(), "r": run_id}
+        )
     assert runs.mark_orphaned_runs(db) == {"training": [run_id]}
     # (resumable would now look for the checkpoint; that is covered by test_train_registry)
-    second = registry.start_run(db, stage="sft", base_model="m", dataset_version_id=None, config={},
-                                output_path="/nonexistent/run", resumed_from=run_id)
+    second = registry.start_run(
+        db,
+        stage="sft",
+        base_model="m",
+        dataset_version_id=None,
+        config={},
+        output_path="/nonexistent/run",
+        resumed_from=run_id,
+    )
     with pytest.raises(ConflictError, match=f"already resumed by run {second}"):
         registry.resumable(db, run_id, "sft")
     with pytest.raises(ConflictError, match="just been resumed"):  # two resumes racing: the index decides
-        registry.start_run(db, stage="sft", base_model="m", dataset_version_id=None, config={},
-                           output_path="/nonexistent/run", resumed_from=run_id)
+        registry.start_run(
+            db,
+            stage="sft",
+            base_model="m",
+            dataset_version_id=None,
+            config={},
+            output_path="/nonexistent/run",
+            resumed_from=run_id,
+        )
 
 
 # ------------------------------------------------------------------ failures exit non-zero
 
+
 def test_a_stage_whose_every_unit_failed_is_failed_and_exits_5_with_the_reason(db, cli, tmp_path):
     add_problems(db, tmp_path)
-    out = cli("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--max-attempts", "1",
-              "--navigator", f"openai:m@{dead_url()}", "--json", expect=5)
+    out = cli(
+        "sample",
+        "--problems",
+        "all",
+        "--n",
+        "1",
+        "--hint-k",
+        "0",
+        "--max-attempts",
+        "1",
+        "--navigator",
+        f"openai:m@{dead_url()}",
+        "--json",
+        expect=5,
+    )
     assert "failed: 2 of 2 units failed; first reasons: " in out.stderr and "ConnectError" in out.stderr
     result = json.loads(out.stdout)
     assert result["outcome"] == "failed" and result["units_done"] == 0
     assert q(db, "SELECT status FROM pipeline_run WHERE stage = 'sample'") == [("failed",)]
     # running it again changes nothing: still failed, still exit 5, until --retry-failed succeeds
-    cli("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--navigator", f"openai:m@{dead_url()}",
-        expect=5)
+    cli(
+        "sample",
+        "--problems",
+        "all",
+        "--n",
+        "1",
+        "--hint-k",
+        "0",
+        "--navigator",
+        f"openai:m@{dead_url()}",
+        expect=5,
+    )
     ok = LocalLLM(reply=plan_reply)
     try:
-        cli("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--retry-failed", "--navigator",
-            f"openai:m@{ok.url}")
+        cli(
+            "sample",
+            "--problems",
+            "all",
+            "--n",
+            "1",
+            "--hint-k",
+            "0",
+            "--retry-failed",
+            "--navigator",
+            f"openai:m@{ok.url}",
+        )
     finally:
         ok.close()
 
 
 def test_a_stage_with_some_units_failed_exits_6(db, cli, tmp_path):
     add_problems(db, tmp_path, n=3)
-    flaky = LocalLLM(reply=lambda body: plan_reply(body) if "Problem 1" not in json.dumps(body) else "no plan")
+    flaky = LocalLLM(
+        reply=lambda body: plan_reply(body) if "Problem 1" not in json.dumps(body) else "no plan"
+    )
     try:
-        out = cli("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--batch-size", "1",
-                  "--navigator", f"openai:m@{flaky.url}", expect=6)
+        out = cli(
+            "sample",
+            "--problems",
+            "all",
+            "--n",
+            "1",
+            "--hint-k",
+            "0",
+            "--batch-size",
+            "1",
+            "--navigator",
+            f"openai:m@{flaky.url}",
+            expect=6,
+        )
     finally:
         flaky.close()
     assert "partly failed: 1 of 3 units failed" in out.stderr
@@ -174,15 +280,35 @@ def test_serve_stops_on_sigterm_like_ctrl_c(db):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "kb.cli", "--database-url", db.url, "serve", "--port", str(port),
-                             "--navigator", "scripted", "--retrieval-mode", "text"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kb.cli",
+            "--database-url",
+            db.url,
+            "serve",
+            "--port",
+            str(port),
+            "--navigator",
+            "scripted",
+            "--retrieval-mode",
+            "text",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, proc.stderr.read()
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", params={"backends": "false"}).status_code == 200:
+                if (
+                    httpx.get(f"http://127.0.0.1:{port}/healthz", params={"backends": "false"}).status_code
+                    == 200
+                ):
                     break
             except httpx.TransportError:
                 pass

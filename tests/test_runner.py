@@ -30,12 +30,21 @@ class ToyHandler:
         time.sleep(self.delay_s)
         if any(u.payload.get("boom") for u in units):
             raise RuntimeError("handler exploded")
-        return [Outcome(status="failed", failures=[{"reason": "unparseable", "raw_output": "{{"}])
-                if u.payload.get("bad") else Outcome(data=u.key) for u in units]
+        return [
+            Outcome(status="failed", failures=[{"reason": "unparseable", "raw_output": "{{"}])
+            if u.payload.get("bad")
+            else Outcome(data=u.key)
+            for u in units
+        ]
 
     def write(self, conn, unit, outcome, run_id):
-        conn.execute(sa.text("INSERT INTO llm_call (run_id, stage, backend, model, messages, params, prompt_tokens, "
-                             "completion_tokens, latency_ms) VALUES (:r, 'toy', 'toy', :k, '[]', '{}', 0, 0, 0)"), {"r": run_id, "k": outcome.data})
+        conn.execute(
+            sa.text(
+                "INSERT INTO llm_call (run_id, stage, backend, model, messages, params, prompt_tokens, "
+                "completion_tokens, latency_ms) VALUES (:r, 'toy', 'toy', :k, '[]', '{}', 0, 0, 0)"
+            ),
+            {"r": run_id, "k": outcome.data},
+        )
         return {"rows_written": 1}
 
 
@@ -79,8 +88,9 @@ def test_failures_are_recorded_and_retries_bounded(db):
     out = run_stage(db, stage="toy", params={}, units=units, factory=make_toy, batch_size=1, max_attempts=2)
     assert out["units_done"] == 3 and out["units_failed"] == 2
     with db.engine.connect() as conn:
-        fails = conn.execute(sa.text(
-            "SELECT unit_key, attempt, reason, raw_output FROM failure ORDER BY id")).all()
+        fails = conn.execute(
+            sa.text("SELECT unit_key, attempt, reason, raw_output FROM failure ORDER BY id")
+        ).all()
         status = dict(conn.execute(sa.text("SELECT unit_key, status FROM work_unit")).all())
     assert [(f.unit_key, f.reason) for f in fails if f.unit_key == "bad"] == [("bad", "unparseable")]
     assert [f.attempt for f in fails if f.unit_key == "boom"] == [1, 2]  # bounded: two attempts, then failed
@@ -89,8 +99,9 @@ def test_failures_are_recorded_and_retries_bounded(db):
     # A rerun does not retry failed units unless asked to.
     rerun = run_stage(db, stage="toy", params={}, units=units, factory=make_toy)
     assert rerun["units_done"] == 0 and rerun["units_failed"] == 0
-    retried = run_stage(db, stage="toy", params={}, units=units, factory=make_toy, retry_failed=True,
-                        max_attempts=1)
+    retried = run_stage(
+        db, stage="toy", params={}, units=units, factory=make_toy, retry_failed=True, max_attempts=1
+    )
     assert retried["units_reset"] == 2 and retried["units_failed"] == 2
 
 
@@ -117,19 +128,30 @@ def test_stale_claims_are_taken_over_after_the_lease(db):
     out = run_stage(db, stage="toy", params={}, units=_units(2), factory=make_toy, lease_s=3600)
     assert out["units_done"] == 2
     with db.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT array_agg(attempts ORDER BY id) FROM work_unit")).scalar() == [2, 2]
+        assert conn.execute(sa.text("SELECT array_agg(attempts ORDER BY id) FROM work_unit")).scalar() == [
+            2,
+            2,
+        ]
 
 
 def test_two_worker_processes_share_the_work_without_duplicates(db):
-    out = run_stage(db, stage="toy", params={"w": 2}, units=_units(40), factory=partial(make_toy, delay_s=0.05),
-                    workers=2, batch_size=2)
+    out = run_stage(
+        db,
+        stage="toy",
+        params={"w": 2},
+        units=_units(40),
+        factory=partial(make_toy, delay_s=0.05),
+        workers=2,
+        batch_size=2,
+    )
     keys, status = _results(db)
     assert len(keys) == 40 and len(set(keys)) == 40
     assert status == {"done": 40}
     assert out["units_done"] == 40
     with db.engine.connect() as conn:
-        claimers = conn.execute(sa.text(
-            "SELECT count(DISTINCT split_part(claimed_by, ':', 2)) FROM work_unit")).scalar()
+        claimers = conn.execute(
+            sa.text("SELECT count(DISTINCT split_part(claimed_by, ':', 2)) FROM work_unit")
+        ).scalar()
     assert claimers == 2  # both processes did some of it
 
 
@@ -148,8 +170,13 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 def _kill_midway(db, workers: int) -> None:
     script = _KILL_SCRIPT.format(tests=str(ROOT / "tests"), url=db.url, workers=workers)
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 90
         while time.time() < deadline:
@@ -185,8 +212,12 @@ def test_a_unit_that_keeps_killing_its_worker_is_abandoned_not_retried_forever(d
     scope = unit_scope("toy", {})
     with db.engine.begin() as conn:
         enqueue(conn, "toy", scope, _units(2), None)
-        conn.execute(sa.text("UPDATE work_unit SET status = 'claimed', claimed_by = 'elsewhere:1:x', attempts = 3, "
-                             "claimed_at = now() - interval '2 hours' WHERE unit_key = 'u000'"))
+        conn.execute(
+            sa.text(
+                "UPDATE work_unit SET status = 'claimed', claimed_by = 'elsewhere:1:x', attempts = 3, "
+                "claimed_at = now() - interval '2 hours' WHERE unit_key = 'u000'"
+            )
+        )
     out = run_stage(db, stage="toy", params={}, units=_units(2), factory=make_toy, lease_s=60, max_attempts=3)
     assert out["units_done"] == 1
     with db.engine.connect() as conn:

@@ -20,15 +20,18 @@ from tests.test_run_lifecycle import add_problems, q
 KEY = "k3y-registered-0123456789"
 
 
-@pytest.mark.parametrize("text, leaked", [
-    ("HTTP 401: got Authorization: Bearer abcdef123456", "abcdef123456"),
-    ('{"headers": {"authorization": "Basic dXNlcjpwYXNz"}}', "dXNlcjpwYXNz"),
-    ("curl -H 'Authorization: token ghp_abcdefgh1234'", "ghp_abcdefgh1234"),
-    ("key sk-proj-abcdefghijklmnopqrstuv in the text", "sk-proj-abcdefghijklmnopqrstuv"),
-    ("base_url http://user:hunter2secret@gpu:8000/v1", "hunter2secret"),
-    ("https://api.example.com/v1?api_key=zzz999zzz&x=1", "zzz999zzz"),
-    ("https://host/v1?token=tok-123456#frag", "tok-123456"),
-])
+@pytest.mark.parametrize(
+    "text, leaked",
+    [
+        ("HTTP 401: got Authorization: Bearer abcdef123456", "abcdef123456"),
+        ('{"headers": {"authorization": "Basic dXNlcjpwYXNz"}}', "dXNlcjpwYXNz"),
+        ("curl -H 'Authorization: token ghp_abcdefgh1234'", "ghp_abcdefgh1234"),
+        ("key sk-proj-abcdefghijklmnopqrstuv in the text", "sk-proj-abcdefghijklmnopqrstuv"),
+        ("base_url http://user:hunter2secret@gpu:8000/v1", "hunter2secret"),
+        ("https://api.example.com/v1?api_key=zzz999zzz&x=1", "zzz999zzz"),
+        ("https://host/v1?token=tok-123456#frag", "tok-123456"),
+    ],
+)
 def test_secret_shapes_are_scrubbed(text, leaked):
     out = scrub(text)
     assert leaked not in out and REDACTED in out
@@ -37,7 +40,12 @@ def test_secret_shapes_are_scrubbed(text, leaked):
 def test_registered_values_anywhere_and_structures_recursively():
     secrets.register_secret(KEY)
     data = {"a": [f"x{KEY}y", ("t", KEY)], "b": {"c": KEY}, "n": 3, "none": None}
-    assert scrub(data) == {"a": [f"x{REDACTED}y", ("t", REDACTED)], "b": {"c": REDACTED}, "n": 3, "none": None}
+    assert scrub(data) == {
+        "a": [f"x{REDACTED}y", ("t", REDACTED)],
+        "b": {"c": REDACTED},
+        "n": 3,
+        "none": None,
+    }
     assert scrub("postgresql://postgres:***@/db") == "postgresql://postgres:***@/db"  # already masked: kept
     assert scrub("the authorization of the theorem") == "the authorization of the theorem"  # prose: kept
 
@@ -49,12 +57,20 @@ def test_serialized_json_stays_valid_json():
 
 
 def test_a_value_under_a_secrets_name_is_scrubbed_at_any_depth():
-    data = {"extra_body": {"provider": [{"api_key": "plain-value", "max_tokens": 5}], "X-Api-Key": "v2"},
-            "headers": {"Authorization": "opaque"}, "token_count": 3, "HF_TOKEN": "v3", "password": ""}
-    assert scrub(data) == {"extra_body": {"provider": [{"api_key": REDACTED, "max_tokens": 5}],
-                                          "X-Api-Key": REDACTED},
-                           "headers": {"Authorization": REDACTED}, "token_count": 3, "HF_TOKEN": REDACTED,
-                           "password": ""}
+    data = {
+        "extra_body": {"provider": [{"api_key": "plain-value", "max_tokens": 5}], "X-Api-Key": "v2"},
+        "headers": {"Authorization": "opaque"},
+        "token_count": 3,
+        "HF_TOKEN": "v3",
+        "password": "",
+    }
+    assert scrub(data) == {
+        "extra_body": {"provider": [{"api_key": REDACTED, "max_tokens": 5}], "X-Api-Key": REDACTED},
+        "headers": {"Authorization": REDACTED},
+        "token_count": 3,
+        "HF_TOKEN": REDACTED,
+        "password": "",
+    }
     # What the engines see of a JSON column is its text: the same names are found there, and it stays JSON.
     text = scrub(json.dumps(data | {"client_secret": 'with "quotes" \\ inside'}))
     assert json.loads(text) == scrub(data) | {"client_secret": REDACTED}
@@ -72,8 +88,10 @@ def test_a_secret_nested_in_an_llm_config_reaches_no_table_and_no_output(db, cli
     with pipeline_run(db, "sample", {"navigator": role.describe()}) as (run_id, _):
         pass
     with db.engine.begin() as conn:  # written as JSON text, past scrub(): the engine's scrub still sees it
-        conn.execute(sa.text("UPDATE pipeline_run SET counts = CAST(:c AS jsonb)"),
-                     {"c": json.dumps({"extra": {"password": secret}})})
+        conn.execute(
+            sa.text("UPDATE pipeline_run SET counts = CAST(:c AS jsonb)"),
+            {"c": json.dumps({"extra": {"password": secret}})},
+        )
     shown = cli("runs", "show", str(run_id), "--json").stdout
     shown += cli("sql", "SELECT params::text, counts::text FROM pipeline_run").stdout
     assert secret not in shown and REDACTED in shown
@@ -94,14 +112,18 @@ def test_an_echoed_key_reaches_no_table_and_no_output(db, cli, tmp_path, monkeyp
     basic = base64.b64encode(f"user:{url_password}".encode()).decode()  # what httpx sends for that URL
     outputs = []
     try:
-        for args in (("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--navigator", with_password),
-                     ("rollouts", "--trajectories", "all", "--inference", spec),
-                     ("mine", "--problems", "all", "--miner", spec)):
+        for args in (
+            ("sample", "--problems", "all", "--n", "1", "--hint-k", "0", "--navigator", with_password),
+            ("rollouts", "--trajectories", "all", "--inference", spec),
+            ("mine", "--problems", "all", "--miner", spec),
+        ):
             result = cli(*args, "--max-attempts", "1", "--json", expect=5)
             outputs.append(result.stdout + result.stderr)
     finally:
         leaky.close()
-    assert any(h.get("Authorization") == f"Bearer {api_key}" for h in leaky.headers)  # it was sent, and echoed
+    assert any(
+        h.get("Authorization") == f"Bearer {api_key}" for h in leaky.headers
+    )  # it was sent, and echoed
     run_ids = [r[0] for r in q(db, "SELECT id FROM pipeline_run ORDER BY id")]
     outputs.append(cli("runs", "list", "--json").stdout)
     outputs += [cli("runs", "show", str(i), "--json").stdout for i in run_ids]

@@ -20,29 +20,55 @@ def _vec(similarity: float, axis: int) -> str:
     v = [0.0] * DIM
     v[0] = similarity
     if axis:
-        v[axis] = math.sqrt(max(0.0, 1 - similarity ** 2))
+        v[axis] = math.sqrt(max(0.0, 1 - similarity**2))
     return "[" + ",".join(repr(x) for x in v) + "]"
 
 
-def _add(db, text: str, similarity: float, axis: int, split: str = "train", subject: str | None = "Algebra",
-         tags: list[str] | None = None) -> int:
+def _add(
+    db,
+    text: str,
+    similarity: float,
+    axis: int,
+    split: str = "train",
+    subject: str | None = "Algebra",
+    tags: list[str] | None = None,
+) -> int:
     with db.engine.begin() as conn:
-        pid = conn.execute(sa.text(
-            "INSERT INTO problem (text, split, subject, content_hash, extra) "
-            "VALUES (:t, :s, :subj, :h, CAST(:x AS jsonb)) RETURNING id"),
-            {"t": text, "s": split, "subj": subject, "h": content_hash(text),
-             "x": json.dumps({"tags": tags} if tags else {})}).scalar()
-        conn.execute(sa.text("INSERT INTO problem_embedding (problem_id, model, dim, embedding) "
-                             "VALUES (:p, :m, :d, CAST(:v AS vector))"),
-                     {"p": pid, "m": MODEL, "d": DIM, "v": _vec(similarity, axis)})
+        pid = conn.execute(
+            sa.text(
+                "INSERT INTO problem (text, split, subject, content_hash, extra) "
+                "VALUES (:t, :s, :subj, :h, CAST(:x AS jsonb)) RETURNING id"
+            ),
+            {
+                "t": text,
+                "s": split,
+                "subj": subject,
+                "h": content_hash(text),
+                "x": json.dumps({"tags": tags} if tags else {}),
+            },
+        ).scalar()
+        conn.execute(
+            sa.text(
+                "INSERT INTO problem_embedding (problem_id, model, dim, embedding) "
+                "VALUES (:p, :m, :d, CAST(:v AS vector))"
+            ),
+            {"p": pid, "m": MODEL, "d": DIM, "v": _vec(similarity, axis)},
+        )
     return pid
 
 
 def _members(db, anchor: int, build_id: int) -> list[tuple[int, int, float]]:
     with db.engine.connect() as conn:
-        return [tuple(r) for r in conn.execute(sa.text(
-            "SELECT m.problem_id, m.rank, m.similarity FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
-            "WHERE s.anchor_problem_id = :a AND s.build_id = :b ORDER BY m.rank"), {"a": anchor, "b": build_id})]
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT m.problem_id, m.rank, m.similarity FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
+                    "WHERE s.anchor_problem_id = :a AND s.build_id = :b ORDER BY m.rank"
+                ),
+                {"a": anchor, "b": build_id},
+            )
+        ]
 
 
 @pytest.fixture
@@ -68,10 +94,13 @@ def test_sets_exclude_self_duplicates_far_and_other_split(db, world):
     assert [m for m, _, _ in test_set] == [world["test_other"]]
     with db.engine.connect() as conn:
         # Invariants over every set: never the anchor, never another split, never at or above 0.9999.
-        bad = conn.execute(sa.text(
-            "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
-            "JOIN problem p ON p.id = m.problem_id WHERE m.problem_id = s.anchor_problem_id "
-            "OR p.split <> s.anchor_split OR m.similarity >= 0.9999 OR m.similarity < 0.5")).scalar()
+        bad = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
+                "JOIN problem p ON p.id = m.problem_id WHERE m.problem_id = s.anchor_problem_id "
+                "OR p.split <> s.anchor_split OR m.similarity >= 0.9999 OR m.similarity < 0.5"
+            )
+        ).scalar()
         splits = dict(conn.execute(sa.text("SELECT anchor_problem_id, anchor_split FROM similar_set")).all())
     assert bad == 0
     assert splits[world["test_close"]] == "test" and splits[world["anchor"]] == "train"
@@ -79,35 +108,58 @@ def test_sets_exclude_self_duplicates_far_and_other_split(db, world):
 
 def test_k_limits_and_filters(db, world):
     one = build_similar_sets(db, k=1, min_similarity=0.5, embed_missing=False, anchors="ids=1")
-    assert one["sets"] == 1 and [m for m, _, _ in _members(db, world["anchor"], one["build_id"])] == [world["close"]]
-    subj = build_similar_sets(db, k=8, min_similarity=0.5, same_subject=True, embed_missing=False, anchors="ids=1")
+    assert one["sets"] == 1 and [m for m, _, _ in _members(db, world["anchor"], one["build_id"])] == [
+        world["close"]
+    ]
+    subj = build_similar_sets(
+        db, k=8, min_similarity=0.5, same_subject=True, embed_missing=False, anchors="ids=1"
+    )
     assert [m for m, _, _ in _members(db, world["anchor"], subj["build_id"])] == [world["close"]]
-    tags = build_similar_sets(db, k=8, min_similarity=0.0, shared_tags=True, embed_missing=False, anchors="ids=1")
+    tags = build_similar_sets(
+        db, k=8, min_similarity=0.0, shared_tags=True, embed_missing=False, anchors="ids=1"
+    )
     assert [m for m, _, _ in _members(db, world["anchor"], tags["build_id"])] == [world["close"]]
     assert len({one["build_id"], subj["build_id"], tags["build_id"]}) == 3
 
 
 def test_same_params_is_a_noop_and_other_params_make_a_new_version(cli, db, world):
-    first = json.loads(cli("similar", "build", "--k", "8", "--min-similarity", "0.5", "--anchors", "split=train",
-                           "--json").output)
+    first = json.loads(
+        cli(
+            "similar", "build", "--k", "8", "--min-similarity", "0.5", "--anchors", "split=train", "--json"
+        ).output
+    )
     assert first["new_build"] and first["sets"] == 5
-    again = json.loads(cli("similar", "build", "--k", "8", "--min-similarity", "0.5", "--anchors", "split=train",
-                           "--json").output)
+    again = json.loads(
+        cli(
+            "similar", "build", "--k", "8", "--min-similarity", "0.5", "--anchors", "split=train", "--json"
+        ).output
+    )
     assert again["build_id"] == first["build_id"] and not again["new_build"] and again["sets"] == 0
     # A new train problem: the same build only fills the anchor that has no set yet.
     late_id = _add(db, "late problem", 0.8, 6)
-    late = json.loads(cli("similar", "build", "--k", "8", "--min-similarity", "0.5", "--anchors", "split=train",
-                          "--json").output)
+    late = json.loads(
+        cli(
+            "similar", "build", "--k", "8", "--min-similarity", "0.5", "--anchors", "split=train", "--json"
+        ).output
+    )
     assert late["build_id"] == first["build_id"] and late["sets"] == 1
-    other = json.loads(cli("similar", "build", "--k", "2", "--min-similarity", "0.75", "--anchors", "split=train",
-                           "--json").output)
+    other = json.loads(
+        cli(
+            "similar", "build", "--k", "2", "--min-similarity", "0.75", "--anchors", "split=train", "--json"
+        ).output
+    )
     assert other["new_build"] and other["build_id"] != first["build_id"]
     # The old version is untouched; `show` gives the newest by default and any by --build.
-    assert [m for m, _, _ in _members(db, world["anchor"], first["build_id"])] == [world["close"], world["mid"]]
+    assert [m for m, _, _ in _members(db, world["anchor"], first["build_id"])] == [
+        world["close"],
+        world["mid"],
+    ]
     newest = json.loads(cli("similar", "show", str(world["anchor"]), "--json").output)
     assert newest["build_id"] == other["build_id"]
     assert [m["problem_id"] for m in newest["members"]] == [world["close"], late_id]
-    old = json.loads(cli("similar", "show", str(world["anchor"]), "--build", str(first["build_id"]), "--json").output)
+    old = json.loads(
+        cli("similar", "show", str(world["anchor"]), "--build", str(first["build_id"]), "--json").output
+    )
     assert old["size"] == 2
     builds = json.loads(cli("similar", "builds", "--json").output)
     assert [b["id"] for b in builds] == [first["build_id"], other["build_id"]]
@@ -121,11 +173,13 @@ def test_parse_anchors():
 
 def _real_problems(tmp_path):
     path = tmp_path / "real.jsonl"
-    texts = ["Find the sum of the first 100 positive integers.",
-             "Compute 1 + 2 + 3 + ... + 100, the sum of the first hundred positive integers.",
-             "A circle has radius 4. What is its area?",
-             "How many ways can 6 people sit in a row?",
-             "What is the area of a circle whose radius is 5?"]
+    texts = [
+        "Find the sum of the first 100 positive integers.",
+        "Compute 1 + 2 + 3 + ... + 100, the sum of the first hundred positive integers.",
+        "A circle has radius 4. What is its area?",
+        "How many ways can 6 people sit in a row?",
+        "What is the area of a circle whose radius is 5?",
+    ]
     path.write_text("".join(json.dumps({"problem": t}) + "\n" for t in texts))
     return path
 
@@ -146,20 +200,28 @@ def test_math500_subset(db, shared_data):
     out = build_similar_sets(db, k=4, min_similarity=0.3, anchors="ids=1-40", embed_missing=False)
     assert out["sets"] == 40
     with db.engine.connect() as conn:
-        bad = conn.execute(sa.text(
-            "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
-            "WHERE m.problem_id = s.anchor_problem_id OR m.similarity < 0.3 OR m.rank > 4")).scalar()
-        sizes = conn.execute(sa.text("SELECT sum(size), (SELECT count(*) FROM similar_set_member) "
-                                     "FROM similar_set")).one()
+        bad = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM similar_set s JOIN similar_set_member m ON m.set_id = s.id "
+                "WHERE m.problem_id = s.anchor_problem_id OR m.similarity < 0.3 OR m.rank > 4"
+            )
+        ).scalar()
+        sizes = conn.execute(
+            sa.text("SELECT sum(size), (SELECT count(*) FROM similar_set_member) FROM similar_set")
+        ).one()
     assert bad == 0 and sizes[0] == sizes[1] and sizes[0] > 40
 
 
 def _all_sets(db, build_id: int) -> dict[int, list[tuple[int, int, float]]]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT s.anchor_problem_id, s.anchor_split, s.size, m.problem_id, m.rank, m.similarity "
-            "FROM similar_set s LEFT JOIN similar_set_member m ON m.set_id = s.id WHERE s.build_id = :b "
-            "ORDER BY s.anchor_problem_id, m.rank"), {"b": build_id}).all()
+        rows = conn.execute(
+            sa.text(
+                "SELECT s.anchor_problem_id, s.anchor_split, s.size, m.problem_id, m.rank, m.similarity "
+                "FROM similar_set s LEFT JOIN similar_set_member m ON m.set_id = s.id WHERE s.build_id = :b "
+                "ORDER BY s.anchor_problem_id, m.rank"
+            ),
+            {"b": build_id},
+        ).all()
     out: dict[int, list] = {}
     for a, split, size, pid, rank, sim in rows:
         out.setdefault(a, [])
@@ -181,14 +243,25 @@ def test_exact_and_index_paths_give_the_same_sets_and_build(db, same_subject):
             v = centers[i % 12] + 0.6 * rng.normal(size=DIM)
             v /= np.linalg.norm(v)
             text = f"problem {i}"
-            pid = conn.execute(sa.text(
-                "INSERT INTO problem (text, split, subject, content_hash, extra) VALUES (:t, :s, :subj, :h, '{}') "
-                "RETURNING id"),
-                {"t": text, "s": "test" if i % 5 == 0 else "train", "subj": ["Algebra", "Geometry"][i % 2],
-                 "h": content_hash(text)}).scalar()
-            conn.execute(sa.text("INSERT INTO problem_embedding (problem_id, model, dim, embedding) "
-                                 "VALUES (:p, :m, :d, CAST(:v AS vector))"),
-                         {"p": pid, "m": MODEL, "d": DIM, "v": "[" + ",".join(f"{x:.7f}" for x in v) + "]"})
+            pid = conn.execute(
+                sa.text(
+                    "INSERT INTO problem (text, split, subject, content_hash, extra) VALUES (:t, :s, :subj, :h, '{}') "
+                    "RETURNING id"
+                ),
+                {
+                    "t": text,
+                    "s": "test" if i % 5 == 0 else "train",
+                    "subj": ["Algebra", "Geometry"][i % 2],
+                    "h": content_hash(text),
+                },
+            ).scalar()
+            conn.execute(
+                sa.text(
+                    "INSERT INTO problem_embedding (problem_id, model, dim, embedding) "
+                    "VALUES (:p, :m, :d, CAST(:v AS vector))"
+                ),
+                {"p": pid, "m": MODEL, "d": DIM, "v": "[" + ",".join(f"{x:.7f}" for x in v) + "]"},
+            )
     options = {"k": 8, "min_similarity": 0.2, "same_subject": same_subject, "embed_missing": False}
     by_index = build_similar_sets(db, path="index", **options)
     index_sets = _all_sets(db, by_index["build_id"])
@@ -214,7 +287,10 @@ def test_exact_path_refuses_shared_tags(db, world):
 
     with pytest.raises(InputError, match="shared tags"):
         build_similar_sets(db, k=8, shared_tags=True, embed_missing=False, path="exact")
-    assert build_similar_sets(db, k=8, min_similarity=0.0, shared_tags=True, embed_missing=False)["path"] == "index"
+    assert (
+        build_similar_sets(db, k=8, min_similarity=0.0, shared_tags=True, embed_missing=False)["path"]
+        == "index"
+    )
 
 
 @pytest.mark.parametrize("min_similarity", [-1.0, 0.3])
@@ -235,8 +311,11 @@ def test_exact_neighbours_match_brute_force(min_similarity):
     got = exact_neighbours(vecs[anchors], ids[anchors], vecs, ids, 8, min_similarity)
     for a, found in zip(anchors, got):
         sims = vecs @ vecs[a]
-        ok = [(int(ids[i]), float(sims[i])) for i in range(600)
-              if ids[i] != ids[a] and sims[i] < DUPLICATE_SIMILARITY and sims[i] >= min_similarity]
+        ok = [
+            (int(ids[i]), float(sims[i]))
+            for i in range(600)
+            if ids[i] != ids[a] and sims[i] < DUPLICATE_SIMILARITY and sims[i] >= min_similarity
+        ]
         want = sorted(ok, key=lambda t: (-t[1], t[0]))[:8]
         assert [m for m, _ in found] == [m for m, _ in want], a
         assert np.allclose([s for _, s in found], [s for _, s in want], atol=1e-6)

@@ -25,16 +25,24 @@ from kb.sql_readonly import QueryFailed, WriteRefused, check_read_only, execute_
 def seeded(db):
     with session_scope(db) as s:
         for name in ("Sum of terms", "Common ratio"):
-            T.create_template(s, T.TemplateSpec(name=name, category="Sequences", tags=["series"],
-                                                description="50% of the time it's this"))
+            T.create_template(
+                s,
+                T.TemplateSpec(
+                    name=name, category="Sequences", tags=["series"], description="50% of the time it's this"
+                ),
+            )
     return db
 
 
 def _snapshot(db) -> tuple:
     with db.engine.connect() as conn:
         return (
-            conn.execute(sa.text("SELECT count(*), max(current_version_no), string_agg(status, ',' ORDER BY id) "
-                                 "FROM template")).one(),
+            conn.execute(
+                sa.text(
+                    "SELECT count(*), max(current_version_no), string_agg(status, ',' ORDER BY id) "
+                    "FROM template"
+                )
+            ).one(),
             conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar(),
             conn.execute(sa.text("SELECT count(*) FROM pg_class WHERE relname = 'evil'")).scalar(),
             conn.execute(sa.text("SELECT count(*) FROM pipeline_run")).scalar(),
@@ -77,7 +85,7 @@ WRITES = [
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
     "SELECT set_config('default_transaction_read_only', 'off', false)",
     "SELECT pg_catalog.set_config('role', current_user, true)",
-    'SELECT "set_config"(\'role\', current_user, true)',
+    "SELECT \"set_config\"('role', current_user, true)",
     "SELECT nextval('template_id_seq')",
     "SELECT pg_advisory_lock(42)",
     "COPY template TO STDOUT",
@@ -140,7 +148,7 @@ def test_timeout_and_errors_are_clean(seeded):
     with pytest.raises(QueryFailed, match="does not exist"):
         run_readonly(seeded.engine, "SELECT nope FROM template")
     # The server-side limit is the time left of the 7 s.
-    (shown,), = run_readonly(seeded.engine, "SHOW statement_timeout", timeout_s=7).rows
+    ((shown,),) = run_readonly(seeded.engine, "SHOW statement_timeout", timeout_s=7).rows
     left_ms = int(shown.removesuffix("ms")) if shown.endswith("ms") else int(shown.removesuffix("s")) * 1000
     assert 0 < left_ms <= 7000
 
@@ -151,8 +159,9 @@ def test_cli_timeout_and_file(cli, seeded, tmp_path):
     path = tmp_path / "q.sql"
     path.write_text("SELECT count(*) AS n FROM template_version")
     assert json.loads(cli("sql", "--file", str(path), "--json").output) == [{"n": 2}]
-    assert json.loads(cli("sql", "SELECT key FROM template ORDER BY key", "--max-rows", "1", "--json").output) == [
-        {"key": "Sequences/Common ratio"}]
+    assert json.loads(
+        cli("sql", "SELECT key FROM template ORDER BY key", "--max-rows", "1", "--json").output
+    ) == [{"key": "Sequences/Common ratio"}]
 
 
 def test_table_output_keeps_brackets_as_data(cli, seeded):
@@ -163,14 +172,18 @@ def test_table_output_keeps_brackets_as_data(cli, seeded):
 
 # ---------------------------------------------------------------- the read-only role: privileges are the wall
 
+
 def test_queries_run_as_the_reader_role_which_can_only_read(seeded):
     result = run_readonly(seeded.engine, "SELECT session_user AS s, current_user AS c")
     assert result.rows == [(READER_ROLE, READER_ROLE)]
     with seeded.engine.connect() as conn:
-        role = conn.execute(sa.text(
-            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolcanlogin, "
-            "(SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = :r"),
-            {"r": READER_ROLE}).one()
+        role = conn.execute(
+            sa.text(
+                "SELECT rolsuper, rolcreaterole, rolcreatedb, rolreplication, rolbypassrls, rolcanlogin, "
+                "(SELECT count(*) FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = :r"
+            ),
+            {"r": READER_ROLE},
+        ).one()
     assert tuple(role) == (False, False, False, False, False, True, 0)
 
 
@@ -221,7 +234,11 @@ def test_escalations_fail_on_the_roles_privileges_alone(seeded, tmp_path):
     owner = seeded.engine.connect()
     owner_pid = owner.execute(sa.text("SELECT pg_backend_pid()")).scalar()
     owner.commit()
-    statements = [*ESCALATIONS, f"SELECT pg_terminate_backend({owner_pid})", f"SELECT pg_cancel_backend({owner_pid})"]
+    statements = [
+        *ESCALATIONS,
+        f"SELECT pg_terminate_backend({owner_pid})",
+        f"SELECT pg_cancel_backend({owner_pid})",
+    ]
     with connect_reader(seeded.url) as conn:
         conn.autocommit = True
         # Its sessions start read-only, for tools logging in as it directly; a layer it may lift itself,
@@ -330,7 +347,9 @@ def test_a_reader_role_that_can_do_more_is_refused(seeded, monkeypatch):
 
 
 def test_without_max_rows_the_timeout_bounds_the_whole_read(seeded):
-    endless = "SELECT a.i, b.j FROM generate_series(1, 1000000) a(i) CROSS JOIN generate_series(1, 1000000) b(j)"
+    endless = (
+        "SELECT a.i, b.j FROM generate_series(1, 1000000) a(i) CROSS JOIN generate_series(1, 1000000) b(j)"
+    )
     with pytest.raises(TimedOut, match="for the whole --timeout"):
         run_readonly(seeded.engine, endless, timeout_s=1)
 
@@ -353,27 +372,36 @@ def test_a_widened_reader_role_is_narrowed_again_where_we_are_superuser(seeded):
         conn.commit()
     assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
     with seeded.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = :r"),
-                            {"r": READER_ROLE}).scalar() is False
+        assert (
+            conn.execute(
+                sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = :r"),
+                {"r": READER_ROLE},
+            ).scalar()
+            is False
+        )
 
 
 # ---------------------------------------------------------------- time limits kept from outside (issue 16.5)
 
 # Switches its timeout off in the first FETCH batch, then sleeps a second per row in the next one.
-SELF_UNTIMED = ("SELECT i, set_config('statement_timeout', '0', false), CASE WHEN i > 1000 THEN pg_sleep(1) END "
-                "FROM generate_series(1, 1020) i")
+SELF_UNTIMED = (
+    "SELECT i, set_config('statement_timeout', '0', false), CASE WHEN i > 1000 THEN pg_sleep(1) END "
+    "FROM generate_series(1, 1020) i"
+)
 
 
 def test_a_statement_cannot_switch_off_its_own_timeout(cli, seeded):
     with pytest.raises(TimedOut, match="--timeout"):
         execute_read_only(seeded.engine, SELF_UNTIMED, timeout_s=2)
     with pytest.raises(TimedOut):
-        execute_read_only(seeded.engine, "SELECT set_config('statement_timeout', '0', false), pg_sleep(30)",
-                          timeout_s=2)
+        execute_read_only(
+            seeded.engine, "SELECT set_config('statement_timeout', '0', false), pg_sleep(30)", timeout_s=2
+        )
     # Through the command: functions that run SQL given as a string are refused (text check and privileges).
-    hidden = SELF_UNTIMED.replace("set_config('statement_timeout', '0', false)",
-                                  "(SELECT count(*) FROM ts_stat('SELECT set_config(''statement_timeout'', "
-                                  "''0'', false)::tsvector'))")
+    hidden = SELF_UNTIMED.replace(
+        "set_config('statement_timeout', '0', false)",
+        "(SELECT count(*) FROM ts_stat('SELECT set_config(''statement_timeout'', ''0'', false)::tsvector'))",
+    )
     result = cli("sql", hidden, "--timeout", "2", expect=None)
     assert result.exit_code == 2 and "ts_stat" in result.output, result.output
     with pytest.raises(WriteRefused, match="ts_stat"):
@@ -387,8 +415,11 @@ def test_owner_lock_waits_end_naming_the_holder(seeded, monkeypatch):
     from kb import migrate, pglocks
 
     monkeypatch.setattr(pglocks, "WAIT_S", 1.0)
-    holder = psycopg.connect(make_url(seeded.url).set(drivername="postgresql").render_as_string(hide_password=False),
-                             autocommit=True, application_name="rf-lock-holder")
+    holder = psycopg.connect(
+        make_url(seeded.url).set(drivername="postgresql").render_as_string(hide_password=False),
+        autocommit=True,
+        application_name="rf-lock-holder",
+    )
     outcome: list[BaseException | None] = []
 
     def upgrade() -> None:

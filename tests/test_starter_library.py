@@ -16,8 +16,15 @@ from kb.db import session_scope
 from kb.errors import InputError
 from kb.starter import load_starter_entries, load_starter_specs, starter_library_path
 
-MATH_SUBJECTS = ("Algebra", "Intermediate Algebra", "Prealgebra", "Number Theory", "Counting & Probability",
-                 "Geometry", "Precalculus")
+MATH_SUBJECTS = (
+    "Algebra",
+    "Intermediate Algebra",
+    "Prealgebra",
+    "Number Theory",
+    "Counting & Probability",
+    "Geometry",
+    "Precalculus",
+)
 # Plain integers, decimals and (possibly negative) fractions, optionally times pi: these must evaluate to numbers.
 NUMERIC_ANSWER = re.compile(r"^-?(\d+(\.\d+)?|\\frac\{\d*(\\pi)?\}\{\d+\})$")
 MATH_SEGMENT = re.compile(r"\$([^$]+)\$")
@@ -76,14 +83,18 @@ def test_every_worked_solution_reaches_its_answer(specs):
     for s in specs:
         gold = parse(f"${s.example_answer}$")
         assert gold, (s.key, s.example_answer)
-        candidates = [c for seg in MATH_SEGMENT.findall(s.example_solution) for c in (seg, seg.split("=")[-1])]
+        candidates = [
+            c for seg in MATH_SEGMENT.findall(s.example_solution) for c in (seg, seg.split("=")[-1])
+        ]
         assert any(verify(gold, parse(f"${c}$")) for c in candidates), (s.key, s.example_answer)
 
 
 def _counts(db) -> tuple[int, int]:
     with db.engine.connect() as conn:
-        return (conn.execute(sa.text("SELECT count(*) FROM template")).scalar_one(),
-                conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar_one())
+        return (
+            conn.execute(sa.text("SELECT count(*) FROM template")).scalar_one(),
+            conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar_one(),
+        )
 
 
 def test_loads_into_the_database_and_reloading_writes_nothing(db, specs):
@@ -111,8 +122,9 @@ def test_imports_through_the_jsonl_importer_as_one_run(db, specs):
     assert second.counts["unchanged"] == len(specs)
     assert _counts(db) == (len(specs), len(specs))
     with db.engine.connect() as conn:
-        runs = conn.execute(sa.text(
-            "SELECT count(DISTINCT run_id) FROM template_version WHERE run_id IS NOT NULL")).scalar_one()
+        runs = conn.execute(
+            sa.text("SELECT count(DISTINCT run_id) FROM template_version WHERE run_id IS NOT NULL")
+        ).scalar_one()
         statuses = conn.execute(sa.text("SELECT DISTINCT status FROM template")).scalars().all()
     assert runs == 1 and statuses == ["active"]
 
@@ -123,24 +135,37 @@ def _write(tmp_path: Path, records: list[dict | str]) -> Path:
     return path
 
 
-GOOD = {"name": "Pick a Base", "category": "Algebra", "section": "Exponents", "tags": ["powers"],
-        "description": "d", "application_scope": "a", "steps": ["s1"], "status": "active"}
+GOOD = {
+    "name": "Pick a Base",
+    "category": "Algebra",
+    "section": "Exponents",
+    "tags": ["powers"],
+    "description": "d",
+    "application_scope": "a",
+    "steps": ["s1"],
+    "status": "active",
+}
 
 
 def test_small_library_loads_with_status(tmp_path):
     path = _write(tmp_path, [GOOD, "", {**GOOD, "name": "Other", "status": "deprecated"}])
     entries = load_starter_entries(path)
-    assert [(s.key, st) for s, st in entries] == [("Algebra/Exponents/Pick a Base", "active"),
-                                                  ("Algebra/Exponents/Other", "deprecated")]
+    assert [(s.key, st) for s, st in entries] == [
+        ("Algebra/Exponents/Pick a Base", "active"),
+        ("Algebra/Exponents/Other", "deprecated"),
+    ]
 
 
-@pytest.mark.parametrize("bad, line, field, message", [
-    ("{not json", 2, None, "invalid JSON"),
-    ({**GOOD, "name": "X", "status": "retired"}, 2, "status", "must be one of"),
-    ({**GOOD, "name": "X", "colour": "red"}, 2, "colour", "unknown field"),
-    ({**GOOD, "name": "X", "steps": "one step"}, 2, "steps", "must be a list"),
-    ({**GOOD}, 2, "name", "duplicate key"),
-])
+@pytest.mark.parametrize(
+    "bad, line, field, message",
+    [
+        ("{not json", 2, None, "invalid JSON"),
+        ({**GOOD, "name": "X", "status": "retired"}, 2, "status", "must be one of"),
+        ({**GOOD, "name": "X", "colour": "red"}, 2, "colour", "unknown field"),
+        ({**GOOD, "name": "X", "steps": "one step"}, 2, "steps", "must be a list"),
+        ({**GOOD}, 2, "name", "duplicate key"),
+    ],
+)
 def test_bad_records_name_file_line_and_field(tmp_path, bad, line, field, message):
     path = _write(tmp_path, [GOOD, bad])
     with pytest.raises(InputError, match=message) as err:

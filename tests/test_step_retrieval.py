@@ -80,8 +80,10 @@ def test_every_caller_returns_under_load(n):
     encoder, embedder = SharedEncoder(), FakeEmbedder()
     embedder.release.set()
     out: list = [None] * n
-    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, encoder.encode(embedder, [f"t-{i}"])))
-               for i in range(n)]
+    threads = [
+        threading.Thread(target=lambda i=i: out.__setitem__(i, encoder.encode(embedder, [f"t-{i}"])))
+        for i in range(n)
+    ]
     for t in threads:
         t.start()
     for t in threads:

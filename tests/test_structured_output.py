@@ -27,12 +27,16 @@ from pipelines.parsing import TEMPLATE_SCHEMA, ParseError, validate
 from tests.llm_server import LocalLLM
 from tests.real_model import require_llama_cpp, smollm2_gguf, smollm2_hf_dir
 
-CONTRACT_SCHEMAS = {"plan": navigator.plan_schema(), "evaluation": navigator.evaluation_schema(),
-                    "template": TEMPLATE_SCHEMA}
+CONTRACT_SCHEMAS = {
+    "plan": navigator.plan_schema(),
+    "evaluation": navigator.evaluation_schema(),
+    "template": TEMPLATE_SCHEMA,
+}
 PLAN_REPLY = navigator.render_plan("Add two counts.", [("Add the numbers", "Sum Rule")])
 
 
 # ---- decoding schemas -------------------------------------------------------------------------------------
+
 
 def test_decoding_schema_drops_large_bounds_and_keeps_the_shape():
     full = navigator.plan_schema()
@@ -52,10 +56,21 @@ def test_decoding_schema_drops_large_bounds_and_keeps_the_shape():
 
 def test_every_reply_the_contract_accepts_the_decoder_accepts():
     """Decoding never forbids a valid reply: the decoding schema is weaker, the parser does the rest."""
-    replies = {"plan": PLAN_REPLY, "evaluation": navigator.render_evaluation("stop", "done", answer="3"),
-               "template": json.dumps({"name": "Sum rule", "type": "technique", "tags": ["arithmetic"],
-                                       "description": "Add the two counts.", "scope": "Two counts combined.",
-                                       "steps": ["Add them"], "example": {"problem": "1+1", "solution": "2"}})}
+    replies = {
+        "plan": PLAN_REPLY,
+        "evaluation": navigator.render_evaluation("stop", "done", answer="3"),
+        "template": json.dumps(
+            {
+                "name": "Sum rule",
+                "type": "technique",
+                "tags": ["arithmetic"],
+                "description": "Add the two counts.",
+                "scope": "Two counts combined.",
+                "steps": ["Add them"],
+                "example": {"problem": "1+1", "solution": "2"},
+            }
+        ),
+    }
     for name, schema in CONTRACT_SCHEMAS.items():
         value = json.loads(replies[name])
         validate(value, schema, name)
@@ -100,21 +115,37 @@ LLAMA_GRAMMAR_CHECK = textwrap.dedent("""
 def test_llama_cpp_parses_the_decoding_schemas_and_not_the_full_ones():
     require_llama_cpp()
     gguf = smollm2_gguf()  # the grammar parser needs a vocabulary: the GGUF's, loaded vocab-only
-    schemas = {**{f"full {n}": s for n, s in CONTRACT_SCHEMAS.items()},
-               **{f"decoding {n}": decoding_schema(s) for n, s in CONTRACT_SCHEMAS.items()}}
-    r = subprocess.run([sys.executable, "-c", LLAMA_GRAMMAR_CHECK, str(gguf)], input=json.dumps(schemas),
-                       check=False, capture_output=True, text=True, timeout=120)
+    schemas = {
+        **{f"full {n}": s for n, s in CONTRACT_SCHEMAS.items()},
+        **{f"decoding {n}": decoding_schema(s) for n, s in CONTRACT_SCHEMAS.items()},
+    }
+    r = subprocess.run(
+        [sys.executable, "-c", LLAMA_GRAMMAR_CHECK, str(gguf)],
+        input=json.dumps(schemas),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     parsed = json.loads(r.stdout.strip().splitlines()[-1])
-    assert parsed == {**{f"full {n}": False for n in CONTRACT_SCHEMAS},
-                      **{f"decoding {n}": True for n in CONTRACT_SCHEMAS}}
+    assert parsed == {
+        **{f"full {n}": False for n in CONTRACT_SCHEMAS},
+        **{f"decoding {n}": True for n in CONTRACT_SCHEMAS},
+    }
 
 
 # ---- the option -------------------------------------------------------------------------------------------
 
+
 def test_structured_output_values():
-    assert [structured_mode(v) for v in (False, None, True, "json_schema", "json_object")] == \
-        [None, None, "auto", "json_schema", "json_object"]
+    assert [structured_mode(v) for v in (False, None, True, "json_schema", "json_object")] == [
+        None,
+        None,
+        "auto",
+        "json_schema",
+        "json_object",
+    ]
     for bad in ("yes", "json", 1, "JSON_SCHEMA"):
         with pytest.raises(InputError, match="structured_output"):
             structured_mode(bad)
@@ -122,8 +153,10 @@ def test_structured_output_values():
 
 def test_config_refuses_an_unknown_structured_output_value(tmp_path):
     good = tmp_path / "good.toml"
-    good.write_text('[roles.navigator]\nbackend = "openai"\nmodel = "m"\nstructured_output = "json_object"\n'
-                    '[roles.inference]\nbackend = "transformers"\nmodel_path = "/m"\nstructured_output = true\n')
+    good.write_text(
+        '[roles.navigator]\nbackend = "openai"\nmodel = "m"\nstructured_output = "json_object"\n'
+        '[roles.inference]\nbackend = "transformers"\nmodel_path = "/m"\nstructured_output = true\n'
+    )
     cfg = load_config(good)
     assert cfg.roles["navigator"].options["structured_output"] == "json_object"
     bad = tmp_path / "bad.toml"
@@ -137,8 +170,10 @@ def test_config_refuses_an_unknown_structured_output_value(tmp_path):
 # ---- dialects on an OpenAI-compatible server -------------------------------------------------------------
 
 # What llama-cpp-python 0.3.36's server answers a json_schema response_format (HTTP 500).
-LLAMA_CPP_REFUSAL = ("1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
-                     "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}")
+LLAMA_CPP_REFUSAL = (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+    "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}"
+)
 
 
 def _llama_cpp_like(body):
@@ -156,13 +191,17 @@ def llama_like():
 
 
 def _plan_request(i=0):
-    return ChatRequest(navigator.plan_messages(f"Problem {i}"), SamplingParams(max_tokens=64),
-                       response_schema=navigator.plan_schema())
+    return ChatRequest(
+        navigator.plan_messages(f"Problem {i}"),
+        SamplingParams(max_tokens=64),
+        response_schema=navigator.plan_schema(),
+    )
 
 
 def test_true_falls_back_once_to_json_object_and_records_it(llama_like, db):
-    backend = create_backend("openai", model="m", base_url=llama_like.url, structured_output=True,
-                             backoff_s=5.0, max_concurrency=4)
+    backend = create_backend(
+        "openai", model="m", base_url=llama_like.url, structured_output=True, backoff_s=5.0, max_concurrency=4
+    )
     run_id = start_run(db, "test")
     logged = LoggedBackend(backend, db, run_id, "sample")
     t0 = time.monotonic()
@@ -180,14 +219,25 @@ def test_true_falls_back_once_to_json_object_and_records_it(llama_like, db):
     assert [b["response_format"]["type"] for b in llama_like.requests[2:]] == ["json_object"] * 4
     # ... and every logged call says how its decoding was constrained.
     with db.engine.connect() as conn:
-        recorded = conn.execute(sa.text("SELECT params->>'structured_output' FROM llm_call WHERE run_id = :r"),
-                                {"r": run_id}).scalars().all()
+        recorded = (
+            conn.execute(
+                sa.text("SELECT params->>'structured_output' FROM llm_call WHERE run_id = :r"), {"r": run_id}
+            )
+            .scalars()
+            .all()
+        )
     assert recorded == ["json_object"] * 5
 
 
 def test_a_refused_explicit_dialect_fails_at_once_and_says_what_to_set(llama_like):
-    backend = create_backend("openai", model="m", base_url=llama_like.url, structured_output="json_schema",
-                             backoff_s=5.0, max_retries=4)
+    backend = create_backend(
+        "openai",
+        model="m",
+        base_url=llama_like.url,
+        structured_output="json_schema",
+        backoff_s=5.0,
+        max_retries=4,
+    )
     [c] = backend.generate([_plan_request()])
     assert len(llama_like.requests) == 1  # not retried four times
     assert c.text == "" and "refused response_format (json_schema)" in c.error
@@ -204,8 +254,9 @@ def test_json_object_is_sent_as_llama_cpp_takes_it(llama_like):
 
 
 def test_a_server_refusing_both_dialects_fails_without_retries():
-    srv = LocalLLM(refuse=lambda body: (400, "response_format is not supported") if "response_format" in body
-                   else None)
+    srv = LocalLLM(
+        refuse=lambda body: (400, "response_format is not supported") if "response_format" in body else None
+    )
     try:
         backend = create_backend("openai", model="m", base_url=srv.url, structured_output=True, backoff_s=5.0)
         [c] = backend.generate([_plan_request()])
@@ -218,6 +269,7 @@ def test_a_server_refusing_both_dialects_fails_without_retries():
 
 # ---- in-process constrained decoding (transformers + xgrammar) ------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     from pipelines.tiny_model import build_tiny_model
@@ -228,11 +280,21 @@ def tiny_dir(tmp_path_factory):
 def test_transformers_constrains_a_batch_row_by_row(tiny_dir):
     """A random model under a schema writes exactly what the schema allows; unconstrained requests in the
     same call are untouched."""
-    choice = {"type": "object", "additionalProperties": False, "required": ["a"],
-              "properties": {"a": {"enum": ["left", "right"]}}}
+    choice = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["a"],
+        "properties": {"a": {"enum": ["left", "right"]}},
+    }
     backend = create_backend("transformers", model_path=str(tiny_dir), structured_output=True, batch_size=4)
-    reqs = [ChatRequest([{"role": "user", "content": f"pick {i}"}], SamplingParams(temperature=1.0, seed=i,
-                        max_tokens=24), response_schema=choice) for i in range(4)]
+    reqs = [
+        ChatRequest(
+            [{"role": "user", "content": f"pick {i}"}],
+            SamplingParams(temperature=1.0, seed=i, max_tokens=24),
+            response_schema=choice,
+        )
+        for i in range(4)
+    ]
     reqs.append(ChatRequest([{"role": "user", "content": "free"}], SamplingParams(max_tokens=6)))
     out = backend.generate(reqs)
     for c in out[:4]:
@@ -251,12 +313,19 @@ def test_untrained_smollm2_under_constraints_plans_that_parse():
     through, so every reply parses unless it ran out of tokens inside a string (a 135M model sometimes
     repeats itself there; measured: 7 of 8 greedy, 6 of 8 at temperature 0.7); at least 7 of 8 parse."""
     model_dir = smollm2_hf_dir()
-    backend = create_backend("transformers", model_path=str(model_dir), structured_output=True, batch_size=8,
-                             threads=1)  # one thread: on a busy 2-core machine two threads wait on each other
+    backend = create_backend(
+        "transformers", model_path=str(model_dir), structured_output=True, batch_size=8, threads=1
+    )  # one thread: on a busy 2-core machine two threads wait on each other
     steps = toy_world.MAX_STEPS
     problems = [p["text"] for p in toy_world.problems("test", 3)][:8]
-    reqs = [ChatRequest(navigator.plan_messages(p, max_steps=steps), SamplingParams(max_tokens=PLAN_TOKENS),
-                        response_schema=navigator.plan_schema(steps)) for p in problems]
+    reqs = [
+        ChatRequest(
+            navigator.plan_messages(p, max_steps=steps),
+            SamplingParams(max_tokens=PLAN_TOKENS),
+            response_schema=navigator.plan_schema(steps),
+        )
+        for p in problems
+    ]
     out = backend.generate(reqs)
     assert all(c.error is None and c.structured == "xgrammar" for c in out)
     parsed = 0

@@ -16,19 +16,56 @@ def _count(db, table: str) -> int:
 
 
 def _add_vieta(cli):
-    return cli("templates", "add", "--category", "Algebra", "--section", "Polynomials", "--name",
-               "Vieta's formulas", "--tag", "roots", "--tag", "polynomials", "--description",
-               "Relate roots to coefficients.", "--step", "Write the monic polynomial", "--step",
-               "Read off the elementary symmetric sums", "--type", "Problem-Solving Method", "--json")
+    return cli(
+        "templates",
+        "add",
+        "--category",
+        "Algebra",
+        "--section",
+        "Polynomials",
+        "--name",
+        "Vieta's formulas",
+        "--tag",
+        "roots",
+        "--tag",
+        "polynomials",
+        "--description",
+        "Relate roots to coefficients.",
+        "--step",
+        "Write the monic polynomial",
+        "--step",
+        "Read off the elementary symmetric sums",
+        "--type",
+        "Problem-Solving Method",
+        "--json",
+    )
 
 
 def test_add_edit_noop_history_and_diff(cli, db):
     added = json.loads(_add_vieta(cli).output)
-    assert added == [{"id": 1, "key": KEY, "version": 1, "version_id": added[0]["version_id"],
-                      "content_hash": added[0]["content_hash"], "embedded": []}]
+    assert added == [
+        {
+            "id": 1,
+            "key": KEY,
+            "version": 1,
+            "version_id": added[0]["version_id"],
+            "content_hash": added[0]["content_hash"],
+            "embedded": [],
+        }
+    ]
 
-    edited = json.loads(cli("templates", "edit", KEY, "--description", "Sums and products of roots.",
-                            "--note", "clarify", "--json").output)
+    edited = json.loads(
+        cli(
+            "templates",
+            "edit",
+            KEY,
+            "--description",
+            "Sums and products of roots.",
+            "--note",
+            "clarify",
+            "--json",
+        ).output
+    )
     assert edited["changed"] is True and edited["version"] == 2
 
     same = cli("templates", "edit", "1", "--description", "Sums and products of roots.")
@@ -37,12 +74,15 @@ def test_add_edit_noop_history_and_diff(cli, db):
 
     history = json.loads(cli("templates", "history", KEY, "--json").output)
     assert [(h["version"], h["current"], h["change_note"]) for h in history] == [
-        (1, False, "created"), (2, True, "clarify")]
+        (1, False, "created"),
+        (2, True, "clarify"),
+    ]
     assert history[1]["parent_version_id"] == history[0]["version_id"]
 
     diff = json.loads(cli("templates", "diff", KEY, "1", "2", "--json").output)
-    assert diff["changes"] == [{"field": "description", "old": "Relate roots to coefficients.",
-                                "new": "Sums and products of roots."}]
+    assert diff["changes"] == [
+        {"field": "description", "old": "Relate roots to coefficients.", "new": "Sums and products of roots."}
+    ]
     table = cli("templates", "diff", KEY, "1", "2").output
     assert "description" in table and "Sums and products of roots." in table
 
@@ -56,7 +96,9 @@ def test_add_edit_noop_history_and_diff(cli, db):
 def test_expect_version_conflict_exits_3_and_writes_nothing(cli, db):
     _add_vieta(cli)
     cli("templates", "edit", KEY, "--description", "first editor", "--expect-version", "1")
-    result = cli("templates", "edit", KEY, "--description", "second editor", "--expect-version", "1", expect=3)
+    result = cli(
+        "templates", "edit", KEY, "--description", "second editor", "--expect-version", "1", expect=3
+    )
     assert "someone else edited it first" in result.output and "version 2" in result.output
     assert _count(db, "template_version") == 2
     current = json.loads(cli("templates", "show", KEY, "--json").output)
@@ -83,12 +125,26 @@ def test_edit_from_show_json_round_trip_uses_its_version(cli, db, tmp_path):
 
 def test_add_from_yaml_list_and_flags_override(cli, db, tmp_path):
     path = tmp_path / "new.yaml"
-    path.write_text(yaml.safe_dump([
-        {"name": "Telescoping sums", "category": "Sequences", "section": "Sums", "tags": ["sums"],
-         "steps": ["Write the term as a difference", "Cancel"], "example_problem": "Sum 1/(k(k+1))."},
-        {"name": "Stars and bars", "category": "Counting", "tags": ["combinations"],
-         "description": "Count multisets."},
-    ]))
+    path.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Telescoping sums",
+                    "category": "Sequences",
+                    "section": "Sums",
+                    "tags": ["sums"],
+                    "steps": ["Write the term as a difference", "Cancel"],
+                    "example_problem": "Sum 1/(k(k+1)).",
+                },
+                {
+                    "name": "Stars and bars",
+                    "category": "Counting",
+                    "tags": ["combinations"],
+                    "description": "Count multisets.",
+                },
+            ]
+        )
+    )
     out = json.loads(cli("templates", "add", "--file", str(path), "--note", "seed", "--json").output)
     assert [r["key"] for r in out] == ["Sequences/Sums/Telescoping sums", "Counting/Stars and bars"]
     shown = json.loads(cli("templates", "show", "Counting/Stars and bars", "--json").output)
@@ -130,23 +186,57 @@ def test_add_and_edit_bad_input_names_file_record_field(cli, db, tmp_path):
 
 def test_list_filters_and_status(cli, db):
     _add_vieta(cli)
-    cli("templates", "add", "--category", "Sequences", "--section", "Arithmetic", "--name", "Sum of terms",
-        "--tag", "Series", "--tag", "sums", "--description", "Pair the first and last terms (Gauss).")
-    cli("templates", "add", "--category", "Sequences", "--section", "Geometric", "--name", "Common ratio",
-        "--tag", "series", "--description", "Divide consecutive terms.")
+    cli(
+        "templates",
+        "add",
+        "--category",
+        "Sequences",
+        "--section",
+        "Arithmetic",
+        "--name",
+        "Sum of terms",
+        "--tag",
+        "Series",
+        "--tag",
+        "sums",
+        "--description",
+        "Pair the first and last terms (Gauss).",
+    )
+    cli(
+        "templates",
+        "add",
+        "--category",
+        "Sequences",
+        "--section",
+        "Geometric",
+        "--name",
+        "Common ratio",
+        "--tag",
+        "series",
+        "--description",
+        "Divide consecutive terms.",
+    )
 
     def keys(*args):
         return [r["key"] for r in json.loads(cli("templates", "list", *args, "--json").output)]
 
     assert len(keys()) == 3
-    assert keys("--category", "sequences") == ["Sequences/Arithmetic/Sum of terms", "Sequences/Geometric/Common ratio"]
+    assert keys("--category", "sequences") == [
+        "Sequences/Arithmetic/Sum of terms",
+        "Sequences/Geometric/Common ratio",
+    ]
     assert keys("--tag", "SERIES", "--tag", "sums") == ["Sequences/Arithmetic/Sum of terms"]
     assert keys("--text", "gauss") == ["Sequences/Arithmetic/Sum of terms"]  # ILIKE on the description
     assert keys("--text", "dividing terms") == ["Sequences/Geometric/Common ratio"]  # full text, stemmed
     assert keys("--text", "100%") == []
 
     out = json.loads(cli("templates", "deprecate", "Sequences/Geometric/Common ratio", "--json").output)
-    assert out == {"id": 3, "key": "Sequences/Geometric/Common ratio", "status": "deprecated", "changed": True}
+    assert out == {
+        "id": 3,
+        "key": "Sequences/Geometric/Common ratio",
+        "status": "deprecated",
+        "changed": True,
+    }
     assert keys("--status", "active") == [KEY, "Sequences/Arithmetic/Sum of terms"]
     assert keys("--status", "deprecated") == ["Sequences/Geometric/Common ratio"]
     assert _count(db, "template_version") == 3  # status is not content: no new version
@@ -158,7 +248,7 @@ def test_list_filters_and_status(cli, db):
     assert csv_out[0].startswith("id,key,category") and len(csv_out) == 2
 
 
-EDITOR_SCRIPT = '''
+EDITOR_SCRIPT = """
 import pathlib, sys
 path = pathlib.Path(sys.argv[-1])
 count = pathlib.Path(sys.argv[1])
@@ -173,7 +263,7 @@ elif mode == "bad-then-fix" and n == 0:  # an unknown field first: the editor re
 elif mode == "bad-then-fix":
     assert text.startswith("# ERROR:"), text
     path.write_text(text.replace("colour: blue\\n", "").replace("Relate roots", "Relating roots"))
-'''
+"""
 
 
 def _editor(tmp_path, monkeypatch, mode: str):
@@ -194,7 +284,9 @@ def test_edit_without_fields_opens_the_editor_on_yaml(cli, db, tmp_path, monkeyp
     assert out["changed"] is True and out["version"] == 2 and opened.read_text() == "1"
     shown = json.loads(cli("templates", "show", KEY, "--json").stdout)
     assert shown["description"] == "Edited in an editor." and shown["steps"] == [
-        "Write the monic polynomial", "Read off the elementary symmetric sums"]
+        "Write the monic polynomial",
+        "Read off the elementary symmetric sums",
+    ]
 
 
 def test_the_editor_reopens_on_an_error_and_unchanged_writes_nothing(cli, db, tmp_path, monkeypatch):
@@ -202,7 +294,9 @@ def test_the_editor_reopens_on_an_error_and_unchanged_writes_nothing(cli, db, tm
     opened = _editor(tmp_path, monkeypatch, "bad-then-fix")
     out = json.loads(cli("templates", "edit", KEY, "--no-embed", "--json").stdout)
     assert opened.read_text() == "2" and out["version"] == 2
-    assert json.loads(cli("templates", "show", KEY, "--json").stdout)["description"].startswith("Relating roots")
+    assert json.loads(cli("templates", "show", KEY, "--json").stdout)["description"].startswith(
+        "Relating roots"
+    )
 
     _editor(tmp_path, monkeypatch, "leave")  # saves nothing new
     result = cli("templates", "edit", KEY)

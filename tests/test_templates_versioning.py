@@ -11,8 +11,14 @@ from kb.errors import ConflictError, InputError
 
 
 def _spec(**kw):
-    base = {"name": "Vieta's formulas", "category": "Algebra", "section": "Polynomials", "tags": ["roots"],
-            "description": "Relate roots to coefficients.", "steps": ["Write the polynomial", "Read off sums"]}
+    base = {
+        "name": "Vieta's formulas",
+        "category": "Algebra",
+        "section": "Polynomials",
+        "tags": ["roots"],
+        "description": "Relate roots to coefficients.",
+        "steps": ["Write the polynomial", "Read off sums"],
+    }
     return T.TemplateSpec(**{**base, **kw})
 
 
@@ -21,8 +27,9 @@ def test_create_edit_noop_and_history(db):
         v1 = T.create_template(s, _spec())
     assert v1.version_no == 1
     with session_scope(db) as s:
-        v2, changed = T.edit_template(s, "Algebra/Polynomials/Vieta's formulas", {"description": "New."},
-                                      change_note="clarify")
+        v2, changed = T.edit_template(
+            s, "Algebra/Polynomials/Vieta's formulas", {"description": "New."}, change_note="clarify"
+        )
     assert changed and v2.version_no == 2 and v2.parent_version_id == v1.id
     with session_scope(db) as s:
         same, changed = T.edit_template(s, v2.template_id, {"description": "New."})
@@ -30,8 +37,9 @@ def test_create_edit_noop_and_history(db):
     with session_scope(db) as s:
         hist = T.history(s, v2.template_id)
         assert [h.version_no for h in hist] == [1, 2]
-        assert T.diff_versions(hist[0], hist[1]) == [{"field": "description", "old": "Relate roots to coefficients.",
-                                                       "new": "New."}]
+        assert T.diff_versions(hist[0], hist[1]) == [
+            {"field": "description", "old": "Relate roots to coefficients.", "new": "New."}
+        ]
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM template_version")).scalar() == 2
 
@@ -70,4 +78,6 @@ def test_concurrent_edit_from_second_connection_conflicts(db):
 
 def test_bad_spec_names_field():
     with pytest.raises(InputError, match="field tags"):
-        T.TemplateSpec.from_dict({"name": "x", "category": "y", "tags": "notalist"}, file="t.json", record="0")
+        T.TemplateSpec.from_dict(
+            {"name": "x", "category": "y", "tags": "notalist"}, file="t.json", record="0"
+        )

@@ -11,8 +11,11 @@ from pipelines.tiny_model import build_tiny_model, check_model_dir
 
 
 def _digest(path):
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(path.iterdir()) if p.name in ("model.safetensors", "tokenizer.json", "config.json")}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.iterdir())
+        if p.name in ("model.safetensors", "tokenizer.json", "config.json")
+    }
 
 
 def test_tiny_model_loads_offline_and_chats(tmp_path, monkeypatch):
@@ -25,8 +28,9 @@ def test_tiny_model_loads_offline_and_chats(tmp_path, monkeypatch):
     assert model.config.model_type == "qwen2"
     assert tok.padding_side == "left"
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
-    prompt = tok.apply_chat_template([{"role": "user", "content": "Find x."}], tokenize=False,
-                                     add_generation_prompt=True)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "Find x."}], tokenize=False, add_generation_prompt=True
+    )
     assert prompt == "<|im_start|>user\nFind x.<|im_end|>\n<|im_start|>assistant\n"
     ids = tok(prompt, return_tensors="pt")
     assert tok.convert_tokens_to_ids("<|im_start|>") in ids["input_ids"][0].tolist()

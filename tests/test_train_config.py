@@ -13,9 +13,18 @@ from pipelines.train import DPOTrainConfig, SFTTrainConfig
 
 def test_sft_defaults_are_the_papers():
     c = SFTTrainConfig()
-    assert (c.finetuning_type, c.learning_rate, c.num_train_epochs, c.max_length, c.bf16) == \
-        ("full", 2e-5, 3.0, 2048, True)
-    assert (c.per_device_train_batch_size, c.gradient_accumulation_steps, c.lr_scheduler_type) == (1, 8, "cosine")
+    assert (c.finetuning_type, c.learning_rate, c.num_train_epochs, c.max_length, c.bf16) == (
+        "full",
+        2e-5,
+        3.0,
+        2048,
+        True,
+    )
+    assert (c.per_device_train_batch_size, c.gradient_accumulation_steps, c.lr_scheduler_type) == (
+        1,
+        8,
+        "cosine",
+    )
     assert DPOTrainConfig().bf16 is True and DPOTrainConfig().beta == 0.1
 
 
@@ -37,8 +46,10 @@ def test_every_field_is_documented():
 
 def test_yaml_then_flags_precedence(tmp_path):
     path = tmp_path / "train.yaml"
-    path.write_text("learning_rate: 1e-5\nnum_train_epochs: 2\nmax_length: 512\n"
-                    "dpo:\n  beta: 0.5\n  learning_rate: 3e-7\nsft:\n  packing: true\n")
+    path.write_text(
+        "learning_rate: 1e-5\nnum_train_epochs: 2\nmax_length: 512\n"
+        "dpo:\n  beta: 0.5\n  learning_rate: 3e-7\nsft:\n  packing: true\n"
+    )
     sft = SFTTrainConfig.load(path, {"num_train_epochs": "5", "max_steps": None})
     assert (sft.learning_rate, sft.num_train_epochs, sft.max_length, sft.packing) == (1e-5, 5.0, 512, True)
     assert sft.max_steps == -1  # a flag left unset does not override
@@ -46,15 +57,18 @@ def test_yaml_then_flags_precedence(tmp_path):
     assert (dpo.learning_rate, dpo.beta, dpo.max_length) == (3e-7, 0.2, 512)
 
 
-@pytest.mark.parametrize("yaml_text, field", [
-    ("learning_rate: fast\n", "learning_rate"),
-    ("lerning_rate: 1e-5\n", "lerning_rate"),
-    ("bf16: maybe\n", "bf16"),
-    ("finetuning_type: qlora\n", "finetuning_type"),
-    ("finetuning_type: lora\nlora_r: 0\n", "lora_r"),
-    ("per_device_train_batch_size: 0\n", "per_device_train_batch_size"),
-    ("max_steps: 0\n", "max_steps"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, field",
+    [
+        ("learning_rate: fast\n", "learning_rate"),
+        ("lerning_rate: 1e-5\n", "lerning_rate"),
+        ("bf16: maybe\n", "bf16"),
+        ("finetuning_type: qlora\n", "finetuning_type"),
+        ("finetuning_type: lora\nlora_r: 0\n", "lora_r"),
+        ("per_device_train_batch_size: 0\n", "per_device_train_batch_size"),
+        ("max_steps: 0\n", "max_steps"),
+    ],
+)
 def test_bad_yaml_names_the_field(tmp_path, yaml_text, field):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)

@@ -15,9 +15,25 @@ from pipelines.tiny_model import build_tiny_model
 from pipelines.train import resolve_navigator
 from tests.train_support import dpo_rows, sft_rows, write_export
 
-CPU_ARGS = ("--num-gpus", "0", "--no-bf16", "--max-steps", "2", "--cutoff", "64", "--batch-size", "2",
-            "--grad-accum", "1", "--set", "gradient_checkpointing=false", "--set", "save_steps=1",
-            "--progress-timeout", "300")
+CPU_ARGS = (
+    "--num-gpus",
+    "0",
+    "--no-bf16",
+    "--max-steps",
+    "2",
+    "--cutoff",
+    "64",
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "1",
+    "--set",
+    "gradient_checkpointing=false",
+    "--set",
+    "save_steps=1",
+    "--progress-timeout",
+    "300",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -40,26 +56,47 @@ def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
     sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows())
     dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows())
 
-    sft = _train(cli, "sft", "--dataset", sft_data, "--base-model", str(tiny), "--name", "nav-sft",
-                 "--lr", "1e-4")
+    sft = _train(
+        cli, "sft", "--dataset", sft_data, "--base-model", str(tiny), "--name", "nav-sft", "--lr", "1e-4"
+    )
     assert sft["status"] == "succeeded" and sft["navigator"] == "nav-sft"
     assert math.isfinite(sft["metrics"]["loss"]) and sft["metrics"]["global_step"] == 2
     assert sft["metrics"]["train_tokens_per_second"] > 0 and sft["metrics"]["peak_rss_gib"] > 0
 
     # Stage 2 starts from the stage-1 navigator, by name.
-    dpo = _train(cli, "dpo", "--dataset", dpo_data, "--base-model", "nav-sft", "--beta", "0.2",
-                 "--lr", "5e-5", "--max-steps", "3")
+    dpo = _train(
+        cli,
+        "dpo",
+        "--dataset",
+        dpo_data,
+        "--base-model",
+        "nav-sft",
+        "--beta",
+        "0.2",
+        "--lr",
+        "5e-5",
+        "--max-steps",
+        "3",
+    )
     assert dpo["status"] == "succeeded" and dpo["navigator"] == f"navigator-dpo-run{dpo['id']}"
     metrics = dpo["metrics"]
     assert math.isfinite(metrics["loss"]) and 0.0 <= metrics["rewards/accuracies"] <= 1.0
     assert "rewards/margins" in metrics and metrics["global_step"] == 3
 
     with db.engine.connect() as conn:
-        steps = conn.execute(sa.text(
-            "SELECT step, metrics FROM training_metric WHERE run_id = :r ORDER BY step"), {"r": dpo["id"]}).all()
-        run = conn.execute(sa.text("SELECT * FROM training_run WHERE id = :r"), {"r": dpo["id"]}).mappings().one()
+        steps = conn.execute(
+            sa.text("SELECT step, metrics FROM training_metric WHERE run_id = :r ORDER BY step"),
+            {"r": dpo["id"]},
+        ).all()
+        run = (
+            conn.execute(sa.text("SELECT * FROM training_run WHERE id = :r"), {"r": dpo["id"]})
+            .mappings()
+            .one()
+        )
     assert [s for s, _ in steps] == [1, 2, 3]
-    assert all("rewards/accuracies" in m and "rewards/margins" in m and math.isfinite(m["loss"]) for _, m in steps)
+    assert all(
+        "rewards/accuracies" in m and "rewards/margins" in m and math.isfinite(m["loss"]) for _, m in steps
+    )
     assert run["config"]["training"]["beta"] == 0.2 and run["config"]["training"]["learning_rate"] == 5e-5
     with db.session() as s:
         assert run["base_model"] == resolve_navigator(s, "nav-sft")
@@ -75,8 +112,9 @@ def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
     with db.session() as s:
         path = resolve_navigator(s, dpo["navigator"])
     backend = TransformersBackend(path)
-    out = backend.generate([ChatRequest([{"role": "user", "content": "Solve x^2 = 4."}],
-                                        SamplingParams(max_tokens=5))])
+    out = backend.generate(
+        [ChatRequest([{"role": "user", "content": "Solve x^2 = 4."}], SamplingParams(max_tokens=5))]
+    )
     assert out[0].error is None and out[0].completion_tokens > 0
 
 
@@ -84,8 +122,20 @@ def test_sft_then_dpo_on_cpu(cli, db, tiny, tmp_path):
 def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
     """The GPU path (accelerate launch -> worker process -> metrics in the KB) exercised with 1 CPU process."""
     data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
-    run = _train(cli, "sft", "--dataset", data, "--base-model", str(tiny), "--launcher", "accelerate",
-                 "--max-steps", "1", "--output-dir", str(tmp_path / "out"))
+    run = _train(
+        cli,
+        "sft",
+        "--dataset",
+        data,
+        "--base-model",
+        str(tiny),
+        "--launcher",
+        "accelerate",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
     assert (tmp_path / "out" / "launch_spec.json").is_file() and (tmp_path / "out" / "config.json").is_file()
     assert run["metrics"]["global_step"] == 1 and (tmp_path / "out" / "train.log").is_file()
@@ -121,8 +171,22 @@ def test_deepspeed_zero3_on_cpu(cli, db, tiny, tmp_path, tmp_path_factory, monke
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
     data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
     # A first build of cpu_adam prints nothing for minutes on two busy cores.
-    run = _train(cli, "sft", "--dataset", data, "--base-model", str(tiny), "--deepspeed", "zero3",
-                 "--max-steps", "1", "--output-dir", str(tmp_path / "out"), "--progress-timeout", "1200")
+    run = _train(
+        cli,
+        "sft",
+        "--dataset",
+        data,
+        "--base-model",
+        str(tiny),
+        "--deepspeed",
+        "zero3",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--progress-timeout",
+        "1200",
+    )
     assert run["status"] == "succeeded" and math.isfinite(run["metrics"]["loss"])
     assert (tmp_path / "out" / "checkpoint-1" / "global_step1").is_dir()  # DeepSpeed's ZeRO checkpoint
     assert (tmp_path / "out" / "model.safetensors").is_file()  # 16-bit weights gathered on save
@@ -137,8 +201,19 @@ def test_lora_sft_and_dpo_save_merged_plain_models(cli, db, tiny, tmp_path):
     sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows())
     dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows())
     lora = ("--set", "finetuning_type=lora", "--set", "lora_r=4", "--set", "lora_alpha=8")
-    sft = _train(cli, "sft", "--dataset", sft_data, "--base-model", str(tiny), "--name", "nav-lora",
-                 "--lr", "1e-2", *lora)
+    sft = _train(
+        cli,
+        "sft",
+        "--dataset",
+        sft_data,
+        "--base-model",
+        str(tiny),
+        "--name",
+        "nav-lora",
+        "--lr",
+        "1e-2",
+        *lora,
+    )
     assert sft["status"] == "succeeded"
     with db.session() as s:
         out = resolve_navigator(s, "nav-lora")
@@ -154,6 +229,19 @@ def test_lora_sft_and_dpo_save_merged_plain_models(cli, db, tiny, tmp_path):
 
 def test_lora_refuses_deepspeed(cli, db, tiny, tmp_path):
     data = write_export(db, tmp_path / "sft", "sft", sft_rows())
-    r = cli("train", "sft", *CPU_ARGS, "--dataset", data, "--base-model", str(tiny), "--set", "finetuning_type=lora",
-            "--deepspeed", "zero3", "--dry-run", expect=None)
+    r = cli(
+        "train",
+        "sft",
+        *CPU_ARGS,
+        "--dataset",
+        data,
+        "--base-model",
+        str(tiny),
+        "--set",
+        "finetuning_type=lora",
+        "--deepspeed",
+        "zero3",
+        "--dry-run",
+        expect=None,
+    )
     assert r.exit_code == 2 and "finetuning_type" in r.output and "DeepSpeed" in r.output

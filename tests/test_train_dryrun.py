@@ -37,8 +37,22 @@ def _dry(cli, *args, expect=0):
 
 
 def test_dry_run_plans_the_papers_32b_run_on_8_a100s(cli, big_model, sft_export, tmp_path):
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", "zero3",
-               "--num-gpus", "8", "--gpu-memory-gb", "80", "--output-dir", str(tmp_path / "ckpt"), "--json").stdout
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        "zero3",
+        "--num-gpus",
+        "8",
+        "--gpu-memory-gb",
+        "80",
+        "--output-dir",
+        str(tmp_path / "ckpt"),
+        "--json",
+    ).stdout
     plan = json.loads(out)
     argv = shlex.split(plan["command"])
     assert argv[0].endswith("accelerate") and argv[1] == "launch"
@@ -53,14 +67,23 @@ def test_dry_run_plans_the_papers_32b_run_on_8_a100s(cli, big_model, sft_export,
     assert 32e9 < plan["model_params"]["total"] < 34e9  # Qwen2.5-32B from config.json alone
     assert mem["zero_stage"] == 3 and mem["num_gpus"] == 8 and mem["offload_optimizer"] is True
     # ZeRO-3 with optimizer offload: 2 bytes/param over 8 GPUs + the largest layer gathered (4 bytes/param).
-    expected = (4 * plan["model_params"]["largest_layer"] + 2 * plan["model_params"]["total"] / 8) / 2 ** 30
+    expected = (4 * plan["model_params"]["largest_layer"] + 2 * plan["model_params"]["total"] / 8) / 2**30
     assert mem["per_gpu_gib"] == pytest.approx(expected, abs=0.01)
     assert not (tmp_path / "ckpt").exists()  # nothing started, nothing written
 
 
 def test_dry_run_text_shows_command_configs_and_deepspeed_table(cli, big_model, sft_export):
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", "zero3",
-               "--num-gpus", "8").output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        "zero3",
+        "--num-gpus",
+        "8",
+    ).output
     assert "accelerate launch" in out.replace("/accelerate launch", " accelerate launch")
     assert "## training config" in out and "learning_rate: 2.0e-05" in out
     assert '"stage": 3' in out and "memory estimate" in out
@@ -79,59 +102,147 @@ def test_builtin_estimate_equals_deepspeeds():
             assert launch._zero3_states(total, largest, gpus, 1, opt, par, True) == ds
         for opt in (True, False):
             assert launch._zero2_states(total, gpus, 1, opt) == estimate_zero2_model_states_mem_needs(
-                total, gpus, 1, opt)
+                total, gpus, 1, opt
+            )
 
 
 def test_zero3_without_enough_memory_is_rejected(cli, big_model, sft_export):
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", "zero2",
-               "--num-gpus", "8", "--gpu-memory-gb", "80", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        "zero2",
+        "--num-gpus",
+        "8",
+        "--gpu-memory-gb",
+        "80",
+        expect=2,
+    ).output
     assert "field deepspeed" in out and "GiB" in out and "zero3_offload" in out
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", "zero3",
-               "--num-gpus", "1", "--gpu-memory-gb", "40", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        "zero3",
+        "--num-gpus",
+        "1",
+        "--gpu-memory-gb",
+        "40",
+        expect=2,
+    ).output
     assert "field deepspeed" in out and "per GPU" in out
 
 
 def test_offloaded_states_checked_against_host_memory(cli, big_model, sft_export):
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", "zero3_offload",
-               "--num-gpus", "8", "--cpu-memory-gb", "256", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        "zero3_offload",
+        "--num-gpus",
+        "8",
+        "--cpu-memory-gb",
+        "256",
+        expect=2,
+    ).output
     assert "field cpu-memory-gb" in out
 
 
 def test_bf16_on_cpu_is_rejected_with_the_fix(cli, tmp_path, sft_export):
-    small = config_only_model(tmp_path / "small", {"model_type": "qwen2", "hidden_size": 32,
-                                                   "intermediate_size": 64, "num_hidden_layers": 1,
-                                                   "num_attention_heads": 2, "num_key_value_heads": 1,
-                                                   "vocab_size": 128})
+    small = config_only_model(
+        tmp_path / "small",
+        {
+            "model_type": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": 128,
+        },
+    )
     out = _dry(cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0", expect=2).output
     assert "field bf16" in out and "--no-bf16" in out
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0", "--no-bf16",
-               "--json").stdout
+    out = _dry(
+        cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0", "--no-bf16", "--json"
+    ).stdout
     plan = json.loads(out)
     assert "cpu.yaml" in plan["command"] and plan["launcher"] == "inprocess"
     assert plan["deepspeed_config"] is None and plan["memory_estimate"] is None
 
     # DeepSpeed on CPU goes through accelerate with DS_ACCELERATOR=cpu, and needs deepspeed installed.
     if launch.deepspeed_version():
-        plan = json.loads(_dry(cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0",
-                               "--no-bf16", "--deepspeed", "zero3", "--json").stdout)
+        plan = json.loads(
+            _dry(
+                cli,
+                "--dataset",
+                sft_export,
+                "--base-model",
+                str(small),
+                "--num-gpus",
+                "0",
+                "--no-bf16",
+                "--deepspeed",
+                "zero3",
+                "--json",
+            ).stdout
+        )
         assert plan["command"].startswith("DS_ACCELERATOR=cpu ") and plan["launcher"] == "accelerate"
         assert "--deepspeed_config_file" in plan["command"] and plan["memory_estimate"] is None
 
 
 def test_deepspeed_on_cpu_without_deepspeed_is_refused(cli, monkeypatch, sft_export, tmp_path):
-    small = config_only_model(tmp_path / "small", {"model_type": "qwen2", "hidden_size": 32,
-                                                   "intermediate_size": 64, "num_hidden_layers": 1,
-                                                   "num_attention_heads": 2, "num_key_value_heads": 1,
-                                                   "vocab_size": 128})
+    small = config_only_model(
+        tmp_path / "small",
+        {
+            "model_type": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": 128,
+        },
+    )
     monkeypatch.setattr(launch, "deepspeed_version", lambda: None)
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(small), "--num-gpus", "0", "--no-bf16",
-               "--deepspeed", "zero2", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(small),
+        "--num-gpus",
+        "0",
+        "--no-bf16",
+        "--deepspeed",
+        "zero2",
+        expect=2,
+    ).output
     assert "field deepspeed" in out and "deepspeed package" in out
 
 
 def test_unknown_deepspeed_name_lists_the_shipped_ones(cli, big_model, sft_export):
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", "zero4",
-               "--num-gpus", "8", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        "zero4",
+        "--num-gpus",
+        "8",
+        expect=2,
+    ).output
     assert "field deepspeed" in out and "zero3_a100x8_32b" in out and "zero2" in out
 
 
@@ -140,11 +251,38 @@ def test_batch_sizes_must_match_deepspeeds_train_batch_size(cli, big_model, sft_
     custom["train_batch_size"] = 64
     path = tmp_path / "fixed_batch.json"
     path.write_text(json.dumps(custom))
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", str(path),
-               "--num-gpus", "8", "--batch-size", "1", "--grad-accum", "4", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        str(path),
+        "--num-gpus",
+        "8",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "4",
+        expect=2,
+    ).output
     assert "field train_batch_size" in out and "is 64" in out and "32" in out and str(path) in out
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--deepspeed", str(path),
-               "--num-gpus", "8", "--batch-size", "2", "--grad-accum", "4").output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--deepspeed",
+        str(path),
+        "--num-gpus",
+        "8",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "4",
+    ).output
     assert "agree" in out
 
 
@@ -167,8 +305,18 @@ def test_export_with_a_modified_file_is_refused(cli, db, big_model, tmp_path):
     with (directory / "data" / "train.parquet").open("ab") as fh:
         fh.write(b"tampered")
     for dataset in (version, str(directory)):
-        out = cli("train", "dpo", "--dry-run", "--dataset", dataset, "--base-model", str(big_model),
-                  "--num-gpus", "8", expect=1).output
+        out = cli(
+            "train",
+            "dpo",
+            "--dry-run",
+            "--dataset",
+            dataset,
+            "--base-model",
+            str(big_model),
+            "--num-gpus",
+            "8",
+            expect=1,
+        ).output
         assert "train.parquet" in out and "does not match the manifest" in out
 
 
@@ -177,8 +325,9 @@ def test_export_with_an_edited_card_is_accepted_with_a_warning(cli, db, big_mode
     version = write_export(db, directory, "dpo", dpo_rows())
     card = directory / "README.md"
     card.write_text(card.read_text().replace("---\n\n#", "---\n\nOur team's notes on this data.\n\n#", 1))
-    out = cli("train", "dpo", "--dry-run", "--dataset", version, "--base-model", str(big_model),
-              "--num-gpus", "8").output
+    out = cli(
+        "train", "dpo", "--dry-run", "--dataset", version, "--base-model", str(big_model), "--num-gpus", "8"
+    ).output
     assert "verified" in out and version in out
 
 
@@ -189,7 +338,8 @@ def test_export_rewritten_in_place_disagrees_with_the_kb_and_is_refused(cli, db,
     pq.write_table(pa.Table.from_pylist(sft_rows(3)), directory / "data" / "train.parquet")
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["files"]["data/train.parquet"] = hashlib.sha256(
-        (directory / "data" / "train.parquet").read_bytes()).hexdigest()
+        (directory / "data" / "train.parquet").read_bytes()
+    ).hexdigest()
     (directory / "manifest.json").write_text(json.dumps(manifest))
     out = _dry(cli, "--dataset", version, "--base-model", str(big_model), "--num-gpus", "8", expect=1).output
     assert "knowledge base" in out and ("train.parquet" in out or "manifest.json" in out)
@@ -198,7 +348,9 @@ def test_export_rewritten_in_place_disagrees_with_the_kb_and_is_refused(cli, db,
 def test_unregistered_or_wrong_kind_exports_are_refused(cli, db, big_model, tmp_path):
     loose = tmp_path / "loose"
     write_export(db, loose, "sft", sft_rows(), register=False)
-    out = _dry(cli, "--dataset", str(loose), "--base-model", str(big_model), "--num-gpus", "8", expect=1).output
+    out = _dry(
+        cli, "--dataset", str(loose), "--base-model", str(big_model), "--num-gpus", "8", expect=1
+    ).output
     assert "not recorded in this knowledge base" in out
     pairs = write_export(db, tmp_path / "pairs", "dpo", dpo_rows())
     out = _dry(cli, "--dataset", pairs, "--base-model", str(big_model), "--num-gpus", "8", expect=2).output
@@ -212,26 +364,77 @@ def test_estimate_without_deepspeed_uses_the_same_formula(monkeypatch):
     monkeypatch.setattr(launch, "deepspeed_version", lambda: None)
     without = launch.estimate_memory(params, ds_config, 8)
     assert without["source"].startswith("built-in") and without["deepspeed_table"] is None
-    assert (without["per_gpu_gib"], without["per_node_cpu_gib"]) == (with_ds["per_gpu_gib"],
-                                                                     with_ds["per_node_cpu_gib"])
-    assert without["per_gpu_gib"] == round(4 * params["largest_layer"] / 2 ** 30, 2)  # params offloaded too
+    assert (without["per_gpu_gib"], without["per_node_cpu_gib"]) == (
+        with_ds["per_gpu_gib"],
+        with_ds["per_node_cpu_gib"],
+    )
+    assert without["per_gpu_gib"] == round(4 * params["largest_layer"] / 2**30, 2)  # params offloaded too
 
 
 def test_cli_config_file_then_flags(cli, big_model, sft_export, tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("learning_rate: 1e-5\nmax_length: 4096\nsft:\n  num_train_epochs: 2\n")
-    plan = json.loads(_dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
-                           "--config", str(path), "--cutoff", "1024", "--set", "warmup_steps=0.05",
-                           "--json").stdout)
+    plan = json.loads(
+        _dry(
+            cli,
+            "--dataset",
+            sft_export,
+            "--base-model",
+            str(big_model),
+            "--num-gpus",
+            "8",
+            "--config",
+            str(path),
+            "--cutoff",
+            "1024",
+            "--set",
+            "warmup_steps=0.05",
+            "--json",
+        ).stdout
+    )
     cfg = plan["training_config"]
-    assert (cfg["learning_rate"], cfg["num_train_epochs"], cfg["max_length"], cfg["warmup_steps"]) == \
-        (1e-5, 2.0, 1024, 0.05)
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
-               "--cutoff", "65536", expect=2).output
+    assert (cfg["learning_rate"], cfg["num_train_epochs"], cfg["max_length"], cfg["warmup_steps"]) == (
+        1e-5,
+        2.0,
+        1024,
+        0.05,
+    )
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--num-gpus",
+        "8",
+        "--cutoff",
+        "65536",
+        expect=2,
+    ).output
     assert "field max_length" in out and "32768" in out
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
-               "--set", "no_such_field=1", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--num-gpus",
+        "8",
+        "--set",
+        "no_such_field=1",
+        expect=2,
+    ).output
     assert "field no_such_field" in out
-    out = _dry(cli, "--dataset", sft_export, "--base-model", str(big_model), "--num-gpus", "8",
-               "--set", "oops", expect=2).output
+    out = _dry(
+        cli,
+        "--dataset",
+        sft_export,
+        "--base-model",
+        str(big_model),
+        "--num-gpus",
+        "8",
+        "--set",
+        "oops",
+        expect=2,
+    ).output
     assert "field set" in out

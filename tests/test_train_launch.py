@@ -50,9 +50,11 @@ def test_prepare_names_the_directory_it_cleared(tmp_path, capsys):
 @pytest.mark.timeout(120)
 def test_a_silent_launch_is_stopped_at_its_progress_deadline_with_its_workers(tmp_path):
     pid_file = tmp_path / "worker.pid"
-    script = ("import subprocess, sys, time; "
-              "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
-              f"open({str(pid_file)!r}, 'w').write(str(w.pid)); print('loading', flush=True); time.sleep(600)")
+    script = (
+        "import subprocess, sys, time; "
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(w.pid)); print('loading', flush=True); time.sleep(600)"
+    )
     log = tmp_path / "train.log"
     with pytest.raises(TrainingProcessFailed, match=r"printed nothing for 1 s") as e:
         stream([sys.executable, "-c", script], dict(os.environ), log, 1.0)
@@ -66,6 +68,10 @@ def test_a_silent_launch_is_stopped_at_its_progress_deadline_with_its_workers(tm
 
 
 def test_a_launch_that_prints_finishes_with_its_code(tmp_path):
-    code = stream([sys.executable, "-c", "print('a'); print('b'); raise SystemExit(3)"], dict(os.environ),
-                  tmp_path / "train.log", 30)
+    code = stream(
+        [sys.executable, "-c", "print('a'); print('b'); raise SystemExit(3)"],
+        dict(os.environ),
+        tmp_path / "train.log",
+        30,
+    )
     assert code == 3 and (tmp_path / "train.log").read_text() == "a\nb\n"

@@ -52,8 +52,7 @@ class SigtermAt(TrainerCallback):
 
 
 def _plan(db, data, model, **flags):
-    return plan(db, "sft", dataset=data, base_model=str(model), num_gpus=0,
-                overrides={**CPU_FLAGS, **flags})
+    return plan(db, "sft", dataset=data, base_model=str(model), num_gpus=0, overrides={**CPU_FLAGS, **flags})
 
 
 def _row(db, run_id) -> TrainingRun:
@@ -63,8 +62,13 @@ def _row(db, run_id) -> TrainingRun:
 
 def _steps(db, run_id) -> list[int]:
     with db.engine.connect() as conn:
-        return conn.execute(sa.text("SELECT step FROM training_metric WHERE run_id = :r ORDER BY step"),
-                            {"r": run_id}).scalars().all()
+        return (
+            conn.execute(
+                sa.text("SELECT step FROM training_metric WHERE run_id = :r ORDER BY step"), {"r": run_id}
+            )
+            .scalars()
+            .all()
+        )
 
 
 def test_finished_run_row_and_navigator(db, tiny, sft_data, tmp_path):
@@ -86,9 +90,18 @@ def test_finished_run_row_and_navigator(db, tiny, sft_data, tmp_path):
 
 
 def test_failed_run_bad_model_dir_is_recorded(db, sft_data, tmp_path):
-    no_weights = config_only_model(tmp_path / "no-weights", {
-        "model_type": "qwen2", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 128})
+    no_weights = config_only_model(
+        tmp_path / "no-weights",
+        {
+            "model_type": "qwen2",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "vocab_size": 128,
+        },
+    )
     p = _plan(db, sft_data, no_weights)
     with pytest.raises(KbError, match="no model weights"):
         execute(db, p)
@@ -110,14 +123,20 @@ def test_failed_run_resumes_from_its_last_checkpoint(db, cli, tiny, sft_data, tm
 
     out = json.loads(cli("train", "sft", "--resume", str(failed.id), "--num-gpus", "0", "--json").stdout)
     resumed = _row(db, out["id"])
-    assert (resumed.status, resumed.resumed_from, resumed.output_path) == ("succeeded", failed.id, failed.output_path)
+    assert (resumed.status, resumed.resumed_from, resumed.output_path) == (
+        "succeeded",
+        failed.id,
+        failed.output_path,
+    )
     assert resumed.dataset_version_id == sft_data and resumed.config["training"]["max_steps"] == 3
     assert _steps(db, resumed.id) == [3]  # continued from checkpoint-2, not from scratch
     assert math.isfinite(resumed.metrics["loss"]) and resumed.metrics["global_step"] == 3
 
     listed = json.loads(cli("train", "runs", "--json").stdout)
-    assert [(r["id"], r["status"], r["resumed_from"]) for r in listed] == \
-        [(resumed.id, "succeeded", failed.id), (failed.id, "failed", None)]
+    assert [(r["id"], r["status"], r["resumed_from"]) for r in listed] == [
+        (resumed.id, "succeeded", failed.id),
+        (failed.id, "failed", None),
+    ]
     shown = json.loads(cli("train", "show", str(failed.id), "--steps", "--json").stdout)
     assert [s["step"] for s in shown["steps"]] == [1, 2] and shown["navigator"] is None
 
@@ -146,8 +165,10 @@ def test_sigterm_is_recorded_as_interrupted_and_resumable(db, tiny, sft_data):
 
 
 def test_navigator_name_conflict_is_caught_before_training(db, tiny, sft_data):
-    execute(db, plan(db, "sft", dataset=sft_data, base_model=str(tiny), num_gpus=0, name="nav",
-                     overrides=CPU_FLAGS))
+    execute(
+        db,
+        plan(db, "sft", dataset=sft_data, base_model=str(tiny), num_gpus=0, name="nav", overrides=CPU_FLAGS),
+    )
     with pytest.raises(ConflictError, match="nav"):
         plan(db, "sft", dataset=sft_data, base_model=str(tiny), num_gpus=0, name="nav", overrides=CPU_FLAGS)
     with db.session() as s:

@@ -85,7 +85,9 @@ def _database_error(e: Exception) -> _UserError | None:
         return _UserError(str(e), 4)
     if isinstance(e, (sa.exc.OperationalError, psycopg.OperationalError)):  # server gone mid-command
         return _UserError(f"lost the database connection: {db_error_reason(e)}", 1)
-    if isinstance(e, sa.exc.DataError):  # a value the checks up front did not foresee; its transaction rolled back
+    if isinstance(
+        e, sa.exc.DataError
+    ):  # a value the checks up front did not foresee; its transaction rolled back
         return _UserError(f"the database refused a value: {db_error_reason(e)}", 2)
     return None
 
@@ -98,7 +100,10 @@ class _UserError(click.ClickException):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
-    "--database-url", envvar="DATABASE_URL", default=None, metavar="URL",
+    "--database-url",
+    envvar="DATABASE_URL",
+    default=None,
+    metavar="URL",
     help="PostgreSQL server to use (default: the embedded server under REASONFLUX_HOME).",
 )
 @click.version_option(__version__, prog_name="reasonflux")
@@ -130,13 +135,21 @@ def deprecated_alias(command: click.Command, old_name: str) -> click.Command:
     the new name, then runs COMMAND."""
 
     def callback(*args, **kwargs):
-        click.echo(f"note: `reasonflux {old_name}` is now `reasonflux {command.name}`; the old name will be "
-                   "removed in a later release", err=True)
+        click.echo(
+            f"note: `reasonflux {old_name}` is now `reasonflux {command.name}`; the old name will be "
+            "removed in a later release",
+            err=True,
+        )
         return click.get_current_context().invoke(command.callback, *args, **kwargs)
 
-    return click.Command(old_name, params=command.params, callback=callback, hidden=True,
-                         help=f"Deprecated: use `reasonflux {command.name}`.\n\n{command.help or ''}",
-                         context_settings=command.context_settings)
+    return click.Command(
+        old_name,
+        params=command.params,
+        callback=callback,
+        hidden=True,
+        help=f"Deprecated: use `reasonflux {command.name}`.\n\n{command.help or ''}",
+        context_settings=command.context_settings,
+    )
 
 
 # Built-in commands and the modules that register them (in order: template_search adds to `templates`).

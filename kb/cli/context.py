@@ -16,7 +16,9 @@ class AppContext:
     database_url: str | None = None
     _db: Database | None = field(default=None, repr=False)
 
-    def db(self, *, check_schema: bool = True, auto_upgrade: bool = True, mark_orphans: bool = True) -> Database:
+    def db(
+        self, *, check_schema: bool = True, auto_upgrade: bool = True, mark_orphans: bool = True
+    ) -> Database:
         """The database; `db` subcommands relax the schema check so they can fix it. Opening it marks runs
         whose owner is gone as interrupted (kb.runs), unless MARK_ORPHANS is off (`db doctor` shows them)."""
         if self._db is None:
@@ -40,6 +42,9 @@ pass_app = click.make_pass_decorator(AppContext)
 def _report_orphans(marked: dict[str, list[int]]) -> None:
     """Runs whose owner is gone were marked interrupted on opening the KB; say which (stderr)."""
     for kind, ids in marked.items():
-        click.echo(f"marked {kind} run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} interrupted: "
-                   "the process that owned it is gone (resume by running the command again"
-                   f"{'' if kind == 'pipeline' else ' with --resume RUN_ID'})", err=True)
+        click.echo(
+            f"marked {kind} run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} interrupted: "
+            "the process that owned it is gone (resume by running the command again"
+            f"{'' if kind == 'pipeline' else ' with --resume RUN_ID'})",
+            err=True,
+        )

@@ -42,14 +42,19 @@ def upgrade(app: AppContext, revision: str) -> None:
     if repaired:
         applied = [rev for action, rev in repaired if action == "upgrade"]
         lacked = f" (applied {', '.join(applied)}, which it lacked)" if applied else ""
-        click.echo(f"revision {was} was numbered by an earlier version of reasonflux: mapped onto this code's "
-                   f"chain{lacked}", err=True)
+        click.echo(
+            f"revision {was} was numbered by an earlier version of reasonflux: mapped onto this code's "
+            f"chain{lacked}",
+            err=True,
+        )
     click.echo(f"at revision {now}")
 
 
 @db_group.command("downgrade")
 @click.argument("revision", default="-1")
-@click.option("--yes", is_flag=True, help="Confirm a downgrade that deletes data (tables or columns holding rows).")
+@click.option(
+    "--yes", is_flag=True, help="Confirm a downgrade that deletes data (tables or columns holding rows)."
+)
 @pass_app
 def downgrade(app: AppContext, revision: str, yes: bool) -> None:
     """Downgrade the schema to REVISION (default: one step back; 'base' drops everything).
@@ -84,8 +89,14 @@ def current(app: AppContext, fmt: str) -> None:
     from kb import migrate
 
     database = app.db(check_schema=False)
-    emit({"current": migrate.current_revision(database.engine), "head": migrate.head_revision(),
-          "schema_state": migrate.schema_state(database.engine)}, fmt)
+    emit(
+        {
+            "current": migrate.current_revision(database.engine),
+            "head": migrate.head_revision(),
+            "schema_state": migrate.schema_state(database.engine),
+        },
+        fmt,
+    )
 
 
 @db_group.command("info")
@@ -110,8 +121,10 @@ def _embedded_server_state() -> str:
     seconds = config.db_linger_s()
     lingerer = linger.state(config.home_dir() / "pgdata")
     if lingerer is not None:
-        return (f"running; lingering: stays up {lingerer['seconds']:g} s after its last command exits "
-                f"(`reasonflux db stop` stops it now)")
+        return (
+            f"running; lingering: stays up {lingerer['seconds']:g} s after its last command exits "
+            f"(`reasonflux db stop` stops it now)"
+        )
     if seconds > 0:
         return f"running; will linger {seconds:g} s after its last command exits (REASONFLUX_DB_LINGER)"
     return "running; stops when its last command exits (REASONFLUX_DB_LINGER=0)"
@@ -125,12 +138,20 @@ def _schema_info(database) -> dict:
 
     with database.engine.connect() as conn:
         server = conn.execute(sa.text("SHOW server_version")).scalar()
-        pgvector = conn.execute(sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")).scalar()
-        tables = conn.execute(sa.text(
-            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname <> 'alembic_version' "
-            "ORDER BY c.relname"
-        )).scalars().all()
+        pgvector = conn.execute(
+            sa.text("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+        ).scalar()
+        tables = (
+            conn.execute(
+                sa.text(
+                    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = current_schema() AND c.relkind = 'r' AND c.relname <> 'alembic_version' "
+                    "ORDER BY c.relname"
+                )
+            )
+            .scalars()
+            .all()
+        )
         counts = {}
         if tables:
             union = " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM \"{t}\"" for t in tables)
@@ -159,14 +180,18 @@ def stop(app: AppContext) -> None:
     from kb import linger
 
     if config.database_url(app.database_url):
-        raise click.UsageError("db stop stops the embedded server; this command was given an external one "
-                               "(--database-url / DATABASE_URL)")
+        raise click.UsageError(
+            "db stop stops the embedded server; this command was given an external one "
+            "(--database-url / DATABASE_URL)"
+        )
     pgdata = config.home_dir() / "pgdata"
     if not pgdata.is_dir():
         click.echo("the embedded server is not running")
         return
     outcome = linger.stop_now(pgdata)
-    click.echo("stopped the embedded server" if outcome == "stopped" else "the embedded server is not running")
+    click.echo(
+        "stopped the embedded server" if outcome == "stopped" else "the embedded server is not running"
+    )
 
 
 @db_group.command("doctor")
@@ -184,11 +209,17 @@ def doctor(app: AppContext, fmt: str) -> None:
 
     findings = diagnose(app.db(mark_orphans=False).engine)  # reads only: dead runs are shown, not marked
     if fmt == "table" and not findings:
-        click.echo("derived data is up to date: every current version has its vectors, rewards are fresh, "
-                   "no run was left running")
+        click.echo(
+            "derived data is up to date: every current version has its vectors, rewards are fresh, "
+            "no run was left running"
+        )
         return
-    emit(findings, fmt, columns=["check", "count", "detail", "fix"] if fmt == "table" else None,
-         title="stale or missing derived data")
+    emit(
+        findings,
+        fmt,
+        columns=["check", "count", "detail", "fix"] if fmt == "table" else None,
+        title="stale or missing derived data",
+    )
 
 
 def _keep_embedded_server_up() -> None:
@@ -239,18 +270,39 @@ def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
 
 
 @db_group.command("serve")
-@click.option("--port", type=click.IntRange(0, 65535), default=5433, show_default=True,
-              help="TCP port on 127.0.0.1 (0: any free port).")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=5433,
+    show_default=True,
+    help="TCP port on 127.0.0.1 (0: any free port).",
+)
 @click.option("--password", default=None, help="Password clients log in with (default: a new random one).")
-@click.option("--max-connections", type=click.IntRange(min=1), default=defaults.DB_SERVE_MAX_CLIENTS,
-              show_default=True, help="Clients served at once; more are refused (the owner's commands keep "
-                                      "the server's other connections).")
-@click.option("--login-timeout", type=click.FloatRange(min=0.1), default=defaults.DB_SERVE_LOGIN_TIMEOUT_S,
-              show_default=True, help="Seconds a client has to log in before it is dropped.")
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=defaults.DB_SERVE_MAX_CLIENTS,
+    show_default=True,
+    help="Clients served at once; more are refused (the owner's commands keep "
+    "the server's other connections).",
+)
+@click.option(
+    "--login-timeout",
+    type=click.FloatRange(min=0.1),
+    default=defaults.DB_SERVE_LOGIN_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a client has to log in before it is dropped.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the connection details as one JSON line.")
 @pass_app
-def serve(app: AppContext, port: int, password: str | None, max_connections: int, login_timeout: float,
-          as_json: bool) -> None:
+def serve(
+    app: AppContext,
+    port: int,
+    password: str | None,
+    max_connections: int,
+    login_timeout: float,
+    as_json: bool,
+) -> None:
     """Serve the embedded database on 127.0.0.1 for BI tools until stopped (Ctrl-C or SIGTERM).
 
     Every connection logs in as the read-only role `reasonflux_reader` (SELECT on the tables and
@@ -273,14 +325,30 @@ def serve(app: AppContext, port: int, password: str | None, max_connections: int
     db_access.check_capacity(database.engine, max_connections)
     ensure_reader_role(database.engine)
     dbname = sa.engine.make_url(database.url).database
-    relay = db_access.ReaderRelay(sock, dbname, password, port=port, max_clients=max_connections,
-                                  login_timeout_s=login_timeout, prepare=lambda: ensure_reader_role(database.engine))
+    relay = db_access.ReaderRelay(
+        sock,
+        dbname,
+        password,
+        port=port,
+        max_clients=max_connections,
+        login_timeout_s=login_timeout,
+        prepare=lambda: ensure_reader_role(database.engine),
+    )
 
     def ready(bound: int) -> None:
         url = f"postgresql://{db_access.READER_ROLE}:{password}@127.0.0.1:{bound}/{dbname}"
         if as_json:
-            click.echo(dumps({"url": url, "role": db_access.READER_ROLE, "host": "127.0.0.1", "port": bound,
-                              "database": dbname}))
+            click.echo(
+                dumps(
+                    {
+                        "url": url,
+                        "role": db_access.READER_ROLE,
+                        "host": "127.0.0.1",
+                        "port": bound,
+                        "database": dbname,
+                    }
+                )
+            )
         else:
             click.echo(f"serving {dbname} read-only on 127.0.0.1:{bound} until stopped (Ctrl-C)\n{url}")
         sys.stdout.flush()

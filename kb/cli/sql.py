@@ -13,16 +13,28 @@ DEFAULT_MAX_ROWS = 100_000  # a forgotten LIMIT must not fill memory; 0 lifts it
 
 @click.command("sql")
 @click.argument("query", required=False)
-@click.option("--file", "-f", "query_file", type=click.File("r"), help="Read the query from a file ('-': stdin).")
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=SQL_TIMEOUT_S, show_default=True,
-              help="Time limit in seconds, for the statement and for reading its rows.")
-@click.option("--max-rows", type=click.IntRange(min=0), default=None,
-              help=f"Read and print at most this many rows; the rest is never fetched (default: "
-                   f"{DEFAULT_MAX_ROWS:,}; 0: no limit).")
+@click.option(
+    "--file", "-f", "query_file", type=click.File("r"), help="Read the query from a file ('-': stdin)."
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.001),
+    default=SQL_TIMEOUT_S,
+    show_default=True,
+    help="Time limit in seconds, for the statement and for reading its rows.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"Read and print at most this many rows; the rest is never fetched (default: "
+    f"{DEFAULT_MAX_ROWS:,}; 0: no limit).",
+)
 @output_options
 @pass_app
-def sql_command(app: AppContext, query: str | None, query_file, timeout: float, max_rows: int | None,
-                fmt: str) -> None:
+def sql_command(
+    app: AppContext, query: str | None, query_file, timeout: float, max_rows: int | None, fmt: str
+) -> None:
     """Run one read-only QUERY (SELECT, WITH, VALUES, TABLE, SHOW, EXPLAIN).
 
     It runs logged in as the read-only role reasonflux_reader (created on the
@@ -43,8 +55,10 @@ def sql_command(app: AppContext, query: str | None, query_file, timeout: float, 
     emit(result.records(), fmt, columns=result.columns)
     # People always hear about rows left out; scripts too unless they chose the limit themselves.
     if result.truncated and (fmt == "table" or max_rows is None):
-        click.echo(f"(stopped at --max-rows {limit}{' (the default; 0: no limit)' if max_rows is None else ''})",
-                   err=True)
+        click.echo(
+            f"(stopped at --max-rows {limit}{' (the default; 0: no limit)' if max_rows is None else ''})",
+            err=True,
+        )
 
 
 def register(cli: click.Group) -> None:

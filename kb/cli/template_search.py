@@ -35,29 +35,53 @@ def read_queries(path: str) -> list[dict[str, Any]]:
         except ValueError as e:  # a key named twice, an integer of more than 4300 digits
             raise InputError(f"not valid JSON ({e})", file=name, record=f"line {no}") from None
         if not isinstance(record, dict):
-            raise InputError("must be a JSON object like {\"query\": \"...\"}", file=name, record=f"line {no}")
+            raise InputError('must be a JSON object like {"query": "..."}', file=name, record=f"line {no}")
         if not isinstance(record.get("query"), str) or not record["query"].strip():
-            raise InputError("is required and must be a non-empty string", file=name, record=f"line {no}",
-                             field="query")
+            raise InputError(
+                "is required and must be a non-empty string", file=name, record=f"line {no}", field="query"
+            )
         records.append(record)
     return records
 
 
 @click.command("search")
 @click.argument("query", required=False)
-@click.option("--queries", "queries_file", type=click.Path(dir_okay=False, allow_dash=True),
-              help="JSONL file of {\"query\": ...} records ('-': stdin); prints one JSON line per query.")
-@click.option("--mode", type=click.Choice(MODES), default="hybrid", show_default=True,
-              help="hybrid: vector + full text, fused; hierarchical: the ReasonFlux-v1 matcher.")
+@click.option(
+    "--queries",
+    "queries_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="JSONL file of {\"query\": ...} records ('-': stdin); prints one JSON line per query.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="hybrid",
+    show_default=True,
+    help="hybrid: vector + full text, fused; hierarchical: the ReasonFlux-v1 matcher.",
+)
 @click.option("-k", "k", type=click.IntRange(1, 1000), default=5, show_default=True, help="How many results.")
 @click.option("--tag", "tags", multiple=True, help="Only templates with this tag (repeat: all of them).")
 @click.option("--category", help="Only this category, or 'category/section'.")
-@click.option("--status", type=click.Choice(["active", "deprecated", "all"]), default="active", show_default=True)
-@click.option("--model", default=None, help="Embedding model (default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).")
+@click.option(
+    "--status", type=click.Choice(["active", "deprecated", "all"]), default="active", show_default=True
+)
+@click.option(
+    "--model", default=None, help="Embedding model (default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2)."
+)
 @output_options(csv_ok=False)
 @pass_app
-def search(app: AppContext, query: str | None, queries_file: str | None, mode: str, k: int, tags: tuple[str, ...],
-           category: str | None, status: str, model: str | None, fmt: str) -> None:
+def search(
+    app: AppContext,
+    query: str | None,
+    queries_file: str | None,
+    mode: str,
+    k: int,
+    tags: tuple[str, ...],
+    category: str | None,
+    status: str,
+    model: str | None,
+    fmt: str,
+) -> None:
     """Templates ranked for QUERY (a problem or a description), with scores.
 
     Searches the current version of each template. With --queries, the embedding
@@ -68,8 +92,14 @@ def search(app: AppContext, query: str | None, queries_file: str | None, mode: s
 
     if (query is None) == (queries_file is None):
         raise click.UsageError("give either QUERY or --queries FILE")
-    options = {"k": k, "mode": mode, "model": model, "tags": list(tags) or None, "category": category,
-               "status": status}
+    options = {
+        "k": k,
+        "mode": mode,
+        "model": model,
+        "tags": list(tags) or None,
+        "category": category,
+        "status": status,
+    }
     db = app.db()
     if mode != "text":
         _warn_missing_vectors(db, config.embed_model_name(model))

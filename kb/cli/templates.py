@@ -26,8 +26,19 @@ from kb.template_fields import STATUSES
 # Fields of a `templates show --json` record that describe the version, not its content:
 # accepted in an edit file (so show -> edit -> save -> edit --file works) and ignored.
 READ_ONLY_FIELDS = (
-    "id", "status", "current_version", "version_id", "content_hash", "parent_version_id", "source_kind",
-    "source_ref", "provenance", "change_note", "author", "run_id", "created_at",
+    "id",
+    "status",
+    "current_version",
+    "version_id",
+    "content_hash",
+    "parent_version_id",
+    "source_kind",
+    "source_ref",
+    "provenance",
+    "change_note",
+    "author",
+    "run_id",
+    "created_at",
 )
 LIST_COLUMNS = ["id", "category", "section", "name", "status", "version", "template_type"]  # key: id suffices
 
@@ -51,8 +62,12 @@ def _content_options(f):
         click.option("--example-problem", help="Worked example: the problem."),
         click.option("--example-solution", help="Worked example: the solution."),
         click.option("--example-answer", help="Worked example: the answer."),
-        click.option("--file", "file", type=click.Path(dir_okay=False, allow_dash=True),
-                     help="JSON or YAML file with the fields ('-': stdin)."),
+        click.option(
+            "--file",
+            "file",
+            type=click.Path(dir_okay=False, allow_dash=True),
+            help="JSON or YAML file with the fields ('-': stdin).",
+        ),
         click.option("--note", help="Change note recorded with the version."),
     ]
     return _write_options(_apply(options, f))
@@ -66,11 +81,17 @@ def _apply(options, f):
 
 def _write_options(f):
     """What every command that writes versions takes: who made it, and whether to embed it now."""
-    return _apply([
-        click.option("--author", default=None, help="Who made the version (default: the OS user)."),
-        click.option("--no-embed", is_flag=True,
-                     help="Do not embed the new versions now (bulk work; run `reasonflux embed` later)."),
-    ], f)
+    return _apply(
+        [
+            click.option("--author", default=None, help="Who made the version (default: the OS user)."),
+            click.option(
+                "--no-embed",
+                is_flag=True,
+                help="Do not embed the new versions now (bulk work; run `reasonflux embed` later).",
+            ),
+        ],
+        f,
+    )
 
 
 def _embed_or_warn(session, version_ids: list[int], no_embed: bool) -> list[str]:
@@ -86,8 +107,19 @@ def _embed_or_warn(session, version_ids: list[int], no_embed: bool) -> list[str]
     return sorted(V.embed_versions(conn, version_ids))
 
 
-FLAG_FIELDS = ("name", "category", "section", "template_type", "tags", "description", "application_scope",
-               "steps", "example_problem", "example_solution", "example_answer")
+FLAG_FIELDS = (
+    "name",
+    "category",
+    "section",
+    "template_type",
+    "tags",
+    "description",
+    "application_scope",
+    "steps",
+    "example_problem",
+    "example_solution",
+    "example_answer",
+)
 
 
 def _flag_values(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +138,9 @@ def load_file(path: str) -> Any:
 
     name = "<stdin>" if path == "-" else path
     try:
-        text = click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        text = (
+            click.get_text_stream("stdin").read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        )
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror}", file=name) from None
     except UnicodeDecodeError as e:
@@ -117,8 +151,9 @@ def load_file(path: str) -> Any:
         try:
             return storable.parse_json(text)
         except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON: {e.msg}", file=name, record=f"line {e.lineno} column {e.colno}") \
-                from None
+            raise InputError(
+                f"malformed JSON: {e.msg}", file=name, record=f"line {e.lineno} column {e.colno}"
+            ) from None
         except RecursionError:
             raise storable.too_deep(file=name) from None
         except ValueError as e:  # e.g. an integer of more than 4300 digits
@@ -130,8 +165,9 @@ def load_file(path: str) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         record = f"line {mark.line + 1} column {mark.column + 1}" if mark else None
-        raise InputError(f"malformed JSON/YAML: {getattr(e, 'problem', None) or e}", file=name,
-                         record=record) from None
+        raise InputError(
+            f"malformed JSON/YAML: {getattr(e, 'problem', None) or e}", file=name, record=record
+        ) from None
 
 
 def _file_records(path: str | None) -> list[tuple[dict[str, Any], str | None]]:
@@ -143,22 +179,38 @@ def _file_records(path: str | None) -> list[tuple[dict[str, Any], str | None]]:
     items = data if isinstance(data, list) else [data]
     for i, item in enumerate(items):
         if not isinstance(item, dict):
-            raise InputError("must be an object with the template's fields", file=name,
-                             record=f"[{i}]" if isinstance(data, list) else None)
+            raise InputError(
+                "must be an object with the template's fields",
+                file=name,
+                record=f"[{i}]" if isinstance(data, list) else None,
+            )
     return [(item, f"[{i}]" if isinstance(data, list) else None) for i, item in enumerate(items)]
 
 
 def _result(template, version, changed: bool) -> dict[str, Any]:
-    return {"id": template.id, "key": template.key, "version": version.version_no, "changed": changed,
-            "version_id": version.id, "content_hash": version.content_hash}
+    return {
+        "id": template.id,
+        "key": template.key,
+        "version": version.version_no,
+        "changed": changed,
+        "version_id": version.id,
+        "content_hash": version.content_hash,
+    }
 
 
 @templates_group.command("add")
 @_content_options
 @output_options(csv_ok=False)
 @pass_app
-def add(app: AppContext, file: str | None, note: str | None, author: str | None, no_embed: bool, fmt: str,
-        **flags: Any) -> None:
+def add(
+    app: AppContext,
+    file: str | None,
+    note: str | None,
+    author: str | None,
+    no_embed: bool,
+    fmt: str,
+    **flags: Any,
+) -> None:
     """Add new templates from --file (one object or a list) or from flags.
 
     \b
@@ -171,13 +223,16 @@ def add(app: AppContext, file: str | None, note: str | None, author: str | None,
 
     name = "<stdin>" if file == "-" else file
     overrides = _flag_values(flags)
-    specs = [T.TemplateSpec.from_dict({**record, **overrides}, file=name, record=where)
-             for record, where in _file_records(file)]
+    specs = [
+        T.TemplateSpec.from_dict({**record, **overrides}, file=name, record=where)
+        for record, where in _file_records(file)
+    ]
     results = []
     with session_scope(app.db()) as session:
         for spec in specs:
-            version = T.create_template(session, spec, source_kind="user", source_ref=name, change_note=note,
-                                        author=author)
+            version = T.create_template(
+                session, spec, source_kind="user", source_ref=name, change_note=note, author=author
+            )
             record = _result(T.resolve(session, version.template_id), version, True)
             results.append({k: v for k, v in record.items() if k != "changed"})
         embedded = _embed_or_warn(session, [r["version_id"] for r in results], no_embed)
@@ -187,12 +242,25 @@ def add(app: AppContext, file: str | None, note: str | None, author: str | None,
 @templates_group.command("edit")
 @click.argument("ref")
 @_content_options
-@click.option("--expect-version", type=int, default=None,
-              help="Fail (exit 3, nothing written) unless the template is still at this version.")
+@click.option(
+    "--expect-version",
+    type=int,
+    default=None,
+    help="Fail (exit 3, nothing written) unless the template is still at this version.",
+)
 @output_options(csv_ok=False)
 @pass_app
-def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_version: int | None,
-         author: str | None, no_embed: bool, fmt: str, **flags: Any) -> None:
+def edit(
+    app: AppContext,
+    ref: str,
+    file: str | None,
+    note: str | None,
+    expect_version: int | None,
+    author: str | None,
+    no_embed: bool,
+    fmt: str,
+    **flags: Any,
+) -> None:
     """Write a new version of template REF (id or key) with the given fields changed.
 
     Only the fields given (in --file or as flags) change. Nothing changed: no new
@@ -219,20 +287,30 @@ def edit(app: AppContext, ref: str, file: str | None, note: str | None, expect_v
     values = {**record, **_flag_values(flags)}
     if file is None and not values:
         if not (os.environ.get("VISUAL") or os.environ.get("EDITOR") or sys.stdin.isatty()):
-            raise InputError("nothing to change: give field flags or --file, or set EDITOR to edit the template "
-                             "in an editor", field="REF")
+            raise InputError(
+                "nothing to change: give field flags or --file, or set EDITOR to edit the template "
+                "in an editor",
+                field="REF",
+            )
         name = EDITOR_FILE
         values = _edit_in_editor(app, ref)
         if values is None:
-            click.echo("no changes: the editor was closed without changes (or emptied); nothing written", err=True)
+            click.echo(
+                "no changes: the editor was closed without changes (or emptied); nothing written", err=True
+            )
             return
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         changes, file_version = _edit_changes(template, values, name)
         version, changed = T.edit_template(
-            session, template.id, changes,
+            session,
+            template.id,
+            changes,
             expect_version=expect_version if expect_version is not None else file_version,
-            source_kind="user", source_ref=name, change_note=note, author=author,
+            source_kind="user",
+            source_ref=name,
+            change_note=note,
+            author=author,
         )
         embedded = _embed_or_warn(session, [version.id], no_embed) if changed else []
         result = {**_result(template, version, changed), "embedded": embedded}
@@ -275,8 +353,10 @@ def _edit_in_editor(app: AppContext, ref: str) -> dict[str, Any] | None:
             _edit_changes(template, values, EDITOR_FILE)
         except (InputError, yaml.YAMLError) as e:
             error = str(e).replace("\n", " ")
-            text = f"# ERROR: {error}\n# Fix it and save, or empty the file to give up.\n" + _uncommented_header(
-                edited, original)
+            text = (
+                f"# ERROR: {error}\n# Fix it and save, or empty the file to give up.\n"
+                + _uncommented_header(edited, original)
+            )
             continue
         return values
 
@@ -322,7 +402,10 @@ def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[d
         if field in values and values.pop(field) != getattr(template, field):
             raise InputError(
                 f"is part of the template's key and cannot change in an edit (template {template.key!r}); "
-                "add a new template instead", file=file, field=field)
+                "add a new template instead",
+                file=file,
+                field=field,
+            )
     unknown = sorted(set(values) - set(T.CONTENT_FIELDS))
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(unknown)}", file=file, field=unknown[0])
@@ -334,14 +417,26 @@ def _edit_changes(template, values: dict[str, Any], file: str | None) -> tuple[d
 @templates_group.command("revert")
 @click.argument("ref")
 @click.option("--to", "to_version", type=int, required=True, help="The version whose content comes back.")
-@click.option("--expect-version", type=int, default=None,
-              help="Fail (exit 3, nothing written) unless the template is still at this version.")
+@click.option(
+    "--expect-version",
+    type=int,
+    default=None,
+    help="Fail (exit 3, nothing written) unless the template is still at this version.",
+)
 @click.option("--note", help="Change note (default: 'revert to version N').")
 @_write_options
 @output_options(csv_ok=False)
 @pass_app
-def revert(app: AppContext, ref: str, to_version: int, expect_version: int | None, note: str | None,
-           author: str | None, no_embed: bool, fmt: str) -> None:
+def revert(
+    app: AppContext,
+    ref: str,
+    to_version: int,
+    expect_version: int | None,
+    note: str | None,
+    author: str | None,
+    no_embed: bool,
+    fmt: str,
+) -> None:
     """Write a new version of template REF whose content equals version --to.
 
     History keeps every version; the new one's provenance names the version it restores.
@@ -355,13 +450,18 @@ def revert(app: AppContext, ref: str, to_version: int, expect_version: int | Non
 
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
-        version, changed = T.revert_template(session, template.id, to_version, expect_version=expect_version,
-                                             author=author, change_note=note)
+        version, changed = T.revert_template(
+            session, template.id, to_version, expect_version=expect_version, author=author, change_note=note
+        )
         embedded = _embed_or_warn(session, [version.id], no_embed) if changed else []
         result = {**_result(template, version, changed), "reverted_to": to_version, "embedded": embedded}
     if not changed and fmt == "table":
-        click.echo(terminal_safe(f"no changes: {result['key']} version {result['version']} already has version "
-                                 f"{to_version}'s content"))
+        click.echo(
+            terminal_safe(
+                f"no changes: {result['key']} version {result['version']} already has version "
+                f"{to_version}'s content"
+            )
+        )
         return
     emit(result, fmt)
 
@@ -394,20 +494,40 @@ def show(app: AppContext, ref: str, version_no: int | None, fmt: str) -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
 @output_options
 @pass_app
-def list_command(app: AppContext, tags: tuple[str, ...], category: str | None, section: str | None,
-                 status: str | None, text: str | None, limit: int | None, fmt: str) -> None:
+def list_command(
+    app: AppContext,
+    tags: tuple[str, ...],
+    category: str | None,
+    section: str | None,
+    status: str | None,
+    text: str | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
     """List templates at their current version."""
     from kb import templates as T
     from kb.db import session_scope
 
     with session_scope(app.db()) as session:
-        rows = T.list_templates(session, tags=tags, category=category, section=section, status=status, text=text,
-                                limit=limit)
-        records = [{
-            "id": t.id, "key": t.key, "category": t.category, "section": t.section, "name": v.name,
-            "status": t.status, "version": t.current_version_no, "template_type": v.template_type,
-            "tags": v.tags, "description": v.description, "updated_at": t.updated_at,
-        } for t, v in rows]
+        rows = T.list_templates(
+            session, tags=tags, category=category, section=section, status=status, text=text, limit=limit
+        )
+        records = [
+            {
+                "id": t.id,
+                "key": t.key,
+                "category": t.category,
+                "section": t.section,
+                "name": v.name,
+                "status": t.status,
+                "version": t.current_version_no,
+                "template_type": v.template_type,
+                "tags": v.tags,
+                "description": v.description,
+                "updated_at": t.updated_at,
+            }
+            for t, v in rows
+        ]
     emit(records, fmt, columns=LIST_COLUMNS if fmt == "table" else None, title="templates")
 
 
@@ -422,14 +542,40 @@ def history_command(app: AppContext, ref: str, fmt: str) -> None:
 
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
-        records = [{
-            "version": v.version_no, "current": v.version_no == template.current_version_no,
-            "created_at": v.created_at, "source_kind": v.source_kind, "source_ref": v.source_ref,
-            "change_note": v.change_note, "author": v.author, "run_id": v.run_id, "provenance": v.provenance,
-            "version_id": v.id, "parent_version_id": v.parent_version_id, "content_hash": v.content_hash,
-        } for v in T.history(session, template.id)]
-    emit(records, fmt, title=template.key, columns=None if fmt != "table" else
-         ["version", "current", "created_at", "author", "source_kind", "source_ref", "change_note", "run_id"])
+        records = [
+            {
+                "version": v.version_no,
+                "current": v.version_no == template.current_version_no,
+                "created_at": v.created_at,
+                "source_kind": v.source_kind,
+                "source_ref": v.source_ref,
+                "change_note": v.change_note,
+                "author": v.author,
+                "run_id": v.run_id,
+                "provenance": v.provenance,
+                "version_id": v.id,
+                "parent_version_id": v.parent_version_id,
+                "content_hash": v.content_hash,
+            }
+            for v in T.history(session, template.id)
+        ]
+    emit(
+        records,
+        fmt,
+        title=template.key,
+        columns=None
+        if fmt != "table"
+        else [
+            "version",
+            "current",
+            "created_at",
+            "author",
+            "source_kind",
+            "source_ref",
+            "change_note",
+            "run_id",
+        ],
+    )
 
 
 @templates_group.command("blame")
@@ -444,8 +590,14 @@ def blame_command(app: AppContext, ref: str, fmt: str) -> None:
     with session_scope(app.db()) as session:
         template = T.resolve(session, ref)
         records = T.blame(T.history(session, template.id))
-    emit(records, fmt, title=template.key, columns=None if fmt != "table" else
-         ["field", "version", "author", "run_id", "created_at", "change_note"])
+    emit(
+        records,
+        fmt,
+        title=template.key,
+        columns=None
+        if fmt != "table"
+        else ["field", "version", "author", "run_id", "created_at", "change_note"],
+    )
 
 
 @templates_group.command("diff")
@@ -465,13 +617,19 @@ def diff(app: AppContext, ref: str, a: int, b: int | None, fmt: str) -> None:
         changes = T.diff_versions(old, new)
     if fmt == "table":
         if not changes:
-            click.echo(terminal_safe(f"{key}: versions {old.version_no} and {new.version_no} have the same content"))
+            click.echo(
+                terminal_safe(f"{key}: versions {old.version_no} and {new.version_no} have the same content")
+            )
             return
         rows = [(c["field"], _readable(c["old"]), _readable(c["new"])) for c in changes]
         _print_full(rows, ["field", f"v{old.version_no}", f"v{new.version_no}"], title=key)
     else:
-        emit(changes if fmt == "jsonl" else {"key": key, "from": old.version_no, "to": new.version_no,
-                                              "changes": changes}, fmt)
+        emit(
+            changes
+            if fmt == "jsonl"
+            else {"key": key, "from": old.version_no, "to": new.version_no, "changes": changes},
+            fmt,
+        )
 
 
 @templates_group.command("deprecate")
@@ -499,8 +657,12 @@ def _set_status(app: AppContext, ref: str, status: str, fmt: str) -> None:
     with session_scope(app.db()) as session:
         before = T.resolve(session, ref).status
         template = T.set_status(session, ref, status)
-        record = {"id": template.id, "key": template.key, "status": template.status,
-                  "changed": before != status}
+        record = {
+            "id": template.id,
+            "key": template.key,
+            "status": template.status,
+            "changed": before != status,
+        }
     emit(record, fmt)
 
 

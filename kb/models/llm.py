@@ -16,9 +16,13 @@ class LlmCall(SQLModel, table=True):
 
     __tablename__ = "llm_call"
 
-    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True))
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True)
+    )
     run_id: int | None = run_fk()
-    session_id: int | None = Field(default=None, foreign_key="solve_session.id", index=True, ondelete="SET NULL")
+    session_id: int | None = Field(
+        default=None, foreign_key="solve_session.id", index=True, ondelete="SET NULL"
+    )
     stage: str | None = Field(default=None, description="mine | sample | evaluate | solve:navigator | ...")
     backend: str
     model: str
@@ -41,7 +45,9 @@ class WorkUnit(SQLModel, table=True):
         sa.Index("ix_work_unit_pending", "stage", "scope", "status"),
     )
 
-    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True))
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True)
+    )
     stage: str
     scope: str = Field(description="hash of the stage parameters the unit belongs to")
     unit_key: str

@@ -14,10 +14,14 @@ class PipelineRun(SQLModel, table=True):
     __tablename__ = "pipeline_run"
 
     id: int | None = Field(default=None, primary_key=True)
-    stage: str = Field(index=True, description="import, embed, mine, similar, sample, evaluate, pairs, export, ...")
+    stage: str = Field(
+        index=True, description="import, embed, mine, similar, sample, evaluate, pairs, export, ..."
+    )
     params: dict[str, Any] = json_field()
     code_version: str = Field(default="")
-    status: str = Field(default="running", index=True, description="running | succeeded | failed | interrupted")
+    status: str = Field(
+        default="running", index=True, description="running | succeeded | failed | interrupted"
+    )
     counts: dict[str, Any] = json_field()
     error: str | None = text_field()
     host: str | None = Field(default=None)

@@ -27,11 +27,17 @@ class Template(SQLModel, table=True):
     __tablename__ = "template"
 
     id: int | None = Field(default=None, primary_key=True)
-    key: str = Field(unique=True, description="category path plus name, e.g. 'Sequences/Arithmetic/Sum formula'")
+    key: str = Field(
+        unique=True, description="category path plus name, e.g. 'Sequences/Arithmetic/Sum formula'"
+    )
     category: str = Field(index=True, description="top-level category (a ReasonFlux-v1 chapter)")
-    section: str | None = Field(default=None, index=True, description="second level (a ReasonFlux-v1 section)")
+    section: str | None = Field(
+        default=None, index=True, description="second level (a ReasonFlux-v1 section)"
+    )
     status: str = Field(default="active", index=True, description="active | deprecated")
-    current_version_no: int = Field(default=0, description="version_no of the current version; optimistic lock")
+    current_version_no: int = Field(
+        default=0, description="version_no of the current version; optimistic lock"
+    )
     current_version_id: int | None = Field(
         default=None,
         sa_column=sa.Column(

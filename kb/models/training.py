@@ -14,8 +14,12 @@ from kb.models._common import created_at_field, json_field, text_field, ts_field
 class TrainingRun(SQLModel, table=True):
     __tablename__ = "training_run"
     __table_args__ = (
-        sa.Index("ux_training_run_resumed_from", "resumed_from", unique=True,
-                 postgresql_where=sa.text("resumed_from IS NOT NULL")),
+        sa.Index(
+            "ux_training_run_resumed_from",
+            "resumed_from",
+            unique=True,
+            postgresql_where=sa.text("resumed_from IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -24,7 +28,9 @@ class TrainingRun(SQLModel, table=True):
     dataset_version_id: str | None = Field(default=None, foreign_key="dataset_version.id")
     config: dict[str, Any] = json_field()
     code_version: str = Field(default="")
-    status: str = Field(default="running", index=True, description="running | succeeded | failed | interrupted")
+    status: str = Field(
+        default="running", index=True, description="running | succeeded | failed | interrupted"
+    )
     metrics: dict[str, Any] = json_field()
     output_path: str | None = text_field()
     # Unique (partial index, migration 0006): a run is resumed at most once, since every resume writes

@@ -64,7 +64,9 @@ class Rollout(SQLModel, table=True):
     __tablename__ = "rollout"
     __table_args__ = (sa.UniqueConstraint("trajectory_id", "problem_id", "sample_index"),)
 
-    id: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True))
+    id: int | None = Field(
+        default=None, sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=True)
+    )
     trajectory_id: int = Field(foreign_key="trajectory.id", ondelete="CASCADE")
     problem_id: int = Field(foreign_key="problem.id", index=True, ondelete="CASCADE")
     sample_index: int = 0
@@ -92,7 +94,9 @@ class DpoPair(SQLModel, table=True):
     rejected_reward: float
     margin: float
     params: dict[str, Any] = json_field()
-    params_hash: str = Field(index=True, description="the selection that built this pair; rebuilds are idempotent")
+    params_hash: str = Field(
+        index=True, description="the selection that built this pair; rebuilds are idempotent"
+    )
     run_id: int | None = run_fk()
     created_at: datetime = created_at_field()
 

@@ -21,7 +21,8 @@ class SolveStepTemplate(SQLModel, table=True):
     session_id: int = Field(foreign_key="solve_session.id", primary_key=True, ondelete="CASCADE")
     round_no: int = Field(primary_key=True)
     version_id: int = Field(
-        sa_column=sa.Column(sa.Integer, sa.ForeignKey("template_version.id"), primary_key=True, index=True))
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("template_version.id"), primary_key=True, index=True)
+    )
     step_no: int | None = Field(default=None, description="1-based position of the step in the trajectory")
     score: float | None = Field(default=None, description="retrieval score of the version for the step")
     outcome: str | None = text_field()  # accepted | revised | removed | ... as the solver reported it

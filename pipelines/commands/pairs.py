@@ -15,21 +15,42 @@ def pairs() -> None:
 
 @pairs.command("build")
 @click.option("--min-margin", type=float, default=0.2, show_default=True, help="Least reward difference.")
-@click.option("--min-rollouts", type=int, default=4, show_default=True, help="Least rollouts behind each reward.")
+@click.option(
+    "--min-rollouts", type=int, default=4, show_default=True, help="Least rollouts behind each reward."
+)
 @click.option("--max-pairs-per-problem", type=int, default=4, show_default=True)
-@click.option("--similar-build", type=int, default=None, help="Only trajectories evaluated on this similar build.")
+@click.option(
+    "--similar-build", type=int, default=None, help="Only trajectories evaluated on this similar build."
+)
 @click.option("--navigator-model", default=None, help="Only trajectories of this navigator.")
 @click.option("--no-refresh", is_flag=True, help="Use the rewards as last refreshed.")
 @output_options(csv_ok=False)
 @pass_app
-def build_cmd(app: AppContext, min_margin: float, min_rollouts: int, max_pairs_per_problem: int,
-              similar_build: int | None, navigator_model: str | None, no_refresh: bool, fmt: str) -> None:
+def build_cmd(
+    app: AppContext,
+    min_margin: float,
+    min_rollouts: int,
+    max_pairs_per_problem: int,
+    similar_build: int | None,
+    navigator_model: str | None,
+    no_refresh: bool,
+    fmt: str,
+) -> None:
     """Refresh rewards and insert the pairs (train-split anchors only); idempotent."""
     from pipelines.pairs import build_pairs
 
-    emit(build_pairs(app.db(), refresh=not no_refresh, min_margin=min_margin, min_rollouts=min_rollouts,
-                     max_pairs_per_problem=max_pairs_per_problem, similar_build=similar_build,
-                     navigator_model=navigator_model), fmt)
+    emit(
+        build_pairs(
+            app.db(),
+            refresh=not no_refresh,
+            min_margin=min_margin,
+            min_rollouts=min_rollouts,
+            max_pairs_per_problem=max_pairs_per_problem,
+            similar_build=similar_build,
+            navigator_model=navigator_model,
+        ),
+        fmt,
+    )
 
 
 @pairs.command("list")

@@ -30,17 +30,23 @@ def refresh_cmd(app: AppContext, fmt: str) -> None:
 @rewards_group.command("show")
 @click.option("--trajectory", "trajectory_id", type=int, default=None)
 @click.option("--problem", "problem_id", type=int, default=None)
-@click.option("--live", is_flag=True, help="Compute now from the rollouts instead of reading the refreshed view.")
+@click.option(
+    "--live", is_flag=True, help="Compute now from the rollouts instead of reading the refreshed view."
+)
 @click.option("--limit", type=int, default=100, show_default=True)
 @output_options
 @pass_app
-def show_cmd(app: AppContext, trajectory_id: int | None, problem_id: int | None, live: bool, limit: int,
-             fmt: str) -> None:
+def show_cmd(
+    app: AppContext, trajectory_id: int | None, problem_id: int | None, live: bool, limit: int, fmt: str
+) -> None:
     """Rewards with n_rollouts, n_correct, n_problems_evaluated, set_size and complete."""
     from kb.rewards import REWARD_COLUMNS, rewards
 
-    emit(rewards(app.db(), trajectory_id=trajectory_id, problem_id=problem_id, live=live, limit=limit), fmt,
-         columns=REWARD_COLUMNS)
+    emit(
+        rewards(app.db(), trajectory_id=trajectory_id, problem_id=problem_id, live=live, limit=limit),
+        fmt,
+        columns=REWARD_COLUMNS,
+    )
 
 
 def register(cli: click.Group) -> None:

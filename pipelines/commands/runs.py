@@ -25,8 +25,24 @@ def list_cmd(app: AppContext, stage: str | None, status: str | None, limit: int,
 
     with app.db().engine.connect() as conn:
         rows = list_runs(conn, stage=stage, status=status, limit=limit)
-    emit(rows, fmt, columns=["id", "stage", "status", "started_at", "duration_s", "units_done", "units_failed",
-                             "failures", "llm_calls", "host"] if fmt == "table" else None)
+    emit(
+        rows,
+        fmt,
+        columns=[
+            "id",
+            "stage",
+            "status",
+            "started_at",
+            "duration_s",
+            "units_done",
+            "units_failed",
+            "failures",
+            "llm_calls",
+            "host",
+        ]
+        if fmt == "table"
+        else None,
+    )
 
 
 @runs.command("show")

@@ -10,6 +10,13 @@ from pipelines.llm.registry import (
 )
 
 __all__ = [
-    "Backend", "ChatRequest", "Completion", "SamplingParams",
-    "available_backends", "clear_backend_cache", "create_backend", "get_backend", "register_backend",
+    "Backend",
+    "ChatRequest",
+    "Completion",
+    "SamplingParams",
+    "available_backends",
+    "clear_backend_cache",
+    "create_backend",
+    "get_backend",
+    "register_backend",
 ]

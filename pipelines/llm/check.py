@@ -16,8 +16,9 @@ PROBE = [{"role": "user", "content": "Reply with the word OK."}]
 ROLES = ("navigator", "inference", "miner")
 
 
-def roles_to_check(config: LlmConfig, flags: dict[str, str | None],
-                   db: Callable[[], Database] | None = None) -> dict[str, RoleConfig]:
+def roles_to_check(
+    config: LlmConfig, flags: dict[str, str | None], db: Callable[[], Database] | None = None
+) -> dict[str, RoleConfig]:
     """Every role of the config file, with the flags on top (a flag beats the file), through the one role
     resolver; DB opens the KB, only when a flag names a registered navigator."""
     from pipelines.llm.roles import role_config
@@ -39,14 +40,22 @@ def check_role(name: str, role: RoleConfig, *, max_tokens: int = 8) -> dict[str,
     options = dict(role.options)
     if role.backend == "openai":  # one attempt: a check reports, it does not wait out a backoff
         options["max_retries"] = 0
-    row: dict[str, Any] = {"role": name, "backend": role.backend, "model": options.get("model")
-                           or options.get("model_path"), "ok": False, "latency_ms": None, "reply": None,
-                           "error": None}
+    row: dict[str, Any] = {
+        "role": name,
+        "backend": role.backend,
+        "model": options.get("model") or options.get("model_path"),
+        "ok": False,
+        "latency_ms": None,
+        "reply": None,
+        "error": None,
+    }
     t0 = time.perf_counter()
     try:
         backend = get_backend(role.backend, **options)
         row["model"] = backend.model
-        [c] = backend.generate([ChatRequest(PROBE, SamplingParams(max_tokens=max_tokens), tags={"check": name})])
+        [c] = backend.generate(
+            [ChatRequest(PROBE, SamplingParams(max_tokens=max_tokens), tags={"check": name})]
+        )
     except Exception as e:  # noqa: BLE001 - a backend that cannot even start is what the check reports
         row["error"] = scrub(f"{type(e).__name__}: {e}")
         return row

@@ -80,8 +80,10 @@ class LlmConfig:
             return spec
         if name in self.roles:
             return self.roles[name]
-        raise InputError(f"no LLM configured for the {name} role: pass --{name} SPEC "
-                         "(e.g. transformers:/path/to/model) or give it in --llm-config")
+        raise InputError(
+            f"no LLM configured for the {name} role: pass --{name} SPEC "
+            "(e.g. transformers:/path/to/model) or give it in --llm-config"
+        )
 
 
 def parse_spec(spec: str) -> RoleConfig:
@@ -89,8 +91,10 @@ def parse_spec(spec: str) -> RoleConfig:
     name, _, rest = spec.partition(":")
     name = name.strip()
     if name not in available_backends():
-        raise InputError(f"unknown LLM backend {name!r} in {spec!r}; available: {', '.join(available_backends())}",
-                         field="backend")
+        raise InputError(
+            f"unknown LLM backend {name!r} in {spec!r}; available: {', '.join(available_backends())}",
+            field="backend",
+        )
     options: dict[str, Any] = {}
     if name in ("transformers", "vllm"):
         if not rest:
@@ -139,8 +143,12 @@ def _refuse_unknown(found: Any, known: set[str] | frozenset[str], file: Path, re
     unknown = sorted(set(found) - set(known))
     if unknown:
         where = f"{record}." if record else ""
-        raise InputError(f"unknown key {where}{unknown[0]!r} (known here: {', '.join(sorted(known))})",
-                         file=str(file), record=record, field=unknown[0])
+        raise InputError(
+            f"unknown key {where}{unknown[0]!r} (known here: {', '.join(sorted(known))})",
+            file=str(file),
+            record=record,
+            field=unknown[0],
+        )
 
 
 def _mapping(value: Any, file: Path, record: str) -> dict[str, Any]:
@@ -158,8 +166,10 @@ def load_config(path: str | os.PathLike | None) -> LlmConfig:
     p = Path(path)
     data = _read(p)
     _refuse_unknown(data, _TOP_KEYS, p, None)
-    roles = {role: _load_role(raw, p, f"roles.{role}")
-             for role, raw in _mapping(data.get("roles"), p, "roles").items()}
+    roles = {
+        role: _load_role(raw, p, f"roles.{role}")
+        for role, raw in _mapping(data.get("roles"), p, "roles").items()
+    }
     prompts = _mapping(data.get("prompts"), p, "prompts")
     _refuse_unknown(prompts, _PROMPTS_KEYS, p, "prompts")
     prompts_dir = prompts.get("dir")
@@ -172,14 +182,22 @@ def _load_role(raw: Any, p: Path, record: str) -> RoleConfig:
     raw = dict(raw)
     secret = sorted(k for k in raw if k.lower() in _SECRET_KEYS) or _nested_secrets(raw)
     if secret:
-        raise InputError("secrets never go in a config file: set an environment variable and name it with "
-                         "api_key_env", file=str(p), record=record, field=secret[0])
+        raise InputError(
+            "secrets never go in a config file: set an environment variable and name it with api_key_env",
+            file=str(p),
+            record=record,
+            field=secret[0],
+        )
     sampling = _mapping(raw.pop("sampling", None), p, f"{record}.sampling")
     _refuse_unknown(sampling, _SAMPLING_FIELDS, p, f"{record}.sampling")
     backend = raw.pop("backend")
     if backend not in available_backends():
-        raise InputError(f"unknown backend {backend!r}; available: {', '.join(available_backends())}",
-                         file=str(p), record=record, field="backend")
+        raise InputError(
+            f"unknown backend {backend!r}; available: {', '.join(available_backends())}",
+            file=str(p),
+            record=record,
+            field="backend",
+        )
     known = backend_options(backend)
     if known is not None:
         _refuse_unknown(raw, known | _ROLE_KEYS, p, record)

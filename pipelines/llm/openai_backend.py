@@ -48,13 +48,27 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # when neither the role nor OPENA
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str | None = None,
-                 max_concurrency: int = 16, timeout_s: float = 120.0, max_retries: int = 5,
-                 backoff_s: float = 0.5, max_backoff_s: float = 30.0, extra_body: dict | None = None,
-                 structured_output: bool | str = False, sampling_extras: bool = True, **_: Any):
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        max_concurrency: int = 16,
+        timeout_s: float = 120.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        extra_body: dict | None = None,
+        structured_output: bool | str = False,
+        sampling_extras: bool = True,
+        **_: Any,
+    ):
         if "api_key" in _:
-            raise KbError("openai backend: pass the key through an environment variable (api_key_env), "
-                          "never as an option")
+            raise KbError(
+                "openai backend: pass the key through an environment variable (api_key_env), "
+                "never as an option"
+            )
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self.max_concurrency = max(1, int(max_concurrency))
@@ -77,9 +91,11 @@ class OpenAIBackend:
             register_secret(key)
             headers["Authorization"] = f"Bearer {key}"
         self._client = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout_s),
-            limits=httpx.Limits(max_connections=self.max_concurrency,
-                                max_keepalive_connections=self.max_concurrency),
+            headers=headers,
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency
+            ),
         )
         self._pool = _DaemonPool(self.max_concurrency)
 
@@ -89,8 +105,11 @@ class OpenAIBackend:
     def _body(self, req: ChatRequest, dialect: str | None) -> dict[str, Any]:
         p = req.params
         body: dict[str, Any] = {
-            "model": self.model, "messages": req.messages, "temperature": p.temperature,
-            "top_p": p.top_p, "max_tokens": p.max_tokens,
+            "model": self.model,
+            "messages": req.messages,
+            "temperature": p.temperature,
+            "top_p": p.top_p,
+            "max_tokens": p.max_tokens,
         }
         if p.seed is not None:
             body["seed"] = p.seed
@@ -121,9 +140,12 @@ class OpenAIBackend:
         with self._dialect_lock:
             if self.dialect is None:
                 self.dialect = dialect
-                log.warning("openai backend %s: structured output as response_format %r%s", self.base_url,
-                            dialect, f" (the server refused {', '.join(sorted(self._refused))})"
-                            if self._refused else "")
+                log.warning(
+                    "openai backend %s: structured output as response_format %r%s",
+                    self.base_url,
+                    dialect,
+                    f" (the server refused {', '.join(sorted(self._refused))})" if self._refused else "",
+                )
 
     def _delay(self, attempt: int, response: httpx.Response | None) -> float:
         if response is not None:
@@ -133,7 +155,7 @@ class OpenAIBackend:
                     return min(float(retry_after), self.max_backoff_s)
                 except ValueError:
                     pass
-        base = min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
+        base = min(self.backoff_s * (2**attempt), self.max_backoff_s)
         return base * (0.5 + random.random() / 2)  # jitter so many clients do not retry in lockstep
 
     def _one(self, req: ChatRequest) -> Completion:
@@ -168,14 +190,20 @@ class OpenAIBackend:
                 break
             time.sleep(self._delay(attempt, response))
             attempt += 1
-        return Completion(text="", latency_ms=(time.perf_counter() - t0) * 1000,
-                          error=scrub(f"{error} (after {attempt + 1} attempts)"))
+        return Completion(
+            text="",
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            error=scrub(f"{error} (after {attempt + 1} attempts)"),
+        )
 
     def _refused_error(self, error: str) -> str:
         tried = ", ".join(sorted(self._refused)) if self.structured == AUTO else self.structured
         others = " or ".join(f'"{d}"' for d in DIALECTS if d != self.structured)
-        hint = (f"set structured_output = {others}" if self.structured != AUTO
-                else "set structured_output = false") + " for this role"
+        hint = (
+            f"set structured_output = {others}"
+            if self.structured != AUTO
+            else "set structured_output = false"
+        ) + " for this role"
         return f"the server refused response_format ({tried}): {error}; {hint}"
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
@@ -230,9 +258,13 @@ def _completion(data: dict[str, Any], latency_ms: float, dialect: str | None = N
     choice = data["choices"][0]
     text = choice["message"]["content"] or ""
     usage = data.get("usage") or {}
-    return Completion(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0), latency_ms=latency_ms,
-                      structured=dialect)
+    return Completion(
+        text=text,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        latency_ms=latency_ms,
+        structured=dialect,
+    )
 
 
 @register_backend("openai", options=OpenAIBackend)

@@ -28,11 +28,13 @@ _INSTANCES: dict[tuple[str, str], Backend] = {}
 _INSTANCES_LOCK = threading.Lock()
 
 
-def register_backend(name: str, options: type | None = None,
-                     also: tuple[str, ...] = ()) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
+def register_backend(
+    name: str, options: type | None = None, also: tuple[str, ...] = ()
+) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
     """Register FACTORY under NAME; OPTIONS is the class whose constructor's keyword arguments are the
     backend's options (a `**engine_options`-style catch-all means any option is passed on), ALSO more
     option names that a consumer of the role reads."""
+
     def decorate(factory: Callable[..., Backend]) -> Callable[..., Backend]:
         _FACTORIES[name] = factory
         known = _constructor_options(options) if options is not None else None

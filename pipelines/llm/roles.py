@@ -77,11 +77,21 @@ def role_config(db: Database | None, config: LlmConfig, role: str, flag: str | N
     return config.role(role, flag)
 
 
-def resolve_role(db: Database | None, role: str, flag: str | None, config: str | LlmConfig | None,
-                 default: SamplingParams = SamplingParams(), **overrides: Any) -> ResolvedRole:
+def resolve_role(
+    db: Database | None,
+    role: str,
+    flag: str | None,
+    config: str | LlmConfig | None,
+    default: SamplingParams = SamplingParams(),
+    **overrides: Any,
+) -> ResolvedRole:
     """ROLE's backend and sampling (DEFAULT < config file < non-None OVERRIDES) and the prompts dir."""
     cfg = config if isinstance(config, LlmConfig) else load_config(config)
     rc = role_config(db, cfg, role, flag)
-    values = {**dataclasses.asdict(default), **rc.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {
+        **dataclasses.asdict(default),
+        **rc.sampling,
+        **{k: v for k, v in overrides.items() if v is not None},
+    }
     values["stop"] = tuple(values.get("stop") or ())
     return ResolvedRole(rc, SamplingParams(**values), str(cfg.prompts_dir) if cfg.prompts_dir else None)

@@ -27,8 +27,15 @@ Reply = str | list[str] | Callable[[list[Message]], str]
 class ScriptedBackend:
     name = "scripted"
 
-    def __init__(self, rules: list[tuple[str, Reply]] | None = None, default: Reply | None = None,
-                 latency_s: float = 0.0, model: str = "scripted", sampling_extras: Sequence[str] = (), **_: Any):
+    def __init__(
+        self,
+        rules: list[tuple[str, Reply]] | None = None,
+        default: Reply | None = None,
+        latency_s: float = 0.0,
+        model: str = "scripted",
+        sampling_extras: Sequence[str] = (),
+        **_: Any,
+    ):
         self.model = model
         self.sampling_extras = tuple(sampling_extras)  # which vLLM extras it claims to apply (for tests)
         self.rules = [(re.compile(p, re.DOTALL), r) for p, r in (rules or [])]
@@ -69,13 +76,15 @@ class ScriptedBackend:
                 text, err = self._answer(req.messages), None
             except LookupError as e:
                 text, err = "", str(e)
-            out.append(Completion(
-                text=text,
-                prompt_tokens=sum(len(m.get("content", "").split()) for m in req.messages),
-                completion_tokens=len(text.split()),
-                latency_ms=(time.perf_counter() - t0) * 1000 + self.latency_s * 1000,
-                error=err,
-            ))
+            out.append(
+                Completion(
+                    text=text,
+                    prompt_tokens=sum(len(m.get("content", "").split()) for m in req.messages),
+                    completion_tokens=len(text.split()),
+                    latency_ms=(time.perf_counter() - t0) * 1000 + self.latency_s * 1000,
+                    error=err,
+                )
+            )
         return out
 
 
@@ -96,8 +105,14 @@ class PlayAlong:
     over problems with known answers grades as expected. STEPS are the plan's (step, template phrase); with
     TEMPLATE_FROM_PROBLEM the last phrase is the problem's first words, so retrieval is on topic."""
 
-    def __init__(self, answers: Mapping[str, str] | None = None, *, default_answer: str = "0",
-                 steps: Sequence[tuple[str, str]] = DEFAULT_STEPS, template_from_problem: bool = True):
+    def __init__(
+        self,
+        answers: Mapping[str, str] | None = None,
+        *,
+        default_answer: str = "0",
+        steps: Sequence[tuple[str, str]] = DEFAULT_STEPS,
+        template_from_problem: bool = True,
+    ):
         self.template_from_problem = template_from_problem
         self.answers = {k.strip(): v for k, v in (answers or {}).items()}
         self._by_length = sorted(self.answers.items(), key=lambda kv: -len(kv[0]))
@@ -115,15 +130,18 @@ class PlayAlong:
             templates = [t for _, t in self.steps]
             if self.template_from_problem:
                 templates[-1] = " ".join(_problem(messages).split()[:24]) or templates[-1]
-            return navigator.render_plan("Find the requested quantity from the given conditions.",
-                                         [(s, t) for (s, _), t in zip(self.steps, templates)])
+            return navigator.render_plan(
+                "Find the requested quantity from the given conditions.",
+                [(s, t) for (s, _), t in zip(self.steps, templates)],
+            )
         if kind == "evaluation":
             user = next(m.get("content", "") for m in messages if m.get("role") == "user")
             step = int(m.group(1)) if (m := _STEP_NO.search(user)) else 1
             if step < (len(_N_STEPS.findall(user)) or 1):
                 return navigator.render_evaluation("continue", "the step is correct and complete")
-            return navigator.render_evaluation("stop", "the last step gives the answer",
-                                               answer=self.answer_for(messages))
+            return navigator.render_evaluation(
+                "stop", "the last step gives the answer", answer=self.answer_for(messages)
+            )
         user = next((m.get("content", "") for m in messages if m.get("role") == "user"), "")
         if prompts.FORMAT_ASK in user:  # the answer restated as JSON (the serving API's response_format)
             return json.dumps({"answer": self.answer_for(messages)})
@@ -144,18 +162,30 @@ def _problem(messages: list[Message]) -> str:
     return m.group(1).strip() if m else ""
 
 
-def play_along_backend(answers: Mapping[str, str] | None = None, *, latency_s: float = 0.0, default_answer: str = "0",
-                       model: str = "scripted-solver", steps: Sequence[tuple[str, str]] | None = None,
-                       template_from_problem: bool = True, sampling_extras: Sequence[str] = ()) -> ScriptedBackend:
+def play_along_backend(
+    answers: Mapping[str, str] | None = None,
+    *,
+    latency_s: float = 0.0,
+    default_answer: str = "0",
+    model: str = "scripted-solver",
+    steps: Sequence[tuple[str, str]] | None = None,
+    template_from_problem: bool = True,
+    sampling_extras: Sequence[str] = (),
+) -> ScriptedBackend:
     """A ScriptedBackend that plays navigator and inference (and the baseline) for any problem."""
-    script = PlayAlong(answers, default_answer=default_answer, steps=steps or DEFAULT_STEPS,
-                       template_from_problem=template_from_problem)
+    script = PlayAlong(
+        answers,
+        default_answer=default_answer,
+        steps=steps or DEFAULT_STEPS,
+        template_from_problem=template_from_problem,
+    )
     return ScriptedBackend(default=script, latency_s=latency_s, model=model, sampling_extras=sampling_extras)
 
 
 # Without rules the scripted backend is the play-along model above, configured by its options.
-@register_backend("scripted", options=ScriptedBackend,
-                  also=("answers", "default_answer", "steps", "template_from_problem"))
+@register_backend(
+    "scripted", options=ScriptedBackend, also=("answers", "default_answer", "steps", "template_from_problem")
+)
 def _factory(**options: Any) -> ScriptedBackend:
     if not {"rules", "default"} & set(options):
         return play_along_backend(**options)

@@ -40,8 +40,10 @@ def structured_mode(value: Any, *, where: str = "structured_output") -> str | No
         return AUTO
     if isinstance(value, str) and value in DIALECTS:
         return value
-    raise InputError(f"{where} must be true, false, {' or '.join(repr(d) for d in DIALECTS)}; got {value!r}",
-                     field="structured_output")
+    raise InputError(
+        f"{where} must be true, false, {' or '.join(repr(d) for d in DIALECTS)}; got {value!r}",
+        field="structured_output",
+    )
 
 
 def response_format(dialect: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +77,7 @@ def _strip(node: Any) -> Any:
         if key in _SMALL_ONLY and isinstance(value, int) and value > SMALL_BOUND:
             continue
         # `properties` maps names to schemas: a property called "pattern" is kept, its schema stripped.
-        out[key] = ({k: _strip(v) for k, v in value.items()} if key == "properties" else _strip(value))
+        out[key] = {k: _strip(v) for k, v in value.items()} if key == "properties" else _strip(value)
     return out
 
 

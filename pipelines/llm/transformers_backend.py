@@ -30,9 +30,18 @@ class TransformersBackend:
     name = "transformers"
     sampling_extras = SAMPLING_EXTRAS
 
-    def __init__(self, model_path: str, *, device: str | None = None, dtype: str | None = None,
-                 batch_size: int = 8, model: str | None = None, threads: int | None = None,
-                 structured_output: bool | str = False, **_: Any):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 8,
+        model: str | None = None,
+        threads: int | None = None,
+        structured_output: bool | str = False,
+        **_: Any,
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -72,8 +81,9 @@ class TransformersBackend:
         import xgrammar as xgr
 
         if self._grammars is None:
-            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=self.lm.config.vocab_size,
-                                                      stop_token_ids=self._eos_ids)
+            info = xgr.TokenizerInfo.from_huggingface(
+                self.tokenizer, vocab_size=self.lm.config.vocab_size, stop_token_ids=self._eos_ids
+            )
             self._grammars = xgr.GrammarCompiler(info)
         # No free whitespace: a small model can spend its whole token budget on it inside the grammar.
         return self._grammars.compile_json_schema(schema, any_whitespace=False)
@@ -87,7 +97,7 @@ class TransformersBackend:
             groups.setdefault(key, []).append(i)
         for key, idxs in groups.items():
             for start in range(0, len(idxs), self.batch_size):
-                batch = idxs[start:start + self.batch_size]
+                batch = idxs[start : start + self.batch_size]
                 try:
                     done = self._generate_batch([requests[i] for i in batch], key[-1])
                 except Exception as e:  # noqa: BLE001 - a failed batch is recorded, never fatal
@@ -101,8 +111,9 @@ class TransformersBackend:
 
         params: SamplingParams = reqs[0].params
         t0 = time.perf_counter()
-        enc = self.tokenizer([self._prompt(r) for r in reqs], return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
+        enc = self.tokenizer(
+            [self._prompt(r) for r in reqs], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(self.device)
         gen_kwargs: dict[str, Any] = {
             "max_new_tokens": params.max_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -127,16 +138,21 @@ class TransformersBackend:
                 digest = hashlib.sha256(repr(seeds).encode()).digest()
                 torch.manual_seed(int.from_bytes(digest[:8], "little") % (2**63))
             generated = self.lm.generate(**enc, **gen_kwargs)
-        new = generated[:, enc["input_ids"].shape[1]:]
+        new = generated[:, enc["input_ids"].shape[1] :]
         latency = (time.perf_counter() - t0) * 1000
         results = []
         for row, mask in zip(new, enc["attention_mask"]):
             n = _completion_length(row.tolist(), self._eos_ids, self.tokenizer.pad_token_id)
             text = self.tokenizer.decode(row[:n], skip_special_tokens=True)
-            results.append(Completion(
-                text=_cut_at_stop(text, params.stop), prompt_tokens=int(mask.sum()),
-                completion_tokens=n, latency_ms=latency, structured="xgrammar" if schema else None,
-            ))
+            results.append(
+                Completion(
+                    text=_cut_at_stop(text, params.stop),
+                    prompt_tokens=int(mask.sum()),
+                    completion_tokens=n,
+                    latency_ms=latency,
+                    structured="xgrammar" if schema else None,
+                )
+            )
         return results
 
 

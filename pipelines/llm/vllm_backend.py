@@ -34,17 +34,31 @@ class VllmBackend:
     name = "vllm"
     sampling_extras = SAMPLING_EXTRAS
 
-    def __init__(self, model_path: str, *, model: str | None = None, tensor_parallel_size: int = 1,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = None,
-                 dtype: str = "auto", structured_output: bool | str = False, **engine_options: Any):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        model: str | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        dtype: str = "auto",
+        structured_output: bool | str = False,
+        **engine_options: Any,
+    ):
         self.structured = structured_mode(structured_output, where="vllm backend: structured_output")
         vllm = _import_vllm()
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         path = check_model_dir(model_path)
         self.model = model or str(path)
         self._vllm = vllm
-        kwargs = dict(model=str(path), tensor_parallel_size=tensor_parallel_size,
-                      gpu_memory_utilization=gpu_memory_utilization, dtype=dtype, **engine_options)
+        kwargs = dict(
+            model=str(path),
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            dtype=dtype,
+            **engine_options,
+        )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         self.llm = vllm.LLM(**kwargs)
@@ -55,23 +69,35 @@ class VllmBackend:
     def _sampling(self, req: ChatRequest):
         p = req.params
         extra = _constraint(decoding_schema(req.response_schema)) if self._constrained(req) else {}
-        return self._vllm.SamplingParams(temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                                         seed=p.seed, stop=list(p.stop) or None, **p.extras(), **extra)
+        return self._vllm.SamplingParams(
+            temperature=p.temperature,
+            top_p=p.top_p,
+            max_tokens=p.max_tokens,
+            seed=p.seed,
+            stop=list(p.stop) or None,
+            **p.extras(),
+            **extra,
+        )
 
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         if not requests:
             return []
         t0 = time.perf_counter()
         try:
-            outputs = self.llm.chat([r.messages for r in requests], [self._sampling(r) for r in requests],
-                                    use_tqdm=False)
+            outputs = self.llm.chat(
+                [r.messages for r in requests], [self._sampling(r) for r in requests], use_tqdm=False
+            )
         except Exception as e:  # noqa: BLE001 - a failed batch is recorded, never fatal
             return [Completion(text="", error=f"{type(e).__name__}: {e}") for _ in requests]
         latency = (time.perf_counter() - t0) * 1000
         return [
-            Completion(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or []),
-                       completion_tokens=len(o.outputs[0].token_ids), latency_ms=latency,
-                       structured="vllm" if self._constrained(r) else None)
+            Completion(
+                text=o.outputs[0].text,
+                prompt_tokens=len(o.prompt_token_ids or []),
+                completion_tokens=len(o.outputs[0].token_ids),
+                latency_ms=latency,
+                structured="vllm" if self._constrained(r) else None,
+            )
             for r, o in zip(requests, outputs)
         ]
 

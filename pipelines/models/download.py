@@ -19,17 +19,34 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
 
     A wheel unless SDIST. Any failure (no network, index down, no such version) is one KbError line."""
     fmt = ["--no-binary=:all:"] if sdist else ["--only-binary=:all:"]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *fmt, "--disable-pip-version-check",
-           "--no-input", "--progress-bar", "off", "-d", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        *fmt,
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "-d",
+        str(dest),
+        requirement,
+    ]
     dest.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise KbError(f"pip could not download {requirement} within {PIP_TIMEOUT_S:.0f} s "
-                      "(REASONFLUX_PIP_TIMEOUT); check the network or your pip index") from None
+        raise KbError(
+            f"pip could not download {requirement} within {PIP_TIMEOUT_S:.0f} s "
+            "(REASONFLUX_PIP_TIMEOUT); check the network or your pip index"
+        ) from None
     if done.returncode != 0:
-        raise KbError(f"pip could not download {requirement}: {_reason(done.stderr or done.stdout)}; "
-                      "check the network or your pip index (pip config, PIP_INDEX_URL)")
+        raise KbError(
+            f"pip could not download {requirement}: {_reason(done.stderr or done.stdout)}; "
+            "check the network or your pip index (pip config, PIP_INDEX_URL)"
+        )
     files = [p for p in dest.iterdir() if p.is_file()]
     if len(files) != 1:
         raise KbError(f"pip download {requirement} left {len(files)} files in {dest}, expected one")
@@ -41,8 +58,11 @@ def _reason(output: str) -> str:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
     broken = [line for line in lines if "connection broken by" in line or "Could not fetch URL" in line]
     if broken:  # pip then only says "no matching distribution", which hides the cause
-        cause = re.search(r"(Failed to establish a new connection: [^\"')]+|Name or service not known|"
-                          r"Temporary failure in name resolution|timed out|ProxyError|SSLError)", broken[-1])
+        cause = re.search(
+            r"(Failed to establish a new connection: [^\"')]+|Name or service not known|"
+            r"Temporary failure in name resolution|timed out|ProxyError|SSLError)",
+            broken[-1],
+        )
         return f"the package index could not be reached ({cause.group(1) if cause else 'connection failed'})"
     errors = [line for line in lines if line.startswith("ERROR:")]
     picked = (errors or lines or ["no output"])[-1]
@@ -60,18 +80,35 @@ def sha256_file(path: Path) -> str:
 def check_sha256(path: Path, expected: str, what: str) -> None:
     actual = sha256_file(path)
     if actual != expected:
-        raise KbError(f"{what} {path.name} has sha256 {actual}, expected the pinned {expected}; "
-                      "refusing it (a different or tampered file)")
+        raise KbError(
+            f"{what} {path.name} has sha256 {actual}, expected the pinned {expected}; "
+            "refusing it (a different or tampered file)"
+        )
 
 
 def pip_install_target(requirement: str, target: Path) -> None:
     """Install REQUIREMENT's wheel alone into TARGET (a private folder put on one subprocess's PYTHONPATH)."""
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           "--no-input", "--progress-bar", "off", "--target", str(target), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        "--target",
+        str(target),
+        requirement,
+    ]
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise KbError(f"pip could not install {requirement} within {PIP_TIMEOUT_S:.0f} s") from None
     if done.returncode != 0:
-        raise KbError(f"pip could not install {requirement}: {_reason(done.stderr or done.stdout)}; "
-                      "check the network or your pip index (pip config, PIP_INDEX_URL)")
+        raise KbError(
+            f"pip could not install {requirement}: {_reason(done.stderr or done.stdout)}; "
+            "check the network or your pip index (pip config, PIP_INDEX_URL)"
+        )

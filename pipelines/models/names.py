@@ -24,7 +24,8 @@ _LOCK = "reasonflux-model-names"
 
 _LOOKUP = sa.text(
     "SELECT 'navigator' AS kind, name, path, gguf_path FROM navigator_model WHERE name = :n "
-    "UNION ALL SELECT 'model', name, path, gguf_path FROM model WHERE name = :n")
+    "UNION ALL SELECT 'model', name, path, gguf_path FROM model WHERE name = :n"
+)
 _ALL = sa.text("SELECT name FROM navigator_model UNION ALL SELECT name FROM model ORDER BY 1")
 
 
@@ -60,14 +61,19 @@ def resolve(conn: Any, name_or_path: str) -> str:
     if path.is_dir():
         return str(path)
     known = registered_names(conn)
-    raise NotFound(f"no navigator or model named {name_or_path!r} and no such model directory; registered: "
-                   f"{', '.join(known) or 'none'} (see `reasonflux navigators list`, `reasonflux models list`)")
+    raise NotFound(
+        f"no navigator or model named {name_or_path!r} and no such model directory; registered: "
+        f"{', '.join(known) or 'none'} (see `reasonflux navigators list`, `reasonflux models list`)"
+    )
 
 
 def check_name(name: str, field: str = "name") -> None:
     if not NAME_PATTERN.match(name):
-        raise InputError("a model name is letters, digits, '.', '_' and '-' (at most 63), starting with a letter "
-                         "or digit; not a path or a backend spec", field=field)
+        raise InputError(
+            "a model name is letters, digits, '.', '_' and '-' (at most 63), starting with a letter "
+            "or digit; not a path or a backend spec",
+            field=field,
+        )
 
 
 def claim(conn: Any, name: str, kind: str) -> None:
@@ -76,5 +82,7 @@ def claim(conn: Any, name: str, kind: str) -> None:
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": _LOCK})
     held = lookup(conn, name)
     if held is not None:
-        raise ConflictError(f"the name {name!r} is already a registered {held.kind} (at {held.path}); "
-                            f"choose another name for the {kind}")
+        raise ConflictError(
+            f"the name {name!r} is already a registered {held.kind} (at {held.path}); "
+            f"choose another name for the {kind}"
+        )

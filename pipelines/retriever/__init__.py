@@ -28,9 +28,17 @@ def _free_folder(path: Path, option: str) -> None:
         raise ConflictError(f"{path} exists and is not empty; choose another {option}")
 
 
-def train_retriever(db: Database, *, name: str, base_model: str | None = None, out: str | Path | None = None,
-                    pairs_out: str | Path | None = None, hp: HyperParams | None = None, embed: bool = True,
-                    **pair_options: Any) -> dict[str, Any]:
+def train_retriever(
+    db: Database,
+    *,
+    name: str,
+    base_model: str | None = None,
+    out: str | Path | None = None,
+    pairs_out: str | Path | None = None,
+    hp: HyperParams | None = None,
+    embed: bool = True,
+    **pair_options: Any,
+) -> dict[str, Any]:
     """Export pairs, fine-tune, register NAME, embed the library with it; returns what was made."""
     from kb.embeddings import model_path
     from kb.runs import pipeline_run
@@ -46,8 +54,14 @@ def train_retriever(db: Database, *, name: str, base_model: str | None = None, o
     folder = Path(out) if out else default_folder(name)
     pairs_folder = Path(pairs_out) if pairs_out else folder.with_name(folder.name + "-pairs")
     _free_folder(folder, "--out")
-    run_params = {"name": name, "base_model": base, "out": str(folder), "pairs": params,
-                  "hyper_params": hp.to_dict(), "embed": embed}
+    run_params = {
+        "name": name,
+        "base_model": base,
+        "out": str(folder),
+        "pairs": params,
+        "hyper_params": hp.to_dict(),
+        "embed": embed,
+    }
     with pipeline_run(db, "retriever-train", run_params) as (run_id, counts):
         manifest = export_pairs(db, pairs_folder, run_id=run_id, **pair_options)
         pairs, templates = read_pairs(pairs_folder)
@@ -62,13 +76,29 @@ def train_retriever(db: Database, *, name: str, base_model: str | None = None, o
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         metrics["pairs_by_source"] = manifest["pairs_by_source"]
-        row = register(db, name=name, path=folder, base_model=base, dataset_version_id=manifest["id"],
-                       hyper_params=hp.to_dict(), metrics=metrics, run_id=run_id)
+        row = register(
+            db,
+            name=name,
+            path=folder,
+            base_model=base,
+            dataset_version_id=manifest["id"],
+            hyper_params=hp.to_dict(),
+            metrics=metrics,
+            run_id=run_id,
+        )
         counts.update(pairs=len(pairs), steps=metrics["steps"], dataset_version=manifest["id"])
         if embed:
             from pipelines.embed import embed_templates
 
             counts["embedded"] = embed_templates(db, name, run_id=run_id)
-    return {"run_id": run_id, "name": name, "path": str(folder), "base_model": base,
-            "dataset_version": manifest["id"], "pairs_path": str(pairs_folder), "metrics": metrics,
-            "embedded": counts.get("embedded", 0), "registered_at": row["created_at"]}
+    return {
+        "run_id": run_id,
+        "name": name,
+        "path": str(folder),
+        "base_model": base,
+        "dataset_version": manifest["id"],
+        "pairs_path": str(pairs_folder),
+        "metrics": metrics,
+        "embedded": counts.get("embedded", 0),
+        "registered_at": row["created_at"],
+    }

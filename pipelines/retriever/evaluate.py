@@ -43,15 +43,24 @@ _ACTIVE = (" AND t.status = :f_status", {"f_status": "active"})
 
 def eval_queries(conn) -> list[dict[str, Any]]:
     """Every active template's worked example, in both query forms."""
-    rows = conn.execute(sa.text(
-        "SELECT template_id, category, example_problem, tags FROM current_template "
-        "WHERE status = 'active' AND coalesce(example_problem, '') <> '' ORDER BY template_id")).mappings()
+    rows = conn.execute(
+        sa.text(
+            "SELECT template_id, category, example_problem, tags FROM current_template "
+            "WHERE status = 'active' AND coalesce(example_problem, '') <> '' ORDER BY template_id"
+        )
+    ).mappings()
     out = []
     for r in rows:
         phrase = (r["tags"] or [None])[0]
         problem = normalize_query(r["example_problem"]).strip()
-        out.append({"template_id": r["template_id"], "category": r["category"], "problem": problem,
-                    "navigator": f"{phrase}. {problem}" if phrase else problem})
+        out.append(
+            {
+                "template_id": r["template_id"],
+                "category": r["category"],
+                "problem": problem,
+                "navigator": f"{phrase}. {problem}" if phrase else problem,
+            }
+        )
     return out
 
 
@@ -60,8 +69,15 @@ def fold_pairs(db: Database, chapter: str, pair_options: dict[str, Any]) -> tupl
     return build_pairs(db, pair_params(**{**pair_options, "exclude_categories": [chapter]}))
 
 
-def _rank(conn, text: str, qvec: np.ndarray, matrix: np.ndarray, vids: list[int], mode: str,
-          text_cache: dict[str, list]) -> list[int]:
+def _rank(
+    conn,
+    text: str,
+    qvec: np.ndarray,
+    matrix: np.ndarray,
+    vids: list[int],
+    mode: str,
+    text_cache: dict[str, list],
+) -> list[int]:
     sims = matrix @ qvec
     top = np.argsort(-sims, kind="stable")[:CANDIDATES]
     vec = [(vids[i], float(sims[i])) for i in top]
@@ -94,13 +110,23 @@ def score(conn, embedder, templates: list[dict], queries: list[dict], text_cache
 
 def metrics(ranks: list[int | None]) -> dict[str, float]:
     n = max(len(ranks), 1)
-    return {"recall@1": sum(1 for r in ranks if r == 1) / n, "recall@5": sum(1 for r in ranks if r and r <= 5) / n,
-            "mrr@10": sum(1 / r for r in ranks if r) / n}
+    return {
+        "recall@1": sum(1 for r in ranks if r == 1) / n,
+        "recall@5": sum(1 for r in ranks if r and r <= 5) / n,
+        "mrr@10": sum(1 / r for r in ranks if r) / n,
+    }
 
 
-def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: HyperParams | None = None,
-                          chapters: list[str] | None = None, index_categories: list[str] | None = None,
-                          log: Callable[[str], None] | None = None, **pair_options: Any) -> dict[str, Any]:
+def leave_one_chapter_out(
+    db: Database,
+    *,
+    base_model: str | None = None,
+    hp: HyperParams | None = None,
+    chapters: list[str] | None = None,
+    index_categories: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+    **pair_options: Any,
+) -> dict[str, Any]:
     """Per-fold and mean recall@1/5 and MRR@10, zero-shot vs fine-tuned, per query form and mode.
 
     INDEX_CATEGORIES: rank only these chapters' templates and query only with their examples (the
@@ -125,7 +151,9 @@ def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: Hy
     if unknown:
         raise InputError(f"no worked examples in chapter(s) {', '.join(unknown)}", field="--chapter")
     if len(all_chapters) < 2:
-        raise InputError("leave-one-chapter-out needs worked examples in at least two chapters", field="--chapter")
+        raise InputError(
+            "leave-one-chapter-out needs worked examples in at least two chapters", field="--chapter"
+        )
     rows, folds, cache = [], [], {}
     with db.engine.connect() as conn:
         for chapter in chapters:
@@ -137,22 +165,45 @@ def leave_one_chapter_out(db: Database, *, base_model: str | None = None, hp: Hy
                 fit_metrics = fit(base_path, train, {t["template_id"]: t for t in used}, hp, tmp)
                 seconds = time.perf_counter() - t0
                 tuned = Embedder(f"fold-{chapter}", tmp)
-                results = {"zero-shot": score(conn, zero, templates, held, cache),
-                           "fine-tuned": score(conn, tuned, templates, held, cache)}
+                results = {
+                    "zero-shot": score(conn, zero, templates, held, cache),
+                    "fine-tuned": score(conn, tuned, templates, held, cache),
+                }
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            folds.append({"chapter": chapter, "queries": len(held), "train_pairs": len(train),
-                          "steps": fit_metrics["steps"], "train_seconds": round(seconds, 1),
-                          "final_loss": fit_metrics["final_loss"]})
+            folds.append(
+                {
+                    "chapter": chapter,
+                    "queries": len(held),
+                    "train_pairs": len(train),
+                    "steps": fit_metrics["steps"],
+                    "train_seconds": round(seconds, 1),
+                    "final_loss": fit_metrics["final_loss"],
+                }
+            )
             for model_label, by_key in results.items():
                 for (form, mode), ranks in by_key.items():
-                    rows.append({"chapter": chapter, "model": model_label, "form": form, "mode": mode,
-                                 "queries": len(ranks), **metrics(ranks)})
+                    rows.append(
+                        {
+                            "chapter": chapter,
+                            "model": model_label,
+                            "form": form,
+                            "mode": mode,
+                            "queries": len(ranks),
+                            **metrics(ranks),
+                        }
+                    )
             if log:
                 log(f"fold {chapter}: {len(train)} pairs, {fit_metrics['steps']} steps, {seconds:.0f} s")
-    return {"base_model": base, "hyper_params": hp.to_dict(), "pairs": pair_params(**pair_options),
-            "index_categories": index_categories,
-            "folds": folds, "rows": rows, "mean": mean_rows(rows)}
+    return {
+        "base_model": base,
+        "hyper_params": hp.to_dict(),
+        "pairs": pair_params(**pair_options),
+        "index_categories": index_categories,
+        "folds": folds,
+        "rows": rows,
+        "mean": mean_rows(rows),
+    }
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:
@@ -161,7 +212,14 @@ def mean_rows(rows: list[dict]) -> list[dict]:
     keys = list(dict.fromkeys((r["model"], r["form"], r["mode"]) for r in rows))
     for model_label, form, mode in keys:
         sel = [r for r in rows if (r["model"], r["form"], r["mode"]) == (model_label, form, mode)]
-        out.append({"chapter": "mean", "model": model_label, "form": form, "mode": mode,
-                    "queries": sum(r["queries"] for r in sel),
-                    **{m: float(np.mean([r[m] for r in sel])) for m in ("recall@1", "recall@5", "mrr@10")}})
+        out.append(
+            {
+                "chapter": "mean",
+                "model": model_label,
+                "form": form,
+                "mode": mode,
+                "queries": sum(r["queries"] for r in sel),
+                **{m: float(np.mean([r[m] for r in sel])) for m in ("recall@1", "recall@5", "mrr@10")},
+            }
+        )
     return out

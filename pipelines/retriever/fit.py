@@ -41,8 +41,9 @@ class HyperParams:
         if self.epochs < 1:
             raise InputError("must be at least 1", field="--epochs")
         if self.batch_size < 2:
-            raise InputError("must be at least 2 (the other queries' templates are the negatives)",
-                             field="--batch-size")
+            raise InputError(
+                "must be at least 2 (the other queries' templates are the negatives)", field="--batch-size"
+            )
         if not 0 < self.learning_rate < 1:
             raise InputError("must be between 0 and 1", field="--learning-rate")
         if self.max_seq_length is not None and self.max_seq_length < 8:
@@ -92,8 +93,15 @@ def _device(requested: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def fit(base_path: str | Path, pairs: list[dict], templates: dict[int, dict], hp: HyperParams,
-        out_dir: str | Path, *, progress=None) -> dict[str, Any]:
+def fit(
+    base_path: str | Path,
+    pairs: list[dict],
+    templates: dict[int, dict],
+    hp: HyperParams,
+    out_dir: str | Path,
+    *,
+    progress=None,
+) -> dict[str, Any]:
     """Train from BASE_PATH on PAIRS, save to OUT_DIR; returns the training metrics."""
     # Training imports deepspeed through transformers when it is installed; its logger writes to the
     # stdout it finds at import, which must stay clean for --json output.
@@ -123,11 +131,14 @@ def _fit(base_path, pairs, templates, hp, out_dir, progress) -> dict[str, Any]:
     if hp.max_steps is not None:
         total = min(total, hp.max_steps)
     if total == 0:
-        raise InputError("the pairs name fewer than two distinct templates; nothing to contrast", field="pairs")
+        raise InputError(
+            "the pairs name fewer than two distinct templates; nothing to contrast", field="pairs"
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=hp.learning_rate)
     warmup = max(1, int(hp.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
+        opt, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup)))
+    )
     model.train()
     losses, step, t0 = [], 0, time.perf_counter()
     for epoch in plan:
@@ -148,9 +159,15 @@ def _fit(base_path, pairs, templates, hp, out_dir, progress) -> dict[str, Any]:
     model.max_seq_length = window
     out = Path(out_dir)
     model.save(str(out))
-    return {"steps": step, "final_loss": losses[-1], "first_loss": losses[0],
-            "mean_loss_last_epoch": float(np.mean(losses[-max(1, len(plan[-1])):])),
-            "train_seconds": round(time.perf_counter() - t0, 2), "pairs": len(pairs), "device": device}
+    return {
+        "steps": step,
+        "final_loss": losses[-1],
+        "first_loss": losses[0],
+        "mean_loss_last_epoch": float(np.mean(losses[-max(1, len(plan[-1])) :])),
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        "pairs": len(pairs),
+        "device": device,
+    }
 
 
 def _embed(model, texts: list[str], device: str):
@@ -170,7 +187,7 @@ def _template_vectors(model, ids: list[int], templates: dict[int, dict], device:
     emb = _embed(model, flat, device)
     out, start = [], 0
     for vs in views:
-        out.append(emb[start:start + len(vs)].mean(dim=0))
+        out.append(emb[start : start + len(vs)].mean(dim=0))
         start += len(vs)
     return torch.nn.functional.normalize(torch.stack(out), dim=-1)
 
@@ -184,4 +201,3 @@ def _batch_loss(model, batch: list[dict], templates: dict[int, dict], scale: flo
     docs = _template_vectors(model, positives + negatives, templates, device)
     scores = scale * queries @ docs.T
     return torch.nn.functional.cross_entropy(scores, torch.arange(len(batch), device=device))
-

@@ -93,27 +93,47 @@ def parse_weights(spec: str | dict | None) -> dict[str, float]:
     return weights
 
 
-def pair_params(*, weights: str | dict | None = None, min_reward: float = 0.5,
-                exclude_categories: list[str] | None = None, hard_negatives: int = 1,
-                negatives_model: str | None = None) -> dict[str, Any]:
+def pair_params(
+    *,
+    weights: str | dict | None = None,
+    min_reward: float = 0.5,
+    exclude_categories: list[str] | None = None,
+    hard_negatives: int = 1,
+    negatives_model: str | None = None,
+) -> dict[str, Any]:
     from kb import config
 
     if hard_negatives < 0:
         raise InputError("must be 0 or more", field="--hard-negatives")
-    return {"sources": parse_weights(weights), "min_reward": float(min_reward),
-            "exclude_categories": sorted(set(exclude_categories or [])), "hard_negatives": int(hard_negatives),
-            "negatives_model": config.embed_model_name(negatives_model)}
+    return {
+        "sources": parse_weights(weights),
+        "min_reward": float(min_reward),
+        "exclude_categories": sorted(set(exclude_categories or [])),
+        "hard_negatives": int(hard_negatives),
+        "negatives_model": config.embed_model_name(negatives_model),
+    }
 
 
 def library(conn) -> list[dict[str, Any]]:
     """Every current template with the texts the embed stage embeds."""
-    rows = conn.execute(sa.text(
-        "SELECT template_id, version_id, key, category, name, tags, description, "
-        "application_scope, steps FROM current_template WHERE status = 'active' ORDER BY template_id")).mappings()
-    return [{"template_id": r["template_id"], "version_id": r["version_id"], "key": r["key"],
-             "category": r["category"],
-             "views": template_views(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])}
-            for r in rows]
+    rows = conn.execute(
+        sa.text(
+            "SELECT template_id, version_id, key, category, name, tags, description, "
+            "application_scope, steps FROM current_template WHERE status = 'active' ORDER BY template_id"
+        )
+    ).mappings()
+    return [
+        {
+            "template_id": r["template_id"],
+            "version_id": r["version_id"],
+            "key": r["key"],
+            "category": r["category"],
+            "views": template_views(
+                r["name"], r["tags"], r["description"], r["application_scope"], r["steps"]
+            ),
+        }
+        for r in rows
+    ]
 
 
 def collect_pairs(conn, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -123,15 +143,27 @@ def collect_pairs(conn, params: dict[str, Any]) -> list[dict[str, Any]]:
         weight = params["sources"][source]
         if weight <= 0:
             continue
-        rows = conn.execute(sa.text(
-            f"SELECT x.query, x.template_id, x.source_ref, t.key, t.category FROM ({_SOURCE_SQL[source]}) x "
-            "JOIN template t ON t.id = x.template_id AND t.status = 'active' "
-            "WHERE NOT (t.category = ANY(:excluded)) AND coalesce(x.query, '') <> '' "
-            "ORDER BY x.source_ref, x.template_id"),
-            {"min_reward": params["min_reward"], "excluded": params["exclude_categories"]}).mappings()
-        out += [{"query": normalize_query(r["query"]).strip(), "template_id": r["template_id"],
-                 "template_key": r["key"], "category": r["category"], "source": source,
-                 "source_ref": r["source_ref"], "weight": weight} for r in rows]
+        rows = conn.execute(
+            sa.text(
+                f"SELECT x.query, x.template_id, x.source_ref, t.key, t.category FROM ({_SOURCE_SQL[source]}) x "
+                "JOIN template t ON t.id = x.template_id AND t.status = 'active' "
+                "WHERE NOT (t.category = ANY(:excluded)) AND coalesce(x.query, '') <> '' "
+                "ORDER BY x.source_ref, x.template_id"
+            ),
+            {"min_reward": params["min_reward"], "excluded": params["exclude_categories"]},
+        ).mappings()
+        out += [
+            {
+                "query": normalize_query(r["query"]).strip(),
+                "template_id": r["template_id"],
+                "template_key": r["key"],
+                "category": r["category"],
+                "source": source,
+                "source_ref": r["source_ref"],
+                "weight": weight,
+            }
+            for r in rows
+        ]
     return out
 
 
@@ -146,15 +178,23 @@ def add_hard_negatives(pairs: list[dict], templates: list[dict], params: dict, d
 
     embedder = get_embedder(params["negatives_model"], db)
     with db.engine.connect() as conn:
-        stored = dict(conn.execute(sa.text(
-            "SELECT e.version_id, e.embedding::real[] FROM template_embedding e WHERE e.model = :m "
-            "AND e.version_id = ANY(:ids)"),
-            {"m": embedder.name, "ids": [t["version_id"] for t in templates]}).all())
+        stored = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT e.version_id, e.embedding::real[] FROM template_embedding e WHERE e.model = :m "
+                    "AND e.version_id = ANY(:ids)"
+                ),
+                {"m": embedder.name, "ids": [t["version_id"] for t in templates]},
+            ).all()
+        )
     missing = [t for t in templates if t["version_id"] not in stored]
     if missing:
-        raise InputError(f"{len(missing)} current templates have no {embedder.name!r} vector, so the index "
-                         f"cannot give hard negatives; run `reasonflux embed --model {embedder.name} --what "
-                         "templates` first", field="--hard-negatives")
+        raise InputError(
+            f"{len(missing)} current templates have no {embedder.name!r} vector, so the index "
+            f"cannot give hard negatives; run `reasonflux embed --model {embedder.name} --what "
+            "templates` first",
+            field="--hard-negatives",
+        )
     # An excluded chapter gives no negatives either: none of its text reaches training.
     templates = [t for t in templates if t["category"] not in params["exclude_categories"]]
     ids = np.array([t["template_id"] for t in templates])
@@ -166,15 +206,27 @@ def add_hard_negatives(pairs: list[dict], templates: list[dict], params: dict, d
         p["negative_template_ids"] = [int(t) for t in ranked[ranked != p["template_id"]][:n]]
 
 
-PAIR_SCHEMA = pa.schema([
-    ("query", pa.string()), ("template_id", pa.int64()), ("template_key", pa.string()), ("category", pa.string()),
-    ("source", pa.string()), ("source_ref", pa.string()), ("weight", pa.float64()),
-    ("negative_template_ids", pa.list_(pa.int64())),
-])
-TEMPLATE_SCHEMA = pa.schema([
-    ("template_id", pa.int64()), ("version_id", pa.int64()), ("key", pa.string()), ("category", pa.string()),
-    ("views", pa.list_(pa.string())),
-])
+PAIR_SCHEMA = pa.schema(
+    [
+        ("query", pa.string()),
+        ("template_id", pa.int64()),
+        ("template_key", pa.string()),
+        ("category", pa.string()),
+        ("source", pa.string()),
+        ("source_ref", pa.string()),
+        ("weight", pa.float64()),
+        ("negative_template_ids", pa.list_(pa.int64())),
+    ]
+)
+TEMPLATE_SCHEMA = pa.schema(
+    [
+        ("template_id", pa.int64()),
+        ("version_id", pa.int64()),
+        ("key", pa.string()),
+        ("category", pa.string()),
+        ("views", pa.list_(pa.string())),
+    ]
+)
 
 
 def build_pairs(db: Database, params: dict[str, Any]) -> tuple[list[dict], list[dict]]:
@@ -192,22 +244,31 @@ def export_pairs(db: Database, out_dir: str | Path, *, run_id: int | None = None
     params = pair_params(**options)
     pairs, templates = build_pairs(db, params)
     if not pairs:
-        raise InputError("the selection gives no (query, template) pairs: no worked examples, mined problems, "
-                         "accepted solve steps or rewarded trajectory steps outside the excluded chapters",
-                         field="--sources")
+        raise InputError(
+            "the selection gives no (query, template) pairs: no worked examples, mined problems, "
+            "accepted solve steps or rewarded trajectory steps outside the excluded chapters",
+            field="--sources",
+        )
     counts = {s: sum(1 for p in pairs if p["source"] == s) for s in SOURCES}
     spec = ExportSpec(
-        kind=KIND, params=params,
+        kind=KIND,
+        params=params,
         parts=[
-            DataPart("pairs", pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA),
-                     description="One (query, template) pair per row: the query text, the positive template "
-                                 "(its current version), the chapter, the source and its weight, and the "
-                                 "template ids the current index ranks highest without being the positive.",
-                     split="pairs"),
-            DataPart("templates", pa.Table.from_pylist(templates, schema=TEMPLATE_SCHEMA),
-                     description="The current version of every template the pairs name (as positive or "
-                                 "negative) and the texts the embed stage embeds for it (never the worked example).",
-                     split="templates"),
+            DataPart(
+                "pairs",
+                pa.Table.from_pylist(pairs, schema=PAIR_SCHEMA),
+                description="One (query, template) pair per row: the query text, the positive template "
+                "(its current version), the chapter, the source and its weight, and the "
+                "template ids the current index ranks highest without being the positive.",
+                split="pairs",
+            ),
+            DataPart(
+                "templates",
+                pa.Table.from_pylist(templates, schema=TEMPLATE_SCHEMA),
+                description="The current version of every template the pairs name (as positive or "
+                "negative) and the texts the embed stage embeds for it (never the worked example).",
+                split="templates",
+            ),
         ],
         card_intro="Training pairs for a template retriever (`reasonflux retriever train`).",
         extra_manifest={"pairs_by_source": counts},

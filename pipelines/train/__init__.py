@@ -14,6 +14,15 @@ from pipelines.train.run import execute
 from pipelines.train.sft_config import SFTTrainConfig
 
 __all__ = [
-    "DPOTrainConfig", "LaunchPlan", "SFTTrainConfig", "estimate_memory", "execute", "get_run",
-    "list_navigators", "list_runs", "plan", "resolve_deepspeed", "resolve_navigator",
+    "DPOTrainConfig",
+    "LaunchPlan",
+    "SFTTrainConfig",
+    "estimate_memory",
+    "execute",
+    "get_run",
+    "list_navigators",
+    "list_runs",
+    "plan",
+    "resolve_deepspeed",
+    "resolve_navigator",
 ]

@@ -37,8 +37,16 @@ def _parse_text(text: str, base: type) -> Any:
     except ValueError:
         return text
     if base is bool:
-        return {"true": True, "yes": True, "on": True, "1": True,
-                "false": False, "no": False, "off": False, "0": False}.get(stripped.lower(), text)
+        return {
+            "true": True,
+            "yes": True,
+            "on": True,
+            "1": True,
+            "false": False,
+            "no": False,
+            "off": False,
+            "0": False,
+        }.get(stripped.lower(), text)
     return text
 
 
@@ -51,42 +59,79 @@ class TrainConfig:
     """Fields common to both stages. The defaults are the paper's setup (full fine-tune of a 32B model on
     8 x A100-80GB); scale them down with a YAML file or flags for small models."""
 
-    finetuning_type: str = field(default="full", metadata=_help(
-        "How the weights are trained: 'full' (all parameters, as in the paper) or 'lora' (low-rank adapters "
-        "through peft, merged into the saved model, so the result is a plain model folder like a full run's)."))
+    finetuning_type: str = field(
+        default="full",
+        metadata=_help(
+            "How the weights are trained: 'full' (all parameters, as in the paper) or 'lora' (low-rank adapters "
+            "through peft, merged into the saved model, so the result is a plain model folder like a full run's)."
+        ),
+    )
     lora_r: int = field(default=16, metadata=_help("LoRA rank (finetuning_type lora)."))
-    lora_alpha: int = field(default=32, metadata=_help("LoRA scaling numerator: the update is scaled by alpha/r."))
-    lora_dropout: float = field(default=0.0, metadata=_help("Dropout on the LoRA input (finetuning_type lora)."))
-    lora_target: str = field(default="all-linear", metadata=_help(
-        "Modules that get adapters: 'all-linear' or comma-separated module names (q_proj,v_proj)."))
+    lora_alpha: int = field(
+        default=32, metadata=_help("LoRA scaling numerator: the update is scaled by alpha/r.")
+    )
+    lora_dropout: float = field(
+        default=0.0, metadata=_help("Dropout on the LoRA input (finetuning_type lora).")
+    )
+    lora_target: str = field(
+        default="all-linear",
+        metadata=_help(
+            "Modules that get adapters: 'all-linear' or comma-separated module names (q_proj,v_proj)."
+        ),
+    )
     learning_rate: float = field(default=2e-5, metadata=_help("Peak learning rate of AdamW."))
     num_train_epochs: float = field(default=3.0, metadata=_help("Passes over the dataset."))
-    max_steps: int = field(default=-1, metadata=_help(
-        "Stop after this many optimizer steps (overrides num_train_epochs when > 0)."))
+    max_steps: int = field(
+        default=-1,
+        metadata=_help("Stop after this many optimizer steps (overrides num_train_epochs when > 0)."),
+    )
     per_device_train_batch_size: int = field(default=1, metadata=_help("Micro-batch size per GPU/process."))
-    gradient_accumulation_steps: int = field(default=8, metadata=_help(
-        "Micro-batches accumulated per optimizer step; global batch = micro-batch x accumulation x GPUs."))
-    max_length: int = field(default=2048, metadata=_help(
-        "Cutoff length in tokens (LLaMA-Factory's cutoff_len); longer sequences are truncated."))
-    bf16: bool = field(default=True, metadata=_help(
-        "bfloat16 mixed precision (needs a GPU; pass --no-bf16 / bf16: false for CPU runs)."))
-    gradient_checkpointing: bool = field(default=True, metadata=_help(
-        "Recompute activations in the backward pass to save memory (slower, needed at 32B)."))
-    lr_scheduler_type: str = field(default="cosine", metadata=_help("Learning-rate schedule (transformers name)."))
-    warmup_steps: float = field(default=0.0, metadata=_help(
-        "Linear LR warm-up: a number of steps (>= 1) or a share of all steps (in [0, 1))."))
+    gradient_accumulation_steps: int = field(
+        default=8,
+        metadata=_help(
+            "Micro-batches accumulated per optimizer step; global batch = micro-batch x accumulation x GPUs."
+        ),
+    )
+    max_length: int = field(
+        default=2048,
+        metadata=_help(
+            "Cutoff length in tokens (LLaMA-Factory's cutoff_len); longer sequences are truncated."
+        ),
+    )
+    bf16: bool = field(
+        default=True,
+        metadata=_help("bfloat16 mixed precision (needs a GPU; pass --no-bf16 / bf16: false for CPU runs)."),
+    )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata=_help("Recompute activations in the backward pass to save memory (slower, needed at 32B)."),
+    )
+    lr_scheduler_type: str = field(
+        default="cosine", metadata=_help("Learning-rate schedule (transformers name).")
+    )
+    warmup_steps: float = field(
+        default=0.0,
+        metadata=_help("Linear LR warm-up: a number of steps (>= 1) or a share of all steps (in [0, 1))."),
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Gradient clipping norm."))
     optim: str = field(default="adamw_torch", metadata=_help("Optimizer (transformers name)."))
-    logging_steps: int = field(default=1, metadata=_help(
-        "Log (and record in training_metric) every N optimizer steps."))
-    save_steps: int = field(default=100, metadata=_help(
-        "Write a resumable checkpoint every N optimizer steps."))
-    save_total_limit: int | None = field(default=2, metadata=_help(
-        "Keep at most this many checkpoints (null keeps all)."))
+    logging_steps: int = field(
+        default=1, metadata=_help("Log (and record in training_metric) every N optimizer steps.")
+    )
+    save_steps: int = field(
+        default=100, metadata=_help("Write a resumable checkpoint every N optimizer steps.")
+    )
+    save_total_limit: int | None = field(
+        default=2, metadata=_help("Keep at most this many checkpoints (null keeps all).")
+    )
     seed: int = field(default=42, metadata=_help("Random seed (data order, initialisation of new heads)."))
-    output_dir: str | None = field(default=None, metadata=_help(
-        "Where checkpoints and the final model go (default: $REASONFLUX_HOME/checkpoints/<stage>-run<ID>)."))
+    output_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "Where checkpoints and the final model go (default: $REASONFLUX_HOME/checkpoints/<stage>-run<ID>)."
+        ),
+    )
 
     stage: typing.ClassVar[str] = ""
 
@@ -101,7 +146,9 @@ class TrainConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
     @classmethod
-    def load(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> typing.Self:
+    def load(
+        cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+    ) -> typing.Self:
         """Defaults, then the YAML file, then `overrides` (flags; None values mean 'not given')."""
         values: dict[str, Any] = {}
         if yaml_path is not None:
@@ -118,8 +165,11 @@ class TrainConfig:
         """A config from a stored dict (a training_run row, a launch spec), checked like a YAML file."""
         unknown = sorted(set(data) - set(cls.field_names()))
         if unknown:
-            raise InputError(f"unknown {cls.stage} config field; known: {', '.join(cls.field_names())}",
-                             file=source, field=unknown[0])
+            raise InputError(
+                f"unknown {cls.stage} config field; known: {', '.join(cls.field_names())}",
+                file=source,
+                field=unknown[0],
+            )
         config = cls(**{k: cls._coerce(k, v, source=source) for k, v in data.items()})
         config.validate()
         return config
@@ -140,8 +190,11 @@ class TrainConfig:
         merged.update(data.get(cls.stage, {}) if cls.stage in sections else {})
         unknown = sorted(set(merged) - set(cls.field_names()))
         if unknown:
-            raise InputError(f"unknown {cls.stage} config field; known: {', '.join(cls.field_names())}",
-                             file=str(path), field=unknown[0])
+            raise InputError(
+                f"unknown {cls.stage} config field; known: {', '.join(cls.field_names())}",
+                file=str(path),
+                field=unknown[0],
+            )
         return {k: cls._coerce(k, v, source=str(path)) for k, v in merged.items()}
 
     @classmethod
@@ -149,8 +202,11 @@ class TrainConfig:
         """The value converted to the field's declared type, or an InputError naming the field."""
         hints = typing.get_type_hints(cls)
         if name not in hints or name not in cls.field_names():
-            raise InputError(f"unknown {cls.stage} config field; known: {', '.join(cls.field_names())}",
-                             file=source, field=name)
+            raise InputError(
+                f"unknown {cls.stage} config field; known: {', '.join(cls.field_names())}",
+                file=source,
+                field=name,
+            )
         kind = hints[name]
         args = typing.get_args(kind)
         optional = isinstance(kind, types.UnionType) and type(None) in args
@@ -189,8 +245,12 @@ class TrainConfig:
             self._bad("num_train_epochs", "must be > 0 unless max_steps is set")
         if self.max_steps == 0 or self.max_steps < -1:
             self._bad("max_steps", "must be a positive number of steps, or -1 to use num_train_epochs")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "logging_steps",
-                     "save_steps"):
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "save_steps",
+        ):
             if getattr(self, name) < 1:
                 self._bad(name, "must be >= 1")
         if self.max_length < 8:
@@ -221,5 +281,10 @@ class TrainConfig:
 
         target = self.lora_target.strip()
         modules = target if target == "all-linear" else [m.strip() for m in target.split(",") if m.strip()]
-        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                          target_modules=modules, task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=modules,
+            task_type="CAUSAL_LM",
+        )

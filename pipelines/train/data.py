@@ -47,16 +47,26 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
         # The first recorded folder that is still there (a version may have been written to several).
         found = [p for p in row["paths"] or [row["path"]] if p and Path(p).is_dir()]
         if not found:
-            raise NotFound(f"dataset version {row['id']}'s export directories are missing "
-                           f"({', '.join(row['paths'] or [str(row['path'])])}); re-export it")
+            raise NotFound(
+                f"dataset version {row['id']}'s export directories are missing "
+                f"({', '.join(row['paths'] or [str(row['path'])])}); re-export it"
+            )
         directory = Path(found[0]).resolve()
     result = datasets.verify(db, directory)
     row = datasets.get_version(db, result["id"])
     if row["kind"] not in STAGE_KINDS[stage]:
-        raise InputError(f"dataset version {row['id']} is a {row['kind']!r} export; {stage} trains on "
-                         f"{' or '.join(STAGE_KINDS[stage])} exports (`reasonflux export {stage}`)", field="kind")
-    dataset = VerifiedDataset(id=row["id"], kind=row["kind"], path=directory, files=dict(row["files"]),
-                              row_counts=dict(row["row_counts"] or {}))
+        raise InputError(
+            f"dataset version {row['id']} is a {row['kind']!r} export; {stage} trains on "
+            f"{' or '.join(STAGE_KINDS[stage])} exports (`reasonflux export {stage}`)",
+            field="kind",
+        )
+    dataset = VerifiedDataset(
+        id=row["id"],
+        kind=row["kind"],
+        path=directory,
+        files=dict(row["files"]),
+        row_counts=dict(row["row_counts"] or {}),
+    )
     if not dataset.parquet_files:
         raise InputError("export lists no Parquet file", file=str(directory / MANIFEST), field="files")
     return dataset
@@ -70,8 +80,9 @@ def check_files(dataset: VerifiedDataset) -> None:
         expected = dataset.files[path.relative_to(dataset.path).as_posix()]  # data/train.parquet
         actual = sha256_file(path)
         if actual != expected:
-            raise InputError(f"sha256 {actual} changed since the export was verified ({expected})",
-                             file=str(path))
+            raise InputError(
+                f"sha256 {actual} changed since the export was verified ({expected})", file=str(path)
+            )
 
 
 def load_rows(dataset: VerifiedDataset, stage: str, *, completion_only_loss: bool = True):
@@ -84,8 +95,9 @@ def load_rows(dataset: VerifiedDataset, stage: str, *, completion_only_loss: boo
         table = pq.read_table(path)
         missing = [c for c in STAGE_COLUMNS[stage] if c not in table.column_names]
         if missing:
-            raise InputError(f"{stage} needs columns {', '.join(STAGE_COLUMNS[stage])}", file=str(path),
-                             field=missing[0])
+            raise InputError(
+                f"{stage} needs columns {', '.join(STAGE_COLUMNS[stage])}", file=str(path), field=missing[0]
+            )
         tables.append(table.select(list(STAGE_COLUMNS[stage])))
     rows = [r for t in tables for r in t.to_pylist()]
     if not rows:
@@ -103,8 +115,12 @@ def _sft_row(row: dict, dataset: VerifiedDataset, index: int, completion_only: b
     messages = row["messages"]
     _check_messages(messages, dataset, index, "messages")
     if messages[-1]["role"] != "assistant":
-        raise InputError("the last message must be the assistant's answer", file=str(dataset.path),
-                         record=f"row {index}", field="messages")
+        raise InputError(
+            "the last message must be the assistant's answer",
+            file=str(dataset.path),
+            record=f"row {index}",
+            field="messages",
+        )
     if completion_only:
         # Prompt/completion form makes TRL compute the loss on the answer only.
         return {"prompt": messages[:-1], "completion": messages[-1:]}
@@ -112,8 +128,17 @@ def _sft_row(row: dict, dataset: VerifiedDataset, index: int, completion_only: b
 
 
 def _check_messages(messages: Any, dataset: VerifiedDataset, index: int, column: str) -> None:
-    if not isinstance(messages, list) or not messages or not all(
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
-        raise InputError("expected a non-empty list of {role, content} messages", file=str(dataset.path),
-                         record=f"row {index}", field=column)
+            for m in messages
+        )
+    ):
+        raise InputError(
+            "expected a non-empty list of {role, content} messages",
+            file=str(dataset.path),
+            record=f"row {index}",
+            field=column,
+        )

@@ -8,8 +8,9 @@ from pipelines.train.dpo_config import DPOTrainConfig
 from pipelines.train.fit import fit
 
 
-def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_dir: str,
-              **runtime: Any) -> dict[str, Any]:
+def train_dpo(
+    config: DPOTrainConfig, *, base_model: str, train_dataset, output_dir: str, **runtime: Any
+) -> dict[str, Any]:
     """Train against a frozen copy of base_model (the reference), save in output_dir, return the summary.
 
     The metrics logged per step include rewards/chosen, rewards/rejected, rewards/margins and
@@ -17,5 +18,11 @@ def train_dpo(config: DPOTrainConfig, *, base_model: str, train_dataset, output_
     """
     from trl import DPOTrainer
 
-    return fit(DPOTrainer, config, base_model=base_model, train_dataset=train_dataset, output_dir=output_dir,
-               **runtime)
+    return fit(
+        DPOTrainer,
+        config,
+        base_model=base_model,
+        train_dataset=train_dataset,
+        output_dir=output_dir,
+        **runtime,
+    )

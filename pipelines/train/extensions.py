@@ -95,8 +95,13 @@ def prepare(env: Mapping[str, str]) -> None:
     root = build_root(env)
     try:
         for directory in clear_stale_builds(root):
-            print(f"removed the stale torch extension build {directory} (its lock had no live builder); "
-                  "it will be rebuilt", file=sys.stderr)
+            print(
+                f"removed the stale torch extension build {directory} (its lock had no live builder); "
+                "it will be rebuilt",
+                file=sys.stderr,
+            )
     except OSError as e:
-        raise KbError(f"cannot clear a stale torch extension build under {root}: {e.strerror or e}; remove "
-                      f"that directory (or set TORCH_EXTENSIONS_DIR to another) and retry") from None
+        raise KbError(
+            f"cannot clear a stale torch extension build under {root}: {e.strerror or e}; remove "
+            f"that directory (or set TORCH_EXTENSIONS_DIR to another) and retry"
+        ) from None

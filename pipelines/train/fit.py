@@ -9,17 +9,32 @@ from typing import Any
 from kb.errors import KbError
 
 
-def fit(trainer_cls, config, *, base_model: str, train_dataset, output_dir: str, callbacks: Sequence[Any] = (),
-        resume_from_checkpoint: str | None = None, deepspeed: str | None = None,
-        use_cpu: bool = False) -> dict[str, Any]:
+def fit(
+    trainer_cls,
+    config,
+    *,
+    base_model: str,
+    train_dataset,
+    output_dir: str,
+    callbacks: Sequence[Any] = (),
+    resume_from_checkpoint: str | None = None,
+    deepspeed: str | None = None,
+    use_cpu: bool = False,
+) -> dict[str, Any]:
     """Train TRAINER_CLS (SFTTrainer or DPOTrainer) per CONFIG, save model + tokenizer, return the summary."""
     from transformers import AutoTokenizer
 
     check_trainable_model(base_model)
     args = config.trl_config(**runtime_args(output_dir, deepspeed=deepspeed, use_cpu=use_cpu))
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    trainer = trainer_cls(model=base_model, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, callbacks=list(callbacks), peft_config=config.peft_config())
+    trainer = trainer_cls(
+        model=base_model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+        peft_config=config.peft_config(),
+    )
     check_not_emptied(trainer, len(train_dataset), config.max_length)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     save_model(trainer, output_dir)
@@ -53,9 +68,9 @@ def summarize(trainer, result) -> dict[str, Any]:
     if tokens and runtime:
         out["train_tokens_per_second"] = tokens / runtime
     if torch.cuda.is_available():
-        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     else:
-        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2 ** 30
+        out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     return out
 
 
@@ -63,16 +78,19 @@ def check_not_emptied(trainer, rows: int, max_length: int) -> None:
     """TRL drops examples whose answer would be cut off entirely; none left is a config error, not a crash."""
     kept = len(trainer.train_dataset)
     if kept == 0:
-        raise KbError(f"all {rows} examples were dropped in preprocessing: their prompts do not leave room for "
-                      f"the answer within max_length {max_length}; raise --cutoff")
+        raise KbError(
+            f"all {rows} examples were dropped in preprocessing: their prompts do not leave room for "
+            f"the answer within max_length {max_length}; raise --cutoff"
+        )
 
 
 def check_trainable_model(model_dir: str) -> None:
     """Weights and a tokenizer must be there (a dry run needs only config.json; training needs all)."""
     path = Path(model_dir)
     if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise KbError(f"{path}: no model weights (*.safetensors or *.bin); training needs a complete model "
-                      "directory")
+        raise KbError(
+            f"{path}: no model weights (*.safetensors or *.bin); training needs a complete model directory"
+        )
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
         raise KbError(f"{path}: no tokenizer (tokenizer.json / tokenizer_config.json)")
 

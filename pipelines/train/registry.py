@@ -27,45 +27,85 @@ from pipelines.models import names
 
 # The metrics a run keeps as its final summary: the last logged value of each.
 RUN_SUMMARY_KEYS = ("train_tokens_per_second", "peak_gpu_memory_gib", "peak_rss_gib")
-FINAL_KEYS = ("loss", "train_loss", "rewards/accuracies", "rewards/margins", "rewards/chosen",
-              "rewards/rejected", "mean_token_accuracy", "train_runtime", "train_samples_per_second", "epoch",
-              *RUN_SUMMARY_KEYS)
+FINAL_KEYS = (
+    "loss",
+    "train_loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+    "rewards/rejected",
+    "mean_token_accuracy",
+    "train_runtime",
+    "train_samples_per_second",
+    "epoch",
+    *RUN_SUMMARY_KEYS,
+)
 
 
 # -- runs ---------------------------------------------------------------------------------------------
 # The lifecycle (owner, heartbeat, SIGTERM, interrupted/failed/succeeded, orphans) is kb.runs's, shared
 # with pipeline runs; what is training's own is the row's columns and its final metrics.
 
-def start_run(db: Database, *, stage: str, base_model: str, dataset_version_id: str | None,
-              config: dict[str, Any], output_path: str | None = None, resumed_from: int | None = None) -> int:
+
+def start_run(
+    db: Database,
+    *,
+    stage: str,
+    base_model: str,
+    dataset_version_id: str | None,
+    config: dict[str, Any],
+    output_path: str | None = None,
+    resumed_from: int | None = None,
+) -> int:
     with db.session() as s:
-        run = TrainingRun(stage=stage, base_model=base_model, dataset_version_id=dataset_version_id,
-                          config=scrub(config), code_version=kb_config.code_version(), output_path=output_path,
-                          resumed_from=resumed_from, **runs.owner_values())
+        run = TrainingRun(
+            stage=stage,
+            base_model=base_model,
+            dataset_version_id=dataset_version_id,
+            config=scrub(config),
+            code_version=kb_config.code_version(),
+            output_path=output_path,
+            resumed_from=resumed_from,
+            **runs.owner_values(),
+        )
         s.add(run)
         try:
             s.commit()
         except sa.exc.IntegrityError as e:
             if resumed_from is not None and "ux_training_run_resumed_from" in str(e):
-                raise ConflictError(f"run {resumed_from} has just been resumed by another command; "
-                                    "see `reasonflux train runs`") from None
+                raise ConflictError(
+                    f"run {resumed_from} has just been resumed by another command; "
+                    "see `reasonflux train runs`"
+                ) from None
             raise
         return run.id
 
 
 def set_output_path(db: Database, run_id: int, output_path: str, config: dict[str, Any]) -> None:
     with db.engine.begin() as conn:
-        conn.execute(sa.update(TrainingRun).where(TrainingRun.id == run_id)
-                     .values(output_path=output_path, config=scrub(config)))
+        conn.execute(
+            sa.update(TrainingRun)
+            .where(TrainingRun.id == run_id)
+            .values(output_path=output_path, config=scrub(config))
+        )
 
 
-def finish_run(db: Database, run_id: int, status: str, *, error: str | None = None,
-               extra_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+def finish_run(
+    db: Database,
+    run_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Close the row with its status and final metrics (last logged values, plus `extra_metrics`)."""
     metrics = {**final_metrics(db, run_id), **_finite(extra_metrics or {})}
     with db.engine.begin() as conn:
-        conn.execute(sa.update(TrainingRun).where(TrainingRun.id == run_id).values(
-            status=status, error=scrub(error), metrics=metrics, finished_at=utcnow()))
+        conn.execute(
+            sa.update(TrainingRun)
+            .where(TrainingRun.id == run_id)
+            .values(status=status, error=scrub(error), metrics=metrics, finished_at=utcnow())
+        )
     return metrics
 
 
@@ -73,12 +113,17 @@ def finish_run(db: Database, run_id: int, status: str, *, error: str | None = No
 def recorded_run(db: Database, run_id: int) -> Iterator[dict[str, Any]]:
     """Yields a dict for extra final metrics; ends the run succeeded, failed or interrupted (Ctrl-C, SIGTERM)."""
     extra: dict[str, Any] = {}
-    with runs.owned(db, "training", run_id,
-                    lambda status, error: finish_run(db, run_id, status, error=error, extra_metrics=extra)):
+    with runs.owned(
+        db,
+        "training",
+        run_id,
+        lambda status, error: finish_run(db, run_id, status, error=error, extra_metrics=extra),
+    ):
         yield extra
 
 
 # -- metrics ------------------------------------------------------------------------------------------
+
 
 def _finite(metrics: dict[str, Any]) -> dict[str, Any]:
     """Numbers only; NaN/inf become strings so they stay visible yet valid JSON."""
@@ -100,7 +145,8 @@ def record_metrics(db: Database, run_id: int, step: int, metrics: dict[str, Any]
     stmt = pg_insert(TrainingMetric).values(run_id=run_id, step=step, metrics=values)
     stmt = stmt.on_conflict_do_update(
         index_elements=["run_id", "step"],
-        set_={"metrics": TrainingMetric.__table__.c.metrics.op("||")(stmt.excluded.metrics)})
+        set_={"metrics": TrainingMetric.__table__.c.metrics.op("||")(stmt.excluded.metrics)},
+    )
     with db.engine.begin() as conn:
         conn.execute(stmt)
 
@@ -108,13 +154,17 @@ def record_metrics(db: Database, run_id: int, step: int, metrics: dict[str, Any]
 def final_metrics(db: Database, run_id: int) -> dict[str, Any]:
     """The last logged value of each FINAL_KEYS metric, and the last step."""
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT e.key, (array_agg(e.value ORDER BY m.step DESC))[1] AS value "
-            "FROM training_metric m, jsonb_each(m.metrics) e "
-            "WHERE m.run_id = :r AND e.key = ANY(:keys) GROUP BY e.key"
-        ), {"r": run_id, "keys": list(FINAL_KEYS)}).all()
-        last_step = conn.execute(sa.select(sa.func.max(TrainingMetric.step))
-                                 .where(TrainingMetric.run_id == run_id)).scalar()
+        rows = conn.execute(
+            sa.text(
+                "SELECT e.key, (array_agg(e.value ORDER BY m.step DESC))[1] AS value "
+                "FROM training_metric m, jsonb_each(m.metrics) e "
+                "WHERE m.run_id = :r AND e.key = ANY(:keys) GROUP BY e.key"
+            ),
+            {"r": run_id, "keys": list(FINAL_KEYS)},
+        ).all()
+        last_step = conn.execute(
+            sa.select(sa.func.max(TrainingMetric.step)).where(TrainingMetric.run_id == run_id)
+        ).scalar()
     out = {key: value for key, value in rows}
     if last_step is not None:
         out["global_step"] = last_step
@@ -135,6 +185,7 @@ def metrics_callback(db: Database, run_id: int):
 
 # -- navigators ---------------------------------------------------------------------------------------
 
+
 def navigator_name_for(stage: str, run_id: int) -> str:
     return f"navigator-{stage}-run{run_id}"
 
@@ -143,12 +194,14 @@ def check_navigator_name_free(db: Database, name: str) -> None:
     """Before training: the name is free among navigators and models (`register_navigator` checks it again)."""
     named = names.lookup_db(db, name)
     if named is not None:
-        raise ConflictError(f"{name!r} is already a registered {named.kind} (path {named.path}); "
-                            "choose another --name")
+        raise ConflictError(
+            f"{name!r} is already a registered {named.kind} (path {named.path}); choose another --name"
+        )
 
 
-def register_navigator(db: Database, *, name: str, path: str, base_model: str | None,
-                       training_run_id: int | None) -> dict[str, Any]:
+def register_navigator(
+    db: Database, *, name: str, path: str, base_model: str | None, training_run_id: int | None
+) -> dict[str, Any]:
     with db.session() as s:
         names.claim(s, name, "navigator")
         row = NavigatorModel(name=name, path=path, base_model=base_model, training_run_id=training_run_id)
@@ -171,21 +224,39 @@ def navigator_path(db: Database, name: str) -> str | None:
 
 def list_navigators(db: Database) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
-        rows = conn.execute(sa.text(
-            "SELECT n.name, n.path, n.base_model, n.training_run_id, r.stage, r.dataset_version_id, "
-            "n.gguf_path, n.created_at FROM navigator_model n LEFT JOIN training_run r ON r.id = n.training_run_id "
-            "ORDER BY n.created_at, n.id")).mappings().all()
+        rows = (
+            conn.execute(
+                sa.text(
+                    "SELECT n.name, n.path, n.base_model, n.training_run_id, r.stage, r.dataset_version_id, "
+                    "n.gguf_path, n.created_at FROM navigator_model n LEFT JOIN training_run r ON r.id = n.training_run_id "
+                    "ORDER BY n.created_at, n.id"
+                )
+            )
+            .mappings()
+            .all()
+        )
     return [dict(r) for r in rows]
 
 
 # -- listing and resume -------------------------------------------------------------------------------
 
-RUN_COLUMNS = ("id", "stage", "status", "base_model", "dataset_version_id", "resumed_from", "output_path",
-               "started_at", "finished_at", "host")
+RUN_COLUMNS = (
+    "id",
+    "stage",
+    "status",
+    "base_model",
+    "dataset_version_id",
+    "resumed_from",
+    "output_path",
+    "started_at",
+    "finished_at",
+    "host",
+)
 
 
-def list_runs(db: Database, *, stage: str | None = None, status: str | None = None,
-              limit: int = 50) -> list[dict[str, Any]]:
+def list_runs(
+    db: Database, *, stage: str | None = None, status: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     query = sa.select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit)
     if stage:
         query = query.where(TrainingRun.stage == stage)
@@ -193,8 +264,14 @@ def list_runs(db: Database, *, stage: str | None = None, status: str | None = No
         query = query.where(TrainingRun.status == status)
     with db.session() as s:
         runs = s.exec(query).scalars().all()
-    return [{**{c: getattr(r, c) for c in RUN_COLUMNS}, "loss": (r.metrics or {}).get("loss"),
-             "reward_accuracy": (r.metrics or {}).get("rewards/accuracies")} for r in runs]
+    return [
+        {
+            **{c: getattr(r, c) for c in RUN_COLUMNS},
+            "loss": (r.metrics or {}).get("loss"),
+            "reward_accuracy": (r.metrics or {}).get("rewards/accuracies"),
+        }
+        for r in runs
+    ]
 
 
 def get_run(db: Database, run_id: int, *, with_steps: bool = True) -> dict[str, Any]:
@@ -203,15 +280,33 @@ def get_run(db: Database, run_id: int, *, with_steps: bool = True) -> dict[str, 
         if run is None:
             raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
         dumped = run.model_dump()
-        order = ("id", "stage", "status", "base_model", "dataset_version_id", "resumed_from", "output_path",
-                 "started_at", "finished_at", "host", "pid", "heartbeat_at", "code_version", "error", "metrics",
-                 "config")
+        order = (
+            "id",
+            "stage",
+            "status",
+            "base_model",
+            "dataset_version_id",
+            "resumed_from",
+            "output_path",
+            "started_at",
+            "finished_at",
+            "host",
+            "pid",
+            "heartbeat_at",
+            "code_version",
+            "error",
+            "metrics",
+            "config",
+        )
         out = {k: dumped[k] for k in order}
         if with_steps:
-            steps = s.exec(select(TrainingMetric).where(TrainingMetric.run_id == run_id)
-                           .order_by(TrainingMetric.step)).all()
+            steps = s.exec(
+                select(TrainingMetric).where(TrainingMetric.run_id == run_id).order_by(TrainingMetric.step)
+            ).all()
             out["steps"] = [{"step": m.step, **m.metrics} for m in steps]
-        navigator = s.exec(select(NavigatorModel.name).where(NavigatorModel.training_run_id == run_id)).first()
+        navigator = s.exec(
+            select(NavigatorModel.name).where(NavigatorModel.training_run_id == run_id)
+        ).first()
         out["navigator"] = navigator
     return out
 
@@ -235,23 +330,33 @@ def resumable(db: Database, run_id: int, stage: str) -> tuple[TrainingRun, str]:
     if run is None:
         raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
     if run.stage != stage:
-        raise InputError(f"run {run_id} is a {run.stage} run; resume it with `reasonflux train {run.stage}`",
-                         field="resume")
+        raise InputError(
+            f"run {run_id} is a {run.stage} run; resume it with `reasonflux train {run.stage}`",
+            field="resume",
+        )
     if run.status == "succeeded":
         raise InputError(f"run {run_id} succeeded; there is nothing to resume", field="resume")
     if run.status == "running":
-        raise ConflictError(f"run {run_id} is still running (its owner {run.host}:{run.pid} renews its lease); "
-                            "resuming it would make two trainers share one folder. If that process is gone, "
-                            f"it is marked interrupted within {runs.LEASE_S:.0f} s of its last heartbeat")
+        raise ConflictError(
+            f"run {run_id} is still running (its owner {run.host}:{run.pid} renews its lease); "
+            "resuming it would make two trainers share one folder. If that process is gone, "
+            f"it is marked interrupted within {runs.LEASE_S:.0f} s of its last heartbeat"
+        )
     with db.session() as s:
         later = s.exec(select(TrainingRun).where(TrainingRun.resumed_from == run_id)).first()
     if later is not None:
-        advice = (f"resume run {later.id} instead" if later.status in ("failed", "interrupted")
-                  else f"run {later.id} is {later.status}")
-        raise ConflictError(f"run {run_id} was already resumed by run {later.id} into the same folder "
-                            f"({run.output_path}); a second resume would overwrite its checkpoints: {advice}")
+        advice = (
+            f"resume run {later.id} instead"
+            if later.status in ("failed", "interrupted")
+            else f"run {later.id} is {later.status}"
+        )
+        raise ConflictError(
+            f"run {run_id} was already resumed by run {later.id} into the same folder "
+            f"({run.output_path}); a second resume would overwrite its checkpoints: {advice}"
+        )
     checkpoint = last_checkpoint(run.output_path)
     if checkpoint is None:
-        raise InputError(f"run {run_id} left no checkpoint in {run.output_path}; start a new run instead",
-                         field="resume")
+        raise InputError(
+            f"run {run_id} left no checkpoint in {run.output_path}; start a new run instead", field="resume"
+        )
     return run, checkpoint

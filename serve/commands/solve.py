@@ -127,7 +127,10 @@ def solve_cmd(
             counts[rec["status"]] = counts.get(rec["status"], 0) + 1
         outcome = _outcome(run_id, records)
         if outcome["outcome"] == "failed":
-            counts.status, counts.error = "failed", "every session failed: " + "; ".join(outcome["first_reasons"])
+            counts.status, counts.error = (
+                "failed",
+                "every session failed: " + "; ".join(outcome["first_reasons"]),
+            )
     if fmt == "table":
         emit(records, fmt, columns=COLUMNS, title="solve sessions")
     else:
@@ -139,9 +142,15 @@ def _outcome(run_id: int, records: list[dict[str, Any]]) -> dict[str, Any]:
     from kb.runs import verdict
 
     failed = [r for r in records if r["status"] == "failed"]
-    return {"stage": "solve", "run_id": run_id, "outcome": verdict(len(records) - len(failed), len(failed)),
-            "failed": len(failed), "total": len(records), "units": "sessions",
-            "first_reasons": [f"session {r.get('session_id')}: {r.get('reason')}" for r in failed[:3]]}
+    return {
+        "stage": "solve",
+        "run_id": run_id,
+        "outcome": verdict(len(records) - len(failed), len(failed)),
+        "failed": len(failed),
+        "total": len(records),
+        "units": "sessions",
+        "first_reasons": [f"session {r.get('session_id')}: {r.get('reason')}" for r in failed[:3]],
+    }
 
 
 def register(cli: click.Group) -> None:
