@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from kb.errors import KbError
 from pipelines.models import fetch
 from tests import real_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the whole demo, a real model's SFT too: minutes
 
 
 def _count(db, sql: str) -> int:

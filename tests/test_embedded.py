@@ -141,6 +141,7 @@ def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(home_root):
     assert _wait_stopped(home)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
 def test_an_explicit_downgrade_is_not_undone_by_the_next_command(home_root):
     home = home_root / "home"

@@ -196,6 +196,7 @@ def test_a_pathological_answer_is_graded_wrong_instead_of_hanging():
     assert "Timeout is disabled" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_command_that_grades_prints_no_math_verify_noise(db):
     # "0" against "\frac{0}{1}" differ as strings, so the symbolic check (math-verify) decides.
     proc = subprocess.run(

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+
+pytestmark = pytest.mark.slow  # each kills a real import midway and reruns it
 
 ROOT = Path(__file__).resolve().parent.parent
 
