@@ -827,24 +827,6 @@ def reward_stats(
 
 # ---- reading -------------------------------------------------------------------------------------------
 
-SHOW_COLUMNS = (
-    "iteration",
-    "navigator",
-    "plans",
-    "parse_rate",
-    "right_template",
-    "reward_mean",
-    "reward_std",
-    "pairs",
-    "dpo_accuracy",
-    "dpo_margin",
-    "trained",
-    "heldout_plans",
-    "heldout_parse_rate",
-    "heldout_right_template",
-    "status",
-)
-
 
 def latest_loop(db: Database) -> str:
     with db.engine.connect() as conn:
