@@ -28,6 +28,7 @@ from sqlmodel import Session
 
 from kb import config
 from kb.errors import DatabaseUnavailable, InputError
+from migrations import landed
 
 EMBEDDED_DBNAME = "reasonflux"
 
@@ -208,6 +209,14 @@ def create_engine(url: str) -> Engine:
     return engine
 
 
+def _stamp(engine: sa.Engine) -> str | None:
+    """The database's alembic revision, read with one query (None: never migrated)."""
+    with engine.connect() as conn:
+        if conn.execute(sa.text("SELECT to_regclass('alembic_version')")).scalar() is None:
+            return None
+        return conn.execute(sa.text("SELECT max(version_num) FROM alembic_version")).scalar()
+
+
 def connect(
     url: str | None = None, *, check_schema: bool = True, auto_upgrade: bool = True, home: Path | None = None
 ) -> Database:
@@ -218,8 +227,6 @@ def connect(
     check_schema, SchemaOutOfDate says how to bring it back); an external database that is not at head
     raises SchemaOutOfDate with the command that fixes it (when check_schema).
     """
-    from kb import migrate
-
     external = config.database_url(url)
     resolved = normalize_url(external) if external else embedded_url(home)
     if not resolved.startswith("postgresql+psycopg://"):
@@ -237,7 +244,11 @@ def connect(
     except sa.exc.OperationalError as e:
         db.dispose()
         raise DatabaseUnavailable(f"cannot connect to {mask_url(resolved)}: {db_error_reason(e)}") from None
-    if (db.embedded and auto_upgrade) or (not db.embedded and check_schema):
+    if ((db.embedded and auto_upgrade) or (not db.embedded and check_schema)) and _stamp(
+        db.engine
+    ) != landed.HEAD:
+        from kb import migrate  # alembic: only when the schema is not at head
+
         current, head = migrate.current_revision(db.engine), migrate.head_revision()
         pin = embedded_pin(home) if db.embedded and current != head else None
         if pin is not None:

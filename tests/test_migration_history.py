@@ -499,3 +499,8 @@ def test_commands_on_a_database_from_head_c(pg_server, tmp_path):
     assert "revision 0005 was numbered by an earlier version of reasonflux" in up.output
     assert f"at revision {migrate.head_revision()}" in up.output
     assert json.loads(run("db", "current", "--json").output)["schema_state"] == "at head"
+
+
+def test_the_head_known_without_alembic_is_alembics_head():
+    """kb.db compares a database's stamp with landed.HEAD (no alembic import on the common path)."""
+    assert landed.HEAD == migrate.head_revision()
