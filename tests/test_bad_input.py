@@ -214,6 +214,7 @@ def test_u2028_inside_a_jsonl_string_is_data_not_a_line_break(cli, db, tmp_path)
         assert conn.execute(sa.text("SELECT description FROM template_version")).scalar() == text
 
 
+@pytest.mark.slow
 def test_more_than_65535_problems_in_one_file_import(cli, db, tmp_path):
     n = 65_600
     path = tmp_path / "many.jsonl"

@@ -263,6 +263,7 @@ def test_through_db_serve_the_reader_writes_nothing_and_changes_nothing_that_las
     migrate.upgrade(db.engine)  # nobody holds the migration lock
 
 
+@pytest.mark.slow
 def test_db_serve_drops_clients_that_never_log_in_and_keeps_the_owner_in(db):
     """Issue 16.3: clients that send a start-up message and never answer the password request cost no
     server connection, are dropped after the login timeout, and the owner's commands still get in."""

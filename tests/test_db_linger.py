@@ -67,6 +67,7 @@ def _wait_for(predicate, seconds: float) -> bool:
     return predicate()
 
 
+@pytest.mark.slow
 def test_the_server_lingers_after_the_last_command_and_db_stop_stops_it(home):
     first = _cli(home, "templates", "list", linger="120")
     assert first.returncode == 0, first.stderr
@@ -88,12 +89,14 @@ def test_the_server_lingers_after_the_last_command_and_db_stop_stops_it(home):
     assert again.returncode == 0 and again.stdout.strip() == "the embedded server is not running"
 
 
+@pytest.mark.slow
 def test_the_lingering_server_stops_by_itself_when_its_time_is_up(home):
     result = _cli(home, "templates", "list", linger="1")
     assert result.returncode == 0, result.stderr
     assert _wait_for(lambda: not _postmaster_running(home) and _lingerer(home) is None, 60)
 
 
+@pytest.mark.slow
 def test_linger_zero_stops_the_server_with_the_last_command(home):
     result = _cli(home, "db", "info", "--json", linger="0")
     assert result.returncode == 0, result.stderr
@@ -111,6 +114,7 @@ def test_a_bad_linger_value_is_refused(home):
     assert "REASONFLUX_DB_LINGER" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_db_url_leaves_the_server_up_with_no_lingerer_to_stop_it(home):
     assert _cli(home, "templates", "list", linger="120").returncode == 0
     assert _lingerer(home) is not None

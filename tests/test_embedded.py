@@ -44,6 +44,7 @@ def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
 def test_concurrent_commands_share_one_server_and_the_last_stops_it(home_root):
     home = home_root / "home"
@@ -91,6 +92,7 @@ def _wait_stopped(home: Path) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
 def test_a_killed_holder_does_not_keep_the_server_running(home_root):
     """kill -9 leaves the holder's pid in pgserver's attach list; the next command prunes it and stops the server."""
@@ -120,6 +122,7 @@ def test_a_killed_holder_does_not_keep_the_server_running(home_root):
     assert json.loads((home / "pgdata" / ".handle_pids.json").read_text()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="exercises the embedded server only")
 def test_two_first_commands_at_once_on_a_fresh_home_both_succeed(home_root):
     home = home_root / "fresh"

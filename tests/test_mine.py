@@ -202,6 +202,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_kill_minus_9_mid_mining_then_rerun(db, tmp_path):
     load(db, tmp_path, 12)
     script = _KILL_SCRIPT.format(tests=str(ROOT / "tests"), url=db.url)

@@ -217,6 +217,7 @@ def test_cli_batch_queries(library, cli, tmp_path):
     assert "line 2" in result.output and "query" in result.output and "results" not in result.output
 
 
+@pytest.mark.slow
 def test_shared_sample_recall(db, shared_data):
     """On the ReasonFlux-v1 sample, each template's example problem should find it (example not indexed)."""
     from pipelines.import_templates import import_file

@@ -103,6 +103,7 @@ def _vectors(db, model: str) -> dict[int, np.ndarray]:
 TRAIN = ("--max-steps", "2", "--batch-size", "3", "--max-seq-length", "48", "--seed", "7")
 
 
+@pytest.mark.slow
 def test_train_registers_reembeds_and_searches(small_kb, cli, tmp_path):
     db = small_kb
     before = _vectors(db, DEFAULT_EMBED_MODEL)
@@ -210,6 +211,7 @@ def test_leave_one_chapter_out_never_trains_on_the_evaluated_chapter(small_kb):
         assert all(t["category"] != chapter for t in templates)
 
 
+@pytest.mark.slow
 def test_leave_one_chapter_out_reports_each_fold(small_kb):
     from pipelines.retriever.evaluate import leave_one_chapter_out
     from pipelines.retriever.fit import HyperParams

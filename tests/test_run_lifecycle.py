@@ -78,6 +78,7 @@ def _start_sample(db, url: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_stage_is_marked_interrupted_by_the_next_command_and_resumes(db, cli, tmp_path, sig):
     add_problems(db, tmp_path)
@@ -193,6 +194,7 @@ def test_a_killed_training_run_is_interrupted_and_can_be_resumed_only_once(db):
 # ------------------------------------------------------------------ failures exit non-zero
 
 
+@pytest.mark.slow
 def test_a_stage_whose_every_unit_failed_is_failed_and_exits_5_with_the_reason(db, cli, tmp_path):
     add_problems(db, tmp_path)
     out = cli(

@@ -11,6 +11,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from pipelines.runner import Outcome, Unit, claim, enqueue, run_stage, unit_scope
@@ -134,6 +135,7 @@ def test_stale_claims_are_taken_over_after_the_lease(db):
         ]
 
 
+@pytest.mark.slow
 def test_two_worker_processes_share_the_work_without_duplicates(db):
     out = run_stage(
         db,
@@ -193,6 +195,7 @@ def _kill_midway(db, workers: int) -> None:
         proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_rerun_loses_and_duplicates_nothing(db):
     for workers in (1, 2):
         _kill_midway(db, workers)
@@ -234,6 +237,7 @@ def make_broken(db, run_id):
     raise KbError("model path '/nowhere' is not a local model directory")
 
 
+@pytest.mark.slow
 def test_a_worker_process_that_cannot_start_fails_the_run_with_its_reason(db):
     import pytest
 

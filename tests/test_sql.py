@@ -506,7 +506,9 @@ def test_a_migration_waiting_on_a_readers_table_lock_ends_naming_it(seeded, monk
     head = migrate.current_revision(seeded.engine)
     outcome: list[BaseException | None] = []
 
-    def downgrade() -> None:  # down to 0006: 0007's downgrade drops retriever_model, which the reader has open
+    def downgrade() -> (
+        None
+    ):  # down to 0006: 0007's downgrade drops retriever_model, which the reader has open
         try:
             migrate.downgrade(seeded.engine, "0006")
             outcome.append(None)

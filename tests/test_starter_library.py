@@ -76,6 +76,7 @@ def test_numeric_answers_evaluate_to_numbers(specs):
         assert parsed and parsed[0].is_number and parsed[0].is_finite, (s.key, s.example_answer, parsed)
 
 
+@pytest.mark.slow
 def test_every_worked_solution_reaches_its_answer(specs):
     """The stated answer appears, up to equivalence, as a formula (or the last side of one) in the solution."""
     from math_verify import parse, verify
