@@ -98,11 +98,23 @@ def test_get_fetches_checks_converts_once_and_then_works_offline(cli, db, smollm
     assert shown["present"] is True
 
 
-def test_export_gguf_of_the_base_model_runs_in_llama_cpp(cli, db, smollm2):
+def test_export_gguf_of_the_base_model_runs_in_llama_cpp(cli, db, smollm2, tmp_path):
     from llama_cpp import Llama
 
     cli("models", "get", NAME)
-    out = _json(cli("models", "export-gguf", NAME, "--outtype", "q8_0", "--json"))
+    # --out in this test's folder: the home is the tests' persistent model cache, which keeps earlier exports
+    out = _json(
+        cli(
+            "models",
+            "export-gguf",
+            NAME,
+            "--outtype",
+            "q8_0",
+            "--out",
+            str(tmp_path / f"{NAME}.q8_0.gguf"),
+            "--json",
+        )
+    )
     path = Path(out["gguf_path"])
     assert out["kind"] == "model" and path.is_file() and path.name == f"{NAME}.q8_0.gguf"
     print(f"export-gguf {NAME} q8_0: {out['bytes'] / 1e6:.0f} MB in {out['seconds']} s")
@@ -168,7 +180,18 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
         ),
     )
     assert run["status"] == "succeeded" and run["navigator"] == "nav-small"
-    out = _json(cli("models", "export-gguf", "nav-small", "--outtype", "f16", "--json"))
+    out = _json(
+        cli(
+            "models",
+            "export-gguf",
+            "nav-small",
+            "--outtype",
+            "f16",
+            "--out",
+            str(tmp_path / "nav.f16.gguf"),
+            "--json",
+        )
+    )
     assert out["kind"] == "navigator"
     listed = {n["name"]: n for n in _json(cli("navigators", "list", "--json"))}
     assert listed["nav-small"]["gguf_path"] == out["gguf_path"]
