@@ -194,9 +194,12 @@ def test_a_killed_training_run_is_interrupted_and_can_be_resumed_only_once(db):
 # ------------------------------------------------------------------ failures exit non-zero
 
 
-@pytest.mark.slow
 def test_a_stage_whose_every_unit_failed_is_failed_and_exits_5_with_the_reason(db, cli, tmp_path):
     add_problems(db, tmp_path)
+    dead = tmp_path / "dead.toml"  # no backoff between connection attempts: the failure is the point
+    dead.write_text(
+        f'[roles.navigator]\nbackend = "openai"\nmodel = "m"\nbase_url = "{dead_url()}"\nmax_retries = 0\n'
+    )
     out = cli(
         "sample",
         "--problems",
@@ -207,8 +210,8 @@ def test_a_stage_whose_every_unit_failed_is_failed_and_exits_5_with_the_reason(d
         "0",
         "--max-attempts",
         "1",
-        "--navigator",
-        f"openai:m@{dead_url()}",
+        "--llm-config",
+        str(dead),
         "--json",
         expect=5,
     )
@@ -225,8 +228,8 @@ def test_a_stage_whose_every_unit_failed_is_failed_and_exits_5_with_the_reason(d
         "1",
         "--hint-k",
         "0",
-        "--navigator",
-        f"openai:m@{dead_url()}",
+        "--llm-config",
+        str(dead),
         expect=5,
     )
     ok = LocalLLM(reply=plan_reply)
