@@ -24,7 +24,7 @@ import click
 import sqlalchemy as sa
 
 from kb.db import Database, session_scope
-from kb.errors import ConflictError, KbError
+from kb.errors import ConflictError
 from kb.models import Template
 from kb.output import emit
 from kb.templates import TemplateSpec
@@ -373,6 +373,7 @@ class Demo:
         from pipelines.llm.base import SamplingParams
         from pipelines.llm.registry import get_backend
         from pipelines.models import fetch
+        from pipelines.models.download import DownloadFailed
         from pipelines.train.demo import run_real_sft
         from serve.demo import run_solve_demo
         from serve.solver_config import SolverConfig
@@ -383,7 +384,7 @@ class Demo:
         )
         try:
             model = fetch.get(self.db, REAL_MODEL, log=self.echo)
-        except KbError as e:  # no registry here: the rest of the demo stands on its own
+        except DownloadFailed as e:  # no registry here: the rest of the demo stands on its own
             self.echo(f"skipped: {e}")
             self.summary["real_model"] = "skipped"
             return

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kb.errors import KbError
 from pipelines.models import catalogue, fetch
+from pipelines.models.download import DownloadFailed
 
 NAME = "smollm2-135m-instruct"
 LLAMA_CPP_WHEEL = (
@@ -36,10 +36,8 @@ def smollm2_hf_dir() -> Path:
     folder = cache_dir() / "models" / NAME
     try:
         fetch.ensure_folder(catalogue.entry(NAME), folder, log=print)
-    except KbError as e:
-        if "could not download" in str(e):
-            pytest.skip(str(e))
-        raise
+    except DownloadFailed as e:
+        pytest.skip(str(e))
     return folder
 
 

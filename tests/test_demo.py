@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from kb.errors import KbError
 from pipelines.models import fetch
+from pipelines.models.download import DownloadFailed
 from tests import real_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the whole demo, a real model's SFT too: minutes
@@ -24,9 +24,7 @@ def _register_cached_real_model(db, monkeypatch) -> bool:
         m.setenv("REASONFLUX_HOME", str(real_model.cache_dir()))
         try:
             fetch.get(db, real_model.NAME)
-        except KbError as e:
-            if "could not download" not in str(e):
-                raise
+        except DownloadFailed:
             return False
     return True
 

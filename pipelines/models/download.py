@@ -11,6 +11,12 @@ from pathlib import Path
 
 from kb.errors import KbError
 
+
+class DownloadFailed(KbError):
+    """pip could not fetch the file (no network, the index down, no such version): the one failure a caller
+    may treat as "offline" (a digest that does not match is not this)."""
+
+
 PIP_TIMEOUT_S = float(os.environ.get("REASONFLUX_PIP_TIMEOUT", "900"))
 
 
@@ -38,12 +44,12 @@ def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
     try:
         done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise KbError(
+        raise DownloadFailed(
             f"pip could not download {requirement} within {PIP_TIMEOUT_S:.0f} s "
             "(REASONFLUX_PIP_TIMEOUT); check the network or your pip index"
         ) from None
     if done.returncode != 0:
-        raise KbError(
+        raise DownloadFailed(
             f"pip could not download {requirement}: {_reason(done.stderr or done.stdout)}; "
             "check the network or your pip index (pip config, PIP_INDEX_URL)"
         )
