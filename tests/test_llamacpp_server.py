@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.real_model import require_llama_cpp, smollm2_gguf
+from tests.real_model import free_port, llama_cpp_server, smollm2_gguf, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ALIAS = "smollm2"
@@ -47,71 +44,15 @@ PROBLEMS = [  # toy-world word problems: short prompts
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no answer from {url} within {deadline_s} s: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=20)
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory) -> Iterator[str]:
     """The base URL (…/v1) of llama-cpp-python's server on the SmolLM2 GGUF."""
-    require_llama_cpp()
-    gguf = smollm2_gguf()
-    port = _free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(gguf),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--model_alias",
-                ALIAS,
-                "--n_ctx",
-                "2048",
-                "--n_threads",
-                "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/v1/models", proc, log, START_TIMEOUT_S)
-        yield f"http://127.0.0.1:{port}/v1"
-        assert proc.poll() is None, f"the server died: {log.read_text()[-2000:]}"
-    finally:
-        _stop(proc)
+    # one thread: on two cores it is faster than two (the tests' own processes need the other)
+    with llama_cpp_server(
+        smollm2_gguf(), ALIAS, log, "--n_threads", "1", start_timeout_s=START_TIMEOUT_S
+    ) as url:
+        yield url
 
 
 @pytest.fixture
@@ -214,7 +155,7 @@ def test_solve(cli, db, llm_config):
 def test_serve_in_front_of_it(db, llm_config):
     import openai
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": db.url}
     log = llm_config.parent / "serve.log"
     with log.open("w") as out:
@@ -244,7 +185,7 @@ def test_serve_in_front_of_it(db, llm_config):
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_for(f"http://127.0.0.1:{port}/healthz?backends=false", proc, log, START_TIMEOUT_S)
+        wait_for(f"http://127.0.0.1:{port}/healthz?backends=false", proc, log, START_TIMEOUT_S)
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=300
         )
@@ -264,4 +205,4 @@ def test_serve_in_front_of_it(db, llm_config):
         calls = q(db, "SELECT backend, model, error FROM llm_call WHERE session_id = :s", s=session_id)
         assert calls and all(c == ("openai", ALIAS, None) for c in calls), calls
     finally:
-        _stop(proc)
+        stop(proc)

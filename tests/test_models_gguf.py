@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from unittest import mock
 
@@ -26,6 +22,7 @@ from pipelines.models import fetch
 from pipelines.models.download import sha256_file
 from pipelines.tiny_model import build_tiny_model
 from tests import real_model
+from tests.real_model import llama_cpp_server
 from tests.test_sample import setup_kb
 from tests.train_support import CPU_FLAGS, sft_rows, write_export
 
@@ -196,40 +193,16 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
     listed = {n["name"]: n for n in _json(cli("navigators", "list", "--json"))}
     assert listed["nav-small"]["gguf_path"] == out["gguf_path"]
 
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            out["gguf_path"],
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--model_alias",
-            "nav-small",
-            "--n_ctx",
-            "2048",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/v1/models", server)
+    with llama_cpp_server(out["gguf_path"], "nav-small", tmp_path / "llama.log") as url:
         setup_kb(db, tmp_path, n_problems=2)
         config = tmp_path / "llm.toml"  # the navigator on llama.cpp, constrained in that server's dialect
         config.write_text(
             f'[roles.navigator]\nbackend = "openai"\nmodel = "nav-small"\n'
-            f'base_url = "http://127.0.0.1:{port}/v1"\nstructured_output = "json_object"\n'
+            f'base_url = "{url}"\nstructured_output = "json_object"\n'
         )
         result = cli(
             "sample", "--llm-config", str(config), "--n", "1", "--max-tokens", "24", "--json", expect=None
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     # A random 3M-parameter navigator rarely finishes a plan in 24 tokens (exit 5 or 6 when none or some
     # parse), but every call went to llama.cpp under the plan's grammar: its reply is JSON from the first
     # character, which an unconstrained random model never writes.
@@ -257,22 +230,3 @@ def test_a_trained_navigator_goes_to_gguf_and_samples_through_llama_cpp(cli, db,
         and c["response"].lstrip().startswith("{")
         for c in calls
     ), calls
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(url: str, server: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"llama_cpp.server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"llama_cpp.server did not answer {url} within {timeout_s} s")
