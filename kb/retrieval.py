@@ -29,6 +29,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from kb import config
+from kb.embeddings import get_embedder
 from kb.errors import InputError, NotFound
 from kb.retrieval_modes import MODES  # apart, so CLI options list them without numpy
 
@@ -285,7 +286,6 @@ _name_lock = threading.Lock()
 
 def _name_vectors(model: str, names: Sequence[str]) -> np.ndarray:
     """Embeddings of short names (categories, sections, template names), cached per process."""
-    from kb.embeddings import get_embedder
 
     with _name_lock:
         missing = [n for n in dict.fromkeys(names) if (model, n) not in _name_cache]
@@ -433,8 +433,6 @@ def search_templates(
         raise InputError("give a query or a query vector", field="query")
     model = config.embed_model_name(model)
     if mode != "text" and query_vector is None:
-        from kb.embeddings import get_embedder
-
         query_vector = get_embedder(model, session_or_conn).encode([normalize_query(query)])[0]
     filters = _filter_sql(tags, category, status)
     n = max(candidates, k)
@@ -460,8 +458,6 @@ def search_many(db: Any, queries: list[str], **kw: Any) -> list[list[TemplateHit
     mode = kw.get("mode", "hybrid")
     vectors: list[Any] = [None] * len(queries)
     if mode != "text" and queries:
-        from kb.embeddings import get_embedder
-
         embedder = get_embedder(config.embed_model_name(kw.get("model")), db)
         vectors = list(embedder.encode([normalize_query(q) for q in queries]))
     with _executor(db) as conn:

@@ -141,7 +141,7 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def _scrub_parameters(conn, cursor, statement, parameters, context, executemany):
+def scrub_parameters(conn, cursor, statement, parameters, context, executemany):
     # The values only: a statement's own parameter names (`:token`) are not data.
     if isinstance(parameters, dict):
         parameters = {k: scrub(v) for k, v in parameters.items()}
@@ -150,10 +150,3 @@ def _scrub_parameters(conn, cursor, statement, parameters, context, executemany)
             {k: scrub(v) for k, v in p.items()} if isinstance(p, dict) else scrub(p) for p in parameters
         )
     return statement, parameters
-
-
-def install(engine) -> None:
-    """Scrub every string parameter of every statement this engine runs (the last line of defence)."""
-    import sqlalchemy as sa
-
-    sa.event.listen(engine, "before_cursor_execute", _scrub_parameters, retval=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from kb.embeddings import get_embedder
 from kb.errors import KbError
 
 
@@ -87,7 +88,6 @@ def embed_versions(
     the rest are encoded. Returns {model: vectors written}. A model that cannot be loaded is a
     KbError, so the caller's transaction (and the version it wrote) rolls back.
     """
-    from kb.embeddings import get_embedder
 
     ids = sorted(set(version_ids))
     models = list(models) if models is not None else held_models(conn)

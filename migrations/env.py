@@ -13,6 +13,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import kb.models  # noqa: F401  (registers every table)
+from kb.db import normalize_url
 from kb.migrate import include_object
 
 config = context.config
@@ -39,7 +40,6 @@ def run_migrations_online() -> None:
     url = os.environ.get("DATABASE_URL")
     if not url:
         raise SystemExit("set DATABASE_URL, or use `reasonflux db upgrade`")
-    from kb.db import normalize_url
 
     engine = sa.create_engine(normalize_url(url))
     with engine.connect() as conn:
