@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb.db import Database
+from kb.errors import InputError
+from kb.rewards import refresh_rewards
 from pipelines.grader import GRADER_NAME, extract_answer, grade
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
@@ -180,8 +182,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Roll out the selected trajectories on their similar sets; returns the run's counts."""
     if samples < 1:
-        from kb.errors import InputError
-
         raise InputError("must be at least 1", field="--samples")
     selection = parse_selection(trajectories, TRAJECTORY_KEYS, option="--trajectories")
     with db.engine.connect() as conn:
@@ -223,7 +223,5 @@ def evaluate(
         **extra,
     )
     if refresh and counts.get("rollouts_written"):
-        from kb.rewards import refresh_rewards
-
         counts["rewards"] = refresh_rewards(db)
     return counts

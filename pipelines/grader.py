@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import re
+import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -155,8 +156,6 @@ def _symbolic_either(r: str, p: str, reference: str, predicted: str) -> bool:
 def _quiet_worker() -> None:
     """A grading worker: math-verify's and sympy's log lines are not the command's output; Ctrl-C is the
     parent's to handle."""
-    import logging
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for name in ("math_verify", "latex2sympy2_extended"):

@@ -18,11 +18,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb import storable
+from kb.datasets import check_license
 from kb.db import Database, session_scope
+from kb.embeddings import get_embedder
 from kb.errors import InputError, NotFound
 from kb.models import Problem
 from kb.runs import pipeline_run
 from kb.storable import too_deep
+from pipelines.embed import embed_problems as stage
 
 FIELDS = ("problem", "solution", "answer", "subject", "difficulty", "source_id", "split", "tags")
 FORMATS = ("jsonl", "json")
@@ -271,7 +274,6 @@ def import_problems(
 
     LICENSE: the licence of the file's data, recorded with the run (`pipelines.licences`: the default
     licence of exports of these problems); None: not known."""
-    from kb.datasets import check_license
 
     path = Path(path)
     check_license(license)
@@ -302,7 +304,6 @@ def embed_problems(
     db: Database, model: str | None = None, problem_ids: list[int] | None = None, run_id: int | None = None
 ) -> int:
     """The embed stage (imported late: loading the embedding model is only paid when there is work)."""
-    from pipelines.embed import embed_problems as stage
 
     return stage(db, model=model, problem_ids=problem_ids, run_id=run_id)
 
@@ -380,8 +381,6 @@ def search_problems(
         )
         params = {"q": query}
     elif mode == "embedding":
-        from kb.embeddings import get_embedder
-
         embedder = get_embedder(model)
         m = embedder.name.replace("'", "''")
         dist = f"e.embedding::vector({embedder.dim}) <=> CAST(:v AS vector({embedder.dim}))"

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from kb import config
 from kb.db import Database
+from kb.embeddings import get_embedder
 from kb.retrieval import TemplateHit, normalize_query, search_many, search_templates
 
 MAX_PHRASES = 16_384
@@ -122,7 +123,6 @@ class PhraseVectors:
 
     def get(self, phrase: str, model: str | None = None, db: Any = None) -> Any:
         """DB: where a registered retriever's name is looked up (default: the default database)."""
-        from kb.embeddings import get_embedder
 
         model = config.embed_model_name(model)
         key = (model, normalize(phrase))
@@ -134,7 +134,6 @@ class PhraseVectors:
 
     def prime(self, phrases: list[str], model: str | None = None, db: Any = None) -> int:
         """Embed the phrases not cached yet, in batches; returns how many were added."""
-        from kb.embeddings import get_embedder
 
         model = config.embed_model_name(model)
         missing = [
@@ -190,7 +189,6 @@ def retrieve_hints(db: Any, problems: list[str], *, k: int, mode: str = "hybrid"
         return [[] for _ in problems]
     if mode == "text":
         return search_many(db, problems, k=k, mode=mode)
-    from kb.embeddings import get_embedder
 
     vectors = _ENCODER.encode(
         get_embedder(config.embed_model_name(None), db), [normalize_query(p) for p in problems]

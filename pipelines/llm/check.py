@@ -11,6 +11,7 @@ from kb.secrets import scrub
 from pipelines.llm.base import ChatRequest, SamplingParams
 from pipelines.llm.config import LlmConfig, RoleConfig
 from pipelines.llm.registry import get_backend
+from pipelines.llm.roles import role_config
 
 PROBE = [{"role": "user", "content": "Reply with the word OK."}]
 ROLES = ("navigator", "inference", "miner")
@@ -21,7 +22,6 @@ def roles_to_check(
 ) -> dict[str, RoleConfig]:
     """Every role of the config file, with the flags on top (a flag beats the file), through the one role
     resolver; DB opens the KB, only when a flag names a registered navigator."""
-    from pipelines.llm.roles import role_config
 
     def one(name: str) -> RoleConfig:
         try:

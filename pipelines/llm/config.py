@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from kb.errors import InputError
 from kb.secrets import is_secret_name
 from pipelines.llm.base import Backend, SamplingParams
@@ -123,8 +125,6 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         if path.suffix.lower() == ".toml":
             return tomllib.loads(text)
-        import yaml
-
         data = yaml.safe_load(text) or {}
     except Exception as e:  # noqa: BLE001 - any parse error is the file's fault
         raise InputError(f"not valid {path.suffix.lstrip('.') or 'YAML'}: {e}", file=str(path)) from None

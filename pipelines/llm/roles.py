@@ -24,6 +24,7 @@ from kb.db import Database
 from pipelines.llm.base import Backend, SamplingParams
 from pipelines.llm.config import LlmConfig, RoleConfig, load_config
 from pipelines.llm.registry import available_backends
+from pipelines.models.names import resolve
 
 _NAMED_BACKENDS = ("transformers", "vllm")  # backends that load a local checkpoint a navigator name points to
 
@@ -45,8 +46,6 @@ class ResolvedRole:
 
 
 def _registered(db: Database | None, backend: str, name: str, base: RoleConfig | None) -> RoleConfig:
-    from pipelines.models.names import resolve
-
     if db is None:
         raise ValueError("resolving a navigator or model name needs the database")
     with db.engine.connect() as conn:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kb.errors import InputError
 
 
@@ -110,7 +112,6 @@ def fit(
 
 
 def _fit(base_path, pairs, templates, hp, out_dir, progress) -> dict[str, Any]:
-    import numpy as np
     import torch
     from sentence_transformers import SentenceTransformer
 

@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from kb.datasets import DataPart, ExportSpec, write_dataset
+from kb import config
+from kb.datasets import DATA_DIR, DataPart, ExportSpec, write_dataset
 from kb.db import Database
+from kb.embeddings import get_embedder
 from kb.errors import InputError
 from kb.retrieval import normalize_query
 from pipelines.embed import template_views
@@ -101,8 +104,6 @@ def pair_params(
     hard_negatives: int = 1,
     negatives_model: str | None = None,
 ) -> dict[str, Any]:
-    from kb import config
-
     if hard_negatives < 0:
         raise InputError("must be 0 or more", field="--hard-negatives")
     return {
@@ -174,7 +175,6 @@ def add_hard_negatives(pairs: list[dict], templates: list[dict], params: dict, d
         p["negative_template_ids"] = []
     if n == 0 or not pairs:
         return
-    from kb.embeddings import get_embedder
 
     embedder = get_embedder(params["negatives_model"], db)
     with db.engine.connect() as conn:
@@ -278,9 +278,6 @@ def export_pairs(db: Database, out_dir: str | Path, *, run_id: int | None = None
 
 def read_pairs(folder: str | Path) -> tuple[list[dict], dict[int, dict]]:
     """(pairs, templates by id) from an exported version folder."""
-    import pyarrow.parquet as pq
-
-    from kb.datasets import DATA_DIR
 
     data = Path(folder) / DATA_DIR  # one file per part, named by the part (kb.datasets.data_file)
     pairs = pq.read_table(data / "pairs.parquet").to_pylist()

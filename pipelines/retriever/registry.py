@@ -6,6 +6,7 @@ registering never replaces the default model, and a name is never reused for oth
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,4 @@ def get_retriever(db: Database, name: str) -> dict[str, Any]:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True, default=str)

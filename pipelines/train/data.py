@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from kb import datasets
+from kb.datasets import sha256_file
 from kb.db import Database
 from kb.errors import InputError, NotFound
 
@@ -37,7 +41,6 @@ class VerifiedDataset:
 def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDataset:
     """The dataset version named by an id (or unique prefix) or an export directory, its files re-hashed and
     checked against its manifest and the KB row (`kb.datasets.verify`); else a KbError naming the file."""
-    from kb import datasets
 
     candidate = Path(id_or_dir).expanduser()
     if candidate.is_dir():
@@ -74,7 +77,6 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
 
 def check_files(dataset: VerifiedDataset) -> None:
     """Re-hash the data files against the verified hashes (a worker reads them after the launcher checked)."""
-    from kb.datasets import sha256_file
 
     for path in dataset.parquet_files:
         expected = dataset.files[path.relative_to(dataset.path).as_posix()]  # data/train.parquet
@@ -88,7 +90,6 @@ def check_files(dataset: VerifiedDataset) -> None:
 def load_rows(dataset: VerifiedDataset, stage: str, *, completion_only_loss: bool = True):
     """A `datasets.Dataset` in TRL's conversational format for the stage, columns checked per file."""
     import datasets
-    import pyarrow.parquet as pq
 
     tables = []
     for path in dataset.parquet_files:

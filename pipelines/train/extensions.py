@@ -16,6 +16,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from kb.errors import KbError
+
 LOCK_NAME = "lock"
 # A builder closes the lock's descriptor a moment before it removes the file; a lock seen unheld twice, this
 # far apart, is not in that window.
@@ -90,7 +92,6 @@ def clear_stale_builds(root: Path) -> list[Path]:
 
 def prepare(env: Mapping[str, str]) -> None:
     """Before launching workers that may JIT-build: clear stale builds, or fail in one line naming the place."""
-    from kb.errors import KbError
 
     root = build_root(env)
     try:

@@ -20,6 +20,7 @@ from kb.db import Database
 from kb.errors import KbError
 from pipelines.train import extensions, registry
 from pipelines.train.launch import LaunchPlan, worker_env, write_spec
+from pipelines.train.worker import run_spec
 
 
 class TrainingProcessFailed(KbError):
@@ -41,8 +42,6 @@ def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ())
     with registry.recorded_run(db, run_id) as final:
         spec_path = write_spec(p, run_id, output_dir)
         if p.launcher == "inprocess":
-            from pipelines.train.worker import run_spec
-
             # The trainer prints its logs; they go to stderr so stdout stays the command's result (--json).
             with contextlib.redirect_stdout(sys.stderr):
                 final.update(run_spec(db, p.spec(run_id, output_dir), extra_callbacks))

@@ -12,16 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kb.db import Database
+from kb.db import Database, connect
+from pipelines.train import registry
+from pipelines.train.data import VerifiedDataset, check_files, load_rows
+from pipelines.train.dpo_trainer import train_dpo
+from pipelines.train.launch import CONFIGS
+from pipelines.train.sft_trainer import train_sft
 
 
 def run_spec(db: Database, spec: dict[str, Any], extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    from pipelines.train import registry
-    from pipelines.train.data import VerifiedDataset, check_files, load_rows
-    from pipelines.train.dpo_trainer import train_dpo
-    from pipelines.train.launch import CONFIGS
-    from pipelines.train.sft_trainer import train_sft
-
     stage = spec["stage"]
     config = CONFIGS[stage].from_dict(spec["config"], source="launch spec")
     ds = spec["dataset"]
@@ -61,8 +60,6 @@ def _is_rank_zero() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kb.db import connect
-
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m pipelines.train.worker SPEC.json", file=sys.stderr)
