@@ -14,9 +14,10 @@ sampling and the exports use, so a navigator trained on this project's exports i
 Every navigator reply is parsed strictly and re-asked at most `parse_retries` times.
 Rounds, tokens and wall time are bounded; whatever ends a session (answer, limit,
 unparseable output, backend error) is recorded with its reason, and every round is
-written to the trace as it finishes. One Solver serves many concurrent `solve` calls:
-all per-session state lives in a `_Run`, and LLM calls go through per-backend
-micro-batchers so concurrent sessions reach the model together.
+written to the trace as it finishes, and emitted as a typed event (serve.solve_events). One Solver serves
+many concurrent `solve` calls: all per-session state lives in a `_Run` (its LLM calls in
+serve.session_calls), and LLM calls go through per-backend micro-batchers so concurrent sessions reach
+the model together.
 """
 
 from __future__ import annotations
