@@ -118,3 +118,17 @@ def test_http_bodies_are_the_results_public_fields(db, solver):
         assert list(summary) == list(PUBLIC_FIELDS) and summary["answer"] == "7"
         result = SolveResult.from_dict(summary)  # the summary is the result's public part, whole
         assert result.session_id == chat["session_id"] and result.total_tokens == summary["total_tokens"]
+
+
+def test_the_guard_is_the_one_token_check(db, solver):
+    """The token is checked before anything else (an unauthenticated request learns nothing about its
+    body), and the routes' bearer dependency only documents the scheme."""
+    with TestClient(create_app(db, solver, token="t0ken", max_body_bytes=100)) as http:
+        big = {"problem": "x" * 500}
+        assert http.post("/v1/solve", json=big).status_code == 401
+        assert http.post("/v1/solve", json=big, headers={"Authorization": "Bearer t0ken"}).status_code == 413
+        schema = http.get("/openapi.json").json()
+        assert schema["paths"]["/v1/solve"]["post"]["security"] == [{"HTTPBearer": []}]
+        assert "security" not in schema["paths"]["/healthz"]["get"]
+    with TestClient(create_app(db, solver)) as http:  # no token: the documenting dependency lets all in
+        assert http.get("/v1/models").json()["data"][0]["id"] == "reasonflux"
