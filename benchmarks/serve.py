@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 from kb.db import Database
 from kb.scratch import scratch_database
 from pipelines.llm.scripted import play_along_backend
-from serve import traces
 from serve.solver import Solver, SolverConfig
+from serve.traces import store as traces
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
 PROBLEMS = [

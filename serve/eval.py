@@ -253,6 +253,40 @@ def draw_scaling(
     stats, counts = series["bars"], series["counts"]
     fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(counts) + 2), 4.8), dpi=120)
     x = np.arange(len(counts))
+    _draw_bars(ax, x, stats)
+    ticks = [f"{textwrap.fill(lab, 14)}\n(n={n})" for lab, n in zip(series["labels"], counts)]
+    ax.set_xticks(x, ticks, fontsize=8 if len(counts) > 5 else None)
+    ax.set_xlabel(series["axis_label"])
+    ax.set_ylabel("mean per problem (± s.d.)")
+    ax.set_ylim(0, max([m + s for means, sds in stats.values() for m, s in zip(means, sds)] + [1]) * 1.25)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    handles, labels = ax.get_legend_handles_labels()
+    acc_handles, acc_labels = _draw_accuracy(ax, x, series["accuracy"])
+    handles, labels = handles + acc_handles, labels + acc_labels
+    # Below the plot: inside it, the legend would cover bars or accuracy points.
+    ax.legend(
+        handles,
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.22),
+        ncol=min(3, len(handles)),
+        fontsize=8,
+        frameon=False,
+    )
+    what = {"difficulty": "difficulty", "subject": "subject", "source": "source"}.get(
+        series["key"], "problem set"
+    )
+    ax.set_title(title or f"Inference scaling: templates and interaction rounds vs {what}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _draw_bars(ax: Any, x: Any, stats: dict[str, tuple[list[float], list[float]]]) -> None:
+    """Templates used and rounds side by side per group, with s.d. error bars and the mean written in."""
     width = 0.38
     colors = {"templates_used": "#4C72B0", "rounds": "#DD8452"}
     names = {"templates_used": "templates used", "rounds": "interaction rounds"}
@@ -278,51 +312,30 @@ def draw_scaling(
                     color="white",
                     fontweight="bold",
                 )
-    ticks = [f"{textwrap.fill(lab, 14)}\n(n={n})" for lab, n in zip(series["labels"], counts)]
-    ax.set_xticks(x, ticks, fontsize=8 if len(counts) > 5 else None)
-    ax.set_xlabel(series["axis_label"])
-    ax.set_ylabel("mean per problem (± s.d.)")
-    ax.set_ylim(0, max([m + s for means, sds in stats.values() for m, s in zip(means, sds)] + [1]) * 1.25)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    handles, labels = ax.get_legend_handles_labels()
-    drawn = {name: acc for name, acc in series["accuracy"].items() if any(a is not None for a in acc)}
-    if drawn:
-        acc_ax = ax.twinx()
-        for name, acc in drawn.items():
-            style, color = _ACCURACY_STYLE.get(name, ("^-.", "#C62828"))
-            acc_ax.plot(
-                x,
-                [a * 100 if a is not None else np.nan for a in acc],
-                style,
-                color=color,
-                label=f"accuracy: {name} (%)",
-                linewidth=1.5,
-                alpha=0.85,
-            )
-        acc_ax.set_ylim(0, 105)
-        acc_ax.set_ylabel("accuracy (%)")
-        acc_handles, acc_labels = acc_ax.get_legend_handles_labels()
-        handles, labels = handles + acc_handles, labels + acc_labels
-    # Below the plot: inside it, the legend would cover bars or accuracy points.
-    ax.legend(
-        handles,
-        labels,
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.22),
-        ncol=min(3, len(handles)),
-        fontsize=8,
-        frameon=False,
-    )
-    what = {"difficulty": "difficulty", "subject": "subject", "source": "source"}.get(
-        series["key"], "problem set"
-    )
-    ax.set_title(title or f"Inference scaling: templates and interaction rounds vs {what}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+
+
+def _draw_accuracy(ax: Any, x: Any, accuracy: dict[str, list[float | None]]) -> tuple[list, list]:
+    """Each accuracy series that has a value, as a line on a second axis; its (handles, labels)."""
+    import numpy as np
+
+    drawn = {name: acc for name, acc in accuracy.items() if any(a is not None for a in acc)}
+    if not drawn:
+        return [], []
+    acc_ax = ax.twinx()
+    for name, acc in drawn.items():
+        style, color = _ACCURACY_STYLE.get(name, ("^-.", "#C62828"))
+        acc_ax.plot(
+            x,
+            [a * 100 if a is not None else np.nan for a in acc],
+            style,
+            color=color,
+            label=f"accuracy: {name} (%)",
+            linewidth=1.5,
+            alpha=0.85,
+        )
+    acc_ax.set_ylim(0, 105)
+    acc_ax.set_ylabel("accuracy (%)")
+    return acc_ax.get_legend_handles_labels()
 
 
 def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -14,9 +14,10 @@ sampling and the exports use, so a navigator trained on this project's exports i
 Every navigator reply is parsed strictly and re-asked at most `parse_retries` times.
 Rounds, tokens and wall time are bounded; whatever ends a session (answer, limit,
 unparseable output, backend error) is recorded with its reason, and every round is
-written to the trace as it finishes. One Solver serves many concurrent `solve` calls:
-all per-session state lives in a `_Run`, and LLM calls go through per-backend
-micro-batchers so concurrent sessions reach the model together.
+written to the trace as it finishes, and emitted as a typed event (serve.solve_events). One Solver serves
+many concurrent `solve` calls: all per-session state lives in a `_Run` (its LLM calls in
+serve.session_calls), and LLM calls go through per-backend micro-batchers so concurrent sessions reach
+the model together.
 """
 
 from __future__ import annotations
@@ -26,82 +27,32 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from typing import Any, Self
 
 from kb.db import Database
 from kb.errors import InputError
 from pipelines import navigator, prompts, step_retrieval
 from pipelines.grader import GRADE_TIMEOUT_S, extract_answer, grade
-from pipelines.llm.base import Backend, ChatRequest, Completion, Message
-from pipelines.llm.calls import call_rows
-from pipelines.navigator import Change, Evaluation, Plan
-from pipelines.parsing import ParseError, extract_json_object, validate
-from serve import traces
+from pipelines.llm.base import Backend
+from pipelines.navigator import Evaluation, Plan
+from pipelines.parsing import extract_json_object, validate
 from serve.batching import Batcher, batchers_for
+from serve.session_calls import SessionCalls
+from serve.solve_events import (
+    RoundFinished,
+    SessionDone,
+    SessionStarted,
+    SolveEvent,
+    SolveResult,
+)
 from serve.solver_config import SolverConfig
+from serve.traces import store
+from serve.trajectory import NavigatorUnparseable, SessionEnd, Step, apply_changes
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any]], None]
-STAGES = {"navigator": "solve:navigator", "inference": "solve:inference"}
-
-
-@dataclass
-class SolveResult:
-    session_id: int
-    status: str  # solved | failed | limit
-    reason: str | None
-    answer: str | None
-    correct: bool | None
-    rounds: int
-    tokens: dict[str, Any]
-    latency_ms: float
-    templates: list[int] = field(default_factory=list)  # template version ids used, in order
-    llm_calls: int = 0
-    solution: str | None = None  # the result text of the last accepted step
-    steps: list[str] = field(default_factory=list)  # the result texts of the accepted steps, in order
-    # with an answer schema: the answer as a JSON object following it, or why it could not be put so
-    formatted: str | None = None
-    format_error: str | None = None
-
-    @property
-    def total_tokens(self) -> int:
-        return traces.total_tokens(self.tokens)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {**asdict(self), "total_tokens": self.total_tokens}
-        if self.formatted is None and self.format_error is None:  # no answer schema was asked for
-            del d["formatted"], d["format_error"]
-        return d
-
-
-class SessionEnd(Exception):
-    """Ends a session early; `status` is limit or failed, the message is the recorded reason."""
-
-    def __init__(self, status: str, reason: str):
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-class NavigatorUnparseable(SessionEnd):
-    """Every attempt at a navigator reply (or another JSON reply: the formatted answer) failed to parse;
-    carries the last attempt for the trace."""
-
-    def __init__(self, errors: list[str], messages: list[Message], raw: str, role: str = "navigator"):
-        super().__init__("failed", f"{role} output unparseable after {len(errors)} attempts: {errors[-1]}")
-        self.errors, self.messages, self.raw = errors, messages, raw
-
-
-@dataclass
-class _Step:
-    text: str
-    template: str
-    tried: list[int] = field(default_factory=list)  # version ids already used for this step
-
-    def to_dict(self) -> dict[str, str]:
-        return {"text": self.text, "template": self.template}
+EventSink = Callable[[SolveEvent], None]
 
 
 class Solver:
@@ -176,7 +127,7 @@ class Solver:
         self.close()
 
 
-class _Run:
+class _Run(SessionCalls):
     """One session's state, used by one thread."""
 
     def __init__(
@@ -189,47 +140,39 @@ class _Run:
         on_event: EventSink | None,
         answer_schema: dict[str, Any] | None = None,
     ):
-        self.s, self.problem, self.cfg = solver, problem, config
-        self.answer_schema = answer_schema
+        super().__init__(solver, config)
+        self.problem, self.answer_schema = problem, answer_schema
         self.problem_id, self.reference, self.on_event = problem_id, reference, on_event
-        self.t0 = time.monotonic()
-        self.deadline = self.t0 + config.max_seconds
-        self.tokens: dict[str, dict[str, float]] = {}
-        self.calls = 0
         self.rounds = 0  # step rounds done
         self.round_no = 0
         self.templates: list[int] = []
         self.last_result: str | None = None
         self.accepted: list[tuple[str, str]] = []  # (step text, result) of accepted steps
-        self._pending_calls: list[dict[str, Any]] = []
-        self._pending_failures: list[dict[str, Any]] = []
-        self._round_tokens: dict[str, dict[str, float]] = {}
-        self.session_id = 0
         self.formatted: str | None = None
         self.format_error: str | None = None
 
     # ---------------------------------------------------------------- events and trace
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: SolveEvent) -> None:
         if self.on_event is not None:
             try:
-                self.on_event({**event, "session_id": self.session_id})
+                self.on_event(event)
             except Exception:
                 log.exception("solve event listener failed")
 
-    def write_round(self, kind: str, finish: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
-        row = {
-            "round_no": self.round_no,
-            "kind": kind,
-            "tokens": self._round_tokens,
-            "latency_ms": (time.monotonic() - self._round_t0) * 1000,
+    def write_round(self, kind: str, finish: dict[str, Any] | None = None, **fields: Any) -> RoundFinished:
+        done = RoundFinished(
+            session_id=self.session_id,
+            round_no=self.round_no,
+            kind=kind,
+            tokens=self._round_tokens,
+            latency_ms=(time.monotonic() - self._round_t0) * 1000,
             **fields,
-        }
-        row.setdefault("adjustment", {})
-        traces.write_round(
+        )
+        store.write_round(
             self.s.db,
             self.session_id,
-            row,
+            done.row(),
             self._pending_calls,
             self._pending_failures,
             rounds=self.rounds,
@@ -238,114 +181,14 @@ class _Run:
             finish=finish,
         )
         self._pending_calls, self._pending_failures, self._round_tokens = [], [], {}
-        self.emit({"event": "round", **{k: v for k, v in row.items() if k != "navigator_prompt"}})
+        self.emit(done)
         self.round_no += 1
         self._round_t0 = time.monotonic()
-        return row
-
-    # ---------------------------------------------------------------- LLM calls
-
-    def _account(self, role: str, c: Completion, waited_ms: float) -> None:
-        for bucket in (self.tokens, self._round_tokens):
-            t = bucket.setdefault(role, {"prompt": 0, "completion": 0, "calls": 0, "latency_ms": 0.0})
-            t["prompt"] += c.prompt_tokens
-            t["completion"] += c.completion_tokens
-            t["calls"] += 1
-            t["latency_ms"] = round(t["latency_ms"] + waited_ms, 3)
-        self.calls += 1
-
-    def _check_budget(self) -> None:
-        if time.monotonic() >= self.deadline:
-            raise SessionEnd("limit", f"wall time limit of {self.cfg.max_seconds:g} s reached")
-        used = traces.total_tokens(self.tokens)
-        if used >= self.cfg.token_budget:
-            raise SessionEnd("limit", f"token budget of {self.cfg.token_budget} reached ({used} used)")
-
-    def call(self, role: str, messages: list[Message], schema: dict[str, Any] | None = None) -> Completion:
-        self._check_budget()
-        params = self.cfg.navigator_params if role == "navigator" else self.cfg.inference_params
-        req = ChatRequest(
-            messages=messages,
-            params=params,
-            tags={"role": role, "session_id": self.session_id},
-            response_schema=schema,
-        )
-        batcher = self.s.batchers[role]
-        t0 = time.monotonic()
-        future = batcher.submit(req)
-        try:
-            c = future.result(timeout=max(0.0, self.deadline - t0))
-        except FutureTimeout:
-            future.cancel()
-            c = Completion(
-                text="",
-                error="no reply before the session's wall time limit",
-                latency_ms=(time.monotonic() - t0) * 1000,
-            )
-            self._record_call(role, req, c)
-            raise SessionEnd(
-                "limit", f"wall time limit of {self.cfg.max_seconds:g} s reached while waiting for the {role}"
-            ) from None
-        except Exception as e:  # noqa: BLE001 - the backend raised instead of returning an error
-            c = Completion(
-                text="", error=f"{type(e).__name__}: {e}", latency_ms=(time.monotonic() - t0) * 1000
-            )
-            self._record_call(role, req, c)
-            raise SessionEnd("failed", f"{role} backend error: {c.error}") from None
-        waited = (time.monotonic() - t0) * 1000
-        self._record_call(role, req, c, waited)
-        if c.error:
-            raise SessionEnd("failed", f"{role} backend error: {c.error}")
-        used = traces.total_tokens(self.tokens)
-        if used > self.cfg.token_budget:
-            raise SessionEnd("limit", f"token budget of {self.cfg.token_budget} reached ({used} used)")
-        return c
-
-    def _record_call(
-        self, role: str, req: ChatRequest, c: Completion, waited_ms: float | None = None
-    ) -> None:
-        if not c.latency_ms and waited_ms:
-            c = replace(c, latency_ms=waited_ms)
-        self._account(role, c, waited_ms if waited_ms is not None else c.latency_ms)
-        self._pending_calls += call_rows(
-            self.s.batchers[role].backend,
-            [req],
-            [c],
-            run_id=self.s.run_id,
-            stage=STAGES[role],
-            session_id=self.session_id,
-        )
-
-    def navigate(
-        self,
-        messages: list[Message],
-        parse: Callable[[str], Any],
-        schema: dict[str, Any],
-        role: str = "navigator",
-    ) -> tuple[Any, list[Message], str, list[str]]:
-        """(parsed, the messages of the attempt that parsed, its raw text, the errors of earlier attempts).
-
-        An unparseable reply is shown back to the ROLE with what is wrong, at most
-        parse_retries times; the retry prompt is the original plus the last bad reply, so it stays bounded.
-        """
-        attempt_msgs = messages
-        errors: list[str] = []
-        for attempt in range(self.cfg.parse_retries + 1):
-            c = self.call(role, attempt_msgs, schema)
-            try:
-                return parse(c.text), attempt_msgs, c.text, errors
-            except ParseError as e:
-                errors.append(str(e))
-                self._pending_failures.append(
-                    {"attempt": attempt, "reason": f"unparseable {role} output: {e}", "raw_output": c.text}
-                )
-                last_msgs, last_raw = attempt_msgs, c.text
-                attempt_msgs = navigator.retry_messages(messages, c.text, str(e))
-        raise NavigatorUnparseable(errors, last_msgs, last_raw, role)
+        return done
 
     # ---------------------------------------------------------------- retrieval
 
-    def retrieve(self, step: _Step) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[int]]:
+    def retrieve(self, step: Step) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[int]]:
         """Top templates for the step; the best one not yet tried for it is used (its version pinned)."""
         k = self.cfg.top_k + len(step.tried)
         hits = [
@@ -365,7 +208,7 @@ class _Run:
 
     def execute(self) -> SolveResult:
         s = self.s
-        self.session_id = traces.create_session(
+        self.session_id = store.create_session(
             s.db,
             self.problem,
             s.describe(self.cfg),
@@ -374,7 +217,7 @@ class _Run:
             run_id=s.run_id,
         )
         self._round_t0 = time.monotonic()
-        self.emit({"event": "session", "problem": self.problem})
+        self.emit(SessionStarted(self.session_id, self.problem))
         status, reason, answer, source = "failed", None, None, None
         try:
             plan = self.plan()
@@ -440,7 +283,7 @@ class _Run:
             self.write_round("final", finish=end, evaluation=text, adjustment=adjustment)
         except Exception:
             log.exception("could not write the final round of session %s", self.session_id)
-            traces.finish_session(self.s.db, self.session_id, rounds=self.rounds, tokens=self.tokens, **end)
+            store.finish_session(self.s.db, self.session_id, rounds=self.rounds, tokens=self.tokens, **end)
         result = SolveResult(
             session_id=self.session_id,
             status=status,
@@ -457,7 +300,7 @@ class _Run:
             formatted=self.formatted,
             format_error=self.format_error,
         )
-        self.emit({"event": "done", **result.to_dict()})
+        self.emit(SessionDone(result))
         return result
 
     def embed_phrases(self, plan: Plan) -> None:
@@ -508,7 +351,7 @@ class _Run:
         return plan
 
     def steps(self, plan: Plan) -> tuple[str, str | None, str | None, str | None]:
-        steps = [_Step(text=p.text, template=p.template) for p in plan.steps]
+        steps = [Step(text=p.text, template=p.template) for p in plan.steps]
         i = 0
         while i < len(steps):
             if self.rounds >= self.cfg.max_rounds:
@@ -524,7 +367,7 @@ class _Run:
                 )
         return "solved", None, None, None
 
-    def step_round(self, abstraction: str, steps: list[_Step], i: int) -> tuple[Evaluation, list[_Step], int]:
+    def step_round(self, abstraction: str, steps: list[Step], i: int) -> tuple[Evaluation, list[Step], int]:
         step = steps[i]
         round_fields: dict[str, Any] = {"step_text": step.text}
         adj: dict[str, Any] = {"step_no": i + 1, "n_steps": len(steps), "query": step.template}
@@ -602,42 +445,3 @@ def bounded_grade(answer: str | None, reference: str, timeout_s: float = GRADE_T
     if answer is None:
         return False
     return grade(answer, reference, timeout_s=timeout_s)
-
-
-def apply_changes(
-    steps: list[_Step], current: int, changes: list[Change]
-) -> tuple[list[_Step], int, list[dict], str]:
-    """(trajectory after CHANGES, index of the next step to run, the changes described, outcome).
-
-    Step numbers are as shown (1-based). The current step is redone when changed ("redo"),
-    dropped when removed ("removed"), accepted otherwise ("accepted"). Steps before it are
-    done and (by the parser) never touched.
-    """
-    shown = list(steps)
-    removed: set[int] = set()
-    inserts: dict[int, list[_Step]] = {}
-    described = []
-    changed_current = False
-    for c in changes:
-        target = shown[c.step - 1]
-        if c.op == "change":
-            target.template = c.template or target.template
-            target.text = c.text or target.text
-            changed_current |= c.step - 1 == current
-            described.append(c.to_dict())
-        elif c.op == "remove":
-            removed.add(id(target))
-            described.append(c.to_dict() | {"removed_text": target.text})
-        else:
-            inserts.setdefault(id(target), []).append(_Step(text=c.text or "", template=c.template or ""))
-            described.append(c.to_dict())
-    new: list[_Step] = []
-    for s in shown:
-        if id(s) not in removed:
-            new.append(s)
-        new.extend(inserts.get(id(s), []))
-    if id(shown[current]) in removed:
-        return new, current, described, "removed"
-    if changed_current:
-        return new, current, described, "redo"
-    return new, current + 1, described, "accepted"

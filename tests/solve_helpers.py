@@ -91,7 +91,8 @@ class Service:
     ):
         import uvicorn
 
-        from serve.app import create_app, header_timeout_protocol
+        from serve.app import create_app
+        from serve.http.protocol import header_timeout_protocol
         from serve.solver import Solver, SolverConfig
 
         self.solver = Solver(

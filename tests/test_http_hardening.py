@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from pipelines.llm.openai_backend import OpenAIBackend
 from pipelines.llm.scripted import play_along_backend
-from serve.app import SESSION_HEADER
+from serve.http.errors import SESSION_HEADER
 from tests.llm_server import LocalLLM, dead_url
 from tests.solve_helpers import Service, add_templates
 

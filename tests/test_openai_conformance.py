@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from pipelines import prompts
 from pipelines.llm.openai_backend import OpenAIBackend
 from pipelines.llm.scripted import PlayAlong, ScriptedBackend, play_along_backend
-from serve.app import SESSION_HEADER
+from serve.http.errors import SESSION_HEADER
 from serve.traces import get_session
 from tests.llm_server import dead_url
 from tests.solve_helpers import Service, add_templates

@@ -179,7 +179,13 @@ def test_adjustments_change_insert_and_remove_steps_and_are_traced(db, library):
     assert sum(c["t"] for c in calls) == result.total_tokens == session["total_tokens"]
     assert session["status"] == "solved" and session["correct"] is True and session["finished_at"]
     # Events: session, one per round, done.
-    assert [e["event"] for e in events] == ["session"] + ["round"] * 6 + ["done"]
+    assert [e.event for e in events] == ["session"] + ["round"] * 6 + ["done"]
+    # Typed events are the trace: each round event is the stored row; done carries the returned result.
+    for event, stored in zip(events[1:-1], session["rounds_detail"]):
+        assert {k: v for k, v in event.row().items() if k not in ("tokens", "latency_ms")} == {
+            k: stored[k] for k in event.row() if k not in ("tokens", "latency_ms")
+        }
+    assert events[-1].result == result and all(e.session_id == result.session_id for e in events)
     text = render_trace(session)
     for needle in (
         "plan",
@@ -384,10 +390,10 @@ def test_nul_characters_in_model_output_are_stored_not_fatal(db, library):
 
 def test_apply_changes_outcomes():
     from pipelines.navigator import Change
-    from serve.solver import _Step, apply_changes
+    from serve.trajectory import Step, apply_changes
 
     def steps():
-        return [_Step(f"s{i}", f"t{i}") for i in range(1, 5)]
+        return [Step(f"s{i}", f"t{i}") for i in range(1, 5)]
 
     new, nxt, _, outcome = apply_changes(steps(), 1, [Change("remove", 2), Change("insert", 3, "x", "tx")])
     assert [s.text for s in new] == ["s1", "s3", "x", "s4"] and (nxt, outcome) == (1, "removed")

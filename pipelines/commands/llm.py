@@ -7,6 +7,7 @@ import click
 from kb.cli import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
+from pipelines.llm.cli_options import llm_config_option, role_option
 
 
 @click.group("llm")
@@ -15,21 +16,17 @@ def llm() -> None:
 
 
 @llm.command("check")
-@click.option(
-    "--llm-config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TOML or YAML file with roles (every role in it is checked).",
-)
-@click.option(
-    "--navigator",
+@llm_config_option("TOML or YAML file with roles (every role in it is checked).")
+@role_option(
     "navigator",
-    default=None,
-    metavar="SPEC|NAME",
-    help="Check this navigator spec (or registered navigator or model name).",
+    "Check this navigator spec (or registered navigator or model name).",
+    dest="navigator",
+    forms=False,
 )
-@click.option("--inference", "inference", default=None, metavar="SPEC", help="Check this inference spec.")
-@click.option("--miner", "miner", default=None, metavar="SPEC", help="Check this miner spec.")
+@role_option(
+    "inference", "Check this inference spec (or registered model name).", dest="inference", forms=False
+)
+@role_option("miner", "Check this miner spec (or registered model name).", dest="miner", forms=False)
 @click.option(
     "--max-tokens",
     type=click.IntRange(1, 256),

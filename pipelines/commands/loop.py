@@ -8,6 +8,7 @@ import click
 from kb.cli import AppContext, pass_app
 from kb.errors import InputError
 from kb.output import emit, output_options
+from pipelines.llm.cli_options import llm_config_option, role_option
 
 TABLE_COLUMNS = [
     "iteration",
@@ -65,7 +66,7 @@ def _emit_show(result: dict, fmt: str) -> None:
 @click.option("--name", default=None, help="The loop's id; running the same loop again continues it.")
 @click.option("--iterations", type=int, default=None, help="Sample -> train rounds (default 2).")
 @click.option("--problems", default=None, metavar="SELECTION", help="Problems sampled every iteration.")
-@click.option("--navigator", default=None, metavar="SPEC|NAME", help="The navigator of iteration 0.")
+@role_option("navigator", "The navigator of iteration 0.", dest="navigator", forms=False)
 @click.option("--base-model", default=None, help="The model iteration 0 trains (default: the navigator's).")
 @click.option(
     "--navigator-backend",
@@ -73,13 +74,8 @@ def _emit_show(result: dict, fmt: str) -> None:
     default=None,
     help="Backend that runs the trained navigators (default transformers).",
 )
-@click.option("--inference", default=None, metavar="SPEC|NAME", help="The inference role of evaluation.")
-@click.option(
-    "--llm-config",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TOML or YAML file with roles and sampling.",
-)
+@role_option("inference", "The inference role of evaluation.", dest="inference", forms=False)
+@llm_config_option("TOML or YAML file with roles and sampling.")
 @click.option("--n", type=int, default=None, help="Trajectories per problem and iteration (default 8).")
 @click.option("--hint-k", type=int, default=None, help="Templates shown in the plan prompt (default 3).")
 @click.option(

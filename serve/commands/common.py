@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kb.retrieval_modes import MODES
-from serve.backends import Roles, backend_options, resolve_roles
+from pipelines.llm.cli_options import solver_role_options
 from serve.solver_config import SolverConfig
+from serve.solver_roles import Roles, resolve_roles
 
 if TYPE_CHECKING:
     from kb.db import Database
@@ -97,7 +98,7 @@ def solver_options(fn):
     ]
     for opt in reversed(opts):
         fn = opt(fn)
-    return backend_options(fn)
+    return solver_role_options(fn)
 
 
 def pop_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

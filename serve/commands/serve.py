@@ -111,7 +111,8 @@ def serve_cmd(
     """
     import uvicorn
 
-    from serve.app import create_app, header_timeout_protocol
+    from serve.app import create_app
+    from serve.http.protocol import header_timeout_protocol
 
     if not _is_loopback(host) and not token:
         raise click.UsageError(

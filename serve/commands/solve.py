@@ -6,7 +6,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,6 +15,9 @@ from kb.errors import InputError
 from kb.output import emit, output_options
 from kb.secrets import scrub
 from serve.commands.common import build_solver, pop_solver_kwargs, solver_options
+
+if TYPE_CHECKING:
+    from serve.solve_events import SolveEvent
 
 COLUMNS = (
     "session_id",
@@ -92,14 +95,14 @@ def solve_cmd(
     stderr as it finishes; the result goes to stdout. Every session is stored: see `reasonflux sessions`.
     """
     from kb.runs import pipeline_run, raise_for_outcome
-    from serve.traces import event_line
+    from serve.traces.render import event_line
 
     options = pop_solver_kwargs(kwargs)
     items = _inputs(app, problem, file, problems, reference)
     db = app.db()
     lock = threading.Lock()
 
-    def show(event: dict[str, Any]) -> None:
+    def show(event: SolveEvent) -> None:
         line = scrub(event_line(event))
         if line and not quiet:
             with lock:

@@ -1,18 +1,16 @@
-"""Which backends play navigator and inference for solve, serve and eval.
+"""The solver's two roles: which backends play navigator and inference for solve, serve and eval.
 
 Roles are resolved by the one role resolver (`pipelines.llm.roles`): a backend spec, a registered navigator
 name, or `--llm-config FILE`. Without `--inference` (and no inference role in the file) the navigator's
 model plays both roles, and the same role twice yields one shared instance (pipelines.llm.get_backend), so a
 model is never loaded twice. `scripted` is the play-along of pipelines.llm.scripted, so the whole path can
-be tried without a model.
+be tried without a model. The flags that name them are pipelines.llm.cli_options.solver_role_options.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import click
 
 from pipelines.llm.base import Backend, SamplingParams
 from pipelines.llm.config import load_config
@@ -62,25 +60,3 @@ def resolve_roles(
         inference_params=inf.sampling,
         described={"navigator": nav.config.describe(), "inference": inf.config.describe()},
     )
-
-
-def backend_options(fn):
-    """--llm-config, --navigator, --inference: the same flags on solve, serve and eval."""
-    fn = click.option(
-        "--inference",
-        metavar="SPEC|NAME",
-        help="Inference LLM (same forms as --navigator; default: the navigator's model).",
-    )(fn)
-    fn = click.option(
-        "--navigator",
-        metavar="SPEC|NAME",
-        help="Navigator: a registered navigator or model name, or transformers:PATH, vllm:PATH, "
-        "openai:MODEL@URL, scripted.",
-    )(fn)
-    fn = click.option(
-        "--llm-config",
-        type=click.Path(exists=True, dir_okay=False),
-        default=None,
-        help="TOML/YAML file with [roles.navigator] and [roles.inference].",
-    )(fn)
-    return fn
