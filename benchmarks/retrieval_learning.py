@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.retrieval import SAMPLE, load_sample, print_table, throwaway_database
 from kb import config
-from pipelines.retriever.fit import HyperParams
+from pipelines.retriever.fit_config import HyperParams
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import textwrap
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from kb.db import Database
 from kb.errors import InputError
 from kb.output import dumps
 from pipelines.grader import GRADER_NAME
+from pipelines.selection import select_problem_ids
 from serve.baseline import run_baselines
 from serve.solver import Solver
 
@@ -36,7 +39,6 @@ BREAKDOWN_KEYS = ("difficulty", "subject")
 
 def load_problems(db: Database, selection: str) -> list[dict[str, Any]]:
     """Problems of a selection (pipelines.selection syntax): id, text, answer, subject, difficulty."""
-    from pipelines.selection import select_problem_ids
 
     with db.engine.connect() as conn:
         ids = select_problem_ids(conn, selection)
@@ -241,13 +243,11 @@ def draw_scaling(
 ) -> Path:
     """The paper's inference-scaling figure: mean templates used and rounds per difficulty level (else per
     subject or source), with the accuracy of the solver and of the baselines it was compared with."""
-    import textwrap
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     series = scaling_series(records, best_of)
     stats, counts = series["bars"], series["counts"]
@@ -316,7 +316,6 @@ def _draw_bars(ax: Any, x: Any, stats: dict[str, tuple[list[float], list[float]]
 
 def _draw_accuracy(ax: Any, x: Any, accuracy: dict[str, list[float | None]]) -> tuple[list, list]:
     """Each accuracy series that has a value, as a line on a second axis; its (handles, labels)."""
-    import numpy as np
 
     drawn = {name: acc for name, acc in accuracy.items() if any(a is not None for a in acc)}
     if not drawn:

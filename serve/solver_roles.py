@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines.llm.base import Backend, SamplingParams
 from pipelines.llm.config import load_config
+from pipelines.llm.roles import resolve_role
 
 if TYPE_CHECKING:
     from kb.db import Database
@@ -39,7 +40,6 @@ def resolve_roles(
     **overrides: Any,
 ) -> Roles:
     """Both solver roles; sampling is each role's default < its config < OVERRIDES (e.g. max_tokens)."""
-    from pipelines.llm.roles import resolve_role  # the database layer: not needed to build the options
 
     cfg = load_config(llm_config)
     nav = resolve_role(db, "navigator", navigator, cfg, navigator_default or SamplingParams(), **overrides)

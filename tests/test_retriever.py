@@ -214,7 +214,7 @@ def test_leave_one_chapter_out_never_trains_on_the_evaluated_chapter(small_kb):
 @pytest.mark.slow
 def test_leave_one_chapter_out_reports_each_fold(small_kb):
     from pipelines.retriever.evaluate import leave_one_chapter_out
-    from pipelines.retriever.fit import HyperParams
+    from pipelines.retriever.fit_config import HyperParams
 
     result = leave_one_chapter_out(
         small_kb, hp=HyperParams(max_steps=1, batch_size=2, max_seq_length=32), chapters=["Complex Numbers"]

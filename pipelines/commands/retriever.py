@@ -44,7 +44,7 @@ def _pair_options(f):
 
 
 def _hyper_options(f):
-    from pipelines.retriever.fit import HyperParams
+    from pipelines.retriever.fit_config import HyperParams
 
     d = HyperParams()
     for opt in reversed(
@@ -77,7 +77,7 @@ def _hyper_options(f):
 
 
 def _hp(epochs, batch_size, learning_rate, max_steps, max_seq_length, seed, device):
-    from pipelines.retriever.fit import HyperParams
+    from pipelines.retriever.fit_config import HyperParams
 
     return HyperParams(
         epochs=epochs,

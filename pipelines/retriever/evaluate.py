@@ -33,7 +33,8 @@ from kb import config
 from kb.db import Database
 from kb.errors import InputError
 from kb.retrieval import CANDIDATES, fuse, normalize_query, text_candidates
-from pipelines.retriever.fit import HyperParams, fit
+from pipelines.retriever.fit import fit
+from pipelines.retriever.fit_config import HyperParams
 from pipelines.retriever.pairs import build_pairs, library, pair_params
 
 FORMS = ("problem", "navigator")

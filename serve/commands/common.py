@@ -9,11 +9,11 @@ import click
 from kb.retrieval_modes import MODES
 from pipelines.llm.cli_options import solver_role_options
 from serve.solver_config import SolverConfig
-from serve.solver_roles import Roles, resolve_roles
 
 if TYPE_CHECKING:
     from kb.db import Database
     from serve.solver import Solver
+    from serve.solver_roles import Roles
 
 _DEFAULTS = SolverConfig()
 LIMIT_KEYS = (
@@ -107,6 +107,8 @@ def pop_solver_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_solver(db: Database, options: dict[str, Any], *, run_id: int | None = None) -> tuple[Solver, Roles]:
+    from serve.solver_roles import resolve_roles  # the database layer: not for --help
+
     roles = resolve_roles(
         db,
         llm_config=options["llm_config"],
