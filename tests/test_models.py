@@ -93,11 +93,11 @@ def test_a_users_big_model_trains_by_name(cli, db, tmp_path):
 
 
 def test_a_model_name_is_what_a_loop_trains_and_samples_with(cli, db, tmp_path):
-    from pipelines import loop
+    from pipelines import loop, loop_steps
 
     folder = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
     cli("models", "add", "my-base", str(folder))
-    as_base = loop._Context(
+    as_base = loop_steps.LoopSteps(
         db,
         loop.LoopConfig.load(None, {"base_model": "my-base", "navigator": "openai:m@http://127.0.0.1:9/v1"}),
         0,
@@ -106,7 +106,7 @@ def test_a_model_name_is_what_a_loop_trains_and_samples_with(cli, db, tmp_path):
         False,
     )
     assert as_base._base_model(0) == str(folder.resolve())
-    as_navigator = loop._Context(
+    as_navigator = loop_steps.LoopSteps(
         db, loop.LoopConfig.load(None, {"navigator": "vllm:my-base"}), 0, [], [], False
     )
     assert as_navigator._base_model(0) == str(folder.resolve())
