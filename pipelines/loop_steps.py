@@ -322,10 +322,10 @@ class LoopSteps:
 
     def _base_model(self, k: int) -> str:
         """The model iteration K trains, as a resolved local directory (how training runs record it)."""
-        from pipelines.train.launch import _model_dir
+        from pipelines.train.launch import resolve_model_dir
 
         if k > 0:
-            return _model_dir(self.db, trained_name(self.cfg, k - 1))
+            return resolve_model_dir(self.db, trained_name(self.cfg, k - 1))
         candidate = self.cfg.base_model or self.cfg.navigator
         if not candidate:  # the navigator role comes from llm_config: train its local model, if it has one
             role = self._navigator(None).config
@@ -335,7 +335,7 @@ class LoopSteps:
             if sep and head in NAVIGATOR_BACKENDS:
                 candidate = rest
             try:
-                return _model_dir(self.db, candidate)
+                return resolve_model_dir(self.db, candidate)
             except InputError:
                 if self.cfg.base_model:
                     raise

@@ -19,7 +19,7 @@ from pipelines.llm.roles import resolve_role
 from pipelines.models import catalogue, fetch
 from pipelines.models.catalogue import CatalogueEntry
 from pipelines.tiny_model import build_tiny_model
-from pipelines.train.launch import _model_dir
+from pipelines.train.launch import resolve_model_dir
 from pipelines.train.registry import check_navigator_name_free, register_navigator
 from tests.train_support import config_only_model, sft_rows, write_export
 
@@ -62,7 +62,7 @@ def test_a_model_name_works_in_role_specs_and_base_model(cli, db, tiny):
     assert role.config.options["model_path"] == str(tiny.resolve()) and role.name == "tiny-base"
     on_vllm = resolve_role(db, "navigator", "vllm:tiny-base", None)
     assert on_vllm.config.backend == "vllm" and on_vllm.config.options["model_path"] == str(tiny.resolve())
-    assert _model_dir(db, "tiny-base") == str(tiny.resolve())
+    assert resolve_model_dir(db, "tiny-base") == str(tiny.resolve())
 
 
 def test_a_users_big_model_trains_by_name(cli, db, tmp_path):
