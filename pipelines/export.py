@@ -29,13 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
 
-from kb.datasets import (
-    DataPart,
-    ExportSpec,
-    check_license,
-    check_output_dir,
-    write_dataset,
-)
+from kb.dataset_write import check_output_dir, write_dataset
+from kb.datasets import DataPart, ExportSpec, check_license
 from kb.db import Database
 from kb.errors import InputError
 from kb.runs import pipeline_run

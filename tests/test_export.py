@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from kb import migrate
 from kb import templates as T
-from kb.datasets import VerificationError, sha256_file, verify
+from kb.dataset_verify import verify
+from kb.datasets import VerificationError, sha256_file
 from kb.db import session_scope
 from pipelines import navigator
 from pipelines.export import export

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
-from kb.datasets import DataPart, ExportSpec, write_dataset
+from kb.dataset_write import write_dataset
+from kb.datasets import DataPart, ExportSpec
 from kb.db import Database
 from kb.errors import InputError
 from kb.retrieval import normalize_query
