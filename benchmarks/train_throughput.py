@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 
-from kb.datasets import DataPart, ExportSpec, write_dataset
+from kb.dataset_write import write_dataset
+from kb.datasets import DataPart, ExportSpec
 from kb.db import connect
 from pipelines.tiny_model import build_tiny_model
 from pipelines.train import execute, plan
-from pipelines.train.launch import _available_gpus, deepspeed_version
+from pipelines.train.memory import available_gpus, deepspeed_version
 
 
 def rows(kind: str, n: int) -> list[dict]:
@@ -88,7 +89,7 @@ def main() -> None:
             )["id"]
             for k in ("sft", "dpo")
         }
-        gpus = _available_gpus()
+        gpus = available_gpus()
         setups = (
             [("gpu, zero3, bf16", {"num_gpus": 1, "deepspeed": "zero3"}, True)]
             if gpus

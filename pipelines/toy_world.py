@@ -378,7 +378,8 @@ def build_start_navigator(
     the world's tokenizer."""
     import pyarrow as pa
 
-    from kb.datasets import DataPart, ExportSpec, write_dataset
+    from kb.dataset_write import write_dataset
+    from kb.datasets import DataPart, ExportSpec
     from pipelines.tiny_model import build_tiny_model
     from pipelines.train.launch import plan
     from pipelines.train.registry import navigator_path

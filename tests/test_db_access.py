@@ -162,7 +162,7 @@ def test_db_serve_gives_read_only_access_with_a_password(db):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, proc.stderr.read()
     # `reasonflux sql` runs as the same role, now that its password is required: it still works.
-    from kb.sql_readonly import run_readonly
+    from kb.readonly_query import run_readonly
 
     assert run_readonly(db.engine, "select count(*) as n from current_template").rows == [(1,)]
 
@@ -197,8 +197,8 @@ def test_through_db_serve_the_reader_writes_nothing_and_changes_nothing_that_las
     import psycopg
 
     from kb import migrate
-    from kb.reader import READER_ROLE, SETTINGS
-    from kb.sql_readonly import run_readonly
+    from kb.reader_role import READER_ROLE, SETTINGS
+    from kb.readonly_query import run_readonly
 
     _one_template(db)
     dbname = sa.engine.make_url(db.url).database
@@ -269,7 +269,7 @@ def test_db_serve_drops_clients_that_never_log_in_and_keeps_the_owner_in(db):
     server connection, are dropped after the login timeout, and the owner's commands still get in."""
     import psycopg
 
-    from kb.sql_readonly import run_readonly
+    from kb.readonly_query import run_readonly
 
     startup = struct.pack("!I", 196608) + b"user\x00x\x00database\x00y\x00\x00"
     startup = struct.pack("!I", len(startup) + 4) + startup
@@ -309,8 +309,8 @@ def test_db_serve_refuses_more_connections_than_leave_room_for_the_owner(db):
 
 
 def test_db_serve_refuses_a_tcp_server():
-    from kb.db_access import socket_path
     from kb.errors import InputError
+    from kb.reader_relay import socket_path
 
     with pytest.raises(InputError, match="TCP server"):
         socket_path("postgresql://u:p@db.example.org:5432/kb")

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 
 from kb import migrate
 from kb import templates as T
-from kb.datasets import VerificationError, sha256_file, verify
+from kb.dataset_verify import verify
+from kb.datasets import VerificationError, sha256_file
 from kb.db import session_scope
 from pipelines import navigator
 from pipelines.export import export
@@ -372,7 +373,7 @@ def test_folders_and_records_of_earlier_versions_still_verify(cli, db, world, tm
 
 def test_plan_texts_render_replies_and_refuse_what_cannot_be_one(db, world):
     from kb.errors import InputError
-    from pipelines.export import plan_texts
+    from pipelines.export_conversations import plan_texts
 
     good = world["trajectories"][0]
     with db.engine.connect() as conn:
@@ -668,7 +669,7 @@ def test_fetch_columns_reads_nulls_empty_strings_and_numbers_in_order(db):
     import pyarrow as pa
 
     from kb.errors import NotFound
-    from pipelines.export import fetch_columns
+    from pipelines.export_columns import fetch_columns
 
     schema = pa.schema([("id", pa.int64()), ("s", pa.string()), ("x", pa.float64()), ("t", pa.string())])
     query = (

@@ -234,7 +234,7 @@ def test_push_without_a_token_says_how_to_get_one_and_keeps_the_export(
 
 
 def test_size_categories_follow_the_hub_labels():
-    from kb.datasets import _size_category
+    from kb.dataset_card import _size_category
 
     assert [_size_category(n) for n in (0, 999, 1000, 123_456, 10**6, 5 * 10**9, 10**13)] == [
         "n<1K",

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from kb.datasets import verify
+from kb.dataset_verify import verify
 from pipelines.export_llamafactory import dataset_name
 from tests.test_export import world  # noqa: F401  (fixture)
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from kb.errors import InputError
-from pipelines import loop, toy_world
+from pipelines import loop, loop_config, loop_steps, toy_world
 from pipelines.llm.base import ChatRequest
 from pipelines.prompts import Prompts
 
@@ -171,7 +171,7 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
     base = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
     dataset = write_export(db, tmp_path / "dpo", "dpo", dpo_rows(2))
     cfg = loop.LoopConfig.load(None, {"name": "k", "base_model": str(base), "navigator": "scripted"})
-    with pipeline_run(db, loop.ITERATION_STAGE, {"loop": "k", "iteration": 0}) as (_, counts):
+    with pipeline_run(db, loop_config.ITERATION_STAGE, {"loop": "k", "iteration": 0}) as (_, counts):
         counts["steps"] = {"pairs": {"pairs": 2}, "export": {"dataset": dataset}}
     run_id = registry.start_run(
         db,
@@ -183,7 +183,7 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
     )
     registry.finish_run(db, run_id, "succeeded")
 
-    ctx = loop._Context(db, cfg, parent=0, problem_ids=[], eval_ids=[], progress=False)
+    ctx = loop_steps.LoopSteps(db, cfg, parent=0, problem_ids=[], eval_ids=[], progress=False)
     assert ctx._train(0)["training_run"] == run_id
     assert registry.navigator_path(db, "k-it0") == str(tmp_path / "out")
     with db.engine.connect() as conn:
@@ -196,11 +196,11 @@ def test_iteration_0_trains_the_model_the_navigator_role_runs(db, tmp_path):
     model = config_only_model(tmp_path / "nav", {"model_type": "qwen2"})
     llm = tmp_path / "llm.toml"
     llm.write_text(f'[roles.navigator]\nbackend = "transformers"\nmodel_path = "{model}"\n')
-    ctx = loop._Context(db, loop.LoopConfig.load(None, {"llm_config": str(llm)}), 0, [], [], False)
+    ctx = loop_steps.LoopSteps(db, loop.LoopConfig.load(None, {"llm_config": str(llm)}), 0, [], [], False)
     assert ctx._base_model(0) == str(model.resolve())
     remote = loop.LoopConfig.load(None, {"navigator": "openai:m@http://127.0.0.1:9/v1"})
     with pytest.raises(InputError) as e:
-        loop._Context(db, remote, 0, [], [], False)._base_model(0)
+        loop_steps.LoopSteps(db, remote, 0, [], [], False)._base_model(0)
     assert e.value.field == "base_model"
 
 
@@ -232,7 +232,7 @@ def test_a_navigator_whose_plans_never_parse_stops_the_loop(db, tmp_path):
 
 
 def test_ranges():
-    assert loop._ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
+    assert loop_steps.id_ranges([7, 1, 2, 3, 9, 10]) == "1-3,7,9-10"
 
 
 def _rollout(problem: str, templates: list[str]) -> str:
@@ -350,12 +350,12 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
     assert {k: getattr(cfg, k) for k in LOOP} == LOOP
 
     # Killed while iteration 0 trains: everything before is recorded; nothing is registered.
-    real_train = loop._Context._train
+    real_train = loop_steps.LoopSteps._train
 
     def killed(self, k):
         raise _Killed()
 
-    monkeypatch.setattr(loop._Context, "_train", killed)
+    monkeypatch.setattr(loop_steps.LoopSteps, "_train", killed)
     with pytest.raises(_Killed):
         loop.run_loop(db, cfg, progress=False)
     with db.engine.connect() as conn:
@@ -365,7 +365,7 @@ def test_loop_resumes_after_a_kill_and_learns_the_right_template(cli, db, tmp_pa
     partial = loop.show(db, "toy")["iterations"][0]
     assert partial["pairs"] and partial["trained"] is None and partial["status"].startswith("interrupted")
 
-    monkeypatch.setattr(loop._Context, "_train", real_train)
+    monkeypatch.setattr(loop_steps.LoopSteps, "_train", real_train)
     result = loop.run_loop(db, cfg, progress=False)
     rows = {r["iteration"]: r for r in result["iterations"]}
     with db.engine.connect() as conn:

@@ -19,7 +19,7 @@ from pipelines.llm.roles import resolve_role
 from pipelines.models import catalogue, fetch
 from pipelines.models.catalogue import CatalogueEntry
 from pipelines.tiny_model import build_tiny_model
-from pipelines.train.launch import _model_dir
+from pipelines.train.launch import resolve_model_dir
 from pipelines.train.registry import check_navigator_name_free, register_navigator
 from tests.train_support import config_only_model, sft_rows, write_export
 
@@ -62,7 +62,7 @@ def test_a_model_name_works_in_role_specs_and_base_model(cli, db, tiny):
     assert role.config.options["model_path"] == str(tiny.resolve()) and role.name == "tiny-base"
     on_vllm = resolve_role(db, "navigator", "vllm:tiny-base", None)
     assert on_vllm.config.backend == "vllm" and on_vllm.config.options["model_path"] == str(tiny.resolve())
-    assert _model_dir(db, "tiny-base") == str(tiny.resolve())
+    assert resolve_model_dir(db, "tiny-base") == str(tiny.resolve())
 
 
 def test_a_users_big_model_trains_by_name(cli, db, tmp_path):
@@ -93,11 +93,11 @@ def test_a_users_big_model_trains_by_name(cli, db, tmp_path):
 
 
 def test_a_model_name_is_what_a_loop_trains_and_samples_with(cli, db, tmp_path):
-    from pipelines import loop
+    from pipelines import loop, loop_steps
 
     folder = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
     cli("models", "add", "my-base", str(folder))
-    as_base = loop._Context(
+    as_base = loop_steps.LoopSteps(
         db,
         loop.LoopConfig.load(None, {"base_model": "my-base", "navigator": "openai:m@http://127.0.0.1:9/v1"}),
         0,
@@ -106,7 +106,7 @@ def test_a_model_name_is_what_a_loop_trains_and_samples_with(cli, db, tmp_path):
         False,
     )
     assert as_base._base_model(0) == str(folder.resolve())
-    as_navigator = loop._Context(
+    as_navigator = loop_steps.LoopSteps(
         db, loop.LoopConfig.load(None, {"navigator": "vllm:my-base"}), 0, [], [], False
     )
     assert as_navigator._base_model(0) == str(folder.resolve())

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipelines.runner import Outcome, Unit, claim, enqueue, run_stage, unit_scope
+from pipelines.runner import Outcome, Unit, run_stage
+from pipelines.work_queue import claim, enqueue, unit_scope
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -299,7 +299,7 @@ def test_exact_neighbours_match_brute_force(min_similarity):
     also with duplicates and near-ties that force rows onto the full recompute."""
     import numpy as np
 
-    from pipelines.similar import DUPLICATE_SIMILARITY, exact_neighbours
+    from pipelines.similar_exact import DUPLICATE_SIMILARITY, exact_neighbours
 
     rng = np.random.default_rng(5)
     vecs = rng.normal(size=(600, 48)) + 2 * rng.normal(size=(6, 48))[rng.integers(0, 6, 600)]

@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from kb import reader
+from kb import reader_role
 from kb import templates as T
 from kb.db import session_scope
 from kb.errors import TimedOut
-from kb.reader import READER_ROLE, ReaderUnavailable, connect_reader
-from kb.sql_readonly import QueryFailed, WriteRefused, check_read_only, execute_read_only, run_readonly
+from kb.reader_role import READER_ROLE, ReaderUnavailable, connect_reader
+from kb.readonly_query import QueryFailed, WriteRefused, check_read_only, execute_read_only, run_readonly
 
 
 @pytest.fixture
@@ -220,7 +220,7 @@ ESCALATIONS = [  # each must fail on privileges alone: autocommit, no READ ONLY 
     "SELECT lo_create(0)",
     "SELECT lowrite(lo_open(0, 131072), 'x')",
     f"SELECT pg_advisory_lock({0x52464B42})",  # kb.migrate's key: `db upgrade` would wait on it
-    f"SELECT pg_advisory_xact_lock({0x52464B52})",  # kb.reader's key: `reasonflux sql` would
+    f"SELECT pg_advisory_xact_lock({0x52464B52})",  # kb.reader_role's key: `reasonflux sql` would
     "SELECT pg_try_advisory_lock_shared(1)",
     "SELECT pg_notify('c', 'x')",
     "SELECT ts_stat('SELECT set_config(''statement_timeout'', ''0'', false)::tsvector')",
@@ -317,7 +317,7 @@ def _drop_role(db, name: str) -> None:
 
 
 def test_fails_closed_where_the_role_cannot_be_created(seeded, monkeypatch):
-    monkeypatch.setattr(reader, "READER_ROLE", _role_name("rf_reader_missing"))
+    monkeypatch.setattr(reader_role, "READER_ROLE", _role_name("rf_reader_missing"))
     owner = _role_name("rf_plain_owner")
     with seeded.engine.connect() as conn:
         conn.execute(sa.text(f'CREATE ROLE "{owner}" LOGIN'))
@@ -333,7 +333,7 @@ def test_fails_closed_where_the_role_cannot_be_created(seeded, monkeypatch):
 
 def test_a_reader_role_that_can_do_more_is_refused(seeded, monkeypatch):
     name = _role_name("rf_reader_wide")
-    monkeypatch.setattr(reader, "READER_ROLE", name)
+    monkeypatch.setattr(reader_role, "READER_ROLE", name)
     with seeded.engine.connect() as conn:
         conn.execute(sa.text(f'CREATE ROLE "{name}" LOGIN'))
         conn.execute(sa.text(f'GRANT pg_write_all_data TO "{name}"'))
@@ -450,8 +450,8 @@ def test_a_password_the_reader_sets_itself_does_not_lock_the_owner_out(seeded, m
     if "host=" not in seeded.url:
         pytest.skip("edits the embedded server's pg_hba.conf")
     run_readonly(seeded.engine, "SELECT 1")
-    monkeypatch.setenv(reader.PASSWORD_ENV, "chosen-by-the-owner")
-    assert reader.reassert_password(seeded.engine)
+    monkeypatch.setenv(reader_role.PASSWORD_ENV, "chosen-by-the-owner")
+    assert reader_role.reassert_password(seeded.engine)
     with seeded.engine.connect() as conn:
         hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
     original = hba.read_text()
@@ -482,13 +482,13 @@ def test_an_earlier_db_serve_password_line_is_removed(seeded):
     with seeded.engine.connect() as conn:
         hba = Path(conn.execute(sa.text("SHOW hba_file")).scalar())
         original = hba.read_text()
-        hba.write_text(f"{reader.LEGACY_HBA_LINE}\n{original}")
+        hba.write_text(f"{reader_role.LEGACY_HBA_LINE}\n{original}")
         conn.execute(sa.text(f"ALTER ROLE {READER_ROLE} PASSWORD 'changed-by-the-reader'"))
         conn.execute(sa.text("SELECT pg_reload_conf()"))
         conn.commit()
     try:
         assert run_readonly(seeded.engine, "SELECT current_user AS u").rows == [(READER_ROLE,)]
-        assert reader.LEGACY_HBA_LINE not in hba.read_text().splitlines()
+        assert reader_role.LEGACY_HBA_LINE not in hba.read_text().splitlines()
     finally:
         hba.write_text(original)
         with seeded.engine.connect() as conn:

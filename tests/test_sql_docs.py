@@ -26,8 +26,8 @@ from kb.models import (
     TrajectoryStep,
     WorkUnit,
 )
+from kb.readonly_query import run_readonly
 from kb.runs import pipeline_run
-from kb.sql_readonly import run_readonly
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "sql.md"
 BLOCKS = re.findall(r"```sql\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)

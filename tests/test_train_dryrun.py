@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kb.errors import InputError
-from pipelines.train import launch
+from pipelines.train import launch, memory, plan_checks
 from tests.train_support import config_only_model, dpo_rows, sft_rows, write_export
 
 
@@ -87,7 +87,7 @@ def test_dry_run_text_shows_command_configs_and_deepspeed_table(cli, big_model, 
     assert "accelerate launch" in out.replace("/accelerate launch", " accelerate launch")
     assert "## training config" in out and "learning_rate: 2.0e-05" in out
     assert '"stage": 3' in out and "memory estimate" in out
-    if launch.deepspeed_version():
+    if memory.deepspeed_version():
         assert "offload_param" in out and "per GPU" in out  # DeepSpeed's own option table
 
 
@@ -99,9 +99,9 @@ def test_builtin_estimate_equals_deepspeeds():
     for total, largest, gpus in ((32_763_876_352, 778_567_680, 8), (494_032_768, 136_134_656, 1)):
         for opt, par in ((True, True), (True, False), (False, False)):
             ds = estimate_zero3_model_states_mem_needs(total, largest, gpus, 1, opt, par, True)[:2]
-            assert launch._zero3_states(total, largest, gpus, 1, opt, par, True) == ds
+            assert memory._zero3_states(total, largest, gpus, 1, opt, par, True) == ds
         for opt in (True, False):
-            assert launch._zero2_states(total, gpus, 1, opt) == estimate_zero2_model_states_mem_needs(
+            assert memory._zero2_states(total, gpus, 1, opt) == estimate_zero2_model_states_mem_needs(
                 total, gpus, 1, opt
             )
 
@@ -180,7 +180,7 @@ def test_bf16_on_cpu_is_rejected_with_the_fix(cli, tmp_path, sft_export):
     assert plan["deepspeed_config"] is None and plan["memory_estimate"] is None
 
     # DeepSpeed on CPU goes through accelerate with DS_ACCELERATOR=cpu, and needs deepspeed installed.
-    if launch.deepspeed_version():
+    if memory.deepspeed_version():
         plan = json.loads(
             _dry(
                 cli,
@@ -213,7 +213,7 @@ def test_deepspeed_on_cpu_without_deepspeed_is_refused(cli, monkeypatch, sft_exp
             "vocab_size": 128,
         },
     )
-    monkeypatch.setattr(launch, "deepspeed_version", lambda: None)
+    monkeypatch.setattr(plan_checks, "deepspeed_version", lambda: None)
     out = _dry(
         cli,
         "--dataset",
@@ -247,7 +247,7 @@ def test_unknown_deepspeed_name_lists_the_shipped_ones(cli, big_model, sft_expor
 
 
 def test_batch_sizes_must_match_deepspeeds_train_batch_size(cli, big_model, sft_export, tmp_path):
-    custom = json.loads((launch.DEEPSPEED_DIR / "zero3_a100x8_32b.json").read_text())
+    custom = json.loads((memory.DEEPSPEED_DIR / "zero3_a100x8_32b.json").read_text())
     custom["train_batch_size"] = 64
     path = tmp_path / "fixed_batch.json"
     path.write_text(json.dumps(custom))
@@ -287,7 +287,7 @@ def test_batch_sizes_must_match_deepspeeds_train_batch_size(cli, big_model, sft_
 
 
 def test_real_run_needs_the_gpus_it_asks_for(db, big_model, sft_export):
-    if launch._available_gpus() >= 8:
+    if memory.available_gpus() >= 8:
         pytest.skip("this machine has 8 GPUs")
     with pytest.raises(InputError, match="field num-gpus"):
         launch.plan(db, "sft", dataset=sft_export, base_model=str(big_model), num_gpus=8, dry_run=False)
@@ -359,10 +359,10 @@ def test_unregistered_or_wrong_kind_exports_are_refused(cli, db, big_model, tmp_
 
 def test_estimate_without_deepspeed_uses_the_same_formula(monkeypatch):
     params = {"total": 32_763_876_352, "largest_layer": 778_567_680}
-    ds_config = json.loads((launch.DEEPSPEED_DIR / "zero3_offload.json").read_text())
-    with_ds = launch.estimate_memory(params, ds_config, 8)
-    monkeypatch.setattr(launch, "deepspeed_version", lambda: None)
-    without = launch.estimate_memory(params, ds_config, 8)
+    ds_config = json.loads((memory.DEEPSPEED_DIR / "zero3_offload.json").read_text())
+    with_ds = memory.estimate_memory(params, ds_config, 8)
+    monkeypatch.setattr(memory, "deepspeed_version", lambda: None)
+    without = memory.estimate_memory(params, ds_config, 8)
     assert without["source"].startswith("built-in") and without["deepspeed_table"] is None
     assert (without["per_gpu_gib"], without["per_node_cpu_gib"]) == (
         with_ds["per_gpu_gib"],

@@ -8,7 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import sqlalchemy as sa
 
-from kb.datasets import DataPart, ExportSpec, write_dataset
+from kb.dataset_write import write_dataset
+from kb.datasets import DataPart, ExportSpec
 
 # Qwen2.5-32B-Instruct's architecture (config.json only): enough to plan the paper's run without weights.
 QWEN25_32B_CONFIG = {

@@ -247,11 +247,11 @@ def url_command(app: AppContext) -> None:
     nothing else uses it stops it (after REASONFLUX_DB_LINGER seconds). `reasonflux db serve` keeps it
     up, on a TCP port.
     """
-    from kb import db_access
+    from kb import psql
 
     if not config.database_url(app.database_url):
         _keep_embedded_server_up()
-    click.echo(db_access.libpq_url(app.db().url))
+    click.echo(psql.libpq_url(app.db().url))
 
 
 @db_group.command("shell", context_settings={"ignore_unknown_options": True})
@@ -262,11 +262,11 @@ def shell(app: AppContext, psql_args: tuple[str, ...]) -> None:
 
     The embedded server stays up while psql runs. Exits with psql's exit status.
     """
-    from kb import db_access
+    from kb import psql
 
-    psql = db_access.psql_path()
+    psql_bin = psql.psql_path()
     database = app.db()  # holds the embedded server until this command exits
-    sys.exit(subprocess.call([psql, db_access.libpq_url(database.url), *psql_args]))
+    sys.exit(subprocess.call([psql_bin, psql.libpq_url(database.url), *psql_args]))
 
 
 @db_group.command("serve")
@@ -316,16 +316,16 @@ def serve(
 
     import sqlalchemy as sa
 
-    from kb import db_access
-    from kb.reader import ensure_reader_role
+    from kb import reader_relay
+    from kb.reader_role import READER_ROLE, ensure_reader_role
 
     database = app.db()
-    sock = db_access.socket_path(database.url)
-    password = password or db_access.new_password()
-    db_access.check_capacity(database.engine, max_connections)
+    sock = reader_relay.socket_path(database.url)
+    password = password or reader_relay.new_password()
+    reader_relay.check_capacity(database.engine, max_connections)
     ensure_reader_role(database.engine)
     dbname = sa.engine.make_url(database.url).database
-    relay = db_access.ReaderRelay(
+    relay = reader_relay.ReaderRelay(
         sock,
         dbname,
         password,
@@ -336,13 +336,13 @@ def serve(
     )
 
     def ready(bound: int) -> None:
-        url = f"postgresql://{db_access.READER_ROLE}:{password}@127.0.0.1:{bound}/{dbname}"
+        url = f"postgresql://{READER_ROLE}:{password}@127.0.0.1:{bound}/{dbname}"
         if as_json:
             click.echo(
                 dumps(
                     {
                         "url": url,
-                        "role": db_access.READER_ROLE,
+                        "role": READER_ROLE,
                         "host": "127.0.0.1",
                         "port": bound,
                         "database": dbname,

@@ -45,7 +45,7 @@ def sql_command(
     column name gets a suffix (a, a_2).
     Example queries (views current_template, template_history): docs/sql.md.
     """
-    from kb.sql_readonly import run_readonly
+    from kb.readonly_query import run_readonly
 
     if (query is None) == (query_file is None):
         raise click.UsageError("give the query as an argument or with --file, not both")

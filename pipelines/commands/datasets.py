@@ -45,7 +45,7 @@ def verify_cmd(app: AppContext, directory: str, no_kb: bool, fmt: str) -> None:
     """Re-hash every data file and compare with manifest.json and the KB's record; exits non-zero on a
     mismatch. An edited dataset card (README.md) or an unlisted file outside the data folders is a
     warning (on stderr), not a failure."""
-    from kb.datasets import verify
+    from kb.dataset_verify import verify
 
     result = verify(None if no_kb else app.db(), directory)
     for line in result["warnings"]:
@@ -63,7 +63,7 @@ def push_cmd(directory: str, repo: str, private: bool, fmt: str) -> None:
 
     Needs a Hugging Face token (`hf auth login`, or HF_TOKEN); HF_ENDPOINT selects another server.
     """
-    from kb.datasets import push_to_hub
+    from kb.dataset_hub import push_to_hub
 
     emit(push_to_hub(directory, repo, private=private), fmt)
 

@@ -80,7 +80,7 @@ def _run(
     manifest = export(app.db(), kind, out_dir, formats=formats, license=license_id, **selection)
     summary = manifest if as_json else {k: manifest[k] for k in SUMMARY}
     if push_repo:
-        from kb.datasets import push_to_hub
+        from kb.dataset_hub import push_to_hub
 
         try:
             summary = {**summary, "hub": push_to_hub(out_dir, push_repo, private=private)}

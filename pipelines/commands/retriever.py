@@ -158,7 +158,7 @@ def train_cmd(
     The default model is never replaced: search keeps using it until --model NAME or
     REASONFLUX_EMBED_MODEL=NAME says otherwise.
     """
-    from pipelines.retriever import train_retriever
+    from pipelines.retriever.train import train_retriever
 
     hp = _hp(epochs, batch_size, learning_rate, max_steps, max_seq_length, seed, device)
     result = train_retriever(

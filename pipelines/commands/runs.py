@@ -21,7 +21,7 @@ def runs() -> None:
 @pass_app
 def list_cmd(app: AppContext, stage: str | None, status: str | None, limit: int, fmt: str) -> None:
     """The newest runs first."""
-    from pipelines.runs_report import list_runs
+    from kb.run_listing import list_runs
 
     with app.db().engine.connect() as conn:
         rows = list_runs(conn, stage=stage, status=status, limit=limit)
@@ -51,7 +51,7 @@ def list_cmd(app: AppContext, stage: str | None, status: str | None, limit: int,
 @pass_app
 def show_cmd(app: AppContext, run_id: int, fmt: str) -> None:
     """One run: parameters, counts, rows written per table, LLM calls, failures by reason, units."""
-    from pipelines.runs_report import show_run
+    from kb.run_listing import show_run
 
     with app.db().engine.connect() as conn:
         result = show_run(conn, run_id)

@@ -133,7 +133,7 @@ def leave_one_chapter_out(
     INDEX_CATEGORIES: rank only these chapters' templates and query only with their examples (the
     other chapters' pairs still train every fold); default: the whole library.
     """
-    from kb.embeddings import Embedder, get_embedder, model_path
+    from kb.embeddings import get_embedder, model_path
 
     hp = (hp or HyperParams()).check()
     base = config.embed_model_name(base_model)
@@ -146,56 +146,16 @@ def leave_one_chapter_out(
     if index_categories:
         templates = [t for t in templates if t["category"] in index_categories]
         queries = [q for q in queries if q["category"] in index_categories]
-    all_chapters = sorted({q["category"] for q in queries})
-    chapters = chapters or all_chapters
-    unknown = sorted(set(chapters) - set(all_chapters))
-    if unknown:
-        raise InputError(f"no worked examples in chapter(s) {', '.join(unknown)}", field="--chapter")
-    if len(all_chapters) < 2:
-        raise InputError(
-            "leave-one-chapter-out needs worked examples in at least two chapters", field="--chapter"
-        )
+    chapters = _held_out_chapters(queries, chapters)
     rows, folds, cache = [], [], {}
     with db.engine.connect() as conn:
         for chapter in chapters:
             held = [q for q in queries if q["category"] == chapter]
-            train, used = fold_pairs(db, chapter, pair_options)
-            tmp = Path(tempfile.mkdtemp(prefix="rf-retriever-fold-"))
-            try:
-                t0 = time.perf_counter()
-                fit_metrics = fit(base_path, train, {t["template_id"]: t for t in used}, hp, tmp)
-                seconds = time.perf_counter() - t0
-                tuned = Embedder(f"fold-{chapter}", tmp)
-                results = {
-                    "zero-shot": score(conn, zero, templates, held, cache),
-                    "fine-tuned": score(conn, tuned, templates, held, cache),
-                }
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            folds.append(
-                {
-                    "chapter": chapter,
-                    "queries": len(held),
-                    "train_pairs": len(train),
-                    "steps": fit_metrics["steps"],
-                    "train_seconds": round(seconds, 1),
-                    "final_loss": fit_metrics["final_loss"],
-                }
+            fold, fold_rows = _fold(
+                conn, db, chapter, held, templates, zero, base_path, hp, pair_options, cache, log
             )
-            for model_label, by_key in results.items():
-                for (form, mode), ranks in by_key.items():
-                    rows.append(
-                        {
-                            "chapter": chapter,
-                            "model": model_label,
-                            "form": form,
-                            "mode": mode,
-                            "queries": len(ranks),
-                            **metrics(ranks),
-                        }
-                    )
-            if log:
-                log(f"fold {chapter}: {len(train)} pairs, {fit_metrics['steps']} steps, {seconds:.0f} s")
+            folds.append(fold)
+            rows += fold_rows
     return {
         "base_model": base,
         "hyper_params": hp.to_dict(),
@@ -205,6 +165,76 @@ def leave_one_chapter_out(
         "rows": rows,
         "mean": mean_rows(rows),
     }
+
+
+def _held_out_chapters(queries: list[dict], chapters: list[str] | None) -> list[str]:
+    """CHAPTERS (default: every chapter with worked examples), refused when one has none or there are fewer
+    than two to hold out from."""
+    all_chapters = sorted({q["category"] for q in queries})
+    chapters = chapters or all_chapters
+    unknown = sorted(set(chapters) - set(all_chapters))
+    if unknown:
+        raise InputError(f"no worked examples in chapter(s) {', '.join(unknown)}", field="--chapter")
+    if len(all_chapters) < 2:
+        raise InputError(
+            "leave-one-chapter-out needs worked examples in at least two chapters", field="--chapter"
+        )
+    return chapters
+
+
+def _fold(
+    conn,
+    db: Database,
+    chapter: str,
+    held: list[dict],
+    templates,
+    zero,
+    base_path,
+    hp,
+    pair_options,
+    cache,
+    log,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fine-tune on every pair but CHAPTER's, then score the zero-shot and fine-tuned models on its HELD
+    queries: the fold's record and its metric rows (LOG, if given, hears of the fold when it is done)."""
+    from kb.embeddings import Embedder
+
+    train, used = fold_pairs(db, chapter, pair_options)
+    tmp = Path(tempfile.mkdtemp(prefix="rf-retriever-fold-"))
+    try:
+        t0 = time.perf_counter()
+        fit_metrics = fit(base_path, train, {t["template_id"]: t for t in used}, hp, tmp)
+        seconds = time.perf_counter() - t0
+        tuned = Embedder(f"fold-{chapter}", tmp)
+        results = {
+            "zero-shot": score(conn, zero, templates, held, cache),
+            "fine-tuned": score(conn, tuned, templates, held, cache),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fold = {
+        "chapter": chapter,
+        "queries": len(held),
+        "train_pairs": len(train),
+        "steps": fit_metrics["steps"],
+        "train_seconds": round(seconds, 1),
+        "final_loss": fit_metrics["final_loss"],
+    }
+    rows = [
+        {
+            "chapter": chapter,
+            "model": label,
+            "form": form,
+            "mode": mode,
+            "queries": len(ranks),
+            **metrics(ranks),
+        }
+        for label, by_key in results.items()
+        for (form, mode), ranks in by_key.items()
+    ]
+    if log:
+        log(f"fold {chapter}: {len(train)} pairs, {fit_metrics['steps']} steps, {seconds:.0f} s")
+    return fold, rows
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from kb import config
-from kb.datasets import DATA_DIR, DataPart, ExportSpec, write_dataset
+from kb.dataset_write import write_dataset
+from kb.datasets import DATA_DIR, DataPart, ExportSpec
 from kb.db import Database
 from kb.embeddings import get_embedder
 from kb.errors import InputError

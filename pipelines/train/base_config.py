@@ -230,7 +230,7 @@ class TrainConfig:
     # -- checking -------------------------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Checks that need no hardware knowledge; launch.validate_plan does the rest."""
+        """Checks that need no hardware knowledge; plan_checks.validate_plan does the rest."""
         if self.finetuning_type not in ("full", "lora"):
             self._bad("finetuning_type", "must be 'full' (the paper) or 'lora'")
         if self.lora_r < 1 or self.lora_alpha < 1:

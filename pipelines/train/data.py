@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from kb import datasets
+from kb.dataset_verify import verify
 from kb.datasets import sha256_file
 from kb.db import Database
 from kb.errors import InputError, NotFound
@@ -40,7 +41,7 @@ class VerifiedDataset:
 
 def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDataset:
     """The dataset version named by an id (or unique prefix) or an export directory, its files re-hashed and
-    checked against its manifest and the KB row (`kb.datasets.verify`); else a KbError naming the file."""
+    checked against its manifest and the KB row (`kb.dataset_verify.verify`); else a KbError naming the file."""
 
     candidate = Path(id_or_dir).expanduser()
     if candidate.is_dir():
@@ -55,7 +56,7 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
                 f"({', '.join(row['paths'] or [str(row['path'])])}); re-export it"
             )
         directory = Path(found[0]).resolve()
-    result = datasets.verify(db, directory)
+    result = verify(db, directory)
     row = datasets.get_version(db, result["id"])
     if row["kind"] not in STAGE_KINDS[stage]:
         raise InputError(

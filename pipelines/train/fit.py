@@ -1,4 +1,9 @@
-"""What both stages share: load, check, train on a TRL trainer class, save, summarise."""
+"""Training a navigator on TRL: stage 1 on SFTTrainer (template-knowledge conversations and plan examples in),
+stage 2 on DPOTrainer (trajectory preference pairs in, trained against a frozen copy of the base model as the
+reference). Both load, check, train, save and summarise the same way; what differs between them is their
+config (`sft_config.py`, `dpo_config.py`). DPO's per-step metrics include rewards/chosen, rewards/rejected,
+rewards/margins and rewards/accuracies (the share of pairs whose chosen answer gets the higher implicit reward).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from kb.errors import KbError
+
+TRAINERS = {"sft": "SFTTrainer", "dpo": "DPOTrainer"}  # stage -> TRL trainer class
+
+
+def trainer_class(stage: str):
+    """The TRL trainer class that trains STAGE (imported now: trl is heavy)."""
+    import trl
+
+    return getattr(trl, TRAINERS[stage])
 
 
 def fit(

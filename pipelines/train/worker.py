@@ -15,9 +15,8 @@ from typing import Any
 from kb.db import Database, connect
 from pipelines.train import registry
 from pipelines.train.data import VerifiedDataset, check_files, load_rows
-from pipelines.train.dpo_trainer import train_dpo
+from pipelines.train.fit import fit, trainer_class
 from pipelines.train.launch import CONFIGS
-from pipelines.train.sft_trainer import train_sft
 
 
 def run_spec(db: Database, spec: dict[str, Any], extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
@@ -33,8 +32,8 @@ def run_spec(db: Database, spec: dict[str, Any], extra_callbacks: Sequence[Any] 
     )
     check_files(dataset)  # unchanged since the launcher verified it
     rows = load_rows(dataset, stage, completion_only_loss=getattr(config, "completion_only_loss", True))
-    train = {"sft": train_sft, "dpo": train_dpo}[stage]
-    summary = train(
+    summary = fit(
+        trainer_class(stage),
         config,
         base_model=spec["base_model"],
         train_dataset=rows,

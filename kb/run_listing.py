@@ -1,4 +1,5 @@
-"""What `reasonflux runs list | show` reports: every pipeline run's counts, failures and duration.
+"""Listing and inspecting pipeline runs, the read side of the run record (kb.runs): what `reasonflux runs
+list | show` reports, every run's counts, failures, LLM calls, rows written and duration.
 
 Runs whose owner is gone are already marked interrupted when the command opened the KB (kb.runs).
 """

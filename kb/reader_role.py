@@ -3,7 +3,7 @@
 The role can log in and SELECT the tables and views of our schema, and nothing else: it is not a
 superuser, cannot create roles or databases, bypass row security or replicate, and is a member of no
 role, so no statement it runs can SET ROLE or SET SESSION AUTHORIZATION its way back to the owner.
-Privileges, not the text check in kb.sql_readonly, are what keep a query from writing, reading
+Privileges, not the text check in kb.readonly_query, are what keep a query from writing, reading
 server files or signalling other sessions. Even in a read-write transaction (default_transaction_read_only
 is a setting any session may turn off) it writes nothing anywhere: TEMP on our database and EXECUTE on
 the functions in _UNSAFE_FUNCTIONS (large objects, advisory locks, notifications, SQL run from a
@@ -41,7 +41,7 @@ PASSWORD_ENV = "REASONFLUX_READER_PASSWORD"
 # `db serve` once made the server check the reader's password on the embedded server's socket and left
 # that password beside it; a password the reader can change itself then decided whether the owner's
 # `reasonflux sql` could log in. Both are removed where found: the socket is trusted (only this OS user
-# can reach it) and `db serve` checks its clients' password itself (kb.db_access).
+# can reach it) and `db serve` checks its clients' password itself (kb.reader_relay).
 LEGACY_HBA_LINE = f"local all {READER_ROLE} scram-sha-256"
 PASSWORD_FILE = "reasonflux_reader.password"
 _LOCK_KEY = 0x52464B52  # one process at a time creates the role and grants (catalog updates conflict)
@@ -96,7 +96,7 @@ ORDER BY 1
 
 
 def ensure_reader_role(engine: Engine) -> None:
-    """The reader role as kb.reader describes it, on every use: created if missing (when allowed), able to
+    """The reader role as kb.reader_role describes it, on every use: created if missing (when allowed), able to
     SELECT everything in our schema and to write nothing anywhere, its defaults put back. Changes nothing
     (and takes no lock) when all is in place."""
     with engine.connect() as conn:

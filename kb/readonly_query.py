@@ -1,7 +1,7 @@
 """Read-only SQL for people and scripts: one statement, as a role that can only read, a time limit.
 
 The wall is the server's privilege system; the rest is defence in depth:
-1. The statement runs on its own connection, logged in as `reasonflux_reader` (kb.reader): it may
+1. The statement runs on its own connection, logged in as `reasonflux_reader` (kb.reader_role): it may
    SELECT our tables and views and nothing else, is no superuser and a member of no role, so it
    cannot write, read server files, signal other sessions, or SET ROLE / SET SESSION AUTHORIZATION
    back to the owner, whatever the text says.
@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 
 from kb.defaults import SQL_TIMEOUT_S as DEFAULT_TIMEOUT_S
 from kb.errors import KbError, TimedOut
-from kb.reader import ReaderUnavailable, connect_reader, ensure_reader_role, reassert_password
+from kb.reader_role import ReaderUnavailable, connect_reader, ensure_reader_role, reassert_password
 
 QUERY_STARTS = ("SELECT", "WITH", "VALUES", "TABLE", "SHOW", "EXPLAIN")
 # Keywords that only ever write (as a clause of a writable CTE, SELECT ... INTO, FOR UPDATE, ...).
@@ -121,7 +121,7 @@ SIDE_EFFECT_FUNCTIONS = frozenset(
         "pg_stat_reset_shared",
         "pg_stat_reset_single_table_counters",
         # They run SQL text they are given (where the statement could change its own settings unseen); the role
-        # may not execute them either (kb.reader).
+        # may not execute them either (kb.reader_role).
         "query_to_xml",
         "query_to_xmlschema",
         "query_to_xml_and_xmlschema",

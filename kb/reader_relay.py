@@ -1,8 +1,8 @@
-"""SQL access for tools: a libpq URL, psql, and the embedded server served on 127.0.0.1.
+"""`reasonflux db serve`: the embedded server served on 127.0.0.1 to tools, as the read-only role.
 
 The embedded server listens on a Unix socket only (reachable by this OS user alone, with `trust`).
 `serve` opens a TCP port on 127.0.0.1 and relays each connection to that socket as the read-only role
-`reasonflux_reader` (kb.reader: SELECT on the tables and views, nothing else), whatever user the
+`reasonflux_reader` (kb.reader_role: SELECT on the tables and views, nothing else), whatever user the
 client names. The relay itself asks the client for the password `serve` printed (SCRAM-SHA-256, so
 the password never crosses the wire) and opens a server session only for a client that gave it:
 a client that connects and never logs in costs no server connection, is dropped after
@@ -10,7 +10,7 @@ a client that connects and never logs in costs no server connection, is dropped 
 commands always find a free connection. The password is the relay's, not the role's: the reader may
 change its role's password, which checks nothing here.
 
-Each session starts with kb.reader.SETTINGS (read-only transactions, time limits) sent in its start-up
+Each session starts with kb.reader_role.SETTINGS (read-only transactions, time limits) sent in its start-up
 message, where they outrank whatever defaults the role has given itself; the relay checks that the
 server reports the session read-only before the client gets it.
 """
@@ -23,7 +23,6 @@ import contextlib
 import hashlib
 import hmac
 import secrets
-import shutil
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ from sqlalchemy.engine import make_url
 
 from kb import defaults
 from kb.errors import InputError, KbError
-from kb.reader import READER_ROLE, SETTINGS  # the role `reasonflux sql` runs as, too
+from kb.reader_role import READER_ROLE, SETTINGS  # the role `reasonflux sql` runs as, too
 
 PROTOCOL_3 = 3
 SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
@@ -53,21 +52,6 @@ CLIENT_PARAMETERS = frozenset(
     }
 )
 SCRAM_ITERATIONS = 4096
-
-
-def libpq_url(url: str) -> str:
-    """URL as libpq (psql, psycopg, SQLAlchemy's default driver) spells it: no '+driver' suffix."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def psql_path() -> str:
-    path = shutil.which("psql")
-    if path is None:
-        raise KbError(
-            "psql is not installed (e.g. `apt-get install postgresql-client`); "
-            "`reasonflux db url` prints the URL for any other client"
-        )
-    return path
 
 
 def socket_path(url: str) -> Path:
@@ -107,7 +91,7 @@ def new_password() -> str:
 
 
 def _rewrite_startup(body: bytes, user: str, database: str) -> bytes:
-    """A StartupMessage (after its length) as USER on DATABASE, with kb.reader.SETTINGS and only the
+    """A StartupMessage (after its length) as USER on DATABASE, with kb.reader_role.SETTINGS and only the
     client's harmless parameters (CLIENT_PARAMETERS)."""
     (protocol,) = struct.unpack("!I", body[:4])
     fields = body[4:].split(b"\x00")
@@ -221,7 +205,7 @@ class ReaderRelay:
     """127.0.0.1:PORT -> the server's Unix socket, every session as the read-only role, for clients that
     know PASSWORD; at most MAX_CLIENTS at once, each logged in within LOGIN_TIMEOUT_S or dropped.
 
-    PREPARE runs (in a thread) before each session is opened: `db serve` puts the role back as kb.reader
+    PREPARE runs (in a thread) before each session is opened: `db serve` puts the role back as kb.reader_role
     describes it there, so what one session changed in its role is undone before the next one starts."""
 
     def __init__(
