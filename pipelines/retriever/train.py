@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from kb import config
 from kb.errors import ConflictError
-from pipelines.retriever.fit import HyperParams, fit
+from pipelines.retriever.fit import fit
+from pipelines.retriever.fit_config import HyperParams
 
 if TYPE_CHECKING:
     from kb.db import Database
