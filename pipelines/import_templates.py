@@ -30,9 +30,9 @@ import sqlalchemy as sa
 from kb import templates as T
 from kb.db import Database
 from kb.errors import ConflictError, InputError
-from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
 from kb.storable import parse_json, too_deep
+from kb.template_jsonl import read_template_jsonl
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
@@ -398,66 +398,11 @@ def _load_json(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- JSONL
 
 
-def template_record(template: Template, version: TemplateVersion) -> dict[str, Any]:
-    """One JSONL line of the template interchange format: TemplateSpec.to_dict() plus "status"."""
-    return {**T.spec_of(template, version).to_dict(), "status": template.status}
-
-
 def read_jsonl(path: str | Path) -> list[ImportRecord]:
-    file = str(path)
-    records: list[ImportRecord] = []
-    first_line: dict[str, int] = {}
-    for lineno, line in _numbered_lines(path):
-        where = f"line {lineno}"
-        try:
-            data = parse_json(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
-        except RecursionError:
-            raise too_deep(file=file, record=where) from None
-        except ValueError as e:
-            raise InputError(f"malformed JSON: {e}", file=file, record=where) from None
-        if not isinstance(data, dict):
-            raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
-        status = data.pop("status", None)
-        if status is not None and status not in T.STATUSES:
-            raise InputError(
-                f"must be one of {', '.join(T.STATUSES)}", file=file, record=where, field="status"
-            )
-        key = data.get("key")
-        spec = T.TemplateSpec.from_dict(data, file=file, record=where)
-        if key is not None and key != spec.key:
-            raise InputError(
-                f"{key!r} does not match category/section/name ({spec.key!r})",
-                file=file,
-                record=where,
-                field="key",
-            )
-        if spec.key in first_line:
-            raise InputError(
-                f"template {spec.key!r} already appears on line {first_line[spec.key]}",
-                file=file,
-                record=where,
-                field="key",
-            )
-        first_line[spec.key] = lineno
-        T.check_storable(spec, file=file, record=where)
-        records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
-    return records
-
-
-def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers; unreadable files and bad UTF-8 are InputErrors."""
-    file, lineno = str(path), 0
-    try:
-        with Path(path).open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield lineno, line
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", file=file) from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason})", file=file, record=f"line {lineno + 1}") from None
+    return [
+        ImportRecord(t.spec, f"line {t.line}", {"format": "jsonl", "line": t.line}, t.status)
+        for t in read_template_jsonl(path)
+    ]
 
 
 def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
