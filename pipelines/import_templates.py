@@ -33,6 +33,7 @@ from kb.errors import ConflictError, InputError
 from kb.runs import pipeline_run
 from kb.storable import parse_json, too_deep
 from kb.template_jsonl import read_template_jsonl
+from kb.template_writes import CHUNK, NewVersion, lock_current, write_versions
 
 FORMATS = ("reasonflux-v1", "jsonl")
 V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
@@ -45,7 +46,6 @@ V1_FIELDS = (
     "reason_flow",
     "example_application",
 )
-CHUNK = 2000  # rows per statement: bounded parameter size, still few round trips
 
 
 @dataclass
@@ -416,50 +416,6 @@ def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
 
 # --------------------------------------------------------------------------- writing
 
-
-def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _rows_param(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
-
-
-_LOCK_CURRENT = sa.text("""
-    SELECT t.key, t.id, t.status, t.current_version_no, t.current_version_id, v.content_hash
-    FROM template t LEFT JOIN template_version v ON v.id = t.current_version_id
-    WHERE t.key = ANY(:keys)
-    FOR UPDATE OF t
-""")
-_INSERT_TEMPLATES = sa.text("""
-    INSERT INTO template (key, category, section, status, current_version_no, created_at, updated_at)
-    SELECT r.key, r.category, r.section, r.status, 0, now(), now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(key text, category text, section text, status text)
-    RETURNING key, id
-""")
-_INSERT_VERSIONS = sa.text("""
-    INSERT INTO template_version (
-        template_id, version_no, name, template_type, tags, description, application_scope, steps,
-        example_problem, example_solution, example_answer, extra, content_hash, parent_version_id,
-        source_kind, source_ref, provenance, change_note, author, run_id, created_at)
-    SELECT r.template_id, r.version_no, r.name, r.template_type, r.tags, r.description, r.application_scope,
-           r.steps, r.example_problem, r.example_solution, r.example_answer, r.extra, r.content_hash,
-           r.parent_version_id, r.source_kind, r.source_ref, r.provenance, r.change_note, r.author, r.run_id, now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        template_id int, version_no int, name text, template_type text, tags text[], description text,
-        application_scope text, steps jsonb, example_problem text, example_solution text, example_answer text,
-        extra jsonb, content_hash text, parent_version_id int, source_kind text, source_ref text,
-        provenance jsonb, change_note text, author text, run_id int)
-    RETURNING template_id, id
-""")
-# Optimistic lock, as in kb.templates: a pointer only moves forward from the version we compared against.
-_MOVE_POINTERS = sa.text("""
-    UPDATE template t
-    SET current_version_no = r.version_no, current_version_id = r.version_id, updated_at = now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(template_id int, version_no int, version_id int, from_no int)
-    WHERE t.id = r.template_id AND t.current_version_no = r.from_no
-""")
 _SET_STATUS = sa.text("""
     UPDATE template t SET status = r.status, updated_at = now()
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(template_id int, status text)
@@ -476,79 +432,42 @@ def apply_records(
     source_kind: str = "file",
     change_note: str | None = None,
 ) -> ImportResult:
-    """Write RECORDS as templates/versions inside the caller's transaction (set-based, see module doc)."""
+    """Write RECORDS as templates/versions inside the caller's transaction: the changed ones through the
+    one version writer (kb.template_writes, set-based, optimistic lock), then the status changes."""
     keys = [r.spec.key for r in records]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InputError(f"template {dup!r} appears more than once", field="key")
-    hashes = [T.content_hash(r.spec.content()) for r in records]
-    author = T.current_author()
-    current: dict[str, Any] = {}  # key -> locked row (id, status, current version no/id/hash)
-    for chunk in _chunks(keys):
-        current.update({row.key: row for row in conn.execute(_LOCK_CURRENT, {"keys": chunk})})
-
-    plan = list(zip(records, keys, hashes, [current.get(k) for k in keys]))
-    writes = [(r, k, h, before) for r, k, h, before in plan if before is None or before.content_hash != h]
-    template_ids = {k: row.id for k, row in current.items()}
-    for chunk in _chunks([(r, k) for r, k, _, before in writes if before is None]):
-        rows = [
-            {"key": k, "category": r.spec.category, "section": r.spec.section, "status": r.status or "active"}
-            for r, k in chunk
-        ]
-        try:
-            template_ids.update(dict(conn.execute(_INSERT_TEMPLATES, {"rows": _rows_param(rows)}).all()))
-        except sa.exc.IntegrityError:
-            raise ConflictError(
-                "another writer created some of these templates at the same time; "
-                "nothing was imported, run the import again"
-            ) from None
-
-    version_ids: dict[int, int] = {}  # template id -> its new version's id
-    for chunk in _chunks(writes):
-        rows = [
-            {
-                "template_id": template_ids[k],
-                "version_no": _version_no(before) + 1,
-                **r.spec.content(),
-                "content_hash": h,
-                "parent_version_id": before.current_version_id if before else None,
-                "source_kind": source_kind,
-                "source_ref": source_ref,
-                "provenance": r.provenance,
-                "run_id": run_id,
-                "author": author,
-                "change_note": change_note or ("imported" if before is None else "updated by import"),
-            }
-            for r, k, h, before in chunk
-        ]
-        version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all()))
-    for chunk in _chunks(writes):
-        rows = [
-            {
-                "template_id": template_ids[k],
-                "version_id": version_ids[template_ids[k]],
-                "version_no": _version_no(before) + 1,
-                "from_no": _version_no(before),
-            }
-            for _, k, _, before in chunk
-        ]
-        if conn.execute(_MOVE_POINTERS, {"rows": _rows_param(rows)}).rowcount != len(rows):
-            raise ConflictError(
-                "templates changed while importing; nothing was imported, run the import again"
-            )
-
+    current = lock_current(conn, keys)
+    plan = [(r, T.content_hash(r.spec.content()), current.get(r.spec.key)) for r in records]
+    writes = [
+        NewVersion(
+            r.spec.key,
+            r.spec.category,
+            r.spec.section,
+            r.spec.content(),
+            h,
+            before,
+            source_kind=source_kind,
+            source_ref=source_ref,
+            provenance=r.provenance,
+            change_note=change_note or ("imported" if before is None else "updated by import"),
+            run_id=run_id,
+            status=r.status or "active",
+        )
+        for r, h, before in plan
+        if before is None or before.content_hash != h
+    ]
+    version_ids = write_versions(conn, writes)
     status_rows = [
-        {"template_id": before.id, "status": r.status}
-        for r, _, _, before in plan
+        {"template_id": before.template_id, "status": r.status}
+        for r, _, before in plan
         if before is not None and r.status is not None and before.status != r.status
     ]
     for chunk in _chunks(status_rows):
-        conn.execute(_SET_STATUS, {"rows": _rows_param(chunk)})
-
-    created = sum(1 for *_, before in writes if before is None)
-    unchanged_ids = [
-        before.current_version_id for _, _, h, before in plan if before and before.content_hash == h
-    ]
+        conn.execute(_SET_STATUS, {"rows": json.dumps(chunk)})
+    created = sum(1 for w in writes if w.before is None)
+    unchanged_ids = [before.version_id for _, h, before in plan if before and before.content_hash == h]
     counts = {
         "templates": len(records),
         "created": created,
@@ -556,13 +475,13 @@ def apply_records(
         "unchanged": len(records) - len(writes),
         "status_changed": len(status_rows),
     }
-    return ImportResult(
-        run_id, counts, sorted(version_ids.values()), sorted([*version_ids.values(), *unchanged_ids])
-    )
+    new_ids = sorted(version_ids.values())
+    return ImportResult(run_id, counts, new_ids, sorted([*new_ids, *unchanged_ids]))
 
 
-def _version_no(before) -> int:
-    return before.current_version_no if before is not None else 0
+def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def import_file(
