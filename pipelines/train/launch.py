@@ -400,13 +400,13 @@ def plan(
     progress_timeout_s: float | None = DEFAULT_PROGRESS_TIMEOUT_S,
 ) -> LaunchPlan:
     """Resolve and validate everything about a run without starting it; raises InputError naming the field."""
-    from pipelines.train import registry
+    from pipelines.train import navigators, training_runs
 
     config_cls = CONFIGS[stage]
     resume_checkpoint = None
     stored: dict[str, Any] = {}
     if resume is not None:
-        old, resume_checkpoint = registry.resumable(db, resume, stage)
+        old, resume_checkpoint = training_runs.resumable(db, resume, stage)
         for flag, given, recorded in (
             ("dataset", dataset, old.dataset_version_id),
             ("base-model", base_model, old.base_model),
@@ -431,10 +431,10 @@ def plan(
     params = count_parameters(model_dir)
     verified = verify_export(db, dataset, stage=stage)
     if name:
-        registry.check_navigator_name_free(db, name)
-    if resume is None and config.output_dir and registry.last_checkpoint(config.output_dir):
+        navigators.check_navigator_name_free(db, name)
+    if resume is None and config.output_dir and training_runs.last_checkpoint(config.output_dir):
         raise InputError(
-            f"already holds checkpoints ({Path(registry.last_checkpoint(config.output_dir)).name}) "
+            f"already holds checkpoints ({Path(training_runs.last_checkpoint(config.output_dir)).name}) "
             "of another run: resume that run with --resume RUN_ID, or choose another directory",
             file=config.output_dir,
             field="output-dir",
