@@ -4,7 +4,14 @@ The embedded text (`template_views`) and its hash live here, in kb, so that the 
 that write versions (`templates add/edit/revert` here; import and mine in pipelines) embed
 the new versions in the same command, for every embedding model the KB already holds
 vectors for: a version never silently drops out of vector and hybrid search. The bulk stage
-(`reasonflux embed`, pipelines/embed.py) uses the same text and hash.
+(`reasonflux embed`, pipelines/embed.py) uses the same text and hash, and every template vector is
+written by `store_vectors`.
+
+Mining embeds its candidates (templates not yet versions) from this same text too. It once used a
+text of its own (name, tags, "Applies when", description, steps cut at 400 characters) and stored it
+without a hash until the embed stage replaced it: a candidate was then compared with imported versions
+by a different text than with the versions mined earlier in the run, so one threshold meant two things.
+One text makes every comparison like with like, and a mined version's vector is final when written.
 
 What a template's vector is made of matters more than anything else in retrieval.
 all-MiniLM-L6-v2 reads at most 256 word pieces and most ReasonFlux templates are longer
