@@ -585,7 +585,11 @@ def variant_figures(
             conn.execute(
                 sa.text(f"SET hnsw.iterative_scan = {'relaxed_order' if candidates > ef else 'off'}")
             )
-            plan = "\n".join(conn.execute(sa.text("EXPLAIN " + str(sql)), {"q": literals[0]}).scalars())
+            plan = "\n".join(
+                conn.execute(
+                    sa.text("EXPLAIN " + str(sql)).bindparams(vector_param("q")), {"q": literals[0]}
+                ).scalars()
+            )
             if variant_index(model, variant) not in plan:
                 raise RuntimeError(f"{variant} query does not use its index:\n{plan}")
             conn.execute(sql, {"q": literals[0]}).all()  # warm-up
