@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from kb import templates as T
 from kb.db import session_scope
 from kb.scratch import scratch_database
-from pipelines.import_templates import import_file, read_reasonflux_v1, template_record
+from kb.template_jsonl import template_record
+from pipelines.import_templates import import_file, read_reasonflux_v1
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
 

@@ -400,18 +400,18 @@ def build_index(db: Database, model: str, dim: int, work_mem: str, workers: int)
 
 def _index_only_times(conn, queries: np.ndarray, model: str, ef: int, repeats: int) -> list[float]:
     """The nearest-10 statement alone (one round trip), without the API's filter and detail lookups."""
-    from kb.retrieval import _vector_literal
+    from kb.models._common import vector_param
 
     dim = queries.shape[1]
     sql = sa.text(
         f"SELECT version_id FROM template_embedding WHERE model = '{model}' "
         f"ORDER BY embedding::vector({dim}) <=> CAST(:q AS vector({dim})) LIMIT 10"
-    )
+    ).bindparams(vector_param("q"))
     conn.execute(sa.text(f"SET hnsw.ef_search = {int(ef)}"))
     times = []
     for _ in range(repeats):
         for vec in queries:
-            q = _vector_literal(vec)
+            q = vec
             t0 = time.perf_counter()
             conn.execute(sql, {"q": q}).all()
             times.append((time.perf_counter() - t0) * 1000)
@@ -571,19 +571,25 @@ def variant_figures(
     center: str,
 ) -> list[dict]:
     """Recall@10 and latency of the candidate + re-rank statement (one round trip) per (candidates, ef)."""
-    from kb.retrieval import _vector_literal
+    from kb.models._common import vector_param
 
     rows = []
-    literals = [_vector_literal(v) for v in queries]
+    literals = list(queries)  # bound by pgvector's type, as the API binds them
     with db.engine.connect() as conn:
         for candidates, ef in settings:
-            sql = variant_sql(variant, model, queries.shape[1], candidates, center)
+            sql = variant_sql(variant, model, queries.shape[1], candidates, center).bindparams(
+                vector_param("q")
+            )
             conn.execute(sa.text(f"SET hnsw.ef_search = {int(ef)}"))
             # More candidates than ef_search only come from an iterative scan; order is re-ranked anyway.
             conn.execute(
                 sa.text(f"SET hnsw.iterative_scan = {'relaxed_order' if candidates > ef else 'off'}")
             )
-            plan = "\n".join(conn.execute(sa.text("EXPLAIN " + str(sql)), {"q": literals[0]}).scalars())
+            plan = "\n".join(
+                conn.execute(
+                    sa.text("EXPLAIN " + str(sql)).bindparams(vector_param("q")), {"q": literals[0]}
+                ).scalars()
+            )
             if variant_index(model, variant) not in plan:
                 raise RuntimeError(f"{variant} query does not use its index:\n{plan}")
             conn.execute(sql, {"q": literals[0]}).all()  # warm-up

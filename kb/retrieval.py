@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from kb import config
 from kb.embeddings import get_embedder
 from kb.errors import InputError, NotFound
+from kb.models._common import vector_param
 from kb.retrieval_modes import MODES  # apart, so CLI options list them without numpy
 
 # Fusion: score = sum over lists of weight / (RRF_K + rank). Vector similarity
@@ -124,10 +125,6 @@ def _filter_sql(tags: Sequence[str] | None, category: str | None, status: str | 
 # ---------------------------------------------------------------- candidate lists
 
 
-def _vector_literal(vec: Sequence[float] | np.ndarray) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in vec) + "]"
-
-
 def _model_literal(model: str) -> str:
     # Inlined (not bound) so the planner can match the model's partial HNSW index.
     return "'" + model.replace("'", "''") + "'"
@@ -188,7 +185,7 @@ def vector_candidates(
         {"ef": str(int(ef))},
     )
     distance = f"e.embedding::vector({dim}) <=> CAST(:q AS vector({dim}))"
-    q = _vector_literal(query_vector)
+    q = query_vector  # bound by pgvector's own type (vector_param), not formatted here
     where, params = filters
 
     def fetch(pool: int) -> list[tuple[int, float]]:
@@ -196,7 +193,7 @@ def vector_candidates(
             sa.text(
                 f"SELECT e.version_id, {distance} FROM template_embedding e WHERE e.model = {_model_literal(model)} "
                 f"ORDER BY {distance} LIMIT :pool"
-            ),
+            ).bindparams(vector_param("q")),
             {"q": q, "pool": pool},
         ).all()
         return [(int(r[0]), 1.0 - float(r[1])) for r in sorted(rows, key=lambda r: r[1])]
@@ -206,7 +203,7 @@ def vector_candidates(
             sa.text(
                 f"SELECT e.version_id, {distance} FROM template_embedding e {_CURRENT_OF_E} "
                 f"WHERE e.model = {_model_literal(model)}{where} ORDER BY 2 LIMIT :n"
-            ),
+            ).bindparams(vector_param("q")),
             {**params, "q": q, "n": n},
         ).all()
         return [(int(r[0]), 1.0 - float(r[1])) for r in rows]

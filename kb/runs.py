@@ -39,7 +39,8 @@ HEARTBEAT_S = float(os.environ.get("REASONFLUX_RUN_HEARTBEAT_S", "15"))
 # mistaken for a dead one; the fast path (same host, pid gone) does not wait for it.
 LEASE_S = float(os.environ.get("REASONFLUX_RUN_LEASE_S", "120"))
 
-TABLES: dict[str, sa.Table] = {"pipeline": PipelineRun.__table__, "training": TrainingRun.__table__}
+MODELS = {"pipeline": PipelineRun, "training": TrainingRun}
+TABLES: dict[str, sa.Table] = {kind: model.__table__ for kind, model in MODELS.items()}
 
 
 # Signals live in kb.signals (light: the CLI installs the handler before importing the database layer).
@@ -204,6 +205,34 @@ def owned(
         finish(*verdict())
 
 
+# -- the rows: every run of either kind starts and finishes here ------------------------------------
+
+_SCRUBBED = ("params", "config")  # what the caller gave, which may hold secrets (tokens in URLs, keys)
+
+
+def open_run(db: Database, kind: str, **values: Any) -> int:
+    """A new `running` row of KIND (pipeline | training) with VALUES, its owner and the code version;
+    its id. An IntegrityError (a unique constraint of the kind) reaches the caller."""
+    values = {k: scrub(v) if k in _SCRUBBED else v for k, v in values.items()}
+    with db.session() as s:
+        run = MODELS[kind](code_version=config.code_version(), **owner_values(), **values)
+        s.add(run)
+        s.commit()
+        return run.id
+
+
+def close_run(
+    db: Database, kind: str, run_id: int, status: str, *, error: str | None = None, **values: Any
+) -> None:
+    """End a run of KIND: its status, the reason when it did not succeed, and VALUES (counts, metrics)."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.update(TABLES[kind])
+            .where(TABLES[kind].c.id == run_id)
+            .values(status=status, error=scrub(error), finished_at=utcnow(), **values)
+        )
+
+
 # -- pipeline runs -----------------------------------------------------------------------------------
 
 
@@ -215,29 +244,13 @@ class RunCounts(dict):
 
 
 def start_run(db: Database, stage: str, params: dict[str, Any] | None = None) -> int:
-    with db.session() as s:
-        run = PipelineRun(
-            stage=stage, params=scrub(params or {}), code_version=config.code_version(), **owner_values()
-        )
-        s.add(run)
-        s.commit()
-        return run.id
+    return open_run(db, "pipeline", stage=stage, params=params or {})
 
 
 def finish_run(
     db: Database, run_id: int, status: str, counts: dict[str, Any] | None = None, error: str | None = None
 ) -> None:
-    with db.engine.begin() as conn:
-        conn.execute(
-            sa.update(PipelineRun)
-            .where(PipelineRun.id == run_id)
-            .values(
-                status=status,
-                counts=dict(counts or {}),
-                error=scrub(error),
-                finished_at=utcnow(),
-            )
-        )
+    close_run(db, "pipeline", run_id, status, error=error, counts=dict(counts or {}))
 
 
 @contextlib.contextmanager

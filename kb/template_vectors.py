@@ -4,7 +4,14 @@ The embedded text (`template_views`) and its hash live here, in kb, so that the 
 that write versions (`templates add/edit/revert` here; import and mine in pipelines) embed
 the new versions in the same command, for every embedding model the KB already holds
 vectors for: a version never silently drops out of vector and hybrid search. The bulk stage
-(`reasonflux embed`, pipelines/embed.py) uses the same text and hash.
+(`reasonflux embed`, pipelines/embed.py) uses the same text and hash, and every template vector is
+written by `store_vectors`.
+
+Mining embeds its candidates (templates not yet versions) from this same text too. It once used a
+text of its own (name, tags, "Applies when", description, steps cut at 400 characters) and stored it
+without a hash until the embed stage replaced it: a candidate was then compared with imported versions
+by a different text than with the versions mined earlier in the run, so one threshold meant two things.
+One text makes every comparison like with like, and a mined version's vector is final when written.
 
 What a template's vector is made of matters more than anything else in retrieval.
 all-MiniLM-L6-v2 reads at most 256 word pieces and most ReasonFlux templates are longer
@@ -19,13 +26,15 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kb.embeddings import get_embedder
 from kb.errors import KbError
+from kb.models import TemplateEmbedding
 
 
 def template_views(
@@ -47,8 +56,55 @@ def template_views(
     return [unicodedata.normalize("NFKC", v) for v in views]
 
 
+def content_views(content: Mapping[str, Any]) -> list[str]:
+    """template_views of a version's content fields (a TemplateSpec's, a mined candidate's, a row's)."""
+    return template_views(
+        content["name"],
+        content["tags"],
+        content["description"],
+        content["application_scope"],
+        content["steps"],
+    )
+
+
 def text_hash(views: Sequence[str]) -> str:
     return hashlib.sha256("\x1e".join(views).encode()).hexdigest()
+
+
+def store_vectors(
+    conn: sa.Connection,
+    model: str,
+    dim: int,
+    rows: Sequence[tuple[int, str, Sequence[float]]],
+    run_id: int | None,
+) -> int:
+    """Write (version_id, text_hash, vector) rows for MODEL, replacing what a version held for it: the one
+    writer of template vectors (add/edit/revert, import, the embed stage, mining). The vector is bound by
+    pgvector's own type, so every path stores the same float32 values. Returns the rows written."""
+    if not rows:
+        return 0
+    table = TemplateEmbedding.__table__
+    stmt = pg_insert(table).values(
+        [
+            {
+                "version_id": vid,
+                "model": model,
+                "dim": dim,
+                "embedding": vec,
+                "text_hash": h,
+                "run_id": run_id,
+            }
+            for vid, h, vec in rows
+        ]
+    )
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["version_id", "model"],
+            set_={k: stmt.excluded[k] for k in ("dim", "embedding", "text_hash", "run_id")}
+            | {"created_at": sa.func.now()},
+        )
+    )
+    return len(rows)
 
 
 def held_models(conn: sa.Connection) -> list[str]:
@@ -104,13 +160,7 @@ def embed_versions(
         .mappings()
         .all()
     )
-    todo = [
-        (r["id"], views, text_hash(views))
-        for r in rows
-        for views in [
-            template_views(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])
-        ]
-    ]
+    todo = [(r["id"], views, text_hash(views)) for r in rows for views in [content_views(r)]]
     written: dict[str, int] = {}
     for model in models:
         copied = set(
@@ -135,19 +185,8 @@ def embed_versions(
                     f"`reasonflux embed --model {model}` later"
                 ) from None
             vecs = embedder.encode_views([views for _, views, _ in rest])
-            conn.execute(
-                _UPSERT,
-                [
-                    {
-                        "v": vid,
-                        "m": model,
-                        "d": embedder.dim,
-                        "h": h,
-                        "r": run_id,
-                        "e": "[" + ",".join(f"{x:.9g}" for x in vec) + "]",
-                    }
-                    for (vid, _, h), vec in zip(rest, vecs)
-                ],
+            store_vectors(
+                conn, model, embedder.dim, [(vid, h, vec) for (vid, _, h), vec in zip(rest, vecs)], run_id
             )
         written[model] = len(copied) + len(rest)
     return written
@@ -162,12 +201,6 @@ COPY_SAME_TEXT_SQL = sa.text(
     "ON CONFLICT (version_id, model) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding, "
     "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now() "
     "RETURNING version_id"
-)
-_UPSERT = sa.text(
-    "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
-    "VALUES (:v, :m, :d, CAST(:e AS vector), :h, :r) "
-    "ON CONFLICT (version_id, model) DO UPDATE SET dim = excluded.dim, embedding = excluded.embedding, "
-    "text_hash = excluded.text_hash, run_id = excluded.run_id, created_at = now()"
 )
 
 

@@ -10,10 +10,8 @@ Every version records its author: the one given, else the OS user running the co
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -25,6 +23,7 @@ from kb.errors import ConflictError, InputError, NotFound
 from kb.models import Template, TemplateVersion
 from kb.models._common import utcnow
 from kb.template_fields import CONTENT_FIELDS, STATUSES
+from kb.template_writes import Current, NewVersion, write_versions
 
 
 @dataclass
@@ -126,17 +125,6 @@ def content_hash(content: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def current_author() -> str:
-    """Who is running this command: the OS user (REASONFLUX_AUTHOR overrides, e.g. in services)."""
-    explicit = os.environ.get("REASONFLUX_AUTHOR", "").strip()
-    if explicit:
-        return explicit
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (some containers) and no LOGNAME/USER
-        return f"uid:{os.getuid()}"
-
-
 def resolve(session: Session, ref: str | int) -> Template:
     """A template by id or key."""
     ref_s = str(ref)
@@ -178,48 +166,27 @@ def spec_of(template: Template, version: TemplateVersion) -> TemplateSpec:
 
 def _write_version(
     session: Session,
-    template: Template,
+    template: Template | None,
     spec: TemplateSpec,
     *,
     parent_id: int | None,
-    source_kind: str,
-    source_ref: str | None,
-    provenance: dict | None,
-    change_note: str | None,
-    run_id: int | None,
-    author: str | None,
+    **source: Any,
 ) -> TemplateVersion:
-    content = spec.content()
-    key, template_id, from_no = template.key, template.id, template.current_version_no
-    version = TemplateVersion(
-        template_id=template.id,
-        version_no=template.current_version_no + 1,
-        content_hash=content_hash(content),
-        parent_version_id=parent_id,
-        source_kind=source_kind,
-        source_ref=source_ref,
-        provenance=provenance or {},
-        change_note=change_note,
-        run_id=run_id,
-        author=(author or "").strip() or current_author(),
-        **content,
+    """One version through the one writer (kb.template_writes): TEMPLATE None creates it."""
+    session.flush()
+    before = (
+        None
+        if template is None
+        else Current(template.id, template.status, template.current_version_no, parent_id, None)
     )
-    session.add(version)
-    try:
-        session.flush()
-    except sa.exc.IntegrityError:  # another writer took this version_no first
-        raise ConflictError(f"template {key!r} was changed by someone else; reload and retry") from None
-    # Optimistic lock: only moves forward from the version this edit started from.
-    moved = session.execute(
-        sa.update(Template)
-        .where(Template.id == template_id, Template.current_version_no == from_no)
-        .values(current_version_no=version.version_no, current_version_id=version.id, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if moved != 1:
-        raise ConflictError(f"template {key!r} was changed by someone else; reload and retry")
-    session.refresh(template)
-    return version
+    content = spec.content()
+    write = NewVersion(
+        spec.key, spec.category, spec.section, content, content_hash(content), before, **source
+    )
+    version_id = write_versions(session.connection(), [write])[spec.key]
+    if template is not None:
+        session.refresh(template)
+    return session.get(TemplateVersion, version_id)
 
 
 def create_template(
@@ -235,15 +202,9 @@ def create_template(
 ) -> TemplateVersion:
     if session.exec(select(Template.id).where(Template.key == spec.key)).first() is not None:
         raise ConflictError(f"template {spec.key!r} already exists; use edit")
-    template = Template(key=spec.key, category=spec.category, section=spec.section)
-    session.add(template)
-    try:
-        session.flush()
-    except sa.exc.IntegrityError:
-        raise ConflictError(f"template {spec.key!r} was created concurrently") from None
     return _write_version(
         session,
-        template,
+        None,
         spec,
         parent_id=None,
         source_kind=source_kind,

@@ -1,8 +1,8 @@
 """Embedding stage: vectors for template versions and problems, one row per (item, model).
 
 What a template version's vector is made of (two views, never the worked example, NFKC)
-lives in kb.template_vectors, which the commands that write versions also use to embed
-them at once. This stage is the bulk path: every current version (or the given ones) for
+and the one writer of template vectors (`store_vectors`) live in kb.template_vectors, which
+the commands that write versions (and mining) also use to embed them at once. This stage is the bulk path: every current version (or the given ones) for
 one model, in batches, with a progress bar.
 
 Work is skipped when the stored vector was made from the same text (its hash) by
@@ -22,9 +22,9 @@ from sqlalchemy.dialects.postgresql import insert
 from kb import config
 from kb.db import Database
 from kb.embeddings import Embedder, ensure_hnsw_index, get_embedder
-from kb.models import ProblemEmbedding, TemplateEmbedding
+from kb.models import ProblemEmbedding
 from kb.progress import progress_bar
-from kb.template_vectors import COPY_SAME_TEXT_SQL, held_models, template_views, text_hash
+from kb.template_vectors import COPY_SAME_TEXT_SQL, content_views, held_models, store_vectors, text_hash
 
 BATCH = 64
 
@@ -59,7 +59,7 @@ def _template_candidates(
         rows = conn.execute(sql, params).mappings().all()
     out = []
     for r in rows:
-        views = template_views(r["name"], r["tags"], r["description"], r["application_scope"], r["steps"])
+        views = content_views(r)
         h = text_hash(views)
         if recompute or r["text_hash"] != h:
             out.append({"id": r["id"], "views": views, "hash": h})
@@ -107,30 +107,12 @@ def embed_templates(
         copied = _copy_same_text(db, embedder.name, todo, run_id)
         todo = [c for c in todo if c["id"] not in copied]
         written = len(copied)
-    table = TemplateEmbedding.__table__
     with progress_bar(len(todo), f"embedding templates ({embedder.name})", enabled=progress) as advance:
         for chunk in _batches(todo, batch_size):
             vecs = embedder.encode_views([c["views"] for c in chunk], batch_size=batch_size)
-            rows = [
-                {
-                    "version_id": c["id"],
-                    "model": embedder.name,
-                    "dim": embedder.dim,
-                    "embedding": v,
-                    "text_hash": c["hash"],
-                    "run_id": run_id,
-                }
-                for c, v in zip(chunk, vecs)
-            ]
-            stmt = insert(table).values(rows)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["version_id", "model"],
-                set_={k: stmt.excluded[k] for k in ("dim", "embedding", "text_hash", "run_id")}
-                | {"created_at": sa.func.now()},
-            )
+            rows = [(c["id"], c["hash"], v) for c, v in zip(chunk, vecs)]
             with db.engine.begin() as conn:
-                conn.execute(stmt)
-            written += len(rows)
+                written += store_vectors(conn, embedder.name, embedder.dim, rows, run_id)
             advance(len(rows))
     return written
 

@@ -46,7 +46,7 @@ def template_records(conn) -> list[dict[str, Any]]:
     from sqlmodel import Session
 
     from kb.models import Template, TemplateVersion
-    from pipelines.import_templates import template_record
+    from kb.template_jsonl import template_record
 
     with Session(bind=conn) as s:
         pairs = s.execute(

@@ -2,15 +2,15 @@
 
 Two formats:
 - `reasonflux-v1`: the official ReasonFlux-v1 library, chapter -> section -> list of
-  templates, with all its drift (see `from_v1`). The mapped fields are normalised;
-  every source value the mapping does not reproduce exactly is kept verbatim in
-  `extra["reasonflux_v1"]`, so `to_v1(from_v1(record)) == record` for every record.
+  templates, mapped by pipelines.reasonflux_v1 (`from_v1`; `to_v1(from_v1(record)) == record`).
 - `jsonl`: one `template_record` per line (TemplateSpec.to_dict() plus "status"),
-  the format `reasonflux export templates` writes; import(export) is lossless.
+  the format `reasonflux export templates` writes, read by kb.template_jsonl (the
+  one reader, also the starter library's); import(export) is lossless.
 
 Writes are set-based: content hashes are computed here, compared with the current
-hashes in one locking query, and new templates, versions and current-version
-pointers are written with a few statements per chunk. Re-importing the same file
+hashes in one locking query (kb.template_writes.lock_current), and the changed
+templates are written by the one version writer (kb.template_writes.write_versions,
+a few statements per chunk, the same optimistic lock as `templates edit`). Re-importing the same file
 writes nothing; a changed file writes versions for the changed templates only.
 A bad record aborts everything before any write, with the file, the record's path
 or line, and the field.
@@ -19,9 +19,8 @@ or line, and the field.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +29,13 @@ import sqlalchemy as sa
 from kb import templates as T
 from kb.db import Database
 from kb.errors import ConflictError, InputError
-from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
 from kb.storable import parse_json, too_deep
+from kb.template_jsonl import read_template_jsonl
+from kb.template_writes import CHUNK, NewVersion, lock_current, write_versions
+from pipelines.reasonflux_v1 import from_v1, keep_original
 
 FORMATS = ("reasonflux-v1", "jsonl")
-V1_EXTRA = "reasonflux_v1"  # extra[V1_EXTRA] = {"original": {field: value}, "absent": [field, ...]}
-V1_FIELDS = (
-    "template_name",
-    "template_type",
-    "knowledge_tag",
-    "description",
-    "application_scenario",
-    "reason_flow",
-    "example_application",
-)
-CHUNK = 2000  # rows per statement: bounded parameter size, still few round trips
 
 
 @dataclass
@@ -64,264 +54,6 @@ class ImportResult:
     counts: dict[str, int]
     new_version_ids: list[int] = field(default_factory=list)
     current_version_ids: list[int] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- ReasonFlux-v1 layout
-
-TYPE_CANON = {
-    "problem solving method": "Problem-Solving Method",
-    "solving method": "Problem-Solving Method",
-    "solution method": "Problem-Solving Method",
-    "property theorem": "Property Theorem",
-    "knowledge application": "Knowledge Application",
-    "second level conclusion": "Secondary Conclusion",
-    "secondary conclusion": "Secondary Conclusion",
-}
-TYPE_PREFIX_CANON = {"important formula": "Important Formulas and Theorems"}
-
-# example_application dict keys, by role, best first (keys compared lower-case, spaces -> '_')
-PROBLEM_KEYS = ("example_problem", "problem", "example_question", "question", "example", "title")
-SOLUTION_KEYS = (
-    "solution_steps",
-    "solution_process",
-    "solving_process",
-    "solution",
-    "application_steps",
-    "steps",
-    "analysis_process",
-    "analysis",
-    "explanation",
-    "proof",
-)
-ANSWER_KEYS = ("answer", "final_answer", "result", "conclusion")
-
-# Free-text examples: where the worked solution starts, and the answer line.
-# Labels start with a capital: "solution: x=3" inside a worked solution is not a label.
-_SOLUTION_LABEL = re.compile(
-    r"(?:Solution|Solving|Application|Analysis|Proof)(?:\s+(?:[Ss]teps?|[Pp]rocess|of [Tt]emplate))?"
-    r"|Steps? (?:of applying the template|of Template Application|to solve)"
-)
-_LABEL_END = re.compile(r"\s*[:：]")
-_ANSWER_LABEL = re.compile(r"(?:^|(?<=\s)|(?<=\\n))(?:Final\s+)?Answer\s*[:：]", re.IGNORECASE)
-_EXAMPLE_LABEL = re.compile(r"^\s*(?:【Example】|Example\b[^:：\n\\]{0,40}?[:：])\s*", re.IGNORECASE)
-# The library escapes many line breaks as a literal backslash-n (sometimes two backslashes). A literal
-# "\n" before a lowercase letter is left alone: it is LaTeX (\neq, \nu, \nabla, ...), not a break.
-_ESCAPED_BREAK = re.compile(r"\\{1,2}n(?![a-z])")
-_EDGE = re.compile(r"^(?:\s|\\{1,2}n(?![a-z]))+|(?:\s|\\{1,2}n(?![a-z]))+$")
-_MIN_PROBLEM_CHARS = 20
-
-
-def unescape_breaks(text: str) -> str:
-    return _ESCAPED_BREAK.sub("\n", text)
-
-
-def _trim(text: str) -> str:
-    return _EDGE.sub("", text)
-
-
-def canonical_type(raw: str | None) -> str | None:
-    """One spelling per template type ('Problem Solving Method', 'Problem-solving Methods', ... -> one)."""
-    if raw is None:
-        return None
-    norm = re.sub(r"[\s_\-]+", " ", raw.strip().lower())
-    norm = re.sub(r"s$", "", norm)
-    if norm in TYPE_CANON:
-        return TYPE_CANON[norm]
-    for prefix, canon in TYPE_PREFIX_CANON.items():
-        if norm.startswith(prefix):
-            return canon
-    return raw.strip() or None
-
-
-def split_example_text(text: str) -> tuple[str | None, str | None, str | None]:
-    """(problem, solution, answer) from a free-text worked example; best effort, never drops text
-    from the solution (which runs from the solution label, or the second line, to the end)."""
-    start = _solution_start(text)
-    if start is None:
-        return None, _trim(text) or None, None
-    problem = _trim(_EXAMPLE_LABEL.sub("", text[:start], count=1))
-    solution = _trim(text[start:])
-    answers = list(_ANSWER_LABEL.finditer(text, start))
-    answer = _trim(text[answers[0].end() :]) if len(answers) == 1 else None
-    return problem or None, solution or None, answer or None
-
-
-def _solution_start(text: str) -> int | None:
-    """Where the worked solution begins: the first solution label with a real problem before it,
-    else the first line break after a problem statement."""
-    for m in _SOLUTION_LABEL.finditer(text):
-        before = text[: m.start()]
-        if not _LABEL_END.match(text, m.end()) or (
-            before and not re.search(r"(?:\s|\\n|[.:：)】])$", before)
-        ):
-            continue
-        if len(_trim(_EXAMPLE_LABEL.sub("", before, count=1))) >= _MIN_PROBLEM_CHARS:
-            return m.start()
-    first_break = re.search(r"\n|\\{1,2}n(?![a-z])", text)
-    if (
-        first_break
-        and len(_trim(_EXAMPLE_LABEL.sub("", text[: first_break.start()], count=1))) >= _MIN_PROBLEM_CHARS
-    ):
-        return first_break.end()
-    return None
-
-
-def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return "\n".join(value)
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _example_fields(example: Any) -> tuple[str | None, str | None, str | None]:
-    if example is None:
-        return None, None, None
-    if isinstance(example, str):
-        return split_example_text(example)
-    if isinstance(example, list):  # several worked examples: the first one is mapped
-        return _example_fields(example[0]) if example else (None, None, None)
-    by_role = {re.sub(r"[\s\-]+", "_", str(k).strip().lower()): v for k, v in example.items()}
-
-    def pick(keys: Sequence[str]) -> str | None:
-        return next((_as_text(by_role[k]) for k in keys if by_role.get(k) not in (None, "", [])), None)
-
-    problem = pick(PROBLEM_KEYS)
-    return (
-        _EXAMPLE_LABEL.sub("", problem, count=1) or None if problem else None,
-        pick(SOLUTION_KEYS),
-        pick(ANSWER_KEYS),
-    )
-
-
-def _str_list(value: Any, *, file: str, record: str, name: str, items: str = "strings") -> list:
-    """A list field; a lone string is taken as a one-item list (the original stays in extra)."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise InputError(
-            f"must be a list of {items} (got {type(value).__name__})", file=file, record=record, field=name
-        )
-    if items == "strings" and not all(isinstance(v, str) for v in value):
-        bad = next(i for i, v in enumerate(value) if not isinstance(v, str))
-        raise InputError(
-            f"item [{bad}] must be a string (got {type(value[bad]).__name__})",
-            file=file,
-            record=record,
-            field=name,
-        )
-    return value
-
-
-def _opt_str(raw: dict, name: str, *, file: str, record: str) -> str | None:
-    value = raw.get(name)
-    if value is not None and not isinstance(value, str):
-        raise InputError(
-            f"must be a string (got {type(value).__name__})", file=file, record=record, field=name
-        )
-    return value
-
-
-def from_v1(raw: Any, *, chapter: str, section: str | None, file: str, record: str) -> T.TemplateSpec:
-    """Map one ReasonFlux-v1 template to a TemplateSpec; what the mapping changes is kept in extra."""
-    if not isinstance(raw, dict):
-        raise InputError(f"must be an object (got {type(raw).__name__})", file=file, record=record)
-    name = raw.get("template_name")
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(
-            "is required and must be a non-empty string", file=file, record=record, field="template_name"
-        )
-    template_type = _opt_str(raw, "template_type", file=file, record=record)
-    description = _opt_str(raw, "description", file=file, record=record)
-    scope = raw.get("application_scenario")
-    if isinstance(scope, list):
-        scope = "\n".join(_str_list(scope, file=file, record=record, name="application_scenario"))
-    elif scope is not None and not isinstance(scope, str):
-        raise InputError(
-            f"must be a string or a list of strings (got {type(scope).__name__})",
-            file=file,
-            record=record,
-            field="application_scenario",
-        )
-    example = raw.get("example_application")
-    if example is not None and not isinstance(example, (str, dict, list)):
-        raise InputError(
-            f"must be text or an object (got {type(example).__name__})",
-            file=file,
-            record=record,
-            field="example_application",
-        )
-    problem, solution, answer = _example_fields(example)
-    steps = _str_list(raw.get("reason_flow"), file=file, record=record, name="reason_flow", items="steps")
-    spec = T.TemplateSpec(
-        name=name.strip(),
-        category=chapter,
-        section=section,
-        template_type=canonical_type(template_type),
-        tags=[
-            t.strip()
-            for t in _str_list(raw.get("knowledge_tag"), file=file, record=record, name="knowledge_tag")
-        ],
-        description=unescape_breaks(description or ""),
-        application_scope=unescape_breaks(scope or ""),
-        steps=[unescape_breaks(s) if isinstance(s, str) else s for s in steps],
-        example_problem=_opt_unescape(problem),
-        example_solution=_opt_unescape(solution),
-        example_answer=_opt_unescape(answer),
-    )
-    return _keep_original(spec, raw)
-
-
-def _opt_unescape(text: str | None) -> str | None:
-    return unescape_breaks(text) if text is not None else None
-
-
-def _keep_original(spec: T.TemplateSpec, raw: dict) -> T.TemplateSpec:
-    """Record in extra every source value that to_v1(spec) would not give back exactly."""
-    bare = replace(spec, extra={k: v for k, v in spec.extra.items() if k != V1_EXTRA})
-    rebuilt = to_v1(bare)
-    original = {k: v for k, v in raw.items() if k not in rebuilt or rebuilt[k] != v}
-    absent = [k for k in V1_FIELDS if k not in raw]
-    spec.extra = (
-        {**bare.extra, V1_EXTRA: {"original": original, "absent": absent}}
-        if original or absent
-        else bare.extra
-    )
-    return spec
-
-
-def to_v1(spec: T.TemplateSpec) -> dict[str, Any]:
-    """The ReasonFlux-v1 record a spec came from (exactly, for specs made by from_v1)."""
-    if spec.example_problem is None and spec.example_answer is None:
-        example: Any = spec.example_solution
-    else:
-        example = {
-            k: v
-            for k, v in (
-                ("example_problem", spec.example_problem),
-                ("solution", spec.example_solution),
-                ("answer", spec.example_answer),
-            )
-            if v is not None
-        }
-    record: dict[str, Any] = {
-        "template_name": spec.name,
-        "template_type": spec.template_type,
-        "knowledge_tag": list(spec.tags),
-        "description": spec.description,
-        "application_scenario": spec.application_scope,
-        "reason_flow": list(spec.steps),
-        "example_application": example,
-    }
-    kept = spec.extra.get(V1_EXTRA) or {}
-    record.update(kept.get("original", {}))
-    for name in kept.get("absent", []):
-        record.pop(name, None)
-    return record
 
 
 def read_reasonflux_v1(path: str | Path) -> list[ImportRecord]:
@@ -369,7 +101,7 @@ def _dedupe(spec: T.TemplateSpec, raw: dict, seen: set[str]) -> None:
         n += 1
         spec.name = f"{base} ({n})"
     if n > 1:
-        _keep_original(spec, raw)
+        keep_original(spec, raw)
     seen.add(spec.key)
 
 
@@ -398,66 +130,11 @@ def _load_json(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- JSONL
 
 
-def template_record(template: Template, version: TemplateVersion) -> dict[str, Any]:
-    """One JSONL line of the template interchange format: TemplateSpec.to_dict() plus "status"."""
-    return {**T.spec_of(template, version).to_dict(), "status": template.status}
-
-
 def read_jsonl(path: str | Path) -> list[ImportRecord]:
-    file = str(path)
-    records: list[ImportRecord] = []
-    first_line: dict[str, int] = {}
-    for lineno, line in _numbered_lines(path):
-        where = f"line {lineno}"
-        try:
-            data = parse_json(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", file=file, record=where) from None
-        except RecursionError:
-            raise too_deep(file=file, record=where) from None
-        except ValueError as e:
-            raise InputError(f"malformed JSON: {e}", file=file, record=where) from None
-        if not isinstance(data, dict):
-            raise InputError(f"must be a JSON object (got {type(data).__name__})", file=file, record=where)
-        status = data.pop("status", None)
-        if status is not None and status not in T.STATUSES:
-            raise InputError(
-                f"must be one of {', '.join(T.STATUSES)}", file=file, record=where, field="status"
-            )
-        key = data.get("key")
-        spec = T.TemplateSpec.from_dict(data, file=file, record=where)
-        if key is not None and key != spec.key:
-            raise InputError(
-                f"{key!r} does not match category/section/name ({spec.key!r})",
-                file=file,
-                record=where,
-                field="key",
-            )
-        if spec.key in first_line:
-            raise InputError(
-                f"template {spec.key!r} already appears on line {first_line[spec.key]}",
-                file=file,
-                record=where,
-                field="key",
-            )
-        first_line[spec.key] = lineno
-        T.check_storable(spec, file=file, record=where)
-        records.append(ImportRecord(spec, where, {"format": "jsonl", "line": lineno}, status))
-    return records
-
-
-def _numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Non-blank lines with their 1-based numbers; unreadable files and bad UTF-8 are InputErrors."""
-    file, lineno = str(path), 0
-    try:
-        with Path(path).open(encoding="utf-8") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield lineno, line
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror}", file=file) from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason})", file=file, record=f"line {lineno + 1}") from None
+    return [
+        ImportRecord(t.spec, f"line {t.line}", {"format": "jsonl", "line": t.line}, t.status)
+        for t in read_template_jsonl(path)
+    ]
 
 
 def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
@@ -471,50 +148,6 @@ def read_file(path: str | Path, fmt: str) -> list[ImportRecord]:
 
 # --------------------------------------------------------------------------- writing
 
-
-def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _rows_param(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
-
-
-_LOCK_CURRENT = sa.text("""
-    SELECT t.key, t.id, t.status, t.current_version_no, t.current_version_id, v.content_hash
-    FROM template t LEFT JOIN template_version v ON v.id = t.current_version_id
-    WHERE t.key = ANY(:keys)
-    FOR UPDATE OF t
-""")
-_INSERT_TEMPLATES = sa.text("""
-    INSERT INTO template (key, category, section, status, current_version_no, created_at, updated_at)
-    SELECT r.key, r.category, r.section, r.status, 0, now(), now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(key text, category text, section text, status text)
-    RETURNING key, id
-""")
-_INSERT_VERSIONS = sa.text("""
-    INSERT INTO template_version (
-        template_id, version_no, name, template_type, tags, description, application_scope, steps,
-        example_problem, example_solution, example_answer, extra, content_hash, parent_version_id,
-        source_kind, source_ref, provenance, change_note, author, run_id, created_at)
-    SELECT r.template_id, r.version_no, r.name, r.template_type, r.tags, r.description, r.application_scope,
-           r.steps, r.example_problem, r.example_solution, r.example_answer, r.extra, r.content_hash,
-           r.parent_version_id, r.source_kind, r.source_ref, r.provenance, r.change_note, r.author, r.run_id, now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
-        template_id int, version_no int, name text, template_type text, tags text[], description text,
-        application_scope text, steps jsonb, example_problem text, example_solution text, example_answer text,
-        extra jsonb, content_hash text, parent_version_id int, source_kind text, source_ref text,
-        provenance jsonb, change_note text, author text, run_id int)
-    RETURNING template_id, id
-""")
-# Optimistic lock, as in kb.templates: a pointer only moves forward from the version we compared against.
-_MOVE_POINTERS = sa.text("""
-    UPDATE template t
-    SET current_version_no = r.version_no, current_version_id = r.version_id, updated_at = now()
-    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(template_id int, version_no int, version_id int, from_no int)
-    WHERE t.id = r.template_id AND t.current_version_no = r.from_no
-""")
 _SET_STATUS = sa.text("""
     UPDATE template t SET status = r.status, updated_at = now()
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(template_id int, status text)
@@ -531,79 +164,42 @@ def apply_records(
     source_kind: str = "file",
     change_note: str | None = None,
 ) -> ImportResult:
-    """Write RECORDS as templates/versions inside the caller's transaction (set-based, see module doc)."""
+    """Write RECORDS as templates/versions inside the caller's transaction: the changed ones through the
+    one version writer (kb.template_writes, set-based, optimistic lock), then the status changes."""
     keys = [r.spec.key for r in records]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InputError(f"template {dup!r} appears more than once", field="key")
-    hashes = [T.content_hash(r.spec.content()) for r in records]
-    author = T.current_author()
-    current: dict[str, Any] = {}  # key -> locked row (id, status, current version no/id/hash)
-    for chunk in _chunks(keys):
-        current.update({row.key: row for row in conn.execute(_LOCK_CURRENT, {"keys": chunk})})
-
-    plan = list(zip(records, keys, hashes, [current.get(k) for k in keys]))
-    writes = [(r, k, h, before) for r, k, h, before in plan if before is None or before.content_hash != h]
-    template_ids = {k: row.id for k, row in current.items()}
-    for chunk in _chunks([(r, k) for r, k, _, before in writes if before is None]):
-        rows = [
-            {"key": k, "category": r.spec.category, "section": r.spec.section, "status": r.status or "active"}
-            for r, k in chunk
-        ]
-        try:
-            template_ids.update(dict(conn.execute(_INSERT_TEMPLATES, {"rows": _rows_param(rows)}).all()))
-        except sa.exc.IntegrityError:
-            raise ConflictError(
-                "another writer created some of these templates at the same time; "
-                "nothing was imported, run the import again"
-            ) from None
-
-    version_ids: dict[int, int] = {}  # template id -> its new version's id
-    for chunk in _chunks(writes):
-        rows = [
-            {
-                "template_id": template_ids[k],
-                "version_no": _version_no(before) + 1,
-                **r.spec.content(),
-                "content_hash": h,
-                "parent_version_id": before.current_version_id if before else None,
-                "source_kind": source_kind,
-                "source_ref": source_ref,
-                "provenance": r.provenance,
-                "run_id": run_id,
-                "author": author,
-                "change_note": change_note or ("imported" if before is None else "updated by import"),
-            }
-            for r, k, h, before in chunk
-        ]
-        version_ids.update(dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all()))
-    for chunk in _chunks(writes):
-        rows = [
-            {
-                "template_id": template_ids[k],
-                "version_id": version_ids[template_ids[k]],
-                "version_no": _version_no(before) + 1,
-                "from_no": _version_no(before),
-            }
-            for _, k, _, before in chunk
-        ]
-        if conn.execute(_MOVE_POINTERS, {"rows": _rows_param(rows)}).rowcount != len(rows):
-            raise ConflictError(
-                "templates changed while importing; nothing was imported, run the import again"
-            )
-
+    current = lock_current(conn, keys)
+    plan = [(r, T.content_hash(r.spec.content()), current.get(r.spec.key)) for r in records]
+    writes = [
+        NewVersion(
+            r.spec.key,
+            r.spec.category,
+            r.spec.section,
+            r.spec.content(),
+            h,
+            before,
+            source_kind=source_kind,
+            source_ref=source_ref,
+            provenance=r.provenance,
+            change_note=change_note or ("imported" if before is None else "updated by import"),
+            run_id=run_id,
+            status=r.status or "active",
+        )
+        for r, h, before in plan
+        if before is None or before.content_hash != h
+    ]
+    version_ids = write_versions(conn, writes)
     status_rows = [
-        {"template_id": before.id, "status": r.status}
-        for r, _, _, before in plan
+        {"template_id": before.template_id, "status": r.status}
+        for r, _, before in plan
         if before is not None and r.status is not None and before.status != r.status
     ]
     for chunk in _chunks(status_rows):
-        conn.execute(_SET_STATUS, {"rows": _rows_param(chunk)})
-
-    created = sum(1 for *_, before in writes if before is None)
-    unchanged_ids = [
-        before.current_version_id for _, _, h, before in plan if before and before.content_hash == h
-    ]
+        conn.execute(_SET_STATUS, {"rows": json.dumps(chunk)})
+    created = sum(1 for w in writes if w.before is None)
+    unchanged_ids = [before.version_id for _, h, before in plan if before and before.content_hash == h]
     counts = {
         "templates": len(records),
         "created": created,
@@ -611,13 +207,13 @@ def apply_records(
         "unchanged": len(records) - len(writes),
         "status_changed": len(status_rows),
     }
-    return ImportResult(
-        run_id, counts, sorted(version_ids.values()), sorted([*version_ids.values(), *unchanged_ids])
-    )
+    new_ids = sorted(version_ids.values())
+    return ImportResult(run_id, counts, new_ids, sorted([*new_ids, *unchanged_ids]))
 
 
-def _version_no(before) -> int:
-    return before.current_version_no if before is not None else 0
+def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def import_file(

@@ -275,8 +275,9 @@ class LoopSteps:
     def _train(self, k: int) -> dict[str, Any]:
         from pipelines.llm.registry import clear_backend_cache
         from pipelines.train.launch import plan
-        from pipelines.train.registry import get_run, navigator_path, register_navigator
+        from pipelines.train.navigators import navigator_path, register_navigator
         from pipelines.train.run import execute
+        from pipelines.train.training_runs import get_run
 
         cfg, name = self.cfg, trained_name(self.cfg, k)
         if self._done_step(k, "pairs").get("converged"):
@@ -395,7 +396,7 @@ def _resumable(db: Database, previous: dict[str, Any] | None) -> int | None:
     live trainer, so it is not touched (a fresh run starts in its own directory)."""
     if previous is None or previous["status"] not in ("interrupted", "failed"):
         return None
-    from pipelines.train.registry import resumable
+    from pipelines.train.training_runs import resumable
 
     try:
         resumable(db, previous["id"], "dpo")

@@ -5,7 +5,8 @@ the reply is parsed strictly (pipelines.parsing) and, when it does not parse, th
 wrong and asked again, at most `max_retries` times; every failed attempt is recorded with its raw output.
 
 Deduplication against the live KB, at write time (inside the unit's transaction, so concurrent workers
-see each other's templates): the candidate is embedded with the KB's embedding model and compared with
+see each other's templates): the candidate is embedded with the KB's embedding model, from the same text
+as every stored version (kb.template_vectors.content_views: never the worked example), and compared with
 the current versions. Cosine similarity >= IDENTICAL: dropped as identical. A template with the same
 name (>= SAME_NAME) or any template >= SAME_TEMPLATE: the candidate becomes its new version. Otherwise:
 a new template. Every mined version's provenance names its problems, session and run.
@@ -24,6 +25,8 @@ from sqlmodel import Session
 from kb import config as kb_config
 from kb.db import Database
 from kb.errors import ConflictError
+from kb.models._common import vector_param
+from kb.template_vectors import content_views, store_vectors, text_hash
 from kb.templates import TemplateSpec, content_hash, create_template, edit_template
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
@@ -214,19 +217,20 @@ class MineHandler:
         return {uid for uid, h in hashes.items() if h in stored}
 
     def _embed(self, templates: list[MinedTemplate]) -> list[tuple[list[float], str]]:
+        """Each candidate's vector and text hash, made from the one embedded text of a version
+        (kb.template_vectors.content_views): a candidate is compared with stored versions like with like,
+        and its vector, once written with its version, is the one the embed stage would make."""
         if not templates:
             return []
         from kb.embeddings import get_embedder
 
-        texts = [_candidate_text(t) for t in templates]
-        vecs = get_embedder(self.embed_model).encode(texts)
-        # No text hash: the embed stage owns the canonical text of a version and replaces this vector.
-        return [(list(map(float, v)), "") for v in vecs]
+        views = [content_views(t.content()) for t in templates]
+        vecs = get_embedder(self.embed_model).encode_views(views)
+        return [(list(map(float, v)), text_hash(vs)) for v, vs in zip(vecs, views)]
 
     # ------------------------------------------------------------ write: dedupe, then version or create
 
     def _neighbours(self, conn: sa.Connection, cand: Candidate) -> list[dict[str, Any]]:
-        vec = "[" + ",".join(f"{x:.7g}" for x in cand.vector) + "]"
         return [
             dict(r)
             for r in conn.execute(
@@ -242,8 +246,8 @@ class MineHandler:
              FROM template t JOIN template_version v ON v.id = t.current_version_id
              LEFT JOIN template_embedding e ON e.version_id = v.id AND e.model = :m
              WHERE lower(v.name) = lower(:name))
-            ORDER BY similarity DESC"""),
-                {"q": vec, "m": self.embed_model, "name": cand.template.name},
+            ORDER BY similarity DESC""").bindparams(vector_param("q")),
+                {"q": cand.vector, "m": self.embed_model, "name": cand.template.name},
             ).mappings()
         ]
 
@@ -295,19 +299,8 @@ class MineHandler:
             session.commit()
         finally:
             session.close()
-        conn.execute(
-            sa.text(
-                "INSERT INTO template_embedding (version_id, model, dim, embedding, text_hash, run_id) "
-                "VALUES (:v, :m, :d, CAST(:e AS vector), :h, :r) ON CONFLICT DO NOTHING"
-            ),
-            {
-                "v": version.id,
-                "m": self.embed_model,
-                "d": len(cand.vector),
-                "h": cand.text_hash,
-                "r": run_id,
-                "e": "[" + ",".join(f"{x:.7g}" for x in cand.vector) + "]",
-            },
+        store_vectors(
+            conn, self.embed_model, len(cand.vector), [(version.id, cand.text_hash, cand.vector)], run_id
         )
         return result
 
@@ -320,19 +313,6 @@ class MineHandler:
         except ConflictError:  # same name in the category, different method: keep both, told apart
             spec = replace(spec, name=f"{spec.name} (problem {cand.problem_id})")
             return create_template(session, spec, change_note=f"mined from {source['source_ref']}", **source)
-
-
-def _candidate_text(t: MinedTemplate) -> str:
-    """What the candidate is compared by: what it is and when it applies, never the worked example."""
-    return "\n".join(
-        [
-            t.name,
-            "Tags: " + ", ".join(t.tags),
-            "Applies when: " + t.application_scope,
-            t.description,
-            "Steps: " + " ".join(t.steps)[:400],
-        ]
-    )
 
 
 def make_handler(db: Database, run_id: int, **options: Any) -> MineHandler:
@@ -392,7 +372,8 @@ def mine(
         counters=("templates_created", "templates_versioned", "templates_identical"),
         **extra,
     )
-    # The mined versions' provisional vectors are replaced by the embed stage's canonical ones, and
-    # every other model the KB holds vectors for gets them too (no version drops out of search).
+    # The mined versions already hold their vector for EMBED_MODEL (the canonical text and hash, so the
+    # embed stage keeps them); every other model the KB holds vectors for gets them here (no version
+    # drops out of search).
     counts["embedded"] = embed_new_templates(db, run_id=counts["run_id"], model=embed_model)
     return counts

@@ -23,6 +23,7 @@ from kb.db import Database, session_scope
 from kb.embeddings import get_embedder
 from kb.errors import InputError, NotFound
 from kb.models import Problem
+from kb.models._common import vector_param
 from kb.runs import pipeline_run
 from kb.storable import too_deep
 from pipelines.embed import embed_problems as stage
@@ -308,10 +309,6 @@ def embed_problems(
     return stage(db, model=model, problem_ids=problem_ids, run_id=run_id)
 
 
-def _vec_literal(v) -> str:
-    return "[" + ",".join(f"{float(x):.7g}" for x in v) + "]"
-
-
 # ---- reading -----------------------------------------------------------------------------------------
 
 LIST_COLUMNS = ("id", "source", "source_id", "split", "subject", "difficulty", "answer", "text")
@@ -390,10 +387,9 @@ def search_problems(
             + filters
             + f" ORDER BY {dist}, p.id LIMIT :limit"
         )
-        params = {"v": _vec_literal(embedder.encode([query])[0])}
+        params = {"v": embedder.encode([query])[0]}
     else:
         raise InputError("mode must be 'embedding' or 'text'", field="--mode")
+    stmt = sa.text(sql).bindparams(vector_param("v")) if "v" in params else sa.text(sql)
     with db.engine.connect() as conn:
-        return [
-            dict(r) for r in conn.execute(sa.text(sql), {**params, "limit": limit, "split": split}).mappings()
-        ]
+        return [dict(r) for r in conn.execute(stmt, {**params, "limit": limit, "split": split}).mappings()]

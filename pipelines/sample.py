@@ -16,10 +16,8 @@ from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from kb.db import Database
-from kb.models import Trajectory, TrajectoryStep
 from pipelines import navigator, step_retrieval
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
@@ -27,6 +25,7 @@ from pipelines.llm.config import RoleConfig, backend_for, describe_role
 from pipelines.parsing import ParseError
 from pipelines.runner import Outcome, Unit, run_stage
 from pipelines.selection import PROBLEM_KEYS, parse_selection, select_problem_ids
+from pipelines.trajectories_store import insert_trajectories
 
 STAGE = "sample"
 DEFAULT_SAMPLING = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=768)
@@ -178,8 +177,8 @@ class SampleHandler:
         return outcomes
 
     def write(self, conn: sa.Connection, unit: Unit, outcome: Outcome, run_id: int) -> dict[str, int]:
-        """All samples of the problem in two statements; a (problem, navigator, sample_key) already stored
-        is left as it is (trajectories are immutable), exactly like trajectories_store.insert_trajectory."""
+        """All samples of the problem through the one trajectory writer (trajectories_store); a
+        (problem, navigator, sample_key) already stored is left as it is (trajectories are immutable)."""
         problem, samples = outcome.data["problem"], outcome.data["samples"]
         rows = [
             {
@@ -196,33 +195,22 @@ class SampleHandler:
                 "abstraction": smp["plan"].abstraction,
                 "raw_output": smp["raw"],
                 "run_id": run_id,
+                "steps": [
+                    {
+                        "text": step.text,
+                        "template_phrase": step.template,
+                        "template_version_id": version_id,
+                        "retrieval_score": score,
+                    }
+                    for step, version_id, score in smp["steps"]
+                ],
             }
             for smp in samples
         ]
-        stmt = (
-            pg_insert(Trajectory.__table__)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["problem_id", "navigator_model", "sample_key"])
-            .returning(Trajectory.__table__.c.id, Trajectory.__table__.c.sample_key)
-        )
-        new = {key: tid for tid, key in conn.execute(stmt).all()}
-        steps = [
-            {
-                "trajectory_id": new[row["sample_key"]],
-                "position": i,
-                "text": step.text,
-                "template_phrase": step.template,
-                "template_version_id": version_id,
-                "retrieval_score": score,
-            }
-            for row, smp in zip(rows, samples)
-            if row["sample_key"] in new
-            for i, (step, version_id, score) in enumerate(smp["steps"])
-        ]
-        if steps:
-            conn.execute(sa.insert(TrajectoryStep.__table__), steps)
+        written = insert_trajectories(conn, rows)
+        steps = [step for i in written for step in rows[i]["steps"]]
         return {
-            "trajectories_written": len(new),
+            "trajectories_written": len(written),
             "steps_linked": sum(1 for s in steps if s["template_version_id"]),
             "steps_total": len(steps),
         }

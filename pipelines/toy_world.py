@@ -382,11 +382,11 @@ def build_start_navigator(
     from kb.datasets import DataPart, ExportSpec
     from pipelines.tiny_model import build_tiny_model
     from pipelines.train.launch import plan
-    from pipelines.train.registry import navigator_path
+    from pipelines.train.navigators import navigator_path
     from pipelines.train.run import execute
 
     if navigator_path(db, name):
-        from pipelines.train.registry import list_navigators
+        from pipelines.train.navigators import list_navigators
 
         return next(n for n in list_navigators(db) if n["name"] == name)
     work = Path(workdir)

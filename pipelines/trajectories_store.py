@@ -45,6 +45,33 @@ ROLLOUT_DEFAULTS = {
 }
 
 
+TRAJECTORY_KEY = ("problem_id", "navigator_model", "sample_key")
+
+
+def insert_trajectories(conn, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
+    """Write ROWS (trajectory columns plus "steps", see insert_trajectory) in two statements: the one
+    writer of trajectories, for the sample stage, the demo and tests. A (problem, navigator, sample_key)
+    already stored is left as it is (trajectories are immutable). Returns {row index: new id} for the
+    rows written."""
+    if not rows:
+        return {}
+    values = [{k: v for k, v in row.items() if k != "steps"} for row in rows]
+    steps = [[_step(i, s) for i, s in enumerate(row.get("steps") or [])] for row in rows]
+    table = Trajectory.__table__
+    stmt = (
+        pg_insert(table)
+        .values([{"sampling": {}, "raw_output": "", **v} for v in values])
+        .on_conflict_do_nothing(index_elements=list(TRAJECTORY_KEY))
+        .returning(table.c.id, *(table.c[k] for k in TRAJECTORY_KEY))
+    )
+    new = {tuple(key): tid for tid, *key in conn.execute(stmt).all()}
+    written = {i: new[k] for i, v in enumerate(values) if (k := tuple(v[c] for c in TRAJECTORY_KEY)) in new}
+    step_rows = [{"trajectory_id": tid, **r} for i, tid in written.items() for r in steps[i]]
+    if step_rows:
+        conn.execute(sa.insert(TrajectoryStep.__table__), step_rows)
+    return written
+
+
 def insert_trajectory(
     session,
     problem_id: int,
@@ -59,40 +86,34 @@ def insert_trajectory(
     similar_set_id: int | None = None,
     checkpoint: str | None = None,
 ) -> int:
-    """The trajectory's id; written with its steps only if (problem, navigator, sample_key) is new.
+    """The trajectory's id; written with its steps (through insert_trajectories) only if
+    (problem, navigator, sample_key) is new.
 
     steps: (text, template_version_id or None, retrieval score or None) in order, or dicts with those keys
     (and optionally `template_phrase`, the template the plan named).
     """
-    step_rows = [_step(i, s) for i, s in enumerate(steps)]
-    stmt = (
-        pg_insert(Trajectory)
-        .values(
-            problem_id=problem_id,
-            navigator_model=navigator_model,
-            sample_key=sample_key,
-            sampling=sampling or {},
-            raw_output=raw_output,
-            abstraction=abstraction,
-            run_id=run_id,
-            similar_set_id=similar_set_id,
-            checkpoint=checkpoint,
+    row = {
+        "problem_id": problem_id,
+        "navigator_model": navigator_model,
+        "sample_key": sample_key,
+        "sampling": sampling or {},
+        "raw_output": raw_output,
+        "abstraction": abstraction,
+        "run_id": run_id,
+        "similar_set_id": similar_set_id,
+        "checkpoint": checkpoint,
+        "steps": steps,
+    }
+    written = insert_trajectories(session, [row])
+    if written:
+        return written[0]
+    return session.execute(
+        sa.select(Trajectory.id).where(
+            Trajectory.problem_id == problem_id,
+            Trajectory.navigator_model == navigator_model,
+            Trajectory.sample_key == sample_key,
         )
-        .on_conflict_do_nothing(index_elements=["problem_id", "navigator_model", "sample_key"])
-        .returning(Trajectory.id)
-    )
-    new_id = session.execute(stmt).scalar()
-    if new_id is None:
-        return session.execute(
-            sa.select(Trajectory.id).where(
-                Trajectory.problem_id == problem_id,
-                Trajectory.navigator_model == navigator_model,
-                Trajectory.sample_key == sample_key,
-            )
-        ).scalar_one()
-    if step_rows:
-        session.execute(sa.insert(TrajectoryStep), [{"trajectory_id": new_id, **r} for r in step_rows])
-    return new_id
+    ).scalar_one()
 
 
 def _step(position: int, step: Step | dict) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from kb import templates as T
 from kb.db import session_scope
 from kb.embeddings import get_embedder, index_name
 from kb.models import Problem
-from pipelines.embed import embed_problems, embed_templates, template_views
+from kb.template_vectors import template_views
+from pipelines.embed import embed_problems, embed_templates
 
 MODEL = "all-MiniLM-L6-v2"
 

@@ -272,7 +272,7 @@ def test_verify_catches_changed_bytes_and_kb_mismatch(cli, db, world, tmp_path):
 def test_sft_templates_and_problems_exports(cli, db, world, tmp_path):
     import datasets
 
-    from pipelines.import_templates import template_record
+    from kb.template_jsonl import template_record
 
     with session_scope(db) as s:
         T.set_status(s, world["versions"][1].template_id, "deprecated")

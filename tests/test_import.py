@@ -11,14 +11,9 @@ import sqlalchemy as sa
 
 from kb import templates as T
 from kb.db import session_scope
-from pipelines.import_templates import (
-    from_v1,
-    read_reasonflux_v1,
-    split_example_text,
-    template_record,
-    to_v1,
-    unescape_breaks,
-)
+from kb.template_jsonl import template_record
+from pipelines.import_templates import read_reasonflux_v1
+from pipelines.reasonflux_v1 import from_v1, split_example_text, to_v1, unescape_breaks
 
 SAMPLE = "reasonflux_v1_templates_sample.json"
 

@@ -165,7 +165,7 @@ def test_a_loop_whose_rewards_no_longer_differ_ends_converged(cli, db):
 def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_path):
     """Killed between the end of DPO and the registration: the rerun registers that run's model."""
     from kb.runs import pipeline_run
-    from pipelines.train import registry
+    from pipelines.train import navigators, training_runs
     from tests.train_support import config_only_model, dpo_rows, write_export
 
     base = config_only_model(tmp_path / "base", {"model_type": "qwen2"})
@@ -173,7 +173,7 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
     cfg = loop.LoopConfig.load(None, {"name": "k", "base_model": str(base), "navigator": "scripted"})
     with pipeline_run(db, loop_config.ITERATION_STAGE, {"loop": "k", "iteration": 0}) as (_, counts):
         counts["steps"] = {"pairs": {"pairs": 2}, "export": {"dataset": dataset}}
-    run_id = registry.start_run(
+    run_id = training_runs.start_run(
         db,
         stage="dpo",
         base_model=str(base.resolve()),
@@ -181,11 +181,11 @@ def test_a_finished_but_unregistered_training_is_registered_not_redone(db, tmp_p
         config={},
         output_path=str(tmp_path / "out"),
     )
-    registry.finish_run(db, run_id, "succeeded")
+    training_runs.finish_run(db, run_id, "succeeded")
 
     ctx = loop_steps.LoopSteps(db, cfg, parent=0, problem_ids=[], eval_ids=[], progress=False)
     assert ctx._train(0)["training_run"] == run_id
-    assert registry.navigator_path(db, "k-it0") == str(tmp_path / "out")
+    assert navigators.navigator_path(db, "k-it0") == str(tmp_path / "out")
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM training_run")).scalar() == 1
 

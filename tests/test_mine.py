@@ -309,6 +309,12 @@ def test_successful_solve_sessions_are_mined_too(db, tmp_path):
                 description="Rewrite a quadratic as a perfect square plus a constant, then take "
                 "square roots of both sides.",
                 scope="A quadratic that does not factor over the integers.",
+                # Its own method: candidates are compared by the embedded text of a version, steps included.
+                steps=[
+                    "Divide by the leading coefficient.",
+                    "Add the square of half the linear coefficient to both sides.",
+                    "Take square roots of both sides and solve for x.",
+                ],
             )
         return template_json("Factor the quadratic")
 

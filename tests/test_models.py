@@ -20,7 +20,7 @@ from pipelines.models import catalogue, fetch
 from pipelines.models.catalogue import CatalogueEntry
 from pipelines.tiny_model import build_tiny_model
 from pipelines.train.launch import resolve_model_dir
-from pipelines.train.registry import check_navigator_name_free, register_navigator
+from pipelines.train.navigators import check_navigator_name_free, register_navigator
 from tests.train_support import config_only_model, sft_rows, write_export
 
 ROOT = Path(__file__).resolve().parent.parent

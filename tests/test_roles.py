@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from kb.errors import InputError, NotFound
 from pipelines.llm.base import SamplingParams
 from pipelines.llm.roles import resolve_role
-from pipelines.train.registry import register_navigator
+from pipelines.train.navigators import register_navigator
 
 
 @pytest.fixture(scope="module")

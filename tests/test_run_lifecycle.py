@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from kb import runs
 from kb.errors import ConflictError
 from pipelines.problems import import_problems
-from pipelines.train import registry
+from pipelines.train import training_runs
 from tests.llm_server import LocalLLM, dead_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,7 +159,7 @@ def _dead_pid() -> int:
 
 
 def test_a_killed_training_run_is_interrupted_and_can_be_resumed_only_once(db):
-    run_id = registry.start_run(
+    run_id = training_runs.start_run(
         db, stage="sft", base_model="m", dataset_version_id=None, config={}, output_path="/nonexistent/run"
     )
     with db.engine.begin() as conn:  # its owner was killed with SIGKILL on this host
@@ -168,7 +168,7 @@ def test_a_killed_training_run_is_interrupted_and_can_be_resumed_only_once(db):
         )
     assert runs.mark_orphaned_runs(db) == {"training": [run_id]}
     # (resumable would now look for the checkpoint; that is covered by test_train_registry)
-    second = registry.start_run(
+    second = training_runs.start_run(
         db,
         stage="sft",
         base_model="m",
@@ -178,9 +178,9 @@ def test_a_killed_training_run_is_interrupted_and_can_be_resumed_only_once(db):
         resumed_from=run_id,
     )
     with pytest.raises(ConflictError, match=f"already resumed by run {second}"):
-        registry.resumable(db, run_id, "sft")
+        training_runs.resumable(db, run_id, "sft")
     with pytest.raises(ConflictError, match="just been resumed"):  # two resumes racing: the index decides
-        registry.start_run(
+        training_runs.start_run(
             db,
             stage="sft",
             base_model="m",

@@ -160,11 +160,11 @@ def test_small_library_loads_with_status(tmp_path):
 @pytest.mark.parametrize(
     "bad, line, field, message",
     [
-        ("{not json", 2, None, "invalid JSON"),
+        ("{not json", 2, None, "malformed JSON"),
         ({**GOOD, "name": "X", "status": "retired"}, 2, "status", "must be one of"),
         ({**GOOD, "name": "X", "colour": "red"}, 2, "colour", "unknown field"),
         ({**GOOD, "name": "X", "steps": "one step"}, 2, "steps", "must be a list"),
-        ({**GOOD}, 2, "name", "duplicate key"),
+        ({**GOOD}, 2, "key", "already appears on line 1"),
     ],
 )
 def test_bad_records_name_file_line_and_field(tmp_path, bad, line, field, message):

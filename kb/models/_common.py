@@ -6,12 +6,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from pgvector.sqlalchemy import Vector
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import Field
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def vector_param(name: str) -> sa.BindParameter:
+    """A vector bound through pgvector's own SQLAlchemy type (a list or array in, exact float32 text on
+    the wire): the one way a vector reaches SQL, instead of hand-formatted literals."""
+    return sa.bindparam(name, type_=Vector())
 
 
 def created_at_field() -> Any:

@@ -10,9 +10,10 @@ the KB (training_run, training_metric, navigator_model).
 from pipelines.train.dpo_config import DPOTrainConfig
 from pipelines.train.launch import LaunchPlan, plan
 from pipelines.train.memory import estimate_memory, resolve_deepspeed
-from pipelines.train.registry import get_run, list_navigators, list_runs, resolve_navigator
+from pipelines.train.navigators import list_navigators, resolve_navigator
 from pipelines.train.run import execute
 from pipelines.train.sft_config import SFTTrainConfig
+from pipelines.train.training_runs import get_run, list_runs
 
 __all__ = [
     "DPOTrainConfig",

@@ -195,7 +195,7 @@ def plan(
     progress_timeout_s: float | None = DEFAULT_PROGRESS_TIMEOUT_S,
 ) -> LaunchPlan:
     """Resolve and validate everything about a run without starting it; raises InputError naming the field."""
-    from pipelines.train import registry
+    from pipelines.train import navigators, training_runs
 
     resume_checkpoint = None
     stored: dict[str, Any] = {}
@@ -213,10 +213,10 @@ def plan(
     params = count_parameters(model_dir)
     verified = verify_export(db, dataset, stage=stage)
     if name:
-        registry.check_navigator_name_free(db, name)
-    if resume is None and config.output_dir and registry.last_checkpoint(config.output_dir):
+        navigators.check_navigator_name_free(db, name)
+    if resume is None and config.output_dir and training_runs.last_checkpoint(config.output_dir):
         raise InputError(
-            f"already holds checkpoints ({Path(registry.last_checkpoint(config.output_dir)).name}) "
+            f"already holds checkpoints ({Path(training_runs.last_checkpoint(config.output_dir)).name}) "
             "of another run: resume that run with --resume RUN_ID, or choose another directory",
             file=config.output_dir,
             field="output-dir",
@@ -258,9 +258,9 @@ def _resumed(
     """Run RESUME's checkpoint, dataset, base model, stored training config, GPUs and DeepSpeed config: a
     resumed run keeps its data and model (a different one given is refused) and, unless told otherwise,
     its hardware layout."""
-    from pipelines.train import registry
+    from pipelines.train import training_runs
 
-    old, checkpoint = registry.resumable(db, resume, stage)
+    old, checkpoint = training_runs.resumable(db, resume, stage)
     for flag, given, recorded in (
         ("dataset", dataset, old.dataset_version_id),
         ("base-model", base_model, old.base_model),

@@ -18,7 +18,7 @@ from typing import Any
 
 from kb.db import Database
 from kb.errors import KbError
-from pipelines.train import extensions, registry
+from pipelines.train import extensions, navigators, training_runs
 from pipelines.train.launch import LaunchPlan, worker_env, write_spec
 from pipelines.train.worker import run_spec
 
@@ -29,7 +29,7 @@ class TrainingProcessFailed(KbError):
 
 def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run the plan to the end; returns the finished run (with its navigator). Failures are recorded first."""
-    run_id = registry.start_run(
+    run_id = training_runs.start_run(
         db,
         stage=p.stage,
         base_model=p.base_model,
@@ -38,8 +38,8 @@ def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ())
         resumed_from=p.resume_run,
     )
     output_dir = p.output_dir(run_id, datetime.now(UTC).strftime("%Y%m%dT%H%M%S"))
-    registry.set_output_path(db, run_id, output_dir, p.run_config(output_dir))
-    with registry.recorded_run(db, run_id) as final:
+    training_runs.set_output_path(db, run_id, output_dir, p.run_config(output_dir))
+    with training_runs.recorded_run(db, run_id) as final:
         spec_path = write_spec(p, run_id, output_dir)
         if p.launcher == "inprocess":
             # The trainer prints its logs; they go to stderr so stdout stays the command's result (--json).
@@ -47,11 +47,11 @@ def execute(db: Database, p: LaunchPlan, *, extra_callbacks: Sequence[Any] = ())
                 final.update(run_spec(db, p.spec(run_id, output_dir), extra_callbacks))
         else:
             _launch(p, spec_path, db)
-    name = p.name or registry.navigator_name_for(p.stage, run_id)
-    registry.register_navigator(
+    name = p.name or navigators.navigator_name_for(p.stage, run_id)
+    navigators.register_navigator(
         db, name=name, path=output_dir, base_model=p.base_model, training_run_id=run_id
     )
-    return registry.get_run(db, run_id, with_steps=False)
+    return training_runs.get_run(db, run_id, with_steps=False)
 
 
 def _launch(p: LaunchPlan, spec_path: Path, db: Database) -> None:

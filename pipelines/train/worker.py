@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kb.db import Database, connect
-from pipelines.train import registry
+from pipelines.train import training_runs
 from pipelines.train.data import VerifiedDataset, check_files, load_rows
 from pipelines.train.fit import fit, trainer_class
 from pipelines.train.launch import CONFIGS
@@ -38,18 +38,18 @@ def run_spec(db: Database, spec: dict[str, Any], extra_callbacks: Sequence[Any] 
         base_model=spec["base_model"],
         train_dataset=rows,
         output_dir=spec["output_dir"],
-        callbacks=[registry.metrics_callback(db, spec["run_id"]), *extra_callbacks],
+        callbacks=[training_runs.metrics_callback(db, spec["run_id"]), *extra_callbacks],
         resume_from_checkpoint=spec.get("resume_from_checkpoint"),
         deepspeed=spec.get("deepspeed"),
         use_cpu=spec["use_cpu"],
     )
     if _is_rank_zero():
         # Throughput and peak memory join the last step's metrics, so launched runs report them too.
-        registry.record_metrics(
+        training_runs.record_metrics(
             db,
             spec["run_id"],
             summary["global_step"],
-            {k: summary[k] for k in registry.RUN_SUMMARY_KEYS if k in summary},
+            {k: summary[k] for k in training_runs.RUN_SUMMARY_KEYS if k in summary},
         )
     return summary
 

@@ -1,7 +1,9 @@
-"""Training runs in the KB: one `training_run` row per run, per-step metrics, navigators by name, resume.
+"""A training run's record: its `training_run` row's columns, per-step metrics, listing, resume.
 
-The process that starts a run owns its row (start, end, status); the training process (rank 0 only) writes
-per-step metrics through `MetricsCallback`, so metrics land in the KB even from `accelerate launch` workers.
+The row starts and finishes through kb.runs (open_run/close_run, the one run record, shared with pipeline
+runs), as does its lifecycle (owner, heartbeat, SIGTERM, orphans). The process that starts a run owns its
+row; the training process (rank 0 only) writes per-step metrics through `MetricsCallback`, so metrics land
+in the KB even from `accelerate launch` workers. Navigators by name: pipelines.train.navigators.
 """
 
 from __future__ import annotations
@@ -16,14 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlmodel import select
 
-from kb import config as kb_config
 from kb import runs
 from kb.db import Database
 from kb.errors import ConflictError, InputError, NotFound
 from kb.models import NavigatorModel, TrainingMetric, TrainingRun
-from kb.models._common import utcnow
 from kb.secrets import scrub
-from pipelines.models import names
 
 # The metrics a run keeps as its final summary: the last logged value of each.
 RUN_SUMMARY_KEYS = ("train_tokens_per_second", "peak_gpu_memory_gib", "peak_rss_gib")
@@ -57,28 +56,23 @@ def start_run(
     output_path: str | None = None,
     resumed_from: int | None = None,
 ) -> int:
-    with db.session() as s:
-        run = TrainingRun(
+    try:
+        return runs.open_run(
+            db,
+            "training",
             stage=stage,
             base_model=base_model,
             dataset_version_id=dataset_version_id,
-            config=scrub(config),
-            code_version=kb_config.code_version(),
+            config=config,
             output_path=output_path,
             resumed_from=resumed_from,
-            **runs.owner_values(),
         )
-        s.add(run)
-        try:
-            s.commit()
-        except sa.exc.IntegrityError as e:
-            if resumed_from is not None and "ux_training_run_resumed_from" in str(e):
-                raise ConflictError(
-                    f"run {resumed_from} has just been resumed by another command; "
-                    "see `reasonflux train runs`"
-                ) from None
-            raise
-        return run.id
+    except sa.exc.IntegrityError as e:
+        if resumed_from is not None and "ux_training_run_resumed_from" in str(e):
+            raise ConflictError(
+                f"run {resumed_from} has just been resumed by another command; see `reasonflux train runs`"
+            ) from None
+        raise
 
 
 def set_output_path(db: Database, run_id: int, output_path: str, config: dict[str, Any]) -> None:
@@ -100,12 +94,7 @@ def finish_run(
 ) -> dict[str, Any]:
     """Close the row with its status and final metrics (last logged values, plus `extra_metrics`)."""
     metrics = {**final_metrics(db, run_id), **_finite(extra_metrics or {})}
-    with db.engine.begin() as conn:
-        conn.execute(
-            sa.update(TrainingRun)
-            .where(TrainingRun.id == run_id)
-            .values(status=status, error=scrub(error), metrics=metrics, finished_at=utcnow())
-        )
+    runs.close_run(db, "training", run_id, status, error=error, metrics=metrics)
     return metrics
 
 
@@ -181,61 +170,6 @@ def metrics_callback(db: Database, run_id: int):
                 record_metrics(db, run_id, int(state.global_step), logs)
 
     return MetricsCallback()
-
-
-# -- navigators ---------------------------------------------------------------------------------------
-
-
-def navigator_name_for(stage: str, run_id: int) -> str:
-    return f"navigator-{stage}-run{run_id}"
-
-
-def check_navigator_name_free(db: Database, name: str) -> None:
-    """Before training: the name is free among navigators and models (`register_navigator` checks it again)."""
-    named = names.lookup_db(db, name)
-    if named is not None:
-        raise ConflictError(
-            f"{name!r} is already a registered {named.kind} (path {named.path}); choose another --name"
-        )
-
-
-def register_navigator(
-    db: Database, *, name: str, path: str, base_model: str | None, training_run_id: int | None
-) -> dict[str, Any]:
-    with db.session() as s:
-        names.claim(s, name, "navigator")
-        row = NavigatorModel(name=name, path=path, base_model=base_model, training_run_id=training_run_id)
-        s.add(row)
-        try:
-            s.commit()
-        except sa.exc.IntegrityError:
-            raise ConflictError(f"navigator {name!r} already exists; choose another --name") from None
-        return row.model_dump()
-
-
-# A navigator name, a model name or a local folder -> the folder; one resolver for both kinds.
-resolve_navigator = names.resolve
-
-
-def navigator_path(db: Database, name: str) -> str | None:
-    with db.session() as s:
-        return s.exec(select(NavigatorModel.path).where(NavigatorModel.name == name)).first()
-
-
-def list_navigators(db: Database) -> list[dict[str, Any]]:
-    with db.engine.connect() as conn:
-        rows = (
-            conn.execute(
-                sa.text(
-                    "SELECT n.name, n.path, n.base_model, n.training_run_id, r.stage, r.dataset_version_id, "
-                    "n.gguf_path, n.created_at FROM navigator_model n LEFT JOIN training_run r ON r.id = n.training_run_id "
-                    "ORDER BY n.created_at, n.id"
-                )
-            )
-            .mappings()
-            .all()
-        )
-    return [dict(r) for r in rows]
 
 
 # -- listing and resume -------------------------------------------------------------------------------
