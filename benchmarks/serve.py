@@ -54,7 +54,7 @@ def load_templates(db: Database) -> str:
         import_file(db, SAMPLE, "reasonflux-v1")
         return f"{SAMPLE.name} (ReasonFlux-v1 sample)"
     sys.path.insert(0, str(ROOT))
-    from tests.solve_helpers import add_templates
+    from tests.support.solve_helpers import add_templates
 
     add_templates(db)
     return "4 built-in templates (../shared/data absent)"
