@@ -25,9 +25,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo.scratch import scratch_database
 from kb import templates as T
 from kb.db import session_scope
-from kb.scratch import scratch_database
 from pipelines.import_templates import import_file, read_reasonflux_v1, template_record
 
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 
+from demo.tiny_model import build_tiny_model
 from kb.datasets import DataPart, ExportSpec, write_dataset
 from kb.db import connect
-from pipelines.tiny_model import build_tiny_model
 from pipelines.train import execute, plan
 from pipelines.train.launch import _available_gpus, deepspeed_version
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from demo.scratch import ScratchServer
 from kb import migrate
 from kb.db import Database, create_engine
-from kb.scratch import ScratchServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

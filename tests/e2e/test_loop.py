@@ -9,8 +9,9 @@ import os
 import pytest
 import sqlalchemy as sa
 
+from demo import toy_world
 from kb.errors import InputError
-from pipelines import loop, toy_world
+from pipelines import loop
 from pipelines.llm.base import ChatRequest
 from pipelines.prompts import Prompts
 

@@ -18,9 +18,9 @@ from unittest import mock
 import pytest
 import sqlalchemy as sa
 
+from demo.tiny_model import build_tiny_model
 from pipelines.models import fetch
 from pipelines.models.download import sha256_file
-from pipelines.tiny_model import build_tiny_model
 from tests.pipelines.test_sample import setup_kb
 from tests.support import real_model
 from tests.support.real_model import llama_cpp_server

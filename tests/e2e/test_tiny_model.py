@@ -6,8 +6,8 @@ import hashlib
 
 import pytest
 
+from demo.tiny_model import build_tiny_model, check_model_dir
 from kb.errors import KbError
-from pipelines.tiny_model import build_tiny_model, check_model_dir
 
 
 def _digest(path):

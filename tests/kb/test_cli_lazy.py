@@ -14,6 +14,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from demo.cli import MODULES as DEMO_MODULES
 from kb.cli import BUILTIN
 from pipelines.cli import MODULES as PIPELINE_MODULES
 from serve.cli import MODULES as SERVE_MODULES
@@ -42,21 +43,36 @@ def _declared() -> dict[str, set[str]]:
     for name, modules in BUILTIN.items():
         for module in modules:
             declared.setdefault(module, set()).add(name)
-    for registry in (PIPELINE_MODULES, SERVE_MODULES):
+    for registry in (PIPELINE_MODULES, SERVE_MODULES, DEMO_MODULES):
         for module, names in registry.items():
             declared.setdefault(module, set()).update(names)
     return declared
 
 
+# Modules that add a subcommand to another module's group (made first): module -> (group module, group, sub).
+EXTENDS = {
+    "kb.cli.template_search": ("kb.cli.templates", "templates", "search"),
+    "demo.commands": ("pipelines.commands.loop", "loop", "toy-world"),
+}
+
+
 @pytest.mark.parametrize("module", sorted(_declared()))
 def test_each_module_adds_exactly_the_commands_declared_for_it(module):
     group = click.Group("root")
-    if module == "kb.cli.template_search":  # it adds `search` to the templates group, made first
-        importlib.import_module("kb.cli.templates").register(group)
+    if module in EXTENDS:
+        importlib.import_module(EXTENDS[module][0]).register(group)
     before = set(group.commands)
     importlib.import_module(module).register(group)
-    added = set(group.commands) - before or ({"templates"} if module == "kb.cli.template_search" else set())
+    added = set(group.commands) - before
+    if module in EXTENDS:
+        _, extended, sub = EXTENDS[module]
+        assert sub in group.commands[extended].commands
+        added.add(extended)
     assert added == _declared()[module]
+
+
+def test_loop_toy_world_is_listed_under_loop(cli):
+    assert "toy-world" in cli("loop", "--help").stdout
 
 
 HIDDEN = {"evaluate"}  # old names kept for a release (deprecated_alias)

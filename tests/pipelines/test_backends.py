@@ -21,7 +21,7 @@ MSG = [{"role": "system", "content": "You solve math."}, {"role": "user", "conte
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from pipelines.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

@@ -211,8 +211,8 @@ def test_kill_minus_9_mid_evaluation_then_rerun(db, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_end_to_end_through_every_stage(db, tmp_path):
-    from pipelines.demo_llm import run_llm_stages_demo
-    from pipelines.tiny_model import build_tiny_model
+    from demo.llm_stages import run_llm_stages_demo
+    from demo.tiny_model import build_tiny_model
 
     rows = [
         {

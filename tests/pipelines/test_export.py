@@ -205,7 +205,7 @@ def test_dpo_export_trains_two_steps_with_trl(db, world, tmp_path):
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from pipelines.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     export(db, "dpo", tmp_path / "d")
     model_dir = build_tiny_model(tmp_path / "tiny")

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from demo.tiny_model import build_tiny_model
 from kb.errors import ConflictError
 from pipelines.llm.roles import resolve_role
 from pipelines.models import catalogue, fetch
 from pipelines.models.catalogue import CatalogueEntry
-from pipelines.tiny_model import build_tiny_model
 from pipelines.train.launch import _model_dir
 from pipelines.train.registry import check_navigator_name_free, register_navigator
 from tests.support.train_support import config_only_model, sft_rows, write_export

@@ -15,7 +15,7 @@ from pipelines.train.registry import register_navigator
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from pipelines.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
 

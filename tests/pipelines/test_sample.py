@@ -219,7 +219,7 @@ def test_kill_minus_9_mid_sampling_then_rerun(db, tmp_path):
 
 
 def test_sample_and_evaluate_commands_with_the_tiny_model(cli, db, tmp_path):
-    from pipelines.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     ids = setup_kb(db, tmp_path, 2)
     model = build_tiny_model(tmp_path / "tiny")

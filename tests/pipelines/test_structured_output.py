@@ -16,9 +16,10 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from demo import toy_world
 from kb.errors import InputError
 from kb.runs import start_run
-from pipelines import navigator, toy_world
+from pipelines import navigator
 from pipelines.llm import ChatRequest, SamplingParams, create_backend
 from pipelines.llm.calls import LoggedBackend
 from pipelines.llm.config import load_config
@@ -272,7 +273,7 @@ def test_a_server_refusing_both_dialects_fails_without_retries():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from pipelines.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 

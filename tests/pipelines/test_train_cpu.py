@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pipelines.tiny_model import build_tiny_model
+from demo.tiny_model import build_tiny_model
 from pipelines.train import resolve_navigator
 from tests.support.train_support import dpo_rows, sft_rows, write_export
 
@@ -143,7 +143,7 @@ def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
 
 
 def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):
-    from pipelines.train.demo import run_training_demo
+    from demo.training import run_training_demo
 
     sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
     dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows(4))

@@ -11,9 +11,9 @@ import pytest
 import sqlalchemy as sa
 from transformers import TrainerCallback
 
+from demo.tiny_model import build_tiny_model
 from kb.errors import ConflictError, InputError, KbError, NotFound
 from kb.models import TrainingRun
-from pipelines.tiny_model import build_tiny_model
 from pipelines.train import execute, plan, resolve_navigator
 from tests.support.train_support import CPU_FLAGS, config_only_model, sft_rows, write_export
 

@@ -7,12 +7,12 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from demo.play_along import play_along_backend
+from demo.solve_templates import add_templates
 from kb.models import Problem
-from pipelines.llm.scripted import play_along_backend
 from serve.baseline import majority
 from serve.eval import load_problems, run_eval
 from serve.solver import Solver
-from tests.support.solve_helpers import add_templates
 
 PROBLEMS = [  # text, answer, subject, level; the scripted model knows the first four
     ("What is 2 + 3?", "5", "Arithmetic", 1),

@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from pipelines.llm.scripted import play_along_backend
+from demo.play_along import play_along_backend
+from demo.solve_templates import add_templates
 from serve.app import create_app
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session
-from tests.support.solve_helpers import add_templates
 
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

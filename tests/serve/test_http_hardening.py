@@ -11,11 +11,12 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from demo.play_along import play_along_backend
+from demo.solve_templates import add_templates
 from pipelines.llm.openai_backend import OpenAIBackend
-from pipelines.llm.scripted import play_along_backend
 from serve.app import SESSION_HEADER
 from tests.support.llm_server import LocalLLM, dead_url
-from tests.support.solve_helpers import Service, add_templates
+from tests.support.solve_helpers import Service
 
 KEY = "sk-test-0123456789abcdefXYZ"
 

@@ -12,13 +12,15 @@ import openai
 import pytest
 import sqlalchemy as sa
 
+from demo.play_along import PlayAlong, play_along_backend
+from demo.solve_templates import add_templates
 from pipelines import prompts
 from pipelines.llm.openai_backend import OpenAIBackend
-from pipelines.llm.scripted import PlayAlong, ScriptedBackend, play_along_backend
+from pipelines.llm.scripted import ScriptedBackend
 from serve.app import SESSION_HEADER
 from serve.traces import get_session
 from tests.support.llm_server import dead_url
-from tests.support.solve_helpers import Service, add_templates
+from tests.support.solve_helpers import Service
 
 TOKEN = "conformance-token-5678"
 ANSWERS = {"What is 2 + 2?": "4", "What is 3 + 3?": "6"}

@@ -7,8 +7,8 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from demo.solve_templates import add_templates
 from kb.models import NavigatorModel, Problem
-from tests.support.solve_helpers import add_templates
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_solve_file_and_selection_and_bad_input(cli, db, library, tmp_path):
 
 @pytest.mark.slow
 def test_registered_navigator_name_runs_on_transformers(cli, db, library, tmp_path):
-    from pipelines.tiny_model import build_tiny_model
+    from demo.tiny_model import build_tiny_model
 
     path = build_tiny_model(tmp_path / "nav", seed=1)
     with db.session() as s:
@@ -165,7 +165,7 @@ def _sampling_config(tmp_path) -> str:
 
 
 def test_solve_demo_returns_session_and_trace(db, library):
-    from serve.demo import DEMO_ANSWER, run_solve_demo
+    from demo.solve import DEMO_ANSWER, run_solve_demo
 
     demo = run_solve_demo(db)
     assert demo.session_id == 1

@@ -8,14 +8,14 @@ import time
 import pytest
 import sqlalchemy as sa
 
+from demo.play_along import play_along_backend
+from demo.solve_templates import add_templates
 from pipelines.llm import create_backend
 from pipelines.llm.base import SamplingParams
-from pipelines.llm.scripted import play_along_backend
 from pipelines.navigator import parse_evaluation, parse_plan
 from pipelines.parsing import ParseError
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, list_sessions, render_trace
-from tests.support.solve_helpers import add_templates
 
 
 @pytest.fixture
@@ -341,8 +341,8 @@ def test_concurrent_sessions_are_batched(db, library):
 
 @pytest.mark.slow
 def test_tiny_model_end_to_end_through_transformers(db, library, tmp_path):
+    from demo.tiny_model import build_tiny_model
     from pipelines.llm import get_backend
-    from pipelines.tiny_model import build_tiny_model
 
     path = build_tiny_model(tmp_path / "tiny", seed=0)
     tiny = get_backend("transformers", model_path=str(path))

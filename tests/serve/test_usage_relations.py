@@ -7,10 +7,10 @@ import json
 import pytest
 import sqlalchemy as sa
 
+from demo.solve_templates import add_templates
 from pipelines.llm import create_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session
-from tests.support.solve_helpers import add_templates
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ class Demo:
     # -- solving ----------------------------------------------------------------------------------------
 
     def solve(self) -> None:
-        from serve.demo import run_solve_demo
+        from demo.solve import run_solve_demo
 
         self.heading(
             "Solve a problem: navigator plans, templates retrieved, steps instantiated, trace stored"
@@ -195,9 +195,9 @@ class Demo:
             )
 
     def tiny_model(self) -> Path:
+        from demo.tiny_model import build_tiny_model
         from kb.starter import load_starter_specs
         from pipelines import navigator
-        from pipelines.tiny_model import build_tiny_model
 
         model_dir = self.home / "models" / "tiny-qwen2-navigator"
         if not (model_dir / "config.json").exists():
@@ -219,7 +219,7 @@ class Demo:
         return model_dir
 
     def llm_stages(self, model_dir: Path, problem_ids: list[int]) -> None:
-        from pipelines.demo_llm import run_llm_stages_demo
+        from demo.llm_stages import run_llm_stages_demo
 
         self.heading("Mine, sample, evaluate with the tiny model through the real transformers backend")
         self.echo(NOT_MEANINGFUL)
@@ -326,7 +326,7 @@ class Demo:
         return manifests["sft"]["id"], manifests["dpo"]["id"]
 
     def training(self, model_dir: Path, sft: str, dpo: str) -> dict[str, Any]:
-        from pipelines.train.demo import run_training_demo
+        from demo.training import run_training_demo
 
         self.heading("Train the navigator: stage 1 SFT (plan examples), then stage 2 DPO (TRL, CPU)")
         # Each demo run trains anew, so each registers its own navigator (navigator-dpo-run<ID>).
@@ -347,8 +347,8 @@ class Demo:
         return trained
 
     def solve_with_navigator(self, trained: dict[str, Any], model_dir: Path) -> None:
+        from demo.solve import run_solve_demo
         from pipelines.llm.registry import get_backend
-        from serve.demo import run_solve_demo
 
         self.heading("Solve with the trained navigator: it plans in the contract the solver parses")
         navigator = get_backend(
@@ -370,12 +370,12 @@ class Demo:
     def real_model(self, sft: str) -> None:
         """SmolLM2-135M-Instruct (fetched once, like `reasonflux models get`): SFT on the starter library's plan
         rows, then the solver's plan round with it as navigator (decoding constrained to the plan schema)."""
+        from demo.solve import run_solve_demo
+        from demo.training import run_real_sft
         from pipelines.llm.base import SamplingParams
         from pipelines.llm.registry import get_backend
         from pipelines.models import fetch
         from pipelines.models.download import DownloadFailed
-        from pipelines.train.demo import run_real_sft
-        from serve.demo import run_solve_demo
         from serve.solver_config import SolverConfig
 
         self.heading(

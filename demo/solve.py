@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from demo.play_along import play_along_backend
 from kb.db import Database
 from pipelines.llm.base import Backend
-from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import get_session, render_trace
 

@@ -13,7 +13,7 @@ correctly with probability 0.9 when every step uses the family's right template 
 deterministically (a hash of problem and templates decides). So a trajectory's reward is high exactly
 when its navigator chose the right template, and DPO pairs prefer right over wrong templates.
 
-The starting navigator is the tiny chat model (`pipelines.tiny_model`) with a tokenizer fitted to this
+The starting navigator is the tiny chat model (`demo.tiny_model`) with a tokenizer fitted to this
 world's texts, SFT-trained on plan examples that use the right and a wrong template equally often: it
 speaks the navigator contract but has no preference for the right template. Everything it is trained
 on is a navigator-contract conversation (`pipelines.navigator`).
@@ -378,8 +378,8 @@ def build_start_navigator(
     the world's tokenizer."""
     import pyarrow as pa
 
+    from demo.tiny_model import build_tiny_model
     from kb.datasets import DataPart, ExportSpec, write_dataset
-    from pipelines.tiny_model import build_tiny_model
     from pipelines.train.launch import plan
     from pipelines.train.registry import navigator_path
     from pipelines.train.run import execute
