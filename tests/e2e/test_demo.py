@@ -38,7 +38,8 @@ def test_demo_runs_the_whole_loop_and_reruns(cli, db, tmp_path, monkeypatch):
         "Hybrid retrieval",
         "Edit a template",
         "Solve a problem",
-        "Mine, sample, evaluate",
+        "Mine templates",
+        "The loop (pipelines.loop.run_loop)",
         "DPO pairs",
         "Versioned dataset exports",
         "Train the navigator",
@@ -49,8 +50,10 @@ def test_demo_runs_the_whole_loop_and_reruns(cli, db, tmp_path, monkeypatch):
     assert "Final answer: 5050 (correct)" in out
     assert _count(db, "SELECT count(*) FROM current_template WHERE status = 'active'") >= 30
     assert _count(db, "SELECT count(*) FROM dpo_pair") > 0
+    # the start navigator's SFT export and the loop iteration's DPO export (SmolLM2 trains on the former)
     assert _count(db, "SELECT count(*) FROM dataset_version") == 2
-    trained = 3 if real else 2  # tiny SFT and DPO; SmolLM2's SFT
+    assert _count(db, "SELECT count(*) FROM pipeline_run WHERE stage = 'loop' AND status = 'succeeded'") == 1
+    trained = 3 if real else 2  # the start navigator's SFT and the loop's DPO; SmolLM2's SFT
     assert _count(db, "SELECT count(*) FROM training_run WHERE status = 'succeeded'") == trained
     assert _count(db, "SELECT count(*) FROM navigator_model") == trained
     assert _count(db, "SELECT count(*) FROM solve_session") == trained

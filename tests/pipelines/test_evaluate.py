@@ -209,10 +209,24 @@ def test_kill_minus_9_mid_evaluation_then_rerun(db, tmp_path):
     )[0] == (16, 16, 16)
 
 
+def _stored(db, run_id: int) -> dict:
+    (row,) = q(
+        db,
+        "SELECT (SELECT count(*) FROM llm_call WHERE run_id = :r), (SELECT count(*) FROM failure WHERE run_id = :r), "
+        "(SELECT count(*) FROM template_version WHERE run_id = :r), (SELECT count(*) FROM trajectory WHERE run_id = :r), "
+        "(SELECT count(*) FROM rollout WHERE run_id = :r)",
+        r=run_id,
+    )
+    return dict(zip(("llm_calls", "failures", "template_versions", "trajectories", "rollouts"), row))
+
+
 @pytest.mark.slow
 def test_tiny_model_end_to_end_through_every_stage(db, tmp_path):
-    from demo.llm_stages import run_llm_stages_demo
     from demo.tiny_model import build_tiny_model
+    from pipelines import navigator
+    from pipelines.llm.base import SamplingParams
+    from pipelines.mine import mine
+    from pipelines.sample import sample
 
     rows = [
         {
@@ -225,16 +239,36 @@ def test_tiny_model_end_to_end_through_every_stage(db, tmp_path):
         for i, c in enumerate("XYZ")
     ]
     ids = load(db, tmp_path, rows)
-    model = build_tiny_model(tmp_path / "tiny")
-    stored = run_llm_stages_demo(db, model, ids, n_samples=2, max_tokens=16)
+    role = RoleConfig("transformers", {"model_path": str(build_tiny_model(tmp_path / "tiny"))})
+    selection = "ids=" + ",".join(map(str, ids))
+    short = SamplingParams(temperature=0.0, max_tokens=16)
+    mined = mine(db, selection, role, max_retries=1, sampling=short, progress=False)
+    sampled = sample(
+        db,
+        selection,
+        role,
+        n=2,
+        navigator_name="tiny",
+        sampling=SamplingParams(temperature=0.8, max_tokens=16),
+        progress=False,
+    )
+    # A hand-written plan per problem, so evaluation has something to roll out even where no sampled plan parsed.
+    with db.engine.begin() as conn:
+        for pid in ids:
+            steps = [("Restate the problem", None, None), ("Compute the answer", None, None)]
+            insert_trajectory(conn, pid, steps, "fallback", "test", sampling=navigator.recorded())
+    evaluated = evaluate(db, "problem=" + ",".join(map(str, ids)), role, sampling=short, progress=False)
     # Garbage output from a random model: every mining attempt (2 per problem) fails to parse, recorded.
-    assert stored["mine"]["llm_calls"] == 6 and stored["mine"]["failures"] == 6
-    assert stored["mine"]["template_versions"] == 0 and stored["mine"]["units_failed"] == 3
-    assert stored["sample"]["llm_calls"] == 6
-    assert stored["sample"]["failures"] + stored["sample"]["trajectories"] == 6
+    stored = _stored(db, mined["run_id"])
+    assert stored["llm_calls"] == 6 and stored["failures"] == 6
+    assert stored["template_versions"] == 0 and mined["units_failed"] == 3
+    stored = _stored(db, sampled["run_id"])
+    assert stored["llm_calls"] == 6
+    assert stored["failures"] + stored["trajectories"] == 6
     # Evaluate rolled out every trajectory of these problems; garbage is graded, not crashed on.
     n_traj = q(db, "SELECT count(*) FROM trajectory")[0][0]
-    assert stored["evaluate"]["rollouts"] == n_traj >= 3
-    assert stored["evaluate"]["llm_calls"] == n_traj
+    stored = _stored(db, evaluated["run_id"])
+    assert stored["rollouts"] == n_traj >= 3
+    assert stored["llm_calls"] == n_traj
     calls = q(db, "SELECT backend, model, prompt_tokens > 0, completion_tokens > 0 FROM llm_call")
     assert {c[0] for c in calls} == {"transformers"} and all(c[2] and c[3] for c in calls)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from demo.tiny_model import build_tiny_model
 from pipelines.train import resolve_navigator
-from tests.support.train_support import dpo_rows, sft_rows, write_export
+from tests.support.train_support import CPU_FLAGS, dpo_rows, sft_rows, write_export
 
 CPU_ARGS = (
     "--num-gpus",
@@ -142,17 +142,31 @@ def test_accelerate_launch_on_cpu_runs_the_same_worker(cli, db, tiny, tmp_path):
     assert run["metrics"]["train_tokens_per_second"] > 0  # written by the worker process
 
 
-def test_training_demo_registers_a_dpo_navigator(db, tiny, tmp_path):
-    from demo.training import run_training_demo
+def test_sft_then_dpo_from_its_output_registers_a_dpo_navigator(db, tiny, tmp_path):
+    from pipelines.train.launch import plan
+    from pipelines.train.run import execute
 
     sft_data = write_export(db, tmp_path / "sft", "sft", sft_rows(4))
     dpo_data = write_export(db, tmp_path / "dpo", "dpo", dpo_rows(4))
-    out = run_training_demo(db, str(tiny), sft_data, dpo_data, name="demo-navigator", steps=2)
-    assert out["sft"]["status"] == out["dpo"]["status"] == "succeeded"
-    assert out["dpo"]["base_model"] == out["sft"]["output_path"]
-    assert "rewards/accuracies" in out["dpo"]["metrics"]
+    cpu = CPU_FLAGS
+    sft = execute(db, plan(db, "sft", dataset=sft_data, base_model=str(tiny), num_gpus=0, overrides=cpu))
+    dpo = execute(
+        db,
+        plan(
+            db,
+            "dpo",
+            dataset=dpo_data,
+            base_model=sft["navigator"],
+            num_gpus=0,
+            name="demo-navigator",
+            overrides={**cpu, "precompute_ref_log_probs": True},
+        ),
+    )
+    assert sft["status"] == dpo["status"] == "succeeded"
+    assert dpo["base_model"] == sft["output_path"]
+    assert "rewards/accuracies" in dpo["metrics"]
     with db.session() as s:
-        assert resolve_navigator(s, "demo-navigator") == out["navigator_path"]
+        assert resolve_navigator(s, "demo-navigator") == dpo["output_path"]
 
 
 @pytest.mark.slow
