@@ -41,7 +41,7 @@ def test_demo_runs_the_whole_loop_and_reruns(cli, db, tmp_path, monkeypatch):
         "Mine templates",
         "The loop (pipelines.loop.run_loop)",
         "DPO pairs",
-        "Versioned dataset exports",
+        "versioned dataset exports",
         "Train the navigator",
         "Solve with the trained navigator",
         "meaningless",
