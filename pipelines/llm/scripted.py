@@ -96,10 +96,13 @@ PLAY_ALONG = "play-along"
 )
 def _factory(**options: Any) -> Backend:
     if not {"rules", "default"} & set(options):
-        if PLAY_ALONG not in available_backends():
+        try:
+            return create_backend(PLAY_ALONG, **options)
+        except KbError:
+            if PLAY_ALONG in available_backends():
+                raise
             raise KbError(
                 f"the `scripted` backend without rules is the {PLAY_ALONG} model, which the demo package "
                 "registers (entry point reasonflux.backends): reinstall reasonflux-kb (pip install -e .)"
-            )
-        return create_backend(PLAY_ALONG, **options)
+            ) from None
     return ScriptedBackend(**options)
