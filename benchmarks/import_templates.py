@@ -25,9 +25,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo.scratch import scratch_database
 from kb import templates as T
 from kb.db import session_scope
-from kb.scratch import scratch_database
 from kb.template_jsonl import template_record
 from pipelines.import_templates import import_file, read_reasonflux_v1
 

@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from demo.scratch import scratch_database
 from kb.models.templates import TEMPLATE_TSV_EXPR
-from kb.scratch import scratch_database
 
 SAMPLE = (
     Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"

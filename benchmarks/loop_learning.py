@@ -1,4 +1,4 @@
-"""Does the loop learn? The controlled world (pipelines/toy_world.py) on CPU, before and after.
+"""Does the loop learn? The controlled world (demo/toy_world.py) on CPU, before and after.
 
     python benchmarks/loop_learning.py                              # the test's sizes, more iterations
     python benchmarks/loop_learning.py --iterations 4 --train-per-family 20 --eval-n 10
@@ -31,8 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from demo import toy_world
 from kb.db import connect
-from pipelines import loop, toy_world
+from pipelines import loop
 
 
 def _f(value, spec: str = ".2f") -> str:

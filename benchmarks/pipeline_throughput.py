@@ -33,8 +33,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo.scratch import scratch_database
 from kb.db import Database
-from kb.scratch import scratch_database
 from pipelines import evaluate as ev
 from pipelines import mine as mn
 from pipelines import navigator
@@ -320,7 +320,7 @@ def main() -> None:
             scripted = RoleConfig("scripted", {"rules": rules(len(ids)), "latency_s": args.latency})
             rows = throughput(db, ids, scripted, "scripted", workers, ["mine", "sample", "evaluate"])
         if not args.skip_tiny:
-            from pipelines.tiny_model import build_tiny_model
+            from demo.tiny_model import build_tiny_model
 
             with db.engine.begin() as conn:
                 conn.execute(sa.text("DELETE FROM problem WHERE id > :n"), {"n": ids[args.tiny_problems - 1]})

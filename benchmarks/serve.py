@@ -32,9 +32,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from demo.play_along import play_along_backend
+from demo.scratch import scratch_database
 from kb.db import Database
-from kb.scratch import scratch_database
-from pipelines.llm.scripted import play_along_backend
 from serve.solver import Solver, SolverConfig
 from serve.traces import store as traces
 
@@ -53,8 +53,7 @@ def load_templates(db: Database) -> str:
 
         import_file(db, SAMPLE, "reasonflux-v1")
         return f"{SAMPLE.name} (ReasonFlux-v1 sample)"
-    sys.path.insert(0, str(ROOT))
-    from tests.solve_helpers import add_templates
+    from demo.solve_templates import add_templates
 
     add_templates(db)
     return "4 built-in templates (../shared/data absent)"

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pyarrow as pa
 
+from demo.tiny_model import build_tiny_model
 from kb.dataset_write import write_dataset
 from kb.datasets import DataPart, ExportSpec
 from kb.db import connect
-from pipelines.tiny_model import build_tiny_model
 from pipelines.train import execute, plan
 from pipelines.train.memory import available_gpus, deepspeed_version
 

@@ -3,7 +3,7 @@
 Why this exists: branches were merged with renumbered migrations, so the ids 0005, 0006 and 0008 have
 named different changes on main at different times, and a database only records its id. `kb.migrate`
 reads this table to bring a database stamped by any landed chain onto today's chain, probing the schema
-(PROBES) where an id is ambiguous. tests/test_migration_history.py checks migrations/versions against
+(PROBES) where an id is ambiguous. tests/kb/test_migration_history.py checks migrations/versions against
 it. The rule, and how to update this file when a migration lands: docs/architecture.md, "Migrations".
 """
 

@@ -7,12 +7,11 @@ import importlib
 import click
 
 # One module per command group (pipelines/commands/<group>.py); each exposes register(cli), which adds the
-# commands named here (tests/test_cli_lazy.py checks the names), so the CLI imports a module only when
+# commands named here (tests/kb/test_cli_lazy.py checks the names), so the CLI imports a module only when
 # one of its commands is used.
 MODULES: dict[str, list[str]] = {
     "pipelines.commands.embed": ["embed"],
     "pipelines.commands.train": ["train", "navigators"],
-    "pipelines.commands.dev": ["dev"],
     "pipelines.commands.mine": ["mine"],
     "pipelines.commands.sample": ["sample"],
     "pipelines.commands.evaluate": ["rollouts", "evaluate"],  # evaluate: its old name, hidden

@@ -21,7 +21,7 @@ iteration's pairs, starting from (and with the reference model) the navigator th
 
 Optionally (`eval_problems`), each iteration's navigator, and the final one, plan for held-out problems:
 the share of plans that parse and, where a problem records `extra.expected_template` (the controlled
-world, `pipelines.toy_world`), the share whose every step uses that template.
+world, `demo.toy_world`), the share whose every step uses that template.
 
 The configuration is `pipelines.loop_config`, an iteration's steps `pipelines.loop_steps`, the figures and
 `loop show`'s table `pipelines.loop_record`.

@@ -12,7 +12,6 @@ MODULES: dict[str, list[str]] = {
     "serve.commands.sessions": ["sessions"],
     "serve.commands.serve": ["serve"],
     "serve.commands.eval": ["eval"],
-    "serve.commands.demo": ["demo"],
 }
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from demo.scratch import ScratchServer
 from kb import migrate
 from kb.db import Database, create_engine
-from kb.scratch import ScratchServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Embedded servers that tests start (under throwaway REASONFLUX_HOMEs) stop with their last command: no
-# lingerer outlives a test or the suite (tests/test_db_linger.py sets its own linger).
+# lingerer outlives a test or the suite (tests/kb/test_db_linger.py sets its own linger).
 os.environ["REASONFLUX_DB_LINGER"] = "0"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 # Every test gets a deadline, so a hang (a subprocess waiting on a lock, a server that never answers) fails

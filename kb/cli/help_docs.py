@@ -2,7 +2,7 @@
 
     python -m kb.cli.help_docs > docs/cli.md
 
-tests/test_cli_docs.py fails when docs/cli.md is stale.
+tests/kb/test_cli_docs.py fails when docs/cli.md is stale.
 """
 
 from __future__ import annotations

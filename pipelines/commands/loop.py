@@ -145,53 +145,5 @@ def show_cmd(app: AppContext, name: str | None, fmt: str) -> None:
     _emit_show(show(app.db(), name), fmt)
 
 
-@loop.command("toy-world")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False),
-    required=True,
-    help="Where the start navigator and the loop config go.",
-)
-@click.option("--name", default="toy", show_default=True, help="The loop's name in the written config.")
-@click.option("--train-per-family", type=int, default=12, show_default=True)
-@click.option("--test-per-family", type=int, default=4, show_default=True)
-@output_options(csv_ok=False)
-@pass_app
-def toy_world_cmd(
-    app: AppContext, directory: str, name: str, train_per_family: int, test_per_family: int, fmt: str
-) -> None:
-    """The controlled CPU world (docs/loop.md): its templates, problems and similar sets, the SFT start
-    navigator `toy-sft`, and DIR/loop.yaml to run the loop on it with `reasonflux loop --config`."""
-    from pathlib import Path
-
-    import yaml
-
-    from pipelines import toy_world
-
-    db = app.db()
-    with _logs_to_stderr():
-        world = toy_world.setup(db, train_per_family=train_per_family, test_per_family=test_per_family)
-        start = toy_world.build_start_navigator(
-            db, Path(directory) / "start", train_per_family=train_per_family
-        )
-    config = Path(directory) / "loop.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {**toy_world.loop_settings(name), "out_dir": str(Path(directory) / "loop")}, sort_keys=False
-        )
-    )
-    emit(
-        {
-            "problems_created": world["problems_created"],
-            "similar_sets": world["similar_sets"],
-            "navigator": start.get("navigator") or start.get("name"),
-            "config": str(config),
-            "next": f"reasonflux loop --config {config}",
-        },
-        fmt,
-    )
-
-
 def register(cli: click.Group) -> None:
     cli.add_command(loop)

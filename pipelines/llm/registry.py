@@ -7,6 +7,7 @@ import inspect
 import json
 import threading
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
 
 from kb.errors import KbError
@@ -21,8 +22,11 @@ _LAZY: dict[str, str] = {
     "transformers": "pipelines.llm.transformers_backend",
     "openai": "pipelines.llm.openai_backend",
     "vllm": "pipelines.llm.vllm_backend",
-    "toy-world": "pipelines.toy_world",  # the controlled world's scripted inference role (pipelines.loop's proof)
 }
+# Backends that live outside pipelines/ (the demo package's play-along model and toy world) plug in through
+# this entry point group, name -> module, the way commands do (`reasonflux.commands`): found by name on first
+# use, so no production module imports them.
+ENTRY_POINTS = "reasonflux.backends"
 # One instance per (backend, options): a model used for two roles is loaded once.
 _INSTANCES: dict[tuple[str, str], Backend] = {}
 _INSTANCES_LOCK = threading.Lock()
@@ -51,20 +55,30 @@ def _constructor_options(cls: type) -> frozenset[str] | None:
     return frozenset(p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
 
 
+def _load(name: str) -> None:
+    """Import the module that registers backend NAME, if it is not registered yet."""
+    if name in _FACTORIES:
+        return
+    if name in _LAZY:
+        importlib.import_module(_LAZY[name])
+        return
+    for ep in entry_points(group=ENTRY_POINTS, name=name):
+        ep.load()
+        return
+
+
 def backend_options(name: str) -> frozenset[str] | None:
     """The option names backend NAME accepts, or None if it passes any on (or did not say)."""
-    if name not in _FACTORIES and name in _LAZY:
-        importlib.import_module(_LAZY[name])
+    _load(name)
     return _OPTIONS.get(name)
 
 
 def available_backends() -> list[str]:
-    return sorted(set(_FACTORIES) | set(_LAZY))
+    return sorted(set(_FACTORIES) | set(_LAZY) | {ep.name for ep in entry_points(group=ENTRY_POINTS)})
 
 
 def create_backend(name: str, **options: Any) -> Backend:
-    if name not in _FACTORIES and name in _LAZY:
-        importlib.import_module(_LAZY[name])
+    _load(name)
     if name not in _FACTORIES:
         raise KbError(f"unknown LLM backend {name!r}; available: {', '.join(available_backends())}")
     return _FACTORIES[name](**options)
