@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from kb.templates import TemplateSpec, create_template
+from pipelines.embed import embed_templates
 
 TEMPLATES = [
     (
@@ -42,8 +43,6 @@ TEMPLATES = [
 
 
 def add_templates(db) -> dict[str, int]:
-    from pipelines.embed import embed_templates
-
     ids = {}
     with db.session() as s:
         for cat, sec, name, desc, steps, tags in TEMPLATES:

@@ -22,6 +22,7 @@ on is a navigator-contract conversation (`pipelines.navigator`).
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
 from collections.abc import Sequence
@@ -29,13 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import sqlalchemy as sa
 
+from demo.tiny_model import build_tiny_model
+from kb.dataset_write import write_dataset
+from kb.datasets import DataPart, ExportSpec, params_hash
 from kb.db import Database, session_scope
 from kb.runs import pipeline_run
+from kb.templates import TemplateSpec, upsert_template
 from pipelines import navigator
 from pipelines.llm.base import Message
 from pipelines.llm.registry import register_backend
+from pipelines.llm.scripted import ScriptedBackend
+from pipelines.problems import content_hash, insert_problems
+from pipelines.train.launch import plan
+from pipelines.train.navigators import list_navigators, navigator_path
+from pipelines.train.run import execute
 
 SOURCE = "toy-world"
 CATEGORY = "Toy world"
@@ -134,8 +145,6 @@ def _taken(a: int, b: int, split: str, seed: int) -> bool:
 
 
 def template_specs() -> list[Any]:
-    from kb.templates import TemplateSpec
-
     return [
         TemplateSpec(
             name=f.template,
@@ -154,9 +163,6 @@ def setup(
     db: Database, *, train_per_family: int = 12, test_per_family: int = 4, similar_k: int = 4, seed: int = 0
 ) -> dict[str, Any]:
     """Templates, train and test problems and similar sets of the world; idempotent (stored once)."""
-    from kb.templates import upsert_template
-    from pipelines.problems import content_hash, insert_problems
-
     rows = [
         {
             "text": p["text"],
@@ -189,10 +195,6 @@ def setup(
 def build_similar_sets(db: Database, k: int, run_id: int | None) -> int:
     """Each world problem's set: the K problems of its family and split nearest to it in id order (a known
     ground truth in place of embeddings). One statement; anchors that have a set keep it."""
-    import json
-
-    from kb.datasets import params_hash
-
     params = {"method": SIMILAR_METHOD, "k": k, "source": SOURCE}
     with db.engine.begin() as conn:
         conn.execute(
@@ -265,8 +267,6 @@ class ToyWorldSolver:
 
 @register_backend(BACKEND)
 def _factory(**options: Any):
-    from pipelines.llm.scripted import ScriptedBackend
-
     return ScriptedBackend(
         default=ToyWorldSolver(),
         model=options.get("model", "toy-world-solver"),
@@ -376,18 +376,7 @@ def build_start_navigator(
     check, trainer, run record and registry); returns the SFT run. The model is BASE_MODEL (a pre-trained
     model directory, with its own tokenizer and chat template) or, without one, the tiny random model with
     the world's tokenizer."""
-    import pyarrow as pa
-
-    from demo.tiny_model import build_tiny_model
-    from kb.dataset_write import write_dataset
-    from kb.datasets import DataPart, ExportSpec
-    from pipelines.train.launch import plan
-    from pipelines.train.navigators import navigator_path
-    from pipelines.train.run import execute
-
     if navigator_path(db, name):
-        from pipelines.train.navigators import list_navigators
-
         return next(n for n in list_navigators(db) if n["name"] == name)
     work = Path(workdir)
     base = base_model or build_tiny_model(

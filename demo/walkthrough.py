@@ -17,7 +17,10 @@ learn from.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,10 +28,29 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from demo import toy_world
+from demo.llm_stages import run_mining_demo
+from demo.solve import run_solve_demo
+from demo.tiny_model import build_tiny_model
+from demo.training import run_real_sft
+from kb import templates as T
 from kb.db import Database, session_scope
 from kb.models import Template
 from kb.output import emit
+from kb.retrieval import search_templates
+from kb.starter import load_starter_specs, starter_library_path
 from kb.templates import TemplateSpec
+from pipelines import navigator
+from pipelines.import_templates import import_file
+from pipelines.llm.base import SamplingParams
+from pipelines.llm.registry import get_backend
+from pipelines.loop import LoopConfig, run_loop, trained_name
+from pipelines.models import fetch
+from pipelines.models.download import DownloadFailed
+from pipelines.problems import import_problems
+from pipelines.similar import build_similar_sets
+from pipelines.train.navigators import navigator_path
+from serve.solver_config import SolverConfig
 
 QUERIES = (
     "How many ways can 5 people sit around a round table?",
@@ -95,15 +117,10 @@ class Demo:
     # -- templates --------------------------------------------------------------------------------------
 
     def templates(self) -> None:
-        from kb.starter import starter_library_path
-        from pipelines.import_templates import import_file
-
         self.heading("Import the starter template library (one transaction, embeddings in batches)")
         result = import_file(self.db, starter_library_path(), "jsonl", embed=True, note="demo")
         self.show({"run_id": result.run_id, **result.counts})
         self.summary["import"] = result.counts
-
-        from kb.retrieval import search_templates
 
         self.heading("Hybrid retrieval (pgvector HNSW + full text, fused)")
         with self.db.engine.connect() as conn:
@@ -115,7 +132,6 @@ class Demo:
                 )
 
         self.heading("Edit a template: a new immutable version, its history and diff")
-        from kb import templates as T
 
         with session_scope(self.db) as s:
             if s.exec(sa.select(Template.id).where(Template.key == DEMO_TEMPLATE.key)).first() is None:
@@ -152,8 +168,6 @@ class Demo:
     # -- solving ----------------------------------------------------------------------------------------
 
     def solve(self) -> None:
-        from demo.solve import run_solve_demo
-
         self.heading(
             "Solve a problem: navigator plans, templates retrieved, steps instantiated, trace stored"
         )
@@ -165,10 +179,6 @@ class Demo:
     # -- the training loop on the tiny model ------------------------------------------------------------
 
     def problems(self) -> list[int]:
-        from kb.starter import load_starter_specs
-        from pipelines.problems import import_problems
-        from pipelines.similar import build_similar_sets
-
         self.heading("Problems: the starter library's worked examples, stored once, embedded")
         path = self.home / "demo" / "starter_problems.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,10 +214,6 @@ class Demo:
             )
 
     def tiny_model(self) -> Path:
-        from demo.tiny_model import build_tiny_model
-        from kb.starter import load_starter_specs
-        from pipelines import navigator
-
         model_dir = self.home / "models" / "tiny-qwen2-navigator"
         if not (model_dir / "config.json").exists():
             self.heading(
@@ -228,8 +234,6 @@ class Demo:
         return model_dir
 
     def mining(self, model_dir: Path, problem_ids: list[int]) -> None:
-        from demo.llm_stages import run_mining_demo
-
         self.heading("Mine templates with the tiny model through the real transformers backend")
         self.echo(NOT_MEANINGFUL)
         stored = run_mining_demo(self.db, model_dir, problem_ids)
@@ -238,9 +242,6 @@ class Demo:
 
     def loop(self) -> dict[str, Any]:
         """The toy world, its SFT start navigator, and one iteration of `pipelines.loop.run_loop`."""
-        from demo import toy_world
-        from pipelines.loop import LoopConfig, run_loop, trained_name
-
         self.heading("A controlled world for the loop: problem families, each with one right template")
         world = toy_world.setup(
             self.db, train_per_family=TOY_TRAIN_PER_FAMILY, test_per_family=TOY_TEST_PER_FAMILY
@@ -274,12 +275,6 @@ class Demo:
         return {"navigator": trained, "sft_dataset": start["dataset_version_id"]}
 
     def solve_with_navigator(self, trained: dict[str, Any]) -> None:
-        from demo import toy_world
-        from demo.solve import run_solve_demo
-        from pipelines.llm.registry import get_backend
-        from pipelines.train.navigators import navigator_path
-        from serve.solver_config import SolverConfig
-
         self.heading("Solve with the trained navigator: it plans in the contract the solver parses")
         navigator = get_backend(
             "transformers",
@@ -312,14 +307,6 @@ class Demo:
     def real_model(self, sft: str) -> None:
         """SmolLM2-135M-Instruct (fetched once, like `reasonflux models get`): SFT on the starter library's plan
         rows, then the solver's plan round with it as navigator (decoding constrained to the plan schema)."""
-        from demo.solve import run_solve_demo
-        from demo.training import run_real_sft
-        from pipelines.llm.base import SamplingParams
-        from pipelines.llm.registry import get_backend
-        from pipelines.models import fetch
-        from pipelines.models.download import DownloadFailed
-        from serve.solver_config import SolverConfig
-
         self.heading(
             f"A real model: {REAL_MODEL} learns the plan format ({REAL_SFT_STEPS} SFT steps on the "
             "start navigator's plan examples), then plans a solve"
@@ -379,10 +366,6 @@ class Demo:
 
 def _quiet_libraries() -> None:
     """Library progress bars and deprecation chatter would bury what each stage stored."""
-    import logging
-    import os
-    import warnings
-
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)

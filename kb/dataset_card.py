@@ -8,6 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from huggingface_hub import DatasetCardData
+
 from kb.datasets import (
     ExportSpec,
     canonical_json,
@@ -17,8 +22,6 @@ from kb.datasets import (
 
 def _plain(t):
     """A type as readers of the Parquet file see it (dictionary encoding is storage, not type)."""
-    import pyarrow as pa
-
     if pa.types.is_dictionary(t):
         return _plain(t.value_type)
     if pa.types.is_list(t):
@@ -46,8 +49,6 @@ def hub_feature(name: str, t) -> dict[str, Any]:
 
 
 def _hub_type(t) -> dict[str, Any]:
-    import pyarrow as pa
-
     if pa.types.is_struct(t):
         return {"struct": [hub_feature(f.name, f.type) for f in t]}
     if pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -61,8 +62,6 @@ def _hub_type(t) -> dict[str, Any]:
 def front_matter(spec: ExportSpec, version_id: str, row_counts: dict, folder: Path) -> dict:
     """The card's YAML metadata: what the Hub shows and what `load_dataset(DIR)` reads (FOLDER holds the
     written data files, whose sizes `dataset_info` states)."""
-    from huggingface_hub import DatasetCardData
-
     by_format: dict[str, list[dict]] = {}
     for part in spec.parts:
         for fmt in ("parquet", "jsonl"):
@@ -94,8 +93,6 @@ def dataset_info(spec: ExportSpec, row_counts: dict, folder: Path) -> dict[str, 
     """`dataset_info` as the `datasets` library writes it when it pushes a dataset (`DatasetInfo`'s YAML
     form): features, and per split the rows and the bytes of its Arrow table (`num_bytes`, what loading
     prepares); `download_size` is the Parquet files' bytes, `dataset_size` the splits' total."""
-    import pyarrow.parquet as pq
-
     splits = []
     for part in spec.parts:
         path = folder / data_file(spec, part, "parquet")
@@ -120,8 +117,6 @@ def dataset_info(spec: ExportSpec, row_counts: dict, folder: Path) -> dict[str, 
 def card_text(
     spec: ExportSpec, version_id: str, revision: str, row_counts: dict, hashes: dict, folder: Path
 ) -> str:
-    import yaml
-
     meta = yaml.safe_dump(
         front_matter(spec, version_id, row_counts, folder), sort_keys=False, allow_unicode=True, width=1000
     )

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
+
 from kb.dataset_verify import verify
 from kb.errors import KbError
 
@@ -23,8 +25,6 @@ def push_to_hub(
     Needs a token (`hf auth login`, or HF_TOKEN); HF_ENDPOINT (read now, not at import) points it at
     another Hub-compatible server.
     """
-    import huggingface_hub
-
     folder = Path(folder)
     checked = verify(None, folder)
     token = token or huggingface_hub.get_token()

@@ -13,8 +13,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 
+from kb import migrate
 from kb.dataset_card import card_text
 from kb.datasets import (
     CARD,
@@ -35,8 +37,6 @@ from kb.errors import ConflictError, InputError, KbError
 
 
 def _write_parquet(table, path: Path) -> None:
-    import pyarrow.parquet as pq
-
     # Fixed options and no Arrow schema or other metadata: same rows -> same bytes, and dictionary-encoded
     # columns read back as their plain value type.
     pq.write_table(table.replace_schema_metadata(None), path, store_schema=False, **PARQUET_OPTIONS)
@@ -53,8 +53,6 @@ def write_dataset(db: Database, spec: ExportSpec, out_dir: str | Path, *, run_id
     The row commits only once the complete folder is in place: a write that fails (a full disk, a folder that
     cannot be replaced) leaves no row pointing at a folder without its files.
     """
-    from kb import migrate
-
     check_output_dir(out_dir)
     files = [data_file(spec, p, f) for p in spec.parts for f in spec.formats]
     if len(set(files)) != len(files):  # two parts of one split would overwrite each other's file

@@ -28,26 +28,25 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
+from sqlmodel import Session
 
 from kb.dataset_write import check_output_dir, write_dataset
 from kb.datasets import DataPart, ExportSpec, check_license
 from kb.db import Database
 from kb.errors import InputError
+from kb.models import Template, TemplateVersion
 from kb.runs import pipeline_run
-from pipelines import licences
+from kb.template_jsonl import template_record
+from pipelines import export_llamafactory, licences
 from pipelines.export_dpo import DPO_USAGE, dpo_part, resolve_pairs
 from pipelines.export_sft import sft_part
+from pipelines.selection import PROBLEM_KEYS, parse_selection, select_problem_ids
 
 KINDS = ("dpo", "sft", "templates", "problems")
 
 
 def template_records(conn) -> list[dict[str, Any]]:
     """Current versions of all templates, as the template interchange records (template_record)."""
-    from sqlmodel import Session
-
-    from kb.models import Template, TemplateVersion
-    from kb.template_jsonl import template_record
-
     with Session(bind=conn) as s:
         pairs = s.execute(
             sa.select(Template, TemplateVersion)
@@ -118,8 +117,6 @@ PROBLEM_SCHEMA = pa.schema(
 
 
 def problems_part(conn, selection: str | None) -> DataPart:
-    from pipelines.selection import select_problem_ids
-
     ids = select_problem_ids(conn, selection)
     rows = (
         conn.execute(
@@ -245,8 +242,6 @@ def export(
 
 def _check_request(kind: str, formats: tuple[str, ...], license: str | None) -> tuple[tuple[str, ...], list]:
     """Refuse an unknown KIND, FORMATS or LICENSE; the data formats to write and the extra file writers."""
-    from pipelines import export_llamafactory
-
     if kind not in KINDS:
         raise InputError(f"kind must be one of {', '.join(KINDS)}", field="kind")
     if not formats or set(formats) - {"parquet", "jsonl", "llamafactory"}:
@@ -287,7 +282,6 @@ def _build_part(conn, kind: str, o: dict[str, Any]) -> tuple[DataPart, dict[str,
     if kind == "templates":
         params = {"templates": "current", "status": "any"}
         return templates_part(conn), params, "The thought-template library.", ""
-    from pipelines.selection import PROBLEM_KEYS, parse_selection
 
     params = {"problems": parse_selection(o["problems"], PROBLEM_KEYS).to_dict()}
     return problems_part(conn, o["problems"]), params, "Problems.", ""

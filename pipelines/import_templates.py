@@ -27,12 +27,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb import templates as T
+from kb.datasets import check_license
 from kb.db import Database
 from kb.errors import ConflictError, InputError
 from kb.runs import pipeline_run
 from kb.storable import parse_json, too_deep
 from kb.template_jsonl import read_template_jsonl
 from kb.template_writes import CHUNK, NewVersion, lock_current, write_versions
+from pipelines.embed import embed_new_templates
 from pipelines.reasonflux_v1 import from_v1, keep_original
 
 FORMATS = ("reasonflux-v1", "jsonl")
@@ -235,8 +237,6 @@ def import_file(
     transaction; embeddings (unless embed=False) are computed after it commits, for the current
     versions of the file's templates (the embed stage skips vectors that are already up to date).
     """
-    from kb.datasets import check_license
-
     check_license(license)
     records = read_file(path, fmt)
     source_ref = str(Path(path).resolve())
@@ -253,8 +253,6 @@ def import_file(
         result.run_id = run_id
         counts.update(result.counts)
         if embed and result.current_version_ids:
-            from pipelines.embed import embed_new_templates
-
             counts["embedded"] = embed_new_templates(db, result.current_version_ids, run_id, model=model)
         result.counts = dict(counts)
     return result

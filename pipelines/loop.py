@@ -39,6 +39,7 @@ from kb.runs import exclusive, pipeline_run
 from pipelines.loop_config import STAGE, LoopConfig, trained_name
 from pipelines.loop_record import show
 from pipelines.loop_steps import LoopSteps
+from pipelines.selection import select_problem_ids
 
 __all__ = ["LoopConfig", "run_loop", "show"]
 
@@ -59,8 +60,6 @@ def run_loop(db: Database, cfg: LoopConfig, *, progress: bool | None = None) -> 
 def _run_loop(db: Database, cfg: LoopConfig, progress: bool | None) -> dict[str, Any]:
     _check_continuation(db, cfg)
     with db.engine.connect() as conn:
-        from pipelines.selection import select_problem_ids
-
         problem_ids = select_problem_ids(conn, cfg.problems)
         eval_ids = select_problem_ids(conn, cfg.eval_problems) if cfg.eval_problems else []
     if not problem_ids:

@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from kb.datasets import check_license
 from kb.errors import InputError
 from pipelines import navigator as contract
+from pipelines.train.dpo_config import DPOTrainConfig
 
 STAGE = "loop"
 ITERATION_STAGE = "loop-iteration"
@@ -164,8 +168,6 @@ class LoopConfig:
 
     @classmethod
     def _read(cls, path: Path) -> dict[str, Any]:
-        import yaml
-
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except OSError as e:
@@ -239,10 +241,7 @@ class LoopConfig:
         if self.retrieval_mode not in ("hybrid", "vector", "text", "hierarchical"):
             bad("retrieval_mode", "must be hybrid, vector, text or hierarchical")
         if self.license is not None:
-            from kb.datasets import check_license
-
             check_license(self.license, field="license")
-        from pipelines.train.dpo_config import DPOTrainConfig
 
         for key, value in self.train.items():
             DPOTrainConfig._coerce(key, value, source="loop config train")

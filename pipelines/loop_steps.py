@@ -14,9 +14,21 @@ import sqlalchemy as sa
 from kb import config as kb_config
 from kb.db import Database
 from kb.errors import InputError, KbError
-from kb.runs import pipeline_run
+from kb.rewards import refresh_rewards
+from kb.runs import pipeline_run, raise_for_outcome
+from pipelines import evaluate as rollouts
+from pipelines.evaluate import evaluate
+from pipelines.export import export
+from pipelines.llm.registry import clear_backend_cache
+from pipelines.llm.roles import resolve_role
 from pipelines.loop_config import ITERATION_STAGE, NAVIGATOR_BACKENDS, LoopConfig, trained_name
 from pipelines.loop_record import plan_stats, reward_stats
+from pipelines.pairs import build_pairs
+from pipelines.sample import DEFAULT_SAMPLING, sample, sample_key
+from pipelines.train.launch import plan, resolve_model_dir
+from pipelines.train.navigators import navigator_path, register_navigator
+from pipelines.train.run import execute
+from pipelines.train.training_runs import get_run, resumable
 
 
 class LoopSteps:
@@ -97,9 +109,6 @@ class LoopSteps:
         return self._navigator(self._navigator_flag(k)).name
 
     def _navigator(self, flag: str | None):
-        from pipelines.llm.roles import resolve_role
-        from pipelines.sample import DEFAULT_SAMPLING
-
         role = resolve_role(
             self.db,
             "navigator",
@@ -148,13 +157,9 @@ class LoopSteps:
         )
 
     def _keys(self, nav, n: int) -> list[str]:
-        from pipelines.sample import sample_key
-
         return [sample_key(nav.sampling, self.cfg.base_seed + i) for i in range(n)]
 
     def _sample_into(self, nav, problem_ids: list[int], n: int) -> dict[str, Any]:
-        from pipelines.sample import sample
-
         cfg = self.cfg
         result = sample(
             self.db,
@@ -187,11 +192,8 @@ class LoopSteps:
         return self._sample_into(nav, self.problem_ids, self.cfg.n)
 
     def _evaluate(self, nav) -> dict[str, Any]:
-        from pipelines.evaluate import DEFAULT_SAMPLING, evaluate
-        from pipelines.llm.roles import resolve_role
-
         cfg = self.cfg
-        role = resolve_role(self.db, "inference", cfg.inference, cfg.llm_config, DEFAULT_SAMPLING)
+        role = resolve_role(self.db, "inference", cfg.inference, cfg.llm_config, rollouts.DEFAULT_SAMPLING)
         result = evaluate(
             self.db,
             f"navigator={nav.name};problem={id_ranges(self.problem_ids)}",
@@ -213,14 +215,10 @@ class LoopSteps:
         }
 
     def _rewards(self, nav) -> dict[str, Any]:
-        from kb.rewards import refresh_rewards
-
         refresh_rewards(self.db)
         return reward_stats(self.db, nav.name, self.problem_ids, self._keys(nav, self.cfg.n))
 
     def _pairs(self, nav, k: int) -> dict[str, Any]:
-        from pipelines.pairs import build_pairs
-
         cfg = self.cfg
         result = build_pairs(
             self.db,
@@ -248,8 +246,6 @@ class LoopSteps:
         }
 
     def _export(self, k: int) -> dict[str, Any]:
-        from pipelines.export import export
-
         pairs = self._done_step(k, "pairs")
         if pairs.get("converged"):
             return {"skipped": "no pairs"}
@@ -273,12 +269,6 @@ class LoopSteps:
         return found
 
     def _train(self, k: int) -> dict[str, Any]:
-        from pipelines.llm.registry import clear_backend_cache
-        from pipelines.train.launch import plan
-        from pipelines.train.navigators import navigator_path, register_navigator
-        from pipelines.train.run import execute
-        from pipelines.train.training_runs import get_run
-
         cfg, name = self.cfg, trained_name(self.cfg, k)
         if self._done_step(k, "pairs").get("converged"):
             return {"skipped": "no pairs"}
@@ -323,8 +313,6 @@ class LoopSteps:
 
     def _base_model(self, k: int) -> str:
         """The model iteration K trains, as a resolved local directory (how training runs record it)."""
-        from pipelines.train.launch import resolve_model_dir
-
         if k > 0:
             return resolve_model_dir(self.db, trained_name(self.cfg, k - 1))
         candidate = self.cfg.base_model or self.cfg.navigator
@@ -371,8 +359,6 @@ def _stop_if_failed(result: dict[str, Any]) -> None:
     """A stage whose every unit failed (e.g. no plan of any problem parsed) stops the loop with its reasons
     (the stage's own exit code); some failed units are normal in sampling and are only counted."""
     if result.get("outcome") == "failed":
-        from kb.runs import raise_for_outcome
-
         raise_for_outcome(result)
 
 
@@ -396,7 +382,6 @@ def _resumable(db: Database, previous: dict[str, Any] | None) -> int | None:
     live trainer, so it is not touched (a fresh run starts in its own directory)."""
     if previous is None or previous["status"] not in ("interrupted", "failed"):
         return None
-    from pipelines.train.training_runs import resumable
 
     try:
         resumable(db, previous["id"], "dpo")

@@ -24,10 +24,12 @@ from sqlmodel import Session
 
 from kb import config as kb_config
 from kb.db import Database
+from kb.embeddings import get_embedder
 from kb.errors import ConflictError
 from kb.models._common import vector_param
 from kb.template_vectors import content_views, store_vectors, text_hash
 from kb.templates import TemplateSpec, content_hash, create_template, edit_template
+from pipelines.embed import embed_new_templates, embed_templates
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
 from pipelines.llm.config import RoleConfig, backend_for, describe_role
@@ -92,7 +94,6 @@ class MineHandler:
         self.max_retries, self.sampling = max_retries, sampling
         self.prompts = Prompts(prompts_dir)
         self.embed_model = kb_config.embed_model_name(embed_model)
-        from kb.embeddings import get_embedder
 
         get_embedder(self.embed_model)  # load it before the first claim, not while holding units
 
@@ -222,7 +223,6 @@ class MineHandler:
         and its vector, once written with its version, is the one the embed stage would make."""
         if not templates:
             return []
-        from kb.embeddings import get_embedder
 
         views = [content_views(t.content()) for t in templates]
         vecs = get_embedder(self.embed_model).encode_views(views)
@@ -336,8 +336,6 @@ def mine(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Mine templates from the selected solved problems; returns the run's counts."""
-    from pipelines.embed import embed_new_templates, embed_templates
-
     embed_templates(db, embed_model)  # the KB side of deduplication; a no-op when vectors are current
     with db.engine.connect() as conn:
         units = mining_units(conn, problems)

@@ -18,6 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from kb.db import Database
+from kb.errors import InputError
 from pipelines import navigator, step_retrieval
 from pipelines.llm.base import Backend, ChatRequest, SamplingParams
 from pipelines.llm.calls import LoggedBackend
@@ -241,8 +242,6 @@ def sample(
 ) -> dict[str, Any]:
     """Sample N navigator trajectories for each selected problem; returns the run's counts."""
     if n < 1:
-        from kb.errors import InputError
-
         raise InputError("must be at least 1", field="--n")
     with db.engine.connect() as conn:
         ids = select_problem_ids(conn, parse_selection(problems, PROBLEM_KEYS))

@@ -23,6 +23,7 @@ The index path is `pipelines.similar_index`, the exact path `pipelines.similar_e
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from kb.datasets import params_hash
 from kb.db import Database
 from kb.errors import InputError, NotFound
 from kb.runs import pipeline_run
+from pipelines.problems import embed_problems
 from pipelines.selection import PROBLEM_KEYS, Selection, parse_selection, select_problem_ids
 from pipelines.similar_exact import exact_sets
 from pipelines.similar_index import DUPLICATE_SIMILARITY, index_sets
@@ -102,8 +104,6 @@ def build_similar_sets(
     phash = params_hash(params)
     with pipeline_run(db, "similar", params) as (run_id, counts):
         if embed_missing:
-            from pipelines.problems import embed_problems
-
             with db.engine.connect() as conn:
                 missing = conn.execute(
                     sa.text(
@@ -195,8 +195,6 @@ def _get_or_create_build(db: Database, params: dict, phash: str, run_id: int) ->
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 

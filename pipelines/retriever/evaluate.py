@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from kb import config
 from kb.db import Database
+from kb.embeddings import Embedder, get_embedder, model_path
 from kb.errors import InputError
 from kb.retrieval import CANDIDATES, fuse, normalize_query, text_candidates
 from pipelines.retriever.fit import fit
@@ -133,8 +134,6 @@ def leave_one_chapter_out(
     INDEX_CATEGORIES: rank only these chapters' templates and query only with their examples (the
     other chapters' pairs still train every fold); default: the whole library.
     """
-    from kb.embeddings import get_embedder, model_path
-
     hp = (hp or HyperParams()).check()
     base = config.embed_model_name(base_model)
     base_path = model_path(base, db)
@@ -197,8 +196,6 @@ def _fold(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fine-tune on every pair but CHAPTER's, then score the zero-shot and fine-tuned models on its HELD
     queries: the fold's record and its metric rows (LOG, if given, hears of the fold when it is done)."""
-    from kb.embeddings import Embedder
-
     train, used = fold_pairs(db, chapter, pair_options)
     tmp = Path(tempfile.mkdtemp(prefix="rf-retriever-fold-"))
     try:

@@ -32,7 +32,7 @@ from kb.db import Database
 from kb.embeddings import get_embedder
 from kb.errors import InputError
 from kb.retrieval import normalize_query
-from pipelines.embed import template_views
+from kb.template_vectors import template_views
 
 KIND = "retriever-pairs"
 SOURCES = ("examples", "mining", "solve_steps", "trajectories")

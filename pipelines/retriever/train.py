@@ -12,9 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kb import config
+from kb.embeddings import model_path
 from kb.errors import ConflictError
+from kb.runs import pipeline_run
+from pipelines.embed import embed_templates
 from pipelines.retriever.fit import fit
 from pipelines.retriever.fit_config import HyperParams
+from pipelines.retriever.pairs import export_pairs, pair_params, read_pairs
+from pipelines.retriever.registry import check_name, default_folder, register
 
 if TYPE_CHECKING:
     from kb.db import Database
@@ -37,11 +42,6 @@ def train_retriever(
     **pair_options: Any,
 ) -> dict[str, Any]:
     """Export pairs, fine-tune, register NAME, embed the library with it; returns what was made."""
-    from kb.embeddings import model_path
-    from kb.runs import pipeline_run
-    from pipelines.retriever.pairs import export_pairs, pair_params, read_pairs
-    from pipelines.retriever.registry import check_name, default_folder, register
-
     check_name(db, name)
     hp = (hp or HyperParams()).check()
     base = config.embed_model_name(base_model)
@@ -85,8 +85,6 @@ def train_retriever(
         )
         counts.update(pairs=len(pairs), steps=metrics["steps"], dataset_version=manifest["id"])
         if embed:
-            from pipelines.embed import embed_templates
-
             counts["embedded"] = embed_templates(db, name, run_id=run_id)
     return {
         "run_id": run_id,

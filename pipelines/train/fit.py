@@ -7,6 +7,7 @@ rewards/margins and rewards/accuracies (the share of pairs whose chosen answer g
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,6 @@ def save_model(trainer, output_dir: str) -> None:
 def summarize(trainer, result) -> dict[str, Any]:
     """The trainer's summary plus throughput (non-padding tokens per second, all processes) and peak memory
     (this process: GPU allocations on a GPU, resident set size on CPU)."""
-    import resource
-
     import torch
 
     out = {**result.metrics, "global_step": result.global_step}

@@ -19,6 +19,8 @@ from typing import Any
 from kb import config as kb_config
 from kb.db import Database
 from kb.errors import InputError
+from pipelines.models.names import lookup_db
+from pipelines.train import navigators, training_runs
 from pipelines.train.base_config import TrainConfig
 from pipelines.train.data import VerifiedDataset, verify_export
 from pipelines.train.dpo_config import DPOTrainConfig
@@ -195,8 +197,6 @@ def plan(
     progress_timeout_s: float | None = DEFAULT_PROGRESS_TIMEOUT_S,
 ) -> LaunchPlan:
     """Resolve and validate everything about a run without starting it; raises InputError naming the field."""
-    from pipelines.train import navigators, training_runs
-
     resume_checkpoint = None
     stored: dict[str, Any] = {}
     if resume is not None:
@@ -258,8 +258,6 @@ def _resumed(
     """Run RESUME's checkpoint, dataset, base model, stored training config, GPUs and DeepSpeed config: a
     resumed run keeps its data and model (a different one given is refused) and, unless told otherwise,
     its hardware layout."""
-    from pipelines.train import training_runs
-
     old, checkpoint = training_runs.resumable(db, resume, stage)
     for flag, given, recorded in (
         ("dataset", dataset, old.dataset_version_id),
@@ -307,8 +305,6 @@ def _resolve_config(
 def resolve_model_dir(db: Database, base_model: str) -> str:
     """A local model directory, or a registered navigator's or model's (`reasonflux models get|add`), so DPO
     can start from the SFT navigator and any stage from a fetched base model."""
-    from pipelines.models.names import lookup_db
-
     path = Path(base_model).expanduser()
     if not path.exists():
         named = lookup_db(db, base_model)

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import sys
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,6 @@ def count_parameters(model_dir: str) -> dict[str, int]:
 def deepspeed_version() -> str | None:
     """The installed deepspeed's version if it imports, else None (it is the optional `train` extra)."""
     try:
-        from importlib.metadata import version
-
         # deepspeed's logger writes to the stdout it finds at import; keep it off ours (--json output).
         with contextlib.redirect_stdout(sys.stderr):
             import deepspeed  # noqa: F401
