@@ -4,14 +4,8 @@ command line reads as before). Registered through the `reasonflux.commands` entr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
-import yaml
 
-from demo import toy_world
-from demo.tiny_model import build_tiny_model
-from demo.walkthrough import run_demo
 from kb import config
 from kb.cli.context import AppContext, pass_app
 from kb.output import emit, output_options
@@ -48,6 +42,8 @@ def demo(app: AppContext, no_llm: bool, no_train: bool, no_real_model: bool) -> 
       reasonflux demo                   # everything
       reasonflux demo --no-real-model   # offline, a minute or two shorter
     """
+    from demo.walkthrough import run_demo
+
     summary = run_demo(
         app.db(), config.home_dir(), llm=not no_llm, train=not no_train, real_model=not no_real_model
     )
@@ -68,6 +64,8 @@ def dev() -> None:
 @output_options(csv_ok=False)
 def tiny_model(directory: str, seed: int, hidden_size: int, layers: int, fmt: str) -> None:
     """Build a randomly initialised small Qwen2-style chat model and its tokenizer in DIRECTORY, offline."""
+    from demo.tiny_model import build_tiny_model
+
     path = build_tiny_model(directory, seed=seed, hidden_size=hidden_size, layers=layers)
     emit({"path": str(path), "seed": seed, "hidden_size": hidden_size, "layers": layers}, fmt)
 
@@ -90,6 +88,12 @@ def toy_world_cmd(
 ) -> None:
     """The controlled CPU world (docs/loop.md): its templates, problems and similar sets, the SFT start
     navigator `toy-sft`, and DIR/loop.yaml to run the loop on it with `reasonflux loop --config`."""
+    from pathlib import Path
+
+    import yaml
+
+    from demo import toy_world
+
     db = app.db()
     with _logs_to_stderr():
         world = toy_world.setup(db, train_per_family=train_per_family, test_per_family=test_per_family)
