@@ -214,24 +214,7 @@ def get_run(db: Database, run_id: int, *, with_steps: bool = True) -> dict[str, 
         if run is None:
             raise NotFound(f"no training run {run_id}; list them with `reasonflux train runs`")
         dumped = run.model_dump()
-        order = (
-            "id",
-            "stage",
-            "status",
-            "base_model",
-            "dataset_version_id",
-            "resumed_from",
-            "output_path",
-            "started_at",
-            "finished_at",
-            "host",
-            "pid",
-            "heartbeat_at",
-            "code_version",
-            "error",
-            "metrics",
-            "config",
-        )
+        order = (*RUN_COLUMNS, "pid", "heartbeat_at", "code_version", "error", "metrics", "config")
         out = {k: dumped[k] for k in order}
         if with_steps:
             steps = s.exec(
