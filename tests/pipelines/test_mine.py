@@ -39,6 +39,23 @@ def template_json(
     return json.dumps(data)
 
 
+def odd_ones() -> str:
+    """A second method, distinct from template_json's factoring in every embedded field, not only its name
+    (mining compares the whole version text: kb.template_vectors.content_views)."""
+    return template_json(
+        "Odd ones",
+        "Complete the square to solve a quadratic whose middle coefficient is odd.",
+        tags=["algebra", "completing the square"],
+        scope="A quadratic equation that does not factor over the integers.",
+        steps=[
+            "Divide by the leading coefficient.",
+            "Add the square of half the middle coefficient.",
+            "Take square roots of both sides.",
+        ],
+        example={"problem": "Solve x^2+3x+1=0.", "solution": "(x+3/2)^2=5/4", "answer": "(-3±√5)/2"},
+    )
+
+
 def write_problems(path: Path, n: int) -> Path:
     rows = [
         {
@@ -193,9 +210,9 @@ _KILL_SCRIPT = textwrap.dedent("""
     from kb.db import Database, create_engine
     from pipelines.llm.config import RoleConfig
     from pipelines.mine import mine
-    from test_mine import template_json
+    from test_mine import odd_ones, template_json
     db = Database(url={url!r}, embedded=False, engine=create_engine({url!r}))
-    role = RoleConfig("scripted", {{"rules": [["Problem number (1|3|5|7|9|11)", template_json("Odd ones")],
+    role = RoleConfig("scripted", {{"rules": [["Problem number (1|3|5|7|9|11)", odd_ones()],
                                               ["Reference solution", template_json("Factor the quadratic")]],
                                    "latency_s": 0.3}})
     mine(db, "all", role, batch_size=1)
@@ -229,7 +246,7 @@ def test_kill_minus_9_mid_mining_then_rerun(db, tmp_path):
         "scripted",
         {
             "rules": [
-                ["Problem number (1|3|5|7|9|11)", template_json("Odd ones")],
+                ["Problem number (1|3|5|7|9|11)", odd_ones()],
                 ["Reference solution", template_json("Factor the quadratic")],
             ],
             "latency_s": 0.3,
