@@ -76,7 +76,7 @@ def conflict(keys: Sequence[str]) -> ConflictError:
 def lock_current(conn: sa.Connection, keys: Sequence[str]) -> dict[str, Current]:
     """The current state of the templates with KEYS (absent ones are new), locked until commit."""
     found: dict[str, Current] = {}
-    for chunk in _chunks(list(keys)):
+    for chunk in chunks(list(keys)):
         for row in conn.execute(_LOCK_CURRENT, {"keys": chunk}):
             found[row.key] = Current(
                 row.id, row.status, row.current_version_no, row.current_version_id, row.content_hash
@@ -93,14 +93,14 @@ def write_versions(conn: sa.Connection, writes: Sequence[NewVersion]) -> dict[st
     template_ids = {w.key: w.before.template_id for w in writes if w.before is not None}
     template_ids.update(_insert_templates(conn, [w for w in writes if w.before is None], now))
     version_ids: dict[str, int] = {}
-    for chunk in _chunks(list(writes)):
+    for chunk in chunks(list(writes)):
         rows = [_version_row(w, template_ids[w.key], now, default_author) for w in chunk]
         try:
             inserted = dict(conn.execute(_INSERT_VERSIONS, {"rows": _rows_param(rows)}).all())
         except sa.exc.IntegrityError:  # another writer took one of these version numbers first
             raise conflict([w.key for w in chunk]) from None
         version_ids.update({w.key: inserted[template_ids[w.key]] for w in chunk})
-    for chunk in _chunks(list(writes)):
+    for chunk in chunks(list(writes)):
         rows = [
             {
                 "template_id": template_ids[w.key],
@@ -117,7 +117,7 @@ def write_versions(conn: sa.Connection, writes: Sequence[NewVersion]) -> dict[st
 
 def _insert_templates(conn: sa.Connection, new: list[NewVersion], now: str) -> dict[str, int]:
     ids: dict[str, int] = {}
-    for chunk in _chunks(new):
+    for chunk in chunks(new):
         rows = [
             {"key": w.key, "category": w.category, "section": w.section, "status": w.status} for w in chunk
         ]
@@ -149,7 +149,8 @@ def _version_no(before: Current | None) -> int:
     return before.version_no if before is not None else 0
 
 
-def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+def chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    """ITEMS in statement-sized pieces."""
     for i in range(0, len(items), size):
         yield items[i : i + size]
 

@@ -19,7 +19,7 @@ or line, and the field.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from kb.errors import ConflictError, InputError
 from kb.runs import pipeline_run
 from kb.storable import parse_json, too_deep
 from kb.template_jsonl import read_template_jsonl
-from kb.template_writes import CHUNK, NewVersion, lock_current, write_versions
+from kb.template_writes import NewVersion, chunks, lock_current, write_versions
 from pipelines.embed import embed_new_templates
 from pipelines.reasonflux_v1 import from_v1, keep_original
 
@@ -198,7 +198,7 @@ def apply_records(
         for r, _, before in plan
         if before is not None and r.status is not None and before.status != r.status
     ]
-    for chunk in _chunks(status_rows):
+    for chunk in chunks(status_rows):
         conn.execute(_SET_STATUS, {"rows": json.dumps(chunk)})
     created = sum(1 for w in writes if w.before is None)
     unchanged_ids = [before.version_id for _, h, before in plan if before and before.content_hash == h]
@@ -211,11 +211,6 @@ def apply_records(
     }
     new_ids = sorted(version_ids.values())
     return ImportResult(run_id, counts, new_ids, sorted([*new_ids, *unchanged_ids]))
-
-
-def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def import_file(

@@ -14,9 +14,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from kb import datasets
 from kb.dataset_verify import verify
-from kb.datasets import sha256_file
+from kb.datasets import get_version, sha256_file
 from kb.db import Database
 from kb.errors import InputError, NotFound
 
@@ -47,7 +46,7 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
     if candidate.is_dir():
         directory = candidate.resolve()
     else:
-        row = datasets.get_version(db, id_or_dir)
+        row = get_version(db, id_or_dir)
         # The first recorded folder that is still there (a version may have been written to several).
         found = [p for p in row["paths"] or [row["path"]] if p and Path(p).is_dir()]
         if not found:
@@ -57,7 +56,7 @@ def verify_export(db: Database, id_or_dir: str, *, stage: str) -> VerifiedDatase
             )
         directory = Path(found[0]).resolve()
     result = verify(db, directory)
-    row = datasets.get_version(db, result["id"])
+    row = get_version(db, result["id"])
     if row["kind"] not in STAGE_KINDS[stage]:
         raise InputError(
             f"dataset version {row['id']} is a {row['kind']!r} export; {stage} trains on "
