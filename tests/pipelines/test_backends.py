@@ -166,6 +166,12 @@ class FakeOpenAI:
                                 "usage": {"prompt_tokens": 11, "completion_tokens": 3},
                             }
                         ).encode()
+                finally:
+                    # Count the request done before its reply leaves: once the client reads the reply it
+                    # may send its next request, which must not find this one still counted.
+                    with server.lock:
+                        server.in_flight -= 1
+                try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
@@ -173,9 +179,6 @@ class FakeOpenAI:
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
