@@ -95,7 +95,7 @@ LOOP_NAME = "demo"
 LOOP_COLUMNS = ["iteration", "navigator", "plans", "parse_rate", "right_template", "reward_mean", "pairs"]
 LOOP_COLUMNS += ["dpo_accuracy", "trained", "heldout_plans", "heldout_parse_rate", "heldout_right_template"]
 REAL_MODEL = "smollm2-135m-instruct"  # fetched from the package registry once (93 MB), then offline
-REAL_SFT_STEPS = 8
+REAL_SFT_STEPS = 4
 
 
 class Demo:

@@ -210,6 +210,8 @@ def test_a_command_that_grades_prints_no_math_verify_noise(db):
             "scripted",
             "--reference",
             "\\frac{0}{1}",
+            "--retrieval-mode",
+            "text",  # no embedding model to load: the grading is what this test is about
             "--json",
         ],
         capture_output=True,
