@@ -13,7 +13,10 @@ SQL), trace writes (one transaction per round), and the rest (prompt building, p
 hand-off). Targets: p50 under 10 ms per round.
 
 Throughput: sessions per second at 1, 8 and 32 concurrent sessions against LATENCY ms per generate
-call (one batch costs one latency, like a batched server). Target: 32 sessions >= 20x one session.
+call (one batch costs one latency, like a batched server). Target (issue 18.7): 32 sessions >= 28x one
+session. On two cores it is missed (about 22-23x): the sessions of one batch get their replies at the same
+instant and then all do their few milliseconds of Python and SQL at once, one after another under the GIL,
+so a round's wall time grows with the number of sessions behind it (a convoy), not with the LLM.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from kb.db import Database
 from serve.solver import Solver, SolverConfig
 from serve.traces import store as traces
 
+TARGET_SPEEDUP = 28  # issue 18.7: 32 sessions against one
 SAMPLE = ROOT.parent / "shared" / "data" / "reasonflux_v1_templates_sample.json"
 PROBLEMS = [
     "Find the sum of the first {n} terms of the arithmetic sequence 3, 7, 11, ...",
@@ -242,7 +246,7 @@ def main() -> None:
         top = rows[-1]
         print(
             f"\n{top['concurrency']} concurrent sessions: {top['per_s'] / base:.1f}x the throughput of one "
-            f"(target >= 20x: {'met' if top['per_s'] / base >= 20 else 'MISSED'})"
+            f"(target >= {TARGET_SPEEDUP}x: {'met' if top['per_s'] / base >= TARGET_SPEEDUP else 'MISSED'})"
         )
 
 
