@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -284,11 +282,3 @@ def test_an_unreachable_registry_is_one_line_and_a_failure(db, tmp_path):
     assert "Connection refused" in errors[0]
     assert "Traceback" not in done.stderr
     assert list((tmp_path / "h" / "models").iterdir()) == []
-
-
-def test_the_gguf_reader_that_conversion_needs_is_a_core_dependency():
-    # transformers reads a GGUF only with the `gguf` package, which nothing else pulls in: without it in the
-    # core dependencies, `models get` (and the demo's real-model stage) fails on a fresh install.
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
-    assert "gguf" in names
