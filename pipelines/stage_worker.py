@@ -181,33 +181,7 @@ def _store(
     conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit, outcome: Outcome
 ) -> dict[str, Any]:
     """Write one unit's results and failures and mark it finished; raises _LeaseLost if it is not ours."""
-    written = handler.write(conn, unit, outcome, cfg.run_id) if outcome.status == "done" else {}
-    if outcome.failures:
-        conn.execute(
-            sa.insert(Failure.__table__),
-            [
-                {
-                    "run_id": cfg.run_id,
-                    "stage": cfg.stage,
-                    "unit_key": unit.key,
-                    "attempt": f.get("attempt", unit.attempts),
-                    "reason": scrub(f["reason"]),
-                    "raw_output": scrub(f.get("raw_output")),
-                }
-                for f in outcome.failures
-            ],
-        )
-    error = _unit_error(outcome)
-    marked = conn.execute(
-        sa.text(
-            "UPDATE work_unit SET status = :st, finished_at = now(), run_id = :run, error = :err "
-            "WHERE id = :id AND claimed_by = :me AND status = 'claimed'"
-        ),
-        {"st": outcome.status, "run": cfg.run_id, "err": error, "id": unit.id, "me": me},
-    ).rowcount
-    if marked != 1:
-        raise _LeaseLost
-    return written
+    return _store_batch(conn, handler, cfg, me, [unit], [outcome])[0]
 
 
 def _store_batch(
@@ -218,7 +192,7 @@ def _store_batch(
     units: list[Unit],
     outcomes: list[Outcome],
 ) -> list[dict[str, Any]]:
-    """_store for a whole batch: the handler's writes per unit, then one INSERT of all failure rows and
+    """Store a batch of units: the handler's writes per unit, then one INSERT of all failure rows and
     one UPDATE marking every unit; raises _LeaseLost if any unit is no longer ours."""
     written = [
         handler.write(conn, u, o, cfg.run_id) if o.status == "done" else {} for u, o in zip(units, outcomes)

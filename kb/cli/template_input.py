@@ -11,6 +11,7 @@ import click
 
 from kb import storable
 from kb.errors import InputError
+from kb.template_fields import CONTENT_FIELDS
 
 # Fields of a `templates show --json` record that describe the version, not its content:
 # accepted in an edit file (so show -> edit -> save -> edit --file works) and ignored.
@@ -90,19 +91,8 @@ def embed_or_warn(session, version_ids: list[int], no_embed: bool) -> list[str]:
     return sorted(V.embed_versions(conn, version_ids))
 
 
-FLAG_FIELDS = (
-    "name",
-    "category",
-    "section",
-    "template_type",
-    "tags",
-    "description",
-    "application_scope",
-    "steps",
-    "example_problem",
-    "example_solution",
-    "example_answer",
-)
+# The content fields, with the template's own category and section after its name (`extra` has no flag).
+FLAG_FIELDS = ("name", "category", "section", *(f for f in CONTENT_FIELDS if f not in ("name", "extra")))
 
 
 def flag_values(kwargs: dict[str, Any]) -> dict[str, Any]:
