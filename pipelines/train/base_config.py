@@ -271,6 +271,9 @@ class TrainConfig:
         d = self.to_dict()
         for name in ("finetuning_type", "output_dir", *LORA_FIELDS):
             d.pop(name)
+        # transformers 5 renamed the argument; the old name still works but warns on every run.
+        if "activation_checkpointing" in _training_argument_names():
+            d["activation_checkpointing"] = d.pop("gradient_checkpointing")
         return d
 
     def peft_config(self):
@@ -288,3 +291,9 @@ class TrainConfig:
             target_modules=modules,
             task_type="CAUSAL_LM",
         )
+
+
+def _training_argument_names() -> set[str]:
+    import transformers  # only where TRL's config is being built, which imports it anyway
+
+    return {f.name for f in dataclasses.fields(transformers.TrainingArguments)}
