@@ -177,13 +177,6 @@ def _unit_error(outcome: Outcome) -> str | None:
     return scrub("; ".join(f["reason"] for f in outcome.failures))[:2000]
 
 
-def _store(
-    conn: sa.Connection, handler: StageHandler, cfg: RunnerConfig, me: str, unit: Unit, outcome: Outcome
-) -> dict[str, Any]:
-    """Write one unit's results and failures and mark it finished; raises _LeaseLost if it is not ours."""
-    return _store_batch(conn, handler, cfg, me, [unit], [outcome])[0]
-
-
 def _store_batch(
     conn: sa.Connection,
     handler: StageHandler,
@@ -265,7 +258,7 @@ def _commit_unit(
 ) -> None:
     try:
         with conn.begin_nested():
-            written = _store(conn, handler, cfg, me, unit, outcome)
+            [written] = _store_batch(conn, handler, cfg, me, [unit], [outcome])
     except _LeaseLost:
         counts["units_lost"] += 1  # someone took the unit over after our lease expired; their result counts
         return

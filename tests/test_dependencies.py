@@ -18,12 +18,20 @@ PACKAGES = ("kb", "pipelines", "serve", "demo", "migrations")
 PART_OF = {"starlette": "fastapi", "anyio": "fastapi", "pydantic": "fastapi"}
 
 
-def _declared() -> set[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + [
-        d for extra in project["optional-dependencies"].values() for d in extra
-    ]
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _names(specs: list[str]) -> set[str]:
+    """Distribution names of requirement specs, normalised ("Foo_Bar>=1" -> "foo-bar")."""
     return {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower().replace("_", "-") for d in specs}
+
+
+def _declared() -> set[str]:
+    project = _project()
+    return _names(
+        project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    )
 
 
 def _imported() -> dict[str, Path]:
@@ -61,5 +69,4 @@ def test_the_gguf_reader_that_conversion_needs_is_a_core_dependency():
     # transformers reads a GGUF only with the `gguf` package, which nothing else pulls in and nothing imports
     # by name: without it in the core dependencies, `models get` (and the demo's real-model stage) fails on a
     # fresh install.
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert "gguf" in {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in project["dependencies"]}
+    assert "gguf" in _names(_project()["dependencies"])
